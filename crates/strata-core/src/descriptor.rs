@@ -60,11 +60,8 @@ impl From<&Descriptor> for oci::Descriptor {
     fn from(d: &Descriptor) -> Self {
         let digest = oci_spec::image::Digest::from_str(d.digest.as_str())
             .expect("a validated digest is a valid OCI digest");
-        let mut out = oci::Descriptor::new(
-            oci::MediaType::from(d.media_type.as_str()),
-            d.size,
-            digest,
-        );
+        let mut out =
+            oci::Descriptor::new(oci::MediaType::from(d.media_type.as_str()), d.size, digest);
         if !d.annotations.is_empty() {
             let annotations: HashMap<String, String> = d
                 .annotations

@@ -105,7 +105,9 @@ impl Digest {
             .split_once(':')
             .ok_or_else(|| format("missing ':' separator"))?;
         if !valid_algorithm_grammar(alg) {
-            return Err(format("algorithm must be lowercase components separated by one of +._-"));
+            return Err(format(
+                "algorithm must be lowercase components separated by one of +._-",
+            ));
         }
         if encoded.is_empty()
             || !encoded
@@ -123,7 +125,10 @@ impl Digest {
                 Algorithm::Sha256 | Algorithm::Blake3 => "this algorithm needs 64 hex characters",
             }));
         }
-        if !encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if !encoded
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(format("encoded part must be lowercase hex"));
         }
         Ok(Digest {
@@ -377,7 +382,10 @@ mod tests {
 
     #[test]
     fn known_vectors() {
-        assert_eq!(Digest::of_bytes(Algorithm::Sha256, b"").as_str(), EMPTY_SHA256);
+        assert_eq!(
+            Digest::of_bytes(Algorithm::Sha256, b"").as_str(),
+            EMPTY_SHA256
+        );
         assert_eq!(
             Digest::of_bytes(Algorithm::Blake3, b"").as_str(),
             "blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
@@ -436,7 +444,10 @@ mod tests {
         assert_eq!(d.current(), Digest::of_bytes(Algorithm::Sha256, b"hello "));
         d.update(b"world");
         assert_eq!(d.written(), 11);
-        assert_eq!(d.finish(), Digest::of_bytes(Algorithm::Sha256, b"hello world"));
+        assert_eq!(
+            d.finish(),
+            Digest::of_bytes(Algorithm::Sha256, b"hello world")
+        );
     }
 
     #[test]

@@ -81,7 +81,11 @@ impl Filter {
 
     /// True when `obj` passes.
     pub fn matches(&self, obj: &dyn Filterable) -> bool {
-        self.any.is_empty() || self.any.iter().any(|all| all.iter().all(|s| s.matches(obj)))
+        self.any.is_empty()
+            || self
+                .any
+                .iter()
+                .any(|all| all.iter().all(|s| s.matches(obj)))
     }
 }
 
@@ -143,7 +147,10 @@ impl<'a> Parser<'a> {
         let rest = self.rest();
         let op = if rest.is_empty() || rest.starts_with(',') {
             Op::Present
-        } else if let Some(op) = ["==", "!=", "~="].into_iter().find(|op| rest.starts_with(op)) {
+        } else if let Some(op) = ["==", "!=", "~="]
+            .into_iter()
+            .find(|op| rest.starts_with(op))
+        {
             self.pos += 2;
             let value = self.value()?;
             match op {
@@ -239,8 +246,10 @@ mod tests {
         Obj {
             name: "a",
             parent: "",
-            labels: [("containerd.io/gc.root".to_string(), "2020".to_string()),
-                ("k".to_string(), "v1".to_string())]
+            labels: [
+                ("containerd.io/gc.root".to_string(), "2020".to_string()),
+                ("k".to_string(), "v1".to_string()),
+            ]
             .into(),
         }
     }

@@ -31,7 +31,9 @@ fn encode(mut n: u128) -> String {
 
 /// True when `s` has the shape [`new_id`] produces.
 pub fn is_id(s: &str) -> bool {
-    s.len() == ID_LEN && s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    s.len() == ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
 }
 
 #[cfg(test)]

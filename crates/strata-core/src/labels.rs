@@ -81,7 +81,10 @@ mod tests {
 
     #[test]
     fn assignments() {
-        assert_eq!(parse_assignment("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert_eq!(
+            parse_assignment("a=b=c").unwrap(),
+            ("a".into(), "b=c".into())
+        );
         assert_eq!(parse_assignment("a=").unwrap(), ("a".into(), String::new()));
         assert!(matches!(parse_assignment("a"), Err(LabelError::Syntax(_))));
     }

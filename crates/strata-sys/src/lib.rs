@@ -1,1 +1,29 @@
-//! placeholder
+//! The one crate that talks to the kernel directly. Everything that could let
+//! hostile data reach outside a snapshot (path resolution, links, device
+//! nodes, xattrs, mounts, removal) goes through the narrow, fd-based API here,
+//! so the rules of SECURITY.md are enforced in one place:
+//!
+//! * [`Root`] resolves every path inside a directory with
+//!   `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` and never follows the
+//!   final component.
+//! * [`mount`] mounts and unmounts [`strata_core::Mount`] values, using the
+//!   new mount API (`fsopen`/`fsconfig`/`fsmount`) for overlays so a chain can
+//!   hold hundreds of lower directories.
+//! * [`copy`] clones files with `FICLONE`, falling back to `copy_file_range`.
+//! * [`lock`] holds `flock` locks; [`sync`] makes data and directories durable.
+//!
+//! It is built on `rustix`, whose safe wrappers cover every syscall needed, so
+//! the crate itself needs no `unsafe` today; it remains the only crate allowed
+//! to have any.
+
+pub mod copy;
+mod error;
+pub mod lock;
+pub mod mount;
+mod path;
+mod root;
+pub mod sync;
+
+pub use error::{SysError, SysResult};
+pub use path::{RelPath, clean};
+pub use root::{FileKind, Metadata, Root, Times};

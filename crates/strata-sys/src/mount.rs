@@ -1,0 +1,272 @@
+//! Mounting and unmounting [`Mount`] values.
+//!
+//! Binds use `mount(2)` followed by a read-only remount where asked (the
+//! kernel ignores `MS_RDONLY` on the first bind call). Overlays use the new
+//! mount API: `fsopen("overlay")`, one `fsconfig` per option and one
+//! `lowerdir+` per layer, `fsmount` and `move_mount`, so the page-sized limit
+//! of `mount(2)`'s option string never caps the depth of a chain. Kernels
+//! without `lowerdir+` (before 6.8) get a single `lowerdir` option instead.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::mount::{
+    self as rm, FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
+};
+use strata_core::Mount;
+
+use crate::error::{SysError, SysResult};
+
+/// Mounts every mount in order on `target` (each at its own sub-target).
+pub fn mount_all(mounts: &[Mount], target: &Path) -> SysResult<()> {
+    for m in mounts {
+        let at = target.join(&m.target);
+        mount(m, &at)?;
+    }
+    Ok(())
+}
+
+/// Mounts one [`Mount`] on `target`.
+pub fn mount(m: &Mount, target: &Path) -> SysResult<()> {
+    let bind = m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
+    if bind {
+        mount_bind(m, target)
+    } else if m.kind == "overlay" {
+        mount_overlay(m, target)
+    } else {
+        mount_other(m, target)
+    }
+}
+
+fn flag_of(option: &str) -> Option<MountFlags> {
+    Some(match option {
+        "ro" => MountFlags::RDONLY,
+        "nosuid" => MountFlags::NOSUID,
+        "nodev" => MountFlags::NODEV,
+        "noexec" => MountFlags::NOEXEC,
+        "noatime" => MountFlags::NOATIME,
+        "relatime" => MountFlags::RELATIME,
+        _ => return None,
+    })
+}
+
+fn mount_bind(m: &Mount, target: &Path) -> SysResult<()> {
+    let recursive = m.options.iter().any(|o| o == "rbind");
+    if recursive {
+        rm::mount_bind_recursive(&m.source, target)
+    } else {
+        rm::mount_bind(&m.source, target)
+    }
+    .map_err(|e| SysError::io("bind mount", target, e))?;
+    let flags = m
+        .options
+        .iter()
+        .filter_map(|o| flag_of(o))
+        .fold(MountFlags::empty(), |a, b| a | b);
+    if !flags.is_empty() {
+        // Binding ignores flags; they take effect on a remount of the bind.
+        if let Err(e) = rm::mount_remount(target, MountFlags::BIND | flags, "") {
+            let err = SysError::io("remount bind", target, e);
+            if let Err(undo) = unmount(target) {
+                tracing::warn!(target = %target.display(), error = %undo, "undoing a failed bind mount");
+            }
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+fn mount_other(m: &Mount, target: &Path) -> SysResult<()> {
+    let mut flags = MountFlags::empty();
+    let mut data = Vec::new();
+    for o in &m.options {
+        match flag_of(o) {
+            Some(f) => flags |= f,
+            None => data.push(o.as_str()),
+        }
+    }
+    let data = CString::new(data.join(",")).map_err(|_| SysError::InvalidPath {
+        path: target.to_path_buf(),
+        reason: "mount options contain a NUL byte",
+    })?;
+    rm::mount(
+        &m.source,
+        target,
+        m.kind.as_str(),
+        flags,
+        Some(data.as_c_str()),
+    )
+    .map_err(|e| SysError::io("mount", target, e))
+}
+
+/// The parts of an overlay's option list.
+#[derive(Debug)]
+struct OverlayOptions<'a> {
+    lower: Vec<&'a str>,
+    rest: Vec<(&'a str, Option<&'a str>)>,
+    attrs: MountAttrFlags,
+}
+
+fn parse_overlay(options: &[String]) -> OverlayOptions<'_> {
+    let mut out = OverlayOptions {
+        lower: Vec::new(),
+        rest: Vec::new(),
+        attrs: MountAttrFlags::empty(),
+    };
+    for o in options {
+        match o.split_once('=') {
+            Some(("lowerdir", v)) => out.lower.extend(v.split(':').filter(|s| !s.is_empty())),
+            Some(("lowerdir+", v)) => out.lower.push(v),
+            Some((k, v)) => out.rest.push((k, Some(v))),
+            None => match o.as_str() {
+                "ro" => out.attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY,
+                "nosuid" => out.attrs |= MountAttrFlags::MOUNT_ATTR_NOSUID,
+                "nodev" => out.attrs |= MountAttrFlags::MOUNT_ATTR_NODEV,
+                "noexec" => out.attrs |= MountAttrFlags::MOUNT_ATTR_NOEXEC,
+                "rw" => {}
+                flag => out.rest.push((flag, None)),
+            },
+        }
+    }
+    out
+}
+
+fn mount_overlay(m: &Mount, target: &Path) -> SysResult<()> {
+    let opts = parse_overlay(&m.options);
+    let fs = rm::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| SysError::io("fsopen overlay", target, e))?;
+    let fail = |what: &'static str, e: Errno| overlay_error(&fs, what, target, e);
+    for (key, value) in &opts.rest {
+        match value {
+            Some(v) => rm::fsconfig_set_string(&fs, *key, *v),
+            None => rm::fsconfig_set_flag(&fs, *key),
+        }
+        .map_err(|e| fail("configure overlay", e))?;
+    }
+    set_lowerdirs(&fs, &opts.lower).map_err(|e| fail("set overlay lowerdir", e))?;
+    rm::fsconfig_create(&fs).map_err(|e| fail("create overlay", e))?;
+    let mnt = rm::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, opts.attrs)
+        .map_err(|e| fail("fsmount overlay", e))?;
+    rm::move_mount(
+        mnt.as_fd(),
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| SysError::io("move overlay mount", target, e))
+}
+
+fn set_lowerdirs(fs: &OwnedFd, lower: &[&str]) -> Result<(), Errno> {
+    let mut appended = 0;
+    for dir in lower {
+        match rm::fsconfig_set_string(fs, "lowerdir+", *dir) {
+            Ok(()) => appended += 1,
+            // Kernels before 6.8 know only the joined form.
+            Err(Errno::INVAL) if appended == 0 => {
+                return rm::fsconfig_set_string(fs, "lowerdir", lower.join(":"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Turns an fsconfig failure into an error carrying the kernel's own message,
+/// which it queues on the file-system context fd.
+fn overlay_error(fs: &OwnedFd, op: &'static str, target: &Path, e: Errno) -> SysError {
+    let mut buf = [0u8; 512];
+    let mut messages = Vec::new();
+    while let Ok(n) = rustix::io::read(fs, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let source = if messages.is_empty() {
+        std::io::Error::from(e)
+    } else {
+        std::io::Error::new(
+            std::io::Error::from(e).kind(),
+            format!("{e}: {}", messages.join("; ")),
+        )
+    };
+    SysError::io(op, target, source)
+}
+
+/// Unmounts `target`, retrying a few times while it is busy.
+pub fn unmount(target: &Path) -> SysResult<()> {
+    const ATTEMPTS: u32 = 50;
+    let mut attempt = 0;
+    loop {
+        match rm::unmount(target, UnmountFlags::NOFOLLOW) {
+            Ok(()) => return Ok(()),
+            Err(Errno::BUSY) if attempt + 1 < ATTEMPTS => {
+                attempt += 1;
+                // A process may still be leaving the mount; the kernel offers
+                // no event to wait on, so back off briefly.
+                std::thread::sleep(Duration::from_millis(10 * u64::from(attempt.min(10))));
+            }
+            Err(e) => return Err(SysError::io("unmount", target, e)),
+        }
+    }
+}
+
+/// Lazily detaches `target` (for cleanup of mounts a crashed process left).
+pub fn detach(target: &Path) -> SysResult<()> {
+    rm::unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW)
+        .map_err(|e| SysError::io("detach mount", target, e))
+}
+
+/// Remounts a mounted `target` read-only.
+pub fn remount_readonly(target: &Path) -> SysResult<()> {
+    rm::mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, "")
+        .map_err(|e| SysError::io("remount read-only", target, e))
+}
+
+/// True when `path` is the root of a mount.
+pub fn is_mount_point(path: &Path) -> SysResult<bool> {
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        rustix::fs::StatxFlags::TYPE,
+    )
+    .map_err(|e| SysError::io("stat", path, e))?;
+    let attr = rustix::fs::StatxAttributes::MOUNT_ROOT;
+    Ok(st.stx_attributes_mask.contains(attr) && st.stx_attributes.contains(attr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_options_split() {
+        let opts: Vec<String> = [
+            "lowerdir=/a:/b",
+            "upperdir=/u",
+            "workdir=/w",
+            "index=off",
+            "ro",
+            "userxattr",
+        ]
+        .map(String::from)
+        .into();
+        let parsed = parse_overlay(&opts);
+        assert_eq!(parsed.lower, ["/a", "/b"]);
+        assert_eq!(
+            parsed.rest,
+            [
+                ("upperdir", Some("/u")),
+                ("workdir", Some("/w")),
+                ("index", Some("off")),
+                ("userxattr", None)
+            ]
+        );
+        assert!(parsed.attrs.contains(MountAttrFlags::MOUNT_ATTR_RDONLY));
+    }
+}

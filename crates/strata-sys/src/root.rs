@@ -1,0 +1,635 @@
+//! [`Root`]: a directory handle that confines every operation to the tree
+//! below it (SECURITY.md rules 1 and 2).
+//!
+//! Every call resolves the parent of its path afresh from the root fd with
+//! `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`: symlinks met on the way
+//! are followed as if the root were `/`, `..` stops at the root, and nothing
+//! is cached between calls (a directory may have become a symlink since). The
+//! final component is never followed: files are created with `O_EXCL |
+//! O_NOFOLLOW`, links without `AT_SYMLINK_FOLLOW`, metadata is changed with
+//! `AT_SYMLINK_NOFOLLOW`, and a symlink is never chmod-ed.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
+use rustix::io::Errno;
+
+use crate::error::{SysError, SysResult};
+use crate::path::{RelPath, clean};
+
+/// The type of a directory entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A character device (overlay whiteouts are 0/0 character devices).
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A named pipe.
+    Fifo,
+    /// A unix socket.
+    Socket,
+}
+
+impl FileKind {
+    fn from_mode(mode: u32) -> Self {
+        match rfs::FileType::from_raw_mode(mode) {
+            rfs::FileType::Directory => FileKind::Dir,
+            rfs::FileType::Symlink => FileKind::Symlink,
+            rfs::FileType::CharacterDevice => FileKind::CharDevice,
+            rfs::FileType::BlockDevice => FileKind::BlockDevice,
+            rfs::FileType::Fifo => FileKind::Fifo,
+            rfs::FileType::Socket => FileKind::Socket,
+            _ => FileKind::File,
+        }
+    }
+
+    fn file_type(self) -> rfs::FileType {
+        match self {
+            FileKind::File => rfs::FileType::RegularFile,
+            FileKind::Dir => rfs::FileType::Directory,
+            FileKind::Symlink => rfs::FileType::Symlink,
+            FileKind::CharDevice => rfs::FileType::CharacterDevice,
+            FileKind::BlockDevice => rfs::FileType::BlockDevice,
+            FileKind::Fifo => rfs::FileType::Fifo,
+            FileKind::Socket => rfs::FileType::Socket,
+        }
+    }
+}
+
+/// A point in time as the kernel stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Times {
+    /// Seconds since the epoch.
+    pub sec: i64,
+    /// Nanoseconds within the second.
+    pub nsec: u32,
+}
+
+/// What `statx` reports about an entry, without following a final symlink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    /// The entry's type.
+    pub kind: FileKind,
+    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    /// Hard link count.
+    pub nlink: u32,
+    /// Inode number.
+    pub ino: u64,
+    /// Device of the file system holding the entry.
+    pub dev: u64,
+    /// Device number for character and block devices.
+    pub rdev: u64,
+    /// Last modification.
+    pub mtime: Times,
+    /// Last access.
+    pub atime: Times,
+    /// True when the entry is the root of a mount.
+    pub mount_root: bool,
+}
+
+impl Metadata {
+    fn from_statx(st: &rfs::Statx) -> Self {
+        let mount_root = st
+            .stx_attributes_mask
+            .contains(rfs::StatxAttributes::MOUNT_ROOT)
+            && st.stx_attributes.contains(rfs::StatxAttributes::MOUNT_ROOT);
+        Metadata {
+            kind: FileKind::from_mode(u32::from(st.stx_mode)),
+            mode: u32::from(st.stx_mode) & 0o7777,
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+            size: st.stx_size,
+            blocks: st.stx_blocks,
+            nlink: st.stx_nlink,
+            ino: st.stx_ino,
+            dev: u64::from(rfs::makedev(st.stx_dev_major, st.stx_dev_minor)),
+            rdev: u64::from(rfs::makedev(st.stx_rdev_major, st.stx_rdev_minor)),
+            mtime: Times {
+                sec: st.stx_mtime.tv_sec,
+                nsec: st.stx_mtime.tv_nsec,
+            },
+            atime: Times {
+                sec: st.stx_atime.tv_sec,
+                nsec: st.stx_atime.tv_nsec,
+            },
+            mount_root,
+        }
+    }
+}
+
+const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+const STRICT: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
+
+/// A directory that confines every path handed to it.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// A resolved parent directory and the final name below it.
+struct Parent {
+    fd: OwnedFd,
+    name: OsString,
+    rel: RelPath,
+}
+
+impl Root {
+    /// Opens `path` (trusted: it is ours, not a layer's) as a confinement root.
+    pub fn open(path: &Path) -> SysResult<Root> {
+        let fd = rfs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| SysError::io("open root", path, e))?;
+        Ok(Root {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path the root was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The root directory's fd.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn display(&self, rel: &RelPath) -> PathBuf {
+        self.path.join(rel.as_path())
+    }
+
+    fn io(&self, op: &'static str, rel: &RelPath, e: Errno) -> SysError {
+        SysError::io(op, self.display(rel), e)
+    }
+
+    /// Resolves the parent of `path` inside the root.
+    fn parent(&self, op: &'static str, path: &Path) -> SysResult<Parent> {
+        let rel = clean(path)?;
+        let Some((dir, name)) = rel.split_last() else {
+            return Err(SysError::Refused {
+                op,
+                path: self.path.clone(),
+                reason: "the path names the root itself",
+            });
+        };
+        let dir = if dir.is_empty() { OsStr::new(".") } else { dir };
+        let fd = rfs::openat2(
+            &self.fd,
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            IN_ROOT,
+        )
+        .map_err(|e| self.io(op, &rel, e))?;
+        let name = name.to_os_string();
+        Ok(Parent { fd, name, rel })
+    }
+
+    /// Opens a directory inside the root for reading, following symlinks as
+    /// if the root were `/`.
+    pub fn open_dir(&self, path: &Path) -> SysResult<OwnedFd> {
+        let rel = clean(path)?;
+        let target = if rel.is_root() {
+            Path::new(".")
+        } else {
+            rel.as_path()
+        };
+        rfs::openat2(
+            &self.fd,
+            target,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            IN_ROOT,
+        )
+        .map_err(|e| self.io("open directory", &rel, e))
+    }
+
+    /// Opens a regular file for reading; a final symlink is not followed.
+    pub fn open_file(&self, path: &Path) -> SysResult<File> {
+        let p = self.parent("open", path)?;
+        let fd = rfs::openat(
+            &p.fd,
+            &p.name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io("open", &p.rel, e))?;
+        Ok(File::from(fd))
+    }
+
+    /// Creates a new regular file (`O_EXCL | O_NOFOLLOW`), open for writing.
+    pub fn create_file(&self, path: &Path, mode: u32) -> SysResult<File> {
+        let p = self.parent("create", path)?;
+        let fd = rfs::openat(
+            &p.fd,
+            &p.name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode & 0o7777),
+        )
+        .map_err(|e| self.io("create", &p.rel, e))?;
+        Ok(File::from(fd))
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, path: &Path, mode: u32) -> SysResult<()> {
+        let p = self.parent("mkdir", path)?;
+        rfs::mkdirat(&p.fd, &p.name, Mode::from_raw_mode(mode & 0o7777))
+            .map_err(|e| self.io("mkdir", &p.rel, e))
+    }
+
+    /// Creates a directory and any missing parents; existing directories
+    /// (or in-root symlinks to directories) are kept.
+    pub fn mkdir_all(&self, path: &Path, mode: u32) -> SysResult<()> {
+        let rel = clean(path)?;
+        let mut prefix = RelPath::root();
+        for component in rel.as_path().components() {
+            prefix = prefix.join(component.as_os_str())?;
+            match self.mkdir(prefix.as_path(), mode) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    // Accept it only if it resolves to a directory.
+                    self.open_dir(prefix.as_path())?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a symlink at `path` pointing at `target` (stored verbatim; it
+    /// is only ever resolved inside a root).
+    pub fn symlink(&self, target: &OsStr, path: &Path) -> SysResult<()> {
+        let p = self.parent("symlink", path)?;
+        rfs::symlinkat(target, &p.fd, &p.name).map_err(|e| self.io("symlink", &p.rel, e))
+    }
+
+    /// Creates a hard link at `path` to the existing entry `existing`, which
+    /// must be inside the root and must not be a directory. A symlink is
+    /// linked as the symlink itself.
+    pub fn hardlink(&self, existing: &Path, path: &Path) -> SysResult<()> {
+        let src = self.parent("link", existing)?;
+        let st = rfs::statx(
+            &src.fd,
+            &src.name,
+            AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::TYPE,
+        )
+        .map_err(|e| self.io("link", &src.rel, e))?;
+        if FileKind::from_mode(u32::from(st.stx_mode)) == FileKind::Dir {
+            return Err(SysError::Refused {
+                op: "hard-link",
+                path: self.display(&src.rel),
+                reason: "the link target is a directory",
+            });
+        }
+        let dst = self.parent("link", path)?;
+        rfs::linkat(&src.fd, &src.name, &dst.fd, &dst.name, AtFlags::empty())
+            .map_err(|e| self.io("link", &dst.rel, e))
+    }
+
+    /// Creates a device node, fifo or socket node.
+    pub fn mknod(&self, path: &Path, kind: FileKind, mode: u32, rdev: u64) -> SysResult<()> {
+        let p = self.parent("mknod", path)?;
+        if matches!(kind, FileKind::File | FileKind::Dir | FileKind::Symlink) {
+            return Err(SysError::Refused {
+                op: "mknod",
+                path: self.display(&p.rel),
+                reason: "only devices, fifos and sockets are made with mknod",
+            });
+        }
+        rfs::mknodat(
+            &p.fd,
+            &p.name,
+            kind.file_type(),
+            Mode::from_raw_mode(mode & 0o7777),
+            rdev as rfs::Dev,
+        )
+        .map_err(|e| self.io("mknod", &p.rel, e))
+    }
+
+    /// Removes a non-directory entry.
+    pub fn unlink(&self, path: &Path) -> SysResult<()> {
+        let p = self.parent("unlink", path)?;
+        rfs::unlinkat(&p.fd, &p.name, AtFlags::empty()).map_err(|e| self.io("unlink", &p.rel, e))
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, path: &Path) -> SysResult<()> {
+        let p = self.parent("rmdir", path)?;
+        rfs::unlinkat(&p.fd, &p.name, AtFlags::REMOVEDIR).map_err(|e| self.io("rmdir", &p.rel, e))
+    }
+
+    /// Removes an entry and, for a directory, everything below it. Returns
+    /// false when nothing was there. The walk works by fd below the resolved
+    /// parent, never follows a symlink and refuses to enter another mount
+    /// (`RESOLVE_NO_XDEV`), so it cannot delete through a mount point.
+    pub fn remove_all(&self, path: &Path) -> SysResult<bool> {
+        let p = self.parent("remove", path)?;
+        let st = match rfs::statx(&p.fd, &p.name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(self.io("remove", &p.rel, e)),
+        };
+        if FileKind::from_mode(u32::from(st.stx_mode)) != FileKind::Dir {
+            rfs::unlinkat(&p.fd, &p.name, AtFlags::empty())
+                .map_err(|e| self.io("remove", &p.rel, e))?;
+            return Ok(true);
+        }
+        self.remove_dir_tree(&p)?;
+        Ok(true)
+    }
+
+    fn remove_dir_tree(&self, top: &Parent) -> SysResult<()> {
+        // Post-order walk with one open directory at a time: each directory
+        // is reopened from the parent fd with strict resolution, so a symlink
+        // or a mount anywhere on the way fails the walk instead of being
+        // followed.
+        let mut stack: Vec<(PathBuf, bool)> = vec![(PathBuf::from(&top.name), false)];
+        let shown = |rel: &Path| self.display(&top.rel).with_file_name("").join(rel);
+        while let Some((rel, emptied)) = stack.pop() {
+            if emptied {
+                rfs::unlinkat(&top.fd, &rel, AtFlags::REMOVEDIR)
+                    .map_err(|e| SysError::io("rmdir", shown(&rel), e))?;
+                continue;
+            }
+            let dir = rfs::openat2(
+                &top.fd,
+                &rel,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                STRICT,
+            )
+            .map_err(|e| match e {
+                Errno::XDEV => SysError::Refused {
+                    op: "remove",
+                    path: shown(&rel),
+                    reason: "it is or contains a mount point",
+                },
+                e => SysError::io("open directory", shown(&rel), e),
+            })?;
+            stack.push((rel.clone(), true));
+            for (name, kind) in
+                read_entries(&dir).map_err(|e| SysError::io("read directory", shown(&rel), e))?
+            {
+                if kind == Some(FileKind::Dir) {
+                    stack.push((rel.join(&name), false));
+                } else {
+                    match rfs::unlinkat(&dir, &name, AtFlags::empty()) {
+                        Ok(()) => {}
+                        // The entry type was unknown and it is a directory.
+                        Err(Errno::ISDIR) => stack.push((rel.join(&name), false)),
+                        Err(e) => return Err(SysError::io("unlink", shown(&rel.join(&name)), e)),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames `from` to `to`, both inside the root, replacing `to` if the
+    /// kernel allows.
+    pub fn rename(&self, from: &Path, to: &Path) -> SysResult<()> {
+        let a = self.parent("rename", from)?;
+        let b = self.parent("rename", to)?;
+        rfs::renameat(&a.fd, &a.name, &b.fd, &b.name).map_err(|e| self.io("rename", &a.rel, e))
+    }
+
+    /// Changes ownership without following a final symlink.
+    pub fn chown(&self, path: &Path, uid: u32, gid: u32) -> SysResult<()> {
+        let p = self.parent("chown", path)?;
+        rfs::chownat(
+            &p.fd,
+            &p.name,
+            Some(rfs::Uid::from_raw(uid)),
+            Some(rfs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io("chown", &p.rel, e))
+    }
+
+    /// Changes permission bits (setuid, setgid and sticky included). A
+    /// symlink is refused rather than followed.
+    pub fn chmod(&self, path: &Path, mode: u32) -> SysResult<()> {
+        let p = self.parent("chmod", path)?;
+        let st = rfs::statx(&p.fd, &p.name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE)
+            .map_err(|e| self.io("chmod", &p.rel, e))?;
+        if FileKind::from_mode(u32::from(st.stx_mode)) == FileKind::Symlink {
+            return Err(SysError::Refused {
+                op: "chmod",
+                path: self.display(&p.rel),
+                reason: "it is a symlink",
+            });
+        }
+        // The parent fd is fixed and the final name was just seen to be no
+        // symlink; only we write inside a snapshot, so it cannot be swapped
+        // between the two calls.
+        rfs::chmodat(
+            &p.fd,
+            &p.name,
+            Mode::from_raw_mode(mode & 0o7777),
+            AtFlags::empty(),
+        )
+        .map_err(|e| self.io("chmod", &p.rel, e))
+    }
+
+    /// Sets access and modification times without following a final symlink.
+    pub fn set_times(&self, path: &Path, atime: Times, mtime: Times) -> SysResult<()> {
+        let p = self.parent("utimens", path)?;
+        let ts = |t: Times| rfs::Timespec {
+            tv_sec: t.sec,
+            tv_nsec: i64::from(t.nsec),
+        };
+        let times = rfs::Timestamps {
+            last_access: ts(atime),
+            last_modification: ts(mtime),
+        };
+        rfs::utimensat(&p.fd, &p.name, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.io("utimens", &p.rel, e))
+    }
+
+    /// `lstat` of an entry (the root itself for an empty path).
+    pub fn stat(&self, path: &Path) -> SysResult<Metadata> {
+        let rel = clean(path)?;
+        let st = if rel.is_root() {
+            rfs::statx(&self.fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
+        } else {
+            let p = self.parent("stat", path)?;
+            rfs::statx(
+                &p.fd,
+                &p.name,
+                AtFlags::SYMLINK_NOFOLLOW,
+                StatxFlags::BASIC_STATS,
+            )
+        }
+        .map_err(|e| self.io("stat", &rel, e))?;
+        Ok(Metadata::from_statx(&st))
+    }
+
+    /// `lstat` that reports a missing entry as `None`.
+    pub fn try_stat(&self, path: &Path) -> SysResult<Option<Metadata>> {
+        match self.stat(path) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The target of a symlink.
+    pub fn read_link(&self, path: &Path) -> SysResult<OsString> {
+        let p = self.parent("readlink", path)?;
+        let target = rfs::readlinkat(&p.fd, &p.name, Vec::new())
+            .map_err(|e| self.io("readlink", &p.rel, e))?;
+        Ok(OsString::from_vec(target.into_bytes()))
+    }
+
+    /// Names and (when the file system says) types of a directory's entries,
+    /// without `.` and `..`.
+    pub fn read_dir(&self, path: &Path) -> SysResult<Vec<(OsString, Option<FileKind>)>> {
+        let rel = clean(path)?;
+        let dir = self.open_dir(path)?;
+        read_entries(&dir).map_err(|e| self.io("read directory", &rel, e))
+    }
+
+    fn xattr_path(p: &Parent) -> PathBuf {
+        // The parent is reached through our own fd (a magic link we opened);
+        // the final name is not followed by the l*xattr calls.
+        let mut path = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&p.fd)
+        ));
+        path.push(&p.name);
+        path
+    }
+
+    /// Sets an extended attribute on the entry itself (never a symlink's
+    /// target).
+    pub fn set_xattr(&self, path: &Path, name: &OsStr, value: &[u8]) -> SysResult<()> {
+        let p = self.parent("setxattr", path)?;
+        rfs::lsetxattr(Self::xattr_path(&p), name, value, rfs::XattrFlags::empty())
+            .map_err(|e| self.io("setxattr", &p.rel, e))
+    }
+
+    /// Reads an extended attribute; `None` when absent.
+    pub fn get_xattr(&self, path: &Path, name: &OsStr) -> SysResult<Option<Vec<u8>>> {
+        let p = self.parent("getxattr", path)?;
+        let target = Self::xattr_path(&p);
+        let mut buf = vec![0u8; 256];
+        loop {
+            match rfs::lgetxattr(&target, name, &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(Some(buf));
+                }
+                Err(Errno::NODATA) => return Ok(None),
+                Err(Errno::RANGE) => {
+                    let need = rfs::lgetxattr_query(&target, name)
+                        .map_err(|e| self.io("getxattr", &p.rel, e))?;
+                    buf.resize(need.max(buf.len() * 2), 0);
+                }
+                Err(e) => return Err(self.io("getxattr", &p.rel, e)),
+            }
+        }
+    }
+
+    /// Names of the entry's extended attributes.
+    pub fn list_xattrs(&self, path: &Path) -> SysResult<Vec<OsString>> {
+        let p = self.parent("listxattr", path)?;
+        let target = Self::xattr_path(&p);
+        let mut buf = vec![0u8; 1024];
+        let n = loop {
+            match rfs::llistxattr(&target, &mut buf[..]) {
+                Ok(n) => break n,
+                Err(Errno::RANGE) => {
+                    let need = rfs::llistxattr_query(&target)
+                        .map_err(|e| self.io("listxattr", &p.rel, e))?;
+                    buf.resize(need.max(buf.len() * 2), 0);
+                }
+                Err(e) => return Err(self.io("listxattr", &p.rel, e)),
+            }
+        };
+        Ok(buf[..n]
+            .split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| OsStr::from_bytes(s).to_os_string())
+            .collect())
+    }
+
+    /// Removes an extended attribute.
+    pub fn remove_xattr(&self, path: &Path, name: &OsStr) -> SysResult<()> {
+        let p = self.parent("removexattr", path)?;
+        rfs::lremovexattr(Self::xattr_path(&p), name).map_err(|e| self.io("removexattr", &p.rel, e))
+    }
+
+    /// `fsync` of a file or directory inside the root.
+    pub fn fsync(&self, path: &Path) -> SysResult<()> {
+        let rel = clean(path)?;
+        let fd = if rel.is_root() {
+            rfs::openat(
+                &self.fd,
+                ".",
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        } else {
+            let p = self.parent("fsync", path)?;
+            rfs::openat(
+                &p.fd,
+                &p.name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        }
+        .map_err(|e| self.io("fsync", &rel, e))?;
+        rfs::fsync(&fd).map_err(|e| self.io("fsync", &rel, e))
+    }
+
+    /// `syncfs` of the file system holding the root.
+    pub fn syncfs(&self) -> SysResult<()> {
+        rfs::syncfs(&self.fd).map_err(|e| SysError::io("syncfs", &self.path, e))
+    }
+}
+
+fn read_entries(dir: &OwnedFd) -> Result<Vec<(OsString, Option<FileKind>)>, Errno> {
+    let mut out = Vec::new();
+    let mut iter = rfs::Dir::read_from(dir)?;
+    while let Some(entry) = iter.read() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            rfs::FileType::Unknown => None,
+            t => Some(FileKind::from_mode(t.as_raw_mode())),
+        };
+        out.push((OsStr::from_bytes(name).to_os_string(), kind));
+    }
+    Ok(out)
+}

@@ -1,0 +1,48 @@
+//! Helpers shared by Strata's tests.
+//!
+//! Privileged tests call [`require_root`] first. Where the process is not
+//! root the test is reported as skipped by name: a line goes to stderr and to
+//! the skip log that `cargo xtask test` counts and prints. With
+//! `STRATA_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) a skip is a failure, so a
+//! privileged test can never pass by not running.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Environment variable that turns skips into failures.
+pub const REQUIRE_PRIVILEGED: &str = "STRATA_REQUIRE_PRIVILEGED";
+
+/// Environment variable naming the file skips are appended to.
+pub const SKIP_LOG: &str = "STRATA_SKIP_LOG";
+
+/// True when the test may go on as root. Otherwise records the skip of
+/// `test` (or panics when skips are forbidden) and returns false.
+pub fn require_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    skip(test, "needs root")
+}
+
+/// Records that `test` did not run because of `reason`; panics when
+/// [`REQUIRE_PRIVILEGED`] is set. Always returns false.
+pub fn skip(test: &str, reason: &str) -> bool {
+    let line = format!("SKIPPED {test}: {reason}");
+    assert!(
+        std::env::var_os(REQUIRE_PRIVILEGED).is_none_or(|v| v != "1"),
+        "{line}, and {REQUIRE_PRIVILEGED}=1 forbids skipping"
+    );
+    eprintln!("{line}");
+    if let Some(log) = std::env::var_os(SKIP_LOG).map(PathBuf::from) {
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = appended {
+            eprintln!("could not record the skip in {}: {e}", log.display());
+        }
+    }
+    false
+}
