@@ -1,0 +1,192 @@
+//! Schema version and migrations. The `meta` table's `schema_version` row
+//! says which layout a file has. Opening creates every table, writes the
+//! version into a new file, runs the migrations from an older version in one
+//! write transaction (so a crash leaves the old version intact), and refuses
+//! a newer version with an error naming both.
+
+use std::path::Path;
+
+use crate::records::TABLES;
+use crate::tx::{META, RawTable, WriteTx};
+use crate::{MetaDb, MetaError};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const VERSION_ROW: &str = "schema_version";
+
+/// One step from schema `from` to `from + 1`.
+pub(crate) struct Migration {
+    pub(crate) from: u32,
+    pub(crate) run: fn(&WriteTx) -> Result<(), MetaError>,
+}
+
+/// The migrations of this build; schema 1 is the first, so none yet.
+pub(crate) const MIGRATIONS: &[Migration] = &[];
+
+pub(crate) fn open(
+    path: &Path,
+    version: u32,
+    migrations: &[Migration],
+) -> Result<MetaDb, MetaError> {
+    let db = redb::Database::create(path).map_err(|e| MetaError::Database {
+        path: path.to_path_buf(),
+        source: Box::new(e.into()),
+    })?;
+    let tx = WriteTx::new(
+        db.begin_write()
+            .map_err(|e| MetaError::storage("begin write", e))?,
+    );
+    for name in TABLES {
+        tx.raw()
+            .open_table(RawTable::new(name))
+            .map_err(|e| MetaError::storage("create table", e))?;
+    }
+    tx.raw()
+        .open_table(META)
+        .map_err(|e| MetaError::storage("create table", e))?;
+    match tx.meta(VERSION_ROW)? {
+        None => {}
+        Some(found) if found > u64::from(version) => {
+            return Err(MetaError::TooNew {
+                path: path.to_path_buf(),
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+                supported: version,
+            });
+        }
+        Some(found) => {
+            let mut at = u32::try_from(found).expect("versions below the supported one fit");
+            while at < version {
+                let step =
+                    migrations
+                        .iter()
+                        .find(|m| m.from == at)
+                        .ok_or_else(|| MetaError::Corrupt {
+                            table: "meta",
+                            key: VERSION_ROW.into(),
+                            reason: format!("no migration from schema version {at}"),
+                        })?;
+                tracing::info!(from = at, to = at + 1, "migrating metadata schema");
+                (step.run)(&tx)?;
+                at += 1;
+            }
+        }
+    }
+    tx.set_meta(VERSION_ROW, u64::from(version))?;
+    tx.commit()?;
+    Ok(MetaDb {
+        db,
+        path: path.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::ContentRecord;
+    use strata_core::{Classify, ErrorKind};
+
+    fn content(size: u64) -> ContentRecord {
+        ContentRecord {
+            size,
+            created: 1,
+            updated: 1,
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn new_file_gets_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = MetaDb::open(&dir.path().join("meta.redb")).unwrap();
+        assert_eq!(
+            db.read().unwrap().meta(VERSION_ROW).unwrap(),
+            Some(u64::from(SCHEMA_VERSION))
+        );
+    }
+
+    #[test]
+    fn newer_schema_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let db = MetaDb::open(&path).unwrap();
+            let tx = db.write().unwrap();
+            tx.set_meta(VERSION_ROW, 7).unwrap();
+            tx.commit().unwrap();
+        }
+        let err = MetaDb::open(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("schema version 7")
+                && msg.contains(&format!("the {SCHEMA_VERSION} this strata supports")),
+            "{msg}"
+        );
+    }
+
+    fn double_sizes(tx: &WriteTx) -> Result<(), MetaError> {
+        for (k, mut r) in tx.scan::<ContentRecord>("")? {
+            r.size *= 2;
+            tx.put(&k, &r)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn older_schema_is_migrated_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let db = open(&path, 1, &[]).unwrap();
+            let tx = db.write().unwrap();
+            tx.put("sha256:a", &content(5)).unwrap();
+            tx.commit().unwrap();
+        }
+        let steps = [
+            Migration {
+                from: 1,
+                run: double_sizes,
+            },
+            Migration {
+                from: 2,
+                run: double_sizes,
+            },
+        ];
+        let db = open(&path, 3, &steps).unwrap();
+        let r = db.read().unwrap();
+        assert_eq!(r.meta(VERSION_ROW).unwrap(), Some(3));
+        assert_eq!(
+            r.get::<ContentRecord>("sha256:a").unwrap().unwrap().size,
+            20
+        );
+        drop(r);
+        drop(db);
+        // Re-opening at the same version runs nothing.
+        let db = open(&path, 3, &steps).unwrap();
+        assert_eq!(
+            db.read()
+                .unwrap()
+                .get::<ContentRecord>("sha256:a")
+                .unwrap()
+                .unwrap()
+                .size,
+            20
+        );
+    }
+
+    #[test]
+    fn missing_migration_leaves_the_file_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        drop(open(&path, 1, &[]).unwrap());
+        let err = open(&path, 2, &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no migration from schema version 1"),
+            "{err}"
+        );
+        let db = open(&path, 1, &[]).unwrap();
+        assert_eq!(db.read().unwrap().meta(VERSION_ROW).unwrap(), Some(1));
+    }
+}

@@ -1,0 +1,244 @@
+//! Typed access to the tables inside read and write transactions. Every
+//! table maps a string key to an encoded [`Record`]; the `meta` table holds
+//! counters and the schema version.
+
+use redb::{ReadableTable, TableDefinition};
+
+use crate::MetaError;
+use crate::codec::{Record, decode, encode};
+
+pub(crate) type RawTable = TableDefinition<'static, &'static str, &'static [u8]>;
+pub(crate) const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
+
+pub(crate) fn table_of<R: Record>() -> RawTable {
+    TableDefinition::new(R::TABLE)
+}
+
+fn corrupt<R: Record>(key: &str, reason: String) -> MetaError {
+    MetaError::Corrupt {
+        table: R::TABLE,
+        key: key.to_owned(),
+        reason,
+    }
+}
+
+fn get_in<R: Record>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<R>, MetaError> {
+    match t.get(key).map_err(|e| MetaError::storage("get", e))? {
+        Some(v) => decode(v.value())
+            .map(Some)
+            .map_err(|r| corrupt::<R>(key, r)),
+        None => Ok(None),
+    }
+}
+
+fn scan_in<R: Record>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+) -> Result<Vec<(String, R)>, MetaError> {
+    let mut out = Vec::new();
+    for row in t
+        .range(prefix..)
+        .map_err(|e| MetaError::storage("scan", e))?
+    {
+        let (k, v) = row.map_err(|e| MetaError::storage("scan", e))?;
+        let key = k.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        let record = decode(v.value()).map_err(|r| corrupt::<R>(key, r))?;
+        out.push((key.to_owned(), record));
+    }
+    Ok(out)
+}
+
+/// Raw rows of one table, for `check`: undecoded so one bad row does not
+/// hide the others.
+pub(crate) fn raw_rows_in(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, Vec<u8>)>, MetaError> {
+    let mut out = Vec::new();
+    for row in t.iter().map_err(|e| MetaError::storage("scan", e))? {
+        let (k, v) = row.map_err(|e| MetaError::storage("scan", e))?;
+        out.push((k.value().to_owned(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// A consistent read-only view of every table.
+pub struct ReadTx {
+    tx: redb::ReadTransaction,
+}
+
+impl std::fmt::Debug for ReadTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadTx")
+    }
+}
+
+impl ReadTx {
+    pub(crate) fn new(tx: redb::ReadTransaction) -> Self {
+        ReadTx { tx }
+    }
+
+    fn open(
+        &self,
+        def: RawTable,
+    ) -> Result<redb::ReadOnlyTable<&'static str, &'static [u8]>, MetaError> {
+        self.tx
+            .open_table(def)
+            .map_err(|e| MetaError::storage("open table", e))
+    }
+
+    /// The record at `key`.
+    pub fn get<R: Record>(&self, key: &str) -> Result<Option<R>, MetaError> {
+        get_in(&self.open(table_of::<R>())?, key)
+    }
+
+    /// Every record whose key starts with `prefix` (all for `""`), in key
+    /// order.
+    pub fn scan<R: Record>(&self, prefix: &str) -> Result<Vec<(String, R)>, MetaError> {
+        scan_in(&self.open(table_of::<R>())?, prefix)
+    }
+
+    /// A counter or setting of the `meta` table.
+    pub fn meta(&self, name: &str) -> Result<Option<u64>, MetaError> {
+        let t = self
+            .tx
+            .open_table(META)
+            .map_err(|e| MetaError::storage("open table", e))?;
+        Ok(t.get(name)
+            .map_err(|e| MetaError::storage("get", e))?
+            .map(|v| v.value()))
+    }
+
+    pub(crate) fn raw_rows(
+        &self,
+        table: &'static str,
+    ) -> Result<Vec<(String, Vec<u8>)>, MetaError> {
+        raw_rows_in(&self.open(TableDefinition::new(table))?)
+    }
+}
+
+/// The write transaction: every change of one operation, committed at once.
+/// Dropping it without [`WriteTx::commit`] discards the changes.
+pub struct WriteTx {
+    tx: redb::WriteTransaction,
+}
+
+impl std::fmt::Debug for WriteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteTx")
+    }
+}
+
+impl WriteTx {
+    pub(crate) fn new(tx: redb::WriteTransaction) -> Self {
+        WriteTx { tx }
+    }
+
+    fn open(
+        &self,
+        def: RawTable,
+    ) -> Result<redb::Table<'_, &'static str, &'static [u8]>, MetaError> {
+        self.tx
+            .open_table(def)
+            .map_err(|e| MetaError::storage("open table", e))
+    }
+
+    /// The record at `key`, as this transaction sees it.
+    pub fn get<R: Record>(&self, key: &str) -> Result<Option<R>, MetaError> {
+        get_in(&self.open(table_of::<R>())?, key)
+    }
+
+    /// Every record whose key starts with `prefix`, in key order.
+    pub fn scan<R: Record>(&self, prefix: &str) -> Result<Vec<(String, R)>, MetaError> {
+        scan_in(&self.open(table_of::<R>())?, prefix)
+    }
+
+    /// Inserts or replaces the record at `key`.
+    pub fn put<R: Record>(&self, key: &str, record: &R) -> Result<(), MetaError> {
+        let bytes = encode(record);
+        self.open(table_of::<R>())?
+            .insert(key, bytes.as_slice())
+            .map_err(|e| MetaError::storage("insert", e))?;
+        Ok(())
+    }
+
+    /// Removes the record at `key`; true when there was one.
+    pub fn delete<R: Record>(&self, key: &str) -> Result<bool, MetaError> {
+        let removed = self
+            .open(table_of::<R>())?
+            .remove(key)
+            .map_err(|e| MetaError::storage("remove", e))?
+            .is_some();
+        Ok(removed)
+    }
+
+    /// Removes every record whose key starts with `prefix`; returns how many.
+    pub fn delete_prefix<R: Record>(&self, prefix: &str) -> Result<usize, MetaError> {
+        let mut table = self.open(table_of::<R>())?;
+        let keys: Vec<String> = {
+            let mut keys = Vec::new();
+            for row in table
+                .range(prefix..)
+                .map_err(|e| MetaError::storage("scan", e))?
+            {
+                let (k, _) = row.map_err(|e| MetaError::storage("scan", e))?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                keys.push(k.value().to_owned());
+            }
+            keys
+        };
+        for k in &keys {
+            table
+                .remove(k.as_str())
+                .map_err(|e| MetaError::storage("remove", e))?;
+        }
+        Ok(keys.len())
+    }
+
+    /// A counter or setting of the `meta` table.
+    pub fn meta(&self, name: &str) -> Result<Option<u64>, MetaError> {
+        let t = self
+            .tx
+            .open_table(META)
+            .map_err(|e| MetaError::storage("open table", e))?;
+        Ok(t.get(name)
+            .map_err(|e| MetaError::storage("get", e))?
+            .map(|v| v.value()))
+    }
+
+    /// Sets a counter or setting of the `meta` table.
+    pub fn set_meta(&self, name: &str, value: u64) -> Result<(), MetaError> {
+        let mut t = self
+            .tx
+            .open_table(META)
+            .map_err(|e| MetaError::storage("open table", e))?;
+        t.insert(name, value)
+            .map_err(|e| MetaError::storage("insert", e))?;
+        Ok(())
+    }
+
+    /// Increments the named sequence and returns its new value (first: 1).
+    pub fn next_sequence(&self, name: &str) -> Result<u64, MetaError> {
+        let next = self.meta(name)?.unwrap_or(0) + 1;
+        self.set_meta(name, next)?;
+        Ok(next)
+    }
+
+    /// Commits durably.
+    pub fn commit(self) -> Result<(), MetaError> {
+        self.tx
+            .commit()
+            .map_err(|e| MetaError::storage("commit", e))
+    }
+
+    pub(crate) fn raw(&self) -> &redb::WriteTransaction {
+        &self.tx
+    }
+}
