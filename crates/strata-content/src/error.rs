@@ -1,0 +1,91 @@
+//! Errors of the content store, each naming the digest, ref or path concerned.
+
+use std::path::PathBuf;
+
+use strata_core::{Classify, Digest, ErrorKind};
+
+/// A failed content-store operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContentError {
+    /// No blob with that digest.
+    #[error("content {0} not found")]
+    NotFound(Digest),
+    /// No ingest with that ref.
+    #[error("ingest {0:?} not found")]
+    IngestNotFound(String),
+    /// The blob is already committed.
+    #[error("content {0} already exists")]
+    AlreadyExists(Digest),
+    /// Another writer holds the ref.
+    #[error("ingest {0:?} is in use by another writer")]
+    RefInUse(String),
+    /// The bytes do not hash to the expected digest.
+    #[error("content for ingest {ingest:?} does not match: expected {expected}, got {actual}")]
+    DigestMismatch {
+        ingest: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    /// The size given at commit differs from what was written.
+    #[error("ingest {ingest:?}: commit size {expected} does not match the {actual} bytes written")]
+    SizeMismatch {
+        ingest: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// A resumed writer was given a different expectation than the ingest has.
+    #[error("ingest {ingest:?} was started expecting {existing}, not {requested}")]
+    ExpectationConflict {
+        ingest: String,
+        existing: String,
+        requested: String,
+    },
+    /// A bad argument: ref name, label, field path or filter.
+    #[error("{0}")]
+    Invalid(String),
+    /// The writer was already committed.
+    #[error("ingest {0:?} was already committed by this writer")]
+    Finished(String),
+    /// A file-system operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] strata_metadata::MetaError),
+    /// A strata-sys operation failed.
+    #[error(transparent)]
+    Sys(#[from] strata_sys::SysError),
+}
+
+impl ContentError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ContentError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl Classify for ContentError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ContentError::NotFound(_) | ContentError::IngestNotFound(_) => ErrorKind::NotFound,
+            ContentError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            ContentError::RefInUse(_) => ErrorKind::Unavailable,
+            ContentError::DigestMismatch { .. } | ContentError::Invalid(_) => ErrorKind::Invalid,
+            ContentError::SizeMismatch { .. }
+            | ContentError::ExpectationConflict { .. }
+            | ContentError::Finished(_) => ErrorKind::FailedPrecondition,
+            ContentError::Io { source, .. } => Classify::kind(source),
+            ContentError::Meta(e) => e.kind(),
+            ContentError::Sys(e) => e.kind(),
+        }
+    }
+}

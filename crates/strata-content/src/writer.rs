@@ -1,0 +1,341 @@
+//! [`Writer`]: one ingest being written. Bytes go to
+//! `content/ingest/<id>/data` and through a digester in the same call; a
+//! commit verifies size and digest, fsyncs, renames the file into `blobs/`
+//! and then adds the row, in that order.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use strata_core::{Algorithm, Digest, Digester, Labels, id, labels};
+use strata_metadata::records::{ContentRecord, IngestRecord, Nanos, now, to_system_time};
+
+use crate::error::ContentError;
+use crate::info::Status;
+use crate::store::{Inner, hash_file, remove_dir, seal};
+
+/// An open ingest. Dropping it keeps the partial data for a later resume
+/// and frees the ref for another writer.
+pub struct Writer {
+    inner: Arc<Inner>,
+    reference: String,
+    id: String,
+    file: File,
+    digester: Digester,
+    expected_size: Option<u64>,
+    expected: Option<Digest>,
+    started: Nanos,
+    updated: SystemTime,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("reference", &self.reference)
+            .field("offset", &self.digester.written())
+            .finish()
+    }
+}
+
+fn parse_expected(reference: &str, r: &IngestRecord) -> Result<Option<Digest>, ContentError> {
+    r.expected
+        .as_deref()
+        .map(Digest::parse)
+        .transpose()
+        .map_err(|e| {
+            ContentError::Invalid(format!("ingest {reference:?}: stored expected digest: {e}"))
+        })
+}
+
+pub(crate) fn status_of(
+    inner: &Inner,
+    reference: &str,
+    r: &IngestRecord,
+) -> Result<Status, ContentError> {
+    let data = inner.ingest_dir(&r.id).join("data");
+    let meta = fs::metadata(&data).map_err(|e| ContentError::io("stat", &data, e))?;
+    Ok(Status {
+        reference: reference.to_owned(),
+        offset: meta.len(),
+        total: r.expected_size.unwrap_or(0),
+        expected: parse_expected(reference, r)?,
+        started: to_system_time(r.started),
+        updated: meta
+            .modified()
+            .map_err(|e| ContentError::io("stat", &data, e))?,
+    })
+}
+
+fn conflict(reference: &str, existing: impl ToString, requested: impl ToString) -> ContentError {
+    ContentError::ExpectationConflict {
+        ingest: reference.to_owned(),
+        existing: existing.to_string(),
+        requested: requested.to_string(),
+    }
+}
+
+impl Writer {
+    pub(crate) fn open(
+        inner: Arc<Inner>,
+        reference: &str,
+        expected_size: Option<u64>,
+        expected: Option<&Digest>,
+    ) -> Result<Writer, ContentError> {
+        let tx = inner.db.write()?;
+        let existing = tx.get::<IngestRecord>(reference)?;
+        let (record, file, resumed) = match existing {
+            Some(mut r) => {
+                let stored = parse_expected(reference, &r)?;
+                match (&stored, expected) {
+                    (Some(a), Some(b)) if a != b => return Err(conflict(reference, a, b)),
+                    (None, Some(b)) => r.expected = Some(b.to_string()),
+                    _ => {}
+                }
+                match (r.expected_size, expected_size) {
+                    (Some(a), Some(b)) if a != b => {
+                        return Err(conflict(
+                            reference,
+                            format!("{a} bytes"),
+                            format!("{b} bytes"),
+                        ));
+                    }
+                    (None, Some(b)) => r.expected_size = Some(b),
+                    _ => {}
+                }
+                tx.put(reference, &r)?;
+                tx.commit()?;
+                let path = inner.ingest_dir(&r.id).join("data");
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| ContentError::io("open ingest", &path, e))?;
+                (r, file, true)
+            }
+            None => {
+                let id = id::new_id();
+                let dir = inner.ingest_dir(&id);
+                fs::create_dir(&dir).map_err(|e| ContentError::io("create", &dir, e))?;
+                let path = dir.join("data");
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| ContentError::io("create", &path, e))?;
+                let r = IngestRecord {
+                    id,
+                    expected_size,
+                    expected: expected.map(ToString::to_string),
+                    started: now(),
+                    updated: now(),
+                };
+                tx.put(reference, &r)?;
+                tx.commit()?;
+                (r, file, false)
+            }
+        };
+        let expected = parse_expected(reference, &record)?;
+        let alg = expected
+            .as_ref()
+            .map_or(Algorithm::Sha256, Digest::algorithm);
+        let mut w = Writer {
+            inner,
+            reference: reference.to_owned(),
+            id: record.id,
+            file,
+            digester: Digester::new(alg),
+            expected_size: record.expected_size,
+            expected,
+            started: record.started,
+            updated: to_system_time(record.updated),
+            finished: false,
+        };
+        if resumed {
+            w.rehash(u64::MAX)?;
+        }
+        Ok(w)
+    }
+
+    fn data_path(&self) -> PathBuf {
+        self.inner.ingest_dir(&self.id).join("data")
+    }
+
+    fn io(&self, op: &'static str, e: io::Error) -> ContentError {
+        ContentError::io(op, self.data_path(), e)
+    }
+
+    /// Restores the digest and offset from the first `limit` bytes on disk
+    /// and positions the file after them.
+    fn rehash(&mut self, limit: u64) -> Result<(), ContentError> {
+        self.digester = Digester::new(self.digester.algorithm());
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| self.io("seek", e))?;
+        let mut src = io::Read::take(&self.file, limit);
+        io::copy(&mut src, &mut self.digester).map_err(|e| self.io("re-hash", e))?;
+        let end = self.digester.written();
+        self.file
+            .seek(SeekFrom::Start(end))
+            .map_err(|e| self.io("seek", e))?;
+        if let Ok(meta) = self.file.metadata() {
+            if let Ok(m) = meta.modified() {
+                self.updated = m;
+            }
+        }
+        Ok(())
+    }
+
+    /// The ingest's status as this writer sees it.
+    pub fn status(&self) -> Status {
+        Status {
+            reference: self.reference.clone(),
+            offset: self.digester.written(),
+            total: self.expected_size.unwrap_or(0),
+            expected: self.expected.clone(),
+            started: to_system_time(self.started),
+            updated: self.updated,
+        }
+    }
+
+    /// The digest of the bytes written so far.
+    pub fn digest(&self) -> Digest {
+        self.digester.current()
+    }
+
+    /// Cuts the ingest back to `size` bytes (0 starts over).
+    pub fn truncate(&mut self, size: u64) -> Result<(), ContentError> {
+        if size > self.digester.written() {
+            return Err(ContentError::Invalid(format!(
+                "cannot truncate ingest {:?} to {size} bytes: only {} written",
+                self.reference,
+                self.digester.written()
+            )));
+        }
+        self.file
+            .set_len(size)
+            .map_err(|e| self.io("truncate", e))?;
+        self.rehash(size)?;
+        self.updated = SystemTime::now();
+        Ok(())
+    }
+
+    /// Verifies and commits the ingest as a blob. `size` 0 and `expected`
+    /// `None` accept whatever was written (unless the writer was opened with
+    /// expectations). A size or digest mismatch leaves the ingest in place;
+    /// content the store already has ends the ingest with
+    /// [`ContentError::AlreadyExists`].
+    #[tracing::instrument(skip_all, fields(reference = %self.reference))]
+    pub fn commit(
+        &mut self,
+        size: u64,
+        expected: Option<&Digest>,
+        labels: &Labels,
+    ) -> Result<Digest, ContentError> {
+        if self.finished {
+            return Err(ContentError::Finished(self.reference.clone()));
+        }
+        labels::validate_all(labels).map_err(|e| ContentError::Invalid(e.to_string()))?;
+        let written = self.digester.written();
+        let want_size = if size != 0 {
+            Some(size)
+        } else {
+            self.expected_size
+        };
+        if let Some(want) = want_size.filter(|&w| w != written) {
+            return Err(ContentError::SizeMismatch {
+                ingest: self.reference.clone(),
+                expected: want,
+                actual: written,
+            });
+        }
+        let expected = expected.or(self.expected.as_ref());
+        let actual = match expected {
+            Some(e) if e.algorithm() != self.digester.algorithm() => {
+                hash_file(&self.data_path(), e.algorithm())?
+            }
+            _ => self.digester.current(),
+        };
+        if let Some(e) = expected.filter(|e| **e != actual) {
+            return Err(ContentError::DigestMismatch {
+                ingest: self.reference.clone(),
+                expected: e.clone(),
+                actual,
+            });
+        }
+
+        let inner = Arc::clone(&self.inner);
+        let _guard = inner.commit_guard();
+        if inner
+            .db
+            .read()?
+            .get::<ContentRecord>(actual.as_str())?
+            .is_some()
+        {
+            self.finished = true;
+            inner.drop_ingest(&self.reference, &self.id)?;
+            return Err(ContentError::AlreadyExists(actual));
+        }
+        let data = self.data_path();
+        self.file.sync_all().map_err(|e| self.io("fsync", e))?;
+        seal(&data)?;
+        let blob = inner.blob_path(&actual);
+        fs::rename(&data, &blob).map_err(|e| ContentError::io("rename into blobs", &blob, e))?;
+        let blob_dir = blob.parent().expect("blob paths have a parent");
+        strata_sys::sync::fsync_dir(blob_dir)?;
+
+        let ts = now();
+        let row = ContentRecord {
+            size: written,
+            created: ts,
+            updated: ts,
+            labels: labels.clone(),
+        };
+        let committed = inner.db.write().and_then(|tx| {
+            tx.put(actual.as_str(), &row)?;
+            tx.delete::<IngestRecord>(&self.reference)?;
+            tx.commit()
+        });
+        if let Err(e) = committed {
+            // Put the data back so the ingest stays resumable.
+            if let Err(undo) = fs::rename(&blob, &data) {
+                tracing::error!(blob = %blob.display(), error = %undo, "could not return uncommitted blob to its ingest");
+            }
+            return Err(e.into());
+        }
+        self.finished = true;
+        if let Err(e) = remove_dir(&inner.ingest_dir(&self.id)) {
+            // Swept at the next open; the commit itself is durable.
+            tracing::debug!(error = %e, "leaving an empty ingest directory");
+        }
+        Ok(actual)
+    }
+}
+
+impl Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.finished {
+            return Err(io::Error::other(format!(
+                "ingest {:?} is already committed",
+                self.reference
+            )));
+        }
+        let n = self.file.write(buf)?;
+        self.digester.update(&buf[..n]);
+        self.updated = SystemTime::now();
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.inner.release(&self.reference);
+    }
+}
