@@ -1,1 +1,87 @@
-fn main() {}
+//! `strata`: the command line of the Strata snapshot manager. Nouns and
+//! verbs follow `../shared/CLI.md`; errors go to stderr as one line and map to
+//! the documented exit codes.
+
+mod check;
+mod content;
+mod output;
+mod root;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use strata_core::ErrorKind;
+
+/// Layered filesystem snapshots for container build engines.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about, max_term_width = 100)]
+struct Cli {
+    /// State root [default: $STRATA_ROOT, else /var/lib/strata as root, else $XDG_DATA_HOME/strata].
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More logging on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Blobs in the content store.
+    #[command(subcommand)]
+    Content(content::ContentCmd),
+    /// Verify metadata against disk and every blob against its digest.
+    Check(check::CheckArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let out = output::Output::new(cli.json);
+    let result = root::Root::open(cli.root.as_deref()).and_then(|root| match cli.command {
+        Command::Content(cmd) => content::run(&root, cmd, &out),
+        Command::Check(args) => check::run(&root, &args, &out),
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            let kind = output::kind_of(&err);
+            eprintln!("strata: {}", output::one_line(&err));
+            ExitCode::from(exit_code(kind))
+        }
+    }
+}
+
+/// CLI.md's exit codes.
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::NotFound => 3,
+        ErrorKind::AlreadyExists
+        | ErrorKind::Locked
+        | ErrorKind::Unavailable
+        | ErrorKind::FailedPrecondition => 4,
+        ErrorKind::Invalid => 5,
+        _ => 1,
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -79,10 +79,12 @@ impl Classify for ContentError {
             ContentError::NotFound(_) | ContentError::IngestNotFound(_) => ErrorKind::NotFound,
             ContentError::AlreadyExists(_) => ErrorKind::AlreadyExists,
             ContentError::RefInUse(_) => ErrorKind::Unavailable,
-            ContentError::DigestMismatch { .. } | ContentError::Invalid(_) => ErrorKind::Invalid,
-            ContentError::SizeMismatch { .. }
-            | ContentError::ExpectationConflict { .. }
-            | ContentError::Finished(_) => ErrorKind::FailedPrecondition,
+            ContentError::DigestMismatch { .. }
+            | ContentError::SizeMismatch { .. }
+            | ContentError::Invalid(_) => ErrorKind::Invalid,
+            ContentError::ExpectationConflict { .. } | ContentError::Finished(_) => {
+                ErrorKind::FailedPrecondition
+            }
             ContentError::Io { source, .. } => Classify::kind(source),
             ContentError::Meta(e) => e.kind(),
             ContentError::Sys(e) => e.kind(),

@@ -482,6 +482,15 @@ impl ContentStore {
                 size,
                 already_existed: true,
             }),
+            // The whole input was read and it is not what was expected: a
+            // resume cannot fix that, so the partial ingest goes too.
+            Err(e @ (ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. })) => {
+                drop(w);
+                if let Err(abort) = self.abort(reference) {
+                    tracing::warn!(reference, error = %abort, "could not abandon a mismatched ingest");
+                }
+                Err(e)
+            }
             Err(e) => Err(e),
         }
     }

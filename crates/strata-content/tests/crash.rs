@@ -43,8 +43,13 @@ fn open(dir: &Path) -> (Arc<MetaDb>, ContentStore) {
 /// Appends a line to the acknowledgement log and makes it durable before the
 /// next operation starts.
 fn ack(log: &Path, line: &str) {
-    let mut f = OpenOptions::new().create(true).append(true).open(log).unwrap();
-    writeln!(f, "{line}").unwrap();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    // One write per line; a kill can still tear it, which the reader skips.
+    f.write_all(format!("{line}\n").as_bytes()).unwrap();
     f.sync_data().unwrap();
 }
 
@@ -74,7 +79,15 @@ fn child(dir: &Path, seed: u64) -> ! {
             }
             _ => {
                 let _ = cs.abort(&reference);
-                let got = cs.ingest(&reference, &bytes[..], Some(size as u64), Some(&d), &Labels::new()).unwrap();
+                let got = cs
+                    .ingest(
+                        &reference,
+                        &bytes[..],
+                        Some(size as u64),
+                        Some(&d),
+                        &Labels::new(),
+                    )
+                    .unwrap();
                 ack(&log, &format!("+{}", got.digest));
                 committed.push(got.digest);
             }
@@ -88,10 +101,20 @@ fn verify(dir: &Path, round: usize) -> usize {
     let meta = db.check().unwrap();
     assert!(meta.is_empty(), "round {round}: metadata check: {meta:?}");
     let content = cs.check(true).unwrap();
-    assert!(content.is_empty(), "round {round}: content check: {content:?}");
+    assert!(
+        content.is_empty(),
+        "round {round}: content check: {content:?}"
+    );
     let mut live = BTreeSet::new();
     let log = fs::read_to_string(dir.join("acked")).unwrap_or_default();
-    for line in log.lines() {
+    // Only newline-terminated lines were acknowledged; a torn last line was
+    // cut by the kill before its fsync.
+    let complete = log.rfind('\n').map_or("", |end| &log[..=end]);
+    if complete.len() != log.len() {
+        // Drop the torn tail so the next child's lines start cleanly.
+        fs::write(dir.join("acked"), complete).unwrap();
+    }
+    for line in complete.lines() {
         let (op, d) = line.split_at(1);
         let d = Digest::parse(d).unwrap();
         if op == "+" {
@@ -101,10 +124,16 @@ fn verify(dir: &Path, round: usize) -> usize {
         }
     }
     for d in &live {
-        let mut r = cs.reader_at(d).unwrap_or_else(|e| panic!("round {round}: acknowledged blob {d} lost: {e}"));
+        let mut r = cs
+            .reader_at(d)
+            .unwrap_or_else(|e| panic!("round {round}: acknowledged blob {d} lost: {e}"));
         let mut bytes = Vec::new();
         r.read_to_end(&mut bytes).unwrap();
-        assert_eq!(&Digest::of_bytes(Algorithm::Sha256, &bytes), d, "round {round}");
+        assert_eq!(
+            &Digest::of_bytes(Algorithm::Sha256, &bytes),
+            d,
+            "round {round}"
+        );
     }
     // Statuses of leftover ingests are readable.
     cs.list_statuses(&strata_core::Filter::default()).unwrap();
@@ -122,10 +151,16 @@ fn main() {
         println!("crash_loop: test");
         return;
     }
-    let rounds: usize = std::env::var("STRATA_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    let rounds: usize = std::env::var("STRATA_CRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     println!("crash_loop: {rounds} rounds, seed {seed}");
     let mut rng = Rng(seed | 1);
     let exe = std::env::current_exe().unwrap();
@@ -142,7 +177,10 @@ fn main() {
         std::thread::sleep(Duration::from_millis(5 + rng.below(120)));
         child.kill().unwrap();
         let status = child.wait().unwrap();
-        assert!(status.code().is_none(), "round {round}: child exited by itself: {status}");
+        assert!(
+            status.code().is_none(),
+            "round {round}: child exited by itself: {status}"
+        );
         live = verify(dir, round);
     }
     println!("crash_loop: {live} acknowledged blobs intact after {rounds} kills");

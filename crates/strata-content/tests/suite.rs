@@ -426,7 +426,7 @@ fn commit_error_state() {
         ),
         "{err}"
     );
-    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert_eq!(err.kind(), ErrorKind::Invalid);
     drop(w);
 
     let mut w = e.cs.writer(r, None, None).unwrap();

@@ -27,3 +27,8 @@ pub mod sync;
 pub use error::{SysError, SysResult};
 pub use path::{RelPath, clean};
 pub use root::{FileKind, Metadata, Root, Times};
+
+/// The effective user id of this process.
+pub fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}

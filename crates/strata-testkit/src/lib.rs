@@ -7,6 +7,8 @@
 //! privileged test can never pass by not running.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -19,7 +21,7 @@ pub const SKIP_LOG: &str = "STRATA_SKIP_LOG";
 /// True when the test may go on as root. Otherwise records the skip of
 /// `test` (or panics when skips are forbidden) and returns false.
 pub fn require_root(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
+    if strata_sys::effective_uid() == 0 {
         return true;
     }
     skip(test, "needs root")
