@@ -1,1 +1,100 @@
-fn main() {}
+//! `cargo xtask`: the one entry point for Strata's checks, tests and
+//! benchmarks.
+//!
+//! * `test`: the whole test suite (what README and `.ci/run` call); skipped
+//!   privileged tests are listed by name and counted at the end.
+//! * `ci`: fmt check, clippy with `-D warnings`, the layering check, tidy
+//!   checks, then `test`.
+//! * `bench content`: content-store ingest against `sha256sum` + `cp`.
+#![forbid(unsafe_code)]
+// This program reports on stdout by design.
+#![allow(clippy::print_stdout)]
+
+mod bench;
+mod layering;
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["test", rest @ ..] => test(rest),
+        ["ci"] => ci(),
+        ["bench", rest @ ..] => bench::run(rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N]"
+            );
+            bail!("unknown command {args:?}")
+        }
+    }
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace, failing on a non-zero exit.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("$ {shown}");
+    let status = cmd
+        .current_dir(workspace())
+        .status()
+        .with_context(|| format!("start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn test(extra: &[&str]) -> anyhow::Result<()> {
+    let skips = workspace().join("target/strata-skips.log");
+    if skips.exists() {
+        std::fs::remove_file(&skips).with_context(|| format!("clear {}", skips.display()))?;
+    }
+    std::fs::create_dir_all(workspace().join("target"))?;
+    let result = run(cargo()
+        .args(["test", "--workspace", "--all-targets"])
+        .args(extra)
+        .env("STRATA_SKIP_LOG", &skips));
+    let skipped = std::fs::read_to_string(&skips).unwrap_or_default();
+    let names: Vec<&str> = skipped.lines().collect();
+    if names.is_empty() {
+        eprintln!("xtask test: no test skipped");
+    } else {
+        eprintln!("xtask test: {} test(s) skipped:", names.len());
+        for n in &names {
+            eprintln!("  {n}");
+        }
+    }
+    result
+}
+
+fn ci() -> anyhow::Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    layering::check()?;
+    tidy::check()?;
+    test(&[])
+}

@@ -2,6 +2,8 @@
 //! verbs follow `../shared/CLI.md`; errors go to stderr as one line and map to
 //! the documented exit codes.
 
+#![forbid(unsafe_code)]
+
 mod check;
 mod content;
 mod output;

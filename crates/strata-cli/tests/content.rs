@@ -39,16 +39,17 @@ fn ingest_then_cat_round_trips() {
         .to_string();
     assert_eq!(digest, sha256_of(&file));
     // `strata content cat DIGEST | cmp - FILE`
-    let cat = env
+    let mut cat = env
         .cmd(&["content", "cat", &digest])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let cmp = std::process::Command::new("cmp")
         .args(["-", &file])
-        .stdin(cat.stdout.unwrap())
+        .stdin(cat.stdout.take().unwrap())
         .status()
         .unwrap();
+    assert!(cat.wait().unwrap().success(), "strata content cat failed");
     assert!(cmp.success(), "cat output differs from the file");
     // Ingesting again is not an error and reports the existing blob.
     let again = env

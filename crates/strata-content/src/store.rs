@@ -452,14 +452,12 @@ impl ContentStore {
         expected: Option<&Digest>,
         labels: &strata_core::Labels,
     ) -> Result<Ingested, ContentError> {
-        if let Some(d) = expected {
-            if let Ok(info) = self.info(d) {
-                return Ok(Ingested {
-                    digest: info.digest,
-                    size: info.size,
-                    already_existed: true,
-                });
-            }
+        if let Some(info) = expected.and_then(|d| self.info(d).ok()) {
+            return Ok(Ingested {
+                digest: info.digest,
+                size: info.size,
+                already_existed: true,
+            });
         }
         let mut w = self.writer(reference, expected_size, expected)?;
         let skip = w.status().offset;

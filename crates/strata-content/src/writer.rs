@@ -181,10 +181,8 @@ impl Writer {
         self.file
             .seek(SeekFrom::Start(end))
             .map_err(|e| self.io("seek", e))?;
-        if let Ok(meta) = self.file.metadata() {
-            if let Ok(m) = meta.modified() {
-                self.updated = m;
-            }
+        if let Ok(m) = self.file.metadata().and_then(|meta| meta.modified()) {
+            self.updated = m;
         }
         Ok(())
     }

@@ -7,6 +7,9 @@
 //! Runs without the libtest harness: the same binary is the parent and, with
 //! `--child DIR`, the child.
 
+// This program reports on stdout by design.
+#![allow(clippy::print_stdout)]
+
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
@@ -59,7 +62,7 @@ fn child(dir: &Path, seed: u64) -> ! {
     let mut rng = Rng(seed | 1);
     let mut committed: Vec<Digest> = Vec::new();
     for i in 0.. {
-        let size = rng.below(300_000) as usize;
+        let size = rng.below(if rng.below(8) == 0 { 1 << 20 } else { 64 << 10 }) as usize;
         let bytes: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
         let d = Digest::of_bytes(Algorithm::Sha256, &bytes);
         let reference = format!("ref-{seed}-{}", i % 7);

@@ -121,8 +121,8 @@ impl Metadata {
             blocks: st.stx_blocks,
             nlink: st.stx_nlink,
             ino: st.stx_ino,
-            dev: u64::from(rfs::makedev(st.stx_dev_major, st.stx_dev_minor)),
-            rdev: u64::from(rfs::makedev(st.stx_rdev_major, st.stx_rdev_minor)),
+            dev: rfs::makedev(st.stx_dev_major, st.stx_dev_minor),
+            rdev: rfs::makedev(st.stx_rdev_major, st.stx_rdev_minor),
             mtime: Times {
                 sec: st.stx_mtime.tv_sec,
                 nsec: st.stx_mtime.tv_nsec,
@@ -329,7 +329,7 @@ impl Root {
             &p.name,
             kind.file_type(),
             Mode::from_raw_mode(mode & 0o7777),
-            rdev as rfs::Dev,
+            rdev,
         )
         .map_err(|e| self.io("mknod", &p.rel, e))
     }
