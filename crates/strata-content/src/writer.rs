@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use strata_core::{Algorithm, Digest, Digester, Labels, id, labels};
+use strata_core::{Algorithm, BackgroundDigester, Digest, Labels, id, labels};
 use strata_metadata::records::{ContentRecord, IngestRecord, Nanos, now, to_system_time};
 
 use crate::error::ContentError;
@@ -23,7 +23,8 @@ pub struct Writer {
     reference: String,
     id: String,
     file: File,
-    digester: Digester,
+    /// Hashes on its own thread while this one writes the file.
+    digester: BackgroundDigester,
     expected_size: Option<u64>,
     expected: Option<Digest>,
     started: Nanos,
@@ -147,7 +148,7 @@ impl Writer {
             reference: reference.to_owned(),
             id: record.id,
             file,
-            digester: Digester::new(alg),
+            digester: BackgroundDigester::new(alg),
             expected_size: record.expected_size,
             expected,
             started: record.started,
@@ -171,12 +172,21 @@ impl Writer {
     /// Restores the digest and offset from the first `limit` bytes on disk
     /// and positions the file after them.
     fn rehash(&mut self, limit: u64) -> Result<(), ContentError> {
-        self.digester = Digester::new(self.digester.algorithm());
+        self.digester = BackgroundDigester::new(self.digester.algorithm());
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(|e| self.io("seek", e))?;
         let mut src = io::Read::take(&self.file, limit);
-        io::copy(&mut src, &mut self.digester).map_err(|e| self.io("re-hash", e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match io::Read::read(&mut src, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io("re-hash", e)),
+            };
+            self.digester.update(&buf[..n]);
+        }
         let end = self.digester.written();
         self.file
             .seek(SeekFrom::Start(end))
@@ -200,7 +210,7 @@ impl Writer {
     }
 
     /// The digest of the bytes written so far.
-    pub fn digest(&self) -> Digest {
+    pub fn digest(&mut self) -> Digest {
         self.digester.current()
     }
 

@@ -62,7 +62,8 @@ fn child(dir: &Path, seed: u64) -> ! {
     let mut rng = Rng(seed | 1);
     let mut committed: Vec<Digest> = Vec::new();
     for i in 0.. {
-        let size = rng.below(if rng.below(8) == 0 { 1 << 20 } else { 64 << 10 }) as usize;
+        let cap = if rng.below(8) == 0 { 1 << 20 } else { 64 << 10 };
+        let size = rng.below(cap) as usize;
         let bytes: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
         let d = Digest::of_bytes(Algorithm::Sha256, &bytes);
         let reference = format!("ref-{seed}-{}", i % 7);

@@ -323,6 +323,141 @@ impl io::Write for Digester {
     }
 }
 
+enum Job {
+    Data(Vec<u8>),
+    Peek(std::sync::mpsc::SyncSender<Digest>),
+}
+
+/// A [`Digester`] running on its own thread, so hashing overlaps with the
+/// caller's I/O (writing a blob while hashing it takes the longer of the two,
+/// not their sum). Small updates are batched before they cross threads.
+pub struct BackgroundDigester {
+    algorithm: Algorithm,
+    pending: Vec<u8>,
+    written: u64,
+    tx: Option<std::sync::mpsc::SyncSender<Job>>,
+    handle: Option<std::thread::JoinHandle<Digester>>,
+}
+
+impl fmt::Debug for BackgroundDigester {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackgroundDigester")
+            .field("algorithm", &self.algorithm)
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+/// Updates smaller than this are gathered before being sent to the thread.
+const BATCH: usize = 256 * 1024;
+
+impl BackgroundDigester {
+    /// Starts a hashing thread for `algorithm`.
+    ///
+    /// # Panics
+    /// Panics if the OS cannot start a thread.
+    pub fn new(algorithm: Algorithm) -> Self {
+        // Eight batches in flight bound the memory held for hashing.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(8);
+        let handle = std::thread::Builder::new()
+            .name("strata-digest".into())
+            .spawn(move || {
+                let mut d = Digester::new(algorithm);
+                for job in rx {
+                    match job {
+                        Job::Data(bytes) => d.update(&bytes),
+                        Job::Peek(reply) => {
+                            // The asker may have gone away; nothing to do then.
+                            let _ = reply.send(d.current());
+                        }
+                    }
+                }
+                d
+            })
+            .expect("start the digest thread");
+        BackgroundDigester {
+            algorithm,
+            pending: Vec::new(),
+            written: 0,
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// The algorithm being computed.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Bytes hashed (or queued) so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn send(&mut self, job: Job) {
+        let tx = self.tx.as_ref().expect("the sender lives until finish");
+        if tx.send(job).is_err() {
+            // The thread only stops when the sender is dropped or it panicked;
+            // surface the panic here.
+            self.join();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let batch = std::mem::take(&mut self.pending);
+            self.send(Job::Data(batch));
+        }
+    }
+
+    /// Queues bytes for hashing.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.written += bytes.len() as u64;
+        if self.pending.len() + bytes.len() < BATCH {
+            self.pending.extend_from_slice(bytes);
+            return;
+        }
+        self.flush();
+        self.send(Job::Data(bytes.to_vec()));
+    }
+
+    /// The digest of everything queued so far (waits for the thread).
+    pub fn current(&mut self) -> Digest {
+        self.flush();
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.send(Job::Peek(reply));
+        match answer.recv() {
+            Ok(d) => d,
+            Err(_) => self.join().finish(),
+        }
+    }
+
+    fn join(&mut self) -> Digester {
+        self.tx = None;
+        let handle = self.handle.take().expect("joined once");
+        match handle.join() {
+            Ok(d) => d,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// The digest of everything queued.
+    pub fn finish(mut self) -> Digest {
+        self.flush();
+        self.join().finish()
+    }
+}
+
+impl Drop for BackgroundDigester {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            // A panic in the thread was already reported when it happened.
+            let _ = h.join();
+        }
+    }
+}
+
 /// Checks a stream against an expected digest (and optionally a size).
 #[derive(Debug, Clone)]
 pub struct Verifier {
@@ -447,6 +582,28 @@ mod tests {
         assert_eq!(
             d.finish(),
             Digest::of_bytes(Algorithm::Sha256, b"hello world")
+        );
+    }
+
+    #[test]
+    fn background_digester_matches_inline() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut bg = BackgroundDigester::new(Algorithm::Sha256);
+        for chunk in data.chunks(1000).take(100) {
+            bg.update(chunk);
+        }
+        assert_eq!(
+            bg.current(),
+            Digest::of_bytes(Algorithm::Sha256, &data[..100_000])
+        );
+        for chunk in data[100_000..].chunks(700_000) {
+            bg.update(chunk);
+        }
+        assert_eq!(bg.written(), data.len() as u64);
+        assert_eq!(bg.finish(), Digest::of_bytes(Algorithm::Sha256, &data));
+        assert_eq!(
+            BackgroundDigester::new(Algorithm::Blake3).finish(),
+            Digest::of_bytes(Algorithm::Blake3, b"")
         );
     }
 

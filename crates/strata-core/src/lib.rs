@@ -15,7 +15,7 @@ pub mod labels;
 pub mod mount;
 
 pub use descriptor::Descriptor;
-pub use digest::{Algorithm, Digest, DigestError, Digester, Verifier};
+pub use digest::{Algorithm, BackgroundDigester, Digest, DigestError, Digester, Verifier};
 pub use error::{Classify, ErrorKind};
 pub use filter::{Filter, FilterError, Filterable};
 pub use labels::{LabelError, Labels};
