@@ -96,7 +96,7 @@ pub(crate) fn run(tx: &ReadTx) -> Result<Vec<Violation>, MetaError> {
     let snapshots = c.rows::<SnapshotRecord>()?;
     let mut ids = BTreeMap::new();
     for (key, s) in &snapshots {
-        if let Some(other) = ids.insert(s.id, key) {
+        if let Some(other) = ids.insert(s.id.as_str(), key) {
             c.report(
                 SnapshotRecord::TABLE,
                 key,

@@ -109,8 +109,8 @@ pub struct UsageRecord {
 /// A snapshot's bookkeeping (the directory work is the backend's).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
-    /// Numeric id: the directory name under `snapshots/`.
-    pub id: u64,
+    /// Random id: the directory name under `snapshots/`.
+    pub id: String,
     /// Active, view or committed.
     pub kind: SnapshotKind,
     /// Key of the parent snapshot.

@@ -17,7 +17,7 @@ fn open() -> (tempfile::TempDir, MetaDb) {
 
 fn snapshot(id: u64, kind: SnapshotKind, parent: Option<&str>) -> SnapshotRecord {
     SnapshotRecord {
-        id,
+        id: id.to_string(),
         kind,
         parent: parent.map(str::to_owned),
         labels: Default::default(),
@@ -65,7 +65,7 @@ fn data_survives_reopen() {
     }
     let db = MetaDb::open(&path).unwrap();
     let r = db.read().unwrap();
-    assert_eq!(r.get::<SnapshotRecord>("a").unwrap().unwrap().id, 1);
+    assert_eq!(r.get::<SnapshotRecord>("a").unwrap().unwrap().id, "1");
     assert_eq!(r.meta("snapshot").unwrap(), Some(2));
 }
 
@@ -279,7 +279,7 @@ proptest! {
 
     #[test]
     fn snapshot_records_round_trip(
-        id in any::<u64>(), kind in kind(), parent in proptest::option::of(".{0,30}"),
+        id in "[a-z0-9]{25}", kind in kind(), parent in proptest::option::of(".{0,30}"),
         labels in labels(), usage in proptest::option::of((any::<u64>(), any::<u64>())),
     ) {
         let r = SnapshotRecord {
