@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io;
 
+use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
 /// How the bytes were copied.
@@ -19,36 +20,69 @@ pub enum CopyMethod {
     ReadWrite,
 }
 
-/// Copies all of `src` (from offset 0) into the empty file `dst`.
+/// Copies all of `src` (from offset 0) into the empty file `dst`, keeping
+/// holes: only the data segments `SEEK_DATA`/`SEEK_HOLE` report are copied,
+/// and the length is set at the end.
 pub fn copy_contents(src: &File, dst: &File) -> io::Result<CopyMethod> {
     match rustix::fs::ioctl_ficlone(dst, src) {
         Ok(()) => return Ok(CopyMethod::Reflink),
-        Err(Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::NOTTY | Errno::PERM) => {}
+        Err(
+            Errno::OPNOTSUPP
+            | Errno::XDEV
+            | Errno::INVAL
+            | Errno::NOTTY
+            | Errno::PERM
+            | Errno::BADF,
+        ) => {}
         Err(e) => return Err(e.into()),
     }
     let len = src.metadata()?.len();
-    let mut src_off = 0u64;
-    let mut dst_off = 0u64;
-    while src_off < len {
-        let chunk = usize::try_from(len - src_off)
-            .unwrap_or(usize::MAX)
-            .min(1 << 30);
-        match rustix::fs::copy_file_range(src, Some(&mut src_off), dst, Some(&mut dst_off), chunk) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if src_off == 0 => {
-                return read_write(src, dst);
-            }
+    let mut pos = 0u64;
+    while pos < len {
+        let start = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            // No data after `pos`: the rest is a hole.
+            Err(Errno::NXIO) => break,
             Err(e) => return Err(e.into()),
+        };
+        let end = match rustix::fs::seek(src, SeekFrom::Hole(start)) {
+            Ok(e) => e.min(len),
+            Err(e) => return Err(e.into()),
+        };
+        let mut src_off = start;
+        let mut dst_off = start;
+        while src_off < end {
+            let chunk = usize::try_from(end - src_off)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            match rustix::fs::copy_file_range(
+                src,
+                Some(&mut src_off),
+                dst,
+                Some(&mut dst_off),
+                chunk,
+            ) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                    return read_write(src, dst, len);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+        pos = end;
     }
+    dst.set_len(len)?;
     Ok(CopyMethod::CopyFileRange)
 }
 
-fn read_write(src: &File, dst: &File) -> io::Result<CopyMethod> {
-    let mut r = src;
-    let mut w = dst;
+fn read_write(src: &File, dst: &File, len: u64) -> io::Result<CopyMethod> {
+    use std::io::Seek;
+    let (mut r, mut w) = (src, dst);
+    r.rewind()?;
+    w.rewind()?;
     io::copy(&mut r, &mut w)?;
+    dst.set_len(len)?;
     Ok(CopyMethod::ReadWrite)
 }
 
@@ -75,5 +109,32 @@ mod tests {
         let mut back = Vec::new();
         dst.read_to_end(&mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn keeps_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("sparse");
+        let src = File::create(&src_path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&src, b"tail", 64 << 20).unwrap();
+        let src = File::open(&src_path).unwrap();
+        let dst_path = dir.path().join("copy");
+        let dst = File::create(&dst_path).unwrap();
+        copy_contents(&src, &dst).unwrap();
+        let md = std::fs::metadata(&dst_path).unwrap();
+        assert_eq!(md.len(), (64 << 20) + 4);
+        assert!(
+            md.blocks() * 512 < 1 << 20,
+            "the hole was filled: {} blocks",
+            md.blocks()
+        );
+        let mut back = Vec::new();
+        File::open(&dst_path)
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(&back[64 << 20..], b"tail");
+        assert!(back[..64 << 20].iter().all(|&b| b == 0));
     }
 }

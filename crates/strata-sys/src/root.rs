@@ -423,6 +423,14 @@ impl Root {
 
     /// Changes ownership without following a final symlink.
     pub fn chown(&self, path: &Path, uid: u32, gid: u32) -> SysResult<()> {
+        if clean(path)?.is_root() {
+            return rfs::fchown(
+                &self.fd,
+                Some(rfs::Uid::from_raw(uid)),
+                Some(rfs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| SysError::io("chown", &self.path, e));
+        }
         let p = self.parent("chown", path)?;
         rfs::chownat(
             &p.fd,
@@ -437,6 +445,10 @@ impl Root {
     /// Changes permission bits (setuid, setgid and sticky included). A
     /// symlink is refused rather than followed.
     pub fn chmod(&self, path: &Path, mode: u32) -> SysResult<()> {
+        if clean(path)?.is_root() {
+            return rfs::fchmod(&self.fd, Mode::from_raw_mode(mode & 0o7777))
+                .map_err(|e| SysError::io("chmod", &self.path, e));
+        }
         let p = self.parent("chmod", path)?;
         let st = rfs::statx(&p.fd, &p.name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE)
             .map_err(|e| self.io("chmod", &p.rel, e))?;
@@ -461,7 +473,6 @@ impl Root {
 
     /// Sets access and modification times without following a final symlink.
     pub fn set_times(&self, path: &Path, atime: Times, mtime: Times) -> SysResult<()> {
-        let p = self.parent("utimens", path)?;
         let ts = |t: Times| rfs::Timespec {
             tv_sec: t.sec,
             tv_nsec: i64::from(t.nsec),
@@ -470,6 +481,11 @@ impl Root {
             last_access: ts(atime),
             last_modification: ts(mtime),
         };
+        if clean(path)?.is_root() {
+            return rfs::futimens(&self.fd, &times)
+                .map_err(|e| SysError::io("utimens", &self.path, e));
+        }
+        let p = self.parent("utimens", path)?;
         rfs::utimensat(&p.fd, &p.name, &times, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| self.io("utimens", &p.rel, e))
     }
@@ -517,61 +533,74 @@ impl Root {
         read_entries(&dir).map_err(|e| self.io("read directory", &rel, e))
     }
 
-    fn xattr_path(p: &Parent) -> PathBuf {
-        // The parent is reached through our own fd (a magic link we opened);
-        // the final name is not followed by the l*xattr calls.
-        let mut path = PathBuf::from(format!(
+    /// What the xattr calls act on: the root through its own fd, or an
+    /// entry through the l* calls on `/proc/self/fd/<parent>/<name>` (the
+    /// parent reached through our own fd, the final name not followed).
+    fn xattr_target(&self, op: &'static str, path: &Path) -> SysResult<(XattrTarget<'_>, RelPath)> {
+        let rel = clean(path)?;
+        if rel.is_root() {
+            return Ok((XattrTarget::Root(self.fd.as_fd()), rel));
+        }
+        let p = self.parent(op, path)?;
+        let mut proc_path = PathBuf::from(format!(
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&p.fd)
         ));
-        path.push(&p.name);
-        path
+        proc_path.push(&p.name);
+        Ok((
+            XattrTarget::Entry {
+                path: proc_path,
+                _parent: p.fd,
+            },
+            p.rel,
+        ))
     }
 
     /// Sets an extended attribute on the entry itself (never a symlink's
     /// target).
     pub fn set_xattr(&self, path: &Path, name: &OsStr, value: &[u8]) -> SysResult<()> {
-        let p = self.parent("setxattr", path)?;
-        rfs::lsetxattr(Self::xattr_path(&p), name, value, rfs::XattrFlags::empty())
-            .map_err(|e| self.io("setxattr", &p.rel, e))
+        let (target, rel) = self.xattr_target("setxattr", path)?;
+        target
+            .set(name, value)
+            .map_err(|e| self.io("setxattr", &rel, e))
     }
 
     /// Reads an extended attribute; `None` when absent.
     pub fn get_xattr(&self, path: &Path, name: &OsStr) -> SysResult<Option<Vec<u8>>> {
-        let p = self.parent("getxattr", path)?;
-        let target = Self::xattr_path(&p);
+        let (target, rel) = self.xattr_target("getxattr", path)?;
         let mut buf = vec![0u8; 256];
         loop {
-            match rfs::lgetxattr(&target, name, &mut buf[..]) {
+            match target.get(name, &mut buf) {
                 Ok(n) => {
                     buf.truncate(n);
                     return Ok(Some(buf));
                 }
                 Err(Errno::NODATA) => return Ok(None),
                 Err(Errno::RANGE) => {
-                    let need = rfs::lgetxattr_query(&target, name)
-                        .map_err(|e| self.io("getxattr", &p.rel, e))?;
+                    let need = target
+                        .get(name, &mut [])
+                        .map_err(|e| self.io("getxattr", &rel, e))?;
                     buf.resize(need.max(buf.len() * 2), 0);
                 }
-                Err(e) => return Err(self.io("getxattr", &p.rel, e)),
+                Err(e) => return Err(self.io("getxattr", &rel, e)),
             }
         }
     }
 
     /// Names of the entry's extended attributes.
     pub fn list_xattrs(&self, path: &Path) -> SysResult<Vec<OsString>> {
-        let p = self.parent("listxattr", path)?;
-        let target = Self::xattr_path(&p);
+        let (target, rel) = self.xattr_target("listxattr", path)?;
         let mut buf = vec![0u8; 1024];
         let n = loop {
-            match rfs::llistxattr(&target, &mut buf[..]) {
+            match target.list(&mut buf) {
                 Ok(n) => break n,
                 Err(Errno::RANGE) => {
-                    let need = rfs::llistxattr_query(&target)
-                        .map_err(|e| self.io("listxattr", &p.rel, e))?;
+                    let need = target
+                        .list(&mut [])
+                        .map_err(|e| self.io("listxattr", &rel, e))?;
                     buf.resize(need.max(buf.len() * 2), 0);
                 }
-                Err(e) => return Err(self.io("listxattr", &p.rel, e)),
+                Err(e) => return Err(self.io("listxattr", &rel, e)),
             }
         };
         Ok(buf[..n]
@@ -583,8 +612,10 @@ impl Root {
 
     /// Removes an extended attribute.
     pub fn remove_xattr(&self, path: &Path, name: &OsStr) -> SysResult<()> {
-        let p = self.parent("removexattr", path)?;
-        rfs::lremovexattr(Self::xattr_path(&p), name).map_err(|e| self.io("removexattr", &p.rel, e))
+        let (target, rel) = self.xattr_target("removexattr", path)?;
+        target
+            .remove(name)
+            .map_err(|e| self.io("removexattr", &rel, e))
     }
 
     /// `fsync` of a file or directory inside the root.
@@ -613,6 +644,48 @@ impl Root {
     /// `syncfs` of the file system holding the root.
     pub fn syncfs(&self) -> SysResult<()> {
         rfs::syncfs(&self.fd).map_err(|e| SysError::io("syncfs", &self.path, e))
+    }
+}
+
+enum XattrTarget<'a> {
+    Root(BorrowedFd<'a>),
+    Entry { path: PathBuf, _parent: OwnedFd },
+}
+
+impl XattrTarget<'_> {
+    fn set(&self, name: &OsStr, value: &[u8]) -> Result<(), Errno> {
+        let flags = rfs::XattrFlags::empty();
+        match self {
+            XattrTarget::Root(fd) => rfs::fsetxattr(fd, name, value, flags),
+            XattrTarget::Entry { path, .. } => rfs::lsetxattr(path, name, value, flags),
+        }
+    }
+
+    /// Reads into `buf`; an empty `buf` asks for the size.
+    fn get(&self, name: &OsStr, buf: &mut [u8]) -> Result<usize, Errno> {
+        match (self, buf.is_empty()) {
+            (XattrTarget::Root(fd), true) => rfs::fgetxattr_query(fd, name),
+            (XattrTarget::Root(fd), false) => rfs::fgetxattr(fd, name, buf),
+            (XattrTarget::Entry { path, .. }, true) => rfs::lgetxattr_query(path, name),
+            (XattrTarget::Entry { path, .. }, false) => rfs::lgetxattr(path, name, buf),
+        }
+    }
+
+    /// Lists into `buf`; an empty `buf` asks for the size.
+    fn list(&self, buf: &mut [u8]) -> Result<usize, Errno> {
+        match (self, buf.is_empty()) {
+            (XattrTarget::Root(fd), true) => rfs::flistxattr_query(fd),
+            (XattrTarget::Root(fd), false) => rfs::flistxattr(fd, buf),
+            (XattrTarget::Entry { path, .. }, true) => rfs::llistxattr_query(path),
+            (XattrTarget::Entry { path, .. }, false) => rfs::llistxattr(path, buf),
+        }
+    }
+
+    fn remove(&self, name: &OsStr) -> Result<(), Errno> {
+        match self {
+            XattrTarget::Root(fd) => rfs::fremovexattr(fd, name),
+            XattrTarget::Entry { path, .. } => rfs::lremovexattr(path, name),
+        }
     }
 }
 

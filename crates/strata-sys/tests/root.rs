@@ -329,9 +329,30 @@ fn privileged_ownership_devices_and_trusted_xattrs() {
         .unwrap();
     let md = f.root.stat(Path::new("wh")).unwrap();
     assert_eq!((md.kind, md.rdev), (FileKind::CharDevice, 0));
+    // The root itself takes metadata too (through its own fd).
     f.root
         .set_xattr(Path::new(""), OsStr::new("trusted.strata.test"), b"y")
-        .unwrap_err();
+        .unwrap();
+    assert_eq!(
+        f.root
+            .get_xattr(Path::new(""), OsStr::new("trusted.strata.test"))
+            .unwrap()
+            .as_deref(),
+        Some(&b"y"[..])
+    );
+    assert!(
+        f.root
+            .list_xattrs(Path::new(""))
+            .unwrap()
+            .contains(&"trusted.strata.test".into())
+    );
+    f.root
+        .remove_xattr(Path::new(""), OsStr::new("trusted.strata.test"))
+        .unwrap();
+    f.root.chown(Path::new(""), 7, 8).unwrap();
+    f.root.chmod(Path::new(""), 0o751).unwrap();
+    let md = f.root.stat(Path::new("")).unwrap();
+    assert_eq!((md.uid, md.gid, md.mode), (7, 8, 0o751));
     f.root.mkdir(Path::new("d"), 0o755).unwrap();
     f.root
         .set_xattr(Path::new("d"), OsStr::new("trusted.overlay.opaque"), b"y")

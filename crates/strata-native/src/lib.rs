@@ -1,0 +1,63 @@
+//! The native backend: every snapshot's `fs` is a complete tree. Preparing
+//! on a parent copies the parent's tree (see [`copy_tree`]); a view of a
+//! parent is a read-only bind of the parent's tree, which cannot change
+//! while the view (its child) exists.
+#![forbid(unsafe_code)]
+
+mod copy;
+
+use std::path::{Path, PathBuf};
+
+pub use copy::{CopyStats, copy_tree};
+use strata_core::Mount;
+use strata_snapshot::{Backend, Kind, SnapshotError};
+
+/// The native backend.
+#[derive(Debug, Default)]
+pub struct Native;
+
+fn bind(source: PathBuf, read_only: bool) -> Mount {
+    Mount {
+        kind: "bind".into(),
+        source,
+        target: PathBuf::new(),
+        options: vec![if read_only { "ro" } else { "rw" }.into(), "rbind".into()],
+    }
+}
+
+impl Backend for Native {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn create(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Result<(), SnapshotError> {
+        let fs = dir.join("fs");
+        match parents.first() {
+            Some(parent) if kind == Kind::Active => {
+                copy_tree(&parent.join("fs"), &fs)?;
+                // The copy must be durable before the snapshot is recorded.
+                strata_sys::sync::syncfs(dir)?;
+            }
+            _ => {
+                use std::os::unix::fs::PermissionsExt;
+                let io = |op, e| SnapshotError::Io {
+                    op,
+                    path: fs.clone(),
+                    source: e,
+                };
+                std::fs::create_dir(&fs).map_err(|e| io("create", e))?;
+                std::fs::set_permissions(&fs, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| io("chmod", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn mounts(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Vec<Mount> {
+        match (kind, parents.first()) {
+            (Kind::Active, _) => vec![bind(dir.join("fs"), false)],
+            (_, Some(parent)) => vec![bind(parent.join("fs"), true)],
+            (_, None) => vec![bind(dir.join("fs"), true)],
+        }
+    }
+}

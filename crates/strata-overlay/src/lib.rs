@@ -1,0 +1,231 @@
+//! The kernel overlayfs backend: a snapshot's own directory is its upper
+//! layer (`fs`, plus `work` for active snapshots); a chain mounts as one
+//! overlay whose lower directories are the ancestors' `fs`, nearest first.
+//!
+//! Mount shapes (containerd's): no parent → a bind of `fs` (read-only for a
+//! view); a view of one parent → a read-only bind of the parent's `fs`;
+//! otherwise an overlay. `index=off` is added when the kernel has the
+//! parameter and the configuration does not set `index`; `userxattr` is
+//! added inside a user namespace; `redirect_dir`, `metacopy` and `volatile`
+//! only when configured.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use strata_core::Mount;
+use strata_snapshot::{Backend, Kind, SnapshotError};
+use strata_sys::Root;
+
+/// Configuration of the overlay backend.
+#[derive(Clone, Debug, Default)]
+pub struct OverlayConfig {
+    /// Extra overlay options for every overlay mount (`metacopy=on`,
+    /// `redirect_dir=on`, `volatile`, `index=on`, ...).
+    pub mount_options: Vec<String>,
+}
+
+/// The overlay backend.
+#[derive(Debug)]
+pub struct Overlay {
+    options: Vec<String>,
+}
+
+/// Whether this process runs in the initial user namespace.
+fn in_initial_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"],
+        Err(_) => true,
+    }
+}
+
+/// Refuses a backing file system that does not report entry types in
+/// directory listings (XFS with `ftype=0`): overlay cannot work there.
+fn check_d_type(root: &Path) -> Result<(), SnapshotError> {
+    let probe = tempfile_dir(root)?;
+    let result = (|| {
+        let dir = Root::open(&probe)?;
+        dir.mkdir(Path::new("d"), 0o700)?;
+        let entries = dir.read_dir(Path::new(""))?;
+        if entries.iter().any(|(_, kind)| kind.is_none()) {
+            return Err(SnapshotError::Invalid(format!(
+                "{} does not report file types in directory entries (d_type); overlayfs cannot use it",
+                root.display()
+            )));
+        }
+        Ok(())
+    })();
+    Root::open(root)?.remove_all(probe.strip_prefix(root).unwrap_or(&probe))?;
+    result
+}
+
+fn tempfile_dir(root: &Path) -> Result<PathBuf, SnapshotError> {
+    let p = root.join(format!("d_type-probe-{}", strata_core::id::new_id()));
+    std::fs::create_dir(&p).map_err(|e| SnapshotError::Io {
+        op: "create",
+        path: p.clone(),
+        source: e,
+    })?;
+    Ok(p)
+}
+
+impl Overlay {
+    /// The backend for snapshots under `root` (the state root's
+    /// `snapshots/` directory must be on the file system checked here).
+    pub fn new(root: &Path, config: OverlayConfig) -> Result<Overlay, SnapshotError> {
+        std::fs::create_dir_all(root).map_err(|e| SnapshotError::Io {
+            op: "create",
+            path: root.to_path_buf(),
+            source: e,
+        })?;
+        check_d_type(root)?;
+        let mut options = config.mount_options;
+        let sets_index = options.iter().any(|o| o.starts_with("index="));
+        if !sets_index && Path::new("/sys/module/overlay/parameters/index").exists() {
+            // Last, because the kernel takes the last value of an option.
+            options.push("index=off".into());
+        }
+        if !in_initial_user_namespace() && !options.iter().any(|o| o == "userxattr") {
+            options.push("userxattr".into());
+        }
+        Ok(Overlay { options })
+    }
+
+    /// The options added to every overlay mount.
+    pub fn options(&self) -> &[String] {
+        &self.options
+    }
+
+    fn bind(source: PathBuf, read_only: bool) -> Mount {
+        Mount {
+            kind: "bind".into(),
+            source,
+            target: PathBuf::new(),
+            options: vec![if read_only { "ro" } else { "rw" }.into(), "rbind".into()],
+        }
+    }
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |op, e| SnapshotError::Io {
+        op,
+        path: path.to_path_buf(),
+        source: e,
+    };
+    std::fs::create_dir(path).map_err(|e| io("create", e))?;
+    // Explicit, so the process umask does not decide a snapshot's root mode.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io("chmod", e))
+}
+
+impl Backend for Overlay {
+    fn name(&self) -> &'static str {
+        "overlay"
+    }
+
+    fn create(&self, dir: &Path, kind: Kind, _parents: &[PathBuf]) -> Result<(), SnapshotError> {
+        mkdir(&dir.join("fs"), 0o755)?;
+        if kind == Kind::Active {
+            mkdir(&dir.join("work"), 0o711)?;
+        }
+        Ok(())
+    }
+
+    fn mounts(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Vec<Mount> {
+        let read_only = kind != Kind::Active;
+        match parents {
+            [] => vec![Self::bind(dir.join("fs"), read_only)],
+            [parent] if read_only => vec![Self::bind(parent.join("fs"), true)],
+            _ => {
+                let lower: Vec<String> = parents
+                    .iter()
+                    .map(|p| p.join("fs").display().to_string())
+                    .collect();
+                let mut options = Vec::new();
+                if !read_only {
+                    options.push(format!("workdir={}", dir.join("work").display()));
+                    options.push(format!("upperdir={}", dir.join("fs").display()));
+                }
+                options.push(format!("lowerdir={}", lower.join(":")));
+                options.extend(
+                    self.options
+                        .iter()
+                        .filter(|o| !(read_only && *o == "volatile"))
+                        .cloned(),
+                );
+                vec![Mount {
+                    kind: "overlay".into(),
+                    source: "overlay".into(),
+                    target: PathBuf::new(),
+                    options,
+                }]
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_shapes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = Overlay::new(
+            tmp.path(),
+            OverlayConfig {
+                mount_options: vec!["index=on".into()],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            o.options(),
+            ["index=on"],
+            "a configured index is not overridden"
+        );
+        let d = Path::new("/s/3");
+        let (p1, p2) = (PathBuf::from("/s/2"), PathBuf::from("/s/1"));
+        let m = o.mounts(d, Kind::Active, &[]);
+        assert_eq!(
+            (
+                m[0].kind.as_str(),
+                m[0].source.as_path(),
+                m[0].options.clone()
+            ),
+            (
+                "bind",
+                Path::new("/s/3/fs"),
+                vec!["rw".to_string(), "rbind".into()]
+            )
+        );
+        let m = o.mounts(d, Kind::View, &[]);
+        assert!(m[0].is_read_only());
+        let m = o.mounts(d, Kind::View, std::slice::from_ref(&p1));
+        assert_eq!(
+            (m[0].source.as_path(), m[0].is_read_only()),
+            (Path::new("/s/2/fs"), true)
+        );
+        let m = o.mounts(d, Kind::Active, &[p1.clone(), p2.clone()]);
+        assert_eq!(
+            m[0].options,
+            [
+                "workdir=/s/3/work",
+                "upperdir=/s/3/fs",
+                "lowerdir=/s/2/fs:/s/1/fs",
+                "index=on"
+            ]
+        );
+        let m = o.mounts(d, Kind::View, &[p1, p2]);
+        assert_eq!(m[0].options, ["lowerdir=/s/2/fs:/s/1/fs", "index=on"]);
+    }
+
+    #[test]
+    fn index_off_is_added_when_the_kernel_has_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = Overlay::new(tmp.path(), OverlayConfig::default()).unwrap();
+        let has = Path::new("/sys/module/overlay/parameters/index").exists();
+        assert_eq!(o.options().iter().any(|x| x == "index=off"), has);
+        // The probe leaves nothing behind.
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,26 @@
+//! The seam between the shared store and a backend: only directory work.
+
+use std::path::{Path, PathBuf};
+
+use strata_core::Mount;
+
+use crate::error::SnapshotError;
+use crate::info::Kind;
+
+/// Directory work a snapshot backend does for the shared store. Each
+/// snapshot owns a directory (`<root>/snapshots/<id>`) whose `fs`
+/// subdirectory holds its tree (the upper layer for overlay, the full tree
+/// for native).
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// The backend's name.
+    fn name(&self) -> &'static str;
+
+    /// Fills the new, empty snapshot directory `dir` for a snapshot of
+    /// `kind` on top of `parents` (snapshot directories, nearest first). The
+    /// store syncs and renames it into place afterwards.
+    fn create(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Result<(), SnapshotError>;
+
+    /// The mounts of snapshot `dir` of `kind` on top of `parents` (nearest
+    /// first).
+    fn mounts(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Vec<Mount>;
+}

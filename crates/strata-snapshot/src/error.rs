@@ -1,0 +1,72 @@
+//! Errors of snapshot operations, naming the key or path concerned.
+
+use std::path::PathBuf;
+
+use strata_core::{Classify, ErrorKind};
+
+/// A failed snapshot operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// No snapshot with that key.
+    #[error("snapshot {0:?} not found")]
+    NotFound(String),
+    /// The key is taken (by a snapshot of any kind).
+    #[error("snapshot {0:?} already exists")]
+    AlreadyExists(String),
+    /// The snapshot is not in a state that allows the operation.
+    #[error("snapshot {key:?}: {reason}")]
+    FailedPrecondition { key: String, reason: String },
+    /// A bad key, label or field path.
+    #[error("{0}")]
+    Invalid(String),
+    /// A file-system operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] strata_metadata::MetaError),
+    /// A strata-sys operation failed.
+    #[error(transparent)]
+    Sys(#[from] strata_sys::SysError),
+    /// The blocking task running the operation died.
+    #[error("snapshot operation was cancelled or panicked: {0}")]
+    Task(String),
+}
+
+impl SnapshotError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        SnapshotError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn precondition(key: &str, reason: impl Into<String>) -> Self {
+        SnapshotError::FailedPrecondition {
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Classify for SnapshotError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SnapshotError::NotFound(_) => ErrorKind::NotFound,
+            SnapshotError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            SnapshotError::FailedPrecondition { .. } => ErrorKind::FailedPrecondition,
+            SnapshotError::Invalid(_) => ErrorKind::Invalid,
+            SnapshotError::Io { source, .. } => Classify::kind(source),
+            SnapshotError::Meta(e) => e.kind(),
+            SnapshotError::Sys(e) => e.kind(),
+            SnapshotError::Task(_) => ErrorKind::Internal,
+        }
+    }
+}

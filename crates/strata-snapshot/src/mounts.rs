@@ -1,0 +1,239 @@
+//! Mount helpers: mount a list of [`Mount`]s on a temporary directory and
+//! unmount on drop, and the read-only transformation of mounts.
+//!
+//! A [`LocalMount`] never removes a directory that may still be a mount
+//! point: it unmounts, checks, and only then removes the now-empty directory.
+//! After unmounting a `volatile` overlay it removes `<workdir>/work/incompat`,
+//! which the kernel leaves behind and which would refuse the next mount.
+
+use std::path::{Path, PathBuf};
+
+use strata_core::Mount;
+use strata_sys::mount as sysmount;
+
+use crate::error::SnapshotError;
+
+/// Options of [`LocalMount::mount`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MountOptions {
+    /// Mount even a single writable bind, instead of handing out its source
+    /// directory as is.
+    pub force_remount: bool,
+}
+
+/// Mounts made for local use; unmounted when dropped.
+#[derive(Debug)]
+pub struct LocalMount {
+    path: PathBuf,
+    target: Option<PathBuf>,
+    incompat: Vec<PathBuf>,
+}
+
+fn option_value<'a>(m: &'a Mount, key: &str) -> Option<&'a str> {
+    m.options
+        .iter()
+        .find_map(|o| o.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind")
+}
+
+fn is_volatile(m: &Mount) -> bool {
+    m.kind == "overlay" && m.options.iter().any(|o| o == "volatile")
+}
+
+impl LocalMount {
+    /// Makes `mounts` available at a local path: a single writable bind
+    /// mount is its source (unless `force_remount`); anything else is
+    /// mounted on a new directory under `parent`.
+    pub fn mount(
+        mounts: &[Mount],
+        parent: &Path,
+        opts: MountOptions,
+    ) -> Result<LocalMount, SnapshotError> {
+        if let [single] = mounts
+            && is_bind(single)
+            && !single.is_read_only()
+            && !opts.force_remount
+        {
+            return Ok(LocalMount {
+                path: single.source.clone(),
+                target: None,
+                incompat: Vec::new(),
+            });
+        }
+        let target = parent.join(format!("mount-{}", strata_core::id::new_id()));
+        std::fs::create_dir(&target)
+            .map_err(|e| SnapshotError::io("create mount point", &target, e))?;
+        let incompat = mounts
+            .iter()
+            .filter(|m| is_volatile(m))
+            .filter_map(|m| option_value(m, "workdir"))
+            .map(|w| Path::new(w).join("work/incompat"))
+            .collect();
+        let mut guard = LocalMount {
+            path: target.clone(),
+            target: Some(target.clone()),
+            incompat,
+        };
+        if let Err(e) = sysmount::mount_all(mounts, &target) {
+            // Undo whatever part was mounted; the guard's drop cleans up.
+            return Err(SnapshotError::from(e)).inspect_err(|_| guard.release_quietly());
+        }
+        Ok(guard)
+    }
+
+    /// Where the mounts can be reached.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unmounts and removes the mount point.
+    pub fn unmount(mut self) -> Result<(), SnapshotError> {
+        self.release()
+    }
+
+    fn release(&mut self) -> Result<(), SnapshotError> {
+        let Some(target) = self.target.take() else {
+            return Ok(());
+        };
+        while sysmount::is_mount_point(&target)? {
+            sysmount::unmount(&target)?;
+        }
+        std::fs::remove_dir(&target)
+            .map_err(|e| SnapshotError::io("remove mount point", &target, e))?;
+        for dir in self.incompat.drain(..) {
+            remove_incompat(&dir)?;
+        }
+        Ok(())
+    }
+
+    fn release_quietly(&mut self) {
+        if let Err(e) = self.release() {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not release a local mount");
+        }
+    }
+}
+
+fn remove_incompat(dir: &Path) -> Result<(), SnapshotError> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Ok(());
+    };
+    if parent.is_dir() {
+        strata_sys::Root::open(parent)?.remove_all(Path::new(name))?;
+    }
+    Ok(())
+}
+
+impl Drop for LocalMount {
+    fn drop(&mut self) {
+        self.release_quietly();
+    }
+}
+
+/// The read-only form of `mounts`: an overlay's upper directory becomes its
+/// top lower directory and the work directory and `volatile` go; any other
+/// mount gets `ro` instead of `rw`.
+pub fn read_only(mounts: &[Mount]) -> Vec<Mount> {
+    mounts
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if m.kind == "overlay" {
+                let upper = option_value(&m, "upperdir").map(str::to_owned);
+                let mut options: Vec<String> = m
+                    .options
+                    .iter()
+                    .filter(|o| {
+                        !o.starts_with("upperdir=")
+                            && !o.starts_with("workdir=")
+                            && *o != "volatile"
+                            && *o != "rw"
+                    })
+                    .cloned()
+                    .collect();
+                if let Some(upper) = upper {
+                    for o in &mut options {
+                        if let Some(lower) = o.strip_prefix("lowerdir=") {
+                            *o = format!("lowerdir={upper}:{lower}");
+                        }
+                    }
+                    if !options.iter().any(|o| o.starts_with("lowerdir=")) {
+                        options.push(format!("lowerdir={upper}"));
+                    }
+                }
+                m.options = options;
+            } else {
+                m.options.retain(|o| o != "rw");
+                if !m.is_read_only() {
+                    m.options.push("ro".into());
+                }
+            }
+            m
+        })
+        .collect()
+}
+
+/// `mounts` without `volatile`, for temporary remounts of an upper directory
+/// that a volatile mount may also use.
+pub fn without_volatile(mounts: &[Mount]) -> Vec<Mount> {
+    mounts
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.options.retain(|o| o != "volatile");
+            m
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlay(options: &[&str]) -> Mount {
+        Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            target: PathBuf::new(),
+            options: options.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn read_only_overlay_moves_upper_to_top_lower() {
+        let m = overlay(&[
+            "workdir=/w",
+            "upperdir=/u",
+            "lowerdir=/a:/b",
+            "index=off",
+            "volatile",
+        ]);
+        assert_eq!(
+            read_only(&[m])[0].options,
+            ["lowerdir=/u:/a:/b", "index=off"]
+        );
+        let single = overlay(&["workdir=/w", "upperdir=/u"]);
+        assert_eq!(read_only(&[single])[0].options, ["lowerdir=/u"]);
+    }
+
+    #[test]
+    fn read_only_bind_gets_ro() {
+        let m = Mount {
+            kind: "bind".into(),
+            source: "/x".into(),
+            target: PathBuf::new(),
+            options: vec!["rw".into(), "rbind".into()],
+        };
+        let ro = read_only(&[m]);
+        assert_eq!(ro[0].options, ["rbind", "ro"]);
+        assert!(ro[0].is_read_only());
+    }
+
+    #[test]
+    fn volatile_is_stripped() {
+        let m = overlay(&["volatile", "index=off"]);
+        assert_eq!(without_volatile(&[m])[0].options, ["index=off"]);
+    }
+}

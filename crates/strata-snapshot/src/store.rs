@@ -1,0 +1,553 @@
+//! [`SnapshotStore`]: the bookkeeping every backend shares, in the metadata
+//! store, and the crash-safe ordering of directory work around it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use strata_core::{Filter, Labels, Mount, id, labels};
+use strata_metadata::records::{SnapshotKind, SnapshotRecord, now};
+use strata_metadata::{MetaDb, ReadTx, Violation, WriteTx};
+
+use crate::backend::Backend;
+use crate::error::SnapshotError;
+use crate::info::{Info, Kind, Usage};
+use crate::usage::disk_usage;
+use crate::{Snapshotter, WalkFn};
+
+const NEW_PREFIX: &str = "snap-new-";
+const RM_PREFIX: &str = "snap-rm-";
+
+#[derive(Debug)]
+struct Inner {
+    db: Arc<MetaDb>,
+    backend: Arc<dyn Backend>,
+    snapshots: PathBuf,
+    tmp: PathBuf,
+    closed: AtomicBool,
+}
+
+/// The shared snapshot store: implements [`Snapshotter`] for any
+/// [`Backend`].
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    inner: Arc<Inner>,
+}
+
+fn validate_key(key: &str) -> Result<(), SnapshotError> {
+    if key.is_empty() || key.len() > 4096 || key.contains('\0') {
+        return Err(SnapshotError::Invalid(format!(
+            "snapshot key {key:?} must be 1 to 4096 bytes without NUL"
+        )));
+    }
+    Ok(())
+}
+
+fn sync_dir(path: &Path) -> Result<(), SnapshotError> {
+    Ok(strata_sys::sync::fsync_dir(path)?)
+}
+
+/// Reads records through either kind of transaction.
+trait Lookup {
+    fn record(&self, key: &str) -> Result<Option<SnapshotRecord>, SnapshotError>;
+}
+
+impl Lookup for ReadTx {
+    fn record(&self, key: &str) -> Result<Option<SnapshotRecord>, SnapshotError> {
+        Ok(self.get::<SnapshotRecord>(key)?)
+    }
+}
+
+impl Lookup for WriteTx {
+    fn record(&self, key: &str) -> Result<Option<SnapshotRecord>, SnapshotError> {
+        Ok(self.get::<SnapshotRecord>(key)?)
+    }
+}
+
+impl Inner {
+    fn dir(&self, id: &str) -> PathBuf {
+        self.snapshots.join(id)
+    }
+
+    fn get(&self, tx: &impl Lookup, key: &str) -> Result<SnapshotRecord, SnapshotError> {
+        tx.record(key)?
+            .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))
+    }
+
+    /// Directories of `parent` and its ancestors, nearest first. The parent
+    /// must exist and be committed.
+    fn chain(&self, tx: &impl Lookup, parent: Option<&str>) -> Result<Vec<PathBuf>, SnapshotError> {
+        let mut out = Vec::new();
+        let mut next = parent.map(str::to_owned);
+        let mut first = true;
+        while let Some(key) = next {
+            let r = tx.record(&key)?.ok_or_else(|| {
+                if first {
+                    SnapshotError::NotFound(key.clone())
+                } else {
+                    SnapshotError::precondition(&key, "an ancestor is missing")
+                }
+            })?;
+            if first && r.kind != SnapshotKind::Committed {
+                return Err(SnapshotError::precondition(
+                    &key,
+                    "a parent must be committed",
+                ));
+            }
+            first = false;
+            out.push(self.dir(&r.id));
+            next = r.parent;
+        }
+        Ok(out)
+    }
+
+    fn create(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: Kind,
+        labels: Labels,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        validate_key(key)?;
+        labels::validate_all(&labels).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        let parents = {
+            let tx = self.db.read()?;
+            if tx.record(key)?.is_some() {
+                return Err(SnapshotError::AlreadyExists(key.to_owned()));
+            }
+            self.chain(&tx, parent)?
+        };
+        let id = id::new_id();
+        let staging = self.tmp.join(format!("{NEW_PREFIX}{id}"));
+        let built = (|| {
+            fs::create_dir(&staging).map_err(|e| SnapshotError::io("create", &staging, e))?;
+            self.backend.create(&staging, kind, &parents)?;
+            sync_dir(&staging)
+        })();
+        if let Err(e) = built {
+            self.discard(&staging);
+            return Err(e);
+        }
+        let dir = self.dir(&id);
+        fs::rename(&staging, &dir)
+            .map_err(|e| SnapshotError::io("rename into snapshots", &dir, e))?;
+        sync_dir(&self.snapshots)?;
+        let recorded = (|| {
+            let tx = self.db.write()?;
+            if tx.record(key)?.is_some() {
+                return Err(SnapshotError::AlreadyExists(key.to_owned()));
+            }
+            // The parent may have gone since the first look.
+            self.chain(&tx, parent)?;
+            let ts = now();
+            let record = SnapshotRecord {
+                id: id.clone(),
+                kind: kind.to_record(),
+                parent: parent.map(str::to_owned),
+                labels,
+                created: ts,
+                updated: ts,
+                usage: None,
+            };
+            tx.put(key, &record)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = recorded {
+            self.remove_dir(&id);
+            return Err(e);
+        }
+        Ok(self.backend.mounts(&dir, kind, &parents))
+    }
+
+    /// Removes a staging directory after a failure (logged, not fatal).
+    fn discard(&self, path: &Path) {
+        let Some(name) = path.file_name() else { return };
+        match strata_sys::Root::open(&self.tmp).and_then(|r| r.remove_all(Path::new(name))) {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "leaving a staging directory for the next open")
+            }
+        }
+    }
+
+    /// Moves a snapshot directory out of `snapshots/` and removes it.
+    fn remove_dir(&self, id: &str) {
+        let trash = self.tmp.join(format!("{RM_PREFIX}{id}"));
+        match fs::rename(self.dir(id), &trash) {
+            Ok(()) => self.discard(&trash),
+            Err(e) => {
+                tracing::warn!(id, error = %e, "leaving a snapshot directory for the next open")
+            }
+        }
+    }
+
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+        let tx = self.db.read()?;
+        let r = self.get(&tx, key)?;
+        if r.kind == SnapshotKind::Committed {
+            return Err(SnapshotError::precondition(
+                key,
+                "a committed snapshot has no mounts; take a view of it",
+            ));
+        }
+        let parents = self.chain(&tx, r.parent.as_deref())?;
+        Ok(self
+            .backend
+            .mounts(&self.dir(&r.id), Kind::from_record(r.kind), &parents))
+    }
+
+    fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), SnapshotError> {
+        validate_key(name)?;
+        labels::validate_all(&labels).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        let r = {
+            let tx = self.db.read()?;
+            let r = self.get(&tx, key)?;
+            if r.kind != SnapshotKind::Active {
+                return Err(SnapshotError::precondition(
+                    key,
+                    format!(
+                        "only active snapshots can be committed, this one is {}",
+                        Kind::from_record(r.kind).as_str()
+                    ),
+                ));
+            }
+            if tx.record(name)?.is_some() {
+                return Err(SnapshotError::AlreadyExists(name.to_owned()));
+            }
+            r
+        };
+        let dir = self.dir(&r.id);
+        let usage = disk_usage(&dir.join("fs"))?;
+        // What was written into the active snapshot must be durable before
+        // the row calls it committed.
+        strata_sys::sync::syncfs(&dir)?;
+        let tx = self.db.write()?;
+        let current = self.get(&tx, key)?;
+        if current.id != r.id || current.kind != SnapshotKind::Active {
+            return Err(SnapshotError::precondition(key, "changed while committing"));
+        }
+        if tx.record(name)?.is_some() {
+            return Err(SnapshotError::AlreadyExists(name.to_owned()));
+        }
+        let ts = now();
+        let committed = SnapshotRecord {
+            kind: SnapshotKind::Committed,
+            labels,
+            created: ts,
+            updated: ts,
+            usage: Some(usage.into()),
+            ..current
+        };
+        tx.put(name, &committed)?;
+        tx.delete::<SnapshotRecord>(key)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        let tx = self.db.write()?;
+        let r = self.get(&tx, key)?;
+        let children: Vec<String> = tx
+            .scan::<SnapshotRecord>("")?
+            .into_iter()
+            .filter(|(_, c)| c.parent.as_deref() == Some(key))
+            .map(|(k, _)| k)
+            .take(3)
+            .collect();
+        if !children.is_empty() {
+            return Err(SnapshotError::precondition(
+                key,
+                format!("it has children ({})", children.join(", ")),
+            ));
+        }
+        tx.delete::<SnapshotRecord>(key)?;
+        tx.commit()?;
+        self.remove_dir(&r.id);
+        Ok(())
+    }
+
+    fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
+        let r = self.get(&self.db.read()?, key)?;
+        Ok(Info::from_record(key, &r))
+    }
+
+    fn update(&self, info: &Info, fieldpaths: &[String]) -> Result<Info, SnapshotError> {
+        let tx = self.db.write()?;
+        let mut r = self.get(&tx, &info.name)?;
+        if fieldpaths.is_empty() {
+            r.labels = info.labels.clone();
+        }
+        for path in fieldpaths {
+            if path == "labels" {
+                r.labels = info.labels.clone();
+            } else if let Some(k) = path.strip_prefix("labels.") {
+                match info.labels.get(k).filter(|v| !v.is_empty()) {
+                    Some(v) => {
+                        r.labels.insert(k.to_owned(), v.clone());
+                    }
+                    None => {
+                        r.labels.remove(k);
+                    }
+                }
+            } else {
+                return Err(SnapshotError::Invalid(format!(
+                    "cannot update field {path:?} of snapshot {:?}: only labels and labels.KEY",
+                    info.name
+                )));
+            }
+        }
+        r.labels.retain(|_, v| !v.is_empty());
+        labels::validate_all(&r.labels).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        r.updated = now();
+        tx.put(&info.name, &r)?;
+        tx.commit()?;
+        Ok(Info::from_record(&info.name, &r))
+    }
+
+    fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+        let r = self.get(&self.db.read()?, key)?;
+        match r.usage {
+            Some(u) if r.kind == SnapshotKind::Committed => Ok(u.into()),
+            _ => disk_usage(&self.dir(&r.id).join("fs")),
+        }
+    }
+
+    fn list(&self, filter: &Filter) -> Result<Vec<Info>, SnapshotError> {
+        Ok(self
+            .db
+            .read()?
+            .scan::<SnapshotRecord>("")?
+            .iter()
+            .map(|(k, r)| Info::from_record(k, r))
+            .filter(|i| filter.matches(i))
+            .collect())
+    }
+
+    /// Makes disk and rows agree after a crash: staging and trash under
+    /// `tmp/` go, directories without rows go, rows whose directory is gone
+    /// are dropped together with their descendants.
+    fn reconcile(&self) -> Result<(), SnapshotError> {
+        let tmp = strata_sys::Root::open(&self.tmp)?;
+        for (name, _) in tmp.read_dir(Path::new(""))? {
+            let n = name.to_string_lossy();
+            if n.starts_with(NEW_PREFIX) || n.starts_with(RM_PREFIX) {
+                tmp.remove_all(Path::new(&name))?;
+            }
+        }
+        let rows = self.db.read()?.scan::<SnapshotRecord>("")?;
+        let ids: BTreeSet<&str> = rows.iter().map(|(_, r)| r.id.as_str()).collect();
+        let snaps = strata_sys::Root::open(&self.snapshots)?;
+        for (name, _) in snaps.read_dir(Path::new(""))? {
+            if !ids.contains(name.to_string_lossy().as_ref()) {
+                tracing::info!(dir = %self.snapshots.join(&name).display(), "removing a snapshot directory without a row");
+                snaps.remove_all(Path::new(&name))?;
+            }
+        }
+        let mut gone: BTreeSet<String> = rows
+            .iter()
+            .filter(|(_, r)| !self.dir(&r.id).join("fs").is_dir())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        // Descendants of a vanished snapshot cannot be used either.
+        let parent_of: HashMap<&str, Option<&str>> = rows
+            .iter()
+            .map(|(k, r)| (k.as_str(), r.parent.as_deref()))
+            .collect();
+        for (key, _) in &rows {
+            let mut cur = parent_of.get(key.as_str()).copied().flatten();
+            while let Some(p) = cur {
+                if gone.contains(p) {
+                    gone.insert(key.clone());
+                    break;
+                }
+                cur = parent_of.get(p).copied().flatten();
+            }
+        }
+        let tx = self.db.write()?;
+        for key in &gone {
+            tracing::warn!(key, "dropping a snapshot whose directory is missing");
+            tx.delete::<SnapshotRecord>(key)?;
+        }
+        tx.commit()?;
+        for (key, r) in &rows {
+            if gone.contains(key) {
+                self.remove_dir(&r.id);
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<Vec<Violation>, SnapshotError> {
+        let rows = self.db.read()?.scan::<SnapshotRecord>("")?;
+        let mut out = Vec::new();
+        let ids: BTreeSet<&str> = rows.iter().map(|(_, r)| r.id.as_str()).collect();
+        for (key, r) in &rows {
+            if !self.dir(&r.id).join("fs").is_dir() {
+                out.push(Violation {
+                    table: "snapshots",
+                    key: key.clone(),
+                    problem: format!("directory snapshots/{}/fs is missing", r.id),
+                });
+            }
+        }
+        for entry in fs::read_dir(&self.snapshots)
+            .map_err(|e| SnapshotError::io("read directory", &self.snapshots, e))?
+        {
+            let entry =
+                entry.map_err(|e| SnapshotError::io("read directory", &self.snapshots, e))?;
+            if !ids.contains(entry.file_name().to_string_lossy().as_ref()) {
+                out.push(Violation {
+                    table: "snapshots",
+                    key: entry.path().display().to_string(),
+                    problem: "directory has no row".into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl SnapshotStore {
+    /// Opens the store of the state root `root` (`<root>/snapshots`, staging
+    /// in `<root>/tmp`) for `backend`, reconciling disk and rows. The caller
+    /// must own the root.
+    #[tracing::instrument(skip_all, fields(root = %root.display(), backend = backend.name()))]
+    pub fn open(
+        root: &Path,
+        db: Arc<MetaDb>,
+        backend: Arc<dyn Backend>,
+    ) -> Result<SnapshotStore, SnapshotError> {
+        let snapshots = root.join("snapshots");
+        let tmp = root.join("tmp");
+        for d in [&snapshots, &tmp] {
+            fs::create_dir_all(d).map_err(|e| SnapshotError::io("create", d, e))?;
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+                .map_err(|e| SnapshotError::io("chmod", d, e))?;
+        }
+        let inner = Inner {
+            db,
+            backend,
+            snapshots,
+            tmp,
+            closed: AtomicBool::new(false),
+        };
+        inner.reconcile()?;
+        Ok(SnapshotStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The directory holding `key`'s tree (`.../snapshots/<id>/fs`): the
+    /// upper directory for overlay, which the diff engine reads directly.
+    pub fn fs_dir(&self, key: &str) -> Result<PathBuf, SnapshotError> {
+        let r = self.inner.get(&self.inner.db.read()?, key)?;
+        Ok(self.inner.dir(&r.id).join("fs"))
+    }
+
+    /// Mounts of a read-only view of committed `key` without creating a view
+    /// snapshot (for `strata mount` of a committed snapshot).
+    pub fn view_mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+        let tx = self.inner.db.read()?;
+        let parents = self.inner.chain(&tx, Some(key))?;
+        let empty = self.inner.tmp.join("empty-view");
+        Ok(self.inner.backend.mounts(&empty, Kind::View, &parents))
+    }
+
+    /// Rows against directories: every problem found.
+    pub fn check(&self) -> Result<Vec<Violation>, SnapshotError> {
+        self.inner.check()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, SnapshotError> + Send + 'static,
+    ) -> Result<T, SnapshotError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SnapshotError::precondition("", "the snapshotter is closed"));
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| SnapshotError::Task(e.to_string()))?
+    }
+}
+
+#[async_trait::async_trait]
+impl Snapshotter for SnapshotStore {
+    fn name(&self) -> &str {
+        self.inner.backend.name()
+    }
+
+    async fn prepare(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        let (key, parent) = (key.to_owned(), parent.map(str::to_owned));
+        self.blocking(move |i| i.create(&key, parent.as_deref(), Kind::Active, labels))
+            .await
+    }
+
+    async fn view(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        let (key, parent) = (key.to_owned(), parent.map(str::to_owned));
+        self.blocking(move |i| i.create(&key, parent.as_deref(), Kind::View, labels))
+            .await
+    }
+
+    async fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+        let key = key.to_owned();
+        self.blocking(move |i| i.mounts(&key)).await
+    }
+
+    async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), SnapshotError> {
+        let (name, key) = (name.to_owned(), key.to_owned());
+        self.blocking(move |i| i.commit(&name, &key, labels)).await
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        let key = key.to_owned();
+        self.blocking(move |i| i.remove(&key)).await
+    }
+
+    async fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
+        let key = key.to_owned();
+        self.blocking(move |i| i.stat(&key)).await
+    }
+
+    async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info, SnapshotError> {
+        let fieldpaths = fieldpaths.to_vec();
+        self.blocking(move |i| i.update(&info, &fieldpaths)).await
+    }
+
+    async fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+        let key = key.to_owned();
+        self.blocking(move |i| i.usage(&key)).await
+    }
+
+    async fn walk(&self, filter: &Filter, f: WalkFn<'_>) -> Result<(), SnapshotError> {
+        let filter = filter.clone();
+        let infos = self.blocking(move |i| i.list(&filter)).await?;
+        for info in infos {
+            f(info).await?;
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), SnapshotError> {
+        self.inner.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
