@@ -8,6 +8,7 @@ mod check;
 mod content;
 mod output;
 mod root;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,9 @@ struct Cli {
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// Snapshot backend; a root remembers the one it was created with.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    backend: root::BackendChoice,
     /// More logging on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -37,6 +41,19 @@ enum Command {
     /// Blobs in the content store.
     #[command(subcommand)]
     Content(content::ContentCmd),
+    /// Snapshots: prepare, view, commit, remove, list, inspect.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
+    /// Mount a snapshot on DIR (committed ones read-only).
+    Mount {
+        key: String,
+        dir: PathBuf,
+        /// Mount an active snapshot writable.
+        #[arg(long)]
+        rw: bool,
+    },
+    /// Unmount DIR.
+    Umount { dir: PathBuf },
     /// Verify metadata against disk and every blob against its digest.
     Check(check::CheckArgs),
 }
@@ -45,10 +62,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let out = output::Output::new(cli.json);
-    let result = root::Root::open(cli.root.as_deref()).and_then(|root| match cli.command {
-        Command::Content(cmd) => content::run(&root, cmd, &out),
-        Command::Check(args) => check::run(&root, &args, &out),
-    });
+    let result = match cli.command {
+        // Unmounting needs no root.
+        Command::Umount { dir } => snapshot::umount(&dir, &out),
+        command => {
+            root::Root::open(cli.root.as_deref(), cli.backend).and_then(|root| match command {
+                Command::Content(cmd) => content::run(&root, cmd, &out),
+                Command::Snapshot(cmd) => snapshot::run(&root, cmd, &out),
+                Command::Mount { key, dir, rw } => snapshot::mount(&root, &key, &dir, rw, &out),
+                Command::Umount { dir } => snapshot::umount(&dir, &out),
+                Command::Check(args) => check::run(&root, &args, &out),
+            })
+        }
+    };
     match result {
         Ok(code) => code,
         Err(err) => {

@@ -89,7 +89,9 @@ pub fn kind_of(err: &anyhow::Error) -> ErrorKind {
             )*};
         }
         try_kind!(
+            crate::root::CliError,
             strata_content::ContentError,
+            strata_snapshot::SnapshotError,
             strata_metadata::MetaError,
             strata_sys::SysError,
             strata_sys::lock::LockError,

@@ -1,0 +1,315 @@
+//! `strata snapshot ...`, `strata mount` and `strata umount`: the
+//! snapshotter from the shell.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde::Serialize;
+use strata_core::{Filter, Labels, Mount, labels};
+use strata_snapshot::{Info, Kind, Snapshotter};
+
+use crate::output::{self, Output};
+use crate::root::{CliError, Root};
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Create an active snapshot KEY on PARENT (empty without one) and print its mounts.
+    Prepare {
+        key: String,
+        parent: Option<String>,
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+    },
+    /// Create a read-only view KEY of PARENT and print its mounts.
+    View {
+        key: String,
+        parent: String,
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+    },
+    /// Print the mounts of an active snapshot or view.
+    Mounts { key: String },
+    /// Commit the active snapshot KEY as NAME.
+    Commit {
+        name: String,
+        key: String,
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+    },
+    /// Remove snapshots (children first).
+    Rm {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// List snapshots.
+    Ls {
+        /// containerd filter, e.g. kind==committed or parent==KEY (repeat for OR).
+        #[arg(long = "filter", value_name = "FILTER")]
+        filters: Vec<String>,
+    },
+    /// Show one snapshot.
+    Info { key: String },
+    /// Disk usage of snapshots' own layers (all when no key is given).
+    Usage { keys: Vec<String> },
+    /// Show the snapshots as a tree of parents and children.
+    Tree,
+}
+
+#[derive(Serialize)]
+struct MountJson {
+    #[serde(rename = "type")]
+    kind: String,
+    source: String,
+    target: String,
+    options: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct InfoJson {
+    name: String,
+    parent: Option<String>,
+    kind: &'static str,
+    labels: Labels,
+    created: String,
+    updated: String,
+}
+
+impl From<&Info> for InfoJson {
+    fn from(i: &Info) -> Self {
+        InfoJson {
+            name: i.name.clone(),
+            parent: i.parent.clone(),
+            kind: i.kind.as_str(),
+            labels: i.labels.clone(),
+            created: output::time(i.created),
+            updated: output::time(i.updated),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct UsageJson {
+    name: String,
+    size: u64,
+    inodes: u64,
+}
+
+fn parse_labels(args: &[String]) -> anyhow::Result<Labels> {
+    args.iter()
+        .map(|a| labels::parse_assignment(a).map_err(Into::into))
+        .collect()
+}
+
+fn print_mounts(out: &Output, mounts: &[Mount]) -> anyhow::Result<()> {
+    let json: Vec<MountJson> = mounts
+        .iter()
+        .map(|m| MountJson {
+            kind: m.kind.clone(),
+            source: m.source.display().to_string(),
+            target: m.target.display().to_string(),
+            options: m.options.clone(),
+        })
+        .collect();
+    let rows = mounts
+        .iter()
+        .map(|m| {
+            vec![
+                m.kind.clone(),
+                m.source.display().to_string(),
+                m.options.join(","),
+            ]
+        })
+        .collect();
+    out.emit(&json, &["TYPE", "SOURCE", "OPTIONS"], rows)
+}
+
+fn block_on<T>(f: impl Future<Output = T>) -> anyhow::Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(f))
+}
+
+async fn list(
+    sn: &dyn Snapshotter,
+    filter: &Filter,
+) -> Result<Vec<Info>, strata_snapshot::SnapshotError> {
+    let mut infos = Vec::new();
+    sn.walk(filter, &mut |i: Info| {
+        infos.push(i);
+        Box::pin(async { Ok(()) })
+    })
+    .await?;
+    Ok(infos)
+}
+
+pub fn run(root: &Root, cmd: SnapshotCmd, out: &Output) -> anyhow::Result<ExitCode> {
+    let sn: &dyn Snapshotter = &root.snapshots;
+    match cmd {
+        SnapshotCmd::Prepare {
+            key,
+            parent,
+            labels,
+        } => {
+            let mounts = block_on(sn.prepare(&key, parent.as_deref(), parse_labels(&labels)?))??;
+            print_mounts(out, &mounts)?;
+        }
+        SnapshotCmd::View {
+            key,
+            parent,
+            labels,
+        } => {
+            let mounts = block_on(sn.view(&key, Some(&parent), parse_labels(&labels)?))??;
+            print_mounts(out, &mounts)?;
+        }
+        SnapshotCmd::Mounts { key } => print_mounts(out, &block_on(sn.mounts(&key))??)?,
+        SnapshotCmd::Commit { name, key, labels } => {
+            block_on(sn.commit(&name, &key, parse_labels(&labels)?))??;
+            out.line(&name, &name)?;
+        }
+        SnapshotCmd::Rm { keys } => {
+            for key in &keys {
+                block_on(sn.remove(key))??;
+            }
+            out.line(&keys, &keys.join("\n"))?;
+        }
+        SnapshotCmd::Ls { filters } => {
+            let infos = block_on(list(sn, &Filter::parse(&filters)?))??;
+            let json: Vec<InfoJson> = infos.iter().map(InfoJson::from).collect();
+            let rows = infos
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.name.clone(),
+                        i.parent.clone().unwrap_or_default(),
+                        i.kind.as_str().into(),
+                        output::time(i.created),
+                        output::labels(&i.labels),
+                    ]
+                })
+                .collect();
+            out.emit(&json, &["KEY", "PARENT", "KIND", "CREATED", "LABELS"], rows)?;
+        }
+        SnapshotCmd::Info { key } => {
+            let info = block_on(sn.stat(&key))??;
+            let rows = vec![
+                vec!["name".into(), info.name.clone()],
+                vec!["parent".into(), info.parent.clone().unwrap_or_default()],
+                vec!["kind".into(), info.kind.as_str().into()],
+                vec!["created".into(), output::time(info.created)],
+                vec!["updated".into(), output::time(info.updated)],
+                vec!["labels".into(), output::labels(&info.labels)],
+            ];
+            out.emit(&InfoJson::from(&info), &["FIELD", "VALUE"], rows)?;
+        }
+        SnapshotCmd::Usage { keys } => {
+            let keys = if keys.is_empty() {
+                block_on(list(sn, &Filter::default()))??
+                    .into_iter()
+                    .map(|i| i.name)
+                    .collect()
+            } else {
+                keys
+            };
+            let mut json = Vec::new();
+            for key in keys {
+                let u = block_on(sn.usage(&key))??;
+                json.push(UsageJson {
+                    name: key,
+                    size: u.size,
+                    inodes: u.inodes,
+                });
+            }
+            let rows = json
+                .iter()
+                .map(|u| vec![u.name.clone(), output::size(u.size), u.inodes.to_string()])
+                .collect();
+            out.emit(&json, &["KEY", "SIZE", "INODES"], rows)?;
+        }
+        SnapshotCmd::Tree => tree(sn, out)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tree(sn: &dyn Snapshotter, out: &Output) -> anyhow::Result<()> {
+    let infos = block_on(list(sn, &Filter::default()))??;
+    let mut children: BTreeMap<Option<String>, Vec<&Info>> = BTreeMap::new();
+    for i in &infos {
+        children.entry(i.parent.clone()).or_default().push(i);
+    }
+    let mut lines = Vec::new();
+    let mut stack: Vec<(&Info, usize)> = children
+        .get(&None)
+        .into_iter()
+        .flatten()
+        .rev()
+        .map(|i| (*i, 0))
+        .collect();
+    while let Some((info, depth)) = stack.pop() {
+        lines.push(format!(
+            "{}{} [{}]",
+            "  ".repeat(depth),
+            info.name,
+            info.kind.as_str()
+        ));
+        for child in children
+            .get(&Some(info.name.clone()))
+            .into_iter()
+            .flatten()
+            .rev()
+        {
+            stack.push((child, depth + 1));
+        }
+    }
+    let json: Vec<InfoJson> = infos.iter().map(InfoJson::from).collect();
+    out.line(&json, lines.join("\n").as_str())
+}
+
+/// `strata mount KEY DIR [--rw]`.
+pub fn mount(
+    root: &Root,
+    key: &str,
+    dir: &Path,
+    rw: bool,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let sn: &dyn Snapshotter = &root.snapshots;
+    let info = block_on(sn.stat(key))??;
+    let mounts = match info.kind {
+        Kind::Committed if rw => {
+            return Err(CliError {
+                kind: strata_core::ErrorKind::FailedPrecondition,
+                message: format!(
+                    "snapshot {key:?} is committed and immutable; prepare a snapshot on it to write"
+                ),
+            }
+            .into());
+        }
+        Kind::Committed => root.snapshots.view_mounts(key)?,
+        Kind::View => block_on(sn.mounts(key))??,
+        Kind::Active if rw => block_on(sn.mounts(key))??,
+        Kind::Active => strata_snapshot::mounts::read_only(&block_on(sn.mounts(key))??),
+    };
+    strata_sys::mount::mount_all(&mounts, dir)?;
+    out.line(&dir.display().to_string(), &dir.display().to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `strata umount DIR`: unmounts everything stacked on DIR.
+pub fn umount(dir: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+    if !strata_sys::mount::is_mount_point(dir)? {
+        return Err(CliError {
+            kind: strata_core::ErrorKind::NotFound,
+            message: format!("{} is not a mount point", dir.display()),
+        }
+        .into());
+    }
+    while strata_sys::mount::is_mount_point(dir)? {
+        strata_sys::mount::unmount(dir)?;
+    }
+    out.line(&dir.display().to_string(), &dir.display().to_string())?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,111 @@
+//! The shared snapshot store's crash recovery and bookkeeping, driven
+//! through the native backend (no mounts needed): orphan directories and
+//! staging leftovers are swept at open, rows whose directory vanished are
+//! dropped with their descendants, usage is fixed at commit.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use strata_core::{Classify, ErrorKind, Labels};
+use strata_metadata::MetaDb;
+use strata_native::Native;
+use strata_snapshot::{SnapshotStore, Snapshotter};
+
+fn open(root: &Path) -> SnapshotStore {
+    let db = Arc::new(MetaDb::open(&root.join("meta.redb")).unwrap());
+    SnapshotStore::open(root, db, Arc::new(Native)).unwrap()
+}
+
+#[tokio::test]
+async fn open_sweeps_orphans_and_drops_rows_without_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let s = open(root);
+    s.prepare("a-active", None, Labels::new()).await.unwrap();
+    fs::write(s.fs_dir("a-active").unwrap().join("f"), "x").unwrap();
+    s.commit("a", "a-active", Labels::new()).await.unwrap();
+    s.prepare("b", Some("a"), Labels::new()).await.unwrap();
+    s.prepare("lonely", None, Labels::new()).await.unwrap();
+    let lonely_dir = s.fs_dir("lonely").unwrap().parent().unwrap().to_path_buf();
+    let a_dir = s.fs_dir("a").unwrap().parent().unwrap().to_path_buf();
+    drop(s);
+
+    // What a crash can leave: a directory without a row, staging in tmp/,
+    // and (disk damage) a row whose directory is gone.
+    fs::create_dir_all(root.join("snapshots/orphan/fs")).unwrap();
+    fs::create_dir_all(root.join("tmp/snap-new-x/fs")).unwrap();
+    fs::create_dir_all(root.join("tmp/snap-rm-y/fs/deep")).unwrap();
+    fs::write(root.join("tmp/unrelated"), "kept").unwrap();
+    strata_sys::Root::open(root)
+        .unwrap()
+        .remove_all(a_dir.strip_prefix(root).unwrap())
+        .unwrap();
+
+    let s = open(root);
+    assert!(!root.join("snapshots/orphan").exists());
+    assert!(!root.join("tmp/snap-new-x").exists() && !root.join("tmp/snap-rm-y").exists());
+    assert!(
+        root.join("tmp/unrelated").exists(),
+        "the store only sweeps its own staging"
+    );
+    assert_eq!(s.stat("a").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        s.stat("b").await.unwrap_err().kind(),
+        ErrorKind::NotFound,
+        "a descendant of a vanished snapshot goes too"
+    );
+    assert!(s.stat("lonely").await.is_ok() && lonely_dir.is_dir());
+    assert!(s.check().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn usage_is_fixed_at_commit_and_measured_while_active() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path());
+    s.prepare("k", None, Labels::new()).await.unwrap();
+    let fs_dir = s.fs_dir("k").unwrap();
+    fs::write(fs_dir.join("one"), vec![1u8; 100_000]).unwrap();
+    fs::hard_link(fs_dir.join("one"), fs_dir.join("same")).unwrap();
+    let active = s.usage("k").await.unwrap();
+    assert_eq!(
+        active.inodes, 2,
+        "root directory and one inode for two links"
+    );
+    assert!(active.size >= 100_000);
+    s.commit("c", "k", Labels::new()).await.unwrap();
+    let committed = s.usage("c").await.unwrap();
+    assert_eq!(committed, active);
+    // Changing the tree behind the store's back does not change stored usage.
+    fs::write(s.fs_dir("c").unwrap().join("later"), vec![0u8; 50_000]).unwrap();
+    assert_eq!(s.usage("c").await.unwrap(), committed);
+}
+
+#[tokio::test]
+async fn bad_keys_and_labels_are_invalid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path());
+    assert_eq!(
+        s.prepare("", None, Labels::new()).await.unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+    assert_eq!(
+        s.prepare("a\0b", None, Labels::new())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Invalid
+    );
+    let huge = Labels::from([("k".to_string(), "v".repeat(5000))]);
+    assert_eq!(
+        s.prepare("k", None, huge).await.unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+    assert!(
+        fs::read_dir(tmp.path().join("snapshots"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing half-made is left"
+    );
+}
