@@ -1,3 +1,8 @@
+//! Benchmarks, each against peers in the same run.
+//!
+//! `cargo xtask bench snapshot` runs `strata-cli`'s `snapshot` bench on a
+//! fresh loop-mounted ext4 (see that file for what it measures).
+//!
 //! `cargo xtask bench content`: ingest throughput of a large file into the
 //! content store against `sha256sum` followed by `cp` of the same file (the
 //! least a store must do: hash it and copy it), run side by side, alternating
@@ -39,8 +44,84 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let (what, opts) = parse(args)?;
     match what.as_str() {
         "content" => content(&opts),
-        other => bail!("unknown benchmark {other:?}; available: content"),
+        "snapshot" => snapshot(),
+        other => bail!("unknown benchmark {other:?}; available: content, snapshot"),
     }
+}
+
+/// A fresh ext4 on a loop device (direct I/O), as `../shared/bench` advises
+/// for anything that creates many files; a temporary directory when not root.
+struct LoopExt4 {
+    dir: PathBuf,
+    image: PathBuf,
+    device: Option<String>,
+}
+
+impl LoopExt4 {
+    fn new(size: &str) -> anyhow::Result<LoopExt4> {
+        let target = crate::workspace().join("target");
+        let dir = target.join("bench-ext4");
+        let image = target.join("bench-ext4.img");
+        std::fs::create_dir_all(&dir)?;
+        if !is_root() {
+            return Ok(LoopExt4 {
+                dir,
+                image,
+                device: None,
+            });
+        }
+        crate::run(Command::new("truncate").args(["-s", size]).arg(&image))?;
+        crate::run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?;
+        let out = Command::new("losetup")
+            .args(["--direct-io=on", "-f", "--show"])
+            .arg(&image)
+            .output()?;
+        if !out.status.success() {
+            bail!("losetup failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let device = String::from_utf8(out.stdout)?.trim().to_string();
+        crate::run(Command::new("mount").arg(&device).arg(&dir))?;
+        Ok(LoopExt4 {
+            dir,
+            image,
+            device: Some(device),
+        })
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        if let Some(device) = &self.device {
+            for cmd in [
+                vec!["umount".to_string(), self.dir.display().to_string()],
+                vec!["losetup".into(), "-d".into(), device.clone()],
+            ] {
+                if let Err(e) = Command::new(&cmd[0]).args(&cmd[1..]).status() {
+                    eprintln!("cleanup {cmd:?}: {e}");
+                }
+            }
+            if let Err(e) = std::fs::remove_file(&self.image) {
+                eprintln!("remove {}: {e}", self.image.display());
+            }
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+fn snapshot() -> anyhow::Result<()> {
+    let scratch = LoopExt4::new("24G")?;
+    crate::run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["bench", "-p", "strata-cli", "--bench", "snapshot"])
+            .env("STRATA_BENCH_DIR", &scratch.dir),
+    )
 }
 
 /// A scratch tmpfs, mounted for the run when we are root, else /dev/shm.
@@ -51,12 +132,7 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> anyhow::Result<Scratch> {
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout.starts_with(b"0\n"))
-            .unwrap_or(false);
-        if is_root {
+        if is_root() {
             let dir = crate::workspace().join("target/bench-tmpfs");
             std::fs::create_dir_all(&dir)?;
             crate::run(

@@ -19,6 +19,10 @@ pub struct MountOptions {
     /// Mount even a single writable bind, instead of handing out its source
     /// directory as is.
     pub force_remount: bool,
+    /// A short-lived mount (to read or diff a snapshot): `volatile` is
+    /// stripped, because overlay refuses to reuse an upper directory that a
+    /// volatile mount marked.
+    pub temporary: bool,
 }
 
 /// Mounts made for local use; unmounted when dropped.
@@ -63,6 +67,13 @@ impl LocalMount {
                 incompat: Vec::new(),
             });
         }
+        let stripped;
+        let mounts = if opts.temporary {
+            stripped = without_volatile(mounts);
+            stripped.as_slice()
+        } else {
+            mounts
+        };
         let target = parent.join(format!("mount-{}", strata_core::id::new_id()));
         std::fs::create_dir(&target)
             .map_err(|e| SnapshotError::io("create mount point", &target, e))?;
@@ -177,7 +188,7 @@ pub fn read_only(mounts: &[Mount]) -> Vec<Mount> {
 
 /// `mounts` without `volatile`, for temporary remounts of an upper directory
 /// that a volatile mount may also use.
-pub fn without_volatile(mounts: &[Mount]) -> Vec<Mount> {
+fn without_volatile(mounts: &[Mount]) -> Vec<Mount> {
     mounts
         .iter()
         .map(|m| {

@@ -80,6 +80,7 @@ impl Fixture {
             &self.work,
             MountOptions {
                 force_remount: true,
+                temporary: true,
             },
         )
         .expect("mount");
@@ -104,6 +105,7 @@ impl Fixture {
             &self.work,
             MountOptions {
                 force_remount: true,
+                temporary: true,
             },
         )
         .expect("mount view");
@@ -572,6 +574,7 @@ pub async fn view_readonly(fx: &Fixture) {
             &fx.work,
             MountOptions {
                 force_remount: true,
+                temporary: true,
             },
         )
         .unwrap();
@@ -634,6 +637,7 @@ pub async fn root_permission(fx: &Fixture) {
         &fx.work,
         MountOptions {
             force_remount: true,
+            temporary: true,
         },
     )
     .unwrap();
@@ -733,6 +737,7 @@ pub async fn directory_inode_stability(fx: &Fixture) {
             &fx.work,
             MountOptions {
                 force_remount: true,
+                temporary: true,
             },
         )
         .unwrap();
