@@ -122,7 +122,8 @@ struct IngestJson {
     already_existed: bool,
 }
 
-fn parse_labels(args: &[String]) -> anyhow::Result<Labels> {
+/// Labels from `K=V` arguments.
+pub(crate) fn parse_labels(args: &[String]) -> anyhow::Result<Labels> {
     args.iter()
         .map(|a| labels::parse_assignment(a).map_err(Into::into))
         .collect()

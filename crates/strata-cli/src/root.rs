@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::ValueEnum;
 use strata_content::ContentStore;
 use strata_core::{Classify, ErrorKind};
-use strata_metadata::MetaDb;
+use strata_metadata::{MetaDb, Reader};
 use strata_snapshot::{Backend, SnapshotStore};
 use strata_sys::lock::FileLock;
 

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use serde::Serialize;
-use strata_core::{Filter, Labels, Mount, labels};
+use strata_core::{Filter, Labels, Mount};
 use strata_snapshot::{Info, Kind, Snapshotter};
 
+use crate::content::parse_labels;
 use crate::output::{self, Output};
 use crate::root::{CliError, Root};
 
@@ -95,12 +96,6 @@ struct UsageJson {
     name: String,
     size: u64,
     inodes: u64,
-}
-
-fn parse_labels(args: &[String]) -> anyhow::Result<Labels> {
-    args.iter()
-        .map(|a| labels::parse_assignment(a).map_err(Into::into))
-        .collect()
 }
 
 fn print_mounts(out: &Output, mounts: &[Mount]) -> anyhow::Result<()> {

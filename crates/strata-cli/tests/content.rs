@@ -205,18 +205,23 @@ fn second_process_on_a_root_exits_4() {
     let mut stdin = holder.stdin.take().unwrap();
     stdin.write_all(b"partial").unwrap();
     stdin.flush().unwrap();
-    // Poll until the holder has opened the root (it never exits by itself
-    // while its stdin is open).
-    let second = loop {
-        let run = env.run(&["content", "ls"]);
-        if run.code == 4 {
-            break run;
-        }
+    // The holder has the root once its ingest exists (it opens the root,
+    // takes the lock, then starts the ingest before reading stdin). Poll for
+    // that, bounded, before a second process tries the root.
+    let ingest = env.root.join("content/ingest");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ingest.read_dir().is_ok_and(|mut d| d.next().is_some()) {
         assert!(
             holder.try_wait().unwrap().is_none(),
             "the holder exited early"
         );
-    };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never started its ingest"
+        );
+        std::thread::yield_now();
+    }
+    let second = env.run(&["content", "ls"]).expect(4);
     assert!(
         second.stderr.contains("locked by another process"),
         "{}",

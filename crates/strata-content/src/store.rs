@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use strata_core::{Algorithm, Digest, Digester, Filter, labels};
 use strata_metadata::records::{ContentRecord, IngestRecord, now};
-use strata_metadata::{MetaDb, Violation};
+use strata_metadata::{MetaDb, Reader, Violation};
 
 use crate::error::ContentError;
 use crate::info::{Info, Status};
@@ -303,29 +303,12 @@ impl ContentStore {
         let mut r = tx
             .get::<ContentRecord>(info.digest.as_str())?
             .ok_or_else(|| ContentError::NotFound(info.digest.clone()))?;
-        if fieldpaths.is_empty() {
-            r.labels = info.labels.clone();
-        }
-        for path in fieldpaths {
-            if *path == "labels" {
-                r.labels = info.labels.clone();
-            } else if let Some(key) = path.strip_prefix("labels.") {
-                match info.labels.get(key).filter(|v| !v.is_empty()) {
-                    Some(v) => {
-                        r.labels.insert(key.to_owned(), v.clone());
-                    }
-                    None => {
-                        r.labels.remove(key);
-                    }
-                }
-            } else {
-                return Err(ContentError::Invalid(format!(
-                    "cannot update field {path:?} of content {}: only labels and labels.KEY",
-                    info.digest
-                )));
-            }
-        }
-        r.labels.retain(|_, v| !v.is_empty());
+        labels::apply_update(&mut r.labels, &info.labels, fieldpaths).map_err(|path| {
+            ContentError::Invalid(format!(
+                "cannot update field {path:?} of content {}: only labels and labels.KEY",
+                info.digest
+            ))
+        })?;
         labels::validate_all(&r.labels).map_err(|e| ContentError::Invalid(e.to_string()))?;
         r.updated = now();
         tx.put(info.digest.as_str(), &r)?;
@@ -399,14 +382,17 @@ impl ContentStore {
         )
     }
 
-    /// The status of an ingest.
-    pub fn status(&self, reference: &str) -> Result<Status, ContentError> {
-        let r = self
-            .inner
+    fn ingest_record(&self, reference: &str) -> Result<IngestRecord, ContentError> {
+        self.inner
             .db
             .read()?
             .get::<IngestRecord>(reference)?
-            .ok_or_else(|| ContentError::IngestNotFound(reference.to_owned()))?;
+            .ok_or_else(|| ContentError::IngestNotFound(reference.to_owned()))
+    }
+
+    /// The status of an ingest.
+    pub fn status(&self, reference: &str) -> Result<Status, ContentError> {
+        let r = self.ingest_record(reference)?;
         crate::writer::status_of(&self.inner, reference, &r)
     }
 
@@ -432,12 +418,7 @@ impl ContentStore {
                 return Err(ContentError::RefInUse(reference.to_owned()));
             }
         }
-        let r = self
-            .inner
-            .db
-            .read()?
-            .get::<IngestRecord>(reference)?
-            .ok_or_else(|| ContentError::IngestNotFound(reference.to_owned()))?;
+        let r = self.ingest_record(reference)?;
         self.inner.drop_ingest(reference, &r.id)
     }
 

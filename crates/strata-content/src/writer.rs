@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use strata_core::{Algorithm, BackgroundDigester, Digest, Labels, id, labels};
+use strata_metadata::Reader;
 use strata_metadata::records::{ContentRecord, IngestRecord, Nanos, now, to_system_time};
 
 use crate::error::ContentError;

@@ -51,6 +51,39 @@ pub fn validate_all(labels: &Labels) -> Result<(), LabelError> {
     labels.iter().try_for_each(|(k, v)| validate(k, v))
 }
 
+/// Applies containerd's label update to `current`: with no field paths, or
+/// the path `labels`, the labels become `requested`; `labels.KEY` sets KEY to
+/// its value in `requested`, or removes it when that is absent or empty.
+/// Empty values never stay. Any other path is refused: the error names it.
+pub fn apply_update<S: AsRef<str>>(
+    current: &mut Labels,
+    requested: &Labels,
+    fieldpaths: &[S],
+) -> Result<(), String> {
+    if fieldpaths.is_empty() {
+        current.clone_from(requested);
+    }
+    for path in fieldpaths {
+        let path = path.as_ref();
+        if path == "labels" {
+            current.clone_from(requested);
+        } else if let Some(key) = path.strip_prefix("labels.") {
+            match requested.get(key).filter(|v| !v.is_empty()) {
+                Some(v) => {
+                    current.insert(key.to_owned(), v.clone());
+                }
+                None => {
+                    current.remove(key);
+                }
+            }
+        } else {
+            return Err(path.to_owned());
+        }
+    }
+    current.retain(|_, v| !v.is_empty());
+    Ok(())
+}
+
 /// Parses `KEY=VALUE` (the value may be empty, which callers use to delete).
 pub fn parse_assignment(arg: &str) -> Result<(String, String), LabelError> {
     let (k, v) = arg
@@ -77,6 +110,32 @@ mod tests {
             }
         );
         assert_eq!(validate("", "v"), Err(LabelError::EmptyKey));
+    }
+
+    #[test]
+    fn updates() {
+        let l = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mut cur = l(&[("a", "1"), ("b", "2")]);
+        apply_update::<&str>(&mut cur, &l(&[("c", "3"), ("d", "")]), &[]).unwrap();
+        assert_eq!(cur, l(&[("c", "3")]));
+        apply_update(
+            &mut cur,
+            &l(&[("a", "9"), ("c", "")]),
+            &["labels.a", "labels.c", "labels.z"],
+        )
+        .unwrap();
+        assert_eq!(cur, l(&[("a", "9")]));
+        apply_update(&mut cur, &l(&[("x", "y")]), &["labels"]).unwrap();
+        assert_eq!(cur, l(&[("x", "y")]));
+        assert_eq!(
+            apply_update(&mut cur, &Labels::new(), &["name"]),
+            Err("name".to_string())
+        );
     }
 
     #[test]

@@ -20,6 +20,16 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// A recursive bind of `source`, read-only or writable.
+    pub fn bind(source: PathBuf, read_only: bool) -> Mount {
+        Mount {
+            kind: "bind".into(),
+            source,
+            target: PathBuf::new(),
+            options: vec![if read_only { "ro" } else { "rw" }.into(), "rbind".into()],
+        }
+    }
+
     /// True when the options make the mount read-only.
     pub fn is_read_only(&self) -> bool {
         self.options.iter().any(|o| o == "ro")

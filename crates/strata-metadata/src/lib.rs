@@ -23,7 +23,7 @@ use strata_core::{Classify, ErrorKind};
 pub use check::Violation;
 pub use codec::{Record, decode, encode};
 pub use schema::SCHEMA_VERSION;
-pub use tx::{ReadTx, WriteTx};
+pub use tx::{ReadTx, Reader, WriteTx};
 
 /// A failure of the metadata store.
 #[derive(Debug, thiserror::Error)]

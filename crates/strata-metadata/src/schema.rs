@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use crate::records::TABLES;
-use crate::tx::{META, RawTable, WriteTx};
+use crate::tx::{META, RawTable, Reader, WriteTx};
 use crate::{MetaDb, MetaError};
 
 /// The schema version this build writes.

@@ -67,6 +67,81 @@ pub(crate) fn raw_rows_in(
     Ok(out)
 }
 
+mod sealed {
+    use super::*;
+
+    /// Opening tables, for both kinds of transaction.
+    pub trait Tables {
+        type Raw<'a>: ReadableTable<&'static str, &'static [u8]>
+        where
+            Self: 'a;
+        type Meta<'a>: ReadableTable<&'static str, u64>
+        where
+            Self: 'a;
+
+        fn raw_table(&self, def: RawTable) -> Result<Self::Raw<'_>, MetaError>;
+
+        fn meta_table(&self) -> Result<Self::Meta<'_>, MetaError>;
+    }
+
+    impl Tables for ReadTx {
+        type Raw<'a> = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+        type Meta<'a> = redb::ReadOnlyTable<&'static str, u64>;
+
+        fn raw_table(&self, def: RawTable) -> Result<Self::Raw<'_>, MetaError> {
+            self.open(def)
+        }
+
+        fn meta_table(&self) -> Result<Self::Meta<'_>, MetaError> {
+            self.tx
+                .open_table(META)
+                .map_err(|e| MetaError::storage("open table", e))
+        }
+    }
+
+    impl Tables for WriteTx {
+        type Raw<'a> = redb::Table<'a, &'static str, &'static [u8]>;
+        type Meta<'a> = redb::Table<'a, &'static str, u64>;
+
+        fn raw_table(&self, def: RawTable) -> Result<Self::Raw<'_>, MetaError> {
+            self.open(def)
+        }
+
+        fn meta_table(&self) -> Result<Self::Meta<'_>, MetaError> {
+            self.tx
+                .open_table(META)
+                .map_err(|e| MetaError::storage("open table", e))
+        }
+    }
+}
+
+/// Reads, the same in a [`ReadTx`] and (seeing its own changes) a
+/// [`WriteTx`].
+pub trait Reader: sealed::Tables {
+    /// The record at `key`.
+    fn get<R: Record>(&self, key: &str) -> Result<Option<R>, MetaError> {
+        get_in(&self.raw_table(table_of::<R>())?, key)
+    }
+
+    /// Every record whose key starts with `prefix` (all for `""`), in key
+    /// order.
+    fn scan<R: Record>(&self, prefix: &str) -> Result<Vec<(String, R)>, MetaError> {
+        scan_in(&self.raw_table(table_of::<R>())?, prefix)
+    }
+
+    /// A counter or setting of the `meta` table.
+    fn meta(&self, name: &str) -> Result<Option<u64>, MetaError> {
+        let t = self.meta_table()?;
+        Ok(t.get(name)
+            .map_err(|e| MetaError::storage("get", e))?
+            .map(|v| v.value()))
+    }
+}
+
+impl Reader for ReadTx {}
+
+impl Reader for WriteTx {}
+
 /// A consistent read-only view of every table.
 pub struct ReadTx {
     tx: redb::ReadTransaction,
@@ -90,28 +165,6 @@ impl ReadTx {
         self.tx
             .open_table(def)
             .map_err(|e| MetaError::storage("open table", e))
-    }
-
-    /// The record at `key`.
-    pub fn get<R: Record>(&self, key: &str) -> Result<Option<R>, MetaError> {
-        get_in(&self.open(table_of::<R>())?, key)
-    }
-
-    /// Every record whose key starts with `prefix` (all for `""`), in key
-    /// order.
-    pub fn scan<R: Record>(&self, prefix: &str) -> Result<Vec<(String, R)>, MetaError> {
-        scan_in(&self.open(table_of::<R>())?, prefix)
-    }
-
-    /// A counter or setting of the `meta` table.
-    pub fn meta(&self, name: &str) -> Result<Option<u64>, MetaError> {
-        let t = self
-            .tx
-            .open_table(META)
-            .map_err(|e| MetaError::storage("open table", e))?;
-        Ok(t.get(name)
-            .map_err(|e| MetaError::storage("get", e))?
-            .map(|v| v.value()))
     }
 
     pub(crate) fn raw_rows(
@@ -146,16 +199,6 @@ impl WriteTx {
         self.tx
             .open_table(def)
             .map_err(|e| MetaError::storage("open table", e))
-    }
-
-    /// The record at `key`, as this transaction sees it.
-    pub fn get<R: Record>(&self, key: &str) -> Result<Option<R>, MetaError> {
-        get_in(&self.open(table_of::<R>())?, key)
-    }
-
-    /// Every record whose key starts with `prefix`, in key order.
-    pub fn scan<R: Record>(&self, prefix: &str) -> Result<Vec<(String, R)>, MetaError> {
-        scan_in(&self.open(table_of::<R>())?, prefix)
     }
 
     /// Inserts or replaces the record at `key`.
@@ -200,17 +243,6 @@ impl WriteTx {
                 .map_err(|e| MetaError::storage("remove", e))?;
         }
         Ok(keys.len())
-    }
-
-    /// A counter or setting of the `meta` table.
-    pub fn meta(&self, name: &str) -> Result<Option<u64>, MetaError> {
-        let t = self
-            .tx
-            .open_table(META)
-            .map_err(|e| MetaError::storage("open table", e))?;
-        Ok(t.get(name)
-            .map_err(|e| MetaError::storage("get", e))?
-            .map(|v| v.value()))
     }
 
     /// Sets a counter or setting of the `meta` table.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use strata_metadata::keys;
 use strata_metadata::records::*;
-use strata_metadata::{MetaDb, decode, encode};
+use strata_metadata::{MetaDb, Reader, decode, encode};
 
 fn open() -> (tempfile::TempDir, MetaDb) {
     let dir = tempfile::tempdir().unwrap();

@@ -16,15 +16,6 @@ use strata_snapshot::{Backend, Kind, SnapshotError};
 #[derive(Debug, Default)]
 pub struct Native;
 
-fn bind(source: PathBuf, read_only: bool) -> Mount {
-    Mount {
-        kind: "bind".into(),
-        source,
-        target: PathBuf::new(),
-        options: vec![if read_only { "ro" } else { "rw" }.into(), "rbind".into()],
-    }
-}
-
 impl Backend for Native {
     fn name(&self) -> &'static str {
         "native"
@@ -55,9 +46,9 @@ impl Backend for Native {
 
     fn mounts(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Vec<Mount> {
         match (kind, parents.first()) {
-            (Kind::Active, _) => vec![bind(dir.join("fs"), false)],
-            (_, Some(parent)) => vec![bind(parent.join("fs"), true)],
-            (_, None) => vec![bind(dir.join("fs"), true)],
+            (Kind::Active, _) => vec![Mount::bind(dir.join("fs"), false)],
+            (_, Some(parent)) => vec![Mount::bind(parent.join("fs"), true)],
+            (_, None) => vec![Mount::bind(dir.join("fs"), true)],
         }
     }
 }

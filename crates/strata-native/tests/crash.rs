@@ -3,53 +3,25 @@
 //! random moments, many times. After every kill the root reopens, the
 //! metadata and store checks are clean, no orphan directory is left, and
 //! every snapshot whose commit the child saw succeed (and did not later
-//! remove) is there, committed, with its files.
-//!
-//! Runs without the libtest harness: the same binary is the parent and,
-//! with `--child DIR SEED`, the child.
+//! remove) is there, committed, with its files. The harness is
+//! `strata_testkit::crash`.
 
-// This program reports on stdout by design.
-#![allow(clippy::print_stdout)]
-
-use std::collections::{BTreeSet, HashSet};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::collections::HashSet;
+use std::fs;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use strata_core::{Filter, Labels};
 use strata_metadata::MetaDb;
 use strata_native::Native;
 use strata_snapshot::{Info, Kind, SnapshotStore, Snapshotter};
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
+use strata_testkit::crash::{AckLog, Rng, child_args, kill_loop};
 
 fn open(dir: &Path) -> (Arc<MetaDb>, SnapshotStore) {
     let db = Arc::new(MetaDb::open(&dir.join("meta.redb")).expect("reopen metadata"));
     let store =
         SnapshotStore::open(dir, Arc::clone(&db), Arc::new(Native)).expect("reopen snapshots");
     (db, store)
-}
-
-fn ack(log: &Path, line: &str) {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    f.write_all(format!("{line}\n").as_bytes()).unwrap();
-    f.sync_data().unwrap();
 }
 
 async fn all(s: &SnapshotStore) -> Vec<Info> {
@@ -65,8 +37,8 @@ async fn all(s: &SnapshotStore) -> Vec<Info> {
 
 async fn child(dir: &Path, seed: u64) {
     let (_db, s) = open(dir);
-    let log = dir.join("acked");
-    let mut rng = Rng(seed | 1);
+    let log = AckLog::new(dir);
+    let mut rng = Rng::new(seed);
     let infos = all(&s).await;
     let mut committed: Vec<String> = infos
         .iter()
@@ -79,12 +51,14 @@ async fn child(dir: &Path, seed: u64) {
         let key = format!("{name}-active");
         if rng.below(6) == 0 {
             // Remove a committed snapshot without children.
-            let leaves: Vec<&String> = committed.iter().filter(|c| !parents.contains(*c)).collect();
-            if let Some(victim) = leaves
-                .get(rng.below(leaves.len().max(1) as u64) as usize)
-                .map(|v| (*v).clone())
-            {
-                ack(&log, &format!("-{victim}"));
+            let leaves: Vec<String> = committed
+                .iter()
+                .filter(|c| !parents.contains(*c))
+                .cloned()
+                .collect();
+            if !leaves.is_empty() {
+                let victim = leaves[rng.below(leaves.len() as u64) as usize].clone();
+                log.removing(&victim);
                 s.remove(&victim).await.unwrap();
                 committed.retain(|c| *c != victim);
                 continue;
@@ -110,7 +84,7 @@ async fn child(dir: &Path, seed: u64) {
             continue; // an active snapshot left behind
         }
         s.commit(&name, &key, Labels::new()).await.unwrap();
-        ack(&log, &format!("+{name}"));
+        log.added(&name);
         committed.push(name);
     }
 }
@@ -131,21 +105,7 @@ fn verify(dir: &Path, round: usize, rt: &tokio::runtime::Runtime) -> usize {
         infos.len(),
         "round {round}: orphan snapshot directories after open"
     );
-
-    let log = fs::read_to_string(dir.join("acked")).unwrap_or_default();
-    let complete = log.rfind('\n').map_or("", |end| &log[..=end]);
-    if complete.len() != log.len() {
-        fs::write(dir.join("acked"), complete).unwrap();
-    }
-    let mut live = BTreeSet::new();
-    for line in complete.lines() {
-        let (op, name) = line.split_at(1);
-        if op == "+" {
-            live.insert(name.to_owned());
-        } else {
-            live.remove(name);
-        }
-    }
+    let live = AckLog::new(dir).live();
     for name in &live {
         let info = rt
             .block_on(s.stat(name))
@@ -159,53 +119,16 @@ fn verify(dir: &Path, round: usize, rt: &tokio::runtime::Runtime) -> usize {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    if let Some(pos) = args.iter().position(|a| a == "--child") {
-        let dir = PathBuf::from(&args[pos + 1]);
-        let seed: u64 = args[pos + 2].parse().unwrap();
+    if let Some((dir, seed)) = child_args() {
         rt.block_on(child(&dir, seed));
         return;
     }
-    if args.iter().any(|a| a == "--list") {
-        println!("snapshot_crash_loop: test");
-        return;
-    }
-    let rounds: usize = std::env::var("STRATA_CRASH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("snapshot_crash_loop: {rounds} rounds, seed {seed}");
-    let mut rng = Rng(seed | 1);
-    let exe = std::env::current_exe().unwrap();
-    let mut live = 0;
-    for round in 0..rounds {
-        let mut child = Command::new(&exe)
-            .arg("--child")
-            .arg(dir)
-            .arg(seed.wrapping_add(round as u64).to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(5 + rng.below(150)));
-        child.kill().unwrap();
-        let status = child.wait().unwrap();
-        assert!(
-            status.code().is_none(),
-            "round {round}: child exited by itself: {status}"
-        );
-        live = verify(dir, round, &rt);
-    }
-    println!("snapshot_crash_loop: {live} acknowledged snapshots intact after {rounds} kills");
-    println!("test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
+    kill_loop("snapshot_crash_loop", 150, |dir, round| {
+        verify(dir, round, &rt)
+    });
 }

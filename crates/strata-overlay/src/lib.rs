@@ -94,15 +94,6 @@ impl Overlay {
     pub fn options(&self) -> &[String] {
         &self.options
     }
-
-    fn bind(source: PathBuf, read_only: bool) -> Mount {
-        Mount {
-            kind: "bind".into(),
-            source,
-            target: PathBuf::new(),
-            options: vec![if read_only { "ro" } else { "rw" }.into(), "rbind".into()],
-        }
-    }
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<(), SnapshotError> {
@@ -134,8 +125,8 @@ impl Backend for Overlay {
     fn mounts(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Vec<Mount> {
         let read_only = kind != Kind::Active;
         match parents {
-            [] => vec![Self::bind(dir.join("fs"), read_only)],
-            [parent] if read_only => vec![Self::bind(parent.join("fs"), true)],
+            [] => vec![Mount::bind(dir.join("fs"), read_only)],
+            [parent] if read_only => vec![Mount::bind(parent.join("fs"), true)],
             _ => {
                 let lower: Vec<String> = parents
                     .iter()

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use strata_core::{Filter, Labels, Mount, id, labels};
 use strata_metadata::records::{SnapshotKind, SnapshotRecord, now};
-use strata_metadata::{MetaDb, ReadTx, Violation, WriteTx};
+use strata_metadata::{MetaDb, Reader, Violation};
 
 use crate::backend::Backend;
 use crate::error::SnapshotError;
@@ -50,41 +50,24 @@ fn sync_dir(path: &Path) -> Result<(), SnapshotError> {
     Ok(strata_sys::sync::fsync_dir(path)?)
 }
 
-/// Reads records through either kind of transaction.
-trait Lookup {
-    fn record(&self, key: &str) -> Result<Option<SnapshotRecord>, SnapshotError>;
-}
-
-impl Lookup for ReadTx {
-    fn record(&self, key: &str) -> Result<Option<SnapshotRecord>, SnapshotError> {
-        Ok(self.get::<SnapshotRecord>(key)?)
-    }
-}
-
-impl Lookup for WriteTx {
-    fn record(&self, key: &str) -> Result<Option<SnapshotRecord>, SnapshotError> {
-        Ok(self.get::<SnapshotRecord>(key)?)
-    }
-}
-
 impl Inner {
     fn dir(&self, id: &str) -> PathBuf {
         self.snapshots.join(id)
     }
 
-    fn get(&self, tx: &impl Lookup, key: &str) -> Result<SnapshotRecord, SnapshotError> {
-        tx.record(key)?
+    fn get(&self, tx: &impl Reader, key: &str) -> Result<SnapshotRecord, SnapshotError> {
+        tx.get::<SnapshotRecord>(key)?
             .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))
     }
 
     /// Directories of `parent` and its ancestors, nearest first. The parent
     /// must exist and be committed.
-    fn chain(&self, tx: &impl Lookup, parent: Option<&str>) -> Result<Vec<PathBuf>, SnapshotError> {
+    fn chain(&self, tx: &impl Reader, parent: Option<&str>) -> Result<Vec<PathBuf>, SnapshotError> {
         let mut out = Vec::new();
         let mut next = parent.map(str::to_owned);
         let mut first = true;
         while let Some(key) = next {
-            let r = tx.record(&key)?.ok_or_else(|| {
+            let r = tx.get::<SnapshotRecord>(&key)?.ok_or_else(|| {
                 if first {
                     SnapshotError::NotFound(key.clone())
                 } else {
@@ -115,7 +98,7 @@ impl Inner {
         labels::validate_all(&labels).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         let parents = {
             let tx = self.db.read()?;
-            if tx.record(key)?.is_some() {
+            if tx.get::<SnapshotRecord>(key)?.is_some() {
                 return Err(SnapshotError::AlreadyExists(key.to_owned()));
             }
             self.chain(&tx, parent)?
@@ -137,7 +120,7 @@ impl Inner {
         sync_dir(&self.snapshots)?;
         let recorded = (|| {
             let tx = self.db.write()?;
-            if tx.record(key)?.is_some() {
+            if tx.get::<SnapshotRecord>(key)?.is_some() {
                 return Err(SnapshotError::AlreadyExists(key.to_owned()));
             }
             // The parent may have gone since the first look.
@@ -215,7 +198,7 @@ impl Inner {
                     ),
                 ));
             }
-            if tx.record(name)?.is_some() {
+            if tx.get::<SnapshotRecord>(name)?.is_some() {
                 return Err(SnapshotError::AlreadyExists(name.to_owned()));
             }
             r
@@ -230,7 +213,7 @@ impl Inner {
         if current.id != r.id || current.kind != SnapshotKind::Active {
             return Err(SnapshotError::precondition(key, "changed while committing"));
         }
-        if tx.record(name)?.is_some() {
+        if tx.get::<SnapshotRecord>(name)?.is_some() {
             return Err(SnapshotError::AlreadyExists(name.to_owned()));
         }
         let ts = now();
@@ -278,29 +261,12 @@ impl Inner {
     fn update(&self, info: &Info, fieldpaths: &[String]) -> Result<Info, SnapshotError> {
         let tx = self.db.write()?;
         let mut r = self.get(&tx, &info.name)?;
-        if fieldpaths.is_empty() {
-            r.labels = info.labels.clone();
-        }
-        for path in fieldpaths {
-            if path == "labels" {
-                r.labels = info.labels.clone();
-            } else if let Some(k) = path.strip_prefix("labels.") {
-                match info.labels.get(k).filter(|v| !v.is_empty()) {
-                    Some(v) => {
-                        r.labels.insert(k.to_owned(), v.clone());
-                    }
-                    None => {
-                        r.labels.remove(k);
-                    }
-                }
-            } else {
-                return Err(SnapshotError::Invalid(format!(
-                    "cannot update field {path:?} of snapshot {:?}: only labels and labels.KEY",
-                    info.name
-                )));
-            }
-        }
-        r.labels.retain(|_, v| !v.is_empty());
+        labels::apply_update(&mut r.labels, &info.labels, fieldpaths).map_err(|path| {
+            SnapshotError::Invalid(format!(
+                "cannot update field {path:?} of snapshot {:?}: only labels and labels.KEY",
+                info.name
+            ))
+        })?;
         labels::validate_all(&r.labels).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         r.updated = now();
         tx.put(&info.name, &r)?;

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod crash;
 pub mod tree;
 
 use std::io::Write;
