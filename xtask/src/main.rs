@@ -67,8 +67,10 @@ fn test(extra: &[&str]) -> anyhow::Result<()> {
         std::fs::remove_file(&skips).with_context(|| format!("clear {}", skips.display()))?;
     }
     std::fs::create_dir_all(workspace().join("target"))?;
+    // Libraries, binaries and tests; not benches, which `cargo xtask bench`
+    // runs on the scratch file systems they need.
     let result = run(cargo()
-        .args(["test", "--workspace", "--all-targets"])
+        .args(["test", "--workspace", "--lib", "--bins", "--tests"])
         .args(extra)
         .env("STRATA_SKIP_LOG", &skips));
     let skipped = std::fs::read_to_string(&skips).unwrap_or_default();
