@@ -1,7 +1,8 @@
 //! Benchmarks, each against peers in the same run.
 //!
-//! `cargo xtask bench snapshot` runs `strata-cli`'s `snapshot` bench on a
-//! fresh loop-mounted ext4 (see that file for what it measures).
+//! `cargo xtask bench snapshot` and `cargo xtask bench gc` run
+//! `strata-cli`'s benches of those names on a fresh loop-mounted ext4 (see
+//! those files for what they measure).
 //!
 //! `cargo xtask bench content`: ingest throughput of a large file into the
 //! content store against `sha256sum` followed by `cp` of the same file (the
@@ -44,8 +45,9 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let (what, opts) = parse(args)?;
     match what.as_str() {
         "content" => content(&opts),
-        "snapshot" => snapshot(),
-        other => bail!("unknown benchmark {other:?}; available: content, snapshot"),
+        "snapshot" => on_loop_ext4("snapshot"),
+        "gc" => on_loop_ext4("gc"),
+        other => bail!("unknown benchmark {other:?}; available: content, snapshot, gc"),
     }
 }
 
@@ -115,11 +117,12 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn snapshot() -> anyhow::Result<()> {
+/// Runs strata-cli's bench `name` on a fresh loop-mounted ext4.
+fn on_loop_ext4(name: &str) -> anyhow::Result<()> {
     let scratch = LoopExt4::new("24G")?;
     crate::run(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["bench", "-p", "strata-cli", "--bench", "snapshot"])
+            .args(["bench", "-p", "strata-cli", "--bench", name])
             .env("STRATA_BENCH_DIR", &scratch.dir),
     )
 }

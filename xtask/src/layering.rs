@@ -16,6 +16,7 @@ const FLOORS: &[(&str, Option<u8>)] = &[
     ("strata-core", Some(0)),
     ("strata-sys", Some(10)),
     ("strata-metadata", Some(10)),
+    ("strata-leases", Some(15)),
     ("strata-content", Some(20)),
     ("strata-snapshot", Some(20)),
     ("strata-overlay", Some(25)),

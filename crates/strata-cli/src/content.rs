@@ -11,7 +11,9 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use strata_content::{Info, Status};
 use strata_core::{Digest, Filter, Labels, labels};
+use strata_leases::Resource;
 
+use crate::lease::Hold;
 use crate::output::{self, Output};
 use crate::root::Root;
 
@@ -122,6 +124,11 @@ struct IngestJson {
     already_existed: bool,
 }
 
+/// The lease a blob gets when no `--lease` is given.
+fn default_lease(d: &Digest) -> String {
+    format!("content/{d}")
+}
+
 /// Labels from `K=V` arguments.
 pub(crate) fn parse_labels(args: &[String]) -> anyhow::Result<Labels> {
     args.iter()
@@ -129,10 +136,16 @@ pub(crate) fn parse_labels(args: &[String]) -> anyhow::Result<Labels> {
         .collect()
 }
 
-pub fn run(root: &Root, cmd: ContentCmd, out: &Output) -> anyhow::Result<ExitCode> {
+pub fn run(
+    root: &Root,
+    cmd: ContentCmd,
+    lease: Option<&str>,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
     let cs = &root.content;
+    let hold = Hold::new(&root.leases, lease);
     match cmd {
-        ContentCmd::Ingest(args) => ingest(root, args, out)?,
+        ContentCmd::Ingest(args) => ingest(root, args, &hold, out)?,
         ContentCmd::Ls { filters, quiet } => {
             let infos = cs.list(&Filter::parse(&filters)?)?;
             if quiet && !out.json() {
@@ -196,6 +209,7 @@ pub fn run(root: &Root, cmd: ContentCmd, out: &Output) -> anyhow::Result<ExitCod
                 .map(|d| Digest::parse(d))
                 .collect::<Result<_, _>>()?;
             for d in &digests {
+                hold.detach(&default_lease(d), &Resource::content(d))?;
                 cs.delete(d)?;
             }
             let removed: Vec<String> = digests.iter().map(ToString::to_string).collect();
@@ -225,7 +239,7 @@ pub fn run(root: &Root, cmd: ContentCmd, out: &Output) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-fn ingest(root: &Root, args: IngestArgs, out: &Output) -> anyhow::Result<()> {
+fn ingest(root: &Root, args: IngestArgs, hold: &Hold<'_>, out: &Output) -> anyhow::Result<()> {
     let expected = args.expected.as_deref().map(Digest::parse).transpose()?;
     let labels = parse_labels(&args.labels)?;
     let stdin = args.file.as_os_str() == "-";
@@ -250,6 +264,7 @@ fn ingest(root: &Root, args: IngestArgs, out: &Output) -> anyhow::Result<()> {
     let got = root
         .content
         .ingest(&reference, reader, args.size, expected.as_ref(), &labels)?;
+    hold.attach(&default_lease(&got.digest), &Resource::content(&got.digest))?;
     if got.already_existed && !labels.is_empty() {
         // The blob was there already; the labels asked for still apply.
         let mut info = root.content.info(&got.digest)?;

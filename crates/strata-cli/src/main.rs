@@ -6,6 +6,7 @@
 
 mod check;
 mod content;
+mod lease;
 mod output;
 mod root;
 mod snapshot;
@@ -26,6 +27,10 @@ struct Cli {
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// Run under this lease (created if missing): what the command creates is
+    /// held by it instead of by a lease named after each object.
+    #[arg(long, global = true, value_name = "ID")]
+    lease: Option<String>,
     /// Snapshot backend; a root remembers the one it was created with.
     #[arg(long, global = true, value_enum, default_value = "auto")]
     backend: root::BackendChoice,
@@ -54,6 +59,11 @@ enum Command {
     },
     /// Unmount DIR.
     Umount { dir: PathBuf },
+    /// Leases: what keeps content and snapshots alive.
+    #[command(subcommand)]
+    Lease(lease::LeaseCmd),
+    /// Collect everything no lease, root label or mount holds.
+    Gc(lease::GcArgs),
     /// Verify metadata against disk and every blob against its digest.
     Check(check::CheckArgs),
 }
@@ -67,8 +77,10 @@ fn main() -> ExitCode {
         Command::Umount { dir } => snapshot::umount(&dir, &out),
         command => {
             root::Root::open(cli.root.as_deref(), cli.backend).and_then(|root| match command {
-                Command::Content(cmd) => content::run(&root, cmd, &out),
-                Command::Snapshot(cmd) => snapshot::run(&root, cmd, &out),
+                Command::Content(cmd) => content::run(&root, cmd, cli.lease.as_deref(), &out),
+                Command::Snapshot(cmd) => snapshot::run(&root, cmd, cli.lease.as_deref(), &out),
+                Command::Lease(cmd) => lease::run(&root, cmd, &out),
+                Command::Gc(args) => lease::gc(&root, &args, &out),
                 Command::Mount { key, dir, rw } => snapshot::mount(&root, &key, &dir, rw, &out),
                 Command::Umount { dir } => snapshot::umount(&dir, &out),
                 Command::Check(args) => check::run(&root, &args, &out),

@@ -13,8 +13,9 @@ use anyhow::Context;
 use clap::ValueEnum;
 use strata_content::ContentStore;
 use strata_core::{Classify, ErrorKind};
+use strata_leases::{Collect, Collector, LeaseManager};
 use strata_metadata::{MetaDb, Reader};
-use strata_snapshot::{Backend, SnapshotStore};
+use strata_snapshot::{Backend, SnapshotStore, Snapshotter};
 use strata_sys::lock::FileLock;
 
 /// The snapshot backends a root can use.
@@ -77,6 +78,8 @@ pub struct Root {
     pub db: Arc<MetaDb>,
     pub content: ContentStore,
     pub snapshots: SnapshotStore,
+    pub leases: LeaseManager,
+    pub collector: Collector,
     _lock: FileLock,
 }
 
@@ -196,10 +199,22 @@ impl Root {
             _ => Arc::new(strata_native::Native),
         };
         let snapshots = SnapshotStore::open(&path, Arc::clone(&db), backend)?;
+        let leases = LeaseManager::new(Arc::clone(&db));
+        // One process owns the root: temporary leases left now belong to a
+        // process that is gone.
+        let dropped = leases.remove_temporary()?;
+        if dropped > 0 {
+            tracing::info!(dropped, "removed temporary leases of a previous process");
+        }
+        let stores: Vec<Arc<dyn Collect>> =
+            vec![Arc::new(content.clone()), Arc::new(snapshots.clone())];
+        let collector = Collector::new(Arc::clone(&db), snapshots.name(), stores);
         Ok(Root {
             db,
             content,
             snapshots,
+            leases,
+            collector,
             _lock: lock,
         })
     }

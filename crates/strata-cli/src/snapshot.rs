@@ -9,9 +9,11 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde::Serialize;
 use strata_core::{Filter, Labels, Mount};
-use strata_snapshot::{Info, Kind, Snapshotter};
+use strata_leases::Resource;
+use strata_snapshot::{Info, Kind, SnapshotError, Snapshotter};
 
 use crate::content::parse_labels;
+use crate::lease::Hold;
 use crate::output::{self, Output};
 use crate::root::{CliError, Root};
 
@@ -121,6 +123,30 @@ fn print_mounts(out: &Output, mounts: &[Mount]) -> anyhow::Result<()> {
     out.emit(&json, &["TYPE", "SOURCE", "OPTIONS"], rows)
 }
 
+/// The lease a snapshot gets when no `--lease` is given.
+fn default_lease(key: &str) -> String {
+    format!("snapshot/{key}")
+}
+
+/// Holds the resource first (so a collection can never see the new object
+/// unheld), then creates; lets go again when creating fails.
+fn created<T>(
+    hold: &Hold<'_>,
+    (lease, resource): (String, Resource),
+    create: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    hold.attach(&lease, &resource)?;
+    match create() {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            if let Err(undo) = hold.detach(&lease, &resource) {
+                tracing::warn!(lease, error = %undo, "could not release the hold of a failed create");
+            }
+            Err(e)
+        }
+    }
+}
+
 fn block_on<T>(f: impl Future<Output = T>) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -128,10 +154,7 @@ fn block_on<T>(f: impl Future<Output = T>) -> anyhow::Result<T> {
     Ok(rt.block_on(f))
 }
 
-async fn list(
-    sn: &dyn Snapshotter,
-    filter: &Filter,
-) -> Result<Vec<Info>, strata_snapshot::SnapshotError> {
+async fn list(sn: &dyn Snapshotter, filter: &Filter) -> Result<Vec<Info>, SnapshotError> {
     let mut infos = Vec::new();
     sn.walk(filter, &mut |i: Info| {
         infos.push(i);
@@ -141,15 +164,25 @@ async fn list(
     Ok(infos)
 }
 
-pub fn run(root: &Root, cmd: SnapshotCmd, out: &Output) -> anyhow::Result<ExitCode> {
+pub fn run(
+    root: &Root,
+    cmd: SnapshotCmd,
+    lease: Option<&str>,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
     let sn: &dyn Snapshotter = &root.snapshots;
+    let hold = Hold::new(&root.leases, lease);
+    let held = |key: &str| (default_lease(key), Resource::snapshot(sn.name(), key));
     match cmd {
         SnapshotCmd::Prepare {
             key,
             parent,
             labels,
         } => {
-            let mounts = block_on(sn.prepare(&key, parent.as_deref(), parse_labels(&labels)?))??;
+            let labels = parse_labels(&labels)?;
+            let mounts = created(&hold, held(&key), || {
+                Ok(block_on(sn.prepare(&key, parent.as_deref(), labels))??)
+            })?;
             print_mounts(out, &mounts)?;
         }
         SnapshotCmd::View {
@@ -157,17 +190,27 @@ pub fn run(root: &Root, cmd: SnapshotCmd, out: &Output) -> anyhow::Result<ExitCo
             parent,
             labels,
         } => {
-            let mounts = block_on(sn.view(&key, Some(&parent), parse_labels(&labels)?))??;
+            let labels = parse_labels(&labels)?;
+            let mounts = created(&hold, held(&key), || {
+                Ok(block_on(sn.view(&key, Some(&parent), labels))??)
+            })?;
             print_mounts(out, &mounts)?;
         }
         SnapshotCmd::Mounts { key } => print_mounts(out, &block_on(sn.mounts(&key))??)?,
         SnapshotCmd::Commit { name, key, labels } => {
-            block_on(sn.commit(&name, &key, parse_labels(&labels)?))??;
+            let labels = parse_labels(&labels)?;
+            created(&hold, held(&name), || {
+                Ok(block_on(sn.commit(&name, &key, labels))??)
+            })?;
+            let (lease, resource) = held(&key);
+            hold.detach(&lease, &resource)?;
             out.line(&name, &name)?;
         }
         SnapshotCmd::Rm { keys } => {
             for key in &keys {
                 block_on(sn.remove(key))??;
+                let (lease, resource) = held(key);
+                hold.detach(&lease, &resource)?;
             }
             out.line(&keys, &keys.join("\n"))?;
         }

@@ -9,6 +9,7 @@
 //! opens. Only verified bytes ever reach `blobs/`.
 #![forbid(unsafe_code)]
 
+mod collect;
 mod error;
 mod info;
 mod reader;

@@ -42,6 +42,16 @@ impl Inner {
         self.commit_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Refs with an open writer.
+    pub(crate) fn active_refs(&self) -> Vec<String> {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     pub(crate) fn release(&self, reference: &str) {
         self.active
             .lock()

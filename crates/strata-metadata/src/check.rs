@@ -121,12 +121,16 @@ pub(crate) fn run(tx: &ReadTx) -> Result<Vec<Violation>, MetaError> {
     }
 
     let leases: BTreeSet<String> = c.rows::<LeaseRecord>()?.into_keys().collect();
-    for (key, parts) in c.composite::<LeaseResourceRecord>(3)? {
-        if !leases.contains(&parts[0]) {
+    for (key, parts) in c.composite::<LeaseResourceRecord>(4)? {
+        let lease = keys::join(&[&parts[0], &parts[1]]);
+        if !leases.contains(&lease) {
             c.report(
                 LeaseResourceRecord::TABLE,
                 &key,
-                format!("lease {:?} does not exist", parts[0]),
+                format!(
+                    "lease {:?} of namespace {:?} does not exist",
+                    parts[1], parts[0]
+                ),
             );
         }
     }

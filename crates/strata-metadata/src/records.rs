@@ -6,8 +6,8 @@
 //! | `content` | digest | [`ContentRecord`] |
 //! | `ingests` | ingest ref | [`IngestRecord`] |
 //! | `snapshots` | snapshot key | [`SnapshotRecord`] |
-//! | `leases` | lease id | [`LeaseRecord`] |
-//! | `lease_resources` | lease, type, resource id | [`LeaseResourceRecord`] |
+//! | `leases` | namespace, lease id | [`LeaseRecord`] |
+//! | `lease_resources` | namespace, lease id, type, resource id | [`LeaseResourceRecord`] |
 //! | `refs` | ref id | [`RefRecord`] |
 //! | `ref_index` | index value, ref id | [`RefIndexRecord`] |
 //! | `import_by_blob` | parent snapshot, blob digest | [`ImportByBlobRecord`] |

@@ -133,7 +133,7 @@ fn check_is_clean_on_consistent_data() {
     tx.put("child", &snapshot(2, SnapshotKind::Active, Some("base")))
         .unwrap();
     tx.put(
-        "lease",
+        &keys::join(&["default", "lease"]),
         &LeaseRecord {
             created: 1,
             labels: Default::default(),
@@ -141,7 +141,7 @@ fn check_is_clean_on_consistent_data() {
     )
     .unwrap();
     tx.put(
-        &keys::join(&["lease", "snapshots/overlay", "missing-ok"]),
+        &keys::join(&["default", "lease", "snapshots/overlay", "missing-ok"]),
         &LeaseResourceRecord {},
     )
     .unwrap();
@@ -194,7 +194,7 @@ fn check_reports_every_violation() {
     tx.put("dup-id", &snapshot(3, SnapshotKind::Committed, None))
         .unwrap();
     tx.put(
-        &keys::join(&["no-lease", "content", "x"]),
+        &keys::join(&["default", "no-lease", "content", "x"]),
         &LeaseResourceRecord {},
     )
     .unwrap();
@@ -242,7 +242,7 @@ fn check_reports_every_violation() {
         "snapshots \"orphan\": parent \"gone\" does not exist",
         "snapshots \"on-active\": parent \"active\" is not committed",
         "is also used by",
-        "lease_resources \"no-lease/content/x\": lease \"no-lease\" does not exist",
+        "lease_resources \"default/no-lease/content/x\": lease \"no-lease\" of namespace \"default\" does not exist",
         "refs \"ref\": snapshot \"nope\" does not exist",
         "ref_index \"idx/ref\": ref \"ref\" has no value indexed \"idx\"",
         "import_by_diff \"gone/sha256:x\": parent snapshot \"gone\" does not exist",

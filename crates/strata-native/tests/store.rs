@@ -109,3 +109,66 @@ async fn bad_keys_and_labels_are_invalid() {
         "nothing half-made is left"
     );
 }
+
+#[tokio::test]
+async fn collection_removes_directories_of_unleased_snapshots() {
+    use strata_leases::gc::GcOptions;
+    use strata_leases::{Collect, Collector, LeaseManager, LeaseSpec, Resource};
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Arc::new(MetaDb::open(&tmp.path().join("meta.redb")).unwrap());
+    let s = SnapshotStore::open(tmp.path(), Arc::clone(&db), Arc::new(Native)).unwrap();
+    let gc = Collector::new(
+        Arc::clone(&db),
+        "native",
+        vec![Arc::new(s.clone()) as Arc<dyn Collect>],
+    );
+    let lm = LeaseManager::new(Arc::clone(&db));
+    lm.create(LeaseSpec {
+        id: Some("l".into()),
+        ..LeaseSpec::default()
+    })
+    .unwrap();
+    lm.add_resource("l", &Resource::snapshot("native", "top"))
+        .unwrap();
+    s.prepare("base-key", None, Labels::new()).await.unwrap();
+    s.commit("base", "base-key", Labels::new()).await.unwrap();
+    s.prepare("top", Some("base"), Labels::new()).await.unwrap();
+    s.prepare("loose", None, Labels::new()).await.unwrap();
+    let loose_dir = s.fs_dir("loose").unwrap();
+    let report = gc.collect(GcOptions::default()).unwrap();
+    assert_eq!(
+        report
+            .swept
+            .snapshots
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+        ["loose"]
+    );
+    assert!(!loose_dir.exists());
+    assert!(s.stat("base").await.is_ok() && s.stat("top").await.is_ok());
+    assert!(s.check().unwrap().is_empty());
+    assert_eq!(
+        fs::read_dir(tmp.path().join("snapshots")).unwrap().count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn mounted_snapshots_are_in_use() {
+    use strata_leases::{Collect, Node};
+    if !strata_testkit::require_root("strata-native::mounted_snapshots_are_in_use") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path());
+    let mounts = s.prepare("k", None, Labels::new()).await.unwrap();
+    s.prepare("other", None, Labels::new()).await.unwrap();
+    let target = tmp.path().join("mnt");
+    fs::create_dir(&target).unwrap();
+    strata_sys::mount::mount_all(&mounts, &target).unwrap();
+    let in_use = s.in_use();
+    strata_sys::mount::unmount(&target).unwrap();
+    assert_eq!(in_use.unwrap(), [Node::Snapshot("k".into())]);
+    assert!(s.in_use().unwrap().is_empty());
+}

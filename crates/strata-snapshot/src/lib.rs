@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod collect;
 mod error;
 mod info;
 pub mod mounts;

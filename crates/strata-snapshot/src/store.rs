@@ -426,6 +426,16 @@ impl SnapshotStore {
         Ok(self.inner.backend.mounts(&empty, Kind::View, &parents))
     }
 
+    pub(crate) fn db(&self) -> &MetaDb {
+        &self.inner.db
+    }
+
+    /// Moves a swept snapshot's directory out and removes it (a failure is
+    /// logged; the next open sweeps the rest).
+    pub(crate) fn remove_snapshot_dir(&self, id: &str) {
+        self.inner.remove_dir(id);
+    }
+
     /// Rows against directories: every problem found.
     pub fn check(&self) -> Result<Vec<Violation>, SnapshotError> {
         self.inner.check()

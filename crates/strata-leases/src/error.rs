@@ -1,0 +1,43 @@
+//! Errors of leases and collection, naming the lease or object concerned.
+
+use strata_core::{Classify, ErrorKind};
+
+/// A failed lease or collection operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaseError {
+    /// No lease with that id.
+    #[error("lease {0:?} not found")]
+    NotFound(String),
+    /// A lease with that id exists.
+    #[error("lease {0:?} already exists")]
+    AlreadyExists(String),
+    /// A bad id, label or resource type.
+    #[error("{0}")]
+    Invalid(String),
+    /// The lazy scope was used after its release.
+    #[error("operation lease scope already released")]
+    Released,
+    /// The operation was cancelled.
+    #[error("operation cancelled")]
+    Cancelled,
+    /// A store could not remove what the collector swept.
+    #[error("collect {what}: {reason}")]
+    Collect { what: String, reason: String },
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] strata_metadata::MetaError),
+}
+
+impl Classify for LeaseError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            LeaseError::NotFound(_) => ErrorKind::NotFound,
+            LeaseError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            LeaseError::Invalid(_) => ErrorKind::Invalid,
+            LeaseError::Released | LeaseError::Cancelled => ErrorKind::FailedPrecondition,
+            LeaseError::Collect { .. } => ErrorKind::Internal,
+            LeaseError::Meta(e) => e.kind(),
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! The snapshot store's side of the garbage collector: snapshots whose
+//! directories take part in a mount are in use (found in
+//! `/proc/self/mountinfo`, which lists bind sources and overlay layers), and
+//! the directories of swept snapshots are removed.
+
+use strata_leases::{Collect, LeaseError, Node, Swept};
+use strata_metadata::Reader;
+use strata_metadata::records::SnapshotRecord;
+
+use crate::store::SnapshotStore;
+
+impl Collect for SnapshotStore {
+    fn in_use(&self) -> Result<Vec<Node>, LeaseError> {
+        let mountinfo =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| LeaseError::Collect {
+                what: "/proc/self/mountinfo".into(),
+                reason: e.to_string(),
+            })?;
+        let rows = self.db().read()?.scan::<SnapshotRecord>("")?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, r)| mountinfo.contains(&format!("/{}/", r.id)))
+            .map(|(key, _)| Node::Snapshot(key))
+            .collect())
+    }
+
+    fn remove(&self, swept: &Swept) -> Result<(), LeaseError> {
+        for (_, id) in &swept.snapshots {
+            self.remove_snapshot_dir(id);
+        }
+        Ok(())
+    }
+}
