@@ -16,7 +16,7 @@ use strata_metadata::records::{ContentRecord, SnapshotRecord};
 use strata_metadata::{MetaDb, Reader};
 use strata_native::Native;
 use strata_snapshot::{SnapshotStore, Snapshotter};
-use strata_testkit::crash::{AckLog, Rng, child_args, kill_loop};
+use strata_testkit::crash::{self, AckLog, Rng};
 
 struct Root {
     db: Arc<MetaDb>,
@@ -153,9 +153,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if let Some((dir, seed)) = child_args() {
-        rt.block_on(child(&dir, seed));
-        return;
-    }
-    kill_loop("gc_crash_loop", 150, |dir, round| verify(dir, round, &rt));
+    crash::run(
+        "gc_crash_loop",
+        150,
+        |dir, seed| rt.block_on(child(dir, seed)),
+        |dir, round| verify(dir, round, &rt),
+    );
 }

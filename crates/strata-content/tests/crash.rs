@@ -12,7 +12,7 @@ use std::sync::Arc;
 use strata_content::ContentStore;
 use strata_core::{Algorithm, Digest, Labels};
 use strata_metadata::MetaDb;
-use strata_testkit::crash::{AckLog, Rng, child_args, kill_loop};
+use strata_testkit::crash::{self, AckLog, Rng};
 
 fn open(dir: &Path) -> (Arc<MetaDb>, ContentStore) {
     let db = Arc::new(MetaDb::open(&dir.join("meta.redb")).expect("reopen metadata"));
@@ -95,9 +95,5 @@ fn verify(dir: &Path, round: usize) -> usize {
 }
 
 fn main() {
-    if let Some((dir, seed)) = child_args() {
-        child(&dir, seed);
-        return;
-    }
-    kill_loop("content_crash_loop", 120, verify);
+    crash::run("content_crash_loop", 120, child, verify);
 }

@@ -15,7 +15,7 @@ use strata_core::{Filter, Labels};
 use strata_metadata::MetaDb;
 use strata_native::Native;
 use strata_snapshot::{Info, Kind, SnapshotStore, Snapshotter};
-use strata_testkit::crash::{AckLog, Rng, child_args, kill_loop};
+use strata_testkit::crash::{self, AckLog, Rng};
 
 fn open(dir: &Path) -> (Arc<MetaDb>, SnapshotStore) {
     let db = Arc::new(MetaDb::open(&dir.join("meta.redb")).expect("reopen metadata"));
@@ -124,11 +124,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if let Some((dir, seed)) = child_args() {
-        rt.block_on(child(&dir, seed));
-        return;
-    }
-    kill_loop("snapshot_crash_loop", 150, |dir, round| {
-        verify(dir, round, &rt)
-    });
+    crash::run(
+        "snapshot_crash_loop",
+        150,
+        |dir, seed| rt.block_on(child(dir, seed)),
+        |dir, round| verify(dir, round, &rt),
+    );
 }

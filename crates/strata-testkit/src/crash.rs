@@ -95,8 +95,22 @@ impl AckLog {
     }
 }
 
+/// The whole `main` of a crash test: the child's loop when this process is
+/// the child, else the parent's kill loop.
+pub fn run(
+    name: &str,
+    max_ms: u64,
+    child: impl FnOnce(&Path, u64),
+    verify: impl FnMut(&Path, usize) -> usize,
+) {
+    match child_args() {
+        Some((dir, seed)) => child(&dir, seed),
+        None => kill_loop(name, max_ms, verify),
+    }
+}
+
 /// `Some((dir, seed))` when this process is the child.
-pub fn child_args() -> Option<(PathBuf, u64)> {
+fn child_args() -> Option<(PathBuf, u64)> {
     let args: Vec<String> = std::env::args().collect();
     let pos = args.iter().position(|a| a == "--child")?;
     Some((
@@ -109,7 +123,7 @@ pub fn child_args() -> Option<(PathBuf, u64)> {
 /// start child, sleep a random 5 to `max_ms` milliseconds, SIGKILL, then
 /// `verify(dir, round)`, which returns how many acknowledged objects it
 /// found intact. Prints a libtest-style summary line.
-pub fn kill_loop(name: &str, max_ms: u64, mut verify: impl FnMut(&Path, usize) -> usize) {
+fn kill_loop(name: &str, max_ms: u64, mut verify: impl FnMut(&Path, usize) -> usize) {
     if std::env::args().any(|a| a == "--list") {
         println_out(&format!("{name}: test"));
         return;
