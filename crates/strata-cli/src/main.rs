@@ -6,6 +6,7 @@
 
 mod check;
 mod content;
+mod layer;
 mod lease;
 mod output;
 mod root;
@@ -59,6 +60,9 @@ enum Command {
     },
     /// Unmount DIR.
     Umount { dir: PathBuf },
+    /// Layers: apply one onto a plain directory.
+    #[command(subcommand)]
+    Layer(layer::LayerCmd),
     /// Leases: what keeps content and snapshots alive.
     #[command(subcommand)]
     Lease(lease::LeaseCmd),
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // Unmounting needs no root.
         Command::Umount { dir } => snapshot::umount(&dir, &out),
+        Command::Layer(cmd) => layer::run(cmd, &out),
         command => {
             root::Root::open(cli.root.as_deref(), cli.backend).and_then(|root| match command {
                 Command::Content(cmd) => content::run(&root, cmd, cli.lease.as_deref(), &out),
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
                 Command::Gc(args) => lease::gc(&root, &args, &out),
                 Command::Mount { key, dir, rw } => snapshot::mount(&root, &key, &dir, rw, &out),
                 Command::Umount { dir } => snapshot::umount(&dir, &out),
+                Command::Layer(cmd) => layer::run(cmd, &out),
                 Command::Check(args) => check::run(&root, &args, &out),
             })
         }

@@ -91,6 +91,7 @@ pub fn kind_of(err: &anyhow::Error) -> ErrorKind {
         try_kind!(
             crate::root::CliError,
             strata_content::ContentError,
+            strata_diff::ApplyError,
             strata_leases::LeaseError,
             strata_snapshot::SnapshotError,
             strata_metadata::MetaError,

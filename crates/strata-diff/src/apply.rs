@@ -1,0 +1,682 @@
+//! Applying an OCI layer to a directory, the way SECURITY.md says:
+//!
+//! * one thread reads the compressed bytes (hashing them for the digest),
+//!   decompresses with bounded output and hands chunks to the applying
+//!   thread, which hashes the tar stream (the diffID) while it extracts;
+//! * every path is cleaned (`..` may not climb out) and resolved inside the
+//!   destination through [`strata_sys::Root`]; the final component is never
+//!   followed; hard links resolve inside and never name a directory;
+//! * whiteouts (`.wh.NAME`, `.wh..wh..opq`) delete by fd, never following
+//!   symlinks or crossing mounts; an opaque marker hides only what was there
+//!   before this layer;
+//! * `trusted.*` xattrs (overlay forgery) are dropped, `security.capability`
+//!   is set after chown, setuid/setgid/sticky are kept, directory times are
+//!   set last;
+//! * the digest and diffID are verified at the end; a mismatch names both.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use strata_core::{Algorithm, Digest, Digester};
+use strata_sys::{FileKind, RelPath, Root, SysError, Times, clean};
+use tar::EntryType;
+
+use crate::compression::Compression;
+use crate::error::ApplyError;
+
+/// Bounds on what a layer may make us do.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most uncompressed bytes.
+    pub max_uncompressed: u64,
+    /// Most uncompressed bytes per compressed byte (decompression bombs)...
+    pub max_ratio: u64,
+    /// ...plus this allowance.
+    pub ratio_allowance: u64,
+    /// Most tar entries.
+    pub max_entries: u64,
+    /// Longest path, in bytes.
+    pub max_path: usize,
+    /// Deepest path, in components.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_uncompressed: 256 << 30,
+            max_ratio: 1100,
+            ratio_allowance: 64 << 20,
+            max_entries: 10_000_000,
+            max_path: 4096,
+            max_depth: 512,
+        }
+    }
+}
+
+/// How to apply a layer.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOptions {
+    /// What to call the layer in errors (a digest or a file name).
+    pub name: String,
+    /// The layer's media type, cross-checked with the detected compression.
+    pub media_type: Option<String>,
+    /// The expected digest of the layer as given (compressed).
+    pub digest: Option<Digest>,
+    /// The expected digest of the uncompressed tar stream.
+    pub diff_id: Option<Digest>,
+    /// Skip device nodes that cannot be created (no privilege) instead of
+    /// failing.
+    pub skip_devices: bool,
+    /// Resource bounds.
+    pub limits: Limits,
+}
+
+/// What applying a layer found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Digest of the layer as read.
+    pub digest: Digest,
+    /// Digest of the uncompressed tar stream.
+    pub diff_id: Digest,
+    /// Bytes read.
+    pub compressed_size: u64,
+    /// Uncompressed bytes.
+    pub size: u64,
+    /// Tar entries seen.
+    pub entries: u64,
+    /// The compression detected.
+    pub compression: Compression,
+}
+
+/// Hashes what passes through.
+struct Hashing<R> {
+    inner: R,
+    digester: Digester,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.digester.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Counts what passes through, readable while a decoder owns the reader.
+struct Counting<R> {
+    inner: R,
+    count: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The applying side of the pipeline: chunks from the decompressing thread.
+struct Chunks {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn invalid(opts: &ApplyOptions, reason: impl Into<String>) -> ApplyError {
+    ApplyError::Invalid {
+        layer: opts.name.clone(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads, hashes and decompresses `layer`, sending bounded chunks; returns
+/// the compressed digest, size and the compression found.
+fn decompress(
+    layer: impl Read,
+    opts: &ApplyOptions,
+    tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
+) -> Result<(Digest, u64, Compression), ApplyError> {
+    let alg = opts
+        .digest
+        .as_ref()
+        .map_or(Algorithm::Sha256, Digest::algorithm);
+    let read = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let mut input = BufReader::with_capacity(
+        1 << 20,
+        Counting {
+            inner: Hashing {
+                inner: layer,
+                digester: Digester::new(alg),
+            },
+            count: std::rc::Rc::clone(&read),
+        },
+    );
+    let io_err = |e: io::Error| ApplyError::Io {
+        layer: opts.name.clone(),
+        source: e,
+    };
+    let compression = Compression::detect(input.fill_buf().map_err(io_err)?);
+    if let Some(declared) = opts
+        .media_type
+        .as_deref()
+        .and_then(Compression::of_media_type)
+        && declared != compression
+    {
+        return Err(invalid(
+            opts,
+            format!(
+                "media type {:?} says {declared:?} but the bytes are {compression:?}",
+                opts.media_type.as_deref().unwrap_or("")
+            ),
+        ));
+    }
+    let mut decoder = compression.decoder(&mut input).map_err(io_err)?;
+    let mut total = 0u64;
+    loop {
+        let mut chunk = vec![0u8; 1 << 20];
+        let n = match decoder.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let reason = format!("corrupt {compression:?} stream: {e}");
+                // The applier reports the failure it sees; this one is ours.
+                let _receiver_gone = tx.send(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    reason.clone(),
+                )));
+                return Err(invalid(opts, reason));
+            }
+        };
+        total += n as u64;
+        // Compressed bytes taken so far (some may still sit buffered, which
+        // only makes the bound more generous by one buffer).
+        let read_so_far = read.get();
+        let bound = opts.limits.max_uncompressed.min(
+            read_so_far
+                .saturating_mul(opts.limits.max_ratio)
+                .saturating_add(opts.limits.ratio_allowance),
+        );
+        if total > bound {
+            let reason = format!(
+                "decompresses past its bound ({total} bytes from {read_so_far} compressed)"
+            );
+            let _receiver_gone = tx.send(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                reason.clone(),
+            )));
+            return Err(invalid(opts, reason));
+        }
+        chunk.truncate(n);
+        if tx.send(Ok(chunk)).is_err() {
+            // The applier stopped (and reports why).
+            return Err(invalid(opts, "extraction stopped"));
+        }
+    }
+    drop(decoder);
+    drop(tx);
+    // Whatever follows the compressed stream is part of the blob's digest.
+    io::copy(&mut input, &mut io::sink()).map_err(io_err)?;
+    let hashing = input.into_inner().inner;
+    let size = hashing.digester.written();
+    Ok((hashing.digester.finish(), size, compression))
+}
+
+/// Applies the layer read from `layer` onto the directory `dest`.
+pub fn apply(
+    layer: impl Read + Send,
+    dest: &Path,
+    opts: &ApplyOptions,
+) -> Result<Applied, ApplyError> {
+    let root = Root::open(dest).map_err(|e| ApplyError::Sys {
+        layer: opts.name.clone(),
+        source: e,
+    })?;
+    let (tx, rx) = mpsc::sync_channel(4);
+    let (decompressed, extracted) = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || decompress(layer, opts, tx));
+        let extracted = extract(&root, rx, opts);
+        (
+            reader.join().expect("the decompression thread panicked"),
+            extracted,
+        )
+    });
+    // The extractor's error explains more when both failed, unless the
+    // stream itself was bad.
+    let (digest, compressed_size, compression) = match (decompressed, &extracted) {
+        (Ok(d), _) => d,
+        (Err(e @ ApplyError::Invalid { .. }), _) => return Err(e),
+        (Err(e), Ok(_)) => return Err(e),
+        (Err(_), Err(_)) => return Err(extracted.expect_err("matched as an error")),
+    };
+    let (diff_id, size, entries) = extracted?;
+    if let Some(expected) = &opts.digest
+        && *expected != digest
+    {
+        return Err(ApplyError::Mismatch {
+            layer: opts.name.clone(),
+            what: "digest",
+            expected: expected.clone(),
+            actual: digest,
+        });
+    }
+    if let Some(expected) = &opts.diff_id
+        && *expected != diff_id
+    {
+        return Err(ApplyError::Mismatch {
+            layer: opts.name.clone(),
+            what: "diffID",
+            expected: expected.clone(),
+            actual: diff_id,
+        });
+    }
+    Ok(Applied {
+        digest,
+        diff_id,
+        compressed_size,
+        size,
+        entries,
+        compression,
+    })
+}
+
+fn extract(
+    root: &Root,
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    opts: &ApplyOptions,
+) -> Result<(Digest, u64, u64), ApplyError> {
+    let alg = opts
+        .diff_id
+        .as_ref()
+        .map_or(Algorithm::Sha256, Digest::algorithm);
+    let stream = Hashing {
+        inner: Chunks {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+        },
+        digester: Digester::new(alg),
+    };
+    let mut archive = tar::Archive::new(stream);
+    let mut a = Applier {
+        root,
+        opts,
+        written: HashSet::new(),
+        dirs: Vec::new(),
+        privileged: strata_sys::effective_uid() == 0,
+    };
+    let mut entries = 0u64;
+    let io_err = |e: io::Error| invalid(opts, format!("not a valid tar stream: {e}"));
+    for entry in archive.entries().map_err(io_err)? {
+        let entry = entry.map_err(io_err)?;
+        entries += 1;
+        if entries > opts.limits.max_entries {
+            return Err(invalid(
+                opts,
+                format!("more than {} entries", opts.limits.max_entries),
+            ));
+        }
+        a.entry(entry)?;
+    }
+    a.finish_dirs()?;
+    let mut stream = archive.into_inner();
+    // Trailing blocks after the end-of-archive marker count for the diffID.
+    io::copy(&mut stream, &mut io::sink()).map_err(io_err)?;
+    let size = stream.digester.written();
+    Ok((stream.digester.finish(), size, entries))
+}
+
+struct Applier<'a> {
+    root: &'a Root,
+    opts: &'a ApplyOptions,
+    written: HashSet<PathBuf>,
+    dirs: Vec<(PathBuf, Times)>,
+    privileged: bool,
+}
+
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+impl Applier<'_> {
+    fn entry_error(&self, entry: &Path, reason: impl std::fmt::Display) -> ApplyError {
+        ApplyError::Entry {
+            layer: self.opts.name.clone(),
+            entry: String::from_utf8_lossy(entry.as_os_str().as_bytes()).into_owned(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn sys(&self, entry: &Path, e: SysError) -> ApplyError {
+        self.entry_error(entry, e)
+    }
+
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ApplyError> {
+        let raw = entry.path_bytes().into_owned();
+        let shown = PathBuf::from(OsStr::from_bytes(&raw));
+        let kind = entry.header().entry_type();
+        if matches!(kind, EntryType::XGlobalHeader) {
+            return Ok(());
+        }
+        let pax: Vec<(String, Vec<u8>)> = match entry.pax_extensions() {
+            Ok(Some(exts)) => exts
+                .filter_map(Result::ok)
+                .map(|e| {
+                    (
+                        String::from_utf8_lossy(e.key_bytes()).into_owned(),
+                        e.value_bytes().to_vec(),
+                    )
+                })
+                .collect(),
+            Ok(None) => Vec::new(),
+            Err(e) => return Err(self.entry_error(&shown, format!("bad PAX header: {e}"))),
+        };
+        if pax.iter().any(|(k, _)| k.starts_with("GNU.sparse.")) {
+            return Err(self.entry_error(&shown, "PAX sparse files are not supported"));
+        }
+        if raw.len() > self.opts.limits.max_path {
+            return Err(self.entry_error(
+                &shown,
+                format!("path longer than {} bytes", self.opts.limits.max_path),
+            ));
+        }
+        let rel = clean(&shown).map_err(|e| self.sys(&shown, e))?;
+        if rel.as_path().components().count() > self.opts.limits.max_depth {
+            return Err(self.entry_error(
+                &shown,
+                format!("deeper than {} components", self.opts.limits.max_depth),
+            ));
+        }
+        let Some((parent, name)) = rel.split_last() else {
+            if kind != EntryType::Directory {
+                return Err(self.entry_error(&shown, "a non-directory entry names the root"));
+            }
+            return self.metadata(&rel, &entry, &pax, true);
+        };
+        let (parent, name) = (PathBuf::from(parent), name.to_os_string());
+        if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT.as_bytes()) {
+            return self.whiteout(&shown, &parent, &name, hidden);
+        }
+        let path = rel.as_path().to_path_buf();
+        self.root
+            .mkdir_all(&parent, 0o755)
+            .map_err(|e| self.sys(&shown, e))?;
+        let existing = self.root.try_stat(&path).map_err(|e| self.sys(&shown, e))?;
+        match kind {
+            EntryType::Directory => {
+                match existing {
+                    Some(md) if md.kind == FileKind::Dir => {}
+                    other => {
+                        if other.is_some() {
+                            self.root
+                                .remove_all(&path)
+                                .map_err(|e| self.sys(&shown, e))?;
+                        }
+                        self.root
+                            .mkdir(&path, 0o700)
+                            .map_err(|e| self.sys(&shown, e))?;
+                    }
+                }
+                self.written.insert(path.clone());
+                return self.metadata(&rel, &entry, &pax, true);
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| self.entry_error(&shown, "hard link without a target"))?
+                    .into_owned();
+                let target = clean(Path::new(OsStr::from_bytes(&target)))
+                    .map_err(|e| self.sys(&shown, e))?;
+                if target == rel {
+                    return Ok(());
+                }
+                if existing.is_some() {
+                    self.root
+                        .remove_all(&path)
+                        .map_err(|e| self.sys(&shown, e))?;
+                }
+                self.root
+                    .hardlink(target.as_path(), &path)
+                    .map_err(|e| self.sys(&shown, e))?;
+                self.written.insert(path);
+                return Ok(());
+            }
+            _ => {}
+        }
+        if existing.is_some() {
+            self.root
+                .remove_all(&path)
+                .map_err(|e| self.sys(&shown, e))?;
+        }
+        match kind {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let mut file = self
+                    .root
+                    .create_file(&path, 0o600)
+                    .map_err(|e| self.sys(&shown, e))?;
+                io::copy(&mut entry, &mut file).map_err(|e| self.entry_error(&shown, e))?;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| self.entry_error(&shown, "symlink without a target"))?
+                    .into_owned();
+                self.root
+                    .symlink(OsStr::from_bytes(&target), &path)
+                    .map_err(|e| self.sys(&shown, e))?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let h = entry.header();
+                let major = h.device_major().ok().flatten().unwrap_or(0);
+                let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                let file_kind = match kind {
+                    EntryType::Char => FileKind::CharDevice,
+                    EntryType::Block => FileKind::BlockDevice,
+                    _ => FileKind::Fifo,
+                };
+                let mode = h.mode().unwrap_or(0o600);
+                if let Err(e) = self
+                    .root
+                    .mknod(&path, file_kind, mode, makedev(major, minor))
+                {
+                    if self.opts.skip_devices && e.raw_os_error() == Some(1) {
+                        tracing::debug!(entry = %shown.display(), "skipping a device node without privilege");
+                        return Ok(());
+                    }
+                    return Err(self.sys(&shown, e));
+                }
+            }
+            other => {
+                return Err(self.entry_error(&shown, format!("unsupported entry type {other:?}")));
+            }
+        }
+        self.written.insert(path);
+        self.metadata(&rel, &entry, &pax, false)
+    }
+
+    fn whiteout(
+        &mut self,
+        shown: &Path,
+        parent: &Path,
+        name: &OsStr,
+        hidden: &[u8],
+    ) -> Result<(), ApplyError> {
+        if name.as_bytes() == OPAQUE.as_bytes() {
+            // Hide what lower layers put in `parent`, keep this layer's.
+            let entries = match self.root.read_dir(parent) {
+                Ok(entries) => entries,
+                Err(e) if e.raw_os_error() == Some(2) => return Ok(()),
+                Err(e) => return Err(self.sys(shown, e)),
+            };
+            for (child, _) in entries {
+                let path = parent.join(&child);
+                if !self.written.contains(&path) {
+                    self.root
+                        .remove_all(&path)
+                        .map_err(|e| self.sys(shown, e))?;
+                }
+            }
+            return Ok(());
+        }
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Err(self.entry_error(shown, "whiteout of an empty, '.' or '..' name"));
+        }
+        let target = parent.join(OsStr::from_bytes(hidden));
+        match self.root.remove_all(&target) {
+            Ok(_) => Ok(()),
+            // A whiteout under a directory that does not exist hides nothing.
+            Err(e) if matches!(e.raw_os_error(), Some(2 | 20)) => Ok(()),
+            Err(e) => Err(self.sys(shown, e)),
+        }
+    }
+
+    fn metadata<R: Read>(
+        &mut self,
+        rel: &RelPath,
+        entry: &tar::Entry<'_, R>,
+        pax: &[(String, Vec<u8>)],
+        dir: bool,
+    ) -> Result<(), ApplyError> {
+        let path = rel.as_path();
+        let h = entry.header();
+        let shown = path;
+        let kind = h.entry_type();
+        let pax_num = |key: &str| {
+            pax.iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+        };
+        if self.privileged {
+            let uid = pax_num("uid").or_else(|| h.uid().ok()).unwrap_or(0);
+            let gid = pax_num("gid").or_else(|| h.gid().ok()).unwrap_or(0);
+            let (uid, gid) = match (u32::try_from(uid), u32::try_from(gid)) {
+                (Ok(u), Ok(g)) if u != u32::MAX && g != u32::MAX => (u, g),
+                _ => {
+                    return Err(
+                        self.entry_error(shown, format!("owner {uid}:{gid} is out of range"))
+                    );
+                }
+            };
+            self.root
+                .chown(path, uid, gid)
+                .map_err(|e| self.sys(shown, e))?;
+        }
+        if kind != EntryType::Symlink {
+            let mode = h.mode().map_err(|e| self.entry_error(shown, e))? & 0o7777;
+            self.root
+                .chmod(path, mode)
+                .map_err(|e| self.sys(shown, e))?;
+        }
+        for (key, value) in pax {
+            let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
+                continue;
+            };
+            // Overlay's private attributes (opaque, redirect, metacopy) and
+            // anything else trusted never come from a layer.
+            if name.starts_with("trusted.") || name.starts_with("user.overlay.") {
+                tracing::debug!(entry = %shown.display(), xattr = name, "dropping a privileged xattr");
+                continue;
+            }
+            if let Err(e) = self.root.set_xattr(path, OsStr::new(name), value) {
+                // Unprivileged users cannot set security.* and the like.
+                if self.privileged || e.raw_os_error() != Some(1) {
+                    return Err(self.sys(shown, e));
+                }
+            }
+        }
+        let mtime = pax
+            .iter()
+            .find(|(k, _)| k == "mtime")
+            .and_then(|(_, v)| parse_pax_time(v))
+            .or_else(|| {
+                h.mtime().ok().map(|s| Times {
+                    sec: i64::try_from(s).unwrap_or(i64::MAX),
+                    nsec: 0,
+                })
+            })
+            .unwrap_or_default();
+        if dir {
+            self.dirs.push((path.to_path_buf(), mtime));
+        } else {
+            self.root
+                .set_times(path, mtime, mtime)
+                .map_err(|e| self.sys(shown, e))?;
+        }
+        Ok(())
+    }
+
+    fn finish_dirs(&mut self) -> Result<(), ApplyError> {
+        for (path, mtime) in self.dirs.iter().rev() {
+            match self.root.set_times(path, *mtime, *mtime) {
+                Ok(()) => {}
+                // Removed by a later whiteout.
+                Err(e) if e.raw_os_error() == Some(2) => {}
+                Err(e) => return Err(self.sys(path, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_pax_time(v: &[u8]) -> Option<Times> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
+    let sec: i64 = sec.parse().ok()?;
+    let mut nsec = 0u32;
+    for (i, c) in frac.chars().take(9).enumerate() {
+        nsec += c.to_digit(10)? * 10u32.pow(8 - i as u32);
+    }
+    Some(Times { sec, nsec })
+}
+
+/// glibc's device number encoding, which `mknod` expects.
+fn makedev(major: u32, minor: u32) -> u64 {
+    let (major, minor) = (u64::from(major), u64::from(minor));
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0xff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Some(Times {
+                sec: 1_700_000_000,
+                nsec: 500_000_000
+            })
+        );
+        assert_eq!(parse_pax_time(b"12"), Some(Times { sec: 12, nsec: 0 }));
+        assert_eq!(parse_pax_time(b"x"), None);
+        assert_eq!(makedev(1, 3), 0x103);
+    }
+}

@@ -1,0 +1,53 @@
+//! Errors of layer application, naming the layer and the entry concerned.
+
+use strata_core::{Classify, Digest, ErrorKind};
+
+/// A layer that could not be applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The layer is malformed, hostile or over a limit.
+    #[error("layer {layer}: {reason}")]
+    Invalid { layer: String, reason: String },
+    /// An entry could not be applied for a reason of its own.
+    #[error("layer {layer}: entry {entry:?}: {reason}")]
+    Entry {
+        layer: String,
+        entry: String,
+        reason: String,
+    },
+    /// The compressed bytes or the tar stream hash to another digest.
+    #[error("layer {layer}: {what} mismatch: expected {expected}, got {actual}")]
+    Mismatch {
+        layer: String,
+        what: &'static str,
+        expected: Digest,
+        actual: Digest,
+    },
+    /// Reading the layer or writing the tree failed.
+    #[error("layer {layer}: {source}")]
+    Io {
+        layer: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A confined file-system operation failed.
+    #[error("layer {layer}: {source}")]
+    Sys {
+        layer: String,
+        #[source]
+        source: strata_sys::SysError,
+    },
+}
+
+impl Classify for ApplyError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ApplyError::Invalid { .. } | ApplyError::Entry { .. } | ApplyError::Mismatch { .. } => {
+                ErrorKind::Invalid
+            }
+            ApplyError::Io { source, .. } => Classify::kind(source),
+            ApplyError::Sys { source, .. } => source.kind(),
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! Applying layers: round trips of real trees (plain, gzip, zstd), OCI
+//! whiteouts and opaque directories, digest and diffID verification, and the
+//! hostile inputs of SECURITY.md. Each hostile case ends in a clear error or
+//! a confined result, and nothing outside the destination changes.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use strata_core::{Algorithm, Classify, Digest, ErrorKind};
+use strata_diff::{ApplyError, ApplyOptions, Compression, Limits, apply};
+use strata_testkit::tree::render;
+
+/// One raw tar entry, built byte by byte so hostile names survive (the tar
+/// crate's builder refuses them).
+fn raw(path: &[u8], kind: tar::EntryType, data: &[u8], link: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..path.len()].copy_from_slice(path);
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+    h.set_entry_type(kind);
+    h.set_size(data.len() as u64);
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+fn file(path: &str, data: &str) -> Vec<u8> {
+    raw(
+        path.as_bytes(),
+        tar::EntryType::Regular,
+        data.as_bytes(),
+        b"",
+    )
+}
+
+fn dir(path: &str) -> Vec<u8> {
+    raw(path.as_bytes(), tar::EntryType::Directory, b"", b"")
+}
+
+fn layer(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut out: Vec<u8> = entries.concat();
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dest: PathBuf,
+    outside: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("dest");
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&dest).unwrap();
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), "keep").unwrap();
+    Fixture {
+        _tmp: tmp,
+        dest,
+        outside,
+    }
+}
+
+impl Fixture {
+    fn apply(&self, bytes: &[u8]) -> Result<strata_diff::Applied, ApplyError> {
+        apply(
+            bytes,
+            &self.dest,
+            &ApplyOptions {
+                name: "test-layer".into(),
+                ..ApplyOptions::default()
+            },
+        )
+    }
+
+    fn outside_untouched(&self) {
+        let names: Vec<_> = fs::read_dir(&self.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            ["secret"],
+            "something was written outside the destination"
+        );
+        assert_eq!(
+            fs::read_to_string(self.outside.join("secret")).unwrap(),
+            "keep"
+        );
+    }
+}
+
+fn build_tree(src: &Path) {
+    fs::create_dir_all(src.join("usr/bin")).unwrap();
+    fs::write(src.join("usr/bin/tool"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(src.join("usr/bin/tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::hard_link(src.join("usr/bin/tool"), src.join("usr/bin/alias")).unwrap();
+    fs::create_dir(src.join("tmp")).unwrap();
+    fs::set_permissions(src.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    symlink("../usr/bin/tool", src.join("tmp/link")).unwrap();
+    fs::write(src.join("empty"), "").unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(src.join("big"), big).unwrap();
+}
+
+fn tar_of(src: &Path) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", src).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn round_trips_plain_gzip_and_zstd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    build_tree(&src);
+    let plain = tar_of(&src);
+    let variants = [
+        (plain.clone(), Compression::None),
+        (gzip(&plain), Compression::Gzip),
+        (zstd::encode_all(&plain[..], 3).unwrap(), Compression::Zstd),
+    ];
+    let diff_id = Digest::of_bytes(Algorithm::Sha256, &plain);
+    for (i, (bytes, compression)) in variants.into_iter().enumerate() {
+        let dest = tmp.path().join(format!("dest{i}"));
+        fs::create_dir(&dest).unwrap();
+        let digest = Digest::of_bytes(Algorithm::Sha256, &bytes);
+        let opts = ApplyOptions {
+            name: format!("variant {i}"),
+            digest: Some(digest.clone()),
+            diff_id: Some(diff_id.clone()),
+            ..ApplyOptions::default()
+        };
+        let applied = apply(&bytes[..], &dest, &opts).unwrap();
+        assert_eq!(
+            (applied.compression, applied.digest, applied.diff_id.clone()),
+            (compression, digest, diff_id.clone())
+        );
+        assert_eq!(applied.size, plain.len() as u64);
+        // The tar root entry "./" applies to the destination itself.
+        fs::set_permissions(&dest, fs::metadata(&src).unwrap().permissions()).unwrap();
+        assert_eq!(render(&src), render(&dest), "variant {i}");
+    }
+}
+
+#[test]
+fn whiteouts_and_opaque_directories() {
+    let f = fixture();
+    fs::create_dir_all(f.dest.join("a/sub")).unwrap();
+    fs::write(f.dest.join("a/old"), "lower").unwrap();
+    fs::write(f.dest.join("b"), "lower").unwrap();
+    fs::write(f.dest.join("c"), "lower").unwrap();
+    let bytes = layer(&[
+        file(".wh.b", ""),
+        dir("a/"),
+        file("a/.wh..wh..opq", ""),
+        file("a/new", "upper"),
+        file(".wh.missing", ""),
+        file("gone/.wh.x", ""),
+    ]);
+    f.apply(&bytes).unwrap();
+    assert!(!f.dest.join("b").exists());
+    assert!(f.dest.join("c").exists());
+    let a: Vec<_> = fs::read_dir(f.dest.join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        a,
+        ["new"],
+        "an opaque directory keeps only this layer's entries"
+    );
+    // Markers never land on disk.
+    assert!(!f.dest.join(".wh.b").exists() && !f.dest.join("a/.wh..wh..opq").exists());
+}
+
+#[test]
+fn later_entries_win_and_parents_are_made() {
+    let f = fixture();
+    let bytes = layer(&[
+        file("x/y/z", "first"),
+        file("x/y/z", "second"),
+        dir("x/y/z/"),
+        file("x/y/z/inner", "i"),
+    ]);
+    f.apply(&bytes).unwrap();
+    assert_eq!(fs::read_to_string(f.dest.join("x/y/z/inner")).unwrap(), "i");
+}
+
+#[test]
+fn digest_and_diff_id_mismatches_name_both() {
+    let f = fixture();
+    let bytes = layer(&[file("f", "x")]);
+    let wrong = Digest::of_bytes(Algorithm::Sha256, b"other");
+    for (digest, diff_id, what) in [
+        (Some(wrong.clone()), None, "digest"),
+        (None, Some(wrong.clone()), "diffID"),
+    ] {
+        let err = apply(
+            &bytes[..],
+            &f.dest,
+            &ApplyOptions {
+                name: "L".into(),
+                digest,
+                diff_id,
+                ..ApplyOptions::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(what)
+                && msg.contains(wrong.as_str())
+                && msg.contains(Digest::of_bytes(Algorithm::Sha256, &bytes).as_str()),
+            "{msg}"
+        );
+    }
+}
+
+fn expect_invalid(f: &Fixture, bytes: &[u8], needle: &str) {
+    let err = f.apply(bytes).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains(needle), "{err}");
+    f.outside_untouched();
+}
+
+#[test]
+fn hostile_paths_stay_inside() {
+    let f = fixture();
+    expect_invalid(
+        &f,
+        &layer(&[file("../outside/pwned", "x")]),
+        "climbs above the root",
+    );
+    expect_invalid(
+        &f,
+        &layer(&[file("a/../../outside/pwned", "x")]),
+        "climbs above the root",
+    );
+    // Absolute names are re-rooted.
+    f.apply(&layer(&[file("/etc/passwd", "root")])).unwrap();
+    assert_eq!(
+        fs::read_to_string(f.dest.join("etc/passwd")).unwrap(),
+        "root"
+    );
+    // A symlink the layer plants, then a write through it.
+    let outside = f.outside.display().to_string();
+    // The symlink is re-rooted: its target does not exist inside, so the
+    // write fails cleanly; once it exists inside, the write lands there.
+    expect_invalid(
+        &f,
+        &layer(&[
+            raw(b"evil", tar::EntryType::Symlink, b"", outside.as_bytes()),
+            file("evil/pwned", "x"),
+        ]),
+        "evil/pwned",
+    );
+    fs::create_dir_all(f.dest.join(f.outside.strip_prefix("/").unwrap())).unwrap();
+    f.apply(&layer(&[file("evil/pwned", "x")])).unwrap();
+    f.outside_untouched();
+    assert!(
+        f.dest
+            .join(f.outside.strip_prefix("/").unwrap())
+            .join("pwned")
+            .exists(),
+        "written inside, re-rooted"
+    );
+    // A symlink a lower layer planted, then whiteouts and an opaque marker through it.
+    symlink(&f.outside, f.dest.join("lowerlink")).unwrap();
+    f.apply(&layer(&[
+        file("lowerlink/.wh.secret", ""),
+        file("lowerlink/.wh..wh..opq", ""),
+    ]))
+    .unwrap();
+    f.outside_untouched();
+    expect_invalid(&f, &layer(&[file(".", "x")]), "names the root");
+}
+
+#[test]
+fn hostile_links_and_whiteouts() {
+    let f = fixture();
+    expect_invalid(
+        &f,
+        &layer(&[raw(b"h", tar::EntryType::Link, b"", b"../outside/secret")]),
+        "climbs above the root",
+    );
+    expect_invalid(
+        &f,
+        &layer(&[dir("d/"), raw(b"h", tar::EntryType::Link, b"", b"d")]),
+        "is a directory",
+    );
+    expect_invalid(
+        &f,
+        &layer(&[raw(b"h", tar::EntryType::Link, b"", b"missing")]),
+        "h",
+    );
+    // A link through a planted symlink resolves inside the destination.
+    let outside = f.outside.display().to_string();
+    let err = f
+        .apply(&layer(&[
+            raw(b"s", tar::EntryType::Symlink, b"", outside.as_bytes()),
+            raw(b"h", tar::EntryType::Link, b"", b"s/secret"),
+        ]))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    f.outside_untouched();
+    // A link to a symlink links the symlink itself.
+    f.apply(&layer(&[
+        raw(b"sym", tar::EntryType::Symlink, b"", b"/etc/shadow"),
+        raw(b"hl", tar::EntryType::Link, b"", b"sym"),
+    ]))
+    .unwrap();
+    assert!(
+        fs::symlink_metadata(f.dest.join("hl"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    expect_invalid(&f, &layer(&[file(".wh..", "")]), "whiteout");
+    expect_invalid(&f, &layer(&[file(".wh.", "")]), "whiteout");
+}
+
+#[test]
+fn overlay_private_xattrs_are_dropped() {
+    let f = fixture();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    b.append_pax_extensions([
+        ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+        ("SCHILY.xattr.user.kept", &b"v"[..]),
+    ])
+    .unwrap();
+    b.append_data(&mut h, "d/", &[][..]).unwrap();
+    let bytes = b.into_inner().unwrap();
+    f.apply(&bytes).unwrap();
+    let root = strata_sys::Root::open(&f.dest).unwrap();
+    let names = root.list_xattrs(Path::new("d")).unwrap();
+    assert!(names.iter().any(|n| n == "user.kept"), "{names:?}");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with("trusted.")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn bombs_truncation_and_garbage() {
+    let f = fixture();
+    let zeros = layer(&[raw(
+        b"z",
+        tar::EntryType::Regular,
+        &vec![0u8; 20 << 20],
+        b"",
+    )]);
+    let bomb = gzip(&zeros);
+    let opts = ApplyOptions {
+        name: "bomb".into(),
+        limits: Limits {
+            max_ratio: 10,
+            ratio_allowance: 1 << 20,
+            ..Limits::default()
+        },
+        ..ApplyOptions::default()
+    };
+    let err = apply(&bomb[..], &f.dest, &opts).unwrap_err();
+    assert!(
+        err.to_string().contains("decompresses past its bound"),
+        "{err}"
+    );
+    let truncated = &gzip(&layer(&[file("f", &"x".repeat(100_000))]))[..200];
+    let err = f.apply(truncated).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    let err = f.apply(b"this is not a tar stream, not even close, and it is long enough to fill a header block............................................................................................................................................................................................................................................................................................................................................................................................................................................................................................").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    let gz = gzip(&layer(&[file("f", "x")]));
+    let err = apply(
+        &gz[..],
+        &f.dest,
+        &ApplyOptions {
+            name: "m".into(),
+            media_type: Some("application/vnd.oci.image.layer.v1.tar+zstd".into()),
+            ..ApplyOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("media type"), "{err}");
+    f.outside_untouched();
+}
+
+#[test]
+fn limits_on_depth_and_entries() {
+    let f = fixture();
+    let deep = "a/".repeat(30);
+    let opts = ApplyOptions {
+        name: "deep".into(),
+        limits: Limits {
+            max_depth: 20,
+            ..Limits::default()
+        },
+        ..ApplyOptions::default()
+    };
+    let err = apply(
+        &layer(&[file(&format!("{deep}f"), "x")])[..],
+        &f.dest,
+        &opts,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("deeper than 20"), "{err}");
+    let many: Vec<Vec<u8>> = (0..20).map(|i| file(&format!("f{i}"), "x")).collect();
+    let opts = ApplyOptions {
+        name: "many".into(),
+        limits: Limits {
+            max_entries: 10,
+            ..Limits::default()
+        },
+        ..ApplyOptions::default()
+    };
+    let err = apply(&layer(&many)[..], &f.dest, &opts).unwrap_err();
+    assert!(err.to_string().contains("more than 10 entries"), "{err}");
+}
+
+#[test]
+fn non_utf8_names_and_devices() {
+    let f = fixture();
+    f.apply(&layer(&[
+        raw(b"caf\xe9", tar::EntryType::Regular, b"x", b""),
+        raw(b"fifo", tar::EntryType::Fifo, b"", b""),
+    ]))
+    .unwrap();
+    use std::os::unix::ffi::OsStrExt;
+    assert!(
+        f.dest
+            .join(std::ffi::OsStr::from_bytes(b"caf\xe9"))
+            .exists()
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        fs::symlink_metadata(f.dest.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}
