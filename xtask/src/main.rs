@@ -4,13 +4,15 @@
 //! * `test`: the whole test suite (what README and `.ci/run` call); skipped
 //!   privileged tests are listed by name and counted at the end.
 //! * `ci`: fmt check, clippy with `-D warnings`, the layering check, tidy
-//!   checks, then `test`.
-//! * `bench content`: content-store ingest against `sha256sum` + `cp`.
+//!   checks, `test`, then a 30-second fuzz smoke run.
+//! * `bench content|snapshot|gc`: figures against peers run side by side.
+//! * `fuzz [--seconds N]`: the layer-applier fuzz target.
 #![forbid(unsafe_code)]
 // This program reports on stdout by design.
 #![allow(clippy::print_stdout)]
 
 mod bench;
+mod fuzz;
 mod layering;
 mod tidy;
 
@@ -26,9 +28,10 @@ fn main() -> anyhow::Result<()> {
         ["test", rest @ ..] => test(rest),
         ["ci"] => ci(),
         ["bench", rest @ ..] => bench::run(rest),
+        ["fuzz", rest @ ..] => fuzz::run(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N]"
+                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N] | bench snapshot | bench gc | fuzz [--seconds N]"
             );
             bail!("unknown command {args:?}")
         }
@@ -98,5 +101,8 @@ fn ci() -> anyhow::Result<()> {
     ]))?;
     layering::check()?;
     tidy::check()?;
-    test(&[])
+    test(&[])?;
+    // A short smoke run of the fuzz target; the long runs are `cargo xtask
+    // fuzz`.
+    fuzz::run(&["--seconds", "30"])
 }

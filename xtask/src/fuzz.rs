@@ -1,0 +1,82 @@
+//! `cargo xtask fuzz [--seconds N]`: runs the layer-applier fuzz target
+//! (`fuzz/`, its own workspace, `cargo +nightly fuzz`) for N seconds
+//! (default 300), seeded with real tar layers made by GNU tar. `cargo xtask
+//! ci` runs it briefly as a smoke test.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+fn seeds(dir: &Path) -> anyhow::Result<()> {
+    let corpus = dir.join("corpus");
+    if corpus.join("pax.tar").exists() {
+        return Ok(());
+    }
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("etc/sub"))?;
+    std::fs::write(src.join("etc/hostname"), "box\n")?;
+    if std::fs::symlink_metadata(src.join("etc/link")).is_err() {
+        std::os::unix::fs::symlink("hostname", src.join("etc/link"))?;
+    }
+    if std::fs::symlink_metadata(src.join("etc/hard")).is_err() {
+        std::fs::hard_link(src.join("etc/hostname"), src.join("etc/hard"))?;
+    }
+    std::fs::write(src.join("etc/.wh.gone"), "")?;
+    std::fs::write(src.join("etc/sub/.wh..wh..opq"), "")?;
+    std::fs::create_dir_all(&corpus)?;
+    crate::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .arg("-cf")
+            .arg(corpus.join("plain.tar"))
+            .arg("."),
+    )?;
+    crate::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .arg("-czf")
+            .arg(corpus.join("layer.tgz"))
+            .arg("."),
+    )?;
+    crate::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .arg("--format=pax")
+            .arg("-cf")
+            .arg(corpus.join("pax.tar"))
+            .arg("."),
+    )?;
+    Ok(())
+}
+
+pub fn run(args: &[&str]) -> anyhow::Result<()> {
+    let seconds: u64 = match args {
+        [] => 300,
+        ["--seconds", n] => n.parse().context("--seconds needs a number")?,
+        other => bail!("unexpected arguments {other:?}; usage: cargo xtask fuzz [--seconds N]"),
+    };
+    let found = Command::new("cargo").args(["fuzz", "--version"]).output();
+    if !found.is_ok_and(|o| o.status.success()) {
+        bail!("cargo-fuzz is missing: cargo install cargo-fuzz --locked");
+    }
+    let ws = crate::workspace();
+    let seed_dir = ws.join("target/fuzz-seeds");
+    seeds(&seed_dir)?;
+    let corpus = ws.join("fuzz/corpus/apply");
+    std::fs::create_dir_all(&corpus)?;
+    crate::run(
+        Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", "apply"])
+            .arg(&corpus)
+            .arg(seed_dir.join("corpus"))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            // Each run makes a temporary tree: keep the rate honest and the
+            // inputs small enough to stay within the limits the target sets.
+            .arg("-max_len=65536"),
+    )
+}
