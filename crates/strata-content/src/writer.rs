@@ -276,6 +276,9 @@ impl Writer {
             });
         }
 
+        // The data is made durable before taking the commit lock, which
+        // then covers only the exists check, the rename and the row.
+        self.file.sync_all().map_err(|e| self.io("fsync", e))?;
         let inner = Arc::clone(&self.inner);
         let _guard = inner.commit_guard();
         if inner
@@ -289,7 +292,6 @@ impl Writer {
             return Err(ContentError::AlreadyExists(actual));
         }
         let data = self.data_path();
-        self.file.sync_all().map_err(|e| self.io("fsync", e))?;
         seal(&data)?;
         let blob = inner.blob_path(&actual);
         fs::rename(&data, &blob).map_err(|e| ContentError::io("rename into blobs", &blob, e))?;
