@@ -199,7 +199,7 @@ fn resume_writer() {
 
 /// containerd's checkResume: sizes × truncation points, then a resume
 /// strategy that must end in a committed blob.
-fn check_resume(strategy: fn(&ContentStore, &mut strata_content::Writer, &[u8], u64, &Digest)) {
+fn check_resume(strategy: fn(&ContentStore, strata_content::Writer, &str, &[u8], u64, &Digest)) {
     let e = env();
     for (i, size) in [500usize, 5000, 50000].into_iter().enumerate() {
         for (j, frac) in [0.0, 0.1, 0.5, 0.9, 1.0].into_iter().enumerate() {
@@ -211,12 +211,11 @@ fn check_resume(strategy: fn(&ContentStore, &mut strata_content::Writer, &[u8], 
                     .unwrap();
             w.write_all(&bytes[..limit]).unwrap();
             drop(w);
-            let mut w =
+            let w =
                 e.cs.writer(&reference, Some(size as u64), Some(&d))
                     .unwrap();
             assert_eq!(w.status().offset, limit as u64);
-            strategy(&e.cs, &mut w, &bytes, limit as u64, &d);
-            drop(w);
+            strategy(&e.cs, w, &reference, &bytes, limit as u64, &d);
             assert_eq!(e.cs.info(&d).unwrap().size, size as u64);
             assert_eq!(read_all(&e.cs, &d), bytes);
         }
@@ -225,7 +224,7 @@ fn check_resume(strategy: fn(&ContentStore, &mut strata_content::Writer, &[u8], 
 
 #[test]
 fn resume_truncate() {
-    check_resume(|_, w, bytes, _, d| {
+    check_resume(|_, mut w, _, bytes, _, d| {
         w.truncate(0).unwrap();
         assert_eq!(w.status().offset, 0);
         for chunk in bytes.chunks(1024) {
@@ -238,7 +237,7 @@ fn resume_truncate() {
 
 #[test]
 fn resume_discard() {
-    check_resume(|_, w, bytes, written, d| {
+    check_resume(|_, mut w, _, bytes, written, d| {
         w.write_all(&bytes[written as usize..]).unwrap();
         w.commit(bytes.len() as u64, Some(d), &Labels::new())
             .unwrap();
@@ -250,33 +249,17 @@ fn resume_copy() {
     // The ingest helper skips what the ingest already holds, reading the
     // source from its start as containerd's content.Copy does. The writer
     // handed in is released first so the helper can take the ref.
-    let e = env();
-    for (i, size) in [500usize, 5000, 50000].into_iter().enumerate() {
-        for (j, frac) in [0.0, 0.1, 0.5, 0.9, 1.0].into_iter().enumerate() {
-            let (bytes, d) = content(size);
-            let limit = (size as f64 * frac) as usize;
-            let reference = format!("copy-{i}-{j}");
-            let mut w =
-                e.cs.writer(&reference, Some(size as u64), Some(&d))
-                    .unwrap();
-            w.write_all(&bytes[..limit]).unwrap();
-            drop(w);
-            let got =
-                e.cs.ingest(
-                    &reference,
-                    &bytes[..],
-                    Some(size as u64),
-                    Some(&d),
-                    &Labels::new(),
-                )
-                .unwrap();
-            assert_eq!(
-                (got.digest, got.size, got.already_existed),
-                (d.clone(), size as u64, false)
-            );
-            assert_eq!(read_all(&e.cs, &d), bytes);
-        }
-    }
+    check_resume(|cs, w, reference, bytes, _, d| {
+        drop(w);
+        let size = bytes.len() as u64;
+        let got = cs
+            .ingest(reference, bytes, Some(size), Some(d), &Labels::new())
+            .unwrap();
+        assert_eq!(
+            (got.digest, got.size, got.already_existed),
+            (d.clone(), size, false)
+        );
+    });
 }
 
 #[test]

@@ -29,13 +29,6 @@ fn encode(mut n: u128) -> String {
     out.iter().map(|&b| char::from(b)).collect()
 }
 
-/// True when `s` has the shape [`new_id`] produces.
-pub fn is_id(s: &str) -> bool {
-    s.len() == ID_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,13 +38,17 @@ mod tests {
     fn ids_have_fixed_shape_and_differ() {
         let ids: HashSet<String> = (0..1000).map(|_| new_id()).collect();
         assert_eq!(ids.len(), 1000);
-        assert!(ids.iter().all(|id| is_id(id)));
+        assert!(ids.iter().all(|id| {
+            id.len() == ID_LEN
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        }));
     }
 
     #[test]
     fn encoding_extremes() {
         assert_eq!(encode(0), "0".repeat(ID_LEN));
         assert_eq!(encode(u128::MAX), "f5lxx1zz5pnorynqglhzmsp33");
-        assert!(!is_id("ABC"));
     }
 }

@@ -201,6 +201,10 @@ fn lazy_scope_creates_one_lease_under_contention() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(ids.iter().all(|i| *i == ids[0]));
+    // Work deliberately outside the operation lease sees none.
+    let outside = ctx.without_lease();
+    assert!(!outside.has_lazy_scope());
+    assert_eq!(outside.ensure_lease().unwrap(), None);
     assert_eq!(lm.list(&Filter::default()).unwrap().len(), 1);
     // Nested scopes collapse into the outer one.
     let inner = LazyScope::new(lm.clone(), Labels::new());

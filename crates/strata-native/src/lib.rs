@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 pub use copy::{CopyStats, copy_tree};
 use strata_core::Mount;
-use strata_snapshot::{Backend, Kind, SnapshotError};
+use strata_snapshot::{Backend, Kind, SnapshotError, create_dir};
 
 /// The native backend.
 #[derive(Debug, Default)]
@@ -29,17 +29,7 @@ impl Backend for Native {
                 // The copy must be durable before the snapshot is recorded.
                 strata_sys::sync::syncfs(dir)?;
             }
-            _ => {
-                use std::os::unix::fs::PermissionsExt;
-                let io = |op, e| SnapshotError::Io {
-                    op,
-                    path: fs.clone(),
-                    source: e,
-                };
-                std::fs::create_dir(&fs).map_err(|e| io("create", e))?;
-                std::fs::set_permissions(&fs, std::fs::Permissions::from_mode(0o755))
-                    .map_err(|e| io("chmod", e))?;
-            }
+            _ => create_dir(&fs, 0o755)?,
         }
         Ok(())
     }

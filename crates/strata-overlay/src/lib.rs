@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use strata_core::Mount;
-use strata_snapshot::{Backend, Kind, SnapshotError};
+use strata_snapshot::{Backend, Kind, SnapshotError, create_dir};
 use strata_sys::Root;
 
 /// Configuration of the overlay backend.
@@ -96,28 +96,15 @@ impl Overlay {
     }
 }
 
-fn mkdir(path: &Path, mode: u32) -> Result<(), SnapshotError> {
-    use std::os::unix::fs::PermissionsExt;
-    let io = |op, e| SnapshotError::Io {
-        op,
-        path: path.to_path_buf(),
-        source: e,
-    };
-    std::fs::create_dir(path).map_err(|e| io("create", e))?;
-    // Explicit, so the process umask does not decide a snapshot's root mode.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io("chmod", e))
-}
-
 impl Backend for Overlay {
     fn name(&self) -> &'static str {
         "overlay"
     }
 
     fn create(&self, dir: &Path, kind: Kind, _parents: &[PathBuf]) -> Result<(), SnapshotError> {
-        mkdir(&dir.join("fs"), 0o755)?;
+        create_dir(&dir.join("fs"), 0o755)?;
         if kind == Kind::Active {
-            mkdir(&dir.join("work"), 0o711)?;
+            create_dir(&dir.join("work"), 0o711)?;
         }
         Ok(())
     }

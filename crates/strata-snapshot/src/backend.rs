@@ -24,3 +24,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// first).
     fn mounts(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Vec<Mount>;
 }
+
+/// Creates the directory `path` with exactly `mode` (the process umask does
+/// not decide a snapshot's root mode): for backends' `create`.
+pub fn create_dir(path: &Path, mode: u32) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |op, e| SnapshotError::Io {
+        op,
+        path: path.to_path_buf(),
+        source: e,
+    };
+    std::fs::create_dir(path).map_err(|e| io("create", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io("chmod", e))
+}

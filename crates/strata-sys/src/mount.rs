@@ -215,18 +215,6 @@ pub fn unmount(target: &Path) -> SysResult<()> {
     }
 }
 
-/// Lazily detaches `target` (for cleanup of mounts a crashed process left).
-pub fn detach(target: &Path) -> SysResult<()> {
-    rm::unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW)
-        .map_err(|e| SysError::io("detach mount", target, e))
-}
-
-/// Remounts a mounted `target` read-only.
-pub fn remount_readonly(target: &Path) -> SysResult<()> {
-    rm::mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, "")
-        .map_err(|e| SysError::io("remount read-only", target, e))
-}
-
 /// True when `path` is the root of a mount.
 pub fn is_mount_point(path: &Path) -> SysResult<bool> {
     let st = rustix::fs::statx(
