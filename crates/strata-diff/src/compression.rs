@@ -4,9 +4,10 @@
 use std::io::{self, BufRead, Read};
 
 /// How a layer's tar stream is compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Compression {
     /// Plain tar.
+    #[default]
     None,
     /// gzip.
     Gzip,

@@ -51,3 +51,62 @@ impl Classify for ApplyError {
         }
     }
 }
+
+/// A failure of change walking, layer writing or merging.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiffError {
+    /// A confined file-system operation failed (the error names the path).
+    #[error(transparent)]
+    Sys(#[from] strata_sys::SysError),
+    /// Reading or writing data failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tree holds something the operation cannot handle.
+    #[error("{}: {reason}", path.display())]
+    Unsupported {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// A snapshot operation failed.
+    #[error(transparent)]
+    Snapshot(#[from] strata_snapshot::SnapshotError),
+    /// A content store operation failed.
+    #[error(transparent)]
+    Content(#[from] strata_content::ContentError),
+    /// Applying a layer failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+impl DiffError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<std::path::PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        DiffError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl Classify for DiffError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            DiffError::Sys(e) => e.kind(),
+            DiffError::Io { source, .. } => Classify::kind(source),
+            DiffError::Unsupported { .. } => ErrorKind::FailedPrecondition,
+            DiffError::Snapshot(e) => e.kind(),
+            DiffError::Content(e) => e.kind(),
+            DiffError::Apply(e) => e.kind(),
+        }
+    }
+}

@@ -1,12 +1,19 @@
-//! The data plane. Today: [`apply`], the streaming, verifying, hostile-safe
-//! application of an OCI layer (tar, tar+gzip, tar+zstd) onto a directory.
-//! Change walking, the layer writer and the merge engine follow (issue 5).
+//! The data plane: [`apply`] (a streaming, verifying, hostile-safe
+//! application of an OCI layer onto a directory or an overlay upper
+//! directory), change walking ([`walk_changes`], [`walk_upperdir_changes`]),
+//! the layer writer ([`write_layer`]) and the merge engine.
 #![forbid(unsafe_code)]
 
 mod apply;
+mod changes;
 mod compression;
 mod error;
+mod write;
 
 pub use apply::{Applied, ApplyOptions, Limits, apply};
+pub use changes::{Change, ChangeFn, ChangeKind, Comparison, walk_changes, walk_upperdir_changes};
 pub use compression::Compression;
-pub use error::ApplyError;
+pub use error::{ApplyError, DiffError};
+pub use write::{
+    LayerWriter, UNCOMPRESSED_LABEL, WriteOptions, Written, write_layer, write_layer_to_store,
+};

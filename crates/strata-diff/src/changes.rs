@@ -1,0 +1,375 @@
+//! Change walking: what differs between two trees.
+//!
+//! * [`walk_changes`] is the double walk: both trees are read directory by
+//!   directory, names sorted by their bytes, depth first. That visits paths
+//!   in the order where `/` sorts before every other byte (`a/b` before
+//!   `a.b` before `ab`), the order layer tars are written in. A path only
+//!   below is a delete (its children are not reported), only above an add,
+//!   in both a modify unless [`same`] says otherwise.
+//! * [`walk_upperdir_changes`] reads an overlay upper directory alone: the
+//!   cost is what changed, not the whole tree. Whiteouts (0/0 character
+//!   devices) become deletes where the base has the path; an opaque
+//!   directory is compared against the base with the double walk; a
+//!   redirect (`redirect_dir`) cannot be followed and is an error.
+//!
+//! Every path goes through [`strata_sys::Root`], so no tree can lead the
+//! walk elsewhere. Paths are relative to the roots, without a leading `/`.
+
+use std::cmp::Ordering;
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use strata_sys::{FileKind, Metadata, Root};
+
+use crate::error::DiffError;
+
+/// What happened to a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// Present and equal on both sides; reported only for hard-linked files
+    /// so a consumer can track link targets.
+    Unmodified,
+    /// Only in the upper tree.
+    Add,
+    /// In both, different.
+    Modify,
+    /// Only in the lower tree (its children are not reported).
+    Delete,
+}
+
+/// How two entries at the same path are compared (seed §6.6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Comparison {
+    /// Trust size and mtime, except when both mtimes have whole seconds
+    /// only (a tar round trip), then compare contents.
+    #[default]
+    Compat,
+    /// When the metadata matches, compare contents anyway.
+    ContentOnMetadataMatch,
+    /// Like `ContentOnMetadataMatch`, but the same inode number with the
+    /// same type, size and mtime is the same file (across devices).
+    InodeThenContent,
+}
+
+/// One change, in walk order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// What happened.
+    pub kind: ChangeKind,
+    /// The path relative to the roots.
+    pub path: PathBuf,
+    /// The upper entry's metadata (for overlay deletes: the whiteout's);
+    /// `None` for deletes found by the double walk.
+    pub meta: Option<Metadata>,
+}
+
+/// Receives changes; an error stops the walk.
+pub type ChangeFn<'a> = dyn FnMut(Change) -> Result<(), DiffError> + 'a;
+
+const CAPABILITY: &str = "security.capability";
+const REDIRECTS: [&str; 2] = ["trusted.overlay.redirect", "user.overlay.redirect"];
+const OPAQUES: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
+
+/// Walks the changes from `lower` (an empty tree when `None`) to `upper`.
+pub fn walk_changes(
+    lower: Option<&Path>,
+    upper: &Path,
+    comparison: Comparison,
+    f: &mut ChangeFn<'_>,
+) -> Result<(), DiffError> {
+    let upper = Root::open(upper)?;
+    let lower = lower.map(Root::open).transpose()?;
+    let walker = DoubleWalk {
+        lower: lower.as_ref(),
+        upper: &upper,
+        comparison,
+    };
+    walker.dir(Path::new(""), lower.is_some(), f)
+}
+
+/// Walks the changes an overlay upper directory holds against `base` (the
+/// tree below it). `view` is the mounted tree the upper directory belongs
+/// to; contents are compared and opaque directories walked through it.
+pub fn walk_upperdir_changes(
+    upperdir: &Path,
+    view: &Path,
+    base: &Path,
+    comparison: Comparison,
+    f: &mut ChangeFn<'_>,
+) -> Result<(), DiffError> {
+    let upper = Root::open(upperdir)?;
+    let view = Root::open(view)?;
+    let base = Root::open(base)?;
+    let walk = UpperdirWalk {
+        upper: &upper,
+        view: &view,
+        base: &base,
+        comparison,
+    };
+    walk.dir(Path::new(""), f)
+}
+
+/// A directory's entry names sorted by bytes.
+fn sorted_names(root: &Root, dir: &Path) -> Result<Vec<OsString>, DiffError> {
+    let mut names: Vec<OsString> = root.read_dir(dir)?.into_iter().map(|(n, _)| n).collect();
+    names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+/// `lstat` that treats ENOTDIR (a parent is not a directory) as absent.
+fn lookup(root: &Root, path: &Path) -> Result<Option<Metadata>, DiffError> {
+    match root.try_stat(path) {
+        Ok(m) => Ok(m),
+        Err(e) if e.raw_os_error() == Some(ENOTDIR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+const ENOTDIR: i32 = 20;
+
+/// True when a hard-linked file should be reported even when unchanged.
+fn hardlinked(m: &Metadata) -> bool {
+    m.kind != FileKind::Dir && m.nlink > 1
+}
+
+/// The seed's `samePathInfo`: whether `path` in `lower` (metadata `l`) and
+/// in `upper` (metadata `u`) are the same.
+pub(crate) fn same(
+    lower: &Root,
+    upper: &Root,
+    path: &Path,
+    l: &Metadata,
+    u: &Metadata,
+    comparison: Comparison,
+) -> Result<bool, DiffError> {
+    if l.dev == u.dev && l.ino == u.ino {
+        return Ok(true);
+    }
+    if comparison == Comparison::InodeThenContent
+        && l.ino == u.ino
+        && l.kind == u.kind
+        && l.size == u.size
+        && l.mtime == u.mtime
+    {
+        return Ok(true);
+    }
+    if l.kind != u.kind || l.mode != u.mode || l.uid != u.uid || l.gid != u.gid || l.rdev != u.rdev
+    {
+        return Ok(false);
+    }
+    let cap = OsStr::new(CAPABILITY);
+    if lower.get_xattr(path, cap)?.unwrap_or_default()
+        != upper.get_xattr(path, cap)?.unwrap_or_default()
+    {
+        return Ok(false);
+    }
+    if l.kind == FileKind::Dir {
+        return Ok(true);
+    }
+    if l.size != u.size || l.mtime != u.mtime {
+        return Ok(false);
+    }
+    if comparison == Comparison::Compat && (l.mtime.nsec != 0 || u.mtime.nsec != 0) {
+        return Ok(true);
+    }
+    if l.kind == FileKind::Symlink {
+        return Ok(lower.read_link(path)? == upper.read_link(path)?);
+    }
+    if l.size == 0 || l.kind != FileKind::File {
+        return Ok(true);
+    }
+    same_contents(lower, upper, path)
+}
+
+fn same_contents(lower: &Root, upper: &Root, path: &Path) -> Result<bool, DiffError> {
+    let io = |e| DiffError::io("compare", path, e);
+    let (mut a, mut b) = (lower.open_file(path)?, upper.open_file(path)?);
+    let (mut x, mut y) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let n = read_full(&mut a, &mut x).map_err(io)?;
+        let m = read_full(&mut b, &mut y).map_err(io)?;
+        if x[..n] != y[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+struct DoubleWalk<'a> {
+    lower: Option<&'a Root>,
+    upper: &'a Root,
+    comparison: Comparison,
+}
+
+impl DoubleWalk<'_> {
+    /// Compares directory `dir` (present below when `below`).
+    fn dir(&self, dir: &Path, below: bool, f: &mut ChangeFn<'_>) -> Result<(), DiffError> {
+        let ups = sorted_names(self.upper, dir)?;
+        let lows = match self.lower {
+            Some(lower) if below => sorted_names(lower, dir)?,
+            _ => Vec::new(),
+        };
+        let (mut i, mut j) = (0, 0);
+        while i < lows.len() || j < ups.len() {
+            let order = match (lows.get(i), ups.get(j)) {
+                (Some(l), Some(u)) => l.as_bytes().cmp(u.as_bytes()),
+                (Some(_), None) => Ordering::Less,
+                _ => Ordering::Greater,
+            };
+            match order {
+                Ordering::Less => {
+                    f(Change {
+                        kind: ChangeKind::Delete,
+                        path: dir.join(&lows[i]),
+                        meta: None,
+                    })?;
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    let path = dir.join(&ups[j]);
+                    let u = self.upper.stat(&path)?;
+                    let is_dir = u.kind == FileKind::Dir;
+                    f(Change {
+                        kind: ChangeKind::Add,
+                        path: path.clone(),
+                        meta: Some(u),
+                    })?;
+                    if is_dir {
+                        self.dir(&path, false, f)?;
+                    }
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    let path = dir.join(&ups[j]);
+                    self.both(&path, f)?;
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn both(&self, path: &Path, f: &mut ChangeFn<'_>) -> Result<(), DiffError> {
+        let lower = self.lower.expect("only called with a lower tree");
+        let l = lower.stat(path)?;
+        let u = self.upper.stat(path)?;
+        let is_dir = u.kind == FileKind::Dir;
+        let kind = if !same(lower, self.upper, path, &l, &u, self.comparison)? {
+            Some(ChangeKind::Modify)
+        } else if hardlinked(&u) {
+            Some(ChangeKind::Unmodified)
+        } else {
+            None
+        };
+        let below = l.kind == FileKind::Dir;
+        if let Some(kind) = kind {
+            f(Change {
+                kind,
+                path: path.to_path_buf(),
+                meta: Some(u),
+            })?;
+        }
+        if is_dir {
+            self.dir(path, below, f)?;
+        }
+        Ok(())
+    }
+}
+
+struct UpperdirWalk<'a> {
+    upper: &'a Root,
+    view: &'a Root,
+    base: &'a Root,
+    comparison: Comparison,
+}
+
+impl UpperdirWalk<'_> {
+    fn xattr_is(
+        &self,
+        path: &Path,
+        names: &[&str],
+        want: Option<&[u8]>,
+    ) -> Result<bool, DiffError> {
+        for name in names {
+            match self.upper.get_xattr(path, OsStr::new(name)) {
+                Ok(Some(v)) if want.is_none_or(|w| v == w) && !v.is_empty() => return Ok(true),
+                Ok(_) => {}
+                // user.* cannot be read on some special files; no overlay
+                // attribute there.
+                Err(e) if e.raw_os_error() == Some(1) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(false)
+    }
+
+    fn dir(&self, dir: &Path, f: &mut ChangeFn<'_>) -> Result<(), DiffError> {
+        for name in sorted_names(self.upper, dir)? {
+            let path = dir.join(&name);
+            let u = self.upper.stat(&path)?;
+            let is_dir = u.kind == FileKind::Dir;
+            if is_dir && self.xattr_is(&path, &REDIRECTS, None)? {
+                return Err(DiffError::Unsupported {
+                    path,
+                    reason: "the overlay directory was renamed (redirect_dir); its changes cannot be read from the upper directory".into(),
+                });
+            }
+            if u.kind == FileKind::CharDevice && u.rdev == 0 {
+                if lookup(self.base, &path)?.is_some() {
+                    f(Change {
+                        kind: ChangeKind::Delete,
+                        path,
+                        meta: Some(u),
+                    })?;
+                }
+                continue;
+            }
+            let b = lookup(self.base, &path)?;
+            let kind = match &b {
+                None => Some(ChangeKind::Add),
+                Some(b) if same(self.base, self.view, &path, b, &u, self.comparison)? => None,
+                Some(_) => Some(ChangeKind::Modify),
+            };
+            if let Some(kind) = kind {
+                f(Change {
+                    kind,
+                    path: path.clone(),
+                    meta: Some(u),
+                })?;
+            }
+            if !is_dir {
+                continue;
+            }
+            let base_dir = b.is_some_and(|b| b.kind == FileKind::Dir);
+            if base_dir && self.xattr_is(&path, &OPAQUES, Some(b"y"))? {
+                DoubleWalk {
+                    lower: Some(self.base),
+                    upper: self.view,
+                    comparison: self.comparison,
+                }
+                .dir(&path, true, f)?;
+            } else {
+                self.dir(&path, f)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! Random trees for property tests of walking, writing, applying and
+//! merging: files (empty, small, a few larger), directories, symlinks, hard
+//! links, fifos, special modes, owners (as root) and user xattrs; and
+//! random mutations of such a tree (edits, deletions, type changes,
+//! renames of modes and owners, new entries).
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use strata_sys::Root;
+
+use crate::crash::Rng;
+
+fn all_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(rd) = fs::read_dir(dir.join(&rel)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = rel.join(e.file_name());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![PathBuf::new()];
+    out.extend(
+        all_entries(dir)
+            .into_iter()
+            .filter(|p| fs::symlink_metadata(dir.join(p)).is_ok_and(|m| m.is_dir())),
+    );
+    out
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    all_entries(dir)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(dir.join(p)).is_ok_and(|m| m.is_file()))
+        .collect()
+}
+
+fn pick<'a>(rng: &mut Rng, items: &'a [PathBuf]) -> Option<&'a PathBuf> {
+    if items.is_empty() {
+        None
+    } else {
+        Some(&items[rng.below(items.len() as u64) as usize])
+    }
+}
+
+fn content(rng: &mut Rng) -> Vec<u8> {
+    let len = match rng.below(10) {
+        0 => 0,
+        1 => 70_000 + rng.below(50_000),
+        _ => rng.below(3000),
+    };
+    (0..len)
+        .map(|i| (rng.next_u64() as u8) ^ (i as u8))
+        .collect()
+}
+
+fn name(rng: &mut Rng) -> String {
+    const NAMES: [&str; 8] = ["a", "b", "a.b", "ab", "c-d", "e_f", "ü", "z"];
+    format!(
+        "{}{}",
+        NAMES[rng.below(NAMES.len() as u64) as usize],
+        rng.below(20)
+    )
+}
+
+/// Adds one random entry somewhere in `dir`.
+fn add_one(dir: &Path, rng: &mut Rng) {
+    let parents = dirs(dir);
+    let parent = pick(rng, &parents).cloned().unwrap_or_default();
+    let path = dir.join(&parent).join(name(rng));
+    if fs::symlink_metadata(&path).is_ok() {
+        return;
+    }
+    let privileged = strata_sys::effective_uid() == 0;
+    match rng.below(12) {
+        0..=4 => fs::write(&path, content(rng)).expect("write file"),
+        5 | 6 => fs::create_dir(&path).expect("mkdir"),
+        7 => symlink(format!("../target{}", rng.below(5)), &path).expect("symlink"),
+        8 => {
+            let existing = files(dir);
+            match pick(rng, &existing) {
+                Some(f) => fs::hard_link(dir.join(f), &path).expect("hard link"),
+                None => fs::write(&path, b"first").expect("write file"),
+            }
+        }
+        9 => {
+            let root = Root::open(dir).expect("open root");
+            let rel = path.strip_prefix(dir).expect("inside");
+            root.mknod(rel, strata_sys::FileKind::Fifo, 0o644, 0)
+                .expect("mkfifo");
+        }
+        10 => {
+            fs::write(&path, content(rng)).expect("write file");
+            let mode = [0o4755, 0o2750, 0o1777, 0o600][rng.below(4) as usize];
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        _ => {
+            fs::write(&path, content(rng)).expect("write file");
+            let root = Root::open(dir).expect("open root");
+            let rel = path.strip_prefix(dir).expect("inside");
+            root.set_xattr(
+                rel,
+                std::ffi::OsStr::new("user.strata.test"),
+                format!("v{}", rng.below(3)).as_bytes(),
+            )
+            .expect("set xattr");
+        }
+    }
+    if privileged && rng.below(6) == 0 {
+        let (uid, gid) = (rng.below(3) as u32 * 1000, rng.below(3) as u32 * 1000);
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).expect("chown");
+    }
+}
+
+/// Fills `dir` with `n` random entries.
+pub fn populate(dir: &Path, rng: &mut Rng, n: usize) {
+    for _ in 0..n {
+        add_one(dir, rng);
+    }
+}
+
+/// Changes `dir` `n` times at random.
+pub fn mutate(dir: &Path, rng: &mut Rng, n: usize) {
+    let root = Root::open(dir).expect("open root");
+    for _ in 0..n {
+        let entries = all_entries(dir);
+        let Some(victim) = pick(rng, &entries).cloned() else {
+            add_one(dir, rng);
+            continue;
+        };
+        let abs = dir.join(&victim);
+        let Ok(md) = fs::symlink_metadata(&abs) else {
+            continue;
+        };
+        match rng.below(7) {
+            0 | 1 => add_one(dir, rng),
+            2 => {
+                root.remove_all(&victim).expect("remove");
+            }
+            3 if md.is_file() => fs::write(&abs, content(rng)).expect("rewrite"),
+            4 if !md.file_type().is_symlink() => {
+                let mode = [0o700, 0o755, 0o644, 0o4755][rng.below(4) as usize];
+                fs::set_permissions(&abs, fs::Permissions::from_mode(mode)).expect("chmod");
+            }
+            5 => {
+                // Replace with the other type.
+                root.remove_all(&victim).expect("remove");
+                if md.is_dir() {
+                    fs::write(&abs, content(rng)).expect("write");
+                } else {
+                    fs::create_dir(&abs).expect("mkdir");
+                    fs::write(abs.join("inside"), b"new").expect("write");
+                }
+            }
+            _ => add_one(dir, rng),
+        }
+    }
+}
