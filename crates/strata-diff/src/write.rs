@@ -497,10 +497,10 @@ pub fn write_layer_to_store(
             Err(e) => Err(e.into()),
         }
     });
-    if result.is_err() {
-        if let Err(e) = store.abort(reference) {
-            tracing::warn!(reference, error = %e, "could not abort a failed layer ingest");
-        }
+    if result.is_err()
+        && let Err(e) = store.abort(reference)
+    {
+        tracing::warn!(reference, error = %e, "could not abort a failed layer ingest");
     }
     result
 }
