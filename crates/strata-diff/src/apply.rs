@@ -13,6 +13,16 @@
 //!   is set after chown, setuid/setgid/sticky are kept, directory times are
 //!   set last;
 //! * the digest and diffID are verified at the end; a mismatch names both.
+//!
+//! With [`ApplyOptions::overlay`] the destination is an overlay upper
+//! directory over the given lower directories, written directly (no mount):
+//! a whiteout becomes a 0/0 character device only where the lowers have the
+//! path, an opaque marker the opaque xattr only where they have the
+//! directory; directories created above an entry copy their metadata from
+//! the lowers so the merged view keeps it; a hard link to a lower file
+//! copies the file up first. An entry whose parent is a symlink in the
+//! lowers cannot be placed without a mount and is refused with
+//! [`ApplyError::NeedsMount`].
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -22,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use strata_core::{Algorithm, Digest, Digester};
-use strata_sys::{FileKind, RelPath, Root, SysError, Times, clean};
+use strata_sys::{FileKind, Metadata, RelPath, Root, SysError, Times, clean};
 use tar::EntryType;
 
 use crate::compression::Compression;
@@ -74,6 +84,26 @@ pub struct ApplyOptions {
     pub skip_devices: bool,
     /// Resource bounds.
     pub limits: Limits,
+    /// Write into an overlay upper directory instead of a plain tree.
+    pub overlay: Option<OverlayTarget>,
+}
+
+/// The lower side of an overlay upper directory being written directly.
+#[derive(Clone, Debug, Default)]
+pub struct OverlayTarget {
+    /// The lower directories, topmost first (overlay's `lowerdir=` order).
+    pub lowers: Vec<PathBuf>,
+    /// Overlay runs with `userxattr`: the opaque marker is
+    /// `user.overlay.opaque` instead of `trusted.overlay.opaque`.
+    pub userxattr: bool,
+}
+
+/// What the merged lowers hold at a path.
+enum LowerHit {
+    Absent,
+    Found(usize, Metadata),
+    /// A parent of the path is a symlink in the lowers.
+    ThroughSymlink(PathBuf),
 }
 
 /// What applying a layer found.
@@ -323,8 +353,21 @@ fn extract(
         digester: Digester::new(alg),
     };
     let mut archive = tar::Archive::new(stream);
+    let lowers = match &opts.overlay {
+        Some(o) => o
+            .lowers
+            .iter()
+            .map(|l| Root::open(l))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApplyError::Sys {
+                layer: opts.name.clone(),
+                source: e,
+            })?,
+        None => Vec::new(),
+    };
     let mut a = Applier {
         root,
+        lowers,
         opts,
         written: HashSet::new(),
         dirs: Vec::new(),
@@ -353,6 +396,8 @@ fn extract(
 
 struct Applier<'a> {
     root: &'a Root,
+    /// Overlay mode: the lower directories, topmost first.
+    lowers: Vec<Root>,
     opts: &'a ApplyOptions,
     written: HashSet<PathBuf>,
     dirs: Vec<(PathBuf, Times)>,
@@ -422,9 +467,7 @@ impl Applier<'_> {
             return self.whiteout(&shown, &parent, &name, hidden);
         }
         let path = rel.as_path().to_path_buf();
-        self.root
-            .mkdir_all(&parent, 0o755)
-            .map_err(|e| self.sys(&shown, e))?;
+        self.make_parents(&shown, &parent)?;
         let existing = self.root.try_stat(&path).map_err(|e| self.sys(&shown, e))?;
         match kind {
             EntryType::Directory => {
@@ -439,6 +482,11 @@ impl Applier<'_> {
                         self.root
                             .mkdir(&path, 0o700)
                             .map_err(|e| self.sys(&shown, e))?;
+                        // A directory replacing this layer's whiteout must
+                        // not merge with what the lowers have there.
+                        if other.is_some_and(|m| is_whiteout(&m)) {
+                            self.set_opaque(&shown, &path)?;
+                        }
                     }
                 }
                 self.written.insert(path.clone());
@@ -454,6 +502,7 @@ impl Applier<'_> {
                 if target == rel {
                     return Ok(());
                 }
+                self.copy_up(&shown, target.as_path())?;
                 if existing.is_some() {
                     self.root
                         .remove_all(&path)
@@ -540,18 +589,259 @@ impl Applier<'_> {
                         .map_err(|e| self.sys(shown, e))?;
                 }
             }
-            return Ok(());
+            return self.opaque_over_lowers(shown, parent);
         }
         if hidden.is_empty() || hidden == b"." || hidden == b".." {
             return Err(self.entry_error(shown, "whiteout of an empty, '.' or '..' name"));
         }
         let target = parent.join(OsStr::from_bytes(hidden));
         match self.root.remove_all(&target) {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             // A whiteout under a directory that does not exist hides nothing.
-            Err(e) if matches!(e.raw_os_error(), Some(2 | 20)) => Ok(()),
-            Err(e) => Err(self.sys(shown, e)),
+            Err(e) if matches!(e.raw_os_error(), Some(2 | 20)) => {}
+            Err(e) => return Err(self.sys(shown, e)),
         }
+        match self.lower_lookup(shown, &target)? {
+            LowerHit::Absent => Ok(()),
+            LowerHit::ThroughSymlink(link) => Err(self.needs_mount(shown, &link)),
+            LowerHit::Found(..) => {
+                self.make_parents(shown, parent)?;
+                self.root
+                    .mknod(&target, FileKind::CharDevice, 0, 0)
+                    .map_err(|e| self.sys(shown, e))
+            }
+        }
+    }
+
+    /// Overlay mode: hides what the lowers have in `dir` (this layer's
+    /// entries stay): the opaque xattr, or at the top, where overlay does
+    /// not look for it, a whiteout per lower entry.
+    fn opaque_over_lowers(&mut self, shown: &Path, dir: &Path) -> Result<(), ApplyError> {
+        if self.lowers.is_empty() {
+            return Ok(());
+        }
+        if !dir.as_os_str().is_empty() {
+            match self.lower_lookup(shown, dir)? {
+                LowerHit::Found(_, m) if m.kind == FileKind::Dir => {}
+                LowerHit::ThroughSymlink(link) => return Err(self.needs_mount(shown, &link)),
+                _ => return Ok(()),
+            }
+            self.make_parents(shown, dir)?;
+            return self.set_opaque(shown, dir);
+        }
+        let mut names = HashSet::new();
+        for lower in &self.lowers {
+            for (name, _) in lower.read_dir(dir).map_err(|e| self.sys(shown, e))? {
+                names.insert(name);
+            }
+        }
+        for name in names {
+            let path = dir.join(&name);
+            if self.written.contains(&path) || self.root.try_stat(&path).ok().flatten().is_some() {
+                continue;
+            }
+            if matches!(self.lower_lookup(shown, &path)?, LowerHit::Found(..)) {
+                self.root
+                    .mknod(&path, FileKind::CharDevice, 0, 0)
+                    .map_err(|e| self.sys(shown, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_opaque(&self, shown: &Path, dir: &Path) -> Result<(), ApplyError> {
+        let Some(overlay) = &self.opts.overlay else {
+            return Ok(());
+        };
+        let name = if overlay.userxattr {
+            "user.overlay.opaque"
+        } else {
+            "trusted.overlay.opaque"
+        };
+        self.root
+            .set_xattr(dir, OsStr::new(name), b"y")
+            .map_err(|e| self.sys(shown, e))
+    }
+
+    fn needs_mount(&self, shown: &Path, link: &Path) -> ApplyError {
+        ApplyError::NeedsMount {
+            layer: self.opts.name.clone(),
+            entry: String::from_utf8_lossy(shown.as_os_str().as_bytes()).into_owned(),
+            symlink: link.to_path_buf(),
+        }
+    }
+
+    /// What the merged lowers hold at `path`, resolved the way overlay
+    /// does: whiteouts end the search, a non-directory hides everything
+    /// below it, an opaque directory hides the layers below it.
+    fn lower_lookup(&self, shown: &Path, path: &Path) -> Result<LowerHit, ApplyError> {
+        let mut live: Vec<usize> = (0..self.lowers.len()).collect();
+        let mut prefix = PathBuf::new();
+        let components: Vec<_> = path.components().collect();
+        let mut hit = None;
+        for (i, c) in components.iter().enumerate() {
+            prefix.push(c);
+            let last = i + 1 == components.len();
+            let mut next = Vec::new();
+            hit = None;
+            for &idx in &live {
+                let lower = &self.lowers[idx];
+                let m = match lower.try_stat(&prefix) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(e) if e.raw_os_error() == Some(20) => continue,
+                    Err(e) => return Err(self.sys(shown, e)),
+                };
+                if is_whiteout(&m) {
+                    break;
+                }
+                if hit.is_none() {
+                    hit = Some((idx, m.clone()));
+                }
+                if m.kind != FileKind::Dir {
+                    if next.is_empty() {
+                        next.push(idx);
+                    }
+                    break;
+                }
+                next.push(idx);
+                let opaque = ["trusted.overlay.opaque", "user.overlay.opaque"]
+                    .iter()
+                    .any(|n| matches!(lower.get_xattr(&prefix, OsStr::new(n)), Ok(Some(v)) if v == b"y"));
+                if opaque {
+                    break;
+                }
+            }
+            let Some((_, m)) = &hit else {
+                return Ok(LowerHit::Absent);
+            };
+            if !last && m.kind != FileKind::Dir {
+                if m.kind == FileKind::Symlink {
+                    return Ok(LowerHit::ThroughSymlink(prefix));
+                }
+                return Ok(LowerHit::Absent);
+            }
+            live = next;
+        }
+        Ok(match hit {
+            Some((idx, m)) => LowerHit::Found(idx, m),
+            None => LowerHit::Absent,
+        })
+    }
+
+    /// Creates the missing directories of `dir`. In overlay mode a
+    /// directory the lowers have is created with their mode, owner, xattrs
+    /// and time, as overlay's copy-up would.
+    fn make_parents(&mut self, shown: &Path, dir: &Path) -> Result<(), ApplyError> {
+        if self.lowers.is_empty() {
+            return self
+                .root
+                .mkdir_all(dir, 0o755)
+                .map_err(|e| self.sys(shown, e));
+        }
+        let mut prefix = PathBuf::new();
+        for c in dir.components() {
+            prefix.push(c);
+            if self
+                .root
+                .try_stat(&prefix)
+                .map_err(|e| self.sys(shown, e))?
+                .is_some()
+            {
+                // Must resolve to a directory (a file here is refused).
+                self.root
+                    .open_dir(&prefix)
+                    .map_err(|e| self.sys(shown, e))?;
+                continue;
+            }
+            match self.lower_lookup(shown, &prefix)? {
+                LowerHit::ThroughSymlink(link) => return Err(self.needs_mount(shown, &link)),
+                LowerHit::Found(idx, m) if m.kind == FileKind::Dir => {
+                    self.root
+                        .mkdir(&prefix, 0o700)
+                        .map_err(|e| self.sys(shown, e))?;
+                    self.copy_metadata(shown, idx, &prefix, &m)?;
+                    self.dirs.push((prefix.clone(), m.mtime));
+                }
+                LowerHit::Found(_, m) if m.kind == FileKind::Symlink => {
+                    return Err(self.needs_mount(shown, &prefix));
+                }
+                _ => self
+                    .root
+                    .mkdir(&prefix, 0o755)
+                    .map_err(|e| self.sys(shown, e))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Owner, mode and xattrs of lower `idx`'s `path` onto the same path in
+    /// the upper directory.
+    fn copy_metadata(
+        &self,
+        shown: &Path,
+        idx: usize,
+        path: &Path,
+        m: &Metadata,
+    ) -> Result<(), ApplyError> {
+        let lower = &self.lowers[idx];
+        let sys = |e| self.sys(shown, e);
+        self.root.chown(path, m.uid, m.gid).map_err(sys)?;
+        self.root.chmod(path, m.mode).map_err(sys)?;
+        for name in lower.list_xattrs(path).map_err(sys)? {
+            if name.as_bytes().starts_with(b"trusted.overlay.")
+                || name.as_bytes().starts_with(b"user.overlay.")
+            {
+                continue;
+            }
+            if let Some(v) = lower.get_xattr(path, &name).map_err(sys)? {
+                self.root.set_xattr(path, &name, &v).map_err(sys)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Overlay mode: a hard link's target that only the lowers have is
+    /// copied into the upper directory first, as overlay would on link.
+    fn copy_up(&mut self, shown: &Path, target: &Path) -> Result<(), ApplyError> {
+        if self.lowers.is_empty()
+            || self
+                .root
+                .try_stat(target)
+                .map_err(|e| self.sys(shown, e))?
+                .is_some()
+        {
+            return Ok(());
+        }
+        let (idx, m) = match self.lower_lookup(shown, target)? {
+            LowerHit::Found(idx, m) if m.kind != FileKind::Dir => (idx, m),
+            LowerHit::ThroughSymlink(link) => return Err(self.needs_mount(shown, &link)),
+            // Nothing to copy: linking reports the missing target.
+            _ => return Ok(()),
+        };
+        if let Some(parent) = target.parent() {
+            self.make_parents(shown, parent)?;
+        }
+        let sys = |e| self.sys(shown, e);
+        match m.kind {
+            FileKind::File => {
+                let src = self.lowers[idx].open_file(target).map_err(sys)?;
+                let dst = self.root.create_file(target, 0o600).map_err(sys)?;
+                strata_sys::copy::copy_contents(&src, &dst).map_err(|e| {
+                    self.entry_error(shown, format!("copy up {}: {e}", target.display()))
+                })?;
+            }
+            FileKind::Symlink => {
+                let link = self.lowers[idx].read_link(target).map_err(sys)?;
+                self.root.symlink(&link, target).map_err(sys)?;
+                return Ok(());
+            }
+            kind => {
+                self.root.mknod(target, kind, m.mode, m.rdev).map_err(sys)?;
+            }
+        }
+        self.copy_metadata(shown, idx, target, &m)?;
+        self.root.set_times(target, m.atime, m.mtime).map_err(sys)
     }
 
     fn metadata<R: Read>(
@@ -640,6 +930,11 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+/// An overlay whiteout: a 0/0 character device.
+fn is_whiteout(m: &Metadata) -> bool {
+    m.kind == FileKind::CharDevice && m.rdev == 0
 }
 
 fn parse_pax_time(v: &[u8]) -> Option<Times> {

@@ -24,6 +24,14 @@ pub enum ApplyError {
         expected: Digest,
         actual: Digest,
     },
+    /// An entry lies below a symlink of a lower layer: only a mounted
+    /// overlay can resolve it (write through the mount instead).
+    #[error("layer {layer}: entry {entry:?} lies below the lower layers' symlink {}; apply it through a mount", symlink.display())]
+    NeedsMount {
+        layer: String,
+        entry: String,
+        symlink: std::path::PathBuf,
+    },
     /// Reading the layer or writing the tree failed.
     #[error("layer {layer}: {source}")]
     Io {
@@ -46,6 +54,7 @@ impl Classify for ApplyError {
             ApplyError::Invalid { .. } | ApplyError::Entry { .. } | ApplyError::Mismatch { .. } => {
                 ErrorKind::Invalid
             }
+            ApplyError::NeedsMount { .. } => ErrorKind::FailedPrecondition,
             ApplyError::Io { source, .. } => Classify::kind(source),
             ApplyError::Sys { source, .. } => source.kind(),
         }

@@ -10,7 +10,7 @@ mod compression;
 mod error;
 mod write;
 
-pub use apply::{Applied, ApplyOptions, Limits, apply};
+pub use apply::{Applied, ApplyOptions, Limits, OverlayTarget, apply};
 pub use changes::{Change, ChangeFn, ChangeKind, Comparison, walk_changes, walk_upperdir_changes};
 pub use compression::Compression;
 pub use error::{ApplyError, DiffError};

@@ -1,0 +1,216 @@
+//! Applying straight into overlay upper directories: for the same layers,
+//! the mounted overlay of the upper directories renders exactly like the
+//! layers applied in order onto one plain directory. Layers come from random
+//! tree histories (whiteouts, type changes, hard links) and from hand-made
+//! tars with opaque markers, whiteouts re-created as directories and hard
+//! links to lower files. Needs root (mounts, whiteout devices).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use strata_core::Mount;
+use strata_diff::{ApplyError, ApplyOptions, Comparison, OverlayTarget, WriteOptions, apply};
+use strata_testkit::crash::Rng;
+use strata_testkit::tree::render;
+
+fn diff_layer(lower: Option<&Path>, upper: &Path) -> Vec<u8> {
+    strata_diff::write_layer(Vec::new(), upper, &WriteOptions::default(), |w| {
+        strata_diff::walk_changes(lower, upper, Comparison::Compat, &mut |c| w.change(&c))
+    })
+    .unwrap()
+    .1
+}
+
+/// Applies `layers` into fresh upper directories under `base`, each over
+/// the ones before, and returns the rendering of the mounted overlay.
+fn overlay_render(base: &Path, layers: &[Vec<u8>]) -> Result<String, ApplyError> {
+    let mut uppers: Vec<PathBuf> = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let upper = base.join(format!("u{i}"));
+        fs::create_dir(&upper).unwrap();
+        let lowers = uppers.iter().rev().cloned().collect();
+        let opts = ApplyOptions {
+            overlay: Some(OverlayTarget {
+                lowers,
+                userxattr: false,
+            }),
+            ..ApplyOptions::default()
+        };
+        apply(layer.as_slice(), &upper, &opts)?;
+        uppers.push(upper);
+    }
+    let empty = base.join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let mut lowerdirs: Vec<String> = uppers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    lowerdirs.push(empty.display().to_string());
+    let target = base.join("merged");
+    fs::create_dir(&target).unwrap();
+    let m = Mount {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        target: PathBuf::new(),
+        options: vec![format!("lowerdir={}", lowerdirs.join(":"))],
+    };
+    strata_sys::mount::mount(&m, &target).unwrap();
+    let out = render(&target);
+    strata_sys::mount::unmount(&target).unwrap();
+    Ok(out)
+}
+
+fn plain_render(base: &Path, layers: &[Vec<u8>]) -> String {
+    let dest = base.join("plain");
+    fs::create_dir(&dest).unwrap();
+    for layer in layers {
+        apply(layer.as_slice(), &dest, &ApplyOptions::default()).unwrap();
+    }
+    render(&dest)
+}
+
+#[test]
+fn random_histories_render_the_same_through_overlay() {
+    if !strata_testkit::require_root(
+        "strata-diff::random_histories_render_the_same_through_overlay",
+    ) {
+        return;
+    }
+    for seed in 1..=8u64 {
+        let mut rng = Rng::new(seed * 7919);
+        let t = tempfile::tempdir().unwrap();
+        let work = t.path().join("work");
+        fs::create_dir(&work).unwrap();
+        let mut layers = Vec::new();
+        let mut prev: Option<PathBuf> = None;
+        for step in 0..4 {
+            let tree = t.path().join(format!("t{step}"));
+            match &prev {
+                Some(p) => {
+                    strata_native::copy_tree(p, &tree).unwrap();
+                    strata_testkit::random_tree::mutate(&tree, &mut rng, 20);
+                }
+                None => {
+                    fs::create_dir(&tree).unwrap();
+                    strata_testkit::random_tree::populate(&tree, &mut rng, 50);
+                }
+            }
+            layers.push(diff_layer(prev.as_deref(), &tree));
+            prev = Some(tree);
+        }
+        let plain = plain_render(&work, &layers);
+        assert_eq!(
+            plain,
+            render(prev.as_ref().unwrap()),
+            "seed {seed}: plain apply reproduces the last tree"
+        );
+        assert_eq!(
+            overlay_render(&work, &layers).unwrap(),
+            plain,
+            "seed {seed}: overlay upper directories"
+        );
+    }
+}
+
+/// A raw tar entry (hand-made layers).
+fn entry(path: &str, kind: tar::EntryType, data: &[u8], link: &str) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_entry_type(kind);
+    h.set_size(data.len() as u64);
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+fn tar_of(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = entries.concat();
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
+
+#[test]
+fn opaque_markers_whiteouts_and_links_to_lower_files() {
+    if !strata_testkit::require_root(
+        "strata-diff::opaque_markers_whiteouts_and_links_to_lower_files",
+    ) {
+        return;
+    }
+    use tar::EntryType::{Directory as D, Link as L, Regular as F};
+    let layers = vec![
+        tar_of(&[
+            entry("etc/", D, b"", ""),
+            entry("etc/a", F, b"a", ""),
+            entry("etc/b", F, b"b", ""),
+            entry("opt/", D, b"", ""),
+            entry("opt/x/", D, b"", ""),
+            entry("opt/x/old", F, b"old", ""),
+            entry("top1", F, b"1", ""),
+            entry("top2", F, b"2", ""),
+            entry("data/", D, b"", ""),
+            entry("data/shared", F, b"shared", ""),
+        ]),
+        tar_of(&[
+            // Opaque etc: a and b go, c stays.
+            entry("etc/", D, b"", ""),
+            entry("etc/.wh..wh..opq", F, b"", ""),
+            entry("etc/c", F, b"c", ""),
+            // Whiteout then a directory of the same name: nothing merges.
+            entry("opt/.wh.x", F, b"", ""),
+            entry("opt/x/", D, b"", ""),
+            entry("opt/x/new", F, b"new", ""),
+            // A whiteout of nothing makes nothing.
+            entry(".wh.never", F, b"", ""),
+            // A hard link to a lower file, with no parent entry.
+            entry("data/link", L, b"", "data/shared"),
+        ]),
+        tar_of(&[
+            // Opaque at the top: only what this layer brings survives.
+            entry(".wh..wh..opq", F, b"", ""),
+            entry("top3", F, b"3", ""),
+        ]),
+    ];
+    let t = tempfile::tempdir().unwrap();
+    let two = t.path().join("two");
+    let three = t.path().join("three");
+    fs::create_dir(&two).unwrap();
+    fs::create_dir(&three).unwrap();
+    assert_eq!(
+        overlay_render(&two, &layers[..2]).unwrap(),
+        plain_render(&two, &layers[..2])
+    );
+    assert!(!two.join("u1/.wh.never").exists() && !two.join("u1/never").exists());
+    assert_eq!(
+        overlay_render(&three, &layers).unwrap(),
+        plain_render(&three, &layers)
+    );
+}
+
+#[test]
+fn entries_below_a_lower_symlink_need_a_mount() {
+    if !strata_testkit::require_root("strata-diff::entries_below_a_lower_symlink_need_a_mount") {
+        return;
+    }
+    use tar::EntryType::{Directory as D, Regular as F, Symlink as S};
+    let layers = vec![
+        tar_of(&[
+            entry("usr/", D, b"", ""),
+            entry("usr/lib/", D, b"", ""),
+            entry("lib", S, b"", "usr/lib"),
+        ]),
+        tar_of(&[entry("lib/x", F, b"x", "")]),
+    ];
+    let t = tempfile::tempdir().unwrap();
+    let err = overlay_render(t.path(), &layers).unwrap_err();
+    assert!(matches!(err, ApplyError::NeedsMount { .. }), "{err}");
+}
