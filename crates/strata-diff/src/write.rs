@@ -228,7 +228,9 @@ impl LayerWriter<'_> {
 
     /// Adds one change.
     pub fn change(&mut self, c: &Change) -> Result<(), DiffError> {
-        if let Some(parent) = c.path.parent() {
+        if c.kind != ChangeKind::Unmodified
+            && let Some(parent) = c.path.parent()
+        {
             self.parents(parent)?;
         }
         match c.kind {

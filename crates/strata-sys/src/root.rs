@@ -294,18 +294,25 @@ impl Root {
     /// must be inside the root and must not be a directory. A symlink is
     /// linked as the symlink itself.
     pub fn hardlink(&self, existing: &Path, path: &Path) -> SysResult<()> {
-        let src = self.parent("link", existing)?;
+        self.hardlink_from(self, existing, path)
+    }
+
+    /// Creates a hard link at `path` in this root to `existing` in the root
+    /// `from` (another tree on the same file system; `EXDEV` otherwise).
+    /// Directories are refused, a symlink is linked as itself.
+    pub fn hardlink_from(&self, from: &Root, existing: &Path, path: &Path) -> SysResult<()> {
+        let src = from.parent("link", existing)?;
         let st = rfs::statx(
             &src.fd,
             &src.name,
             AtFlags::SYMLINK_NOFOLLOW,
             StatxFlags::TYPE,
         )
-        .map_err(|e| self.io("link", &src.rel, e))?;
+        .map_err(|e| from.io("link", &src.rel, e))?;
         if FileKind::from_mode(u32::from(st.stx_mode)) == FileKind::Dir {
             return Err(SysError::Refused {
                 op: "hard-link",
-                path: self.display(&src.rel),
+                path: from.display(&src.rel),
                 reason: "the link target is a directory",
             });
         }

@@ -1,0 +1,624 @@
+//! The merge engine (the seed's MergeSnapshotter, §6.2–6.4): a new
+//! committed snapshot made of the changes of a list of diffs, applied in
+//! order (later ones win).
+//!
+//! * `Merge` semantics: diffs with no lower and a whole snapshot as upper;
+//!   on overlay the first input, when it has no parent, becomes the base of
+//!   the result instead of being copied (base-layer skipping).
+//! * `ApplySnapshotDiff` semantics: one diff from a lower to an upper
+//!   snapshot onto an empty base: a fresh tree holding what changed, with
+//!   deletions dropped.
+//!
+//! Changes come from the overlay upper directory when the upper snapshot
+//! is the lower one plus one layer (cost: what changed), from the double
+//! walk otherwise. Files are hard-linked from the committed source
+//! snapshot's own directory (never through a mount), falling back to a
+//! copy (reflink when the file system can) on `EXDEV` or `EMLINK`. Into an
+//! overlay result, deletes become whiteouts where the base has the path and
+//! a directory replacing a non-directory is made opaque. Directory mtimes
+//! are set at the end. The usage stored with the result leaves out the
+//! inodes it shares with its inputs.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use strata_core::{Labels, Mount};
+use strata_snapshot::mounts::{LocalMount, MountOptions};
+use strata_snapshot::{Kind, SnapshotError, SnapshotStore, Snapshotter, Usage};
+use strata_sys::{FileKind, Metadata, Root, Times};
+
+use crate::changes::{Change, ChangeKind, Comparison, walk_changes, walk_upperdir_changes};
+use crate::error::DiffError;
+
+/// Label holding a merged snapshot's own size (bytes), which overrides the
+/// backend's usage (shared inodes are not its own).
+pub const USAGE_SIZE_LABEL: &str = "strata.io/merge.usage.size";
+/// Label holding a merged snapshot's own inode count.
+pub const USAGE_INODES_LABEL: &str = "strata.io/merge.usage.inodes";
+
+/// One input of a merge: the changes from `lower` (empty when `None`) to
+/// `upper` (an empty tree when `None`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// The snapshot the changes are taken against.
+    pub lower: Option<String>,
+    /// The snapshot holding the changes.
+    pub upper: Option<String>,
+    /// How entries present on both sides are compared.
+    pub comparison: Comparison,
+}
+
+impl Diff {
+    /// A whole snapshot as a merge input.
+    pub fn whole(key: &str) -> Diff {
+        Diff {
+            upper: Some(key.to_owned()),
+            ..Diff::default()
+        }
+    }
+}
+
+/// What a merge did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MergeStats {
+    /// Changes applied.
+    pub changes: u64,
+    /// Files shared with an input by hard link.
+    pub linked: u64,
+    /// Files copied.
+    pub copied: u64,
+    /// The result's own usage.
+    pub usage: Usage,
+}
+
+/// Merges snapshots of one [`SnapshotStore`].
+#[derive(Clone, Debug)]
+pub struct Merger {
+    store: SnapshotStore,
+    tmp: PathBuf,
+    userxattr: bool,
+}
+
+/// An overlay mount's layers, bottom first (its upper directory last), or
+/// `None` when it has options the fast path does not understand.
+pub(crate) fn overlay_layers(m: &Mount) -> Option<Vec<PathBuf>> {
+    if m.kind != "overlay" {
+        return None;
+    }
+    let mut lowers = Vec::new();
+    let mut upper = None;
+    for o in &m.options {
+        if let Some(v) = o.strip_prefix("lowerdir=") {
+            lowers.extend(v.split(':').map(PathBuf::from));
+        } else if let Some(v) = o.strip_prefix("lowerdir+=") {
+            lowers.push(PathBuf::from(v));
+        } else if let Some(v) = o.strip_prefix("upperdir=") {
+            upper = Some(PathBuf::from(v));
+        } else if !(o.starts_with("workdir=")
+            || o == "index=off"
+            || o == "index=on"
+            || o == "userxattr"
+            || o == "volatile"
+            || o == "ro"
+            || o.starts_with("redirect_dir="))
+        {
+            return None;
+        }
+    }
+    lowers.reverse();
+    lowers.extend(upper);
+    Some(lowers)
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind")
+}
+
+/// The layers of a mount list, bottom first.
+fn layers_of(mounts: &[Mount]) -> Option<Vec<PathBuf>> {
+    match mounts {
+        [m] if is_bind(m) => Some(vec![m.source.clone()]),
+        [m] => overlay_layers(m),
+        _ => None,
+    }
+}
+
+/// The seed's `GetUpperdir`: the one directory by which `upper` extends
+/// `lower`, if it does.
+fn upperdir_of(lower: &[Mount], upper: &[Mount]) -> Option<PathBuf> {
+    let [u] = upper else { return None };
+    let up = overlay_layers(u)?;
+    let low = layers_of(lower)?;
+    (up.len() == low.len() + 1 && up[..low.len()] == low[..]).then(|| up[low.len()].clone())
+}
+
+/// A tree to read: used in place when it is a single bind, else mounted.
+struct Tree {
+    path: PathBuf,
+    _mount: Option<LocalMount>,
+    /// Where files really live, topmost first (for hard links).
+    layers: Vec<PathBuf>,
+    mounts: Vec<Mount>,
+}
+
+impl Tree {
+    fn open(mounts: Vec<Mount>, tmp: &Path) -> Result<Tree, DiffError> {
+        let mut layers = layers_of(&mounts).unwrap_or_default();
+        layers.reverse();
+        if let [m] = mounts.as_slice()
+            && is_bind(m)
+        {
+            return Ok(Tree {
+                path: m.source.clone(),
+                _mount: None,
+                layers,
+                mounts,
+            });
+        }
+        let mount = LocalMount::mount(
+            &mounts,
+            tmp,
+            MountOptions {
+                force_remount: true,
+                temporary: true,
+            },
+        )?;
+        Ok(Tree {
+            path: mount.path().to_path_buf(),
+            _mount: Some(mount),
+            layers,
+            mounts,
+        })
+    }
+}
+
+/// Where a merge writes: the result's own directory.
+struct Dest {
+    root: Root,
+    /// Overlay result: its lower directories.
+    lowers: Vec<Root>,
+    overlay: bool,
+    userxattr: bool,
+    dir_times: HashMap<PathBuf, Times>,
+    shared: HashSet<(u64, u64)>,
+    stats: MergeStats,
+}
+
+impl Merger {
+    /// A merger over `store`, mounting inputs under `tmp`. `userxattr`
+    /// says overlay runs with `userxattr` (user namespaces).
+    pub fn new(store: SnapshotStore, tmp: PathBuf, userxattr: bool) -> Merger {
+        Merger {
+            store,
+            tmp,
+            userxattr,
+        }
+    }
+
+    /// The usage of `key`: what a merge stored, else the backend's.
+    pub async fn usage(&self, key: &str) -> Result<Usage, DiffError> {
+        let info = self.store.stat(key).await?;
+        let size = info.labels.get(USAGE_SIZE_LABEL);
+        let inodes = info.labels.get(USAGE_INODES_LABEL);
+        if size.is_none() && inodes.is_none() {
+            return Ok(self.store.usage(key).await?);
+        }
+        let parse = |v: Option<&String>| -> Result<u64, DiffError> {
+            v.map_or(Ok(0), |v| {
+                v.parse().map_err(|_| {
+                    DiffError::Snapshot(SnapshotError::Invalid(format!(
+                        "snapshot {key:?}: usage label {v:?} is not a number"
+                    )))
+                })
+            })
+        };
+        Ok(Usage {
+            size: parse(size)?,
+            inodes: parse(inodes)?,
+        })
+    }
+
+    /// Creates the committed snapshot `key` from `diffs` (later ones win).
+    /// A failed merge leaves nothing behind.
+    pub async fn merge(
+        &self,
+        key: &str,
+        diffs: &[Diff],
+        labels: Labels,
+    ) -> Result<MergeStats, DiffError> {
+        let overlay = self.store.name() == "overlay";
+        let mut base: Option<String> = None;
+        let mut skip = 0;
+        if overlay {
+            for d in diffs {
+                let parent = match &d.upper {
+                    Some(u) => self.store.stat(u).await?.parent,
+                    None => None,
+                };
+                if !(parent == d.lower && d.lower == base) || d.upper.is_none() {
+                    break;
+                }
+                base.clone_from(&d.upper);
+                skip += 1;
+            }
+        }
+        let prepare_key = format!("merge-{}", strata_core::id::new_id());
+        let mounts = self
+            .store
+            .prepare(&prepare_key, base.as_deref(), Labels::new())
+            .await?;
+        let result = self.fill(&mounts, &diffs[skip..], overlay).await;
+        let stats = match result {
+            Ok(stats) => stats,
+            Err(e) => {
+                self.discard(&prepare_key).await;
+                return Err(e);
+            }
+        };
+        let mut labels = labels;
+        labels.insert(USAGE_SIZE_LABEL.into(), stats.usage.size.to_string());
+        labels.insert(USAGE_INODES_LABEL.into(), stats.usage.inodes.to_string());
+        if let Err(e) = self.store.commit(key, &prepare_key, labels).await {
+            self.discard(&prepare_key).await;
+            return Err(e.into());
+        }
+        Ok(stats)
+    }
+
+    async fn discard(&self, key: &str) {
+        if let Err(e) = self.store.remove(key).await {
+            tracing::warn!(key, error = %e, "could not remove the snapshot of a failed merge");
+        }
+    }
+
+    /// Mounts of a merge input: a committed snapshot's read-only view, an
+    /// active one's own mounts, or an empty tree.
+    async fn input(&self, key: Option<&str>) -> Result<(Vec<Mount>, bool), DiffError> {
+        let Some(key) = key else {
+            let empty = self
+                .tmp
+                .join(format!("empty-{}", strata_core::id::new_id()));
+            std::fs::create_dir(&empty).map_err(|e| DiffError::io("create", &empty, e))?;
+            return Ok((vec![Mount::bind(empty, true)], false));
+        };
+        let info = self.store.stat(key).await?;
+        if info.kind == Kind::Committed {
+            Ok((self.store.view_mounts(key)?, true))
+        } else {
+            Ok((self.store.mounts(key).await?, false))
+        }
+    }
+
+    async fn fill(
+        &self,
+        mounts: &[Mount],
+        diffs: &[Diff],
+        overlay: bool,
+    ) -> Result<MergeStats, DiffError> {
+        let [m] = mounts else {
+            return Err(DiffError::Unsupported {
+                path: self.tmp.clone(),
+                reason: format!("expected exactly one mount, got {}", mounts.len()),
+            });
+        };
+        let (root, lowers) = match overlay_layers(m) {
+            Some(mut layers) if m.kind == "overlay" => {
+                let upper = layers.pop().ok_or_else(|| DiffError::Unsupported {
+                    path: self.tmp.clone(),
+                    reason: "the merge's overlay has no upper directory".into(),
+                })?;
+                layers.reverse();
+                (upper, layers)
+            }
+            _ => (m.source.clone(), Vec::new()),
+        };
+        let mut dest = Dest {
+            root: Root::open(&root)?,
+            lowers: lowers
+                .iter()
+                .map(|l| Root::open(l))
+                .collect::<Result<_, _>>()?,
+            overlay: m.kind == "overlay",
+            userxattr: self.userxattr,
+            dir_times: HashMap::new(),
+            shared: HashSet::new(),
+            stats: MergeStats::default(),
+        };
+        let mut scratch = Vec::new();
+        for d in diffs {
+            let (lower, _) = match &d.lower {
+                Some(l) => {
+                    let (m, c) = self.input(Some(l)).await?;
+                    (Some(m), c)
+                }
+                None => (None, false),
+            };
+            let (upper, committed) = self.input(d.upper.as_deref()).await?;
+            if d.upper.is_none() {
+                scratch.push(upper[0].source.clone());
+            }
+            let lower = lower.map(|m| Tree::open(m, &self.tmp)).transpose()?;
+            let upper = Tree::open(upper, &self.tmp)?;
+            // Links only from committed inputs, which never change; and
+            // only on the backends whose snapshots are never written in
+            // place once committed.
+            let link = committed && (overlay || self.store.name() == "native");
+            dest.diff(lower.as_ref(), &upper, d.comparison, link)?;
+        }
+        for dir in scratch {
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a scratch directory");
+            }
+        }
+        dest.flush()?;
+        dest.stats.usage = dest.usage()?;
+        Ok(dest.stats)
+    }
+}
+
+/// A change with the file it came from.
+struct Source<'a> {
+    root: &'a Root,
+    meta: Metadata,
+    /// An earlier path of this diff with the same inode.
+    link: Option<PathBuf>,
+}
+
+impl Dest {
+    fn diff(
+        &mut self,
+        lower: Option<&Tree>,
+        upper: &Tree,
+        comparison: Comparison,
+        link: bool,
+    ) -> Result<(), DiffError> {
+        let view = Root::open(&upper.path)?;
+        let layers: Vec<Root> = upper
+            .layers
+            .iter()
+            .map(|l| Root::open(l))
+            .collect::<Result<_, _>>()?;
+        let fast = lower.and_then(|l| upperdir_of(&l.mounts, &upper.mounts));
+        let mut seen: HashMap<(u64, u64), PathBuf> = HashMap::new();
+        let mut handle = |c: Change| -> Result<(), DiffError> {
+            if c.kind == ChangeKind::Unmodified {
+                return Ok(());
+            }
+            self.check_parents(&c.path, &view)?;
+            let src = match (&c.kind, &c.meta) {
+                (ChangeKind::Delete, _) | (_, None) => None,
+                (_, Some(m)) => {
+                    let (root, meta) = if m.kind == FileKind::Dir {
+                        (&view, m.clone())
+                    } else {
+                        resolve(&layers, &view, &c.path)?
+                    };
+                    let mut linked = None;
+                    if meta.kind != FileKind::Dir && meta.nlink > 1 {
+                        match seen.get(&(meta.dev, meta.ino)) {
+                            Some(first) => linked = Some(first.clone()),
+                            None => {
+                                seen.insert((meta.dev, meta.ino), c.path.clone());
+                            }
+                        }
+                    }
+                    Some(Source {
+                        root,
+                        meta,
+                        link: linked,
+                    })
+                }
+            };
+            self.apply(&c, src, link)
+        };
+        match (fast, lower) {
+            (Some(upperdir), Some(lower)) => {
+                walk_upperdir_changes(&upperdir, &upper.path, &lower.path, comparison, &mut handle)
+            }
+            _ => walk_changes(
+                lower.map(|l| l.path.as_path()),
+                &upper.path,
+                comparison,
+                &mut handle,
+            ),
+        }
+    }
+
+    /// Creates or updates the directories above `path` first (the seed's
+    /// `checkParent`), from the upper view.
+    fn check_parents(&mut self, path: &Path, view: &Root) -> Result<(), DiffError> {
+        let mut missing = Vec::new();
+        let mut p = path.parent();
+        while let Some(dir) = p.filter(|d| !d.as_os_str().is_empty()) {
+            if self.dir_times.contains_key(dir) {
+                break;
+            }
+            missing.push(dir.to_path_buf());
+            p = dir.parent();
+        }
+        for dir in missing.into_iter().rev() {
+            let meta = view.stat(&dir)?;
+            let change = Change {
+                kind: ChangeKind::Modify,
+                path: dir,
+                meta: Some(meta.clone()),
+            };
+            self.apply(
+                &change,
+                Some(Source {
+                    root: view,
+                    meta,
+                    link: None,
+                }),
+                false,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, c: &Change, src: Option<Source<'_>>, link: bool) -> Result<(), DiffError> {
+        self.stats.changes += 1;
+        let path = c.path.as_path();
+        let existing = match self.root.try_stat(path) {
+            Ok(m) => m,
+            Err(e) if e.raw_os_error() == Some(20) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let delete_only = c.kind == ChangeKind::Delete;
+        let both_dirs = matches!((&existing, &src), (Some(d), Some(s)) if d.kind == FileKind::Dir && s.meta.kind == FileKind::Dir);
+        let overwrite = !delete_only && existing.is_some() && !both_dirs;
+        let mut opaque = false;
+        if delete_only || overwrite {
+            if existing.is_some() {
+                self.root.remove_all(path)?;
+            }
+            if overwrite
+                && self.overlay
+                && src.as_ref().is_some_and(|s| s.meta.kind == FileKind::Dir)
+            {
+                opaque = true;
+            }
+            if delete_only {
+                if self.overlay && self.lower_has(path)? {
+                    self.root.mknod(path, FileKind::CharDevice, 0, 0)?;
+                }
+                return Ok(());
+            }
+        }
+        let Some(src) = src else { return Ok(()) };
+        let m = &src.meta;
+        if !matches!(m.kind, FileKind::Dir | FileKind::Fifo | FileKind::Socket) {
+            if let Some(first) = &src.link {
+                self.root.hardlink(first, path)?;
+                return Ok(());
+            }
+            if link {
+                match self.root.hardlink_from(src.root, path, path) {
+                    Ok(()) => {
+                        self.shared.insert((m.dev, m.ino));
+                        self.stats.linked += 1;
+                        return Ok(());
+                    }
+                    // Another file system, or too many links: copy.
+                    Err(e) if matches!(e.raw_os_error(), Some(18 | 31)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        match m.kind {
+            FileKind::File => {
+                let from = src.root.open_file(path)?;
+                let to = self.root.create_file(path, 0o600)?;
+                strata_sys::copy::copy_contents(&from, &to)
+                    .map_err(|e| DiffError::io("copy", self.root.path().join(path), e))?;
+                self.stats.copied += 1;
+            }
+            FileKind::Dir => {
+                if existing.is_none() || overwrite {
+                    self.root.mkdir(path, 0o700)?;
+                }
+            }
+            FileKind::Symlink => {
+                let target = src.root.read_link(path)?;
+                self.root.symlink(&target, path)?;
+            }
+            kind => self.root.mknod(path, kind, m.mode, m.rdev)?,
+        }
+        self.root.chown(path, m.uid, m.gid)?;
+        if m.kind != FileKind::Symlink {
+            self.root.chmod(path, m.mode)?;
+        }
+        for name in src.root.list_xattrs(path).unwrap_or_default() {
+            let b = name.as_bytes();
+            if b == b"trusted.overlay.opaque" || b == b"user.overlay.opaque" {
+                continue;
+            }
+            if let Some(v) = src.root.get_xattr(path, &name)?
+                && let Err(e) = self.root.set_xattr(path, &name, &v)
+            {
+                tracing::debug!(path = %path.display(), xattr = %name.to_string_lossy(), error = %e, "could not copy an xattr");
+            }
+        }
+        if opaque {
+            let name = if self.userxattr {
+                "user.overlay.opaque"
+            } else {
+                "trusted.overlay.opaque"
+            };
+            self.root.set_xattr(path, OsStr::new(name), b"y")?;
+        }
+        if m.kind == FileKind::Dir {
+            self.dir_times.insert(path.to_path_buf(), m.mtime);
+        } else {
+            self.root.set_times(path, m.atime, m.mtime)?;
+        }
+        Ok(())
+    }
+
+    fn lower_has(&self, path: &Path) -> Result<bool, DiffError> {
+        for lower in &self.lowers {
+            match lower.try_stat(path) {
+                Ok(Some(_)) => return Ok(true),
+                Ok(None) => {}
+                Err(e) if e.raw_os_error() == Some(20) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Sets the recorded directory mtimes (creating children changed them).
+    fn flush(&self) -> Result<(), DiffError> {
+        for (dir, mtime) in &self.dir_times {
+            match self.root.stat(dir) {
+                Ok(m) if m.kind == FileKind::Dir => self.root.set_times(dir, m.atime, *mtime)?,
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(2 | 20)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Size and inodes of the result's own directory, each inode once,
+    /// without the ones shared with inputs.
+    fn usage(&self) -> Result<Usage, DiffError> {
+        let mut seen = HashSet::new();
+        let mut usage = Usage::default();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(dir) = stack.pop() {
+            let m = self.root.stat(&dir)?;
+            if seen.insert((m.dev, m.ino)) && !self.shared.contains(&(m.dev, m.ino)) {
+                usage.inodes += 1;
+                usage.size += m.blocks * 512;
+            }
+            if m.kind != FileKind::Dir {
+                continue;
+            }
+            for (name, _) in self.root.read_dir(&dir)? {
+                stack.push(dir.join(name));
+            }
+        }
+        Ok(usage)
+    }
+}
+
+/// The real file behind `path` of an upper tree: the topmost layer that has
+/// it, else the view itself.
+fn resolve<'a>(
+    layers: &'a [Root],
+    view: &'a Root,
+    path: &Path,
+) -> Result<(&'a Root, Metadata), DiffError> {
+    for layer in layers {
+        match layer.try_stat(path) {
+            Ok(Some(m)) => return Ok((layer, m)),
+            Ok(None) => {}
+            Err(e) if e.raw_os_error() == Some(20) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((view, view.stat(path)?))
+}

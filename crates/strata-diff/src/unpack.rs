@@ -1,0 +1,87 @@
+//! Unpacking a layer into a new committed snapshot: prepare on the parent,
+//! apply, commit; on any failure (a hostile entry, a digest or diffID
+//! mismatch) the half-applied snapshot is removed, never committed.
+//!
+//! On overlay the layer is written straight into the new upper directory
+//! (no mount); a layer that reaches below a lower layer's symlink is
+//! applied again through a mount of the snapshot.
+
+use std::io::Read;
+
+use strata_core::Labels;
+use strata_snapshot::mounts::{LocalMount, MountOptions};
+use strata_snapshot::{SnapshotStore, Snapshotter};
+
+use crate::apply::{Applied, ApplyOptions, OverlayTarget, apply};
+use crate::error::{ApplyError, DiffError};
+use crate::merge::overlay_layers;
+
+/// Opens the layer (again, when it must be applied a second way).
+pub type LayerSource<'a> = dyn Fn() -> std::io::Result<Box<dyn Read + Send>> + Sync + 'a;
+
+/// Applies the layer `open` gives onto `parent` as the committed snapshot
+/// `key`. Mounts, when needed, go under `tmp`.
+pub async fn unpack(
+    store: &SnapshotStore,
+    key: &str,
+    parent: Option<&str>,
+    open: &LayerSource<'_>,
+    opts: &ApplyOptions,
+    tmp: &std::path::Path,
+    labels: Labels,
+) -> Result<Applied, DiffError> {
+    let active = format!("extract-{}", strata_core::id::new_id());
+    let mounts = store.prepare(&active, parent, Labels::new()).await?;
+    let applied = apply_to_mounts(&mounts, open, opts, tmp);
+    let result = match applied {
+        Ok(applied) => store
+            .commit(key, &active, labels)
+            .await
+            .map(|()| applied)
+            .map_err(DiffError::from),
+        Err(e) => Err(e),
+    };
+    if result.is_err()
+        && let Err(e) = store.remove(&active).await
+    {
+        tracing::warn!(key = active, error = %e, "could not discard a failed unpack");
+    }
+    result
+}
+
+fn apply_to_mounts(
+    mounts: &[strata_core::Mount],
+    open: &LayerSource<'_>,
+    opts: &ApplyOptions,
+    tmp: &std::path::Path,
+) -> Result<Applied, DiffError> {
+    let io = |e| DiffError::io("open layer", opts.name.clone(), e);
+    if let [m] = mounts
+        && let Some(mut layers) = overlay_layers(m)
+        && m.kind == "overlay"
+        && let Some(upper) = layers.pop()
+    {
+        layers.reverse();
+        let direct = ApplyOptions {
+            overlay: Some(OverlayTarget {
+                lowers: layers,
+                userxattr: m.options.iter().any(|o| o == "userxattr"),
+            }),
+            ..opts.clone()
+        };
+        match apply(open().map_err(io)?, &upper, &direct) {
+            Err(ApplyError::NeedsMount { .. }) => {
+                tracing::debug!(layer = opts.name, "applying through a mount instead");
+                let root = strata_sys::Root::open(&upper)?;
+                for (name, _) in root.read_dir(std::path::Path::new(""))? {
+                    root.remove_all(std::path::Path::new(&name))?;
+                }
+            }
+            other => return Ok(other?),
+        }
+    }
+    let mount = LocalMount::mount(mounts, tmp, MountOptions::default())?;
+    let applied = apply(open().map_err(io)?, mount.path(), opts)?;
+    mount.unmount()?;
+    Ok(applied)
+}

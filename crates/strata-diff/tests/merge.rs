@@ -1,0 +1,274 @@
+//! The merge engine and unpacking into snapshots, on both backends with
+//! real mounts: merge(S1..Sn) renders like the layers applied in order onto
+//! one directory; a snapshot diff holds what changed (deletions dropped)
+//! whether read from the overlay upper directory or by the double walk; a
+//! failed unpack leaves no snapshot; merged files share inodes with their
+//! inputs and the stored usage leaves them out. Needs root.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use strata_core::Labels;
+use strata_diff::{
+    ApplyOptions, Comparison, Diff, Merger, WriteOptions, apply, unpack, walk_changes, write_layer,
+};
+use strata_metadata::MetaDb;
+use strata_snapshot::{Backend, SnapshotStore, Snapshotter};
+use strata_testkit::crash::Rng;
+use strata_testkit::tree::render;
+
+struct Env {
+    _t: tempfile::TempDir,
+    base: PathBuf,
+    store: SnapshotStore,
+    merger: Merger,
+}
+
+fn env(backend: &str) -> Env {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let db = Arc::new(MetaDb::open(&root.join("meta.redb")).unwrap());
+    let b: Arc<dyn Backend> = if backend == "overlay" {
+        Arc::new(
+            strata_overlay::Overlay::new(
+                &root.join("snapshots"),
+                strata_overlay::OverlayConfig::default(),
+            )
+            .unwrap(),
+        )
+    } else {
+        Arc::new(strata_native::Native)
+    };
+    let store = SnapshotStore::open(&root, db, b).unwrap();
+    let tmp = root.join("tmp");
+    Env {
+        base: t.path().to_path_buf(),
+        merger: Merger::new(store.clone(), tmp, false),
+        store,
+        _t: t,
+    }
+}
+
+fn layer_of(lower: Option<&Path>, upper: &Path, cmp: Comparison) -> Vec<u8> {
+    changes_layer(lower, upper, cmp, true)
+}
+
+/// A layer of the changes; without `unmodified`, hard links to paths that
+/// did not change are not made (a diff snapshot does not have them).
+fn changes_layer(lower: Option<&Path>, upper: &Path, cmp: Comparison, unmodified: bool) -> Vec<u8> {
+    write_layer(Vec::new(), upper, &WriteOptions::default(), |w| {
+        walk_changes(lower, upper, cmp, &mut |c| {
+            if unmodified || c.kind != strata_diff::ChangeKind::Unmodified {
+                w.change(&c)?;
+            }
+            Ok(())
+        })
+    })
+    .unwrap()
+    .1
+}
+
+async fn unpack_bytes(e: &Env, key: &str, parent: Option<&str>, layer: Vec<u8>) {
+    let open = move || -> std::io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(std::io::Cursor::new(layer.clone())))
+    };
+    unpack(
+        &e.store,
+        key,
+        parent,
+        &open,
+        &ApplyOptions::default(),
+        &e.base,
+        Labels::new(),
+    )
+    .await
+    .unwrap();
+}
+
+async fn render_snapshot(e: &Env, key: &str) -> String {
+    let mounts = e.store.view_mounts(key).unwrap();
+    let m = strata_snapshot::mounts::LocalMount::mount(
+        &mounts,
+        &e.base,
+        strata_snapshot::mounts::MountOptions {
+            force_remount: true,
+            temporary: true,
+        },
+    )
+    .unwrap();
+    render(m.path())
+}
+
+fn random_trees(base: &Path, seed: u64, n: usize) -> Vec<PathBuf> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let d = base.join(format!("tree{seed}-{i}"));
+            fs::create_dir(&d).unwrap();
+            strata_testkit::random_tree::populate(&d, &mut rng, 40);
+            d
+        })
+        .collect()
+}
+
+async fn merge_equals_ordered_apply(backend: &str) {
+    let e = env(backend);
+    for seed in 1..=4u64 {
+        let trees = random_trees(&e.base, seed, 3);
+        let reference = e.base.join(format!("ref{seed}"));
+        fs::create_dir(&reference).unwrap();
+        let mut keys = Vec::new();
+        for (i, t) in trees.iter().enumerate() {
+            let layer = layer_of(None, t, Comparison::Compat);
+            apply(layer.as_slice(), &reference, &ApplyOptions::default()).unwrap();
+            let key = format!("s{seed}-{i}");
+            unpack_bytes(&e, &key, None, layer).await;
+            keys.push(key);
+        }
+        let diffs: Vec<Diff> = keys.iter().map(|k| Diff::whole(k)).collect();
+        let merged = format!("merged{seed}");
+        let stats = e
+            .merger
+            .merge(&merged, &diffs, Labels::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            render_snapshot(&e, &merged).await,
+            render(&reference),
+            "{backend} seed {seed}"
+        );
+        assert!(
+            stats.linked > 0,
+            "{backend}: merged files share inodes: {stats:?}"
+        );
+        let usage = e.merger.usage(&merged).await.unwrap();
+        assert_eq!(usage, stats.usage);
+        let backend_usage = e.store.usage(&merged).await.unwrap();
+        assert!(
+            usage.inodes < backend_usage.inodes || backend == "overlay",
+            "shared inodes are not the merge's own: {usage:?} vs {backend_usage:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn merge_equals_ordered_apply_overlay() {
+    if strata_testkit::require_root("strata-diff::merge_equals_ordered_apply_overlay") {
+        merge_equals_ordered_apply("overlay").await;
+    }
+}
+
+#[tokio::test]
+async fn merge_equals_ordered_apply_native() {
+    if strata_testkit::require_root("strata-diff::merge_equals_ordered_apply_native") {
+        merge_equals_ordered_apply("native").await;
+    }
+}
+
+/// A snapshot diff of a parent and its child holds what changed.
+async fn snapshot_diff_holds_the_changes(backend: &str) {
+    let e = env(backend);
+    for seed in 10..=13u64 {
+        let mut rng = Rng::new(seed);
+        let a = random_trees(&e.base, seed, 1).remove(0);
+        let b = e.base.join(format!("b{seed}"));
+        strata_native::copy_tree(&a, &b).unwrap();
+        strata_testkit::random_tree::mutate(&b, &mut rng, 15);
+        let (ka, kb) = (format!("a{seed}"), format!("b{seed}"));
+        unpack_bytes(&e, &ka, None, layer_of(None, &a, Comparison::Compat)).await;
+        unpack_bytes(
+            &e,
+            &kb,
+            Some(&ka),
+            layer_of(Some(&a), &b, Comparison::Compat),
+        )
+        .await;
+        // Reference: the changes (as the snapshots hold them) onto nothing.
+        assert_eq!(
+            render_snapshot(&e, &kb).await,
+            render(&b),
+            "{backend} seed {seed}: unpacked chain"
+        );
+        let reference = e.base.join(format!("diffref{seed}"));
+        fs::create_dir(&reference).unwrap();
+        let mounts_a = e.store.view_mounts(&ka).unwrap();
+        let mounts_b = e.store.view_mounts(&kb).unwrap();
+        let opts = strata_snapshot::mounts::MountOptions {
+            force_remount: true,
+            temporary: true,
+        };
+        let ma = strata_snapshot::mounts::LocalMount::mount(&mounts_a, &e.base, opts).unwrap();
+        let mb = strata_snapshot::mounts::LocalMount::mount(&mounts_b, &e.base, opts).unwrap();
+        let layer = changes_layer(
+            Some(ma.path()),
+            mb.path(),
+            Comparison::ContentOnMetadataMatch,
+            false,
+        );
+        drop((ma, mb));
+        apply(layer.as_slice(), &reference, &ApplyOptions::default()).unwrap();
+        let name = format!("diff{seed}");
+        let diff = Diff {
+            lower: Some(ka.clone()),
+            upper: Some(kb.clone()),
+            comparison: Comparison::ContentOnMetadataMatch,
+        };
+        e.merger.merge(&name, &[diff], Labels::new()).await.unwrap();
+        assert_eq!(
+            render_snapshot(&e, &name).await,
+            render(&reference),
+            "{backend} seed {seed}: snapshot diff"
+        );
+    }
+}
+
+#[tokio::test]
+async fn snapshot_diff_holds_the_changes_overlay() {
+    if strata_testkit::require_root("strata-diff::snapshot_diff_holds_the_changes_overlay") {
+        snapshot_diff_holds_the_changes("overlay").await;
+    }
+}
+
+#[tokio::test]
+async fn snapshot_diff_holds_the_changes_native() {
+    if strata_testkit::require_root("strata-diff::snapshot_diff_holds_the_changes_native") {
+        snapshot_diff_holds_the_changes("native").await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_unpack_leaves_no_snapshot() {
+    if !strata_testkit::require_root("strata-diff::a_failed_unpack_leaves_no_snapshot") {
+        return;
+    }
+    for backend in ["overlay", "native"] {
+        let e = env(backend);
+        let tree = random_trees(&e.base, 99, 1).remove(0);
+        let layer = layer_of(None, &tree, Comparison::Compat);
+        let wrong = strata_core::Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
+        let open = move || -> std::io::Result<Box<dyn Read + Send>> {
+            Ok(Box::new(std::io::Cursor::new(layer.clone())))
+        };
+        let opts = ApplyOptions {
+            name: "layer.tar".into(),
+            diff_id: Some(wrong),
+            ..ApplyOptions::default()
+        };
+        let err = unpack(&e.store, "k", None, &open, &opts, &e.base, Labels::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("diffID mismatch"), "{err}");
+        let mut left = Vec::new();
+        e.store
+            .walk(&strata_core::Filter::default(), &mut |i| {
+                left.push(i.name);
+                Box::pin(async { Ok(()) })
+            })
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "{backend}: {left:?}");
+    }
+}
