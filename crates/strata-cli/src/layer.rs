@@ -1,15 +1,19 @@
 //! `strata layer apply LAYER DIR`: a layer (tar, tar+gzip, tar+zstd) onto a
-//! plain directory, verified and confined. No state root is involved.
+//! plain directory, verified and confined; `strata layer diff LOWER UPPER
+//! -o FILE`: the layer of what changed between two plain directories. No
+//! state root is involved.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
 use strata_core::Digest;
-use strata_diff::{ApplyOptions, apply};
+use strata_diff::{
+    ApplyOptions, Comparison, Compression, WriteOptions, apply, walk_changes, write_layer,
+};
 
 use crate::output::Output;
 
@@ -33,6 +37,89 @@ pub enum LayerCmd {
         #[arg(long)]
         skip_devices: bool,
     },
+    /// Write the layer of what changed from LOWER to UPPER (two directories) to FILE.
+    Diff {
+        lower: PathBuf,
+        upper: PathBuf,
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value = "gzip")]
+        compression: CompressionArg,
+        /// Compression level (gzip 0-9, zstd 1-22); the codec's default otherwise.
+        #[arg(long)]
+        level: Option<i32>,
+        /// Clamp mtimes to this many seconds since the epoch (reproducible layers).
+        #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+        source_date_epoch: Option<i64>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CompressionArg {
+    Gzip,
+    Zstd,
+    None,
+}
+
+#[derive(Serialize)]
+struct WrittenJson {
+    file: String,
+    media_type: &'static str,
+    digest: String,
+    size: u64,
+    diff_id: String,
+    uncompressed_size: u64,
+    entries: u64,
+}
+
+fn diff(
+    lower: &Path,
+    upper: &Path,
+    output: &Path,
+    opts: &WriteOptions,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let part = output.with_extension(format!("part-{}", strata_core::id::new_id()));
+    let file = File::create(&part).with_context(|| format!("create {}", part.display()))?;
+    let result = write_layer(std::io::BufWriter::new(file), upper, opts, |w| {
+        walk_changes(Some(lower), upper, Comparison::Compat, &mut |c| {
+            w.change(&c)
+        })
+    })
+    .map_err(anyhow::Error::from)
+    .and_then(|(written, sink)| {
+        let file = sink.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&part, output)?;
+        Ok(written)
+    });
+    let written = match result {
+        Ok(w) => w,
+        Err(e) => {
+            let _already_gone = std::fs::remove_file(&part);
+            return Err(e.context(format!("write {}", output.display())));
+        }
+    };
+    let media_type = match written.compression {
+        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        Compression::None => "application/vnd.oci.image.layer.v1.tar",
+    };
+    let json = WrittenJson {
+        file: output.display().to_string(),
+        media_type,
+        digest: written.digest.to_string(),
+        size: written.size,
+        diff_id: written.diff_id.to_string(),
+        uncompressed_size: written.uncompressed_size,
+        entries: written.entries,
+    };
+    let text = format!(
+        "{}: {} entries, {} bytes ({media_type}) digest {} diffID {}",
+        json.file, json.entries, json.size, json.digest, json.diff_id
+    );
+    out.line(&json, &text)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Serialize)]
@@ -46,14 +133,35 @@ struct AppliedJson {
 }
 
 pub fn run(cmd: LayerCmd, out: &Output) -> anyhow::Result<ExitCode> {
-    let LayerCmd::Apply {
-        layer,
-        dir,
-        digest,
-        diff_id,
-        media_type,
-        skip_devices,
-    } = cmd;
+    let (layer, dir, digest, diff_id, media_type, skip_devices) = match cmd {
+        LayerCmd::Apply {
+            layer,
+            dir,
+            digest,
+            diff_id,
+            media_type,
+            skip_devices,
+        } => (layer, dir, digest, diff_id, media_type, skip_devices),
+        LayerCmd::Diff {
+            lower,
+            upper,
+            output,
+            compression,
+            level,
+            source_date_epoch,
+        } => {
+            let opts = WriteOptions {
+                compression: match compression {
+                    CompressionArg::Gzip => Compression::Gzip,
+                    CompressionArg::Zstd => Compression::Zstd,
+                    CompressionArg::None => Compression::None,
+                },
+                level,
+                source_date_epoch,
+            };
+            return diff(&lower, &upper, &output, &opts, out);
+        }
+    };
     let opts = ApplyOptions {
         name: layer.display().to_string(),
         media_type,

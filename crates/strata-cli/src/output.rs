@@ -92,6 +92,7 @@ pub fn kind_of(err: &anyhow::Error) -> ErrorKind {
             crate::root::CliError,
             strata_content::ContentError,
             strata_diff::ApplyError,
+            strata_diff::DiffError,
             strata_leases::LeaseError,
             strata_snapshot::SnapshotError,
             strata_metadata::MetaError,

@@ -80,6 +80,8 @@ pub struct Root {
     pub snapshots: SnapshotStore,
     pub leases: LeaseManager,
     pub collector: Collector,
+    /// Scratch space (mount points), emptied at every open.
+    pub tmp: PathBuf,
     _lock: FileLock,
 }
 
@@ -215,6 +217,7 @@ impl Root {
             snapshots,
             leases,
             collector,
+            tmp,
             _lock: lock,
         })
     }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde::Serialize;
 use strata_core::{Filter, Labels, Mount};
+use strata_diff::{Comparison, Diff, MergeStats, Merger};
 use strata_leases::Resource;
 use strata_snapshot::{Info, Kind, SnapshotError, Snapshotter};
 
@@ -59,6 +60,22 @@ pub enum SnapshotCmd {
     Usage { keys: Vec<String> },
     /// Show the snapshots as a tree of parents and children.
     Tree,
+    /// Merge committed snapshots into the committed snapshot NAME; later keys win.
+    Merge {
+        name: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+    },
+    /// Commit as NAME a fresh tree holding what changed from LOWER to UPPER (deletions dropped).
+    Diff {
+        name: String,
+        lower: String,
+        upper: String,
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+    },
 }
 
 #[derive(Serialize)]
@@ -171,6 +188,7 @@ pub fn run(
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
     let sn: &dyn Snapshotter = &root.snapshots;
+    let merger = Merger::new(root.snapshots.clone(), root.tmp.clone(), false);
     let hold = Hold::new(&root.leases, lease);
     let held = |key: &str| (default_lease(key), Resource::snapshot(sn.name(), key));
     match cmd {
@@ -254,7 +272,7 @@ pub fn run(
             };
             let mut json = Vec::new();
             for key in keys {
-                let u = block_on(sn.usage(&key))??;
+                let u = block_on(merger.usage(&key))??;
                 json.push(UsageJson {
                     name: key,
                     size: u.size,
@@ -268,8 +286,62 @@ pub fn run(
             out.emit(&json, &["KEY", "SIZE", "INODES"], rows)?;
         }
         SnapshotCmd::Tree => tree(sn, out)?,
+        SnapshotCmd::Merge { name, keys, labels } => {
+            let labels = parse_labels(&labels)?;
+            let diffs: Vec<Diff> = keys.iter().map(|k| Diff::whole(k)).collect();
+            let stats = created(&hold, held(&name), || {
+                Ok(block_on(merger.merge(&name, &diffs, labels))??)
+            })?;
+            print_merged(out, &name, &stats)?;
+        }
+        SnapshotCmd::Diff {
+            name,
+            lower,
+            upper,
+            labels,
+        } => {
+            let labels = parse_labels(&labels)?;
+            let diff = Diff {
+                lower: Some(lower),
+                upper: Some(upper),
+                comparison: Comparison::ContentOnMetadataMatch,
+            };
+            let stats = created(&hold, held(&name), || {
+                Ok(block_on(merger.merge(&name, &[diff], labels))??)
+            })?;
+            print_merged(out, &name, &stats)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct MergedJson<'a> {
+    name: &'a str,
+    changes: u64,
+    linked: u64,
+    copied: u64,
+    size: u64,
+    inodes: u64,
+}
+
+fn print_merged(out: &Output, name: &str, stats: &MergeStats) -> anyhow::Result<()> {
+    let json = MergedJson {
+        name,
+        changes: stats.changes,
+        linked: stats.linked,
+        copied: stats.copied,
+        size: stats.usage.size,
+        inodes: stats.usage.inodes,
+    };
+    let text = format!(
+        "{name}: {} changes, {} files shared, {} copied, {} own",
+        stats.changes,
+        stats.linked,
+        stats.copied,
+        output::size(stats.usage.size)
+    );
+    out.line(&json, &text)
 }
 
 fn tree(sn: &dyn Snapshotter, out: &Output) -> anyhow::Result<()> {
