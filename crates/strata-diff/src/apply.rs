@@ -37,6 +37,7 @@ use tar::EntryType;
 
 use crate::compression::Compression;
 use crate::error::ApplyError;
+use crate::guard::HeaderGuard;
 
 /// Bounds on what a layer may make us do.
 #[derive(Clone, Copy, Debug)]
@@ -53,6 +54,9 @@ pub struct Limits {
     pub max_path: usize,
     /// Deepest path, in components.
     pub max_depth: usize,
+    /// Largest GNU long name or PAX record, in bytes (they are read into
+    /// memory whole).
+    pub max_record: u64,
 }
 
 impl Default for Limits {
@@ -64,6 +68,7 @@ impl Default for Limits {
             max_entries: 10_000_000,
             max_path: 4096,
             max_depth: 512,
+            max_record: 1 << 20,
         }
     }
 }
@@ -344,14 +349,18 @@ fn extract(
         .diff_id
         .as_ref()
         .map_or(Algorithm::Sha256, Digest::algorithm);
-    let stream = Hashing {
-        inner: Chunks {
-            rx,
-            current: Vec::new(),
-            pos: 0,
+    let stream = HeaderGuard::new(
+        Hashing {
+            inner: Chunks {
+                rx,
+                current: Vec::new(),
+                pos: 0,
+            },
+            digester: Digester::new(alg),
         },
-        digester: Digester::new(alg),
-    };
+        opts.limits.max_record,
+        opts.limits.max_uncompressed,
+    );
     let mut archive = tar::Archive::new(stream);
     let lowers = match &opts.overlay {
         Some(o) => o
@@ -390,6 +399,7 @@ fn extract(
     let mut stream = archive.into_inner();
     // Trailing blocks after the end-of-archive marker count for the diffID.
     io::copy(&mut stream, &mut io::sink()).map_err(io_err)?;
+    let stream = stream.into_inner();
     let size = stream.digester.written();
     Ok((stream.digester.finish(), size, entries))
 }

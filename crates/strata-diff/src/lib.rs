@@ -8,6 +8,7 @@ mod apply;
 mod changes;
 mod compression;
 mod error;
+mod guard;
 mod merge;
 mod unpack;
 mod write;

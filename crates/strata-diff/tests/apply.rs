@@ -465,3 +465,161 @@ fn non_utf8_names_and_devices() {
             .is_fifo()
     );
 }
+
+/// A GNU long-name record (`././@LongLink`) of `len` declared bytes
+/// holding `name`.
+fn long_name(kind: u8, name: &[u8], declared: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.set_size(declared);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(name);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for (k, v) in records {
+        let body = [k.as_bytes(), b"=", v, b"\n"].concat();
+        let mut len = body.len() + 2;
+        while format!("{len} ").len() + body.len() != len {
+            len += 1;
+        }
+        data.extend_from_slice(format!("{len} ").as_bytes());
+        data.extend_from_slice(&body);
+    }
+    raw(b"PaxHeader", tar::EntryType::XHeader, &data, b"")
+}
+
+#[test]
+fn hostile_headers() {
+    let f = fixture();
+    // A long-name record declaring far more than a path can be is refused
+    // before it is read into memory (the stream is not even that long).
+    expect_invalid(
+        &f,
+        &layer(&[long_name(b'L', b"x", 8 << 30), file("f", "x")]),
+        "over the 1048576 byte cap",
+    );
+    // Two long names for one entry conflict.
+    expect_invalid(
+        &f,
+        &layer(&[
+            long_name(b'L', b"first\0", 6),
+            long_name(b'L', b"second\0", 7),
+            file("f", "x"),
+        ]),
+        "two long name entries",
+    );
+    // A long name of acceptable size is used, and a PAX path wins over it
+    // and over the ustar name.
+    let deep = format!("{}/file", "d".repeat(200));
+    f.apply(&layer(&[
+        long_name(b'L', format!("{deep}\0").as_bytes(), deep.len() as u64 + 1),
+        file("short", "long-named"),
+        pax(&[("path", b"pax-named")]),
+        file("ustar-name", "pax"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        fs::read_to_string(f.dest.join(&deep)).unwrap(),
+        "long-named"
+    );
+    assert_eq!(fs::read_to_string(f.dest.join("pax-named")).unwrap(), "pax");
+    assert!(!f.dest.join("ustar-name").exists() && !f.dest.join("short").exists());
+    // A PAX path that climbs out is refused like any other.
+    expect_invalid(
+        &f,
+        &layer(&[pax(&[("path", b"../outside/pwned")]), file("x", "x")]),
+        "climbs above the root",
+    );
+    // PAX sparse files are refused, never extracted under their stand-in name.
+    expect_invalid(
+        &f,
+        &layer(&[
+            pax(&[("GNU.sparse.major", b"1"), ("GNU.sparse.name", b"s")]),
+            file("GNUSparseFile.0/s", "x"),
+        ]),
+        "sparse",
+    );
+    assert!(!f.dest.join("GNUSparseFile.0").exists());
+    f.outside_untouched();
+}
+
+#[test]
+fn duplicates_order_loops_and_opaque_roots() {
+    let f = fixture();
+    // Duplicates: the last one wins, even across types; an entry before its
+    // parent gets the parent made, and the parent's later entry applies.
+    f.apply(&layer(&[
+        file("dup", "one"),
+        file("dup", "two"),
+        file("late/child", "c"),
+        dir("late/"),
+        dir("turn/"),
+        file("turn", "now a file"),
+    ]))
+    .unwrap();
+    assert_eq!(fs::read_to_string(f.dest.join("dup")).unwrap(), "two");
+    assert_eq!(fs::read_to_string(f.dest.join("late/child")).unwrap(), "c");
+    assert_eq!(
+        fs::read_to_string(f.dest.join("turn")).unwrap(),
+        "now a file"
+    );
+    // A symlink loop: writing through it fails cleanly.
+    expect_invalid(
+        &f,
+        &layer(&[
+            raw(b"loop1", tar::EntryType::Symlink, b"", b"loop2"),
+            raw(b"loop2", tar::EntryType::Symlink, b"", b"loop1"),
+            file("loop1/x", "x"),
+        ]),
+        "loop1/x",
+    );
+    // An opaque marker at the root hides everything below, keeps this
+    // layer's entries.
+    f.apply(&layer(&[file("kept", "k"), file(".wh..wh..opq", "")]))
+        .unwrap();
+    let mut names: Vec<_> = fs::read_dir(&f.dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["kept"]);
+    f.outside_untouched();
+}
+
+#[test]
+fn old_gnu_sparse_files_expand() {
+    // GNU tar's old sparse format, written by GNU tar itself.
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let file = fs::File::create(src.join("sparse")).unwrap();
+    file.set_len(4 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(b"middle", 2 << 20).unwrap();
+    drop(file);
+    let tarball = t.path().join("sparse.tar");
+    let st = std::process::Command::new("tar")
+        .args(["--format=gnu", "--sparse", "-C"])
+        .arg(&src)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("sparse")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bytes = fs::read(&tarball).unwrap();
+    assert_eq!(bytes[156], b'S', "GNU tar wrote a sparse entry");
+    let f = fixture();
+    f.apply(&bytes).unwrap();
+    let out = fs::read(f.dest.join("sparse")).unwrap();
+    assert_eq!(out.len(), 4 << 20);
+    assert_eq!(&out[2 << 20..(2 << 20) + 6], b"middle");
+    assert!(out[..2 << 20].iter().all(|b| *b == 0));
+}
