@@ -1,8 +1,9 @@
 //! Benchmarks, each against peers in the same run.
 //!
 //! `cargo xtask bench snapshot` and `cargo xtask bench gc` run
-//! `strata-cli`'s benches of those names on a fresh loop-mounted ext4 (see
-//! those files for what they measure).
+//! `strata-cli`'s benches of those names, `cargo xtask bench diff`
+//! `strata-diff`'s, on a fresh loop-mounted ext4 (see those files for what
+//! they measure; `diff` needs the Debian images of `../shared/bench`).
 //!
 //! `cargo xtask bench content`: ingest throughput of a large file into the
 //! content store against `sha256sum` followed by `cp` of the same file (the
@@ -45,9 +46,10 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let (what, opts) = parse(args)?;
     match what.as_str() {
         "content" => content(&opts),
-        "snapshot" => on_loop_ext4("snapshot"),
-        "gc" => on_loop_ext4("gc"),
-        other => bail!("unknown benchmark {other:?}; available: content, snapshot, gc"),
+        "snapshot" => on_loop_ext4("strata-cli", "snapshot"),
+        "gc" => on_loop_ext4("strata-cli", "gc"),
+        "diff" => on_loop_ext4("strata-diff", "diff"),
+        other => bail!("unknown benchmark {other:?}; available: content, snapshot, gc, diff"),
     }
 }
 
@@ -117,12 +119,12 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs strata-cli's bench `name` on a fresh loop-mounted ext4.
-fn on_loop_ext4(name: &str) -> anyhow::Result<()> {
+/// Runs `package`'s bench `name` on a fresh loop-mounted ext4.
+fn on_loop_ext4(package: &str, name: &str) -> anyhow::Result<()> {
     let scratch = LoopExt4::new("24G")?;
     crate::run(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["bench", "-p", "strata-cli", "--bench", name])
+            .args(["bench", "-p", package, "--bench", name])
             .env("STRATA_BENCH_DIR", &scratch.dir),
     )
 }

@@ -26,7 +26,7 @@ pub mod sync;
 
 pub use error::{SysError, SysResult};
 pub use path::{RelPath, clean};
-pub use root::{FileKind, Metadata, Root, Times};
+pub use root::{At, FileKind, Metadata, Root, Times};
 
 /// The effective user id of this process.
 pub fn effective_uid() -> u32 {

@@ -150,6 +150,7 @@ pub struct Root {
 }
 
 /// A resolved parent directory and the final name below it.
+#[derive(Debug)]
 struct Parent {
     fd: OwnedFd,
     name: OsString,
@@ -212,6 +213,19 @@ impl Root {
         Ok(Parent { fd, name, rel })
     }
 
+    /// Resolves the parent of `path` once, for several operations on the
+    /// entry (see [`At`]).
+    pub fn at(&self, path: &Path) -> SysResult<At<'_>> {
+        self.at_op("resolve", path)
+    }
+
+    fn at_op(&self, op: &'static str, path: &Path) -> SysResult<At<'_>> {
+        Ok(At {
+            root: self,
+            p: self.parent(op, path)?,
+        })
+    }
+
     /// Opens a directory inside the root for reading, following symlinks as
     /// if the root were `/`.
     pub fn open_dir(&self, path: &Path) -> SysResult<OwnedFd> {
@@ -246,22 +260,12 @@ impl Root {
 
     /// Creates a new regular file (`O_EXCL | O_NOFOLLOW`), open for writing.
     pub fn create_file(&self, path: &Path, mode: u32) -> SysResult<File> {
-        let p = self.parent("create", path)?;
-        let fd = rfs::openat(
-            &p.fd,
-            &p.name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(mode & 0o7777),
-        )
-        .map_err(|e| self.io("create", &p.rel, e))?;
-        Ok(File::from(fd))
+        self.at_op("create", path)?.create_file(mode)
     }
 
     /// Creates a directory.
     pub fn mkdir(&self, path: &Path, mode: u32) -> SysResult<()> {
-        let p = self.parent("mkdir", path)?;
-        rfs::mkdirat(&p.fd, &p.name, Mode::from_raw_mode(mode & 0o7777))
-            .map_err(|e| self.io("mkdir", &p.rel, e))
+        self.at_op("mkdir", path)?.mkdir(mode)
     }
 
     /// Creates a directory and any missing parents; existing directories
@@ -286,8 +290,7 @@ impl Root {
     /// Creates a symlink at `path` pointing at `target` (stored verbatim; it
     /// is only ever resolved inside a root).
     pub fn symlink(&self, target: &OsStr, path: &Path) -> SysResult<()> {
-        let p = self.parent("symlink", path)?;
-        rfs::symlinkat(target, &p.fd, &p.name).map_err(|e| self.io("symlink", &p.rel, e))
+        self.at_op("symlink", path)?.symlink(target)
     }
 
     /// Creates a hard link at `path` to the existing entry `existing`, which
@@ -301,44 +304,12 @@ impl Root {
     /// `from` (another tree on the same file system; `EXDEV` otherwise).
     /// Directories are refused, a symlink is linked as itself.
     pub fn hardlink_from(&self, from: &Root, existing: &Path, path: &Path) -> SysResult<()> {
-        let src = from.parent("link", existing)?;
-        let st = rfs::statx(
-            &src.fd,
-            &src.name,
-            AtFlags::SYMLINK_NOFOLLOW,
-            StatxFlags::TYPE,
-        )
-        .map_err(|e| from.io("link", &src.rel, e))?;
-        if FileKind::from_mode(u32::from(st.stx_mode)) == FileKind::Dir {
-            return Err(SysError::Refused {
-                op: "hard-link",
-                path: from.display(&src.rel),
-                reason: "the link target is a directory",
-            });
-        }
-        let dst = self.parent("link", path)?;
-        rfs::linkat(&src.fd, &src.name, &dst.fd, &dst.name, AtFlags::empty())
-            .map_err(|e| self.io("link", &dst.rel, e))
+        self.at_op("link", path)?.link_from(from, existing)
     }
 
     /// Creates a device node, fifo or socket node.
     pub fn mknod(&self, path: &Path, kind: FileKind, mode: u32, rdev: u64) -> SysResult<()> {
-        let p = self.parent("mknod", path)?;
-        if matches!(kind, FileKind::File | FileKind::Dir | FileKind::Symlink) {
-            return Err(SysError::Refused {
-                op: "mknod",
-                path: self.display(&p.rel),
-                reason: "only devices, fifos and sockets are made with mknod",
-            });
-        }
-        rfs::mknodat(
-            &p.fd,
-            &p.name,
-            kind.file_type(),
-            Mode::from_raw_mode(mode & 0o7777),
-            rdev,
-        )
-        .map_err(|e| self.io("mknod", &p.rel, e))
+        self.at_op("mknod", path)?.mknod(kind, mode, rdev)
     }
 
     /// Removes a non-directory entry.
@@ -358,19 +329,7 @@ impl Root {
     /// parent, never follows a symlink and refuses to enter another mount
     /// (`RESOLVE_NO_XDEV`), so it cannot delete through a mount point.
     pub fn remove_all(&self, path: &Path) -> SysResult<bool> {
-        let p = self.parent("remove", path)?;
-        let st = match rfs::statx(&p.fd, &p.name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => return Ok(false),
-            Err(e) => return Err(self.io("remove", &p.rel, e)),
-        };
-        if FileKind::from_mode(u32::from(st.stx_mode)) != FileKind::Dir {
-            rfs::unlinkat(&p.fd, &p.name, AtFlags::empty())
-                .map_err(|e| self.io("remove", &p.rel, e))?;
-            return Ok(true);
-        }
-        self.remove_dir_tree(&p)?;
-        Ok(true)
+        self.at_op("remove", path)?.remove_all()
     }
 
     fn remove_dir_tree(&self, top: &Parent) -> SysResult<()> {
@@ -438,15 +397,7 @@ impl Root {
             )
             .map_err(|e| SysError::io("chown", &self.path, e));
         }
-        let p = self.parent("chown", path)?;
-        rfs::chownat(
-            &p.fd,
-            &p.name,
-            Some(rfs::Uid::from_raw(uid)),
-            Some(rfs::Gid::from_raw(gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| self.io("chown", &p.rel, e))
+        self.at_op("chown", path)?.chown(uid, gid)
     }
 
     /// Changes permission bits (setuid, setgid and sticky included). A
@@ -456,63 +407,29 @@ impl Root {
             return rfs::fchmod(&self.fd, Mode::from_raw_mode(mode & 0o7777))
                 .map_err(|e| SysError::io("chmod", &self.path, e));
         }
-        let p = self.parent("chmod", path)?;
-        let st = rfs::statx(&p.fd, &p.name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE)
-            .map_err(|e| self.io("chmod", &p.rel, e))?;
-        if FileKind::from_mode(u32::from(st.stx_mode)) == FileKind::Symlink {
-            return Err(SysError::Refused {
-                op: "chmod",
-                path: self.display(&p.rel),
-                reason: "it is a symlink",
-            });
-        }
-        // The parent fd is fixed and the final name was just seen to be no
-        // symlink; only we write inside a snapshot, so it cannot be swapped
-        // between the two calls.
-        rfs::chmodat(
-            &p.fd,
-            &p.name,
-            Mode::from_raw_mode(mode & 0o7777),
-            AtFlags::empty(),
-        )
-        .map_err(|e| self.io("chmod", &p.rel, e))
+        self.at_op("chmod", path)?.chmod(mode)
     }
 
     /// Sets access and modification times without following a final symlink.
     pub fn set_times(&self, path: &Path, atime: Times, mtime: Times) -> SysResult<()> {
-        let ts = |t: Times| rfs::Timespec {
-            tv_sec: t.sec,
-            tv_nsec: i64::from(t.nsec),
-        };
-        let times = rfs::Timestamps {
-            last_access: ts(atime),
-            last_modification: ts(mtime),
-        };
         if clean(path)?.is_root() {
-            return rfs::futimens(&self.fd, &times)
+            return rfs::futimens(&self.fd, &timestamps(atime, mtime))
                 .map_err(|e| SysError::io("utimens", &self.path, e));
         }
-        let p = self.parent("utimens", path)?;
-        rfs::utimensat(&p.fd, &p.name, &times, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| self.io("utimens", &p.rel, e))
+        self.at_op("utimens", path)?.set_times(atime, mtime)
     }
 
     /// `lstat` of an entry (the root itself for an empty path).
     pub fn stat(&self, path: &Path) -> SysResult<Metadata> {
         let rel = clean(path)?;
-        let st = if rel.is_root() {
-            rfs::statx(&self.fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
-        } else {
-            let p = self.parent("stat", path)?;
-            rfs::statx(
-                &p.fd,
-                &p.name,
-                AtFlags::SYMLINK_NOFOLLOW,
-                StatxFlags::BASIC_STATS,
-            )
+        if rel.is_root() {
+            let st = rfs::statx(&self.fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
+                .map_err(|e| self.io("stat", &rel, e))?;
+            return Ok(Metadata::from_statx(&st));
         }
-        .map_err(|e| self.io("stat", &rel, e))?;
-        Ok(Metadata::from_statx(&st))
+        let at = self.at_op("stat", path)?;
+        at.stat()?
+            .ok_or_else(|| at.root.io("stat", &at.p.rel, Errno::NOENT))
     }
 
     /// `lstat` that reports a missing entry as `None`.
@@ -566,10 +483,11 @@ impl Root {
     /// Sets an extended attribute on the entry itself (never a symlink's
     /// target).
     pub fn set_xattr(&self, path: &Path, name: &OsStr, value: &[u8]) -> SysResult<()> {
-        let (target, rel) = self.xattr_target("setxattr", path)?;
-        target
-            .set(name, value)
-            .map_err(|e| self.io("setxattr", &rel, e))
+        if clean(path)?.is_root() {
+            return rfs::fsetxattr(&self.fd, name, value, rfs::XattrFlags::empty())
+                .map_err(|e| SysError::io("setxattr", &self.path, e));
+        }
+        self.at_op("setxattr", path)?.set_xattr(name, value)
     }
 
     /// Reads an extended attribute; `None` when absent.
@@ -654,20 +572,213 @@ impl Root {
     }
 }
 
+fn timestamps(atime: Times, mtime: Times) -> rfs::Timestamps {
+    let ts = |t: Times| rfs::Timespec {
+        tv_sec: t.sec,
+        tv_nsec: i64::from(t.nsec),
+    };
+    rfs::Timestamps {
+        last_access: ts(atime),
+        last_modification: ts(mtime),
+    }
+}
+
+/// An entry of a [`Root`] whose parent directory was resolved once, from the
+/// root fd like every path: each operation acts on the final name relative
+/// to that parent, never following it. Several operations on one entry
+/// resolve its path once instead of each time.
+#[derive(Debug)]
+pub struct At<'r> {
+    root: &'r Root,
+    p: Parent,
+}
+
+impl At<'_> {
+    fn io(&self, op: &'static str, e: Errno) -> SysError {
+        self.root.io(op, &self.p.rel, e)
+    }
+
+    /// The entry's path relative to the root.
+    pub fn path(&self) -> &Path {
+        self.p.rel.as_path()
+    }
+
+    /// `lstat`; `None` when there is nothing.
+    pub fn stat(&self) -> SysResult<Option<Metadata>> {
+        match rfs::statx(
+            &self.p.fd,
+            &self.p.name,
+            AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::BASIC_STATS,
+        ) {
+            Ok(st) => Ok(Some(Metadata::from_statx(&st))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(self.io("stat", e)),
+        }
+    }
+
+    /// Creates a new regular file (`O_EXCL | O_NOFOLLOW`), open for writing.
+    pub fn create_file(&self, mode: u32) -> SysResult<File> {
+        let fd = rfs::openat(
+            &self.p.fd,
+            &self.p.name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode & 0o7777),
+        )
+        .map_err(|e| self.io("create", e))?;
+        Ok(File::from(fd))
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, mode: u32) -> SysResult<()> {
+        rfs::mkdirat(&self.p.fd, &self.p.name, Mode::from_raw_mode(mode & 0o7777))
+            .map_err(|e| self.io("mkdir", e))
+    }
+
+    /// Creates a symlink to `target` (stored verbatim).
+    pub fn symlink(&self, target: &OsStr) -> SysResult<()> {
+        rfs::symlinkat(target, &self.p.fd, &self.p.name).map_err(|e| self.io("symlink", e))
+    }
+
+    /// Creates a hard link here to `existing` in the root `from` (this root
+    /// or another tree on the same file system). Directories are refused, a
+    /// symlink is linked as itself.
+    pub fn link_from(&self, from: &Root, existing: &Path) -> SysResult<()> {
+        let src = from.parent("link", existing)?;
+        let st = rfs::statx(
+            &src.fd,
+            &src.name,
+            AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::TYPE,
+        )
+        .map_err(|e| from.io("link", &src.rel, e))?;
+        if FileKind::from_mode(u32::from(st.stx_mode)) == FileKind::Dir {
+            return Err(SysError::Refused {
+                op: "hard-link",
+                path: from.display(&src.rel),
+                reason: "the link target is a directory",
+            });
+        }
+        rfs::linkat(
+            &src.fd,
+            &src.name,
+            &self.p.fd,
+            &self.p.name,
+            AtFlags::empty(),
+        )
+        .map_err(|e| self.io("link", e))
+    }
+
+    /// Creates a device node, fifo or socket node.
+    pub fn mknod(&self, kind: FileKind, mode: u32, rdev: u64) -> SysResult<()> {
+        if matches!(kind, FileKind::File | FileKind::Dir | FileKind::Symlink) {
+            return Err(SysError::Refused {
+                op: "mknod",
+                path: self.root.display(&self.p.rel),
+                reason: "only devices, fifos and sockets are made with mknod",
+            });
+        }
+        rfs::mknodat(
+            &self.p.fd,
+            &self.p.name,
+            kind.file_type(),
+            Mode::from_raw_mode(mode & 0o7777),
+            rdev,
+        )
+        .map_err(|e| self.io("mknod", e))
+    }
+
+    /// Changes ownership without following the entry.
+    pub fn chown(&self, uid: u32, gid: u32) -> SysResult<()> {
+        rfs::chownat(
+            &self.p.fd,
+            &self.p.name,
+            Some(rfs::Uid::from_raw(uid)),
+            Some(rfs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io("chown", e))
+    }
+
+    /// Changes permission bits; a symlink is refused rather than followed.
+    pub fn chmod(&self, mode: u32) -> SysResult<()> {
+        let st = rfs::statx(
+            &self.p.fd,
+            &self.p.name,
+            AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::TYPE,
+        )
+        .map_err(|e| self.io("chmod", e))?;
+        if FileKind::from_mode(u32::from(st.stx_mode)) == FileKind::Symlink {
+            return Err(SysError::Refused {
+                op: "chmod",
+                path: self.root.display(&self.p.rel),
+                reason: "it is a symlink",
+            });
+        }
+        // The parent fd is fixed and the final name was just seen to be no
+        // symlink; only we write inside a snapshot, so it cannot be swapped
+        // between the two calls.
+        rfs::chmodat(
+            &self.p.fd,
+            &self.p.name,
+            Mode::from_raw_mode(mode & 0o7777),
+            AtFlags::empty(),
+        )
+        .map_err(|e| self.io("chmod", e))
+    }
+
+    /// Sets access and modification times without following the entry.
+    pub fn set_times(&self, atime: Times, mtime: Times) -> SysResult<()> {
+        rfs::utimensat(
+            &self.p.fd,
+            &self.p.name,
+            &timestamps(atime, mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io("utimens", e))
+    }
+
+    /// Sets an extended attribute on the entry itself.
+    pub fn set_xattr(&self, name: &OsStr, value: &[u8]) -> SysResult<()> {
+        let mut path = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&self.p.fd)
+        ));
+        path.push(&self.p.name);
+        rfs::lsetxattr(&path, name, value, rfs::XattrFlags::empty())
+            .map_err(|e| self.io("setxattr", e))
+    }
+
+    /// Removes the entry and, for a directory, everything below it (see
+    /// [`Root::remove_all`]). Returns false when nothing was there.
+    pub fn remove_all(&self) -> SysResult<bool> {
+        let st = match rfs::statx(
+            &self.p.fd,
+            &self.p.name,
+            AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::TYPE,
+        ) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(self.io("remove", e)),
+        };
+        if FileKind::from_mode(u32::from(st.stx_mode)) != FileKind::Dir {
+            rfs::unlinkat(&self.p.fd, &self.p.name, AtFlags::empty())
+                .map_err(|e| self.io("remove", e))?;
+            return Ok(true);
+        }
+        self.root.remove_dir_tree(&self.p)?;
+        Ok(true)
+    }
+}
+
 enum XattrTarget<'a> {
     Root(BorrowedFd<'a>),
     Entry { path: PathBuf, _parent: OwnedFd },
 }
 
 impl XattrTarget<'_> {
-    fn set(&self, name: &OsStr, value: &[u8]) -> Result<(), Errno> {
-        let flags = rfs::XattrFlags::empty();
-        match self {
-            XattrTarget::Root(fd) => rfs::fsetxattr(fd, name, value, flags),
-            XattrTarget::Entry { path, .. } => rfs::lsetxattr(path, name, value, flags),
-        }
-    }
-
     /// Reads into `buf`; an empty `buf` asks for the size.
     fn get(&self, name: &OsStr, buf: &mut [u8]) -> Result<usize, Errno> {
         match (self, buf.is_empty()) {
