@@ -13,6 +13,8 @@
 //!   through the double walk.
 //! * merge: the five layers unpacked as five snapshots, merged (overlay and
 //!   native) against `cp -al` of the five trees into one.
+//!
+//! `STRATA_BENCH_ONLY=apply|diff|merge` runs one part.
 
 // This program reports on stdout by design.
 #![allow(clippy::print_stdout)]
@@ -379,10 +381,19 @@ fn main() {
         images.display()
     );
     fs::create_dir_all(&dir).unwrap();
-    println!("apply (medians of {RUNS}, alternating):");
-    bench_apply(&dir, &images);
-    println!("diff:");
-    bench_diff(&dir);
-    println!("merge:");
-    bench_merge(&dir, &images);
+    // `STRATA_BENCH_ONLY=apply|diff|merge` runs one part.
+    let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
+    let wanted = |part: &str| only.is_empty() || only == part;
+    if wanted("apply") {
+        println!("apply (medians of {RUNS}, alternating):");
+        bench_apply(&dir, &images);
+    }
+    if wanted("diff") {
+        println!("diff:");
+        bench_diff(&dir);
+    }
+    if wanted("merge") {
+        println!("merge:");
+        bench_merge(&dir, &images);
+    }
 }

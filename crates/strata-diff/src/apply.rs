@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use strata_core::{Algorithm, Digest, Digester};
-use strata_sys::{FileKind, Metadata, RelPath, Root, SysError, Times, clean};
+use strata_sys::{At, FileKind, Metadata, Root, SysError, Times, clean};
 use tar::EntryType;
 
 use crate::compression::Compression;
@@ -381,6 +381,8 @@ fn extract(
         written: HashSet::new(),
         dirs: Vec::new(),
         privileged: strata_sys::effective_uid() == 0,
+        last_parent: None,
+        buf: vec![0; 256 << 10],
     };
     let mut entries = 0u64;
     let io_err = |e: io::Error| invalid(opts, format!("not a valid tar stream: {e}"));
@@ -412,6 +414,10 @@ struct Applier<'a> {
     written: HashSet<PathBuf>,
     dirs: Vec<(PathBuf, Times)>,
     privileged: bool,
+    /// The directory the previous entry went into (known to exist).
+    last_parent: Option<PathBuf>,
+    /// The copy buffer for file data.
+    buf: Vec<u8>,
 }
 
 const WHITEOUT: &str = ".wh.";
@@ -470,37 +476,41 @@ impl Applier<'_> {
             if kind != EntryType::Directory {
                 return Err(self.entry_error(&shown, "a non-directory entry names the root"));
             }
-            return self.metadata(&rel, &entry, &pax, true);
+            return self.metadata(Place::Root(self.root), &entry, &pax, true);
         };
         let (parent, name) = (PathBuf::from(parent), name.to_os_string());
         if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT.as_bytes()) {
             return self.whiteout(&shown, &parent, &name, hidden);
         }
         let path = rel.as_path().to_path_buf();
-        self.make_parents(&shown, &parent)?;
-        let existing = self.root.try_stat(&path).map_err(|e| self.sys(&shown, e))?;
+        // Entries come grouped by directory: the parent of the previous
+        // entry is known to exist (whiteouts and removals forget it). The
+        // entry itself is still resolved from the root.
+        if self.last_parent.as_deref() != Some(parent.as_path()) {
+            self.make_parents(&shown, &parent)?;
+            self.last_parent = Some(parent);
+        }
+        let at = self.root.at(&path).map_err(|e| self.sys(&shown, e))?;
         match kind {
             EntryType::Directory => {
-                match existing {
-                    Some(md) if md.kind == FileKind::Dir => {}
-                    other => {
-                        if other.is_some() {
-                            self.root
-                                .remove_all(&path)
-                                .map_err(|e| self.sys(&shown, e))?;
-                        }
-                        self.root
-                            .mkdir(&path, 0o700)
-                            .map_err(|e| self.sys(&shown, e))?;
-                        // A directory replacing this layer's whiteout must
-                        // not merge with what the lowers have there.
-                        if other.is_some_and(|m| is_whiteout(&m)) {
-                            self.set_opaque(&shown, &path)?;
+                match at.mkdir(0o700) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(EEXIST) => {
+                        let existing = at.stat().map_err(|e| self.sys(&shown, e))?;
+                        if !existing.as_ref().is_some_and(|m| m.kind == FileKind::Dir) {
+                            at.remove_all().map_err(|e| self.sys(&shown, e))?;
+                            at.mkdir(0o700).map_err(|e| self.sys(&shown, e))?;
+                            // A directory replacing this layer's whiteout must
+                            // not merge with what the lowers have there.
+                            if existing.is_some_and(|m| is_whiteout(&m)) {
+                                self.set_opaque(&shown, &path)?;
+                            }
                         }
                     }
+                    Err(e) => return Err(self.sys(&shown, e)),
                 }
-                self.written.insert(path.clone());
-                return self.metadata(&rel, &entry, &pax, true);
+                self.written.insert(path);
+                return self.metadata(Place::At(&at), &entry, &pax, true);
             }
             EntryType::Link => {
                 let target = entry
@@ -513,39 +523,27 @@ impl Applier<'_> {
                     return Ok(());
                 }
                 self.copy_up(&shown, target.as_path())?;
-                if existing.is_some() {
-                    self.root
-                        .remove_all(&path)
-                        .map_err(|e| self.sys(&shown, e))?;
-                }
-                self.root
-                    .hardlink(target.as_path(), &path)
+                let root = self.root;
+                replacing(&at, |at| at.link_from(root, target.as_path()))
                     .map_err(|e| self.sys(&shown, e))?;
                 self.written.insert(path);
                 return Ok(());
             }
             _ => {}
         }
-        if existing.is_some() {
-            self.root
-                .remove_all(&path)
-                .map_err(|e| self.sys(&shown, e))?;
-        }
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let mut file = self
-                    .root
-                    .create_file(&path, 0o600)
+                let mut file = replacing(&at, |at| at.create_file(0o600))
                     .map_err(|e| self.sys(&shown, e))?;
-                io::copy(&mut entry, &mut file).map_err(|e| self.entry_error(&shown, e))?;
+                copy_sparse(&mut entry, &mut file, &mut self.buf)
+                    .map_err(|e| self.entry_error(&shown, e))?;
             }
             EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| self.entry_error(&shown, "symlink without a target"))?
                     .into_owned();
-                self.root
-                    .symlink(OsStr::from_bytes(&target), &path)
+                replacing(&at, |at| at.symlink(OsStr::from_bytes(&target)))
                     .map_err(|e| self.sys(&shown, e))?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
@@ -558,9 +556,8 @@ impl Applier<'_> {
                     _ => FileKind::Fifo,
                 };
                 let mode = h.mode().unwrap_or(0o600);
-                if let Err(e) = self
-                    .root
-                    .mknod(&path, file_kind, mode, makedev(major, minor))
+                if let Err(e) =
+                    replacing(&at, |at| at.mknod(file_kind, mode, makedev(major, minor)))
                 {
                     if self.opts.skip_devices && e.raw_os_error() == Some(1) {
                         tracing::debug!(entry = %shown.display(), "skipping a device node without privilege");
@@ -574,7 +571,7 @@ impl Applier<'_> {
             }
         }
         self.written.insert(path);
-        self.metadata(&rel, &entry, &pax, false)
+        self.metadata(Place::At(&at), &entry, &pax, false)
     }
 
     fn whiteout(
@@ -584,6 +581,7 @@ impl Applier<'_> {
         name: &OsStr,
         hidden: &[u8],
     ) -> Result<(), ApplyError> {
+        self.last_parent = None;
         if name.as_bytes() == OPAQUE.as_bytes() {
             // Hide what lower layers put in `parent`, keep this layer's.
             let entries = match self.root.read_dir(parent) {
@@ -856,14 +854,14 @@ impl Applier<'_> {
 
     fn metadata<R: Read>(
         &mut self,
-        rel: &RelPath,
+        place: Place<'_, '_>,
         entry: &tar::Entry<'_, R>,
         pax: &[(String, Vec<u8>)],
         dir: bool,
     ) -> Result<(), ApplyError> {
-        let path = rel.as_path();
+        let shown = place.path().to_path_buf();
+        let shown = shown.as_path();
         let h = entry.header();
-        let shown = path;
         let kind = h.entry_type();
         let pax_num = |key: &str| {
             pax.iter()
@@ -881,15 +879,11 @@ impl Applier<'_> {
                     );
                 }
             };
-            self.root
-                .chown(path, uid, gid)
-                .map_err(|e| self.sys(shown, e))?;
+            place.chown(uid, gid).map_err(|e| self.sys(shown, e))?;
         }
         if kind != EntryType::Symlink {
             let mode = h.mode().map_err(|e| self.entry_error(shown, e))? & 0o7777;
-            self.root
-                .chmod(path, mode)
-                .map_err(|e| self.sys(shown, e))?;
+            place.chmod(mode).map_err(|e| self.sys(shown, e))?;
         }
         for (key, value) in pax {
             let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
@@ -901,7 +895,7 @@ impl Applier<'_> {
                 tracing::debug!(entry = %shown.display(), xattr = name, "dropping a privileged xattr");
                 continue;
             }
-            if let Err(e) = self.root.set_xattr(path, OsStr::new(name), value) {
+            if let Err(e) = place.set_xattr(OsStr::new(name), value) {
                 // Unprivileged users cannot set security.* and the like.
                 if self.privileged || e.raw_os_error() != Some(1) {
                     return Err(self.sys(shown, e));
@@ -920,10 +914,10 @@ impl Applier<'_> {
             })
             .unwrap_or_default();
         if dir {
-            self.dirs.push((path.to_path_buf(), mtime));
+            self.dirs.push((shown.to_path_buf(), mtime));
         } else {
-            self.root
-                .set_times(path, mtime, mtime)
+            place
+                .set_times(mtime, mtime)
                 .map_err(|e| self.sys(shown, e))?;
         }
         Ok(())
@@ -940,6 +934,93 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+/// Where metadata goes: the destination's top or an entry below it.
+enum Place<'a, 'r> {
+    Root(&'r Root),
+    At(&'a At<'r>),
+}
+
+impl Place<'_, '_> {
+    fn path(&self) -> &Path {
+        match self {
+            Place::Root(_) => Path::new(""),
+            Place::At(at) => at.path(),
+        }
+    }
+
+    fn chown(&self, uid: u32, gid: u32) -> Result<(), SysError> {
+        match self {
+            Place::Root(r) => r.chown(Path::new(""), uid, gid),
+            Place::At(at) => at.chown(uid, gid),
+        }
+    }
+
+    fn chmod(&self, mode: u32) -> Result<(), SysError> {
+        match self {
+            Place::Root(r) => r.chmod(Path::new(""), mode),
+            Place::At(at) => at.chmod(mode),
+        }
+    }
+
+    fn set_xattr(&self, name: &OsStr, value: &[u8]) -> Result<(), SysError> {
+        match self {
+            Place::Root(r) => r.set_xattr(Path::new(""), name, value),
+            Place::At(at) => at.set_xattr(name, value),
+        }
+    }
+
+    fn set_times(&self, atime: Times, mtime: Times) -> Result<(), SysError> {
+        match self {
+            Place::Root(r) => r.set_times(Path::new(""), atime, mtime),
+            Place::At(at) => at.set_times(atime, mtime),
+        }
+    }
+}
+
+const EEXIST: i32 = 17;
+
+/// Runs `create`; when something is in the way, removes it (a directory
+/// with everything below) and runs `create` again.
+fn replacing<T>(at: &At<'_>, create: impl Fn(&At<'_>) -> Result<T, SysError>) -> Result<T, SysError> {
+    match create(at) {
+        Err(e) if e.raw_os_error() == Some(EEXIST) => {
+            at.remove_all()?;
+            create(at)
+        }
+        other => other,
+    }
+}
+
+/// Copies an entry's data into a new file, leaving holes where whole
+/// blocks are zero (sparse files stay sparse, GNU sparse entries too).
+fn copy_sparse(from: &mut impl Read, to: &mut std::fs::File, buf: &mut [u8]) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    const HOLE: usize = 4096;
+    let mut len = 0u64;
+    let mut pending_hole = false;
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let chunk = &buf[..n];
+        if n >= HOLE && chunk.iter().all(|b| *b == 0) {
+            to.seek(SeekFrom::Current(n as i64))?;
+            pending_hole = true;
+        } else {
+            to.write_all(chunk)?;
+            pending_hole = false;
+        }
+        len += n as u64;
+    }
+    if pending_hole {
+        to.set_len(len)?;
+    }
+    Ok(())
 }
 
 /// An overlay whiteout: a 0/0 character device.

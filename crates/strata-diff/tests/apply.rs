@@ -622,4 +622,7 @@ fn old_gnu_sparse_files_expand() {
     assert_eq!(out.len(), 4 << 20);
     assert_eq!(&out[2 << 20..(2 << 20) + 6], b"middle");
     assert!(out[..2 << 20].iter().all(|b| *b == 0));
+    use std::os::unix::fs::MetadataExt;
+    let blocks = fs::metadata(f.dest.join("sparse")).unwrap().blocks();
+    assert!(blocks * 512 < 1 << 20, "the holes stay holes ({blocks} blocks)");
 }
