@@ -29,7 +29,7 @@ use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use strata_core::{Algorithm, Digest, Digester};
 use strata_sys::{At, FileKind, Metadata, Root, SysError, Times, clean};
@@ -156,10 +156,14 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// A piece of the tar stream, shared by the extracting and the hashing
+/// thread.
+type Chunk = Arc<Vec<u8>>;
+
 /// The applying side of the pipeline: chunks from the decompressing thread.
 struct Chunks {
-    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
-    current: Vec<u8>,
+    rx: mpsc::Receiver<io::Result<Chunk>>,
+    current: Chunk,
     pos: usize,
 }
 
@@ -194,7 +198,8 @@ fn invalid(opts: &ApplyOptions, reason: impl Into<String>) -> ApplyError {
 fn decompress(
     layer: impl Read,
     opts: &ApplyOptions,
-    tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    tx: mpsc::SyncSender<io::Result<Chunk>>,
+    hash_tx: mpsc::SyncSender<Chunk>,
 ) -> Result<(Digest, u64, Compression), ApplyError> {
     let alg = opts
         .digest
@@ -268,7 +273,8 @@ fn decompress(
             return Err(invalid(opts, reason));
         }
         chunk.truncate(n);
-        if tx.send(Ok(chunk)).is_err() {
+        let chunk = Arc::new(chunk);
+        if hash_tx.send(Arc::clone(&chunk)).is_err() || tx.send(Ok(chunk)).is_err() {
             // The applier stopped (and reports why).
             return Err(invalid(opts, "extraction stopped"));
         }
@@ -293,12 +299,28 @@ pub fn apply(
         source: e,
     })?;
     let (tx, rx) = mpsc::sync_channel(4);
-    let (decompressed, extracted) = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || decompress(layer, opts, tx));
+    let (hash_tx, hash_rx) = mpsc::sync_channel::<Chunk>(8);
+    let alg = opts
+        .diff_id
+        .as_ref()
+        .map_or(Algorithm::Sha256, Digest::algorithm);
+    // Three stages: read and decompress, extract, and hash the tar stream
+    // (the diffID) beside the extraction.
+    let (decompressed, extracted, hashed) = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || decompress(layer, opts, tx, hash_tx));
+        let hasher = scope.spawn(move || {
+            let mut d = Digester::new(alg);
+            for chunk in hash_rx {
+                d.update(&chunk);
+            }
+            let size = d.written();
+            (d.finish(), size)
+        });
         let extracted = extract(&root, rx, opts);
         (
             reader.join().expect("the decompression thread panicked"),
             extracted,
+            hasher.join().expect("the hashing thread panicked"),
         )
     });
     // The extractor's error explains more when both failed, unless the
@@ -309,7 +331,8 @@ pub fn apply(
         (Err(e), Ok(_)) => return Err(e),
         (Err(_), Err(_)) => return Err(extracted.expect_err("matched as an error")),
     };
-    let (diff_id, size, entries) = extracted?;
+    let entries = extracted?;
+    let (diff_id, size) = hashed;
     if let Some(expected) = &opts.digest
         && *expected != digest
     {
@@ -342,21 +365,14 @@ pub fn apply(
 
 fn extract(
     root: &Root,
-    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    rx: mpsc::Receiver<io::Result<Chunk>>,
     opts: &ApplyOptions,
-) -> Result<(Digest, u64, u64), ApplyError> {
-    let alg = opts
-        .diff_id
-        .as_ref()
-        .map_or(Algorithm::Sha256, Digest::algorithm);
+) -> Result<u64, ApplyError> {
     let stream = HeaderGuard::new(
-        Hashing {
-            inner: Chunks {
-                rx,
-                current: Vec::new(),
-                pos: 0,
-            },
-            digester: Digester::new(alg),
+        Chunks {
+            rx,
+            current: Arc::default(),
+            pos: 0,
         },
         opts.limits.max_record,
         opts.limits.max_uncompressed,
@@ -398,12 +414,10 @@ fn extract(
         a.entry(entry)?;
     }
     a.finish_dirs()?;
-    let mut stream = archive.into_inner();
-    // Trailing blocks after the end-of-archive marker count for the diffID.
-    io::copy(&mut stream, &mut io::sink()).map_err(io_err)?;
-    let stream = stream.into_inner();
-    let size = stream.digester.written();
-    Ok((stream.digester.finish(), size, entries))
+    // Trailing blocks after the end-of-archive marker count for the diffID:
+    // drain them so the hashing thread sees the whole stream.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(io_err)?;
+    Ok(entries)
 }
 
 struct Applier<'a> {

@@ -127,10 +127,6 @@ impl<R: Read> HeaderGuard<R> {
         }
     }
 
-    pub(crate) fn into_inner(self) -> R {
-        self.inner
-    }
-
     /// A complete header block: where its data ends.
     fn header(&mut self) -> io::Result<()> {
         let h = std::mem::take(&mut self.block);
