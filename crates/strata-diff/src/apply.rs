@@ -91,6 +91,19 @@ pub struct ApplyOptions {
     pub limits: Limits,
     /// Write into an overlay upper directory instead of a plain tree.
     pub overlay: Option<OverlayTarget>,
+    /// Told the compressed bytes read so far, about every megabyte of
+    /// output.
+    pub progress: Option<Progress>,
+}
+
+/// A progress callback: receives the number of layer bytes read so far.
+#[derive(Clone)]
+pub struct Progress(pub Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
 }
 
 /// The lower side of an overlay upper directory being written directly.
@@ -257,6 +270,9 @@ fn decompress(
         // Compressed bytes taken so far (some may still sit buffered, which
         // only makes the bound more generous by one buffer).
         let read_so_far = read.get();
+        if let Some(Progress(report)) = &opts.progress {
+            report(read_so_far);
+        }
         let bound = opts.limits.max_uncompressed.min(
             read_so_far
                 .saturating_mul(opts.limits.max_ratio)
@@ -285,6 +301,9 @@ fn decompress(
     io::copy(&mut input, &mut io::sink()).map_err(io_err)?;
     let hashing = input.into_inner().inner;
     let size = hashing.digester.written();
+    if let Some(Progress(report)) = &opts.progress {
+        report(size);
+    }
     Ok((hashing.digester.finish(), size, compression))
 }
 

@@ -13,7 +13,7 @@ mod merge;
 mod unpack;
 mod write;
 
-pub use apply::{Applied, ApplyOptions, Limits, OverlayTarget, apply};
+pub use apply::{Applied, ApplyOptions, Limits, OverlayTarget, Progress, apply};
 pub use changes::{Change, ChangeFn, ChangeKind, Comparison, walk_changes, walk_upperdir_changes};
 pub use compression::Compression;
 pub use error::{ApplyError, DiffError};

@@ -144,13 +144,21 @@ fn round_trips_plain_gzip_and_zstd() {
         let dest = tmp.path().join(format!("dest{i}"));
         fs::create_dir(&dest).unwrap();
         let digest = Digest::of_bytes(Algorithm::Sha256, &bytes);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&seen);
         let opts = ApplyOptions {
             name: format!("variant {i}"),
             digest: Some(digest.clone()),
             diff_id: Some(diff_id.clone()),
+            progress: Some(strata_diff::Progress(std::sync::Arc::new(move |n| {
+                sink.lock().unwrap().push(n);
+            }))),
             ..ApplyOptions::default()
         };
         let applied = apply(&bytes[..], &dest, &opts).unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress only grows");
+        assert_eq!(seen.last(), Some(&(bytes.len() as u64)), "progress ends at the layer's size");
         assert_eq!(
             (applied.compression, applied.digest, applied.diff_id.clone()),
             (compression, digest, diff_id.clone())

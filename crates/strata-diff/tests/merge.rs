@@ -272,3 +272,115 @@ async fn a_failed_unpack_leaves_no_snapshot() {
         assert!(left.is_empty(), "{backend}: {left:?}");
     }
 }
+
+/// The same layers render alike as overlay snapshots (mounted), native
+/// snapshots, applied in order onto a directory, and (for a layer without
+/// whiteouts) as GNU tar extracts them.
+#[tokio::test]
+async fn unpacked_chains_render_alike_everywhere() {
+    if !strata_testkit::require_root("strata-diff::unpacked_chains_render_alike_everywhere") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(4242);
+    let mut layers = Vec::new();
+    let mut prev: Option<PathBuf> = None;
+    for step in 0..4 {
+        let tree = t.path().join(format!("t{step}"));
+        match &prev {
+            Some(p) => {
+                strata_native::copy_tree(p, &tree).unwrap();
+                strata_testkit::random_tree::mutate(&tree, &mut rng, 20);
+            }
+            None => {
+                fs::create_dir(&tree).unwrap();
+                strata_testkit::random_tree::populate(&tree, &mut rng, 60);
+            }
+        }
+        layers.push(layer_of(prev.as_deref(), &tree, Comparison::Compat));
+        prev = Some(tree);
+    }
+    let reference = t.path().join("reference");
+    fs::create_dir(&reference).unwrap();
+    for l in &layers {
+        apply(l.as_slice(), &reference, &ApplyOptions::default()).unwrap();
+    }
+    let want = render(&reference);
+    assert_eq!(want, render(prev.as_ref().unwrap()));
+    for backend in ["overlay", "native"] {
+        let e = env(backend);
+        let mut parent: Option<String> = None;
+        for (i, l) in layers.iter().enumerate() {
+            let key = format!("l{i}");
+            unpack_bytes(&e, &key, parent.as_deref(), l.clone()).await;
+            parent = Some(key);
+        }
+        assert_eq!(render_snapshot(&e, "l3").await, want, "{backend}");
+    }
+    // GNU tar as the reference extraction of the first layer.
+    let (ours, gnu) = (t.path().join("ours"), t.path().join("gnu"));
+    fs::create_dir(&ours).unwrap();
+    fs::create_dir(&gnu).unwrap();
+    apply(layers[0].as_slice(), &ours, &ApplyOptions::default()).unwrap();
+    let mut child = std::process::Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--same-owner", "--numeric-owner", "-xpf", "-", "-C"])
+        .arg(&gnu)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &layers[0]).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    assert_eq!(render(&gnu), render(&ours), "GNU tar reads our layer the same way");
+}
+
+/// Layers written into the content store: labelled with their diffID,
+/// readable back into the same tree, idempotent, and a failed write leaves
+/// no ingest behind.
+#[test]
+fn layers_go_into_the_content_store() {
+    let t = tempfile::tempdir().unwrap();
+    let db = Arc::new(MetaDb::open(&t.path().join("meta.redb")).unwrap());
+    let content = strata_content::ContentStore::open(&t.path().join("content"), db).unwrap();
+    let tree = random_trees(t.path(), 77, 1).remove(0);
+    let opts = WriteOptions {
+        compression: strata_diff::Compression::Zstd,
+        level: Some(3),
+        source_date_epoch: None,
+    };
+    let write = |reference: &str| {
+        strata_diff::write_layer_to_store(&content, reference, &tree, &opts, |w| {
+            walk_changes(None, &tree, Comparison::Compat, &mut |c| w.change(&c))
+        })
+    };
+    let written = write("export-1").unwrap();
+    let info = content.info(&written.digest).unwrap();
+    assert_eq!(info.size, written.size);
+    assert_eq!(
+        info.labels.get(strata_diff::UNCOMPRESSED_LABEL),
+        Some(&written.diff_id.to_string())
+    );
+    let back = t.path().join("back");
+    fs::create_dir(&back).unwrap();
+    let applied = apply(
+        content.reader_at(&written.digest).unwrap(),
+        &back,
+        &ApplyOptions {
+            digest: Some(written.digest.clone()),
+            diff_id: Some(written.diff_id.clone()),
+            ..ApplyOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(applied.size, written.uncompressed_size);
+    assert_eq!(render(&back), render(&tree));
+    assert_eq!(write("export-2").unwrap(), written, "the same layer again");
+    let failed = strata_diff::write_layer_to_store(&content, "export-3", &tree, &opts, |_| {
+        Err(strata_diff::DiffError::Unsupported {
+            path: tree.clone(),
+            reason: "stop".into(),
+        })
+    });
+    assert!(failed.is_err());
+    assert!(content.status("export-3").is_err(), "the failed ingest is gone");
+}
