@@ -566,8 +566,8 @@ impl Applier<'_> {
         }
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let mut file = replacing(&at, |at| at.create_file(0o600))
-                    .map_err(|e| self.sys(&shown, e))?;
+                let mut file =
+                    replacing(&at, |at| at.create_file(0o600)).map_err(|e| self.sys(&shown, e))?;
                 copy_sparse(&mut entry, &mut file, &mut self.buf)
                     .map_err(|e| self.entry_error(&shown, e))?;
             }
@@ -1016,7 +1016,10 @@ const EEXIST: i32 = 17;
 
 /// Runs `create`; when something is in the way, removes it (a directory
 /// with everything below) and runs `create` again.
-fn replacing<T>(at: &At<'_>, create: impl Fn(&At<'_>) -> Result<T, SysError>) -> Result<T, SysError> {
+fn replacing<T>(
+    at: &At<'_>,
+    create: impl Fn(&At<'_>) -> Result<T, SysError>,
+) -> Result<T, SysError> {
     match create(at) {
         Err(e) if e.raw_os_error() == Some(EEXIST) => {
             at.remove_all()?;

@@ -3,8 +3,9 @@
 //! order (later ones win).
 //!
 //! * `Merge` semantics: diffs with no lower and a whole snapshot as upper;
-//!   on overlay the first input, when it has no parent, becomes the base of
-//!   the result instead of being copied (base-layer skipping).
+//!   on overlay the first input becomes the base of the result, its chain
+//!   reused as lower directories instead of being copied (base-layer
+//!   skipping; the seed does it only for a parentless first input).
 //! * `ApplySnapshotDiff` semantics: one diff from a lower to an upper
 //!   snapshot onto an empty base: a fresh tree holding what changed, with
 //!   deletions dropped.
@@ -232,15 +233,21 @@ impl Merger {
         let mut base: Option<String> = None;
         let mut skip = 0;
         if overlay {
-            for d in diffs {
-                let parent = match &d.upper {
-                    Some(u) => self.store.stat(u).await?.parent,
-                    None => None,
+            for (i, d) in diffs.iter().enumerate() {
+                let Some(upper) = &d.upper else { break };
+                let info = self.store.stat(upper).await?;
+                // The first whole snapshot becomes the base with its whole
+                // chain (the seed takes it only without a parent); a later
+                // diff is skipped when it is exactly the base's child.
+                let extends = if i == 0 {
+                    d.lower.is_none()
+                } else {
+                    info.parent == d.lower && d.lower == base
                 };
-                if !(parent == d.lower && d.lower == base) || d.upper.is_none() {
+                if info.kind != Kind::Committed || !extends {
                     break;
                 }
-                base.clone_from(&d.upper);
+                base = Some(upper.clone());
                 skip += 1;
             }
         }

@@ -158,7 +158,11 @@ fn round_trips_plain_gzip_and_zstd() {
         let applied = apply(&bytes[..], &dest, &opts).unwrap();
         let seen = seen.lock().unwrap().clone();
         assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress only grows");
-        assert_eq!(seen.last(), Some(&(bytes.len() as u64)), "progress ends at the layer's size");
+        assert_eq!(
+            seen.last(),
+            Some(&(bytes.len() as u64)),
+            "progress ends at the layer's size"
+        );
         assert_eq!(
             (applied.compression, applied.digest, applied.diff_id.clone()),
             (compression, digest, diff_id.clone())
@@ -632,5 +636,8 @@ fn old_gnu_sparse_files_expand() {
     assert!(out[..2 << 20].iter().all(|b| *b == 0));
     use std::os::unix::fs::MetadataExt;
     let blocks = fs::metadata(f.dest.join("sparse")).unwrap().blocks();
-    assert!(blocks * 512 < 1 << 20, "the holes stay holes ({blocks} blocks)");
+    assert!(
+        blocks * 512 < 1 << 20,
+        "the holes stay holes ({blocks} blocks)"
+    );
 }

@@ -323,7 +323,15 @@ async fn unpacked_chains_render_alike_everywhere() {
     fs::create_dir(&gnu).unwrap();
     apply(layers[0].as_slice(), &ours, &ApplyOptions::default()).unwrap();
     let mut child = std::process::Command::new("tar")
-        .args(["--xattrs", "--xattrs-include=*", "--same-owner", "--numeric-owner", "-xpf", "-", "-C"])
+        .args([
+            "--xattrs",
+            "--xattrs-include=*",
+            "--same-owner",
+            "--numeric-owner",
+            "-xpf",
+            "-",
+            "-C",
+        ])
         .arg(&gnu)
         .stdin(std::process::Stdio::piped())
         .spawn()
@@ -331,7 +339,11 @@ async fn unpacked_chains_render_alike_everywhere() {
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), &layers[0]).unwrap();
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
-    assert_eq!(render(&gnu), render(&ours), "GNU tar reads our layer the same way");
+    assert_eq!(
+        render(&gnu),
+        render(&ours),
+        "GNU tar reads our layer the same way"
+    );
 }
 
 /// Layers written into the content store: labelled with their diffID,
@@ -382,5 +394,49 @@ fn layers_go_into_the_content_store() {
         })
     });
     assert!(failed.is_err());
-    assert!(content.status("export-3").is_err(), "the failed ingest is gone");
+    assert!(
+        content.status("export-3").is_err(),
+        "the failed ingest is gone"
+    );
+}
+
+/// On overlay the first input's whole chain becomes the base of a merge:
+/// nothing of it is copied, and the result sits on it.
+#[tokio::test]
+async fn overlay_merges_reuse_the_first_chain() {
+    if !strata_testkit::require_root("strata-diff::overlay_merges_reuse_the_first_chain") {
+        return;
+    }
+    let e = env("overlay");
+    let trees = random_trees(&e.base, 5, 3);
+    let reference = e.base.join("ref");
+    fs::create_dir(&reference).unwrap();
+    let mut parent: Option<String> = None;
+    for (i, t) in trees.iter().enumerate().take(2) {
+        let layer = layer_of(None, t, Comparison::Compat);
+        apply(layer.as_slice(), &reference, &ApplyOptions::default()).unwrap();
+        let key = format!("chain{i}");
+        unpack_bytes(&e, &key, parent.as_deref(), layer).await;
+        parent = Some(key);
+    }
+    let other = layer_of(None, &trees[2], Comparison::Compat);
+    apply(other.as_slice(), &reference, &ApplyOptions::default()).unwrap();
+    unpack_bytes(&e, "other", None, other).await;
+    let stats = e
+        .merger
+        .merge(
+            "m",
+            &[Diff::whole("chain1"), Diff::whole("other")],
+            Labels::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        e.store.stat("m").await.unwrap().parent.as_deref(),
+        Some("chain1")
+    );
+    assert_eq!(render_snapshot(&e, "m").await, render(&reference));
+    let own = e.merger.usage("m").await.unwrap();
+    assert_eq!(own, stats.usage);
+    assert!(stats.changes > 0);
 }
