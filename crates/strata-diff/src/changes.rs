@@ -16,7 +16,7 @@
 //! walk elsewhere. Paths are relative to the roots, without a leading `/`.
 
 use std::cmp::Ordering;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -109,13 +109,6 @@ pub fn walk_upperdir_changes(
         comparison,
     };
     walk.dir(Path::new(""), f)
-}
-
-/// A directory's entry names sorted by bytes.
-fn sorted_names(root: &Root, dir: &Path) -> Result<Vec<OsString>, DiffError> {
-    let mut names: Vec<OsString> = root.read_dir(dir)?.into_iter().map(|(n, _)| n).collect();
-    names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    Ok(names)
 }
 
 /// `lstat` that treats ENOTDIR (a parent is not a directory) as absent.
@@ -221,15 +214,15 @@ struct DoubleWalk<'a> {
 impl DoubleWalk<'_> {
     /// Compares directory `dir` (present below when `below`).
     fn dir(&self, dir: &Path, below: bool, f: &mut ChangeFn<'_>) -> Result<(), DiffError> {
-        let ups = sorted_names(self.upper, dir)?;
+        let ups = self.upper.read_dir_stat(dir)?;
         let lows = match self.lower {
-            Some(lower) if below => sorted_names(lower, dir)?,
+            Some(lower) if below => lower.read_dir_stat(dir)?,
             _ => Vec::new(),
         };
         let (mut i, mut j) = (0, 0);
         while i < lows.len() || j < ups.len() {
             let order = match (lows.get(i), ups.get(j)) {
-                (Some(l), Some(u)) => l.as_bytes().cmp(u.as_bytes()),
+                (Some(l), Some(u)) => l.0.as_bytes().cmp(u.0.as_bytes()),
                 (Some(_), None) => Ordering::Less,
                 _ => Ordering::Greater,
             };
@@ -237,28 +230,26 @@ impl DoubleWalk<'_> {
                 Ordering::Less => {
                     f(Change {
                         kind: ChangeKind::Delete,
-                        path: dir.join(&lows[i]),
+                        path: dir.join(&lows[i].0),
                         meta: None,
                     })?;
                     i += 1;
                 }
                 Ordering::Greater => {
-                    let path = dir.join(&ups[j]);
-                    let u = self.upper.stat(&path)?;
-                    let is_dir = u.kind == FileKind::Dir;
+                    let (name, u) = &ups[j];
+                    let path = dir.join(name);
                     f(Change {
                         kind: ChangeKind::Add,
                         path: path.clone(),
-                        meta: Some(u),
+                        meta: Some(u.clone()),
                     })?;
-                    if is_dir {
+                    if u.kind == FileKind::Dir {
                         self.dir(&path, false, f)?;
                     }
                     j += 1;
                 }
                 Ordering::Equal => {
-                    let path = dir.join(&ups[j]);
-                    self.both(&path, f)?;
+                    self.both(&dir.join(&ups[j].0), &lows[i].1, &ups[j].1, f)?;
                     i += 1;
                     j += 1;
                 }
@@ -267,28 +258,30 @@ impl DoubleWalk<'_> {
         Ok(())
     }
 
-    fn both(&self, path: &Path, f: &mut ChangeFn<'_>) -> Result<(), DiffError> {
+    fn both(
+        &self,
+        path: &Path,
+        l: &Metadata,
+        u: &Metadata,
+        f: &mut ChangeFn<'_>,
+    ) -> Result<(), DiffError> {
         let lower = self.lower.expect("only called with a lower tree");
-        let l = lower.stat(path)?;
-        let u = self.upper.stat(path)?;
-        let is_dir = u.kind == FileKind::Dir;
-        let kind = if !same(lower, self.upper, path, &l, &u, self.comparison)? {
+        let kind = if !same(lower, self.upper, path, l, u, self.comparison)? {
             Some(ChangeKind::Modify)
-        } else if hardlinked(&u) {
+        } else if hardlinked(u) {
             Some(ChangeKind::Unmodified)
         } else {
             None
         };
-        let below = l.kind == FileKind::Dir;
         if let Some(kind) = kind {
             f(Change {
                 kind,
                 path: path.to_path_buf(),
-                meta: Some(u),
+                meta: Some(u.clone()),
             })?;
         }
-        if is_dir {
-            self.dir(path, below, f)?;
+        if u.kind == FileKind::Dir {
+            self.dir(path, l.kind == FileKind::Dir, f)?;
         }
         Ok(())
     }
@@ -322,9 +315,8 @@ impl UpperdirWalk<'_> {
     }
 
     fn dir(&self, dir: &Path, f: &mut ChangeFn<'_>) -> Result<(), DiffError> {
-        for name in sorted_names(self.upper, dir)? {
+        for (name, u) in self.upper.read_dir_stat(dir)? {
             let path = dir.join(&name);
-            let u = self.upper.stat(&path)?;
             let is_dir = u.kind == FileKind::Dir;
             if is_dir && self.xattr_is(&path, &REDIRECTS, None)? {
                 return Err(DiffError::Unsupported {

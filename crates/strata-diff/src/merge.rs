@@ -138,7 +138,7 @@ fn upperdir_of(lower: &[Mount], upper: &[Mount]) -> Option<PathBuf> {
 /// A tree to read: used in place when it is a single bind, else mounted.
 struct Tree {
     path: PathBuf,
-    _mount: Option<LocalMount>,
+    mount: Option<LocalMount>,
     /// Where files really live, topmost first (for hard links).
     layers: Vec<PathBuf>,
     mounts: Vec<Mount>,
@@ -153,7 +153,7 @@ impl Tree {
         {
             return Ok(Tree {
                 path: m.source.clone(),
-                _mount: None,
+                mount: None,
                 layers,
                 mounts,
             });
@@ -168,7 +168,7 @@ impl Tree {
         )?;
         Ok(Tree {
             path: mount.path().to_path_buf(),
-            _mount: Some(mount),
+            mount: Some(mount),
             layers,
             mounts,
         })
@@ -388,6 +388,7 @@ impl Dest {
             .map(|l| Root::open(l))
             .collect::<Result<_, _>>()?;
         let fast = lower.and_then(|l| upperdir_of(&l.mounts, &upper.mounts));
+        let bind = upper.mount.is_none();
         let mut seen: HashMap<(u64, u64), PathBuf> = HashMap::new();
         let mut handle = |c: Change| -> Result<(), DiffError> {
             if c.kind == ChangeKind::Unmodified {
@@ -397,7 +398,9 @@ impl Dest {
             let src = match (&c.kind, &c.meta) {
                 (ChangeKind::Delete, _) | (_, None) => None,
                 (_, Some(m)) => {
-                    let (root, meta) = if m.kind == FileKind::Dir {
+                    // A single bind is its own only layer: the walk's
+                    // metadata is the real file's.
+                    let (root, meta) = if m.kind == FileKind::Dir || bind {
                         (&view, m.clone())
                     } else {
                         resolve(&layers, &view, &c.path)?
@@ -468,18 +471,41 @@ impl Dest {
     fn apply(&mut self, c: &Change, src: Option<Source<'_>>, link: bool) -> Result<(), DiffError> {
         self.stats.changes += 1;
         let path = c.path.as_path();
-        let existing = match self.root.try_stat(path) {
-            Ok(m) => m,
-            Err(e) if e.raw_os_error() == Some(20) => None,
-            Err(e) => return Err(e.into()),
-        };
+        // The entry's parent is resolved once; everything below acts
+        // relative to it.
+        let at = self.root.at(path)?;
         let delete_only = c.kind == ChangeKind::Delete;
+        let mut link = link;
+        // The common case first: a file shared by hard link where nothing
+        // is in the way yet.
+        if let Some(s) = src.as_ref().filter(|s| {
+            link && !delete_only
+                && s.link.is_none()
+                && !matches!(
+                    s.meta.kind,
+                    FileKind::Dir | FileKind::Fifo | FileKind::Socket
+                )
+        }) {
+            match at.link_from(s.root, path) {
+                Ok(()) => {
+                    self.shared.insert((s.meta.dev, s.meta.ino));
+                    self.stats.linked += 1;
+                    return Ok(());
+                }
+                // Something is there: the phases below replace it.
+                Err(e) if e.raw_os_error() == Some(17) => {}
+                // Another file system, or too many links: copy.
+                Err(e) if matches!(e.raw_os_error(), Some(18 | 31)) => link = false,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let existing = at.stat()?;
         let both_dirs = matches!((&existing, &src), (Some(d), Some(s)) if d.kind == FileKind::Dir && s.meta.kind == FileKind::Dir);
         let overwrite = !delete_only && existing.is_some() && !both_dirs;
         let mut opaque = false;
         if delete_only || overwrite {
             if existing.is_some() {
-                self.root.remove_all(path)?;
+                at.remove_all()?;
             }
             if overwrite
                 && self.overlay
@@ -489,7 +515,7 @@ impl Dest {
             }
             if delete_only {
                 if self.overlay && self.lower_has(path)? {
-                    self.root.mknod(path, FileKind::CharDevice, 0, 0)?;
+                    at.mknod(FileKind::CharDevice, 0, 0)?;
                 }
                 return Ok(());
             }
@@ -498,11 +524,11 @@ impl Dest {
         let m = &src.meta;
         if !matches!(m.kind, FileKind::Dir | FileKind::Fifo | FileKind::Socket) {
             if let Some(first) = &src.link {
-                self.root.hardlink(first, path)?;
+                at.link_from(&self.root, first)?;
                 return Ok(());
             }
             if link {
-                match self.root.hardlink_from(src.root, path, path) {
+                match at.link_from(src.root, path) {
                     Ok(()) => {
                         self.shared.insert((m.dev, m.ino));
                         self.stats.linked += 1;
@@ -517,25 +543,25 @@ impl Dest {
         match m.kind {
             FileKind::File => {
                 let from = src.root.open_file(path)?;
-                let to = self.root.create_file(path, 0o600)?;
+                let to = at.create_file(0o600)?;
                 strata_sys::copy::copy_contents(&from, &to)
                     .map_err(|e| DiffError::io("copy", self.root.path().join(path), e))?;
                 self.stats.copied += 1;
             }
             FileKind::Dir => {
                 if existing.is_none() || overwrite {
-                    self.root.mkdir(path, 0o700)?;
+                    at.mkdir(0o700)?;
                 }
             }
             FileKind::Symlink => {
                 let target = src.root.read_link(path)?;
-                self.root.symlink(&target, path)?;
+                at.symlink(&target)?;
             }
-            kind => self.root.mknod(path, kind, m.mode, m.rdev)?,
+            kind => at.mknod(kind, m.mode, m.rdev)?,
         }
-        self.root.chown(path, m.uid, m.gid)?;
+        at.chown(m.uid, m.gid)?;
         if m.kind != FileKind::Symlink {
-            self.root.chmod(path, m.mode)?;
+            at.chmod(m.mode)?;
         }
         for name in src.root.list_xattrs(path).unwrap_or_default() {
             let b = name.as_bytes();
@@ -543,7 +569,7 @@ impl Dest {
                 continue;
             }
             if let Some(v) = src.root.get_xattr(path, &name)?
-                && let Err(e) = self.root.set_xattr(path, &name, &v)
+                && let Err(e) = at.set_xattr(&name, &v)
             {
                 tracing::debug!(path = %path.display(), xattr = %name.to_string_lossy(), error = %e, "could not copy an xattr");
             }
@@ -554,12 +580,12 @@ impl Dest {
             } else {
                 "trusted.overlay.opaque"
             };
-            self.root.set_xattr(path, OsStr::new(name), b"y")?;
+            at.set_xattr(OsStr::new(name), b"y")?;
         }
         if m.kind == FileKind::Dir {
             self.dir_times.insert(path.to_path_buf(), m.mtime);
         } else {
-            self.root.set_times(path, m.atime, m.mtime)?;
+            at.set_times(m.atime, m.mtime)?;
         }
         Ok(())
     }

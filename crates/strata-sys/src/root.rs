@@ -457,6 +457,29 @@ impl Root {
         read_entries(&dir).map_err(|e| self.io("read directory", &rel, e))
     }
 
+    /// A directory's entries with their `lstat`, names sorted by bytes:
+    /// the directory is resolved once and each entry is looked at relative
+    /// to it (the walk of a whole tree costs one resolution per directory).
+    pub fn read_dir_stat(&self, path: &Path) -> SysResult<Vec<(OsString, Metadata)>> {
+        let rel = clean(path)?;
+        let dir = self.open_dir(path)?;
+        let mut names = read_entries(&dir).map_err(|e| self.io("read directory", &rel, e))?;
+        names.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        names
+            .into_iter()
+            .map(|(name, _)| {
+                let st = rfs::statx(
+                    &dir,
+                    &name,
+                    AtFlags::SYMLINK_NOFOLLOW,
+                    StatxFlags::BASIC_STATS,
+                )
+                .map_err(|e| SysError::io("stat", self.display(&rel).join(&name), e))?;
+                Ok((name, Metadata::from_statx(&st)))
+            })
+            .collect()
+    }
+
     /// What the xattr calls act on: the root through its own fd, or an
     /// entry through the l* calls on `/proc/self/fd/<parent>/<name>` (the
     /// parent reached through our own fd, the final name not followed).
@@ -645,28 +668,22 @@ impl At<'_> {
     /// symlink is linked as itself.
     pub fn link_from(&self, from: &Root, existing: &Path) -> SysResult<()> {
         let src = from.parent("link", existing)?;
-        let st = rfs::statx(
-            &src.fd,
-            &src.name,
-            AtFlags::SYMLINK_NOFOLLOW,
-            StatxFlags::TYPE,
-        )
-        .map_err(|e| from.io("link", &src.rel, e))?;
-        if FileKind::from_mode(u32::from(st.stx_mode)) == FileKind::Dir {
-            return Err(SysError::Refused {
-                op: "hard-link",
-                path: from.display(&src.rel),
-                reason: "the link target is a directory",
-            });
-        }
-        rfs::linkat(
+        match rfs::linkat(
             &src.fd,
             &src.name,
             &self.p.fd,
             &self.p.name,
             AtFlags::empty(),
-        )
-        .map_err(|e| self.io("link", e))
+        ) {
+            Ok(()) => Ok(()),
+            // The kernel refuses directories; say so plainly.
+            Err(Errno::PERM) if is_dir_at(&src) => Err(SysError::Refused {
+                op: "hard-link",
+                path: from.display(&src.rel),
+                reason: "the link target is a directory",
+            }),
+            Err(e) => Err(self.io("link", e)),
+        }
     }
 
     /// Creates a device node, fifo or socket node.
@@ -805,6 +822,12 @@ impl XattrTarget<'_> {
             XattrTarget::Entry { path, .. } => rfs::lremovexattr(path, name),
         }
     }
+}
+
+/// True when the entry a resolved parent names is a directory.
+fn is_dir_at(p: &Parent) -> bool {
+    rfs::statx(&p.fd, &p.name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE)
+        .is_ok_and(|st| FileKind::from_mode(u32::from(st.stx_mode)) == FileKind::Dir)
 }
 
 fn read_entries(dir: &OwnedFd) -> Result<Vec<(OsString, Option<FileKind>)>, Errno> {
