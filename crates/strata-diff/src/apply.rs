@@ -82,6 +82,8 @@ pub struct ApplyOptions {
     pub media_type: Option<String>,
     /// The expected digest of the layer as given (compressed).
     pub digest: Option<Digest>,
+    /// The expected size of the layer as given (compressed).
+    pub size: Option<u64>,
     /// The expected digest of the uncompressed tar stream.
     pub diff_id: Option<Digest>,
     /// Skip device nodes that cannot be created (no privilege) instead of
@@ -352,6 +354,14 @@ pub fn apply(
     };
     let entries = extracted?;
     let (diff_id, size) = hashed;
+    if let Some(expected) = opts.size
+        && expected != compressed_size
+    {
+        return Err(invalid(
+            opts,
+            format!("size mismatch: expected {expected} bytes, read {compressed_size}"),
+        ));
+    }
     if let Some(expected) = &opts.digest
         && *expected != digest
     {

@@ -328,7 +328,8 @@ impl Merger {
                 .map(|l| Root::open(l))
                 .collect::<Result<_, _>>()?,
             overlay: m.kind == "overlay",
-            userxattr: self.userxattr,
+            // The result's own mount says so too.
+            userxattr: self.userxattr || m.options.iter().any(|o| o == "userxattr"),
             dir_times: HashMap::new(),
             shared: HashSet::new(),
             stats: MergeStats::default(),

@@ -247,6 +247,24 @@ fn digest_and_diff_id_mismatches_name_both() {
             "{msg}"
         );
     }
+    let err = apply(
+        &bytes[..],
+        &f.dest,
+        &ApplyOptions {
+            name: "L".into(),
+            size: Some(bytes.len() as u64 + 1),
+            ..ApplyOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "expected {} bytes, read {}",
+            bytes.len() + 1,
+            bytes.len()
+        )),
+        "{err}"
+    );
 }
 
 fn expect_invalid(f: &Fixture, bytes: &[u8], needle: &str) {

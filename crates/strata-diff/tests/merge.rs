@@ -440,3 +440,34 @@ async fn overlay_merges_reuse_the_first_chain() {
     assert_eq!(own, stats.usage);
     assert!(stats.changes > 0);
 }
+
+/// ApplySnapshotDiff of a snapshot against itself: a new, empty snapshot.
+#[tokio::test]
+async fn a_diff_of_equal_inputs_is_empty() {
+    if !strata_testkit::require_root("strata-diff::a_diff_of_equal_inputs_is_empty") {
+        return;
+    }
+    for backend in ["overlay", "native"] {
+        let e = env(backend);
+        let tree = random_trees(&e.base, 31, 1).remove(0);
+        unpack_bytes(&e, "a", None, layer_of(None, &tree, Comparison::Compat)).await;
+        let diff = Diff {
+            lower: Some("a".into()),
+            upper: Some("a".into()),
+            comparison: Comparison::ContentOnMetadataMatch,
+        };
+        let stats = e
+            .merger
+            .merge("same", &[diff], Labels::new())
+            .await
+            .unwrap();
+        assert_eq!(stats.changes, 0, "{backend}");
+        let listing = render_snapshot(&e, "same").await;
+        assert_eq!(
+            listing.lines().count(),
+            1,
+            "{backend}: only the root: {listing}"
+        );
+        assert_eq!(e.store.stat("same").await.unwrap().parent, None);
+    }
+}
