@@ -14,7 +14,10 @@
 //! * merge: the five layers unpacked as five snapshots, merged (overlay and
 //!   native) against `cp -al` of the five trees into one.
 //!
-//! `STRATA_BENCH_ONLY=apply|diff|merge` runs one part.
+//! * export: debian-python's 318 MB layer written from its overlay
+//!   snapshot (gzip, zstd) against `tar | pigz` and `tar | zstd -T0`.
+//!
+//! `STRATA_BENCH_ONLY=apply|diff|export|merge` runs one part.
 
 // This program reports on stdout by design.
 #![allow(clippy::print_stdout)]
@@ -305,6 +308,79 @@ fn bench_diff(dir: &Path) {
     remove(&root);
 }
 
+/// Exports debian-python's largest layer (318 MB of tar) from its overlay
+/// snapshot through the upper directory, gzip and zstd, against GNU tar of
+/// the same upper directory piped into pigz and zstd.
+fn bench_export(dir: &Path, images: &Path) {
+    let ls = layers(&images.join("debian-python"));
+    let root = dir.join("export-store");
+    unpack_chain(&root, &ls[..3], "overlay");
+    let s = store(&root, "overlay");
+    let tmp = root.join("tmp");
+    let opts = MountOptions {
+        force_remount: true,
+        temporary: true,
+    };
+    let lower = LocalMount::mount(&s.view_mounts("layer1").unwrap(), &tmp, opts).unwrap();
+    let upper = LocalMount::mount(&s.view_mounts("layer2").unwrap(), &tmp, opts).unwrap();
+    let upperdir = s.fs_dir("layer2").unwrap();
+    for (name, compression, peer) in [
+        ("gzip", Compression::Gzip, "pigz -6"),
+        ("zstd", Compression::Zstd, "zstd -3 -T0"),
+    ] {
+        let wopts = WriteOptions {
+            compression,
+            ..WriteOptions::default()
+        };
+        let (mut ours, mut theirs) = (vec![], vec![]);
+        let (mut size, mut blob) = (0, 0);
+        for _ in 0..RUNS {
+            let start = Instant::now();
+            let (w, _) = write_layer(std::io::sink(), upper.path(), &wopts, |w| {
+                walk_upperdir_changes(
+                    &upperdir,
+                    upper.path(),
+                    lower.path(),
+                    Comparison::Compat,
+                    &mut |c| w.change(&c),
+                )
+            })
+            .unwrap();
+            ours.push(start.elapsed());
+            (size, blob) = (w.uncompressed_size, w.size);
+            theirs.push(sh(&format!(
+                "tar -C {} -cf - . | {peer} > /dev/null",
+                upperdir.display()
+            )));
+        }
+        let (o, t) = (median(ours), median(theirs));
+        let peer_blob = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "tar -C {} -cf - . | {peer} | wc -c",
+                upperdir.display()
+            ))
+            .output()
+            .unwrap();
+        let peer_blob: f64 = String::from_utf8_lossy(&peer_blob.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0.0);
+        println!(
+            "  {name} export of the {:.0} MB layer: {:.1} MB (peer {:.1} MB); strata {:.2}s ({:.0} MB/s), tar | {peer} {:.2}s, ratio {:.2}",
+            size as f64 / 1e6,
+            blob as f64 / 1e6,
+            peer_blob / 1e6,
+            o.as_secs_f64(),
+            mbps(size, o),
+            t.as_secs_f64(),
+            o.as_secs_f64() / t.as_secs_f64()
+        );
+    }
+    drop((lower, upper));
+    remove(&root);
+}
+
 fn bench_merge(dir: &Path, images: &Path) {
     let ls = layers(&images.join("debian-python"));
     for backend in ["overlay", "native"] {
@@ -381,7 +457,7 @@ fn main() {
         images.display()
     );
     fs::create_dir_all(&dir).unwrap();
-    // `STRATA_BENCH_ONLY=apply|diff|merge` runs one part.
+    // `STRATA_BENCH_ONLY=apply|diff|export|merge` runs one part.
     let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
     let wanted = |part: &str| only.is_empty() || only == part;
     if wanted("apply") {
@@ -391,6 +467,10 @@ fn main() {
     if wanted("diff") {
         println!("diff:");
         bench_diff(&dir);
+    }
+    if wanted("export") {
+        println!("export:");
+        bench_export(&dir, &images);
     }
     if wanted("merge") {
         println!("merge:");

@@ -12,7 +12,9 @@
 //!   are link entries (unmodified paths register an inode); sockets are
 //!   skipped;
 //! * the tar is built on the calling thread (hashing the diffID) while a
-//!   second thread compresses it (hashing the digest) into the sink.
+//!   second thread compresses it (hashing the digest) into the sink: gzip
+//!   as one member deflated in parallel pieces (`pgzip.rs`), zstd with its
+//!   own workers; either way the bytes do not depend on the core count.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -29,6 +31,7 @@ use tar::{EntryType, Header};
 use crate::changes::{Change, ChangeKind};
 use crate::compression::Compression;
 use crate::error::DiffError;
+use crate::pgzip::ParallelGzip;
 
 /// The label a compressed blob carries with its diffID (containerd's).
 pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
@@ -117,7 +120,7 @@ impl Write for ChunkSender {
 
 enum Encoder<W: Write> {
     None(W),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(ParallelGzip<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -129,20 +132,26 @@ impl<W: Write> Encoder<W> {
                 let level = level.map_or(flate2::Compression::default(), |l| {
                     flate2::Compression::new(l.clamp(0, 9).unsigned_abs())
                 });
-                Encoder::Gzip(flate2::write::GzEncoder::new(sink, level))
+                Encoder::Gzip(ParallelGzip::new(sink, level, workers() as usize)?)
             }
-            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(
-                sink,
-                level.unwrap_or(zstd::DEFAULT_COMPRESSION_LEVEL),
-            )?),
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(
+                    sink,
+                    level.unwrap_or(zstd::DEFAULT_COMPRESSION_LEVEL),
+                )?;
+                // zstd's output is the same for any number of workers from
+                // one up, so layers stay reproducible across machines.
+                e.multithread(workers())?;
+                Encoder::Zstd(e)
+            }
         })
     }
 
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn write_chunk(&mut self, chunk: Vec<u8>) -> io::Result<()> {
         match self {
-            Encoder::None(w) => w.write_all(buf),
-            Encoder::Gzip(w) => w.write_all(buf),
-            Encoder::Zstd(w) => w.write_all(buf),
+            Encoder::None(w) => w.write_all(&chunk),
+            Encoder::Gzip(w) => w.piece(chunk),
+            Encoder::Zstd(w) => w.write_all(&chunk),
         }
     }
 
@@ -155,6 +164,11 @@ impl<W: Write> Encoder<W> {
         w.flush()?;
         Ok(w)
     }
+}
+
+/// Compression threads: the machine's cores, at least one.
+fn workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
 }
 
 /// Builds the tar of a change stream; handed to the producer of
@@ -424,7 +438,7 @@ pub fn write_layer<W: Write + Send>(
                 opts.level,
             )?;
             for chunk in rx {
-                enc.write_all(&chunk)?;
+                enc.write_chunk(chunk)?;
             }
             enc.finish()
         });
@@ -505,4 +519,26 @@ pub fn write_layer_to_store(
         tracing::warn!(reference, error = %e, "could not abort a failed layer ingest");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    fn zstd_with(workers: u32, data: &[u8]) -> Vec<u8> {
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        e.multithread(workers).unwrap();
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn zstd_output_does_not_depend_on_the_worker_count() {
+        let data: Vec<u8> = (0..24u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 & 0x0f)
+            .collect();
+        let one = zstd_with(1, &data);
+        assert_eq!(one, zstd_with(2, &data));
+        assert_eq!(one, zstd_with(5, &data));
+    }
 }
