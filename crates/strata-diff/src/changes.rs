@@ -152,6 +152,11 @@ pub(crate) fn same(
     {
         return Ok(false);
     }
+    // Every test must pass for "same"; the cheap ones go first, the
+    // capability xattr (two reads) only when metadata says nothing differs.
+    if l.kind != FileKind::Dir && (l.size != u.size || l.mtime != u.mtime) {
+        return Ok(false);
+    }
     let cap = OsStr::new(CAPABILITY);
     if lower.get_xattr(path, cap)?.unwrap_or_default()
         != upper.get_xattr(path, cap)?.unwrap_or_default()
@@ -160,9 +165,6 @@ pub(crate) fn same(
     }
     if l.kind == FileKind::Dir {
         return Ok(true);
-    }
-    if l.size != u.size || l.mtime != u.mtime {
-        return Ok(false);
     }
     if comparison == Comparison::Compat && (l.mtime.nsec != 0 || u.mtime.nsec != 0) {
         return Ok(true);
