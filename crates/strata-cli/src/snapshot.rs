@@ -10,6 +10,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use strata_core::{Filter, Labels, Mount};
 use strata_diff::{Comparison, Diff, MergeStats, Merger};
+use strata_leases::OpCtx;
 use strata_leases::Resource;
 use strata_snapshot::{Info, Kind, SnapshotError, Snapshotter};
 
@@ -290,7 +291,12 @@ pub fn run(
             let labels = parse_labels(&labels)?;
             let diffs: Vec<Diff> = keys.iter().map(|k| Diff::whole(k)).collect();
             let stats = created(&hold, held(&name), || {
-                Ok(block_on(merger.merge(&name, &diffs, labels))??)
+                Ok(block_on(merger.merge(
+                    &OpCtx::new(),
+                    &name,
+                    &diffs,
+                    labels,
+                ))??)
             })?;
             print_merged(out, &name, &stats)?;
         }
@@ -307,7 +313,12 @@ pub fn run(
                 comparison: Comparison::ContentOnMetadataMatch,
             };
             let stats = created(&hold, held(&name), || {
-                Ok(block_on(merger.merge(&name, &[diff], labels))??)
+                Ok(block_on(merger.merge(
+                    &OpCtx::new(),
+                    &name,
+                    &[diff],
+                    labels,
+                ))??)
             })?;
             print_merged(out, &name, &stats)?;
         }

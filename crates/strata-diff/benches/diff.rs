@@ -34,6 +34,7 @@ use strata_diff::{
     ApplyOptions, Comparison, Compression, Diff, Merger, WriteOptions, apply, unpack, walk_changes,
     walk_upperdir_changes, write_layer,
 };
+use strata_leases::OpCtx;
 use strata_metadata::MetaDb;
 use strata_snapshot::mounts::{LocalMount, MountOptions};
 use strata_snapshot::{Backend, SnapshotStore, Snapshotter};
@@ -409,7 +410,7 @@ fn bench_merge(dir: &Path, images: &Path) {
             sh("sync");
             let start = Instant::now();
             let name = format!("merged{run}");
-            rt.block_on(merger.merge(&name, &diffs, Labels::new()))
+            rt.block_on(merger.merge(&OpCtx::new(), &name, &diffs, Labels::new()))
                 .unwrap();
             ours.push(start.elapsed());
             rt.block_on(s.remove(&name)).unwrap();

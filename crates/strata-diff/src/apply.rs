@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
 use strata_core::{Algorithm, Digest, Digester};
+use strata_leases::OpCtx;
 use strata_sys::{At, FileKind, Metadata, Root, SysError, Times, clean};
 use tar::EntryType;
 
@@ -93,19 +94,10 @@ pub struct ApplyOptions {
     pub limits: Limits,
     /// Write into an overlay upper directory instead of a plain tree.
     pub overlay: Option<OverlayTarget>,
-    /// Told the compressed bytes read so far, about every megabyte of
-    /// output.
-    pub progress: Option<Progress>,
-}
-
-/// A progress callback: receives the number of layer bytes read so far.
-#[derive(Clone)]
-pub struct Progress(pub Arc<dyn Fn(u64) + Send + Sync>);
-
-impl std::fmt::Debug for Progress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Progress(..)")
-    }
+    /// The operation context: cancellation (checked for every megabyte
+    /// decompressed and every entry; it stops the whole pipeline) and the
+    /// progress sink (told the layer bytes read so far).
+    pub ctx: OpCtx,
 }
 
 /// The lower side of an overlay upper directory being written directly.
@@ -209,13 +201,14 @@ fn invalid(opts: &ApplyOptions, reason: impl Into<String>) -> ApplyError {
 }
 
 /// Reads, hashes and decompresses `layer`, sending bounded chunks; returns
-/// the compressed digest, size and the compression found.
+/// the compressed digest, size and the compression found, or `None` when
+/// the extracting side stopped first (its error says why).
 fn decompress(
     layer: impl Read,
     opts: &ApplyOptions,
     tx: mpsc::SyncSender<io::Result<Chunk>>,
     hash_tx: mpsc::SyncSender<Chunk>,
-) -> Result<(Digest, u64, Compression), ApplyError> {
+) -> Result<Option<(Digest, u64, Compression)>, ApplyError> {
     let alg = opts
         .digest
         .as_ref()
@@ -272,8 +265,13 @@ fn decompress(
         // Compressed bytes taken so far (some may still sit buffered, which
         // only makes the bound more generous by one buffer).
         let read_so_far = read.get();
-        if let Some(Progress(report)) = &opts.progress {
-            report(read_so_far);
+        opts.ctx.progress(read_so_far);
+        if opts.ctx.is_cancelled() {
+            let _receiver_gone =
+                tx.send(Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled")));
+            return Err(ApplyError::Cancelled {
+                layer: opts.name.clone(),
+            });
         }
         let bound = opts.limits.max_uncompressed.min(
             read_so_far
@@ -293,8 +291,8 @@ fn decompress(
         chunk.truncate(n);
         let chunk = Arc::new(chunk);
         if hash_tx.send(Arc::clone(&chunk)).is_err() || tx.send(Ok(chunk)).is_err() {
-            // The applier stopped (and reports why).
-            return Err(invalid(opts, "extraction stopped"));
+            // The applier stopped and reports why.
+            return Ok(None);
         }
     }
     drop(decoder);
@@ -303,10 +301,8 @@ fn decompress(
     io::copy(&mut input, &mut io::sink()).map_err(io_err)?;
     let hashing = input.into_inner().inner;
     let size = hashing.digester.written();
-    if let Some(Progress(report)) = &opts.progress {
-        report(size);
-    }
-    Ok((hashing.digester.finish(), size, compression))
+    opts.ctx.progress(size);
+    Ok(Some((hashing.digester.finish(), size, compression)))
 }
 
 /// Applies the layer read from `layer` onto the directory `dest`.
@@ -346,11 +342,12 @@ pub fn apply(
     });
     // The extractor's error explains more when both failed, unless the
     // stream itself was bad.
-    let (digest, compressed_size, compression) = match (decompressed, &extracted) {
-        (Ok(d), _) => d,
+    let (digest, compressed_size, compression) = match (decompressed, extracted.as_ref()) {
+        (Ok(Some(d)), _) => d,
         (Err(e @ ApplyError::Invalid { .. }), _) => return Err(e),
         (Err(e), Ok(_)) => return Err(e),
-        (Err(_), Err(_)) => return Err(extracted.expect_err("matched as an error")),
+        (_, Err(_)) => return Err(extracted.expect_err("matched as an error")),
+        (Ok(None), Ok(_)) => return Err(invalid(opts, "the stream ended early")),
     };
     let entries = extracted?;
     let (diff_id, size) = hashed;
@@ -432,6 +429,11 @@ fn extract(
     let mut entries = 0u64;
     let io_err = |e: io::Error| invalid(opts, format!("not a valid tar stream: {e}"));
     for entry in archive.entries().map_err(io_err)? {
+        if opts.ctx.is_cancelled() {
+            return Err(ApplyError::Cancelled {
+                layer: opts.name.clone(),
+            });
+        }
         let entry = entry.map_err(io_err)?;
         entries += 1;
         if entries > opts.limits.max_entries {

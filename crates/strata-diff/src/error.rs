@@ -32,6 +32,10 @@ pub enum ApplyError {
         entry: String,
         symlink: std::path::PathBuf,
     },
+    /// The operation was cancelled; what was applied stays (the caller
+    /// discards it).
+    #[error("layer {layer}: cancelled")]
+    Cancelled { layer: String },
     /// Reading the layer or writing the tree failed.
     #[error("layer {layer}: {source}")]
     Io {
@@ -54,7 +58,9 @@ impl Classify for ApplyError {
             ApplyError::Invalid { .. } | ApplyError::Entry { .. } | ApplyError::Mismatch { .. } => {
                 ErrorKind::Invalid
             }
-            ApplyError::NeedsMount { .. } => ErrorKind::FailedPrecondition,
+            ApplyError::NeedsMount { .. } | ApplyError::Cancelled { .. } => {
+                ErrorKind::FailedPrecondition
+            }
             ApplyError::Io { source, .. } => Classify::kind(source),
             ApplyError::Sys { source, .. } => source.kind(),
         }
@@ -91,6 +97,9 @@ pub enum DiffError {
     /// Applying a layer failed.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// The operation was cancelled.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl DiffError {
@@ -116,6 +125,7 @@ impl Classify for DiffError {
             DiffError::Snapshot(e) => e.kind(),
             DiffError::Content(e) => e.kind(),
             DiffError::Apply(e) => e.kind(),
+            DiffError::Cancelled => ErrorKind::FailedPrecondition,
         }
     }
 }

@@ -14,7 +14,7 @@ mod pgzip;
 mod unpack;
 mod write;
 
-pub use apply::{Applied, ApplyOptions, Limits, OverlayTarget, Progress, apply};
+pub use apply::{Applied, ApplyOptions, Limits, OverlayTarget, apply};
 pub use changes::{Change, ChangeFn, ChangeKind, Comparison, walk_changes, walk_upperdir_changes};
 pub use compression::Compression;
 pub use error::{ApplyError, DiffError};

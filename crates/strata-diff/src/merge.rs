@@ -26,6 +26,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use strata_core::{Labels, Mount};
+use strata_leases::OpCtx;
 use strata_snapshot::mounts::{LocalMount, MountOptions};
 use strata_snapshot::{Kind, SnapshotError, SnapshotStore, Snapshotter, Usage};
 use strata_sys::{FileKind, Metadata, Root, Times};
@@ -225,6 +226,7 @@ impl Merger {
     /// A failed merge leaves nothing behind.
     pub async fn merge(
         &self,
+        ctx: &OpCtx,
         key: &str,
         diffs: &[Diff],
         labels: Labels,
@@ -256,7 +258,7 @@ impl Merger {
             .store
             .prepare(&prepare_key, base.as_deref(), Labels::new())
             .await?;
-        let result = self.fill(&mounts, &diffs[skip..], overlay).await;
+        let result = self.fill(ctx, &mounts, &diffs[skip..], overlay).await;
         let stats = match result {
             Ok(stats) => stats,
             Err(e) => {
@@ -300,6 +302,7 @@ impl Merger {
 
     async fn fill(
         &self,
+        ctx: &OpCtx,
         mounts: &[Mount],
         diffs: &[Diff],
         overlay: bool,
@@ -353,7 +356,7 @@ impl Merger {
             // only on the backends whose snapshots are never written in
             // place once committed.
             let link = committed && (overlay || self.store.name() == "native");
-            dest.diff(lower.as_ref(), &upper, d.comparison, link)?;
+            dest.diff(ctx, lower.as_ref(), &upper, d.comparison, link)?;
         }
         for dir in scratch {
             if let Err(e) = std::fs::remove_dir(&dir) {
@@ -377,6 +380,7 @@ struct Source<'a> {
 impl Dest {
     fn diff(
         &mut self,
+        ctx: &OpCtx,
         lower: Option<&Tree>,
         upper: &Tree,
         comparison: Comparison,
@@ -392,6 +396,9 @@ impl Dest {
         let bind = upper.mount.is_none();
         let mut seen: HashMap<(u64, u64), PathBuf> = HashMap::new();
         let mut handle = |c: Change| -> Result<(), DiffError> {
+            if ctx.is_cancelled() {
+                return Err(DiffError::Cancelled);
+            }
             if c.kind == ChangeKind::Unmodified {
                 return Ok(());
             }

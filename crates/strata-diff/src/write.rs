@@ -25,6 +25,7 @@ use std::sync::mpsc;
 
 use strata_content::{ContentError, ContentStore};
 use strata_core::{Algorithm, Digest, Digester, Labels};
+use strata_leases::OpCtx;
 use strata_sys::{FileKind, Metadata, Root};
 use tar::{EntryType, Header};
 
@@ -37,7 +38,7 @@ use crate::pgzip::ParallelGzip;
 pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
 
 /// How to write a layer.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct WriteOptions {
     /// The compression of the blob.
     pub compression: Compression,
@@ -46,6 +47,9 @@ pub struct WriteOptions {
     /// Clamp every mtime to this (seconds since the epoch), for
     /// reproducible layers.
     pub source_date_epoch: Option<i64>,
+    /// The operation context: writing stops at the next change once it is
+    /// cancelled.
+    pub ctx: OpCtx,
 }
 
 /// What was written.
@@ -180,6 +184,7 @@ pub struct LayerWriter<'a> {
     dirs: HashSet<PathBuf>,
     epoch: Option<i64>,
     entries: u64,
+    ctx: OpCtx,
 }
 
 impl std::fmt::Debug for LayerWriter<'_> {
@@ -242,6 +247,9 @@ impl LayerWriter<'_> {
 
     /// Adds one change.
     pub fn change(&mut self, c: &Change) -> Result<(), DiffError> {
+        if self.ctx.is_cancelled() {
+            return Err(DiffError::Cancelled);
+        }
         if c.kind != ChangeKind::Unmodified
             && let Some(parent) = c.path.parent()
         {
@@ -455,6 +463,7 @@ pub fn write_layer<W: Write + Send>(
             dirs: HashSet::new(),
             epoch: opts.source_date_epoch,
             entries: 0,
+            ctx: opts.ctx.clone(),
         };
         let tarred = produce(&mut w).and_then(|()| {
             let entries = w.entries;

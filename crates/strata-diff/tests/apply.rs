@@ -150,9 +150,9 @@ fn round_trips_plain_gzip_and_zstd() {
             name: format!("variant {i}"),
             digest: Some(digest.clone()),
             diff_id: Some(diff_id.clone()),
-            progress: Some(strata_diff::Progress(std::sync::Arc::new(move |n| {
+            ctx: strata_leases::OpCtx::new().with_progress(move |n| {
                 sink.lock().unwrap().push(n);
-            }))),
+            }),
             ..ApplyOptions::default()
         };
         let applied = apply(&bytes[..], &dest, &opts).unwrap();
@@ -658,4 +658,50 @@ fn old_gnu_sparse_files_expand() {
         blocks * 512 < 1 << 20,
         "the holes stay holes ({blocks} blocks)"
     );
+}
+
+/// A layer of `n` small files, gzip-compressed.
+fn many_files(n: usize) -> Vec<u8> {
+    let entries: Vec<Vec<u8>> = (0..n)
+        .map(|i| file(&format!("d{}/f{i}", i % 50), &"x".repeat(3000)))
+        .collect();
+    gzip(&layer(&entries))
+}
+
+#[test]
+fn cancellation_stops_the_whole_pipeline() {
+    let f = fixture();
+    let bytes = many_files(20_000);
+    let ctx = strata_leases::OpCtx::new();
+    let canceller = ctx.clone();
+    // Cancel as soon as the first megabyte of output is reported.
+    let ctx = ctx.with_progress(move |_| canceller.cancel());
+    let err = apply(
+        &bytes[..],
+        &f.dest,
+        &ApplyOptions {
+            name: "big".into(),
+            ctx,
+            ..ApplyOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, ApplyError::Cancelled { .. }), "{err}");
+    let made: usize = fs::read_dir(&f.dest)
+        .unwrap()
+        .map(|d| fs::read_dir(d.unwrap().path()).unwrap().count())
+        .sum();
+    assert!(made < 20_000, "stopped early ({made} files)");
+    f.outside_untouched();
+}
+
+#[test]
+fn a_bad_entry_deep_in_a_big_layer_is_named() {
+    let f = fixture();
+    let mut entries: Vec<Vec<u8>> = (0..5_000)
+        .map(|i| file(&format!("d/f{i}"), &"y".repeat(4000)))
+        .collect();
+    entries.insert(100, file("../outside/pwned", "x"));
+    let bytes = gzip(&layer(&entries));
+    expect_invalid(&f, &bytes, "climbs above the root");
 }

@@ -223,6 +223,7 @@ fn layers_are_deterministic_and_clamped() {
         compression: Compression::Gzip,
         level: Some(6),
         source_date_epoch: Some(1000),
+        ..WriteOptions::default()
     };
     let one = diff_layer(None, &u, &opts);
     let two = diff_layer(None, &u, &opts);
@@ -261,4 +262,23 @@ fn deletes_become_whiteouts_after_their_parents() {
         .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["keep/", "keep/.wh.gone", "keep/stay"]);
+}
+
+#[test]
+fn a_cancelled_write_stops() {
+    let (_t, _l, u) = pair();
+    for i in 0..50 {
+        write(&u, &format!("f{i}"), "x");
+    }
+    let ctx = strata_leases::OpCtx::new();
+    ctx.cancel();
+    let opts = WriteOptions {
+        ctx,
+        ..WriteOptions::default()
+    };
+    let err = write_layer(Vec::new(), &u, &opts, |w| {
+        walk_changes(None, &u, Comparison::Compat, &mut |c| w.change(&c))
+    })
+    .unwrap_err();
+    assert!(matches!(err, strata_diff::DiffError::Cancelled), "{err}");
 }

@@ -14,6 +14,7 @@ use strata_core::Labels;
 use strata_diff::{
     ApplyOptions, Comparison, Diff, Merger, WriteOptions, apply, unpack, walk_changes, write_layer,
 };
+use strata_leases::OpCtx;
 use strata_metadata::MetaDb;
 use strata_snapshot::{Backend, SnapshotStore, Snapshotter};
 use strata_testkit::crash::Rng;
@@ -132,7 +133,7 @@ async fn merge_equals_ordered_apply(backend: &str) {
         let merged = format!("merged{seed}");
         let stats = e
             .merger
-            .merge(&merged, &diffs, Labels::new())
+            .merge(&OpCtx::new(), &merged, &diffs, Labels::new())
             .await
             .unwrap();
         assert_eq!(
@@ -216,7 +217,10 @@ async fn snapshot_diff_holds_the_changes(backend: &str) {
             upper: Some(kb.clone()),
             comparison: Comparison::ContentOnMetadataMatch,
         };
-        e.merger.merge(&name, &[diff], Labels::new()).await.unwrap();
+        e.merger
+            .merge(&OpCtx::new(), &name, &[diff], Labels::new())
+            .await
+            .unwrap();
         assert_eq!(
             render_snapshot(&e, &name).await,
             render(&reference),
@@ -358,7 +362,7 @@ fn layers_go_into_the_content_store() {
     let opts = WriteOptions {
         compression: strata_diff::Compression::Zstd,
         level: Some(3),
-        source_date_epoch: None,
+        ..WriteOptions::default()
     };
     let write = |reference: &str| {
         strata_diff::write_layer_to_store(&content, reference, &tree, &opts, |w| {
@@ -425,6 +429,7 @@ async fn overlay_merges_reuse_the_first_chain() {
     let stats = e
         .merger
         .merge(
+            &OpCtx::new(),
             "m",
             &[Diff::whole("chain1"), Diff::whole("other")],
             Labels::new(),
@@ -458,7 +463,7 @@ async fn a_diff_of_equal_inputs_is_empty() {
         };
         let stats = e
             .merger
-            .merge("same", &[diff], Labels::new())
+            .merge(&OpCtx::new(), "same", &[diff], Labels::new())
             .await
             .unwrap();
         assert_eq!(stats.changes, 0, "{backend}");
@@ -470,4 +475,31 @@ async fn a_diff_of_equal_inputs_is_empty() {
         );
         assert_eq!(e.store.stat("same").await.unwrap().parent, None);
     }
+}
+
+#[tokio::test]
+async fn a_cancelled_merge_leaves_nothing() {
+    if !strata_testkit::require_root("strata-diff::a_cancelled_merge_leaves_nothing") {
+        return;
+    }
+    let e = env("native");
+    let tree = random_trees(&e.base, 41, 1).remove(0);
+    unpack_bytes(&e, "a", None, layer_of(None, &tree, Comparison::Compat)).await;
+    let ctx = OpCtx::new();
+    ctx.cancel();
+    let err = e
+        .merger
+        .merge(&ctx, "m", &[Diff::whole("a")], Labels::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, strata_diff::DiffError::Cancelled), "{err}");
+    let mut left = Vec::new();
+    e.store
+        .walk(&strata_core::Filter::default(), &mut |i| {
+            left.push(i.name);
+            Box::pin(async { Ok(()) })
+        })
+        .await
+        .unwrap();
+    assert_eq!(left, ["a"]);
 }
