@@ -628,18 +628,20 @@ impl Dest {
     fn usage(&self) -> Result<Usage, DiffError> {
         let mut seen = HashSet::new();
         let mut usage = Usage::default();
-        let mut stack = vec![PathBuf::new()];
-        while let Some(dir) = stack.pop() {
-            let m = self.root.stat(&dir)?;
+        let mut count = |m: &Metadata| {
             if seen.insert((m.dev, m.ino)) && !self.shared.contains(&(m.dev, m.ino)) {
                 usage.inodes += 1;
                 usage.size += m.blocks * 512;
             }
-            if m.kind != FileKind::Dir {
-                continue;
-            }
-            for (name, _) in self.root.read_dir(&dir)? {
-                stack.push(dir.join(name));
+        };
+        count(&self.root.stat(Path::new(""))?);
+        let mut stack = vec![PathBuf::new()];
+        while let Some(dir) = stack.pop() {
+            for (name, m) in self.root.read_dir_stat(&dir)? {
+                count(&m);
+                if m.kind == FileKind::Dir {
+                    stack.push(dir.join(name));
+                }
             }
         }
         Ok(usage)
