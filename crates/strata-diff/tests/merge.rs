@@ -503,3 +503,47 @@ async fn a_cancelled_merge_leaves_nothing() {
         .unwrap();
     assert_eq!(left, ["a"]);
 }
+
+/// A layer writing below a lower layer's symlink (`lib -> usr/lib`, then
+/// `lib/x`) cannot go straight into the upper directory; unpack applies it
+/// through a mount instead, where the symlink resolves as it would in the
+/// image.
+#[tokio::test]
+async fn unpack_falls_back_to_a_mount_below_lower_symlinks() {
+    if !strata_testkit::require_root(
+        "strata-diff::unpack_falls_back_to_a_mount_below_lower_symlinks",
+    ) {
+        return;
+    }
+    let entry = |path: &str, kind: tar::EntryType, data: &[u8], link: &str| {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    };
+    use tar::EntryType::{Directory as D, Regular as F, Symlink as S};
+    let one = [
+        entry("usr/", D, b"", ""),
+        entry("usr/lib/", D, b"", ""),
+        entry("lib", S, b"", "usr/lib"),
+        vec![0; 1024],
+    ]
+    .concat();
+    let two = [entry("lib/x", F, b"x", ""), vec![0; 1024]].concat();
+    for backend in ["overlay", "native"] {
+        let e = env(backend);
+        unpack_bytes(&e, "one", None, one.clone()).await;
+        unpack_bytes(&e, "two", Some("one"), two.clone()).await;
+        let listing = render_snapshot(&e, "two").await;
+        assert!(listing.contains("/lib Symlink"), "{backend}: {listing}");
+        assert!(listing.contains("/usr/lib/x File"), "{backend}: {listing}");
+    }
+}
