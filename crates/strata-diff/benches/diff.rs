@@ -204,8 +204,9 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn open_blob(blob: &Path) -> impl Fn() -> std::io::Result<Box<dyn Read + Send>> + Sync + '_ {
-    move || Ok(Box::new(fs::File::open(blob)?) as Box<dyn Read + Send>)
+fn open_blob(blob: &Path) -> strata_diff::LayerSource {
+    let blob = blob.to_path_buf();
+    Arc::new(move || Ok(Box::new(fs::File::open(&blob)?) as Box<dyn Read + Send>))
 }
 
 /// Unpacks the layers as a chain of snapshots; the time taken.
@@ -225,7 +226,7 @@ fn unpack_chain(root: &Path, ls: &[(PathBuf, String)], backend: &str) -> Duratio
                 &s,
                 &key,
                 parent.as_deref(),
-                &open_blob(blob),
+                open_blob(blob),
                 &opts,
                 &tmp,
                 Labels::new(),
@@ -397,7 +398,7 @@ fn bench_merge(dir: &Path, images: &Path) {
                     media_type: Some(mt.clone()),
                     ..ApplyOptions::default()
                 };
-                unpack(&s, &key, None, &open_blob(blob), &opts, &tmp, Labels::new())
+                unpack(&s, &key, None, open_blob(blob), &opts, &tmp, Labels::new())
                     .await
                     .unwrap();
                 keys.push(key);

@@ -313,60 +313,95 @@ impl Merger {
                 reason: format!("expected exactly one mount, got {}", mounts.len()),
             });
         };
-        let (root, lowers) = match overlay_layers(m) {
-            Some(mut layers) if m.kind == "overlay" => {
-                let upper = layers.pop().ok_or_else(|| DiffError::Unsupported {
-                    path: self.tmp.clone(),
-                    reason: "the merge's overlay has no upper directory".into(),
-                })?;
-                layers.reverse();
-                (upper, layers)
-            }
-            _ => (m.source.clone(), Vec::new()),
-        };
-        let mut dest = Dest {
-            root: Root::open(&root)?,
-            lowers: lowers
-                .iter()
-                .map(|l| Root::open(l))
-                .collect::<Result<_, _>>()?,
-            overlay: m.kind == "overlay",
-            // The result's own mount says so too.
-            userxattr: self.userxattr || m.options.iter().any(|o| o == "userxattr"),
-            dir_times: HashMap::new(),
-            shared: HashSet::new(),
-            stats: MergeStats::default(),
-        };
+        let mut inputs = Vec::new();
         let mut scratch = Vec::new();
         for d in diffs {
-            let (lower, _) = match &d.lower {
-                Some(l) => {
-                    let (m, c) = self.input(Some(l)).await?;
-                    (Some(m), c)
-                }
-                None => (None, false),
+            let lower = match &d.lower {
+                Some(l) => Some(self.input(Some(l)).await?.0),
+                None => None,
             };
             let (upper, committed) = self.input(d.upper.as_deref()).await?;
             if d.upper.is_none() {
                 scratch.push(upper[0].source.clone());
             }
-            let lower = lower.map(|m| Tree::open(m, &self.tmp)).transpose()?;
-            let upper = Tree::open(upper, &self.tmp)?;
-            // Links only from committed inputs, which never change; and
-            // only on the backends whose snapshots are never written in
-            // place once committed.
-            let link = committed && (overlay || self.store.name() == "native");
-            dest.diff(ctx, lower.as_ref(), &upper, d.comparison, link)?;
+            inputs.push(Input {
+                lower,
+                upper,
+                // Links only from committed inputs, which never change;
+                // and only on the backends whose snapshots are never
+                // written in place once committed.
+                link: committed && (overlay || self.store.name() == "native"),
+                comparison: d.comparison,
+            });
         }
+        // The file-system work runs on the blocking pool, off the
+        // caller's executor.
+        let (m, ctx, tmp) = (m.clone(), ctx.clone(), self.tmp.clone());
+        let userxattr = self.userxattr || m.options.iter().any(|o| o == "userxattr");
+        let result =
+            tokio::task::spawn_blocking(move || write_merge(&m, &inputs, &ctx, &tmp, userxattr))
+                .await
+                .unwrap_or_else(|e| Err(DiffError::Snapshot(SnapshotError::Task(e.to_string()))));
         for dir in scratch {
             if let Err(e) = std::fs::remove_dir(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not remove a scratch directory");
             }
         }
-        dest.flush()?;
-        dest.stats.usage = dest.usage()?;
-        Ok(dest.stats)
+        result
     }
+}
+
+/// A merge input resolved to mounts.
+struct Input {
+    lower: Option<Vec<Mount>>,
+    upper: Vec<Mount>,
+    link: bool,
+    comparison: Comparison,
+}
+
+/// Applies `inputs` in order into the result mounted as `m`; its usage.
+fn write_merge(
+    m: &Mount,
+    inputs: &[Input],
+    ctx: &OpCtx,
+    tmp: &Path,
+    userxattr: bool,
+) -> Result<MergeStats, DiffError> {
+    let (root, lowers) = match overlay_layers(m) {
+        Some(mut layers) if m.kind == "overlay" => {
+            let upper = layers.pop().ok_or_else(|| DiffError::Unsupported {
+                path: tmp.to_path_buf(),
+                reason: "the merge's overlay has no upper directory".into(),
+            })?;
+            layers.reverse();
+            (upper, layers)
+        }
+        _ => (m.source.clone(), Vec::new()),
+    };
+    let mut dest = Dest {
+        root: Root::open(&root)?,
+        lowers: lowers
+            .iter()
+            .map(|l| Root::open(l))
+            .collect::<Result<_, _>>()?,
+        overlay: m.kind == "overlay",
+        userxattr,
+        dir_times: HashMap::new(),
+        shared: HashSet::new(),
+        stats: MergeStats::default(),
+    };
+    for input in inputs {
+        let lower = input
+            .lower
+            .clone()
+            .map(|m| Tree::open(m, tmp))
+            .transpose()?;
+        let upper = Tree::open(input.upper.clone(), tmp)?;
+        dest.diff(ctx, lower.as_ref(), &upper, input.comparison, input.link)?;
+    }
+    dest.flush()?;
+    dest.stats.usage = dest.usage()?;
+    Ok(dest.stats)
 }
 
 /// A change with the file it came from.

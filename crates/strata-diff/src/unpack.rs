@@ -7,17 +7,18 @@
 //! applied again through a mount of the snapshot.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use strata_core::Labels;
 use strata_snapshot::mounts::{LocalMount, MountOptions};
-use strata_snapshot::{SnapshotStore, Snapshotter};
+use strata_snapshot::{SnapshotError, SnapshotStore, Snapshotter};
 
 use crate::apply::{Applied, ApplyOptions, OverlayTarget, apply};
 use crate::error::{ApplyError, DiffError};
 use crate::merge::overlay_layers;
 
 /// Opens the layer (again, when it must be applied a second way).
-pub type LayerSource<'a> = dyn Fn() -> std::io::Result<Box<dyn Read + Send>> + Sync + 'a;
+pub type LayerSource = Arc<dyn Fn() -> std::io::Result<Box<dyn Read + Send>> + Send + Sync>;
 
 /// Applies the layer `open` gives onto `parent` as the committed snapshot
 /// `key`. Mounts, when needed, go under `tmp`.
@@ -25,14 +26,20 @@ pub async fn unpack(
     store: &SnapshotStore,
     key: &str,
     parent: Option<&str>,
-    open: &LayerSource<'_>,
+    open: LayerSource,
     opts: &ApplyOptions,
     tmp: &std::path::Path,
     labels: Labels,
 ) -> Result<Applied, DiffError> {
     let active = format!("extract-{}", strata_core::id::new_id());
     let mounts = store.prepare(&active, parent, Labels::new()).await?;
-    let applied = apply_to_mounts(&mounts, open, opts, tmp);
+    // The file-system work runs on the blocking pool, off the caller's
+    // executor.
+    let (job_opts, job_tmp) = (opts.clone(), tmp.to_path_buf());
+    let applied =
+        tokio::task::spawn_blocking(move || apply_to_mounts(&mounts, &open, &job_opts, &job_tmp))
+            .await
+            .unwrap_or_else(|e| Err(DiffError::Snapshot(SnapshotError::Task(e.to_string()))));
     let result = match applied {
         Ok(applied) => store
             .commit(key, &active, labels)
@@ -51,7 +58,7 @@ pub async fn unpack(
 
 fn apply_to_mounts(
     mounts: &[strata_core::Mount],
-    open: &LayerSource<'_>,
+    open: &LayerSource,
     opts: &ApplyOptions,
     tmp: &std::path::Path,
 ) -> Result<Applied, DiffError> {

@@ -73,14 +73,13 @@ fn changes_layer(lower: Option<&Path>, upper: &Path, cmp: Comparison, unmodified
 }
 
 async fn unpack_bytes(e: &Env, key: &str, parent: Option<&str>, layer: Vec<u8>) {
-    let open = move || -> std::io::Result<Box<dyn Read + Send>> {
-        Ok(Box::new(std::io::Cursor::new(layer.clone())))
-    };
+    let open: strata_diff::LayerSource =
+        Arc::new(move || Ok(Box::new(std::io::Cursor::new(layer.clone())) as Box<dyn Read + Send>));
     unpack(
         &e.store,
         key,
         parent,
-        &open,
+        open,
         &ApplyOptions::default(),
         &e.base,
         Labels::new(),
@@ -253,15 +252,15 @@ async fn a_failed_unpack_leaves_no_snapshot() {
         let tree = random_trees(&e.base, 99, 1).remove(0);
         let layer = layer_of(None, &tree, Comparison::Compat);
         let wrong = strata_core::Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
-        let open = move || -> std::io::Result<Box<dyn Read + Send>> {
-            Ok(Box::new(std::io::Cursor::new(layer.clone())))
-        };
+        let open: strata_diff::LayerSource = Arc::new(move || {
+            Ok(Box::new(std::io::Cursor::new(layer.clone())) as Box<dyn Read + Send>)
+        });
         let opts = ApplyOptions {
             name: "layer.tar".into(),
             diff_id: Some(wrong),
             ..ApplyOptions::default()
         };
-        let err = unpack(&e.store, "k", None, &open, &opts, &e.base, Labels::new())
+        let err = unpack(&e.store, "k", None, open, &opts, &e.base, Labels::new())
             .await
             .unwrap_err();
         assert!(err.to_string().contains("diffID mismatch"), "{err}");
