@@ -12,26 +12,7 @@ use strata_core::{Algorithm, Classify, Digest, ErrorKind};
 use strata_diff::{ApplyError, ApplyOptions, Compression, Limits, apply};
 use strata_testkit::tree::render;
 
-/// One raw tar entry, built byte by byte so hostile names survive (the tar
-/// crate's builder refuses them).
-fn raw(path: &[u8], kind: tar::EntryType, data: &[u8], link: &[u8]) -> Vec<u8> {
-    let mut h = tar::Header::new_gnu();
-    h.as_old_mut().name[..path.len()].copy_from_slice(path);
-    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
-    h.set_entry_type(kind);
-    h.set_size(data.len() as u64);
-    h.set_mode(if kind == tar::EntryType::Directory {
-        0o755
-    } else {
-        0o644
-    });
-    h.set_mtime(1_700_000_000);
-    h.set_cksum();
-    let mut out = h.as_bytes().to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    out
-}
+use strata_testkit::layer_tar::{archive as layer, entry as raw};
 
 fn file(path: &str, data: &str) -> Vec<u8> {
     raw(
@@ -44,12 +25,6 @@ fn file(path: &str, data: &str) -> Vec<u8> {
 
 fn dir(path: &str) -> Vec<u8> {
     raw(path.as_bytes(), tar::EntryType::Directory, b"", b"")
-}
-
-fn layer(entries: &[Vec<u8>]) -> Vec<u8> {
-    let mut out: Vec<u8> = entries.concat();
-    out.extend_from_slice(&[0u8; 1024]);
-    out
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {

@@ -286,30 +286,22 @@ async fn unpacked_chains_render_alike_everywhere() {
     }
     let t = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(4242);
-    let mut layers = Vec::new();
-    let mut prev: Option<PathBuf> = None;
-    for step in 0..4 {
-        let tree = t.path().join(format!("t{step}"));
-        match &prev {
-            Some(p) => {
-                strata_native::copy_tree(p, &tree).unwrap();
-                strata_testkit::random_tree::mutate(&tree, &mut rng, 20);
-            }
-            None => {
-                fs::create_dir(&tree).unwrap();
-                strata_testkit::random_tree::populate(&tree, &mut rng, 60);
-            }
-        }
-        layers.push(layer_of(prev.as_deref(), &tree, Comparison::Compat));
-        prev = Some(tree);
-    }
+    let trees = strata_testkit::random_tree::history(t.path(), &mut rng, 4, 60, 20);
+    let layers: Vec<Vec<u8>> = trees
+        .iter()
+        .enumerate()
+        .map(|(i, tree)| {
+            let lower = i.checked_sub(1).map(|p| trees[p].as_path());
+            layer_of(lower, tree, Comparison::Compat)
+        })
+        .collect();
     let reference = t.path().join("reference");
     fs::create_dir(&reference).unwrap();
     for l in &layers {
         apply(l.as_slice(), &reference, &ApplyOptions::default()).unwrap();
     }
     let want = render(&reference);
-    assert_eq!(want, render(prev.as_ref().unwrap()));
+    assert_eq!(want, render(trees.last().unwrap()));
     for backend in ["overlay", "native"] {
         let e = env(backend);
         let mut parent: Option<String> = None;
@@ -514,29 +506,14 @@ async fn unpack_falls_back_to_a_mount_below_lower_symlinks() {
     ) {
         return;
     }
-    let entry = |path: &str, kind: tar::EntryType, data: &[u8], link: &str| {
-        let mut h = tar::Header::new_ustar();
-        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
-        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-        h.set_entry_type(kind);
-        h.set_size(data.len() as u64);
-        h.set_mode(0o755);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        let mut out = h.as_bytes().to_vec();
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-        out
-    };
+    use strata_testkit::layer_tar::{archive, entry};
     use tar::EntryType::{Directory as D, Regular as F, Symlink as S};
-    let one = [
+    let one = archive(&[
         entry("usr/", D, b"", ""),
         entry("usr/lib/", D, b"", ""),
         entry("lib", S, b"", "usr/lib"),
-        vec![0; 1024],
-    ]
-    .concat();
-    let two = [entry("lib/x", F, b"x", ""), vec![0; 1024]].concat();
+    ]);
+    let two = archive(&[entry("lib/x", F, b"x", "")]);
     for backend in ["overlay", "native"] {
         let e = env(backend);
         unpack_bytes(&e, "one", None, one.clone()).await;

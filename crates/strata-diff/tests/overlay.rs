@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use strata_core::Mount;
 use strata_diff::{ApplyError, ApplyOptions, Comparison, OverlayTarget, WriteOptions, apply};
 use strata_testkit::crash::Rng;
+use strata_testkit::layer_tar::{archive, entry};
 use strata_testkit::tree::render;
 
 fn diff_layer(lower: Option<&Path>, upper: &Path) -> Vec<u8> {
@@ -82,27 +83,16 @@ fn random_histories_render_the_same_through_overlay() {
         let t = tempfile::tempdir().unwrap();
         let work = t.path().join("work");
         fs::create_dir(&work).unwrap();
-        let mut layers = Vec::new();
-        let mut prev: Option<PathBuf> = None;
-        for step in 0..4 {
-            let tree = t.path().join(format!("t{step}"));
-            match &prev {
-                Some(p) => {
-                    strata_native::copy_tree(p, &tree).unwrap();
-                    strata_testkit::random_tree::mutate(&tree, &mut rng, 20);
-                }
-                None => {
-                    fs::create_dir(&tree).unwrap();
-                    strata_testkit::random_tree::populate(&tree, &mut rng, 50);
-                }
-            }
-            layers.push(diff_layer(prev.as_deref(), &tree));
-            prev = Some(tree);
-        }
+        let trees = strata_testkit::random_tree::history(t.path(), &mut rng, 4, 50, 20);
+        let layers: Vec<Vec<u8>> = trees
+            .iter()
+            .enumerate()
+            .map(|(i, tree)| diff_layer(i.checked_sub(1).map(|p| trees[p].as_path()), tree))
+            .collect();
         let plain = plain_render(&work, &layers);
         assert_eq!(
             plain,
-            render(prev.as_ref().unwrap()),
+            render(trees.last().unwrap()),
             "seed {seed}: plain apply reproduces the last tree"
         );
         assert_eq!(
@@ -111,32 +101,6 @@ fn random_histories_render_the_same_through_overlay() {
             "seed {seed}: overlay upper directories"
         );
     }
-}
-
-/// A raw tar entry (hand-made layers).
-fn entry(path: &str, kind: tar::EntryType, data: &[u8], link: &str) -> Vec<u8> {
-    let mut h = tar::Header::new_ustar();
-    h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
-    h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-    h.set_entry_type(kind);
-    h.set_size(data.len() as u64);
-    h.set_mode(if kind == tar::EntryType::Directory {
-        0o755
-    } else {
-        0o644
-    });
-    h.set_mtime(1_700_000_000);
-    h.set_cksum();
-    let mut out = h.as_bytes().to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    out
-}
-
-fn tar_of(entries: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = entries.concat();
-    out.extend_from_slice(&[0; 1024]);
-    out
 }
 
 #[test]
@@ -148,7 +112,7 @@ fn opaque_markers_whiteouts_and_links_to_lower_files() {
     }
     use tar::EntryType::{Directory as D, Link as L, Regular as F};
     let layers = vec![
-        tar_of(&[
+        archive(&[
             entry("etc/", D, b"", ""),
             entry("etc/a", F, b"a", ""),
             entry("etc/b", F, b"b", ""),
@@ -160,7 +124,7 @@ fn opaque_markers_whiteouts_and_links_to_lower_files() {
             entry("data/", D, b"", ""),
             entry("data/shared", F, b"shared", ""),
         ]),
-        tar_of(&[
+        archive(&[
             // Opaque etc: a and b go, c stays.
             entry("etc/", D, b"", ""),
             entry("etc/.wh..wh..opq", F, b"", ""),
@@ -174,7 +138,7 @@ fn opaque_markers_whiteouts_and_links_to_lower_files() {
             // A hard link to a lower file, with no parent entry.
             entry("data/link", L, b"", "data/shared"),
         ]),
-        tar_of(&[
+        archive(&[
             // Opaque at the top: only what this layer brings survives.
             entry(".wh..wh..opq", F, b"", ""),
             entry("top3", F, b"3", ""),
@@ -203,12 +167,12 @@ fn entries_below_a_lower_symlink_need_a_mount() {
     }
     use tar::EntryType::{Directory as D, Regular as F, Symlink as S};
     let layers = vec![
-        tar_of(&[
+        archive(&[
             entry("usr/", D, b"", ""),
             entry("usr/lib/", D, b"", ""),
             entry("lib", S, b"", "usr/lib"),
         ]),
-        tar_of(&[entry("lib/x", F, b"x", "")]),
+        archive(&[entry("lib/x", F, b"x", "")]),
     ];
     let t = tempfile::tempdir().unwrap();
     let err = overlay_render(t.path(), &layers).unwrap_err();

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod crash;
+pub mod layer_tar;
 pub mod random_tree;
 pub mod tree;
 

@@ -169,3 +169,37 @@ pub fn mutate(dir: &Path, rng: &mut Rng, n: usize) {
         }
     }
 }
+
+/// A history of `steps` trees under `base` (`t0`, `t1`, ...): the first
+/// with `first` random entries, each next one a copy (`cp -a`) of the one
+/// before with `changes` random changes.
+pub fn history(
+    base: &Path,
+    rng: &mut Rng,
+    steps: usize,
+    first: usize,
+    changes: usize,
+) -> Vec<PathBuf> {
+    let mut trees: Vec<PathBuf> = Vec::new();
+    for step in 0..steps {
+        let tree = base.join(format!("t{step}"));
+        match trees.last() {
+            Some(prev) => {
+                let st = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(prev)
+                    .arg(&tree)
+                    .status()
+                    .expect("run cp -a");
+                assert!(st.success(), "cp -a {} {}", prev.display(), tree.display());
+                mutate(&tree, rng, changes);
+            }
+            None => {
+                fs::create_dir(&tree).expect("create the first tree");
+                populate(&tree, rng, first);
+            }
+        }
+        trees.push(tree);
+    }
+    trees
+}

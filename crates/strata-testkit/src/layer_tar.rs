@@ -1,0 +1,36 @@
+//! Hand-made tar layers for tests: entries built byte by byte, so hostile
+//! names and link targets survive (the tar crate's builder refuses them).
+
+/// One tar entry (GNU header; directories 0755, others 0644, a fixed
+/// mtime) followed by its data, padded to whole blocks.
+pub fn entry(
+    path: impl AsRef<[u8]>,
+    kind: tar::EntryType,
+    data: &[u8],
+    link: impl AsRef<[u8]>,
+) -> Vec<u8> {
+    let (path, link) = (path.as_ref(), link.as_ref());
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..path.len()].copy_from_slice(path);
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+    h.set_entry_type(kind);
+    h.set_size(data.len() as u64);
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+/// The entries followed by the end-of-archive marker.
+pub fn archive(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = entries.concat();
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
