@@ -34,4 +34,9 @@ impl Mount {
     pub fn is_read_only(&self) -> bool {
         self.options.iter().any(|o| o == "ro")
     }
+
+    /// True for a bind mount (by type or by a `bind`/`rbind` option).
+    pub fn is_bind(&self) -> bool {
+        self.kind == "bind" || self.options.iter().any(|o| o == "bind" || o == "rbind")
+    }
 }

@@ -33,6 +33,7 @@ use std::sync::{Arc, mpsc};
 
 use strata_core::{Algorithm, Digest, Digester};
 use strata_leases::OpCtx;
+use strata_sys::errno::{EEXIST, ENOENT, ENOTDIR, EPERM};
 use strata_sys::{At, FileKind, Metadata, Root, SysError, Times, clean};
 use tar::EntryType;
 
@@ -604,7 +605,7 @@ impl Applier<'_> {
                 if let Err(e) =
                     replacing(&at, |at| at.mknod(file_kind, mode, makedev(major, minor)))
                 {
-                    if self.opts.skip_devices && e.raw_os_error() == Some(1) {
+                    if self.opts.skip_devices && e.raw_os_error() == Some(EPERM) {
                         tracing::debug!(entry = %shown.display(), "skipping a device node without privilege");
                         return Ok(());
                     }
@@ -631,7 +632,7 @@ impl Applier<'_> {
             // Hide what lower layers put in `parent`, keep this layer's.
             let entries = match self.root.read_dir(parent) {
                 Ok(entries) => entries,
-                Err(e) if e.raw_os_error() == Some(2) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(ENOENT) => return Ok(()),
                 Err(e) => return Err(self.sys(shown, e)),
             };
             for (child, _) in entries {
@@ -651,7 +652,7 @@ impl Applier<'_> {
         match self.root.remove_all(&target) {
             Ok(_) => {}
             // A whiteout under a directory that does not exist hides nothing.
-            Err(e) if matches!(e.raw_os_error(), Some(2 | 20)) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(ENOENT | ENOTDIR)) => {}
             Err(e) => return Err(self.sys(shown, e)),
         }
         match self.lower_lookup(shown, &target)? {
@@ -742,7 +743,7 @@ impl Applier<'_> {
                 let m = match lower.try_stat(&prefix) {
                     Ok(Some(m)) => m,
                     Ok(None) => continue,
-                    Err(e) if e.raw_os_error() == Some(20) => continue,
+                    Err(e) if e.raw_os_error() == Some(ENOTDIR) => continue,
                     Err(e) => return Err(self.sys(shown, e)),
                 };
                 if is_whiteout(&m) {
@@ -942,7 +943,7 @@ impl Applier<'_> {
             }
             if let Err(e) = place.set_xattr(OsStr::new(name), value) {
                 // Unprivileged users cannot set security.* and the like.
-                if self.privileged || e.raw_os_error() != Some(1) {
+                if self.privileged || e.raw_os_error() != Some(EPERM) {
                     return Err(self.sys(shown, e));
                 }
             }
@@ -973,7 +974,7 @@ impl Applier<'_> {
             match self.root.set_times(path, *mtime, *mtime) {
                 Ok(()) => {}
                 // Removed by a later whiteout.
-                Err(e) if e.raw_os_error() == Some(2) => {}
+                Err(e) if e.raw_os_error() == Some(ENOENT) => {}
                 Err(e) => return Err(self.sys(path, e)),
             }
         }
@@ -1023,8 +1024,6 @@ impl Place<'_, '_> {
         }
     }
 }
-
-const EEXIST: i32 = 17;
 
 /// Runs `create`; when something is in the way, removes it (a directory
 /// with everything below) and runs `create` again.

@@ -21,6 +21,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use strata_sys::errno::{ENOTDIR, EPERM};
 use strata_sys::{FileKind, Metadata, Root};
 
 use crate::error::DiffError;
@@ -119,8 +120,6 @@ fn lookup(root: &Root, path: &Path) -> Result<Option<Metadata>, DiffError> {
         Err(e) => Err(e.into()),
     }
 }
-
-const ENOTDIR: i32 = 20;
 
 /// True when a hard-linked file should be reported even when unchanged.
 fn hardlinked(m: &Metadata) -> bool {
@@ -309,7 +308,7 @@ impl UpperdirWalk<'_> {
                 Ok(_) => {}
                 // user.* cannot be read on some special files; no overlay
                 // attribute there.
-                Err(e) if e.raw_os_error() == Some(1) => {}
+                Err(e) if e.raw_os_error() == Some(EPERM) => {}
                 Err(e) => return Err(e.into()),
             }
         }

@@ -29,6 +29,7 @@ use strata_core::{Labels, Mount};
 use strata_leases::OpCtx;
 use strata_snapshot::mounts::{LocalMount, MountOptions};
 use strata_snapshot::{Kind, SnapshotError, SnapshotStore, Snapshotter, Usage};
+use strata_sys::errno::{EEXIST, EMLINK, ENOENT, ENOTDIR, EXDEV};
 use strata_sys::{FileKind, Metadata, Root, Times};
 
 use crate::changes::{Change, ChangeKind, Comparison, walk_changes, walk_upperdir_changes};
@@ -114,14 +115,10 @@ pub(crate) fn overlay_layers(m: &Mount) -> Option<Vec<PathBuf>> {
     Some(lowers)
 }
 
-fn is_bind(m: &Mount) -> bool {
-    m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind")
-}
-
 /// The layers of a mount list, bottom first.
 fn layers_of(mounts: &[Mount]) -> Option<Vec<PathBuf>> {
     match mounts {
-        [m] if is_bind(m) => Some(vec![m.source.clone()]),
+        [m] if m.is_bind() => Some(vec![m.source.clone()]),
         [m] => overlay_layers(m),
         _ => None,
     }
@@ -150,7 +147,7 @@ impl Tree {
         let mut layers = layers_of(&mounts).unwrap_or_default();
         layers.reverse();
         if let [m] = mounts.as_slice()
-            && is_bind(m)
+            && m.is_bind()
         {
             return Ok(Tree {
                 path: m.source.clone(),
@@ -536,9 +533,9 @@ impl Dest {
                     return Ok(());
                 }
                 // Something is there: the phases below replace it.
-                Err(e) if e.raw_os_error() == Some(17) => {}
+                Err(e) if e.raw_os_error() == Some(EEXIST) => {}
                 // Another file system, or too many links: copy.
-                Err(e) if matches!(e.raw_os_error(), Some(18 | 31)) => link = false,
+                Err(e) if matches!(e.raw_os_error(), Some(EXDEV | EMLINK)) => link = false,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -578,7 +575,7 @@ impl Dest {
                         return Ok(());
                     }
                     // Another file system, or too many links: copy.
-                    Err(e) if matches!(e.raw_os_error(), Some(18 | 31)) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(EXDEV | EMLINK)) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -638,7 +635,7 @@ impl Dest {
             match lower.try_stat(path) {
                 Ok(Some(_)) => return Ok(true),
                 Ok(None) => {}
-                Err(e) if e.raw_os_error() == Some(20) => {}
+                Err(e) if e.raw_os_error() == Some(ENOTDIR) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -651,7 +648,7 @@ impl Dest {
             match self.root.stat(dir) {
                 Ok(m) if m.kind == FileKind::Dir => self.root.set_times(dir, m.atime, *mtime)?,
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(2 | 20)) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(ENOENT | ENOTDIR)) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -694,7 +691,7 @@ fn resolve<'a>(
         match layer.try_stat(path) {
             Ok(Some(m)) => return Ok((layer, m)),
             Ok(None) => {}
-            Err(e) if e.raw_os_error() == Some(20) => {}
+            Err(e) if e.raw_os_error() == Some(ENOTDIR) => {}
             Err(e) => return Err(e.into()),
         }
     }

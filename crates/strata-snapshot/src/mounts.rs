@@ -39,10 +39,6 @@ fn option_value<'a>(m: &'a Mount, key: &str) -> Option<&'a str> {
         .find_map(|o| o.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
 }
 
-fn is_bind(m: &Mount) -> bool {
-    m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind")
-}
-
 fn is_volatile(m: &Mount) -> bool {
     m.kind == "overlay" && m.options.iter().any(|o| o == "volatile")
 }
@@ -57,7 +53,7 @@ impl LocalMount {
         opts: MountOptions,
     ) -> Result<LocalMount, SnapshotError> {
         if let [single] = mounts
-            && is_bind(single)
+            && single.is_bind()
             && !single.is_read_only()
             && !opts.force_remount
         {

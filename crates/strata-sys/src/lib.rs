@@ -17,6 +17,7 @@
 //! to have any.
 
 pub mod copy;
+pub mod errno;
 mod error;
 pub mod lock;
 pub mod mount;
