@@ -239,6 +239,37 @@ fn unpack_chain(root: &Path, ls: &[(PathBuf, String)], backend: &str) -> Duratio
     start.elapsed()
 }
 
+/// A read-only view of committed `key`, mounted under `tmp`.
+fn view(s: &SnapshotStore, key: &str, tmp: &Path) -> LocalMount {
+    let opts = MountOptions {
+        force_remount: true,
+        temporary: true,
+    };
+    LocalMount::mount(&s.view_mounts(key).unwrap(), tmp, opts).unwrap()
+}
+
+/// Writes the layer of `upperdir` (the top of `upper` over `lower`) to
+/// nowhere; what was written and how long it took.
+fn export_upperdir(
+    upperdir: &Path,
+    upper: &LocalMount,
+    lower: &LocalMount,
+    opts: &WriteOptions,
+) -> (strata_diff::Written, Duration) {
+    let start = Instant::now();
+    let (w, _) = write_layer(std::io::sink(), upper.path(), opts, |w| {
+        walk_upperdir_changes(
+            upperdir,
+            upper.path(),
+            lower.path(),
+            Comparison::Compat,
+            &mut |c| w.change(&c),
+        )
+    })
+    .unwrap();
+    (w, start.elapsed())
+}
+
 fn bench_diff(dir: &Path) {
     let root = dir.join("diff-store");
     let s = store(&root, "overlay");
@@ -261,12 +292,7 @@ fn bench_diff(dir: &Path) {
         fs::write(s.fs_dir("top-w").unwrap().join("changed"), "one file").unwrap();
         s.commit("top", "top-w", Labels::new()).await.unwrap();
     });
-    let opts = MountOptions {
-        force_remount: true,
-        temporary: true,
-    };
-    let lower = LocalMount::mount(&s.view_mounts("base").unwrap(), &tmp, opts).unwrap();
-    let upper = LocalMount::mount(&s.view_mounts("top").unwrap(), &tmp, opts).unwrap();
+    let (lower, upper) = (view(&s, "base", &tmp), view(&s, "top", &tmp));
     let upperdir = s.fs_dir("top").unwrap();
     let wopts = WriteOptions {
         compression: Compression::Gzip,
@@ -274,18 +300,8 @@ fn bench_diff(dir: &Path) {
     };
     let (mut fast, mut slow) = (vec![], vec![]);
     for _ in 0..RUNS {
-        let start = Instant::now();
-        let (w, _) = write_layer(std::io::sink(), upper.path(), &wopts, |w| {
-            walk_upperdir_changes(
-                &upperdir,
-                upper.path(),
-                lower.path(),
-                Comparison::Compat,
-                &mut |c| w.change(&c),
-            )
-        })
-        .unwrap();
-        fast.push(start.elapsed());
+        let (w, took) = export_upperdir(&upperdir, &upper, &lower, &wopts);
+        fast.push(took);
         let start = Instant::now();
         let (w2, _) = write_layer(std::io::sink(), upper.path(), &wopts, |w| {
             walk_changes(
@@ -319,12 +335,7 @@ fn bench_export(dir: &Path, images: &Path) {
     unpack_chain(&root, &ls[..3], "overlay");
     let s = store(&root, "overlay");
     let tmp = root.join("tmp");
-    let opts = MountOptions {
-        force_remount: true,
-        temporary: true,
-    };
-    let lower = LocalMount::mount(&s.view_mounts("layer1").unwrap(), &tmp, opts).unwrap();
-    let upper = LocalMount::mount(&s.view_mounts("layer2").unwrap(), &tmp, opts).unwrap();
+    let (lower, upper) = (view(&s, "layer1", &tmp), view(&s, "layer2", &tmp));
     let upperdir = s.fs_dir("layer2").unwrap();
     for (name, compression, peer) in [
         ("gzip", Compression::Gzip, "pigz -6"),
@@ -337,18 +348,8 @@ fn bench_export(dir: &Path, images: &Path) {
         let (mut ours, mut theirs) = (vec![], vec![]);
         let (mut size, mut blob) = (0, 0);
         for _ in 0..RUNS {
-            let start = Instant::now();
-            let (w, _) = write_layer(std::io::sink(), upper.path(), &wopts, |w| {
-                walk_upperdir_changes(
-                    &upperdir,
-                    upper.path(),
-                    lower.path(),
-                    Comparison::Compat,
-                    &mut |c| w.change(&c),
-                )
-            })
-            .unwrap();
-            ours.push(start.elapsed());
+            let (w, took) = export_upperdir(&upperdir, &upper, &lower, &wopts);
+            ours.push(took);
             (size, blob) = (w.uncompressed_size, w.size);
             theirs.push(sh(&format!(
                 "tar -C {} -cf - . | {peer} > /dev/null",
