@@ -40,6 +40,7 @@ use tar::EntryType;
 use crate::compression::Compression;
 use crate::error::ApplyError;
 use crate::guard::HeaderGuard;
+use crate::overlay_xattr;
 
 /// Bounds on what a layer may make us do.
 #[derive(Clone, Copy, Debug)]
@@ -707,14 +708,7 @@ impl Applier<'_> {
         let Some(overlay) = &self.opts.overlay else {
             return Ok(());
         };
-        let name = if overlay.userxattr {
-            "user.overlay.opaque"
-        } else {
-            "trusted.overlay.opaque"
-        };
-        self.root
-            .set_xattr(dir, OsStr::new(name), b"y")
-            .map_err(|e| self.sys(shown, e))
+        overlay_xattr::set_opaque(self.root, dir, overlay.userxattr).map_err(|e| self.sys(shown, e))
     }
 
     fn needs_mount(&self, shown: &Path, link: &Path) -> ApplyError {
@@ -759,10 +753,7 @@ impl Applier<'_> {
                     break;
                 }
                 next.push(idx);
-                let opaque = ["trusted.overlay.opaque", "user.overlay.opaque"]
-                    .iter()
-                    .any(|n| matches!(lower.get_xattr(&prefix, OsStr::new(n)), Ok(Some(v)) if v == b"y"));
-                if opaque {
+                if overlay_xattr::opaque(lower, &prefix).map_err(|e| self.sys(shown, e))? {
                     break;
                 }
             }
@@ -843,9 +834,7 @@ impl Applier<'_> {
         self.root.chown(path, m.uid, m.gid).map_err(sys)?;
         self.root.chmod(path, m.mode).map_err(sys)?;
         for name in lower.list_xattrs(path).map_err(sys)? {
-            if name.as_bytes().starts_with(b"trusted.overlay.")
-                || name.as_bytes().starts_with(b"user.overlay.")
-            {
+            if overlay_xattr::is_private(name.as_bytes()) {
                 continue;
             }
             if let Some(v) = lower.get_xattr(path, &name).map_err(sys)? {

@@ -21,10 +21,11 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use strata_sys::errno::{ENOTDIR, EPERM};
+use strata_sys::errno::ENOTDIR;
 use strata_sys::{FileKind, Metadata, Root};
 
 use crate::error::DiffError;
+use crate::overlay_xattr;
 
 /// What happened to a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,8 +71,6 @@ pub struct Change {
 pub type ChangeFn<'a> = dyn FnMut(Change) -> Result<(), DiffError> + 'a;
 
 const CAPABILITY: &str = "security.capability";
-const REDIRECTS: [&str; 2] = ["trusted.overlay.redirect", "user.overlay.redirect"];
-const OPAQUES: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
 
 /// Walks the changes from `lower` (an empty tree when `None`) to `upper`.
 pub fn walk_changes(
@@ -296,30 +295,11 @@ struct UpperdirWalk<'a> {
 }
 
 impl UpperdirWalk<'_> {
-    fn xattr_is(
-        &self,
-        path: &Path,
-        names: &[&str],
-        want: Option<&[u8]>,
-    ) -> Result<bool, DiffError> {
-        for name in names {
-            match self.upper.get_xattr(path, OsStr::new(name)) {
-                Ok(Some(v)) if want.is_none_or(|w| v == w) && !v.is_empty() => return Ok(true),
-                Ok(_) => {}
-                // user.* cannot be read on some special files; no overlay
-                // attribute there.
-                Err(e) if e.raw_os_error() == Some(EPERM) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(false)
-    }
-
     fn dir(&self, dir: &Path, f: &mut ChangeFn<'_>) -> Result<(), DiffError> {
         for (name, u) in self.upper.read_dir_stat(dir)? {
             let path = dir.join(&name);
             let is_dir = u.kind == FileKind::Dir;
-            if is_dir && self.xattr_is(&path, &REDIRECTS, None)? {
+            if is_dir && overlay_xattr::redirected(self.upper, &path)? {
                 return Err(DiffError::Unsupported {
                     path,
                     reason: "the overlay directory was renamed (redirect_dir); its changes cannot be read from the upper directory".into(),
@@ -352,7 +332,7 @@ impl UpperdirWalk<'_> {
                 continue;
             }
             let base_dir = b.is_some_and(|b| b.kind == FileKind::Dir);
-            if base_dir && self.xattr_is(&path, &OPAQUES, Some(b"y"))? {
+            if base_dir && overlay_xattr::opaque(self.upper, &path)? {
                 DoubleWalk {
                     lower: Some(self.base),
                     upper: self.view,

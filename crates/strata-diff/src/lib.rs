@@ -10,6 +10,7 @@ mod compression;
 mod error;
 mod guard;
 mod merge;
+mod overlay_xattr;
 mod pgzip;
 mod unpack;
 mod write;

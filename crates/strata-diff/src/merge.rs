@@ -21,7 +21,6 @@
 //! inodes it shares with its inputs.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -34,6 +33,7 @@ use strata_sys::{FileKind, Metadata, Root, Times};
 
 use crate::changes::{Change, ChangeKind, Comparison, walk_changes, walk_upperdir_changes};
 use crate::error::DiffError;
+use crate::overlay_xattr;
 
 /// Label holding a merged snapshot's own size (bytes), which overrides the
 /// backend's usage (shared inodes are not its own).
@@ -604,8 +604,7 @@ impl Dest {
             at.chmod(m.mode)?;
         }
         for name in src.root.list_xattrs(path).unwrap_or_default() {
-            let b = name.as_bytes();
-            if b == b"trusted.overlay.opaque" || b == b"user.overlay.opaque" {
+            if overlay_xattr::is_opaque(name.as_bytes()) {
                 continue;
             }
             if let Some(v) = src.root.get_xattr(path, &name)?
@@ -615,12 +614,7 @@ impl Dest {
             }
         }
         if opaque {
-            let name = if self.userxattr {
-                "user.overlay.opaque"
-            } else {
-                "trusted.overlay.opaque"
-            };
-            at.set_xattr(OsStr::new(name), b"y")?;
+            at.set_xattr(overlay_xattr::opaque_name(self.userxattr), b"y")?;
         }
         if m.kind == FileKind::Dir {
             self.dir_times.insert(path.to_path_buf(), m.mtime);

@@ -33,6 +33,7 @@ use tar::{EntryType, Header};
 use crate::changes::{Change, ChangeKind};
 use crate::compression::Compression;
 use crate::error::DiffError;
+use crate::overlay_xattr;
 use crate::pgzip::ParallelGzip;
 
 /// The label a compressed blob carries with its diffID (containerd's).
@@ -224,10 +225,6 @@ impl<R: Read> Read for Exact<R> {
     }
 }
 
-fn is_overlay_private(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
-}
-
 /// Splits glibc's device number encoding.
 fn major_minor(rdev: u64) -> (u32, u32) {
     let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
@@ -382,7 +379,7 @@ impl LayerWriter<'_> {
             Err(e) if matches!(e.raw_os_error(), Some(EOPNOTSUPP | EPERM)) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        names.retain(|n| !is_overlay_private(n.as_bytes()));
+        names.retain(|n| !overlay_xattr::is_private(n.as_bytes()));
         names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         Ok(names)
     }
