@@ -9,17 +9,13 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
-use strata_content::ContentStore;
 use strata_core::{Algorithm, Digest, Labels};
 use strata_leases::gc::GcOptions;
-use strata_leases::{Collect, Collector, LeaseManager, LeaseSpec, Resource};
-use strata_metadata::MetaDb;
+use strata_cache::{BackendChoice, Root, RootOptions};
+use strata_leases::{LeaseSpec, Resource};
 use strata_metadata::records::{ContentRecord, SnapshotKind, SnapshotRecord, now};
-use strata_native::Native;
-use strata_snapshot::SnapshotStore;
 
 fn main() {
     let dir = PathBuf::from(
@@ -27,10 +23,12 @@ fn main() {
     );
     let root = dir.join("gc-root");
     fs::create_dir_all(&root).unwrap();
-    let db = Arc::new(MetaDb::open(&root.join("meta.redb")).unwrap());
-    let content = ContentStore::open(&root.join("content"), Arc::clone(&db)).unwrap();
-    let snapshots = SnapshotStore::open(&root, Arc::clone(&db), Arc::new(Native)).unwrap();
-    let lm = LeaseManager::new(Arc::clone(&db));
+    let opened = Root::open(&RootOptions {
+        path: Some(root.clone()),
+        backend: BackendChoice::Native,
+    })
+    .unwrap();
+    let (db, lm) = (&opened.db, &opened.leases);
     let (n, chain) = (100_000usize, 10usize);
 
     let t = Instant::now();
@@ -89,8 +87,7 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    let stores: Vec<Arc<dyn Collect>> = vec![Arc::new(content), Arc::new(snapshots)];
-    let gc = Collector::new(Arc::clone(&db), "native", stores);
+    let gc = &opened.collector;
     let dry = gc
         .collect(GcOptions {
             dry_run: true,

@@ -15,24 +15,24 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_core::Labels;
-use strata_metadata::MetaDb;
 use strata_snapshot::mounts::{LocalMount, MountOptions};
-use strata_snapshot::{Backend, SnapshotStore, Snapshotter};
+use strata_snapshot::{SnapshotStore, Snapshotter};
 
-fn store(root: &Path, backend: &str) -> SnapshotStore {
-    fs::create_dir_all(root).unwrap();
-    let db = Arc::new(MetaDb::open(&root.join("meta.redb")).unwrap());
-    let b: Arc<dyn Backend> = match backend {
-        "overlay" => Arc::new(
-            strata_overlay::Overlay::new(&root.join("snapshots"), Default::default()).unwrap(),
-        ),
-        _ => Arc::new(strata_native::Native),
-    };
-    SnapshotStore::open(root, db, b).unwrap()
+/// A root of `backend` at `root`; only its snapshot store is used (the
+/// root's lock is released when the returned root is dropped).
+fn store(root: &Path, backend: &str) -> (SnapshotStore, strata_cache::Root) {
+    let opened = strata_cache::Root::open(&strata_cache::RootOptions {
+        path: Some(root.to_path_buf()),
+        backend: match backend {
+            "overlay" => strata_cache::BackendChoice::Overlay,
+            _ => strata_cache::BackendChoice::Native,
+        },
+    })
+    .unwrap();
+    (opened.snapshots.clone(), opened)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -45,7 +45,7 @@ fn secs(d: Duration) -> f64 {
 }
 
 async fn small_snapshots(dir: &Path, backend: &str, n: usize) {
-    let s = store(&dir.join(format!("small-{backend}")), backend);
+    let (s, _root) = store(&dir.join(format!("small-{backend}")), backend);
     s.prepare("base-key", None, Labels::new()).await.unwrap();
     fs::write(s.fs_dir("base-key").unwrap().join("base"), "b").unwrap();
     s.commit("base", "base-key", Labels::new()).await.unwrap();
@@ -67,7 +67,7 @@ async fn small_snapshots(dir: &Path, backend: &str, n: usize) {
 }
 
 async fn chain_mounts(dir: &Path) {
-    let s = store(&dir.join("chain"), "overlay");
+    let (s, _root) = store(&dir.join("chain"), "overlay");
     let mut parent: Option<String> = None;
     let build = Instant::now();
     for i in 0..500 {
@@ -173,7 +173,7 @@ fn rm(dir: &Path) {
 }
 
 async fn native_copy(dir: &Path, runs: usize) {
-    let s = store(&dir.join("native-big"), "native");
+    let (s, _root) = store(&dir.join("native-big"), "native");
     s.prepare("tree-key", None, Labels::new()).await.unwrap();
     let fs_dir = s.fs_dir("tree-key").unwrap();
     let (count, bytes) = make_tree(&fs_dir, 100, 200);

@@ -34,7 +34,7 @@ struct Cli {
     lease: Option<String>,
     /// Snapshot backend; a root remembers the one it was created with.
     #[arg(long, global = true, value_enum, default_value = "auto")]
-    backend: root::BackendChoice,
+    backend: root::BackendArg,
     /// More logging on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -80,18 +80,19 @@ fn main() -> ExitCode {
         // Unmounting needs no root.
         Command::Umount { dir } => snapshot::umount(&dir, &out),
         Command::Layer(cmd) => layer::run(cmd, &out),
-        command => {
-            root::Root::open(cli.root.as_deref(), cli.backend).and_then(|root| match command {
-                Command::Content(cmd) => content::run(&root, cmd, cli.lease.as_deref(), &out),
-                Command::Snapshot(cmd) => snapshot::run(&root, cmd, cli.lease.as_deref(), &out),
-                Command::Lease(cmd) => lease::run(&root, cmd, &out),
-                Command::Gc(args) => lease::gc(&root, &args, &out),
-                Command::Mount { key, dir, rw } => snapshot::mount(&root, &key, &dir, rw, &out),
+        command => root::open(cli.root.as_deref(), cli.backend).and_then(|mgr| {
+            let root = mgr.root();
+            match command {
+                Command::Content(cmd) => content::run(root, cmd, cli.lease.as_deref(), &out),
+                Command::Snapshot(cmd) => snapshot::run(root, cmd, cli.lease.as_deref(), &out),
+                Command::Lease(cmd) => lease::run(root, cmd, &out),
+                Command::Gc(args) => lease::gc(root, &args, &out),
+                Command::Mount { key, dir, rw } => snapshot::mount(root, &key, &dir, rw, &out),
                 Command::Umount { dir } => snapshot::umount(&dir, &out),
                 Command::Layer(cmd) => layer::run(cmd, &out),
-                Command::Check(args) => check::run(&root, &args, &out),
-            })
-        }
+                Command::Check(args) => check::run(root, &args, &out),
+            }
+        }),
     };
     match result {
         Ok(code) => code,

@@ -90,6 +90,8 @@ pub fn kind_of(err: &anyhow::Error) -> ErrorKind {
         }
         try_kind!(
             crate::root::CliError,
+            strata_cache::CacheError,
+            strata_cache::OpenError,
             strata_content::ContentError,
             strata_diff::ApplyError,
             strata_diff::DiffError,

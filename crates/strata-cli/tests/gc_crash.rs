@@ -6,42 +6,22 @@
 //! `strata_testkit::crash`.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use strata_content::ContentStore;
+use strata_cache::{BackendChoice, Root, RootOptions};
 use strata_core::{Algorithm, Digest, Filter, Labels};
 use strata_leases::gc::GcOptions;
-use strata_leases::{Collect, Collector, LeaseManager, LeaseSpec, Resource};
+use strata_leases::{LeaseSpec, Resource};
 use strata_metadata::records::{ContentRecord, SnapshotRecord};
-use strata_metadata::{MetaDb, Reader};
-use strata_native::Native;
-use strata_snapshot::{SnapshotStore, Snapshotter};
+use strata_metadata::Reader;
+use strata_snapshot::Snapshotter;
 use strata_testkit::crash::{self, AckLog, Rng};
 
-struct Root {
-    db: Arc<MetaDb>,
-    content: ContentStore,
-    snapshots: SnapshotStore,
-    leases: LeaseManager,
-    gc: Collector,
-}
-
 fn open(dir: &Path) -> Root {
-    let db = Arc::new(MetaDb::open(&dir.join("meta.redb")).expect("reopen metadata"));
-    let content =
-        ContentStore::open(&dir.join("content"), Arc::clone(&db)).expect("reopen content");
-    let snapshots =
-        SnapshotStore::open(dir, Arc::clone(&db), Arc::new(Native)).expect("reopen snapshots");
-    let stores: Vec<Arc<dyn Collect>> =
-        vec![Arc::new(content.clone()), Arc::new(snapshots.clone())];
-    let gc = Collector::new(Arc::clone(&db), "native", stores);
-    Root {
-        leases: LeaseManager::new(Arc::clone(&db)),
-        db,
-        content,
-        snapshots,
-        gc,
-    }
+    Root::open(&RootOptions {
+        path: Some(dir.to_path_buf()),
+        backend: BackendChoice::Native,
+    })
+    .expect("reopen the root")
 }
 
 async fn child(dir: &Path, seed: u64) {
@@ -89,7 +69,7 @@ async fn child(dir: &Path, seed: u64) {
             }
         }
         if rng.below(4) == 0 {
-            r.gc.collect(GcOptions::default()).unwrap();
+            r.collector.collect(GcOptions::default()).unwrap();
         }
     }
 }
@@ -129,7 +109,7 @@ fn verify(dir: &Path, round: usize, rt: &tokio::runtime::Runtime) -> usize {
     };
     check_live("after reopen");
     // A second collection finishes whatever the killed one started.
-    r.gc.collect(GcOptions::default()).unwrap();
+    r.collector.collect(GcOptions::default()).unwrap();
     check_live("after collecting");
     let tx = r.db.read().unwrap();
     let blobs = tx.scan::<ContentRecord>("").unwrap().len();

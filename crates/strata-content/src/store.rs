@@ -149,6 +149,12 @@ impl ContentStore {
             tracing::warn!(digest = %d, "dropping content row whose blob is missing");
             tx.delete::<ContentRecord>(d.as_str())?;
         }
+        let gone = scan
+            .rows_without_blob
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        strata_metadata::cascade::forget(&tx, &Default::default(), &gone)?;
         for (reference, _) in &scan.ingest_rows_without_data {
             tracing::info!(reference = %reference, "dropping ingest whose data is missing");
             tx.delete::<IngestRecord>(reference)?;
@@ -356,6 +362,8 @@ impl ContentStore {
         if !tx.delete::<ContentRecord>(digest.as_str())? {
             return Err(ContentError::NotFound(digest.clone()));
         }
+        let gone = std::iter::once(digest.to_string()).collect();
+        strata_metadata::cascade::forget(&tx, &Default::default(), &gone)?;
         tx.commit()?;
         let path = self.inner.blob_path(digest);
         fs::remove_file(&path).map_err(|e| ContentError::io("remove", &path, e))

@@ -100,6 +100,9 @@ pub enum DiffError {
     /// The operation was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// Holding a new object in a lease failed.
+    #[error(transparent)]
+    Lease(#[from] strata_leases::LeaseError),
 }
 
 impl DiffError {
@@ -126,6 +129,7 @@ impl Classify for DiffError {
             DiffError::Content(e) => e.kind(),
             DiffError::Apply(e) => e.kind(),
             DiffError::Cancelled => ErrorKind::FailedPrecondition,
+            DiffError::Lease(e) => e.kind(),
         }
     }
 }

@@ -8,6 +8,7 @@ mod apply;
 mod changes;
 mod compression;
 mod error;
+mod export;
 mod guard;
 mod merge;
 mod overlay_xattr;
@@ -19,8 +20,10 @@ pub use apply::{Applied, ApplyOptions, Limits, OverlayTarget, apply};
 pub use changes::{Change, ChangeFn, ChangeKind, Comparison, walk_changes, walk_upperdir_changes};
 pub use compression::Compression;
 pub use error::{ApplyError, DiffError};
+pub use export::{ExportPath, convert_blob, export_snapshot};
 pub use merge::{Diff, MergeStats, Merger, USAGE_INODES_LABEL, USAGE_SIZE_LABEL};
 pub use unpack::{LayerSource, unpack};
 pub use write::{
-    LayerWriter, UNCOMPRESSED_LABEL, WriteOptions, Written, write_layer, write_layer_to_store,
+    HoldFn, LayerWriter, UNCOMPRESSED_LABEL, WriteOptions, Written, write_layer,
+    write_layer_to_store,
 };

@@ -126,7 +126,7 @@ fn layers_of(mounts: &[Mount]) -> Option<Vec<PathBuf>> {
 
 /// The seed's `GetUpperdir`: the one directory by which `upper` extends
 /// `lower`, if it does.
-fn upperdir_of(lower: &[Mount], upper: &[Mount]) -> Option<PathBuf> {
+pub(crate) fn upperdir_of(lower: &[Mount], upper: &[Mount]) -> Option<PathBuf> {
     let [u] = upper else { return None };
     let up = overlay_layers(u)?;
     let low = layers_of(lower)?;
@@ -134,16 +134,16 @@ fn upperdir_of(lower: &[Mount], upper: &[Mount]) -> Option<PathBuf> {
 }
 
 /// A tree to read: used in place when it is a single bind, else mounted.
-struct Tree {
-    path: PathBuf,
+pub(crate) struct Tree {
+    pub(crate) path: PathBuf,
     mount: Option<LocalMount>,
     /// Where files really live, topmost first (for hard links).
     layers: Vec<PathBuf>,
-    mounts: Vec<Mount>,
+    pub(crate) mounts: Vec<Mount>,
 }
 
 impl Tree {
-    fn open(mounts: Vec<Mount>, tmp: &Path) -> Result<Tree, DiffError> {
+    pub(crate) fn open(mounts: Vec<Mount>, tmp: &Path) -> Result<Tree, DiffError> {
         let mut layers = layers_of(&mounts).unwrap_or_default();
         layers.reverse();
         if let [m] = mounts.as_slice()

@@ -422,6 +422,62 @@ impl LayerWriter<'_> {
     }
 }
 
+/// Compresses the tar stream `input` (already decompressed) into `sink`
+/// with the layer writer's encoders: a lossless change of compression.
+/// Returns what was written (no entries counted) and the sink.
+pub(crate) fn recompress<R: Read, W: Write>(
+    mut input: R,
+    sink: W,
+    compression: Compression,
+    level: Option<i32>,
+    ctx: &OpCtx,
+) -> io::Result<(Written, W)> {
+    let mut enc = Encoder::new(
+        HashWriter {
+            inner: sink,
+            digester: Digester::new(Algorithm::Sha256),
+        },
+        compression,
+        level,
+    )?;
+    let mut tar = Digester::new(Algorithm::Sha256);
+    loop {
+        if ctx.is_cancelled() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+        }
+        let mut chunk = vec![0u8; CHUNK];
+        let mut filled = 0;
+        while filled < CHUNK {
+            match input.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        chunk.truncate(filled);
+        tar.update(&chunk);
+        enc.write_chunk(chunk)?;
+    }
+    let blob = enc.finish()?;
+    let uncompressed_size = tar.written();
+    let size = blob.digester.written();
+    Ok((
+        Written {
+            digest: blob.digester.finish(),
+            size,
+            diff_id: tar.finish(),
+            uncompressed_size,
+            entries: 0,
+            compression,
+        },
+        blob.inner,
+    ))
+}
+
 /// Writes a layer of the changes `produce` feeds, reading entries from
 /// `source`, into `sink`. Returns what was written and the sink.
 pub fn write_layer<W: Write + Send>(
@@ -492,20 +548,27 @@ pub fn write_layer<W: Write + Send>(
     ))
 }
 
+/// Called with a layer's digest before its blob is committed, so that the
+/// caller can hold it (in a lease) before the collector can see it.
+pub type HoldFn<'a> = &'a (dyn Fn(&Digest) -> Result<(), DiffError> + Sync);
+
 /// Writes a layer (as [`write_layer`]) straight into the content store
-/// through the ingest `reference`, labelled with its diffID. A blob the
-/// store already has is fine (it gets the label if it lacks it); any other
+/// through the ingest `reference`, labelled with its diffID. `hold` runs
+/// once the digest is known and before the commit. A blob the store
+/// already has is fine (it gets the label if it lacks it); any other
 /// failure aborts the ingest.
 pub fn write_layer_to_store(
     store: &ContentStore,
     reference: &str,
     source: &Path,
     opts: &WriteOptions,
+    hold: HoldFn<'_>,
     produce: impl FnOnce(&mut LayerWriter<'_>) -> Result<(), DiffError>,
 ) -> Result<Written, DiffError> {
     let mut ingest = store.writer(reference, None, None)?;
     ingest.truncate(0)?;
     let result = write_layer(ingest, source, opts, produce).and_then(|(written, mut ingest)| {
+        hold(&written.digest)?;
         let labels = Labels::from([(UNCOMPRESSED_LABEL.to_owned(), written.diff_id.to_string())]);
         match ingest.commit(written.size, Some(&written.digest), &labels) {
             Ok(_) => Ok(written),

@@ -356,7 +356,7 @@ fn layers_go_into_the_content_store() {
         ..WriteOptions::default()
     };
     let write = |reference: &str| {
-        strata_diff::write_layer_to_store(&content, reference, &tree, &opts, |w| {
+        strata_diff::write_layer_to_store(&content, reference, &tree, &opts, &|_| Ok(()), |w| {
             walk_changes(None, &tree, Comparison::Compat, &mut |c| w.change(&c))
         })
     };
@@ -382,12 +382,13 @@ fn layers_go_into_the_content_store() {
     assert_eq!(applied.size, written.uncompressed_size);
     assert_eq!(render(&back), render(&tree));
     assert_eq!(write("export-2").unwrap(), written, "the same layer again");
-    let failed = strata_diff::write_layer_to_store(&content, "export-3", &tree, &opts, |_| {
-        Err(strata_diff::DiffError::Unsupported {
-            path: tree.clone(),
-            reason: "stop".into(),
-        })
-    });
+    let failed =
+        strata_diff::write_layer_to_store(&content, "export-3", &tree, &opts, &|_| Ok(()), |_| {
+            Err(strata_diff::DiffError::Unsupported {
+                path: tree.clone(),
+                reason: "stop".into(),
+            })
+        });
     assert!(failed.is_err());
     assert!(
         content.status("export-3").is_err(),

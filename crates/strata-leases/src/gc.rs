@@ -412,6 +412,11 @@ impl Collector {
         for (k, _) in &swept.snapshots {
             tx.delete::<SnapshotRecord>(k)?;
         }
+        strata_metadata::cascade::forget(
+            &tx,
+            &swept.snapshots.iter().map(|(k, _)| k.clone()).collect(),
+            &swept.content.iter().cloned().collect(),
+        )?;
         for (r, _) in &swept.ingests {
             tx.delete::<IngestRecord>(r)?;
         }

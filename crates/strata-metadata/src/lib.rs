@@ -7,6 +7,7 @@
 //! described in `docs/metadata-format.md`.
 #![forbid(unsafe_code)]
 
+pub mod cascade;
 mod check;
 mod codec;
 pub mod keys;

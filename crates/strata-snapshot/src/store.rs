@@ -248,6 +248,8 @@ impl Inner {
             ));
         }
         tx.delete::<SnapshotRecord>(key)?;
+        let gone = std::iter::once(key.to_owned()).collect();
+        strata_metadata::cascade::forget(&tx, &gone, &Default::default())?;
         tx.commit()?;
         self.remove_dir(&r.id);
         Ok(())
@@ -341,6 +343,11 @@ impl Inner {
             tracing::warn!(key, "dropping a snapshot whose directory is missing");
             tx.delete::<SnapshotRecord>(key)?;
         }
+        strata_metadata::cascade::forget(
+            &tx,
+            &gone.iter().cloned().collect(),
+            &Default::default(),
+        )?;
         tx.commit()?;
         for (key, r) in &rows {
             if gone.contains(key) {

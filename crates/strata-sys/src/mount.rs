@@ -9,7 +9,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustix::io::Errno;
@@ -215,6 +215,54 @@ pub fn unmount(target: &Path) -> SysResult<()> {
     }
 }
 
+/// Detaches every mount at or below `dir` (deepest first), as listed in
+/// `/proc/self/mountinfo`: what a killed process left mounted in a
+/// directory that only it used. Returns how many were detached.
+pub fn detach_below(dir: &Path) -> SysResult<usize> {
+    let info = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(info).map_err(|e| SysError::io("read", info, e))?;
+    let mut targets: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|t| PathBuf::from(unescape_mountinfo(t)))
+        .filter(|t| t.starts_with(dir))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.components().count()));
+    targets.dedup();
+    let mut detached = 0;
+    for t in &targets {
+        match rm::unmount(t, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
+            Ok(()) => detached += 1,
+            // Stacked mounts: an earlier detach took this one too.
+            Err(Errno::INVAL | Errno::NOENT) => {}
+            Err(e) => return Err(SysError::io("detach", t, e)),
+        }
+    }
+    Ok(detached)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
 /// True when `path` is the root of a mount.
 pub fn is_mount_point(path: &Path) -> SysResult<bool> {
     let st = rustix::fs::statx(
@@ -231,6 +279,12 @@ pub fn is_mount_point(path: &Path) -> SysResult<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b\\134c"), "/a b\\c");
+        assert_eq!(unescape_mountinfo("/plain\\9"), "/plain\\9");
+    }
 
     #[test]
     fn overlay_options_split() {

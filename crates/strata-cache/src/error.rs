@@ -1,0 +1,93 @@
+//! The cache manager's errors: the seed's three sentinels (not found,
+//! invalid, locked) as variants naming the ref, and the failures of the
+//! stores underneath, each kept whole.
+
+use strata_content::ContentError;
+use strata_core::{Classify, ErrorKind};
+use strata_diff::DiffError;
+use strata_leases::LeaseError;
+use strata_metadata::MetaError;
+use strata_snapshot::SnapshotError;
+
+/// A failure of the cache manager.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// No record or snapshot by that id.
+    #[error("{0}: not found")]
+    NotFound(String),
+    /// The ref is of the wrong kind or already released.
+    #[error("{id}: invalid: {reason}")]
+    Invalid { id: String, reason: String },
+    /// A mutable ref is held by someone else.
+    #[error("{0} is locked")]
+    Locked(String),
+    /// The operation was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The content store failed.
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    /// The snapshotter failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The lease manager or collector failed.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// Apply, diff, merge or export failed.
+    #[error(transparent)]
+    Diff(#[from] DiffError),
+    /// Work on the blocking pool died.
+    #[error("background task: {0}")]
+    Task(String),
+    /// Reading a ref's files failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A syscall-level failure while reading a ref's files.
+    #[error(transparent)]
+    Sys(#[from] strata_sys::SysError),
+}
+
+impl CacheError {
+    pub(crate) fn invalid(id: &str, reason: impl Into<String>) -> CacheError {
+        CacheError::Invalid {
+            id: id.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// True for [`CacheError::NotFound`] (the seed's `IsNotFound`): only the
+    /// manager's own not-found, not a store's.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CacheError::NotFound(_))
+    }
+}
+
+impl Classify for CacheError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            CacheError::NotFound(_) => ErrorKind::NotFound,
+            CacheError::Invalid { .. } => ErrorKind::FailedPrecondition,
+            CacheError::Locked(_) => ErrorKind::Locked,
+            CacheError::Cancelled | CacheError::Task(_) => ErrorKind::Internal,
+            CacheError::Meta(e) => e.kind(),
+            CacheError::Content(e) => e.kind(),
+            CacheError::Snapshot(e) => e.kind(),
+            CacheError::Lease(e) => e.kind(),
+            CacheError::Diff(e) => e.kind(),
+            CacheError::Io { source, .. } => Classify::kind(source),
+            CacheError::Sys(e) => e.kind(),
+        }
+    }
+}
+
+/// The manager's result.
+pub type Result<T, E = CacheError> = std::result::Result<T, E>;

@@ -1,0 +1,333 @@
+//! Export (seed §8): a ref's chain as OCI layer blobs, bottom first, one
+//! per committed snapshot. A layer's blob is computed once (overlay upper
+//! directory when possible, else both trees walked) and remembered on its
+//! record; concurrent exports of one snapshot wait for the first. A
+//! different compression, when forced, is a lossless conversion of the
+//! existing blob, linked to it both ways with `gc.ref.content.blob-*`
+//! labels so that holding either keeps both.
+
+use std::time::SystemTime;
+
+use strata_core::{Classify, Descriptor, Digest, Labels};
+use strata_diff::{Compression, UNCOMPRESSED_LABEL, WriteOptions, convert_blob, export_snapshot};
+use strata_leases::{OpCtx, Resource, with_lease};
+use strata_snapshot::Snapshotter;
+
+use crate::error::{CacheError, Result};
+use crate::import::BLOB_MEDIA_TYPE_LABEL;
+use crate::manager::{CacheManager, RefOptions, SCRATCH};
+use crate::metadata::{self, Edit, RefMetadata};
+use crate::refs::ImmutableRef;
+
+/// Label prefix linking a blob to its compression variants.
+pub const VARIANT_LABEL_PREFIX: &str = "containerd.io/gc.ref.content.blob-";
+
+/// The compression an export asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompressionConfig {
+    /// The compression of new blobs.
+    pub kind: Compression,
+    /// Existing blobs of another compression are converted too.
+    pub force: bool,
+    /// The level (the codec's default when `None`).
+    pub level: Option<i32>,
+}
+
+/// How to export (the seed's `RefConfig`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefConfig {
+    /// Compression.
+    pub compression: CompressionConfig,
+    /// Layers with URLs get non-distributable media types.
+    pub prefer_non_distributable: bool,
+}
+
+/// One exported layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportLayer {
+    /// The blob (its diffID in the `containerd.io/uncompressed`
+    /// annotation).
+    pub descriptor: Descriptor,
+    /// The record's description.
+    pub description: String,
+    /// The record's creation time.
+    pub created_at: Option<SystemTime>,
+}
+
+/// A ref's layers, bottom first; the blobs are in the root's content store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExportChain {
+    /// The layers.
+    pub layers: Vec<ExportLayer>,
+}
+
+/// Digests a blob's labels name as its compression variants.
+pub(crate) fn variants_of(labels: &Labels) -> Vec<Digest> {
+    labels
+        .iter()
+        .filter(|(k, _)| k.starts_with(VARIANT_LABEL_PREFIX))
+        .filter_map(|(_, v)| Digest::parse(v).ok())
+        .collect()
+}
+
+fn distributable(media_type: &str) -> String {
+    media_type
+        .replace(
+            "vnd.oci.image.layer.nondistributable.v1",
+            "vnd.oci.image.layer.v1",
+        )
+        .replace("rootfs.foreign.diff.tar", "rootfs.diff.tar")
+}
+
+fn non_distributable(media_type: &str) -> String {
+    if media_type.starts_with("application/vnd.oci.image.layer.v1") {
+        media_type.replace(
+            "vnd.oci.image.layer.v1",
+            "vnd.oci.image.layer.nondistributable.v1",
+        )
+    } else if media_type == "application/vnd.docker.image.rootfs.diff.tar" {
+        "application/vnd.docker.image.rootfs.foreign.diff.tar".into()
+    } else {
+        media_type.to_owned()
+    }
+}
+
+/// The layer descriptor a record describes.
+fn descriptor_of(md: &RefMetadata, blob: &Digest, prefer_non_distributable: bool) -> Descriptor {
+    let urls = md.urls();
+    let media_type = if prefer_non_distributable && !urls.is_empty() {
+        non_distributable(&md.media_type())
+    } else {
+        distributable(&md.media_type())
+    };
+    let mut d = Descriptor::new(media_type, blob.clone(), md.blob_size().unwrap_or(0));
+    if prefer_non_distributable {
+        d.urls = urls;
+    }
+    if let Some(diff_id) = md.diff_id() {
+        d.annotations
+            .insert(UNCOMPRESSED_LABEL.to_owned(), diff_id.to_string());
+    }
+    d
+}
+
+impl ImmutableRef {
+    /// The ref's chain as layer blobs, computing the ones not known yet.
+    #[tracing::instrument(skip_all, fields(id = self.id()))]
+    pub async fn export_chain(&self, ctx: &OpCtx, cfg: &RefConfig) -> Result<ExportChain> {
+        let mgr = &self.mgr;
+        let (ctx, guard) = with_lease(ctx, &mgr.root().leases)?;
+        let mut chain = Vec::new();
+        let mut next = Some(self.snapshot_id().to_owned());
+        while let Some(key) = next {
+            next = mgr.root().snapshots.stat(&key).await?.parent;
+            chain.push(key);
+        }
+        chain.reverse();
+        let mut out = ExportChain::default();
+        let mut parent: Option<String> = None;
+        for sid in chain {
+            if parent.is_none() && sid == SCRATCH {
+                parent = Some(sid);
+                continue;
+            }
+            let layer = mgr
+                .get_by_snapshot_id(
+                    &sid,
+                    &RefOptions {
+                        no_update_last_used: true,
+                        ..RefOptions::default()
+                    },
+                )
+                .await?;
+            let desc = mgr
+                .ensure_export_blob(&ctx, parent.as_deref(), &layer, cfg)
+                .await?;
+            if let Some(descriptor) = desc {
+                let md = layer.metadata()?;
+                out.layers.push(ExportLayer {
+                    descriptor,
+                    description: md.description(),
+                    created_at: md.created_at(),
+                });
+            }
+            parent = Some(sid);
+        }
+        guard.release()?;
+        Ok(out)
+    }
+}
+
+impl CacheManager {
+    /// The blob of `layer` against `parent` in the compression `cfg` asks
+    /// for (any, unless forced); `None` for an empty parentless layer.
+    async fn ensure_export_blob(
+        &self,
+        ctx: &OpCtx,
+        parent: Option<&str>,
+        layer: &ImmutableRef,
+        cfg: &RefConfig,
+    ) -> Result<Option<Descriptor>> {
+        let comp = cfg.compression;
+        let lock_key = strata_metadata::keys::join(&[layer.snapshot_id(), parent.unwrap_or("")]);
+        let _one = self.inner.export_locks.lock(&lock_key).await;
+        let md = layer.metadata()?;
+        if let Some(blob) = md.blob() {
+            let desc = descriptor_of(&md, &blob, cfg.prefer_non_distributable);
+            let have = Compression::of_media_type(&desc.media_type);
+            let desc = if comp.force && have != Some(comp.kind) {
+                self.variant(ctx, layer, &desc, comp).await?
+            } else {
+                desc
+            };
+            self.hold(ctx, &Resource::content(&desc.digest))?;
+            self.record_content(layer.snapshot_id(), &desc.digest)?;
+            return Ok(Some(desc));
+        }
+        let usage = self.inner.merger.usage(layer.snapshot_id()).await?;
+        if parent.is_none() && usage.size == 0 && usage.inodes <= 1 && self.is_empty(layer).await? {
+            return Ok(None);
+        }
+        let root = self.root();
+        let (sn, content, tmp) = (
+            root.snapshots.clone(),
+            root.content.clone(),
+            root.tmp.clone(),
+        );
+        let (key, parent_key) = (layer.snapshot_id().to_owned(), parent.map(str::to_owned));
+        let reference = format!("export-{key}-{}", comp.kind.name());
+        let opts = WriteOptions {
+            compression: comp.kind,
+            level: comp.level,
+            ctx: ctx.clone(),
+            ..WriteOptions::default()
+        };
+        let (mgr, hold_ctx) = (self.clone(), ctx.clone());
+        let (written, path) = tokio::task::spawn_blocking(move || {
+            let hold = |d: &Digest| {
+                mgr.hold_lease(&hold_ctx, &Resource::content(d))
+                    .map_err(strata_diff::DiffError::from)
+            };
+            export_snapshot(
+                (&sn, &content),
+                &key,
+                parent_key.as_deref(),
+                &tmp,
+                &reference,
+                &opts,
+                &hold,
+            )
+        })
+        .await
+        .map_err(|e| CacheError::Task(e.to_string()))??;
+        tracing::debug!(layer = layer.id(), ?path, digest = %written.digest, "exported a layer");
+        let media_type = comp.kind.media_type();
+        self.label_blob(&written.digest, media_type, &written.diff_id)?;
+        self.update(
+            layer.id(),
+            Edit::default()
+                .set(metadata::DIFF_ID, &written.diff_id.as_str())
+                .set(metadata::BLOB, &written.digest.as_str())
+                .set(metadata::MEDIA_TYPE, &media_type)
+                .set(
+                    metadata::BLOB_SIZE,
+                    &i64::try_from(written.size).unwrap_or(-1),
+                )
+                .remove(metadata::SIZE),
+        )?;
+        self.record_content(layer.snapshot_id(), &written.digest)?;
+        let md = layer.metadata()?;
+        Ok(Some(descriptor_of(
+            &md,
+            &written.digest,
+            cfg.prefer_non_distributable,
+        )))
+    }
+
+    /// True when `layer`'s tree has no entries.
+    async fn is_empty(&self, layer: &ImmutableRef) -> Result<bool> {
+        let sn = self.root().snapshots.clone();
+        let key = layer.snapshot_id().to_owned();
+        tokio::task::spawn_blocking(move || -> Result<bool> {
+            let dir = sn.fs_dir(&key)?;
+            let root = strata_sys::Root::open(&dir)?;
+            Ok(root.read_dir(std::path::Path::new(""))?.is_empty())
+        })
+        .await
+        .map_err(|e| CacheError::Task(e.to_string()))?
+    }
+
+    /// The variant of `desc` in `comp.kind`: one already linked, else a
+    /// lossless conversion, linked both ways.
+    async fn variant(
+        &self,
+        ctx: &OpCtx,
+        layer: &ImmutableRef,
+        desc: &Descriptor,
+        comp: CompressionConfig,
+    ) -> Result<Descriptor> {
+        let content = self.root().content.clone();
+        let info = content.info(&desc.digest)?;
+        for v in variants_of(&info.labels) {
+            match content.info(&v) {
+                Ok(vi) => {
+                    let mt = vi
+                        .labels
+                        .get(BLOB_MEDIA_TYPE_LABEL)
+                        .cloned()
+                        .unwrap_or_default();
+                    if Compression::of_media_type(&mt) == Some(comp.kind) {
+                        let mut d = desc.clone();
+                        d.media_type = mt;
+                        d.digest = v;
+                        d.size = vi.size;
+                        return Ok(d);
+                    }
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (from, reference) = (
+            desc.digest.clone(),
+            format!("convert-{}-{}", desc.digest.hex(), comp.kind.name()),
+        );
+        let (mgr, hold_ctx) = (self.clone(), ctx.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let hold = |d: &Digest| {
+                mgr.hold_lease(&hold_ctx, &Resource::content(d))
+                    .map_err(strata_diff::DiffError::from)
+            };
+            convert_blob(
+                &content, &from, comp.kind, comp.level, &reference, &hold_ctx, &hold,
+            )
+        })
+        .await
+        .map_err(|e| CacheError::Task(e.to_string()))??;
+        let media_type = comp.kind.media_type();
+        self.label_blob(&written.digest, media_type, &written.diff_id)?;
+        self.link_variants(&desc.digest, &written.digest)?;
+        self.update(layer.id(), Edit::default().remove(metadata::SIZE))?;
+        self.record_content(layer.snapshot_id(), &written.digest)?;
+        let mut d = desc.clone();
+        d.media_type = media_type.to_owned();
+        d.digest = written.digest;
+        d.size = written.size;
+        Ok(d)
+    }
+
+    /// Mutual `gc.ref.content.blob-*` labels between two blobs.
+    fn link_variants(&self, a: &Digest, b: &Digest) -> Result<()> {
+        if a == b {
+            return Ok(());
+        }
+        let content = &self.root().content;
+        for (on, to) in [(a, b), (b, a)] {
+            let mut info = content.info(on)?;
+            let label = format!("{VARIANT_LABEL_PREFIX}{}", to.hex());
+            info.labels.insert(label.clone(), to.to_string());
+            content.update(&info, &[&format!("labels.{label}")])?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+//! The cache manager: the library home of a state root and the seed's
+//! whole API on top of it.
+//!
+//! * [`Root::open`]: one call opens a root (lock, cleanup of what a dead
+//!   process left, metadata, stores, backend, collector).
+//! * [`CacheManager`]: durable records over snapshots handed out as
+//!   [`ImmutableRef`]s and [`MutableRef`]s (released on drop), merge and
+//!   diff, sizes, search, image import with dedupe, export chains with
+//!   compression variants, owner leases, and the persistent rows.
+//!
+//! Every create boundary puts the new object in the operation context's
+//! lease before the object exists, so a collection can never see it
+//! unheld.
+#![forbid(unsafe_code)]
+
+mod error;
+mod export;
+mod import;
+mod keyed;
+mod manager;
+mod metadata;
+mod owner;
+mod pool;
+mod refs;
+mod root;
+
+pub use error::{CacheError, Result};
+pub use export::{CompressionConfig, ExportChain, ExportLayer, RefConfig, VARIANT_LABEL_PREFIX};
+pub use import::{BLOB_MEDIA_TYPE_LABEL, ImportOptions, ImportedImage};
+pub use manager::{CacheManager, RefOptions, SCRATCH, SnapshotRecordMetadata};
+pub use metadata::{RecordType, RefMetadata, Value};
+pub use owner::{ImportedLayerRow, OWNER_LEASE_PREFIX, PersistentMetadataRows, SnapshotContentRow};
+pub use refs::{ImmutableRef, MutableRef, RefCore, RefMount};
+pub use root::{BackendChoice, OpenError, Root, RootOptions, default_root};
+
+/// Keys of the values the manager keeps on every record.
+pub mod keys {
+    pub use crate::metadata::{
+        BLOB, BLOB_SIZE, COMMITTED, CREATED_AT, DESCRIPTION, DIFF_ID, IMAGE_REFS, LAST_USED_AT,
+        LAYER_TYPE, MEDIA_TYPE, RECORD_TYPE, SIZE, URLS, USAGE_COUNT,
+    };
+}

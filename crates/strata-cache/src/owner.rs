@@ -1,0 +1,272 @@
+//! Owner leases (seed §5.6) and the persistent rows (§3.8).
+//!
+//! An owner lease pins a snapshot, every ancestor and every blob recorded
+//! against them; blobs recorded later are added to the owner leases of
+//! their snapshot. Attach and remove of one lease id exclude each other
+//! for their whole duration (the seed's race fix). The rows (snapshot
+//! content, import dedupe) are durable here; the export and load calls stay
+//! for callers that keep their own database.
+
+use std::time::SystemTime;
+
+use strata_core::{Classify, Digest, Filter, Labels};
+use strata_leases::{LeaseSpec, Resource, labels as lease_labels};
+use strata_metadata::records::{ImportByBlobRecord, ImportByDiffRecord, SnapshotContentRecord};
+use strata_metadata::{Reader, keys};
+use strata_snapshot::Snapshotter;
+
+use crate::error::{CacheError, Result};
+use crate::manager::CacheManager;
+
+/// A blob recorded against a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SnapshotContentRow {
+    /// The snapshot.
+    pub snapshot_id: String,
+    /// The blob.
+    pub digest: Digest,
+}
+
+/// A dedupe row: the snapshot a blob or diffID was imported into on a
+/// parent (`""` for none).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ImportedLayerRow {
+    /// The parent snapshot.
+    pub parent_snapshot_id: String,
+    /// The blob digest or the diffID.
+    pub digest: Digest,
+    /// The snapshot made.
+    pub snapshot_id: String,
+}
+
+/// The three persistent tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PersistentMetadataRows {
+    /// Blobs recorded against snapshots.
+    pub snapshot_content: Vec<SnapshotContentRow>,
+    /// Dedupe by blob digest.
+    pub imported_by_blob: Vec<ImportedLayerRow>,
+    /// Dedupe by diffID.
+    pub imported_by_diff: Vec<ImportedLayerRow>,
+}
+
+/// The prefix of the owner leases `delete_stale_owner_leases` sweeps by
+/// default.
+pub const OWNER_LEASE_PREFIX: &str = "strata/owner/";
+
+fn import_rows<R: strata_metadata::Record>(
+    tx: &impl Reader,
+    snapshot: impl Fn(&R) -> &str,
+) -> Result<Vec<ImportedLayerRow>> {
+    let mut out = Vec::new();
+    for (k, r) in tx.scan::<R>("")? {
+        let parts = keys::split(&k);
+        if let [parent, d] = parts[..]
+            && let Ok(digest) = Digest::parse(d)
+        {
+            out.push(ImportedLayerRow {
+                parent_snapshot_id: parent.to_owned(),
+                digest,
+                snapshot_id: snapshot(&r).to_owned(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl CacheManager {
+    /// Records blob `d` against snapshot `sid` and adds it to the
+    /// snapshot's owner leases.
+    pub(crate) fn record_content(&self, sid: &str, d: &Digest) -> Result<()> {
+        let tx = self.root().db.write()?;
+        tx.put(&keys::join(&[sid, d.as_str()]), &SnapshotContentRecord {})?;
+        tx.commit()?;
+        let owners: Vec<String> = self
+            .inner
+            .owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sid)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for lease in owners {
+            match self
+                .root()
+                .leases
+                .add_resource(&lease, &Resource::content(d))
+            {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() || e.is_already_exists() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes (or extends) the flat lease `lease_id` hold snapshot `sid`,
+    /// every ancestor and their recorded blobs.
+    #[tracing::instrument(skip_all, fields(lease = lease_id, snapshot = sid))]
+    pub async fn attach_lease(&self, lease_id: &str, sid: &str) -> Result<()> {
+        if lease_id.is_empty() {
+            return Err(CacheError::invalid(
+                lease_id,
+                "attach lease: empty lease id",
+            ));
+        }
+        if sid.is_empty() {
+            return Err(CacheError::invalid(sid, "attach lease: empty snapshot id"));
+        }
+        let _one = self.inner.owner_locks.lock(lease_id).await;
+        let sn = &self.root().snapshots;
+        let mut chain = Vec::new();
+        let mut next = Some(sid.to_owned());
+        while let Some(key) = next {
+            let info = match sn.stat(&key).await {
+                Ok(i) => i,
+                Err(e) if e.is_not_found() => return Err(CacheError::NotFound(key)),
+                Err(e) => return Err(e.into()),
+            };
+            next = info.parent.clone();
+            chain.push(key);
+        }
+        let lm = &self.root().leases;
+        match lm.create(LeaseSpec {
+            id: Some(lease_id.to_owned()),
+            labels: Labels::from([(
+                lease_labels::GC_FLAT.to_owned(),
+                lease_labels::format_time(SystemTime::now()),
+            )]),
+            expire: None,
+        }) {
+            Ok(_) => {}
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => return Err(e.into()),
+        }
+        for key in &chain {
+            lm.add_resource(lease_id, &self.snapshot_resource(key))?;
+            for d in self.recorded_content(key)? {
+                lm.add_resource(lease_id, &Resource::content(&d))?;
+            }
+            self.inner
+                .owners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(key.clone())
+                .or_default()
+                .insert(lease_id.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Deletes owner lease `lease_id` (missing is fine) and forgets it.
+    #[tracing::instrument(skip_all, fields(lease = lease_id))]
+    pub async fn remove_lease(&self, lease_id: &str) -> Result<()> {
+        if lease_id.is_empty() {
+            return Ok(());
+        }
+        let _one = self.inner.owner_locks.lock(lease_id).await;
+        match self.root().leases.delete(lease_id) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut owners = self.inner.owners.lock().unwrap_or_else(|p| p.into_inner());
+        owners.retain(|_, set| {
+            set.remove(lease_id);
+            !set.is_empty()
+        });
+        Ok(())
+    }
+
+    /// Removes every lease whose id starts with `prefix` and is not in
+    /// `keep`; every one is tried, the first failure is returned.
+    pub async fn delete_stale_owner_leases(&self, prefix: &str, keep: &[String]) -> Result<usize> {
+        let leases = self.root().leases.list(&Filter::default())?;
+        let mut removed = 0;
+        let mut failure = None;
+        for l in leases {
+            if !l.id.starts_with(prefix) || keep.contains(&l.id) {
+                continue;
+            }
+            match self.remove_lease(&l.id).await {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(lease = l.id, error = %e, "could not remove a stale owner lease");
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
+    }
+
+    /// The three persistent tables as rows.
+    pub fn persistent_metadata_rows(&self) -> Result<PersistentMetadataRows> {
+        let tx = self.root().db.read()?;
+        let mut snapshot_content = Vec::new();
+        for (k, _) in tx.scan::<SnapshotContentRecord>("")? {
+            let parts = keys::split(&k);
+            if let [sid, d] = parts[..]
+                && let Ok(digest) = Digest::parse(d)
+            {
+                snapshot_content.push(SnapshotContentRow {
+                    snapshot_id: sid.to_owned(),
+                    digest,
+                });
+            }
+        }
+        Ok(PersistentMetadataRows {
+            snapshot_content,
+            imported_by_blob: import_rows::<ImportByBlobRecord>(&tx, |r| &r.snapshot)?,
+            imported_by_diff: import_rows::<ImportByDiffRecord>(&tx, |r| &r.snapshot)?,
+        })
+    }
+
+    /// Replaces the three tables with `rows` (rows with an empty snapshot
+    /// id are skipped; the parent may be empty), in one transaction.
+    pub fn load_persistent_metadata(&self, rows: &PersistentMetadataRows) -> Result<()> {
+        let tx = self.root().db.write()?;
+        tx.delete_prefix::<SnapshotContentRecord>("")?;
+        tx.delete_prefix::<ImportByBlobRecord>("")?;
+        tx.delete_prefix::<ImportByDiffRecord>("")?;
+        let valid = |s: &str| !s.is_empty() && keys::valid_part(s);
+        for r in &rows.snapshot_content {
+            if valid(&r.snapshot_id) {
+                tx.put(
+                    &keys::join(&[&r.snapshot_id, r.digest.as_str()]),
+                    &SnapshotContentRecord {},
+                )?;
+            }
+        }
+        for r in rows
+            .imported_by_blob
+            .iter()
+            .filter(|r| valid(&r.snapshot_id))
+        {
+            let key = keys::join(&[&r.parent_snapshot_id, r.digest.as_str()]);
+            tx.put(
+                &key,
+                &ImportByBlobRecord {
+                    snapshot: r.snapshot_id.clone(),
+                },
+            )?;
+        }
+        for r in rows
+            .imported_by_diff
+            .iter()
+            .filter(|r| valid(&r.snapshot_id))
+        {
+            let key = keys::join(&[&r.parent_snapshot_id, r.digest.as_str()]);
+            tx.put(
+                &key,
+                &ImportByDiffRecord {
+                    snapshot: r.snapshot_id.clone(),
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,314 @@
+//! Opening a state root with one call: the directory (mode 0700), its
+//! `LOCK` (one process per root), leftover mounts of a dead process
+//! detached, `tmp/` and `mounts/` emptied, the metadata file, the content
+//! store and the snapshot store with the root's backend (remembered in the
+//! metadata; `auto` probes a real overlay mount), temporary leases of a
+//! previous process dropped, and the collector wired to both stores.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use strata_content::{ContentError, ContentStore};
+use strata_core::{Classify, ErrorKind};
+use strata_leases::{Collect, Collector, LeaseError, LeaseManager};
+use strata_metadata::{MetaDb, MetaError, Reader};
+use strata_snapshot::{Backend, SnapshotError, SnapshotStore, Snapshotter};
+use strata_sys::SysError;
+use strata_sys::lock::{FileLock, LockError};
+
+/// The snapshot backends a root can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// Kernel overlayfs.
+    Overlay,
+    /// Full copies (reflink where the file system can).
+    Native,
+    /// Overlay where the kernel and privileges allow it, else native.
+    #[default]
+    Auto,
+}
+
+/// The `meta` row that records a root's backend.
+const BACKEND_ROW: &str = "snapshot_backend";
+
+impl BackendChoice {
+    fn code(self) -> u64 {
+        match self {
+            BackendChoice::Overlay => 1,
+            BackendChoice::Native => 2,
+            BackendChoice::Auto => 0,
+        }
+    }
+
+    fn from_code(code: u64) -> Option<Self> {
+        match code {
+            1 => Some(BackendChoice::Overlay),
+            2 => Some(BackendChoice::Native),
+            _ => None,
+        }
+    }
+
+    /// The name users type (`overlay`, `native`, `auto`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Overlay => "overlay",
+            BackendChoice::Native => "native",
+            BackendChoice::Auto => "auto",
+        }
+    }
+}
+
+/// A root that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// No path was given and none could be derived.
+    #[error("no root given and no STRATA_ROOT, XDG_DATA_HOME or HOME to place one")]
+    NoDefault,
+    /// Creating or preparing the root's directories failed.
+    #[error("state root {}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process owns the root.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The root was made with another backend.
+    #[error("root {} uses the {stored} backend, not {wanted}", path.display())]
+    BackendMismatch {
+        path: PathBuf,
+        stored: &'static str,
+        wanted: &'static str,
+    },
+    /// Cleaning up what a dead process left failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// The metadata file could not be opened.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The content store could not be opened.
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    /// The snapshot store could not be opened.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// Leftover leases could not be dropped.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+}
+
+impl Classify for OpenError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            OpenError::NoDefault => ErrorKind::Invalid,
+            OpenError::Io { source, .. } => Classify::kind(source),
+            OpenError::Lock(e) => e.kind(),
+            OpenError::BackendMismatch { .. } => ErrorKind::FailedPrecondition,
+            OpenError::Sys(e) => e.kind(),
+            OpenError::Meta(e) => e.kind(),
+            OpenError::Content(e) => e.kind(),
+            OpenError::Snapshot(e) => e.kind(),
+            OpenError::Lease(e) => e.kind(),
+        }
+    }
+}
+
+/// How to open a root.
+#[derive(Clone, Debug, Default)]
+pub struct RootOptions {
+    /// The root's directory; [`default_root`] when `None`.
+    pub path: Option<PathBuf>,
+    /// The backend wanted; a root remembers the one it was made with.
+    pub backend: BackendChoice,
+}
+
+/// An open root, owned by this process until dropped.
+#[derive(Debug)]
+pub struct Root {
+    /// The root's directory.
+    pub path: PathBuf,
+    /// The metadata file.
+    pub db: Arc<MetaDb>,
+    /// The content store.
+    pub content: ContentStore,
+    /// The snapshot store.
+    pub snapshots: SnapshotStore,
+    /// The lease manager (default namespace).
+    pub leases: LeaseManager,
+    /// The garbage collector over both stores.
+    pub collector: Arc<Collector>,
+    /// The backend in use (never `Auto`).
+    pub backend: BackendChoice,
+    /// Scratch space (mount points, staging), emptied at every open.
+    pub tmp: PathBuf,
+    /// Long-lived mount points (the shared mount pool), emptied at open.
+    pub mounts: PathBuf,
+    _lock: FileLock,
+}
+
+fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> OpenError {
+    let path = path.to_path_buf();
+    move |source| OpenError::Io { path, what, source }
+}
+
+/// True when an overlay can be mounted here: a trial mount in `tmp`.
+fn overlay_works(tmp: &Path) -> bool {
+    if strata_sys::effective_uid() != 0 {
+        return false;
+    }
+    let probe = tmp.join("overlay-probe");
+    let dirs = ["lower", "upper", "work", "merged"].map(|d| probe.join(d));
+    if dirs.iter().any(|d| fs::create_dir_all(d).is_err()) {
+        return false;
+    }
+    let m = strata_core::Mount {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        target: PathBuf::new(),
+        options: vec![
+            format!("lowerdir={}", dirs[0].display()),
+            format!("upperdir={}", dirs[1].display()),
+            format!("workdir={}", dirs[2].display()),
+        ],
+    };
+    let ok = strata_sys::mount::mount(&m, &dirs[3]).is_ok();
+    if ok && let Err(e) = strata_sys::mount::unmount(&dirs[3]) {
+        tracing::warn!(error = %e, "could not unmount the overlay probe");
+        return false;
+    }
+    ok
+}
+
+/// The backend for this root: the one it remembers, which must match an
+/// explicit choice; otherwise the choice (auto resolved), recorded.
+fn resolve_backend(
+    path: &Path,
+    db: &MetaDb,
+    choice: BackendChoice,
+) -> Result<BackendChoice, OpenError> {
+    let stored = db
+        .read()?
+        .meta(BACKEND_ROW)?
+        .and_then(BackendChoice::from_code);
+    if let Some(stored) = stored {
+        if choice != BackendChoice::Auto && choice != stored {
+            return Err(OpenError::BackendMismatch {
+                path: path.to_path_buf(),
+                stored: stored.name(),
+                wanted: choice.name(),
+            });
+        }
+        return Ok(stored);
+    }
+    let resolved = match choice {
+        BackendChoice::Auto if overlay_works(&path.join("tmp")) => BackendChoice::Overlay,
+        BackendChoice::Auto => {
+            tracing::info!("overlay mounts do not work here; using the native backend");
+            BackendChoice::Native
+        }
+        explicit => explicit,
+    };
+    let tx = db.write()?;
+    tx.set_meta(BACKEND_ROW, resolved.code())?;
+    tx.commit()?;
+    Ok(resolved)
+}
+
+/// `$STRATA_ROOT`, else `/var/lib/strata` for root, else
+/// `$XDG_DATA_HOME/strata` (or `~/.local/share/strata`).
+pub fn default_root() -> Result<PathBuf, OpenError> {
+    if let Some(p) = std::env::var_os("STRATA_ROOT").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    if strata_sys::effective_uid() == 0 {
+        return Ok(PathBuf::from("/var/lib/strata"));
+    }
+    if let Some(p) = std::env::var_os("XDG_DATA_HOME").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p).join("strata"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|p| !p.is_empty())
+        .ok_or(OpenError::NoDefault)?;
+    Ok(PathBuf::from(home).join(".local/share/strata"))
+}
+
+/// Empties a scratch directory of the root: detaches what a dead process
+/// left mounted there, then removes everything (never across a mount).
+fn empty_scratch(root_dir: &strata_sys::Root, path: &Path, name: &str) -> Result<(), OpenError> {
+    let dir = path.join(name);
+    if dir.exists() {
+        let detached = strata_sys::mount::detach_below(&dir)?;
+        if detached > 0 {
+            tracing::info!(dir = %dir.display(), detached, "detached mounts a previous process left");
+        }
+        root_dir.remove_all(Path::new(name))?;
+    }
+    fs::create_dir(&dir).map_err(io(&dir, "create"))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io(&dir, "chmod"))
+}
+
+impl Root {
+    /// Opens (creating if needed) the root `opts` names.
+    #[tracing::instrument(skip_all)]
+    pub fn open(opts: &RootOptions) -> Result<Root, OpenError> {
+        let path = match &opts.path {
+            Some(p) => p.clone(),
+            None => default_root()?,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)
+            .map_err(io(&path, "create"))?;
+        let mode = fs::metadata(&path)
+            .map_err(io(&path, "stat"))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
+                .map_err(io(&path, "restrict to its owner"))?;
+        }
+        let lock = FileLock::try_exclusive(&path.join("LOCK"))?;
+        let root_dir = strata_sys::Root::open(&path)?;
+        empty_scratch(&root_dir, &path, "tmp")?;
+        empty_scratch(&root_dir, &path, "mounts")?;
+        let db = Arc::new(MetaDb::open(&path.join("meta.redb"))?);
+        let content = ContentStore::open(&path.join("content"), Arc::clone(&db))?;
+        let backend = resolve_backend(&path, &db, opts.backend)?;
+        let dyn_backend: Arc<dyn Backend> = match backend {
+            BackendChoice::Overlay => Arc::new(strata_overlay::Overlay::new(
+                &path.join("snapshots"),
+                strata_overlay::OverlayConfig::default(),
+            )?),
+            _ => Arc::new(strata_native::Native),
+        };
+        let snapshots = SnapshotStore::open(&path, Arc::clone(&db), dyn_backend)?;
+        let leases = LeaseManager::new(Arc::clone(&db));
+        // One process owns the root: temporary leases left now belong to a
+        // process that is gone (operation leases, views of mounted refs).
+        let dropped = leases.remove_temporary()?;
+        if dropped > 0 {
+            tracing::info!(dropped, "removed temporary leases of a previous process");
+        }
+        let stores: Vec<Arc<dyn Collect>> =
+            vec![Arc::new(content.clone()), Arc::new(snapshots.clone())];
+        let collector = Arc::new(Collector::new(Arc::clone(&db), snapshots.name(), stores));
+        Ok(Root {
+            tmp: path.join("tmp"),
+            mounts: path.join("mounts"),
+            path,
+            db,
+            content,
+            snapshots,
+            leases,
+            collector,
+            backend,
+            _lock: lock,
+        })
+    }
+}
