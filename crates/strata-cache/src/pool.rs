@@ -72,12 +72,6 @@ impl MountPool {
             },
         ))
     }
-
-    /// How many users share `id`'s mount.
-    #[cfg(test)]
-    pub(crate) fn users(&self, id: &str) -> usize {
-        self.map().get(id).map_or(0, |s| s.users)
-    }
 }
 
 impl Drop for PoolGuard {
@@ -87,10 +81,11 @@ impl Drop for PoolGuard {
             s.users -= 1;
             s.users == 0
         });
-        if last && let Some(s) = map.remove(&self.id) {
-            if let Err(e) = s.mount.unmount() {
-                tracing::warn!(id = self.id, error = %e, "could not unmount a shared cache mount");
-            }
+        if last
+            && let Some(s) = map.remove(&self.id)
+            && let Err(e) = s.mount.unmount()
+        {
+            tracing::warn!(id = self.id, error = %e, "could not unmount a shared cache mount");
         }
     }
 }

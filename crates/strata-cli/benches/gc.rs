@@ -11,9 +11,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use strata_cache::{BackendChoice, Root, RootOptions};
 use strata_core::{Algorithm, Digest, Labels};
 use strata_leases::gc::GcOptions;
-use strata_cache::{BackendChoice, Root, RootOptions};
 use strata_leases::{LeaseSpec, Resource};
 use strata_metadata::records::{ContentRecord, SnapshotKind, SnapshotRecord, now};
 

@@ -11,8 +11,8 @@ use strata_cache::{BackendChoice, Root, RootOptions};
 use strata_core::{Algorithm, Digest, Filter, Labels};
 use strata_leases::gc::GcOptions;
 use strata_leases::{LeaseSpec, Resource};
-use strata_metadata::records::{ContentRecord, SnapshotRecord};
 use strata_metadata::Reader;
+use strata_metadata::records::{ContentRecord, SnapshotRecord};
 use strata_snapshot::Snapshotter;
 use strata_testkit::crash::{self, AckLog, Rng};
 

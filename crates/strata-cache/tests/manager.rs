@@ -1,0 +1,780 @@
+//! The cache manager on real roots, both backends, real mounts: ref life
+//! cycle (Locked on a second holder, commit to a new id, read-only mounts
+//! of immutable refs), the seed's contracts for merge and snapshot diff,
+//! lazy leases materialised at create boundaries, import with dedupe
+//! (also concurrent and after a restart), export chains with compression
+//! variants, owner leases, collection with clean checks, durable metadata
+//! and search, the cache-mount pool. Needs root (mounts).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use strata_cache::{
+    CacheError, CompressionConfig, ImportOptions, RecordType, RefConfig, RefOptions, Value,
+};
+use strata_core::Labels;
+use strata_diff::Compression;
+use strata_leases::gc::GcOptions;
+use strata_leases::{LazyScope, OpCtx};
+use strata_metadata::Reader;
+use strata_metadata::records::SnapshotRecord;
+use strata_snapshot::Snapshotter;
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod overlay {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    if strata_testkit::require_root(concat!("strata-cache overlay::", stringify!($name))) {
+                        super::$name("overlay").await;
+                    }
+                }
+            )*
+        }
+        mod native {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    if strata_testkit::require_root(concat!("strata-cache native::", stringify!($name))) {
+                        super::$name("native").await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    life_cycle,
+    merge_and_diff_contracts,
+    import_dedupes_and_survives_restart,
+    concurrent_imports_unpack_each_layer_once,
+    export_chain_and_variants,
+    owner_leases_pin_chains_and_collection_cleans_rows,
+    cache_mounts_share_one_mount,
+);
+
+fn lazy(mgr: &strata_cache::CacheManager) -> (OpCtx, Arc<LazyScope>) {
+    let scope = LazyScope::new(mgr.root().leases.clone(), Labels::new());
+    (OpCtx::new().with_lazy_scope(Arc::clone(&scope)), scope)
+}
+
+fn snapshot_count(mgr: &strata_cache::CacheManager) -> usize {
+    mgr.root()
+        .db
+        .read()
+        .unwrap()
+        .scan::<SnapshotRecord>("")
+        .unwrap()
+        .len()
+}
+
+fn assert_clean(mgr: &strata_cache::CacheManager) {
+    let v = mgr.root().db.check().unwrap();
+    assert!(v.is_empty(), "metadata check: {v:?}");
+    let v = mgr.root().snapshots.check().unwrap();
+    assert!(v.is_empty(), "snapshot check: {v:?}");
+}
+
+async fn life_cycle(backend: &str) {
+    let e = env(backend);
+    let mgr = &e.mgr;
+    let tmp = e.dir.path();
+    let (ctx, scope) = lazy(mgr);
+    let m = mgr
+        .new_ref(&ctx, None, &RefOptions::described("build step"))
+        .await
+        .unwrap();
+    // The lazy lease was made at the create boundary and holds it.
+    let lease = ctx.lease().expect("the lazy lease was materialised");
+    let held = mgr.root().leases.list_resources(&lease).unwrap();
+    assert!(held.iter().any(|r| r.id == m.id()), "{held:?}");
+    // A second holder is refused.
+    match mgr.get_mutable(m.id(), &RefOptions::default()).await {
+        Err(CacheError::Locked(id)) => assert_eq!(id, m.id()),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    let rw = m.mount(&ctx, false).await.unwrap();
+    with_mounted(&rw, tmp, |p| {
+        std::fs::write(p.join("hello"), "world").unwrap()
+    });
+    drop(rw);
+    let old = m.id().to_owned();
+    let committed = m.commit(&ctx).await.unwrap();
+    assert_ne!(committed.id(), old);
+    assert!(matches!(
+        mgr.get(&old, &RefOptions::default()).await,
+        Err(CacheError::NotFound(_))
+    ));
+    let md = committed.metadata().unwrap();
+    assert!(md.is_committed());
+    assert_eq!(md.description(), "build step");
+    assert!(md.created_at().is_some());
+    assert!(committed.size().await.unwrap() > 0);
+    // Immutable refs mount read-only.
+    let ro = committed.mount(&ctx).await.unwrap();
+    with_mounted(&ro, tmp, |p| {
+        assert_eq!(std::fs::read_to_string(p.join("hello")).unwrap(), "world");
+        let err = std::fs::write(p.join("nope"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc_erofs()), "{err}");
+    });
+    drop(ro);
+    // A mutable ref of an immutable record is invalid, and vice versa.
+    assert!(matches!(
+        mgr.get_mutable(committed.id(), &RefOptions::default())
+            .await,
+        Err(CacheError::Invalid { .. })
+    ));
+    let child = mgr
+        .new_ref(&ctx, Some(&committed), &RefOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        mgr.get(child.id(), &RefOptions::default()).await,
+        Err(CacheError::Invalid { .. })
+    ));
+    // Released, the mutable record can be taken again.
+    let child_id = child.id().to_owned();
+    drop(child);
+    let again = mgr
+        .get_mutable(&child_id, &RefOptions::default())
+        .await
+        .unwrap();
+    let ro_child = again.mount(&ctx, true).await.unwrap();
+    with_mounted(&ro_child, tmp, |p| {
+        assert_eq!(std::fs::read_to_string(p.join("hello")).unwrap(), "world");
+        assert!(std::fs::write(p.join("nope"), "x").is_err());
+    });
+    drop(ro_child);
+    // Released refs refuse work; releasing twice is fine.
+    committed.release().unwrap();
+    committed.release().unwrap();
+    assert!(committed.mount(&ctx).await.is_err());
+    // Usage is counted on release.
+    let r = mgr
+        .get(committed.id(), &RefOptions::default())
+        .await
+        .unwrap();
+    r.release().unwrap();
+    let md = mgr.metadata(committed.id()).unwrap().unwrap();
+    assert_eq!(md.usage_count(), 2);
+    assert!(md.last_used_at().is_some());
+    drop((again, r));
+    scope.release().unwrap();
+    assert_clean(mgr);
+}
+
+fn libc_erofs() -> i32 {
+    30
+}
+
+async fn merge_and_diff_contracts(backend: &str) {
+    let e = env(backend);
+    let mgr = &e.mgr;
+    let tmp = e.dir.path();
+    let (ctx, _scope) = lazy(mgr);
+    let make = |files: &'static [(&'static str, &'static str)]| {
+        let ctx = ctx.clone();
+        async move {
+            let m = mgr
+                .new_ref(&ctx, None, &RefOptions::default())
+                .await
+                .unwrap();
+            let rw = m.mount(&ctx, false).await.unwrap();
+            with_mounted(&rw, tmp, |p| {
+                for (name, data) in files {
+                    std::fs::write(p.join(name), data).unwrap();
+                }
+            });
+            drop(rw);
+            m.commit(&ctx).await.unwrap()
+        }
+    };
+    let lower = make(&[("a", "1"), ("b", "lower")]).await;
+    let upper = make(&[("b", "upper"), ("c", "3")]).await;
+    let before = snapshot_count(mgr);
+    let opts = RefOptions::default();
+    // ApplySnapshotDiff's nil contract.
+    assert!(
+        mgr.apply_snapshot_diff(&ctx, None, None, &opts)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let same = mgr
+        .apply_snapshot_diff(&ctx, None, Some(&upper), &opts)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(same.snapshot_id(), upper.snapshot_id());
+    assert_eq!(snapshot_count(mgr), before, "no merge for a missing lower");
+    let empty = mgr
+        .apply_snapshot_diff(&ctx, Some(&lower), Some(&lower), &opts)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(empty.snapshot_id(), lower.snapshot_id());
+    let diff = mgr
+        .apply_snapshot_diff(&ctx, Some(&lower), Some(&upper), &opts)
+        .await
+        .unwrap()
+        .unwrap();
+    // Merge's contract.
+    assert!(mgr.merge(&ctx, &[], &opts).await.unwrap().is_none());
+    let one = mgr
+        .merge(&ctx, &[None, Some(&lower), None], &opts)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.snapshot_id(), lower.snapshot_id());
+    let merged = mgr
+        .merge(&ctx, &[Some(&lower), Some(&upper)], &opts)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(merged.snapshot_id(), lower.snapshot_id());
+    assert_ne!(merged.snapshot_id(), upper.snapshot_id());
+    // Inputs released: results stay valid.
+    drop((lower, upper, same, one));
+    expect_files(tree(&ctx, tmp, &empty).await, &[]);
+    expect_files(tree(&ctx, tmp, &diff).await, &[("b", "upper"), ("c", "3")]);
+    expect_files(
+        tree(&ctx, tmp, &merged).await,
+        &[("a", "1"), ("b", "upper"), ("c", "3")],
+    );
+}
+
+async fn tree(
+    ctx: &OpCtx,
+    tmp: &std::path::Path,
+    r: &strata_cache::ImmutableRef,
+) -> Vec<(String, String)> {
+    let m = r.mount(ctx).await.unwrap();
+    with_mounted(&m, tmp, files)
+}
+
+async fn import_dedupes_and_survives_restart(backend: &str) {
+    let e = env(backend);
+    let path = e.root_path();
+    let tmp = e.dir.path().to_path_buf();
+    let mgr = e.mgr;
+    let (ctx, _scope) = lazy(&mgr);
+    let img = image(&mgr, "example.com/test:1", three_layers(&mgr));
+    let opts = ImportOptions {
+        image_ref: Some(img.reference.clone()),
+        record_type: None,
+    };
+    let top = mgr.import_image(&ctx, &img, &opts).await.unwrap();
+    let m = top.mount(&ctx).await.unwrap();
+    expect_files(with_mounted(&m, &tmp, files), &three_layers_expected());
+    drop(m);
+    let md = top.metadata().unwrap();
+    assert_eq!(md.blob(), Some(img.layers[2].digest.clone()));
+    assert_eq!(
+        md.diff_id().map(|d| d.to_string()).as_deref(),
+        img.layers[2]
+            .annotations
+            .get("containerd.io/uncompressed")
+            .map(String::as_str)
+    );
+    assert_eq!(md.image_refs(), vec![img.reference.clone()]);
+    assert_eq!(md.record_type(), RecordType::Regular);
+    let count = snapshot_count(&mgr);
+    let again = mgr.import_image(&ctx, &img, &opts).await.unwrap();
+    assert_eq!(again.snapshot_id(), top.snapshot_id());
+    assert_eq!(
+        snapshot_count(&mgr),
+        count,
+        "a second import unpacks nothing"
+    );
+    // Hold the chain, then restart.
+    mgr.attach_lease("strata/owner/test", top.snapshot_id())
+        .await
+        .unwrap();
+    let top_id = top.snapshot_id().to_owned();
+    let rows = mgr.persistent_metadata_rows().unwrap();
+    assert_eq!(rows.imported_by_blob.len(), 3);
+    assert_eq!(rows.imported_by_diff.len(), 3);
+    drop((top, again, ctx, _scope));
+    mgr.close().await.unwrap();
+    drop(mgr);
+    let mgr = open_at(&path, backend);
+    assert_eq!(mgr.persistent_metadata_rows().unwrap(), rows);
+    let (ctx, _scope) = lazy(&mgr);
+    let top = mgr.get(&top_id, &RefOptions::default()).await.unwrap();
+    let md = top.metadata().unwrap();
+    assert_eq!(md.blob(), Some(img.layers[2].digest.clone()));
+    assert_eq!(
+        md.description(),
+        format!("import image layer {}", img.layers[2].digest)
+    );
+    let count = snapshot_count(&mgr);
+    let third = mgr.import_image(&ctx, &img, &opts).await.unwrap();
+    assert_eq!(third.snapshot_id(), top_id);
+    assert_eq!(
+        snapshot_count(&mgr),
+        count,
+        "re-import after restart unpacks nothing"
+    );
+    assert_clean(&mgr);
+}
+
+async fn concurrent_imports_unpack_each_layer_once(backend: &str) {
+    let e = env(backend);
+    let mgr = e.mgr.clone();
+    let (ctx, _scope) = lazy(&mgr);
+    let img = Arc::new(image(&mgr, "example.com/test:2", three_layers(&mgr)));
+    let before = snapshot_count(&mgr);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (mgr, ctx, img) = (mgr.clone(), ctx.clone(), Arc::clone(&img));
+        tasks.push(tokio::spawn(async move {
+            let r = mgr
+                .import_image(&ctx, &img, &ImportOptions::default())
+                .await
+                .unwrap();
+            r.snapshot_id().to_owned()
+        }));
+    }
+    let mut tops = Vec::new();
+    for t in tasks {
+        tops.push(t.await.unwrap());
+    }
+    tops.dedup();
+    assert_eq!(tops.len(), 1, "every import returns the same top");
+    assert_eq!(snapshot_count(&mgr), before + 3, "each layer unpacked once");
+    // 100 tasks getting, mounting and releasing shared refs.
+    let top = tops.pop().unwrap();
+    let uses = mgr.metadata(&top).unwrap().unwrap().usage_count();
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (mgr, ctx, top) = (mgr.clone(), ctx.clone(), top.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = mgr.get(&top, &RefOptions::default()).await.unwrap();
+            let m = r.mount(&ctx).await.unwrap();
+            assert!(!m.mounts.is_empty());
+            drop(m);
+            r.release().unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        mgr.metadata(&top).unwrap().unwrap().usage_count(),
+        uses + 100
+    );
+}
+
+async fn export_chain_and_variants(backend: &str) {
+    let e = env(backend);
+    let mgr = &e.mgr;
+    let tmp = e.dir.path();
+    let (ctx, _scope) = lazy(mgr);
+    let img = image(mgr, "example.com/test:3", three_layers(mgr));
+    let top = mgr
+        .import_image(&ctx, &img, &ImportOptions::default())
+        .await
+        .unwrap();
+    // Imported layers export as the blobs they came from.
+    let chain = top.export_chain(&ctx, &RefConfig::default()).await.unwrap();
+    let digests: Vec<_> = chain
+        .layers
+        .iter()
+        .map(|l| l.descriptor.digest.clone())
+        .collect();
+    let want: Vec<_> = img.layers.iter().map(|l| l.digest.clone()).collect();
+    assert_eq!(digests, want);
+    // A new layer on top is computed once and remembered.
+    let m = mgr
+        .new_ref(&ctx, Some(&top), &RefOptions::described("step"))
+        .await
+        .unwrap();
+    let rw = m.mount(&ctx, false).await.unwrap();
+    with_mounted(&rw, tmp, |p| {
+        std::fs::write(p.join("etc/hostname"), "changed\n").unwrap();
+        std::fs::remove_file(p.join("usr/lib/b")).unwrap();
+    });
+    drop(rw);
+    let step = m.commit(&ctx).await.unwrap();
+    let zstd = RefConfig {
+        compression: CompressionConfig {
+            kind: Compression::Zstd,
+            ..CompressionConfig::default()
+        },
+        ..RefConfig::default()
+    };
+    let chain = step.export_chain(&ctx, &zstd).await.unwrap();
+    assert_eq!(chain.layers.len(), 4);
+    let last = &chain.layers[3];
+    assert_eq!(last.description, "step");
+    assert!(last.descriptor.media_type.ends_with("+zstd"));
+    assert_eq!(
+        digests,
+        chain.layers[..3]
+            .iter()
+            .map(|l| l.descriptor.digest.clone())
+            .collect::<Vec<_>>(),
+        "without force, existing gzip blobs are kept"
+    );
+    let again = step.export_chain(&ctx, &zstd).await.unwrap();
+    assert_eq!(again, chain, "the second export reuses the blobs");
+    // Forced: every layer in zstd, lossless (same diffIDs), linked both ways.
+    let forced = RefConfig {
+        compression: CompressionConfig {
+            kind: Compression::Zstd,
+            force: true,
+            level: None,
+        },
+        ..RefConfig::default()
+    };
+    let converted = step.export_chain(&ctx, &forced).await.unwrap();
+    for (a, b) in chain.layers.iter().zip(&converted.layers) {
+        assert!(b.descriptor.media_type.ends_with("+zstd"), "{b:?}");
+        assert_eq!(
+            a.descriptor.annotations.get("containerd.io/uncompressed"),
+            b.descriptor.annotations.get("containerd.io/uncompressed")
+        );
+        if a.descriptor.digest != b.descriptor.digest {
+            let info = mgr.root().content.info(&a.descriptor.digest).unwrap();
+            let label = format!(
+                "containerd.io/gc.ref.content.blob-{}",
+                b.descriptor.digest.hex()
+            );
+            assert_eq!(
+                info.labels.get(&label),
+                Some(&b.descriptor.digest.to_string())
+            );
+            let back = mgr.root().content.info(&b.descriptor.digest).unwrap();
+            let label = format!(
+                "containerd.io/gc.ref.content.blob-{}",
+                a.descriptor.digest.hex()
+            );
+            assert_eq!(
+                back.labels.get(&label),
+                Some(&a.descriptor.digest.to_string())
+            );
+        }
+    }
+    let forced_again = step.export_chain(&ctx, &forced).await.unwrap();
+    assert_eq!(
+        forced_again, converted,
+        "variants are found, not converted again"
+    );
+    // Applying the exported layers in order reproduces the tree.
+    let out = tmp.join("applied");
+    std::fs::create_dir(&out).unwrap();
+    for l in &converted.layers {
+        let r = mgr.root().content.reader_at(&l.descriptor.digest).unwrap();
+        strata_diff::apply(
+            r,
+            &out,
+            &strata_diff::ApplyOptions {
+                diff_id: l
+                    .descriptor
+                    .annotations
+                    .get("containerd.io/uncompressed")
+                    .map(|d| strata_core::Digest::parse(d).unwrap()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    expect_files(
+        files(&out),
+        &[("etc/hostname", "changed\n"), ("usr/lib/c", "c2")],
+    );
+    // Size counts the blob and its variant.
+    let size = step.size().await.unwrap();
+    assert!(size > 0);
+}
+
+async fn owner_leases_pin_chains_and_collection_cleans_rows(backend: &str) {
+    let e = env(backend);
+    let mgr = &e.mgr;
+    let img = image(mgr, "example.com/test:4", three_layers(mgr));
+    let (ctx, scope) = lazy(mgr);
+    let top = mgr
+        .import_image(&ctx, &img, &ImportOptions::default())
+        .await
+        .unwrap();
+    mgr.attach_lease("strata/owner/a", top.snapshot_id())
+        .await
+        .unwrap();
+    // Nothing but the owner lease holds the image now.
+    scope.release().unwrap();
+    for l in mgr.root().leases.list(&Default::default()).unwrap() {
+        if l.id.starts_with("test-blob-") {
+            mgr.root().leases.delete(&l.id).unwrap();
+        }
+    }
+    let gc = mgr.root().collector.collect(GcOptions::default()).unwrap();
+    assert_eq!(
+        snapshot_count(mgr),
+        3,
+        "the owner lease keeps the chain: {gc:?}"
+    );
+    for l in &img.layers {
+        mgr.root()
+            .content
+            .info(&l.digest)
+            .expect("layer blobs are kept");
+    }
+    assert_clean(mgr);
+    // Only the owner prefix is swept.
+    mgr.root()
+        .leases
+        .create(strata_leases::LeaseSpec {
+            id: Some("other".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let removed = mgr
+        .delete_stale_owner_leases("strata/owner/", &[])
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert!(mgr.root().leases.get("other").is_ok());
+    let top_id = top.snapshot_id().to_owned();
+    drop(top);
+    mgr.root().collector.collect(GcOptions::default()).unwrap();
+    assert_eq!(snapshot_count(mgr), 0);
+    assert!(
+        mgr.metadata(&top_id).unwrap().is_none(),
+        "records go with their snapshot"
+    );
+    assert!(
+        mgr.persistent_metadata_rows()
+            .unwrap()
+            .imported_by_blob
+            .is_empty()
+    );
+    assert_clean(mgr);
+}
+
+async fn cache_mounts_share_one_mount(backend: &str) {
+    let e = env(backend);
+    let mgr = &e.mgr;
+    let ctx = OpCtx::new();
+    let opts = RefOptions {
+        record_type: Some(RecordType::CacheMount),
+        ..RefOptions::default()
+    };
+    let m = mgr.new_ref(&ctx, None, &opts).await.unwrap();
+    let a = m.mount(&ctx, false).await.unwrap();
+    let b = m.mount(&ctx, true).await.unwrap();
+    assert_eq!(
+        a.mounts[0].source, b.mounts[0].source,
+        "one shared mount point"
+    );
+    let shared = a.mounts[0].source.clone();
+    assert!(shared.starts_with(mgr.root().mounts.as_path()));
+    drop(a);
+    assert!(
+        strata_sys::mount::is_mount_point(&shared).unwrap(),
+        "still used by b"
+    );
+    drop(b);
+    assert!(!shared.exists(), "the last user unmounts and removes it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metadata_is_durable_and_searchable() {
+    // Native snapshots without mounts: no root needed.
+    let e = env("native");
+    let path = e.root_path();
+    let mgr = e.mgr;
+    let ctx = OpCtx::new();
+    let m = mgr
+        .new_ref(&ctx, None, &RefOptions::default())
+        .await
+        .unwrap();
+    m.set_string("app.key", "v1", "app.key:v1").unwrap();
+    m.set_string("other", "x", "app.other").unwrap();
+    m.set_external("blob", b"\x00\x01raw").unwrap();
+    let n = mgr
+        .new_ref(&ctx, None, &RefOptions::default())
+        .await
+        .unwrap();
+    n.set_string("app.key", "v2", "app.key:v2").unwrap();
+    let ids = |v: Vec<strata_cache::RefMetadata>| -> Vec<String> {
+        v.iter().map(|m| m.id().to_owned()).collect()
+    };
+    assert_eq!(
+        ids(mgr.search("app.key:v1", false).unwrap()),
+        vec![m.id().to_owned()]
+    );
+    let mut both = vec![m.id().to_owned(), n.id().to_owned()];
+    both.sort();
+    assert_eq!(ids(mgr.search("app.key:", true).unwrap()), both);
+    assert!(mgr.search("app.key:", false).unwrap().is_empty());
+    // Clearing drops the value and the index it had.
+    m.clear_value_and_index("app.key", "app.key:").unwrap();
+    assert!(mgr.search("app.key:v1", false).unwrap().is_empty());
+    assert_eq!(m.metadata().unwrap().get_string("app.key"), "");
+    let v = Value::new(&vec![1, 2, 3]).unwrap();
+    m.set_value("list", Some(v.clone())).unwrap();
+    assert_eq!(m.metadata().unwrap().get("list"), Some(v));
+    assert!(m.set_string("bad\0key", "x", "").is_err());
+    let (mid, nid) = (m.id().to_owned(), n.id().to_owned());
+    drop((m, n));
+    drop(mgr);
+    let mgr = open_at(&path, "native");
+    let m = mgr.get_mutable(&mid, &RefOptions::default()).await.unwrap();
+    assert_eq!(
+        m.metadata().unwrap().get_external("blob").unwrap(),
+        b"\x00\x01raw"
+    );
+    assert_eq!(
+        ids(mgr.search("app.other", false).unwrap()),
+        vec![mid.clone()]
+    );
+    assert_eq!(ids(mgr.search("app.key:v2", false).unwrap()), vec![nid]);
+    // Rehydration checks the snapshot's kind.
+    assert!(matches!(
+        mgr.get_by_snapshot_id(&mid, &RefOptions::default()).await,
+        Err(CacheError::Invalid { .. })
+    ));
+    let sid = "made-outside";
+    mgr.root()
+        .snapshots
+        .prepare("made-outside-w", None, Labels::new())
+        .await
+        .unwrap();
+    mgr.root()
+        .snapshots
+        .commit(sid, "made-outside-w", Labels::new())
+        .await
+        .unwrap();
+    assert!(matches!(
+        mgr.get_mutable_by_snapshot_id(sid, &RefOptions::default())
+            .await,
+        Err(CacheError::Invalid { .. })
+    ));
+    assert!(
+        mgr.metadata(sid).unwrap().is_none(),
+        "a refused rehydration leaves nothing"
+    );
+    let r = mgr
+        .get_by_snapshot_id(sid, &RefOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.metadata().unwrap().description(),
+        "rehydrated persisted snapshot"
+    );
+    assert_eq!(
+        mgr.snapshot_record_metadata(sid)
+            .unwrap()
+            .unwrap()
+            .record_type,
+        RecordType::Regular
+    );
+    assert!(matches!(
+        mgr.get("nothing-here", &RefOptions::default()).await,
+        Err(CacheError::NotFound(_))
+    ));
+    assert!(
+        mgr.get("nothing-here", &RefOptions::default())
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_half_finished_commit_is_repaired_at_open() {
+    let e = env("native");
+    let path = e.root_path();
+    let mgr = e.mgr;
+    let ctx = OpCtx::new();
+    let m = mgr
+        .new_ref(&ctx, None, &RefOptions::default())
+        .await
+        .unwrap();
+    let id = m.id().to_owned();
+    drop(m);
+    // A crash after the new record was written and before the snapshot
+    // commit leaves a record whose snapshot does not exist.
+    {
+        let tx = mgr.root().db.write().unwrap();
+        let mut r: strata_metadata::records::RefRecord = tx.get(&id).unwrap().unwrap();
+        r.snapshot = "never-committed".into();
+        tx.put("never-committed", &r).unwrap();
+        tx.commit().unwrap();
+    }
+    assert!(!mgr.root().db.check().unwrap().is_empty());
+    drop(mgr);
+    let mgr = open_at(&path, "native");
+    assert_clean(&mgr);
+    assert!(mgr.metadata("never-committed").unwrap().is_none());
+    assert!(mgr.metadata(&id).unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn attach_and_remove_of_one_lease_exclude_each_other() {
+    let e = env("native");
+    let mgr = e.mgr.clone();
+    let ctx = OpCtx::new();
+    let mut snaps = Vec::new();
+    for _ in 0..2 {
+        let m = mgr
+            .new_ref(&ctx, None, &RefOptions::default())
+            .await
+            .unwrap();
+        snaps.push(m.commit(&ctx).await.unwrap().snapshot_id().to_owned());
+    }
+    let lease = "strata/owner/race";
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (mgr, sid) = (mgr.clone(), snaps[i % 2].clone());
+        tasks.push(tokio::spawn(async move {
+            if i % 3 == 0 {
+                mgr.remove_lease(lease).await
+            } else {
+                mgr.attach_lease(lease, &sid).await
+            }
+        }));
+    }
+    for t in tasks {
+        t.await
+            .unwrap()
+            .expect("attach and remove never fail each other");
+    }
+    mgr.attach_lease(lease, &snaps[0]).await.unwrap();
+    let held = mgr.root().leases.list_resources(lease).unwrap();
+    assert!(held.iter().any(|r| r.id == snaps[0]));
+    assert!(
+        mgr.attach_lease(lease, "missing")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(mgr.attach_lease("", &snaps[0]).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scratch_is_shared_and_skipped_by_export() {
+    let e = env("native");
+    let mgr = &e.mgr;
+    let a = mgr.scratch().await.unwrap();
+    let b = mgr.scratch().await.unwrap();
+    assert_eq!(a.snapshot_id(), b.snapshot_id());
+    let chain = a
+        .export_chain(&OpCtx::new(), &RefConfig::default())
+        .await
+        .unwrap();
+    assert!(chain.layers.is_empty());
+    mgr.root().collector.collect(GcOptions::default()).unwrap();
+    assert!(
+        mgr.root()
+            .snapshots
+            .stat(strata_cache::SCRATCH)
+            .await
+            .is_ok(),
+        "its own lease holds it"
+    );
+}
