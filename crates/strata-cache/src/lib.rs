@@ -23,6 +23,7 @@ mod owner;
 mod pool;
 mod refs;
 mod root;
+mod usage;
 
 pub use error::{CacheError, Result};
 pub use export::{CompressionConfig, ExportChain, ExportLayer, RefConfig, VARIANT_LABEL_PREFIX};
@@ -32,6 +33,7 @@ pub use metadata::{RecordType, RefMetadata, Value};
 pub use owner::{ImportedLayerRow, OWNER_LEASE_PREFIX, PersistentMetadataRows, SnapshotContentRow};
 pub use refs::{ImmutableRef, MutableRef, RefCore, RefMount};
 pub use root::{BackendChoice, OpenError, Root, RootOptions, default_root};
+pub use usage::{PruneOptions, PruneReport, REF_LEASE_PREFIX, UsageInfo, ref_lease};
 
 /// Keys of the values the manager keeps on every record.
 pub mod keys {

@@ -148,6 +148,11 @@ impl CacheManager {
         self.inner.locked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Ids of the mutable refs held in this process.
+    pub(crate) fn locked_ids(&self) -> HashSet<String> {
+        self.locked().clone()
+    }
+
     pub(crate) fn unlock(&self, id: &str) {
         self.locked().remove(id);
     }

@@ -33,3 +33,9 @@ pub use root::{At, FileKind, Metadata, Root, Times};
 pub fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
+
+/// Bytes available to unprivileged users on the file system holding `path`.
+pub fn free_space(path: &std::path::Path) -> SysResult<u64> {
+    let st = rustix::fs::statvfs(path).map_err(|e| SysError::io("statvfs", path, e))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
