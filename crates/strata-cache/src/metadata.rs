@@ -263,6 +263,21 @@ impl RefMetadata {
     }
 }
 
+impl strata_core::Filterable for RefMetadata {
+    fn field(&self, path: &[String]) -> Option<String> {
+        let [f] = path else { return None };
+        Some(match f.as_str() {
+            "id" => self.id.clone(),
+            "type" | "record-type" => self.record_type().as_str().to_owned(),
+            "description" => self.description(),
+            "mutable" => (!self.is_committed()).to_string(),
+            "blob" => self.blob()?.to_string(),
+            "diffid" | "diff-id" => self.diff_id()?.to_string(),
+            _ => return None,
+        })
+    }
+}
+
 /// Changes to one record, applied in one write transaction by
 /// [`update_record`].
 #[derive(Debug, Default)]

@@ -9,6 +9,7 @@ mod content;
 mod layer;
 mod lease;
 mod output;
+mod refs;
 mod root;
 mod snapshot;
 
@@ -36,8 +37,12 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value = "auto")]
     backend: root::BackendArg,
     /// More logging on stderr (-v info, -vv debug, -vvv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
+    #[arg(short = 'v', global = true, action = clap::ArgAction::Count)]
+    verbosity: u8,
+    /// Logging on stderr: error, warn, info, debug, trace, or a tracing
+    /// filter such as strata_cache=debug [default: warn; $STRATA_LOG].
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +71,13 @@ enum Command {
     /// Leases: what keeps content and snapshots alive.
     #[command(subcommand)]
     Lease(lease::LeaseCmd),
+    /// Cache records: mutable and immutable refs.
+    #[command(subcommand)]
+    Ref(refs::RefCmd),
+    /// Disk usage of the cache's records (shared hard links counted once).
+    Du(refs::DuArgs),
+    /// Let go of cache records nothing else holds, by policy, and collect.
+    Prune(refs::PruneArgs),
     /// Collect everything no lease, root label or mount holds.
     Gc(lease::GcArgs),
     /// Verify metadata against disk and every blob against its digest.
@@ -74,7 +86,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbosity, cli.log_level.as_deref());
     let out = output::Output::new(cli.json);
     let result = match cli.command {
         // Unmounting needs no root.
@@ -91,6 +103,9 @@ fn main() -> ExitCode {
                 Command::Umount { dir } => snapshot::umount(&dir, &out),
                 Command::Layer(cmd) => layer::run(cmd, &out),
                 Command::Check(args) => check::run(root, &args, &out),
+                Command::Ref(cmd) => refs::run(&mgr, cmd, cli.lease.as_deref(), &out),
+                Command::Du(args) => refs::du(&mgr, &args, &out),
+                Command::Prune(args) => refs::prune(&mgr, &args, &out),
             }
         }),
     };
@@ -117,15 +132,18 @@ fn exit_code(kind: ErrorKind) -> u8 {
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
+fn init_logging(verbosity: u8, level: Option<&str>) {
+    let default = match verbosity {
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -165,7 +165,7 @@ fn created<T>(
     }
 }
 
-fn block_on<T>(f: impl Future<Output = T>) -> anyhow::Result<T> {
+pub(crate) fn block_on<T>(f: impl Future<Output = T>) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
