@@ -35,12 +35,28 @@ fuzz_target!(|data: &[u8]| {
         overlay,
         ..ApplyOptions::default()
     };
-    let _outcome = apply(data, &dest, &opts);
-    let names: Vec<_> = std::fs::read_dir(&sibling).expect("list sibling").map(|e| e.expect("entry").file_name()).collect();
+    let _outcome = apply(&strata_leases::OpCtx::new(), data, &dest, &opts);
+    let names: Vec<_> = std::fs::read_dir(&sibling)
+        .expect("list sibling")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
     assert_eq!(names, ["keep"], "the applier wrote outside its destination");
-    assert_eq!(std::fs::read(sibling.join("keep")).expect("sentinel"), b"keep");
-    let mut lower_names: Vec<_> = std::fs::read_dir(&lower).expect("list lower").map(|e| e.expect("entry").file_name()).collect();
+    assert_eq!(
+        std::fs::read(sibling.join("keep")).expect("sentinel"),
+        b"keep"
+    );
+    let mut lower_names: Vec<_> = std::fs::read_dir(&lower)
+        .expect("list lower")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
     lower_names.sort();
-    assert_eq!(lower_names, ["etc", "link"], "the applier changed the lower directory");
-    assert_eq!(std::fs::read(lower.join("etc/passwd")).expect("lower file"), b"root");
+    assert_eq!(
+        lower_names,
+        ["etc", "link"],
+        "the applier changed the lower directory"
+    );
+    assert_eq!(
+        std::fs::read(lower.join("etc/passwd")).expect("lower file"),
+        b"root"
+    );
 });

@@ -9,7 +9,7 @@
 use std::time::SystemTime;
 
 use strata_core::{Classify, Descriptor, Digest, Labels};
-use strata_diff::{Compression, UNCOMPRESSED_LABEL, WriteOptions, convert_blob, export_snapshot};
+use strata_diff::{Compression, UNCOMPRESSED_LABEL, WriteOptions};
 use strata_leases::{OpCtx, Resource, with_lease};
 use strata_snapshot::Snapshotter;
 
@@ -188,31 +188,23 @@ impl CacheManager {
         if parent.is_none() && usage.size == 0 && usage.inodes <= 1 && self.is_empty(layer).await? {
             return Ok(None);
         }
-        let root = self.root();
-        let (sn, content, tmp) = (
-            root.snapshots.clone(),
-            root.content.clone(),
-            root.tmp.clone(),
-        );
         let (key, parent_key) = (layer.snapshot_id().to_owned(), parent.map(str::to_owned));
         let reference = format!("export-{key}-{}", comp.kind.name());
         let opts = WriteOptions {
             compression: comp.kind,
             level: comp.level,
-            ctx: ctx.clone(),
             ..WriteOptions::default()
         };
-        let (mgr, hold_ctx) = (self.clone(), ctx.clone());
+        let (mgr, job_ctx) = (self.clone(), ctx.clone());
         let (written, path) = tokio::task::spawn_blocking(move || {
             let hold = |d: &Digest| {
-                mgr.hold_lease(&hold_ctx, &Resource::content(d))
+                mgr.hold_lease(&job_ctx, &Resource::content(d))
                     .map_err(strata_diff::DiffError::from)
             };
-            export_snapshot(
-                (&sn, &content),
+            mgr.inner.exporter.export(
+                &job_ctx,
                 &key,
                 parent_key.as_deref(),
-                &tmp,
                 &reference,
                 &opts,
                 &hold,
@@ -292,15 +284,15 @@ impl CacheManager {
             desc.digest.clone(),
             format!("convert-{}-{}", desc.digest.hex(), comp.kind.name()),
         );
-        let (mgr, hold_ctx) = (self.clone(), ctx.clone());
+        let (mgr, job_ctx) = (self.clone(), ctx.clone());
         let written = tokio::task::spawn_blocking(move || {
             let hold = |d: &Digest| {
-                mgr.hold_lease(&hold_ctx, &Resource::content(d))
+                mgr.hold_lease(&job_ctx, &Resource::content(d))
                     .map_err(strata_diff::DiffError::from)
             };
-            convert_blob(
-                &content, &from, comp.kind, comp.level, &reference, &hold_ctx, &hold,
-            )
+            mgr.inner
+                .exporter
+                .convert(&job_ctx, &from, comp.kind, comp.level, &reference, &hold)
         })
         .await
         .map_err(|e| CacheError::Task(e.to_string()))??;

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use strata_core::{Classify, Descriptor, Digest, Labels, id};
-use strata_diff::{ApplyOptions, UNCOMPRESSED_LABEL, unpack};
+use strata_diff::{ApplyOptions, UNCOMPRESSED_LABEL};
 use strata_leases::{OpCtx, Resource};
 use strata_metadata::Reader;
 use strata_metadata::keys;
@@ -191,20 +191,13 @@ impl CacheManager {
             digest: Some(desc.digest.clone()),
             size: Some(desc.size),
             diff_id: Some(diff_id.clone()),
-            ctx: ctx.clone(),
             ..ApplyOptions::default()
         };
         let parent = (!parent_sid.is_empty()).then_some(parent_sid);
-        unpack(
-            &root.snapshots,
-            &key,
-            parent,
-            open,
-            &apply,
-            &root.tmp,
-            Labels::new(),
-        )
-        .await?;
+        self.inner
+            .unpacker
+            .unpack(ctx, &key, parent, open, &apply, Labels::new())
+            .await?;
         let ropts = RefOptions {
             description: Some(format!("import image layer {}", desc.digest)),
             record_type: opts.record_type.clone(),

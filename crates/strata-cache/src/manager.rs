@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use strata_core::Classify;
 use strata_core::{Digest, Labels, id};
-use strata_diff::{Comparison, Diff, Merger};
+use strata_diff::{Comparison, Diff, Exporter, Merger, Unpacker};
 use strata_leases::{LeaseError, LeaseSpec, OpCtx, Resource};
 use strata_metadata::records::{RefIndexRecord, RefRecord, SnapshotRecord};
 use strata_metadata::{Reader, keys};
@@ -67,6 +67,8 @@ pub struct SnapshotRecordMetadata {
 pub(crate) struct Inner {
     pub(crate) root: Root,
     pub(crate) merger: Merger,
+    pub(crate) unpacker: Unpacker,
+    pub(crate) exporter: Exporter,
     locked: Mutex<HashSet<String>>,
     pub(crate) import_locks: KeyedLocks,
     pub(crate) owner_locks: KeyedLocks,
@@ -104,10 +106,18 @@ impl CacheManager {
         }
         let merger = Merger::new(root.snapshots.clone(), root.tmp.clone(), false);
         let pool = MountPool::new(root.mounts.clone());
+        let unpacker = Unpacker::new(root.snapshots.clone(), root.tmp.clone());
+        let exporter = Exporter::new(
+            root.snapshots.clone(),
+            root.content.clone(),
+            root.tmp.clone(),
+        );
         Ok(CacheManager {
             inner: Arc::new(Inner {
                 root,
                 merger,
+                unpacker,
+                exporter,
                 locked: Mutex::default(),
                 import_locks: KeyedLocks::default(),
                 owner_locks: KeyedLocks::default(),

@@ -470,6 +470,7 @@ async fn export_chain_and_variants(backend: &str) {
     for l in &converted.layers {
         let r = mgr.root().content.reader_at(&l.descriptor.digest).unwrap();
         strata_diff::apply(
+            &ctx,
             r,
             &out,
             &strata_diff::ApplyOptions {

@@ -81,11 +81,17 @@ fn diff(
 ) -> anyhow::Result<ExitCode> {
     let part = output.with_extension(format!("part-{}", strata_core::id::new_id()));
     let file = File::create(&part).with_context(|| format!("create {}", part.display()))?;
-    let result = write_layer(std::io::BufWriter::new(file), upper, opts, |w| {
-        walk_changes(Some(lower), upper, Comparison::Compat, &mut |c| {
-            w.change(&c)
-        })
-    })
+    let result = write_layer(
+        &strata_leases::OpCtx::new(),
+        std::io::BufWriter::new(file),
+        upper,
+        opts,
+        |w| {
+            walk_changes(Some(lower), upper, Comparison::Compat, &mut |c| {
+                w.change(&c)
+            })
+        },
+    )
     .map_err(anyhow::Error::from)
     .and_then(|(written, sink)| {
         let file = sink.into_inner().map_err(|e| e.into_error())?;
@@ -172,10 +178,10 @@ pub fn run(cmd: LayerCmd, out: &Output) -> anyhow::Result<ExitCode> {
         ..ApplyOptions::default()
     };
     let applied = if layer.as_os_str() == "-" {
-        apply(std::io::stdin(), &dir, &opts)?
+        apply(&strata_leases::OpCtx::new(), std::io::stdin(), &dir, &opts)?
     } else {
         let file = File::open(&layer).with_context(|| format!("open {}", layer.display()))?;
-        apply(file, &dir, &opts)?
+        apply(&strata_leases::OpCtx::new(), file, &dir, &opts)?
     };
     let json = AppliedJson {
         digest: applied.digest.to_string(),

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use strata_core::Labels;
 use strata_diff::{
-    ApplyOptions, Comparison, Compression, Diff, Merger, WriteOptions, apply, unpack, walk_changes,
-    walk_upperdir_changes, write_layer,
+    ApplyOptions, Comparison, Compression, Diff, Merger, Unpacker, WriteOptions, apply,
+    walk_changes, walk_upperdir_changes, write_layer,
 };
 use strata_leases::OpCtx;
 use strata_metadata::MetaDb;
@@ -110,7 +110,7 @@ fn strata_apply(layers: &[(PathBuf, String)], dest: &Path) -> (Duration, u64) {
             media_type: Some(media_type.clone()),
             ..ApplyOptions::default()
         };
-        size += apply(fs::File::open(blob).unwrap(), dest, &opts)
+        size += apply(&OpCtx::new(), fs::File::open(blob).unwrap(), dest, &opts)
             .unwrap()
             .size;
     }
@@ -222,17 +222,17 @@ fn unpack_chain(root: &Path, ls: &[(PathBuf, String)], backend: &str) -> Duratio
                 media_type: Some(mt.clone()),
                 ..ApplyOptions::default()
             };
-            unpack(
-                &s,
-                &key,
-                parent.as_deref(),
-                open_blob(blob),
-                &opts,
-                &tmp,
-                Labels::new(),
-            )
-            .await
-            .unwrap();
+            Unpacker::new(s.clone(), tmp.clone())
+                .unpack(
+                    &OpCtx::new(),
+                    &key,
+                    parent.as_deref(),
+                    open_blob(blob),
+                    &opts,
+                    Labels::new(),
+                )
+                .await
+                .unwrap();
             parent = Some(key);
         }
     });
@@ -257,7 +257,7 @@ fn export_upperdir(
     opts: &WriteOptions,
 ) -> (strata_diff::Written, Duration) {
     let start = Instant::now();
-    let (w, _) = write_layer(std::io::sink(), upper.path(), opts, |w| {
+    let (w, _) = write_layer(&OpCtx::new(), std::io::sink(), upper.path(), opts, |w| {
         walk_upperdir_changes(
             upperdir,
             upper.path(),
@@ -303,7 +303,7 @@ fn bench_diff(dir: &Path) {
         let (w, took) = export_upperdir(&upperdir, &upper, &lower, &wopts);
         fast.push(took);
         let start = Instant::now();
-        let (w2, _) = write_layer(std::io::sink(), upper.path(), &wopts, |w| {
+        let (w2, _) = write_layer(&OpCtx::new(), std::io::sink(), upper.path(), &wopts, |w| {
             walk_changes(
                 Some(lower.path()),
                 upper.path(),
@@ -399,7 +399,15 @@ fn bench_merge(dir: &Path, images: &Path) {
                     media_type: Some(mt.clone()),
                     ..ApplyOptions::default()
                 };
-                unpack(&s, &key, None, open_blob(blob), &opts, &tmp, Labels::new())
+                Unpacker::new(s.clone(), tmp.clone())
+                    .unpack(
+                        &OpCtx::new(),
+                        &key,
+                        None,
+                        open_blob(blob),
+                        &opts,
+                        Labels::new(),
+                    )
                     .await
                     .unwrap();
                 keys.push(key);

@@ -96,10 +96,6 @@ pub struct ApplyOptions {
     pub limits: Limits,
     /// Write into an overlay upper directory instead of a plain tree.
     pub overlay: Option<OverlayTarget>,
-    /// The operation context: cancellation (checked for every megabyte
-    /// decompressed and every entry; it stops the whole pipeline) and the
-    /// progress sink (told the layer bytes read so far).
-    pub ctx: OpCtx,
 }
 
 /// The lower side of an overlay upper directory being written directly.
@@ -206,6 +202,7 @@ fn invalid(opts: &ApplyOptions, reason: impl Into<String>) -> ApplyError {
 /// the compressed digest, size and the compression found, or `None` when
 /// the extracting side stopped first (its error says why).
 fn decompress(
+    ctx: &OpCtx,
     layer: impl Read,
     opts: &ApplyOptions,
     tx: mpsc::SyncSender<io::Result<Chunk>>,
@@ -267,8 +264,8 @@ fn decompress(
         // Compressed bytes taken so far (some may still sit buffered, which
         // only makes the bound more generous by one buffer).
         let read_so_far = read.get();
-        opts.ctx.progress(read_so_far);
-        if opts.ctx.is_cancelled() {
+        ctx.progress(read_so_far);
+        if ctx.is_cancelled() {
             let _receiver_gone =
                 tx.send(Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled")));
             return Err(ApplyError::Cancelled {
@@ -303,12 +300,15 @@ fn decompress(
     io::copy(&mut input, &mut io::sink()).map_err(io_err)?;
     let hashing = input.into_inner().inner;
     let size = hashing.digester.written();
-    opts.ctx.progress(size);
+    ctx.progress(size);
     Ok(Some((hashing.digester.finish(), size, compression)))
 }
 
-/// Applies the layer read from `layer` onto the directory `dest`.
+/// Applies the layer read from `layer` onto the directory `dest`. `ctx`
+/// cancels (checked for every megabyte decompressed and every entry; it
+/// stops the whole pipeline) and is told the layer bytes read so far.
 pub fn apply(
+    ctx: &OpCtx,
     layer: impl Read + Send,
     dest: &Path,
     opts: &ApplyOptions,
@@ -326,7 +326,7 @@ pub fn apply(
     // Three stages: read and decompress, extract, and hash the tar stream
     // (the diffID) beside the extraction.
     let (decompressed, extracted, hashed) = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || decompress(layer, opts, tx, hash_tx));
+        let reader = scope.spawn(move || decompress(ctx, layer, opts, tx, hash_tx));
         let hasher = scope.spawn(move || {
             let mut d = Digester::new(alg);
             for chunk in hash_rx {
@@ -335,7 +335,7 @@ pub fn apply(
             let size = d.written();
             (d.finish(), size)
         });
-        let extracted = extract(&root, rx, opts);
+        let extracted = extract(ctx, &root, rx, opts);
         (
             reader.join().expect("the decompression thread panicked"),
             extracted,
@@ -392,6 +392,7 @@ pub fn apply(
 }
 
 fn extract(
+    ctx: &OpCtx,
     root: &Root,
     rx: mpsc::Receiver<io::Result<Chunk>>,
     opts: &ApplyOptions,
@@ -431,7 +432,7 @@ fn extract(
     let mut entries = 0u64;
     let io_err = |e: io::Error| invalid(opts, format!("not a valid tar stream: {e}"));
     for entry in archive.entries().map_err(io_err)? {
-        if opts.ctx.is_cancelled() {
+        if ctx.is_cancelled() {
             return Err(ApplyError::Cancelled {
                 layer: opts.name.clone(),
             });

@@ -5,7 +5,7 @@
 //! the changes come from that upper directory alone (cost: what changed);
 //! otherwise both trees are walked. Either way the bytes are the same.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use strata_content::{ContentError, ContentStore};
 use strata_core::{Digest, Labels};
@@ -29,90 +29,115 @@ pub enum ExportPath {
     DoubleWalk,
 }
 
-/// Writes the layer of committed `key` against committed `parent` (an
-/// empty tree when `None`) into `content` through the ingest `reference`.
-/// Views are mounted under `tmp`; `hold` runs before the blob is committed.
-/// Blocking: call it off an async executor.
-pub fn export_snapshot(
-    stores: (&SnapshotStore, &ContentStore),
-    key: &str,
-    parent: Option<&str>,
-    tmp: &Path,
-    reference: &str,
-    opts: &WriteOptions,
-    hold: HoldFn<'_>,
-) -> Result<(Written, ExportPath), DiffError> {
-    let (store, content) = stores;
-    let upper = Tree::open(store.view_mounts(key)?, tmp)?;
-    let lower = match parent {
-        Some(p) => Some(Tree::open(store.view_mounts(p)?, tmp)?),
-        None => None,
-    };
-    let fast = lower
-        .as_ref()
-        .and_then(|l| upperdir_of(&l.mounts, &upper.mounts));
-    let path = if fast.is_some() {
-        ExportPath::Upperdir
-    } else {
-        ExportPath::DoubleWalk
-    };
-    let written = write_layer_to_store(content, reference, &upper.path, opts, hold, |w| {
-        match (&fast, &lower) {
-            (Some(upperdir), Some(lower)) => walk_upperdir_changes(
-                upperdir,
-                &upper.path,
-                &lower.path,
-                Comparison::Compat,
-                &mut |c| w.change(&c),
-            ),
-            _ => walk_changes(
-                lower.as_ref().map(|l| l.path.as_path()),
-                &upper.path,
-                Comparison::Compat,
-                &mut |c| w.change(&c),
-            ),
-        }
-    })?;
-    Ok((written, path))
+/// Writes snapshots of one store as layer blobs into one content store.
+#[derive(Clone, Debug)]
+pub struct Exporter {
+    store: SnapshotStore,
+    content: ContentStore,
+    tmp: PathBuf,
 }
 
-/// Writes blob `from` of `content` again with `compression` (the same tar
-/// stream, so the same diffID) through the ingest `reference`, labelled
-/// with the diffID; `hold` runs before the commit. Blocking.
-pub fn convert_blob(
-    content: &ContentStore,
-    from: &Digest,
-    compression: Compression,
-    level: Option<i32>,
-    reference: &str,
-    ctx: &OpCtx,
-    hold: HoldFn<'_>,
-) -> Result<Written, DiffError> {
-    let name = from.to_string();
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, content.reader_at(from)?);
-    let head = std::io::BufRead::fill_buf(&mut reader)
-        .map_err(|e| DiffError::io("read blob", &name, e))?;
-    let source = Compression::detect(head);
-    let decoded = source
-        .decoder(reader)
-        .map_err(|e| DiffError::io("decompress blob", &name, e))?;
-    let mut ingest = content.writer(reference, None, None)?;
-    ingest.truncate(0)?;
-    let result = recompress(decoded, ingest, compression, level, ctx)
-        .map_err(|e| DiffError::io("recompress blob", &name, e))
-        .and_then(|(written, mut ingest)| {
-            hold(&written.digest)?;
-            let labels =
-                Labels::from([(UNCOMPRESSED_LABEL.to_owned(), written.diff_id.to_string())]);
-            match ingest.commit(written.size, Some(&written.digest), &labels) {
-                Ok(_) | Err(ContentError::AlreadyExists(_)) => Ok(written),
-                Err(e) => Err(e.into()),
-            }
-        });
-    if result.is_err()
-        && let Err(e) = content.abort(reference)
-    {
-        tracing::warn!(reference, error = %e, "could not abort a failed conversion");
+impl Exporter {
+    /// An exporter from `store` into `content`, mounting views under `tmp`.
+    pub fn new(store: SnapshotStore, content: ContentStore, tmp: PathBuf) -> Exporter {
+        Exporter {
+            store,
+            content,
+            tmp,
+        }
     }
-    result
+
+    /// Writes the layer of committed `key` against committed `parent` (an
+    /// empty tree when `None`) through the ingest `reference`; `hold` runs
+    /// before the blob is committed. Blocking: call it off an async
+    /// executor.
+    pub fn export(
+        &self,
+        ctx: &OpCtx,
+        key: &str,
+        parent: Option<&str>,
+        reference: &str,
+        opts: &WriteOptions,
+        hold: HoldFn<'_>,
+    ) -> Result<(Written, ExportPath), DiffError> {
+        let upper = Tree::open(self.store.view_mounts(key)?, &self.tmp)?;
+        let lower = match parent {
+            Some(p) => Some(Tree::open(self.store.view_mounts(p)?, &self.tmp)?),
+            None => None,
+        };
+        let fast = lower
+            .as_ref()
+            .and_then(|l| upperdir_of(&l.mounts, &upper.mounts));
+        let path = if fast.is_some() {
+            ExportPath::Upperdir
+        } else {
+            ExportPath::DoubleWalk
+        };
+        let written = write_layer_to_store(
+            ctx,
+            &self.content,
+            reference,
+            &upper.path,
+            opts,
+            hold,
+            |w| match (&fast, &lower) {
+                (Some(upperdir), Some(lower)) => walk_upperdir_changes(
+                    upperdir,
+                    &upper.path,
+                    &lower.path,
+                    Comparison::Compat,
+                    &mut |c| w.change(&c),
+                ),
+                _ => walk_changes(
+                    lower.as_ref().map(|l| l.path.as_path()),
+                    &upper.path,
+                    Comparison::Compat,
+                    &mut |c| w.change(&c),
+                ),
+            },
+        )?;
+        Ok((written, path))
+    }
+
+    /// Writes blob `from` again with `compression` (the same tar stream, so
+    /// the same diffID) through the ingest `reference`, labelled with the
+    /// diffID; `hold` runs before the commit. Blocking.
+    pub fn convert(
+        &self,
+        ctx: &OpCtx,
+        from: &Digest,
+        compression: Compression,
+        level: Option<i32>,
+        reference: &str,
+        hold: HoldFn<'_>,
+    ) -> Result<Written, DiffError> {
+        let content = &self.content;
+        let name = from.to_string();
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, content.reader_at(from)?);
+        let head = std::io::BufRead::fill_buf(&mut reader)
+            .map_err(|e| DiffError::io("read blob", &name, e))?;
+        let source = Compression::detect(head);
+        let decoded = source
+            .decoder(reader)
+            .map_err(|e| DiffError::io("decompress blob", &name, e))?;
+        let mut ingest = content.writer(reference, None, None)?;
+        ingest.truncate(0)?;
+        let result = recompress(decoded, ingest, compression, level, ctx)
+            .map_err(|e| DiffError::io("recompress blob", &name, e))
+            .and_then(|(written, mut ingest)| {
+                hold(&written.digest)?;
+                let labels =
+                    Labels::from([(UNCOMPRESSED_LABEL.to_owned(), written.diff_id.to_string())]);
+                match ingest.commit(written.size, Some(&written.digest), &labels) {
+                    Ok(_) | Err(ContentError::AlreadyExists(_)) => Ok(written),
+                    Err(e) => Err(e.into()),
+                }
+            });
+        if result.is_err()
+            && let Err(e) = content.abort(reference)
+        {
+            tracing::warn!(reference, error = %e, "could not abort a failed conversion");
+        }
+        result
+    }
 }

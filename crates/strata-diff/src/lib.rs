@@ -20,9 +20,9 @@ pub use apply::{Applied, ApplyOptions, Limits, OverlayTarget, apply};
 pub use changes::{Change, ChangeFn, ChangeKind, Comparison, walk_changes, walk_upperdir_changes};
 pub use compression::Compression;
 pub use error::{ApplyError, DiffError};
-pub use export::{ExportPath, convert_blob, export_snapshot};
+pub use export::{ExportPath, Exporter};
 pub use merge::{Diff, MergeStats, Merger, USAGE_INODES_LABEL, USAGE_SIZE_LABEL};
-pub use unpack::{LayerSource, unpack};
+pub use unpack::{LayerSource, Unpacker};
 pub use write::{
     HoldFn, LayerWriter, UNCOMPRESSED_LABEL, WriteOptions, Written, write_layer,
     write_layer_to_store,

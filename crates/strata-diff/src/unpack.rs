@@ -7,9 +7,11 @@
 //! applied again through a mount of the snapshot.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use strata_core::Labels;
+use strata_leases::OpCtx;
 use strata_snapshot::mounts::{LocalMount, MountOptions};
 use strata_snapshot::{SnapshotError, SnapshotStore, Snapshotter};
 
@@ -20,43 +22,60 @@ use crate::merge::overlay_layers;
 /// Opens the layer (again, when it must be applied a second way).
 pub type LayerSource = Arc<dyn Fn() -> std::io::Result<Box<dyn Read + Send>> + Send + Sync>;
 
-/// Applies the layer `open` gives onto `parent` as the committed snapshot
-/// `key`. Mounts, when needed, go under `tmp`.
-pub async fn unpack(
-    store: &SnapshotStore,
-    key: &str,
-    parent: Option<&str>,
-    open: LayerSource,
-    opts: &ApplyOptions,
-    tmp: &std::path::Path,
-    labels: Labels,
-) -> Result<Applied, DiffError> {
-    let active = format!("extract-{}", strata_core::id::new_id());
-    let mounts = store.prepare(&active, parent, Labels::new()).await?;
-    // The file-system work runs on the blocking pool, off the caller's
-    // executor.
-    let (job_opts, job_tmp) = (opts.clone(), tmp.to_path_buf());
-    let applied =
-        tokio::task::spawn_blocking(move || apply_to_mounts(&mounts, &open, &job_opts, &job_tmp))
-            .await
-            .unwrap_or_else(|e| Err(DiffError::Snapshot(SnapshotError::Task(e.to_string()))));
-    let result = match applied {
-        Ok(applied) => store
-            .commit(key, &active, labels)
-            .await
-            .map(|()| applied)
-            .map_err(DiffError::from),
-        Err(e) => Err(e),
-    };
-    if result.is_err()
-        && let Err(e) = store.remove(&active).await
-    {
-        tracing::warn!(key = active, error = %e, "could not discard a failed unpack");
+/// Unpacks layers into snapshots of one store.
+#[derive(Clone, Debug)]
+pub struct Unpacker {
+    store: SnapshotStore,
+    tmp: PathBuf,
+}
+
+impl Unpacker {
+    /// An unpacker into `store` that mounts, when it must, under `tmp`.
+    pub fn new(store: SnapshotStore, tmp: PathBuf) -> Unpacker {
+        Unpacker { store, tmp }
     }
-    result
+
+    /// Applies the layer `open` gives onto `parent` as the committed
+    /// snapshot `key` (with `labels`).
+    pub async fn unpack(
+        &self,
+        ctx: &OpCtx,
+        key: &str,
+        parent: Option<&str>,
+        open: LayerSource,
+        opts: &ApplyOptions,
+        labels: Labels,
+    ) -> Result<Applied, DiffError> {
+        let store = &self.store;
+        let active = format!("extract-{}", strata_core::id::new_id());
+        let mounts = store.prepare(&active, parent, Labels::new()).await?;
+        // The file-system work runs on the blocking pool, off the caller's
+        // executor.
+        let (job_ctx, job_opts, job_tmp) = (ctx.clone(), opts.clone(), self.tmp.clone());
+        let applied = tokio::task::spawn_blocking(move || {
+            apply_to_mounts(&job_ctx, &mounts, &open, &job_opts, &job_tmp)
+        })
+        .await
+        .unwrap_or_else(|e| Err(DiffError::Snapshot(SnapshotError::Task(e.to_string()))));
+        let result = match applied {
+            Ok(applied) => store
+                .commit(key, &active, labels)
+                .await
+                .map(|()| applied)
+                .map_err(DiffError::from),
+            Err(e) => Err(e),
+        };
+        if result.is_err()
+            && let Err(e) = store.remove(&active).await
+        {
+            tracing::warn!(key = active, error = %e, "could not discard a failed unpack");
+        }
+        result
+    }
 }
 
 fn apply_to_mounts(
+    ctx: &OpCtx,
     mounts: &[strata_core::Mount],
     open: &LayerSource,
     opts: &ApplyOptions,
@@ -76,7 +95,7 @@ fn apply_to_mounts(
             }),
             ..opts.clone()
         };
-        match apply(open().map_err(io)?, &upper, &direct) {
+        match apply(ctx, open().map_err(io)?, &upper, &direct) {
             Err(ApplyError::NeedsMount { .. }) => {
                 tracing::debug!(layer = opts.name, "applying through a mount instead");
                 let root = strata_sys::Root::open(&upper)?;
@@ -88,7 +107,7 @@ fn apply_to_mounts(
         }
     }
     let mount = LocalMount::mount(mounts, tmp, MountOptions::default())?;
-    let applied = apply(open().map_err(io)?, mount.path(), opts)?;
+    let applied = apply(ctx, open().map_err(io)?, mount.path(), opts)?;
     mount.unmount()?;
     Ok(applied)
 }

@@ -49,9 +49,6 @@ pub struct WriteOptions {
     /// Clamp every mtime to this (seconds since the epoch), for
     /// reproducible layers.
     pub source_date_epoch: Option<i64>,
-    /// The operation context: writing stops at the next change once it is
-    /// cancelled.
-    pub ctx: OpCtx,
 }
 
 /// What was written.
@@ -479,8 +476,10 @@ pub(crate) fn recompress<R: Read, W: Write>(
 }
 
 /// Writes a layer of the changes `produce` feeds, reading entries from
-/// `source`, into `sink`. Returns what was written and the sink.
+/// `source`, into `sink`; writing stops at the next change once `ctx` is
+/// cancelled. Returns what was written and the sink.
 pub fn write_layer<W: Write + Send>(
+    ctx: &OpCtx,
     sink: W,
     source: &Path,
     opts: &WriteOptions,
@@ -517,7 +516,7 @@ pub fn write_layer<W: Write + Send>(
             dirs: HashSet::new(),
             epoch: opts.source_date_epoch,
             entries: 0,
-            ctx: opts.ctx.clone(),
+            ctx: ctx.clone(),
         };
         let tarred = produce(&mut w).and_then(|()| {
             let entries = w.entries;
@@ -558,6 +557,7 @@ pub type HoldFn<'a> = &'a (dyn Fn(&Digest) -> Result<(), DiffError> + Sync);
 /// already has is fine (it gets the label if it lacks it); any other
 /// failure aborts the ingest.
 pub fn write_layer_to_store(
+    ctx: &OpCtx,
     store: &ContentStore,
     reference: &str,
     source: &Path,
@@ -567,22 +567,24 @@ pub fn write_layer_to_store(
 ) -> Result<Written, DiffError> {
     let mut ingest = store.writer(reference, None, None)?;
     ingest.truncate(0)?;
-    let result = write_layer(ingest, source, opts, produce).and_then(|(written, mut ingest)| {
-        hold(&written.digest)?;
-        let labels = Labels::from([(UNCOMPRESSED_LABEL.to_owned(), written.diff_id.to_string())]);
-        match ingest.commit(written.size, Some(&written.digest), &labels) {
-            Ok(_) => Ok(written),
-            Err(ContentError::AlreadyExists(_)) => {
-                let mut info = store.info(&written.digest)?;
-                if !info.labels.contains_key(UNCOMPRESSED_LABEL) {
-                    info.labels.extend(labels);
-                    store.update(&info, &[&format!("labels.{UNCOMPRESSED_LABEL}")])?;
+    let result =
+        write_layer(ctx, ingest, source, opts, produce).and_then(|(written, mut ingest)| {
+            hold(&written.digest)?;
+            let labels =
+                Labels::from([(UNCOMPRESSED_LABEL.to_owned(), written.diff_id.to_string())]);
+            match ingest.commit(written.size, Some(&written.digest), &labels) {
+                Ok(_) => Ok(written),
+                Err(ContentError::AlreadyExists(_)) => {
+                    let mut info = store.info(&written.digest)?;
+                    if !info.labels.contains_key(UNCOMPRESSED_LABEL) {
+                        info.labels.extend(labels);
+                        store.update(&info, &[&format!("labels.{UNCOMPRESSED_LABEL}")])?;
+                    }
+                    Ok(written)
                 }
-                Ok(written)
+                Err(e) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        }
-    });
+        });
     if result.is_err()
         && let Err(e) = store.abort(reference)
     {

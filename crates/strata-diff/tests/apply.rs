@@ -56,6 +56,7 @@ fn fixture() -> Fixture {
 impl Fixture {
     fn apply(&self, bytes: &[u8]) -> Result<strata_diff::Applied, ApplyError> {
         apply(
+            &strata_leases::OpCtx::new(),
             bytes,
             &self.dest,
             &ApplyOptions {
@@ -125,12 +126,12 @@ fn round_trips_plain_gzip_and_zstd() {
             name: format!("variant {i}"),
             digest: Some(digest.clone()),
             diff_id: Some(diff_id.clone()),
-            ctx: strata_leases::OpCtx::new().with_progress(move |n| {
-                sink.lock().unwrap().push(n);
-            }),
             ..ApplyOptions::default()
         };
-        let applied = apply(&bytes[..], &dest, &opts).unwrap();
+        let ctx = strata_leases::OpCtx::new().with_progress(move |n| {
+            sink.lock().unwrap().push(n);
+        });
+        let applied = apply(&ctx, &bytes[..], &dest, &opts).unwrap();
         let seen = seen.lock().unwrap().clone();
         assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress only grows");
         assert_eq!(
@@ -203,6 +204,7 @@ fn digest_and_diff_id_mismatches_name_both() {
         (None, Some(wrong.clone()), "diffID"),
     ] {
         let err = apply(
+            &strata_leases::OpCtx::new(),
             &bytes[..],
             &f.dest,
             &ApplyOptions {
@@ -223,6 +225,7 @@ fn digest_and_diff_id_mismatches_name_both() {
         );
     }
     let err = apply(
+        &strata_leases::OpCtx::new(),
         &bytes[..],
         &f.dest,
         &ApplyOptions {
@@ -391,7 +394,7 @@ fn bombs_truncation_and_garbage() {
         },
         ..ApplyOptions::default()
     };
-    let err = apply(&bomb[..], &f.dest, &opts).unwrap_err();
+    let err = apply(&strata_leases::OpCtx::new(), &bomb[..], &f.dest, &opts).unwrap_err();
     assert!(
         err.to_string().contains("decompresses past its bound"),
         "{err}"
@@ -403,6 +406,7 @@ fn bombs_truncation_and_garbage() {
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
     let gz = gzip(&layer(&[file("f", "x")]));
     let err = apply(
+        &strata_leases::OpCtx::new(),
         &gz[..],
         &f.dest,
         &ApplyOptions {
@@ -429,6 +433,7 @@ fn limits_on_depth_and_entries() {
         ..ApplyOptions::default()
     };
     let err = apply(
+        &strata_leases::OpCtx::new(),
         &layer(&[file(&format!("{deep}f"), "x")])[..],
         &f.dest,
         &opts,
@@ -444,7 +449,13 @@ fn limits_on_depth_and_entries() {
         },
         ..ApplyOptions::default()
     };
-    let err = apply(&layer(&many)[..], &f.dest, &opts).unwrap_err();
+    let err = apply(
+        &strata_leases::OpCtx::new(),
+        &layer(&many)[..],
+        &f.dest,
+        &opts,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("more than 10 entries"), "{err}");
 }
 
@@ -652,11 +663,11 @@ fn cancellation_stops_the_whole_pipeline() {
     // Cancel as soon as the first megabyte of output is reported.
     let ctx = ctx.with_progress(move |_| canceller.cancel());
     let err = apply(
+        &ctx,
         &bytes[..],
         &f.dest,
         &ApplyOptions {
             name: "big".into(),
-            ctx,
             ..ApplyOptions::default()
         },
     )

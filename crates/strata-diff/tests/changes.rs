@@ -171,7 +171,7 @@ fn hardlinked_unchanged_files_are_reported_unmodified() {
 
 /// The tar of diff(lower, upper).
 fn diff_layer(lower: Option<&Path>, upper: &Path, opts: &WriteOptions) -> Vec<u8> {
-    let (_, tar) = write_layer(Vec::new(), upper, opts, |w| {
+    let (_, tar) = write_layer(&strata_leases::OpCtx::new(), Vec::new(), upper, opts, |w| {
         walk_changes(lower, upper, Comparison::Compat, &mut |c| w.change(&c))
     })
     .unwrap();
@@ -179,7 +179,13 @@ fn diff_layer(lower: Option<&Path>, upper: &Path, opts: &WriteOptions) -> Vec<u8
 }
 
 fn apply_bytes(layer: &[u8], dest: &Path) {
-    apply(layer, dest, &ApplyOptions::default()).unwrap();
+    apply(
+        &strata_leases::OpCtx::new(),
+        layer,
+        dest,
+        &ApplyOptions::default(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -223,7 +229,6 @@ fn layers_are_deterministic_and_clamped() {
         compression: Compression::Gzip,
         level: Some(6),
         source_date_epoch: Some(1000),
-        ..WriteOptions::default()
     };
     let one = diff_layer(None, &u, &opts);
     let two = diff_layer(None, &u, &opts);
@@ -272,11 +277,8 @@ fn a_cancelled_write_stops() {
     }
     let ctx = strata_leases::OpCtx::new();
     ctx.cancel();
-    let opts = WriteOptions {
-        ctx,
-        ..WriteOptions::default()
-    };
-    let err = write_layer(Vec::new(), &u, &opts, |w| {
+    let opts = WriteOptions::default();
+    let err = write_layer(&ctx, Vec::new(), &u, &opts, |w| {
         walk_changes(None, &u, Comparison::Compat, &mut |c| w.change(&c))
     })
     .unwrap_err();

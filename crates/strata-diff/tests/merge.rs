@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use strata_core::Labels;
 use strata_diff::{
-    ApplyOptions, Comparison, Diff, Merger, WriteOptions, apply, unpack, walk_changes, write_layer,
+    ApplyOptions, Comparison, Diff, Merger, Unpacker, WriteOptions, apply, walk_changes,
+    write_layer,
 };
 use strata_leases::OpCtx;
 use strata_metadata::MetaDb;
@@ -60,14 +61,20 @@ fn layer_of(lower: Option<&Path>, upper: &Path, cmp: Comparison) -> Vec<u8> {
 /// A layer of the changes; without `unmodified`, hard links to paths that
 /// did not change are not made (a diff snapshot does not have them).
 fn changes_layer(lower: Option<&Path>, upper: &Path, cmp: Comparison, unmodified: bool) -> Vec<u8> {
-    write_layer(Vec::new(), upper, &WriteOptions::default(), |w| {
-        walk_changes(lower, upper, cmp, &mut |c| {
-            if unmodified || c.kind != strata_diff::ChangeKind::Unmodified {
-                w.change(&c)?;
-            }
-            Ok(())
-        })
-    })
+    write_layer(
+        &OpCtx::new(),
+        Vec::new(),
+        upper,
+        &WriteOptions::default(),
+        |w| {
+            walk_changes(lower, upper, cmp, &mut |c| {
+                if unmodified || c.kind != strata_diff::ChangeKind::Unmodified {
+                    w.change(&c)?;
+                }
+                Ok(())
+            })
+        },
+    )
     .unwrap()
     .1
 }
@@ -75,17 +82,17 @@ fn changes_layer(lower: Option<&Path>, upper: &Path, cmp: Comparison, unmodified
 async fn unpack_bytes(e: &Env, key: &str, parent: Option<&str>, layer: Vec<u8>) {
     let open: strata_diff::LayerSource =
         Arc::new(move || Ok(Box::new(std::io::Cursor::new(layer.clone())) as Box<dyn Read + Send>));
-    unpack(
-        &e.store,
-        key,
-        parent,
-        open,
-        &ApplyOptions::default(),
-        &e.base,
-        Labels::new(),
-    )
-    .await
-    .unwrap();
+    Unpacker::new(e.store.clone(), e.base.clone())
+        .unpack(
+            &OpCtx::new(),
+            key,
+            parent,
+            open,
+            &ApplyOptions::default(),
+            Labels::new(),
+        )
+        .await
+        .unwrap();
 }
 
 async fn render_snapshot(e: &Env, key: &str) -> String {
@@ -123,7 +130,13 @@ async fn merge_equals_ordered_apply(backend: &str) {
         let mut keys = Vec::new();
         for (i, t) in trees.iter().enumerate() {
             let layer = layer_of(None, t, Comparison::Compat);
-            apply(layer.as_slice(), &reference, &ApplyOptions::default()).unwrap();
+            apply(
+                &OpCtx::new(),
+                layer.as_slice(),
+                &reference,
+                &ApplyOptions::default(),
+            )
+            .unwrap();
             let key = format!("s{seed}-{i}");
             unpack_bytes(&e, &key, None, layer).await;
             keys.push(key);
@@ -209,7 +222,13 @@ async fn snapshot_diff_holds_the_changes(backend: &str) {
             false,
         );
         drop((ma, mb));
-        apply(layer.as_slice(), &reference, &ApplyOptions::default()).unwrap();
+        apply(
+            &OpCtx::new(),
+            layer.as_slice(),
+            &reference,
+            &ApplyOptions::default(),
+        )
+        .unwrap();
         let name = format!("diff{seed}");
         let diff = Diff {
             lower: Some(ka.clone()),
@@ -260,7 +279,8 @@ async fn a_failed_unpack_leaves_no_snapshot() {
             diff_id: Some(wrong),
             ..ApplyOptions::default()
         };
-        let err = unpack(&e.store, "k", None, open, &opts, &e.base, Labels::new())
+        let err = Unpacker::new(e.store.clone(), e.base.clone())
+            .unpack(&OpCtx::new(), "k", None, open, &opts, Labels::new())
             .await
             .unwrap_err();
         assert!(err.to_string().contains("diffID mismatch"), "{err}");
@@ -298,7 +318,13 @@ async fn unpacked_chains_render_alike_everywhere() {
     let reference = t.path().join("reference");
     fs::create_dir(&reference).unwrap();
     for l in &layers {
-        apply(l.as_slice(), &reference, &ApplyOptions::default()).unwrap();
+        apply(
+            &OpCtx::new(),
+            l.as_slice(),
+            &reference,
+            &ApplyOptions::default(),
+        )
+        .unwrap();
     }
     let want = render(&reference);
     assert_eq!(want, render(trees.last().unwrap()));
@@ -316,7 +342,13 @@ async fn unpacked_chains_render_alike_everywhere() {
     let (ours, gnu) = (t.path().join("ours"), t.path().join("gnu"));
     fs::create_dir(&ours).unwrap();
     fs::create_dir(&gnu).unwrap();
-    apply(layers[0].as_slice(), &ours, &ApplyOptions::default()).unwrap();
+    apply(
+        &OpCtx::new(),
+        layers[0].as_slice(),
+        &ours,
+        &ApplyOptions::default(),
+    )
+    .unwrap();
     let mut child = std::process::Command::new("tar")
         .args([
             "--xattrs",
@@ -356,9 +388,15 @@ fn layers_go_into_the_content_store() {
         ..WriteOptions::default()
     };
     let write = |reference: &str| {
-        strata_diff::write_layer_to_store(&content, reference, &tree, &opts, &|_| Ok(()), |w| {
-            walk_changes(None, &tree, Comparison::Compat, &mut |c| w.change(&c))
-        })
+        strata_diff::write_layer_to_store(
+            &OpCtx::new(),
+            &content,
+            reference,
+            &tree,
+            &opts,
+            &|_| Ok(()),
+            |w| walk_changes(None, &tree, Comparison::Compat, &mut |c| w.change(&c)),
+        )
     };
     let written = write("export-1").unwrap();
     let info = content.info(&written.digest).unwrap();
@@ -370,6 +408,7 @@ fn layers_go_into_the_content_store() {
     let back = t.path().join("back");
     fs::create_dir(&back).unwrap();
     let applied = apply(
+        &OpCtx::new(),
         content.reader_at(&written.digest).unwrap(),
         &back,
         &ApplyOptions {
@@ -382,13 +421,20 @@ fn layers_go_into_the_content_store() {
     assert_eq!(applied.size, written.uncompressed_size);
     assert_eq!(render(&back), render(&tree));
     assert_eq!(write("export-2").unwrap(), written, "the same layer again");
-    let failed =
-        strata_diff::write_layer_to_store(&content, "export-3", &tree, &opts, &|_| Ok(()), |_| {
+    let failed = strata_diff::write_layer_to_store(
+        &OpCtx::new(),
+        &content,
+        "export-3",
+        &tree,
+        &opts,
+        &|_| Ok(()),
+        |_| {
             Err(strata_diff::DiffError::Unsupported {
                 path: tree.clone(),
                 reason: "stop".into(),
             })
-        });
+        },
+    );
     assert!(failed.is_err());
     assert!(
         content.status("export-3").is_err(),
@@ -410,13 +456,25 @@ async fn overlay_merges_reuse_the_first_chain() {
     let mut parent: Option<String> = None;
     for (i, t) in trees.iter().enumerate().take(2) {
         let layer = layer_of(None, t, Comparison::Compat);
-        apply(layer.as_slice(), &reference, &ApplyOptions::default()).unwrap();
+        apply(
+            &OpCtx::new(),
+            layer.as_slice(),
+            &reference,
+            &ApplyOptions::default(),
+        )
+        .unwrap();
         let key = format!("chain{i}");
         unpack_bytes(&e, &key, parent.as_deref(), layer).await;
         parent = Some(key);
     }
     let other = layer_of(None, &trees[2], Comparison::Compat);
-    apply(other.as_slice(), &reference, &ApplyOptions::default()).unwrap();
+    apply(
+        &OpCtx::new(),
+        other.as_slice(),
+        &reference,
+        &ApplyOptions::default(),
+    )
+    .unwrap();
     unpack_bytes(&e, "other", None, other).await;
     let stats = e
         .merger

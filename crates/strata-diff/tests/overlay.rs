@@ -15,9 +15,13 @@ use strata_testkit::layer_tar::{archive, entry};
 use strata_testkit::tree::render;
 
 fn diff_layer(lower: Option<&Path>, upper: &Path) -> Vec<u8> {
-    strata_diff::write_layer(Vec::new(), upper, &WriteOptions::default(), |w| {
-        strata_diff::walk_changes(lower, upper, Comparison::Compat, &mut |c| w.change(&c))
-    })
+    strata_diff::write_layer(
+        &strata_leases::OpCtx::new(),
+        Vec::new(),
+        upper,
+        &WriteOptions::default(),
+        |w| strata_diff::walk_changes(lower, upper, Comparison::Compat, &mut |c| w.change(&c)),
+    )
     .unwrap()
     .1
 }
@@ -37,7 +41,12 @@ fn overlay_render(base: &Path, layers: &[Vec<u8>]) -> Result<String, ApplyError>
             }),
             ..ApplyOptions::default()
         };
-        apply(layer.as_slice(), &upper, &opts)?;
+        apply(
+            &strata_leases::OpCtx::new(),
+            layer.as_slice(),
+            &upper,
+            &opts,
+        )?;
         uppers.push(upper);
     }
     let empty = base.join("empty");
@@ -66,7 +75,13 @@ fn plain_render(base: &Path, layers: &[Vec<u8>]) -> String {
     let dest = base.join("plain");
     fs::create_dir(&dest).unwrap();
     for layer in layers {
-        apply(layer.as_slice(), &dest, &ApplyOptions::default()).unwrap();
+        apply(
+            &strata_leases::OpCtx::new(),
+            layer.as_slice(),
+            &dest,
+            &ApplyOptions::default(),
+        )
+        .unwrap();
     }
     render(&dest)
 }
