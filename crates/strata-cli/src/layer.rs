@@ -164,7 +164,6 @@ pub fn run(cmd: LayerCmd, out: &Output) -> anyhow::Result<ExitCode> {
                 },
                 level,
                 source_date_epoch,
-                ..WriteOptions::default()
             };
             return diff(&lower, &upper, &output, &opts, out);
         }
