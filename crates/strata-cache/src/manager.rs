@@ -298,11 +298,11 @@ impl CacheManager {
     async fn check_volatile(&self, id: &str) -> Result<()> {
         let mounts = self.inner.root.snapshots.mounts(id).await?;
         let torn = mounts.first().is_some_and(|m| {
-            m.options.iter().any(|o| o == "volatile")
-                && m.options.iter().any(|o| {
-                    o.strip_prefix("workdir=")
-                        .is_some_and(|w| std::path::Path::new(w).join("work/incompat").exists())
-                })
+            m.has_option("volatile")
+                && m.layers
+                    .as_ref()
+                    .and_then(|l| l.work.as_ref())
+                    .is_some_and(|w| w.join("work/incompat").exists())
         });
         if torn {
             let tx = self.inner.root.db.write()?;

@@ -166,16 +166,14 @@ fn overlay_works(tmp: &Path) -> bool {
     if dirs.iter().any(|d| fs::create_dir_all(d).is_err()) {
         return false;
     }
-    let m = strata_core::Mount {
-        kind: "overlay".into(),
-        source: "overlay".into(),
-        target: PathBuf::new(),
-        options: vec![
-            format!("lowerdir={}", dirs[0].display()),
-            format!("upperdir={}", dirs[1].display()),
-            format!("workdir={}", dirs[2].display()),
-        ],
-    };
+    let m = strata_core::Mount::overlay(
+        strata_core::OverlayLayers {
+            lowers: vec![dirs[0].clone()],
+            upper: Some(dirs[1].clone()),
+            work: Some(dirs[2].clone()),
+        },
+        Vec::new(),
+    );
     let ok = strata_sys::mount::mount(&m, &dirs[3]).is_ok();
     if ok && let Err(e) = strata_sys::mount::unmount(&dirs[3]) {
         tracing::warn!(error = %e, "could not unmount the overlay probe");

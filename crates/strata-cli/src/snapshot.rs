@@ -125,7 +125,7 @@ fn print_mounts(out: &Output, mounts: &[Mount]) -> anyhow::Result<()> {
             kind: m.kind.clone(),
             source: m.source.display().to_string(),
             target: m.target.display().to_string(),
-            options: m.options.clone(),
+            options: m.flat_options(),
         })
         .collect();
     let rows = mounts
@@ -134,7 +134,7 @@ fn print_mounts(out: &Output, mounts: &[Mount]) -> anyhow::Result<()> {
             vec![
                 m.kind.clone(),
                 m.source.display().to_string(),
-                m.options.join(","),
+                m.flat_options().join(","),
             ]
         })
         .collect();

@@ -19,4 +19,4 @@ pub use digest::{Algorithm, BackgroundDigester, Digest, DigestError, Digester, V
 pub use error::{Classify, ErrorKind};
 pub use filter::{Filter, FilterError, Filterable};
 pub use labels::{LabelError, Labels};
-pub use mount::Mount;
+pub use mount::{Mount, OverlayLayers};

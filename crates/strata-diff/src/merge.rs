@@ -90,29 +90,17 @@ pub(crate) fn overlay_layers(m: &Mount) -> Option<Vec<PathBuf>> {
     if m.kind != "overlay" {
         return None;
     }
-    let mut lowers = Vec::new();
-    let mut upper = None;
-    for o in &m.options {
-        if let Some(v) = o.strip_prefix("lowerdir=") {
-            lowers.extend(v.split(':').map(PathBuf::from));
-        } else if let Some(v) = o.strip_prefix("lowerdir+=") {
-            lowers.push(PathBuf::from(v));
-        } else if let Some(v) = o.strip_prefix("upperdir=") {
-            upper = Some(PathBuf::from(v));
-        } else if !(o.starts_with("workdir=")
-            || o == "index=off"
+    let understood = m.options.iter().all(|o| {
+        o == "index=off"
             || o == "index=on"
             || o == "userxattr"
             || o == "volatile"
             || o == "ro"
-            || o.starts_with("redirect_dir="))
-        {
-            return None;
-        }
-    }
-    lowers.reverse();
-    lowers.extend(upper);
-    Some(lowers)
+            || o.starts_with("redirect_dir=")
+    });
+    understood
+        .then(|| m.layers.as_ref().map(|l| l.bottom_up()))
+        .flatten()
 }
 
 /// The layers of a mount list, bottom first.
@@ -334,7 +322,7 @@ impl Merger {
         // The file-system work runs on the blocking pool, off the
         // caller's executor.
         let (m, ctx, tmp) = (m.clone(), ctx.clone(), self.tmp.clone());
-        let userxattr = self.userxattr || m.options.iter().any(|o| o == "userxattr");
+        let userxattr = self.userxattr || m.has_option("userxattr");
         let result =
             tokio::task::spawn_blocking(move || write_merge(&m, &inputs, &ctx, &tmp, userxattr))
                 .await
@@ -364,14 +352,13 @@ fn write_merge(
     tmp: &Path,
     userxattr: bool,
 ) -> Result<MergeStats, DiffError> {
-    let (root, lowers) = match overlay_layers(m) {
-        Some(mut layers) if m.kind == "overlay" => {
-            let upper = layers.pop().ok_or_else(|| DiffError::Unsupported {
+    let (root, lowers) = match &m.layers {
+        Some(layers) if m.kind == "overlay" => {
+            let upper = layers.upper.clone().ok_or_else(|| DiffError::Unsupported {
                 path: tmp.to_path_buf(),
                 reason: "the merge's overlay has no upper directory".into(),
             })?;
-            layers.reverse();
-            (upper, layers)
+            (upper, layers.lowers.clone())
         }
         _ => (m.source.clone(), Vec::new()),
     };

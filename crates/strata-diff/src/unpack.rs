@@ -17,7 +17,6 @@ use strata_snapshot::{SnapshotError, SnapshotStore, Snapshotter};
 
 use crate::apply::{Applied, ApplyOptions, OverlayTarget, apply};
 use crate::error::{ApplyError, DiffError};
-use crate::merge::overlay_layers;
 
 /// Opens the layer (again, when it must be applied a second way).
 pub type LayerSource = Arc<dyn Fn() -> std::io::Result<Box<dyn Read + Send>> + Send + Sync>;
@@ -83,15 +82,14 @@ fn apply_to_mounts(
 ) -> Result<Applied, DiffError> {
     let io = |e| DiffError::io("open layer", opts.name.clone(), e);
     if let [m] = mounts
-        && let Some(mut layers) = overlay_layers(m)
         && m.kind == "overlay"
-        && let Some(upper) = layers.pop()
+        && let Some(layers) = &m.layers
+        && let Some(upper) = layers.upper.clone()
     {
-        layers.reverse();
         let direct = ApplyOptions {
             overlay: Some(OverlayTarget {
-                lowers: layers,
-                userxattr: m.options.iter().any(|o| o == "userxattr"),
+                lowers: layers.lowers.clone(),
+                userxattr: m.has_option("userxattr"),
             }),
             ..opts.clone()
         };

@@ -51,20 +51,17 @@ fn overlay_render(base: &Path, layers: &[Vec<u8>]) -> Result<String, ApplyError>
     }
     let empty = base.join("empty");
     fs::create_dir_all(&empty).unwrap();
-    let mut lowerdirs: Vec<String> = uppers
-        .iter()
-        .rev()
-        .map(|p| p.display().to_string())
-        .collect();
-    lowerdirs.push(empty.display().to_string());
+    let mut lowers: Vec<PathBuf> = uppers.iter().rev().cloned().collect();
+    lowers.push(empty);
     let target = base.join("merged");
     fs::create_dir(&target).unwrap();
-    let m = Mount {
-        kind: "overlay".into(),
-        source: "overlay".into(),
-        target: PathBuf::new(),
-        options: vec![format!("lowerdir={}", lowerdirs.join(":"))],
-    };
+    let m = Mount::overlay(
+        strata_core::OverlayLayers {
+            lowers,
+            ..Default::default()
+        },
+        Vec::new(),
+    );
     strata_sys::mount::mount(&m, &target).unwrap();
     let out = render(&target);
     strata_sys::mount::unmount(&target).unwrap();

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use strata_core::Mount;
+use strata_core::{Mount, OverlayLayers};
 use strata_snapshot::{Backend, Kind, SnapshotError, create_dir};
 use strata_sys::Root;
 
@@ -115,28 +115,18 @@ impl Backend for Overlay {
             [] => vec![Mount::bind(dir.join("fs"), read_only)],
             [parent] if read_only => vec![Mount::bind(parent.join("fs"), true)],
             _ => {
-                let lower: Vec<String> = parents
+                let layers = OverlayLayers {
+                    lowers: parents.iter().map(|p| p.join("fs")).collect(),
+                    upper: (!read_only).then(|| dir.join("fs")),
+                    work: (!read_only).then(|| dir.join("work")),
+                };
+                let options = self
+                    .options
                     .iter()
-                    .map(|p| p.join("fs").display().to_string())
+                    .filter(|o| !(read_only && *o == "volatile"))
+                    .cloned()
                     .collect();
-                let mut options = Vec::new();
-                if !read_only {
-                    options.push(format!("workdir={}", dir.join("work").display()));
-                    options.push(format!("upperdir={}", dir.join("fs").display()));
-                }
-                options.push(format!("lowerdir={}", lower.join(":")));
-                options.extend(
-                    self.options
-                        .iter()
-                        .filter(|o| !(read_only && *o == "volatile"))
-                        .cloned(),
-                );
-                vec![Mount {
-                    kind: "overlay".into(),
-                    source: "overlay".into(),
-                    target: PathBuf::new(),
-                    options,
-                }]
+                vec![Mount::overlay(layers, options)]
             }
         }
     }
@@ -185,7 +175,7 @@ mod tests {
         );
         let m = o.mounts(d, Kind::Active, &[p1.clone(), p2.clone()]);
         assert_eq!(
-            m[0].options,
+            m[0].flat_options(),
             [
                 "workdir=/s/3/work",
                 "upperdir=/s/3/fs",
@@ -193,8 +183,12 @@ mod tests {
                 "index=on"
             ]
         );
+        assert_eq!(m[0].options, ["index=on"]);
         let m = o.mounts(d, Kind::View, &[p1, p2]);
-        assert_eq!(m[0].options, ["lowerdir=/s/2/fs:/s/1/fs", "index=on"]);
+        assert_eq!(
+            m[0].flat_options(),
+            ["lowerdir=/s/2/fs:/s/1/fs", "index=on"]
+        );
     }
 
     #[test]

@@ -33,14 +33,8 @@ pub struct LocalMount {
     incompat: Vec<PathBuf>,
 }
 
-fn option_value<'a>(m: &'a Mount, key: &str) -> Option<&'a str> {
-    m.options
-        .iter()
-        .find_map(|o| o.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-}
-
 fn is_volatile(m: &Mount) -> bool {
-    m.kind == "overlay" && m.options.iter().any(|o| o == "volatile")
+    m.kind == "overlay" && m.has_option("volatile")
 }
 
 impl LocalMount {
@@ -76,8 +70,8 @@ impl LocalMount {
         let incompat = mounts
             .iter()
             .filter(|m| is_volatile(m))
-            .filter_map(|m| option_value(m, "workdir"))
-            .map(|w| Path::new(w).join("work/incompat"))
+            .filter_map(|m| m.layers.as_ref().and_then(|l| l.work.as_ref()))
+            .map(|w| w.join("work/incompat"))
             .collect();
         let mut guard = LocalMount {
             path: target.clone(),
@@ -147,30 +141,12 @@ pub fn read_only(mounts: &[Mount]) -> Vec<Mount> {
         .iter()
         .map(|m| {
             let mut m = m.clone();
-            if m.kind == "overlay" {
-                let upper = option_value(&m, "upperdir").map(str::to_owned);
-                let mut options: Vec<String> = m
-                    .options
-                    .iter()
-                    .filter(|o| {
-                        !o.starts_with("upperdir=")
-                            && !o.starts_with("workdir=")
-                            && *o != "volatile"
-                            && *o != "rw"
-                    })
-                    .cloned()
-                    .collect();
-                if let Some(upper) = upper {
-                    for o in &mut options {
-                        if let Some(lower) = o.strip_prefix("lowerdir=") {
-                            *o = format!("lowerdir={upper}:{lower}");
-                        }
-                    }
-                    if !options.iter().any(|o| o.starts_with("lowerdir=")) {
-                        options.push(format!("lowerdir={upper}"));
-                    }
+            if let Some(layers) = &mut m.layers {
+                if let Some(upper) = layers.upper.take() {
+                    layers.lowers.insert(0, upper);
                 }
-                m.options = options;
+                layers.work = None;
+                m.options.retain(|o| o != "volatile" && o != "rw");
             } else {
                 m.options.retain(|o| o != "rw");
                 if !m.is_read_only() {
@@ -200,12 +176,8 @@ mod tests {
     use super::*;
 
     fn overlay(options: &[&str]) -> Mount {
-        Mount {
-            kind: "overlay".into(),
-            source: "overlay".into(),
-            target: PathBuf::new(),
-            options: options.iter().map(|s| s.to_string()).collect(),
-        }
+        let flat: Vec<String> = options.iter().map(|s| s.to_string()).collect();
+        Mount::from_flat("overlay", "overlay".into(), &flat)
     }
 
     #[test]
@@ -218,22 +190,16 @@ mod tests {
             "volatile",
         ]);
         assert_eq!(
-            read_only(&[m])[0].options,
+            read_only(&[m])[0].flat_options(),
             ["lowerdir=/u:/a:/b", "index=off"]
         );
         let single = overlay(&["workdir=/w", "upperdir=/u"]);
-        assert_eq!(read_only(&[single])[0].options, ["lowerdir=/u"]);
+        assert_eq!(read_only(&[single])[0].flat_options(), ["lowerdir=/u"]);
     }
 
     #[test]
     fn read_only_bind_gets_ro() {
-        let m = Mount {
-            kind: "bind".into(),
-            source: "/x".into(),
-            target: PathBuf::new(),
-            options: vec!["rw".into(), "rbind".into()],
-        };
-        let ro = read_only(&[m]);
+        let ro = read_only(&[Mount::bind("/x".into(), false)]);
         assert_eq!(ro[0].options, ["rbind", "ro"]);
         assert!(ro[0].is_read_only());
     }

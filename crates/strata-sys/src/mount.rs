@@ -102,53 +102,70 @@ fn mount_other(m: &Mount, target: &Path) -> SysResult<()> {
     .map_err(|e| SysError::io("mount", target, e))
 }
 
-/// The parts of an overlay's option list.
-#[derive(Debug)]
-struct OverlayOptions<'a> {
-    lower: Vec<&'a str>,
-    rest: Vec<(&'a str, Option<&'a str>)>,
-    attrs: MountAttrFlags,
-}
-
-fn parse_overlay(options: &[String]) -> OverlayOptions<'_> {
-    let mut out = OverlayOptions {
-        lower: Vec::new(),
-        rest: Vec::new(),
-        attrs: MountAttrFlags::empty(),
-    };
+/// An overlay's plain options: flags that become mount attributes, the
+/// rest handed to the file system.
+fn overlay_options(options: &[String]) -> (Vec<(&str, Option<&str>)>, MountAttrFlags) {
+    let mut rest = Vec::new();
+    let mut attrs = MountAttrFlags::empty();
     for o in options {
         match o.split_once('=') {
-            Some(("lowerdir", v)) => out.lower.extend(v.split(':').filter(|s| !s.is_empty())),
-            Some(("lowerdir+", v)) => out.lower.push(v),
-            Some((k, v)) => out.rest.push((k, Some(v))),
+            Some((k, v)) => rest.push((k, Some(v))),
             None => match o.as_str() {
-                "ro" => out.attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY,
-                "nosuid" => out.attrs |= MountAttrFlags::MOUNT_ATTR_NOSUID,
-                "nodev" => out.attrs |= MountAttrFlags::MOUNT_ATTR_NODEV,
-                "noexec" => out.attrs |= MountAttrFlags::MOUNT_ATTR_NOEXEC,
+                "ro" => attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY,
+                "nosuid" => attrs |= MountAttrFlags::MOUNT_ATTR_NOSUID,
+                "nodev" => attrs |= MountAttrFlags::MOUNT_ATTR_NODEV,
+                "noexec" => attrs |= MountAttrFlags::MOUNT_ATTR_NOEXEC,
                 "rw" => {}
-                flag => out.rest.push((flag, None)),
+                flag => rest.push((flag, None)),
             },
         }
     }
-    out
+    (rest, attrs)
+}
+
+fn path_str<'a>(p: &'a Path, target: &Path) -> SysResult<&'a str> {
+    p.to_str().ok_or_else(|| SysError::InvalidPath {
+        path: target.to_path_buf(),
+        reason: "an overlay layer path is not UTF-8",
+    })
 }
 
 fn mount_overlay(m: &Mount, target: &Path) -> SysResult<()> {
-    let opts = parse_overlay(&m.options);
+    let flat;
+    let m = match &m.layers {
+        Some(_) => m,
+        None => {
+            // Options in containerd's flat form: read the layers out once.
+            flat = Mount::from_flat(&m.kind, m.source.clone(), &m.options);
+            &flat
+        }
+    };
+    let layers = m.layers.clone().unwrap_or_default();
+    let (rest, attrs) = overlay_options(&m.options);
     let fs = rm::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
         .map_err(|e| SysError::io("fsopen overlay", target, e))?;
     let fail = |what: &'static str, e: Errno| overlay_error(&fs, what, target, e);
-    for (key, value) in &opts.rest {
+    for (key, dir) in [("workdir", &layers.work), ("upperdir", &layers.upper)] {
+        if let Some(dir) = dir {
+            rm::fsconfig_set_string(&fs, key, path_str(dir, target)?)
+                .map_err(|e| fail("configure overlay", e))?;
+        }
+    }
+    for (key, value) in &rest {
         match value {
             Some(v) => rm::fsconfig_set_string(&fs, *key, *v),
             None => rm::fsconfig_set_flag(&fs, *key),
         }
         .map_err(|e| fail("configure overlay", e))?;
     }
-    set_lowerdirs(&fs, &opts.lower).map_err(|e| fail("set overlay lowerdir", e))?;
+    let lowers = layers
+        .lowers
+        .iter()
+        .map(|l| path_str(l, target))
+        .collect::<SysResult<Vec<&str>>>()?;
+    set_lowerdirs(&fs, &lowers).map_err(|e| fail("set overlay lowerdir", e))?;
     rm::fsconfig_create(&fs).map_err(|e| fail("create overlay", e))?;
-    let mnt = rm::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, opts.attrs)
+    let mnt = rm::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
         .map_err(|e| fail("fsmount overlay", e))?;
     rm::move_mount(
         mnt.as_fd(),
@@ -288,27 +305,11 @@ mod tests {
 
     #[test]
     fn overlay_options_split() {
-        let opts: Vec<String> = [
-            "lowerdir=/a:/b",
-            "upperdir=/u",
-            "workdir=/w",
-            "index=off",
-            "ro",
-            "userxattr",
-        ]
-        .map(String::from)
-        .into();
-        let parsed = parse_overlay(&opts);
-        assert_eq!(parsed.lower, ["/a", "/b"]);
-        assert_eq!(
-            parsed.rest,
-            [
-                ("upperdir", Some("/u")),
-                ("workdir", Some("/w")),
-                ("index", Some("off")),
-                ("userxattr", None)
-            ]
-        );
-        assert!(parsed.attrs.contains(MountAttrFlags::MOUNT_ATTR_RDONLY));
+        let opts: Vec<String> = ["index=off", "ro", "userxattr", "rw"]
+            .map(String::from)
+            .into();
+        let (rest, attrs) = overlay_options(&opts);
+        assert_eq!(rest, [("index", Some("off")), ("userxattr", None)]);
+        assert!(attrs.contains(MountAttrFlags::MOUNT_ATTR_RDONLY));
     }
 }

@@ -18,6 +18,7 @@ fn bind(source: &Path, ro: bool) -> Mount {
         source: source.to_path_buf(),
         target: PathBuf::new(),
         options,
+        layers: None,
     }
 }
 
@@ -109,7 +110,9 @@ fn overlay_with_500_lower_directories() {
         kind: "overlay".into(),
         source: "overlay".into(),
         target: PathBuf::new(),
+        // The flat form a peer would send: the layers are read out of it.
         options,
+        layers: None,
     };
     mount::mount(&m, &target).unwrap();
     let _guard = Mounted(target.clone());
@@ -135,6 +138,7 @@ fn overlay_errors_carry_the_kernel_message() {
         source: "overlay".into(),
         target: PathBuf::new(),
         options: vec![format!("lowerdir={}", tmp.path().join("missing").display())],
+        layers: None,
     };
     let err = mount::mount(&m, tmp.path()).unwrap_err();
     assert!(err.to_string().contains("overlay"), "{err}");
