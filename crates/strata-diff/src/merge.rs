@@ -216,7 +216,8 @@ impl Merger {
         diffs: &[Diff],
         labels: Labels,
     ) -> Result<MergeStats, DiffError> {
-        let overlay = self.store.name() == "overlay";
+        let caps = self.store.capabilities();
+        let overlay = caps.overlay_layers;
         let mut base: Option<String> = None;
         let mut skip = 0;
         if overlay {
@@ -243,7 +244,7 @@ impl Merger {
             .store
             .prepare(&prepare_key, base.as_deref(), Labels::new())
             .await?;
-        let result = self.fill(ctx, &mounts, &diffs[skip..], overlay).await;
+        let result = self.fill(ctx, &mounts, &diffs[skip..]).await;
         let stats = match result {
             Ok(stats) => stats,
             Err(e) => {
@@ -290,7 +291,6 @@ impl Merger {
         ctx: &OpCtx,
         mounts: &[Mount],
         diffs: &[Diff],
-        overlay: bool,
     ) -> Result<MergeStats, DiffError> {
         let [m] = mounts else {
             return Err(DiffError::Unsupported {
@@ -315,7 +315,7 @@ impl Merger {
                 // Links only from committed inputs, which never change;
                 // and only on the backends whose snapshots are never
                 // written in place once committed.
-                link: committed && (overlay || self.store.name() == "native"),
+                link: committed && self.store.capabilities().cross_snapshot_links,
                 comparison: d.comparison,
             });
         }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 pub use copy::{CopyStats, copy_tree};
 use strata_core::Mount;
-use strata_snapshot::{Backend, Kind, SnapshotError, create_dir};
+use strata_snapshot::{Backend, Capabilities, Kind, SnapshotError, create_dir};
 
 /// The native backend.
 #[derive(Debug, Default)]
@@ -19,6 +19,13 @@ pub struct Native;
 impl Backend for Native {
     fn name(&self) -> &'static str {
         "native"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            overlay_layers: false,
+            cross_snapshot_links: true,
+        }
     }
 
     fn create(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Result<(), SnapshotError> {

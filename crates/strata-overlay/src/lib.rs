@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use strata_core::{Mount, OverlayLayers};
-use strata_snapshot::{Backend, Kind, SnapshotError, create_dir};
+use strata_snapshot::{Backend, Capabilities, Kind, SnapshotError, create_dir};
 use strata_sys::Root;
 
 /// Configuration of the overlay backend.
@@ -99,6 +99,13 @@ impl Overlay {
 impl Backend for Overlay {
     fn name(&self) -> &'static str {
         "overlay"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            overlay_layers: true,
+            cross_snapshot_links: true,
+        }
     }
 
     fn create(&self, dir: &Path, kind: Kind, _parents: &[PathBuf]) -> Result<(), SnapshotError> {

@@ -7,6 +7,21 @@ use strata_core::Mount;
 use crate::error::SnapshotError;
 use crate::info::Kind;
 
+/// What a backend's snapshots allow beyond containerd's contract; the
+/// data plane asks these instead of comparing backend names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// A snapshot's directory holds only its own layer and a chain mounts
+    /// as an overlay: merges reuse a base chain as lower directories,
+    /// diffs read upper directories, layers are written straight into
+    /// them.
+    pub overlay_layers: bool,
+    /// Committed snapshots are never written in place (overlay copies up,
+    /// native copies on prepare), so their files may be hard-linked into
+    /// other snapshots.
+    pub cross_snapshot_links: bool,
+}
+
 /// Directory work a snapshot backend does for the shared store. Each
 /// snapshot owns a directory (`<root>/snapshots/<id>`) whose `fs`
 /// subdirectory holds its tree (the upper layer for overlay, the full tree
@@ -14,6 +29,9 @@ use crate::info::Kind;
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// The backend's name.
     fn name(&self) -> &'static str;
+
+    /// What its snapshots allow.
+    fn capabilities(&self) -> Capabilities;
 
     /// Fills the new, empty snapshot directory `dir` for a snapshot of
     /// `kind` on top of `parents` (snapshot directories, nearest first). The

@@ -417,6 +417,11 @@ impl SnapshotStore {
         })
     }
 
+    /// What the backend's snapshots allow.
+    pub fn capabilities(&self) -> crate::Capabilities {
+        self.inner.backend.capabilities()
+    }
+
     /// The directory holding `key`'s tree (`.../snapshots/<id>/fs`): the
     /// upper directory for overlay, which the diff engine reads directly.
     pub fn fs_dir(&self, key: &str) -> Result<PathBuf, SnapshotError> {
