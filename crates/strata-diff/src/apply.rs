@@ -33,6 +33,7 @@ use std::sync::{Arc, mpsc};
 
 use strata_core::{Algorithm, Digest, Digester};
 use strata_leases::OpCtx;
+use strata_sys::copy::{MetadataCopy, RootEntry, copy_metadata};
 use strata_sys::errno::{EEXIST, ENOENT, ENOTDIR, EPERM};
 use strata_sys::{At, FileKind, Metadata, Root, SysError, Times, clean};
 use tar::EntryType;
@@ -830,19 +831,18 @@ impl Applier<'_> {
         path: &Path,
         m: &Metadata,
     ) -> Result<(), ApplyError> {
-        let lower = &self.lowers[idx];
-        let sys = |e| self.sys(shown, e);
-        self.root.chown(path, m.uid, m.gid).map_err(sys)?;
-        self.root.chmod(path, m.mode).map_err(sys)?;
-        for name in lower.list_xattrs(path).map_err(sys)? {
-            if overlay_xattr::is_private(name.as_bytes()) {
-                continue;
-            }
-            if let Some(v) = lower.get_xattr(path, &name).map_err(sys)? {
-                self.root.set_xattr(path, &name, &v).map_err(sys)?;
-            }
-        }
-        Ok(())
+        let what = MetadataCopy {
+            skip_xattr: overlay_xattr::is_private,
+            times: false,
+        };
+        copy_metadata(
+            &self.lowers[idx],
+            path,
+            m,
+            &RootEntry(&self.root, path),
+            what,
+        )
+        .map_err(|e| self.sys(shown, e))
     }
 
     /// Overlay mode: a hard link's target that only the lowers have is

@@ -21,13 +21,13 @@
 //! inodes it shares with its inputs.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use strata_core::{Labels, Mount};
 use strata_leases::OpCtx;
 use strata_snapshot::mounts::{LocalMount, MountOptions};
 use strata_snapshot::{Kind, SnapshotError, SnapshotStore, Snapshotter, Usage};
+use strata_sys::copy::{MetadataCopy, copy_metadata};
 use strata_sys::errno::{EEXIST, EMLINK, ENOENT, ENOTDIR, EXDEV};
 use strata_sys::{FileKind, Metadata, Root, Times};
 
@@ -586,27 +586,17 @@ impl Dest {
             }
             kind => at.mknod(kind, m.mode, m.rdev)?,
         }
-        at.chown(m.uid, m.gid)?;
-        if m.kind != FileKind::Symlink {
-            at.chmod(m.mode)?;
-        }
-        for name in src.root.list_xattrs(path).unwrap_or_default() {
-            if overlay_xattr::is_opaque(name.as_bytes()) {
-                continue;
-            }
-            if let Some(v) = src.root.get_xattr(path, &name)?
-                && let Err(e) = at.set_xattr(&name, &v)
-            {
-                tracing::debug!(path = %path.display(), xattr = %name.to_string_lossy(), error = %e, "could not copy an xattr");
-            }
-        }
+        // Directory times are set at the end, after their children.
+        let what = MetadataCopy {
+            skip_xattr: overlay_xattr::is_opaque,
+            times: m.kind != FileKind::Dir,
+        };
+        copy_metadata(&src.root, path, &m, &at, what)?;
         if opaque {
             at.set_xattr(overlay_xattr::opaque_name(self.userxattr), b"y")?;
         }
         if m.kind == FileKind::Dir {
             self.dir_times.insert(path.to_path_buf(), m.mtime);
-        } else {
-            at.set_times(m.atime, m.mtime)?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 
 use strata_snapshot::SnapshotError;
-use strata_sys::copy::{CopyMethod, copy_contents};
+use strata_sys::copy::{CopyMethod, MetadataCopy, RootEntry, copy_contents, copy_metadata};
 use strata_sys::{FileKind, Metadata, Root};
 
 /// What a copy did.
@@ -181,19 +181,13 @@ impl Copier {
         self.finish(rel, md)
     }
 
-    /// Ownership, then mode (chown clears setuid/setgid), then xattrs (after
-    /// chown, which clears `security.capability`), then times.
+    /// Owner, mode, every xattr and times, as `strata_sys` copies them.
     fn finish(&self, rel: &Path, md: &Metadata) -> Result<(), SnapshotError> {
-        self.to.chown(rel, md.uid, md.gid)?;
-        if md.kind != FileKind::Symlink {
-            self.to.chmod(rel, md.mode)?;
-        }
-        for name in self.from.list_xattrs(rel)? {
-            if let Some(value) = self.from.get_xattr(rel, &name)? {
-                self.to.set_xattr(rel, &name, &value)?;
-            }
-        }
-        self.to.set_times(rel, md.atime, md.mtime)?;
+        let what = MetadataCopy {
+            skip_xattr: |_| false,
+            times: true,
+        };
+        copy_metadata(&self.from, rel, md, &RootEntry(&self.to, rel), what)?;
         Ok(())
     }
 }

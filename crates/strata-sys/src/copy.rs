@@ -1,13 +1,20 @@
 //! Copying file contents the cheapest way the file system allows: a reflink
 //! (`FICLONE`) shares extents; otherwise `copy_file_range` lets the kernel
 //! copy (server-side, or at least without a trip through user space); a plain
-//! read/write loop is the last resort.
+//! read/write loop is the last resort. [`copy_metadata`] copies an entry's
+//! owner, mode, xattrs and times for every copier (native snapshots,
+//! merges, overlay copy-up during apply).
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
+
+use crate::{At, FileKind, Metadata, Root, SysResult, Times};
 
 /// How the bytes were copied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,4 +144,102 @@ mod tests {
         assert_eq!(&back[64 << 20..], b"tail");
         assert!(back[..64 << 20].iter().all(|&b| b == 0));
     }
+}
+
+/// An entry whose owner, mode, xattrs and times can be set: an [`At`]
+/// (parent resolved once) or a [`RootEntry`] (any path, the root
+/// included).
+pub trait MetadataTarget {
+    /// Sets the owner.
+    fn chown(&self, uid: u32, gid: u32) -> SysResult<()>;
+    /// Sets the permission bits.
+    fn chmod(&self, mode: u32) -> SysResult<()>;
+    /// Sets one extended attribute.
+    fn set_xattr(&self, name: &OsStr, value: &[u8]) -> SysResult<()>;
+    /// Sets access and modification times.
+    fn set_times(&self, atime: Times, mtime: Times) -> SysResult<()>;
+}
+
+impl MetadataTarget for At<'_> {
+    fn chown(&self, uid: u32, gid: u32) -> SysResult<()> {
+        At::chown(self, uid, gid)
+    }
+    fn chmod(&self, mode: u32) -> SysResult<()> {
+        At::chmod(self, mode)
+    }
+    fn set_xattr(&self, name: &OsStr, value: &[u8]) -> SysResult<()> {
+        At::set_xattr(self, name, value)
+    }
+    fn set_times(&self, atime: Times, mtime: Times) -> SysResult<()> {
+        At::set_times(self, atime, mtime)
+    }
+}
+
+/// `path` inside `root` (the root itself for an empty path).
+#[derive(Debug, Clone, Copy)]
+pub struct RootEntry<'a>(pub &'a Root, pub &'a Path);
+
+impl MetadataTarget for RootEntry<'_> {
+    fn chown(&self, uid: u32, gid: u32) -> SysResult<()> {
+        self.0.chown(self.1, uid, gid)
+    }
+    fn chmod(&self, mode: u32) -> SysResult<()> {
+        self.0.chmod(self.1, mode)
+    }
+    fn set_xattr(&self, name: &OsStr, value: &[u8]) -> SysResult<()> {
+        self.0.set_xattr(self.1, name, value)
+    }
+    fn set_times(&self, atime: Times, mtime: Times) -> SysResult<()> {
+        self.0.set_times(self.1, atime, mtime)
+    }
+}
+
+/// What [`copy_metadata`] copies besides owner and mode.
+#[derive(Clone, Copy, Debug)]
+pub struct MetadataCopy {
+    /// Xattrs whose names this returns true for are not copied (overlay's
+    /// private ones, for instance).
+    pub skip_xattr: fn(&[u8]) -> bool,
+    /// Set access and modification times too (callers that create children
+    /// afterwards set directory times at the end instead).
+    pub times: bool,
+}
+
+/// Copies the metadata of `path` in `from` (whose `lstat` is `md`) onto
+/// `to`, in the order that keeps it: owner first (chown clears setuid and
+/// setgid), then the mode (not for symlinks, which have none), then the
+/// xattrs (after chown, which clears `security.capability`), then times.
+///
+/// One error policy for every copier: reading the source fails loudly; an
+/// xattr the destination's file system does not support (`EOPNOTSUPP`) is
+/// skipped with a debug log, any other failure to set one is an error.
+pub fn copy_metadata(
+    from: &Root,
+    path: &Path,
+    md: &Metadata,
+    to: &impl MetadataTarget,
+    what: MetadataCopy,
+) -> SysResult<()> {
+    to.chown(md.uid, md.gid)?;
+    if md.kind != FileKind::Symlink {
+        to.chmod(md.mode)?;
+    }
+    for name in from.list_xattrs(path)? {
+        if (what.skip_xattr)(name.as_bytes()) {
+            continue;
+        }
+        if let Some(value) = from.get_xattr(path, &name)? {
+            match to.set_xattr(&name, &value) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    tracing::debug!(path = %path.display(), xattr = %name.to_string_lossy(), "the destination does not support this xattr");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if what.times {
+        to.set_times(md.atime, md.mtime)?;
+    }
+    Ok(())
 }
