@@ -197,18 +197,9 @@ impl CacheManager {
         };
         let (mgr, job_ctx) = (self.clone(), ctx.clone());
         let (written, path) = tokio::task::spawn_blocking(move || {
-            let hold = |d: &Digest| {
-                mgr.hold_lease(&job_ctx, &Resource::content(d))
-                    .map_err(strata_diff::DiffError::from)
-            };
-            mgr.inner.exporter.export(
-                &job_ctx,
-                &key,
-                parent_key.as_deref(),
-                &reference,
-                &opts,
-                &hold,
-            )
+            mgr.inner
+                .exporter
+                .export(&job_ctx, &key, parent_key.as_deref(), &reference, &opts)
         })
         .await
         .map_err(|e| CacheError::Task(e.to_string()))??;
@@ -286,13 +277,9 @@ impl CacheManager {
         );
         let (mgr, job_ctx) = (self.clone(), ctx.clone());
         let written = tokio::task::spawn_blocking(move || {
-            let hold = |d: &Digest| {
-                mgr.hold_lease(&job_ctx, &Resource::content(d))
-                    .map_err(strata_diff::DiffError::from)
-            };
             mgr.inner
                 .exporter
-                .convert(&job_ctx, &from, comp.kind, comp.level, &reference, &hold)
+                .convert(&job_ctx, &from, comp.kind, comp.level, &reference)
         })
         .await
         .map_err(|e| CacheError::Task(e.to_string()))??;

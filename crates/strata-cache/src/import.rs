@@ -174,7 +174,8 @@ impl CacheManager {
     ) -> Result<ImmutableRef> {
         let root = self.root();
         let key = id::new_id();
-        self.hold(ctx, &self.snapshot_resource(&key))?;
+        // The seed links the layer blob to the operation's lease; the
+        // unpacker holds the snapshot in the transaction that records it.
         self.hold(ctx, &Resource::content(&desc.digest))?;
         let content = root.content.clone();
         let digest = desc.digest.clone();

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use strata_core::Classify;
 use strata_core::{Digest, Labels, id};
 use strata_diff::{Comparison, Diff, Exporter, Merger, Unpacker};
-use strata_leases::{LeaseError, LeaseSpec, OpCtx, Resource};
+use strata_leases::{LeaseSpec, OpCtx, Resource};
 use strata_metadata::records::{RefIndexRecord, RefRecord, SnapshotRecord};
 use strata_metadata::{Reader, keys};
 use strata_snapshot::{Kind, SnapshotError, Snapshotter, Usage};
@@ -144,10 +144,6 @@ impl CacheManager {
     /// context has a lazy scope) before the object exists, so no window
     /// leaves it unheld. Without any lease nothing is held.
     pub(crate) fn hold(&self, ctx: &OpCtx, r: &Resource) -> Result<()> {
-        Ok(self.hold_lease(ctx, r)?)
-    }
-
-    pub(crate) fn hold_lease(&self, ctx: &OpCtx, r: &Resource) -> Result<(), LeaseError> {
         if let Some(lease) = ctx.ensure_lease()? {
             self.inner.root.leases.add_resource(&lease, r)?;
         }
@@ -325,11 +321,11 @@ impl CacheManager {
         opts: &RefOptions,
     ) -> Result<MutableRef> {
         let id = id::new_id();
-        self.hold(ctx, &self.snapshot_resource(&id))?;
         let parent_sid = parent.map(|p| p.snapshot_id().to_owned());
         self.inner
             .root
             .snapshots
+            .under(ctx)
             .prepare(&id, parent_sid.as_deref(), Labels::new())
             .await?;
         let tx = self.inner.root.db.write()?;

@@ -317,7 +317,6 @@ impl MutableRef {
         let mgr = &self.mgr;
         let root = mgr.root();
         let new = id::new_id();
-        mgr.hold(ctx, &mgr.snapshot_resource(&new))?;
         // The new record first, then the snapshot, then the old record
         // goes: a crash in between leaves a record whose snapshot is
         // missing, which the next open drops.
@@ -334,7 +333,12 @@ impl MutableRef {
             metadata::put_record(&tx, &new, None, &record)?;
             tx.commit()?;
         }
-        if let Err(e) = root.snapshots.commit(&new, self.id(), labels).await {
+        if let Err(e) = root
+            .snapshots
+            .under(ctx)
+            .commit(&new, self.id(), labels)
+            .await
+        {
             let tx = root.db.write()?;
             metadata::delete_record(&tx, &new)?;
             tx.commit()?;

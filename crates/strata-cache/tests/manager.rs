@@ -779,3 +779,59 @@ async fn scratch_is_shared_and_skipped_by_export() {
         "its own lease holds it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_boundaries_hold_what_they_make_in_the_operation_lease() {
+    // Native snapshots are read in place: no mounts, no root needed.
+    let e = env("native");
+    let mgr = &e.mgr;
+    let (ctx, scope) = lazy(mgr);
+    assert!(ctx.lease().is_none(), "nothing made yet, no lease yet");
+    let m = mgr
+        .new_ref(&ctx, None, &RefOptions::default())
+        .await
+        .unwrap();
+    let lease = ctx.lease().expect("the prepare made the lazy lease");
+    let held = |id: &str| {
+        mgr.root()
+            .leases
+            .list_resources(&lease)
+            .unwrap()
+            .iter()
+            .any(|r| r.id == id)
+    };
+    assert!(held(m.id()));
+    std::fs::write(mgr.root().snapshots.fs_dir(m.id()).unwrap().join("f"), "x").unwrap();
+    let old = m.id().to_owned();
+    let a = m.commit(&ctx).await.unwrap();
+    assert!(held(a.id()), "the committed snapshot is held");
+    assert!(!held(&old), "the active key it replaced is let go");
+    let b = {
+        let m = mgr
+            .new_ref(&ctx, None, &RefOptions::default())
+            .await
+            .unwrap();
+        m.commit(&ctx).await.unwrap()
+    };
+    let merged = mgr
+        .merge(&ctx, &[Some(&a), Some(&b)], &RefOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(held(merged.id()));
+    let chain = a.export_chain(&ctx, &RefConfig::default()).await.unwrap();
+    let blob = chain.layers[0].descriptor.digest.to_string();
+    assert!(held(&blob), "the exported blob is held");
+    // Nothing else holds any of it: releasing the scope lets it all go.
+    drop((a, b, merged));
+    scope.release().unwrap();
+    mgr.root().collector.collect(GcOptions::default()).unwrap();
+    assert_eq!(snapshot_count(mgr), 0);
+    assert!(
+        mgr.root()
+            .content
+            .info(&chain.layers[0].descriptor.digest)
+            .is_err()
+    );
+    assert_clean(mgr);
+}

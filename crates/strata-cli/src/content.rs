@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use strata_content::{Info, Status};
 use strata_core::{Digest, Filter, Labels, labels};
-use strata_leases::Resource;
+use strata_leases::{OpCtx, Resource};
 
 use crate::lease::Hold;
 use crate::output::{self, Output};
@@ -261,10 +261,19 @@ fn ingest(root: &Root, args: IngestArgs, hold: &Hold<'_>, out: &Output) -> anyho
         };
         (Box::new(file), reference)
     };
-    let got = root
-        .content
-        .ingest(&reference, reader, args.size, expected.as_ref(), &labels)?;
+    // The digest (and so the default lease's name) is known only at the
+    // end: a temporary lease holds the blob from the transaction that
+    // records it until the object's own lease does.
+    let (ctx, guard) = strata_leases::with_lease(&OpCtx::new(), &root.leases)?;
+    let got = root.content.under(&ctx).ingest(
+        &reference,
+        reader,
+        args.size,
+        expected.as_ref(),
+        &labels,
+    )?;
     hold.attach(&default_lease(&got.digest), &Resource::content(&got.digest))?;
+    guard.release()?;
     if got.already_existed && !labels.is_empty() {
         // The blob was there already; the labels asked for still apply.
         let mut info = root.content.info(&got.digest)?;

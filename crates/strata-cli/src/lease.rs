@@ -11,7 +11,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use strata_core::{ErrorKind, Filter, Labels};
 use strata_leases::gc::GcOptions;
-use strata_leases::{LeaseError, LeaseManager, LeaseSpec, Resource};
+use strata_leases::{LeaseError, LeaseManager, LeaseSpec, OpCtx, Resource};
 
 use crate::content::parse_labels;
 use crate::output::{self, Output};
@@ -81,17 +81,29 @@ impl<'a> Hold<'a> {
         Hold { leases, explicit }
     }
 
-    /// Holds `r` in the `--lease` lease, or in the default lease `default`.
-    pub fn attach(&self, default: &str, r: &Resource) -> Result<(), LeaseError> {
+    /// The `--lease` lease, or the default lease `default`; created when
+    /// missing.
+    fn lease(&self, default: &str) -> Result<String, LeaseError> {
         let id = self.explicit.unwrap_or(default);
         match self.leases.create(LeaseSpec {
             id: Some(id.to_owned()),
             ..LeaseSpec::default()
         }) {
-            Ok(_) | Err(LeaseError::AlreadyExists(_)) => {}
-            Err(e) => return Err(e),
+            Ok(_) | Err(LeaseError::AlreadyExists(_)) => Ok(id.to_owned()),
+            Err(e) => Err(e),
         }
-        self.leases.add_resource(id, r)
+    }
+
+    /// The context to create an object in: what the stores make under it
+    /// goes into the `--lease` lease, or the default lease `default`, in
+    /// the transaction that records it.
+    pub fn ctx(&self, default: &str) -> Result<OpCtx, LeaseError> {
+        Ok(OpCtx::new().with_lease_id(&self.lease(default)?))
+    }
+
+    /// Holds `r` in the `--lease` lease, or in the default lease `default`.
+    pub fn attach(&self, default: &str, r: &Resource) -> Result<(), LeaseError> {
+        self.leases.add_resource(&self.lease(default)?, r)
     }
 
     /// Lets go of `r`: out of the `--lease` lease, or the default lease

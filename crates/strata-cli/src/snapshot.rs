@@ -10,8 +10,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use strata_core::{Filter, Labels, Mount};
 use strata_diff::{Comparison, Diff, MergeStats, Merger};
-use strata_leases::OpCtx;
-use strata_leases::Resource;
+use strata_leases::{OpCtx, Resource};
 use strata_snapshot::{Info, Kind, SnapshotError, Snapshotter};
 
 use crate::content::parse_labels;
@@ -146,15 +145,16 @@ fn default_lease(key: &str) -> String {
     format!("snapshot/{key}")
 }
 
-/// Holds the resource first (so a collection can never see the new object
-/// unheld), then creates; lets go again when creating fails.
+/// Creates under the context of the object's lease (the stores record the
+/// object and its hold in one transaction); lets go of a default lease
+/// again when creating fails.
 fn created<T>(
     hold: &Hold<'_>,
     (lease, resource): (String, Resource),
-    create: impl FnOnce() -> anyhow::Result<T>,
+    create: impl FnOnce(&OpCtx) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    hold.attach(&lease, &resource)?;
-    match create() {
+    let ctx = hold.ctx(&lease)?;
+    match create(&ctx) {
         Ok(v) => Ok(v),
         Err(e) => {
             if let Err(undo) = hold.detach(&lease, &resource) {
@@ -199,7 +199,8 @@ pub fn run(
             labels,
         } => {
             let labels = parse_labels(&labels)?;
-            let mounts = created(&hold, held(&key), || {
+            let mounts = created(&hold, held(&key), |ctx| {
+                let sn = root.snapshots.under(ctx);
                 Ok(block_on(sn.prepare(&key, parent.as_deref(), labels))??)
             })?;
             print_mounts(out, &mounts)?;
@@ -210,7 +211,8 @@ pub fn run(
             labels,
         } => {
             let labels = parse_labels(&labels)?;
-            let mounts = created(&hold, held(&key), || {
+            let mounts = created(&hold, held(&key), |ctx| {
+                let sn = root.snapshots.under(ctx);
                 Ok(block_on(sn.view(&key, Some(&parent), labels))??)
             })?;
             print_mounts(out, &mounts)?;
@@ -218,7 +220,8 @@ pub fn run(
         SnapshotCmd::Mounts { key } => print_mounts(out, &block_on(sn.mounts(&key))??)?,
         SnapshotCmd::Commit { name, key, labels } => {
             let labels = parse_labels(&labels)?;
-            created(&hold, held(&name), || {
+            created(&hold, held(&name), |ctx| {
+                let sn = root.snapshots.under(ctx);
                 Ok(block_on(sn.commit(&name, &key, labels))??)
             })?;
             let (lease, resource) = held(&key);
@@ -290,13 +293,8 @@ pub fn run(
         SnapshotCmd::Merge { name, keys, labels } => {
             let labels = parse_labels(&labels)?;
             let diffs: Vec<Diff> = keys.iter().map(|k| Diff::whole(k)).collect();
-            let stats = created(&hold, held(&name), || {
-                Ok(block_on(merger.merge(
-                    &OpCtx::new(),
-                    &name,
-                    &diffs,
-                    labels,
-                ))??)
+            let stats = created(&hold, held(&name), |ctx| {
+                Ok(block_on(merger.merge(ctx, &name, &diffs, labels))??)
             })?;
             print_merged(out, &name, &stats)?;
         }
@@ -312,13 +310,8 @@ pub fn run(
                 upper: Some(upper),
                 comparison: Comparison::ContentOnMetadataMatch,
             };
-            let stats = created(&hold, held(&name), || {
-                Ok(block_on(merger.merge(
-                    &OpCtx::new(),
-                    &name,
-                    &[diff],
-                    labels,
-                ))??)
+            let stats = created(&hold, held(&name), |ctx| {
+                Ok(block_on(merger.merge(ctx, &name, &[diff], labels))??)
             })?;
             print_merged(out, &name, &stats)?;
         }

@@ -61,6 +61,9 @@ pub enum ContentError {
     /// A strata-sys operation failed.
     #[error(transparent)]
     Sys(#[from] strata_sys::SysError),
+    /// Holding the blob in the operation's lease failed.
+    #[error(transparent)]
+    Lease(#[from] strata_leases::LeaseError),
 }
 
 impl ContentError {
@@ -88,6 +91,7 @@ impl Classify for ContentError {
             ContentError::Io { source, .. } => Classify::kind(source),
             ContentError::Meta(e) => e.kind(),
             ContentError::Sys(e) => e.kind(),
+            ContentError::Lease(e) => e.kind(),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use strata_core::{Algorithm, Digest, Digester, Filter, labels};
+use strata_leases::{LeaseManager, OpCtx};
 use strata_metadata::records::{ContentRecord, IngestRecord, now};
 use strata_metadata::{MetaDb, Reader, Violation};
 
@@ -24,6 +25,8 @@ pub(crate) struct Inner {
     /// Serializes the exists-check, rename and row insert of commits and
     /// deletes, so two commits of one digest cannot both rename.
     commit_lock: Mutex<()>,
+    /// The default namespace's leases, where operations' holds go.
+    pub(crate) leases: LeaseManager,
 }
 
 impl Inner {
@@ -93,6 +96,8 @@ pub struct Ingested {
 #[derive(Clone)]
 pub struct ContentStore {
     pub(crate) inner: Arc<Inner>,
+    /// The operation whose lease what this handle commits goes into.
+    ctx: Option<OpCtx>,
 }
 
 impl std::fmt::Debug for ContentStore {
@@ -128,13 +133,25 @@ impl ContentStore {
         let store = ContentStore {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
-                db,
                 active: Mutex::new(HashSet::new()),
                 commit_lock: Mutex::new(()),
+                leases: LeaseManager::new(Arc::clone(&db)),
+                db,
             }),
+            ctx: None,
         };
         store.reconcile()?;
         Ok(store)
+    }
+
+    /// This store acting for the operation `ctx`: what its writers commit
+    /// goes into `ctx`'s lease (the lazy one made on first need) in the
+    /// same transaction that records it; a blob already there is held too.
+    pub fn under(&self, ctx: &OpCtx) -> ContentStore {
+        ContentStore {
+            inner: Arc::clone(&self.inner),
+            ctx: Some(ctx.clone()),
+        }
     }
 
     /// The directory the store lives in.
@@ -393,11 +410,16 @@ impl ContentStore {
                 return Err(ContentError::RefInUse(reference.to_owned()));
             }
         }
-        Writer::open(Arc::clone(&self.inner), reference, expected_size, expected).inspect_err(
-            |_| {
-                self.inner.release(reference);
-            },
+        Writer::open(
+            Arc::clone(&self.inner),
+            self.ctx.clone(),
+            reference,
+            expected_size,
+            expected,
         )
+        .inspect_err(|_| {
+            self.inner.release(reference);
+        })
     }
 
     fn ingest_record(&self, reference: &str) -> Result<IngestRecord, ContentError> {

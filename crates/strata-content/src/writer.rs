@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use strata_core::{Algorithm, BackgroundDigester, Digest, Labels, id, labels};
+use strata_leases::{Hold, OpCtx, Resource};
 use strata_metadata::Reader;
 use strata_metadata::records::{ContentRecord, IngestRecord, Nanos, now, to_system_time};
 
@@ -21,6 +22,7 @@ use crate::store::{Inner, hash_file, remove_dir, seal};
 /// and frees the ref for another writer.
 pub struct Writer {
     inner: Arc<Inner>,
+    ctx: Option<OpCtx>,
     reference: String,
     id: String,
     file: File,
@@ -82,6 +84,7 @@ fn conflict(reference: &str, existing: impl ToString, requested: impl ToString) 
 impl Writer {
     pub(crate) fn open(
         inner: Arc<Inner>,
+        ctx: Option<OpCtx>,
         reference: &str,
         expected_size: Option<u64>,
         expected: Option<&Digest>,
@@ -146,6 +149,7 @@ impl Writer {
             .map_or(Algorithm::Sha256, Digest::algorithm);
         let mut w = Writer {
             inner,
+            ctx,
             reference: reference.to_owned(),
             id: record.id,
             file,
@@ -280,6 +284,11 @@ impl Writer {
         // then covers only the exists check, the rename and the row.
         self.file.sync_all().map_err(|e| self.io("fsync", e))?;
         let inner = Arc::clone(&self.inner);
+        let hold = match &self.ctx {
+            Some(ctx) => Hold::of(ctx, &inner.leases)?,
+            None => None,
+        };
+        let held = Resource::content(&actual);
         let _guard = inner.commit_guard();
         if inner
             .db
@@ -289,6 +298,11 @@ impl Writer {
         {
             self.finished = true;
             inner.drop_ingest(&self.reference, &self.id)?;
+            if let Some(h) = &hold {
+                let tx = inner.db.write()?;
+                h.add_in(&tx, &held)?;
+                tx.commit()?;
+            }
             return Err(ContentError::AlreadyExists(actual));
         }
         let data = self.data_path();
@@ -305,17 +319,21 @@ impl Writer {
             updated: ts,
             labels: labels.clone(),
         };
-        let committed = inner.db.write().and_then(|tx| {
+        let committed = (|| -> Result<(), ContentError> {
+            let tx = inner.db.write()?;
             tx.put(actual.as_str(), &row)?;
             tx.delete::<IngestRecord>(&self.reference)?;
-            tx.commit()
-        });
+            if let Some(h) = &hold {
+                h.add_in(&tx, &held)?;
+            }
+            Ok(tx.commit()?)
+        })();
         if let Err(e) = committed {
             // Put the data back so the ingest stays resumable.
             if let Err(undo) = fs::rename(&blob, &data) {
                 tracing::error!(blob = %blob.display(), error = %undo, "could not return uncommitted blob to its ingest");
             }
-            return Err(e.into());
+            return Err(e);
         }
         self.finished = true;
         if let Err(e) = remove_dir(&inner.ingest_dir(&self.id)) {

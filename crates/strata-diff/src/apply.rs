@@ -839,7 +839,7 @@ impl Applier<'_> {
             &self.lowers[idx],
             path,
             m,
-            &RootEntry(&self.root, path),
+            &RootEntry(self.root, path),
             what,
         )
         .map_err(|e| self.sys(shown, e))

@@ -16,9 +16,7 @@ use crate::changes::{Comparison, walk_changes, walk_upperdir_changes};
 use crate::compression::Compression;
 use crate::error::DiffError;
 use crate::merge::{Tree, upperdir_of};
-use crate::write::{
-    HoldFn, UNCOMPRESSED_LABEL, WriteOptions, Written, recompress, write_layer_to_store,
-};
+use crate::write::{UNCOMPRESSED_LABEL, WriteOptions, Written, recompress, write_layer_to_store};
 
 /// Which way an export found its changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,9 +46,8 @@ impl Exporter {
     }
 
     /// Writes the layer of committed `key` against committed `parent` (an
-    /// empty tree when `None`) through the ingest `reference`; `hold` runs
-    /// before the blob is committed. Blocking: call it off an async
-    /// executor.
+    /// empty tree when `None`) through the ingest `reference`, held by
+    /// `ctx`'s lease. Blocking: call it off an async executor.
     pub fn export(
         &self,
         ctx: &OpCtx,
@@ -58,7 +55,6 @@ impl Exporter {
         parent: Option<&str>,
         reference: &str,
         opts: &WriteOptions,
-        hold: HoldFn<'_>,
     ) -> Result<(Written, ExportPath), DiffError> {
         let upper = Tree::open(self.store.view_mounts(key)?, &self.tmp)?;
         let lower = match parent {
@@ -79,7 +75,6 @@ impl Exporter {
             reference,
             &upper.path,
             opts,
-            hold,
             |w| match (&fast, &lower) {
                 (Some(upperdir), Some(lower)) => walk_upperdir_changes(
                     upperdir,
@@ -101,7 +96,7 @@ impl Exporter {
 
     /// Writes blob `from` again with `compression` (the same tar stream, so
     /// the same diffID) through the ingest `reference`, labelled with the
-    /// diffID; `hold` runs before the commit. Blocking.
+    /// diffID and held by `ctx`'s lease. Blocking.
     pub fn convert(
         &self,
         ctx: &OpCtx,
@@ -109,9 +104,8 @@ impl Exporter {
         compression: Compression,
         level: Option<i32>,
         reference: &str,
-        hold: HoldFn<'_>,
     ) -> Result<Written, DiffError> {
-        let content = &self.content;
+        let content = &self.content.under(ctx);
         let name = from.to_string();
         let mut reader = std::io::BufReader::with_capacity(1 << 20, content.reader_at(from)?);
         let head = std::io::BufRead::fill_buf(&mut reader)
@@ -125,7 +119,6 @@ impl Exporter {
         let result = recompress(decoded, ingest, compression, level, ctx)
             .map_err(|e| DiffError::io("recompress blob", &name, e))
             .and_then(|(written, mut ingest)| {
-                hold(&written.digest)?;
                 let labels =
                     Labels::from([(UNCOMPRESSED_LABEL.to_owned(), written.diff_id.to_string())]);
                 match ingest.commit(written.size, Some(&written.digest), &labels) {

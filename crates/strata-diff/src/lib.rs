@@ -24,6 +24,5 @@ pub use export::{ExportPath, Exporter};
 pub use merge::{Diff, MergeStats, Merger, USAGE_INODES_LABEL, USAGE_SIZE_LABEL};
 pub use unpack::{LayerSource, Unpacker};
 pub use write::{
-    HoldFn, LayerWriter, UNCOMPRESSED_LABEL, WriteOptions, Written, write_layer,
-    write_layer_to_store,
+    LayerWriter, UNCOMPRESSED_LABEL, WriteOptions, Written, write_layer, write_layer_to_store,
 };

@@ -239,9 +239,11 @@ impl Merger {
                 skip += 1;
             }
         }
+        // What the merge makes is held by the operation's lease from the
+        // transaction that records it.
+        let store = self.store.under(ctx);
         let prepare_key = format!("merge-{}", strata_core::id::new_id());
-        let mounts = self
-            .store
+        let mounts = store
             .prepare(&prepare_key, base.as_deref(), Labels::new())
             .await?;
         let result = self.fill(ctx, &mounts, &diffs[skip..]).await;
@@ -255,7 +257,7 @@ impl Merger {
         let mut labels = labels;
         labels.insert(USAGE_SIZE_LABEL.into(), stats.usage.size.to_string());
         labels.insert(USAGE_INODES_LABEL.into(), stats.usage.inodes.to_string());
-        if let Err(e) = self.store.commit(key, &prepare_key, labels).await {
+        if let Err(e) = store.commit(key, &prepare_key, labels).await {
             self.discard(&prepare_key).await;
             return Err(e.into());
         }
@@ -591,7 +593,7 @@ impl Dest {
             skip_xattr: overlay_xattr::is_opaque,
             times: m.kind != FileKind::Dir,
         };
-        copy_metadata(&src.root, path, &m, &at, what)?;
+        copy_metadata(src.root, path, m, &at, what)?;
         if opaque {
             at.set_xattr(overlay_xattr::opaque_name(self.userxattr), b"y")?;
         }

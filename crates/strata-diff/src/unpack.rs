@@ -45,7 +45,9 @@ impl Unpacker {
         opts: &ApplyOptions,
         labels: Labels,
     ) -> Result<Applied, DiffError> {
-        let store = &self.store;
+        // The new snapshot is held by the operation's lease from the
+        // transaction that records it.
+        let store = &self.store.under(ctx);
         let active = format!("extract-{}", strata_core::id::new_id());
         let mounts = store.prepare(&active, parent, Labels::new()).await?;
         // The file-system work runs on the blocking pool, off the caller's

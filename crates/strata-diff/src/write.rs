@@ -547,13 +547,9 @@ pub fn write_layer<W: Write + Send>(
     ))
 }
 
-/// Called with a layer's digest before its blob is committed, so that the
-/// caller can hold it (in a lease) before the collector can see it.
-pub type HoldFn<'a> = &'a (dyn Fn(&Digest) -> Result<(), DiffError> + Sync);
-
 /// Writes a layer (as [`write_layer`]) straight into the content store
-/// through the ingest `reference`, labelled with its diffID. `hold` runs
-/// once the digest is known and before the commit. A blob the store
+/// through the ingest `reference`, labelled with its diffID and held by
+/// `ctx`'s lease from the transaction that records it. A blob the store
 /// already has is fine (it gets the label if it lacks it); any other
 /// failure aborts the ingest.
 pub fn write_layer_to_store(
@@ -562,14 +558,12 @@ pub fn write_layer_to_store(
     reference: &str,
     source: &Path,
     opts: &WriteOptions,
-    hold: HoldFn<'_>,
     produce: impl FnOnce(&mut LayerWriter<'_>) -> Result<(), DiffError>,
 ) -> Result<Written, DiffError> {
-    let mut ingest = store.writer(reference, None, None)?;
+    let mut ingest = store.under(ctx).writer(reference, None, None)?;
     ingest.truncate(0)?;
     let result =
         write_layer(ctx, ingest, source, opts, produce).and_then(|(written, mut ingest)| {
-            hold(&written.digest)?;
             let labels =
                 Labels::from([(UNCOMPRESSED_LABEL.to_owned(), written.diff_id.to_string())]);
             match ingest.commit(written.size, Some(&written.digest), &labels) {

@@ -388,15 +388,9 @@ fn layers_go_into_the_content_store() {
         ..WriteOptions::default()
     };
     let write = |reference: &str| {
-        strata_diff::write_layer_to_store(
-            &OpCtx::new(),
-            &content,
-            reference,
-            &tree,
-            &opts,
-            &|_| Ok(()),
-            |w| walk_changes(None, &tree, Comparison::Compat, &mut |c| w.change(&c)),
-        )
+        strata_diff::write_layer_to_store(&OpCtx::new(), &content, reference, &tree, &opts, |w| {
+            walk_changes(None, &tree, Comparison::Compat, &mut |c| w.change(&c))
+        })
     };
     let written = write("export-1").unwrap();
     let info = content.info(&written.digest).unwrap();
@@ -427,7 +421,6 @@ fn layers_go_into_the_content_store() {
         "export-3",
         &tree,
         &opts,
-        &|_| Ok(()),
         |_| {
             Err(strata_diff::DiffError::Unsupported {
                 path: tree.clone(),

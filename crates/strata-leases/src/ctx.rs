@@ -320,3 +320,39 @@ pub fn with_lease(ctx: &OpCtx, lm: &LeaseManager) -> Result<(OpCtx, LeaseGuard),
     let ctx = ctx.with_lease_id(lease.id());
     Ok((ctx, LeaseGuard { lease: Some(lease) }))
 }
+
+/// An operation's lease as a store sees it: the store records a new object
+/// and this hold in one write transaction, so no collection can ever see
+/// the object unheld (containerd's lease integration).
+#[derive(Clone, Debug)]
+pub struct Hold {
+    lm: LeaseManager,
+    lease: String,
+}
+
+impl Hold {
+    /// `ctx`'s lease (the lazy one made now), or `None` when the context
+    /// has none. Call before opening the write transaction: making a lazy
+    /// lease takes one of its own.
+    pub fn of(ctx: &OpCtx, lm: &LeaseManager) -> Result<Option<Hold>, LeaseError> {
+        Ok(ctx.ensure_lease()?.map(|lease| Hold {
+            lm: lm.clone(),
+            lease,
+        }))
+    }
+
+    /// The lease's id.
+    pub fn lease(&self) -> &str {
+        &self.lease
+    }
+
+    /// Adds `r` to the lease inside `tx`.
+    pub fn add_in(&self, tx: &strata_metadata::WriteTx, r: &Resource) -> Result<(), LeaseError> {
+        self.lm.add_resource_in(tx, &self.lease, r)
+    }
+
+    /// Removes `r` from the lease inside `tx` (an object renamed away).
+    pub fn remove_in(&self, tx: &strata_metadata::WriteTx, r: &Resource) -> Result<(), LeaseError> {
+        self.lm.delete_resource_in(tx, &self.lease, r)
+    }
+}

@@ -16,7 +16,9 @@ pub mod gc;
 pub mod labels;
 mod manager;
 
-pub use ctx::{LazyScope, LeaseGuard, LeaseRef, OpCtx, new_lease, temporary_labels, with_lease};
+pub use ctx::{
+    Hold, LazyScope, LeaseGuard, LeaseRef, OpCtx, new_lease, temporary_labels, with_lease,
+};
 pub use error::LeaseError;
 pub use gc::{Collect, Collector, Node, Swept};
 pub use manager::{Lease, LeaseManager, LeaseSpec, Resource};

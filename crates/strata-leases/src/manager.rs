@@ -251,11 +251,32 @@ impl LeaseManager {
     /// Adds a resource to a lease (idempotent). The lease must exist; the
     /// object need not yet.
     pub fn add_resource(&self, id: &str, r: &Resource) -> Result<(), LeaseError> {
-        r.validate()?;
         let tx = self.db.write()?;
-        self.require(&tx, id)?;
-        tx.put(&self.resource_key(id, r), &LeaseResourceRecord {})?;
+        self.add_resource_in(&tx, id, r)?;
         tx.commit()?;
+        Ok(())
+    }
+
+    /// [`LeaseManager::add_resource`] inside the caller's transaction: a
+    /// store records an object and its hold at once.
+    pub fn add_resource_in(&self, tx: &WriteTx, id: &str, r: &Resource) -> Result<(), LeaseError> {
+        r.validate()?;
+        self.require(tx, id)?;
+        tx.put(&self.resource_key(id, r), &LeaseResourceRecord {})?;
+        Ok(())
+    }
+
+    /// Removes a resource inside the caller's transaction (absent is
+    /// fine).
+    pub fn delete_resource_in(
+        &self,
+        tx: &WriteTx,
+        id: &str,
+        r: &Resource,
+    ) -> Result<(), LeaseError> {
+        if tx.delete::<LeaseResourceRecord>(&self.resource_key(id, r))? {
+            count_mutation(tx)?;
+        }
         Ok(())
     }
 

@@ -37,6 +37,9 @@ pub enum SnapshotError {
     /// The blocking task running the operation died.
     #[error("snapshot operation was cancelled or panicked: {0}")]
     Task(String),
+    /// Holding the snapshot in the operation's lease failed.
+    #[error(transparent)]
+    Lease(#[from] strata_leases::LeaseError),
 }
 
 impl SnapshotError {
@@ -67,6 +70,7 @@ impl Classify for SnapshotError {
             SnapshotError::Meta(e) => e.kind(),
             SnapshotError::Sys(e) => e.kind(),
             SnapshotError::Task(_) => ErrorKind::Internal,
+            SnapshotError::Lease(e) => e.kind(),
         }
     }
 }

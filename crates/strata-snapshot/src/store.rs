@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use strata_core::{Filter, Labels, Mount, id, labels};
+use strata_leases::{Hold, LeaseManager, OpCtx, Resource};
 use strata_metadata::records::{SnapshotKind, SnapshotRecord, now};
 use strata_metadata::{MetaDb, Reader, Violation};
 
@@ -28,6 +29,8 @@ struct Inner {
     snapshots: PathBuf,
     tmp: PathBuf,
     closed: AtomicBool,
+    /// The default namespace's leases, where operations' holds go.
+    leases: LeaseManager,
 }
 
 /// The shared snapshot store: implements [`Snapshotter`] for any
@@ -35,6 +38,8 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
     inner: Arc<Inner>,
+    /// The operation whose lease what this handle creates goes into.
+    ctx: Option<OpCtx>,
 }
 
 fn validate_key(key: &str) -> Result<(), SnapshotError> {
@@ -93,6 +98,7 @@ impl Inner {
         parent: Option<&str>,
         kind: Kind,
         labels: Labels,
+        hold: Option<&Hold>,
     ) -> Result<Vec<Mount>, SnapshotError> {
         validate_key(key)?;
         labels::validate_all(&labels).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
@@ -136,6 +142,9 @@ impl Inner {
                 usage: None,
             };
             tx.put(key, &record)?;
+            if let Some(h) = hold {
+                h.add_in(&tx, &Resource::snapshot(self.backend.name(), key))?;
+            }
             tx.commit()?;
             Ok(())
         })();
@@ -183,7 +192,13 @@ impl Inner {
             .mounts(&self.dir(&r.id), Kind::from_record(r.kind), &parents))
     }
 
-    fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), SnapshotError> {
+    fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: Labels,
+        hold: Option<&Hold>,
+    ) -> Result<(), SnapshotError> {
         validate_key(name)?;
         labels::validate_all(&labels).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         let r = {
@@ -227,6 +242,10 @@ impl Inner {
         };
         tx.put(name, &committed)?;
         tx.delete::<SnapshotRecord>(key)?;
+        if let Some(h) = hold {
+            h.add_in(&tx, &Resource::snapshot(self.backend.name(), name))?;
+            h.remove_in(&tx, &Resource::snapshot(self.backend.name(), key))?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -405,6 +424,7 @@ impl SnapshotStore {
                 .map_err(|e| SnapshotError::io("chmod", d, e))?;
         }
         let inner = Inner {
+            leases: LeaseManager::new(Arc::clone(&db)),
             db,
             backend,
             snapshots,
@@ -414,7 +434,25 @@ impl SnapshotStore {
         inner.reconcile()?;
         Ok(SnapshotStore {
             inner: Arc::new(inner),
+            ctx: None,
         })
+    }
+
+    /// This store acting for the operation `ctx`: what it prepares, views
+    /// and commits goes into `ctx`'s lease (the lazy one made on first
+    /// need) in the same transaction that records it.
+    pub fn under(&self, ctx: &OpCtx) -> SnapshotStore {
+        SnapshotStore {
+            inner: Arc::clone(&self.inner),
+            ctx: Some(ctx.clone()),
+        }
+    }
+
+    fn hold(&self) -> Result<Option<Hold>, SnapshotError> {
+        match &self.ctx {
+            Some(ctx) => Ok(Hold::of(ctx, &self.inner.leases)?),
+            None => Ok(None),
+        }
     }
 
     /// What the backend's snapshots allow.
@@ -480,8 +518,11 @@ impl Snapshotter for SnapshotStore {
         labels: Labels,
     ) -> Result<Vec<Mount>, SnapshotError> {
         let (key, parent) = (key.to_owned(), parent.map(str::to_owned));
-        self.blocking(move |i| i.create(&key, parent.as_deref(), Kind::Active, labels))
-            .await
+        let hold = self.hold()?;
+        self.blocking(move |i| {
+            i.create(&key, parent.as_deref(), Kind::Active, labels, hold.as_ref())
+        })
+        .await
     }
 
     async fn view(
@@ -491,7 +532,8 @@ impl Snapshotter for SnapshotStore {
         labels: Labels,
     ) -> Result<Vec<Mount>, SnapshotError> {
         let (key, parent) = (key.to_owned(), parent.map(str::to_owned));
-        self.blocking(move |i| i.create(&key, parent.as_deref(), Kind::View, labels))
+        let hold = self.hold()?;
+        self.blocking(move |i| i.create(&key, parent.as_deref(), Kind::View, labels, hold.as_ref()))
             .await
     }
 
@@ -502,7 +544,9 @@ impl Snapshotter for SnapshotStore {
 
     async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), SnapshotError> {
         let (name, key) = (name.to_owned(), key.to_owned());
-        self.blocking(move |i| i.commit(&name, &key, labels)).await
+        let hold = self.hold()?;
+        self.blocking(move |i| i.commit(&name, &key, labels, hold.as_ref()))
+            .await
     }
 
     async fn remove(&self, key: &str) -> Result<(), SnapshotError> {
