@@ -6,7 +6,7 @@
 //! restart unlocks everything, as the holders are gone. Snapshot work never
 //! runs under a lock other than the per-key ones.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -74,8 +74,6 @@ pub(crate) struct Inner {
     pub(crate) owner_locks: KeyedLocks,
     pub(crate) export_locks: KeyedLocks,
     size_locks: KeyedLocks,
-    /// Owner leases of each snapshot, rebuilt by `attach_lease`.
-    pub(crate) owners: Mutex<HashMap<String, BTreeSet<String>>>,
     pub(crate) pool: MountPool,
     scratch: tokio::sync::Mutex<()>,
 }
@@ -123,7 +121,6 @@ impl CacheManager {
                 owner_locks: KeyedLocks::default(),
                 export_locks: KeyedLocks::default(),
                 size_locks: KeyedLocks::default(),
-                owners: Mutex::default(),
                 pool,
                 scratch: tokio::sync::Mutex::new(()),
             }),

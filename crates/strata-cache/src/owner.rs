@@ -2,7 +2,9 @@
 //!
 //! An owner lease pins a snapshot, every ancestor and every blob recorded
 //! against them; blobs recorded later are added to the owner leases of
-//! their snapshot. Attach and remove of one lease id exclude each other
+//! their snapshot. Which leases own a snapshot is read from the lease
+//! tables (the seed keeps it in memory and needs every attach repeated
+//! after a restart). Attach and remove of one lease id exclude each other
 //! for their whole duration (the seed's race fix). The rows (snapshot
 //! content, import dedupe) are durable here; the export and load calls stay
 //! for callers that keep their own database.
@@ -11,7 +13,9 @@ use std::time::SystemTime;
 
 use strata_core::{Classify, Digest, Filter, Labels};
 use strata_leases::{LeaseSpec, Resource, labels as lease_labels};
-use strata_metadata::records::{ImportByBlobRecord, ImportByDiffRecord, SnapshotContentRecord};
+use strata_metadata::records::{
+    ImportByBlobRecord, ImportByDiffRecord, LeaseRecord, LeaseResourceRecord, SnapshotContentRecord,
+};
 use strata_metadata::{Reader, keys};
 use strata_snapshot::Snapshotter;
 
@@ -81,14 +85,7 @@ impl CacheManager {
         let tx = self.root().db.write()?;
         tx.put(&keys::join(&[sid, d.as_str()]), &SnapshotContentRecord {})?;
         tx.commit()?;
-        let owners: Vec<String> = self
-            .inner
-            .owners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sid)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let owners = self.owner_leases(sid)?;
         for lease in owners {
             match self
                 .root()
@@ -101,6 +98,29 @@ impl CacheManager {
             }
         }
         Ok(())
+    }
+
+    /// The owner leases (flat leases) that hold snapshot `sid`: read from
+    /// the lease tables, so they survive a restart without re-attaching.
+    fn owner_leases(&self, sid: &str) -> Result<Vec<String>> {
+        let root = self.root();
+        let kind = format!("snapshots/{}", root.snapshots.name());
+        let ns = root.leases.namespace().to_owned();
+        let tx = root.db.read()?;
+        let mut out = Vec::new();
+        for (key, _) in tx.scan::<LeaseResourceRecord>(&keys::prefix(&[&ns]))? {
+            let parts = keys::split(&key);
+            if let [_, lease, k, id] = parts[..]
+                && k == kind
+                && id == sid
+                && tx
+                    .get::<LeaseRecord>(&keys::join(&[&ns, lease]))?
+                    .is_some_and(|l| l.labels.contains_key(lease_labels::GC_FLAT))
+            {
+                out.push(lease.to_owned());
+            }
+        }
+        Ok(out)
     }
 
     /// Makes (or extends) the flat lease `lease_id` hold snapshot `sid`,
@@ -147,13 +167,6 @@ impl CacheManager {
             for d in self.recorded_content(key)? {
                 lm.add_resource(lease_id, &Resource::content(&d))?;
             }
-            self.inner
-                .owners
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(key.clone())
-                .or_default()
-                .insert(lease_id.to_owned());
         }
         Ok(())
     }
@@ -166,16 +179,10 @@ impl CacheManager {
         }
         let _one = self.inner.owner_locks.lock(lease_id).await;
         match self.root().leases.delete(lease_id) {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.into()),
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        let mut owners = self.inner.owners.lock().unwrap_or_else(|p| p.into_inner());
-        owners.retain(|_, set| {
-            set.remove(lease_id);
-            !set.is_empty()
-        });
-        Ok(())
     }
 
     /// Removes every lease whose id starts with `prefix` and is not in

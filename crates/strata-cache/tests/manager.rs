@@ -55,6 +55,7 @@ both_backends!(
     export_chain_and_variants,
     owner_leases_pin_chains_and_collection_cleans_rows,
     cache_mounts_share_one_mount,
+    readers_stay_inside_the_ref,
 );
 
 fn lazy(mgr: &strata_cache::CacheManager) -> (OpCtx, Arc<LazyScope>) {
@@ -319,6 +320,29 @@ async fn import_dedupes_and_survives_restart(backend: &str) {
         count,
         "re-import after restart unpacks nothing"
     );
+    // Blobs recorded later still reach the owner lease attached before the
+    // restart.
+    let forced = RefConfig {
+        compression: CompressionConfig {
+            kind: Compression::Zstd,
+            force: true,
+            level: None,
+        },
+        ..RefConfig::default()
+    };
+    let chain = third.export_chain(&ctx, &forced).await.unwrap();
+    let held = mgr
+        .root()
+        .leases
+        .list_resources("strata/owner/test")
+        .unwrap();
+    for l in &chain.layers {
+        let d = l.descriptor.digest.to_string();
+        assert!(
+            held.iter().any(|r| r.id == d),
+            "{d} reaches the owner lease"
+        );
+    }
     assert_clean(&mgr);
 }
 
@@ -834,4 +858,63 @@ async fn create_boundaries_hold_what_they_make_in_the_operation_lease() {
             .is_err()
     );
     assert_clean(mgr);
+}
+
+async fn readers_stay_inside_the_ref(backend: &str) {
+    let e = env(backend);
+    let mgr = &e.mgr;
+    let tmp = e.dir.path();
+    let ctx = OpCtx::new();
+    let m = mgr
+        .new_ref(&ctx, None, &RefOptions::default())
+        .await
+        .unwrap();
+    let rw = m.mount(&ctx, false).await.unwrap();
+    with_mounted(&rw, tmp, |p| {
+        std::fs::create_dir_all(p.join("etc/conf.d")).unwrap();
+        std::fs::write(p.join("etc/passwd"), "inside").unwrap();
+        std::fs::write(p.join("etc/conf.d/a.conf"), "a").unwrap();
+        std::fs::write(p.join("etc/conf.d/b.txt"), "b").unwrap();
+        std::os::unix::fs::symlink("../../../../../etc/passwd", p.join("etc/conf.d/up")).unwrap();
+    });
+    drop(rw);
+    // A mutable ref reads as it is now.
+    let live = m.reader(&ctx).await.unwrap();
+    assert_eq!(
+        live.read_file("etc/passwd".as_ref(), None).unwrap(),
+        b"inside"
+    );
+    drop(live);
+    let r = m.commit(&ctx).await.unwrap();
+    let reader = r.reader(&ctx).await.unwrap();
+    assert_eq!(
+        reader.read_file("etc/conf.d/up".as_ref(), None).unwrap(),
+        b"inside",
+        "a symlink climbing out resolves inside the ref"
+    );
+    assert_eq!(
+        reader
+            .read_file("etc/passwd".as_ref(), Some((2, 3)))
+            .unwrap(),
+        b"sid"
+    );
+    let names: Vec<_> = reader
+        .read_dir("etc/conf.d".as_ref(), &["*.conf".into(), "u?".into()])
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name.into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["a.conf", "up"]);
+    let st = reader.stat("etc/conf.d/up".as_ref()).unwrap();
+    assert_eq!(st.kind, strata_sys::FileKind::Symlink);
+    assert_eq!(st.link_target.unwrap(), "../../../../../etc/passwd");
+    assert!(
+        reader
+            .read_file("../../etc/hostname".as_ref(), None)
+            .is_err_and(|e| {
+                // `..` cannot climb out: it names the ref's own (missing) file.
+                e.to_string().contains("hostname")
+            })
+    );
+    drop(reader);
 }

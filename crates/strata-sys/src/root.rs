@@ -75,6 +75,18 @@ pub struct Times {
     pub nsec: u32,
 }
 
+impl Times {
+    /// As a `SystemTime`.
+    pub fn to_system_time(self) -> std::time::SystemTime {
+        let nanos = std::time::Duration::from_nanos(u64::from(self.nsec));
+        if self.sec >= 0 {
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.sec.unsigned_abs()) + nanos
+        } else {
+            std::time::UNIX_EPOCH - std::time::Duration::from_secs(self.sec.unsigned_abs()) + nanos
+        }
+    }
+}
+
 /// What `statx` reports about an entry, without following a final symlink.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Metadata {
@@ -255,6 +267,26 @@ impl Root {
             Mode::empty(),
         )
         .map_err(|e| self.io("open", &p.rel, e))?;
+        Ok(File::from(fd))
+    }
+
+    /// Opens a file for reading, following symlinks (the final one too) as
+    /// if the root were `/`: what a process chrooted there would read.
+    pub fn open_resolved(&self, path: &Path) -> SysResult<File> {
+        let rel = clean(path)?;
+        let target = if rel.is_root() {
+            Path::new(".")
+        } else {
+            rel.as_path()
+        };
+        let fd = rfs::openat2(
+            &self.fd,
+            target,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+            IN_ROOT,
+        )
+        .map_err(|e| self.io("open", &rel, e))?;
         Ok(File::from(fd))
     }
 
