@@ -17,6 +17,7 @@ use strata_metadata::records::{ImportByBlobRecord, ImportByDiffRecord};
 use crate::error::{CacheError, Result};
 use crate::manager::{CacheManager, RefOptions};
 use crate::metadata::{self, Edit, RecordType};
+use crate::progress::{ProgressTracker, display_ref};
 use crate::refs::ImmutableRef;
 
 /// The content-store label naming a blob's media type.
@@ -62,7 +63,7 @@ impl CacheManager {
     /// Unpacks `img`'s layers in order (each deduplicated) and returns the
     /// top ref; manifest, config and other blobs are held by the context's
     /// lease and recorded against the top snapshot.
-    #[tracing::instrument(skip_all, fields(image = %img.reference))]
+    #[tracing::instrument(skip_all, fields(image = %display_ref(opts.image_ref.as_deref().unwrap_or(&img.reference))))]
     pub async fn import_image(
         &self,
         ctx: &OpCtx,
@@ -195,10 +196,30 @@ impl CacheManager {
             ..ApplyOptions::default()
         };
         let parent = (!parent_sid.is_empty()).then_some(parent_sid);
+        // Bytes of the layer read so far, reported as the layer's progress.
+        let tracker = (desc.size > 0 && ctx.has_events()).then(|| {
+            Arc::new(ProgressTracker::new(
+                ctx,
+                desc.digest.as_str(),
+                desc.size,
+                "bytes",
+            ))
+        });
+        let apply_ctx = match &tracker {
+            Some(t) => {
+                let t = Arc::clone(t);
+                ctx.with_progress(move |n| t.update(n))
+            }
+            None => ctx.clone(),
+        };
         self.inner
             .unpacker
-            .unpack(ctx, &key, parent, open, &apply, Labels::new())
+            .unpack(&apply_ctx, &key, parent, open, &apply, Labels::new())
             .await?;
+        if let Some(t) = tracker {
+            t.update(desc.size);
+            t.finish();
+        }
         let ropts = RefOptions {
             description: Some(format!("import image layer {}", desc.digest)),
             record_type: opts.record_type.clone(),

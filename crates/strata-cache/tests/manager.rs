@@ -262,13 +262,29 @@ async fn import_dedupes_and_survives_restart(backend: &str) {
     let path = e.root_path();
     let tmp = e.dir.path().to_path_buf();
     let mgr = e.mgr;
-    let (ctx, _scope) = lazy(&mgr);
+    let (plain, _scope) = lazy(&mgr);
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&events);
+    let ctx = plain.with_events(move |e| sink.lock().unwrap().push(e.clone()));
+    drop(plain);
     let img = image(&mgr, "example.com/test:1", three_layers(&mgr));
     let opts = ImportOptions {
         image_ref: Some(img.reference.clone()),
         record_type: None,
     };
     let top = mgr.import_image(&ctx, &img, &opts).await.unwrap();
+    // Each layer's progress ends at its size.
+    let events = events.lock().unwrap().clone();
+    for l in &img.layers {
+        let last = events
+            .iter()
+            .rfind(|e| e.item == l.digest.as_str())
+            .expect("progress of every layer");
+        assert_eq!(
+            (last.current, last.total, last.unit.as_str()),
+            (l.size, l.size, "bytes")
+        );
+    }
     let m = top.mount(&ctx).await.unwrap();
     expect_files(with_mounted(&m, &tmp, files), &three_layers_expected());
     drop(m);

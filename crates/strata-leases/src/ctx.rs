@@ -20,6 +20,20 @@ use crate::manager::{LeaseManager, LeaseSpec, Resource};
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(3600);
 
 type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+type Events = Arc<dyn Fn(&ProgressEvent) + Send + Sync>;
+
+/// One progress report of a named item (the seed's progress log record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgressEvent {
+    /// What is progressing (a layer digest, an image name).
+    pub item: String,
+    /// Units done.
+    pub current: u64,
+    /// Units in all (0 when unknown).
+    pub total: u64,
+    /// The unit (`bytes`), empty when none.
+    pub unit: String,
+}
 
 #[derive(Clone, Debug, Default)]
 enum Slot {
@@ -35,6 +49,7 @@ pub struct OpCtx {
     slot: Slot,
     cancelled: Arc<AtomicBool>,
     progress: Option<Progress>,
+    events: Option<Events>,
 }
 
 impl fmt::Debug for OpCtx {
@@ -87,6 +102,26 @@ impl OpCtx {
             progress: Some(Arc::new(f)),
             ..self.clone()
         }
+    }
+
+    /// This context sending progress events of named items to `f`.
+    pub fn with_events(&self, f: impl Fn(&ProgressEvent) + Send + Sync + 'static) -> OpCtx {
+        OpCtx {
+            events: Some(Arc::new(f)),
+            ..self.clone()
+        }
+    }
+
+    /// Sends a progress event, if anyone listens.
+    pub fn emit(&self, event: &ProgressEvent) {
+        if let Some(f) = &self.events {
+            f(event);
+        }
+    }
+
+    /// True when someone listens to progress events.
+    pub fn has_events(&self) -> bool {
+        self.events.is_some()
     }
 
     /// The current lease id, without creating a lazy one.

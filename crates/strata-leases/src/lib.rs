@@ -17,7 +17,8 @@ pub mod labels;
 mod manager;
 
 pub use ctx::{
-    Hold, LazyScope, LeaseGuard, LeaseRef, OpCtx, new_lease, temporary_labels, with_lease,
+    Hold, LazyScope, LeaseGuard, LeaseRef, OpCtx, ProgressEvent, new_lease, temporary_labels,
+    with_lease,
 };
 pub use error::LeaseError;
 pub use gc::{Collect, Collector, Node, Swept};
