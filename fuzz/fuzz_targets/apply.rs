@@ -20,9 +20,12 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(sibling.join("keep"), b"keep").expect("sentinel");
     std::fs::write(lower.join("etc/passwd"), b"root").expect("lower file");
     std::os::unix::fs::symlink("../sibling", lower.join("link")).expect("lower symlink");
+    // Odd lengths write an overlay upper directory; one in two of those
+    // before its lowers are known (as a parallel unpack does).
     let overlay = (data.len() % 2 == 1).then(|| OverlayTarget {
         lowers: vec![lower.clone()],
         userxattr: false,
+        detached: data.len() % 4 == 3,
     });
     let opts = ApplyOptions {
         name: "fuzz".into(),

@@ -8,11 +8,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use strata_core::{Classify, Descriptor, Digest, Labels, id};
-use strata_diff::{ApplyOptions, UNCOMPRESSED_LABEL};
+use strata_diff::{ApplyError, ApplyOptions, DiffError, OverlayTarget, UNCOMPRESSED_LABEL};
 use strata_leases::{OpCtx, Resource};
 use strata_metadata::Reader;
 use strata_metadata::keys;
 use strata_metadata::records::{ImportByBlobRecord, ImportByDiffRecord};
+use strata_snapshot::{SnapshotStore, Snapshotter};
 
 use crate::error::{CacheError, Result};
 use crate::manager::{CacheManager, RefOptions};
@@ -46,6 +47,9 @@ pub struct ImportOptions {
     pub image_ref: Option<String>,
     /// The record type (`regular` when unset).
     pub record_type: Option<RecordType>,
+    /// Layers unpacked at once on a backend of overlay layers (the
+    /// machine's cores when unset; 1 unpacks one after the other).
+    pub parallel: Option<usize>,
 }
 
 fn diff_id_of(desc: &Descriptor) -> Result<Digest> {
@@ -59,10 +63,32 @@ fn diff_id_of(desc: &Descriptor) -> Result<Digest> {
         .map_err(|e| CacheError::invalid(desc.digest.as_str(), format!("bad diffID {v:?}: {e}")))
 }
 
+/// One layer of an import being unpacked: its blob, diffID and the
+/// snapshot key it will have.
+#[derive(Clone)]
+struct Layer {
+    desc: Descriptor,
+    diff_id: Digest,
+    key: String,
+}
+
+/// A layer written in parallel, before its lowers were known: the active
+/// snapshot holding it, or why it must be written again on its parent.
+type Detached = (String, std::result::Result<(), DiffError>);
+
 impl CacheManager {
     /// Unpacks `img`'s layers in order (each deduplicated) and returns the
     /// top ref; manifest, config and other blobs are held by the context's
     /// lease and recorded against the top snapshot.
+    ///
+    /// Beyond the seed: on a backend of overlay layers, the layers from the
+    /// first one not imported before are unpacked in parallel (at most
+    /// [`ImportOptions::parallel`] at a time; the machine's cores by
+    /// default), each into a snapshot without a parent whose whiteouts do
+    /// not depend on the layers below, then committed in order onto their
+    /// parents. A layer that does depend on them (a parent directory it
+    /// does not carry, a hard link to a lower file, an opaque top) is
+    /// written again on its parent.
     #[tracing::instrument(skip_all, fields(image = %display_ref(opts.image_ref.as_deref().unwrap_or(&img.reference))))]
     pub async fn import_image(
         &self,
@@ -74,13 +100,47 @@ impl CacheManager {
             record_type: Some(opts.record_type.clone().unwrap_or_default()),
             ..opts.clone()
         };
+        let workers = opts.parallel.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let parallel = workers > 1 && self.root().snapshots.capabilities().overlay_layers;
         let mut current: Option<ImmutableRef> = None;
-        for layer in &img.layers {
+        let mut next = 0;
+        while next < img.layers.len() {
             ctx.check()?;
-            current = Some(
-                self.import_layer(ctx, layer, current.as_ref(), &opts)
-                    .await?,
-            );
+            let desc = &img.layers[next];
+            let diff_id = diff_id_of(desc)?;
+            let parent_sid = current.as_ref().map_or("", |p| p.snapshot_id()).to_owned();
+            // Imports of the same content on the same parent wait for each
+            // other: the second finds what the first made.
+            let _one = self
+                .inner
+                .import_locks
+                .lock(&keys::join(&[&parent_sid, diff_id.as_str()]))
+                .await;
+            if let Some(r) = self.imported(desc, &diff_id, &parent_sid, &opts).await? {
+                current = Some(r);
+                next += 1;
+                continue;
+            }
+            let rest = &img.layers[next..];
+            let top = if parallel && rest.len() > 1 {
+                self.unpack_parallel(ctx, rest, &parent_sid, &opts, workers)
+                    .await?
+            } else {
+                let layer = Layer {
+                    desc: desc.clone(),
+                    diff_id,
+                    key: id::new_id(),
+                };
+                self.unpack_layer(ctx, &layer, &parent_sid, &opts).await?
+            };
+            next += if parallel && rest.len() > 1 {
+                rest.len()
+            } else {
+                1
+            };
+            current = Some(top);
         }
         let top = match current {
             Some(top) => top,
@@ -107,22 +167,15 @@ impl CacheManager {
         Ok(top)
     }
 
-    /// A layer on `parent`: an earlier import of the same blob or diffID
-    /// on the same parent, else a fresh unpack.
-    async fn import_layer(
+    /// An earlier import of the same blob, else of the same diffID, on the
+    /// same parent (the caller holds the import lock).
+    async fn imported(
         &self,
-        ctx: &OpCtx,
         desc: &Descriptor,
-        parent: Option<&ImmutableRef>,
+        diff_id: &Digest,
+        parent_sid: &str,
         opts: &ImportOptions,
-    ) -> Result<ImmutableRef> {
-        let diff_id = diff_id_of(desc)?;
-        let parent_sid = parent.map_or("", |p| p.snapshot_id());
-        let _one = self
-            .inner
-            .import_locks
-            .lock(&keys::join(&[parent_sid, diff_id.as_str()]))
-            .await;
+    ) -> Result<Option<ImmutableRef>> {
         let blob_key = keys::join(&[parent_sid, desc.digest.as_str()]);
         let diff_key = keys::join(&[parent_sid, diff_id.as_str()]);
         let found = {
@@ -150,7 +203,7 @@ impl CacheManager {
                         self.update(r.id(), edit)?;
                     }
                     tracing::debug!(layer = %desc.digest, snapshot = sid, "layer already imported");
-                    return Ok(r);
+                    return Ok(Some(r));
                 }
                 Err(e) if e.is_not_found() => {
                     let tx = self.root().db.write()?;
@@ -161,24 +214,25 @@ impl CacheManager {
                 Err(e) => return Err(e),
             }
         }
-        self.unpack_layer(ctx, desc, &diff_id, parent_sid, opts)
-            .await
+        Ok(None)
     }
 
-    async fn unpack_layer(
+    /// How to open and check one layer's blob, and the context that
+    /// reports its progress.
+    fn layer_input(
         &self,
         ctx: &OpCtx,
-        desc: &Descriptor,
-        diff_id: &Digest,
-        parent_sid: &str,
-        opts: &ImportOptions,
-    ) -> Result<ImmutableRef> {
-        let root = self.root();
-        let key = id::new_id();
-        // The seed links the layer blob to the operation's lease; the
-        // unpacker holds the snapshot in the transaction that records it.
+        layer: &Layer,
+    ) -> Result<(
+        strata_diff::LayerSource,
+        ApplyOptions,
+        OpCtx,
+        Option<Arc<ProgressTracker>>,
+    )> {
+        let desc = &layer.desc;
+        // The seed links the layer blob to the operation's lease.
         self.hold(ctx, &Resource::content(&desc.digest))?;
-        let content = root.content.clone();
+        let content = self.root().content.clone();
         let digest = desc.digest.clone();
         let open: strata_diff::LayerSource = Arc::new(move || {
             let r = content
@@ -192,10 +246,9 @@ impl CacheManager {
             media_type: Some(desc.media_type.clone()),
             digest: Some(desc.digest.clone()),
             size: Some(desc.size),
-            diff_id: Some(diff_id.clone()),
+            diff_id: Some(layer.diff_id.clone()),
             ..ApplyOptions::default()
         };
-        let parent = (!parent_sid.is_empty()).then_some(parent_sid);
         // Bytes of the layer read so far, reported as the layer's progress.
         let tracker = (desc.size > 0 && ctx.has_events()).then(|| {
             Arc::new(ProgressTracker::new(
@@ -212,48 +265,228 @@ impl CacheManager {
             }
             None => ctx.clone(),
         };
+        Ok((open, apply, apply_ctx, tracker))
+    }
+
+    /// Unpacks one layer onto its parent and records it.
+    async fn unpack_layer(
+        &self,
+        ctx: &OpCtx,
+        layer: &Layer,
+        parent_sid: &str,
+        opts: &ImportOptions,
+    ) -> Result<ImmutableRef> {
+        let (open, apply, apply_ctx, tracker) = self.layer_input(ctx, layer)?;
+        let parent = (!parent_sid.is_empty()).then_some(parent_sid);
         self.inner
             .unpacker
-            .unpack(&apply_ctx, &key, parent, open, &apply, Labels::new())
+            .unpack(&apply_ctx, &layer.key, parent, open, &apply, Labels::new())
             .await?;
         if let Some(t) = tracker {
-            t.update(desc.size);
+            t.update(layer.desc.size);
             t.finish();
         }
+        self.record_layer(layer, parent_sid, opts)
+    }
+
+    /// Writes `layer` without its lowers into a new parentless active
+    /// snapshot, on the blocking pool.
+    async fn unpack_detached(&self, ctx: &OpCtx, layer: &Layer) -> Result<Detached> {
+        let (open, apply, apply_ctx, tracker) = self.layer_input(ctx, layer)?;
+        let sn = self.root().snapshots.under(ctx);
+        let active = format!("extract-{}", id::new_id());
+        let mounts = sn.prepare(&active, None, Labels::new()).await?;
+        let upper = match mounts.as_slice() {
+            [m] if m.is_bind() => m.source.clone(),
+            _ => {
+                return Ok((
+                    active,
+                    Err(DiffError::Unsupported {
+                        path: self.root().tmp.clone(),
+                        reason: "a parentless snapshot is not a single bind".into(),
+                    }),
+                ));
+            }
+        };
+        let detached = ApplyOptions {
+            overlay: Some(OverlayTarget {
+                lowers: Vec::new(),
+                userxattr: self.root().snapshots.capabilities().userxattr,
+                detached: true,
+            }),
+            ..apply
+        };
+        let applied = tokio::task::spawn_blocking(move || {
+            let reader = open().map_err(|e| {
+                DiffError::Apply(ApplyError::Io {
+                    layer: detached.name.clone(),
+                    source: e,
+                })
+            })?;
+            strata_diff::apply(&apply_ctx, reader, &upper, &detached)
+                .map(drop)
+                .map_err(DiffError::from)
+        })
+        .await
+        .map_err(|e| CacheError::Task(e.to_string()))?;
+        if applied.is_ok()
+            && let Some(t) = tracker
+        {
+            t.update(layer.desc.size);
+            t.finish();
+        }
+        Ok((active, applied))
+    }
+
+    /// The layers `descs` (none imported before) on `parent_sid`: written
+    /// in parallel, committed in order.
+    async fn unpack_parallel(
+        &self,
+        ctx: &OpCtx,
+        descs: &[Descriptor],
+        parent_sid: &str,
+        opts: &ImportOptions,
+        workers: usize,
+    ) -> Result<ImmutableRef> {
+        let layers: Vec<Layer> = descs
+            .iter()
+            .map(|desc| {
+                Ok(Layer {
+                    desc: desc.clone(),
+                    diff_id: diff_id_of(desc)?,
+                    key: id::new_id(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let limit = Arc::new(tokio::sync::Semaphore::new(workers));
+        let mut writes = Vec::new();
+        for layer in &layers {
+            let (mgr, ctx, layer) = (self.clone(), ctx.clone(), layer.clone());
+            let limit = Arc::clone(&limit);
+            writes.push(tokio::spawn(async move {
+                let _permit = limit
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                mgr.unpack_detached(&ctx, &layer).await
+            }));
+        }
+        // Commit in order as the writes end; after a failure, only clean up.
+        let sn = self.root().snapshots.under(ctx);
+        let mut parent = parent_sid.to_owned();
+        let mut failure: Option<CacheError> = None;
+        for (layer, write) in layers.iter().zip(writes) {
+            let written = write
+                .await
+                .map_err(|e| CacheError::Task(e.to_string()))
+                .and_then(|r| r);
+            let written = match written {
+                Ok(w) => w,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    continue;
+                }
+            };
+            if failure.is_some() {
+                self.discard(&written.0).await;
+                continue;
+            }
+            match self.place(ctx, &sn, layer, written, &parent, opts).await {
+                Ok(()) => parent = layer.key.clone(),
+                Err(e) => failure = Some(e),
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(ImmutableRef::new(self.clone(), &parent, true)),
+        }
+    }
+
+    /// Commits a layer written without its lowers onto `parent`, or writes
+    /// it again on `parent` when it needed them; records it.
+    async fn place(
+        &self,
+        ctx: &OpCtx,
+        sn: &SnapshotStore,
+        layer: &Layer,
+        (active, applied): Detached,
+        parent: &str,
+        opts: &ImportOptions,
+    ) -> Result<()> {
+        match applied {
+            Ok(()) => {
+                let committed = if parent.is_empty() {
+                    sn.commit(&layer.key, &active, Labels::new()).await
+                } else {
+                    sn.commit_onto(&layer.key, &active, parent, Labels::new())
+                        .await
+                };
+                if let Err(e) = committed {
+                    self.discard(&active).await;
+                    return Err(e.into());
+                }
+                self.record_layer(layer, parent, opts).map(drop)
+            }
+            Err(DiffError::Apply(ApplyError::NeedsLowers { entry, reason, .. })) => {
+                tracing::debug!(layer = %layer.desc.digest, entry, reason, "writing a layer again on its parent");
+                self.discard(&active).await;
+                self.unpack_layer(ctx, layer, parent, opts).await.map(drop)
+            }
+            Err(e) => {
+                self.discard(&active).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Removes an active snapshot a failed or redone write left.
+    async fn discard(&self, active: &str) {
+        if let Err(e) = self.root().snapshots.remove(active).await {
+            tracing::warn!(key = active, error = %e, "could not remove a discarded layer write");
+        }
+    }
+
+    /// The record and dedupe rows of a layer just committed as
+    /// `layer.key` on `parent_sid`.
+    fn record_layer(
+        &self,
+        layer: &Layer,
+        parent_sid: &str,
+        opts: &ImportOptions,
+    ) -> Result<ImmutableRef> {
+        let (desc, key, diff_id) = (&layer.desc, &layer.key, &layer.diff_id);
         let ropts = RefOptions {
             description: Some(format!("import image layer {}", desc.digest)),
             record_type: opts.record_type.clone(),
             image_ref: opts.image_ref.clone(),
             ..RefOptions::default()
         };
-        let mut record = metadata::new_record(&key, true, &ropts);
-        let tx = root.db.write()?;
-        metadata::put_record(&tx, &key, None, &record)?;
+        let tx = self.root().db.write()?;
+        metadata::put_record(&tx, key, None, &metadata::new_record(key, true, &ropts))?;
         let edit = Edit::default()
             .set(metadata::DIFF_ID, &diff_id.as_str())
             .set(metadata::BLOB, &desc.digest.as_str())
             .set(metadata::MEDIA_TYPE, &desc.media_type.as_str())
             .set(metadata::BLOB_SIZE, &i64::try_from(desc.size).unwrap_or(-1))
             .append(metadata::URLS, &desc.urls);
-        record = metadata::apply_edit(&tx, &key, edit)?;
-        let parent_key = parent_sid;
+        metadata::apply_edit(&tx, key, edit)?;
+        let made = |snapshot: &str| snapshot.to_owned();
         tx.put(
-            &keys::join(&[parent_key, desc.digest.as_str()]),
+            &keys::join(&[parent_sid, desc.digest.as_str()]),
             &ImportByBlobRecord {
-                snapshot: key.clone(),
+                snapshot: made(key),
             },
         )?;
         tx.put(
-            &keys::join(&[parent_key, diff_id.as_str()]),
+            &keys::join(&[parent_sid, diff_id.as_str()]),
             &ImportByDiffRecord {
-                snapshot: key.clone(),
+                snapshot: made(key),
             },
         )?;
         tx.commit()?;
-        drop(record);
         self.label_blob(&desc.digest, &desc.media_type, diff_id)?;
-        self.record_content(&key, &desc.digest)?;
-        Ok(ImmutableRef::new(self.clone(), &key, true))
+        self.record_content(key, &desc.digest)?;
+        Ok(ImmutableRef::new(self.clone(), key, true))
     }
 
     /// Labels a layer blob with its media type and diffID (kept when

@@ -270,7 +270,7 @@ async fn import_dedupes_and_survives_restart(backend: &str) {
     let img = image(&mgr, "example.com/test:1", three_layers(&mgr));
     let opts = ImportOptions {
         image_ref: Some(img.reference.clone()),
-        record_type: None,
+        ..ImportOptions::default()
     };
     let top = mgr.import_image(&ctx, &img, &opts).await.unwrap();
     // Each layer's progress ends at its size.
@@ -933,4 +933,77 @@ async fn readers_stay_inside_the_ref(backend: &str) {
             })
     );
     drop(reader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_and_sequential_imports_make_the_same_tree() {
+    if !strata_testkit::require_root(
+        "strata-cache parallel_and_sequential_imports_make_the_same_tree",
+    ) {
+        return;
+    }
+    use strata_testkit::layer_tar::entry;
+    let mut rendered = Vec::new();
+    for parallel in [1, 4] {
+        let e = env("overlay");
+        let mgr = &e.mgr;
+        let mut layers = three_layers(mgr);
+        layers.push(put_layer(
+            mgr,
+            &[
+                // A hard link to a file of a lower layer and a file whose
+                // parent the layer does not carry: both need the lowers.
+                entry("usr/lib/b-link", tar::EntryType::Link, b"", "usr/lib/b"),
+                file("etc/added", "later"),
+            ],
+        ));
+        layers.push(put_layer(
+            mgr,
+            &[
+                dir("var/"),
+                file("var/v", "v"),
+                whiteout("usr/lib/c"),
+                dir("etc/"),
+                whiteout("etc/hostname"),
+            ],
+        ));
+        let img = image(mgr, "example.com/parallel:1", layers);
+        let ctx = OpCtx::new();
+        let top = mgr
+            .import_image(
+                &ctx,
+                &img,
+                &ImportOptions {
+                    parallel: Some(parallel),
+                    ..ImportOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        let m = top.mount(&ctx).await.unwrap();
+        let tree = with_mounted(&m, e.dir.path(), strata_testkit::tree::render);
+        drop(m);
+        // The chain is the layers in order, whichever way they were made.
+        let chain = top.export_chain(&ctx, &RefConfig::default()).await.unwrap();
+        let digests: Vec<_> = chain
+            .layers
+            .iter()
+            .map(|l| l.descriptor.digest.clone())
+            .collect();
+        assert_eq!(
+            digests,
+            img.layers
+                .iter()
+                .map(|l| l.digest.clone())
+                .collect::<Vec<_>>()
+        );
+        assert_clean(mgr);
+        rendered.push(tree);
+    }
+    assert!(rendered[0].contains("/usr/lib/b-link"), "{}", rendered[0]);
+    assert!(!rendered[0].contains("/usr/lib/c "), "{}", rendered[0]);
+    assert_eq!(
+        rendered[0], rendered[1],
+        "parallel unpack renders the same tree"
+    );
 }

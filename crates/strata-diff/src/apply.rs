@@ -104,6 +104,13 @@ pub struct ApplyOptions {
 pub struct OverlayTarget {
     /// The lower directories, topmost first (overlay's `lowerdir=` order).
     pub lowers: Vec<PathBuf>,
+    /// The lowers are not known yet (the layer is unpacked in parallel with
+    /// those below it and given its parent at commit): whiteouts and opaque
+    /// markers are written whatever the lowers hold (overlay ignores those
+    /// that hide nothing), and an entry whose result depends on the lowers
+    /// fails with [`ApplyError::NeedsLowers`], to be applied again on its
+    /// parent.
+    pub detached: bool,
     /// Overlay runs with `userxattr`: the opaque marker is
     /// `user.overlay.opaque` instead of `trusted.overlay.opaque`.
     pub userxattr: bool,
@@ -658,6 +665,13 @@ impl Applier<'_> {
             Err(e) if matches!(e.raw_os_error(), Some(ENOENT | ENOTDIR)) => {}
             Err(e) => return Err(self.sys(shown, e)),
         }
+        if self.detached() {
+            self.make_parents(shown, parent)?;
+            return self
+                .root
+                .mknod(&target, FileKind::CharDevice, 0, 0)
+                .map_err(|e| self.sys(shown, e));
+        }
         match self.lower_lookup(shown, &target)? {
             LowerHit::Absent => Ok(()),
             LowerHit::ThroughSymlink(link) => Err(self.needs_mount(shown, &link)),
@@ -674,6 +688,13 @@ impl Applier<'_> {
     /// entries stay): the opaque xattr, or at the top, where overlay does
     /// not look for it, a whiteout per lower entry.
     fn opaque_over_lowers(&mut self, shown: &Path, dir: &Path) -> Result<(), ApplyError> {
+        if self.detached() {
+            if dir.as_os_str().is_empty() {
+                return Err(self.needs_lowers(shown, "an opaque marker at the top"));
+            }
+            self.make_parents(shown, dir)?;
+            return self.set_opaque(shown, dir);
+        }
         if self.lowers.is_empty() {
             return Ok(());
         }
@@ -711,6 +732,18 @@ impl Applier<'_> {
             return Ok(());
         };
         overlay_xattr::set_opaque(self.root, dir, overlay.userxattr).map_err(|e| self.sys(shown, e))
+    }
+
+    fn detached(&self) -> bool {
+        self.opts.overlay.as_ref().is_some_and(|o| o.detached)
+    }
+
+    fn needs_lowers(&self, shown: &Path, reason: &'static str) -> ApplyError {
+        ApplyError::NeedsLowers {
+            layer: self.opts.name.clone(),
+            entry: String::from_utf8_lossy(shown.as_os_str().as_bytes()).into_owned(),
+            reason,
+        }
     }
 
     fn needs_mount(&self, shown: &Path, link: &Path) -> ApplyError {
@@ -780,6 +813,14 @@ impl Applier<'_> {
     /// directory the lowers have is created with their mode, owner, xattrs
     /// and time, as overlay's copy-up would.
     fn make_parents(&mut self, shown: &Path, dir: &Path) -> Result<(), ApplyError> {
+        if self.detached() {
+            // A parent the layer does not carry takes its metadata from the
+            // lowers.
+            return match self.root.try_stat(dir).map_err(|e| self.sys(shown, e))? {
+                Some(m) if m.kind == FileKind::Dir => Ok(()),
+                _ => Err(self.needs_lowers(shown, "a parent directory the layer does not carry")),
+            };
+        }
         if self.lowers.is_empty() {
             return self
                 .root
@@ -848,6 +889,15 @@ impl Applier<'_> {
     /// Overlay mode: a hard link's target that only the lowers have is
     /// copied into the upper directory first, as overlay would on link.
     fn copy_up(&mut self, shown: &Path, target: &Path) -> Result<(), ApplyError> {
+        if self.detached()
+            && self
+                .root
+                .try_stat(target)
+                .map_err(|e| self.sys(shown, e))?
+                .is_none()
+        {
+            return Err(self.needs_lowers(shown, "a hard link to a file of a lower layer"));
+        }
         if self.lowers.is_empty()
             || self
                 .root

@@ -32,6 +32,16 @@ pub enum ApplyError {
         entry: String,
         symlink: std::path::PathBuf,
     },
+    /// A layer written before its lowers are known (to unpack an image's
+    /// layers in parallel) needs them for this entry: a parent directory
+    /// the layer does not carry, a hard link to a lower file, an opaque
+    /// marker at the top. Apply it again on its parent.
+    #[error("layer {layer}: entry {entry:?} needs the lower layers: {reason}")]
+    NeedsLowers {
+        layer: String,
+        entry: String,
+        reason: &'static str,
+    },
     /// The operation was cancelled; what was applied stays (the caller
     /// discards it).
     #[error("layer {layer}: cancelled")]
@@ -58,9 +68,9 @@ impl Classify for ApplyError {
             ApplyError::Invalid { .. } | ApplyError::Entry { .. } | ApplyError::Mismatch { .. } => {
                 ErrorKind::Invalid
             }
-            ApplyError::NeedsMount { .. } | ApplyError::Cancelled { .. } => {
-                ErrorKind::FailedPrecondition
-            }
+            ApplyError::NeedsMount { .. }
+            | ApplyError::NeedsLowers { .. }
+            | ApplyError::Cancelled { .. } => ErrorKind::FailedPrecondition,
             ApplyError::Io { source, .. } => Classify::kind(source),
             ApplyError::Sys { source, .. } => source.kind(),
         }

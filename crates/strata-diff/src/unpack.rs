@@ -92,6 +92,7 @@ fn apply_to_mounts(
             overlay: Some(OverlayTarget {
                 lowers: layers.lowers.clone(),
                 userxattr: m.has_option("userxattr"),
+                detached: false,
             }),
             ..opts.clone()
         };

@@ -29,24 +29,47 @@ fn diff_layer(lower: Option<&Path>, upper: &Path) -> Vec<u8> {
 /// Applies `layers` into fresh upper directories under `base`, each over
 /// the ones before, and returns the rendering of the mounted overlay.
 fn overlay_render(base: &Path, layers: &[Vec<u8>]) -> Result<String, ApplyError> {
+    overlay_render_as(base, layers, false)
+}
+
+/// With `detached`, each layer is first written without its lowers (as a
+/// parallel unpack does) and written again over them only when it
+/// `NeedsLowers`.
+fn overlay_render_as(
+    base: &Path,
+    layers: &[Vec<u8>],
+    detached: bool,
+) -> Result<String, ApplyError> {
     let mut uppers: Vec<PathBuf> = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
         let upper = base.join(format!("u{i}"));
         fs::create_dir(&upper).unwrap();
-        let lowers = uppers.iter().rev().cloned().collect();
-        let opts = ApplyOptions {
+        let lowers: Vec<PathBuf> = uppers.iter().rev().cloned().collect();
+        let ctx = strata_leases::OpCtx::new();
+        let opts = |lowers: Vec<PathBuf>, detached: bool| ApplyOptions {
             overlay: Some(OverlayTarget {
                 lowers,
                 userxattr: false,
+                detached,
             }),
             ..ApplyOptions::default()
         };
-        apply(
-            &strata_leases::OpCtx::new(),
-            layer.as_slice(),
-            &upper,
-            &opts,
-        )?;
+        if detached {
+            match apply(&ctx, layer.as_slice(), &upper, &opts(Vec::new(), true)) {
+                Err(ApplyError::NeedsLowers { .. }) => {
+                    let written = strata_sys::Root::open(&upper).unwrap();
+                    for (name, _) in written.read_dir(Path::new("")).unwrap() {
+                        written.remove_all(Path::new(&name)).unwrap();
+                    }
+                    apply(&ctx, layer.as_slice(), &upper, &opts(lowers, false))?;
+                }
+                other => {
+                    other?;
+                }
+            }
+        } else {
+            apply(&ctx, layer.as_slice(), &upper, &opts(lowers, false))?;
+        }
         uppers.push(upper);
     }
     let empty = base.join("empty");
@@ -112,6 +135,13 @@ fn random_histories_render_the_same_through_overlay() {
             plain,
             "seed {seed}: overlay upper directories"
         );
+        let detached = t.path().join("detached");
+        fs::create_dir(&detached).unwrap();
+        assert_eq!(
+            overlay_render_as(&detached, &layers, true).unwrap(),
+            plain,
+            "seed {seed}: upper directories written before their lowers"
+        );
     }
 }
 
@@ -166,10 +196,13 @@ fn opaque_markers_whiteouts_and_links_to_lower_files() {
         plain_render(&two, &layers[..2])
     );
     assert!(!two.join("u1/.wh.never").exists() && !two.join("u1/never").exists());
-    assert_eq!(
-        overlay_render(&three, &layers).unwrap(),
-        plain_render(&three, &layers)
-    );
+    let want = plain_render(&three, &layers);
+    assert_eq!(overlay_render(&three, &layers).unwrap(), want);
+    // Written before their lowers: the same tree (the hard link to a lower
+    // file and the opaque top need the lowers and are written again).
+    let detached = t.path().join("detached");
+    fs::create_dir(&detached).unwrap();
+    assert_eq!(overlay_render_as(&detached, &layers, true).unwrap(), want);
 }
 
 #[test]

@@ -25,6 +25,7 @@ impl Backend for Native {
         Capabilities {
             overlay_layers: false,
             cross_snapshot_links: true,
+            userxattr: false,
         }
     }
 

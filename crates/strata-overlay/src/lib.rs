@@ -105,6 +105,7 @@ impl Backend for Overlay {
         Capabilities {
             overlay_layers: true,
             cross_snapshot_links: true,
+            userxattr: self.options.iter().any(|o| o == "userxattr"),
         }
     }
 

@@ -20,6 +20,9 @@ pub struct Capabilities {
     /// native copies on prepare), so their files may be hard-linked into
     /// other snapshots.
     pub cross_snapshot_links: bool,
+    /// Overlay runs with `userxattr` (in a user namespace): its private
+    /// attributes are `user.overlay.*`.
+    pub userxattr: bool,
 }
 
 /// Directory work a snapshot backend does for the shared store. Each

@@ -198,8 +198,15 @@ impl Inner {
         key: &str,
         labels: Labels,
         hold: Option<&Hold>,
+        onto: Option<&str>,
     ) -> Result<(), SnapshotError> {
         validate_key(name)?;
+        if onto.is_some() && !self.backend.capabilities().overlay_layers {
+            return Err(SnapshotError::precondition(
+                key,
+                "only overlay-layer backends can commit a snapshot onto a parent",
+            ));
+        }
         labels::validate_all(&labels).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         let r = {
             let tx = self.db.read()?;
@@ -230,6 +237,18 @@ impl Inner {
         }
         if tx.get::<SnapshotRecord>(name)?.is_some() {
             return Err(SnapshotError::AlreadyExists(name.to_owned()));
+        }
+        let mut current = current;
+        if let Some(parent) = onto {
+            if current.parent.is_some() {
+                return Err(SnapshotError::precondition(
+                    key,
+                    "only a snapshot prepared without a parent can be given one",
+                ));
+            }
+            // The new parent must exist and be committed.
+            self.chain(&tx, Some(parent))?;
+            current.parent = Some(parent.to_owned());
         }
         let ts = now();
         let committed = SnapshotRecord {
@@ -455,6 +474,23 @@ impl SnapshotStore {
         }
     }
 
+    /// Commits the active snapshot `key`, prepared without a parent, as
+    /// `name` on top of the committed `parent` (containerd's rebase): on a
+    /// backend of overlay layers a layer written before its lowers were
+    /// known (whiteouts unconditional) takes its place in a chain this way.
+    pub async fn commit_onto(
+        &self,
+        name: &str,
+        key: &str,
+        parent: &str,
+        labels: Labels,
+    ) -> Result<(), SnapshotError> {
+        let (name, key, parent) = (name.to_owned(), key.to_owned(), parent.to_owned());
+        let hold = self.hold()?;
+        self.blocking(move |i| i.commit(&name, &key, labels, hold.as_ref(), Some(&parent)))
+            .await
+    }
+
     /// What the backend's snapshots allow.
     pub fn capabilities(&self) -> crate::Capabilities {
         self.inner.backend.capabilities()
@@ -545,7 +581,7 @@ impl Snapshotter for SnapshotStore {
     async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), SnapshotError> {
         let (name, key) = (name.to_owned(), key.to_owned());
         let hold = self.hold()?;
-        self.blocking(move |i| i.commit(&name, &key, labels, hold.as_ref()))
+        self.blocking(move |i| i.commit(&name, &key, labels, hold.as_ref(), None))
             .await
     }
 
