@@ -2,8 +2,9 @@
 //!
 //! `cargo xtask bench snapshot` and `cargo xtask bench gc` run
 //! `strata-cli`'s benches of those names, `cargo xtask bench diff`
-//! `strata-diff`'s, on a fresh loop-mounted ext4 (see those files for what
-//! they measure; `diff` needs the Debian images of `../shared/bench`).
+//! `strata-diff`'s and `cargo xtask bench cache` `strata-cache`'s, on a
+//! fresh loop-mounted ext4 (see those files for what they measure; `diff`
+//! and `cache` need the Debian images `cargo xtask bench-images` builds).
 //!
 //! `cargo xtask bench content`: ingest throughput of a large file into the
 //! content store against `sha256sum` followed by `cp` of the same file (the
@@ -49,12 +50,16 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         "snapshot" => on_loop_ext4("strata-cli", "snapshot"),
         "gc" => on_loop_ext4("strata-cli", "gc"),
         "diff" => on_loop_ext4("strata-diff", "diff"),
-        other => bail!("unknown benchmark {other:?}; available: content, snapshot, gc, diff"),
+        "cache" => on_loop_ext4("strata-cache", "cache"),
+        other => {
+            bail!("unknown benchmark {other:?}; available: content, snapshot, gc, diff, cache")
+        }
     }
 }
 
-/// A fresh ext4 on a loop device (direct I/O), as `../shared/bench` advises
-/// for anything that creates many files; a temporary directory when not root.
+/// A fresh ext4 on a loop device (direct I/O) for anything that creates many
+/// files (the root disk's ext4 has no journal, and creating files soon after
+/// deleting many is far slower there); a temporary directory when not root.
 struct LoopExt4 {
     dir: PathBuf,
     image: PathBuf,

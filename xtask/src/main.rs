@@ -7,12 +7,15 @@
 //!   checks, `test`, then a 30-second fuzz smoke run.
 //! * `bench content|snapshot|gc`: figures against peers run side by side.
 //! * `fuzz [--seconds N]`: the layer-applier fuzz target.
+//! * `bench-images [OUT]`: builds the real Debian images the benchmarks
+//!   use (see `images.rs`).
 #![forbid(unsafe_code)]
 // This program reports on stdout by design.
 #![allow(clippy::print_stdout)]
 
 mod bench;
 mod fuzz;
+mod images;
 mod layering;
 mod tidy;
 
@@ -29,9 +32,10 @@ fn main() -> anyhow::Result<()> {
         ["ci"] => ci(),
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
+        ["bench-images", rest @ ..] => images::run(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N] | bench snapshot | bench gc | fuzz [--seconds N]"
+                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N] | bench snapshot | bench gc | fuzz [--seconds N] | bench-images [OUT]"
             );
             bail!("unknown command {args:?}")
         }

@@ -1,7 +1,7 @@
 //! `cargo xtask bench diff`: the data plane against peers, in one run, on
 //! the scratch file system `STRATA_BENCH_DIR` (a fresh loop-mounted ext4),
-//! with the real Debian images of `../shared/bench` in
-//! `STRATA_BENCH_IMAGES` (default `/var/tmp/strata-images`):
+//! with the real Debian images `cargo xtask bench-images` builds, in
+//! `STRATA_BENCH_IMAGES` (default `target/bench-images`):
 //!
 //! * apply: all layers of debian-python (gzip and zstd) onto a fresh
 //!   directory, strata against `pigz -dc | tar -x` / `zstd -dc | tar -x`
@@ -458,13 +458,13 @@ fn main() {
     let dir = PathBuf::from(
         std::env::var_os("STRATA_BENCH_DIR").unwrap_or_else(|| "target/bench-diff".into()),
     );
-    let images = PathBuf::from(
-        std::env::var_os("STRATA_BENCH_IMAGES").unwrap_or_else(|| "/var/tmp/strata-images".into()),
+    let images = std::env::var_os("STRATA_BENCH_IMAGES").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-images"),
+        PathBuf::from,
     );
     assert!(
         images.join("debian-python/index.json").exists(),
-        "no images in {}: build them with ../shared/bench/make-debian-images.sh {}",
-        images.display(),
+        "no images in {}: build them with cargo xtask bench-images",
         images.display()
     );
     fs::create_dir_all(&dir).unwrap();
