@@ -1,5 +1,5 @@
 //! `strata`: the command line of the Strata snapshot manager. Nouns and
-//! verbs follow `../shared/CLI.md`; errors go to stderr as one line and map to
+//! verbs follow `docs/cli.md`; errors go to stderr as one line and map to
 //! the documented exit codes.
 
 #![forbid(unsafe_code)]
