@@ -362,15 +362,7 @@ fn main() {
     let dir = PathBuf::from(
         std::env::var_os("STRATA_BENCH_DIR").expect("run through cargo xtask bench cache"),
     );
-    let images = std::env::var_os("STRATA_BENCH_IMAGES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-images"),
-        PathBuf::from,
-    );
-    assert!(
-        images.join("debian-python/index.json").exists(),
-        "no images in {}: build them with cargo xtask bench-images",
-        images.display()
-    );
+    let images = strata_testkit::bench_images();
     let rt = rt();
     println!("bench cache (scratch {}):", dir.display());
     bench_import(&rt, &dir, &images);

@@ -14,7 +14,8 @@ use std::time::SystemTime;
 use strata_core::{Classify, Digest, Filter, Labels};
 use strata_leases::{LeaseSpec, Resource, labels as lease_labels};
 use strata_metadata::records::{
-    ImportByBlobRecord, ImportByDiffRecord, LeaseRecord, LeaseResourceRecord, SnapshotContentRecord,
+    ImportByBlobRecord, ImportByDiffRecord, LeaseRecord, LeaseResourceRecord,
+    SnapshotContentRecord, SnapshotRecord,
 };
 use strata_metadata::{Reader, keys};
 use strata_snapshot::Snapshotter;
@@ -231,47 +232,45 @@ impl CacheManager {
         })
     }
 
-    /// Replaces the three tables with `rows` (rows with an empty snapshot
-    /// id are skipped; the parent may be empty), in one transaction.
+    /// Replaces the three tables with `rows` (rows with an empty or unknown
+    /// snapshot id are skipped; the parent may be empty), in one
+    /// transaction.
     pub fn load_persistent_metadata(&self, rows: &PersistentMetadataRows) -> Result<()> {
         let tx = self.root().db.write()?;
         tx.delete_prefix::<SnapshotContentRecord>("")?;
         tx.delete_prefix::<ImportByBlobRecord>("")?;
         tx.delete_prefix::<ImportByDiffRecord>("")?;
-        let valid = |s: &str| !s.is_empty() && keys::valid_part(s);
+        // Rows naming snapshots this root does not have would dangle (and
+        // fail `strata check`): they are left out too.
+        let exists = |s: &str| -> Result<bool> {
+            Ok(!s.is_empty() && keys::valid_part(s) && tx.get::<SnapshotRecord>(s)?.is_some())
+        };
         for r in &rows.snapshot_content {
-            if valid(&r.snapshot_id) {
+            if exists(&r.snapshot_id)? {
                 tx.put(
                     &keys::join(&[&r.snapshot_id, r.digest.as_str()]),
                     &SnapshotContentRecord {},
                 )?;
             }
         }
-        for r in rows
-            .imported_by_blob
-            .iter()
-            .filter(|r| valid(&r.snapshot_id))
-        {
-            let key = keys::join(&[&r.parent_snapshot_id, r.digest.as_str()]);
-            tx.put(
-                &key,
-                &ImportByBlobRecord {
-                    snapshot: r.snapshot_id.clone(),
-                },
-            )?;
-        }
-        for r in rows
-            .imported_by_diff
-            .iter()
-            .filter(|r| valid(&r.snapshot_id))
-        {
-            let key = keys::join(&[&r.parent_snapshot_id, r.digest.as_str()]);
-            tx.put(
-                &key,
-                &ImportByDiffRecord {
-                    snapshot: r.snapshot_id.clone(),
-                },
-            )?;
+        let imports = [
+            (&rows.imported_by_blob, true),
+            (&rows.imported_by_diff, false),
+        ];
+        for (list, by_blob) in imports {
+            for r in list.iter() {
+                let parent_ok = r.parent_snapshot_id.is_empty() || exists(&r.parent_snapshot_id)?;
+                if !parent_ok || !exists(&r.snapshot_id)? {
+                    continue;
+                }
+                let key = keys::join(&[&r.parent_snapshot_id, r.digest.as_str()]);
+                let snapshot = r.snapshot_id.clone();
+                if by_blob {
+                    tx.put(&key, &ImportByBlobRecord { snapshot })?;
+                } else {
+                    tx.put(&key, &ImportByDiffRecord { snapshot })?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())

@@ -1007,3 +1007,54 @@ async fn parallel_and_sequential_imports_make_the_same_tree() {
         "parallel unpack renders the same tree"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn loading_persistent_rows_replaces_them_and_skips_unknown_snapshots() {
+    use strata_cache::{ImportedLayerRow, PersistentMetadataRows, SnapshotContentRow};
+    let e = env("native");
+    let mgr = &e.mgr;
+    let ctx = OpCtx::new();
+    let m = mgr
+        .new_ref(&ctx, None, &RefOptions::default())
+        .await
+        .unwrap();
+    let a = m.commit(&ctx).await.unwrap();
+    let digest = put_blob(mgr, "text/plain", b"row").digest;
+    let row = |parent: &str, snapshot: &str| ImportedLayerRow {
+        parent_snapshot_id: parent.into(),
+        digest: digest.clone(),
+        snapshot_id: snapshot.into(),
+    };
+    let rows = PersistentMetadataRows {
+        snapshot_content: vec![
+            SnapshotContentRow {
+                snapshot_id: a.id().into(),
+                digest: digest.clone(),
+            },
+            SnapshotContentRow {
+                snapshot_id: "unknown".into(),
+                digest: digest.clone(),
+            },
+        ],
+        imported_by_blob: vec![row("", a.id()), row("unknown", a.id()), row("", "")],
+        imported_by_diff: vec![row("", a.id())],
+    };
+    let before = mgr.snapshot_size(a.id()).await.unwrap();
+    mgr.load_persistent_metadata(&rows).unwrap();
+    let got = mgr.persistent_metadata_rows().unwrap();
+    assert_eq!(got.snapshot_content.len(), 1);
+    assert_eq!(got.imported_by_blob, vec![row("", a.id())]);
+    assert_eq!(got.imported_by_diff, vec![row("", a.id())]);
+    assert_clean(mgr);
+    assert_eq!(
+        mgr.snapshot_size(a.id()).await.unwrap(),
+        before + 3,
+        "the recorded blob counts"
+    );
+    mgr.load_persistent_metadata(&PersistentMetadataRows::default())
+        .unwrap();
+    assert_eq!(
+        mgr.persistent_metadata_rows().unwrap(),
+        PersistentMetadataRows::default()
+    );
+}

@@ -458,15 +458,7 @@ fn main() {
     let dir = PathBuf::from(
         std::env::var_os("STRATA_BENCH_DIR").unwrap_or_else(|| "target/bench-diff".into()),
     );
-    let images = std::env::var_os("STRATA_BENCH_IMAGES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-images"),
-        PathBuf::from,
-    );
-    assert!(
-        images.join("debian-python/index.json").exists(),
-        "no images in {}: build them with cargo xtask bench-images",
-        images.display()
-    );
+    let images = strata_testkit::bench_images();
     fs::create_dir_all(&dir).unwrap();
     // `STRATA_BENCH_ONLY=apply|diff|export|merge` runs one part.
     let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
