@@ -138,7 +138,7 @@ fn strata_import(
         let f = std::fs::File::open(blob(&layout.dir, &d.digest)).unwrap();
         content
             .ingest(
-                &d.digest.to_string(),
+                d.digest.as_str(),
                 f,
                 Some(d.size),
                 Some(&d.digest),
