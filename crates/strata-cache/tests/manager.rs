@@ -1058,3 +1058,140 @@ async fn loading_persistent_rows_replaces_them_and_skips_unknown_snapshots() {
         PersistentMetadataRows::default()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_root_left_with_mounts_opens_clean() {
+    if !strata_testkit::require_root("strata-cache a_root_left_with_mounts_opens_clean") {
+        return;
+    }
+    let e = env("overlay");
+    let path = e.root_path();
+    let mgr = e.mgr;
+    let ctx = OpCtx::new();
+    let m = mgr
+        .new_ref(&ctx, None, &RefOptions::default())
+        .await
+        .unwrap();
+    let r = m.commit(&ctx).await.unwrap();
+    // What a killed process leaves: a view mounted under tmp/ and a shared
+    // mount under mounts/, never unmounted.
+    let ro = r.mount(&ctx).await.unwrap();
+    let left_tmp = path.join("tmp/left-mount");
+    let left_pool = path.join("mounts/left-pool");
+    for dir in [&left_tmp, &left_pool] {
+        std::fs::create_dir_all(dir).unwrap();
+        strata_sys::mount::mount_all(&ro.mounts, dir).unwrap();
+    }
+    drop((ro, r, m));
+    drop(mgr);
+    let mgr = open_at(&path, "overlay");
+    for dir in [&left_tmp, &left_pool] {
+        assert!(!dir.exists(), "{} was detached and removed", dir.display());
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !info.contains(path.to_str().unwrap()),
+        "nothing of the root stays mounted"
+    );
+    assert_clean(&mgr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn linked_variants_go_together_when_nothing_holds_them() {
+    let e = env("native");
+    let mgr = &e.mgr;
+    let (ctx, scope) = lazy(mgr);
+    let m = mgr
+        .new_ref(&ctx, None, &RefOptions::default())
+        .await
+        .unwrap();
+    std::fs::write(
+        mgr.root().snapshots.fs_dir(m.id()).unwrap().join("f"),
+        "data",
+    )
+    .unwrap();
+    let r = m.commit(&ctx).await.unwrap();
+    let gzip = r.export_chain(&ctx, &RefConfig::default()).await.unwrap();
+    let zstd = r
+        .export_chain(
+            &ctx,
+            &RefConfig {
+                compression: CompressionConfig {
+                    kind: Compression::Zstd,
+                    force: true,
+                    level: None,
+                },
+                ..RefConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (a, b) = (
+        gzip.layers[0].descriptor.digest.clone(),
+        zstd.layers[0].descriptor.digest.clone(),
+    );
+    assert_ne!(a, b);
+    // Each names the other (a loop); holding one keeps both.
+    mgr.root()
+        .leases
+        .create(strata_leases::LeaseSpec {
+            id: Some("keep-gzip".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    mgr.root()
+        .leases
+        .add_resource("keep-gzip", &strata_leases::Resource::content(&a))
+        .unwrap();
+    drop(r);
+    scope.release().unwrap();
+    mgr.root().collector.collect(GcOptions::default()).unwrap();
+    assert!(
+        mgr.root().content.info(&b).is_ok(),
+        "the variant is kept through its label"
+    );
+    mgr.root().leases.delete("keep-gzip").unwrap();
+    mgr.root().collector.collect(GcOptions::default()).unwrap();
+    assert!(mgr.root().content.info(&a).is_err() && mgr.root().content.info(&b).is_err());
+    assert_clean(mgr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn non_distributable_layers_keep_their_urls_when_asked() {
+    let e = env("native");
+    let mgr = &e.mgr;
+    let ctx = OpCtx::new().with_lease_id("nd");
+    mgr.root()
+        .leases
+        .create(strata_leases::LeaseSpec {
+            id: Some("nd".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let mut layer = put_layer(mgr, &[file("f", "foreign")]);
+    layer.media_type = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip".into();
+    layer.urls = vec!["https://example.com/layer".into()];
+    let img = image(mgr, "example.com/nd:1", vec![layer.clone()]);
+    let top = mgr
+        .import_image(&ctx, &img, &ImportOptions::default())
+        .await
+        .unwrap();
+    let plain = top.export_chain(&ctx, &RefConfig::default()).await.unwrap();
+    let d = &plain.layers[0].descriptor;
+    assert_eq!(d.media_type, "application/vnd.oci.image.layer.v1.tar+gzip");
+    assert!(d.urls.is_empty());
+    let nd = top
+        .export_chain(
+            &ctx,
+            &RefConfig {
+                prefer_non_distributable: true,
+                ..RefConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+    let d = &nd.layers[0].descriptor;
+    assert_eq!(d.media_type, layer.media_type);
+    assert_eq!(d.urls, layer.urls);
+    assert_eq!(d.digest, layer.digest);
+}

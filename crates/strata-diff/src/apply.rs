@@ -604,8 +604,28 @@ impl Applier<'_> {
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let h = entry.header();
-                let major = h.device_major().ok().flatten().unwrap_or(0);
-                let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                let number = |n: io::Result<Option<u32>>, what: &str| match n {
+                    Ok(v) => Ok(v.unwrap_or(0)),
+                    Err(e) => Err(self.entry_error(&shown, format!("bad device {what}: {e}"))),
+                };
+                let (major, minor) = if kind == EntryType::Fifo {
+                    (0, 0)
+                } else {
+                    (
+                        number(h.device_major(), "major")?,
+                        number(h.device_minor(), "minor")?,
+                    )
+                };
+                // The kernel keeps 12 bits of major and 20 of minor; more
+                // would silently become another device.
+                if major > MAX_MAJOR || minor > MAX_MINOR {
+                    return Err(self.entry_error(
+                        &shown,
+                        format!(
+                            "device number {major}:{minor} out of range (major at most {MAX_MAJOR}, minor at most {MAX_MINOR})"
+                        ),
+                    ));
+                }
                 let file_kind = match kind {
                     EntryType::Char => FileKind::CharDevice,
                     EntryType::Block => FileKind::BlockDevice,
@@ -1127,6 +1147,10 @@ fn parse_pax_time(v: &[u8]) -> Option<Times> {
 }
 
 /// glibc's device number encoding, which `mknod` expects.
+/// The largest device major and minor numbers the kernel represents.
+const MAX_MAJOR: u32 = (1 << 12) - 1;
+const MAX_MINOR: u32 = (1 << 20) - 1;
+
 fn makedev(major: u32, minor: u32) -> u64 {
     let (major, minor) = (u64::from(major), u64::from(minor));
     ((major & 0xffff_f000) << 32)

@@ -691,3 +691,56 @@ fn a_bad_entry_deep_in_a_big_layer_is_named() {
     let bytes = gzip(&layer(&entries));
     expect_invalid(&f, &bytes, "climbs above the root");
 }
+
+/// A device entry with the given major and minor fields, raw bytes (base
+/// 256 when they do not fit octal).
+fn device(path: &str, major: u64, minor: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(path).unwrap();
+    h.set_entry_type(tar::EntryType::Char);
+    h.set_size(0);
+    h.set_mode(0o600);
+    let field = |f: &mut [u8; 8], v: u64| {
+        if v < 0o7777777 {
+            let s = format!("{v:07o}\0");
+            f.copy_from_slice(s.as_bytes());
+        } else {
+            // Base-256: the top bit set, the value big-endian.
+            f.copy_from_slice(&v.to_be_bytes());
+            f[0] |= 0x80;
+        }
+    };
+    let gnu = h.as_gnu_mut().unwrap();
+    field(&mut gnu.dev_major, major);
+    field(&mut gnu.dev_minor, minor);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+#[test]
+fn device_numbers_the_kernel_cannot_hold_are_refused() {
+    if !strata_testkit::require_root(
+        "strata-diff::device_numbers_the_kernel_cannot_hold_are_refused",
+    ) {
+        return;
+    }
+    let f = fixture();
+    f.apply(&layer(&[device("null", 1, 3)])).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let rdev = fs::symlink_metadata(f.dest.join("null")).unwrap().rdev();
+    assert_eq!((rdev >> 8) & 0xfff, 1);
+    assert_eq!(rdev & 0xff, 3);
+    for (major, minor) in [(1u64 << 33, 1u64), (4096, 0), (0, 1 << 20)] {
+        let err = f.apply(&layer(&[device("big", major, minor)])).unwrap_err();
+        // Base-256 numbers the tar reader cannot even read are refused as
+        // bad; the others as out of range; never made as another device.
+        let text = err.to_string();
+        assert!(
+            matches!(err, ApplyError::Entry { .. })
+                && (text.contains("out of range") || text.contains("bad device")),
+            "{major}:{minor}: {err}"
+        );
+        assert_eq!(Classify::kind(&err), ErrorKind::Invalid);
+        assert!(!f.dest.join("big").exists(), "{major}:{minor} made nothing");
+    }
+}
