@@ -12,9 +12,10 @@
 //! * [`copy`] clones files with `FICLONE`, falling back to `copy_file_range`.
 //! * [`lock`] holds `flock` locks; [`sync`] makes data and directories durable.
 //!
-//! It is built on `rustix`, whose safe wrappers cover every syscall needed, so
-//! the crate itself needs no `unsafe` today; it remains the only crate allowed
-//! to have any.
+//! It is built on `rustix`, whose safe wrappers cover nearly every syscall
+//! needed; the one `unsafe` block (`unshare(CLONE_FS)` for the thread that
+//! mounts legacy overlays from a directory of its own) says why it is sound.
+//! It remains the only crate allowed any.
 
 pub mod copy;
 pub mod errno;

@@ -10,15 +10,18 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::mount::{
     self as rm, FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
 };
-use strata_core::Mount;
+use strata_core::{Mount, OverlayLayers};
 
 use crate::error::{SysError, SysResult};
+
+mod legacy;
 
 /// Mounts every mount in order on `target` (each at its own sub-target).
 pub fn mount_all(mounts: &[Mount], target: &Path) -> SysResult<()> {
@@ -130,6 +133,26 @@ fn path_str<'a>(p: &'a Path, target: &Path) -> SysResult<&'a str> {
     })
 }
 
+/// How overlays are mounted: one `lowerdir+` per layer through the new
+/// mount API (Linux 6.8 and newer), or, on older kernels, `mount(2)` with
+/// the joined `lowerdir=` in one page of options.
+static LEGACY_OVERLAY: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const APPEND: u8 = 1;
+const LEGACY: u8 = 2;
+
+/// Mounts overlays the way kernels before 6.8 need from now on, whatever
+/// this kernel supports (tests run the legacy path on new kernels).
+pub fn force_legacy_overlay() {
+    LEGACY_OVERLAY.store(LEGACY, Ordering::Release);
+}
+
+/// True when overlays are mounted the legacy way (detected at the first
+/// overlay mount, or forced).
+pub fn legacy_overlay() -> bool {
+    LEGACY_OVERLAY.load(Ordering::Acquire) == LEGACY
+}
+
 fn mount_overlay(m: &Mount, target: &Path) -> SysResult<()> {
     let flat;
     let m = match &m.layers {
@@ -141,7 +164,29 @@ fn mount_overlay(m: &Mount, target: &Path) -> SysResult<()> {
         }
     };
     let layers = m.layers.clone().unwrap_or_default();
-    let (rest, attrs) = overlay_options(&m.options);
+    if legacy_overlay() {
+        return legacy::mount_overlay(&layers, &m.options, target);
+    }
+    match mount_overlay_append(&layers, &m.options, target)? {
+        true => Ok(()),
+        false => {
+            tracing::info!(
+                "this kernel has no overlay lowerdir+ (before 6.8): mounting overlays with mount(2)"
+            );
+            LEGACY_OVERLAY.store(LEGACY, Ordering::Release);
+            legacy::mount_overlay(&layers, &m.options, target)
+        }
+    }
+}
+
+/// The new mount API with one `lowerdir+` per layer; `Ok(false)` when the
+/// kernel does not know `lowerdir+`.
+fn mount_overlay_append(
+    layers: &OverlayLayers,
+    options: &[String],
+    target: &Path,
+) -> SysResult<bool> {
+    let (rest, attrs) = overlay_options(options);
     let fs = rm::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
         .map_err(|e| SysError::io("fsopen overlay", target, e))?;
     let fail = |what: &'static str, e: Errno| overlay_error(&fs, what, target, e);
@@ -158,12 +203,18 @@ fn mount_overlay(m: &Mount, target: &Path) -> SysResult<()> {
         }
         .map_err(|e| fail("configure overlay", e))?;
     }
-    let lowers = layers
-        .lowers
-        .iter()
-        .map(|l| path_str(l, target))
-        .collect::<SysResult<Vec<&str>>>()?;
-    set_lowerdirs(&fs, &lowers).map_err(|e| fail("set overlay lowerdir", e))?;
+    for (i, dir) in layers.lowers.iter().enumerate() {
+        match rm::fsconfig_set_string(&fs, "lowerdir+", path_str(dir, target)?) {
+            Ok(()) => {}
+            Err(Errno::INVAL) if i == 0 && LEGACY_OVERLAY.load(Ordering::Acquire) == UNKNOWN => {
+                return Ok(false);
+            }
+            Err(e) => return Err(fail("set overlay lowerdir+", e)),
+        }
+    }
+    LEGACY_OVERLAY
+        .compare_exchange(UNKNOWN, APPEND, Ordering::AcqRel, Ordering::Acquire)
+        .ok();
     rm::fsconfig_create(&fs).map_err(|e| fail("create overlay", e))?;
     let mnt = rm::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
         .map_err(|e| fail("fsmount overlay", e))?;
@@ -174,22 +225,8 @@ fn mount_overlay(m: &Mount, target: &Path) -> SysResult<()> {
         target,
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
-    .map_err(|e| SysError::io("move overlay mount", target, e))
-}
-
-fn set_lowerdirs(fs: &OwnedFd, lower: &[&str]) -> Result<(), Errno> {
-    let mut appended = 0;
-    for dir in lower {
-        match rm::fsconfig_set_string(fs, "lowerdir+", *dir) {
-            Ok(()) => appended += 1,
-            // Kernels before 6.8 know only the joined form.
-            Err(Errno::INVAL) if appended == 0 => {
-                return rm::fsconfig_set_string(fs, "lowerdir", lower.join(":"));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    .map_err(|e| SysError::io("move overlay mount", target, e))?;
+    Ok(true)
 }
 
 /// Turns an fsconfig failure into an error carrying the kernel's own message,
