@@ -88,7 +88,7 @@ impl CacheManager {
     /// A manager over an open root. Records whose snapshot is gone (a
     /// crash between a snapshot commit and its record) are dropped.
     pub fn new(root: Root) -> Result<CacheManager> {
-        {
+        if root.last_close == strata_metadata::LastClose::Unclean {
             let tx = root.db.write()?;
             let mut gone = Vec::new();
             for (id, r) in tx.scan::<RefRecord>("")? {

@@ -4,6 +4,11 @@
 //! store and the snapshot store with the root's backend (remembered in the
 //! metadata; `auto` probes a real overlay mount), temporary leases of a
 //! previous process dropped, and the collector wired to both stores.
+//!
+//! A root is marked open while in use and closed when its `Root` is
+//! dropped: after a clean close the stores skip reconciling disk with rows,
+//! so a command starts in the same time whatever the root holds; after a
+//! kill everything is reconciled.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -13,7 +18,7 @@ use std::sync::Arc;
 use strata_content::{ContentError, ContentStore};
 use strata_core::{Classify, ErrorKind};
 use strata_leases::{Collect, Collector, LeaseError, LeaseManager};
-use strata_metadata::{MetaDb, MetaError, Reader};
+use strata_metadata::{LastClose, MetaDb, MetaError, Reader};
 use strata_snapshot::{Backend, SnapshotError, SnapshotStore, Snapshotter};
 use strata_sys::SysError;
 use strata_sys::lock::{FileLock, LockError};
@@ -148,7 +153,23 @@ pub struct Root {
     pub tmp: PathBuf,
     /// Long-lived mount points (the shared mount pool), emptied at open.
     pub mounts: PathBuf,
+    /// How the root was closed before this open: after a clean close the
+    /// stores trust their rows and skip reconciliation.
+    pub last_close: LastClose,
     _lock: FileLock,
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        // A panic may have stopped work half-way: leave the root marked
+        // open, so the next open reconciles.
+        if std::thread::panicking() {
+            return;
+        }
+        if let Err(e) = self.db.mark_closed() {
+            tracing::warn!(root = %self.path.display(), error = %e, "could not mark the root closed; the next open reconciles");
+        }
+    }
 }
 
 fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> OpenError {
@@ -276,7 +297,9 @@ impl Root {
         empty_scratch(&root_dir, &path, "tmp")?;
         empty_scratch(&root_dir, &path, "mounts")?;
         let db = Arc::new(MetaDb::open(&path.join("meta.redb"))?);
-        let content = ContentStore::open(&path.join("content"), Arc::clone(&db))?;
+        let last_close = db.last_close()?;
+        db.mark_open()?;
+        let content = ContentStore::open_after(&path.join("content"), Arc::clone(&db), last_close)?;
         let backend = resolve_backend(&path, &db, opts.backend)?;
         let dyn_backend: Arc<dyn Backend> = match backend {
             BackendChoice::Overlay => Arc::new(strata_overlay::Overlay::new(
@@ -285,10 +308,11 @@ impl Root {
             )?),
             _ => Arc::new(strata_native::Native),
         };
-        let snapshots = SnapshotStore::open(&path, Arc::clone(&db), dyn_backend)?;
+        let snapshots = SnapshotStore::open_after(&path, Arc::clone(&db), dyn_backend, last_close)?;
         let leases = LeaseManager::new(Arc::clone(&db));
         // One process owns the root: temporary leases left now belong to a
-        // process that is gone (operation leases, views of mounted refs).
+        // process that is gone (operation leases, views of mounted refs,
+        // temporary leases a user made). Only the lease table is read.
         let dropped = leases.remove_temporary()?;
         if dropped > 0 {
             tracing::info!(dropped, "removed temporary leases of a previous process");
@@ -306,6 +330,7 @@ impl Root {
             leases,
             collector,
             backend,
+            last_close,
             _lock: lock,
         })
     }

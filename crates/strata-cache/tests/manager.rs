@@ -749,6 +749,11 @@ async fn a_half_finished_commit_is_repaired_at_open() {
     }
     assert!(!mgr.root().db.check().unwrap().is_empty());
     drop(mgr);
+    // As if the process had been killed: the root was never marked closed.
+    strata_metadata::MetaDb::open(&path.join("meta.redb"))
+        .unwrap()
+        .mark_open()
+        .unwrap();
     let mgr = open_at(&path, "native");
     assert_clean(&mgr);
     assert!(mgr.metadata("never-committed").unwrap().is_none());
@@ -1194,4 +1199,33 @@ async fn non_distributable_layers_keep_their_urls_when_asked() {
     assert_eq!(d.media_type, layer.media_type);
     assert_eq!(d.urls, layer.urls);
     assert_eq!(d.digest, layer.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_close_is_trusted_and_a_kill_is_reconciled() {
+    let e = env("native");
+    let path = e.root_path();
+    drop(e.mgr);
+    // Something no row knows, as a crash could leave.
+    let stray = path.join("snapshots/strayaaaaaaaaaaaaaaaaaaaaa");
+    std::fs::create_dir_all(stray.join("fs")).unwrap();
+    let mgr = open_at(&path, "native");
+    assert_eq!(mgr.root().last_close, strata_metadata::LastClose::Clean);
+    assert!(
+        stray.exists(),
+        "after a clean close the stores trust their rows"
+    );
+    assert!(
+        !mgr.root().snapshots.check().unwrap().is_empty(),
+        "strata check still sees it"
+    );
+    drop(mgr);
+    strata_metadata::MetaDb::open(&path.join("meta.redb"))
+        .unwrap()
+        .mark_open()
+        .unwrap();
+    let mgr = open_at(&path, "native");
+    assert_eq!(mgr.root().last_close, strata_metadata::LastClose::Unclean);
+    assert!(!stray.exists(), "after a kill everything is reconciled");
+    assert_clean(&mgr);
 }

@@ -1,7 +1,8 @@
-//! `strata check`: the metadata integrity check plus the content check
-//! (rows against files, every blob re-hashed). Opening the root has already
-//! reconciled what a crash can leave behind; `--repair` also removes blobs
-//! whose bytes no longer match their digest, row first.
+//! `strata check`: the metadata integrity check plus the content and
+//! snapshot checks (rows against files, every blob re-hashed). Opening a
+//! root after a kill reconciles what a crash can leave behind (after a clean
+//! close it trusts its rows); `--repair` reconciles in any case and also
+//! removes blobs whose bytes no longer match their digest, row first.
 
 use std::process::ExitCode;
 
@@ -14,7 +15,8 @@ use crate::root::Root;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Remove blobs that fail verification (their row, then the file).
+    /// Reconcile files with rows, and remove blobs that fail verification
+    /// (their row, then the file).
     #[arg(long)]
     repair: bool,
 }
@@ -34,12 +36,18 @@ struct CheckJson {
 }
 
 pub fn run(root: &Root, args: &CheckArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    if args.repair {
+        // What an open after a kill does: files and rows made to agree.
+        root.content.reconcile()?;
+        root.snapshots.reconcile()?;
+    }
     let mut problems: Vec<ProblemJson> = Vec::new();
     for v in root
         .db
         .check()?
         .into_iter()
         .chain(root.content.check(true)?)
+        .chain(root.snapshots.check()?)
     {
         let mut repaired = false;
         if args.repair && v.table == "content" && v.problem.starts_with("blob hashes to") {

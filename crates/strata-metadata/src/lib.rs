@@ -87,6 +87,19 @@ impl Classify for MetaError {
     }
 }
 
+/// How a root was last closed, from the `meta` table's `open` row: a
+/// store whose root closed cleanly can skip reconciling its files with its
+/// rows at open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LastClose {
+    /// Closed by its owner; disk and rows agree.
+    Clean,
+    /// Killed, crashed, or never marked: reconcile.
+    Unclean,
+}
+
+const OPEN_ROW: &str = "open";
+
 /// The metadata database of one root.
 pub struct MetaDb {
     db: redb::Database,
@@ -129,6 +142,30 @@ impl MetaDb {
             .begin_write()
             .map_err(|e| MetaError::storage("begin write", e))?;
         Ok(WriteTx::new(tx))
+    }
+
+    /// How the root was last closed ([`MetaDb::mark_open`] and
+    /// [`MetaDb::mark_closed`] keep it).
+    pub fn last_close(&self) -> Result<LastClose, MetaError> {
+        Ok(match self.read()?.meta(OPEN_ROW)? {
+            Some(0) => LastClose::Clean,
+            _ => LastClose::Unclean,
+        })
+    }
+
+    /// Records that the root is in use: until [`MetaDb::mark_closed`], the
+    /// next open reconciles.
+    pub fn mark_open(&self) -> Result<(), MetaError> {
+        let tx = self.write()?;
+        tx.set_meta(OPEN_ROW, 1)?;
+        tx.commit()
+    }
+
+    /// Records a clean close (everything the owner did is settled).
+    pub fn mark_closed(&self) -> Result<(), MetaError> {
+        let tx = self.write()?;
+        tx.set_meta(OPEN_ROW, 0)?;
+        tx.commit()
     }
 
     /// Verifies referential integrity and that every row decodes; returns

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use strata_core::{Filter, Labels, Mount, id, labels};
 use strata_leases::{Hold, LeaseManager, OpCtx, Resource};
 use strata_metadata::records::{SnapshotKind, SnapshotRecord, now};
-use strata_metadata::{MetaDb, Reader, Violation};
+use strata_metadata::{LastClose, MetaDb, Reader, Violation};
 
 use crate::backend::Backend;
 use crate::error::SnapshotError;
@@ -429,11 +429,22 @@ impl SnapshotStore {
     /// Opens the store of the state root `root` (`<root>/snapshots`, staging
     /// in `<root>/tmp`) for `backend`, reconciling disk and rows. The caller
     /// must own the root.
-    #[tracing::instrument(skip_all, fields(root = %root.display(), backend = backend.name()))]
     pub fn open(
         root: &Path,
         db: Arc<MetaDb>,
         backend: Arc<dyn Backend>,
+    ) -> Result<SnapshotStore, SnapshotError> {
+        SnapshotStore::open_after(root, db, backend, LastClose::Unclean)
+    }
+
+    /// Opens the store; after a clean close (`last`) the reconciliation is
+    /// skipped, so opening costs the same whatever the store holds.
+    #[tracing::instrument(skip_all, fields(root = %root.display(), backend = backend.name()))]
+    pub fn open_after(
+        root: &Path,
+        db: Arc<MetaDb>,
+        backend: Arc<dyn Backend>,
+        last: LastClose,
     ) -> Result<SnapshotStore, SnapshotError> {
         let snapshots = root.join("snapshots");
         let tmp = root.join("tmp");
@@ -450,7 +461,9 @@ impl SnapshotStore {
             tmp,
             closed: AtomicBool::new(false),
         };
-        inner.reconcile()?;
+        if last == LastClose::Unclean {
+            inner.reconcile()?;
+        }
         Ok(SnapshotStore {
             inner: Arc::new(inner),
             ctx: None,
@@ -489,6 +502,13 @@ impl SnapshotStore {
         let hold = self.hold()?;
         self.blocking(move |i| i.commit(&name, &key, labels, hold.as_ref(), Some(&parent)))
             .await
+    }
+
+    /// Reconciles directories with rows (what open does after an unclean
+    /// close): staging and directories without rows go, rows without
+    /// directories go with their descendants.
+    pub fn reconcile(&self) -> Result<(), SnapshotError> {
+        self.inner.reconcile()
     }
 
     /// What the backend's snapshots allow.
