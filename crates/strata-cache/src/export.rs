@@ -172,7 +172,7 @@ impl CacheManager {
         let lock_key = strata_metadata::keys::join(&[layer.snapshot_id(), parent.unwrap_or("")]);
         let _one = self.inner.export_locks.lock(&lock_key).await;
         let md = layer.metadata()?;
-        if let Some(blob) = md.blob() {
+        if let Some(blob) = self.held_blob(ctx, layer, &md)? {
             let desc = descriptor_of(&md, &blob, cfg.prefer_non_distributable);
             let have = Compression::of_media_type(&desc.media_type);
             let desc = if comp.force && have != Some(comp.kind) {
@@ -225,6 +225,39 @@ impl CacheManager {
             &written.digest,
             cfg.prefer_non_distributable,
         )))
+    }
+
+    /// The blob the record names, held by the operation's lease; `None`
+    /// when it has none or it was collected (a crash can leave a record
+    /// naming a blob nothing held), in which case the record forgets it.
+    /// Held first, looked at second: a collection either sees the hold or
+    /// has removed the blob before the look.
+    fn held_blob(
+        &self,
+        ctx: &OpCtx,
+        layer: &ImmutableRef,
+        md: &RefMetadata,
+    ) -> Result<Option<Digest>> {
+        let Some(blob) = md.blob() else {
+            return Ok(None);
+        };
+        self.hold(ctx, &Resource::content(&blob))?;
+        match self.root().content.info(&blob) {
+            Ok(_) => Ok(Some(blob)),
+            Err(e) if e.is_not_found() => {
+                tracing::debug!(layer = layer.id(), %blob, "the recorded blob is gone; computing it again");
+                self.update(
+                    layer.id(),
+                    Edit::default()
+                        .remove(metadata::BLOB)
+                        .remove(metadata::MEDIA_TYPE)
+                        .remove(metadata::BLOB_SIZE)
+                        .remove(metadata::SIZE),
+                )?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// True when `layer`'s tree has no entries.

@@ -1229,3 +1229,25 @@ async fn a_clean_close_is_trusted_and_a_kill_is_reconciled() {
     assert!(!stray.exists(), "after a kill everything is reconciled");
     assert_clean(&mgr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_naming_a_collected_blob_exports_it_again() {
+    let e = env("native");
+    let mgr = &e.mgr;
+    let (ctx, _scope) = lazy(mgr);
+    let m = mgr
+        .new_ref(&ctx, None, &RefOptions::default())
+        .await
+        .unwrap();
+    std::fs::write(mgr.root().snapshots.fs_dir(m.id()).unwrap().join("f"), "x").unwrap();
+    let r = m.commit(&ctx).await.unwrap();
+    let first = r.export_chain(&ctx, &RefConfig::default()).await.unwrap();
+    let blob = first.layers[0].descriptor.digest.clone();
+    // What a kill between recording the blob and holding it can come to.
+    mgr.root().content.delete(&blob).unwrap();
+    assert_eq!(r.metadata().unwrap().blob(), Some(blob.clone()));
+    let again = r.export_chain(&ctx, &RefConfig::default()).await.unwrap();
+    assert_eq!(again, first, "the same layer, written again");
+    mgr.root().content.info(&blob).expect("the blob is back");
+    assert_clean(mgr);
+}

@@ -1,0 +1,258 @@
+//! The cache manager killed at random instants: a child keeps importing
+//! small images, making refs, merging, diffing, exporting (forced
+//! compression variants included), letting go and collecting, on one
+//! root; it is SIGKILLed, and every time the root opens with clean checks,
+//! every acknowledged ref still has its snapshot and its file, every
+//! acknowledged blob is there, and a collection afterwards keeps them all.
+
+use std::path::Path;
+
+use strata_cache::{
+    BackendChoice, CacheManager, CompressionConfig, ImportOptions, ImportedImage, RefConfig,
+    RefOptions, Root, RootOptions,
+};
+use strata_core::{Algorithm, Descriptor, Digest, Digester, Labels};
+use strata_diff::Compression;
+use strata_leases::gc::GcOptions;
+use strata_leases::{LazyScope, OpCtx};
+use strata_testkit::crash::{self, AckLog, Rng};
+use strata_testkit::layer_tar::{archive, entry};
+
+fn open(dir: &Path, backend: BackendChoice) -> CacheManager {
+    let root = Root::open(&RootOptions {
+        path: Some(dir.join("root")),
+        backend,
+    })
+    .expect("open root");
+    CacheManager::new(root).expect("open manager")
+}
+
+fn owner(id: &str) -> String {
+    format!("keep/{id}")
+}
+
+/// A one-layer image with the file `name` holding `name`, its blobs in
+/// the store under the operation's lease.
+fn small_image(mgr: &CacheManager, ctx: &OpCtx, name: &str) -> ImportedImage {
+    let tar = archive(&[entry(name, tar::EntryType::Regular, name.as_bytes(), "")]);
+    let mut d = Digester::new(Algorithm::Sha256);
+    d.update(&tar);
+    let diff_id = d.finish();
+    let content = mgr.root().content.under(ctx);
+    let put = |media: &str, data: &[u8]| {
+        let mut h = Digester::new(Algorithm::Sha256);
+        h.update(data);
+        let digest = h.finish();
+        content
+            .ingest(
+                digest.as_str(),
+                data,
+                Some(data.len() as u64),
+                Some(&digest),
+                &Labels::new(),
+            )
+            .expect("ingest");
+        Descriptor::new(media, digest, data.len() as u64)
+    };
+    let mut layer = put("application/vnd.oci.image.layer.v1.tar", &tar);
+    layer
+        .annotations
+        .insert("containerd.io/uncompressed".into(), diff_id.to_string());
+    let config = put("application/vnd.oci.image.config.v1+json", name.as_bytes());
+    let manifest = put(
+        "application/vnd.oci.image.manifest.v1+json",
+        format!("{{\"m\":{name:?}}}").as_bytes(),
+    );
+    ImportedImage {
+        reference: name.into(),
+        manifest,
+        config,
+        layers: vec![layer],
+        nonlayers: Vec::new(),
+    }
+}
+
+async fn child(dir: &Path, seed: u64, backend: BackendChoice) {
+    let mgr = open(dir, backend);
+    let log = AckLog::new(dir);
+    let mut rng = Rng::new(seed);
+    // Refs kept so far (from earlier children too): `r:<id>:<file>`.
+    let mut kept: Vec<(String, String)> = log
+        .live()
+        .into_iter()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("r:")?;
+            let (id, file) = rest.split_once(':')?;
+            Some((id.to_owned(), file.to_owned()))
+        })
+        .collect();
+    for i in 0.. {
+        let scope = LazyScope::new(mgr.root().leases.clone(), strata_leases::temporary_labels());
+        let ctx = OpCtx::new().with_lazy_scope(std::sync::Arc::clone(&scope));
+        let token = format!("f-{seed}-{i}");
+        let pick = |rng: &mut Rng, kept: &[(String, String)]| {
+            (!kept.is_empty()).then(|| kept[rng.below(kept.len() as u64) as usize].clone())
+        };
+        let made: Option<(String, String)> = match rng.below(7) {
+            0 => {
+                let img = small_image(&mgr, &ctx, &token);
+                let top = mgr
+                    .import_image(&ctx, &img, &ImportOptions::default())
+                    .await
+                    .expect("import");
+                Some((top.id().to_owned(), token.clone()))
+            }
+            1 | 2 => {
+                let parent = match pick(&mut rng, &kept) {
+                    Some((id, _)) => Some(mgr.get(&id, &RefOptions::default()).await.expect("get")),
+                    None => None,
+                };
+                let m = mgr
+                    .new_ref(&ctx, parent.as_ref(), &RefOptions::described(&token))
+                    .await
+                    .expect("new");
+                std::fs::write(
+                    mgr.root().snapshots.fs_dir(m.id()).unwrap().join(&token),
+                    &token,
+                )
+                .expect("write");
+                let r = m.commit(&ctx).await.expect("commit");
+                Some((r.id().to_owned(), token.clone()))
+            }
+            3 => match (pick(&mut rng, &kept), pick(&mut rng, &kept)) {
+                (Some(a), Some(b)) if a.0 != b.0 => {
+                    let (ra, rb) = (
+                        mgr.get(&a.0, &RefOptions::default()).await.expect("get"),
+                        mgr.get(&b.0, &RefOptions::default()).await.expect("get"),
+                    );
+                    let merged = if rng.below(2) == 0 {
+                        mgr.merge(&ctx, &[Some(&ra), Some(&rb)], &RefOptions::default())
+                            .await
+                    } else {
+                        mgr.apply_snapshot_diff(&ctx, Some(&ra), Some(&rb), &RefOptions::default())
+                            .await
+                    };
+                    let r = merged.expect("merge").expect("two inputs");
+                    // Both keep b's newest file unless a diff finds it equal.
+                    Some((r.id().to_owned(), String::new()))
+                }
+                _ => None,
+            },
+            4 => {
+                if let Some((id, _)) = pick(&mut rng, &kept) {
+                    let r = mgr.get(&id, &RefOptions::default()).await.expect("get");
+                    let cfg = RefConfig {
+                        compression: CompressionConfig {
+                            kind: if rng.below(2) == 0 {
+                                Compression::Gzip
+                            } else {
+                                Compression::Zstd
+                            },
+                            force: rng.below(2) == 0,
+                            level: None,
+                        },
+                        ..RefConfig::default()
+                    };
+                    let chain = r.export_chain(&ctx, &cfg).await.expect("export");
+                    // The owner lease of the ref holds its blobs now.
+                    for l in chain.layers {
+                        log.added(&format!("b:{}:{id}", l.descriptor.digest));
+                    }
+                }
+                None
+            }
+            5 => {
+                if let Some((id, file)) = pick(&mut rng, &kept) {
+                    log.removing(&format!("r:{id}:{file}"));
+                    for b in log
+                        .live()
+                        .into_iter()
+                        .filter(|b| b.ends_with(&format!(":{id}")))
+                    {
+                        log.removing(&b);
+                    }
+                    mgr.remove_lease(&owner(&id)).await.expect("remove lease");
+                    kept.retain(|k| k.0 != id);
+                }
+                None
+            }
+            _ => {
+                mgr.root()
+                    .collector
+                    .collect(GcOptions::default())
+                    .expect("collect");
+                None
+            }
+        };
+        if let Some((id, file)) = made {
+            mgr.attach_lease(&owner(&id), &id).await.expect("attach");
+            log.added(&format!("r:{id}:{file}"));
+            kept.push((id, file));
+        }
+        scope.release().expect("release scope");
+    }
+}
+
+fn verify(dir: &Path, round: usize, backend: BackendChoice, rt: &tokio::runtime::Runtime) -> usize {
+    let mgr = open(dir, backend);
+    let root = mgr.root();
+    let problems: Vec<String> = root
+        .db
+        .check()
+        .unwrap()
+        .into_iter()
+        .chain(root.content.check(true).unwrap())
+        .chain(root.snapshots.check().unwrap())
+        .map(|v| v.to_string())
+        .collect();
+    assert!(problems.is_empty(), "round {round}: checks: {problems:?}");
+    let live = AckLog::new(dir).live();
+    let check_live = |when: &str| {
+        for item in &live {
+            if let Some(rest) = item.strip_prefix("r:") {
+                let (id, file) = rest.split_once(':').unwrap();
+                let r = rt
+                    .block_on(mgr.get(id, &RefOptions::default()))
+                    .unwrap_or_else(|e| panic!("round {round} {when}: ref {id} lost: {e}"));
+                if !file.is_empty() {
+                    let reader = rt.block_on(r.reader(&OpCtx::new())).unwrap();
+                    let data = reader.read_file(file.as_ref(), None).unwrap_or_else(|e| {
+                        panic!("round {round} {when}: ref {id} lost {file}: {e}")
+                    });
+                    assert_eq!(data, file.as_bytes(), "round {round} {when}: {id}/{file}");
+                }
+            } else if let Some(rest) = item.strip_prefix("b:") {
+                let d = Digest::parse(rest.rsplit_once(':').unwrap().0).unwrap();
+                root.content
+                    .info(&d)
+                    .unwrap_or_else(|e| panic!("round {round} {when}: blob {d} lost: {e}"));
+            }
+        }
+    };
+    check_live("after reopen");
+    root.collector.collect(GcOptions::default()).unwrap();
+    check_live("after collecting");
+    assert!(
+        root.db.check().unwrap().is_empty(),
+        "round {round}: checks after collecting"
+    );
+    live.len()
+}
+
+pub fn main_for(name: &str, backend: BackendChoice) {
+    if backend == BackendChoice::Overlay && !strata_testkit::require_root(name) {
+        println!("test result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    crash::run(
+        name,
+        400,
+        |dir, seed| rt.block_on(child(dir, seed, backend)),
+        |dir, round| verify(dir, round, backend, &rt),
+    );
+}
