@@ -89,6 +89,25 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// The value `V` when every alternative requires `field == V` for the
+    /// same `V` (so a store can look it up in an index before matching).
+    pub fn required_equal(&self, field: &str) -> Option<&str> {
+        let mut value: Option<&str> = None;
+        for all in &self.any {
+            let found = all.iter().find_map(|s| match &s.op {
+                Op::Equal(v) if s.path.len() == 1 && s.path[0] == field => Some(v.as_str()),
+                _ => None,
+            })?;
+            match value {
+                Some(v) if v != found => return None,
+                _ => value = Some(found),
+            }
+        }
+        value
+    }
+}
+
 impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} filter(s)", self.any.len())
@@ -257,6 +276,27 @@ mod tests {
     fn check(filters: &[&str], expected: bool) {
         let f = Filter::parse(filters).unwrap();
         assert_eq!(f.matches(&obj()), expected, "{filters:?}");
+    }
+
+    #[test]
+    fn required_equality_is_found_only_when_every_alternative_has_it() {
+        let f = Filter::parse(&["parent==a,kind==committed"]).unwrap();
+        assert_eq!(f.required_equal("parent"), Some("a"));
+        let f = Filter::parse(&["parent==a", "parent==a,name~=x"]).unwrap();
+        assert_eq!(f.required_equal("parent"), Some("a"));
+        assert_eq!(
+            Filter::parse(&["parent==a", "parent==b"])
+                .unwrap()
+                .required_equal("parent"),
+            None
+        );
+        assert_eq!(
+            Filter::parse(&["parent==a", "kind==view"])
+                .unwrap()
+                .required_equal("parent"),
+            None
+        );
+        assert_eq!(Filter::default().required_equal("parent"), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::MetaError;
 use crate::codec::{Record, decode};
 use crate::keys;
 use crate::records::*;
-use crate::tx::ReadTx;
+use crate::tx::{ReadTx, Reader};
 
 /// One broken rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,6 +118,29 @@ pub(crate) fn run(tx: &ReadTx) -> Result<Vec<Violation>, MetaError> {
                 Some(_) => {}
             }
         }
+    }
+
+    let indexed: BTreeSet<String> =
+        c.tx.index_scan(SNAPSHOT_CHILDREN, "")?
+            .into_iter()
+            .collect();
+    let expected: BTreeSet<String> = snapshots
+        .iter()
+        .filter_map(|(k, s)| s.parent.as_ref().map(|p| keys::join(&[p, k])))
+        .collect();
+    for missing in expected.difference(&indexed) {
+        c.report(
+            SNAPSHOT_CHILDREN,
+            missing,
+            "snapshot missing from the parent index",
+        );
+    }
+    for extra in indexed.difference(&expected) {
+        c.report(
+            SNAPSHOT_CHILDREN,
+            extra,
+            "index entry of no such snapshot and parent",
+        );
     }
 
     let leases: BTreeSet<String> = c.rows::<LeaseRecord>()?.into_keys().collect();

@@ -13,6 +13,18 @@ pub trait Record: Serialize + DeserializeOwned {
     /// Current encoding version, written as the first byte.
     const VERSION: u8;
 
+    /// Keys this record puts in secondary indexes when stored at `key`:
+    /// (index table, index key). The transaction keeps them in step with
+    /// every put and delete. The default puts none.
+    fn index_keys(&self, key: &str) -> Vec<(&'static str, String)> {
+        let _ = key;
+        Vec::new()
+    }
+
+    /// True when [`Record::index_keys`] can return any (writes then read
+    /// the old record first).
+    const INDEXED: bool = false;
+
     /// Decodes the payload of an older `version`. The default knows none.
     fn upgrade(version: u8, payload: &[u8]) -> Result<Self, String> {
         let _ = payload;

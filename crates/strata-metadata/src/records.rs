@@ -14,6 +14,7 @@
 //! | `import_by_diff` | parent snapshot, diffID | [`ImportByDiffRecord`] |
 //! | `snapshot_content` | snapshot, digest | [`SnapshotContentRecord`] |
 //! | `gc` | name | [`GcRecord`] |
+//! | `snapshot_children` | parent, child | (index of `snapshots` by parent) |
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -125,9 +126,20 @@ pub struct SnapshotRecord {
     pub usage: Option<UsageRecord>,
 }
 
+/// Index table of snapshots by parent: key (parent, child), no value.
+pub const SNAPSHOT_CHILDREN: &str = "snapshot_children";
+
 impl Record for SnapshotRecord {
     const TABLE: &'static str = "snapshots";
     const VERSION: u8 = 1;
+    const INDEXED: bool = true;
+
+    fn index_keys(&self, key: &str) -> Vec<(&'static str, String)> {
+        self.parent
+            .iter()
+            .map(|p| (SNAPSHOT_CHILDREN, crate::keys::join(&[p, key])))
+            .collect()
+    }
 }
 
 /// A lease.
@@ -232,8 +244,9 @@ impl Record for GcRecord {
     const VERSION: u8 = 1;
 }
 
-/// Every record table, for creation at open and for `check`.
-pub const TABLES: [&str; 11] = [
+/// Every record and index table, for creation at open and for `check`.
+pub const TABLES: [&str; 12] = [
+    SNAPSHOT_CHILDREN,
     ContentRecord::TABLE,
     IngestRecord::TABLE,
     SnapshotRecord::TABLE,

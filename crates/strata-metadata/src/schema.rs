@@ -6,12 +6,13 @@
 
 use std::path::Path;
 
-use crate::records::TABLES;
+use crate::records::{SnapshotRecord, TABLES};
 use crate::tx::{META, RawTable, Reader, WriteTx};
 use crate::{MetaDb, MetaError};
 
-/// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this build writes (2: the `snapshot_children`
+/// index).
+pub const SCHEMA_VERSION: u32 = 2;
 
 const VERSION_ROW: &str = "schema_version";
 
@@ -21,8 +22,21 @@ pub(crate) struct Migration {
     pub(crate) run: fn(&WriteTx) -> Result<(), MetaError>,
 }
 
-/// The migrations of this build; schema 1 is the first, so none yet.
-pub(crate) const MIGRATIONS: &[Migration] = &[];
+/// The migrations of this build.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    from: 1,
+    run: index_snapshot_parents,
+}];
+
+/// 1 to 2: index every snapshot by its parent (a row written afresh is
+/// indexed).
+fn index_snapshot_parents(tx: &WriteTx) -> Result<(), MetaError> {
+    for (key, r) in tx.scan::<SnapshotRecord>("")? {
+        tx.delete::<SnapshotRecord>(&key)?;
+        tx.put(&key, &r)?;
+    }
+    Ok(())
+}
 
 pub(crate) fn open(
     path: &Path,
@@ -173,6 +187,42 @@ mod tests {
                 .size,
             20
         );
+    }
+
+    #[test]
+    fn schema_1_snapshots_get_their_parent_index() {
+        use crate::records::{SNAPSHOT_CHILDREN, SnapshotKind};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let db = open(&path, 1, &[]).unwrap();
+            let tx = db.write().unwrap();
+            for (key, parent) in [("base", None), ("child", Some("base"))] {
+                let r = SnapshotRecord {
+                    id: key.into(),
+                    kind: SnapshotKind::Committed,
+                    parent: parent.map(str::to_owned),
+                    labels: Default::default(),
+                    created: 1,
+                    updated: 1,
+                    usage: None,
+                };
+                // Bytes as schema 1 wrote them: no index rows.
+                tx.raw()
+                    .open_table(RawTable::new(<SnapshotRecord as crate::Record>::TABLE))
+                    .unwrap()
+                    .insert(key, crate::encode(&r).as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let db = open(&path, SCHEMA_VERSION, MIGRATIONS).unwrap();
+        let r = db.read().unwrap();
+        assert_eq!(
+            r.index_scan(SNAPSHOT_CHILDREN, "").unwrap(),
+            [crate::keys::join(&["base", "child"])]
+        );
+        assert!(db.check().unwrap().is_empty());
     }
 
     #[test]

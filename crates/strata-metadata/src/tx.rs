@@ -129,6 +129,23 @@ pub trait Reader: sealed::Tables {
         scan_in(&self.raw_table(table_of::<R>())?, prefix)
     }
 
+    /// Keys of index table `table` that start with `prefix`, in order.
+    fn index_scan(&self, table: &'static str, prefix: &str) -> Result<Vec<String>, MetaError> {
+        let t = self.raw_table(TableDefinition::new(table))?;
+        let mut out = Vec::new();
+        for row in t
+            .range(prefix..)
+            .map_err(|e| MetaError::storage("scan", e))?
+        {
+            let (k, _) = row.map_err(|e| MetaError::storage("scan", e))?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push(k.value().to_owned());
+        }
+        Ok(out)
+    }
+
     /// A counter or setting of the `meta` table.
     fn meta(&self, name: &str) -> Result<Option<u64>, MetaError> {
         let t = self.meta_table()?;
@@ -201,8 +218,12 @@ impl WriteTx {
             .map_err(|e| MetaError::storage("open table", e))
     }
 
-    /// Inserts or replaces the record at `key`.
+    /// Inserts or replaces the record at `key` (and its index entries).
     pub fn put<R: Record>(&self, key: &str, record: &R) -> Result<(), MetaError> {
+        if R::INDEXED {
+            let old = self.get::<R>(key)?;
+            self.reindex(key, old.as_ref(), Some(record))?;
+        }
         let bytes = encode(record);
         self.open(table_of::<R>())?
             .insert(key, bytes.as_slice())
@@ -210,8 +231,13 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Removes the record at `key`; true when there was one.
+    /// Removes the record at `key` (and its index entries); true when there
+    /// was one.
     pub fn delete<R: Record>(&self, key: &str) -> Result<bool, MetaError> {
+        if R::INDEXED {
+            let old = self.get::<R>(key)?;
+            self.reindex(key, old.as_ref(), None::<&R>)?;
+        }
         let removed = self
             .open(table_of::<R>())?
             .remove(key)
@@ -222,8 +248,8 @@ impl WriteTx {
 
     /// Removes every record whose key starts with `prefix`; returns how many.
     pub fn delete_prefix<R: Record>(&self, prefix: &str) -> Result<usize, MetaError> {
-        let mut table = self.open(table_of::<R>())?;
         let keys: Vec<String> = {
+            let table = self.open(table_of::<R>())?;
             let mut keys = Vec::new();
             for row in table
                 .range(prefix..)
@@ -238,11 +264,31 @@ impl WriteTx {
             keys
         };
         for k in &keys {
-            table
-                .remove(k.as_str())
-                .map_err(|e| MetaError::storage("remove", e))?;
+            self.delete::<R>(k)?;
         }
         Ok(keys.len())
+    }
+
+    /// Moves the index entries of the record at `key` from `old` to `new`.
+    fn reindex<R: Record>(
+        &self,
+        key: &str,
+        old: Option<&R>,
+        new: Option<&R>,
+    ) -> Result<(), MetaError> {
+        let before = old.map(|r| r.index_keys(key)).unwrap_or_default();
+        let after = new.map(|r| r.index_keys(key)).unwrap_or_default();
+        for (table, k) in before.iter().filter(|e| !after.contains(e)) {
+            self.open(TableDefinition::new(table))?
+                .remove(k.as_str())
+                .map_err(|e| MetaError::storage("remove index", e))?;
+        }
+        for (table, k) in after.iter().filter(|e| !before.contains(e)) {
+            self.open(TableDefinition::new(table))?
+                .insert(k.as_str(), [].as_slice())
+                .map_err(|e| MetaError::storage("insert index", e))?;
+        }
+        Ok(())
     }
 
     /// Sets a counter or setting of the `meta` table.

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use strata_core::{Filter, Labels, Mount, id, labels};
 use strata_leases::{Hold, LeaseManager, OpCtx, Resource};
-use strata_metadata::records::{SnapshotKind, SnapshotRecord, now};
+use strata_metadata::keys;
+use strata_metadata::records::{SNAPSHOT_CHILDREN, SnapshotKind, SnapshotRecord, now};
 use strata_metadata::{LastClose, MetaDb, Reader, Violation};
 
 use crate::backend::Backend;
@@ -272,11 +273,11 @@ impl Inner {
     fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         let tx = self.db.write()?;
         let r = self.get(&tx, key)?;
+        // The parent index: what it costs is the children, not the store.
         let children: Vec<String> = tx
-            .scan::<SnapshotRecord>("")?
-            .into_iter()
-            .filter(|(_, c)| c.parent.as_deref() == Some(key))
-            .map(|(k, _)| k)
+            .index_scan(SNAPSHOT_CHILDREN, &keys::prefix(&[key]))?
+            .iter()
+            .filter_map(|k| keys::split(k).get(1).map(|c| (*c).to_owned()))
             .take(3)
             .collect();
         if !children.is_empty() {
@@ -323,10 +324,24 @@ impl Inner {
     }
 
     fn list(&self, filter: &Filter) -> Result<Vec<Info>, SnapshotError> {
-        Ok(self
-            .db
-            .read()?
-            .scan::<SnapshotRecord>("")?
+        let tx = self.db.read()?;
+        // Walks by parent read the parent index: they cost the children.
+        let rows = match filter.required_equal("parent") {
+            Some(parent) => {
+                let mut rows = Vec::new();
+                for k in tx.index_scan(SNAPSHOT_CHILDREN, &keys::prefix(&[parent]))? {
+                    let Some(child) = keys::split(&k).get(1).map(|c| (*c).to_owned()) else {
+                        continue;
+                    };
+                    if let Some(r) = tx.get::<SnapshotRecord>(&child)? {
+                        rows.push((child, r));
+                    }
+                }
+                rows
+            }
+            None => tx.scan::<SnapshotRecord>("")?,
+        };
+        Ok(rows
             .iter()
             .map(|(k, r)| Info::from_record(k, r))
             .filter(|i| filter.matches(i))
