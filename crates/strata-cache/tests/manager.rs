@@ -56,6 +56,7 @@ both_backends!(
     owner_leases_pin_chains_and_collection_cleans_rows,
     cache_mounts_share_one_mount,
     readers_stay_inside_the_ref,
+    trees_as_deep_as_a_path_may_be_import_merge_and_export,
 );
 
 fn lazy(mgr: &strata_cache::CacheManager) -> (OpCtx, Arc<LazyScope>) {
@@ -1249,5 +1250,64 @@ async fn a_record_naming_a_collected_blob_exports_it_again() {
     let again = r.export_chain(&ctx, &RefConfig::default()).await.unwrap();
     assert_eq!(again, first, "the same layer, written again");
     mgr.root().content.info(&blob).expect("the blob is back");
+    assert_clean(mgr);
+}
+
+async fn trees_as_deep_as_a_path_may_be_import_merge_and_export(backend: &str) {
+    let e = env(backend);
+    let mgr = &e.mgr;
+    let (ctx, _scope) = lazy(mgr);
+    // 1,000 nested directories and a file at the bottom: a 2,005-byte path.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut path = String::new();
+    for _ in 0..1000 {
+        path.push_str("d/");
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, &path, std::io::empty()).unwrap();
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(4);
+    b.append_data(&mut h, format!("{path}file"), &b"deep"[..])
+        .unwrap();
+    let deep = put_tar(mgr, &b.into_inner().unwrap());
+    let img = image(
+        mgr,
+        "example.com/deep:1",
+        vec![deep, put_layer(mgr, &[file("top", "t")])],
+    );
+    let top = mgr
+        .import_image(&ctx, &img, &ImportOptions::default())
+        .await
+        .unwrap();
+    let other = mgr
+        .import_image(
+            &ctx,
+            &image(
+                mgr,
+                "example.com/o:1",
+                vec![put_layer(mgr, &[file("o", "o")])],
+            ),
+            &ImportOptions::default(),
+        )
+        .await
+        .unwrap();
+    let merged = mgr
+        .merge(&ctx, &[Some(&other), Some(&top)], &RefOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let bottom = format!("{path}file");
+    let reader = merged.reader(&ctx).await.unwrap();
+    assert_eq!(reader.read_file(bottom.as_ref(), None).unwrap(), b"deep");
+    drop(reader);
+    let chain = merged
+        .export_chain(&ctx, &RefConfig::default())
+        .await
+        .unwrap();
+    assert!(!chain.layers.is_empty());
     assert_clean(mgr);
 }

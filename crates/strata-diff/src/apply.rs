@@ -71,7 +71,9 @@ impl Default for Limits {
             ratio_allowance: 64 << 20,
             max_entries: 10_000_000,
             max_path: 4096,
-            max_depth: 512,
+            // Bounded by the path length: every path that fits PATH_MAX
+            // applies, and no walker recurses.
+            max_depth: 4096,
             max_record: 1 << 20,
         }
     }
@@ -483,7 +485,7 @@ impl Applier<'_> {
     fn entry_error(&self, entry: &Path, reason: impl std::fmt::Display) -> ApplyError {
         ApplyError::Entry {
             layer: self.opts.name.clone(),
-            entry: String::from_utf8_lossy(entry.as_os_str().as_bytes()).into_owned(),
+            entry: strata_sys::short_path(entry),
             reason: reason.to_string(),
         }
     }

@@ -16,7 +16,7 @@
 //! walk elsewhere. Paths are relative to the roots, without a leading `/`.
 
 use std::cmp::Ordering;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -211,53 +211,89 @@ struct DoubleWalk<'a> {
     comparison: Comparison,
 }
 
+/// One directory being compared: both sides' entries sorted by name and
+/// how far the merge of the two lists has come.
+struct Pair {
+    dir: PathBuf,
+    lows: Vec<(OsString, Metadata)>,
+    ups: Vec<(OsString, Metadata)>,
+    i: usize,
+    j: usize,
+}
+
 impl DoubleWalk<'_> {
-    /// Compares directory `dir` (present below when `below`).
-    fn dir(&self, dir: &Path, below: bool, f: &mut ChangeFn<'_>) -> Result<(), DiffError> {
-        let ups = self.upper.read_dir_stat(dir)?;
+    fn pair(&self, dir: PathBuf, below: bool) -> Result<Pair, DiffError> {
+        let ups = self.upper.read_dir_stat(&dir)?;
         let lows = match self.lower {
-            Some(lower) if below => lower.read_dir_stat(dir)?,
+            Some(lower) if below => lower.read_dir_stat(&dir)?,
             _ => Vec::new(),
         };
-        let (mut i, mut j) = (0, 0);
-        while i < lows.len() || j < ups.len() {
-            let order = match (lows.get(i), ups.get(j)) {
+        Ok(Pair {
+            dir,
+            lows,
+            ups,
+            i: 0,
+            j: 0,
+        })
+    }
+
+    /// Compares directory `top` (present below when `below`) and
+    /// everything under it, depth first, with a stack of its own: a tree
+    /// as deep as a path may be costs no call stack.
+    fn dir(&self, top: &Path, below: bool, f: &mut ChangeFn<'_>) -> Result<(), DiffError> {
+        let mut stack = vec![self.pair(top.to_path_buf(), below)?];
+        while let Some(p) = stack.last_mut() {
+            let order = match (p.lows.get(p.i), p.ups.get(p.j)) {
+                (None, None) => {
+                    stack.pop();
+                    continue;
+                }
                 (Some(l), Some(u)) => l.0.as_bytes().cmp(u.0.as_bytes()),
                 (Some(_), None) => Ordering::Less,
                 _ => Ordering::Greater,
             };
-            match order {
+            let next = match order {
                 Ordering::Less => {
                     f(Change {
                         kind: ChangeKind::Delete,
-                        path: dir.join(&lows[i].0),
+                        path: p.dir.join(&p.lows[p.i].0),
                         meta: None,
                     })?;
-                    i += 1;
+                    p.i += 1;
+                    None
                 }
                 Ordering::Greater => {
-                    let (name, u) = &ups[j];
-                    let path = dir.join(name);
+                    let (name, u) = &p.ups[p.j];
+                    let path = p.dir.join(name);
                     f(Change {
                         kind: ChangeKind::Add,
                         path: path.clone(),
                         meta: Some(u.clone()),
                     })?;
-                    if u.kind == FileKind::Dir {
-                        self.dir(&path, false, f)?;
-                    }
-                    j += 1;
+                    let below = (u.kind == FileKind::Dir).then_some((path, false));
+                    p.j += 1;
+                    below
                 }
                 Ordering::Equal => {
-                    self.both(&dir.join(&ups[j].0), &lows[i].1, &ups[j].1, f)?;
-                    i += 1;
-                    j += 1;
+                    let path = p.dir.join(&p.ups[p.j].0);
+                    let (l, u) = (&p.lows[p.i].1, &p.ups[p.j].1);
+                    self.both(&path, l, u, f)?;
+                    let below =
+                        (u.kind == FileKind::Dir).then_some((path, l.kind == FileKind::Dir));
+                    p.i += 1;
+                    p.j += 1;
+                    below
                 }
+            };
+            if let Some((path, below)) = next {
+                stack.push(self.pair(path, below)?);
             }
         }
         Ok(())
     }
 
+    /// An entry on both sides: reported when it changed, or as unmodified
+    /// when hard-linked (for the link's later paths).
     fn both(
         &self,
         path: &Path,
@@ -280,9 +316,6 @@ impl DoubleWalk<'_> {
                 meta: Some(u.clone()),
             })?;
         }
-        if u.kind == FileKind::Dir {
-            self.dir(path, l.kind == FileKind::Dir, f)?;
-        }
         Ok(())
     }
 }
@@ -295,54 +328,76 @@ struct UpperdirWalk<'a> {
 }
 
 impl UpperdirWalk<'_> {
-    fn dir(&self, dir: &Path, f: &mut ChangeFn<'_>) -> Result<(), DiffError> {
-        for (name, u) in self.upper.read_dir_stat(dir)? {
-            let path = dir.join(&name);
-            let is_dir = u.kind == FileKind::Dir;
-            if is_dir && overlay_xattr::redirected(self.upper, &path)? {
-                return Err(DiffError::Unsupported {
-                    path,
-                    reason: "the overlay directory was renamed (redirect_dir); its changes cannot be read from the upper directory".into(),
-                });
-            }
-            if u.kind == FileKind::CharDevice && u.rdev == 0 {
-                if lookup(self.base, &path)?.is_some() {
-                    f(Change {
-                        kind: ChangeKind::Delete,
-                        path,
-                        meta: Some(u),
-                    })?;
-                }
+    /// Walks the upper directory from `top`, depth first, with a stack of
+    /// its own.
+    fn dir(&self, top: &Path, f: &mut ChangeFn<'_>) -> Result<(), DiffError> {
+        let mut stack = vec![(top.to_path_buf(), self.upper.read_dir_stat(top)?, 0usize)];
+        while let Some((dir, entries, next)) = stack.last_mut() {
+            let Some((name, u)) = entries.get(*next).cloned() else {
+                stack.pop();
                 continue;
-            }
-            let b = lookup(self.base, &path)?;
-            let kind = match &b {
-                None => Some(ChangeKind::Add),
-                Some(b) if same(self.base, self.view, &path, b, &u, self.comparison)? => None,
-                Some(_) => Some(ChangeKind::Modify),
             };
-            if let Some(kind) = kind {
-                f(Change {
-                    kind,
-                    path: path.clone(),
-                    meta: Some(u),
-                })?;
-            }
-            if !is_dir {
-                continue;
-            }
-            let base_dir = b.is_some_and(|b| b.kind == FileKind::Dir);
-            if base_dir && overlay_xattr::opaque(self.upper, &path)? {
-                DoubleWalk {
-                    lower: Some(self.base),
-                    upper: self.view,
-                    comparison: self.comparison,
-                }
-                .dir(&path, true, f)?;
-            } else {
-                self.dir(&path, f)?;
+            *next += 1;
+            let path = dir.join(&name);
+            if let Some(sub) = self.entry(path, u, f)? {
+                let entries = self.upper.read_dir_stat(&sub)?;
+                stack.push((sub, entries, 0));
             }
         }
         Ok(())
+    }
+
+    /// Reports one upper-directory entry; the directory to walk next, if
+    /// its children are to be read from the upper directory.
+    fn entry(
+        &self,
+        path: PathBuf,
+        u: Metadata,
+        f: &mut ChangeFn<'_>,
+    ) -> Result<Option<PathBuf>, DiffError> {
+        let is_dir = u.kind == FileKind::Dir;
+        if is_dir && overlay_xattr::redirected(self.upper, &path)? {
+            return Err(DiffError::Unsupported {
+                path,
+                reason: "the overlay directory was renamed (redirect_dir); its changes cannot be read from the upper directory".into(),
+            });
+        }
+        if u.kind == FileKind::CharDevice && u.rdev == 0 {
+            if lookup(self.base, &path)?.is_some() {
+                f(Change {
+                    kind: ChangeKind::Delete,
+                    path,
+                    meta: Some(u),
+                })?;
+            }
+            return Ok(None);
+        }
+        let b = lookup(self.base, &path)?;
+        let kind = match &b {
+            None => Some(ChangeKind::Add),
+            Some(b) if same(self.base, self.view, &path, b, &u, self.comparison)? => None,
+            Some(_) => Some(ChangeKind::Modify),
+        };
+        if let Some(kind) = kind {
+            f(Change {
+                kind,
+                path: path.clone(),
+                meta: Some(u),
+            })?;
+        }
+        if !is_dir {
+            return Ok(None);
+        }
+        let base_dir = b.is_some_and(|b| b.kind == FileKind::Dir);
+        if base_dir && overlay_xattr::opaque(self.upper, &path)? {
+            DoubleWalk {
+                lower: Some(self.base),
+                upper: self.view,
+                comparison: self.comparison,
+            }
+            .dir(&path, true, f)?;
+            return Ok(None);
+        }
+        Ok(Some(path))
     }
 }

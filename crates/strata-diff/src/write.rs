@@ -273,14 +273,18 @@ impl LayerWriter<'_> {
     /// Writes the directories above `dir` (and `dir`) that are not written
     /// yet, outermost first.
     fn parents(&mut self, dir: &Path) -> Result<(), DiffError> {
-        if dir.as_os_str().is_empty() || self.dirs.contains(dir) {
-            return Ok(());
+        // Collected innermost first without recursion (a tree may be as deep
+        // as a path is long).
+        let missing: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !self.dirs.contains(*d))
+            .map(Path::to_path_buf)
+            .collect();
+        for d in missing.iter().rev() {
+            let meta = self.source.stat(d)?;
+            self.entry(d, &meta)?;
         }
-        if let Some(up) = dir.parent() {
-            self.parents(up)?;
-        }
-        let meta = self.source.stat(dir)?;
-        self.entry(dir, &meta)
+        Ok(())
     }
 
     fn whiteout(&mut self, path: &Path) -> Result<(), DiffError> {

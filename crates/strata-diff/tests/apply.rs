@@ -744,3 +744,88 @@ fn device_numbers_the_kernel_cannot_hold_are_refused() {
         assert!(!f.dest.join("big").exists(), "{major}:{minor} made nothing");
     }
 }
+
+/// A layer of 1,000 nested directories `d/d/...` with a file at the bottom
+/// (a 2,005-byte path, within PATH_MAX), through GNU long names.
+fn deep_layer(levels: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut path = String::new();
+    for _ in 0..levels {
+        path.push_str("d/");
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, &path, std::io::empty()).unwrap();
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(4);
+    b.append_data(&mut h, format!("{path}file"), &b"deep"[..])
+        .unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn trees_as_deep_as_a_path_may_be_apply_walk_and_write_without_recursion() {
+    let f = fixture();
+    let layer = deep_layer(1000);
+    f.apply(&layer).unwrap();
+    let bottom = "d/".repeat(1000) + "file";
+    assert_eq!(
+        fs::read(f.dest.join(&bottom)).unwrap(),
+        b"deep",
+        "a 2,005-byte path applies"
+    );
+    // Walk and write it again on a thread with a small stack: no walker
+    // recurses per level.
+    let src = f.dest.clone();
+    let written = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || {
+            strata_diff::write_layer(
+                &strata_leases::OpCtx::new(),
+                Vec::new(),
+                &src,
+                &strata_diff::WriteOptions::default(),
+                |w| {
+                    strata_diff::walk_changes(
+                        None,
+                        &src,
+                        strata_diff::Comparison::Compat,
+                        &mut |c| w.change(&c),
+                    )
+                },
+            )
+            .map(|(_, tar)| tar)
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let again = tempfile::tempdir().unwrap();
+    apply(
+        &strata_leases::OpCtx::new(),
+        &written[..],
+        again.path(),
+        &ApplyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(fs::read(again.path().join(&bottom)).unwrap(), b"deep");
+    // Errors quote such paths shortened.
+    let err = apply(
+        &strata_leases::OpCtx::new(),
+        &layer[..],
+        tempfile::tempdir().unwrap().path(),
+        &ApplyOptions {
+            limits: strata_diff::Limits {
+                max_depth: 500,
+                ..strata_diff::Limits::default()
+            },
+            ..ApplyOptions::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("deeper than 500") && err.len() < 400, "{err}");
+}

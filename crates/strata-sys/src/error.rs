@@ -13,7 +13,7 @@ pub type SysResult<T> = Result<T, SysError>;
 #[non_exhaustive]
 pub enum SysError {
     /// A syscall failed.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}: {source}", short_path(path))]
     Io {
         op: &'static str,
         path: PathBuf,
@@ -21,16 +21,35 @@ pub enum SysError {
         source: io::Error,
     },
     /// A path names something outside the root, or is malformed.
-    #[error("invalid path {}: {reason}", path.display())]
+    #[error("invalid path {}: {reason}", short_path(path))]
     InvalidPath { path: PathBuf, reason: &'static str },
     /// The operation would act on something it must refuse (a symlink to
     /// chmod, a directory to hard-link, a mount point to remove through).
-    #[error("refusing to {op} {}: {reason}", path.display())]
+    #[error("refusing to {op} {}: {reason}", short_path(path))]
     Refused {
         op: &'static str,
         path: PathBuf,
         reason: &'static str,
     },
+}
+
+/// A path for messages: whole when short, else its first and last 100
+/// bytes around the number of bytes left out (a 2 KB path of `d/d/d/...`
+/// helps nobody).
+pub fn short_path(p: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    const KEEP: usize = 100;
+    let bytes = p.as_os_str().as_bytes();
+    if bytes.len() <= 3 * KEEP {
+        return p.display().to_string();
+    }
+    let (head, tail) = (&bytes[..KEEP], &bytes[bytes.len() - KEEP..]);
+    format!(
+        "{}…({} bytes)…{}",
+        String::from_utf8_lossy(head),
+        bytes.len() - 2 * KEEP,
+        String::from_utf8_lossy(tail)
+    )
 }
 
 impl SysError {

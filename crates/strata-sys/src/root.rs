@@ -304,6 +304,11 @@ impl Root {
     /// (or in-root symlinks to directories) are kept.
     pub fn mkdir_all(&self, path: &Path, mode: u32) -> SysResult<()> {
         let rel = clean(path)?;
+        // Usually it exists already: one resolution instead of one per
+        // component (a deep tree would cost the square of its depth).
+        if self.open_dir(rel.as_path()).is_ok() {
+            return Ok(());
+        }
         let mut prefix = RelPath::root();
         for component in rel.as_path().components() {
             prefix = prefix.join(component.as_os_str())?;

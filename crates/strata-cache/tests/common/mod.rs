@@ -75,7 +75,12 @@ fn sha(data: &[u8]) -> Digest {
 /// The layer of `entries`, gzip-compressed, put in the store; its
 /// descriptor carries the diffID.
 pub fn put_layer(mgr: &CacheManager, entries: &[Vec<u8>]) -> Descriptor {
-    let tar = archive(entries);
+    put_tar(mgr, &archive(entries))
+}
+
+/// A layer of the tar stream `tar`, gzip-compressed, put in the store.
+pub fn put_tar(mgr: &CacheManager, tar: &[u8]) -> Descriptor {
+    let tar = tar.to_vec();
     let diff_id = sha(&tar);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).unwrap();
