@@ -818,9 +818,9 @@ fn trees_as_deep_as_a_path_may_be_apply_walk_and_write_without_recursion() {
         &layer[..],
         tempfile::tempdir().unwrap().path(),
         &ApplyOptions {
-            limits: strata_diff::Limits {
+            limits: Limits {
                 max_depth: 500,
-                ..strata_diff::Limits::default()
+                ..Limits::default()
             },
             ..ApplyOptions::default()
         },
