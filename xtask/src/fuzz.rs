@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 
 fn seeds(dir: &Path) -> anyhow::Result<()> {
     let corpus = dir.join("corpus");
-    if corpus.join("pax.tar").exists() {
+    if corpus.join("sparse.tar").exists() {
         return Ok(());
     }
     let src = dir.join("src");
@@ -24,7 +24,26 @@ fn seeds(dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::write(src.join("etc/.wh.gone"), "")?;
     std::fs::write(src.join("etc/sub/.wh..wh..opq"), "")?;
+    // A deep tree (paths past 100 bytes take GNU long names) and a sparse
+    // file (GNU sparse entries), shapes the applier has had trouble with.
+    let deep = src.join("deep").join("d/".repeat(64));
+    std::fs::create_dir_all(&deep)?;
+    std::fs::write(deep.join("bottom"), "deep")?;
+    let sparse = dir.join("sparse-src");
+    std::fs::create_dir_all(&sparse)?;
+    let holes = std::fs::File::create(sparse.join("holes"))?;
+    holes.set_len(1 << 20)?;
+    std::os::unix::fs::FileExt::write_at(&holes, b"data", 512 << 10)?;
     std::fs::create_dir_all(&corpus)?;
+    crate::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&sparse)
+            .arg("--sparse")
+            .arg("-cf")
+            .arg(corpus.join("sparse.tar"))
+            .arg("."),
+    )?;
     crate::run(
         Command::new("tar")
             .arg("-C")

@@ -273,18 +273,13 @@ fn hostile_paths_stay_inside() {
     );
     // A symlink the layer plants, then a write through it.
     let outside = f.outside.display().to_string();
-    // The symlink is re-rooted: its target does not exist inside, so the
-    // write fails cleanly; once it exists inside, the write lands there.
-    expect_invalid(
-        &f,
-        &layer(&[
-            raw(b"evil", tar::EntryType::Symlink, b"", outside.as_bytes()),
-            file("evil/pwned", "x"),
-        ]),
-        "evil/pwned",
-    );
-    fs::create_dir_all(f.dest.join(f.outside.strip_prefix("/").unwrap())).unwrap();
-    f.apply(&layer(&[file("evil/pwned", "x")])).unwrap();
+    // The symlink is re-rooted: the directories it names are made inside
+    // (as containerd does) and the write lands there.
+    f.apply(&layer(&[
+        raw(b"evil", tar::EntryType::Symlink, b"", outside.as_bytes()),
+        file("evil/pwned", "x"),
+    ]))
+    .unwrap();
     f.outside_untouched();
     assert!(
         f.dest
@@ -828,4 +823,29 @@ fn trees_as_deep_as_a_path_may_be_apply_walk_and_write_without_recursion() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("deeper than 500") && err.len() < 400, "{err}");
+}
+
+#[test]
+fn parents_below_a_symlink_the_layer_made_are_created_inside_the_root() {
+    let f = fixture();
+    use tar::EntryType::{Directory as D, Regular as F, Symlink as S};
+    f.apply(&layer(&[
+        raw(b"d/", D, b"", b""),
+        // `d` becomes a symlink climbing out; what goes below it lands in
+        // the root's own `victim`, made for it.
+        raw(b"d", S, b"", b"../victim"),
+        raw(b"d/pwned", F, b"x", b""),
+        raw(b"abs", S, b"", b"/elsewhere/deeper"),
+        raw(b"abs/y", F, b"y", b""),
+    ]))
+    .unwrap();
+    assert_eq!(fs::read(f.dest.join("victim/pwned")).unwrap(), b"x");
+    assert_eq!(fs::read(f.dest.join("elsewhere/deeper/y")).unwrap(), b"y");
+    assert!(
+        fs::symlink_metadata(f.dest.join("d"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    f.outside_untouched();
 }

@@ -309,16 +309,65 @@ impl Root {
         if self.open_dir(rel.as_path()).is_ok() {
             return Ok(());
         }
-        let mut prefix = RelPath::root();
-        for component in rel.as_path().components() {
-            prefix = prefix.join(component.as_os_str())?;
-            match self.mkdir(prefix.as_path(), mode) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    // Accept it only if it resolves to a directory.
-                    self.open_dir(prefix.as_path())?;
+        // Component by component, following symlinks the way a process
+        // chrooted here would (absolute targets from the root, `..`
+        // stopping at it), and creating what is missing where they lead:
+        // a parent that is a symlink to a missing directory gets that
+        // directory, inside the root.
+        let mut todo: std::collections::VecDeque<OsString> = rel
+            .as_path()
+            .components()
+            .map(|c| c.as_os_str().to_os_string())
+            .collect();
+        let mut at: Vec<OsString> = Vec::new();
+        let mut hops = 0;
+        while let Some(name) = todo.pop_front() {
+            if name == ".." {
+                at.pop();
+                continue;
+            }
+            let mut here = at.clone();
+            here.push(name.clone());
+            let here_path: PathBuf = here.iter().collect();
+            match self.try_stat(&here_path)? {
+                None => {
+                    match self.mkdir(&here_path, mode) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                        Err(e) => return Err(e),
+                    }
+                    at = here;
                 }
-                Err(e) => return Err(e),
+                Some(m) if m.kind == FileKind::Dir => at = here,
+                Some(m) if m.kind == FileKind::Symlink => {
+                    hops += 1;
+                    if hops > 40 {
+                        return Err(SysError::io(
+                            "mkdir",
+                            self.path.join(rel.as_path()),
+                            Errno::LOOP,
+                        ));
+                    }
+                    let target = self.read_link(&here_path)?;
+                    let target = Path::new(&target);
+                    if target.is_absolute() {
+                        at.clear();
+                    }
+                    for c in target.components().rev() {
+                        match c {
+                            std::path::Component::Normal(n) => todo.push_front(n.to_os_string()),
+                            std::path::Component::ParentDir => todo.push_front("..".into()),
+                            _ => {}
+                        }
+                    }
+                }
+                Some(_) => {
+                    return Err(SysError::io(
+                        "mkdir",
+                        self.path.join(&here_path),
+                        Errno::NOTDIR,
+                    ));
+                }
             }
         }
         Ok(())
