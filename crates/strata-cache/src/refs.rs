@@ -6,7 +6,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use strata_core::{Labels, Mount, id};
+use strata_core::{Classify as _, Labels, Mount, id};
 use strata_diff::{USAGE_INODES_LABEL, USAGE_SIZE_LABEL};
 use strata_leases::{LeaseManager, LeaseSpec, OpCtx, labels as lease_labels, temporary_labels};
 use strata_metadata::records::{RefRecord, from_system_time};
@@ -178,8 +178,6 @@ impl Drop for ViewLease {
         }
     }
 }
-
-use strata_core::Classify as _;
 
 impl ImmutableRef {
     pub(crate) fn new(mgr: CacheManager, id: &str, update_last_used: bool) -> ImmutableRef {
