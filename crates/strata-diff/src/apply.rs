@@ -40,8 +40,9 @@ use tar::EntryType;
 
 use crate::compression::Compression;
 use crate::error::ApplyError;
-use crate::guard::HeaderGuard;
+use crate::guard::{HeaderGuard, SparseMaps};
 use crate::overlay_xattr;
+use crate::sparse;
 
 /// Bounds on what a layer may make us do.
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +62,9 @@ pub struct Limits {
     /// Largest GNU long name or PAX record, in bytes (they are read into
     /// memory whole).
     pub max_record: u64,
+    /// Largest apparent size of a sparse file (its holes cost nothing,
+    /// but a file that large is refused by name, not made).
+    pub max_apparent_size: u64,
 }
 
 impl Default for Limits {
@@ -75,6 +79,7 @@ impl Default for Limits {
             // applies, and no walker recurses.
             max_depth: 4096,
             max_record: 1 << 20,
+            max_apparent_size: 1 << 40,
         }
     }
 }
@@ -407,6 +412,7 @@ fn extract(
     rx: mpsc::Receiver<io::Result<Chunk>>,
     opts: &ApplyOptions,
 ) -> Result<u64, ApplyError> {
+    let gnu_sparse = SparseMaps::default();
     let stream = HeaderGuard::new(
         Chunks {
             rx,
@@ -415,6 +421,7 @@ fn extract(
         },
         opts.limits.max_record,
         opts.limits.max_uncompressed,
+        SparseMaps::clone(&gnu_sparse),
     );
     let mut archive = tar::Archive::new(stream);
     let lowers = match &opts.overlay {
@@ -438,6 +445,7 @@ fn extract(
         privileged: strata_sys::effective_uid() == 0,
         last_parent: None,
         buf: vec![0; 256 << 10],
+        gnu_sparse,
     };
     let mut entries = 0u64;
     let io_err = |e: io::Error| invalid(opts, format!("not a valid tar stream: {e}"));
@@ -476,6 +484,9 @@ struct Applier<'a> {
     last_parent: Option<PathBuf>,
     /// The copy buffer for file data.
     buf: Vec<u8>,
+    /// Old GNU sparse maps the guard took out of the stream, by header
+    /// position.
+    gnu_sparse: SparseMaps,
 }
 
 const WHITEOUT: &str = ".wh.";
@@ -495,8 +506,8 @@ impl Applier<'_> {
     }
 
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ApplyError> {
-        let raw = entry.path_bytes().into_owned();
-        let shown = PathBuf::from(OsStr::from_bytes(&raw));
+        let mut raw = entry.path_bytes().into_owned();
+        let mut shown = PathBuf::from(OsStr::from_bytes(&raw));
         let kind = entry.header().entry_type();
         if matches!(kind, EntryType::XGlobalHeader) {
             return Ok(());
@@ -514,8 +525,23 @@ impl Applier<'_> {
             Ok(None) => Vec::new(),
             Err(e) => return Err(self.entry_error(&shown, format!("bad PAX header: {e}"))),
         };
-        if pax.iter().any(|(k, _)| k.starts_with("GNU.sparse.")) {
-            return Err(self.entry_error(&shown, "PAX sparse files are not supported"));
+        // A PAX sparse file (GNU formats 0.0, 0.1, 1.0): its real name and
+        // map, never the stand-in name or the raw map as data.
+        let max_apparent = self.opts.limits.max_apparent_size;
+        let gnu = self
+            .gnu_sparse
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&entry.raw_header_position());
+        let sparse = match gnu {
+            Some(map) => Some(sparse::Sparse::gnu(map.chunks, map.real_size, max_apparent)),
+            None => sparse::Sparse::parse(&pax, max_apparent).transpose(),
+        }
+        .transpose()
+        .map_err(|r| self.entry_error(&shown, r))?;
+        if let Some(name) = sparse.as_ref().and_then(|s| s.name.clone()) {
+            raw = name;
+            shown = PathBuf::from(OsStr::from_bytes(&raw));
         }
         if raw.len() > self.opts.limits.max_path {
             return Err(self.entry_error(
@@ -593,8 +619,11 @@ impl Applier<'_> {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let mut file =
                     replacing(&at, |at| at.create_file(0o600)).map_err(|e| self.sys(&shown, e))?;
-                copy_sparse(&mut entry, &mut file, &mut self.buf)
-                    .map_err(|e| self.entry_error(&shown, e))?;
+                match &sparse {
+                    Some(map) => map.write(&mut entry, &mut file, &mut self.buf),
+                    None => copy_sparse(&mut entry, &mut file, &mut self.buf),
+                }
+                .map_err(|e| self.entry_error(&shown, e))?;
             }
             EntryType::Symlink => {
                 let target = entry

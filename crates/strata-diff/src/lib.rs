@@ -13,6 +13,7 @@ mod guard;
 mod merge;
 mod overlay_xattr;
 mod pgzip;
+mod sparse;
 mod unpack;
 mod write;
 

@@ -548,7 +548,8 @@ fn hostile_headers() {
         &layer(&[pax(&[("path", b"../outside/pwned")]), file("x", "x")]),
         "climbs above the root",
     );
-    // PAX sparse files are refused, never extracted under their stand-in name.
+    // A PAX sparse file without its size is refused, never extracted under
+    // its stand-in name.
     expect_invalid(
         &f,
         &layer(&[
@@ -847,5 +848,131 @@ fn parents_below_a_symlink_the_layer_made_are_created_inside_the_root() {
             .file_type()
             .is_symlink()
     );
+    f.outside_untouched();
+}
+
+#[test]
+fn pax_sparse_files_of_every_gnu_format_apply_with_their_holes() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let src = tempfile::tempdir().unwrap();
+    let holes = fs::File::create(src.path().join("holes")).unwrap();
+    holes.set_len(1 << 30).unwrap();
+    holes.write_all_at(b"head", 0).unwrap();
+    holes.write_all_at(&[7u8; 8192], 300 << 20).unwrap();
+    holes.write_all_at(b"tail", (1 << 30) - 4).unwrap();
+    drop(holes);
+    for version in ["0.0", "0.1", "1.0"] {
+        let out = src.path().join(format!("layer-{version}.tar"));
+        let made = std::process::Command::new("tar")
+            .args(["--sparse", "--format=posix"])
+            .arg(format!("--sparse-version={version}"))
+            .arg("-C")
+            .arg(src.path())
+            .arg("-cf")
+            .arg(&out)
+            .arg("holes")
+            .status()
+            .unwrap();
+        assert!(made.success(), "GNU tar makes a {version} sparse layer");
+        let bytes = fs::read(&out).unwrap();
+        assert!(
+            bytes.len() < 64 << 10,
+            "{version}: the layer holds data, not holes"
+        );
+        let f = fixture();
+        f.apply(&bytes).unwrap_or_else(|e| panic!("{version}: {e}"));
+        let got = f.dest.join("holes");
+        let md = fs::metadata(&got).unwrap();
+        assert_eq!(md.len(), 1 << 30, "{version}: apparent size");
+        assert!(
+            md.blocks() * 512 < 4 << 20,
+            "{version}: holes stay holes ({} blocks)",
+            md.blocks()
+        );
+        let file = fs::File::open(&got).unwrap();
+        let mut buf = [0u8; 4];
+        file.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"head");
+        file.read_exact_at(&mut buf, (1 << 30) - 4).unwrap();
+        assert_eq!(&buf, b"tail");
+        let mut mid = vec![0u8; 8192];
+        file.read_exact_at(&mut mid, 300 << 20).unwrap();
+        assert!(mid.iter().all(|b| *b == 7), "{version}: the middle chunk");
+        assert!(
+            !f.dest.join("GNUSparseFile.0").exists(),
+            "{version}: no stand-in name"
+        );
+        let names: Vec<_> = fs::read_dir(&f.dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{version}: {names:?}");
+        f.outside_untouched();
+    }
+    // Larger than allowed: refused by name, not made.
+    let f = fixture();
+    let bytes = fs::read(src.path().join("layer-1.0.tar")).unwrap();
+    let err = apply(
+        &strata_leases::OpCtx::new(),
+        &bytes[..],
+        &f.dest,
+        &ApplyOptions {
+            limits: Limits {
+                max_apparent_size: 1 << 20,
+                ..Limits::default()
+            },
+            ..ApplyOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("more than the 1048576 allowed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn old_gnu_sparse_files_cost_their_data_not_their_holes() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    // GNU tar's own old sparse format, with more chunks than the header
+    // holds (extension blocks).
+    let src = tempfile::tempdir().unwrap();
+    let holes = fs::File::create(src.path().join("holes")).unwrap();
+    holes.set_len(64 << 30).unwrap();
+    for i in 0..10u64 {
+        holes
+            .write_all_at(&[i as u8 + 1; 4096], i * (6 << 30))
+            .unwrap();
+    }
+    drop(holes);
+    let out = src.path().join("gnu.tar");
+    let made = std::process::Command::new("tar")
+        .args(["--sparse", "--format=gnu", "-C"])
+        .arg(src.path())
+        .arg("-cf")
+        .arg(&out)
+        .arg("holes")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let bytes = fs::read(&out).unwrap();
+    assert!(bytes.len() < 128 << 10, "the layer holds the data only");
+    let f = fixture();
+    let start = std::time::Instant::now();
+    f.apply(&bytes).unwrap();
+    let took = start.elapsed();
+    let got = f.dest.join("holes");
+    let md = fs::metadata(&got).unwrap();
+    assert_eq!(md.len(), 64 << 30, "apparent size");
+    assert!(md.blocks() * 512 < 1 << 20, "holes stay holes");
+    let file = fs::File::open(&got).unwrap();
+    for i in 0..10u64 {
+        let mut b = [0u8; 4096];
+        file.read_exact_at(&mut b, i * (6 << 30)).unwrap();
+        assert!(b.iter().all(|x| *x == i as u8 + 1), "chunk {i}");
+    }
+    // Not a timing assertion of speed, a bound against producing 64 GiB of
+    // zeros (which took about a minute).
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
     f.outside_untouched();
 }
