@@ -212,10 +212,19 @@ fn mount_overlay_append(
             Err(e) => return Err(fail("set overlay lowerdir+", e)),
         }
     }
+    match rm::fsconfig_create(&fs) {
+        Ok(()) => {}
+        // Kernels before 5.15's overlay port to the new mount API take the
+        // options through a legacy context and refuse `lowerdir+` only
+        // here ("unrecognized mount option").
+        Err(Errno::INVAL) if LEGACY_OVERLAY.load(Ordering::Acquire) == UNKNOWN => {
+            return Ok(false);
+        }
+        Err(e) => return Err(fail("create overlay", e)),
+    }
     LEGACY_OVERLAY
         .compare_exchange(UNKNOWN, APPEND, Ordering::AcqRel, Ordering::Acquire)
         .ok();
-    rm::fsconfig_create(&fs).map_err(|e| fail("create overlay", e))?;
     let mnt = rm::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
         .map_err(|e| fail("fsmount overlay", e))?;
     rm::move_mount(
