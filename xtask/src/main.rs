@@ -4,7 +4,8 @@
 //! * `test`: the whole test suite (what README and `.ci/run` call); skipped
 //!   privileged tests are listed by name and counted at the end.
 //! * `ci`: fmt check, clippy with `-D warnings`, the layering check, tidy
-//!   checks, `test`, then a 30-second fuzz smoke run.
+//!   checks, `test`, the overlay scenario on Debian 12's kernel under qemu
+//!   (`qemu`), then a 30-second fuzz smoke run.
 //! * `bench content|snapshot|gc`: figures against peers run side by side.
 //! * `fuzz [--seconds N]`: the layer-applier fuzz target.
 //! * `bench-images [OUT]`: builds the real Debian images the benchmarks
@@ -17,6 +18,7 @@ mod bench;
 mod fuzz;
 mod images;
 mod layering;
+mod qemu;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -33,9 +35,10 @@ fn main() -> anyhow::Result<()> {
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
         ["bench-images", rest @ ..] => images::run(rest),
+        ["qemu", rest @ ..] => qemu::run(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N] | bench snapshot | bench gc | fuzz [--seconds N] | bench-images [OUT]"
+                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N] | bench snapshot | bench gc | fuzz [--seconds N] | bench-images [OUT] | qemu"
             );
             bail!("unknown command {args:?}")
         }
@@ -64,7 +67,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
@@ -106,6 +109,8 @@ fn ci() -> anyhow::Result<()> {
     layering::check()?;
     tidy::check()?;
     test(&[])?;
+    // The overlay backend on Debian 12's 6.1 kernel, booted under qemu.
+    qemu::run(&[])?;
     // A short smoke run of the fuzz target; the long runs are `cargo xtask
     // fuzz`.
     fuzz::run(&["--seconds", "30"])
