@@ -64,6 +64,13 @@ fn lazy(mgr: &strata_cache::CacheManager) -> (OpCtx, Arc<LazyScope>) {
     (OpCtx::new().with_lazy_scope(Arc::clone(&scope)), scope)
 }
 
+/// A new mutable ref on nothing, with default options.
+async fn fresh(mgr: &strata_cache::CacheManager, ctx: &OpCtx) -> strata_cache::MutableRef {
+    mgr.new_ref(ctx, None, &RefOptions::default())
+        .await
+        .unwrap()
+}
+
 fn snapshot_count(mgr: &strata_cache::CacheManager) -> usize {
     mgr.root()
         .db
@@ -181,10 +188,7 @@ async fn merge_and_diff_contracts(backend: &str) {
     let make = |files: &'static [(&'static str, &'static str)]| {
         let ctx = ctx.clone();
         async move {
-            let m = mgr
-                .new_ref(&ctx, None, &RefOptions::default())
-                .await
-                .unwrap();
+            let m = fresh(mgr, &ctx).await;
             let rw = m.mount(&ctx, false).await.unwrap();
             with_mounted(&rw, tmp, |p| {
                 for (name, data) in files {
@@ -630,17 +634,11 @@ async fn metadata_is_durable_and_searchable() {
     let path = e.root_path();
     let mgr = e.mgr;
     let ctx = OpCtx::new();
-    let m = mgr
-        .new_ref(&ctx, None, &RefOptions::default())
-        .await
-        .unwrap();
+    let m = fresh(&mgr, &ctx).await;
     m.set_string("app.key", "v1", "app.key:v1").unwrap();
     m.set_string("other", "x", "app.other").unwrap();
     m.set_external("blob", b"\x00\x01raw").unwrap();
-    let n = mgr
-        .new_ref(&ctx, None, &RefOptions::default())
-        .await
-        .unwrap();
+    let n = fresh(&mgr, &ctx).await;
     n.set_string("app.key", "v2", "app.key:v2").unwrap();
     let ids = |v: Vec<strata_cache::RefMetadata>| -> Vec<String> {
         v.iter().map(|m| m.id().to_owned()).collect()
@@ -733,10 +731,7 @@ async fn a_half_finished_commit_is_repaired_at_open() {
     let path = e.root_path();
     let mgr = e.mgr;
     let ctx = OpCtx::new();
-    let m = mgr
-        .new_ref(&ctx, None, &RefOptions::default())
-        .await
-        .unwrap();
+    let m = fresh(&mgr, &ctx).await;
     let id = m.id().to_owned();
     drop(m);
     // A crash after the new record was written and before the snapshot
@@ -768,10 +763,7 @@ async fn attach_and_remove_of_one_lease_exclude_each_other() {
     let ctx = OpCtx::new();
     let mut snaps = Vec::new();
     for _ in 0..2 {
-        let m = mgr
-            .new_ref(&ctx, None, &RefOptions::default())
-            .await
-            .unwrap();
+        let m = fresh(&mgr, &ctx).await;
         snaps.push(m.commit(&ctx).await.unwrap().snapshot_id().to_owned());
     }
     let lease = "strata/owner/race";
@@ -833,10 +825,7 @@ async fn create_boundaries_hold_what_they_make_in_the_operation_lease() {
     let mgr = &e.mgr;
     let (ctx, scope) = lazy(mgr);
     assert!(ctx.lease().is_none(), "nothing made yet, no lease yet");
-    let m = mgr
-        .new_ref(&ctx, None, &RefOptions::default())
-        .await
-        .unwrap();
+    let m = fresh(mgr, &ctx).await;
     let lease = ctx.lease().expect("the prepare made the lazy lease");
     let held = |id: &str| {
         mgr.root()
@@ -853,10 +842,7 @@ async fn create_boundaries_hold_what_they_make_in_the_operation_lease() {
     assert!(held(a.id()), "the committed snapshot is held");
     assert!(!held(&old), "the active key it replaced is let go");
     let b = {
-        let m = mgr
-            .new_ref(&ctx, None, &RefOptions::default())
-            .await
-            .unwrap();
+        let m = fresh(mgr, &ctx).await;
         m.commit(&ctx).await.unwrap()
     };
     let merged = mgr
@@ -887,10 +873,7 @@ async fn readers_stay_inside_the_ref(backend: &str) {
     let mgr = &e.mgr;
     let tmp = e.dir.path();
     let ctx = OpCtx::new();
-    let m = mgr
-        .new_ref(&ctx, None, &RefOptions::default())
-        .await
-        .unwrap();
+    let m = fresh(mgr, &ctx).await;
     let rw = m.mount(&ctx, false).await.unwrap();
     with_mounted(&rw, tmp, |p| {
         std::fs::create_dir_all(p.join("etc/conf.d")).unwrap();
@@ -1020,10 +1003,7 @@ async fn loading_persistent_rows_replaces_them_and_skips_unknown_snapshots() {
     let e = env("native");
     let mgr = &e.mgr;
     let ctx = OpCtx::new();
-    let m = mgr
-        .new_ref(&ctx, None, &RefOptions::default())
-        .await
-        .unwrap();
+    let m = fresh(mgr, &ctx).await;
     let a = m.commit(&ctx).await.unwrap();
     let digest = put_blob(mgr, "text/plain", b"row").digest;
     let row = |parent: &str, snapshot: &str| ImportedLayerRow {
@@ -1074,10 +1054,7 @@ async fn a_root_left_with_mounts_opens_clean() {
     let path = e.root_path();
     let mgr = e.mgr;
     let ctx = OpCtx::new();
-    let m = mgr
-        .new_ref(&ctx, None, &RefOptions::default())
-        .await
-        .unwrap();
+    let m = fresh(&mgr, &ctx).await;
     let r = m.commit(&ctx).await.unwrap();
     // What a killed process leaves: a view mounted under tmp/ and a shared
     // mount under mounts/, never unmounted.
@@ -1107,10 +1084,7 @@ async fn linked_variants_go_together_when_nothing_holds_them() {
     let e = env("native");
     let mgr = &e.mgr;
     let (ctx, scope) = lazy(mgr);
-    let m = mgr
-        .new_ref(&ctx, None, &RefOptions::default())
-        .await
-        .unwrap();
+    let m = fresh(mgr, &ctx).await;
     std::fs::write(
         mgr.root().snapshots.fs_dir(m.id()).unwrap().join("f"),
         "data",
@@ -1236,10 +1210,7 @@ async fn a_record_naming_a_collected_blob_exports_it_again() {
     let e = env("native");
     let mgr = &e.mgr;
     let (ctx, _scope) = lazy(mgr);
-    let m = mgr
-        .new_ref(&ctx, None, &RefOptions::default())
-        .await
-        .unwrap();
+    let m = fresh(mgr, &ctx).await;
     std::fs::write(mgr.root().snapshots.fs_dir(m.id()).unwrap().join("f"), "x").unwrap();
     let r = m.commit(&ctx).await.unwrap();
     let first = r.export_chain(&ctx, &RefConfig::default()).await.unwrap();
