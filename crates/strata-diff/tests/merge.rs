@@ -54,6 +54,11 @@ fn env(backend: &str) -> Env {
     }
 }
 
+/// Applies `layer` to the plain directory `dir` with default options.
+fn apply_plain(layer: &[u8], dir: &Path) {
+    apply(&OpCtx::new(), layer, dir, &ApplyOptions::default()).unwrap();
+}
+
 fn layer_of(lower: Option<&Path>, upper: &Path, cmp: Comparison) -> Vec<u8> {
     changes_layer(lower, upper, cmp, true)
 }
@@ -130,13 +135,7 @@ async fn merge_equals_ordered_apply(backend: &str) {
         let mut keys = Vec::new();
         for (i, t) in trees.iter().enumerate() {
             let layer = layer_of(None, t, Comparison::Compat);
-            apply(
-                &OpCtx::new(),
-                layer.as_slice(),
-                &reference,
-                &ApplyOptions::default(),
-            )
-            .unwrap();
+            apply_plain(&layer, &reference);
             let key = format!("s{seed}-{i}");
             unpack_bytes(&e, &key, None, layer).await;
             keys.push(key);
@@ -222,13 +221,7 @@ async fn snapshot_diff_holds_the_changes(backend: &str) {
             false,
         );
         drop((ma, mb));
-        apply(
-            &OpCtx::new(),
-            layer.as_slice(),
-            &reference,
-            &ApplyOptions::default(),
-        )
-        .unwrap();
+        apply_plain(&layer, &reference);
         let name = format!("diff{seed}");
         let diff = Diff {
             lower: Some(ka.clone()),
@@ -318,13 +311,7 @@ async fn unpacked_chains_render_alike_everywhere() {
     let reference = t.path().join("reference");
     fs::create_dir(&reference).unwrap();
     for l in &layers {
-        apply(
-            &OpCtx::new(),
-            l.as_slice(),
-            &reference,
-            &ApplyOptions::default(),
-        )
-        .unwrap();
+        apply_plain(l, &reference);
     }
     let want = render(&reference);
     assert_eq!(want, render(trees.last().unwrap()));
@@ -342,13 +329,7 @@ async fn unpacked_chains_render_alike_everywhere() {
     let (ours, gnu) = (t.path().join("ours"), t.path().join("gnu"));
     fs::create_dir(&ours).unwrap();
     fs::create_dir(&gnu).unwrap();
-    apply(
-        &OpCtx::new(),
-        layers[0].as_slice(),
-        &ours,
-        &ApplyOptions::default(),
-    )
-    .unwrap();
+    apply_plain(&layers[0], &ours);
     let mut child = std::process::Command::new("tar")
         .args([
             "--xattrs",
@@ -449,25 +430,13 @@ async fn overlay_merges_reuse_the_first_chain() {
     let mut parent: Option<String> = None;
     for (i, t) in trees.iter().enumerate().take(2) {
         let layer = layer_of(None, t, Comparison::Compat);
-        apply(
-            &OpCtx::new(),
-            layer.as_slice(),
-            &reference,
-            &ApplyOptions::default(),
-        )
-        .unwrap();
+        apply_plain(&layer, &reference);
         let key = format!("chain{i}");
         unpack_bytes(&e, &key, parent.as_deref(), layer).await;
         parent = Some(key);
     }
     let other = layer_of(None, &trees[2], Comparison::Compat);
-    apply(
-        &OpCtx::new(),
-        other.as_slice(),
-        &reference,
-        &ApplyOptions::default(),
-    )
-    .unwrap();
+    apply_plain(&other, &reference);
     unpack_bytes(&e, "other", None, other).await;
     let stats = e
         .merger
