@@ -71,6 +71,18 @@ async fn fresh(mgr: &strata_cache::CacheManager, ctx: &OpCtx) -> strata_cache::M
         .unwrap()
 }
 
+/// Export in zstd, converting layers that exist in another compression.
+fn forced_zstd() -> RefConfig {
+    RefConfig {
+        compression: CompressionConfig {
+            kind: Compression::Zstd,
+            force: true,
+            level: None,
+        },
+        ..RefConfig::default()
+    }
+}
+
 fn snapshot_count(mgr: &strata_cache::CacheManager) -> usize {
     mgr.root()
         .db
@@ -343,14 +355,7 @@ async fn import_dedupes_and_survives_restart(backend: &str) {
     );
     // Blobs recorded later still reach the owner lease attached before the
     // restart.
-    let forced = RefConfig {
-        compression: CompressionConfig {
-            kind: Compression::Zstd,
-            force: true,
-            level: None,
-        },
-        ..RefConfig::default()
-    };
+    let forced = forced_zstd();
     let chain = third.export_chain(&ctx, &forced).await.unwrap();
     let held = mgr
         .root()
@@ -468,14 +473,7 @@ async fn export_chain_and_variants(backend: &str) {
     let again = step.export_chain(&ctx, &zstd).await.unwrap();
     assert_eq!(again, chain, "the second export reuses the blobs");
     // Forced: every layer in zstd, lossless (same diffIDs), linked both ways.
-    let forced = RefConfig {
-        compression: CompressionConfig {
-            kind: Compression::Zstd,
-            force: true,
-            level: None,
-        },
-        ..RefConfig::default()
-    };
+    let forced = forced_zstd();
     let converted = step.export_chain(&ctx, &forced).await.unwrap();
     for (a, b) in chain.layers.iter().zip(&converted.layers) {
         assert!(b.descriptor.media_type.ends_with("+zstd"), "{b:?}");
@@ -1092,20 +1090,7 @@ async fn linked_variants_go_together_when_nothing_holds_them() {
     .unwrap();
     let r = m.commit(&ctx).await.unwrap();
     let gzip = r.export_chain(&ctx, &RefConfig::default()).await.unwrap();
-    let zstd = r
-        .export_chain(
-            &ctx,
-            &RefConfig {
-                compression: CompressionConfig {
-                    kind: Compression::Zstd,
-                    force: true,
-                    level: None,
-                },
-                ..RefConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+    let zstd = r.export_chain(&ctx, &forced_zstd()).await.unwrap();
     let (a, b) = (
         gzip.layers[0].descriptor.digest.clone(),
         zstd.layers[0].descriptor.digest.clone(),
