@@ -214,9 +214,9 @@ fn mount_overlay_append(
     }
     match rm::fsconfig_create(&fs) {
         Ok(()) => {}
-        // Kernels before 5.15's overlay port to the new mount API take the
-        // options through a legacy context and refuse `lowerdir+` only
-        // here ("unrecognized mount option").
+        // Before 6.5 overlay had no mount-API context of its own: the
+        // options go through the legacy context, which accepts any string
+        // and refuses `lowerdir+` only here (Debian 12's 6.1, 5.15).
         Err(Errno::INVAL) if LEGACY_OVERLAY.load(Ordering::Acquire) == UNKNOWN => {
             return Ok(false);
         }
