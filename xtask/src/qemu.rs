@@ -11,7 +11,6 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -61,12 +60,14 @@ $S check
 echo STRATA-QEMU-OK
 "#;
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
+/// Where `tool` is on the PATH.
+fn which(tool: &str) -> Option<PathBuf> {
+    let out = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !path.trim().is_empty()).then(|| PathBuf::from(path.trim()))
 }
 
 /// Debian 12's cloud kernel, unpacked under `dir`: (vmlinuz, overlay.ko).
@@ -137,9 +138,12 @@ fn libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect())
 }
 
-pub fn run(_args: &[&str]) -> anyhow::Result<()> {
+pub fn run(args: &[&str]) -> anyhow::Result<()> {
+    if !args.is_empty() {
+        bail!("cargo xtask qemu takes no arguments, not {args:?}");
+    }
     for tool in ["qemu-system-x86_64", "busybox", "cpio", "dpkg", "apt-get"] {
-        if !have(tool) {
+        if which(tool).is_none() {
             bail!("{tool} is missing (apt-get install qemu-system-x86 busybox-static cpio)");
         }
     }
@@ -156,10 +160,7 @@ pub fn run(_args: &[&str]) -> anyhow::Result<()> {
     for d in ["bin", "proc", "sys", "dev", "tmp", "mnt"] {
         std::fs::create_dir_all(initrd.join(d))?;
     }
-    let busybox = Command::new("sh")
-        .args(["-c", "command -v busybox"])
-        .output()?;
-    let busybox = PathBuf::from(String::from_utf8(busybox.stdout)?.trim());
+    let busybox = which("busybox").context("busybox is missing")?;
     std::fs::copy(&busybox, initrd.join("bin/busybox"))?;
     std::fs::copy(&strata, initrd.join("bin/strata"))?;
     for lib in libraries(&strata)? {
@@ -188,9 +189,10 @@ pub fn run(_args: &[&str]) -> anyhow::Result<()> {
         "booting {} under qemu (software emulation)",
         vmlinuz.display()
     );
+    // Fifteen minutes; the scenario takes about three under TCG.
     let out = Command::new("timeout")
-        .arg(Duration::from_secs(900).as_secs().to_string())
         .args([
+            "900",
             "qemu-system-x86_64",
             "-accel",
             "tcg",
