@@ -164,6 +164,18 @@ fn mount_overlay(m: &Mount, target: &Path) -> SysResult<()> {
         }
     };
     let layers = m.layers.clone().unwrap_or_default();
+    if LEGACY_OVERLAY.load(Ordering::Acquire) == UNKNOWN
+        && let Some(release) = release_before(6, 8)
+    {
+        // No probe on a kernel that says it is older: every new process
+        // would otherwise leave one "unrecognized mount option" line in the
+        // kernel log. A backport of lowerdir+ costs nothing here, the legacy
+        // path works on every kernel.
+        tracing::info!(
+            "kernel {release} is older than 6.8, which brought overlay lowerdir+: mounting overlays with mount(2)"
+        );
+        LEGACY_OVERLAY.store(LEGACY, Ordering::Release);
+    }
     if legacy_overlay() {
         return legacy::mount_overlay(&layers, &m.options, target);
     }
@@ -176,6 +188,28 @@ fn mount_overlay(m: &Mount, target: &Path) -> SysResult<()> {
             LEGACY_OVERLAY.store(LEGACY, Ordering::Release);
             legacy::mount_overlay(&layers, &m.options, target)
         }
+    }
+}
+
+/// The running kernel's release when it is older than `major.minor`
+/// (`None` when newer or unreadable, so the mount API probe decides).
+fn release_before(major: u32, minor: u32) -> Option<String> {
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    older_than(&release, major, minor).then_some(release)
+}
+
+/// Whether a kernel release string ("6.1.0-57-cloud-amd64") names a
+/// version before `major.minor`; false when it cannot be read.
+fn older_than(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(have_major)), Some(Ok(have_minor))) => (have_major, have_minor) < (major, minor),
+        _ => false,
     }
 }
 
@@ -347,6 +381,19 @@ mod tests {
     fn mountinfo_escapes() {
         assert_eq!(unescape_mountinfo("/a\\040b\\134c"), "/a b\\c");
         assert_eq!(unescape_mountinfo("/plain\\9"), "/plain\\9");
+    }
+
+    #[test]
+    fn kernel_releases_compare() {
+        assert!(older_than("6.1.0-57-cloud-amd64", 6, 8));
+        assert!(older_than("5.15.0-91-generic", 6, 8));
+        assert!(!older_than("6.8.0", 6, 8));
+        assert!(!older_than("6.18.2-arch1", 6, 8));
+        assert!(!older_than("7.0", 6, 8));
+        assert!(
+            !older_than("weird", 6, 8),
+            "unreadable: let the probe decide"
+        );
     }
 
     #[test]
