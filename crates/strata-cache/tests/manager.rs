@@ -1214,22 +1214,7 @@ async fn trees_as_deep_as_a_path_may_be_import_merge_and_export(backend: &str) {
     let mgr = &e.mgr;
     let (ctx, _scope) = lazy(mgr);
     // 1,000 nested directories and a file at the bottom: a 2,005-byte path.
-    let mut b = tar::Builder::new(Vec::new());
-    let mut path = String::new();
-    for _ in 0..1000 {
-        path.push_str("d/");
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        b.append_data(&mut h, &path, std::io::empty()).unwrap();
-    }
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o644);
-    h.set_size(4);
-    b.append_data(&mut h, format!("{path}file"), &b"deep"[..])
-        .unwrap();
-    let deep = put_tar(mgr, &b.into_inner().unwrap());
+    let deep = put_tar(mgr, &strata_testkit::layer_tar::deep(1000));
     let img = image(
         mgr,
         "example.com/deep:1",
@@ -1256,7 +1241,7 @@ async fn trees_as_deep_as_a_path_may_be_import_merge_and_export(backend: &str) {
         .await
         .unwrap()
         .unwrap();
-    let bottom = format!("{path}file");
+    let bottom = format!("{}file", "d/".repeat(1000));
     let reader = merged.reader(&ctx).await.unwrap();
     assert_eq!(reader.read_file(bottom.as_ref(), None).unwrap(), b"deep");
     drop(reader);
