@@ -741,31 +741,10 @@ fn device_numbers_the_kernel_cannot_hold_are_refused() {
     }
 }
 
-/// A layer of 1,000 nested directories `d/d/...` with a file at the bottom
-/// (a 2,005-byte path, within PATH_MAX), through GNU long names.
-fn deep_layer(levels: usize) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut path = String::new();
-    for _ in 0..levels {
-        path.push_str("d/");
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        b.append_data(&mut h, &path, std::io::empty()).unwrap();
-    }
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o644);
-    h.set_size(4);
-    b.append_data(&mut h, format!("{path}file"), &b"deep"[..])
-        .unwrap();
-    b.into_inner().unwrap()
-}
-
 #[test]
 fn trees_as_deep_as_a_path_may_be_apply_walk_and_write_without_recursion() {
     let f = fixture();
-    let layer = deep_layer(1000);
+    let layer = strata_testkit::layer_tar::deep(1000);
     f.apply(&layer).unwrap();
     let bottom = "d/".repeat(1000) + "file";
     assert_eq!(
@@ -851,6 +830,23 @@ fn parents_below_a_symlink_the_layer_made_are_created_inside_the_root() {
     f.outside_untouched();
 }
 
+/// GNU tar's own layer of `dir/holes`, written with `--sparse` and `format`.
+fn sparse_layer(dir: &Path, format: &[&str]) -> Vec<u8> {
+    let made = std::process::Command::new("tar")
+        .arg("--sparse")
+        .args(format)
+        .arg("-C")
+        .arg(dir)
+        .args(["-cf", "-", "holes"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "GNU tar makes a sparse layer with {format:?}"
+    );
+    made.stdout
+}
+
 #[test]
 fn pax_sparse_files_of_every_gnu_format_apply_with_their_holes() {
     use std::os::unix::fs::{FileExt, MetadataExt};
@@ -862,19 +858,10 @@ fn pax_sparse_files_of_every_gnu_format_apply_with_their_holes() {
     holes.write_all_at(b"tail", (1 << 30) - 4).unwrap();
     drop(holes);
     for version in ["0.0", "0.1", "1.0"] {
-        let out = src.path().join(format!("layer-{version}.tar"));
-        let made = std::process::Command::new("tar")
-            .args(["--sparse", "--format=posix"])
-            .arg(format!("--sparse-version={version}"))
-            .arg("-C")
-            .arg(src.path())
-            .arg("-cf")
-            .arg(&out)
-            .arg("holes")
-            .status()
-            .unwrap();
-        assert!(made.success(), "GNU tar makes a {version} sparse layer");
-        let bytes = fs::read(&out).unwrap();
+        let bytes = sparse_layer(
+            src.path(),
+            &["--format=posix", &format!("--sparse-version={version}")],
+        );
         assert!(
             bytes.len() < 64 << 10,
             "{version}: the layer holds data, not holes"
@@ -911,7 +898,7 @@ fn pax_sparse_files_of_every_gnu_format_apply_with_their_holes() {
     }
     // Larger than allowed: refused by name, not made.
     let f = fixture();
-    let bytes = fs::read(src.path().join("layer-1.0.tar")).unwrap();
+    let bytes = sparse_layer(src.path(), &["--format=posix", "--sparse-version=1.0"]);
     let err = apply(
         &strata_leases::OpCtx::new(),
         &bytes[..],
@@ -945,17 +932,7 @@ fn old_gnu_sparse_files_cost_their_data_not_their_holes() {
             .unwrap();
     }
     drop(holes);
-    let out = src.path().join("gnu.tar");
-    let made = std::process::Command::new("tar")
-        .args(["--sparse", "--format=gnu", "-C"])
-        .arg(src.path())
-        .arg("-cf")
-        .arg(&out)
-        .arg("holes")
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let bytes = fs::read(&out).unwrap();
+    let bytes = sparse_layer(src.path(), &["--format=gnu"]);
     assert!(bytes.len() < 128 << 10, "the layer holds the data only");
     let f = fixture();
     let start = std::time::Instant::now();
