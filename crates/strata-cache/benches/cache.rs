@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use strata_cache::{
-    BackendChoice, CacheManager, CompressionConfig, ImportOptions, ImportedImage, RefConfig,
-    RefOptions, Root, RootOptions,
+    BackendChoice, CacheManager, CompressionConfig, Image, ImportOptions, RefConfig, RefOptions,
+    Root, RootOptions,
 };
 use strata_core::{Descriptor, Digest, Filter, Labels};
 use strata_diff::Compression;
@@ -146,7 +146,7 @@ fn strata_import(
             )
             .unwrap();
     }
-    let img = ImportedImage {
+    let img = Image {
         reference: "localhost/bench/debian-python:latest".into(),
         manifest: layout.manifest.clone(),
         config: layout.config.clone(),

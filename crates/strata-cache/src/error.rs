@@ -54,6 +54,9 @@ pub enum CacheError {
     /// A syscall-level failure while reading a ref's files.
     #[error(transparent)]
     Sys(#[from] strata_sys::SysError),
+    /// An image could not be read, fetched or written.
+    #[error(transparent)]
+    Oci(#[from] strata_oci::OciError),
 }
 
 impl CacheError {
@@ -85,6 +88,7 @@ impl Classify for CacheError {
             CacheError::Diff(e) => e.kind(),
             CacheError::Io { source, .. } => Classify::kind(source),
             CacheError::Sys(e) => e.kind(),
+            CacheError::Oci(e) => e.kind(),
         }
     }
 }

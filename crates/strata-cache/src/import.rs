@@ -13,32 +13,18 @@ use strata_leases::{OpCtx, Resource};
 use strata_metadata::Reader;
 use strata_metadata::keys;
 use strata_metadata::records::{ImportByBlobRecord, ImportByDiffRecord};
+use strata_oci::Image;
 use strata_snapshot::{SnapshotStore, Snapshotter};
 
 use crate::error::{CacheError, Result};
 use crate::manager::{CacheManager, RefOptions};
 use crate::metadata::{self, Edit, RecordType};
-use crate::progress::{ProgressTracker, display_ref};
+use crate::progress::display_ref;
 use crate::refs::ImmutableRef;
+use strata_leases::ProgressTracker;
 
 /// The content-store label naming a blob's media type.
 pub const BLOB_MEDIA_TYPE_LABEL: &str = "buildkit.io/blob/mediatype";
-
-/// A resolved image whose blobs are in the content store.
-#[derive(Clone, Debug)]
-pub struct ImportedImage {
-    /// The image's name, for descriptions and progress.
-    pub reference: String,
-    /// The manifest.
-    pub manifest: Descriptor,
-    /// The config.
-    pub config: Descriptor,
-    /// The layers, bottom first; each carries its diffID in the
-    /// `containerd.io/uncompressed` annotation.
-    pub layers: Vec<Descriptor>,
-    /// Other blobs to keep with the image.
-    pub nonlayers: Vec<Descriptor>,
-}
 
 /// How to import.
 #[derive(Clone, Debug, Default)]
@@ -53,14 +39,7 @@ pub struct ImportOptions {
 }
 
 fn diff_id_of(desc: &Descriptor) -> Result<Digest> {
-    let v = desc.annotations.get(UNCOMPRESSED_LABEL).ok_or_else(|| {
-        CacheError::invalid(
-            desc.digest.as_str(),
-            format!("layer has no {UNCOMPRESSED_LABEL} annotation (its diffID)"),
-        )
-    })?;
-    Digest::parse(v)
-        .map_err(|e| CacheError::invalid(desc.digest.as_str(), format!("bad diffID {v:?}: {e}")))
+    Ok(Image::diff_id(desc)?)
 }
 
 /// One layer of an import being unpacked: its blob, diffID and the
@@ -93,7 +72,7 @@ impl CacheManager {
     pub async fn import_image(
         &self,
         ctx: &OpCtx,
-        img: &ImportedImage,
+        img: &Image,
         opts: &ImportOptions,
     ) -> Result<ImmutableRef> {
         let opts = ImportOptions {

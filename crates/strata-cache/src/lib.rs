@@ -7,6 +7,8 @@
 //!   [`ImmutableRef`]s and [`MutableRef`]s (released on drop), merge and
 //!   diff, sizes, search, image import with dedupe, export chains with
 //!   compression variants, owner leases, and the persistent rows.
+//! * Images by name (owner leases `image/NAME`), pulled from OCI layouts,
+//!   docker archives and registries and written back to them.
 //!
 //! Every create boundary puts the new object in the operation context's
 //! lease before the object exists, so a collection can never see it
@@ -15,6 +17,7 @@
 
 mod error;
 mod export;
+mod images;
 mod import;
 mod keyed;
 mod manager;
@@ -29,14 +32,17 @@ mod usage;
 
 pub use error::{CacheError, Result};
 pub use export::{CompressionConfig, ExportChain, ExportLayer, RefConfig, VARIANT_LABEL_PREFIX};
-pub use import::{BLOB_MEDIA_TYPE_LABEL, ImportOptions, ImportedImage};
+pub use images::{IMAGE_LEASE_PREFIX, ImagePullOptions, NamedImage, PulledImage, image_lease};
+pub use import::{BLOB_MEDIA_TYPE_LABEL, ImportOptions};
 pub use manager::{CacheManager, RefOptions, SCRATCH, SnapshotRecordMetadata};
 pub use metadata::{RecordType, RefMetadata, Value};
 pub use owner::{ImportedLayerRow, OWNER_LEASE_PREFIX, PersistentMetadataRows, SnapshotContentRow};
-pub use progress::{PROGRESS_EMIT_INTERVAL, ProgressTracker, display_ref};
+pub use progress::display_ref;
 pub use reader::{FileStat, RefReader, glob_match};
 pub use refs::{ImmutableRef, MutableRef, RefCore, RefMount};
 pub use root::{BackendChoice, OpenError, Root, RootOptions, default_root};
+pub use strata_leases::{PROGRESS_EMIT_INTERVAL, ProgressTracker};
+pub use strata_oci::{Image, Location, Platform, PullOptions, PushReport, RegistryOptions};
 pub use usage::{PruneOptions, PruneReport, REF_LEASE_PREFIX, UsageInfo, ref_lease};
 
 /// Keys of the values the manager keeps on every record.

@@ -6,9 +6,11 @@
 
 mod check;
 mod content;
+mod image;
 mod layer;
 mod lease;
 mod output;
+mod progress;
 mod refs;
 mod root;
 mod snapshot;
@@ -71,6 +73,9 @@ enum Command {
     /// Leases: what keeps content and snapshots alive.
     #[command(subcommand)]
     Lease(lease::LeaseCmd),
+    /// Images: import, pull, export, push; by name.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
     /// Cache records: mutable and immutable refs.
     #[command(subcommand)]
     Ref(refs::RefCmd),
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
                 Command::Layer(cmd) => layer::run(cmd, &out),
                 Command::Check(args) => check::run(root, &args, &out),
                 Command::Ref(cmd) => refs::run(&mgr, cmd, cli.lease.as_deref(), &out),
+                Command::Image(cmd) => image::run(&mgr, cmd, cli.lease.as_deref(), &out),
                 Command::Du(args) => refs::du(&mgr, &args, &out),
                 Command::Prune(args) => refs::prune(&mgr, &args, &out),
             }

@@ -92,6 +92,7 @@ pub fn kind_of(err: &anyhow::Error) -> ErrorKind {
             crate::root::CliError,
             strata_cache::CacheError,
             strata_cache::OpenError,
+            strata_oci::OciError,
             strata_content::ContentError,
             strata_diff::ApplyError,
             strata_diff::DiffError,

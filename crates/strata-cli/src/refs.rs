@@ -234,7 +234,7 @@ impl From<&UsageInfo> for UsageJson {
 /// The context a creating command runs in: the `--lease` lease (created
 /// if missing), or a temporary lease that holds the new record until its
 /// own lease does.
-fn context(
+pub(crate) fn context(
     mgr: &CacheManager,
     lease: Option<&str>,
 ) -> anyhow::Result<(OpCtx, Option<strata_leases::LeaseGuard>)> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use strata_core::{Algorithm, Digest, Digester, Filter, labels};
-use strata_leases::{LeaseManager, OpCtx};
+use strata_leases::{Hold, LeaseManager, OpCtx, Resource};
 use strata_metadata::records::{ContentRecord, IngestRecord, now};
 use strata_metadata::{LastClose, MetaDb, Reader, Violation};
 
@@ -341,6 +341,28 @@ impl ContentStore {
         Ok(Info::from_record(digest.clone(), r))
     }
 
+    /// The blob's info, and the blob held by this store's operation (when
+    /// it acts for one) in the same transaction that finds it, so a
+    /// collection can never take a blob an operation chose to reuse.
+    pub fn hold(&self, digest: &Digest) -> Result<Info, ContentError> {
+        let Some(hold) = self
+            .ctx
+            .as_ref()
+            .map(|ctx| Hold::of(ctx, &self.inner.leases))
+            .transpose()?
+            .flatten()
+        else {
+            return self.info(digest);
+        };
+        let tx = self.inner.db.write()?;
+        let r = tx
+            .get::<ContentRecord>(digest.as_str())?
+            .ok_or_else(|| ContentError::NotFound(digest.clone()))?;
+        hold.add_in(&tx, &Resource::content(digest))?;
+        tx.commit()?;
+        Ok(Info::from_record(digest.clone(), r))
+    }
+
     /// Updates labels. With no field paths every label is replaced by
     /// `info.labels`; `labels` does the same; `labels.KEY` sets or (when
     /// absent or empty in `info`) removes one label. Other paths are invalid.
@@ -487,12 +509,18 @@ impl ContentStore {
         expected: Option<&Digest>,
         labels: &strata_core::Labels,
     ) -> Result<Ingested, ContentError> {
-        if let Some(info) = expected.and_then(|d| self.info(d).ok()) {
-            return Ok(Ingested {
-                digest: info.digest,
-                size: info.size,
-                already_existed: true,
-            });
+        if let Some(d) = expected {
+            match self.hold(d) {
+                Ok(info) => {
+                    return Ok(Ingested {
+                        digest: info.digest,
+                        size: info.size,
+                        already_existed: true,
+                    });
+                }
+                Err(ContentError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         let mut w = self.writer(reference, expected_size, expected)?;
         let skip = w.status().offset;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod filter;
 pub mod id;
 pub mod labels;
+pub mod media;
 pub mod mount;
 
 pub use descriptor::Descriptor;
@@ -19,4 +20,5 @@ pub use digest::{Algorithm, BackgroundDigester, Digest, DigestError, Digester, V
 pub use error::{Classify, ErrorKind};
 pub use filter::{Filter, FilterError, Filterable};
 pub use labels::{LabelError, Labels};
+pub use media::Compression;
 pub use mount::{Mount, OverlayLayers};

@@ -257,7 +257,7 @@ fn decompress(
             ),
         ));
     }
-    let mut decoder = compression.decoder(&mut input).map_err(io_err)?;
+    let mut decoder = crate::compression::decoder(compression, &mut input).map_err(io_err)?;
     let mut total = 0u64;
     loop {
         let mut chunk = vec![0u8; 1 << 20];

@@ -111,8 +111,7 @@ impl Exporter {
         let head = std::io::BufRead::fill_buf(&mut reader)
             .map_err(|e| DiffError::io("read blob", &name, e))?;
         let source = Compression::detect(head);
-        let decoded = source
-            .decoder(reader)
+        let decoded = crate::compression::decoder(source, reader)
             .map_err(|e| DiffError::io("decompress blob", &name, e))?;
         let mut ingest = content.writer(reference, None, None)?;
         ingest.truncate(0)?;

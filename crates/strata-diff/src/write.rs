@@ -36,8 +36,7 @@ use crate::error::DiffError;
 use crate::overlay_xattr;
 use crate::pgzip::ParallelGzip;
 
-/// The label a compressed blob carries with its diffID (containerd's).
-pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
+pub use strata_core::media::UNCOMPRESSED_LABEL;
 
 /// How to write a layer.
 #[derive(Clone, Debug, Default)]

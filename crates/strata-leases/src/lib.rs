@@ -15,6 +15,7 @@ mod error;
 pub mod gc;
 pub mod labels;
 mod manager;
+mod progress;
 
 pub use ctx::{
     Hold, LazyScope, LeaseGuard, LeaseRef, OpCtx, ProgressEvent, new_lease, temporary_labels,
@@ -23,3 +24,4 @@ pub use ctx::{
 pub use error::LeaseError;
 pub use gc::{Collect, Collector, Node, Swept};
 pub use manager::{Lease, LeaseManager, LeaseSpec, Resource};
+pub use progress::{PROGRESS_EMIT_INTERVAL, ProgressTracker};

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use strata_cache::{BackendChoice, CacheManager, ImportedImage, RefMount, Root, RootOptions};
+use strata_cache::{BackendChoice, CacheManager, Image, RefMount, Root, RootOptions};
 use strata_core::{Algorithm, Descriptor, Digest, Digester, Labels};
 use strata_snapshot::mounts::{LocalMount, MountOptions};
 use strata_testkit::layer_tar::{archive, entry};
@@ -118,7 +118,7 @@ pub fn put_blob(mgr: &CacheManager, media_type: &str, data: &[u8]) -> Descriptor
 
 /// An image of the given layers (manifest and config are small JSON
 /// blobs; their content does not matter to the manager).
-pub fn image(mgr: &CacheManager, name: &str, layers: Vec<Descriptor>) -> ImportedImage {
+pub fn image(mgr: &CacheManager, name: &str, layers: Vec<Descriptor>) -> Image {
     let config = put_blob(
         mgr,
         "application/vnd.oci.image.config.v1+json",
@@ -129,7 +129,7 @@ pub fn image(mgr: &CacheManager, name: &str, layers: Vec<Descriptor>) -> Importe
         "application/vnd.oci.image.manifest.v1+json",
         format!("{{\"config\":{:?}}}", config.digest.to_string()).as_bytes(),
     );
-    ImportedImage {
+    Image {
         reference: name.into(),
         manifest,
         config,

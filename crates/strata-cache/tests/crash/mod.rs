@@ -8,8 +8,8 @@
 use std::path::Path;
 
 use strata_cache::{
-    BackendChoice, CacheManager, CompressionConfig, ImportOptions, ImportedImage, RefConfig,
-    RefOptions, Root, RootOptions,
+    BackendChoice, CacheManager, CompressionConfig, Image, ImportOptions, RefConfig, RefOptions,
+    Root, RootOptions,
 };
 use strata_core::{Algorithm, Descriptor, Digest, Digester, Labels};
 use strata_diff::Compression;
@@ -33,7 +33,7 @@ fn owner(id: &str) -> String {
 
 /// A one-layer image with the file `name` holding `name`, its blobs in
 /// the store under the operation's lease.
-fn small_image(mgr: &CacheManager, ctx: &OpCtx, name: &str) -> ImportedImage {
+fn small_image(mgr: &CacheManager, ctx: &OpCtx, name: &str) -> Image {
     let tar = archive(&[entry(name, tar::EntryType::Regular, name.as_bytes(), "")]);
     let mut d = Digester::new(Algorithm::Sha256);
     d.update(&tar);
@@ -63,7 +63,7 @@ fn small_image(mgr: &CacheManager, ctx: &OpCtx, name: &str) -> ImportedImage {
         "application/vnd.oci.image.manifest.v1+json",
         format!("{{\"m\":{name:?}}}").as_bytes(),
     );
-    ImportedImage {
+    Image {
         reference: name.into(),
         manifest,
         config,

@@ -1,0 +1,318 @@
+//! Images by name, and images in and out of a root: pull from any
+//! location (layout, archive, registry) and import; export a ref as an
+//! image and write it to any location.
+//!
+//! A name is an owner lease, `image/NAME`, labelled with the manifest,
+//! config, top ref and source: it holds the chain of snapshots and every
+//! blob of the image. Removing the name removes the lease; the collector
+//! then reclaims what nothing else holds.
+
+use std::time::SystemTime;
+
+use strata_core::{Digest, Labels};
+use strata_leases::{LeaseSpec, OpCtx, Resource, labels as lease_labels};
+use strata_oci::{
+    History, Image, Location, Platform, PullOptions, PushReport, RegistryOperation, RegistryOptions,
+};
+
+use crate::error::{CacheError, Result};
+use crate::export::RefConfig;
+use crate::import::ImportOptions;
+use crate::manager::{CacheManager, RefOptions};
+use crate::refs::ImmutableRef;
+
+/// The prefix of image names' leases.
+pub const IMAGE_LEASE_PREFIX: &str = "image/";
+
+const MANIFEST_LABEL: &str = "strata.io/image.manifest";
+const MANIFEST_TYPE_LABEL: &str = "strata.io/image.manifest-type";
+const MANIFEST_SIZE_LABEL: &str = "strata.io/image.manifest-size";
+const CONFIG_LABEL: &str = "strata.io/image.config";
+const REF_LABEL: &str = "strata.io/image.ref";
+const SOURCE_LABEL: &str = "strata.io/image.source";
+
+/// A named image of a root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedImage {
+    /// The name.
+    pub name: String,
+    /// The manifest's digest.
+    pub manifest: Digest,
+    /// The manifest's media type.
+    pub manifest_media_type: String,
+    /// The manifest's size.
+    pub manifest_size: u64,
+    /// The config's digest.
+    pub config: Digest,
+    /// The top ref of the image's chain (empty for an image without
+    /// layers).
+    pub top_ref: String,
+    /// Where it came from.
+    pub source: String,
+    /// When it was named.
+    pub created: SystemTime,
+}
+
+/// An image brought in.
+#[derive(Debug)]
+pub struct PulledImage {
+    /// The image.
+    pub image: Image,
+    /// Its top ref (none for an image without layers).
+    pub top: Option<ImmutableRef>,
+    /// Blobs fetched from the source.
+    pub fetched: usize,
+    /// Blobs the content store already had.
+    pub present: usize,
+}
+
+/// How to bring an image in.
+#[derive(Clone, Debug, Default)]
+pub struct ImagePullOptions {
+    /// Platform and parallelism of the fetch.
+    pub pull: PullOptions,
+    /// How registries are reached.
+    pub registry: RegistryOptions,
+    /// How the layers are unpacked.
+    pub import: ImportOptions,
+}
+
+/// The image lease of `name`.
+pub fn image_lease(name: &str) -> String {
+    format!("{IMAGE_LEASE_PREFIX}{name}")
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 512
+        || name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(CacheError::invalid(
+            name,
+            "an image name is 1 to 512 characters without spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn from_lease(l: &strata_leases::Lease) -> Option<NamedImage> {
+    let name = l.id.strip_prefix(IMAGE_LEASE_PREFIX)?.to_owned();
+    let get = |k: &str| l.labels.get(k).cloned().unwrap_or_default();
+    Some(NamedImage {
+        name,
+        manifest: Digest::parse(&get(MANIFEST_LABEL)).ok()?,
+        manifest_media_type: get(MANIFEST_TYPE_LABEL),
+        manifest_size: get(MANIFEST_SIZE_LABEL).parse().ok()?,
+        config: Digest::parse(&get(CONFIG_LABEL)).ok()?,
+        top_ref: get(REF_LABEL),
+        source: get(SOURCE_LABEL),
+        created: l.created,
+    })
+}
+
+impl CacheManager {
+    /// Fetches the image `location` names into the content store and
+    /// unpacks its layers; the image and its top ref (none for an image
+    /// without layers) are held by `ctx`'s lease until named.
+    #[tracing::instrument(skip_all, fields(location = %location))]
+    pub async fn pull_image(
+        &self,
+        ctx: &OpCtx,
+        location: &Location,
+        opts: &ImagePullOptions,
+    ) -> Result<PulledImage> {
+        let source = strata_oci::open_source(location, &opts.registry).await?;
+        let pulled = strata_oci::pull(ctx, &self.root().content, source, &opts.pull).await?;
+        let top = if pulled.image.layers.is_empty() {
+            None
+        } else {
+            let mut import = opts.import.clone();
+            import.image_ref.get_or_insert_with(|| location.to_string());
+            Some(self.import_image(ctx, &pulled.image, &import).await?)
+        };
+        Ok(PulledImage {
+            image: pulled.image,
+            top,
+            fetched: pulled.fetched,
+            present: pulled.present,
+        })
+    }
+
+    /// Names `image` (its top ref `top`) `name`, replacing what the name
+    /// held before: the name's lease holds the chain and every blob.
+    pub async fn name_image(
+        &self,
+        name: &str,
+        image: &Image,
+        top: Option<&ImmutableRef>,
+        source: &str,
+    ) -> Result<NamedImage> {
+        validate_name(name)?;
+        let lease = image_lease(name);
+        let lm = &self.root().leases;
+        match lm.delete(&lease) {
+            Ok(()) => {}
+            Err(e) if strata_core::Classify::is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let labels = Labels::from([
+            (
+                lease_labels::GC_FLAT.to_owned(),
+                lease_labels::format_time(SystemTime::now()),
+            ),
+            (MANIFEST_LABEL.to_owned(), image.manifest.digest.to_string()),
+            (
+                MANIFEST_TYPE_LABEL.to_owned(),
+                image.manifest.media_type.clone(),
+            ),
+            (
+                MANIFEST_SIZE_LABEL.to_owned(),
+                image.manifest.size.to_string(),
+            ),
+            (CONFIG_LABEL.to_owned(), image.config.digest.to_string()),
+            (
+                REF_LABEL.to_owned(),
+                top.map(|t| t.id().to_owned()).unwrap_or_default(),
+            ),
+            (SOURCE_LABEL.to_owned(), source.chars().take(1024).collect()),
+        ]);
+        lm.create(LeaseSpec {
+            id: Some(lease.clone()),
+            labels,
+            expire: None,
+        })?;
+        if let Some(top) = top {
+            self.attach_lease(&lease, top.snapshot_id()).await?;
+        }
+        for desc in image.blobs() {
+            lm.add_resource(&lease, &Resource::content(&desc.digest))?;
+        }
+        self.image(name)
+    }
+
+    /// Every named image, by name.
+    pub fn images(&self) -> Result<Vec<NamedImage>> {
+        let mut out: Vec<NamedImage> = self
+            .root()
+            .leases
+            .list(&strata_core::Filter::default())?
+            .iter()
+            .filter_map(from_lease)
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The image named `name`.
+    pub fn image(&self, name: &str) -> Result<NamedImage> {
+        match self.root().leases.get(&image_lease(name)) {
+            Ok(l) => from_lease(&l)
+                .ok_or_else(|| CacheError::invalid(name, "image lease has bad labels")),
+            Err(e) if strata_core::Classify::is_not_found(&e) => {
+                Err(CacheError::NotFound(format!("image {name}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The image named `name` with its blobs' descriptors, read back from
+    /// the content store.
+    pub fn image_blobs(&self, name: &str) -> Result<Image> {
+        let named = self.image(name)?;
+        let manifest = strata_core::Descriptor::new(
+            named.manifest_media_type.clone(),
+            named.manifest.clone(),
+            named.manifest_size,
+        );
+        Ok(strata_oci::image_of_manifest(
+            &self.root().content,
+            name,
+            &manifest,
+        )?)
+    }
+
+    /// Removes the name `name`; the collector reclaims what only it held.
+    pub async fn remove_image(&self, name: &str) -> Result<()> {
+        self.image(name)?;
+        self.remove_lease(&image_lease(name)).await
+    }
+
+    /// The image of `r`'s chain: its layers exported as `cfg` asks, a
+    /// config (diffIDs, one history line per layer, `platform`) and a
+    /// manifest, held by `ctx`'s lease.
+    pub async fn image_of_ref(
+        &self,
+        ctx: &OpCtx,
+        r: &ImmutableRef,
+        cfg: &RefConfig,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<Image> {
+        let chain = r.export_chain(ctx, cfg).await?;
+        let layers: Vec<_> = chain.layers.iter().map(|l| l.descriptor.clone()).collect();
+        let history: Vec<History> = chain
+            .layers
+            .iter()
+            .map(|l| History {
+                created: l.created_at,
+                created_by: l.description.clone(),
+            })
+            .collect();
+        let store = self.root().content.under(ctx);
+        Ok(strata_oci::build_image(
+            &store, reference, &layers, &history, platform,
+        )?)
+    }
+
+    /// Writes `image` to `dest`: an OCI layout, a docker archive or a
+    /// registry (a push report for the last).
+    pub async fn write_image(
+        &self,
+        ctx: &OpCtx,
+        image: &Image,
+        dest: &Location,
+        registry: &RegistryOptions,
+    ) -> Result<Option<PushReport>> {
+        let store = self.root().content.under(ctx);
+        match dest {
+            Location::Layout { dir, tag } => {
+                let (store, image, dir) = (store.clone(), image.clone(), dir.clone());
+                let tag = tag.clone().unwrap_or_else(|| "latest".to_owned());
+                tokio::task::spawn_blocking(move || {
+                    strata_oci::write_layout(&store, &image, &dir, &tag)
+                })
+                .await
+                .map_err(|e| CacheError::Task(e.to_string()))??;
+                Ok(None)
+            }
+            Location::Archive { file, name } => {
+                let (store, image, file) = (store.clone(), image.clone(), file.clone());
+                let name = name.clone().unwrap_or_else(|| image.reference.clone());
+                tokio::task::spawn_blocking(move || {
+                    strata_oci::write_archive(&store, &image, &file, &name)
+                })
+                .await
+                .map_err(|e| CacheError::Task(e.to_string()))??;
+                Ok(None)
+            }
+            Location::Registry { reference } => {
+                let target =
+                    strata_oci::Registry::connect(reference, RegistryOperation::Push, registry)
+                        .await?;
+                Ok(Some(target.push(ctx, &store, image).await?))
+            }
+        }
+    }
+
+    /// The ref `name` names: an image's top ref, else a ref id.
+    pub async fn resolve_ref(&self, name: &str) -> Result<ImmutableRef> {
+        match self.image(name) {
+            Ok(img) if !img.top_ref.is_empty() => {
+                self.get(&img.top_ref, &RefOptions::default()).await
+            }
+            Ok(_) => Err(CacheError::invalid(name, "image has no layers")),
+            Err(CacheError::NotFound(_)) => self.get(name, &RefOptions::default()).await,
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! `strata image ...`: images in and out of a root (OCI layouts, docker
+//! archives, registries) and images by name.
+//!
+//! An image's name is an owner lease (`image/NAME`) holding its chain and
+//! every blob; `image rm` lets go of it and the collector reclaims what
+//! nothing else holds.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use strata_cache::{
+    CacheManager, CompressionConfig, Image, ImagePullOptions, ImportOptions, Location, NamedImage,
+    Platform, PullOptions, RefConfig, RegistryOptions,
+};
+use strata_core::{Compression, ErrorKind};
+
+use crate::output::{self, Output};
+use crate::progress::Bars;
+use crate::refs::context;
+use crate::root::CliError;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Import an image from oci:DIR[:TAG], docker-archive:FILE[:NAME] or
+    /// docker://HOST/REPO[:TAG|@DIGEST]; prints the top ref id.
+    Import {
+        source: String,
+        #[command(flatten)]
+        opts: PullArgs,
+    },
+    /// Pull HOST/REPO[:TAG|@DIGEST] from a registry; prints the top ref id.
+    Pull {
+        reference: String,
+        #[command(flatten)]
+        opts: PullArgs,
+    },
+    /// Write an image (by name) or a ref's chain to DEST (oci:DIR[:TAG],
+    /// docker-archive:FILE[:NAME] or docker://HOST/REPO[:TAG]).
+    Export {
+        /// An image name or a ref id.
+        image: String,
+        dest: String,
+        #[command(flatten)]
+        opts: ExportArgs,
+    },
+    /// Push an image (by name) or a ref's chain to HOST/REPO[:TAG].
+    Push {
+        /// An image name or a ref id.
+        image: String,
+        target: String,
+        #[command(flatten)]
+        opts: ExportArgs,
+    },
+    /// List images by name.
+    Ls,
+    /// Show an image: its manifest, config and layers.
+    Inspect { name: String },
+    /// Remove names (the collector reclaims what nothing else holds).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The name to give the image [default: what the source calls it].
+    #[arg(long)]
+    name: Option<String>,
+    /// OS/ARCH[/VARIANT] picked from a multi-platform image [default: this machine's].
+    #[arg(long)]
+    platform: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// A registry (HOST[:PORT]) reached over plain HTTP; loopback hosts always are.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> RegistryOptions {
+        RegistryOptions {
+            insecure: self.insecure.clone(),
+            ..RegistryOptions::default()
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    Gzip,
+    Zstd,
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Compression of layers that need a blob [default: gzip; a named image
+    /// is written as it was stored unless this is given].
+    #[arg(long, value_enum)]
+    compression: Option<CompressionArg>,
+    /// Convert existing blobs of another compression too.
+    #[arg(long)]
+    force_compression: bool,
+    /// Compression level.
+    #[arg(long)]
+    level: Option<i32>,
+    /// OS/ARCH[/VARIANT] written into a new config [default: this machine's].
+    #[arg(long)]
+    platform: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Serialize)]
+struct ImageJson {
+    name: String,
+    #[serde(rename = "ref")]
+    top_ref: String,
+    manifest: String,
+    config: String,
+    source: String,
+    created: String,
+}
+
+impl From<&NamedImage> for ImageJson {
+    fn from(n: &NamedImage) -> Self {
+        ImageJson {
+            name: n.name.clone(),
+            top_ref: n.top_ref.clone(),
+            manifest: n.manifest.to_string(),
+            config: n.config.to_string(),
+            source: n.source.clone(),
+            created: output::time(n.created),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ImportedJson {
+    #[serde(flatten)]
+    image: ImageJson,
+    /// Blobs fetched from the source.
+    fetched: usize,
+    /// Blobs the root already had.
+    present: usize,
+}
+
+#[derive(Serialize)]
+struct LayerJson {
+    digest: String,
+    media_type: String,
+    size: u64,
+    diff_id: String,
+}
+
+#[derive(Serialize)]
+struct InspectJson {
+    #[serde(flatten)]
+    image: ImageJson,
+    manifest_media_type: String,
+    layers: Vec<LayerJson>,
+    size: u64,
+}
+
+#[derive(Serialize)]
+struct WrittenJson {
+    destination: String,
+    manifest: String,
+    layers: usize,
+    size: u64,
+    uploaded: Option<usize>,
+    present: Option<usize>,
+    mounted: Option<usize>,
+}
+
+fn bad(message: String) -> anyhow::Error {
+    CliError {
+        kind: ErrorKind::Invalid,
+        message,
+    }
+    .into()
+}
+
+fn platform(p: Option<&str>) -> anyhow::Result<Platform> {
+    Ok(match p {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    })
+}
+
+/// The name an image gets when none is given: the layout's directory and
+/// tag, the archive's file name, the registry reference.
+fn default_name(location: &Location) -> String {
+    match location {
+        Location::Layout { dir, tag } => {
+            let base = dir
+                .file_name()
+                .map_or_else(|| "image".to_owned(), |n| n.to_string_lossy().into_owned());
+            format!("{base}:{}", tag.as_deref().unwrap_or("latest"))
+        }
+        Location::Archive { file, name } => name.clone().unwrap_or_else(|| {
+            file.file_stem()
+                .map_or_else(|| "image".to_owned(), |n| n.to_string_lossy().into_owned())
+        }),
+        Location::Registry { reference } => reference.clone(),
+    }
+}
+
+/// A runtime with worker threads, so downloads, unpacking and hashing run
+/// side by side.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub fn run(
+    mgr: &CacheManager,
+    cmd: ImageCmd,
+    lease: Option<&str>,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(run_async(mgr, cmd, lease, out))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_async(
+    mgr: &CacheManager,
+    cmd: ImageCmd,
+    lease: Option<&str>,
+    out: &Output,
+) -> anyhow::Result<()> {
+    match cmd {
+        ImageCmd::Import { source, opts } => {
+            import(mgr, &Location::parse(&source)?, &opts, lease, out).await
+        }
+        ImageCmd::Pull { reference, opts } => {
+            let reference = reference
+                .strip_prefix("docker://")
+                .unwrap_or(&reference)
+                .to_owned();
+            import(mgr, &Location::Registry { reference }, &opts, lease, out).await
+        }
+        ImageCmd::Export { image, dest, opts } => {
+            export(mgr, &image, &Location::parse(&dest)?, &opts, lease, out).await
+        }
+        ImageCmd::Push {
+            image,
+            target,
+            opts,
+        } => {
+            let reference = target
+                .strip_prefix("docker://")
+                .unwrap_or(&target)
+                .to_owned();
+            export(
+                mgr,
+                &image,
+                &Location::Registry { reference },
+                &opts,
+                lease,
+                out,
+            )
+            .await
+        }
+        ImageCmd::Ls => {
+            let images = mgr.images()?;
+            let json: Vec<ImageJson> = images.iter().map(ImageJson::from).collect();
+            let rows = json
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.name.clone(),
+                        i.top_ref.clone(),
+                        i.manifest.chars().take(19).collect(),
+                        i.created.clone(),
+                        i.source.clone(),
+                    ]
+                })
+                .collect();
+            out.emit(
+                &json,
+                &["NAME", "REF", "MANIFEST", "CREATED", "SOURCE"],
+                rows,
+            )
+        }
+        ImageCmd::Inspect { name } => {
+            let named = mgr.image(&name)?;
+            let image = mgr.image_blobs(&name)?;
+            let layers: Vec<LayerJson> = image
+                .layers
+                .iter()
+                .map(|l| LayerJson {
+                    digest: l.digest.to_string(),
+                    media_type: l.media_type.clone(),
+                    size: l.size,
+                    diff_id: Image::diff_id(l).map(|d| d.to_string()).unwrap_or_default(),
+                })
+                .collect();
+            let size = image.blobs().map(|d| d.size).sum();
+            let json = InspectJson {
+                image: ImageJson::from(&named),
+                manifest_media_type: named.manifest_media_type.clone(),
+                layers,
+                size,
+            };
+            let mut rows: Vec<Vec<String>> = [
+                ("name", named.name.clone()),
+                ("ref", named.top_ref.clone()),
+                (
+                    "manifest",
+                    format!("{} ({})", named.manifest, named.manifest_media_type),
+                ),
+                ("config", named.config.to_string()),
+                ("source", named.source.clone()),
+                ("created", output::time(named.created)),
+                ("size", output::size(size)),
+            ]
+            .into_iter()
+            .map(|(k, v)| vec![k.to_owned(), v])
+            .collect();
+            for (i, l) in json.layers.iter().enumerate() {
+                rows.push(vec![
+                    format!("layer {i}"),
+                    format!("{} {} {}", l.digest, output::size(l.size), l.media_type),
+                ]);
+            }
+            out.emit(&json, &["FIELD", "VALUE"], rows)
+        }
+        ImageCmd::Rm { names } => {
+            for name in &names {
+                mgr.remove_image(name).await?;
+            }
+            out.line(&names, &names.join("\n"))
+        }
+    }
+}
+
+async fn import(
+    mgr: &CacheManager,
+    location: &Location,
+    args: &PullArgs,
+    lease: Option<&str>,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let name = args.name.clone().unwrap_or_else(|| default_name(location));
+    let opts = ImagePullOptions {
+        pull: PullOptions {
+            platform: platform(args.platform.as_deref())?,
+            ..PullOptions::default()
+        },
+        registry: args.registry.options(),
+        import: ImportOptions {
+            image_ref: Some(name.clone()),
+            ..ImportOptions::default()
+        },
+    };
+    let (ctx, guard) = context(mgr, lease)?;
+    let bars = Bars::on_terminal();
+    let ctx = bars.as_ref().map_or(ctx.clone(), |b| b.attach(&ctx));
+    let pulled = mgr.pull_image(&ctx, location, &opts).await;
+    if let Some(b) = &bars {
+        b.clear();
+    }
+    let pulled = pulled?;
+    let named = mgr
+        .name_image(
+            &name,
+            &pulled.image,
+            pulled.top.as_ref(),
+            &location.to_string(),
+        )
+        .await?;
+    let (fetched, present) = (pulled.fetched, pulled.present);
+    drop(pulled);
+    drop(ctx);
+    if let Some(g) = guard {
+        g.release()?;
+    }
+    tracing::info!(image = named.name, fetched, present, "imported");
+    let text = if named.top_ref.is_empty() {
+        format!("{} (no layers)", named.name)
+    } else {
+        named.top_ref.clone()
+    };
+    out.line(
+        &ImportedJson {
+            image: ImageJson::from(&named),
+            fetched,
+            present,
+        },
+        &text,
+    )
+}
+
+async fn export(
+    mgr: &CacheManager,
+    what: &str,
+    dest: &Location,
+    args: &ExportArgs,
+    lease: Option<&str>,
+    out: &Output,
+) -> anyhow::Result<()> {
+    if args.force_compression && args.compression.is_none() {
+        return Err(bad("--force-compression needs --compression".into()));
+    }
+    let (ctx, guard) = context(mgr, lease)?;
+    let bars = Bars::on_terminal();
+    let ctx = bars.as_ref().map_or(ctx.clone(), |b| b.attach(&ctx));
+    let named = match mgr.image(what) {
+        Ok(n) => Some(n),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let image = match (&named, args.compression) {
+        // A named image as it was stored: the same manifest digest.
+        (Some(n), None) => mgr.image_blobs(&n.name)?,
+        _ => {
+            let r = mgr.resolve_ref(what).await?;
+            let kind = match args.compression.unwrap_or(CompressionArg::Gzip) {
+                CompressionArg::Gzip => Compression::Gzip,
+                CompressionArg::Zstd => Compression::Zstd,
+                CompressionArg::None => Compression::None,
+            };
+            let cfg = RefConfig {
+                compression: CompressionConfig {
+                    kind,
+                    force: args.force_compression,
+                    level: args.level,
+                },
+                ..RefConfig::default()
+            };
+            let reference = named
+                .as_ref()
+                .map_or_else(|| what.to_owned(), |n| n.name.clone());
+            mgr.image_of_ref(
+                &ctx,
+                &r,
+                &cfg,
+                &reference,
+                &platform(args.platform.as_deref())?,
+            )
+            .await?
+        }
+    };
+    let written = mgr
+        .write_image(&ctx, &image, dest, &args.registry.options())
+        .await;
+    if let Some(b) = &bars {
+        b.clear();
+    }
+    let report = written?;
+    drop(ctx);
+    if let Some(g) = guard {
+        g.release()?;
+    }
+    let json = WrittenJson {
+        destination: dest.to_string(),
+        manifest: image.manifest.digest.to_string(),
+        layers: image.layers.len(),
+        size: image.blobs().map(|d| d.size).sum(),
+        uploaded: report.as_ref().map(|r| r.uploaded),
+        present: report.as_ref().map(|r| r.present),
+        mounted: report.as_ref().map(|r| r.mounted),
+    };
+    let text = match &report {
+        Some(r) => format!(
+            "{} {} ({} uploaded, {} already there, {} mounted)",
+            dest, image.manifest.digest, r.uploaded, r.present, r.mounted
+        ),
+        None => format!("{dest} {}", image.manifest.digest),
+    };
+    out.line(&json, &text)
+}

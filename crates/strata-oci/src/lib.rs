@@ -1,0 +1,64 @@
+//! OCI images for Strata: image layouts, docker archives and registries
+//! into and out of the content store.
+//!
+//! - [`pull`] resolves what a [`Source`] names (a layout, an archive, a
+//!   registry) to one [`Image`] for a [`Platform`], fetching and verifying
+//!   every blob into the content store; the cache manager then unpacks its
+//!   layers.
+//! - [`build_image`] makes the config and manifest of exported layers;
+//!   [`write_layout`], [`write_archive`] and [`Registry::push`] write an
+//!   image out.
+//! - Every document is read and written with `oci-spec`; manifests,
+//!   indexes and configs over [`MAX_DOCUMENT_SIZE`] are refused before
+//!   they are read, indexes nest at most [`MAX_INDEX_DEPTH`] deep, and a
+//!   digest is validated before it names a path.
+
+mod archive;
+mod auth;
+mod build;
+mod error;
+mod image;
+mod layout;
+mod location;
+mod platform;
+mod registry;
+mod source;
+
+use std::sync::Arc;
+
+pub use archive::write_archive;
+pub use auth::{credentials, docker_config_dir};
+pub use build::{History, build_image};
+pub use error::{OciError, Result};
+pub use image::{Image, MAX_DOCUMENT_SIZE, MAX_INDEX_DEPTH};
+pub use layout::{REF_NAME, write_layout};
+pub use location::Location;
+pub use oci_client::RegistryOperation;
+pub use platform::Platform;
+pub use registry::{DISTRIBUTION_SOURCE_LABEL, PushReport, Registry, RegistryOptions};
+pub use source::{PullOptions, Pulled, Source, image_of_manifest, pull};
+
+/// The source of images at `location`.
+pub async fn open_source(
+    location: &Location,
+    registry: &RegistryOptions,
+) -> Result<Arc<dyn Source>> {
+    Ok(match location {
+        Location::Layout { dir, tag } => {
+            if !dir.is_dir() {
+                return Err(OciError::NotFound {
+                    object: format!("layout {}", dir.display()),
+                    reason: "is not a directory".into(),
+                });
+            }
+            Arc::new(layout::LayoutSource {
+                files: Arc::new(layout::DirFiles { dir: dir.clone() }),
+                tag: tag.clone(),
+            })
+        }
+        Location::Archive { file, name } => archive::archive_source(file, name.as_deref())?,
+        Location::Registry { reference } => {
+            Arc::new(Registry::connect(reference, RegistryOperation::Pull, registry).await?)
+        }
+    })
+}

@@ -1,0 +1,658 @@
+//! Registries, through `oci-client`: pull (a [`Source`]) and push, with
+//! credentials from docker's config, plain HTTP only for loopback hosts
+//! and hosts named insecure, retries with backoff, resumed downloads, and
+//! pushes that upload nothing the registry has (an existence check, then a
+//! cross-repository mount from a repository the blob was pulled from).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use oci_spec::image as oci;
+use strata_content::{ContentError, ContentStore};
+use strata_core::{Algorithm, Descriptor, Digest, ErrorKind, Labels, media};
+use strata_leases::{OpCtx, ProgressTracker};
+
+use crate::error::{OciError, Result};
+use crate::image::{Image, MAX_DOCUMENT_SIZE, read_blob};
+use crate::source::{Source, ingest_ref};
+
+/// The content label listing the repositories of a registry a blob came
+/// from (containerd's), so a push to another repository there can mount
+/// it instead of uploading it.
+pub const DISTRIBUTION_SOURCE_LABEL: &str = "containerd.io/distribution.source.";
+
+/// The manifest media types asked for.
+const ACCEPTED: &[&str] = &[
+    media::OCI_INDEX,
+    media::OCI_MANIFEST,
+    media::DOCKER_MANIFEST_LIST,
+    media::DOCKER_MANIFEST,
+];
+
+/// How to reach registries.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// Hosts (`HOST[:PORT]`) reached over plain HTTP besides loopback ones.
+    pub insecure: Vec<String>,
+    /// Docker's config directory for credentials (none: anonymous).
+    pub docker_config: Option<PathBuf>,
+    /// Attempts of a request that failed for a reason that may pass.
+    pub attempts: u32,
+    /// The first wait between attempts (doubled each time).
+    pub backoff: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            insecure: Vec::new(),
+            docker_config: crate::auth::docker_config_dir(),
+            attempts: 4,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What a push did with each blob.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// Blobs sent.
+    pub uploaded: usize,
+    /// Blobs the repository already had.
+    pub present: usize,
+    /// Blobs mounted from another repository of the registry.
+    pub mounted: usize,
+    /// The manifest's digest.
+    pub manifest: Option<Digest>,
+}
+
+/// A repository of a registry, connected and authenticated.
+pub struct Registry {
+    client: Client,
+    reference: Reference,
+    opts: RegistryOptions,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("reference", &self.reference.whole())
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let name = host
+        .strip_prefix('[')
+        .and_then(|h| h.split_once(']'))
+        .map_or_else(
+            || host.rsplit_once(':').map_or(host, |(h, _)| h),
+            |(h, _)| h,
+        );
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether a failed request may pass when tried again.
+fn transient(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(r) => {
+            r.is_connect() || r.is_timeout() || r.is_request() || r.is_body()
+        }
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::IoError(_) => true,
+        _ => false,
+    }
+}
+
+impl Registry {
+    /// Connects to the repository of `reference` (`HOST/REPO[:TAG|@DIGEST]`)
+    /// and authenticates for `op`.
+    pub async fn connect(
+        reference: &str,
+        op: RegistryOperation,
+        opts: &RegistryOptions,
+    ) -> Result<Registry> {
+        let parsed: Reference = reference.parse().map_err(|e| {
+            OciError::invalid(format!("image reference {reference:?}"), format!("{e}"))
+        })?;
+        let first = reference.split('/').next().unwrap_or_default();
+        if !(first.contains('.') || first.contains(':') || first == "localhost") {
+            return Err(OciError::invalid(
+                format!("image reference {reference:?}"),
+                "needs a registry host (HOST/REPO[:TAG|@DIGEST])",
+            ));
+        }
+        let host = parsed.resolve_registry().to_owned();
+        let plain = is_loopback(&host) || opts.insecure.contains(&host);
+        let config = ClientConfig {
+            protocol: if plain {
+                ClientProtocol::HttpsExcept(vec![host.clone()])
+            } else {
+                ClientProtocol::Https
+            },
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(300)),
+            ..ClientConfig::default()
+        };
+        let client = Client::try_from(config).map_err(|e| OciError::Registry {
+            registry: host.clone(),
+            reason: format!("cannot make a client: {e}"),
+            kind: ErrorKind::Internal,
+        })?;
+        let auth = crate::auth::credentials(opts.docker_config.as_deref(), &host)?;
+        let registry = Registry {
+            client,
+            reference: parsed,
+            opts: opts.clone(),
+        };
+        registry
+            .retry("authenticate", || {
+                registry.client.auth(&registry.reference, &auth, op)
+            })
+            .await?;
+        // Requests carry what `auth` settled; anonymous needs nothing.
+        Ok(registry)
+    }
+
+    /// `HOST/REPO`.
+    fn repo(&self) -> String {
+        format!(
+            "{}/{}",
+            self.reference.resolve_registry(),
+            self.reference.repository()
+        )
+    }
+
+    /// The registry's refusal as an error naming the repository.
+    fn error(&self, what: &str, e: OciDistributionError) -> OciError {
+        let (kind, reason) = match &e {
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => (
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "{what}: unauthorized (401): give credentials in docker's config.json: {e}"
+                ),
+            ),
+            OciDistributionError::ImageManifestNotFoundError(_) => {
+                (ErrorKind::NotFound, format!("{what}: not found (404): {e}"))
+            }
+            OciDistributionError::ServerError { code: 404, .. } => {
+                (ErrorKind::NotFound, format!("{what}: not found (404): {e}"))
+            }
+            OciDistributionError::ServerError {
+                code: 401 | 403, ..
+            } => (
+                ErrorKind::FailedPrecondition,
+                format!("{what}: refused: give credentials in docker's config.json: {e}"),
+            ),
+            OciDistributionError::RegistryError { envelope, .. }
+                if envelope.errors.iter().any(|x| {
+                    matches!(
+                        x.code,
+                        oci_client::errors::OciErrorCode::ManifestUnknown
+                            | oci_client::errors::OciErrorCode::NameUnknown
+                            | oci_client::errors::OciErrorCode::BlobUnknown
+                            | oci_client::errors::OciErrorCode::NotFound
+                    )
+                }) =>
+            {
+                (ErrorKind::NotFound, format!("{what}: not found: {e}"))
+            }
+            OciDistributionError::RegistryError { envelope, .. }
+                if envelope.errors.iter().any(|x| {
+                    matches!(
+                        x.code,
+                        oci_client::errors::OciErrorCode::Unauthorized
+                            | oci_client::errors::OciErrorCode::Denied
+                    )
+                }) =>
+            {
+                (
+                    ErrorKind::FailedPrecondition,
+                    format!("{what}: unauthorized: give credentials in docker's config.json: {e}"),
+                )
+            }
+            OciDistributionError::DigestError(_) => (ErrorKind::Invalid, format!("{what}: {e}")),
+            OciDistributionError::UnsupportedMediaTypeError(_) => (
+                ErrorKind::Invalid,
+                format!("{what}: unsupported media type: {e}"),
+            ),
+            _ if transient(&e) => (ErrorKind::Unavailable, format!("{what}: {e}")),
+            _ => (ErrorKind::Internal, format!("{what}: {e}")),
+        };
+        OciError::Registry {
+            registry: self.repo(),
+            reason,
+            kind,
+        }
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or runs out of
+    /// attempts, waiting longer each time.
+    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        let mut wait = self.opts.backoff;
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) if transient(&e) && attempt < self.opts.attempts.max(1) => {
+                    tracing::warn!(registry = %self.repo(), what, attempt, error = %e, "retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.error(what, e)),
+            }
+        }
+    }
+
+    /// Fetches the manifest or index `reference` names; checks it against
+    /// `expected` (or the reference's digest) and stores it.
+    async fn fetch_manifest(
+        &self,
+        store: &ContentStore,
+        reference: &Reference,
+        expected: Option<&Descriptor>,
+    ) -> Result<Descriptor> {
+        let what = format!("manifest {}", reference.whole());
+        let (bytes, _) = self
+            .retry(&what, || {
+                self.client
+                    .pull_manifest_raw(reference, &RegistryAuth::Anonymous, ACCEPTED)
+            })
+            .await?;
+        if bytes.len() as u64 > MAX_DOCUMENT_SIZE {
+            return Err(OciError::invalid(
+                &what,
+                format!(
+                    "is {} bytes; documents over {MAX_DOCUMENT_SIZE} bytes are refused",
+                    bytes.len()
+                ),
+            ));
+        }
+        let digest = Digest::of_bytes(Algorithm::Sha256, &bytes);
+        let want = expected
+            .map(|d| d.digest.clone())
+            .or_else(|| reference.digest().and_then(|d| Digest::parse(d).ok()));
+        if let Some(want) = want
+            && want != digest
+        {
+            return Err(OciError::invalid(
+                &what,
+                format!("the registry served bytes that hash to {digest}, not {want}"),
+            ));
+        }
+        let media_type = match expected {
+            Some(d) => d.media_type.clone(),
+            None => media_type_of(&what, &bytes)?,
+        };
+        let got = store.ingest(
+            &ingest_ref(&digest),
+            &bytes[..],
+            Some(bytes.len() as u64),
+            Some(&digest),
+            &Labels::new(),
+        )?;
+        Ok(Descriptor::new(media_type, got.digest, got.size))
+    }
+
+    /// Downloads blob `desc` into `store`, resuming what an earlier attempt
+    /// wrote when the registry serves ranges.
+    async fn fetch_blob(
+        &self,
+        store: &ContentStore,
+        desc: &Descriptor,
+        progress: &ProgressTracker,
+    ) -> Result<()> {
+        let what = format!("blob {}", desc.digest);
+        let layer = desc.digest.as_str();
+        let reference = ingest_ref(&desc.digest);
+        let mut attempt = 1;
+        let mut wait = self.opts.backoff;
+        loop {
+            let mut w = store.writer(&reference, Some(desc.size), Some(&desc.digest))?;
+            let offset = w.status().offset;
+            let response = match offset {
+                0 => self
+                    .client
+                    .pull_blob_stream(&self.reference, layer)
+                    .await
+                    .map(BlobResponse::Full),
+                n if n < desc.size => {
+                    self.client
+                        .pull_blob_stream_partial(&self.reference, layer, n, None)
+                        .await
+                }
+                _ => Ok(BlobResponse::Partial(oci_client::client::SizedStream {
+                    content_length: Some(0),
+                    digest_header_value: None,
+                    stream: futures_util::stream::empty().boxed(),
+                })),
+            };
+            let streamed = match response {
+                Ok(r) => {
+                    let stream = match r {
+                        BlobResponse::Full(s) => {
+                            w.truncate(0)?;
+                            s
+                        }
+                        BlobResponse::Partial(s) => s,
+                    };
+                    copy_stream(stream, &mut w, desc, progress).await
+                }
+                Err(e) => Err(e),
+            };
+            match streamed {
+                Ok(()) => {}
+                Err(e) if transient(&e) && attempt < self.opts.attempts.max(1) => {
+                    tracing::warn!(registry = %self.repo(), blob = %desc.digest, attempt, error = %e, "download interrupted; resuming");
+                    drop(w);
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(self.error(&what, e)),
+            }
+            let committed = w.commit(desc.size, Some(&desc.digest), &Labels::new());
+            drop(w);
+            return match committed {
+                Ok(_) | Err(ContentError::AlreadyExists(_)) => {
+                    progress.finish();
+                    self.label_source(store, &desc.digest)
+                }
+                Err(
+                    e @ (ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. }),
+                ) => {
+                    if let Err(abort) = store.abort(&reference) {
+                        tracing::warn!(reference, error = %abort, "could not abandon a corrupt download");
+                    }
+                    Err(OciError::Registry {
+                        registry: self.repo(),
+                        reason: format!("{what}: the registry served corrupt data: {e}"),
+                        kind: ErrorKind::Invalid,
+                    })
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+
+    /// Records on blob `d` that this repository has it.
+    fn label_source(&self, store: &ContentStore, d: &Digest) -> Result<()> {
+        let key = format!(
+            "{DISTRIBUTION_SOURCE_LABEL}{}",
+            self.reference.resolve_registry()
+        );
+        let mut info = store.info(d)?;
+        let repo = self.reference.repository().to_owned();
+        let mut repos: Vec<String> = info
+            .labels
+            .get(&key)
+            .map(|v| v.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        if repos.contains(&repo) {
+            return Ok(());
+        }
+        repos.push(repo);
+        info.labels.insert(key.clone(), repos.join(","));
+        let path = format!("labels.{key}");
+        match store.update(&info, &[&path]) {
+            Ok(_) => Ok(()),
+            // A long list is not worth failing a pull for.
+            Err(ContentError::Invalid(why)) => {
+                tracing::debug!(blob = %d, why, "distribution source label not recorded");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Pushes `image` (its blobs in `store`) to this repository under its
+    /// tag (or by digest): each blob the repository lacks is mounted from
+    /// another repository of the registry that has it, else uploaded; then
+    /// the manifest.
+    pub async fn push(
+        &self,
+        ctx: &OpCtx,
+        store: &ContentStore,
+        image: &Image,
+    ) -> Result<PushReport> {
+        let mut report = PushReport::default();
+        let mut blobs: Vec<&Descriptor> = image.layers.iter().chain([&image.config]).collect();
+        blobs.dedup_by(|a, b| a.digest == b.digest);
+        let host = self.reference.resolve_registry().to_owned();
+        for desc in blobs {
+            ctx.check()?;
+            let what = format!("blob {}", desc.digest);
+            let digest = desc.digest.to_string();
+            if self
+                .retry(&what, || self.client.blob_exists(&self.reference, &digest))
+                .await?
+            {
+                report.present += 1;
+                continue;
+            }
+            if self.mount_from_sibling(store, &host, desc).await? {
+                report.mounted += 1;
+                continue;
+            }
+            let tracker = ProgressTracker::new(ctx, desc.digest.as_str(), desc.size, "bytes");
+            let stream = blob_stream(store, desc, tracker)?;
+            self.client
+                .push_blob_stream(&self.reference, stream, &digest, Some(desc.size))
+                .await
+                .map_err(|e| self.error(&what, e))?;
+            report.uploaded += 1;
+        }
+        let bytes = read_blob(store, &image.manifest)?;
+        let content_type: http::HeaderValue = image.manifest.media_type.parse().map_err(|_| {
+            OciError::invalid(&image.manifest.digest, "media type is not a header value")
+        })?;
+        let target = match (self.reference.tag(), self.reference.digest()) {
+            (None, Some(d)) if d != image.manifest.digest.as_str() => {
+                return Err(OciError::invalid(
+                    self.reference.whole(),
+                    format!(
+                        "names digest {d} but the image's manifest is {}",
+                        image.manifest.digest
+                    ),
+                ));
+            }
+            _ => self.reference.clone(),
+        };
+        self.retry("push manifest", || {
+            self.client
+                .push_manifest_raw(&target, bytes.clone(), content_type.clone())
+        })
+        .await?;
+        for desc in image.layers.iter().chain([&image.config, &image.manifest]) {
+            self.label_source(store, &desc.digest)?;
+        }
+        report.manifest = Some(image.manifest.digest.clone());
+        Ok(report)
+    }
+
+    /// Mounts `desc` from another repository of this registry that the
+    /// store records as having it; whether that worked.
+    async fn mount_from_sibling(
+        &self,
+        store: &ContentStore,
+        host: &str,
+        desc: &Descriptor,
+    ) -> Result<bool> {
+        let key = format!("{DISTRIBUTION_SOURCE_LABEL}{host}");
+        let repos: Vec<String> = store
+            .info(&desc.digest)?
+            .labels
+            .get(&key)
+            .map(|v| v.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        let digest = desc.digest.to_string();
+        for repo in repos.iter().filter(|r| **r != self.reference.repository()) {
+            let from = Reference::with_tag(host.to_owned(), repo.clone(), "latest".to_owned());
+            match self
+                .client
+                .mount_blob(&self.reference, &from, &digest)
+                .await
+            {
+                Ok(()) => {
+                    if self
+                        .retry("check a mounted blob", || {
+                            self.client.blob_exists(&self.reference, &digest)
+                        })
+                        .await?
+                    {
+                        return Ok(true);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(blob = %desc.digest, from = repo, error = %e, "cross-repository mount refused; uploading");
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The media type a manifest's JSON declares, or what its fields say.
+fn media_type_of(what: &str, bytes: &[u8]) -> Result<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+        layers: Option<serde_json::Value>,
+    }
+    let p: Probe = crate::image::parse_document(what, bytes)?;
+    match (p.media_type, p.manifests, p.layers) {
+        (Some(m), _, _) => Ok(m),
+        (None, Some(_), None) => Ok(media::OCI_INDEX.to_owned()),
+        (None, None, Some(_)) => Ok(media::OCI_MANIFEST.to_owned()),
+        _ => Err(OciError::invalid(
+            what,
+            "is neither an image manifest nor an index",
+        )),
+    }
+}
+
+/// Writes a download stream into an ingest, reporting progress.
+async fn copy_stream(
+    mut stream: oci_client::client::SizedStream,
+    w: &mut strata_content::Writer,
+    desc: &Descriptor,
+    progress: &ProgressTracker,
+) -> std::result::Result<(), OciDistributionError> {
+    use std::io::Write;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        w.write_all(&chunk)?;
+        let done = w.status().offset;
+        if done > desc.size {
+            // More than described: the commit will say so; stop reading.
+            break;
+        }
+        progress.update(done);
+    }
+    Ok(())
+}
+
+/// Blob `desc` of `store` as a stream of 1 MiB chunks.
+fn blob_stream(
+    store: &ContentStore,
+    desc: &Descriptor,
+    progress: ProgressTracker,
+) -> Result<
+    impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>>
+    + Send
+    + 'static,
+> {
+    let reader = store.reader_at(&desc.digest)?;
+    let size = desc.size;
+    Ok(futures_util::stream::unfold(
+        (reader, 0u64, progress),
+        move |(reader, at, progress)| async move {
+            if at >= size {
+                progress.finish();
+                return None;
+            }
+            let mut buf = vec![0u8; (size - at).min(1 << 20) as usize];
+            match reader.read_at(&mut buf, at) {
+                Ok(0) => Some((
+                    Err(OciDistributionError::IoError(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "stored blob is shorter than its descriptor",
+                    ))),
+                    (reader, size, progress),
+                )),
+                Ok(n) => {
+                    buf.truncate(n);
+                    progress.update(at + n as u64);
+                    Some((
+                        Ok(bytes::Bytes::from(buf)),
+                        (reader, at + n as u64, progress),
+                    ))
+                }
+                Err(e) => Some((
+                    Err(OciDistributionError::IoError(e)),
+                    (reader, size, progress),
+                )),
+            }
+        },
+    ))
+}
+
+#[async_trait::async_trait]
+impl Source for Registry {
+    fn name(&self) -> String {
+        format!("docker://{}", self.reference.whole())
+    }
+
+    async fn roots(&self, store: &ContentStore) -> Result<Vec<oci::Descriptor>> {
+        let desc = self.fetch_manifest(store, &self.reference, None).await?;
+        Ok(vec![oci::Descriptor::from(&desc)])
+    }
+
+    async fn fetch(
+        &self,
+        store: &ContentStore,
+        desc: &Descriptor,
+        progress: &Arc<ProgressTracker>,
+    ) -> Result<()> {
+        if media::is_manifest(&desc.media_type) || media::is_index(&desc.media_type) {
+            let by_digest = self.reference.clone_with_digest(desc.digest.to_string());
+            self.fetch_manifest(store, &by_digest, Some(desc)).await?;
+            return Ok(());
+        }
+        self.fetch_blob(store, desc, progress).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["127.0.0.1:5000", "localhost:80", "[::1]:5000", "127.1.2.3"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["10.0.0.1:5000", "registry.example:443", "example.com"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+}

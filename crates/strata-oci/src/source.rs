@@ -1,0 +1,353 @@
+//! Pulling an image from any [`Source`] into the content store: the
+//! source names its entries, an index is walked to the manifest of the
+//! asked-for platform, the manifest and config are checked against each
+//! other, and the layers are fetched in parallel. Every blob is verified
+//! (size and digest) as it is written; what is already stored is not
+//! fetched again; what is written is held by the operation's lease.
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use oci_spec::image as oci;
+use strata_content::ContentStore;
+use strata_core::{Classify, Compression, Descriptor, Digest, Labels, media};
+use strata_leases::{OpCtx, ProgressTracker};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::error::{OciError, Result};
+use crate::image::{Image, MAX_INDEX_DEPTH, check_document_size, read_document};
+use crate::platform::{Platform, pick};
+
+/// Where an image's blobs come from: a layout, an archive, a registry.
+#[async_trait::async_trait]
+pub trait Source: Send + Sync {
+    /// The location, for messages.
+    fn name(&self) -> String;
+
+    /// The entries the location names: one manifest or index, or several
+    /// (one per platform) when a tag names several or none was given.
+    /// Documents the source already had to read are put in `store`.
+    async fn roots(&self, store: &ContentStore) -> Result<Vec<oci::Descriptor>>;
+
+    /// Copies blob `desc` into `store`, verified against its size and
+    /// digest, reporting bytes to `progress`.
+    async fn fetch(
+        &self,
+        store: &ContentStore,
+        desc: &Descriptor,
+        progress: &Arc<ProgressTracker>,
+    ) -> Result<()>;
+}
+
+/// How to pull.
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    /// The platform picked from indexes (the host's by default).
+    pub platform: Platform,
+    /// Blobs fetched at once.
+    pub parallel: usize,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            platform: Platform::host(),
+            parallel: 4,
+        }
+    }
+}
+
+/// The ingest ref of a blob being fetched: stable, so an interrupted fetch
+/// resumes.
+pub(crate) fn ingest_ref(d: &Digest) -> String {
+    format!("fetch-{d}")
+}
+
+/// A reader that reports how many bytes went through it.
+struct Counting<'a, R> {
+    inner: R,
+    done: u64,
+    progress: &'a ProgressTracker,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        self.progress.update(self.done);
+        Ok(n)
+    }
+}
+
+/// Writes `reader` (blob `desc`, read from `object`) into `store`,
+/// verifying size and digest. Blocking.
+pub(crate) fn ingest_reader(
+    store: &ContentStore,
+    object: &str,
+    desc: &Descriptor,
+    reader: impl Read,
+    progress: &ProgressTracker,
+) -> Result<()> {
+    let counted = Counting {
+        inner: reader,
+        done: 0,
+        progress,
+    };
+    store
+        .ingest(
+            &ingest_ref(&desc.digest),
+            counted,
+            Some(desc.size),
+            Some(&desc.digest),
+            &Labels::new(),
+        )
+        .map_err(|e| match e {
+            strata_content::ContentError::SizeMismatch { actual, .. } => OciError::invalid(
+                object,
+                format!(
+                    "blob {} has {actual} bytes where its descriptor says {}",
+                    desc.digest, desc.size
+                ),
+            ),
+            strata_content::ContentError::DigestMismatch { actual, .. } => {
+                OciError::invalid(object, format!("blob {} hashes to {actual}", desc.digest))
+            }
+            e => e.into(),
+        })?;
+    progress.finish();
+    Ok(())
+}
+
+/// Fetches `desc` unless the store has it; whether it fetched.
+async fn ensure(
+    ctx: &OpCtx,
+    source: &dyn Source,
+    store: &ContentStore,
+    desc: &Descriptor,
+) -> Result<bool> {
+    match store.hold(&desc.digest) {
+        Ok(info) if info.size == desc.size => Ok(false),
+        Ok(info) => Err(OciError::invalid(
+            source.name(),
+            format!(
+                "descriptor of {} says {} bytes; the stored blob has {}",
+                desc.digest, desc.size, info.size
+            ),
+        )),
+        Err(e) if e.is_not_found() => {
+            let tracker = Arc::new(ProgressTracker::new(
+                ctx,
+                desc.digest.as_str(),
+                desc.size,
+                "bytes",
+            ));
+            source.fetch(store, desc, &tracker).await?;
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An image pulled, and what that took.
+#[derive(Clone, Debug)]
+pub struct Pulled {
+    /// The image.
+    pub image: Image,
+    /// Blobs fetched from the source.
+    pub fetched: usize,
+    /// Blobs the store already had.
+    pub present: usize,
+}
+
+/// Resolves what `source` names to one image for `opts.platform` and puts
+/// every blob of it in `store` (held by `ctx`'s lease).
+#[tracing::instrument(skip_all, fields(source = %source.name()))]
+pub async fn pull(
+    ctx: &OpCtx,
+    store: &ContentStore,
+    source: Arc<dyn Source>,
+    opts: &PullOptions,
+) -> Result<Pulled> {
+    let store = store.under(ctx);
+    let mut fetched = 0;
+    let mut count = |got: bool| {
+        if got {
+            fetched += 1;
+        }
+    };
+    let mut entries = source.roots(&store).await?;
+    let mut object = source.name();
+    let mut nonlayers = Vec::new();
+    let mut seen = HashSet::new();
+    let manifest_desc = loop {
+        ctx.check()?;
+        let chosen = pick(&object, &entries, &opts.platform)?;
+        let desc = Descriptor::try_from(chosen)
+            .map_err(|e| OciError::invalid(&object, format!("names a bad digest: {e}")))?;
+        if !seen.insert(desc.digest.clone()) {
+            return Err(OciError::invalid(
+                &object,
+                format!("refers back to {} (a cycle of indexes)", desc.digest),
+            ));
+        }
+        if media::is_index(&desc.media_type) {
+            if nonlayers.len() >= MAX_INDEX_DEPTH {
+                return Err(OciError::invalid(
+                    &object,
+                    format!("nests indexes deeper than {MAX_INDEX_DEPTH}"),
+                ));
+            }
+            check_document_size("index", &desc)?;
+            count(ensure(ctx, &*source, &store, &desc).await?);
+            let index: oci::ImageIndex = read_document(&store, "index", &desc)?;
+            object = format!("index {}", desc.digest);
+            entries = index.manifests().clone();
+            nonlayers.push(desc);
+            continue;
+        }
+        if !media::is_manifest(&desc.media_type) {
+            return Err(OciError::invalid(
+                &object,
+                format!(
+                    "entry {} has media type {:?}, not an image manifest or index",
+                    desc.digest, desc.media_type
+                ),
+            ));
+        }
+        break desc;
+    };
+    check_document_size("manifest", &manifest_desc)?;
+    count(ensure(ctx, &*source, &store, &manifest_desc).await?);
+    let manifest: oci::ImageManifest = read_document(&store, "manifest", &manifest_desc)?;
+    let config_desc = config_of(&manifest_desc, &manifest)?;
+    check_document_size("config", &config_desc)?;
+    count(ensure(ctx, &*source, &store, &config_desc).await?);
+    let mut image = image_of_manifest(&store, &source.name(), &manifest_desc)?;
+    image.nonlayers = nonlayers;
+    let gate = Arc::new(Semaphore::new(opts.parallel.max(1)));
+    let mut tasks = JoinSet::new();
+    for desc in image.layers.clone() {
+        let (ctx, source, store, gate) = (
+            ctx.clone(),
+            Arc::clone(&source),
+            store.clone(),
+            Arc::clone(&gate),
+        );
+        tasks.spawn(async move {
+            let _permit = gate.acquire().await;
+            ctx.check()?;
+            ensure(&ctx, &*source, &store, &desc).await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let result =
+            done.map_err(|e| OciError::io("fetch a layer", source.name(), io::Error::other(e)));
+        match result.and_then(|r| r) {
+            Ok(got) => count(got),
+            Err(e) => {
+                tasks.abort_all();
+                return Err(e);
+            }
+        }
+    }
+    let total = image.blobs().count();
+    Ok(Pulled {
+        image,
+        fetched,
+        present: total - fetched,
+    })
+}
+
+/// The config descriptor of a manifest, checked to be an image config.
+fn config_of(manifest_desc: &Descriptor, manifest: &oci::ImageManifest) -> Result<Descriptor> {
+    let what = format!("manifest {}", manifest_desc.digest);
+    let config_desc = Descriptor::try_from(manifest.config())
+        .map_err(|e| OciError::invalid(&what, format!("config has a bad digest: {e}")))?;
+    if !media::is_config(&config_desc.media_type) {
+        return Err(OciError::invalid(
+            &what,
+            format!(
+                "config has media type {:?}, not an image config",
+                config_desc.media_type
+            ),
+        ));
+    }
+    Ok(config_desc)
+}
+
+/// The image of the manifest `manifest_desc`, whose manifest and config
+/// are in `store`: layers checked against the config and annotated with
+/// their diffIDs (the layer blobs need not be there).
+pub fn image_of_manifest(
+    store: &ContentStore,
+    reference: &str,
+    manifest_desc: &Descriptor,
+) -> Result<Image> {
+    let manifest: oci::ImageManifest = read_document(store, "manifest", manifest_desc)?;
+    let config_desc = config_of(manifest_desc, &manifest)?;
+    let config: oci::ImageConfiguration = read_document(store, "config", &config_desc)?;
+    let layers = layers_of(
+        &format!("manifest {}", manifest_desc.digest),
+        &manifest,
+        &config,
+    )?;
+    Ok(Image {
+        reference: reference.to_owned(),
+        manifest: manifest_desc.clone(),
+        config: config_desc,
+        layers,
+        nonlayers: Vec::new(),
+    })
+}
+
+/// The manifest's layers, each checked (a known layer media type, a diffID
+/// from the config, an uncompressed layer's digest equal to its diffID) and
+/// annotated with its diffID.
+fn layers_of(
+    what: &str,
+    manifest: &oci::ImageManifest,
+    config: &oci::ImageConfiguration,
+) -> Result<Vec<Descriptor>> {
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(OciError::invalid(
+            what,
+            format!(
+                "has {} layers but its config lists {} diffIDs",
+                manifest.layers().len(),
+                diff_ids.len()
+            ),
+        ));
+    }
+    let mut layers = Vec::with_capacity(diff_ids.len());
+    for (i, (layer, diff_id)) in manifest.layers().iter().zip(diff_ids).enumerate() {
+        let mut desc = Descriptor::try_from(layer)
+            .map_err(|e| OciError::invalid(what, format!("layer {i} has a bad digest: {e}")))?;
+        let Some(compression) = Compression::of_media_type(&desc.media_type) else {
+            return Err(OciError::invalid(
+                what,
+                format!(
+                    "layer {i} ({}) has media type {:?}, not a layer media type Strata unpacks",
+                    desc.digest, desc.media_type
+                ),
+            ));
+        };
+        let diff_id = Digest::parse(diff_id)
+            .map_err(|e| OciError::invalid(what, format!("diffID {i} {diff_id:?}: {e}")))?;
+        if compression == Compression::None && diff_id != desc.digest {
+            return Err(OciError::invalid(
+                what,
+                format!(
+                    "uncompressed layer {i} is {} but its diffID says {diff_id}",
+                    desc.digest
+                ),
+            ));
+        }
+        desc.annotations
+            .insert(media::UNCOMPRESSED_LABEL.to_owned(), diff_id.to_string());
+        layers.push(desc);
+    }
+    Ok(layers)
+}
