@@ -64,6 +64,8 @@ pub struct PulledImage {
     pub fetched: usize,
     /// Blobs the content store already had.
     pub present: usize,
+    /// The name the source gives the image, if any.
+    pub name: Option<String>,
 }
 
 /// How to bring an image in.
@@ -135,6 +137,7 @@ impl CacheManager {
             top,
             fetched: pulled.fetched,
             present: pulled.present,
+            name: pulled.name,
         })
     }
 

@@ -349,17 +349,13 @@ async fn import(
     lease: Option<&str>,
     out: &Output,
 ) -> anyhow::Result<()> {
-    let name = args.name.clone().unwrap_or_else(|| default_name(location));
     let opts = ImagePullOptions {
         pull: PullOptions {
             platform: platform(args.platform.as_deref())?,
             ..PullOptions::default()
         },
         registry: args.registry.options(),
-        import: ImportOptions {
-            image_ref: Some(name.clone()),
-            ..ImportOptions::default()
-        },
+        import: ImportOptions::default(),
     };
     let (ctx, guard) = context(mgr, lease)?;
     let bars = Bars::on_terminal();
@@ -369,6 +365,15 @@ async fn import(
         b.clear();
     }
     let pulled = pulled?;
+    let name = match (&args.name, location) {
+        (Some(n), _) => n.clone(),
+        // What the archive calls it, else its file name.
+        (None, Location::Archive { .. }) => pulled
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(location)),
+        (None, _) => default_name(location),
+    };
     let named = mgr
         .name_image(
             &name,

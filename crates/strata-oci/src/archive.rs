@@ -17,7 +17,7 @@ use strata_leases::ProgressTracker;
 use crate::error::{OciError, Result};
 use crate::image::{BlobReader, Image, parse_document, read_bounded};
 use crate::layout::{Files, LayoutSource, blob_path, index_entry, write_atomic};
-use crate::source::Source;
+use crate::source::{IMAGE_NAME_ANNOTATION, Roots, Source};
 
 /// The most members an archive may have.
 const MAX_MEMBERS: usize = 1 << 20;
@@ -238,13 +238,14 @@ impl ManifestJsonSource {
         Ok(entries.swap_remove(pick))
     }
 
-    /// Stores member `path` (its digest computed) and describes it.
+    /// Stores member `path` (its digest computed) and describes it; whether
+    /// the store is new to it.
     fn ingest_member(
         &self,
         store: &ContentStore,
         path: &str,
         media_type: Option<&str>,
-    ) -> Result<Descriptor> {
+    ) -> Result<(Descriptor, bool)> {
         let object = self.files.describe();
         let (mut head_reader, _) = self.files.open(path)?;
         let mut head = [0u8; 4];
@@ -263,7 +264,10 @@ impl ManifestJsonSource {
         let (reader, size) = self.files.open(path)?;
         let reference = format!("archive-{}-{path}", self.files.file.display());
         let ingested = store.ingest(&reference, reader, Some(size), None, &Labels::new())?;
-        Ok(Descriptor::new(media_type, ingested.digest, ingested.size))
+        Ok((
+            Descriptor::new(media_type, ingested.digest, ingested.size),
+            !ingested.already_existed,
+        ))
     }
 }
 
@@ -276,18 +280,20 @@ impl Source for ManifestJsonSource {
         }
     }
 
-    async fn roots(&self, store: &ContentStore) -> Result<Vec<oci::Descriptor>> {
+    async fn roots(&self, store: &ContentStore) -> Result<Roots> {
         let entry = self.entry()?;
+        let mut stored = 0;
         let object = self.files.describe();
         let (r, _) = self.files.open(&entry.config)?;
         // Bounded before anything is stored.
         read_bounded(&format!("{object} {}", entry.config), r)?;
-        let config = self.ingest_member(store, &entry.config, Some(media::OCI_CONFIG))?;
+        let (config, new) = self.ingest_member(store, &entry.config, Some(media::OCI_CONFIG))?;
+        stored += usize::from(new);
         let mut layers = Vec::with_capacity(entry.layers.len());
         for path in &entry.layers {
-            layers.push(oci::Descriptor::from(
-                &self.ingest_member(store, path, None)?,
-            ));
+            let (layer, new) = self.ingest_member(store, path, None)?;
+            stored += usize::from(new);
+            layers.push(oci::Descriptor::from(&layer));
         }
         let manifest = oci::ImageManifestBuilder::default()
             .schema_version(2u32)
@@ -307,8 +313,16 @@ impl Source for ManifestJsonSource {
             Some(&digest),
             &Labels::new(),
         )?;
-        let desc = Descriptor::new(media::OCI_MANIFEST, ingested.digest, ingested.size);
-        Ok(vec![oci::Descriptor::from(&desc)])
+        stored += usize::from(!ingested.already_existed);
+        let mut desc = Descriptor::new(media::OCI_MANIFEST, ingested.digest, ingested.size);
+        if let Some(name) = entry.repo_tags.first() {
+            desc.annotations
+                .insert(IMAGE_NAME_ANNOTATION.to_owned(), name.clone());
+        }
+        Ok(Roots {
+            entries: vec![oci::Descriptor::from(&desc)],
+            stored,
+        })
     }
 
     async fn fetch(
@@ -339,7 +353,7 @@ fn repo_tag(name: &str) -> String {
 /// an OCI layout and a `manifest.json` over the same blobs.
 pub fn write_archive(store: &ContentStore, image: &Image, file: &Path, name: &str) -> Result<()> {
     let tag = repo_tag(name);
-    let entry = index_entry(store, image, &tag)?;
+    let entry = index_entry(store, image, &tag, Some(&tag))?;
     let index = oci::ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(oci::MediaType::ImageIndex)

@@ -14,7 +14,7 @@ use strata_leases::ProgressTracker;
 
 use crate::error::{OciError, Result};
 use crate::image::{Image, copy_blob, read_blob, read_bounded};
-use crate::source::{Source, ingest_reader};
+use crate::source::{IMAGE_NAME_ANNOTATION, Roots, Source, ingest_reader};
 
 /// The annotation naming an index entry's tag.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -132,11 +132,18 @@ impl<F: Files> Source for LayoutSource<F> {
         }
     }
 
-    async fn roots(&self, _store: &ContentStore) -> Result<Vec<oci::Descriptor>> {
+    async fn roots(&self, _store: &ContentStore) -> Result<Roots> {
         let object = self.files.describe();
+        let document = |path: &str| match self.document(path) {
+            Err(OciError::NotFound { .. }) => Err(OciError::invalid(
+                &object,
+                format!("is not an OCI image layout: it has no {path}"),
+            )),
+            other => other,
+        };
         let header: oci::OciLayout = crate::image::parse_document(
             &format!("{object} oci-layout"),
-            &self.document("oci-layout")?,
+            &document("oci-layout")?,
         )?;
         if !header.image_layout_version().starts_with("1.") {
             return Err(OciError::invalid(
@@ -149,9 +156,12 @@ impl<F: Files> Source for LayoutSource<F> {
         }
         let index: oci::ImageIndex = crate::image::parse_document(
             &format!("{object} index.json"),
-            &self.document("index.json")?,
+            &document("index.json")?,
         )?;
-        tagged(&object, &index, self.tag.as_deref())
+        Ok(Roots {
+            entries: tagged(&object, &index, self.tag.as_deref())?,
+            stored: 0,
+        })
     }
 
     async fn fetch(
@@ -218,11 +228,13 @@ pub(crate) fn write_atomic(
     result
 }
 
-/// The index entry of `image` under `tag`, with the config's platform.
+/// The index entry of `image` under `tag` (and `full_name`, when given),
+/// with the config's platform.
 pub(crate) fn index_entry(
     store: &ContentStore,
     image: &Image,
     tag: &str,
+    full_name: Option<&str>,
 ) -> Result<oci::Descriptor> {
     let mut entry = oci::Descriptor::from(&image.manifest);
     let config: oci::ImageConfiguration = crate::image::parse_document(
@@ -241,6 +253,9 @@ pub(crate) fn index_entry(
     let mut annotations = entry.annotations().clone().unwrap_or_default();
     annotations.retain(|k, _| k != media::UNCOMPRESSED_LABEL);
     annotations.insert(REF_NAME.to_owned(), tag.to_owned());
+    if let Some(name) = full_name {
+        annotations.insert(IMAGE_NAME_ANNOTATION.to_owned(), name.to_owned());
+    }
     entry.set_annotations(Some(annotations));
     Ok(entry)
 }
@@ -292,7 +307,7 @@ pub fn write_layout(store: &ContentStore, image: &Image, dir: &Path, tag: &str) 
             .and_then(|a| a.get(REF_NAME))
             .is_none_or(|n| n != tag)
     });
-    manifests.push(index_entry(store, image, tag)?);
+    manifests.push(index_entry(store, image, tag, None)?);
     let index = oci::ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(oci::MediaType::ImageIndex)

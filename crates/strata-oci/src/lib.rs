@@ -36,7 +36,9 @@ pub use location::Location;
 pub use oci_client::RegistryOperation;
 pub use platform::Platform;
 pub use registry::{DISTRIBUTION_SOURCE_LABEL, PushReport, Registry, RegistryOptions};
-pub use source::{PullOptions, Pulled, Source, image_of_manifest, pull};
+pub use source::{
+    IMAGE_NAME_ANNOTATION, PullOptions, Pulled, Roots, Source, image_of_manifest, pull,
+};
 
 /// The source of images at `location`.
 pub async fn open_source(

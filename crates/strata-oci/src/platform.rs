@@ -110,19 +110,20 @@ fn describe(d: &oci::Descriptor) -> String {
 /// Picks the one entry of `entries` (an index's manifests, or what a
 /// layout's tag names) for `platform`: the only entry, else the only one
 /// whose platform matches. Several matches, or several entries without
-/// platforms, are ambiguous.
+/// platforms, are ambiguous. No entry for the platform is bad input, like
+/// an ambiguous one: the image cannot be used here as it is.
 pub(crate) fn pick<'a>(
     object: &str,
     entries: &'a [oci::Descriptor],
     platform: &Platform,
 ) -> Result<&'a oci::Descriptor> {
     match entries {
-        [] => return Err(OciError::not_found(object, "lists no manifests")),
+        [] => return Err(OciError::invalid(object, "lists no manifests")),
         [only] => {
             if let Some(p) = only.platform()
                 && !platform.matches(p)
             {
-                return Err(OciError::not_found(
+                return Err(OciError::invalid(
                     object,
                     format!("has no manifest for {platform} (only {})", describe(only)),
                 ));
@@ -149,7 +150,7 @@ pub(crate) fn pick<'a>(
                     ),
                 ))
             } else {
-                Err(OciError::not_found(
+                Err(OciError::invalid(
                     object,
                     format!("has no manifest for {platform} (has {})", have.join(", ")),
                 ))

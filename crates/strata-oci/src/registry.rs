@@ -21,7 +21,7 @@ use strata_leases::{OpCtx, ProgressTracker};
 
 use crate::error::{OciError, Result};
 use crate::image::{Image, MAX_DOCUMENT_SIZE, read_blob};
-use crate::source::{Source, ingest_ref};
+use crate::source::{Roots, Source, ingest_ref};
 
 /// The content label listing the repositories of a registry a blob came
 /// from (containerd's), so a push to another repository there can mount
@@ -175,7 +175,22 @@ impl Registry {
 
     /// The registry's refusal as an error naming the repository.
     fn error(&self, what: &str, e: OciDistributionError) -> OciError {
+        let status = match &e {
+            OciDistributionError::RequestError(r) => r.status().map(|s| s.as_u16()),
+            OciDistributionError::ServerError { code, .. } => Some(*code),
+            _ => None,
+        };
         let (kind, reason) = match &e {
+            _ if status == Some(401) || status == Some(403) => (
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "{what}: unauthorized ({}): give credentials in docker's config.json: {e}",
+                    status.unwrap_or(401)
+                ),
+            ),
+            _ if status == Some(404) => {
+                (ErrorKind::NotFound, format!("{what}: not found (404): {e}"))
+            }
             OciDistributionError::UnauthorizedError { .. }
             | OciDistributionError::AuthenticationFailure(_) => (
                 ErrorKind::FailedPrecondition,
@@ -261,13 +276,14 @@ impl Registry {
     }
 
     /// Fetches the manifest or index `reference` names; checks it against
-    /// `expected` (or the reference's digest) and stores it.
+    /// `expected` (or the reference's digest) and stores it; whether the
+    /// store is new to it.
     async fn fetch_manifest(
         &self,
         store: &ContentStore,
         reference: &Reference,
         expected: Option<&Descriptor>,
-    ) -> Result<Descriptor> {
+    ) -> Result<(Descriptor, bool)> {
         let what = format!("manifest {}", reference.whole());
         let (bytes, _) = self
             .retry(&what, || {
@@ -307,7 +323,10 @@ impl Registry {
             Some(&digest),
             &Labels::new(),
         )?;
-        Ok(Descriptor::new(media_type, got.digest, got.size))
+        Ok((
+            Descriptor::new(media_type, got.digest, got.size),
+            !got.already_existed,
+        ))
     }
 
     /// Downloads blob `desc` into `store`, resuming what an earlier attempt
@@ -622,9 +641,12 @@ impl Source for Registry {
         format!("docker://{}", self.reference.whole())
     }
 
-    async fn roots(&self, store: &ContentStore) -> Result<Vec<oci::Descriptor>> {
-        let desc = self.fetch_manifest(store, &self.reference, None).await?;
-        Ok(vec![oci::Descriptor::from(&desc)])
+    async fn roots(&self, store: &ContentStore) -> Result<Roots> {
+        let (desc, new) = self.fetch_manifest(store, &self.reference, None).await?;
+        Ok(Roots {
+            entries: vec![oci::Descriptor::from(&desc)],
+            stored: usize::from(new),
+        })
     }
 
     async fn fetch(

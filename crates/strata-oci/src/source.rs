@@ -29,7 +29,7 @@ pub trait Source: Send + Sync {
     /// The entries the location names: one manifest or index, or several
     /// (one per platform) when a tag names several or none was given.
     /// Documents the source already had to read are put in `store`.
-    async fn roots(&self, store: &ContentStore) -> Result<Vec<oci::Descriptor>>;
+    async fn roots(&self, store: &ContentStore) -> Result<Roots>;
 
     /// Copies blob `desc` into `store`, verified against its size and
     /// digest, reporting bytes to `progress`.
@@ -40,6 +40,19 @@ pub trait Source: Send + Sync {
         progress: &Arc<ProgressTracker>,
     ) -> Result<()>;
 }
+
+/// What a source's name points at.
+#[derive(Clone, Debug, Default)]
+pub struct Roots {
+    /// The entries.
+    pub entries: Vec<oci::Descriptor>,
+    /// Blobs the source stored (new to the store) while finding them.
+    pub stored: usize,
+}
+
+/// The annotation carrying an image's full name on an index entry
+/// (containerd's and docker's).
+pub const IMAGE_NAME_ANNOTATION: &str = "io.containerd.image.name";
 
 /// How to pull.
 #[derive(Clone, Debug)]
@@ -159,6 +172,9 @@ pub struct Pulled {
     pub fetched: usize,
     /// Blobs the store already had.
     pub present: usize,
+    /// The name the source gives the image (an archive's `RepoTags`, an
+    /// index entry's `io.containerd.image.name`), if any.
+    pub name: Option<String>,
 }
 
 /// Resolves what `source` names to one image for `opts.platform` and puts
@@ -171,19 +187,28 @@ pub async fn pull(
     opts: &PullOptions,
 ) -> Result<Pulled> {
     let store = store.under(ctx);
-    let mut fetched = 0;
+    let roots = source.roots(&store).await?;
+    let mut fetched = roots.stored;
     let mut count = |got: bool| {
         if got {
             fetched += 1;
         }
     };
-    let mut entries = source.roots(&store).await?;
+    let mut entries = roots.entries;
+    let mut name = None;
     let mut object = source.name();
     let mut nonlayers = Vec::new();
     let mut seen = HashSet::new();
     let manifest_desc = loop {
         ctx.check()?;
         let chosen = pick(&object, &entries, &opts.platform)?;
+        if name.is_none() {
+            name = chosen
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(IMAGE_NAME_ANNOTATION))
+                .cloned();
+        }
         let desc = Descriptor::try_from(chosen)
             .map_err(|e| OciError::invalid(&object, format!("names a bad digest: {e}")))?;
         if !seen.insert(desc.digest.clone()) {
@@ -256,7 +281,8 @@ pub async fn pull(
     Ok(Pulled {
         image,
         fetched,
-        present: total - fetched,
+        present: total.saturating_sub(fetched),
+        name,
     })
 }
 

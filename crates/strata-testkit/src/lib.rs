@@ -10,7 +10,9 @@
 pub mod cli;
 pub mod crash;
 pub mod layer_tar;
+pub mod oci_layout;
 pub mod random_tree;
+pub mod registry;
 pub mod tree;
 
 use std::io::Write;

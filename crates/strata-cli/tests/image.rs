@@ -1,0 +1,687 @@
+//! `strata image` from the shell, one process per command: OCI layouts and
+//! docker archives in and out (umoci reads what Strata writes), a real
+//! registry (Debian's docker-registry on 127.0.0.1) shared by two roots,
+//! skopeo on the other end, basic auth with docker's config and a
+//! credential helper, a registry serving a corrupt blob, and hostile
+//! layouts and archives refused with exit 5 and nothing kept.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use strata_testkit::cli::{Env, Run, finish};
+use strata_testkit::layer_tar::{archive, entry};
+use strata_testkit::oci_layout::{Blob, Layout, gzip, sha256};
+use strata_testkit::registry::Registry;
+use tar::EntryType;
+
+fn env() -> Env {
+    Env::new(env!("CARGO_BIN_EXE_strata"))
+}
+
+/// Three layers: a base, a deletion, an opaque directory.
+fn layers() -> Vec<Vec<u8>> {
+    let none: &[u8] = b"";
+    vec![
+        archive(&[
+            entry("etc/", EntryType::Directory, none, ""),
+            entry("etc/os-release", EntryType::Regular, b"NAME=test\n", ""),
+            entry("usr/", EntryType::Directory, none, ""),
+            entry("usr/share/", EntryType::Directory, none, ""),
+            entry("usr/share/doc/", EntryType::Directory, none, ""),
+            entry("usr/share/doc/a", EntryType::Regular, b"a", ""),
+            entry("usr/share/doc/b", EntryType::Regular, b"b", ""),
+            entry("bin/", EntryType::Directory, none, ""),
+            entry("bin/tool", EntryType::Regular, b"#!/bin/sh\n", ""),
+            entry("bin/alias", EntryType::Symlink, none, "tool"),
+            entry("bin/twin", EntryType::Link, none, "bin/tool"),
+        ]),
+        archive(&[
+            entry("etc/.wh.os-release", EntryType::Regular, none, ""),
+            entry("etc/new", EntryType::Regular, b"new", ""),
+        ]),
+        archive(&[
+            entry("usr/share/doc/", EntryType::Directory, none, ""),
+            entry("usr/share/doc/.wh..wh..opq", EntryType::Regular, none, ""),
+            entry("usr/share/doc/c", EntryType::Regular, b"c", ""),
+        ]),
+    ]
+}
+
+/// A layout at `dir` holding the three-layer image under `tag`.
+fn sample_layout(dir: &Path, tag: &str) -> (Layout, Blob) {
+    let layout = Layout::new(dir);
+    let manifest = layout.image(&layers());
+    layout.tag(&manifest, tag);
+    (layout, manifest)
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The listing of what `r` mounts (`strata mount`, read-only).
+fn mounted(env: &Env, r: &str) -> String {
+    let dir = env.path(&format!("m-{r}"));
+    fs::create_dir_all(&dir).unwrap();
+    env.run(&["mount", r, &s(&dir)]).expect(0);
+    let tree = strata_testkit::tree::render(&dir);
+    env.run(&["umount", &s(&dir)]).expect(0);
+    tree
+}
+
+/// The listing without its first line (the root directory itself, whose
+/// mode and times each tool sets its own way).
+fn below_root(tree: &str) -> String {
+    tree.lines().skip(1).collect::<Vec<_>>().join("\n")
+}
+
+fn import(env: &Env, args: &[&str]) -> Value {
+    let mut all = vec!["--json", "image"];
+    all.extend_from_slice(args);
+    env.run(&all).expect(0).json()
+}
+
+/// Nothing named, and after a collection no blob and no snapshot left.
+#[track_caller]
+fn assert_empty(env: &Env) {
+    assert_eq!(
+        env.run(&["--json", "image", "ls"]).expect(0).json(),
+        json!([])
+    );
+    env.run(&["gc"]).expect(0);
+    assert_eq!(
+        env.run(&["--json", "content", "ls"]).expect(0).json(),
+        json!([])
+    );
+    assert_eq!(
+        env.run(&["--json", "snapshot", "ls"]).expect(0).json(),
+        json!([])
+    );
+}
+
+fn registry_cmd(env: &Env, docker_config: &Path, args: &[&str]) -> Run {
+    let mut c = env.cmd(args);
+    c.env("DOCKER_CONFIG", docker_config);
+    finish(c.output().unwrap())
+}
+
+#[test]
+fn layouts_and_archives_round_trip() {
+    if !strata_testkit::require_root("layouts_and_archives_round_trip") {
+        return;
+    }
+    let a = env();
+    let (_, manifest) = sample_layout(&a.path("layout"), "v1");
+    let got = import(
+        &a,
+        &[
+            "import",
+            &format!("oci:{}:v1", s(&a.path("layout"))),
+            "--name",
+            "app",
+        ],
+    );
+    assert_eq!(got["name"], "app");
+    assert_eq!(got["manifest"], manifest.digest.as_str());
+    assert_eq!(
+        got["fetched"], 5,
+        "3 layers, the config, the manifest: {got}"
+    );
+    let top = got["ref"].as_str().unwrap().to_owned();
+    let tree = mounted(&a, &top);
+    assert!(
+        !tree.contains("/etc/os-release"),
+        "whiteout applied:\n{tree}"
+    );
+    assert!(tree.contains("/etc/new"), "{tree}");
+    assert!(
+        !tree.contains("/usr/share/doc/a"),
+        "opaque directory applied:\n{tree}"
+    );
+    assert!(tree.contains("/usr/share/doc/c"), "{tree}");
+
+    let listed = a
+        .run(&["--json", "image", "inspect", "app"])
+        .expect(0)
+        .json();
+    assert_eq!(listed["layers"].as_array().unwrap().len(), 3);
+
+    // A named image written as stored keeps its manifest digest.
+    let out = a.path("out");
+    let w = a
+        .run(&[
+            "--json",
+            "image",
+            "export",
+            "app",
+            &format!("oci:{}:v2", s(&out)),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(w["manifest"], manifest.digest.as_str());
+    // umoci, an independent reader, unpacks the same tree.
+    let bundle = a.path("bundle");
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--image", &format!("{}:v2", s(&out)), &s(&bundle)])
+        .output()
+        .expect("run umoci (.ci/run installs it)");
+    assert!(
+        unpack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    assert_eq!(
+        below_root(&strata_testkit::tree::render(&bundle.join("rootfs"))),
+        below_root(&tree)
+    );
+
+    // A docker archive in zstd, into another root: the same tree.
+    let tarball = a.path("app.tar");
+    a.run(&[
+        "image",
+        "export",
+        "app",
+        &format!("docker-archive:{}", s(&tarball)),
+        "--compression",
+        "zstd",
+        "--force-compression",
+    ])
+    .expect(0);
+    let b = env();
+    let got = import(&b, &["import", &format!("docker-archive:{}", s(&tarball))]);
+    let inspect = b
+        .run(&["--json", "image", "inspect", got["name"].as_str().unwrap()])
+        .expect(0)
+        .json();
+    for l in inspect["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["media_type"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+    }
+    assert_eq!(mounted(&b, got["ref"].as_str().unwrap()), tree);
+
+    // The archive's manifest.json form alone (older docker save) too.
+    let legacy = a.path("legacy.tar");
+    {
+        let layers = layers();
+        let config = serde_json::to_vec(&json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| sha256(l)).collect::<Vec<_>>()},
+        }))
+        .unwrap();
+        let mut t = tar::Builder::new(fs::File::create(&legacy).unwrap());
+        let mut add = |path: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            t.append_data(&mut h, path, data).unwrap();
+        };
+        add("cfg.json", &config);
+        let mut names = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            let name = format!("l{i}/layer.tar");
+            add(&name, l);
+            names.push(name);
+        }
+        let manifest = serde_json::to_vec(
+            &json!([{"Config": "cfg.json", "RepoTags": ["legacy:1"], "Layers": names}]),
+        )
+        .unwrap();
+        add("manifest.json", &manifest);
+        t.finish().unwrap();
+    }
+    let c = env();
+    let got = import(&c, &["import", &format!("docker-archive:{}", s(&legacy))]);
+    assert_eq!(got["name"], "legacy:1");
+    assert_eq!(mounted(&c, got["ref"].as_str().unwrap()), tree);
+
+    // Removing the name lets the collector take everything.
+    a.run(&["image", "rm", "app"]).expect(0);
+    a.run(&["image", "rm", "app"]).expect(3);
+    assert_empty(&a);
+}
+
+/// Imports `location` into a fresh native root and expects exit 5 with
+/// `says` in the message, and nothing kept.
+#[track_caller]
+fn refused(location: &str, says: &str) {
+    let e = env();
+    let run = e.run(&["--backend", "native", "image", "import", location]);
+    assert_eq!(run.code, 5, "{location}: stderr {}", run.stderr);
+    assert!(
+        run.stderr.contains(says),
+        "{location}: wanted {says:?} in {}",
+        run.stderr
+    );
+    assert_empty(&e);
+}
+
+#[test]
+fn hostile_layouts_and_archives_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name);
+    let oci = |name: &str| format!("oci:{}", s(&dir(name)));
+    let layer = archive(&[entry("f", EntryType::Regular, b"data", "")]);
+    let gz = gzip(&layer);
+    let gzip_type = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+    // A blob whose bytes are not its digest.
+    let (l, m) = sample_layout(&dir("mismatch"), "latest");
+    let victim = l.blob_path(&m.digest);
+    let mut bytes = fs::read(&victim).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&victim, bytes).unwrap();
+    refused(&oci("mismatch"), "hashes to");
+
+    // A descriptor whose size is wrong.
+    let l = Layout::new(&dir("size"));
+    let blob = l.blob(&gz);
+    let mut d = blob.desc(gzip_type);
+    d["size"] = json!(blob.size + 1);
+    let config = l.config(&[sha256(&layer)]);
+    let m = l.manifest(&config, vec![d]);
+    l.tag(&m, "latest");
+    refused(&oci("size"), "bytes where its descriptor says");
+
+    // A truncated blob.
+    let l = Layout::new(&dir("truncated"));
+    let blob = l.blob(&gz);
+    let config = l.config(&[sha256(&layer)]);
+    let m = l.manifest(&config, vec![blob.desc(gzip_type)]);
+    l.tag(&m, "latest");
+    fs::write(l.blob_path(&blob.digest), &gz[..gz.len() / 2]).unwrap();
+    refused(&oci("truncated"), "bytes where its descriptor says");
+
+    // A diffID that is not the layer's.
+    let l = Layout::new(&dir("diffid"));
+    let blob = l.blob(&gz);
+    let config = l.config(&[sha256(b"something else")]);
+    let m = l.manifest(&config, vec![blob.desc(gzip_type)]);
+    l.tag(&m, "latest");
+    refused(&oci("diffid"), "diff");
+
+    // A layer media type Strata does not unpack.
+    let l = Layout::new(&dir("mediatype"));
+    let blob = l.blob(&gz);
+    let config = l.config(&[sha256(&layer)]);
+    let m = l.manifest(&config, vec![blob.desc("application/x-evil+gzip")]);
+    l.tag(&m, "latest");
+    refused(&oci("mediatype"), "not a layer media type");
+
+    // Two manifests and nothing to pick one.
+    let l = Layout::new(&dir("ambiguous"));
+    let m1 = l.image(std::slice::from_ref(&layer));
+    let m2 = l.image(&[archive(&[entry("g", EntryType::Regular, b"x", "")])]);
+    let mt = "application/vnd.oci.image.manifest.v1+json";
+    l.index(vec![m1.desc(mt), m2.desc(mt)]);
+    refused(&oci("ambiguous"), "ambiguous");
+
+    // A digest that tries to be a path.
+    let l = Layout::new(&dir("pathdigest"));
+    l.index(vec![
+        json!({"mediaType": mt, "digest": "sha256:../../../../etc/passwd", "size": 10}),
+    ]);
+    refused(&oci("pathdigest"), "");
+
+    // Indexes nested past the limit.
+    let l = Layout::new(&dir("nested"));
+    let mut top = l.image(std::slice::from_ref(&layer)).desc(mt);
+    for _ in 0..12 {
+        let idx = l.json(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [top]}));
+        top = idx.desc("application/vnd.oci.image.index.v1+json");
+    }
+    l.index(vec![top]);
+    refused(&oci("nested"), "deeper than");
+
+    // No manifest for this machine's platform.
+    let l = Layout::new(&dir("platform"));
+    let mut d = l.image(std::slice::from_ref(&layer)).desc(mt);
+    d["platform"] = json!({"os": "linux", "architecture": "s390x"});
+    l.index(vec![d]);
+    refused(&oci("platform"), "no manifest for");
+
+    // A manifest over the 4 MiB limit (refused before it is read).
+    let l = Layout::new(&dir("huge"));
+    let big = l.blob(&vec![b' '; 5 << 20]);
+    l.index(vec![big.desc(mt)]);
+    refused(&oci("huge"), "refused");
+
+    // An archive with a member outside its root.
+    let evil = dir("evil.tar");
+    fs::write(
+        &evil,
+        archive(&[
+            entry("../escape", EntryType::Regular, b"x", ""),
+            entry("manifest.json", EntryType::Regular, b"[]", ""),
+        ]),
+    )
+    .unwrap();
+    refused(
+        &format!("docker-archive:{}", s(&evil)),
+        "outside the archive's root",
+    );
+
+    // An archive whose manifest.json names a layer through a link that
+    // climbs out.
+    let links = dir("links.tar");
+    let manifest =
+        serde_json::to_vec(&json!([{"Config": "c.json", "Layers": ["l/layer.tar"]}])).unwrap();
+    fs::write(
+        &links,
+        archive(&[
+            entry("c.json", EntryType::Regular, b"{}", ""),
+            entry(
+                "l/layer.tar",
+                EntryType::Symlink,
+                b"",
+                "../../../etc/passwd",
+            ),
+            entry("manifest.json", EntryType::Regular, &manifest, ""),
+        ]),
+    )
+    .unwrap();
+    refused(
+        &format!("docker-archive:{}", s(&links)),
+        "outside the archive's root",
+    );
+
+    // Not a layout at all.
+    fs::create_dir_all(dir("empty")).unwrap();
+    refused(&oci("empty"), "");
+}
+
+#[test]
+fn a_registry_shares_one_cache_between_two_roots() {
+    if !strata_testkit::require_root("a_registry_shares_one_cache_between_two_roots") {
+        return;
+    }
+    let reg = Registry::start(None);
+    let r = &reg.addr;
+    let a = env();
+    sample_layout(&a.path("layout"), "v1");
+    let got = import(
+        &a,
+        &[
+            "import",
+            &format!("oci:{}:v1", s(&a.path("layout"))),
+            "--name",
+            "app",
+        ],
+    );
+    let tree = mounted(&a, got["ref"].as_str().unwrap());
+
+    let gz = a
+        .run(&["--json", "image", "push", "app", &format!("{r}/app:gzip")])
+        .expect(0)
+        .json();
+    assert_eq!(gz["uploaded"], 4, "3 layers and the config: {gz}");
+    let zst = a
+        .run(&[
+            "--json",
+            "image",
+            "push",
+            "app",
+            &format!("{r}/app:zstd"),
+            "--compression",
+            "zstd",
+            "--force-compression",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(
+        zst["uploaded"], 4,
+        "new layer blobs and a new config: {zst}"
+    );
+    // Nothing is uploaded twice: the same repository has it, another one
+    // mounts it.
+    let again = a
+        .run(&["--json", "image", "push", "app", &format!("{r}/app:gzip")])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (again["uploaded"].clone(), again["present"].clone()),
+        (json!(0), json!(4))
+    );
+    let other = a
+        .run(&[
+            "--json",
+            "image",
+            "push",
+            "app",
+            &format!("{r}/elsewhere:1"),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (other["uploaded"].clone(), other["mounted"].clone()),
+        (json!(0), json!(4)),
+        "{other}"
+    );
+
+    let b = env();
+    for tag in ["gzip", "zstd"] {
+        let got = import(&b, &["pull", &format!("{r}/app:{tag}")]);
+        assert_eq!(mounted(&b, got["ref"].as_str().unwrap()), tree, "{tag}");
+    }
+    let snapshots = b.run(&["--json", "snapshot", "ls"]).expect(0).json();
+    // Both compressions share one chain: same diffIDs, unpacked once.
+    assert_eq!(snapshots.as_array().unwrap().len(), 3, "{snapshots}");
+    let first = import(&b, &["pull", &format!("{r}/app:gzip"), "--name", "again"]);
+    assert_eq!(
+        first["fetched"], 0,
+        "a second pull transfers nothing: {first}"
+    );
+    assert_eq!(
+        b.run(&["--json", "snapshot", "ls"]).expect(0).json(),
+        snapshots,
+        "and unpacks nothing"
+    );
+
+    // skopeo, on the other end, reads what Strata pushed...
+    let inspect = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{r}/app:gzip"),
+        ])
+        .output()
+        .expect("run skopeo (.ci/run installs it)");
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(seen["Digest"], gz["manifest"]);
+    assert_eq!(seen["Layers"].as_array().unwrap().len(), 3);
+    // ...and pushes what Strata pulls.
+    let copy = Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:v1", s(&a.path("layout"))),
+            &format!("docker://{r}/from-skopeo:1"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    let c = env();
+    let got = import(&c, &["pull", &format!("docker://{r}/from-skopeo:1")]);
+    assert_eq!(mounted(&c, got["ref"].as_str().unwrap()), tree);
+
+    // What is not there is a clear not-found.
+    let missing = c.run(&["image", "pull", &format!("{r}/nothing:here")]);
+    assert_eq!(missing.code, 3, "{}", missing.stderr);
+    assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
+}
+
+#[test]
+fn registry_credentials_from_docker_config_and_helpers() {
+    let reg = Registry::start(Some(("strata", "s3cret")));
+    let r = &reg.addr;
+    let a = env();
+    sample_layout(&a.path("layout"), "v1");
+    import(
+        &a,
+        &[
+            "--backend",
+            "native",
+            "import",
+            &format!("oci:{}:v1", s(&a.path("layout"))),
+            "--name",
+            "app",
+        ],
+    );
+
+    let anonymous = a.path("anonymous");
+    fs::create_dir_all(&anonymous).unwrap();
+    let refused = registry_cmd(
+        &a,
+        &anonymous,
+        &["image", "push", "app", &format!("{r}/app:1")],
+    );
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("unauthorized"),
+        "{}",
+        refused.stderr
+    );
+
+    let wrong = a.path("wrong");
+    fs::create_dir_all(&wrong).unwrap();
+    fs::write(
+        wrong.join("config.json"),
+        json!({"auths": {r.as_str(): {"username": "strata", "password": "nope"}}}).to_string(),
+    )
+    .unwrap();
+    let run = registry_cmd(&a, &wrong, &["image", "push", "app", &format!("{r}/app:1")]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+
+    let config = a.path("docker");
+    fs::create_dir_all(&config).unwrap();
+    use base64_free::encode;
+    fs::write(
+        config.join("config.json"),
+        json!({"auths": {format!("https://{r}/v1/"): {"auth": encode("strata:s3cret")}}})
+            .to_string(),
+    )
+    .unwrap();
+    registry_cmd(
+        &a,
+        &config,
+        &["image", "push", "app", &format!("{r}/app:1")],
+    )
+    .expect(0);
+
+    // A credential helper named for the host, found on PATH.
+    let bin = a.path("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-strata-test");
+    fs::write(
+        &helper,
+        "#!/bin/sh\nread host\necho \"{\\\"ServerURL\\\":\\\"$host\\\",\\\"Username\\\":\\\"strata\\\",\\\"Secret\\\":\\\"s3cret\\\"}\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    let helped = a.path("helped");
+    fs::create_dir_all(&helped).unwrap();
+    fs::write(
+        helped.join("config.json"),
+        json!({"credHelpers": {r.as_str(): "strata-test"}}).to_string(),
+    )
+    .unwrap();
+    let b = env();
+    let mut c = b.cmd(&[
+        "--backend",
+        "native",
+        "--json",
+        "image",
+        "pull",
+        &format!("{r}/app:1"),
+    ]);
+    c.env("DOCKER_CONFIG", &helped).env(
+        "PATH",
+        format!("{}:{}", s(&bin), std::env::var("PATH").unwrap_or_default()),
+    );
+    let got = finish(c.output().unwrap()).expect(0).json();
+    assert_eq!(got["fetched"], 5, "{got}");
+}
+
+#[test]
+fn a_registry_serving_a_corrupt_blob_commits_nothing() {
+    let reg = Registry::start(None);
+    let r = &reg.addr;
+    let a = env();
+    sample_layout(&a.path("layout"), "v1");
+    import(
+        &a,
+        &[
+            "--backend",
+            "native",
+            "import",
+            &format!("oci:{}:v1", s(&a.path("layout"))),
+            "--name",
+            "app",
+        ],
+    );
+    a.run(&["image", "push", "app", &format!("{r}/app:1")])
+        .expect(0);
+    let inspect = a
+        .run(&["--json", "image", "inspect", "app"])
+        .expect(0)
+        .json();
+    let layer = inspect["layers"][2]["digest"].as_str().unwrap().to_owned();
+    let file = reg.blob_file(&layer);
+    let mut bytes = fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&file, bytes).unwrap();
+
+    let b = env();
+    let run = b.run(&[
+        "--backend",
+        "native",
+        "image",
+        "pull",
+        &format!("{r}/app:1"),
+    ]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("corrupt"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&layer),
+        "names the blob: {}",
+        run.stderr
+    );
+    assert_empty(&b);
+}
+
+/// Base64 for a test's docker config, without a dependency.
+mod base64_free {
+    pub fn encode(s: &str) -> String {
+        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let b = s.as_bytes();
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, &c)| acc | u32::from(c) << (16 - 8 * i));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
