@@ -389,7 +389,7 @@ impl Registry {
             }
             let committed = w.commit(desc.size, Some(&desc.digest), &Labels::new());
             drop(w);
-            return match committed {
+            let result = match committed {
                 Ok(_) | Err(ContentError::AlreadyExists(_)) => {
                     progress.finish();
                     self.label_source(store, &desc.digest)
@@ -400,6 +400,13 @@ impl Registry {
                     if let Err(abort) = store.abort(&reference) {
                         tracing::warn!(reference, error = %abort, "could not abandon a corrupt download");
                     }
+                    if offset > 0 && attempt < self.opts.attempts.max(1) {
+                        // The bytes kept from an earlier attempt may be
+                        // what was wrong: once more from the start.
+                        tracing::warn!(blob = %desc.digest, error = %e, "resumed download does not verify; starting over");
+                        attempt += 1;
+                        continue;
+                    }
                     Err(OciError::Registry {
                         registry: self.repo(),
                         reason: format!("{what}: the registry served corrupt data: {e}"),
@@ -408,6 +415,7 @@ impl Registry {
                 }
                 Err(e) => Err(e.into()),
             };
+            return result;
         }
     }
 
