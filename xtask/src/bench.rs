@@ -2,9 +2,10 @@
 //!
 //! `cargo xtask bench snapshot` and `cargo xtask bench gc` run
 //! `strata-cli`'s benches of those names, `cargo xtask bench diff`
-//! `strata-diff`'s and `cargo xtask bench cache` `strata-cache`'s, on a
-//! fresh loop-mounted ext4 (see those files for what they measure; `diff`
-//! and `cache` need the Debian images `cargo xtask bench-images` builds).
+//! `strata-diff`'s and `cargo xtask bench cache|oci` `strata-cache`'s, on a
+//! fresh loop-mounted ext4 (see those files for what they measure; `diff`,
+//! `cache` and `oci` need the Debian images `cargo xtask bench-images`
+//! builds).
 //!
 //! `cargo xtask bench content`: ingest throughput of a large file into the
 //! content store against `sha256sum` followed by `cp` of the same file (the
@@ -51,8 +52,9 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         "gc" => on_loop_ext4("strata-cli", "gc"),
         "diff" => on_loop_ext4("strata-diff", "diff"),
         "cache" => on_loop_ext4("strata-cache", "cache"),
+        "oci" => on_loop_ext4("strata-cache", "oci"),
         other => {
-            bail!("unknown benchmark {other:?}; available: content, snapshot, gc, diff, cache")
+            bail!("unknown benchmark {other:?}; available: content, snapshot, gc, diff, cache, oci")
         }
     }
 }

@@ -38,10 +38,18 @@ fn layout(dir: &std::path::Path) {
     l.tag(&m, "latest");
 }
 
-async fn pull(mgr: &CacheManager, location: &Location) -> strata_cache::PulledImage {
-    mgr.pull_image(&OpCtx::new(), location, &ImagePullOptions::default())
+/// Pulls under a lease of its own (a background collection may run at
+/// any time; what the pull stores is held until the lease goes).
+async fn pull(
+    mgr: &CacheManager,
+    location: &Location,
+) -> (strata_cache::PulledImage, strata_leases::LeaseGuard) {
+    let (ctx, guard) = strata_leases::with_lease(&OpCtx::new(), &mgr.root().leases).unwrap();
+    let got = mgr
+        .pull_image(&ctx, location, &ImagePullOptions::default())
         .await
-        .unwrap()
+        .unwrap();
+    (got, guard)
 }
 
 #[test]
@@ -55,7 +63,7 @@ fn downloads_resume_and_names_hold_images() {
         reference: format!("{}/resume:1", reg.addr),
     };
     let (big, big_size) = rt.block_on(async {
-        let got = pull(
+        let (got, _held) = pull(
             &a.mgr,
             &Location::Layout {
                 dir: src.clone(),
@@ -88,7 +96,7 @@ fn downloads_resume_and_names_hold_images() {
     // range.
     let b = common::env("native");
     plant(&b.mgr, &big, big_size, &blob[..blob.len() / 2]);
-    let got = rt.block_on(pull(&b.mgr, &target));
+    let (got, _held) = rt.block_on(pull(&b.mgr, &target));
     assert_eq!(got.fetched, 4, "manifest, config and both layers");
     assert!(
         reg.log().contains("\" 206 "),
@@ -101,7 +109,7 @@ fn downloads_resume_and_names_hold_images() {
     // What was kept is wrong: the download starts over and verifies.
     let c = common::env("native");
     plant(&c.mgr, &big, big_size, &vec![0u8; blob.len() / 2]);
-    let got = rt.block_on(pull(&c.mgr, &target));
+    let (got, held) = rt.block_on(pull(&c.mgr, &target));
     assert!(got.top.is_some());
     assert_eq!(c.mgr.root().content.info(&big).unwrap().size, big_size);
 
@@ -115,6 +123,7 @@ fn downloads_resume_and_names_hold_images() {
     });
     let name = got.image.manifest.digest.clone();
     drop(got);
+    held.release().unwrap();
     c.mgr.root().collector.collect(Default::default()).unwrap();
     assert!(c.mgr.root().content.info(&big).is_ok(), "held by the name");
     assert_eq!(c.mgr.image("resume:1").unwrap().manifest, name);

@@ -343,6 +343,27 @@ fn hostile_layouts_and_archives_are_refused() {
     l.index(vec![d]);
     refused(&oci("platform"), "no manifest for");
 
+    // An image built for another platform than the one asked for.
+    let (_, _) = sample_layout(&dir("other-arch"), "latest");
+    let e = env();
+    let run = e.run(&[
+        "--backend",
+        "native",
+        "image",
+        "import",
+        &oci("other-arch"),
+        "--platform",
+        "linux/arm64",
+    ]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("is an image for linux/amd64, not linux/arm64"),
+        "{}",
+        run.stderr
+    );
+    assert_empty(&e);
+
     // A manifest over the 4 MiB limit (refused before it is read).
     let l = Layout::new(&dir("huge"));
     let big = l.blob(&vec![b' '; 5 << 20]);

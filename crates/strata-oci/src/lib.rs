@@ -12,6 +12,7 @@
 //!   indexes and configs over [`MAX_DOCUMENT_SIZE`] are refused before
 //!   they are read, indexes nest at most [`MAX_INDEX_DEPTH`] deep, and a
 //!   digest is validated before it names a path.
+#![forbid(unsafe_code)]
 
 mod archive;
 mod auth;

@@ -82,6 +82,20 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// Whether an image whose config says `built_for` runs on this
+    /// platform (the same rules as [`Platform::matches`]).
+    pub fn matches_config(&self, built_for: &Platform) -> bool {
+        let mut p = oci::PlatformBuilder::default()
+            .os(oci::Os::from(built_for.os.as_str()))
+            .architecture(oci::Arch::from(built_for.architecture.as_str()));
+        if let Some(v) = &built_for.variant {
+            p = p.variant(v.clone());
+        }
+        p.build().is_ok_and(|p| self.matches(&p))
+    }
+}
+
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.os, self.architecture)?;

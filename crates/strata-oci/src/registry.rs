@@ -174,13 +174,26 @@ impl Registry {
     }
 
     /// The registry's refusal as an error naming the repository.
-    fn error(&self, what: &str, e: OciDistributionError) -> OciError {
-        let status = match &e {
+    fn error(&self, what: &str, err: OciDistributionError) -> OciError {
+        let status = match &err {
             OciDistributionError::RequestError(r) => r.status().map(|s| s.as_u16()),
             OciDistributionError::ServerError { code, .. } => Some(*code),
             _ => None,
         };
-        let (kind, reason) = match &e {
+        // The words of every cause: "error sending request" alone does not
+        // say that the connection was refused.
+        let mut said = err.to_string();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !said.contains(&text) {
+                said.push_str(": ");
+                said.push_str(&text);
+            }
+            cause = c.source();
+        }
+        let e = said;
+        let (kind, reason) = match &err {
             _ if status == Some(401) || status == Some(403) => (
                 ErrorKind::FailedPrecondition,
                 format!(
@@ -242,7 +255,7 @@ impl Registry {
                 ErrorKind::Invalid,
                 format!("{what}: unsupported media type: {e}"),
             ),
-            _ if transient(&e) => (ErrorKind::Unavailable, format!("{what}: {e}")),
+            _ if transient(&err) => (ErrorKind::Unavailable, format!("{what}: {e}")),
             _ => (ErrorKind::Internal, format!("{what}: {e}")),
         };
         OciError::Registry {

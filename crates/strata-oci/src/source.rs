@@ -249,6 +249,18 @@ pub async fn pull(
     let config_desc = config_of(&manifest_desc, &manifest)?;
     check_document_size("config", &config_desc)?;
     count(ensure(ctx, &*source, &store, &config_desc).await?);
+    let config: oci::ImageConfiguration = read_document(&store, "config", &config_desc)?;
+    let built_for = Platform {
+        os: config.os().to_string(),
+        architecture: config.architecture().to_string(),
+        variant: config.variant().clone(),
+    };
+    if !opts.platform.matches_config(&built_for) {
+        return Err(OciError::invalid(
+            format!("manifest {}", manifest_desc.digest),
+            format!("is an image for {built_for}, not {}", opts.platform),
+        ));
+    }
     let mut image = image_of_manifest(&store, &source.name(), &manifest_desc)?;
     image.nonlayers = nonlayers;
     let gate = Arc::new(Semaphore::new(opts.parallel.max(1)));

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod containerd;
 pub mod crash;
 pub mod layer_tar;
 pub mod oci_layout;

@@ -1,0 +1,105 @@
+//! A private containerd for side-by-side benchmarks: config, root, state
+//! and sockets in a scratch directory, the CRI plugin off, and content
+//! isolated per namespace so each run really fetches and ingests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running containerd.
+#[derive(Debug)]
+pub struct Containerd {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    /// Starts containerd on `dir` (Debian's `containerd` package).
+    pub fn start(dir: &Path) -> Containerd {
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{0}/ttrpc.sock\"\n[plugins.\"io.containerd.metadata.v1.bolt\"]\n  content_sharing_policy = \"isolated\"\n",
+                dir.display(),
+                socket.display()
+            ),
+        )
+        .expect("write containerd config");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("containerd.log")).expect("containerd log"))
+            .spawn()
+            .expect("start containerd (apt-get install containerd)");
+        let c = Containerd { child, socket };
+        for _ in 0..200 {
+            if c.ctr(&["version"]).status().is_ok_and(|s| s.success()) {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("containerd did not come up");
+    }
+
+    /// A `ctr` command against this containerd.
+    pub fn ctr(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(&self.socket)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    }
+
+    fn timed(&self, what: &str, mut cmd: Command) -> Duration {
+        let start = Instant::now();
+        let ok = cmd.status().expect("run ctr").success();
+        let took = start.elapsed();
+        assert!(ok, "{what} failed");
+        took
+    }
+
+    /// `ctr images import` of the OCI archive `archive` into namespace `ns`
+    /// (unpacked into the overlayfs snapshotter).
+    pub fn import(&self, ns: &str, archive: &Path) -> Duration {
+        let mut cmd = self.ctr(&[
+            "-n",
+            ns,
+            "images",
+            "import",
+            "--base-name",
+            "localhost/bench/image",
+            "--snapshotter",
+            "overlayfs",
+        ]);
+        cmd.arg(archive);
+        self.timed(&format!("ctr images import {}", archive.display()), cmd)
+    }
+
+    /// `ctr images pull` of `reference` over plain HTTP into namespace
+    /// `ns` (unpacked into the overlayfs snapshotter).
+    pub fn pull(&self, ns: &str, reference: &str) -> Duration {
+        let cmd = self.ctr(&[
+            "-n",
+            ns,
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "overlayfs",
+            reference,
+        ]);
+        self.timed(&format!("ctr images pull {reference}"), cmd)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
