@@ -518,6 +518,29 @@ fn a_registry_shares_one_cache_between_two_roots() {
     let seen: Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!(seen["Digest"], gz["manifest"]);
     assert_eq!(seen["Layers"].as_array().unwrap().len(), 3);
+    let back = a.path("back");
+    let copy = Command::new("skopeo")
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{r}/app:zstd"),
+            &format!("oci:{}:x", s(&back)),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    let got = import(
+        &a,
+        &["import", &format!("oci:{}:x", s(&back)), "--name", "back"],
+    );
+    assert_eq!(
+        got["manifest"], zst["manifest"],
+        "skopeo copied the manifest as it is"
+    );
     // ...and pushes what Strata pulls.
     let copy = Command::new("skopeo")
         .args([

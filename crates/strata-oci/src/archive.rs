@@ -16,7 +16,7 @@ use strata_leases::ProgressTracker;
 
 use crate::error::{OciError, Result};
 use crate::image::{BlobReader, Image, parse_document, read_bounded};
-use crate::layout::{Files, LayoutSource, blob_path, index_entry, write_atomic};
+use crate::layout::{Files, LayoutSource, blob_path, index_entry, layout_header, write_atomic};
 use crate::source::{IMAGE_NAME_ANNOTATION, Roots, Source};
 
 /// The most members an archive may have.
@@ -383,7 +383,7 @@ pub fn write_archive(store: &ContentStore, image: &Image, file: &Path, name: &st
             h.set_mtime(0);
             tar.append_data(&mut h, path, bytes).map_err(io)
         };
-        add(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        add(&mut tar, "oci-layout", &layout_header()?)?;
         let mut seen = std::collections::HashSet::new();
         for desc in image.blobs() {
             if !seen.insert(desc.digest.clone()) {

@@ -260,6 +260,18 @@ pub(crate) fn index_entry(
     Ok(entry)
 }
 
+/// The `oci-layout` file of the layouts Strata writes.
+pub(crate) fn layout_header() -> Result<Vec<u8>> {
+    let layout = oci::OciLayoutBuilder::default()
+        .image_layout_version("1.0.0")
+        .build()
+        .map_err(|e| OciError::invalid("oci-layout", e.to_string()))?;
+    layout
+        .to_string()
+        .map(String::into_bytes)
+        .map_err(|e| OciError::invalid("oci-layout", e.to_string()))
+}
+
 /// Writes `image` into the OCI layout at `dir` (made when missing) under
 /// `tag`: blobs it lacks are copied in, an entry of the same tag is
 /// replaced, other entries stay. Each file is synced and renamed into
@@ -268,14 +280,10 @@ pub fn write_layout(store: &ContentStore, image: &Image, dir: &Path, tag: &str) 
     fs::create_dir_all(dir).map_err(|e| OciError::io("create", dir.display(), e))?;
     let header = dir.join("oci-layout");
     if !header.exists() {
-        let layout = oci::OciLayoutBuilder::default()
-            .image_layout_version("1.0.0")
-            .build()
-            .map_err(|e| OciError::invalid("oci-layout", e.to_string()))?;
+        let bytes = layout_header()?;
         write_atomic(&header, |f| {
-            layout
-                .to_writer(f)
-                .map_err(|e| OciError::invalid("oci-layout", e.to_string()))
+            f.write_all(&bytes)
+                .map_err(|e| OciError::io("write", header.display(), e))
         })?;
     }
     for desc in image.blobs() {
