@@ -23,6 +23,7 @@ const FLOORS: &[(&str, Option<u8>)] = &[
     ("strata-native", Some(25)),
     ("strata-diff", Some(30)),
     ("strata-oci", Some(30)),
+    ("strata-containerd", Some(30)),
     ("strata-cache", Some(40)),
     ("strata-cli", Some(50)),
     ("strata-testkit", None),

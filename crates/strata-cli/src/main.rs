@@ -13,6 +13,7 @@ mod output;
 mod progress;
 mod refs;
 mod root;
+mod serve;
 mod snapshot;
 
 use std::path::PathBuf;
@@ -87,6 +88,9 @@ enum Command {
     Gc(lease::GcArgs),
     /// Verify metadata against disk and every blob against its digest.
     Check(check::CheckArgs),
+    /// Serve the root's snapshots to containerd (a proxy snapshotter) until
+    /// SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
                 Command::Image(cmd) => image::run(&mgr, cmd, cli.lease.as_deref(), &out),
                 Command::Du(args) => refs::du(&mgr, &args, &out),
                 Command::Prune(args) => refs::prune(&mgr, &args, &out),
+                Command::Serve(args) => serve::run(&mgr, &args),
             }
         }),
     };

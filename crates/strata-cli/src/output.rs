@@ -93,6 +93,7 @@ pub fn kind_of(err: &anyhow::Error) -> ErrorKind {
             strata_cache::CacheError,
             strata_cache::OpenError,
             strata_oci::OciError,
+            strata_containerd::ServeError,
             strata_content::ContentError,
             strata_diff::ApplyError,
             strata_diff::DiffError,

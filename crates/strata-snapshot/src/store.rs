@@ -526,6 +526,28 @@ impl SnapshotStore {
         self.inner.reconcile()
     }
 
+    /// Removes what removals left behind (directories moved out of
+    /// `snapshots/` whose deletion failed or was interrupted); safe while
+    /// the store is in use, unlike [`SnapshotStore::reconcile`]. Returns
+    /// how many went.
+    pub fn cleanup(&self) -> Result<usize, SnapshotError> {
+        let tmp = strata_sys::Root::open(&self.inner.tmp)?;
+        let mut removed = 0;
+        for (name, _) in tmp.read_dir(Path::new(""))? {
+            if !name.to_string_lossy().starts_with(RM_PREFIX) {
+                continue;
+            }
+            // A removal may be deleting this one right now: what it takes
+            // first is not an error.
+            match tmp.remove_all(Path::new(&name)) {
+                Ok(_) => removed += 1,
+                Err(e) if strata_core::Classify::is_not_found(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(removed)
+    }
+
     /// What the backend's snapshots allow.
     pub fn capabilities(&self) -> crate::Capabilities {
         self.inner.backend.capabilities()

@@ -1,0 +1,148 @@
+//! Serving the service on a unix socket until a shutdown signal: a stale
+//! socket is replaced, a live one (another server) refused, the socket's
+//! mode set before the first request, in-flight calls finished on
+//! shutdown, the socket removed at the end.
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_snapshots as cs;
+use containerd_snapshots::tonic::transport::Server;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::service::Service;
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The socket's path.
+    pub socket: PathBuf,
+    /// The socket's mode (0600 by default: containerd runs as root).
+    pub mode: u32,
+}
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Another server answers on the socket.
+    #[error("{}: another server is listening there", .0.display())]
+    InUse(PathBuf),
+    /// Something that is not a socket is in the way.
+    #[error("{}: exists and is not a socket", .0.display())]
+    NotASocket(PathBuf),
+    /// A file-system or socket operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The socket.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("serving {}: {source}", path.display())]
+    Transport {
+        /// The socket.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: cs::tonic::transport::Error,
+    },
+}
+
+impl strata_core::Classify for ServeError {
+    fn kind(&self) -> strata_core::ErrorKind {
+        match self {
+            ServeError::InUse(_) | ServeError::NotASocket(_) => {
+                strata_core::ErrorKind::AlreadyExists
+            }
+            ServeError::Io { source, .. } => strata_core::Classify::kind(source),
+            ServeError::Transport { .. } => strata_core::ErrorKind::Internal,
+        }
+    }
+}
+
+/// Binds `path`: a socket nobody answers on is replaced; a live one or a
+/// file that is not a socket is refused.
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
+    let io = |op, source| ServeError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => return Err(ServeError::NotASocket(path.to_owned())),
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(ServeError::InUse(path.to_owned())),
+            Err(_) => {
+                tracing::info!(socket = %path.display(), "replacing a stale socket");
+                std::fs::remove_file(path).map_err(|e| io("remove stale socket", e))?;
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("stat", e)),
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| io("create the socket's directory", e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io("chmod", e))?;
+    Ok(listener)
+}
+
+/// Serves `service` on `opts.socket` until `shutdown` completes, then
+/// stops accepting, lets in-flight calls finish and removes the socket.
+/// Calls are served concurrently.
+pub async fn serve(
+    service: Service,
+    opts: &ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let listener = bind(&opts.socket, opts.mode)?;
+    serve_on(service, listener, &opts.socket, shutdown).await
+}
+
+/// Serves `service` on `listener` (bound at `socket`) until `shutdown`
+/// completes; see [`serve`].
+pub async fn serve_on(
+    service: Service,
+    listener: UnixListener,
+    socket: &Path,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    tracing::info!(socket = %socket.display(), "serving containerd's snapshots API");
+    let served = Server::builder()
+        .add_service(cs::server(Arc::new(service)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    if let Err(e) = std::fs::remove_file(socket) {
+        tracing::warn!(socket = %socket.display(), error = %e, "could not remove the socket");
+    }
+    served.map_err(|source| ServeError::Transport {
+        path: socket.to_owned(),
+        source,
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn signalled() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot listen for SIGINT and SIGTERM");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}
