@@ -283,7 +283,10 @@ impl Inner {
         if !children.is_empty() {
             return Err(SnapshotError::precondition(
                 key,
-                format!("it has children ({})", children.join(", ")),
+                format!(
+                    "cannot remove it: it has children ({})",
+                    children.join(", ")
+                ),
             ));
         }
         tx.delete::<SnapshotRecord>(key)?;

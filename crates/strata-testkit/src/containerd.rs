@@ -16,14 +16,21 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd on `dir` (Debian's `containerd` package).
     pub fn start(dir: &Path) -> Containerd {
+        Containerd::start_with(dir, "")
+    }
+
+    /// Starts containerd on `dir` with `extra` appended to its config (a
+    /// `[proxy_plugins...]` table, say).
+    pub fn start_with(dir: &Path, extra: &str) -> Containerd {
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{0}/ttrpc.sock\"\n[plugins.\"io.containerd.metadata.v1.bolt\"]\n  content_sharing_policy = \"isolated\"\n",
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{0}/ttrpc.sock\"\n[plugins.\"io.containerd.metadata.v1.bolt\"]\n  content_sharing_policy = \"isolated\"\n{2}",
                 dir.display(),
-                socket.display()
+                socket.display(),
+                extra
             ),
         )
         .expect("write containerd config");
@@ -53,6 +60,13 @@ impl Containerd {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         c
+    }
+
+    /// A `ctr` command whose output is kept (stdout piped).
+    pub fn ctr_out(&self, args: &[&str]) -> std::process::Output {
+        let mut c = self.ctr(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.output().expect("run ctr")
     }
 
     fn timed(&self, what: &str, mut cmd: Command) -> Duration {

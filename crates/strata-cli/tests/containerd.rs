@@ -1,0 +1,398 @@
+//! `strata serve` as containerd's proxy snapshotter, for real: a private
+//! containerd (Debian's 1.6) whose `proxy_plugins` names Strata's socket
+//! imports a multi-layer OCI archive into Strata, `ctr snapshots` lists,
+//! inspects, mounts and removes, the mounted top equals what Strata's own
+//! import makes, and removing the image in containerd empties Strata's
+//! store. containerd's own snapshotter test suite (Go, from Debian's
+//! containerd sources) runs against the socket beside containerd's
+//! overlayfs snapshotter: every case overlayfs passes, Strata passes. And
+//! the socket rules: stale replaced, live refused, 0600, SIGTERM exits 0.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use strata_testkit::cli::Env;
+use strata_testkit::containerd::Containerd;
+use strata_testkit::layer_tar::{archive, entry};
+use strata_testkit::oci_layout::Layout;
+use tar::EntryType;
+
+fn env() -> Env {
+    Env::new(env!("CARGO_BIN_EXE_strata"))
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `strata serve` on `socket`, stopped (SIGTERM) by [`Served::stop`].
+struct Served {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Served {
+    fn start(env: &Env, socket: &Path, backend: &str) -> Served {
+        let child = env
+            .cmd(&[
+                "--backend",
+                backend,
+                "serve",
+                "--containerd-socket",
+                &s(socket),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start strata serve");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "strata serve did not listen on {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Served {
+            child,
+            socket: socket.to_owned(),
+        }
+    }
+
+    /// SIGTERM; the exit code.
+    fn stop(mut self) -> i32 {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = self.child.wait().unwrap();
+        assert!(!self.socket.exists(), "the socket is removed at exit");
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A three-layer image (a deletion, an opaque directory) as an OCI layout
+/// and as the OCI archive `ctr images import` takes.
+fn image(dir: &Path) -> (PathBuf, PathBuf) {
+    let none: &[u8] = b"";
+    let layout = dir.join("layout");
+    let l = Layout::new(&layout);
+    let m = l.image(&[
+        archive(&[
+            entry("etc/", EntryType::Directory, none, ""),
+            entry("etc/gone", EntryType::Regular, b"x", ""),
+            entry("usr/", EntryType::Directory, none, ""),
+            entry("usr/doc/", EntryType::Directory, none, ""),
+            entry("usr/doc/old", EntryType::Regular, b"old", ""),
+            entry("bin/", EntryType::Directory, none, ""),
+            entry("bin/tool", EntryType::Regular, b"#!/bin/sh\n", ""),
+            entry("bin/alias", EntryType::Symlink, none, "tool"),
+        ]),
+        archive(&[
+            entry("etc/.wh.gone", EntryType::Regular, none, ""),
+            entry("etc/new", EntryType::Regular, b"new", ""),
+        ]),
+        archive(&[
+            entry("usr/doc/", EntryType::Directory, none, ""),
+            entry("usr/doc/.wh..wh..opq", EntryType::Regular, none, ""),
+            entry("usr/doc/fresh", EntryType::Regular, b"fresh", ""),
+        ]),
+    ]);
+    let mut d = m.desc("application/vnd.oci.image.manifest.v1+json");
+    d["annotations"] = json!({
+        "org.opencontainers.image.ref.name": "latest",
+        "io.containerd.image.name": "localhost/strata/test:latest",
+    });
+    l.index(vec![d]);
+    let tarball = dir.join("image.oci.tar");
+    let ok = Command::new("tar")
+        .args(["-C", &s(&layout), "-cf", &s(&tarball), "."])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    (layout, tarball)
+}
+
+fn below_root(tree: &str) -> String {
+    tree.lines().skip(1).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn containerd_unpacks_images_into_strata() {
+    if !strata_testkit::require_root("containerd_unpacks_images_into_strata") {
+        return;
+    }
+    let e = env();
+    let (layout, tarball) = image(e.tmp.path());
+    let socket = e.path("strata.sock");
+    let served = Served::start(&e, &socket, "overlay");
+    let mode = fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let cdir = e.path("containerd");
+    fs::create_dir_all(&cdir).unwrap();
+    let ctrd = Containerd::start_with(
+        &cdir,
+        &format!(
+            "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{}\"\n",
+            s(&socket)
+        ),
+    );
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "ctr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(ctrd.ctr_out(&["images", "import", "--snapshotter", "strata", &s(&tarball)]));
+
+    // Every layer is a committed snapshot in Strata.
+    let listed = ok(ctrd.ctr_out(&["snapshots", "--snapshotter", "strata", "ls"]));
+    let rows: Vec<&str> = listed.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{listed}");
+    assert!(
+        rows.iter().all(|r| r.trim_end().ends_with("Committed")),
+        "{listed}"
+    );
+    // The top is the one no other names as parent.
+    let keys: Vec<&str> = rows
+        .iter()
+        .map(|r| r.split_whitespace().next().unwrap())
+        .collect();
+    let parents: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.split_whitespace().nth(1))
+        .collect();
+    let top = keys
+        .iter()
+        .find(|k| !parents.contains(k))
+        .unwrap()
+        .to_string();
+    let info = ok(ctrd.ctr_out(&["snapshots", "--snapshotter", "strata", "info", &top]));
+    assert!(info.contains("\"Kind\": \"Committed\""), "{info}");
+    let usage = ok(ctrd.ctr_out(&["snapshots", "--snapshotter", "strata", "usage", &top]));
+    assert!(usage.contains(&top), "{usage}");
+
+    // A view of the top, mounted the way ctr says, is the tree Strata's
+    // own import makes of the same image.
+    ok(ctrd.ctr_out(&[
+        "snapshots",
+        "--snapshotter",
+        "strata",
+        "view",
+        "strata-view",
+        &top,
+    ]));
+    let target = e.path("view");
+    fs::create_dir_all(&target).unwrap();
+    let mount = ok(ctrd.ctr_out(&[
+        "snapshots",
+        "--snapshotter",
+        "strata",
+        "mounts",
+        &s(&target),
+        "strata-view",
+    ]));
+    assert!(mount.starts_with("mount -t overlay"), "{mount}");
+    assert!(
+        Command::new("sh")
+            .args(["-c", &mount])
+            .status()
+            .unwrap()
+            .success(),
+        "{mount}"
+    );
+    let via_containerd = strata_testkit::tree::render(&target);
+    assert!(
+        Command::new("umount")
+            .arg(&target)
+            .status()
+            .unwrap()
+            .success()
+    );
+    ok(ctrd.ctr_out(&["snapshots", "--snapshotter", "strata", "rm", "strata-view"]));
+
+    let own = env();
+    let got = own
+        .run(&["--json", "image", "import", &format!("oci:{}", s(&layout))])
+        .expect(0)
+        .json();
+    let mnt = own.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    own.run(&["mount", got["ref"].as_str().unwrap(), &s(&mnt)])
+        .expect(0);
+    let via_strata = strata_testkit::tree::render(&mnt);
+    own.run(&["umount", &s(&mnt)]).expect(0);
+    assert_eq!(below_root(&via_containerd), below_root(&via_strata));
+    assert!(via_strata.contains("/usr/doc/fresh") && !via_strata.contains("/usr/doc/old"));
+
+    // containerd decides what goes: removing the image empties Strata.
+    ok(ctrd.ctr_out(&["images", "rm", "--sync", "localhost/strata/test:latest"]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = ok(ctrd.ctr_out(&["snapshots", "--snapshotter", "strata", "ls"]));
+        if left.lines().skip(1).next().is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "containerd's GC left {left}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(ctrd);
+    assert_eq!(served.stop(), 0);
+    assert_eq!(
+        e.run(&["--json", "snapshot", "ls"]).expect(0).json(),
+        json!([])
+    );
+    e.run(&["check"]).expect(0);
+    let left = fs::read_dir(e.root.join("snapshots")).unwrap().count();
+    assert_eq!(left, 0, "no snapshot directory is left");
+}
+
+/// The results of a `go test -v` run: (test, case) -> PASS|FAIL|SKIP.
+fn results(out: &str) -> BTreeMap<(String, String), String> {
+    let mut r = BTreeMap::new();
+    for line in out.lines() {
+        let t = line.trim_start();
+        for verdict in ["PASS", "FAIL", "SKIP"] {
+            if let Some(rest) = t.strip_prefix(&format!("--- {verdict}: ")) {
+                let name = rest.split_whitespace().next().unwrap_or_default();
+                if let Some((test, case)) = name.split_once('/') {
+                    r.insert((test.to_owned(), case.to_owned()), verdict.to_owned());
+                }
+            }
+        }
+    }
+    r
+}
+
+#[test]
+fn containerds_snapshotter_suite_passes_against_strata() {
+    if !strata_testkit::require_root("containerds_snapshotter_suite_passes_against_strata") {
+        return;
+    }
+    // Built over Debian's Go sources of containerd (GOPATH mode: nothing
+    // is downloaded).
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let binary = target.join("containerd-suite.test");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../strata-containerd/go");
+    let build = Command::new("go")
+        .args(["test", "-c", "-o", &s(&binary), "."])
+        .current_dir(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", target.join("gocache"))
+        .output()
+        .expect(
+            "run go (golang-go and golang-github-containerd-containerd-dev; .ci/run installs them)",
+        );
+    assert!(
+        build.status.success(),
+        "go test -c: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+
+    let e = env();
+    let socket = e.path("strata.sock");
+    let served = Served::start(&e, &socket, "overlay");
+    let run = Command::new(&binary)
+        .args([
+            "-test.v",
+            "-test.root",
+            "-test.parallel",
+            "1",
+            "-test.timeout",
+            "10m",
+        ])
+        .current_dir(e.tmp.path())
+        .env("STRATA_SOCKET", &socket)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    let verdicts = results(&out);
+    let of = |test: &str, verdict: &str| -> Vec<String> {
+        verdicts
+            .iter()
+            .filter(|((t, _), v)| t == test && *v == verdict)
+            .map(|((_, c), _)| c.clone())
+            .collect()
+    };
+    let (overlay_pass, strata_pass) = (of("TestOverlayfs", "PASS"), of("TestStrata", "PASS"));
+    assert!(overlay_pass.len() >= 20, "containerd's suite ran: {out}");
+    let missing: Vec<&String> = overlay_pass
+        .iter()
+        .filter(|c| !strata_pass.contains(c))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "cases overlayfs passes and Strata does not: {missing:?}\n{out}"
+    );
+    assert!(of("TestStrata", "FAIL").is_empty(), "{out}");
+    eprintln!(
+        "containerd's snapshotter suite: strata passed {} (skipped {:?}); overlayfs passed {}",
+        strata_pass.len(),
+        of("TestStrata", "SKIP"),
+        overlay_pass.len()
+    );
+    assert_eq!(served.stop(), 0);
+    assert_eq!(
+        e.run(&["--json", "snapshot", "ls"]).expect(0).json(),
+        json!([])
+    );
+}
+
+#[test]
+fn the_socket_is_replaced_when_stale_and_refused_when_live() {
+    let e = env();
+    let socket = e.path("strata.sock");
+    // A socket nobody listens on any more.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let served = Served::start(&e, &socket, "native");
+    // A second server on the same socket (another root) is refused.
+    let other = env();
+    let run = other.run(&[
+        "--backend",
+        "native",
+        "serve",
+        "--containerd-socket",
+        &s(&socket),
+    ]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("another server is listening"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(served.stop(), 0);
+    // Something that is not a socket is never deleted.
+    fs::write(&socket, "precious").unwrap();
+    let run = other.run(&[
+        "--backend",
+        "native",
+        "serve",
+        "--containerd-socket",
+        &s(&socket),
+    ]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert_eq!(fs::read_to_string(&socket).unwrap(), "precious");
+}
