@@ -1,7 +1,7 @@
 //! Benchmarks, each against peers in the same run.
 //!
-//! `cargo xtask bench snapshot` and `cargo xtask bench gc` run
-//! `strata-cli`'s benches of those names, `cargo xtask bench diff`
+//! `cargo xtask bench snapshot|gc|containerd` run `strata-cli`'s benches
+//! of those names, `cargo xtask bench diff`
 //! `strata-diff`'s and `cargo xtask bench cache|oci` `strata-cache`'s, on a
 //! fresh loop-mounted ext4 (see those files for what they measure; `diff`,
 //! `cache` and `oci` need the Debian images `cargo xtask bench-images`
@@ -53,8 +53,11 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         "diff" => on_loop_ext4("strata-diff", "diff"),
         "cache" => on_loop_ext4("strata-cache", "cache"),
         "oci" => on_loop_ext4("strata-cache", "oci"),
+        "containerd" => on_loop_ext4("strata-cli", "containerd"),
         other => {
-            bail!("unknown benchmark {other:?}; available: content, snapshot, gc, diff, cache, oci")
+            bail!(
+                "unknown benchmark {other:?}; available: content, snapshot, gc, diff, cache, oci, containerd"
+            )
         }
     }
 }

@@ -45,7 +45,7 @@ fn bench_import(rt: &tokio::runtime::Runtime, dir: &Path, images: &Path, ctrd: &
             warm(dir);
             let (p, _) = strata_import(rt, &layout, &p_root, 8);
             warm(dir);
-            let c = ctrd.import(&format!("{name}-{run}"), &archive);
+            let c = ctrd.import(&format!("{name}-{run}"), &archive, "overlayfs");
             if run > 0 {
                 seq.push(s);
                 par.push(p);

@@ -251,7 +251,7 @@ fn containerd_unpacks_images_into_strata() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = ok(ctrd.ctr_out(&["snapshots", "--snapshotter", "strata", "ls"]));
-        if left.lines().skip(1).next().is_none() {
+        if left.lines().nth(1).is_none() {
             break;
         }
         assert!(Instant::now() < deadline, "containerd's GC left {left}");

@@ -151,6 +151,8 @@ impl cs::Snapshotter for Service {
 
     type InfoStream = stream::Iter<std::vec::IntoIter<Result<cs::Info, Status>>>;
 
+    // The stream's error type is the trait's (tonic's Status), large or not.
+    #[allow(clippy::result_large_err)]
     #[tracing::instrument(skip(self))]
     async fn list(
         &self,

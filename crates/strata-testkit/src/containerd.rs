@@ -77,9 +77,9 @@ impl Containerd {
         took
     }
 
-    /// `ctr images import` of the OCI archive `archive` into namespace `ns`
-    /// (unpacked into the overlayfs snapshotter).
-    pub fn import(&self, ns: &str, archive: &Path) -> Duration {
+    /// `ctr images import` of the OCI archive `archive` into namespace `ns`,
+    /// unpacked into `snapshotter`.
+    pub fn import(&self, ns: &str, archive: &Path, snapshotter: &str) -> Duration {
         let mut cmd = self.ctr(&[
             "-n",
             ns,
@@ -88,7 +88,7 @@ impl Containerd {
             "--base-name",
             "localhost/bench/image",
             "--snapshotter",
-            "overlayfs",
+            snapshotter,
         ]);
         cmd.arg(archive);
         self.timed(&format!("ctr images import {}", archive.display()), cmd)
