@@ -18,7 +18,12 @@ pub enum CacheError {
     NotFound(String),
     /// The ref is of the wrong kind or already released.
     #[error("{id}: invalid: {reason}")]
-    Invalid { id: String, reason: String },
+    Invalid {
+        /// The ref, record or name.
+        id: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A mutable ref is held by someone else.
     #[error("{0} is locked")]
     Locked(String),
@@ -46,8 +51,11 @@ pub enum CacheError {
     /// Reading a ref's files failed.
     #[error("{what} {path}: {source}")]
     Io {
+        /// What was being done.
         what: &'static str,
+        /// The path inside the ref.
         path: String,
+        /// The failure.
         #[source]
         source: std::io::Error,
     },

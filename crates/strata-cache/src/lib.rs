@@ -14,6 +14,7 @@
 //! lease before the object exists, so a collection can never see it
 //! unheld.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod error;
 mod export;

@@ -75,8 +75,11 @@ pub enum OpenError {
     /// Creating or preparing the root's directories failed.
     #[error("state root {}: {what}: {source}", path.display())]
     Io {
+        /// The root.
         path: PathBuf,
+        /// What was being done.
         what: &'static str,
+        /// The failure.
         #[source]
         source: std::io::Error,
     },
@@ -86,8 +89,11 @@ pub enum OpenError {
     /// The root was made with another backend.
     #[error("root {} uses the {stored} backend, not {wanted}", path.display())]
     BackendMismatch {
+        /// The root.
         path: PathBuf,
+        /// The backend it was made with.
         stored: &'static str,
+        /// The backend asked for.
         wanted: &'static str,
     },
     /// Cleaning up what a dead process left failed.

@@ -91,6 +91,8 @@ enum Command {
     /// Serve the root's snapshots to containerd (a proxy snapshotter) until
     /// SIGINT or SIGTERM.
     Serve(serve::ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 fn main() -> ExitCode {
@@ -98,8 +100,9 @@ fn main() -> ExitCode {
     init_logging(cli.verbosity, cli.log_level.as_deref());
     let out = output::Output::new(cli.json);
     let result = match cli.command {
-        // Unmounting needs no root.
+        // Unmounting needs no root, nor do completions.
         Command::Umount { dir } => snapshot::umount(&dir, &out),
+        Command::Completions { shell } => completions(shell),
         Command::Layer(cmd) => layer::run(cmd, &out),
         command => root::open(cli.root.as_deref(), cli.backend).and_then(|mgr| {
             let root = mgr.root();
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
                 Command::Du(args) => refs::du(&mgr, &args, &out),
                 Command::Prune(args) => refs::prune(&mgr, &args, &out),
                 Command::Serve(args) => serve::run(&mgr, &args),
+                Command::Completions { shell } => completions(shell),
             }
         }),
     };
@@ -130,7 +134,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// CLI.md's exit codes.
+/// The completion script for `shell` on stdout (a closed pipe is not an
+/// error: `strata completions bash | head` is fine).
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut <Cli as clap::CommandFactory>::command(),
+        "strata",
+        &mut script,
+    );
+    match std::io::stdout().lock().write_all(&script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// The documented exit codes.
 fn exit_code(kind: ErrorKind) -> u8 {
     match kind {
         ErrorKind::NotFound => 3,
