@@ -6,6 +6,7 @@
 
 mod check;
 mod content;
+mod demo;
 mod image;
 mod layer;
 mod lease;
@@ -91,6 +92,10 @@ enum Command {
     /// Serve the root's snapshots to containerd (a proxy snapshotter) until
     /// SIGINT or SIGTERM.
     Serve(serve::ServeArgs),
+    /// The quick tour: an image made in-process, imported, built on,
+    /// merged, diffed, exported, measured, pruned (a temporary root unless
+    /// --root is given).
+    Demo,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -100,9 +105,10 @@ fn main() -> ExitCode {
     init_logging(cli.verbosity, cli.log_level.as_deref());
     let out = output::Output::new(cli.json);
     let result = match cli.command {
-        // Unmounting needs no root, nor do completions.
+        // Unmounting needs no root, nor do completions; the demo opens its own.
         Command::Umount { dir } => snapshot::umount(&dir, &out),
         Command::Completions { shell } => completions(shell),
+        Command::Demo => demo::run(cli.root.as_deref(), cli.backend.into()),
         Command::Layer(cmd) => layer::run(cmd, &out),
         command => root::open(cli.root.as_deref(), cli.backend).and_then(|mgr| {
             let root = mgr.root();
@@ -121,6 +127,7 @@ fn main() -> ExitCode {
                 Command::Prune(args) => refs::prune(&mgr, &args, &out),
                 Command::Serve(args) => serve::run(&mgr, &args),
                 Command::Completions { shell } => completions(shell),
+                Command::Demo => demo::run(cli.root.as_deref(), cli.backend.into()),
             }
         }),
     };
