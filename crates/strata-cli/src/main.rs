@@ -37,6 +37,10 @@ struct Cli {
     /// held by it instead of by a lease named after each object.
     #[arg(long, global = true, value_name = "ID")]
     lease: Option<String>,
+    /// How long to wait while another strata process owns the root, then
+    /// exit 4 (0s: do not wait).
+    #[arg(long, global = true, env = "STRATA_LOCK_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    lock_timeout: std::time::Duration,
     /// Snapshot backend; a root remembers the one it was created with.
     #[arg(long, global = true, value_enum, default_value = "auto")]
     backend: root::BackendArg,
@@ -110,7 +114,7 @@ fn main() -> ExitCode {
         Command::Completions { shell } => completions(shell),
         Command::Demo => demo::run(cli.root.as_deref(), cli.backend.into()),
         Command::Layer(cmd) => layer::run(cmd, &out),
-        command => root::open(cli.root.as_deref(), cli.backend).and_then(|mgr| {
+        command => root::open(cli.root.as_deref(), cli.backend, cli.lock_timeout).and_then(|mgr| {
             let root = mgr.root();
             match command {
                 Command::Content(cmd) => content::run(root, cmd, cli.lease.as_deref(), &out),

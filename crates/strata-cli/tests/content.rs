@@ -221,14 +221,42 @@ fn second_process_on_a_root_exits_4() {
         );
         std::thread::yield_now();
     }
-    let second = env.run(&["content", "ls"]).expect(4);
+    // Without waiting: exit 4 at once.
+    let second = env
+        .run(&["--lock-timeout", "0s", "content", "ls"])
+        .expect(4);
     assert!(
         second.stderr.contains("locked by another process"),
         "{}",
         second.stderr
     );
+    // Waiting a bounded time, saying so, then exit 4.
+    let started = std::time::Instant::now();
+    let second = env
+        .run(&["--lock-timeout", "600ms", "content", "ls"])
+        .expect(4);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(600));
+    assert!(
+        second.stderr.contains("waiting up to 600ms"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains("(waited 600ms)"),
+        "{}",
+        second.stderr
+    );
+    // A waiter gets the root once the holder lets go.
+    let waiter = env
+        .cmd(&["--lock-timeout", "60s", "content", "ls"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
     drop(stdin);
     finish(holder.wait_with_output().unwrap()).expect(0);
+    finish(waiter.wait_with_output().unwrap()).expect(0);
     env.run(&["content", "ls"]).expect(0);
 }
 
