@@ -324,7 +324,7 @@ fn hostile_layouts_and_archives_are_refused() {
     l.index(vec![
         json!({"mediaType": mt, "digest": "sha256:../../../../etc/passwd", "size": 10}),
     ]);
-    refused(&oci("pathdigest"), "");
+    refused(&oci("pathdigest"), "../../../../etc/passwd");
 
     // Indexes nested past the limit.
     let l = Layout::new(&dir("nested"));
@@ -411,7 +411,7 @@ fn hostile_layouts_and_archives_are_refused() {
 
     // Not a layout at all.
     fs::create_dir_all(dir("empty")).unwrap();
-    refused(&oci("empty"), "");
+    refused(&oci("empty"), "is not an OCI image layout");
 }
 
 #[test]
@@ -566,23 +566,23 @@ fn a_registry_shares_one_cache_between_two_roots() {
     assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
 }
 
+/// A native root holding the sample image, named `app`.
+fn native_root_with_app() -> Env {
+    let a = env();
+    sample_layout(&a.path("layout"), "v1");
+    let layout = format!("oci:{}:v1", s(&a.path("layout")));
+    import(
+        &a,
+        &["--backend", "native", "import", &layout, "--name", "app"],
+    );
+    a
+}
+
 #[test]
 fn registry_credentials_from_docker_config_and_helpers() {
     let reg = Registry::start(Some(("strata", "s3cret")));
     let r = &reg.addr;
-    let a = env();
-    sample_layout(&a.path("layout"), "v1");
-    import(
-        &a,
-        &[
-            "--backend",
-            "native",
-            "import",
-            &format!("oci:{}:v1", s(&a.path("layout"))),
-            "--name",
-            "app",
-        ],
-    );
+    let a = native_root_with_app();
 
     let anonymous = a.path("anonymous");
     fs::create_dir_all(&anonymous).unwrap();
@@ -663,19 +663,7 @@ fn registry_credentials_from_docker_config_and_helpers() {
 fn a_registry_serving_a_corrupt_blob_commits_nothing() {
     let reg = Registry::start(None);
     let r = &reg.addr;
-    let a = env();
-    sample_layout(&a.path("layout"), "v1");
-    import(
-        &a,
-        &[
-            "--backend",
-            "native",
-            "import",
-            &format!("oci:{}:v1", s(&a.path("layout"))),
-            "--name",
-            "app",
-        ],
-    );
+    let a = native_root_with_app();
     a.run(&["image", "push", "app", &format!("{r}/app:1")])
         .expect(0);
     let inspect = a
