@@ -38,10 +38,6 @@ pub struct ImportOptions {
     pub parallel: Option<usize>,
 }
 
-fn diff_id_of(desc: &Descriptor) -> Result<Digest> {
-    Ok(Image::diff_id(desc)?)
-}
-
 /// One layer of an import being unpacked: its blob, diffID and the
 /// snapshot key it will have.
 #[derive(Clone)]
@@ -88,7 +84,7 @@ impl CacheManager {
         while next < img.layers.len() {
             ctx.check()?;
             let desc = &img.layers[next];
-            let diff_id = diff_id_of(desc)?;
+            let diff_id = Image::diff_id(desc)?;
             let parent_sid = current.as_ref().map_or("", |p| p.snapshot_id()).to_owned();
             // Imports of the same content on the same parent wait for each
             // other: the second finds what the first made.
@@ -332,7 +328,7 @@ impl CacheManager {
             .map(|desc| {
                 Ok(Layer {
                     desc: desc.clone(),
-                    diff_id: diff_id_of(desc)?,
+                    diff_id: Image::diff_id(desc)?,
                     key: id::new_id(),
                 })
             })

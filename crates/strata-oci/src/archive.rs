@@ -15,7 +15,7 @@ use strata_core::{Compression, Descriptor, Digest, Labels, media};
 use strata_leases::ProgressTracker;
 
 use crate::error::{OciError, Result};
-use crate::image::{BlobReader, Image, parse_document, read_bounded};
+use crate::image::{BlobReader, Image, MAX_DOCUMENT_SIZE, parse_document, read_bounded};
 use crate::layout::{Files, LayoutSource, blob_path, index_entry, layout_header, write_atomic};
 use crate::source::{IMAGE_NAME_ANNOTATION, Roots, Source};
 
@@ -247,21 +247,25 @@ impl ManifestJsonSource {
         media_type: Option<&str>,
     ) -> Result<(Descriptor, bool)> {
         let object = self.files.describe();
-        let (mut head_reader, _) = self.files.open(path)?;
-        let mut head = [0u8; 4];
-        let mut got = 0;
-        while got < head.len() {
-            match head_reader.read(&mut head[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) => return Err(OciError::io("read", format!("{object} {path}"), e)),
-            }
+        let (mut reader, size) = self.files.open(path)?;
+        if media_type.is_some_and(|m| m == media::OCI_CONFIG) && size > MAX_DOCUMENT_SIZE {
+            return Err(OciError::invalid(
+                format!("{object} {path}"),
+                format!("is {size} bytes; documents over {MAX_DOCUMENT_SIZE} bytes are refused"),
+            ));
         }
+        // The first bytes say a layer's compression; they are read once and
+        // put back in front of the rest.
+        let mut head = Vec::with_capacity(4);
+        (&mut reader)
+            .take(4)
+            .read_to_end(&mut head)
+            .map_err(|e| OciError::io("read", format!("{object} {path}"), e))?;
         let media_type = media_type.map_or_else(
-            || Compression::detect(&head[..got]).media_type().to_owned(),
+            || Compression::detect(&head).media_type().to_owned(),
             str::to_owned,
         );
-        let (reader, size) = self.files.open(path)?;
+        let reader = std::io::Cursor::new(head).chain(reader);
         let reference = format!("archive-{}-{path}", self.files.file.display());
         let ingested = store.ingest(&reference, reader, Some(size), None, &Labels::new())?;
         Ok((
@@ -284,9 +288,6 @@ impl Source for ManifestJsonSource {
         let entry = self.entry()?;
         let mut stored = 0;
         let object = self.files.describe();
-        let (r, _) = self.files.open(&entry.config)?;
-        // Bounded before anything is stored.
-        read_bounded(&format!("{object} {}", entry.config), r)?;
         let (config, new) = self.ingest_member(store, &entry.config, Some(media::OCI_CONFIG))?;
         stored += usize::from(new);
         let mut layers = Vec::with_capacity(entry.layers.len());

@@ -33,9 +33,9 @@ pub enum Location {
     },
 }
 
-/// Splits `rest` into a path and an optional suffix after the last `:`
-/// that follows the last `/` (a tag or name never contains `/`... except
-/// a name's repository, so archives try the longest existing file first).
+/// Splits `rest` into a path and an optional tag: the part after the last
+/// `:` that follows the last `/` (a tag never contains `/`). Archive names
+/// may (a repository), so archives split at the file that exists instead.
 fn split_tag(rest: &str) -> (String, Option<String>) {
     let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
     match rest[last_slash..].rfind(':') {

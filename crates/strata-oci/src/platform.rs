@@ -63,36 +63,36 @@ impl Platform {
         }
     }
 
-    /// Whether an index entry's platform runs here. A variant is compared
-    /// only when one was asked for (arm64 without one counts as v8).
+    /// Whether an index entry's platform runs here (see
+    /// [`Platform::accepts`]).
     pub fn matches(&self, p: &oci::Platform) -> bool {
-        if p.os().to_string() != self.os || p.architecture().to_string() != self.architecture {
+        self.accepts(&Platform {
+            os: p.os().to_string(),
+            architecture: p.architecture().to_string(),
+            variant: p.variant().clone(),
+        })
+    }
+
+    /// Whether an image built for `built_for` runs here. A variant is
+    /// compared only when one was asked for (arm64 without one counts as
+    /// v8).
+    pub fn accepts(&self, built_for: &Platform) -> bool {
+        if built_for.os != self.os || built_for.architecture != self.architecture {
             return false;
         }
         match &self.variant {
             None => true,
             Some(want) => {
-                let have = p.variant().as_deref().or(match self.architecture.as_str() {
-                    "arm64" => Some("v8"),
-                    _ => None,
-                });
+                let have = built_for
+                    .variant
+                    .as_deref()
+                    .or(match self.architecture.as_str() {
+                        "arm64" => Some("v8"),
+                        _ => None,
+                    });
                 have == Some(want.as_str())
             }
         }
-    }
-}
-
-impl Platform {
-    /// Whether an image whose config says `built_for` runs on this
-    /// platform (the same rules as [`Platform::matches`]).
-    pub fn matches_config(&self, built_for: &Platform) -> bool {
-        let mut p = oci::PlatformBuilder::default()
-            .os(oci::Os::from(built_for.os.as_str()))
-            .architecture(oci::Arch::from(built_for.architecture.as_str()));
-        if let Some(v) = &built_for.variant {
-            p = p.variant(v.clone());
-        }
-        p.build().is_ok_and(|p| self.matches(&p))
     }
 }
 

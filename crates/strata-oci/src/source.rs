@@ -255,13 +255,19 @@ pub async fn pull(
         architecture: config.architecture().to_string(),
         variant: config.variant().clone(),
     };
-    if !opts.platform.matches_config(&built_for) {
+    if !opts.platform.accepts(&built_for) {
         return Err(OciError::invalid(
             format!("manifest {}", manifest_desc.digest),
             format!("is an image for {built_for}, not {}", opts.platform),
         ));
     }
-    let mut image = image_of_manifest(&store, &source.name(), &manifest_desc)?;
+    let mut image = image_from(
+        &source.name(),
+        &manifest_desc,
+        &manifest,
+        config_desc,
+        &config,
+    )?;
     image.nonlayers = nonlayers;
     let gate = Arc::new(Semaphore::new(opts.parallel.max(1)));
     let mut tasks = JoinSet::new();
@@ -326,16 +332,23 @@ pub fn image_of_manifest(
     let manifest: oci::ImageManifest = read_document(store, "manifest", manifest_desc)?;
     let config_desc = config_of(manifest_desc, &manifest)?;
     let config: oci::ImageConfiguration = read_document(store, "config", &config_desc)?;
-    let layers = layers_of(
-        &format!("manifest {}", manifest_desc.digest),
-        &manifest,
-        &config,
-    )?;
+    image_from(reference, manifest_desc, &manifest, config_desc, &config)
+}
+
+/// The image of a manifest and config already read.
+fn image_from(
+    reference: &str,
+    manifest_desc: &Descriptor,
+    manifest: &oci::ImageManifest,
+    config_desc: Descriptor,
+    config: &oci::ImageConfiguration,
+) -> Result<Image> {
+    let what = format!("manifest {}", manifest_desc.digest);
     Ok(Image {
         reference: reference.to_owned(),
         manifest: manifest_desc.clone(),
         config: config_desc,
-        layers,
+        layers: layers_of(&what, manifest, config)?,
         nonlayers: Vec::new(),
     })
 }
