@@ -15,16 +15,6 @@ use strata_leases::OpCtx;
 
 pub const RUNS: usize = 3;
 
-pub fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-pub fn median_f(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -48,14 +38,6 @@ pub fn sh(script: &str) {
         .unwrap()
         .success();
     assert!(ok, "{script}");
-}
-
-/// Touches and frees about 2 GiB so a timed run gets warm pages.
-pub fn warm(dir: &Path) {
-    sh(&format!(
-        "head -c 2G /dev/zero > {0}/warm && rm {0}/warm",
-        dir.display()
-    ));
 }
 
 /// Strata's import end to end from the layout at `layout`: blobs verified

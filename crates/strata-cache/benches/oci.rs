@@ -22,9 +22,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::{RUNS, median, median_f, open, rt, sh, strata_import, warm};
+use common::{RUNS, open, rt, sh, strata_import};
 use strata_cache::{ImagePullOptions, Location, RegistryOptions};
 use strata_leases::OpCtx;
+use strata_testkit::bench::{median, median_f, warm};
 use strata_testkit::containerd::Containerd;
 use strata_testkit::registry::Registry;
 

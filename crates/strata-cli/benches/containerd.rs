@@ -10,32 +10,14 @@
 // This program reports on stdout by design.
 #![allow(clippy::print_stdout)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use strata_testkit::bench::{median, median_f, warm};
 use strata_testkit::containerd::Containerd;
 
 const RUNS: usize = 3;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// Touches and frees about 2 GiB so a timed run gets warm pages.
-fn warm(dir: &Path) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "head -c 2G /dev/zero > {0}/warm && rm {0}/warm",
-            dir.display()
-        ))
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
 
 fn main() {
     let dir = PathBuf::from(
@@ -78,12 +60,11 @@ fn main() {
                 ratios.push(a.as_secs_f64() / b.as_secs_f64());
             }
         }
-        ratios.sort_by(f64::total_cmp);
         println!(
             "  ctr images import {name}: into strata {:.2}s, into overlayfs {:.2}s; strata / overlayfs {:.2}",
             median(s).as_secs_f64(),
             median(o).as_secs_f64(),
-            ratios[ratios.len() / 2]
+            median_f(ratios)
         );
     }
     drop(ctrd);

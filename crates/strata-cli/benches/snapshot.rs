@@ -16,6 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use strata_testkit::bench::median;
 
 use strata_core::Labels;
 use strata_snapshot::mounts::{LocalMount, MountOptions};
@@ -33,11 +34,6 @@ fn store(root: &Path, backend: &str) -> (SnapshotStore, strata_cache::Root) {
     })
     .unwrap();
     (opened.snapshots.clone(), opened)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn secs(d: Duration) -> f64 {

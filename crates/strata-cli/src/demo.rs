@@ -176,10 +176,7 @@ pub fn run(root: Option<&Path>, backend: BackendChoice) -> anyhow::Result<ExitCo
     let tmp = tempfile::Builder::new().prefix("strata-demo-").tempdir()?;
     let kept = root.is_some();
     let root = root.map_or_else(|| tmp.path().join("root"), Path::to_path_buf);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(demo(&root, tmp.path(), backend, kept))?;
+    crate::snapshot::block_on_parallel(demo(&root, tmp.path(), backend, kept))??;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,12 +13,12 @@ use strata_cache::{
     CacheManager, CompressionConfig, Image, ImagePullOptions, ImportOptions, Location, NamedImage,
     Platform, PullOptions, RefConfig, RegistryOptions,
 };
-use strata_core::{Compression, ErrorKind};
+use strata_core::Compression;
 
 use crate::output::{self, Output};
 use crate::progress::Bars;
-use crate::refs::context;
-use crate::root::CliError;
+use crate::refs::{bad, context};
+use crate::snapshot::block_on_parallel;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
@@ -179,14 +179,6 @@ struct WrittenJson {
     mounted: Option<usize>,
 }
 
-fn bad(message: String) -> anyhow::Error {
-    CliError {
-        kind: ErrorKind::Invalid,
-        message,
-    }
-    .into()
-}
-
 fn platform(p: Option<&str>) -> anyhow::Result<Platform> {
     Ok(match p {
         Some(p) => Platform::parse(p)?,
@@ -212,21 +204,13 @@ fn default_name(location: &Location) -> String {
     }
 }
 
-/// A runtime with worker threads, so downloads, unpacking and hashing run
-/// side by side.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
 pub fn run(
     mgr: &CacheManager,
     cmd: ImageCmd,
     lease: Option<&str>,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(run_async(mgr, cmd, lease, out))?;
+    block_on_parallel(run_async(mgr, cmd, lease, out))??;
     Ok(ExitCode::SUCCESS)
 }
 

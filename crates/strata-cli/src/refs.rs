@@ -117,7 +117,8 @@ pub struct PruneArgs {
     filters: Vec<String>,
 }
 
-fn bad(message: String) -> anyhow::Error {
+/// A bad-input error (exit 5) with `message`.
+pub(crate) fn bad(message: String) -> anyhow::Error {
     CliError {
         kind: ErrorKind::Invalid,
         message,

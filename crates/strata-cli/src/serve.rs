@@ -32,9 +32,6 @@ pub fn run(mgr: &CacheManager, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         socket: args.containerd_socket.clone(),
         mode: args.socket_mode,
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(serve(service, &opts, signalled()))?;
+    crate::snapshot::block_on_parallel(serve(service, &opts, signalled()))??;
     Ok(ExitCode::SUCCESS)
 }

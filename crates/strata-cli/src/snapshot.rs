@@ -172,6 +172,15 @@ pub(crate) fn block_on<T>(f: impl Future<Output = T>) -> anyhow::Result<T> {
     Ok(rt.block_on(f))
 }
 
+/// [`block_on`] with worker threads, for commands whose work runs side by
+/// side (downloads, unpacking and hashing; a server's calls).
+pub(crate) fn block_on_parallel<T>(f: impl Future<Output = T>) -> anyhow::Result<T> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(f))
+}
+
 async fn list(sn: &dyn Snapshotter, filter: &Filter) -> Result<Vec<Info>, SnapshotError> {
     let mut infos = Vec::new();
     sn.walk(filter, &mut |i: Info| {

@@ -77,6 +77,18 @@ fn below_root(tree: &str) -> String {
     tree.lines().skip(1).collect::<Vec<_>>().join("\n")
 }
 
+/// A root (made with `first` options) holding the sample image, named
+/// `app`: the root, the image's manifest, what the import printed.
+fn root_with_app(first: &[&str]) -> (Env, Blob, Value) {
+    let a = env();
+    let (_, manifest) = sample_layout(&a.path("layout"), "v1");
+    let layout = format!("oci:{}:v1", s(&a.path("layout")));
+    let mut args = first.to_vec();
+    args.extend(["import", layout.as_str(), "--name", "app"]);
+    let got = import(&a, &args);
+    (a, manifest, got)
+}
+
 fn import(env: &Env, args: &[&str]) -> Value {
     let mut all = vec!["--json", "image"];
     all.extend_from_slice(args);
@@ -112,17 +124,7 @@ fn layouts_and_archives_round_trip() {
     if !strata_testkit::require_root("layouts_and_archives_round_trip") {
         return;
     }
-    let a = env();
-    let (_, manifest) = sample_layout(&a.path("layout"), "v1");
-    let got = import(
-        &a,
-        &[
-            "import",
-            &format!("oci:{}:v1", s(&a.path("layout"))),
-            "--name",
-            "app",
-        ],
-    );
+    let (a, manifest, got) = root_with_app(&[]);
     assert_eq!(got["name"], "app");
     assert_eq!(got["manifest"], manifest.digest.as_str());
     assert_eq!(
@@ -421,17 +423,7 @@ fn a_registry_shares_one_cache_between_two_roots() {
     }
     let reg = Registry::start(None);
     let r = &reg.addr;
-    let a = env();
-    sample_layout(&a.path("layout"), "v1");
-    let got = import(
-        &a,
-        &[
-            "import",
-            &format!("oci:{}:v1", s(&a.path("layout"))),
-            "--name",
-            "app",
-        ],
-    );
+    let (a, _, got) = root_with_app(&[]);
     let tree = mounted(&a, got["ref"].as_str().unwrap());
 
     let gz = a
@@ -566,23 +558,11 @@ fn a_registry_shares_one_cache_between_two_roots() {
     assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
 }
 
-/// A native root holding the sample image, named `app`.
-fn native_root_with_app() -> Env {
-    let a = env();
-    sample_layout(&a.path("layout"), "v1");
-    let layout = format!("oci:{}:v1", s(&a.path("layout")));
-    import(
-        &a,
-        &["--backend", "native", "import", &layout, "--name", "app"],
-    );
-    a
-}
-
 #[test]
 fn registry_credentials_from_docker_config_and_helpers() {
     let reg = Registry::start(Some(("strata", "s3cret")));
     let r = &reg.addr;
-    let a = native_root_with_app();
+    let (a, _, _) = root_with_app(&["--backend", "native"]);
 
     let anonymous = a.path("anonymous");
     fs::create_dir_all(&anonymous).unwrap();
@@ -663,7 +643,7 @@ fn registry_credentials_from_docker_config_and_helpers() {
 fn a_registry_serving_a_corrupt_blob_commits_nothing() {
     let reg = Registry::start(None);
     let r = &reg.addr;
-    let a = native_root_with_app();
+    let (a, _, _) = root_with_app(&["--backend", "native"]);
     a.run(&["image", "push", "app", &format!("{r}/app:1")])
         .expect(0);
     let inspect = a

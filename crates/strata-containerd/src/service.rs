@@ -15,7 +15,7 @@ use containerd_snapshots::tonic::Status;
 use futures_util::stream;
 use strata_core::{Filter, Labels};
 use strata_leases::{LeaseManager, LeaseSpec, OpCtx, labels as lease_labels};
-use strata_snapshot::{Info, SnapshotError, SnapshotStore, Snapshotter};
+use strata_snapshot::{Info, Kind, SnapshotError, SnapshotStore, Snapshotter};
 
 use crate::convert;
 
@@ -47,6 +47,24 @@ impl Service {
         Ok(Service {
             store: store.under(&ctx),
         })
+    }
+}
+
+impl Service {
+    /// Prepare (`Active`) or View: the new snapshot's mounts.
+    async fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<WireMount>, Status> {
+        let (parent, labels) = (convert::parent(parent), convert::labels(labels));
+        let made = match kind {
+            Kind::View => self.store.view(key, parent, labels).await,
+            _ => self.store.prepare(key, parent, labels).await,
+        };
+        Ok(mounts(made.map_err(wire)?))
     }
 }
 
@@ -101,12 +119,7 @@ impl cs::Snapshotter for Service {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<WireMount>, Status> {
-        let m = self
-            .store
-            .prepare(&key, convert::parent(&parent), convert::labels(labels))
-            .await
-            .map_err(wire)?;
-        Ok(mounts(m))
+        self.create(Kind::Active, &key, &parent, labels).await
     }
 
     #[tracing::instrument(skip(self, labels))]
@@ -116,12 +129,7 @@ impl cs::Snapshotter for Service {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<WireMount>, Status> {
-        let m = self
-            .store
-            .view(&key, convert::parent(&parent), convert::labels(labels))
-            .await
-            .map_err(wire)?;
-        Ok(mounts(m))
+        self.create(Kind::View, &key, &parent, labels).await
     }
 
     #[tracing::instrument(skip(self, labels))]

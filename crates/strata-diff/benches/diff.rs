@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strata_testkit::bench::median;
 
 use strata_core::Labels;
 use strata_diff::{
@@ -73,11 +74,6 @@ fn layers(layout: &Path) -> Vec<(PathBuf, String)> {
             )
         })
         .collect()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn sh(script: &str) -> Duration {

@@ -7,6 +7,7 @@
 //! privileged test can never pass by not running.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod containerd;
 pub mod crash;
