@@ -1,10 +1,47 @@
 //! Driving the `strata` binary as a user would: a fresh root per test,
-//! commands with their stdout, stderr and exit code. Tests pass the binary
-//! Cargo built for them (`env!("CARGO_BIN_EXE_strata")`), so it is never
-//! stale.
+//! commands with their stdout, stderr and exit code. The binary is the one
+//! `$STRATA_BIN` names, else the one Cargo builds for this test run (see
+//! [`strata`]), so it is never stale.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The `strata` binary under test. `$STRATA_BIN` when set (a release build,
+/// a binary copied into a VM); else `cargo build -p strata-cli --bin
+/// strata` is run once per test process and the executable Cargo reports
+/// is used. Tests outside `strata-cli` cannot have Cargo's
+/// `CARGO_BIN_EXE_strata`, and asking Cargo keeps the binary current.
+pub fn strata() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("STRATA_BIN") {
+            return PathBuf::from(bin);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "strata-cli",
+                "--bin",
+                "strata",
+                "--message-format=json",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build for the strata binary");
+        assert!(out.status.success(), "cargo build -p strata-cli failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "strata")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no strata executable")
+    })
+}
 
 /// A fresh state root in a temporary directory.
 #[derive(Debug)]
@@ -52,6 +89,16 @@ impl Env {
             root,
             bin: bin.into(),
         }
+    }
+
+    /// A fresh root for the binary under test ([`strata`]).
+    pub fn strata() -> Env {
+        Env::new(strata())
+    }
+
+    /// The binary this environment runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     /// A command for `strata --root <root> ARGS...`.

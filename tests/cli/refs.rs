@@ -9,7 +9,7 @@ use std::fs;
 use strata_testkit::cli::Env;
 
 fn env() -> Env {
-    Env::new(env!("CARGO_BIN_EXE_strata"))
+    Env::strata()
 }
 
 fn id(env: &Env, args: &[&str]) -> String {

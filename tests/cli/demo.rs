@@ -7,9 +7,9 @@ use strata_testkit::cli::Env;
 
 #[test]
 fn the_demo_runs_every_step() {
-    let env = Env::new(env!("CARGO_BIN_EXE_strata"));
+    let env = Env::strata();
     // Without --root: a temporary root, even when STRATA_ROOT names one.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+    let out = std::process::Command::new(env.bin())
         .arg("demo")
         .env("STRATA_ROOT", &env.root)
         .output()

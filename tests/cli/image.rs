@@ -17,7 +17,7 @@ use strata_testkit::registry::Registry;
 use tar::EntryType;
 
 fn env() -> Env {
-    Env::new(env!("CARGO_BIN_EXE_strata"))
+    Env::strata()
 }
 
 /// Three layers: a base, a deletion, an opaque directory.

@@ -7,7 +7,7 @@ use std::path::Path;
 use strata_testkit::cli::Env;
 
 fn env() -> Env {
-    Env::new(env!("CARGO_BIN_EXE_strata"))
+    Env::strata()
 }
 
 fn round_trip(backend: &str) {

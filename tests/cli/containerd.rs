@@ -23,7 +23,7 @@ use strata_testkit::oci_layout::Layout;
 use tar::EntryType;
 
 fn env() -> Env {
-    Env::new(env!("CARGO_BIN_EXE_strata"))
+    Env::strata()
 }
 
 fn s(p: &Path) -> String {
@@ -294,7 +294,7 @@ fn containerds_snapshotter_suite_passes_against_strata() {
     // is downloaded).
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let binary = target.join("containerd-suite.test");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../strata-containerd/go");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/strata-containerd/go");
     let build = Command::new("go")
         .args(["test", "-c", "-o", &s(&binary), "."])
         .current_dir(&src)

@@ -6,7 +6,7 @@ use std::process::Command;
 use strata_testkit::cli::Env;
 
 fn env() -> Env {
-    Env::new(env!("CARGO_BIN_EXE_strata"))
+    Env::strata()
 }
 
 #[test]

@@ -8,7 +8,7 @@ use strata_testkit::cli::Env;
 
 #[test]
 fn completion_scripts_name_every_noun() {
-    let env = Env::new(env!("CARGO_BIN_EXE_strata"));
+    let env = Env::strata();
     for shell in ["bash", "zsh", "fish"] {
         let script = env.run(&["completions", shell]).expect(0).text();
         for noun in [
@@ -21,7 +21,7 @@ fn completion_scripts_name_every_noun() {
     env.run(&["completions", "tcsh"]).expect(2);
 
     // The reader goes away after one byte.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+    let mut child = Command::new(env.bin())
         .args(["completions", "zsh"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

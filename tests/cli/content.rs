@@ -8,7 +8,7 @@ use std::process::Stdio;
 use strata_testkit::cli::{Env, finish};
 
 fn env() -> Env {
-    Env::new(env!("CARGO_BIN_EXE_strata"))
+    Env::strata()
 }
 
 fn write_file(env: &Env, name: &str, bytes: &[u8]) -> String {

@@ -5,7 +5,7 @@
 use strata_testkit::cli::Env;
 
 fn env() -> Env {
-    Env::new(env!("CARGO_BIN_EXE_strata"))
+    Env::strata()
 }
 
 #[test]
