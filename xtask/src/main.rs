@@ -8,6 +8,8 @@
 //!   (`qemu`), then a 30-second fuzz smoke run.
 //! * `bench content|snapshot|gc`: figures against peers run side by side.
 //! * `fuzz [--seconds N]`: the layer-applier fuzz target.
+//! * `docs`: rewrites `docs/cli.md` from the command tree (a test fails
+//!   while it is stale).
 //! * `bench-images [OUT]`: builds the real Debian images the benchmarks
 //!   use (see `images.rs`).
 #![forbid(unsafe_code)]
@@ -36,9 +38,10 @@ fn main() -> anyhow::Result<()> {
         ["fuzz", rest @ ..] => fuzz::run(rest),
         ["bench-images", rest @ ..] => images::run(rest),
         ["qemu", rest @ ..] => qemu::run(rest),
+        ["docs"] => docs(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N] | bench snapshot | bench gc | fuzz [--seconds N] | bench-images [OUT] | qemu"
+                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N] | bench snapshot | bench gc | fuzz [--seconds N] | bench-images [OUT] | qemu | docs"
             );
             bail!("unknown command {args:?}")
         }
@@ -94,6 +97,21 @@ fn test(extra: &[&str]) -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// Renders `docs/cli.md` from strata-cli's command tree: the test that
+/// checks it, told to write it.
+fn docs() -> anyhow::Result<()> {
+    run(cargo()
+        .args([
+            "test",
+            "-p",
+            "strata-cli",
+            "--bin",
+            "strata",
+            "help::tests::docs_cli_md_is_current",
+        ])
+        .env("STRATA_BLESS", "1"))
 }
 
 fn ci() -> anyhow::Result<()> {

@@ -32,27 +32,40 @@ pub enum ContentCmd {
         quiet: bool,
     },
     /// Show one blob's size, times and labels.
-    Info { digest: String },
+    Info {
+        /// The blob, as ALG:HEX.
+        digest: String,
+    },
     /// Write a blob to stdout.
-    Cat { digest: String },
+    Cat {
+        /// The blob, as ALG:HEX.
+        digest: String,
+    },
     /// Set labels (K=V) on a blob; an empty value (K=) removes the label.
     Label {
+        /// The blob, as ALG:HEX.
         digest: String,
+        /// Labels to set; K= removes K.
         #[arg(required = true, value_name = "K=V")]
         labels: Vec<String>,
     },
     /// Remove blobs.
     Rm {
+        /// Blobs, as ALG:HEX.
         #[arg(required = true)]
         digests: Vec<String>,
     },
     /// List partial ingests.
     Active {
+        /// containerd filter on ref, offset, total (repeat for OR).
         #[arg(long = "filter", value_name = "FILTER")]
         filters: Vec<String>,
     },
     /// Abandon a partial ingest.
-    Abort { reference: String },
+    Abort {
+        /// The ingest, as `content active` names it.
+        reference: String,
+    },
 }
 
 #[derive(Debug, Args)]

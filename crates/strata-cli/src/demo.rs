@@ -20,7 +20,9 @@ use strata_core::{Algorithm, Compression, Descriptor, Digest, Filter, Labels, me
 use strata_leases::gc::GcOptions;
 use strata_leases::{OpCtx, with_lease};
 
-use crate::output::size;
+use serde::Serialize;
+
+use crate::output::{Output, size};
 
 /// The files of the demo image, embedded in the binary: (layer, path,
 /// contents); an empty path after `!` is a whiteout, `!opq DIR` an opaque
@@ -151,20 +153,47 @@ fn count_files(dir: &Path) -> usize {
     n
 }
 
+/// The tour's steps as they finish: printed for people at once, or kept
+/// for one JSON document at the end.
 struct Report {
+    json: bool,
     started: Instant,
-    step: usize,
+    steps: Vec<StepJson>,
+}
+
+#[derive(Serialize)]
+struct StepJson {
+    step: &'static str,
+    what: String,
+    ms: f64,
+}
+
+#[derive(Serialize)]
+struct DemoJson<'a> {
+    root: String,
+    backend: &'a str,
+    steps: &'a [StepJson],
 }
 
 impl Report {
-    fn line(&mut self, what: &str, said: &str) -> anyhow::Result<()> {
-        self.step += 1;
+    fn say(&self, text: &str) -> anyhow::Result<()> {
+        if !self.json {
+            writeln!(std::io::stdout(), "{text}")?;
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, step: &'static str, said: &str) -> anyhow::Result<()> {
         let ms = self.started.elapsed().as_secs_f64() * 1e3;
-        writeln!(
-            std::io::stdout(),
-            "  {}. {what:<8} {said} ({ms:.0} ms)",
-            self.step
-        )?;
+        self.say(&format!(
+            "  {}. {step:<8} {said} ({ms:.0} ms)",
+            self.steps.len() + 1
+        ))?;
+        self.steps.push(StepJson {
+            step,
+            what: said.to_owned(),
+            ms,
+        });
         self.started = Instant::now();
         Ok(())
     }
@@ -172,47 +201,56 @@ impl Report {
 
 /// Runs the demo in `root` (a temporary one, removed at the end, when
 /// `None`).
-pub fn run(root: Option<&Path>, backend: BackendChoice) -> anyhow::Result<ExitCode> {
+pub fn run(root: Option<&Path>, backend: BackendChoice, out: &Output) -> anyhow::Result<ExitCode> {
     let tmp = tempfile::Builder::new().prefix("strata-demo-").tempdir()?;
     let kept = root.is_some();
     let root = root.map_or_else(|| tmp.path().join("root"), Path::to_path_buf);
-    crate::snapshot::block_on_parallel(demo(&root, tmp.path(), backend, kept))??;
+    let mut report = Report {
+        json: out.json(),
+        started: Instant::now(),
+        steps: Vec::new(),
+    };
+    let backend =
+        crate::snapshot::block_on_parallel(demo(&root, tmp.path(), backend, kept, &mut report))??;
+    if report.json {
+        let json = DemoJson {
+            root: root.display().to_string(),
+            backend: &backend,
+            steps: &report.steps,
+        };
+        out.line(&json, "")?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
+/// The tour; returns the backend's name.
 async fn demo(
     root: &Path,
     scratch: &Path,
     backend: BackendChoice,
     kept: bool,
-) -> anyhow::Result<()> {
-    let mut out = std::io::stdout();
+    r: &mut Report,
+) -> anyhow::Result<String> {
     let mgr = CacheManager::new(Root::open(&RootOptions {
         path: Some(root.to_owned()),
         backend,
     })?)?;
-    let backend_name = mgr.root().snapshots.capabilities();
-    writeln!(
-        out,
-        "strata demo: root {} ({} backend{})",
+    let backend_name = strata_snapshot::Snapshotter::name(&mgr.root().snapshots).to_owned();
+    r.say(&format!(
+        "strata demo: root {} ({backend_name} backend{})",
         root.display(),
-        strata_snapshot::Snapshotter::name(&mgr.root().snapshots),
-        if backend_name.overlay_layers {
+        if mgr.root().snapshots.capabilities().overlay_layers {
             ", kernel overlayfs"
         } else {
             ", full copies"
         }
-    )?;
+    ))?;
     if strata_sys::effective_uid() != 0 {
-        writeln!(
-            out,
-            "  (not root: no overlay mounts and no mounting; the native backend writes snapshots directly)"
+        r.say(
+            "  (not root: no overlay mounts and no mounting; the native backend writes snapshots directly)",
         )?;
     }
-    let mut r = Report {
-        started: Instant::now(),
-        step: 0,
-    };
+    r.started = Instant::now();
     let (ctx, guard) = with_lease(&OpCtx::new(), &mgr.root().leases)?;
 
     let base = make_image(&mgr, &ctx, "demo/base:1", BASE)?;
@@ -349,18 +387,14 @@ async fn demo(
     )?;
     mgr.close().await?;
     if kept {
-        writeln!(
-            out,
+        r.say(&format!(
             "done: `strata --root {} image ls` shows what is left",
             root.display()
-        )?;
+        ))?;
     } else {
-        writeln!(
-            out,
-            "done: the temporary root goes now; `strata --root DIR demo` keeps one"
-        )?;
+        r.say("done: the temporary root goes now; `strata --root DIR demo` keeps one")?;
     }
-    Ok(())
+    Ok(backend_name)
 }
 
 fn short(d: &Digest) -> String {

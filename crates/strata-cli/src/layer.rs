@@ -22,7 +22,9 @@ pub enum LayerCmd {
     /// Apply LAYER (a file, or - for stdin) onto DIR. Digests are checked at
     /// the end: on any failure DIR keeps what was applied before it.
     Apply {
+        /// A tar, tar+gzip or tar+zstd file, or - for stdin.
         layer: PathBuf,
+        /// An existing directory the layer lands in.
         dir: PathBuf,
         /// Refuse the layer unless its bytes have this digest.
         #[arg(long, value_name = "DIGEST")]
@@ -39,10 +41,14 @@ pub enum LayerCmd {
     },
     /// Write the layer of what changed from LOWER to UPPER (two directories) to FILE.
     Diff {
+        /// The directory before.
         lower: PathBuf,
+        /// The directory after.
         upper: PathBuf,
+        /// Where the layer is written.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
+        /// How the layer is compressed.
         #[arg(long, value_enum, default_value = "gzip")]
         compression: CompressionArg,
         /// Compression level (gzip 0-9, zstd 1-22); the codec's default otherwise.

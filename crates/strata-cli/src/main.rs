@@ -7,6 +7,7 @@
 mod check;
 mod content;
 mod demo;
+mod help;
 mod image;
 mod layer;
 mod lease;
@@ -20,36 +21,39 @@ mod snapshot;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches, Parser, Subcommand};
 use strata_core::ErrorKind;
+
+/// The heading global options sit under in every command's help.
+const GLOBAL: &str = "Global options";
 
 /// Layered filesystem snapshots for container build engines.
 #[derive(Debug, Parser)]
-#[command(name = "strata", version, about, max_term_width = 100)]
+#[command(name = "strata", version, max_term_width = 100)]
 struct Cli {
     /// State root [default: $STRATA_ROOT, else /var/lib/strata as root, else $XDG_DATA_HOME/strata].
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "DIR")]
     root: Option<PathBuf>,
     /// Print machine-readable JSON on stdout.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     json: bool,
     /// Run under this lease (created if missing): what the command creates is
     /// held by it instead of by a lease named after each object.
-    #[arg(long, global = true, value_name = "ID")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "ID")]
     lease: Option<String>,
     /// How long to wait while another strata process owns the root, then
     /// exit 4 (0s: do not wait).
-    #[arg(long, global = true, env = "STRATA_LOCK_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "STRATA_LOCK_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     lock_timeout: std::time::Duration,
     /// Snapshot backend; a root remembers the one it was created with.
-    #[arg(long, global = true, value_enum, default_value = "auto")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_enum, default_value = "auto")]
     backend: root::BackendArg,
     /// More logging on stderr (-v info, -vv debug, -vvv trace).
-    #[arg(short = 'v', global = true, action = clap::ArgAction::Count)]
+    #[arg(short = 'v', global = true, help_heading = GLOBAL, action = clap::ArgAction::Count)]
     verbosity: u8,
     /// Logging on stderr: error, warn, info, debug, trace, or a tracing
     /// filter such as strata_cache=debug [default: warn; $STRATA_LOG].
-    #[arg(long, global = true, value_name = "LEVEL")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "LEVEL")]
     log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -65,14 +69,19 @@ enum Command {
     Snapshot(snapshot::SnapshotCmd),
     /// Mount a snapshot on DIR (committed ones read-only).
     Mount {
+        /// A snapshot key or a ref id.
         key: String,
+        /// An existing directory to mount on.
         dir: PathBuf,
         /// Mount an active snapshot writable.
         #[arg(long)]
         rw: bool,
     },
     /// Unmount DIR.
-    Umount { dir: PathBuf },
+    Umount {
+        /// A directory `strata mount` mounted on.
+        dir: PathBuf,
+    },
     /// Layers: apply one onto a plain directory.
     #[command(subcommand)]
     Layer(layer::LayerCmd),
@@ -105,14 +114,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&help::command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging(cli.verbosity, cli.log_level.as_deref());
     let out = output::Output::new(cli.json);
     let result = match cli.command {
         // Unmounting needs no root, nor do completions; the demo opens its own.
         Command::Umount { dir } => snapshot::umount(&dir, &out),
         Command::Completions { shell } => completions(shell),
-        Command::Demo => demo::run(cli.root.as_deref(), cli.backend.into()),
+        Command::Demo => demo::run(cli.root.as_deref(), cli.backend.into(), &out),
         Command::Layer(cmd) => layer::run(cmd, &out),
         command => root::open(cli.root.as_deref(), cli.backend, cli.lock_timeout).and_then(|mgr| {
             let root = mgr.root();
@@ -131,7 +143,7 @@ fn main() -> ExitCode {
                 Command::Prune(args) => refs::prune(&mgr, &args, &out),
                 Command::Serve(args) => serve::run(&mgr, &args),
                 Command::Completions { shell } => completions(shell),
-                Command::Demo => demo::run(cli.root.as_deref(), cli.backend.into()),
+                Command::Demo => demo::run(cli.root.as_deref(), cli.backend.into(), &out),
             }
         }),
     };
@@ -150,12 +162,7 @@ fn main() -> ExitCode {
 fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let mut script = Vec::new();
-    clap_complete::generate(
-        shell,
-        &mut <Cli as clap::CommandFactory>::command(),
-        "strata",
-        &mut script,
-    );
+    clap_complete::generate(shell, &mut help::command(), "strata", &mut script);
     match std::io::stdout().lock().write_all(&script) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(ExitCode::SUCCESS),

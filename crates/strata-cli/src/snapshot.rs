@@ -22,29 +22,42 @@ use crate::root::{CliError, Root};
 pub enum SnapshotCmd {
     /// Create an active snapshot KEY on PARENT (empty without one) and print its mounts.
     Prepare {
+        /// The new active snapshot.
         key: String,
+        /// A committed snapshot to build on.
         parent: Option<String>,
+        /// Labels on the new snapshot.
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
     },
     /// Create a read-only view KEY of PARENT and print its mounts.
     View {
+        /// The new view.
         key: String,
+        /// The committed snapshot it shows.
         parent: String,
+        /// Labels on the new view.
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
     },
     /// Print the mounts of an active snapshot or view.
-    Mounts { key: String },
+    Mounts {
+        /// An active snapshot or view.
+        key: String,
+    },
     /// Commit the active snapshot KEY as NAME.
     Commit {
+        /// The committed snapshot to create.
         name: String,
+        /// The active snapshot to commit (it goes away).
         key: String,
+        /// Labels on the committed snapshot.
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
     },
     /// Remove snapshots (children first).
     Rm {
+        /// Snapshots without children (or whose children come earlier in the list).
         #[arg(required = true)]
         keys: Vec<String>,
     },
@@ -55,24 +68,37 @@ pub enum SnapshotCmd {
         filters: Vec<String>,
     },
     /// Show one snapshot.
-    Info { key: String },
+    Info {
+        /// Any snapshot.
+        key: String,
+    },
     /// Disk usage of snapshots' own layers (all when no key is given).
-    Usage { keys: Vec<String> },
+    Usage {
+        /// Snapshots to measure [default: all].
+        keys: Vec<String>,
+    },
     /// Show the snapshots as a tree of parents and children.
     Tree,
     /// Merge committed snapshots into the committed snapshot NAME; later keys win.
     Merge {
+        /// The committed snapshot to create.
         name: String,
+        /// Committed snapshots, lowest first.
         #[arg(required = true)]
         keys: Vec<String>,
+        /// Labels on the new snapshot.
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
     },
     /// Commit as NAME a fresh tree holding what changed from LOWER to UPPER (deletions dropped).
     Diff {
+        /// The committed snapshot to create.
         name: String,
+        /// The committed snapshot compared from.
         lower: String,
+        /// The committed snapshot compared to.
         upper: String,
+        /// Labels on the new snapshot.
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
     },

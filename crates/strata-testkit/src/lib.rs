@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod containerd;
 pub mod crash;
+pub mod json_shape;
 pub mod layer_tar;
 pub mod oci_layout;
 pub mod random_tree;

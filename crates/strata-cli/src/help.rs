@@ -1,0 +1,597 @@
+//! The long help every command carries beyond its options: notes, examples
+//! and, for commands that print data, the shape of their `--json` output.
+//! One page per command path, attached to clap's command tree at start-up;
+//! `docs/cli.md` is rendered from the same tree (see the `docs` test), and
+//! the end-to-end tests check each JSON shape against what the binary
+//! prints.
+//!
+//! A JSON shape is written `{field, field: SHAPE, ...}` for an object with
+//! exactly those fields, `[SHAPE]` for a list, and a word (`string`,
+//! `number`, `map`, ...) for any value.
+
+use clap::Command;
+
+/// What `strata PATH --help` says after the options.
+pub struct Page {
+    /// The command's words after `strata` (empty for `strata` itself).
+    pub path: &'static str,
+    /// Prose a user needs beyond the options.
+    pub notes: &'static str,
+    /// Command lines, each optionally followed by `  # what it does`.
+    pub examples: &'static [&'static str],
+    /// The `--json` output's shape; `None` for commands that print no data.
+    pub json: Option<&'static str>,
+}
+
+/// The heading the JSON shape follows in `--help`; tests find it there.
+pub const JSON_HEADING: &str = "JSON output (--json):";
+
+macro_rules! ref_json {
+    () => {
+        "{id, kind, parent, record_type, description, created, last_used, \
+usage_count, blob, diff_id, media_type, image_refs: [string]}"
+    };
+}
+macro_rules! du_json {
+    () => {
+        "{id, mutable, in_use, reclaimable, size, shared, inodes, parent, \
+created, last_used, usage_count, description, record_type}"
+    };
+}
+macro_rules! mounts_json {
+    () => {
+        "[{type, source, target, options: [string]}]"
+    };
+}
+macro_rules! snapshot_json {
+    () => {
+        "{name, parent, kind, labels: map, created, updated}"
+    };
+}
+macro_rules! blob_json {
+    () => {
+        "{digest, size, created, updated, labels: map}"
+    };
+}
+macro_rules! lease_json {
+    () => {
+        "{id, created, labels: map}"
+    };
+}
+macro_rules! image_json {
+    () => {
+        "{name, ref, manifest, config, source, created}"
+    };
+}
+macro_rules! merged_json {
+    () => {
+        "{name, changes, linked, copied, size, inodes}"
+    };
+}
+
+/// Every command's page, in the order of `strata --help`.
+pub const PAGES: &[Page] = &[
+    Page {
+        path: "",
+        notes: "Environment: STRATA_ROOT (the state root), STRATA_LOCK_TIMEOUT (how long to wait for \
+another process's lock), STRATA_LOG (a tracing filter), DOCKER_CONFIG (where registry credentials \
+are read).\n\n\
+Exit codes: 0 success; 1 failure (and `check` finding problems); 2 usage error; 3 not found; \
+4 conflict (already exists, locked, in use, unauthorized); 5 bad input (corrupt, digest or size \
+mismatch, hostile layer). Errors are one line on stderr naming the object and the reason.\n\n\
+Without --lease, what a command creates is held by a lease named after it (content/DIGEST, \
+snapshot/KEY, ref/ID, image/NAME), which the matching `rm` (or `prune`) lets go of; `gc` \
+reclaims what no lease holds.",
+        examples: &[
+            "strata demo  # the tour on a temporary root",
+            "strata image import oci:./app-layout:1.0 --name app:1.0",
+            "strata --json du | jq '.[] | select(.reclaimable) | .size'",
+            "STRATA_ROOT=/srv/strata strata prune --keep-storage 20GiB",
+        ],
+        json: None,
+    },
+    Page {
+        path: "content ingest",
+        notes: "",
+        examples: &[
+            "strata content ingest layer.tar.gz --label team=build",
+            "curl -s https://example.com/blob | strata content ingest - --expected sha256:4f1c...",
+        ],
+        json: Some("{digest, size, already_existed}"),
+    },
+    Page {
+        path: "content ls",
+        notes: "",
+        examples: &[
+            "strata content ls",
+            "strata content ls --filter 'labels.team==build' -q",
+        ],
+        json: Some(concat!("[", blob_json!(), "]")),
+    },
+    Page {
+        path: "content info",
+        notes: "",
+        examples: &["strata content info sha256:4f1c..."],
+        json: Some(blob_json!()),
+    },
+    Page {
+        path: "content cat",
+        notes: "",
+        examples: &["strata content cat sha256:4f1c... | tar -tz | head"],
+        json: None,
+    },
+    Page {
+        path: "content label",
+        notes: "",
+        examples: &["strata content label sha256:4f1c... team=build stale="],
+        json: Some(blob_json!()),
+    },
+    Page {
+        path: "content rm",
+        notes: "",
+        examples: &["strata content rm sha256:4f1c... sha256:9e0a..."],
+        json: Some("[string]"),
+    },
+    Page {
+        path: "content active",
+        notes: "",
+        examples: &["strata content active"],
+        json: Some("[{reference, offset, total, expected, started, updated}]"),
+    },
+    Page {
+        path: "content abort",
+        notes: "",
+        examples: &["strata content abort ingest-7f3a"],
+        json: Some("string"),
+    },
+    Page {
+        path: "snapshot prepare",
+        notes: "",
+        examples: &[
+            "strata snapshot prepare work base  # a writable layer on the committed snapshot base",
+            "strata snapshot prepare scratch  # an empty one",
+        ],
+        json: Some(mounts_json!()),
+    },
+    Page {
+        path: "snapshot view",
+        notes: "",
+        examples: &["strata snapshot view look base"],
+        json: Some(mounts_json!()),
+    },
+    Page {
+        path: "snapshot mounts",
+        notes: "",
+        examples: &["strata --json snapshot mounts work"],
+        json: Some(mounts_json!()),
+    },
+    Page {
+        path: "snapshot commit",
+        notes: "",
+        examples: &["strata snapshot commit step-1 work"],
+        json: Some("string"),
+    },
+    Page {
+        path: "snapshot rm",
+        notes: "",
+        examples: &["strata snapshot rm look work"],
+        json: Some("[string]"),
+    },
+    Page {
+        path: "snapshot ls",
+        notes: "",
+        examples: &[
+            "strata snapshot ls",
+            "strata snapshot ls --filter kind==committed --filter 'labels.team==build'",
+        ],
+        json: Some(concat!("[", snapshot_json!(), "]")),
+    },
+    Page {
+        path: "snapshot info",
+        notes: "",
+        examples: &["strata snapshot info step-1"],
+        json: Some(snapshot_json!()),
+    },
+    Page {
+        path: "snapshot usage",
+        notes: "",
+        examples: &["strata snapshot usage step-1 step-2"],
+        json: Some("[{name, size, inodes}]"),
+    },
+    Page {
+        path: "snapshot tree",
+        notes: "",
+        examples: &["strata snapshot tree"],
+        json: Some(concat!("[", snapshot_json!(), "]")),
+    },
+    Page {
+        path: "snapshot merge",
+        notes: "",
+        examples: &[
+            "strata snapshot merge both base-a base-b  # base-b wins where both have a path",
+        ],
+        json: Some(merged_json!()),
+    },
+    Page {
+        path: "snapshot diff",
+        notes: "",
+        examples: &["strata snapshot diff delta base step-1"],
+        json: Some(merged_json!()),
+    },
+    Page {
+        path: "mount",
+        notes: "",
+        examples: &[
+            "strata mount step-1 /mnt/step-1  # read-only",
+            "strata mount work /mnt/work --rw",
+        ],
+        json: Some("string"),
+    },
+    Page {
+        path: "umount",
+        notes: "",
+        examples: &["strata umount /mnt/work"],
+        json: Some("string"),
+    },
+    Page {
+        path: "layer apply",
+        notes: "",
+        examples: &[
+            "strata layer apply layer.tar.gz ./rootfs --diff-id sha256:77b2...",
+            "zstd -dc layer.tar.zst | strata layer apply - ./rootfs",
+        ],
+        json: Some("{digest, diff_id, compression, compressed_size, size, entries}"),
+    },
+    Page {
+        path: "layer diff",
+        notes: "",
+        examples: &["strata layer diff ./before ./after -o change.tar.zst --compression zstd"],
+        json: Some("{file, media_type, digest, size, diff_id, uncompressed_size, entries}"),
+    },
+    Page {
+        path: "lease create",
+        notes: "",
+        examples: &[
+            "strata lease create --id build-42 --expire 2h --label owner=ci",
+            "strata --lease build-42 image import oci:./layout  # held by build-42, not by a name",
+        ],
+        json: Some(lease_json!()),
+    },
+    Page {
+        path: "lease ls",
+        notes: "",
+        examples: &["strata lease ls --filter 'labels.owner==ci'"],
+        json: Some(concat!("[", lease_json!(), "]")),
+    },
+    Page {
+        path: "lease rm",
+        notes: "",
+        examples: &["strata lease rm build-42 --sync  # and collect at once"],
+        json: Some("[string]"),
+    },
+    Page {
+        path: "lease add",
+        notes: "",
+        examples: &["strata lease add build-42 content sha256:4f1c..."],
+        json: Some("{type, id}"),
+    },
+    Page {
+        path: "lease resources",
+        notes: "",
+        examples: &["strata lease resources build-42"],
+        json: Some("[{type, id}]"),
+    },
+    Page {
+        path: "image import",
+        notes: "SOURCE is oci:DIR[:TAG] (an OCI image layout), docker-archive:FILE[:NAME] (what \
+`docker save` writes, old or new form) or docker://HOST/REPO[:TAG|@DIGEST]. Without --name an \
+image is named after its source. Blobs the root already has are not read again; each layer is \
+unpacked once, in parallel.",
+        examples: &[
+            "strata image import oci:./layout:1.0 --name app:1.0",
+            "strata image import docker-archive:app.tar --platform linux/arm64",
+        ],
+        json: Some("{name, ref, manifest, config, source, created, fetched, present}"),
+    },
+    Page {
+        path: "image pull",
+        notes: "Registries on loopback hosts and those named with --insecure-registry are reached \
+over plain HTTP, the rest over HTTPS. Credentials come from $DOCKER_CONFIG/config.json (else \
+~/.docker/config.json): the host's credHelpers entry, else credsStore, else its auths entry. A \
+refused login exits 4; a blob that does not match its digest exits 5 and nothing is kept.",
+        examples: &[
+            "strata image pull registry.example.com/team/app:1.0",
+            "strata image pull 127.0.0.1:5000/app@sha256:3b7c... --name app:pinned",
+        ],
+        json: Some("{name, ref, manifest, config, source, created, fetched, present}"),
+    },
+    Page {
+        path: "image export",
+        notes: "DEST is oci:DIR[:TAG], docker-archive:FILE[:NAME] or docker://HOST/REPO[:TAG]. A \
+named image is written as it was stored (the same manifest digest) unless --compression is given; \
+a ref id, or a name with --compression, becomes a new image (one history line per layer, this \
+machine's platform or --platform). Layers keep their compression unless --force-compression \
+converts them. In the JSON, uploaded, present and mounted are null except for a registry: blobs \
+sent, blobs the repository had, blobs mounted from another repository.",
+        examples: &[
+            "strata image export app:1.0 oci:./out:1.0",
+            "strata image export app:1.0 docker-archive:app.tar:app:1.0",
+            "strata image export 8c1f... oci:./out:zst --compression zstd --force-compression",
+        ],
+        json: Some("{destination, manifest, layers, size, uploaded, present, mounted}"),
+    },
+    Page {
+        path: "image push",
+        notes: "Blobs the repository has are skipped, blobs another repository of the same \
+registry has are mounted, the rest are uploaded in chunks; the manifest goes last.",
+        examples: &["strata image push app:1.0 registry.example.com/team/app:1.0"],
+        json: Some("{destination, manifest, layers, size, uploaded, present, mounted}"),
+    },
+    Page {
+        path: "image ls",
+        notes: "",
+        examples: &["strata --json image ls | jq -r '.[].name'"],
+        json: Some(concat!("[", image_json!(), "]")),
+    },
+    Page {
+        path: "image inspect",
+        notes: "",
+        examples: &["strata image inspect app:1.0"],
+        json: Some(
+            "{name, ref, manifest, config, source, created, manifest_media_type, size, \
+layers: [{digest, media_type, size, diff_id}]}",
+        ),
+    },
+    Page {
+        path: "image rm",
+        notes: "",
+        examples: &["strata image rm app:1.0 && strata gc"],
+        json: Some("[string]"),
+    },
+    Page {
+        path: "ref ls",
+        notes: "",
+        examples: &["strata ref ls --filter mutable==true"],
+        json: Some(concat!("[", ref_json!(), "]")),
+    },
+    Page {
+        path: "ref info",
+        notes: "",
+        examples: &["strata ref info 8c1f..."],
+        json: Some(ref_json!()),
+    },
+    Page {
+        path: "ref new",
+        notes: "",
+        examples: &["id=$(strata ref new 8c1f... --description 'RUN make')"],
+        json: Some("string"),
+    },
+    Page {
+        path: "ref commit",
+        notes: "",
+        examples: &["strata ref commit \"$id\""],
+        json: Some("string"),
+    },
+    Page {
+        path: "ref merge",
+        notes: "",
+        examples: &["strata ref merge 8c1f... 2d9e...  # the second wins"],
+        json: Some("string"),
+    },
+    Page {
+        path: "ref diff",
+        notes: "",
+        examples: &["strata ref diff 8c1f... 2d9e..."],
+        json: Some("string"),
+    },
+    Page {
+        path: "ref rm",
+        notes: "",
+        examples: &["strata ref rm 2d9e..."],
+        json: Some("[string]"),
+    },
+    Page {
+        path: "du",
+        notes: "Every inode is counted once: files a merge shares by hard link are `shared`, not \
+counted twice.",
+        examples: &["strata du", "strata du --verbose --filter mutable==false"],
+        json: Some(concat!("[", du_json!(), "]")),
+    },
+    Page {
+        path: "prune",
+        notes: "Lets go of the records nothing else holds (not in use, no child, no lease but \
+their own), least recently used first when a space target is given, then collects. With \
+--dry-run it says what would go and what keeps each record.",
+        examples: &[
+            "strata prune --keep-duration 48h",
+            "strata prune --keep-storage 20GiB --dry-run",
+        ],
+        json: Some(concat!(
+            "{dry_run, reclaimed, removed: [",
+            du_json!(),
+            "], kept: [{id, reason}]}"
+        )),
+    },
+    Page {
+        path: "gc",
+        notes: "",
+        examples: &["strata gc --dry-run --explain  # what would go, and what holds the rest"],
+        json: Some(
+            "{dry_run, kept, pause_ms, duration_ms, removed: {content: [string], snapshots: \
+[string], ingests: [string], leases: [string]}, pins: [{object, chain: [string]}]}",
+        ),
+    },
+    Page {
+        path: "check",
+        notes: "",
+        examples: &["strata check", "strata check --repair"],
+        json: Some("{clean, problems: [{table, key, problem, repaired}]}"),
+    },
+    Page {
+        path: "serve",
+        notes: "Name the socket in containerd's config as a proxy snapshotter:\n\n\
+  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"/run/strata/containerd.sock\"\n\n\
+then `ctr images pull --snapshotter strata ...` and every containerd client use Strata. The server \
+holds the root's lock while it runs. What containerd creates is held by the lease \
+containerd/snapshots; containerd's collector decides what goes and calls Remove. A socket nobody \
+answers on is replaced; a live one, or a file that is not a socket, is refused (exit 4). SIGINT or \
+SIGTERM stops accepting, lets in-flight calls finish, removes the socket and exits 0.",
+        examples: &["strata serve --containerd-socket /run/strata/containerd.sock"],
+        json: None,
+    },
+    Page {
+        path: "demo",
+        notes: "",
+        examples: &[
+            "strata demo",
+            "strata --root /tmp/demo-root demo && strata --root /tmp/demo-root image ls",
+        ],
+        json: Some("{root, backend, steps: [{step, what, ms}]}"),
+    },
+    Page {
+        path: "completions",
+        notes: "",
+        examples: &[
+            "strata completions bash > /etc/bash_completion.d/strata",
+            "strata completions zsh > \"${fpath[1]}/_strata\"",
+        ],
+        json: None,
+    },
+];
+
+/// The command tree with every page attached as its long help's epilogue.
+pub fn command() -> Command {
+    let mut cmd = <crate::Cli as clap::CommandFactory>::command();
+    for page in PAGES {
+        let path: Vec<&str> = page.path.split_whitespace().collect();
+        cmd = attach(cmd, &path, page);
+    }
+    cmd
+}
+
+fn attach(cmd: Command, path: &[&str], page: &Page) -> Command {
+    match path.split_first() {
+        None => cmd.after_long_help(render(page)),
+        // clap panics on a path that names no command: a typo here fails
+        // every test that builds the tree.
+        Some((first, rest)) => cmd.mut_subcommand(*first, |sub| attach(sub, rest, page)),
+    }
+}
+
+fn render(page: &Page) -> String {
+    let mut parts = Vec::new();
+    if !page.notes.is_empty() {
+        parts.push(page.notes.to_owned());
+    }
+    let examples: Vec<String> = page.examples.iter().map(|e| format!("  {e}")).collect();
+    parts.push(format!("Examples:\n{}", examples.join("\n")));
+    if let Some(shape) = page.json {
+        parts.push(format!("{JSON_HEADING}\n  {shape}"));
+    }
+    parts.join("\n\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command in the tree, depth first, with its full name.
+    fn commands(cmd: &Command, name: String, out: &mut Vec<(String, Command)>) {
+        out.push((name.clone(), cmd.clone()));
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            commands(sub, format!("{name} {}", sub.get_name()), out);
+        }
+    }
+
+    fn built() -> Vec<(String, Command)> {
+        let mut cmd = command().term_width(100);
+        cmd.build();
+        let mut all = Vec::new();
+        commands(&cmd, "strata".into(), &mut all);
+        all
+    }
+
+    #[test]
+    fn every_command_has_a_page_and_every_page_a_command() {
+        let leaves: Vec<String> = built()
+            .into_iter()
+            .filter(|(name, c)| name == "strata" || !c.has_subcommands())
+            .map(|(name, _)| name.trim_start_matches("strata").trim().to_owned())
+            .collect();
+        let pages: Vec<&str> = PAGES.iter().map(|p| p.path).collect();
+        assert_eq!(
+            leaves, pages,
+            "pages follow the command tree, one per command"
+        );
+        for page in PAGES {
+            assert!(!page.examples.is_empty(), "{:?} has no example", page.path);
+            for e in page.examples {
+                assert!(e.contains("strata "), "{:?}: example {e:?}", page.path);
+            }
+            if let Some(shape) = page.json {
+                strata_testkit::json_shape::parse(shape)
+                    .unwrap_or_else(|e| panic!("{:?}: JSON shape: {e}", page.path));
+            }
+        }
+    }
+
+    /// `docs/cli.md` as rendered from the command tree: every command's
+    /// long help, global options shown once at the top.
+    fn cli_md() -> String {
+        let all = built();
+        let globals: Vec<clap::Id> = all[0]
+            .1
+            .get_arguments()
+            .filter(|a| a.is_global_set())
+            .map(|a| a.get_id().clone())
+            .collect();
+        let mut md = String::from(
+            "# The `strata` command line\n\n\
+<!-- Generated from strata-cli's clap definitions and src/help.rs by `cargo xtask docs`; \
+a test fails when it is stale. Do not edit by hand. -->\n\n\
+Every capability has its verb, so each part of Strata can be used and tested from the shell. \
+This is every command's `--help`, as the binary prints it. The global options, listed under \
+`strata`, apply to every command. Commands that print data take `--json` and print one JSON \
+document whose shape is given under \"JSON output\": `{a, b}` is an object with exactly those \
+fields, `[...]` a list; a field's values are documented by the text beside it.\n\n",
+        );
+        for (name, cmd) in &all {
+            let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
+            let anchor = name.replace(' ', "-");
+            md.push_str(&format!("- [`{name}`](#{anchor}): {about}\n"));
+        }
+        for (i, (name, cmd)) in all.iter().enumerate() {
+            let mut cmd = cmd.clone();
+            if i > 0 {
+                for id in &globals {
+                    if cmd.get_arguments().any(|a| a.get_id() == id) {
+                        cmd = cmd.mut_arg(id.clone(), |a| a.hide(true));
+                    }
+                }
+            }
+            let help = cmd.render_long_help().to_string();
+            let help: Vec<&str> = help.lines().map(str::trim_end).collect();
+            md.push_str(&format!(
+                "\n## {name}\n\n```text\n{}\n```\n",
+                help.join("\n").trim_end()
+            ));
+        }
+        md
+    }
+
+    /// Fails when `docs/cli.md` differs from what the binary says;
+    /// `STRATA_BLESS=1` (what `cargo xtask docs` sets) rewrites it.
+    #[test]
+    fn docs_cli_md_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md");
+        let want = cli_md();
+        if std::env::var_os("STRATA_BLESS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/cli.md is stale: run `cargo xtask docs` and commit the result"
+        );
+    }
+}
