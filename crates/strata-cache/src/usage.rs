@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use strata_core::{Filter, Filterable};
 use strata_leases::gc::GcOptions;
+use strata_leases::{OpCtx, ProgressEvent};
 use strata_metadata::Reader;
 use strata_metadata::records::{RefRecord, SnapshotRecord};
 use strata_snapshot::Snapshotter;
@@ -137,14 +138,21 @@ fn last_use(u: &UsageInfo) -> SystemTime {
 impl CacheManager {
     /// Usage of every record passing `filter`, largest first.
     pub async fn disk_usage(&self, filter: &Filter) -> Result<Vec<UsageInfo>> {
+        self.disk_usage_in(&OpCtx::new(), filter).await
+    }
+
+    /// [`disk_usage`](Self::disk_usage) reporting to `ctx`'s progress
+    /// events: item `du`, one unit per snapshot measured.
+    pub async fn disk_usage_in(&self, ctx: &OpCtx, filter: &Filter) -> Result<Vec<UsageInfo>> {
         let mgr = self.clone();
         let filter = filter.clone();
-        tokio::task::spawn_blocking(move || mgr.disk_usage_blocking(&filter))
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || mgr.disk_usage_blocking(&ctx, &filter))
             .await
             .map_err(|e| CacheError::Task(e.to_string()))?
     }
 
-    fn disk_usage_blocking(&self, filter: &Filter) -> Result<Vec<UsageInfo>> {
+    fn disk_usage_blocking(&self, ctx: &OpCtx, filter: &Filter) -> Result<Vec<UsageInfo>> {
         let root = self.root();
         let (records, snapshots) = {
             let tx = root.db.read()?;
@@ -158,7 +166,13 @@ impl CacheManager {
         // Who holds each inode, over every snapshot's own directory.
         let mut owners: HashMap<(u64, u64), u32> = HashMap::new();
         let mut layers: HashMap<String, HashMap<(u64, u64), u64>> = HashMap::new();
-        for (key, s) in &snapshots {
+        for (done, (key, s)) in snapshots.iter().enumerate() {
+            ctx.emit(&ProgressEvent {
+                item: "du".into(),
+                current: done as u64,
+                total: snapshots.len() as u64,
+                unit: "snapshots".into(),
+            });
             let dir = root.path.join("snapshots").join(&s.id).join("fs");
             let inodes = match inodes_of(&dir) {
                 Ok(i) => i,
@@ -172,6 +186,12 @@ impl CacheManager {
             }
             layers.insert(key.clone(), inodes);
         }
+        ctx.emit(&ProgressEvent {
+            item: "du".into(),
+            current: snapshots.len() as u64,
+            total: snapshots.len() as u64,
+            unit: "snapshots".into(),
+        });
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut out = Vec::new();
         for (id, r) in records {
@@ -212,9 +232,15 @@ impl CacheManager {
 
     /// Lets go of prunable records' own leases (see the module docs) and
     /// collects.
-    #[tracing::instrument(skip_all, fields(dry_run = opts.dry_run))]
     pub async fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
-        let usage = self.disk_usage(&Filter::default()).await?;
+        self.prune_in(&OpCtx::new(), opts).await
+    }
+
+    /// [`prune`](Self::prune) reporting to `ctx`'s progress events: the
+    /// measuring (item `du`) and the collection (item `gc`).
+    #[tracing::instrument(skip_all, fields(dry_run = opts.dry_run))]
+    pub async fn prune_in(&self, ctx: &OpCtx, opts: &PruneOptions) -> Result<PruneReport> {
+        let usage = self.disk_usage_in(ctx, &Filter::default()).await?;
         let root = self.root();
         let kind = format!("snapshots/{}", root.snapshots.name());
         // The leases holding each snapshot directly.
@@ -295,9 +321,12 @@ impl CacheManager {
             }
             if !removed.is_empty() {
                 let collector = std::sync::Arc::clone(&root.collector);
-                tokio::task::spawn_blocking(move || collector.collect(GcOptions::default()))
-                    .await
-                    .map_err(|e| CacheError::Task(e.to_string()))??;
+                let ctx = ctx.clone();
+                tokio::task::spawn_blocking(move || {
+                    collector.collect_in(&ctx, GcOptions::default())
+                })
+                .await
+                .map_err(|e| CacheError::Task(e.to_string()))??;
             }
         }
         let kept = usage

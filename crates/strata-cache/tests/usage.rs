@@ -143,7 +143,23 @@ async fn prune_takes_what_nothing_else_holds() {
         assert!(reason(internal.id()).starts_with("record type internal"));
         // Let go of the mutable ref: it and then its parent become prunable.
         drop(held);
-        let report = mgr.prune(&PruneOptions::default()).await.unwrap();
+        // Through a context whose events are recorded: prune reports its
+        // measuring and the collection's sweep, each ending complete.
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&events);
+        let ctx = OpCtx::new().with_events(move |e| seen.lock().unwrap().push(e.clone()));
+        let report = mgr.prune_in(&ctx, &PruneOptions::default()).await.unwrap();
+        let events = events.lock().unwrap().clone();
+        for item in ["du", "gc"] {
+            let last = events.iter().rfind(|e| e.item == item);
+            let last = last.unwrap_or_else(|| panic!("{backend}: no {item} event: {events:?}"));
+            assert!(
+                last.total > 0 && last.current == last.total,
+                "{backend}: {item} ends at {}/{}",
+                last.current,
+                last.total
+            );
+        }
         let mut gone: Vec<String> = report.removed.iter().map(|u| u.id.clone()).collect();
         gone.sort();
         assert_eq!(report.removed.len(), 2, "{backend}: {gone:?}");

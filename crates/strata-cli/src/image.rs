@@ -16,7 +16,7 @@ use strata_cache::{
 use strata_core::Compression;
 
 use crate::output::{self, Output};
-use crate::progress::Bars;
+use crate::progress;
 use crate::refs::{bad, context};
 use crate::snapshot::block_on_parallel;
 
@@ -25,12 +25,14 @@ pub enum ImageCmd {
     /// Import an image from oci:DIR[:TAG], docker-archive:FILE[:NAME] or
     /// docker://HOST/REPO[:TAG|@DIGEST]; prints the top ref id.
     Import {
+        /// oci:DIR[:TAG], docker-archive:FILE[:NAME] or docker://HOST/REPO[:TAG|@DIGEST].
         source: String,
         #[command(flatten)]
         opts: PullArgs,
     },
     /// Pull HOST/REPO[:TAG|@DIGEST] from a registry; prints the top ref id.
     Pull {
+        /// HOST/REPO[:TAG|@DIGEST].
         reference: String,
         #[command(flatten)]
         opts: PullArgs,
@@ -40,6 +42,7 @@ pub enum ImageCmd {
     Export {
         /// An image name or a ref id.
         image: String,
+        /// oci:DIR[:TAG], docker-archive:FILE[:NAME] or docker://HOST/REPO[:TAG].
         dest: String,
         #[command(flatten)]
         opts: ExportArgs,
@@ -48,6 +51,7 @@ pub enum ImageCmd {
     Push {
         /// An image name or a ref id.
         image: String,
+        /// HOST/REPO[:TAG].
         target: String,
         #[command(flatten)]
         opts: ExportArgs,
@@ -55,9 +59,13 @@ pub enum ImageCmd {
     /// List images by name.
     Ls,
     /// Show an image: its manifest, config and layers.
-    Inspect { name: String },
+    Inspect {
+        /// An image name.
+        name: String,
+    },
     /// Remove names (the collector reclaims what nothing else holds).
     Rm {
+        /// Image names.
         #[arg(required = true)]
         names: Vec<String>,
     },
@@ -342,12 +350,9 @@ async fn import(
         import: ImportOptions::default(),
     };
     let (ctx, guard) = context(mgr, lease)?;
-    let bars = Bars::on_terminal();
-    let ctx = bars.as_ref().map_or(ctx.clone(), |b| b.attach(&ctx));
+    let (ctx, bars) = progress::drawn(&ctx);
     let pulled = mgr.pull_image(&ctx, location, &opts).await;
-    if let Some(b) = &bars {
-        b.clear();
-    }
+    drop(bars);
     let pulled = pulled?;
     let name = match (&args.name, location) {
         (Some(n), _) => n.clone(),
@@ -400,8 +405,7 @@ async fn export(
         return Err(bad("--force-compression needs --compression".into()));
     }
     let (ctx, guard) = context(mgr, lease)?;
-    let bars = Bars::on_terminal();
-    let ctx = bars.as_ref().map_or(ctx.clone(), |b| b.attach(&ctx));
+    let (ctx, bars) = progress::drawn(&ctx);
     let named = match mgr.image(what) {
         Ok(n) => Some(n),
         Err(e) if e.is_not_found() => None,
@@ -441,9 +445,7 @@ async fn export(
     let written = mgr
         .write_image(&ctx, &image, dest, &args.registry.options())
         .await;
-    if let Some(b) = &bars {
-        b.clear();
-    }
+    drop(bars);
     let report = written?;
     drop(ctx);
     if let Some(g) = guard {

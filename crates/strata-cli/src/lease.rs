@@ -27,6 +27,7 @@ pub enum LeaseCmd {
         /// Expire after this long (e.g. 30m, 24h).
         #[arg(long, value_name = "DURATION")]
         expire: Option<String>,
+        /// Labels on the lease (repeatable).
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
     },
@@ -38,6 +39,7 @@ pub enum LeaseCmd {
     },
     /// Delete leases (what they held becomes collectable).
     Rm {
+        /// Lease ids.
         #[arg(required = true)]
         ids: Vec<String>,
         /// Collect right away.
@@ -46,13 +48,19 @@ pub enum LeaseCmd {
     },
     /// Add a resource (TYPE: content, ingests or snapshots/<backend>).
     Add {
+        /// The lease.
         id: String,
+        /// content, ingests or snapshots/<backend>.
         #[arg(value_name = "TYPE")]
         kind: String,
+        /// A digest, an ingest reference or a snapshot key.
         resource: String,
     },
     /// List a lease's resources.
-    Resources { id: String },
+    Resources {
+        /// The lease.
+        id: String,
+    },
 }
 
 #[derive(Serialize)]
@@ -165,7 +173,15 @@ pub fn run(root: &Root, cmd: LeaseCmd, out: &Output) -> anyhow::Result<ExitCode>
             out.line(&ids, &ids.join("\n"))?;
         }
         LeaseCmd::Add { id, kind, resource } => {
-            lm.add_resource(&id, &Resource { kind, id: resource })?;
+            lm.add_resource(
+                &id,
+                &Resource {
+                    kind: kind.clone(),
+                    id: resource.clone(),
+                },
+            )?;
+            let text = format!("{kind} {resource}");
+            out.line(&ResourceJson { kind, id: resource }, &text)?;
         }
         LeaseCmd::Resources { id } => {
             let resources = lm.list_resources(&id)?;
@@ -233,10 +249,16 @@ fn millis(d: Duration) -> f64 {
 }
 
 pub fn gc(root: &Root, args: &GcArgs, out: &Output) -> anyhow::Result<ExitCode> {
-    let report = root.collector.collect(GcOptions {
-        dry_run: args.dry_run,
-        explain: args.explain,
-    })?;
+    let (ctx, bars) = crate::progress::drawn(&OpCtx::new());
+    let report = root.collector.collect_in(
+        &ctx,
+        GcOptions {
+            dry_run: args.dry_run,
+            explain: args.explain,
+        },
+    );
+    drop(bars);
+    let report = report?;
     let s = &report.swept;
     let removed = RemovedJson {
         content: s.content.clone(),

@@ -1,6 +1,7 @@
 //! Progress bars on stderr for long work, drawn only when stderr is a
 //! terminal: one bar per item the operation reports (a blob being fetched,
-//! a layer being unpacked), fed by the operation context's events.
+//! a layer being unpacked, the collector sweeping, prune measuring), fed by
+//! the operation context's events.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -9,22 +10,40 @@ use std::sync::{Arc, Mutex};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use strata_leases::{OpCtx, ProgressEvent};
 
+/// `ctx` with its events drawn as bars on stderr when it is a terminal (as
+/// is otherwise); the bars are cleared when the returned guard drops.
+pub fn drawn(ctx: &OpCtx) -> (OpCtx, Drawn) {
+    if !std::io::stderr().is_terminal() {
+        return (ctx.clone(), Drawn(None));
+    }
+    let bars = Bars {
+        multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+        bars: Arc::default(),
+    };
+    let me = bars.clone();
+    (ctx.with_events(move |e| me.show(e)), Drawn(Some(bars)))
+}
+
+/// Clears its bars when dropped.
+#[derive(Debug)]
+pub struct Drawn(Option<Bars>);
+
+impl Drop for Drawn {
+    fn drop(&mut self) {
+        if let Some(b) = &self.0 {
+            let _ = b.multi.clear();
+        }
+    }
+}
+
 /// Bars of one command.
 #[derive(Clone, Debug)]
-pub struct Bars {
+struct Bars {
     multi: MultiProgress,
     bars: Arc<Mutex<HashMap<String, ProgressBar>>>,
 }
 
 impl Bars {
-    /// Bars on stderr when it is a terminal; `None` otherwise.
-    pub fn on_terminal() -> Option<Bars> {
-        std::io::stderr().is_terminal().then(|| Bars {
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
-            bars: Arc::default(),
-        })
-    }
-
     fn show(&self, e: &ProgressEvent) {
         let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
         let bar = bars.entry(e.item.clone()).or_insert_with(|| {
@@ -57,16 +76,5 @@ impl Bars {
         if e.total > 0 && e.current >= e.total {
             bar.finish();
         }
-    }
-
-    /// `ctx` with its events drawn.
-    pub fn attach(&self, ctx: &OpCtx) -> OpCtx {
-        let me = self.clone();
-        ctx.with_events(move |e| me.show(e))
-    }
-
-    /// Clears every bar.
-    pub fn clear(&self) {
-        let _ = self.multi.clear();
     }
 }

@@ -32,17 +32,25 @@ pub enum RefCmd {
         filters: Vec<String>,
     },
     /// Show one record.
-    Info { id: String },
+    Info {
+        /// A ref id.
+        id: String,
+    },
     /// Open a new mutable ref on PARENT (empty without one); prints its id.
     New {
+        /// A committed ref to build on.
         parent: Option<String>,
         #[command(flatten)]
         opts: RefArgs,
     },
     /// Commit mutable ref ID; prints the new immutable id.
-    Commit { id: String },
+    Commit {
+        /// A mutable ref id.
+        id: String,
+    },
     /// Merge refs into a new one (later ones win); prints its id.
     Merge {
+        /// Committed ref ids, lowest first.
         #[arg(required = true)]
         ids: Vec<String>,
         #[command(flatten)]
@@ -50,13 +58,16 @@ pub enum RefCmd {
     },
     /// A new ref holding what UPPER adds or changes over LOWER; prints its id.
     Diff {
+        /// The committed ref compared from.
         lower: String,
+        /// The committed ref compared to.
         upper: String,
         #[command(flatten)]
         opts: RefArgs,
     },
     /// Let go of refs (the collector reclaims what nothing else holds).
     Rm {
+        /// Ref ids.
         #[arg(required = true)]
         ids: Vec<String>,
     },
@@ -524,7 +535,10 @@ pub fn prune(mgr: &CacheManager, args: &PruneArgs, out: &Output) -> anyhow::Resu
         min_free_space: size(&args.min_free_space)?,
         dry_run: args.dry_run,
     };
-    let report = block_on(mgr.prune(&opts))??;
+    let (ctx, bars) = crate::progress::drawn(&OpCtx::new());
+    let report = block_on(mgr.prune_in(&ctx, &opts));
+    drop(bars);
+    let report = report??;
     let json = PruneJson {
         dry_run: args.dry_run,
         removed: report.removed.iter().map(UsageJson::from).collect(),

@@ -28,14 +28,17 @@ impl Collect for ContentStore {
             .collect())
     }
 
-    fn remove(&self, swept: &Swept) -> Result<(), LeaseError> {
+    fn remove(&self, swept: &Swept, done: &(dyn Fn() + Sync)) -> Result<(), LeaseError> {
         let _guard = self.inner.commit_guard();
         let tx = self.inner.db.read()?;
         for d in &swept.content {
+            // Every swept blob counts as handled, removed or not.
             let Ok(digest) = strata_core::Digest::parse(d) else {
+                done();
                 continue;
             };
             if tx.get::<ContentRecord>(d)?.is_some() {
+                done();
                 continue;
             }
             let path = self.inner.blob_path(&digest);
@@ -44,10 +47,12 @@ impl Collect for ContentStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(collect_error(format!("blob {}", path.display()), e)),
             }
+            done();
         }
         for (reference, id) in &swept.ingests {
             remove_dir(&self.inner.ingest_dir(id))
                 .map_err(|e| collect_error(format!("ingest {reference:?}"), e))?;
+            done();
         }
         Ok(())
     }

@@ -70,11 +70,18 @@ fn collection_removes_files_of_what_no_lease_holds() {
         .unwrap()
         .digest;
     assert_eq!(again, lost);
-    cs.remove(&Swept {
-        content: vec![lost.to_string()],
-        ..Swept::default()
-    })
+    let handled = std::sync::atomic::AtomicU64::new(0);
+    cs.remove(
+        &Swept {
+            content: vec![lost.to_string()],
+            ..Swept::default()
+        },
+        &|| {
+            handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        },
+    )
     .unwrap();
+    assert_eq!(handled.into_inner(), 1, "a kept blob counts as handled");
     assert!(blobs.join(lost.hex()).exists());
     assert_eq!(
         Digest::of_bytes(

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,6 +27,7 @@ use strata_metadata::records::{
 };
 use strata_metadata::{MetaDb, Reader, keys};
 
+use crate::ctx::{OpCtx, ProgressEvent};
 use crate::error::LeaseError;
 use crate::labels::{
     GC_EXPIRE, GC_FLAT, GC_REF_CONTENT, GC_REF_SNAPSHOT, GC_ROOT, expired, parse_time,
@@ -84,8 +86,8 @@ pub trait Collect: Send + Sync {
     fn in_use(&self) -> Result<Vec<Node>, LeaseError>;
 
     /// Removes the files of swept objects this store owns (the rows are
-    /// already gone).
-    fn remove(&self, swept: &Swept) -> Result<(), LeaseError>;
+    /// already gone), calling `done` once per object removed.
+    fn remove(&self, swept: &Swept, done: &(dyn Fn() + Sync)) -> Result<(), LeaseError>;
 }
 
 /// Options of one collection.
@@ -386,8 +388,14 @@ impl Collector {
     }
 
     /// One collection. Collections of one collector never overlap.
-    #[tracing::instrument(skip_all, fields(dry_run = opts.dry_run))]
     pub fn collect(&self, opts: GcOptions) -> Result<GcReport, LeaseError> {
+        self.collect_in(&OpCtx::new(), opts)
+    }
+
+    /// One collection reporting its sweep to `ctx`'s progress events: item
+    /// `gc`, one unit per object whose files are removed.
+    #[tracing::instrument(skip_all, fields(dry_run = opts.dry_run))]
+    pub fn collect_in(&self, ctx: &OpCtx, opts: GcOptions) -> Result<GcReport, LeaseError> {
         let _one = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let start = Instant::now();
         let in_use = self.in_use()?;
@@ -435,8 +443,19 @@ impl Collector {
         report.pause = paused.elapsed();
         self.explain(&g, &m, opts, &mut report);
         let mut failure = None;
+        let total = (swept.content.len() + swept.snapshots.len() + swept.ingests.len()) as u64;
+        let removed = AtomicU64::new(0);
+        let done = || {
+            let current = removed.fetch_add(1, Ordering::Relaxed) + 1;
+            ctx.emit(&ProgressEvent {
+                item: "gc".into(),
+                current,
+                total,
+                unit: "objects".into(),
+            });
+        };
         for s in &self.stores {
-            if let Err(e) = s.remove(&swept) {
+            if let Err(e) = s.remove(&swept, &done) {
                 tracing::warn!(error = %e, "a store could not remove swept files; they go at its next open");
                 failure.get_or_insert(e);
             }

@@ -31,8 +31,11 @@ impl Collect for Recorder {
         Ok(self.in_use.lock().unwrap().clone())
     }
 
-    fn remove(&self, swept: &Swept) -> Result<(), LeaseError> {
+    fn remove(&self, swept: &Swept, done: &(dyn Fn() + Sync)) -> Result<(), LeaseError> {
         self.removed.lock().unwrap().push(swept.clone());
+        for _ in 0..swept.content.len() + swept.snapshots.len() + swept.ingests.len() {
+            done();
+        }
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ impl Collect for SnapshotStore {
             .collect())
     }
 
-    fn remove(&self, swept: &Swept) -> Result<(), LeaseError> {
+    fn remove(&self, swept: &Swept, done: &(dyn Fn() + Sync)) -> Result<(), LeaseError> {
         // Removing trees is metadata-bound and independent per snapshot: a
         // few threads keep the disk busy.
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
@@ -34,6 +34,7 @@ impl Collect for SnapshotStore {
                 scope.spawn(move || {
                     for (_, id) in part {
                         self.remove_snapshot_dir(id);
+                        done();
                     }
                 });
             }
