@@ -6,7 +6,9 @@
 //! * `ci`: fmt check, clippy with `-D warnings`, the layering check, tidy
 //!   checks, `test`, the overlay scenario on Debian 12's kernel under qemu
 //!   (`qemu`), then a 30-second fuzz smoke run.
-//! * `bench content|snapshot|gc`: figures against peers run side by side.
+//! * `bench content|snapshot|gc|diff|cache|oci|containerd`: figures against
+//!   peers run side by side; `bench --report` turns the recorded medians
+//!   into `docs/benchmarks.md`'s tables and SVG charts (`report.rs`).
 //! * `fuzz [--seconds N]`: the layer-applier fuzz target.
 //! * `docs`: rewrites `docs/cli.md` from the command tree (a test fails
 //!   while it is stale).
@@ -21,6 +23,7 @@ mod fuzz;
 mod images;
 mod layering;
 mod qemu;
+mod report;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     match args.as_slice() {
         ["test", rest @ ..] => test(rest),
         ["ci"] => ci(),
+        ["bench", "--report"] => report::run(),
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
         ["bench-images", rest @ ..] => images::run(rest),
@@ -41,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         ["docs"] => docs(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N] | bench snapshot | bench gc | fuzz [--seconds N] | bench-images [OUT] | qemu | docs"
+                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | bench --report | fuzz [--seconds N] | bench-images [OUT] | qemu | docs"
             );
             bail!("unknown command {args:?}")
         }
@@ -126,6 +130,15 @@ fn ci() -> anyhow::Result<()> {
     ]))?;
     layering::check()?;
     tidy::check()?;
+    // The benchmark tables and charts are what the recorded results draw.
+    report::run()?;
+    run(Command::new("git").args([
+        "diff",
+        "--exit-code",
+        "--",
+        "docs/benchmarks.md",
+        "docs/benchmarks",
+    ]))?;
     test(&[])?;
     // The overlay backend on Debian 12's 6.1 kernel, booted under qemu.
     qemu::run(&[])?;

@@ -60,6 +60,15 @@ fn bench_import(rt: &tokio::runtime::Runtime, dir: &Path, images: &Path, ctrd: &
                 ));
             }
         }
+        strata_testkit::bench::record(
+            "import",
+            &format!("{name} from its OCI layout"),
+            &[
+                ("strata, layers in parallel", median(par.clone())),
+                ("strata, one layer at a time", median(seq.clone())),
+                ("ctr images import (containerd 1.6)", median(ctr.clone())),
+            ],
+        );
         println!(
             "  import {name}: strata one layer at a time {:.2}s, in parallel {:.2}s, ctr images import {:.2}s; strata parallel / containerd {:.2}",
             median(seq).as_secs_f64(),
@@ -139,6 +148,14 @@ fn bench_pull(rt: &tokio::runtime::Runtime, dir: &Path, images: &Path, ctrd: &Co
                 root.display()
             ));
         }
+        strata_testkit::bench::record(
+            "pull",
+            &format!("{name} from a registry on 127.0.0.1"),
+            &[
+                ("strata image pull", median(strata.clone())),
+                ("ctr images pull (containerd 1.6)", median(ctr.clone())),
+            ],
+        );
         println!(
             "  pull {name} from 127.0.0.1: strata {:.2}s, ctr images pull {:.2}s; strata / containerd {:.2}",
             median(strata).as_secs_f64(),

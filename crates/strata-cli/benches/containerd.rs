@@ -60,6 +60,14 @@ fn main() {
                 ratios.push(a.as_secs_f64() / b.as_secs_f64());
             }
         }
+        strata_testkit::bench::record(
+            "containerd",
+            &format!("ctr images import {name}"),
+            &[
+                ("strata serve (proxy snapshotter)", median(s.clone())),
+                ("overlayfs snapshotter", median(o.clone())),
+            ],
+        );
         println!(
             "  ctr images import {name}: into strata {:.2}s, into overlayfs {:.2}s; strata / overlayfs {:.2}",
             median(s).as_secs_f64(),

@@ -175,8 +175,8 @@ fn bench_apply(dir: &Path, images: &Path) {
             mbps(size, t),
             o.as_secs_f64() / t.as_secs_f64()
         );
-        if !umoci.is_empty() {
-            let u = median(umoci);
+        let umoci_median = (!umoci.is_empty()).then(|| median(umoci.clone()));
+        if let Some(u) = umoci_median {
             println!(
                 "    umoci unpack {:.2}s ({:.0} MB/s), strata/umoci {:.2}",
                 u.as_secs_f64(),
@@ -185,6 +185,11 @@ fn bench_apply(dir: &Path, images: &Path) {
             );
         }
         let s = median(snap);
+        let mut figures = vec![("strata layer apply", o), (peer, t)];
+        if let Some(u) = umoci_median {
+            figures.push(("umoci unpack", u));
+        }
+        strata_testkit::bench::record("apply", image, &figures);
         println!(
             "    strata unpack into overlay snapshots (committed, synced) {:.2}s ({:.0} MB/s)",
             s.as_secs_f64(),
@@ -312,6 +317,14 @@ fn bench_diff(dir: &Path) {
         assert_eq!(w.diff_id, w2.diff_id, "both paths write the same layer");
     }
     let (f, w) = (median(fast), median(slow));
+    strata_testkit::bench::record(
+        "diff",
+        "a one-file change over 100,000 files",
+        &[
+            ("strata, overlay upper directory", f),
+            ("double walk (containerd's method)", w),
+        ],
+    );
     println!(
         "  one-file change over 100,000 files: overlay upperdir {:.1} ms, double walk {:.0} ms, ratio {:.4}",
         f.as_secs_f64() * 1e3,
@@ -365,6 +378,11 @@ fn bench_export(dir: &Path, images: &Path) {
             .trim()
             .parse()
             .unwrap_or(0.0);
+        strata_testkit::bench::record(
+            "export",
+            &format!("{name} layer of {:.0} MB", size as f64 / 1e6),
+            &[("strata", o), (&format!("tar | {peer}"), t)],
+        );
         println!(
             "  {name} export of the {:.0} MB layer: {:.1} MB (peer {:.1} MB); strata {:.2}s ({:.0} MB/s), tar | {peer} {:.2}s, ratio {:.2}",
             size as f64 / 1e6,
@@ -437,6 +455,11 @@ fn bench_merge(dir: &Path, images: &Path) {
             remove(&dest);
         }
         let (o, c) = (median(ours), median(cp));
+        strata_testkit::bench::record(
+            "merge",
+            &format!("the five debian-python layers ({backend})"),
+            &[("strata merge", o), ("cp -al", c)],
+        );
         println!(
             "  merge of the five debian-python layers ({backend}): strata {:.2}s, cp -al {:.2}s, ratio {:.2}",
             o.as_secs_f64(),

@@ -32,3 +32,42 @@ pub fn warm(dir: &Path) {
         .success();
     assert!(ok, "warming pages in {}", dir.display());
 }
+
+/// Records the medians of one case of a side-by-side benchmark, for
+/// `cargo xtask bench --report`: `(peer, median)` pairs, Strata's first
+/// (its peer name starts with `strata`), appended to
+/// `$STRATA_BENCH_RESULTS/<group>.json` (default `target/strata-bench/`).
+pub fn record(group: &str, case: &str, medians: &[(&str, Duration)]) {
+    let dir = std::env::var_os("STRATA_BENCH_RESULTS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/strata-bench"),
+        std::path::PathBuf::from,
+    );
+    std::fs::create_dir_all(&dir).expect("make the bench results directory");
+    let file = dir.join(format!("{group}.json"));
+    let mut list: Vec<serde_json::Value> = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let today = today();
+    for (peer, median) in medians {
+        list.retain(|f| !(f["case"] == case && f["peer"] == *peer));
+        list.push(serde_json::json!({
+            "group": group,
+            "case": case,
+            "peer": peer,
+            "seconds": median.as_secs_f64(),
+            "measured": today,
+        }));
+    }
+    let text = serde_json::to_string_pretty(&list).expect("figures as JSON");
+    std::fs::write(&file, text).expect("write bench results");
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, from `date`.
+fn today() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .expect("run date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
