@@ -10,6 +10,8 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use strata_cache::{
@@ -17,7 +19,6 @@ use strata_cache::{
     PruneOptions, RefConfig, RefOptions, RegistryOptions, Root, RootOptions,
 };
 use strata_core::{Algorithm, Compression, Descriptor, Digest, Filter, Labels, media};
-use strata_leases::gc::GcOptions;
 use strata_leases::{OpCtx, with_lease};
 
 use serde::Serialize;
@@ -372,17 +373,23 @@ async fn demo(
         &format!("{} records, {} on disk", usage.len(), size(total)),
     )?;
 
-    let pruned = mgr.prune(&PruneOptions::default()).await?;
-    let gc = mgr.root().collector.collect(GcOptions::default())?;
+    // Prune collects what it let go of; its sweep reports how much.
+    let swept = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&swept);
+    let ctx = OpCtx::new().with_events(move |e| {
+        if e.item == "gc" {
+            seen.store(e.total, Ordering::Relaxed);
+        }
+    });
+    let pruned = mgr.prune_in(&ctx, &PruneOptions::default()).await?;
     r.line(
         "prune",
         &format!(
-            "let go of {} records nothing held ({}); kept {} (the named images); the collector removed {} snapshots and {} blobs",
+            "let go of {} records nothing held ({}); kept {} (the named images); the collector removed {} objects",
             pruned.removed.len(),
             size(pruned.reclaimed),
             pruned.kept.len(),
-            gc.swept.snapshots.len(),
-            gc.swept.content.len()
+            swept.load(Ordering::Relaxed)
         ),
     )?;
     mgr.close().await?;
