@@ -176,4 +176,15 @@ fn main() {
         real.kept
     );
     assert_eq!(real.kept, objects / 10);
+    strata_testkit::bench::record(
+        "gc",
+        &format!("{n} snapshots + {n} blobs, 10% reachable"),
+        &[
+            (
+                &format!("strata gc (removes {})", real.swept.len()),
+                real.duration,
+            ),
+            ("strata gc --dry-run (mark and decide)", dry.duration),
+        ],
+    );
 }

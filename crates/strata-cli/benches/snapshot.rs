@@ -210,14 +210,26 @@ async fn native_copy(dir: &Path, runs: usize) {
     }
     ratios.sort_by(f64::total_cmp);
     let report = [
-        ("native prepare (copy, synced)", ours),
+        ("strata native prepare (copy, synced)", ours),
         ("cp -a (not synced)", cp),
         ("cp -a + sync -f", cp_sync),
         ("cp -a --reflink=auto + sync -f", cp_reflink),
     ];
-    for (name, times) in report {
-        println!("  {name:<34} median {:.2}s", secs(median(times)));
+    let medians: Vec<(&str, Duration)> = report
+        .into_iter()
+        .map(|(name, times)| (name, median(times)))
+        .collect();
+    for (name, m) in &medians {
+        println!("  {name:<34} median {:.2}s", secs(*m));
     }
+    strata_testkit::bench::record(
+        "snapshot",
+        &format!(
+            "native prepare of a {count}-file, {:.1} GB tree",
+            bytes as f64 / 1e9
+        ),
+        &medians,
+    );
     println!(
         "  ratio native prepare / (cp -a + sync -f): median {:.2} (below 1 is faster)",
         ratios[ratios.len() / 2]
