@@ -96,11 +96,22 @@ fn build_tree(src: &Path) {
     fs::write(src.join("big"), big).unwrap();
 }
 
+/// The tree as GNU tar writes it: hard links as link entries (the `tar`
+/// crate's `append_dir_all` writes each name of an inode as its own file,
+/// which the tree render rightly tells apart).
 fn tar_of(src: &Path) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    b.follow_symlinks(false);
-    b.append_dir_all(".", src).unwrap();
-    b.into_inner().unwrap()
+    let out = std::process::Command::new("tar")
+        .args(["--sort=name", "-C"])
+        .arg(src)
+        .args(["-cf", "-", "."])
+        .output()
+        .expect("run GNU tar");
+    assert!(
+        out.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 #[test]

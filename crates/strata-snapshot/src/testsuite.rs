@@ -141,6 +141,21 @@ fn write(p: &Path, data: &str) {
         fs::create_dir_all(parent).expect("mkdir -p");
     }
     fs::write(p, data).expect("write");
+    pin_time(p);
+}
+
+/// Sets `p`'s times (not following a symlink) to one fixed instant: chains
+/// write each file twice (into the snapshot and into the flat reference),
+/// and the tree render compares modification times.
+fn pin_time(p: &Path) {
+    let parent = strata_sys::Root::open(p.parent().expect("a parent")).expect("open parent");
+    let t = strata_sys::Times {
+        sec: 1_700_000_000,
+        nsec: 0,
+    };
+    parent
+        .set_times(Path::new(p.file_name().expect("a name")), t, t)
+        .expect("set times");
 }
 
 fn rm_rf(p: &Path) {
@@ -709,6 +724,7 @@ pub async fn unix_domain_sockets(fx: &Fixture) {
             boxed(|p| {
                 let l = std::os::unix::net::UnixListener::bind(p.join("sock")).unwrap();
                 drop(l);
+                pin_time(&p.join("sock"));
             }),
             boxed(|p| write(&p.join("other"), "x")),
         ],
@@ -759,6 +775,7 @@ pub async fn chmod_lower(fx: &Fixture) {
                 write(&p.join("bin/tool"), "#!/bin/sh\n");
                 fs::create_dir_all(p.join("tmp")).unwrap();
                 symlink("bin/tool", p.join("link")).unwrap();
+                pin_time(&p.join("link"));
             }),
             boxed(|p| {
                 chmod(&p.join("bin/tool"), 0o4755);

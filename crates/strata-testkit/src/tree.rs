@@ -1,7 +1,15 @@
 //! Renders a directory tree as a stable listing, one line per entry (path,
-//! type, mode, owner, size, content hash, link target, device, xattrs), so
-//! tests compare whole trees with one assertion and a readable diff.
+//! type, mode, owner, size, content hash, link target, device, xattrs,
+//! modification time, hard-link group), so tests compare whole trees with
+//! one assertion and a readable diff.
+//!
+//! Every non-directory carries `mtime=SECONDS` (whole seconds: tar headers
+//! keep no more) and, when it shares its inode with other entries of the
+//! same tree, `link=/FIRST` naming the first path of that inode, so broken
+//! or invented hard links and lost times show. Any read error (stat,
+//! content, xattr list or value) fails the render instead of hiding.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -9,33 +17,36 @@ use std::path::{Path, PathBuf};
 use strata_core::{Algorithm, Digester};
 use strata_sys::{FileKind, Root};
 
+/// An inode: (device, inode number).
+type Inode = (u64, u64);
+
 /// The listing of `dir` (as `/`) and everything below it, sorted by path.
 pub fn render(dir: &Path) -> String {
     let root = Root::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
-    let mut out = String::new();
     let mut stack = vec![PathBuf::new()];
-    let mut lines = Vec::new();
+    // (path, line without the link group, inode of a non-directory)
+    let mut entries: Vec<(String, String, Option<Inode>)> = Vec::new();
     while let Some(rel) = stack.pop() {
-        let md = root
-            .stat(&rel)
-            .unwrap_or_else(|e| panic!("stat {}: {e}", rel.display()));
+        let shown = String::from_utf8_lossy(rel.as_os_str().as_bytes()).into_owned();
+        let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+            panic!("{what} /{shown} under {}: {e}", dir.display())
+        };
+        let md = root.stat(&rel).unwrap_or_else(|e| fail("stat", &e));
         let mut line = format!(
-            "/{} {:?} {:04o} {}:{}",
-            String::from_utf8_lossy(rel.as_os_str().as_bytes()),
-            md.kind,
-            md.mode,
-            md.uid,
-            md.gid
+            "/{shown} {:?} {:04o} {}:{}",
+            md.kind, md.mode, md.uid, md.gid
         );
         match md.kind {
             FileKind::File => {
                 let mut d = Digester::new(Algorithm::Sha256);
-                let mut f = root.open_file(&rel).expect("open file");
-                std::io::copy(&mut f, &mut d).expect("read file");
+                let mut f = root.open_file(&rel).unwrap_or_else(|e| fail("open", &e));
+                std::io::copy(&mut f, &mut d).unwrap_or_else(|e| fail("read", &e));
                 write!(line, " size={} {}", md.size, d.finish()).expect("format");
             }
             FileKind::Symlink => {
-                let t = root.read_link(&rel).expect("readlink");
+                let t = root
+                    .read_link(&rel)
+                    .unwrap_or_else(|e| fail("readlink", &e));
                 write!(line, " -> {}", String::from_utf8_lossy(t.as_bytes())).expect("format");
             }
             FileKind::CharDevice | FileKind::BlockDevice => {
@@ -43,14 +54,15 @@ pub fn render(dir: &Path) -> String {
             }
             _ => {}
         }
-        let mut xattrs = root.list_xattrs(&rel).unwrap_or_default();
+        let mut xattrs = root
+            .list_xattrs(&rel)
+            .unwrap_or_else(|e| fail("list xattrs of", &e));
         xattrs.sort();
         for name in xattrs {
             let value = root
                 .get_xattr(&rel, &name)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
+                .unwrap_or_else(|e| fail(&format!("read xattr {name:?} of"), &e))
+                .unwrap_or_else(|| fail(&format!("xattr {name:?} vanished from"), &"listed"));
             write!(
                 line,
                 " {}={}",
@@ -59,17 +71,127 @@ pub fn render(dir: &Path) -> String {
             )
             .expect("format");
         }
-        lines.push(line);
-        if md.kind == FileKind::Dir {
-            for (name, _) in root.read_dir(&rel).expect("read dir") {
+        let inode = if md.kind == FileKind::Dir {
+            for (name, _) in root.read_dir(&rel).unwrap_or_else(|e| fail("read dir", &e)) {
                 stack.push(rel.join(name));
             }
+            None
+        } else {
+            write!(line, " mtime={}", md.mtime.sec).expect("format");
+            Some((md.dev, md.ino))
+        };
+        entries.push((format!("/{shown}"), line, inode));
+    }
+    entries.sort();
+    // The first path (in listing order) of every inode met more than once.
+    let mut first: HashMap<Inode, (&str, usize)> = HashMap::new();
+    for (path, _, inode) in &entries {
+        if let Some(i) = inode {
+            first.entry(*i).or_insert((path.as_str(), 0)).1 += 1;
         }
     }
-    lines.sort();
-    for l in lines {
-        out.push_str(&l);
+    let mut out = String::new();
+    for (_, line, inode) in &entries {
+        out.push_str(line);
+        if let Some((head, _)) = inode.and_then(|i| first.get(&i)).filter(|(_, n)| *n > 1) {
+            write!(out, " link={head}").expect("format");
+        }
         out.push('\n');
     }
     out
+}
+
+/// Asserts that `split` renders the same tree as `whole` except that some
+/// of `whole`'s hard-link groups may be split (never joined or invented).
+/// Overlay upper directories need this: linking a name to a file that
+/// already has several names in a lower layer copies that one name up, and
+/// the other names keep the lower inode (overlayfs with `index=off` does
+/// the same).
+#[track_caller]
+pub fn assert_same_but_split_links(split: &str, whole: &str, what: &str) {
+    let strip = |r: &str| -> String {
+        r.lines()
+            .map(|l| l.split(" link=").next().unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        strip(split),
+        strip(whole),
+        "{what}: the trees differ beyond hard links"
+    );
+    let groups = |r: &str| -> HashMap<String, String> {
+        r.lines()
+            .filter_map(|l| {
+                let (head, first) = l.split_once(" link=")?;
+                Some((head.split(' ').next()?.to_owned(), first.to_owned()))
+            })
+            .collect()
+    };
+    let (s, w) = (groups(split), groups(whole));
+    for (path, first) in &s {
+        let here = w.get(path);
+        assert!(
+            here.is_some() && here == w.get(first),
+            "{what}: {path} shares an inode with {first}, which the whole tree does not link"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_links_and_times_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("a"), b"same").unwrap();
+        std::fs::hard_link(p.join("a"), p.join("b")).unwrap();
+        std::fs::write(p.join("c"), b"same").unwrap();
+        let linked = render(p);
+        let line = |name: &str| {
+            linked
+                .lines()
+                .find(|l| l.starts_with(&format!("/{name} ")))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(line("a").ends_with(" link=/a"), "{linked}");
+        assert!(line("b").ends_with(" link=/a"), "{linked}");
+        assert!(!line("c").contains("link="), "{linked}");
+
+        // The same bytes without the hard link render differently.
+        let copy = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(copy.path().join(name), b"same").unwrap();
+        }
+        let t = std::fs::File::open(p.join("a"))
+            .unwrap()
+            .metadata()
+            .unwrap()
+            .modified()
+            .unwrap();
+        for name in ["a", "b", "c"] {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(copy.path().join(name))
+                .unwrap();
+            f.set_modified(t).unwrap();
+        }
+        let unlinked = render(copy.path());
+        assert_ne!(
+            linked.lines().skip(1).collect::<Vec<_>>(),
+            unlinked.lines().skip(1).collect::<Vec<_>>()
+        );
+
+        // A changed mtime shows.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(p.join("c"))
+            .unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(7))
+            .unwrap();
+        assert!(render(p).contains(" mtime=7"));
+    }
 }
