@@ -178,7 +178,10 @@ fn workers() -> u32 {
 pub struct LayerWriter<'a> {
     tar: tar::Builder<HashWriter<ChunkSender>>,
     source: &'a Root,
+    /// The first path of each hard-linked inode seen (written or unchanged).
     links: HashMap<(u64, u64), PathBuf>,
+    /// Inodes whose content this layer wrote under their first path.
+    written: HashSet<(u64, u64)>,
     dirs: HashSet<PathBuf>,
     epoch: Option<i64>,
     entries: u64,
@@ -252,11 +255,22 @@ impl LayerWriter<'_> {
         match c.kind {
             ChangeKind::Delete => self.whiteout(&c.path),
             ChangeKind::Unmodified => {
-                if let Some(m) = c.meta.as_ref().filter(|m| m.kind != FileKind::Dir) {
-                    self.links
-                        .entry((m.dev, m.ino))
-                        .or_insert_with(|| c.path.clone());
+                let Some(m) = c.meta.as_ref().filter(|m| m.kind != FileKind::Dir) else {
+                    return Ok(());
+                };
+                if self.written.contains(&(m.dev, m.ino)) {
+                    // A name this layer wrote shares the inode (a new
+                    // name sorted before this unchanged one): without a link
+                    // entry here the applied tree would keep this name a
+                    // separate file.
+                    if let Some(parent) = c.path.parent() {
+                        self.parents(parent)?;
+                    }
+                    return self.entry(&c.path, m);
                 }
+                self.links
+                    .entry((m.dev, m.ino))
+                    .or_insert_with(|| c.path.clone());
                 Ok(())
             }
             ChangeKind::Add | ChangeKind::Modify => {
@@ -344,6 +358,7 @@ impl LayerWriter<'_> {
                 return self.append(path, h, &pax, io::empty());
             }
             self.links.insert((m.dev, m.ino), path.to_path_buf());
+            self.written.insert((m.dev, m.ino));
         }
         h.set_entry_type(entry_type);
         match m.kind {
@@ -516,6 +531,7 @@ pub fn write_layer<W: Write + Send>(
             }),
             source: &root,
             links: HashMap::new(),
+            written: HashSet::new(),
             dirs: HashSet::new(),
             epoch: opts.source_date_epoch,
             entries: 0,
