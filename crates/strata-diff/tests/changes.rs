@@ -284,3 +284,21 @@ fn a_cancelled_write_stops() {
     .unwrap_err();
     assert!(matches!(err, strata_diff::DiffError::Cancelled), "{err}");
 }
+
+#[test]
+fn a_new_name_sorted_before_an_unchanged_one_keeps_the_link() {
+    let (t, l, u) = pair();
+    write(&l, "z/old", "shared bytes");
+    native_copy(&l, &u.join("tree"));
+    let upper = u.join("tree");
+    // The new name sorts before the existing one, so the layer meets it
+    // first and writes its content; the old name must follow as a link.
+    fs::hard_link(upper.join("z/old"), upper.join("a-new")).unwrap();
+    let layer = diff_layer(Some(&l), &upper, &WriteOptions::default());
+    let copy = t.path().join("copy");
+    native_copy(&l, &copy);
+    apply_bytes(&layer, &copy);
+    let (want, got) = (render(&upper), render(&copy));
+    assert!(want.contains(" link=/a-new"), "{want}");
+    assert_eq!(want, got);
+}
