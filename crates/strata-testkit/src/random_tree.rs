@@ -1,11 +1,17 @@
 //! Random trees for property tests of walking, writing, applying and
-//! merging: files (empty, small, a few larger), directories, symlinks, hard
-//! links, fifos, special modes, owners (as root) and user xattrs; and
-//! random mutations of such a tree (edits, deletions, type changes,
-//! renames of modes and owners, new entries).
+//! merging: files (empty, small, a few larger, sparse), directories,
+//! symlinks, hard links, fifos, sockets, devices (as root), special modes,
+//! owners (as root) and user xattrs, some under names longer than 100
+//! bytes or not UTF-8; and random mutations of such a tree (edits,
+//! deletions, type changes, renames of modes and owners, new entries).
+//!
+//! [`seeds`] picks the seeds a property test runs: fresh ones each run
+//! (printed, so a failure can be replayed), or the one `STRATA_SEED` names.
 
+use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{FileExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use strata_sys::Root;
@@ -67,13 +73,50 @@ fn content(rng: &mut Rng) -> Vec<u8> {
         .collect()
 }
 
-fn name(rng: &mut Rng) -> String {
+fn name(rng: &mut Rng) -> OsString {
     const NAMES: [&str; 8] = ["a", "b", "a.b", "ab", "c-d", "e_f", "ü", "z"];
-    format!(
+    let short = format!(
         "{}{}",
         NAMES[rng.below(NAMES.len() as u64) as usize],
         rng.below(20)
-    )
+    );
+    match rng.below(16) {
+        // Longer than a ustar name field (100 bytes), within NAME_MAX.
+        0 => format!("{short}-{}", "long".repeat(25 + rng.below(30) as usize)).into(),
+        // Not UTF-8.
+        1 => {
+            let mut bytes = short.into_bytes();
+            bytes.extend_from_slice(&[b'-', 0xff, 0xfe, b'0' + rng.below(10) as u8]);
+            OsString::from_vec(bytes)
+        }
+        _ => short.into(),
+    }
+}
+
+/// The seeds a property test runs: `STRATA_SEED` alone when set, else
+/// `count` (or `PROPTEST_CASES`) fresh ones, printed with the way to
+/// replay one, so a failing run (whose output the harness shows) can be
+/// repeated exactly.
+pub fn seeds(test: &str, count: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("STRATA_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        eprintln!("{test}: seed {seed} (from STRATA_SEED)");
+        return vec![seed];
+    }
+    let count = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(count);
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007);
+    eprintln!(
+        "{test}: seeds {base}..{} (replay one with STRATA_SEED=N)",
+        base + count
+    );
+    (base..base + count).collect()
 }
 
 /// Adds one random entry somewhere in `dir`.
@@ -85,7 +128,9 @@ fn add_one(dir: &Path, rng: &mut Rng) {
         return;
     }
     let privileged = strata_sys::effective_uid() == 0;
-    match rng.below(12) {
+    let root = Root::open(dir).expect("open root");
+    let rel = path.strip_prefix(dir).expect("inside").to_path_buf();
+    match rng.below(16) {
         0..=4 => fs::write(&path, content(rng)).expect("write file"),
         5 | 6 => fs::create_dir(&path).expect("mkdir"),
         7 => symlink(format!("../target{}", rng.below(5)), &path).expect("symlink"),
@@ -96,28 +141,45 @@ fn add_one(dir: &Path, rng: &mut Rng) {
                 None => fs::write(&path, b"first").expect("write file"),
             }
         }
-        9 => {
-            let root = Root::open(dir).expect("open root");
-            let rel = path.strip_prefix(dir).expect("inside");
-            root.mknod(rel, strata_sys::FileKind::Fifo, 0o644, 0)
-                .expect("mkfifo");
-        }
+        9 => root
+            .mknod(&rel, strata_sys::FileKind::Fifo, 0o644, 0)
+            .expect("mkfifo"),
         10 => {
             fs::write(&path, content(rng)).expect("write file");
             let mode = [0o4755, 0o2750, 0o1777, 0o600][rng.below(4) as usize];
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
         }
-        _ => {
+        11 => {
             fs::write(&path, content(rng)).expect("write file");
-            let root = Root::open(dir).expect("open root");
-            let rel = path.strip_prefix(dir).expect("inside");
             root.set_xattr(
-                rel,
+                &rel,
                 std::ffi::OsStr::new("user.strata.test"),
                 format!("v{}", rng.below(3)).as_bytes(),
             )
             .expect("set xattr");
         }
+        12 => root
+            .mknod(&rel, strata_sys::FileKind::Socket, 0o755, 0)
+            .expect("make a socket"),
+        13 if privileged => {
+            // 1:3 (/dev/null's numbers) or 7:0 (a loop device's).
+            let (kind, rdev) = if rng.below(2) == 0 {
+                (strata_sys::FileKind::CharDevice, (1 << 8) | 3)
+            } else {
+                (strata_sys::FileKind::BlockDevice, 7 << 8)
+            };
+            root.mknod(&rel, kind, 0o660, rdev).expect("mknod");
+        }
+        14 => {
+            // Sparse: data at an offset past a hole, and a hole at the end.
+            let f = fs::File::create(&path).expect("create sparse file");
+            let at = 65_536 * (1 + rng.below(16));
+            f.write_all_at(b"data after a hole", at)
+                .expect("write past a hole");
+            f.set_len(at + 65_536 * (1 + rng.below(4)))
+                .expect("extend with a hole");
+        }
+        _ => fs::write(&path, content(rng)).expect("write file"),
     }
     if privileged && rng.below(6) == 0 {
         let (uid, gid) = (rng.below(3) as u32 * 1000, rng.below(3) as u32 * 1000);
