@@ -372,10 +372,19 @@ impl UpperdirWalk<'_> {
             }
             return Ok(None);
         }
+        // Reported as the view shows it: inode numbers of copied-up files
+        // are their origin's there, and names read through the view (in
+        // opaque directories) must agree with these on every hard link.
+        let u = self.view.stat(&path)?;
         let b = lookup(self.base, &path)?;
         let kind = match &b {
             None => Some(ChangeKind::Add),
-            Some(b) if same(self.base, self.view, &path, b, &u, self.comparison)? => None,
+            // Unchanged but sharing its inode with other upper names: said,
+            // so the writer can link those names to it (as the double walk
+            // does).
+            Some(b) if same(self.base, self.view, &path, b, &u, self.comparison)? => {
+                hardlinked(&u).then_some(ChangeKind::Unmodified)
+            }
             Some(_) => Some(ChangeKind::Modify),
         };
         if let Some(kind) = kind {

@@ -225,3 +225,112 @@ fn entries_below_a_lower_symlink_need_a_mount() {
     let err = overlay_render(t.path(), &layers).unwrap_err();
     assert!(matches!(err, ApplyError::NeedsMount { .. }), "{err}");
 }
+
+/// What `walk` (over the mounted `view`) writes as a layer.
+fn layer_of_walk(
+    view: &Path,
+    walk: impl FnOnce(&mut strata_diff::ChangeFn<'_>) -> Result<(), strata_diff::DiffError>,
+) -> Vec<u8> {
+    strata_diff::write_layer(
+        &strata_leases::OpCtx::new(),
+        Vec::new(),
+        view,
+        &WriteOptions::default(),
+        |w| walk(&mut |c| w.change(&c)),
+    )
+    .unwrap()
+    .1
+}
+
+/// The kernel, not a layer, makes the upper directory: directories removed
+/// and made again through a mounted overlay (which overlayfs marks opaque),
+/// files deleted (whiteout devices), type changes and random edits. The
+/// upper-directory export must write what the double walk writes.
+#[test]
+fn kernel_made_upper_directories_export_like_the_double_walk() {
+    if !strata_testkit::require_root(
+        "strata-diff::kernel_made_upper_directories_export_like_the_double_walk",
+    ) {
+        return;
+    }
+    for seed in strata_testkit::random_tree::seeds("kernel_made_upper_directories", 6) {
+        let mut rng = Rng::new(seed);
+        let t = tempfile::tempdir().unwrap();
+        let dir = |n: &str| {
+            let d = t.path().join(n);
+            fs::create_dir(&d).unwrap();
+            d
+        };
+        let (lower, upper, work, view) = (dir("lower"), dir("upper"), dir("work"), dir("view"));
+        strata_testkit::random_tree::populate(&lower, &mut rng, 60);
+        let m = Mount::overlay(
+            strata_core::OverlayLayers {
+                lowers: vec![lower.clone()],
+                upper: Some(upper.clone()),
+                work: Some(work.clone()),
+            },
+            Vec::new(),
+        );
+        strata_sys::mount::mount(&m, &view).unwrap();
+        // Every lower directory at the top goes and comes back (opaque),
+        // holding one new file; then random changes on top.
+        let tops: Vec<PathBuf> = fs::read_dir(&lower)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| PathBuf::from(e.file_name()))
+            .collect();
+        let root = strata_sys::Root::open(&view).unwrap();
+        for d in &tops {
+            root.remove_all(d).unwrap();
+            fs::create_dir(view.join(d)).unwrap();
+            fs::write(view.join(d).join("again"), b"made after the removal").unwrap();
+        }
+        drop(root);
+        let opaque = tops.iter().any(|d| {
+            strata_sys::Root::open(&upper)
+                .unwrap()
+                .get_xattr(d, std::ffi::OsStr::new("trusted.overlay.opaque"))
+                .unwrap()
+                .is_some()
+        });
+        assert!(
+            tops.is_empty() || opaque,
+            "seed {seed}: the kernel made no opaque directory"
+        );
+        strata_testkit::random_tree::mutate(&view, &mut rng, 25);
+
+        let fast = layer_of_walk(&view, |f| {
+            strata_diff::walk_upperdir_changes(&upper, &view, &lower, Comparison::Compat, f)
+        });
+        let slow = layer_of_walk(&view, |f| {
+            strata_diff::walk_changes(Some(&lower), &view, Comparison::Compat, f)
+        });
+        let want = without_sockets(&render(&view));
+        strata_sys::mount::unmount(&view).unwrap();
+        let onto_lower = |layer: &[u8], name: &str| {
+            let d = t.path().join(name);
+            strata_native::copy_tree(&lower, &d).unwrap();
+            apply(
+                &strata_leases::OpCtx::new(),
+                layer,
+                &d,
+                &ApplyOptions::default(),
+            )
+            .unwrap();
+            render(&d)
+        };
+        let (by_upper, by_walk) = (onto_lower(&fast, "fast"), onto_lower(&slow, "slow"));
+        assert_eq!(
+            by_upper, by_walk,
+            "seed {seed}: upper directory vs double walk"
+        );
+        // The lower's sockets stay where no layer touched them; the view is
+        // the side that may split hard-link groups (copy-up of one name).
+        strata_testkit::tree::assert_same_but_split_links(
+            &want,
+            &without_sockets(&by_walk),
+            &format!("seed {seed}: applied vs the mounted tree"),
+        );
+    }
+}
