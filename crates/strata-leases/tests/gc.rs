@@ -457,95 +457,167 @@ fn attaching_while_collecting_never_loses_the_attached() {
     }
 }
 
-/// The reference model: objects, their edges, leases; reachability by
-/// plain recursion.
+/// A node of the model: (is a snapshot, index).
+type MNode = (bool, usize);
+
+/// One object of the model: its parent (snapshots), the objects its
+/// labels reference, and its root labels.
+#[derive(Debug, Default, Clone)]
+struct MObject {
+    parent: Option<usize>,
+    refs: BTreeSet<MNode>,
+    /// `containerd.io/gc.root`.
+    root: bool,
+    /// `containerd.io/gc.expire`: Some(true) in the future, Some(false) past.
+    expire: Option<bool>,
+}
+
+/// The reference model: objects, their edges, leases, what is in use;
+/// reachability written plainly from the rules (a flat reach follows
+/// parents only, a full one labels too, and is never downgraded).
 #[derive(Debug, Default, Clone)]
 struct Model {
-    content: BTreeMap<usize, BTreeSet<usize>>,
-    snapshots: BTreeMap<usize, (Option<usize>, BTreeSet<usize>)>,
-    leases: BTreeMap<usize, (bool, BTreeSet<(bool, usize)>)>,
+    objects: BTreeMap<MNode, MObject>,
+    /// id -> (flat, expired, resources)
+    leases: BTreeMap<usize, (bool, bool, BTreeSet<MNode>)>,
+    in_use: BTreeSet<MNode>,
 }
 
 impl Model {
-    fn reachable(&self) -> (BTreeSet<usize>, BTreeSet<usize>) {
-        fn content(m: &Model, c: usize, out: &mut (BTreeSet<usize>, BTreeSet<usize>)) {
-            if m.content.contains_key(&c) && out.0.insert(c) {
-                for &n in &m.content[&c] {
-                    content(m, n, out);
-                }
+    fn reachable(&self) -> BTreeSet<MNode> {
+        let mut reached: BTreeMap<MNode, bool> = BTreeMap::new();
+        let mut queue: Vec<(MNode, bool)> = Vec::new();
+        let mut roots: Vec<(MNode, bool)> = Vec::new();
+        for (flat, expired, res) in self.leases.values() {
+            if !expired {
+                roots.extend(res.iter().map(|n| (*n, !flat)));
             }
         }
-        fn snapshot(
-            m: &Model,
-            s: usize,
-            full: bool,
-            out: &mut (BTreeSet<usize>, BTreeSet<usize>),
-            seen_full: &mut BTreeSet<usize>,
-        ) {
-            let Some((parent, refs)) = m.snapshots.get(&s) else {
-                return;
+        for (n, o) in &self.objects {
+            if o.root || o.expire == Some(true) {
+                roots.push((*n, true));
+            }
+        }
+        roots.extend(self.in_use.iter().map(|n| (*n, true)));
+        let visit = |n: MNode,
+                     full: bool,
+                     reached: &mut BTreeMap<MNode, bool>,
+                     queue: &mut Vec<(MNode, bool)>| {
+            match reached.get(&n) {
+                Some(&was_full) if was_full || !full => {}
+                _ => {
+                    reached.insert(n, full);
+                    queue.push((n, full));
+                }
+            }
+        };
+        for (n, full) in roots {
+            visit(n, full, &mut reached, &mut queue);
+        }
+        while let Some((n, full)) = queue.pop() {
+            let Some(o) = self.objects.get(&n) else {
+                continue;
             };
-            let first = out.1.insert(s);
-            if full && seen_full.insert(s) {
-                for &c in refs {
-                    content(m, c, out);
-                }
-            } else if !first {
-                return;
+            if let Some(p) = o.parent {
+                visit((true, p), full, &mut reached, &mut queue);
             }
-            if let Some(p) = parent {
-                snapshot(m, *p, full, out, seen_full);
-            }
-        }
-        let mut out = (BTreeSet::new(), BTreeSet::new());
-        let mut seen_full = BTreeSet::new();
-        for (flat, res) in self.leases.values() {
-            for &(is_snapshot, i) in res {
-                if is_snapshot {
-                    snapshot(self, i, !flat, &mut out, &mut seen_full);
-                } else if self.content.contains_key(&i) {
-                    if *flat {
-                        out.0.insert(i);
-                    } else {
-                        content(self, i, &mut out);
-                    }
+            if full {
+                for r in &o.refs {
+                    visit(*r, true, &mut reached, &mut queue);
                 }
             }
         }
-        out
+        reached
+            .into_keys()
+            .filter(|n| self.objects.contains_key(n))
+            .collect()
     }
+
+    fn collect(&mut self) {
+        let keep = self.reachable();
+        self.objects.retain(|n, _| keep.contains(n));
+        self.leases.retain(|_, (_, expired, _)| !*expired);
+        self.in_use.retain(|n| keep.contains(n));
+    }
+
+    fn alive(&self) -> BTreeSet<String> {
+        self.objects.keys().map(|n| name(*n)).collect()
+    }
+}
+
+/// The record key of a model node.
+fn name((is_snapshot, i): MNode) -> String {
+    if is_snapshot {
+        format!("s{i}")
+    } else {
+        d(&format!("c{i}"))
+    }
+}
+
+/// The labels of a model object, as a store would set them.
+fn object_labels(o: &MObject) -> Labels {
+    let mut l = Labels::new();
+    for (k, r) in o.refs.iter().enumerate() {
+        if r.0 {
+            l.insert(
+                format!("containerd.io/gc.ref.snapshot.overlay.{k}"),
+                name(*r),
+            );
+        } else {
+            l.insert(format!("containerd.io/gc.ref.content.{k}"), name(*r));
+        }
+    }
+    if o.root {
+        l.insert(GC_ROOT.into(), "x".into());
+    }
+    if let Some(future) = o.expire {
+        l.insert(GC_EXPIRE.into(), hour_from_now(future));
+    }
+    l
+}
+
+/// An RFC 3339 time an hour from now (or an hour ago).
+fn hour_from_now(future: bool) -> String {
+    let hour = Duration::from_secs(3600);
+    let now = SystemTime::now();
+    format_time(if future { now + hour } else { now - hour })
 }
 
 #[derive(Debug, Clone)]
 enum Op {
-    Content(usize, Vec<usize>),
-    Snapshot(usize, Option<usize>, Vec<usize>),
-    Lease(usize, bool),
-    Attach(usize, bool, usize),
-    Detach(usize, bool, usize),
+    Object(MNode, Option<usize>, Vec<MNode>, bool, Option<bool>),
+    Lease(usize, bool, bool),
+    Attach(usize, MNode),
+    Detach(usize, MNode),
     DropLease(usize),
+    InUse(MNode, bool),
     Collect,
 }
 
+fn node() -> impl Strategy<Value = MNode> {
+    (any::<bool>(), 0..6usize)
+}
+
 fn op() -> impl Strategy<Value = Op> {
-    let n = 6usize;
     prop_oneof![
-        (0..n, proptest::collection::vec(0..n, 0..3)).prop_map(|(i, r)| Op::Content(i, r)),
-        (
-            0..n,
-            proptest::option::of(0..n),
-            proptest::collection::vec(0..n, 0..2)
+        4 => (
+            node(),
+            proptest::option::of(0..6usize),
+            proptest::collection::vec(node(), 0..3),
+            proptest::bool::weighted(0.1),
+            proptest::option::weighted(0.15, any::<bool>()),
         )
-            .prop_map(|(i, p, r)| Op::Snapshot(i, p, r)),
-        (0..3usize, any::<bool>()).prop_map(|(l, f)| Op::Lease(l, f)),
-        (0..3usize, any::<bool>(), 0..n).prop_map(|(l, s, i)| Op::Attach(l, s, i)),
-        (0..3usize, any::<bool>(), 0..n).prop_map(|(l, s, i)| Op::Detach(l, s, i)),
-        (0..3usize).prop_map(Op::DropLease),
-        Just(Op::Collect),
+            .prop_map(|(n, p, r, root, exp)| Op::Object(n, p, r, root, exp)),
+        1 => (0..3usize, any::<bool>(), proptest::bool::weighted(0.2)).prop_map(|(l, f, x)| Op::Lease(l, f, x)),
+        3 => (0..3usize, node()).prop_map(|(l, n)| Op::Attach(l, n)),
+        1 => (0..3usize, node()).prop_map(|(l, n)| Op::Detach(l, n)),
+        1 => (0..3usize).prop_map(Op::DropLease),
+        1 => (node(), proptest::bool::weighted(0.7)).prop_map(|(n, on)| Op::InUse(n, on)),
+        1 => Just(Op::Collect),
     ]
 }
 
-fn resource(is_snapshot: bool, i: usize) -> Resource {
+fn resource((is_snapshot, i): MNode) -> Resource {
     if is_snapshot {
         snap(&format!("s{i}"))
     } else {
@@ -553,54 +625,92 @@ fn resource(is_snapshot: bool, i: usize) -> Resource {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+/// `PROPTEST_CASES` when set (the long runs), else 64.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(64)
+}
 
+/// Collects and checks the store against the model.
+fn collect_and_check(e: &Env, m: &mut Model) -> Result<(), TestCaseError> {
+    *e.rec.in_use.lock().unwrap() = m
+        .in_use
+        .iter()
+        .map(|&(s, i)| {
+            if s {
+                Node::Snapshot(format!("s{i}"))
+            } else {
+                Node::Content(d(&format!("c{i}")))
+            }
+        })
+        .collect();
+    e.collect();
+    m.collect();
+    prop_assert_eq!(e.alive(), m.alive());
+    let leases: BTreeSet<String> =
+        e.lm.list(&strata_core::Filter::default())
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+    let want: BTreeSet<String> = m.leases.keys().map(|l| format!("l{l}")).collect();
+    prop_assert_eq!(leases, want, "expired leases go, the others stay");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Random graphs of content and snapshots (parents, content and
+    /// snapshot references), leases (flat, expired), gc.root and gc.expire
+    /// labels and in-use objects, collected at random points and always at
+    /// the end: what survives is exactly what the model reaches.
     #[test]
     fn collection_matches_the_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
         let e = env();
         let mut m = Model::default();
         for op in ops {
             match op {
-                Op::Content(i, refs) if !m.content.contains_key(&i) => {
-                    let l: Labels = refs.iter().map(|r| (format!("containerd.io/gc.ref.content.{r}"), d(&format!("c{r}")))).collect();
-                    e.content(&format!("c{i}"), l);
-                    m.content.insert(i, refs.into_iter().collect());
+                Op::Object(n, parent, refs, root, expire) if !m.objects.contains_key(&n) => {
+                    let parent = parent.filter(|p| n.0 && m.objects.contains_key(&(true, *p)) && *p != n.1);
+                    let o = MObject { parent, refs: refs.into_iter().collect(), root, expire };
+                    let l = object_labels(&o);
+                    if n.0 {
+                        e.snapshot(&name(n), parent.map(|p| format!("s{p}")).as_deref(), l);
+                    } else {
+                        e.content(&format!("c{}", n.1), l);
+                    }
+                    m.objects.insert(n, o);
                 }
-                Op::Snapshot(i, parent, refs) if !m.snapshots.contains_key(&i) => {
-                    let parent = parent.filter(|p| m.snapshots.contains_key(p));
-                    let l: Labels = refs.iter().map(|r| (format!("containerd.io/gc.ref.content.{r}"), d(&format!("c{r}")))).collect();
-                    e.snapshot(&format!("s{i}"), parent.map(|p| format!("s{p}")).as_deref(), l);
-                    m.snapshots.insert(i, (parent, refs.into_iter().collect()));
-                }
-                Op::Lease(l, flat) if !m.leases.contains_key(&l) => {
-                    let lab = if flat { labels(&[(GC_FLAT, "x")]) } else { Labels::new() };
+                Op::Lease(l, flat, expired) if !m.leases.contains_key(&l) => {
+                    let mut lab = if flat { labels(&[(GC_FLAT, "x")]) } else { Labels::new() };
+                    if expired {
+                        lab.insert(GC_EXPIRE.into(), hour_from_now(false));
+                    }
                     e.lease(&format!("l{l}"), lab, &[]);
-                    m.leases.insert(l, (flat, BTreeSet::new()));
+                    m.leases.insert(l, (flat, expired, BTreeSet::new()));
                 }
-                Op::Attach(l, s, i) if m.leases.contains_key(&l) => {
-                    e.lm.add_resource(&format!("l{l}"), &resource(s, i)).unwrap();
-                    m.leases.get_mut(&l).unwrap().1.insert((s, i));
+                Op::Attach(l, n) if m.leases.contains_key(&l) => {
+                    e.lm.add_resource(&format!("l{l}"), &resource(n)).unwrap();
+                    m.leases.get_mut(&l).unwrap().2.insert(n);
                 }
-                Op::Detach(l, s, i) if m.leases.contains_key(&l) => {
-                    e.lm.delete_resource(&format!("l{l}"), &resource(s, i)).unwrap();
-                    m.leases.get_mut(&l).unwrap().1.remove(&(s, i));
+                Op::Detach(l, n) if m.leases.contains_key(&l) => {
+                    e.lm.delete_resource(&format!("l{l}"), &resource(n)).unwrap();
+                    m.leases.get_mut(&l).unwrap().2.remove(&n);
                 }
                 Op::DropLease(l) if m.leases.contains_key(&l) => {
                     e.lm.delete(&format!("l{l}")).unwrap();
                     m.leases.remove(&l);
                 }
-                Op::Collect => {
-                    e.collect();
-                    let (rc, rs) = m.reachable();
-                    m.content.retain(|c, _| rc.contains(c));
-                    m.snapshots.retain(|s, _| rs.contains(s));
-                    let mut expect: BTreeSet<String> = m.content.keys().map(|c| d(&format!("c{c}"))).collect();
-                    expect.extend(m.snapshots.keys().map(|s| format!("s{s}")));
-                    prop_assert_eq!(e.alive(), expect);
+                Op::InUse(n, on) if m.objects.contains_key(&n) => {
+                    if on { m.in_use.insert(n); } else { m.in_use.remove(&n); }
                 }
+                Op::Collect => collect_and_check(&e, &mut m)?,
                 _ => {}
             }
         }
+        collect_and_check(&e, &mut m)?;
     }
 }
