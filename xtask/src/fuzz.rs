@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 
 fn seeds(dir: &Path) -> anyhow::Result<()> {
     let corpus = dir.join("corpus");
-    if corpus.join("sparse.tar").exists() {
+    if corpus.join("simple.tar").exists() {
         return Ok(());
     }
     let src = dir.join("src");
@@ -34,40 +34,40 @@ fn seeds(dir: &Path) -> anyhow::Result<()> {
     let holes = std::fs::File::create(sparse.join("holes"))?;
     holes.set_len(1 << 20)?;
     std::os::unix::fs::FileExt::write_at(&holes, b"data", 512 << 10)?;
+    // A tree GNU tar and the applier must extract alike (regular files,
+    // directories, symlinks, modes and owners only): the target compares
+    // the two on inputs of that shape.
+    let simple = dir.join("simple-src");
+    std::fs::create_dir_all(simple.join("usr/bin"))?;
+    std::fs::write(simple.join("usr/bin/tool"), "#!/bin/sh\n")?;
+    std::fs::set_permissions(
+        simple.join("usr/bin/tool"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )?;
+    std::fs::write(simple.join("readme"), "simple\n")?;
+    if std::fs::symlink_metadata(simple.join("usr/bin/alias")).is_err() {
+        std::os::unix::fs::symlink("tool", simple.join("usr/bin/alias"))?;
+    }
     std::fs::create_dir_all(&corpus)?;
-    crate::run(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&sparse)
-            .arg("--sparse")
-            .arg("-cf")
-            .arg(corpus.join("sparse.tar"))
-            .arg("."),
-    )?;
-    crate::run(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&src)
-            .arg("-cf")
-            .arg(corpus.join("plain.tar"))
-            .arg("."),
-    )?;
-    crate::run(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&src)
-            .arg("-czf")
-            .arg(corpus.join("layer.tgz"))
-            .arg("."),
-    )?;
-    crate::run(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&src)
-            .arg("--format=pax")
-            .arg("-cf")
-            .arg(corpus.join("pax.tar"))
-            .arg("."),
+    let tar = |from: &Path, args: &[&str], out: &str| {
+        crate::run(
+            Command::new("tar")
+                .arg("-C")
+                .arg(from)
+                .args(args)
+                .arg("-cf")
+                .arg(corpus.join(out))
+                .arg("."),
+        )
+    };
+    tar(&sparse, &["--sparse"], "sparse.tar")?;
+    tar(&src, &[], "plain.tar")?;
+    tar(&src, &["-z"], "layer.tgz")?;
+    tar(&src, &["--format=pax"], "pax.tar")?;
+    tar(
+        &simple,
+        &["--owner=1000", "--group=1000", "--sort=name"],
+        "simple.tar",
     )?;
     Ok(())
 }
