@@ -1,8 +1,11 @@
 //! Crash test of the garbage collector: a child keeps making leased objects
 //! and garbage (blobs and snapshots) and collecting, and is killed with
-//! SIGKILL at random moments, sweeps included. After every kill the root
-//! reopens with clean checks, every leased object is intact, and a second
-//! collection finishes the job: nothing unleased is left. The harness is
+//! SIGKILL aimed in turn at making objects, at a collection's start and at
+//! its sweep of files (rows gone, files going). After every kill the
+//! metadata checks clean before any repair, the root reopens with clean
+//! checks, every leased object is intact (whole snapshot contents
+//! included), and a second collection finishes the job: what survives is
+//! exactly a subset of what leases hold. The harness is
 //! `strata_testkit::crash`.
 
 use std::path::Path;
@@ -14,7 +17,7 @@ use strata_leases::{LeaseSpec, Resource};
 use strata_metadata::Reader;
 use strata_metadata::records::{ContentRecord, SnapshotRecord};
 use strata_snapshot::Snapshotter;
-use strata_testkit::crash::{self, AckLog, Rng};
+use strata_testkit::crash::{self, AckLog, Phase, Rng};
 
 fn open(dir: &Path) -> Root {
     Root::open(&RootOptions {
@@ -27,8 +30,19 @@ fn open(dir: &Path) -> Root {
 async fn child(dir: &Path, seed: u64) {
     let r = open(dir);
     let log = AckLog::new(dir);
+    let phase = Phase::new(dir);
     let mut rng = Rng::new(seed);
+    // The sweep reports each object whose files it removes: the first report
+    // marks the phase where rows are gone and files are going.
+    let sweeping = std::sync::Arc::new(Phase::new(dir));
+    let marker = std::sync::Arc::clone(&sweeping);
+    let ctx = strata_leases::OpCtx::new().with_events(move |e| {
+        if e.item == "gc" && e.current == 1 {
+            marker.enter("sweep-files");
+        }
+    });
     for i in 0.. {
+        phase.enter("create");
         let name = format!("o-{seed}-{i}");
         let keep = rng.below(3) == 0;
         if keep {
@@ -63,18 +77,38 @@ async fn child(dir: &Path, seed: u64) {
                 .prepare(&name, None, Labels::new())
                 .await
                 .unwrap();
-            std::fs::write(r.snapshots.fs_dir(&name).unwrap().join("f"), &name).unwrap();
+            let fs_dir = r.snapshots.fs_dir(&name).unwrap();
+            std::fs::write(fs_dir.join("f"), &name).unwrap();
+            std::fs::create_dir(fs_dir.join("d")).unwrap();
+            for j in 0..rng.below(4) {
+                std::fs::write(fs_dir.join("d").join(j.to_string()), format!("{name}/{j}"))
+                    .unwrap();
+            }
             if keep {
                 log.added(&format!("s:{name}"));
             }
         }
         if rng.below(4) == 0 {
-            r.collector.collect(GcOptions::default()).unwrap();
+            phase.enter("collect");
+            r.collector.collect_in(&ctx, GcOptions::default()).unwrap();
         }
     }
 }
 
+/// The metadata file as the kill left it, before an open repairs anything:
+/// its own checks (keys, references between tables) must be clean, since
+/// every change to it was one committed transaction or none.
+fn check_before_repair(dir: &Path, round: usize) {
+    let db = strata_metadata::MetaDb::open(&dir.join("meta.redb")).expect("open metadata");
+    let meta = db.check().unwrap();
+    assert!(
+        meta.is_empty(),
+        "round {round}: metadata before repair: {meta:?}"
+    );
+}
+
 fn verify(dir: &Path, round: usize, rt: &tokio::runtime::Runtime) -> usize {
+    check_before_repair(dir, round);
     let r = open(dir);
     let meta = r.db.check().unwrap();
     assert!(meta.is_empty(), "round {round}: metadata check: {meta:?}");
@@ -99,9 +133,15 @@ fn verify(dir: &Path, round: usize, rt: &tokio::runtime::Runtime) -> usize {
                     rt.block_on(r.snapshots.stat(key)).unwrap_or_else(|e| {
                         panic!("round {round} {when}: leased snapshot {key} lost: {e}")
                     });
-                    let data = std::fs::read_to_string(r.snapshots.fs_dir(key).unwrap().join("f"))
-                        .unwrap();
-                    assert_eq!(data, key);
+                    // The whole tree: the marker file and every file of d/.
+                    let fs_dir = r.snapshots.fs_dir(key).unwrap();
+                    let data = std::fs::read_to_string(fs_dir.join("f")).unwrap();
+                    assert_eq!(data, key, "round {round}: {key}/f");
+                    for e in std::fs::read_dir(fs_dir.join("d")).unwrap() {
+                        let e = e.unwrap();
+                        let want = format!("{key}/{}", e.file_name().to_string_lossy());
+                        assert_eq!(std::fs::read_to_string(e.path()).unwrap(), want);
+                    }
                 }
                 _ => panic!("bad ack line {item}"),
             }
@@ -111,18 +151,33 @@ fn verify(dir: &Path, round: usize, rt: &tokio::runtime::Runtime) -> usize {
     // A second collection finishes whatever the killed one started.
     r.collector.collect(GcOptions::default()).unwrap();
     check_live("after collecting");
-    let tx = r.db.read().unwrap();
-    let blobs = tx.scan::<ContentRecord>("").unwrap().len();
-    let snapshots = tx.scan::<SnapshotRecord>("").unwrap().len();
-    let leases = r.leases.list(&Filter::default()).unwrap();
-    let held: usize = leases
+    // Every survivor is something a lease holds.
+    let held: std::collections::BTreeSet<String> = r
+        .leases
+        .list(&Filter::default())
+        .unwrap()
         .iter()
-        .map(|l| r.leases.list_resources(&l.id).unwrap().len())
-        .sum();
-    assert!(
-        blobs + snapshots <= held,
-        "round {round}: {blobs} blobs and {snapshots} snapshots left for {held} leased"
-    );
+        .flat_map(|l| r.leases.list_resources(&l.id).unwrap())
+        .map(|res| res.id)
+        .collect();
+    let tx = r.db.read().unwrap();
+    let survivors = tx
+        .scan::<ContentRecord>("")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .chain(
+            tx.scan::<SnapshotRecord>("")
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k),
+        );
+    for s in survivors {
+        assert!(
+            held.contains(&s),
+            "round {round}: {s} survived a collection no lease holds it in"
+        );
+    }
     assert!(r.content.check(true).unwrap().is_empty() && r.snapshots.check().unwrap().is_empty());
     live.len()
 }
@@ -136,6 +191,7 @@ fn main() {
     crash::run(
         "gc_crash_loop",
         150,
+        &["create", "collect", "sweep-files"],
         |dir, seed| rt.block_on(child(dir, seed)),
         |dir, round| verify(dir, round, &rt),
     );

@@ -1,9 +1,11 @@
-//! Crash test: a child process ingests, commits and deletes blobs in a loop
-//! and is killed with SIGKILL at random moments, many times. After every
-//! kill the root reopens, the metadata check and the verifying content check
-//! are clean, and every blob whose commit the child saw succeed (and did not
-//! later delete) is there with the right bytes. The harness is
-//! `strata_testkit::crash`.
+//! Crash test: a child process writes, commits and deletes blobs in a loop
+//! and is killed with SIGKILL many times, aimed in turn at writing,
+//! committing and deleting. After every kill a check without repair may
+//! find only what a kill leaves by design (a blob file or ingest directory
+//! without its row); then the store reopens (and reconciles), the metadata
+//! check and the verifying content check are clean, and every blob whose
+//! commit the child saw succeed (and did not later delete) is there with
+//! the right bytes. The harness is `strata_testkit::crash`.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use strata_content::ContentStore;
 use strata_core::{Algorithm, Digest, Labels};
 use strata_metadata::MetaDb;
-use strata_testkit::crash::{self, AckLog, Rng};
+use strata_testkit::crash::{self, AckLog, Phase, Rng};
 
 fn open(dir: &Path) -> (Arc<MetaDb>, ContentStore) {
     let db = Arc::new(MetaDb::open(&dir.join("meta.redb")).expect("reopen metadata"));
@@ -20,9 +22,40 @@ fn open(dir: &Path) -> (Arc<MetaDb>, ContentStore) {
     (db, cs)
 }
 
+/// Before any repair: the problems a kill may leave by design are files
+/// whose rows were never committed, and an ingest row whose data a commit
+/// had already moved into place; a content row without its blob (or a blob
+/// that does not match its digest) would be a loss.
+fn check_before_repair(dir: &Path, round: usize) {
+    let db = Arc::new(MetaDb::open(&dir.join("meta.redb")).expect("open metadata"));
+    let cs = ContentStore::open_after(
+        &dir.join("content"),
+        Arc::clone(&db),
+        strata_metadata::LastClose::Clean,
+    )
+    .expect("open content without reconciling");
+    let meta = db.check().unwrap();
+    assert!(
+        meta.is_empty(),
+        "round {round}: metadata before repair: {meta:?}"
+    );
+    for v in cs.check(true).unwrap() {
+        assert!(
+            [
+                "blob file has no row",
+                "ingest directory has no row",
+                "ingest row has no data file"
+            ]
+            .contains(&v.problem.as_str()),
+            "round {round}: before repair: {v:?}"
+        );
+    }
+}
+
 fn child(dir: &Path, seed: u64) {
     let (_db, cs) = open(dir);
     let log = AckLog::new(dir);
+    let phase = Phase::new(dir);
     let mut rng = Rng::new(seed);
     let mut committed: Vec<Digest> = Vec::new();
     for i in 0.. {
@@ -34,6 +67,7 @@ fn child(dir: &Path, seed: u64) {
         match rng.below(10) {
             // Leave a partial ingest behind for a later resume.
             0 => {
+                phase.enter("partial");
                 let mut w = cs.writer(&reference, None, None).unwrap();
                 w.write_all(&bytes[..size / 2]).unwrap();
             }
@@ -41,6 +75,7 @@ fn child(dir: &Path, seed: u64) {
             1 if !committed.is_empty() => {
                 let victim = committed.swap_remove(rng.below(committed.len() as u64) as usize);
                 log.removing(victim.as_str());
+                phase.enter("delete");
                 cs.delete(&victim).unwrap();
             }
             _ => {
@@ -50,23 +85,21 @@ fn child(dir: &Path, seed: u64) {
                         "{e}"
                     );
                 }
-                let got = cs
-                    .ingest(
-                        &reference,
-                        &bytes[..],
-                        Some(size as u64),
-                        Some(&d),
-                        &Labels::new(),
-                    )
-                    .unwrap();
-                log.added(got.digest.as_str());
-                committed.push(got.digest);
+                phase.enter("write");
+                let mut w = cs.writer(&reference, Some(size as u64), Some(&d)).unwrap();
+                w.write_all(&bytes).unwrap();
+                phase.enter("commit");
+                let got = w.commit(size as u64, Some(&d), &Labels::new()).unwrap();
+                phase.enter("acknowledge");
+                log.added(got.as_str());
+                committed.push(got);
             }
         }
     }
 }
 
 fn verify(dir: &Path, round: usize) -> usize {
+    check_before_repair(dir, round);
     let (db, cs) = open(dir);
     let meta = db.check().unwrap();
     assert!(meta.is_empty(), "round {round}: metadata check: {meta:?}");
@@ -95,5 +128,11 @@ fn verify(dir: &Path, round: usize) -> usize {
 }
 
 fn main() {
-    crash::run("content_crash_loop", 120, child, verify);
+    crash::run(
+        "content_crash_loop",
+        120,
+        &["write", "commit", "delete"],
+        child,
+        verify,
+    );
 }

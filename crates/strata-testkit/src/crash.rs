@@ -1,15 +1,22 @@
 //! The harness of the SIGKILL crash tests. A test binary (without the libtest
 //! harness) is both the parent and, re-executed with `--child DIR SEED`, the
-//! child. The parent kills the child at random instants, many times, and
-//! checks the state after each kill; the child appends what it saw succeed to
-//! an acknowledgement log, fsynced, so the parent knows what must survive.
+//! child. The parent kills the child many times and checks the state after
+//! each kill; the child appends what it saw succeed to an acknowledgement
+//! log, fsynced, so the parent knows what must survive.
+//!
+//! The child names the phase it is in ([`Phase::enter`]); the parent aims
+//! each round's kill at one phase in turn (waits until the child is in it,
+//! then kills after a random few hundred microseconds), reads where the
+//! kill landed, and fails when some phase was never hit. The seed is
+//! printed; `STRATA_CRASH_SEED` replays a run.
 
-use std::collections::BTreeSet;
-use std::fs::{self, OpenOptions};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A small xorshift generator: reproducible from the printed seed.
 #[derive(Debug, Clone)]
@@ -95,17 +102,55 @@ impl AckLog {
     }
 }
 
+/// The phase the child is in, written where the parent reads it (no
+/// fsync: a SIGKILL keeps the page cache).
+#[derive(Debug)]
+pub struct Phase {
+    file: File,
+}
+
+const PHASE_LEN: usize = 32;
+
+impl Phase {
+    /// The phase marker of the test directory `dir`.
+    pub fn new(dir: &Path) -> Phase {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join("phase"))
+            .expect("open the phase marker");
+        Phase { file }
+    }
+
+    /// Says the child is now in `name` (at most 32 bytes).
+    pub fn enter(&self, name: &str) {
+        let mut buf = [b' '; PHASE_LEN];
+        buf[..name.len()].copy_from_slice(name.as_bytes());
+        self.file.write_all_at(&buf, 0).expect("write the phase");
+    }
+
+    fn read(dir: &Path) -> String {
+        fs::read(dir.join("phase"))
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+            .unwrap_or_default()
+    }
+}
+
 /// The whole `main` of a crash test: the child's loop when this process is
-/// the child, else the parent's kill loop.
+/// the child, else the parent's kill loop, aiming at each of `phases` in
+/// turn (the names the child passes to [`Phase::enter`]).
 pub fn run(
     name: &str,
     max_ms: u64,
+    phases: &[&str],
     child: impl FnOnce(&Path, u64),
     verify: impl FnMut(&Path, usize) -> usize,
 ) {
     match child_args() {
         Some((dir, seed)) => child(&dir, seed),
-        None => kill_loop(name, max_ms, verify),
+        None => kill_loop(name, max_ms, phases, verify),
     }
 }
 
@@ -120,10 +165,17 @@ fn child_args() -> Option<(PathBuf, u64)> {
 }
 
 /// Runs the parent side: `STRATA_CRASH_ROUNDS` (default 40) rounds of
-/// start child, sleep a random 5 to `max_ms` milliseconds, SIGKILL, then
-/// `verify(dir, round)`, which returns how many acknowledged objects it
-/// found intact. Prints a libtest-style summary line.
-fn kill_loop(name: &str, max_ms: u64, mut verify: impl FnMut(&Path, usize) -> usize) {
+/// start child, wait until it is in the round's phase (or, without phases,
+/// a random 5 to `max_ms` milliseconds), SIGKILL after a random 0 to 500
+/// microseconds more, then `verify(dir, round)`, which returns how many
+/// acknowledged objects it found intact. Prints where the kills landed and
+/// a libtest-style summary line; fails when a phase was never hit.
+fn kill_loop(
+    name: &str,
+    max_ms: u64,
+    phases: &[&str],
+    mut verify: impl FnMut(&Path, usize) -> usize,
+) {
     if std::env::args().any(|a| a == "--list") {
         println_out(&format!("{name}: test"));
         return;
@@ -134,15 +186,24 @@ fn kill_loop(name: &str, max_ms: u64, mut verify: impl FnMut(&Path, usize) -> us
         .unwrap_or(40);
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as u64;
-    println_out(&format!("{name}: {rounds} rounds, seed {seed}"));
+    let seed = std::env::var("STRATA_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos() as u64
+        });
+    println_out(&format!(
+        "{name}: {rounds} rounds, seed {seed} (STRATA_CRASH_SEED={seed} replays it)"
+    ));
     let mut rng = Rng::new(seed);
     let exe = std::env::current_exe().expect("own executable");
     let mut live = 0;
+    let mut landed: BTreeMap<String, usize> = BTreeMap::new();
     for round in 0..rounds {
+        Phase::new(dir).enter("start");
         let mut child = Command::new(&exe)
             .arg("--child")
             .arg(dir)
@@ -150,17 +211,35 @@ fn kill_loop(name: &str, max_ms: u64, mut verify: impl FnMut(&Path, usize) -> us
             .stdout(Stdio::null())
             .spawn()
             .expect("start child");
-        // Random instants spread over opening, writing, committing and
-        // removing; the sleep is the experiment, not synchronisation.
-        std::thread::sleep(Duration::from_millis(5 + rng.below(max_ms)));
+        match phases.get(round % phases.len().max(1)) {
+            Some(target) => {
+                // Bounded: a phase the child never reaches is reported below.
+                let deadline = Instant::now() + Duration::from_millis(20 * max_ms.max(100));
+                while Phase::read(dir) != *target && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(5 + rng.below(max_ms))),
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(500)));
         child.kill().expect("kill child");
         let status = child.wait().expect("reap child");
         assert!(
             status.code().is_none(),
             "round {round}: child exited by itself: {status}"
         );
+        *landed.entry(Phase::read(dir)).or_default() += 1;
         live = verify(dir, round);
     }
+    println_out(&format!("{name}: kills landed in {landed:?}"));
+    let missed: Vec<&&str> = phases
+        .iter()
+        .filter(|p| !landed.contains_key(**p))
+        .collect();
+    assert!(
+        rounds < phases.len() * 2 || missed.is_empty(),
+        "{name}: no kill landed in {missed:?} (landed: {landed:?}; seed {seed})"
+    );
     println_out(&format!(
         "{name}: {live} acknowledged objects intact after {rounds} kills"
     ));

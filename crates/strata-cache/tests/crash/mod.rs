@@ -1,7 +1,9 @@
-//! The cache manager killed at random instants: a child keeps importing
-//! small images, making refs, merging, diffing, exporting (forced
-//! compression variants included), letting go and collecting, on one
-//! root; it is SIGKILLed, and every time the root opens with clean checks,
+//! The cache manager killed in each of its operations in turn: a child
+//! keeps importing small images, making refs, merging, diffing, exporting
+//! (forced compression variants included), letting go and collecting, on
+//! one root; it is SIGKILLed (the harness aims at each operation's phase
+//! and fails if one is never hit), and every time the metadata checks
+//! clean before any repair, the root opens with clean checks,
 //! every acknowledged ref still has its snapshot and its file, every
 //! acknowledged blob is there, and a collection afterwards keeps them all.
 
@@ -15,7 +17,7 @@ use strata_core::{Algorithm, Descriptor, Digest, Digester, Labels};
 use strata_diff::Compression;
 use strata_leases::gc::GcOptions;
 use strata_leases::{LazyScope, OpCtx};
-use strata_testkit::crash::{self, AckLog, Rng};
+use strata_testkit::crash::{self, AckLog, Phase, Rng};
 use strata_testkit::layer_tar::{archive, entry};
 
 fn open(dir: &Path, backend: BackendChoice) -> CacheManager {
@@ -75,6 +77,7 @@ fn small_image(mgr: &CacheManager, ctx: &OpCtx, name: &str) -> Image {
 async fn child(dir: &Path, seed: u64, backend: BackendChoice) {
     let mgr = open(dir, backend);
     let log = AckLog::new(dir);
+    let phase = Phase::new(dir);
     let mut rng = Rng::new(seed);
     // Refs kept so far (from earlier children too): `r:<id>:<file>`.
     let mut kept: Vec<(String, String)> = log
@@ -95,6 +98,7 @@ async fn child(dir: &Path, seed: u64, backend: BackendChoice) {
         };
         let made: Option<(String, String)> = match rng.below(7) {
             0 => {
+                phase.enter("import");
                 let img = small_image(&mgr, &ctx, &token);
                 let top = mgr
                     .import_image(&ctx, &img, &ImportOptions::default())
@@ -103,6 +107,7 @@ async fn child(dir: &Path, seed: u64, backend: BackendChoice) {
                 Some((top.id().to_owned(), token.clone()))
             }
             1 | 2 => {
+                phase.enter("ref");
                 let parent = match pick(&mut rng, &kept) {
                     Some((id, _)) => Some(mgr.get(&id, &RefOptions::default()).await.expect("get")),
                     None => None,
@@ -121,6 +126,7 @@ async fn child(dir: &Path, seed: u64, backend: BackendChoice) {
             }
             3 => match (pick(&mut rng, &kept), pick(&mut rng, &kept)) {
                 (Some(a), Some(b)) if a.0 != b.0 => {
+                    phase.enter("merge");
                     let (ra, rb) = (
                         mgr.get(&a.0, &RefOptions::default()).await.expect("get"),
                         mgr.get(&b.0, &RefOptions::default()).await.expect("get"),
@@ -140,6 +146,7 @@ async fn child(dir: &Path, seed: u64, backend: BackendChoice) {
             },
             4 => {
                 if let Some((id, _)) = pick(&mut rng, &kept) {
+                    phase.enter("export");
                     let r = mgr.get(&id, &RefOptions::default()).await.expect("get");
                     let cfg = RefConfig {
                         compression: CompressionConfig {
@@ -171,12 +178,14 @@ async fn child(dir: &Path, seed: u64, backend: BackendChoice) {
                     {
                         log.removing(&b);
                     }
+                    phase.enter("let-go");
                     mgr.remove_lease(&owner(&id)).await.expect("remove lease");
                     kept.retain(|k| k.0 != id);
                 }
                 None
             }
             _ => {
+                phase.enter("collect");
                 mgr.root()
                     .collector
                     .collect(GcOptions::default())
@@ -194,6 +203,16 @@ async fn child(dir: &Path, seed: u64, backend: BackendChoice) {
 }
 
 fn verify(dir: &Path, round: usize, backend: BackendChoice, rt: &tokio::runtime::Runtime) -> usize {
+    // Before any repair, the metadata file must check clean: every change
+    // to it was one committed transaction or none.
+    let before = strata_metadata::MetaDb::open(&dir.join("meta.redb"))
+        .unwrap()
+        .check()
+        .unwrap();
+    assert!(
+        before.is_empty(),
+        "round {round}: metadata before repair: {before:?}"
+    );
     let mgr = open(dir, backend);
     let root = mgr.root();
     let problems: Vec<String> = root
@@ -252,6 +271,7 @@ pub fn main_for(name: &str, backend: BackendChoice) {
     crash::run(
         name,
         400,
+        &["import", "ref", "merge", "export", "let-go", "collect"],
         |dir, seed| rt.block_on(child(dir, seed, backend)),
         |dir, round| verify(dir, round, backend, &rt),
     );
