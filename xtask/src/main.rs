@@ -10,6 +10,10 @@
 //!   peers run side by side; `bench --report` turns the recorded medians
 //!   into `docs/benchmarks.md`'s tables and SVG charts (`report.rs`).
 //! * `fuzz [--seconds N]`: the layer-applier fuzz target.
+//! * `powerloss [--cuts N]`: power cuts under qemu on a virtual disk,
+//!   every acknowledged object verified after each (`powerloss.rs`).
+//! * `stress [--kills N] [--cases N] [--cuts N] [--fuzz-seconds N]`: the
+//!   long crash, property, power-loss and fuzz runs (`stress.rs`).
 //! * `docs`: rewrites `docs/cli.md` from the command tree (a test fails
 //!   while it is stale).
 //! * `bench-images [OUT]`: builds the real Debian images the benchmarks
@@ -22,8 +26,10 @@ mod bench;
 mod fuzz;
 mod images;
 mod layering;
+mod powerloss;
 mod qemu;
 mod report;
+mod stress;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -42,10 +48,12 @@ fn main() -> anyhow::Result<()> {
         ["fuzz", rest @ ..] => fuzz::run(rest),
         ["bench-images", rest @ ..] => images::run(rest),
         ["qemu", rest @ ..] => qemu::run(rest),
+        ["powerloss", rest @ ..] => powerloss::run(rest),
+        ["stress", rest @ ..] => stress::run(rest),
         ["docs"] => docs(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | bench --report | fuzz [--seconds N] | bench-images [OUT] | qemu | docs"
+                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | bench --report | fuzz [--seconds N] | bench-images [OUT] | qemu | powerloss [--cuts N] | stress | docs"
             );
             bail!("unknown command {args:?}")
         }
@@ -142,6 +150,8 @@ fn ci() -> anyhow::Result<()> {
     test(&[])?;
     // The overlay backend on Debian 12's 6.1 kernel, booted under qemu.
     qemu::run(&[])?;
+    // Two power cuts under qemu; `cargo xtask stress` makes many.
+    powerloss::run(&["--cuts", "2"])?;
     // A short smoke run of the fuzz target; the long runs are `cargo xtask
     // fuzz`.
     fuzz::run(&["--seconds", "30"])

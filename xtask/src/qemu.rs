@@ -61,7 +61,7 @@ echo STRATA-QEMU-OK
 "#;
 
 /// Where `tool` is on the PATH.
-fn which(tool: &str) -> Option<PathBuf> {
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
     let out = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
@@ -71,7 +71,7 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// Debian 12's cloud kernel, unpacked under `dir`: (vmlinuz, overlay.ko).
-fn kernel(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub(crate) fn kernel(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let unpacked = dir.join("kernel");
     if !unpacked.join("boot").exists() {
         let out = Command::new("sh")
@@ -125,6 +125,96 @@ fn kernel(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     ))
 }
 
+/// Builds `dir/<name>.cpio.gz`: busybox, `strata` and its shared
+/// libraries, the kernel `modules` (loaded in that order at boot), and an
+/// init that mounts proc, sys, dev and a tmpfs on /tmp, then runs `body`.
+pub(crate) fn initramfs(
+    dir: &Path,
+    name: &str,
+    strata: &Path,
+    modules: &[PathBuf],
+    body: &str,
+) -> anyhow::Result<PathBuf> {
+    let initrd = dir.join(name);
+    if initrd.exists() {
+        crate::run(Command::new("rm").arg("-rf").arg(&initrd))?;
+    }
+    for d in ["bin", "proc", "sys", "dev", "tmp", "mnt", "modules"] {
+        std::fs::create_dir_all(initrd.join(d))?;
+    }
+    let busybox = which("busybox").context("busybox is missing")?;
+    std::fs::copy(&busybox, initrd.join("bin/busybox"))?;
+    std::fs::copy(strata, initrd.join("bin/strata"))?;
+    for lib in libraries(strata)? {
+        let to = initrd.join(lib.strip_prefix("/")?);
+        std::fs::create_dir_all(to.parent().expect("a library path has a parent"))?;
+        std::fs::copy(&lib, &to)?;
+    }
+    let mut init = String::from("#!/bin/busybox sh\n/bin/busybox --install -s /bin\n");
+    init.push_str(
+        "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n",
+    );
+    init.push_str("mount -t tmpfs tmp /tmp\n");
+    for (i, m) in modules.iter().enumerate() {
+        let to = format!("modules/{i}.ko");
+        std::fs::copy(m, initrd.join(&to))?;
+        writeln!(init, "insmod /{to}")?;
+    }
+    init.push_str(body);
+    let init_path = initrd.join("init");
+    std::fs::write(&init_path, init)?;
+    crate::run(Command::new("chmod").arg("755").arg(&init_path))?;
+    let image = dir.join(format!("{name}.cpio.gz"));
+    crate::run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}",
+        initrd.display(),
+        image.display()
+    )))?;
+    Ok(image)
+}
+
+/// qemu booting `vmlinuz` with `image` under software emulation, console
+/// on stdout, stopped by `timeout` after `seconds`.
+pub(crate) fn guest(vmlinuz: &Path, image: &Path, seconds: &str) -> Command {
+    let mut c = Command::new("timeout");
+    c.args([
+        seconds,
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+    ])
+    .args(["-nographic", "-no-reboot", "-kernel"])
+    .arg(vmlinuz)
+    .arg("-initrd")
+    .arg(image)
+    .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+    c
+}
+
+/// The kernel module `name` (`virtio_blk`, ...) of the kernel `kernel`
+/// unpacked under `dir`.
+pub(crate) fn module(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let file = format!("{name}.ko");
+    let mut stack = vec![dir.join("kernel/lib/modules")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n.to_string_lossy() == file) {
+                return Ok(p);
+            }
+        }
+    }
+    bail!("no {file} in {}", dir.display())
+}
+
 /// The shared libraries `bin` needs, by `ldd`.
 fn libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let out = Command::new("ldd").arg(bin).output()?;
@@ -153,61 +243,16 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let dir = ws.join("target/qemu");
     std::fs::create_dir_all(&dir)?;
     let (vmlinuz, overlay) = kernel(&dir)?;
-    let initrd = dir.join("initrd");
-    if initrd.exists() {
-        crate::run(Command::new("rm").arg("-rf").arg(&initrd))?;
-    }
-    for d in ["bin", "proc", "sys", "dev", "tmp", "mnt"] {
-        std::fs::create_dir_all(initrd.join(d))?;
-    }
-    let busybox = which("busybox").context("busybox is missing")?;
-    std::fs::copy(&busybox, initrd.join("bin/busybox"))?;
-    std::fs::copy(&strata, initrd.join("bin/strata"))?;
-    for lib in libraries(&strata)? {
-        let to = initrd.join(lib.strip_prefix("/")?);
-        std::fs::create_dir_all(to.parent().expect("a library path has a parent"))?;
-        std::fs::copy(&lib, &to)?;
-    }
-    std::fs::copy(&overlay, initrd.join("overlay.ko"))?;
-    let mut init = String::from("#!/bin/busybox sh\n/bin/busybox --install -s /bin\n");
-    init.push_str(
-        "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n",
-    );
-    init.push_str("mount -t tmpfs tmp /tmp; insmod /overlay.ko\n");
+    let mut init = String::new();
     writeln!(init, "( {SCENARIO} ) 2>&1 || echo STRATA-QEMU-FAILED")?;
     init.push_str("poweroff -f\n");
-    let init_path = initrd.join("init");
-    std::fs::write(&init_path, init)?;
-    crate::run(Command::new("chmod").arg("755").arg(&init_path))?;
-    let image = dir.join("initrd.cpio.gz");
-    crate::run(Command::new("sh").arg("-c").arg(format!(
-        "cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}",
-        initrd.display(),
-        image.display()
-    )))?;
+    let image = initramfs(&dir, "initrd", &strata, &[overlay], &init)?;
     eprintln!(
         "booting {} under qemu (software emulation)",
         vmlinuz.display()
     );
     // Fifteen minutes; the scenario takes about three under TCG.
-    let out = Command::new("timeout")
-        .args([
-            "900",
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            "1024",
-            "-smp",
-            "2",
-        ])
-        .args(["-nographic", "-no-reboot", "-kernel"])
-        .arg(&vmlinuz)
-        .arg("-initrd")
-        .arg(&image)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+    let out = guest(&vmlinuz, &image, "900")
         .output()
         .context("run qemu")?;
     let console = String::from_utf8_lossy(&out.stdout);

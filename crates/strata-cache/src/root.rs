@@ -172,6 +172,16 @@ impl Drop for Root {
         if std::thread::panicking() {
             return;
         }
+        // "Closed cleanly" tells the next open to trust disk and rows
+        // without reconciling, so everything done on disk must be durable
+        // first: file removals made after a transaction (an ingest
+        // directory, a swept snapshot) are not, by themselves, and an
+        // fdatasync of the metadata file commits no file-system journal.
+        // A power cut found this (`cargo xtask powerloss`).
+        if let Err(e) = strata_sys::sync::syncfs(&self.path) {
+            tracing::warn!(root = %self.path.display(), error = %e, "could not sync the root's file system; the next open reconciles");
+            return;
+        }
         if let Err(e) = self.db.mark_closed() {
             tracing::warn!(root = %self.path.display(), error = %e, "could not mark the root closed; the next open reconciles");
         }
