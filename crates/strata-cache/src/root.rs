@@ -165,6 +165,30 @@ pub struct Root {
     _lock: FileLock,
 }
 
+impl Root {
+    /// Makes every directory whose entries change after a transaction
+    /// durable: removed ingest directories, swept blobs, snapshot
+    /// directories moved to `tmp/` and removed there.
+    fn settle(&self) -> Result<(), SysError> {
+        let content = self.path.join("content");
+        let mut dirs = vec![content.join("ingest")];
+        dirs.extend(
+            strata_core::Algorithm::ALL
+                .iter()
+                .map(|a| content.join("blobs").join(a.as_str())),
+        );
+        dirs.extend([
+            self.path.join("snapshots"),
+            self.tmp.clone(),
+            self.mounts.clone(),
+        ]);
+        for d in dirs.iter().filter(|d| d.is_dir()) {
+            strata_sys::sync::fsync_dir(d)?;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Root {
     fn drop(&mut self) {
         // A panic may have stopped work half-way: leave the root marked
@@ -175,11 +199,11 @@ impl Drop for Root {
         // "Closed cleanly" tells the next open to trust disk and rows
         // without reconciling, so everything done on disk must be durable
         // first: file removals made after a transaction (an ingest
-        // directory, a swept snapshot) are not, by themselves, and an
-        // fdatasync of the metadata file commits no file-system journal.
+        // directory, a swept blob or snapshot) are not, by themselves, and
+        // an fdatasync of the metadata file commits no file-system journal.
         // A power cut found this (`cargo xtask powerloss`).
-        if let Err(e) = strata_sys::sync::syncfs(&self.path) {
-            tracing::warn!(root = %self.path.display(), error = %e, "could not sync the root's file system; the next open reconciles");
+        if let Err(e) = self.settle() {
+            tracing::warn!(root = %self.path.display(), error = %e, "could not make the root's directories durable; the next open reconciles");
             return;
         }
         if let Err(e) = self.db.mark_closed() {
