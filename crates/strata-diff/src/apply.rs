@@ -502,7 +502,30 @@ impl Applier<'_> {
     }
 
     fn sys(&self, entry: &Path, e: SysError) -> ApplyError {
-        self.entry_error(entry, e)
+        match e {
+            SysError::Io { source, .. } if strata_sys::machine_fault(&source) => {
+                self.entry_failed(entry, source)
+            }
+            e => self.entry_error(entry, e),
+        }
+    }
+
+    /// An entry's data could not be written: the machine's fault when the
+    /// error says so, else the layer's (a truncated or corrupt stream).
+    fn data_error(&self, entry: &Path, e: io::Error) -> ApplyError {
+        if strata_sys::machine_fault(&e) {
+            self.entry_failed(entry, e)
+        } else {
+            self.entry_error(entry, e)
+        }
+    }
+
+    fn entry_failed(&self, entry: &Path, source: io::Error) -> ApplyError {
+        ApplyError::EntryFailed {
+            layer: self.opts.name.clone(),
+            entry: strata_sys::short_path(entry),
+            source,
+        }
     }
 
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ApplyError> {
@@ -623,7 +646,7 @@ impl Applier<'_> {
                     Some(map) => map.write(&mut entry, &mut file, &mut self.buf),
                     None => copy_sparse(&mut entry, &mut file, &mut self.buf),
                 }
-                .map_err(|e| self.entry_error(&shown, e))?;
+                .map_err(|e| self.data_error(&shown, e))?;
             }
             EntryType::Symlink => {
                 let target = entry

@@ -16,6 +16,15 @@ pub enum ApplyError {
         entry: String,
         reason: String,
     },
+    /// Writing an entry failed for a reason of the machine, not the layer
+    /// (no space left, a read-only or failing disk, too many open files).
+    #[error("layer {layer}: entry {entry:?}: {source}")]
+    EntryFailed {
+        layer: String,
+        entry: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The compressed bytes or the tar stream hash to another digest.
     #[error("layer {layer}: {what} mismatch: expected {expected}, got {actual}")]
     Mismatch {
@@ -71,7 +80,9 @@ impl Classify for ApplyError {
             ApplyError::NeedsMount { .. }
             | ApplyError::NeedsLowers { .. }
             | ApplyError::Cancelled { .. } => ErrorKind::FailedPrecondition,
-            ApplyError::Io { source, .. } => Classify::kind(source),
+            ApplyError::Io { source, .. } | ApplyError::EntryFailed { source, .. } => {
+                Classify::kind(source)
+            }
             ApplyError::Sys { source, .. } => source.kind(),
         }
     }

@@ -87,3 +87,21 @@ impl Classify for SysError {
         }
     }
 }
+
+/// True for failures that come from the machine, never from the data being
+/// written: the disk is full, over quota, read-only or failing, or the
+/// process is out of memory or file descriptors.
+pub fn machine_fault(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EROFS
+                | libc::EIO
+                | libc::ENOMEM
+                | libc::EMFILE
+                | libc::ENFILE
+        )
+    )
+}

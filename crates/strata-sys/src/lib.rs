@@ -26,7 +26,7 @@ mod path;
 mod root;
 pub mod sync;
 
-pub use error::{SysError, SysResult, short_path};
+pub use error::{SysError, SysResult, machine_fault, short_path};
 pub use path::{RelPath, clean};
 pub use root::{At, FileKind, Metadata, Root, Times};
 
