@@ -100,11 +100,7 @@ async fn child(dir: &Path, seed: u64) {
 /// every change to it was one committed transaction or none.
 fn check_before_repair(dir: &Path, round: usize) {
     let db = strata_metadata::MetaDb::open(&dir.join("meta.redb")).expect("open metadata");
-    let meta = db.check().unwrap();
-    assert!(
-        meta.is_empty(),
-        "round {round}: metadata before repair: {meta:?}"
-    );
+    crash::assert_none(round, "metadata before repair", &db.check().unwrap());
 }
 
 fn verify(dir: &Path, round: usize, rt: &tokio::runtime::Runtime) -> usize {

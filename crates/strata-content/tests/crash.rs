@@ -34,11 +34,7 @@ fn check_before_repair(dir: &Path, round: usize) {
         strata_metadata::LastClose::Clean,
     )
     .expect("open content without reconciling");
-    let meta = db.check().unwrap();
-    assert!(
-        meta.is_empty(),
-        "round {round}: metadata before repair: {meta:?}"
-    );
+    crash::assert_none(round, "metadata before repair", &db.check().unwrap());
     for v in cs.check(true).unwrap() {
         assert!(
             [

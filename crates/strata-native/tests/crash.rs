@@ -139,10 +139,7 @@ fn verify(dir: &Path, round: usize, rt: &tokio::runtime::Runtime) -> usize {
         .unwrap()
         .check()
         .unwrap();
-    assert!(
-        before.is_empty(),
-        "round {round}: metadata before repair: {before:?}"
-    );
+    crash::assert_none(round, "metadata before repair", &before);
     let (db, s) = open(dir);
     let meta = db.check().unwrap();
     assert!(meta.is_empty(), "round {round}: metadata check: {meta:?}");

@@ -138,6 +138,12 @@ impl Phase {
     }
 }
 
+/// Asserts that a check after the kill of `round` found nothing.
+#[track_caller]
+pub fn assert_none<T: std::fmt::Debug>(round: usize, check: &str, problems: &[T]) {
+    assert!(problems.is_empty(), "round {round}: {check}: {problems:?}");
+}
+
 /// The whole `main` of a crash test: the child's loop when this process is
 /// the child, else the parent's kill loop, aiming at each of `phases` in
 /// turn (the names the child passes to [`Phase::enter`]).

@@ -209,10 +209,7 @@ fn verify(dir: &Path, round: usize, backend: BackendChoice, rt: &tokio::runtime:
         .unwrap()
         .check()
         .unwrap();
-    assert!(
-        before.is_empty(),
-        "round {round}: metadata before repair: {before:?}"
-    );
+    crash::assert_none(round, "metadata before repair", &before);
     let mgr = open(dir, backend);
     let root = mgr.root();
     let problems: Vec<String> = root
