@@ -3,8 +3,9 @@
 //! of immutable refs), the seed's contracts for merge and snapshot diff,
 //! lazy leases materialised at create boundaries, import with dedupe
 //! (also concurrent and after a restart), export chains with compression
-//! variants, owner leases, collection with clean checks, durable metadata
-//! and search, the cache-mount pool. Needs root (mounts).
+//! variants, owner leases, collection with clean checks (also racing
+//! imports, exports and mounts in flight), durable metadata and search, the
+//! cache-mount pool. Needs root (mounts).
 
 mod common;
 
@@ -57,6 +58,7 @@ both_backends!(
     cache_mounts_share_one_mount,
     readers_stay_inside_the_ref,
     trees_as_deep_as_a_path_may_be_import_merge_and_export,
+    collection_never_takes_what_work_in_flight_uses,
 );
 
 fn lazy(mgr: &strata_cache::CacheManager) -> (OpCtx, Arc<LazyScope>) {
@@ -417,6 +419,110 @@ async fn concurrent_imports_unpack_each_layer_once(backend: &str) {
         mgr.metadata(&top).unwrap().unwrap().usage_count(),
         uses + 100
     );
+}
+
+/// A collector that never rests runs while six workers each import images
+/// (a layer of their own and one all share), build a ref on top through a
+/// writable mount, export its chain, read it back through a read-only mount
+/// and hand it to an owner lease. Nothing in flight is taken: every step
+/// succeeds, and afterwards every ref mounts with its files, every exported
+/// blob is there, and the checks are clean.
+async fn collection_never_takes_what_work_in_flight_uses(backend: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let e = env(backend);
+    let mgr = e.mgr.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = {
+        let (gc, stop) = (Arc::clone(&mgr.root().collector), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut runs = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                gc.collect(GcOptions::default()).expect("collect");
+                runs += 1;
+            }
+            runs
+        })
+    };
+    // The layer every worker shares, put once (one ingest reference).
+    let shared = put_layer(&mgr, &[dir("shared/"), file("shared/base", "everyone's")]);
+    let mut workers = Vec::new();
+    for w in 0..6u32 {
+        let (mgr, tmp, shared) = (mgr.clone(), e.dir.path().to_path_buf(), shared.clone());
+        workers.push(tokio::spawn(async move {
+            let mut made = Vec::new();
+            for round in 0..3u32 {
+                let (ctx, scope) = lazy(&mgr);
+                let own = format!("w{w}-{round}");
+                let layers = vec![
+                    shared.clone(),
+                    put_layer(&mgr, &[dir("own/"), file(&format!("own/{own}"), &own)]),
+                ];
+                let img = image(&mgr, &format!("example.com/{own}:1"), layers);
+                let top = mgr
+                    .import_image(&ctx, &img, &ImportOptions::default())
+                    .await
+                    .expect("import while collecting");
+                let m = mgr
+                    .new_ref(&ctx, Some(&top), &RefOptions::described(&own))
+                    .await
+                    .expect("new ref");
+                let rw = m.mount(&ctx, false).await.expect("mount rw");
+                with_mounted(&rw, &tmp, |p| {
+                    std::fs::write(p.join("built"), &own).unwrap()
+                });
+                drop(rw);
+                let r = m.commit(&ctx).await.expect("commit");
+                let chain = r
+                    .export_chain(&ctx, &RefConfig::default())
+                    .await
+                    .expect("export while collecting");
+                let ro = r.mount(&ctx).await.expect("mount ro");
+                let seen = with_mounted(&ro, &tmp, files);
+                drop(ro);
+                assert!(seen.contains(&("built".into(), own.clone())), "{seen:?}");
+                mgr.attach_lease(&strata_cache::ref_lease(r.id()), r.snapshot_id())
+                    .await
+                    .expect("attach owner lease");
+                let blobs: Vec<_> = chain
+                    .layers
+                    .iter()
+                    .map(|l| l.descriptor.digest.clone())
+                    .collect();
+                made.push((r.id().to_owned(), own, seen, blobs));
+                drop(r);
+                scope.release().expect("release the scope");
+            }
+            made
+        }));
+    }
+    let mut made = Vec::new();
+    for w in workers {
+        made.extend(w.await.unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let runs = collector.join().unwrap();
+    assert!(
+        runs >= 10,
+        "the collector ran only {runs} times alongside the work"
+    );
+    mgr.root().collector.collect(GcOptions::default()).unwrap();
+    let (ctx, _scope) = lazy(&mgr);
+    for (id, own, seen, blobs) in made {
+        let r = mgr
+            .get(&id, &RefOptions::default())
+            .await
+            .expect("an owned ref");
+        let ro = r.mount(&ctx).await.unwrap();
+        assert_eq!(with_mounted(&ro, e.dir.path(), files), seen, "{own}");
+        for d in blobs {
+            mgr.root()
+                .content
+                .info(&d)
+                .unwrap_or_else(|e| panic!("{own}: exported blob {d}: {e}"));
+        }
+    }
+    assert_clean(&mgr);
+    assert!(mgr.root().content.check(true).unwrap().is_empty());
 }
 
 async fn export_chain_and_variants(backend: &str) {
