@@ -195,32 +195,7 @@ fn usage_and_input_errors() {
 fn second_process_on_a_root_exits_4() {
     let env = env();
     // The first process holds the root while it waits for stdin.
-    let mut holder = env
-        .cmd(&["content", "ingest", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = holder.stdin.take().unwrap();
-    stdin.write_all(b"partial").unwrap();
-    stdin.flush().unwrap();
-    // The holder has the root once its ingest exists (it opens the root,
-    // takes the lock, then starts the ingest before reading stdin). Poll for
-    // that, bounded, before a second process tries the root.
-    let ingest = env.root.join("content/ingest");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !ingest.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-        assert!(
-            holder.try_wait().unwrap().is_none(),
-            "the holder exited early"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the holder never started its ingest"
-        );
-        std::thread::yield_now();
-    }
+    let (holder, stdin) = env.ingest_in_progress(b"partial");
     // Without waiting: exit 4 at once.
     let second = env
         .run(&["--lock-timeout", "0s", "content", "ls"])

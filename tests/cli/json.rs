@@ -5,9 +5,7 @@
 //! `docs/cli.md` documents, so a new command cannot slip past.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 use serde_json::Value;
 use strata_testkit::cli::Env;
@@ -81,29 +79,6 @@ fn sample_layout(dir: &Path) {
     layout.tag(&manifest, "1");
 }
 
-/// A partial ingest left by a process killed mid-stream; returns once the
-/// killed process is gone.
-fn leave_partial_ingest(env: &Env) {
-    let mut child = env
-        .cmd(&["content", "ingest", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"half a blob").unwrap();
-    stdin.flush().unwrap();
-    let ingest = env.root.join("content/ingest");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !ingest.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-        assert!(std::time::Instant::now() < deadline, "no ingest started");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 #[test]
 fn every_documented_json_shape_is_what_the_command_prints() {
     let env = Env::strata();
@@ -120,7 +95,10 @@ fn every_documented_json_shape_is_what_the_command_prints() {
     a.run("content ls", &[]);
     a.run("content info", &[&digest]);
     a.run("content label", &[&digest, "team=build"]);
-    leave_partial_ingest(&env);
+    // A partial ingest, left by a process killed mid-stream.
+    let (mut child, _stdin) = env.ingest_in_progress(b"half a blob");
+    child.kill().unwrap();
+    child.wait().unwrap();
     let active = a.run("content active", &[]);
     assert_eq!(active.as_array().unwrap().len(), 1, "{active}");
     a.run("content abort", &[active[0]["reference"].as_str().unwrap()]);

@@ -3,9 +3,11 @@
 //! `$STRATA_BIN` names, else the one Cargo builds for this test run (see
 //! [`strata`]), so it is never stale.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The `strata` binary under test. `$STRATA_BIN` when set (a release build,
 /// a binary copied into a VM); else `cargo build -p strata-cli --bin
@@ -114,6 +116,37 @@ impl Env {
     /// Runs `strata --root <root> ARGS...` to completion.
     pub fn run(&self, args: &[&str]) -> Run {
         finish(self.cmd(args).output().expect("run strata"))
+    }
+
+    /// Starts `strata content ingest -` with `bytes` on its stdin (left
+    /// open) and returns once its ingest exists, so the process holds the
+    /// root and a partial ingest is on disk. Closing the returned stdin lets
+    /// the ingest finish; killing the child leaves the partial ingest.
+    pub fn ingest_in_progress(&self, bytes: &[u8]) -> (Child, ChildStdin) {
+        let mut child = self
+            .cmd(&["content", "ingest", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start strata content ingest -");
+        let mut stdin = child.stdin.take().expect("the child's stdin");
+        stdin.write_all(bytes).expect("feed the ingest");
+        stdin.flush().expect("flush the ingest's input");
+        // The process opens the root, takes its lock, then starts the
+        // ingest before reading stdin: once the ingest exists, it holds the
+        // root. Bounded.
+        let ingest = self.root.join("content/ingest");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ingest.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            assert!(
+                child.try_wait().expect("poll the ingest").is_none(),
+                "the ingest exited early"
+            );
+            assert!(Instant::now() < deadline, "the ingest never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (child, stdin)
     }
 
     /// A path inside the test's temporary directory.
