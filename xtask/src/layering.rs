@@ -27,6 +27,7 @@ const FLOORS: &[(&str, Option<u8>)] = &[
     ("strata-cache", Some(40)),
     ("strata-cli", Some(50)),
     ("strata-testkit", None),
+    ("strata-fault-shim", None),
     ("xtask", Some(50)),
 ];
 

@@ -17,32 +17,45 @@ use std::time::{Duration, Instant};
 pub fn strata() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("STRATA_BIN") {
-            return PathBuf::from(bin);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "strata-cli",
-                "--bin",
-                "strata",
-                "--message-format=json",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build for the strata binary");
-        assert!(out.status.success(), "cargo build -p strata-cli failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "strata")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported no strata executable")
+        std::env::var_os("STRATA_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| built("strata-cli", "strata"))
     })
+}
+
+/// The fault-injecting `LD_PRELOAD` library (the `strata-fault-shim`
+/// crate), built by Cargo once per test process. See [`Env::run_faulty`].
+pub fn fault_shim() -> &'static Path {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(|| built("strata-fault-shim", "strata_fault_shim"))
+}
+
+/// Builds `package` and returns the file Cargo made for its target
+/// `target`: the executable of a binary, the shared object of a cdylib.
+fn built(package: &str, target: &str) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--message-format=json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build");
+    assert!(out.status.success(), "cargo build -p {package} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == target)
+        .find_map(|m| {
+            m["executable"].as_str().map(PathBuf::from).or_else(|| {
+                m["filenames"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|f| f.as_str())
+                    .find(|f| f.ends_with(".so"))
+                    .map(PathBuf::from)
+            })
+        })
+        .unwrap_or_else(|| panic!("cargo reported no file for {package}'s {target}"))
 }
 
 /// A fresh state root in a temporary directory.
@@ -147,6 +160,28 @@ impl Env {
             std::thread::sleep(Duration::from_millis(5));
         }
         (child, stdin)
+    }
+
+    /// Runs `strata --root <root> ARGS...` with the fault shim preloaded
+    /// and `plan` as its `STRATA_FAULTS` (see the `strata-fault-shim`
+    /// crate: `CALL:PATH-SUBSTRING[:AFTER[:ERRNO]]`, `;`-separated).
+    /// Returns the run and the faults the shim injected, one line each.
+    pub fn run_faulty(&self, plan: &str, args: &[&str]) -> (Run, Vec<String>) {
+        let log = self.path("faults.log");
+        let _ = std::fs::remove_file(&log);
+        let out = self
+            .cmd(args)
+            .env("LD_PRELOAD", fault_shim())
+            .env("STRATA_FAULTS", plan)
+            .env("STRATA_FAULTS_LOG", &log)
+            .output()
+            .expect("run strata");
+        let injected = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        (finish(out), injected)
     }
 
     /// A path inside the test's temporary directory.
