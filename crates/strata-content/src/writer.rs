@@ -338,6 +338,7 @@ impl Writer {
         self.finished = true;
         if let Err(e) = remove_dir(&inner.ingest_dir(&self.id)) {
             // Swept at the next open; the commit itself is durable.
+            inner.db.leave_for_next_open();
             tracing::debug!(error = %e, "leaving an empty ingest directory");
         }
         Ok(actual)

@@ -456,6 +456,7 @@ impl Collector {
         };
         for s in &self.stores {
             if let Err(e) = s.remove(&swept, &done) {
+                self.db.leave_for_next_open();
                 tracing::warn!(error = %e, "a store could not remove swept files; they go at its next open");
                 failure.get_or_insert(e);
             }

@@ -18,6 +18,8 @@ mod tx;
 use redb::ReadableDatabase as _;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use strata_core::{Classify, ErrorKind};
 
@@ -44,6 +46,10 @@ pub enum MetaError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// A transaction refused because an earlier commit failed (the
+    /// database must be opened again).
+    #[error("metadata {op}: refused after an earlier commit failed ({first})")]
+    Refused { op: &'static str, first: String },
     /// The file was written by a newer Strata.
     #[error(
         "metadata {} has schema version {found}, newer than the {supported} this strata supports; upgrade strata",
@@ -104,7 +110,19 @@ const OPEN_ROW: &str = "open";
 pub struct MetaDb {
     db: redb::Database,
     path: PathBuf,
+    /// Set when a store left files for the next open to reconcile.
+    unsettled: AtomicBool,
+    /// The first commit that failed: redb refuses every write after it,
+    /// and those refusals say what it was.
+    failed: FirstFailure,
+    /// Dropped after the database closes (fields drop in order): the
+    /// owner's lock on the root, so no other process gets the root while
+    /// this file is still open.
+    guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
+
+/// The first failed commit of a database, shared with its transactions.
+pub(crate) type FirstFailure = Arc<OnceLock<String>>;
 
 impl std::fmt::Debug for MetaDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,6 +138,17 @@ impl MetaDb {
         schema::open(path, SCHEMA_VERSION, schema::MIGRATIONS)
     }
 
+    /// [`MetaDb::open`], keeping `guard` (a lock on what the file belongs
+    /// to) until the database has closed, however long something holds it.
+    pub fn open_holding(
+        path: &Path,
+        guard: impl std::any::Any + Send + Sync,
+    ) -> Result<MetaDb, MetaError> {
+        let mut db = MetaDb::open(path)?;
+        db.guard = Some(Box::new(guard));
+        Ok(db)
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -130,7 +159,7 @@ impl MetaDb {
         let tx = self
             .db
             .begin_read()
-            .map_err(|e| MetaError::storage("begin read", e))?;
+            .map_err(|e| self.refused("begin read", e))?;
         Ok(ReadTx::new(tx))
     }
 
@@ -140,8 +169,32 @@ impl MetaDb {
         let tx = self
             .db
             .begin_write()
-            .map_err(|e| MetaError::storage("begin write", e))?;
-        Ok(WriteTx::new(tx))
+            .map_err(|e| self.refused("begin write", e))?;
+        Ok(WriteTx::new(tx, Arc::clone(&self.failed)))
+    }
+
+    /// A transaction redb would not start: after a failed commit it
+    /// refuses all, which says why.
+    fn refused(&self, op: &'static str, e: redb::TransactionError) -> MetaError {
+        let previous = matches!(
+            e,
+            redb::TransactionError::Storage(redb::StorageError::PreviousIo)
+        );
+        if !previous {
+            return MetaError::storage(op, e);
+        }
+        // The failed commit's own thread records it just after redb lets
+        // the next writer in: give it a moment.
+        for _ in 0..50 {
+            if let Some(first) = self.failed.get() {
+                return MetaError::Refused {
+                    op,
+                    first: first.clone(),
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        MetaError::storage(op, e)
     }
 
     /// How the root was last closed ([`MetaDb::mark_open`] and
@@ -161,8 +214,22 @@ impl MetaDb {
         tx.commit()
     }
 
-    /// Records a clean close (everything the owner did is settled).
+    /// Says that a store left files behind for the next open to reconcile
+    /// (a removal that failed after its transaction): the root must not be
+    /// marked closed cleanly, or the next open would trust its rows and
+    /// never sweep them.
+    pub fn leave_for_next_open(&self) {
+        self.unsettled.store(true, Ordering::SeqCst);
+    }
+
+    /// Records a clean close (everything the owner did is settled), unless
+    /// a store left files for the next open ([`MetaDb::leave_for_next_open`]):
+    /// then the root stays marked open.
     pub fn mark_closed(&self) -> Result<(), MetaError> {
+        if self.unsettled.load(Ordering::SeqCst) {
+            tracing::info!(path = %self.path.display(), "files were left for the next open; the root stays marked open");
+            return Ok(());
+        }
         let tx = self.write()?;
         tx.set_meta(OPEN_ROW, 0)?;
         tx.commit()

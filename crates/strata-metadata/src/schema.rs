@@ -1,8 +1,8 @@
 //! Schema version and migrations. The `meta` table's `schema_version` row
-//! says which layout a file has. Opening creates every table, writes the
-//! version into a new file, runs the migrations from an older version in one
-//! write transaction (so a crash leaves the old version intact), and refuses
-//! a newer version with an error naming both.
+//! says which layout a file has. A new file is built whole beside its name
+//! and renamed into place; opening creates every table, runs the migrations
+//! from an older version in one write transaction (so a crash leaves the old
+//! version intact), and refuses a newer version with an error naming both.
 
 use std::path::Path;
 
@@ -43,13 +43,63 @@ pub(crate) fn open(
     version: u32,
     migrations: &[Migration],
 ) -> Result<MetaDb, MetaError> {
-    let db = redb::Database::create(path).map_err(|e| MetaError::Database {
+    if !path.exists() {
+        create(path, version)?;
+    }
+    let db = redb::Database::create(path).map_err(|e| database(path, e))?;
+    prepare(&db, path, version, migrations)?;
+    Ok(MetaDb {
+        db,
+        path: path.to_path_buf(),
+        unsettled: Default::default(),
+        failed: Default::default(),
+        guard: None,
+    })
+}
+
+fn database(path: &Path, e: impl Into<redb::Error>) -> MetaError {
+    MetaError::Database {
         path: path.to_path_buf(),
         source: Box::new(e.into()),
-    })?;
+    }
+}
+
+/// Makes a new database at `path` whole or not at all: it is built beside
+/// (`meta.redb.new`, tables and version written, synced), then renamed into
+/// place and the directory synced. A creation cut short (a failed fsync, a
+/// power cut) leaves no half-made file under the real name that would
+/// refuse every later open; its leftover is replaced by the next attempt.
+fn create(path: &Path, version: u32) -> Result<(), MetaError> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    let fresh = path.with_file_name(name);
+    match std::fs::remove_file(&fresh) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(database(&fresh, e)),
+        _ => {}
+    }
+    {
+        let db = redb::Database::create(&fresh).map_err(|e| database(&fresh, e))?;
+        prepare(&db, &fresh, version, &[])?;
+    }
+    std::fs::rename(&fresh, path).map_err(|e| database(path, e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| database(dir, e))
+}
+
+/// Creates every table, migrates an older schema in one write
+/// transaction, refuses a newer one, and records the version.
+fn prepare(
+    db: &redb::Database,
+    path: &Path,
+    version: u32,
+    migrations: &[Migration],
+) -> Result<(), MetaError> {
     let tx = WriteTx::new(
         db.begin_write()
             .map_err(|e| MetaError::storage("begin write", e))?,
+        Default::default(),
     );
     for name in TABLES {
         tx.raw()
@@ -87,11 +137,7 @@ pub(crate) fn open(
         }
     }
     tx.set_meta(VERSION_ROW, u64::from(version))?;
-    tx.commit()?;
-    Ok(MetaDb {
-        db,
-        path: path.to_path_buf(),
-    })
+    tx.commit()
 }
 
 #[cfg(test)]
@@ -107,6 +153,41 @@ mod tests {
             updated: 1,
             labels: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_new_file_is_built_beside_its_name_and_replaces_a_leftover() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        // What a creation cut short leaves: not a database.
+        std::fs::write(dir.path().join("meta.redb.new"), b"half made").unwrap();
+        let db = MetaDb::open(&path).unwrap();
+        assert_eq!(
+            db.read().unwrap().meta(VERSION_ROW).unwrap(),
+            Some(u64::from(SCHEMA_VERSION))
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["meta.redb"], "the leftover went");
+    }
+
+    #[test]
+    fn files_left_for_the_next_open_keep_the_root_marked_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let db = MetaDb::open(&path).unwrap();
+            db.mark_open().unwrap();
+            db.mark_closed().unwrap();
+            assert_eq!(db.last_close().unwrap(), crate::LastClose::Clean);
+            db.mark_open().unwrap();
+            db.leave_for_next_open();
+            db.mark_closed().unwrap();
+        }
+        let db = MetaDb::open(&path).unwrap();
+        assert_eq!(db.last_close().unwrap(), crate::LastClose::Unclean);
     }
 
     #[test]

@@ -196,6 +196,7 @@ impl ReadTx {
 /// Dropping it without [`WriteTx::commit`] discards the changes.
 pub struct WriteTx {
     tx: redb::WriteTransaction,
+    failed: crate::FirstFailure,
 }
 
 impl std::fmt::Debug for WriteTx {
@@ -205,8 +206,8 @@ impl std::fmt::Debug for WriteTx {
 }
 
 impl WriteTx {
-    pub(crate) fn new(tx: redb::WriteTransaction) -> Self {
-        WriteTx { tx }
+    pub(crate) fn new(tx: redb::WriteTransaction, failed: crate::FirstFailure) -> Self {
+        WriteTx { tx, failed }
     }
 
     fn open(
@@ -311,9 +312,12 @@ impl WriteTx {
 
     /// Commits durably.
     pub fn commit(self) -> Result<(), MetaError> {
-        self.tx
-            .commit()
-            .map_err(|e| MetaError::storage("commit", e))
+        self.tx.commit().map_err(|e| {
+            let e = MetaError::storage("commit", e);
+            // Only the first is kept: later ones are its consequences.
+            let _ = self.failed.set(e.to_string());
+            e
+        })
     }
 
     pub(crate) fn raw(&self) -> &redb::WriteTransaction {

@@ -162,6 +162,7 @@ impl Inner {
         match strata_sys::Root::open(&self.tmp).and_then(|r| r.remove_all(Path::new(name))) {
             Ok(_) => {}
             Err(e) => {
+                self.db.leave_for_next_open();
                 tracing::warn!(path = %path.display(), error = %e, "leaving a staging directory for the next open")
             }
         }
@@ -173,6 +174,7 @@ impl Inner {
         match fs::rename(self.dir(id), &trash) {
             Ok(()) => self.discard(&trash),
             Err(e) => {
+                self.db.leave_for_next_open();
                 tracing::warn!(id, error = %e, "leaving a snapshot directory for the next open")
             }
         }
