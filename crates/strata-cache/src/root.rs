@@ -162,7 +162,6 @@ pub struct Root {
     /// How the root was closed before this open: after a clean close the
     /// stores trust their rows and skip reconciliation.
     pub last_close: LastClose,
-    _lock: FileLock,
 }
 
 impl Root {
@@ -336,7 +335,11 @@ impl Root {
         let root_dir = strata_sys::Root::open(&path)?;
         empty_scratch(&root_dir, &path, "tmp")?;
         empty_scratch(&root_dir, &path, "mounts")?;
-        let db = Arc::new(MetaDb::open(&path.join("meta.redb"))?);
+        // The root's lock goes with the metadata file: it is released only
+        // once the database has closed, whatever still holds it then (a
+        // background collection, a task finishing), so the next process
+        // never finds the file open.
+        let db = Arc::new(MetaDb::open_holding(&path.join("meta.redb"), lock)?);
         let last_close = db.last_close()?;
         db.mark_open()?;
         let content = ContentStore::open_after(&path.join("content"), Arc::clone(&db), last_close)?;
@@ -371,7 +374,6 @@ impl Root {
             collector,
             backend,
             last_close,
-            _lock: lock,
         })
     }
 }
