@@ -65,6 +65,18 @@ pub enum CacheError {
     /// An image could not be read, fetched or written.
     #[error(transparent)]
     Oci(#[from] strata_oci::OciError),
+    /// A store or the machine failed while the manager worked on refs:
+    /// what it was doing and to which, then the failure.
+    #[error("{op} {subject}: {source}")]
+    During {
+        /// What the manager was doing (`commit`, `merge`, `diff`).
+        op: &'static str,
+        /// The ref, or the refs, it was doing it to.
+        subject: String,
+        /// What failed.
+        #[source]
+        source: Box<CacheError>,
+    },
 }
 
 impl CacheError {
@@ -72,6 +84,28 @@ impl CacheError {
         CacheError::Invalid {
             id: id.to_owned(),
             reason: reason.into(),
+        }
+    }
+
+    /// Says what was being done to `subject` (a ref, or the refs merged)
+    /// in a failure that does not name its ref already (the three
+    /// sentinels do).
+    pub(crate) fn during(
+        op: &'static str,
+        subject: impl Into<String>,
+    ) -> impl FnOnce(CacheError) -> CacheError {
+        let subject = subject.into();
+        move |e| match e {
+            CacheError::NotFound(_)
+            | CacheError::Invalid { .. }
+            | CacheError::Locked(_)
+            | CacheError::Cancelled
+            | CacheError::During { .. } => e,
+            other => CacheError::During {
+                op,
+                subject,
+                source: Box::new(other),
+            },
         }
     }
 
@@ -97,6 +131,7 @@ impl Classify for CacheError {
             CacheError::Io { source, .. } => Classify::kind(source),
             CacheError::Sys(e) => e.kind(),
             CacheError::Oci(e) => e.kind(),
+            CacheError::During { source, .. } => source.kind(),
         }
     }
 }

@@ -152,12 +152,12 @@ impl CacheManager {
     ) -> Result<NamedImage> {
         validate_name(name)?;
         let lease = image_lease(name);
-        let lm = &self.root().leases;
-        match lm.delete(&lease) {
-            Ok(()) => {}
-            Err(e) if strata_core::Classify::is_not_found(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let _one = self.inner.owner_locks.lock(&lease).await;
+        let mut held = match top {
+            Some(top) => self.chain_resources(top.snapshot_id()).await?,
+            None => Vec::new(),
+        };
+        held.extend(image.blobs().map(|d| Resource::content(&d.digest)));
         let labels = Labels::from([
             (
                 lease_labels::GC_FLAT.to_owned(),
@@ -179,17 +179,28 @@ impl CacheManager {
             ),
             (SOURCE_LABEL.to_owned(), source.chars().take(1024).collect()),
         ]);
-        lm.create(LeaseSpec {
-            id: Some(lease.clone()),
-            labels,
-            expire: None,
-        })?;
-        if let Some(top) = top {
-            self.attach_lease(&lease, top.snapshot_id()).await?;
+        // The old name goes and the new one comes whole in one
+        // transaction: no crash leaves the name missing, or naming an image
+        // whose blobs nothing holds.
+        let lm = &self.root().leases;
+        let tx = self.root().db.write()?;
+        match lm.delete_in(&tx, &lease) {
+            Ok(()) => {}
+            Err(e) if strata_core::Classify::is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
         }
-        for desc in image.blobs() {
-            lm.add_resource(&lease, &Resource::content(&desc.digest))?;
+        lm.create_in(
+            &tx,
+            LeaseSpec {
+                id: Some(lease.clone()),
+                labels,
+                expire: None,
+            },
+        )?;
+        for r in &held {
+            lm.add_resource_in(&tx, &lease, r)?;
         }
+        tx.commit()?;
         self.image(name)
     }
 

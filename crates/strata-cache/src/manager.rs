@@ -431,7 +431,12 @@ impl CacheManager {
             }
             many => {
                 let diffs: Vec<Diff> = many.iter().map(|p| Diff::whole(p.snapshot_id())).collect();
-                Ok(Some(self.merge_into(ctx, &diffs, opts).await?))
+                let ids: Vec<&str> = many.iter().map(|p| p.id()).collect();
+                Ok(Some(
+                    self.merge_into(ctx, &diffs, opts)
+                        .await
+                        .map_err(CacheError::during("merge", ids.join(", ")))?,
+                ))
             }
         }
     }
@@ -465,7 +470,12 @@ impl CacheManager {
                 comparison: Comparison::ContentOnMetadataMatch,
             }],
         };
-        Ok(Some(self.merge_into(ctx, &diffs, opts).await?))
+        let subject = format!("{} to {}", lower.id(), upper.map_or("nothing", |u| u.id()));
+        Ok(Some(
+            self.merge_into(ctx, &diffs, opts)
+                .await
+                .map_err(CacheError::during("diff", subject))?,
+        ))
     }
 
     /// Digests of the blobs recorded against snapshot `sid`.

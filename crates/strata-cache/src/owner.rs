@@ -125,7 +125,8 @@ impl CacheManager {
     }
 
     /// Makes (or extends) the flat lease `lease_id` hold snapshot `sid`,
-    /// every ancestor and their recorded blobs.
+    /// every ancestor and their recorded blobs, in one transaction (no
+    /// crash leaves it holding part of the chain).
     #[tracing::instrument(skip_all, fields(lease = lease_id, snapshot = sid))]
     pub async fn attach_lease(&self, lease_id: &str, sid: &str) -> Result<()> {
         if lease_id.is_empty() {
@@ -138,8 +139,36 @@ impl CacheManager {
             return Err(CacheError::invalid(sid, "attach lease: empty snapshot id"));
         }
         let _one = self.inner.owner_locks.lock(lease_id).await;
+        let held = self.chain_resources(sid).await?;
+        let lm = &self.root().leases;
+        let tx = self.root().db.write()?;
+        match lm.create_in(
+            &tx,
+            LeaseSpec {
+                id: Some(lease_id.to_owned()),
+                labels: Labels::from([(
+                    lease_labels::GC_FLAT.to_owned(),
+                    lease_labels::format_time(SystemTime::now()),
+                )]),
+                expire: None,
+            },
+        ) {
+            Ok(_) => {}
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => return Err(e.into()),
+        }
+        for r in &held {
+            lm.add_resource_in(&tx, lease_id, r)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What holding snapshot `sid` takes: it, every ancestor, and the blobs
+    /// recorded for each. NotFound names a missing snapshot.
+    pub(crate) async fn chain_resources(&self, sid: &str) -> Result<Vec<Resource>> {
         let sn = &self.root().snapshots;
-        let mut chain = Vec::new();
+        let mut held = Vec::new();
         let mut next = Some(sid.to_owned());
         while let Some(key) = next {
             let info = match sn.stat(&key).await {
@@ -148,28 +177,10 @@ impl CacheManager {
                 Err(e) => return Err(e.into()),
             };
             next = info.parent.clone();
-            chain.push(key);
+            held.push(self.snapshot_resource(&key));
+            held.extend(self.recorded_content(&key)?.iter().map(Resource::content));
         }
-        let lm = &self.root().leases;
-        match lm.create(LeaseSpec {
-            id: Some(lease_id.to_owned()),
-            labels: Labels::from([(
-                lease_labels::GC_FLAT.to_owned(),
-                lease_labels::format_time(SystemTime::now()),
-            )]),
-            expire: None,
-        }) {
-            Ok(_) => {}
-            Err(e) if e.is_already_exists() => {}
-            Err(e) => return Err(e.into()),
-        }
-        for key in &chain {
-            lm.add_resource(lease_id, &self.snapshot_resource(key))?;
-            for d in self.recorded_content(key)? {
-                lm.add_resource(lease_id, &Resource::content(&d))?;
-            }
-        }
-        Ok(())
+        Ok(held)
     }
 
     /// Deletes owner lease `lease_id` (missing is fine) and forgets it.

@@ -311,6 +311,12 @@ impl MutableRef {
     }
 
     async fn commit_labels(&self, ctx: &OpCtx, labels: Labels) -> Result<ImmutableRef> {
+        self.commit_as_new(ctx, labels)
+            .await
+            .map_err(CacheError::during("commit", self.id()))
+    }
+
+    async fn commit_as_new(&self, ctx: &OpCtx, labels: Labels) -> Result<ImmutableRef> {
         self.check()?;
         let mgr = &self.mgr;
         let root = mgr.root();

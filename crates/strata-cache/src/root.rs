@@ -111,6 +111,32 @@ pub enum OpenError {
     /// Leftover leases could not be dropped.
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// One of the above, naming the root it happened in.
+    #[error("open root {}: {source}", path.display())]
+    Store {
+        /// The root.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: Box<OpenError>,
+    },
+}
+
+impl OpenError {
+    /// Names the root in a store's failure, which does not name it.
+    fn in_root(self, path: &Path) -> OpenError {
+        match self {
+            e @ (OpenError::Sys(_)
+            | OpenError::Meta(_)
+            | OpenError::Content(_)
+            | OpenError::Snapshot(_)
+            | OpenError::Lease(_)) => OpenError::Store {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            },
+            e => e,
+        }
+    }
 }
 
 impl Classify for OpenError {
@@ -122,6 +148,7 @@ impl Classify for OpenError {
             OpenError::BackendMismatch { .. } => ErrorKind::FailedPrecondition,
             OpenError::Sys(e) => e.kind(),
             OpenError::Meta(e) => e.kind(),
+            OpenError::Store { source, .. } => source.kind(),
             OpenError::Content(e) => e.kind(),
             OpenError::Snapshot(e) => e.kind(),
             OpenError::Lease(e) => e.kind(),
@@ -318,6 +345,10 @@ impl Root {
             Some(p) => p.clone(),
             None => default_root()?,
         };
+        Root::open_at(path.clone(), opts).map_err(|e| e.in_root(&path))
+    }
+
+    fn open_at(path: PathBuf, opts: &RootOptions) -> Result<Root, OpenError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

@@ -277,16 +277,20 @@ fn ingest(root: &Root, args: IngestArgs, hold: &Hold<'_>, out: &Output) -> anyho
     // The digest (and so the default lease's name) is known only at the
     // end: a temporary lease holds the blob from the transaction that
     // records it until the object's own lease does.
-    let (ctx, guard) = strata_leases::with_lease(&OpCtx::new(), &root.leases)?;
-    let got = root.content.under(&ctx).ingest(
-        &reference,
-        reader,
-        args.size,
-        expected.as_ref(),
-        &labels,
-    )?;
-    hold.attach(&default_lease(&got.digest), &Resource::content(&got.digest))?;
-    guard.release()?;
+    let got = (|| -> anyhow::Result<_> {
+        let (ctx, guard) = strata_leases::with_lease(&OpCtx::new(), &root.leases)?;
+        let got = root.content.under(&ctx).ingest(
+            &reference,
+            reader,
+            args.size,
+            expected.as_ref(),
+            &labels,
+        )?;
+        hold.attach(&default_lease(&got.digest), &Resource::content(&got.digest))?;
+        guard.release()?;
+        Ok(got)
+    })()
+    .with_context(|| format!("ingest {reference}"))?;
     if got.already_existed && !labels.is_empty() {
         // The blob was there already; the labels asked for still apply.
         let mut info = root.content.info(&got.digest)?;

@@ -7,6 +7,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use strata_cache::{
@@ -230,17 +231,24 @@ async fn run_async(
 ) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::Import { source, opts } => {
-            import(mgr, &Location::parse(&source)?, &opts, lease, out).await
+            import(mgr, &Location::parse(&source)?, &opts, lease, out)
+                .await
+                .with_context(|| format!("import {source}"))
         }
         ImageCmd::Pull { reference, opts } => {
             let reference = reference
                 .strip_prefix("docker://")
                 .unwrap_or(&reference)
                 .to_owned();
-            import(mgr, &Location::Registry { reference }, &opts, lease, out).await
+            let location = Location::Registry { reference };
+            import(mgr, &location, &opts, lease, out)
+                .await
+                .with_context(|| format!("pull {location}"))
         }
         ImageCmd::Export { image, dest, opts } => {
-            export(mgr, &image, &Location::parse(&dest)?, &opts, lease, out).await
+            export(mgr, &image, &Location::parse(&dest)?, &opts, lease, out)
+                .await
+                .with_context(|| format!("export {image} to {dest}"))
         }
         ImageCmd::Push {
             image,
@@ -251,15 +259,10 @@ async fn run_async(
                 .strip_prefix("docker://")
                 .unwrap_or(&target)
                 .to_owned();
-            export(
-                mgr,
-                &image,
-                &Location::Registry { reference },
-                &opts,
-                lease,
-                out,
-            )
-            .await
+            let location = Location::Registry { reference };
+            export(mgr, &image, &location, &opts, lease, out)
+                .await
+                .with_context(|| format!("push {image} to {location}"))
         }
         ImageCmd::Ls => {
             let images = mgr.images()?;

@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
 use strata_core::{ErrorKind, Filter, Labels};
@@ -111,7 +112,7 @@ impl<'a> Hold<'a> {
 
     /// Holds `r` in the `--lease` lease, or in the default lease `default`.
     pub fn attach(&self, default: &str, r: &Resource) -> Result<(), LeaseError> {
-        self.leases.add_resource(&self.lease(default)?, r)
+        self.leases.hold(self.explicit.unwrap_or(default), r)
     }
 
     /// Lets go of `r`: out of the `--lease` lease, or the default lease
@@ -258,7 +259,7 @@ pub fn gc(root: &Root, args: &GcArgs, out: &Output) -> anyhow::Result<ExitCode> 
         },
     );
     drop(bars);
-    let report = report?;
+    let report = report.with_context(|| format!("collect in {}", root.path.display()))?;
     let s = &report.swept;
     let removed = RemovedJson {
         content: s.content.clone(),

@@ -116,9 +116,12 @@ pub fn one_line(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
         let text = cause.to_string();
-        // thiserror's transparent wrappers repeat their source; skip repeats.
-        if parts.last().is_none_or(|last| !last.contains(&text)) {
-            parts.push(text);
+        // thiserror's wrappers repeat their source (skip it); a context
+        // may repeat the start of what it wraps (keep the longer).
+        match parts.last_mut() {
+            Some(last) if last.contains(&text) => {}
+            Some(last) if text.starts_with(last.as_str()) => *last = text,
+            _ => parts.push(text),
         }
     }
     parts.join(": ")
@@ -163,6 +166,21 @@ mod tests {
         assert_eq!(size(0), "0 B");
         assert_eq!(size(1536), "1.5 KiB");
         assert_eq!(size(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("ingest file:/x: {0}")]
+        struct Ingest(#[source] std::io::Error);
+        let io = std::io::Error::other("fsync /p: Input/output error");
+        let err = anyhow::Error::new(Ingest(io)).context("ingest file:/x");
+        assert_eq!(
+            one_line(&err),
+            "ingest file:/x: fsync /p: Input/output error"
+        );
+        let err = anyhow::anyhow!("EIO").context("read a").context("ingest b");
+        assert_eq!(one_line(&err), "ingest b: read a: EIO");
     }
 
     #[test]

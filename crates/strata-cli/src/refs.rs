@@ -8,6 +8,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use strata_cache::{
@@ -302,7 +303,24 @@ pub fn run(
     lease: Option<&str>,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    block_on(run_async(mgr, cmd, lease, out))??;
+    // What a change was doing, for its error (the manager's own errors
+    // say the same, and the shared start is said once).
+    let doing = match &cmd {
+        RefCmd::New { parent, .. } => Some(match parent {
+            Some(p) => format!("new ref on {p}"),
+            None => "new ref".to_owned(),
+        }),
+        RefCmd::Commit { id } => Some(format!("commit {id}")),
+        RefCmd::Merge { ids, .. } => Some(format!("merge {}", ids.join(", "))),
+        RefCmd::Diff { lower, upper, .. } => Some(format!("diff {lower} to {upper}")),
+        RefCmd::Rm { ids } => Some(format!("remove {}", ids.join(", "))),
+        RefCmd::Ls { .. } | RefCmd::Info { .. } => None,
+    };
+    let done = block_on(run_async(mgr, cmd, lease, out))?;
+    match doing {
+        Some(doing) => done.context(doing)?,
+        None => done?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -55,6 +55,22 @@ pub enum ContentError {
         #[source]
         source: std::io::Error,
     },
+    /// Starting or writing an ingest failed on the machine or in the
+    /// metadata store.
+    #[error("ingest {reference}: {source}")]
+    Ingest {
+        reference: String,
+        #[source]
+        source: Box<ContentError>,
+    },
+    /// Recording a committed blob failed (the data went back to its
+    /// ingest).
+    #[error("commit {digest}: {source}")]
+    Commit {
+        digest: Digest,
+        #[source]
+        source: Box<ContentError>,
+    },
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] strata_metadata::MetaError),
@@ -87,6 +103,9 @@ impl Classify for ContentError {
             | ContentError::Invalid(_) => ErrorKind::Invalid,
             ContentError::ExpectationConflict { .. } | ContentError::Finished(_) => {
                 ErrorKind::FailedPrecondition
+            }
+            ContentError::Commit { source, .. } | ContentError::Ingest { source, .. } => {
+                source.kind()
             }
             ContentError::Io { source, .. } => Classify::kind(source),
             ContentError::Meta(e) => e.kind(),

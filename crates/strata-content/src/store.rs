@@ -453,8 +453,15 @@ impl ContentStore {
             expected_size,
             expected,
         )
-        .inspect_err(|_| {
+        .map_err(|e| {
             self.inner.release(reference);
+            match e {
+                e @ (ContentError::Meta(_) | ContentError::Io { .. }) => ContentError::Ingest {
+                    reference: reference.to_owned(),
+                    source: Box::new(e),
+                },
+                e => e,
+            }
         })
     }
 

@@ -171,7 +171,10 @@ impl Writer {
     }
 
     fn io(&self, op: &'static str, e: io::Error) -> ContentError {
-        ContentError::io(op, self.data_path(), e)
+        ContentError::Ingest {
+            reference: self.reference.clone(),
+            source: Box::new(ContentError::io(op, self.data_path(), e)),
+        }
     }
 
     /// Restores the digest and offset from the first `limit` bytes on disk
@@ -333,7 +336,10 @@ impl Writer {
             if let Err(undo) = fs::rename(&blob, &data) {
                 tracing::error!(blob = %blob.display(), error = %undo, "could not return uncommitted blob to its ingest");
             }
-            return Err(e);
+            return Err(ContentError::Commit {
+                digest: actual,
+                source: Box::new(e),
+            });
         }
         self.finished = true;
         if let Err(e) = remove_dir(&inner.ingest_dir(&self.id)) {

@@ -27,6 +27,26 @@ pub enum LeaseError {
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] strata_metadata::MetaError),
+    /// The metadata store failed while a lease was changed.
+    #[error("lease {lease:?}: {source}")]
+    Store {
+        lease: String,
+        #[source]
+        source: strata_metadata::MetaError,
+    },
+}
+
+impl LeaseError {
+    /// Names `lease` in a metadata failure, which does not name it.
+    pub(crate) fn at(lease: &str) -> impl FnOnce(LeaseError) -> LeaseError + '_ {
+        move |e| match e {
+            LeaseError::Meta(source) => LeaseError::Store {
+                lease: lease.to_owned(),
+                source,
+            },
+            e => e,
+        }
+    }
 }
 
 impl Classify for LeaseError {
@@ -37,7 +57,7 @@ impl Classify for LeaseError {
             LeaseError::Invalid(_) => ErrorKind::Invalid,
             LeaseError::Released | LeaseError::Cancelled => ErrorKind::FailedPrecondition,
             LeaseError::Collect { .. } => ErrorKind::Internal,
-            LeaseError::Meta(e) => e.kind(),
+            LeaseError::Meta(e) | LeaseError::Store { source: e, .. } => e.kind(),
         }
     }
 }

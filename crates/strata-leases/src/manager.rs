@@ -171,6 +171,22 @@ impl LeaseManager {
 
     /// Creates a lease.
     pub fn create(&self, spec: LeaseSpec) -> Result<Lease, LeaseError> {
+        let id = spec.id.clone().unwrap_or_else(id::new_id);
+        let spec = LeaseSpec {
+            id: Some(id.clone()),
+            ..spec
+        };
+        (|| {
+            let tx = self.db.write()?;
+            let lease = self.create_in(&tx, spec)?;
+            tx.commit()?;
+            Ok(lease)
+        })()
+        .map_err(LeaseError::at(&id))
+    }
+
+    /// [`LeaseManager::create`] inside the caller's transaction.
+    pub fn create_in(&self, tx: &WriteTx, spec: LeaseSpec) -> Result<Lease, LeaseError> {
         let id = spec.id.unwrap_or_else(id::new_id);
         validate_id("lease id", &id)?;
         let mut lease_labels = spec.labels;
@@ -178,7 +194,6 @@ impl LeaseManager {
             lease_labels.insert(GC_EXPIRE.into(), format_time(SystemTime::now() + d));
         }
         labels::validate_all(&lease_labels).map_err(|e| LeaseError::Invalid(e.to_string()))?;
-        let tx = self.db.write()?;
         if tx.get::<LeaseRecord>(&self.key(&id))?.is_some() {
             return Err(LeaseError::AlreadyExists(id));
         }
@@ -187,7 +202,6 @@ impl LeaseManager {
             labels: lease_labels,
         };
         tx.put(&self.key(&id), &record)?;
-        tx.commit()?;
         Ok(Lease {
             id,
             created: to_system_time(record.created),
@@ -208,13 +222,20 @@ impl LeaseManager {
     /// Deletes a lease and its resource list (what it held becomes
     /// collectable). NotFound when absent.
     pub fn delete(&self, id: &str) -> Result<(), LeaseError> {
-        let tx = self.db.write()?;
-        self.require(&tx, id)?;
+        (|| {
+            let tx = self.db.write()?;
+            self.delete_in(&tx, id)?;
+            Ok(tx.commit()?)
+        })()
+        .map_err(LeaseError::at(id))
+    }
+
+    /// [`LeaseManager::delete`] inside the caller's transaction.
+    pub fn delete_in(&self, tx: &WriteTx, id: &str) -> Result<(), LeaseError> {
+        self.require(tx, id)?;
         tx.delete::<LeaseRecord>(&self.key(id))?;
         tx.delete_prefix::<LeaseResourceRecord>(&keys::prefix(&[&self.ns, id]))?;
-        count_mutation(&tx)?;
-        tx.commit()?;
-        Ok(())
+        count_mutation(tx)
     }
 
     /// Deletes a lease, then runs a collection right away so what it held is
@@ -251,10 +272,33 @@ impl LeaseManager {
     /// Adds a resource to a lease (idempotent). The lease must exist; the
     /// object need not yet.
     pub fn add_resource(&self, id: &str, r: &Resource) -> Result<(), LeaseError> {
-        let tx = self.db.write()?;
-        self.add_resource_in(&tx, id, r)?;
-        tx.commit()?;
-        Ok(())
+        (|| {
+            let tx = self.db.write()?;
+            self.add_resource_in(&tx, id, r)?;
+            Ok(tx.commit()?)
+        })()
+        .map_err(LeaseError::at(id))
+    }
+
+    /// Adds a resource to the lease `id`, creating the lease (no labels)
+    /// when it is missing, in one transaction: a failure leaves no empty
+    /// lease behind.
+    pub fn hold(&self, id: &str, r: &Resource) -> Result<(), LeaseError> {
+        validate_id("lease id", id)?;
+        r.validate()?;
+        (|| {
+            let tx = self.db.write()?;
+            if tx.get::<LeaseRecord>(&self.key(id))?.is_none() {
+                let record = LeaseRecord {
+                    created: now(),
+                    labels: Labels::new(),
+                };
+                tx.put(&self.key(id), &record)?;
+            }
+            tx.put(&self.resource_key(id, r), &LeaseResourceRecord {})?;
+            Ok(tx.commit()?)
+        })()
+        .map_err(LeaseError::at(id))
     }
 
     /// [`LeaseManager::add_resource`] inside the caller's transaction: a
@@ -283,13 +327,15 @@ impl LeaseManager {
     /// Removes a resource from a lease (absent is fine; the lease must
     /// exist).
     pub fn delete_resource(&self, id: &str, r: &Resource) -> Result<(), LeaseError> {
-        let tx = self.db.write()?;
-        self.require(&tx, id)?;
-        if tx.delete::<LeaseResourceRecord>(&self.resource_key(id, r))? {
-            count_mutation(&tx)?;
-        }
-        tx.commit()?;
-        Ok(())
+        (|| {
+            let tx = self.db.write()?;
+            self.require(&tx, id)?;
+            if tx.delete::<LeaseResourceRecord>(&self.resource_key(id, r))? {
+                count_mutation(&tx)?;
+            }
+            Ok(tx.commit()?)
+        })()
+        .map_err(LeaseError::at(id))
     }
 
     /// A lease's resources, ordered by type and id.

@@ -152,6 +152,77 @@ fn resources() {
 }
 
 #[test]
+fn hold_makes_the_lease_and_holds_at_once() {
+    let (_d, lm) = manager();
+    let c = Resource::content(&digest("held"));
+    lm.hold("object/1", &c).unwrap();
+    assert_eq!(
+        lm.list_resources("object/1").unwrap(),
+        std::slice::from_ref(&c)
+    );
+    // An existing lease keeps its labels and gains the resource.
+    lm.create(LeaseSpec {
+        id: Some("named".into()),
+        labels: Labels::from([("k".into(), "v".into())]),
+        expire: None,
+    })
+    .unwrap();
+    lm.hold("named", &c).unwrap();
+    lm.hold("named", &c).unwrap();
+    assert_eq!(lm.get("named").unwrap().labels["k"], "v");
+    assert_eq!(lm.list_resources("named").unwrap(), [c]);
+    // Bad input makes no lease.
+    assert_eq!(
+        lm.hold("bad", &Resource::ingest("")).unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+    assert_eq!(lm.get("bad").unwrap_err().kind(), ErrorKind::NotFound);
+}
+
+#[test]
+fn create_and_delete_inside_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(MetaDb::open(&dir.path().join("meta.redb")).unwrap());
+    let lm = LeaseManager::new(Arc::clone(&db));
+    lm.create(LeaseSpec {
+        id: Some("old".into()),
+        ..LeaseSpec::default()
+    })
+    .unwrap();
+    // Replaced in one transaction; dropped uncommitted, nothing changes.
+    let tx = db.write().unwrap();
+    lm.delete_in(&tx, "old").unwrap();
+    lm.create_in(
+        &tx,
+        LeaseSpec {
+            id: Some("new".into()),
+            ..LeaseSpec::default()
+        },
+    )
+    .unwrap();
+    drop(tx);
+    assert!(lm.get("old").is_ok());
+    assert_eq!(lm.get("new").unwrap_err().kind(), ErrorKind::NotFound);
+    let tx = db.write().unwrap();
+    lm.delete_in(&tx, "old").unwrap();
+    lm.create_in(
+        &tx,
+        LeaseSpec {
+            id: Some("new".into()),
+            ..LeaseSpec::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        lm.delete_in(&tx, "old").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    tx.commit().unwrap();
+    assert_eq!(lm.get("old").unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(lm.get("new").is_ok());
+}
+
+#[test]
 fn temporary_leases_are_removed_at_open() {
     let (_d, lm) = manager();
     let other = lm.with_namespace("n2").unwrap();
