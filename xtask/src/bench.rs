@@ -77,7 +77,7 @@ impl LoopExt4 {
         let dir = target.join("bench-ext4");
         let image = target.join("bench-ext4.img");
         std::fs::create_dir_all(&dir)?;
-        if !is_root() {
+        if !crate::is_root() {
             return Ok(LoopExt4 {
                 dir,
                 image,
@@ -121,14 +121,6 @@ impl Drop for LoopExt4 {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
-}
-
 /// Runs `package`'s bench `name` on a fresh loop-mounted ext4.
 fn on_loop_ext4(package: &str, name: &str) -> anyhow::Result<()> {
     let scratch = LoopExt4::new("24G")?;
@@ -147,7 +139,7 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> anyhow::Result<Scratch> {
-        if is_root() {
+        if crate::is_root() {
             let dir = crate::workspace().join("target/bench-tmpfs");
             std::fs::create_dir_all(&dir)?;
             crate::run(

@@ -31,6 +31,7 @@ mod qemu;
 mod report;
 mod stress;
 mod tidy;
+mod unprivileged;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,6 +83,15 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// True when this runs as root.
+pub(crate) fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
 pub(crate) fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
@@ -98,6 +108,9 @@ fn test(extra: &[&str]) -> anyhow::Result<()> {
         .args(["test", "--workspace", "--lib", "--bins", "--tests"])
         .args(extra)
         .env("STRATA_SKIP_LOG", &skips));
+    // As root, the conformance cases that do not mount once more as
+    // nobody.
+    let result = result.and_then(|()| unprivileged::run());
     let skipped = std::fs::read_to_string(&skips).unwrap_or_default();
     let names: Vec<&str> = skipped.lines().collect();
     if names.is_empty() {

@@ -789,25 +789,31 @@ pub async fn chmod_lower(fx: &Fixture) {
 }
 
 /// Instantiates the conformance suite for a backend: one `#[tokio::test]`
-/// per case. Every case mounts for real, so each needs root and reports
-/// itself skipped by name without it.
+/// per case. The cases that mount need root and report themselves skipped
+/// by name without it; the cases that never mount sit in a module
+/// `without_root` and run for anyone (`cargo xtask test`, as root, runs
+/// them once more as `nobody`). `$factory` names a function of the calling
+/// module.
 #[macro_export]
 macro_rules! conformance_suite {
-    ($backend:literal, $factory:path, dir_renames = $dir_renames:expr) => {
+    ($backend:literal, $factory:ident, dir_renames = $dir_renames:expr) => {
         $crate::conformance_suite!(@cases $backend, $factory;
-            basic, stat_active, stat_committed, transitivity, prepare_view_clash, update, remove, walk,
+            basic, stat_active, stat_committed, transitivity, prepare_view_clash, remove,
             layer_file_update, remove_directory_in_lower_layer, chown_lower, directory_permission_on_commit,
             remove_intermediate_snapshot, deleted_files_in_child_snapshot, move_file_from_lower_layer,
-            view_readonly, stat_in_walk, remove_in_walk, close_twice, root_permission, remove_after_commit,
-            unix_domain_sockets, directory_inode_stability, chmod_lower);
+            view_readonly, root_permission, unix_domain_sockets, directory_inode_stability, chmod_lower);
         $crate::conformance_suite!(@one $backend, $factory, rename, |fx| $crate::testsuite::rename(fx, $dir_renames));
         $crate::conformance_suite!(@one $backend, $factory, layers_128, |fx| $crate::testsuite::deep_chain(fx, 128, true));
         $crate::conformance_suite!(@one $backend, $factory, layers_500, |fx| $crate::testsuite::deep_chain(fx, 500, false));
+        mod without_root {
+            $crate::conformance_suite!(@plain super::$factory;
+                update, walk, stat_in_walk, remove_in_walk, close_twice, remove_after_commit);
+        }
     };
-    (@cases $backend:literal, $factory:path; $($case:ident),*) => {
+    (@cases $backend:literal, $factory:ident; $($case:ident),*) => {
         $( $crate::conformance_suite!(@one $backend, $factory, $case, |fx| $crate::testsuite::$case(fx)); )*
     };
-    (@one $backend:literal, $factory:path, $name:ident, |$fx:ident| $body:expr) => {
+    (@one $backend:literal, $factory:ident, $name:ident, |$fx:ident| $body:expr) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             if !$crate::testsuite::require_root(concat!($backend, " conformance::", stringify!($name))) {
@@ -817,5 +823,14 @@ macro_rules! conformance_suite {
             let $fx = &fixture;
             $body.await;
         }
+    };
+    (@plain $factory:path; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture = $crate::testsuite::Fixture::new($factory);
+                $crate::testsuite::$case(&fixture).await;
+            }
+        )*
     };
 }
