@@ -1,15 +1,18 @@
 //! `cargo xtask stress`: the long runs CI keeps short. Every SIGKILL crash
 //! test with `STRATA_CRASH_ROUNDS` kills (1,000 each by default, release
 //! builds), the property tests with `PROPTEST_CASES` cases (the collector's
-//! model 5,000, the random-tree tests 200), `powerloss` with many cuts (50)
-//! and the fuzz target for half an hour. Each figure can be set:
-//! `--kills N`, `--cases N`, `--cuts N`, `--fuzz-seconds N`.
+//! model 5,000, the random-tree tests 200), the one-process soak for ten
+//! minutes per backend (`STRATA_SOAK_SECS`), `powerloss` with many cuts
+//! (50) and the fuzz target for half an hour. Each figure can be set:
+//! `--kills N`, `--cases N`, `--soak-seconds N`, `--cuts N`,
+//! `--fuzz-seconds N`.
 
 use anyhow::{Context, bail};
 
 struct Options {
     kills: u64,
     cases: u64,
+    soak_seconds: u64,
     cuts: u64,
     fuzz_seconds: u64,
 }
@@ -18,6 +21,7 @@ fn parse(args: &[&str]) -> anyhow::Result<Options> {
     let mut o = Options {
         kills: 1000,
         cases: 5000,
+        soak_seconds: 600,
         cuts: 50,
         fuzz_seconds: 1800,
     };
@@ -30,6 +34,7 @@ fn parse(args: &[&str]) -> anyhow::Result<Options> {
         match *a {
             "--kills" => o.kills = v,
             "--cases" => o.cases = v,
+            "--soak-seconds" => o.soak_seconds = v,
             "--cuts" => o.cuts = v,
             "--fuzz-seconds" => o.fuzz_seconds = v,
             other => bail!("unknown option {other:?}"),
@@ -63,6 +68,11 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         crate::cargo()
             .args(["test", "--release", "-p", "strata-diff"])
             .env("PROPTEST_CASES", (o.cases / 25).max(1).to_string()),
+    )?;
+    crate::run(
+        crate::cargo()
+            .args(["test", "--release", "-p", "strata-cache", "--test", "soak"])
+            .env("STRATA_SOAK_SECS", o.soak_seconds.to_string()),
     )?;
     crate::powerloss::run(&["--cuts", &o.cuts.to_string()])?;
     crate::fuzz::run(&["--seconds", &o.fuzz_seconds.to_string()])

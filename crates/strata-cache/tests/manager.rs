@@ -17,8 +17,8 @@ use strata_cache::{
 };
 use strata_core::Labels;
 use strata_diff::Compression;
+use strata_leases::OpCtx;
 use strata_leases::gc::GcOptions;
-use strata_leases::{LazyScope, OpCtx};
 use strata_metadata::Reader;
 use strata_metadata::records::SnapshotRecord;
 use strata_snapshot::Snapshotter;
@@ -61,11 +61,6 @@ both_backends!(
     collection_never_takes_what_work_in_flight_uses,
 );
 
-fn lazy(mgr: &strata_cache::CacheManager) -> (OpCtx, Arc<LazyScope>) {
-    let scope = LazyScope::new(mgr.root().leases.clone(), Labels::new());
-    (OpCtx::new().with_lazy_scope(Arc::clone(&scope)), scope)
-}
-
 /// A new mutable ref on nothing, with default options.
 async fn fresh(mgr: &strata_cache::CacheManager, ctx: &OpCtx) -> strata_cache::MutableRef {
     mgr.new_ref(ctx, None, &RefOptions::default())
@@ -93,13 +88,6 @@ fn snapshot_count(mgr: &strata_cache::CacheManager) -> usize {
         .scan::<SnapshotRecord>("")
         .unwrap()
         .len()
-}
-
-fn assert_clean(mgr: &strata_cache::CacheManager) {
-    let v = mgr.root().db.check().unwrap();
-    assert!(v.is_empty(), "metadata check: {v:?}");
-    let v = mgr.root().snapshots.check().unwrap();
-    assert!(v.is_empty(), "snapshot check: {v:?}");
 }
 
 async fn life_cycle(backend: &str) {

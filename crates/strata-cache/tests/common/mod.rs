@@ -6,9 +6,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use strata_cache::{BackendChoice, CacheManager, Image, RefMount, Root, RootOptions};
 use strata_core::{Algorithm, Descriptor, Digest, Digester, Labels};
+use strata_leases::{LazyScope, OpCtx};
 use strata_snapshot::mounts::{LocalMount, MountOptions};
 use strata_testkit::layer_tar::{archive, entry};
 
@@ -224,4 +226,16 @@ pub fn expect_files(got: Vec<(String, String)>, want: &[(&str, &str)]) {
         .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
         .collect();
     assert_eq!(got, want);
+}
+
+pub fn lazy(mgr: &CacheManager) -> (OpCtx, Arc<LazyScope>) {
+    let scope = LazyScope::new(mgr.root().leases.clone(), Labels::new());
+    (OpCtx::new().with_lazy_scope(Arc::clone(&scope)), scope)
+}
+
+pub fn assert_clean(mgr: &CacheManager) {
+    let v = mgr.root().db.check().unwrap();
+    assert!(v.is_empty(), "metadata check: {v:?}");
+    let v = mgr.root().snapshots.check().unwrap();
+    assert!(v.is_empty(), "snapshot check: {v:?}");
 }
