@@ -1,18 +1,20 @@
 //! Faults a machine makes, injected into the real `strata` binary by the
-//! fault shim (the `strata-fault-shim` crate, an `LD_PRELOAD` library): a
-//! read that fails with EIO, an fsync or fdatasync that fails, a rename that
-//! fails; during ingest, import (fetch and unpack), commit, merge, export
-//! and garbage collection, on both backends. Every faulty run must:
+//! fault shim (the `strata-fault-shim` crate, an `LD_PRELOAD` library): reads
+//! that fail with EIO, fsyncs and fdatasyncs that fail, renames that fail;
+//! during ingest, import (fetch and unpack), commit, merge, export and
+//! garbage collection, on both backends. Each kind of call is swept over a
+//! command: its first matching call fails, then (on fresh work) its second,
+//! and so on until a run meets no fault and must succeed, so every point
+//! where that call can fail is tried. Every faulty run must:
 //! - really meet the fault (the shim logs each failure it injects);
 //! - fail with exit 1 and a last line `strata: ...` naming what it worked
 //!   on and the system's reason;
 //! - leave nothing half-done: every listing (content, snapshots, images,
-//!   refs, leases) as before, or, for imports and exports, only whole
-//!   blobs and layers added that nothing holds;
-//! - leave a root that checks clean once the fault is gone, where the same
-//!   command then succeeds.
+//!   refs, leases) as before, or, for ingests, imports and exports, only
+//!   whole blobs and layers added that nothing holds;
+//! - leave a root that checks clean once the fault is gone.
 //!
-//! Where the fault strikes after the change is made (the collector removing
+//! Where the fault strikes after the work is done (the collector removing
 //! swept files, a close settling directories), the command succeeds with a
 //! warning instead, and the next open finishes what it could not.
 //!
@@ -154,15 +156,17 @@ fn sweep(env: &Env, plan: &str, leaves: Leaves, work: &mut Work) -> usize {
     unreachable!()
 }
 
+/// The `key` field of every item of a listing.
+fn keys(list: &Value, key: &str) -> Vec<String> {
+    let items = list.as_array().unwrap().iter();
+    items.map(|o| o[key].as_str().unwrap().to_owned()).collect()
+}
+
 /// Checks [`Leaves::Progress`].
 fn only_progress(env: &Env, what: &str, before: &[Value], faulted: &[Value]) {
     for (list, what_list) in [(2, "image"), (4, "lease")] {
         assert_eq!(faulted[list], before[list], "{what}: no {what_list} made");
     }
-    let keys = |v: &Value, key: &str| -> Vec<String> {
-        let items = v.as_array().unwrap().iter();
-        items.map(|o| o[key].as_str().unwrap().to_owned()).collect()
-    };
     let collectable = env.run(&["--json", "gc", "--dry-run"]).expect(0).json();
     let removed = collectable["removed"].to_string();
     let ref_blobs = faulted[3].to_string();
@@ -183,10 +187,6 @@ fn only_progress(env: &Env, what: &str, before: &[Value], faulted: &[Value]) {
 /// on (`names`: a ref it commits, and what is named after it), and no
 /// lease left empty.
 fn accounted(env: &Env, what: &str, before: &[Value], faulted: &[Value], names: &[String]) {
-    let keys = |v: &Value, key: &str| -> Vec<String> {
-        let items = v.as_array().unwrap().iter();
-        items.map(|o| o[key].as_str().unwrap().to_owned()).collect()
-    };
     for (list, key) in [
         (0, "digest"),
         (1, "name"),
