@@ -325,7 +325,9 @@ fn import_under_faults() {
             (owned(&["image", "import", &source, "--name", &name]), names)
         };
         let mut plans = root_plans(&env);
+        // Reading the layout (the fetch) and the stored blobs (the unpack).
         plans.push(format!("read:{}/", layouts.display()));
+        plans.push(format!("read:{}/content/blobs/", env.root.display()));
         for plan in plans {
             let runs = sweep(&env, &plan, Leaves::Progress, &mut work);
             eprintln!("import ({backend}): {plan}: {runs} faulty runs");
