@@ -229,19 +229,8 @@ fn id(env: &Env, args: &[&str]) -> String {
 /// A committed ref holding `files`, written through a writable mount.
 fn built(env: &Env, name: &str, files: &[(&str, &str)]) -> String {
     let mutable = id(env, &["ref", "new", "--description", name]);
-    write_through_mount(env, &mutable, files);
+    env.write_through_mount(&mutable, files);
     id(env, &["ref", "commit", &mutable])
-}
-
-fn write_through_mount(env: &Env, mutable: &str, files: &[(&str, &str)]) {
-    let dir = env.path(&format!("mnt-{mutable}"));
-    fs::create_dir_all(&dir).unwrap();
-    let d = dir.display().to_string();
-    env.run(&["mount", mutable, &d, "--rw"]).expect(0);
-    for (name, data) in files {
-        fs::write(dir.join(name), data).unwrap();
-    }
-    env.run(&["umount", &d]).expect(0);
 }
 
 fn root_only(test: &str) -> bool {
@@ -350,7 +339,7 @@ fn commit_merge_and_export_under_faults() {
             // Commit a fresh mutable ref on `a`.
             let mut commit = |_| {
                 let m = id(&env, &["ref", "new", &a, "--description", "m"]);
-                write_through_mount(&env, &m, &[("m", "3"), ("shared", "m")]);
+                env.write_through_mount(&m, &[("m", "3"), ("shared", "m")]);
                 (owned(&["ref", "commit", &m]), vec![m, root.clone()])
             };
             let runs = sweep(&env, &plan, Leaves::Nothing, &mut commit);

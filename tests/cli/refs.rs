@@ -16,17 +16,6 @@ fn id(env: &Env, args: &[&str]) -> String {
     env.run(args).expect(0).text().trim().to_owned()
 }
 
-fn write_into(env: &Env, id: &str, files: &[(&str, &str)]) {
-    let dir = env.path(&format!("mnt-{id}"));
-    fs::create_dir_all(&dir).unwrap();
-    let d = dir.display().to_string();
-    env.run(&["mount", id, &d, "--rw"]).expect(0);
-    for (name, data) in files {
-        fs::write(dir.join(name), data).unwrap();
-    }
-    env.run(&["umount", &d]).expect(0);
-}
-
 fn read_tree(env: &Env, id: &str) -> Vec<(String, String)> {
     let dir = env.path(&format!("ro-{id}"));
     fs::create_dir_all(&dir).unwrap();
@@ -64,7 +53,7 @@ fn refs_from_the_shell() {
         let env = env();
         env.run(&["--backend", backend, "check"]).expect(0);
         let a = id(&env, &["ref", "new", "--description", "base"]);
-        write_into(&env, &a, &[("a", "1"), ("b", "base")]);
+        env.write_through_mount(&a, &[("a", "1"), ("b", "base")]);
         let a2 = id(&env, &["ref", "commit", &a]);
         assert_ne!(a, a2);
         // The mutable id is gone; its record moved to the committed one.
@@ -73,7 +62,7 @@ fn refs_from_the_shell() {
         assert_eq!(info["kind"], "committed");
         assert_eq!(info["description"], "base");
         let b = id(&env, &["ref", "new", &a2]);
-        write_into(&env, &b, &[("b", "top"), ("c", "3")]);
+        env.write_through_mount(&b, &[("b", "top"), ("c", "3")]);
         let b2 = id(&env, &["ref", "commit", &b]);
         let info = env.run(&["--json", "ref", "info", &b2]).expect(0).json();
         assert_eq!(info["parent"], a2.as_str());

@@ -189,30 +189,22 @@ fn create_and_delete_inside_one_transaction() {
         ..LeaseSpec::default()
     })
     .unwrap();
-    // Replaced in one transaction; dropped uncommitted, nothing changes.
-    let tx = db.write().unwrap();
-    lm.delete_in(&tx, "old").unwrap();
-    lm.create_in(
-        &tx,
-        LeaseSpec {
+    // "old" replaced by "new" in one transaction, not yet committed.
+    let replace = || {
+        let tx = db.write().unwrap();
+        lm.delete_in(&tx, "old").unwrap();
+        let spec = LeaseSpec {
             id: Some("new".into()),
             ..LeaseSpec::default()
-        },
-    )
-    .unwrap();
-    drop(tx);
+        };
+        lm.create_in(&tx, spec).unwrap();
+        tx
+    };
+    // Dropped uncommitted, nothing changes.
+    drop(replace());
     assert!(lm.get("old").is_ok());
     assert_eq!(lm.get("new").unwrap_err().kind(), ErrorKind::NotFound);
-    let tx = db.write().unwrap();
-    lm.delete_in(&tx, "old").unwrap();
-    lm.create_in(
-        &tx,
-        LeaseSpec {
-            id: Some("new".into()),
-            ..LeaseSpec::default()
-        },
-    )
-    .unwrap();
+    let tx = replace();
     assert_eq!(
         lm.delete_in(&tx, "old").unwrap_err().kind(),
         ErrorKind::NotFound

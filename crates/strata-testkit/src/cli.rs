@@ -184,6 +184,19 @@ impl Env {
         (finish(out), injected)
     }
 
+    /// Writes `files` (name, contents) into the mutable ref `id` through a
+    /// writable mount (`strata mount --rw`, then `strata umount`).
+    pub fn write_through_mount(&self, id: &str, files: &[(&str, &str)]) {
+        let dir = self.path(&format!("mnt-{id}"));
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let d = dir.display().to_string();
+        self.run(&["mount", id, &d, "--rw"]).expect(0);
+        for (name, data) in files {
+            std::fs::write(dir.join(name), data).expect("write through the mount");
+        }
+        self.run(&["umount", &d]).expect(0);
+    }
+
     /// A path inside the test's temporary directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
