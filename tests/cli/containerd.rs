@@ -38,7 +38,7 @@ struct Served {
 
 impl Served {
     fn start(env: &Env, socket: &Path, backend: &str) -> Served {
-        let child = env
+        let mut child = env
             .cmd(&[
                 "--backend",
                 backend,
@@ -47,15 +47,21 @@ impl Served {
                 &s(socket),
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            // A file, not a pipe nobody reads: a chatty server never blocks.
+            .stderr(fs::File::create(env.path("serve.log")).expect("serve log"))
             .spawn()
             .expect("start strata serve");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let log = || fs::read_to_string(env.path("serve.log")).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(60);
         while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("strata serve exited with {status}: {}", log());
+            }
             assert!(
                 Instant::now() < deadline,
-                "strata serve did not listen on {}",
-                socket.display()
+                "strata serve did not listen on {}: {}",
+                socket.display(),
+                log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -137,7 +143,10 @@ fn below_root(tree: &str) -> String {
 
 #[test]
 fn containerd_unpacks_images_into_strata() {
-    if !strata_testkit::require_root("containerd_unpacks_images_into_strata") {
+    let name = "containerd_unpacks_images_into_strata";
+    if !strata_testkit::require_root(name)
+        || !strata_testkit::require_tools(name, strata_testkit::CONTAINERD_TOOLS)
+    {
         return;
     }
     let e = env();
@@ -193,14 +202,16 @@ fn containerd_unpacks_images_into_strata() {
     let usage = ok(ctrd.ctr_out(&["snapshots", "--snapshotter", "strata", "usage", &top]));
     assert!(usage.contains(&top), "{usage}");
 
-    // A view of the top, mounted the way ctr says, is the tree Strata's
-    // own import makes of the same image.
+    // A snapshot over the top, mounted the way ctr says, is the tree
+    // Strata's own import makes of the same image. `prepare` labels it
+    // `containerd.io/gc.root`; a `view` has no label and no lease, so
+    // containerd's own collector may take it whenever it runs.
     ok(ctrd.ctr_out(&[
         "snapshots",
         "--snapshotter",
         "strata",
-        "view",
-        "strata-view",
+        "prepare",
+        "strata-on-top",
         &top,
     ]));
     let target = e.path("view");
@@ -211,7 +222,7 @@ fn containerd_unpacks_images_into_strata() {
         "strata",
         "mounts",
         &s(&target),
-        "strata-view",
+        "strata-on-top",
     ]));
     assert!(mount.starts_with("mount -t overlay"), "{mount}");
     assert!(
@@ -230,7 +241,13 @@ fn containerd_unpacks_images_into_strata() {
             .unwrap()
             .success()
     );
-    ok(ctrd.ctr_out(&["snapshots", "--snapshotter", "strata", "rm", "strata-view"]));
+    ok(ctrd.ctr_out(&[
+        "snapshots",
+        "--snapshotter",
+        "strata",
+        "rm",
+        "strata-on-top",
+    ]));
 
     let own = env();
     let got = own
@@ -287,7 +304,19 @@ fn results(out: &str) -> BTreeMap<(String, String), String> {
 
 #[test]
 fn containerds_snapshotter_suite_passes_against_strata() {
-    if !strata_testkit::require_root("containerds_snapshotter_suite_passes_against_strata") {
+    let name = "containerds_snapshotter_suite_passes_against_strata";
+    if !strata_testkit::require_root(name)
+        || !strata_testkit::require_tools(
+            name,
+            &[
+                ("go", "golang-go"),
+                (
+                    "/usr/share/gocode/src/github.com/containerd/containerd/snapshots/testsuite",
+                    "golang-github-containerd-containerd-dev",
+                ),
+            ],
+        )
+    {
         return;
     }
     // Built over Debian's Go sources of containerd (GOPATH mode: nothing

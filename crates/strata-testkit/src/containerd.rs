@@ -41,14 +41,21 @@ impl Containerd {
             .stderr(std::fs::File::create(dir.join("containerd.log")).expect("containerd log"))
             .spawn()
             .expect("start containerd (apt-get install containerd)");
-        let c = Containerd { child, socket };
-        for _ in 0..200 {
-            if c.ctr(&["version"]).status().is_ok_and(|s| s.success()) {
-                return c;
+        let mut c = Containerd { child, socket };
+        let log = || std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !c.ctr(&["version"]).status().is_ok_and(|s| s.success()) {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                panic!("containerd exited with {status}: {}", log());
             }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up in a minute: {}",
+                log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("containerd did not come up");
+        c
     }
 
     /// A `ctr` command against this containerd.
