@@ -32,6 +32,10 @@ pub fn run(mgr: &CacheManager, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         socket: args.containerd_socket.clone(),
         mode: args.socket_mode,
     };
-    crate::snapshot::block_on_parallel(serve(service, &opts, signalled()))??;
+    // The signal handlers exist before the socket does.
+    crate::snapshot::block_on_parallel(async {
+        let shutdown = signalled();
+        serve(service, &opts, shutdown).await
+    })??;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@
 //! shutdown, the socket removed at the end.
 
 use std::future::Future;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -88,13 +88,37 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("stat", e)),
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| io("create the socket's directory", e))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| io("create the socket's directory", e))?;
+    // The socket listens from the moment it is bound, so it is bound where
+    // only this user can reach it, given its mode, then renamed into place:
+    // nobody can connect while it still has the umask's mode.
+    let name = path
+        .file_name()
+        .map_or_else(|| "socket".into(), |n| n.to_string_lossy().into_owned());
+    let staging = dir.join(format!(".{name}.{}.binding", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| io("clear a staging directory", e))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io("chmod", e))?;
-    Ok(listener)
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(|e| io("create a staging directory", e))?;
+    let staged = staging.join("socket");
+    let bound = (|| {
+        let listener = UnixListener::bind(&staged).map_err(|e| io("bind", e))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io("chmod", e))?;
+        std::fs::rename(&staged, path).map_err(|e| io("move the socket into place", e))?;
+        Ok(listener)
+    })();
+    if let Err(e) = std::fs::remove_dir_all(&staging) {
+        tracing::warn!(dir = %staging.display(), error = %e, "could not remove a staging directory");
+    }
+    bound
 }
 
 /// Serves `service` on `opts.socket` until `shutdown` completes, then
@@ -131,18 +155,24 @@ pub async fn serve_on(
     })
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn signalled() {
+/// A future that completes on SIGINT or SIGTERM. The handlers are installed
+/// when this is called (inside a Tokio runtime), not when the future is
+/// first polled, so a signal that comes while the socket is being bound
+/// still shuts the server down cleanly.
+pub fn signalled() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot listen for SIGINT and SIGTERM");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            tracing::error!("cannot listen for SIGINT and SIGTERM");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
     }
 }
