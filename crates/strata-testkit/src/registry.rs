@@ -1,9 +1,10 @@
 //! A real OCI registry for tests: Debian's `docker-registry` (the CNCF
-//! distribution registry) on 127.0.0.1 at a free port, with a throwaway
-//! config and storage directory, optionally behind htpasswd basic auth.
-//! It stops when dropped.
+//! distribution registry) on 127.0.0.1 at a port the kernel picks for it
+//! (read back from its log, so no other server can have taken it between a
+//! probe and the bind), with a throwaway config and storage directory,
+//! optionally behind htpasswd basic auth. It stops when dropped.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,13 +18,6 @@ pub struct Registry {
     pub storage: PathBuf,
     dir: tempfile::TempDir,
     child: Child,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -44,8 +38,6 @@ impl Registry {
     pub fn start(user: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().expect("temp dir");
         let storage = dir.path().join("data");
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
         let auth = match user {
             Some((name, password)) => {
                 let line = run(Command::new("htpasswd").args(["-Bbn", name, password]));
@@ -62,7 +54,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{auth}",
                 storage.display()
             ),
         )
@@ -79,13 +71,19 @@ impl Registry {
                 "start docker-registry (Debian's docker-registry package; .ci/run installs it)",
             );
         let mut r = Registry {
-            addr,
+            addr: String::new(),
             storage,
             dir,
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&r.addr).is_err() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(addr) = listening(&r.log()) {
+                r.addr = addr;
+                if TcpStream::connect(&r.addr).is_ok() {
+                    break;
+                }
+            }
             if let Ok(Some(status)) = r.child.try_wait() {
                 panic!("docker-registry exited with {status}: {}", r.log());
             }
@@ -99,9 +97,22 @@ impl Registry {
         r
     }
 
-    /// What the registry logged.
+    /// What the registry logged (at info: requests are there too).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Whether the log shows `what` within ten seconds (lines are written
+    /// after the response they describe has gone out).
+    pub fn log_shows(&self, what: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(what) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
     }
 
     /// The data file of blob `digest` (`sha256:HEX`) in the storage.
@@ -118,6 +129,16 @@ impl Registry {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// The address the registry says it listens on (`listening on ADDR`).
+fn listening(log: &str) -> Option<String> {
+    let rest = log.split("listening on ").nth(1)?;
+    let addr: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
+    addr.starts_with("127.0.0.1:").then_some(addr)
 }
 
 impl Drop for Registry {
