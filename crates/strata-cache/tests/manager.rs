@@ -416,19 +416,22 @@ async fn concurrent_imports_unpack_each_layer_once(backend: &str) {
 /// succeeds, and afterwards every ref mounts with its files, every exported
 /// blob is there, and the checks are clean.
 async fn collection_never_takes_what_work_in_flight_uses(backend: &str) {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     let e = env(backend);
     let mgr = e.mgr.clone();
     let stop = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(AtomicU32::new(0));
     let collector = {
-        let (gc, stop) = (Arc::clone(&mgr.root().collector), Arc::clone(&stop));
+        let (gc, stop, runs) = (
+            Arc::clone(&mgr.root().collector),
+            Arc::clone(&stop),
+            Arc::clone(&runs),
+        );
         std::thread::spawn(move || {
-            let mut runs = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 gc.collect(GcOptions::default()).expect("collect");
-                runs += 1;
+                runs.fetch_add(1, Ordering::AcqRel);
             }
-            runs
         })
     };
     // The layer every worker shares, put once (one ingest reference).
@@ -436,6 +439,7 @@ async fn collection_never_takes_what_work_in_flight_uses(backend: &str) {
     let mut workers = Vec::new();
     for w in 0..6u32 {
         let (mgr, tmp, shared) = (mgr.clone(), e.dir.path().to_path_buf(), shared.clone());
+        let runs = Arc::clone(&runs);
         workers.push(tokio::spawn(async move {
             let mut made = Vec::new();
             for round in 0..3u32 {
@@ -465,6 +469,18 @@ async fn collection_never_takes_what_work_in_flight_uses(backend: &str) {
                     .await
                     .expect("export while collecting");
                 let ro = r.mount(&ctx).await.expect("mount ro");
+                // However the machine schedules the threads, a whole
+                // collection starts and ends while this round's ref,
+                // chain and mount are in flight.
+                let before = runs.load(Ordering::Acquire);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                while runs.load(Ordering::Acquire) < before + 2 {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the collector stalled"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
                 let seen = with_mounted(&ro, &tmp, files);
                 drop(ro);
                 assert!(seen.contains(&("built".into(), own.clone())), "{seen:?}");
@@ -488,9 +504,10 @@ async fn collection_never_takes_what_work_in_flight_uses(backend: &str) {
         made.extend(w.await.unwrap());
     }
     stop.store(true, Ordering::Relaxed);
-    let runs = collector.join().unwrap();
+    collector.join().unwrap();
+    let runs = runs.load(Ordering::Acquire);
     assert!(
-        runs >= 10,
+        runs >= 6,
         "the collector ran only {runs} times alongside the work"
     );
     mgr.root().collector.collect(GcOptions::default()).unwrap();

@@ -146,12 +146,21 @@ impl Env {
         let mut stdin = child.stdin.take().expect("the child's stdin");
         stdin.write_all(bytes).expect("feed the ingest");
         stdin.flush().expect("flush the ingest's input");
-        // The process opens the root, takes its lock, then starts the
-        // ingest before reading stdin: once the ingest exists, it holds the
-        // root. Bounded.
+        // The process opens the root, takes its lock, records the ingest
+        // (directory, data file, then its row) and only then reads stdin:
+        // once the data file holds the bytes, the ingest is recorded and
+        // the process holds the root. Bounded.
         let ingest = self.root.join("content/ingest");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ingest.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+        let fed = || {
+            ingest.read_dir().is_ok_and(|d| {
+                d.flatten().any(|e| {
+                    std::fs::metadata(e.path().join("data"))
+                        .is_ok_and(|m| m.len() == bytes.len() as u64)
+                })
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !fed() {
             assert!(
                 child.try_wait().expect("poll the ingest").is_none(),
                 "the ingest exited early"
