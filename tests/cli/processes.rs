@@ -6,11 +6,10 @@
 //! Every command must succeed; afterwards the root checks clean and
 //! everything any of them acknowledged is there and whole: every blob
 //! reads back to its digest, every image is named, every ref mounts with
-//! what was written into it, every exported layout has its index. Needs
+//! what was written into it, every exported layout imports into a fresh root with what was built into it. Needs
 //! root (mounts).
 
 use std::fs;
-use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -29,7 +28,7 @@ struct Acked {
     blobs: Vec<(String, Vec<u8>)>,
     images: Vec<String>,
     refs: Vec<(String, String)>,
-    layouts: Vec<String>,
+    layouts: Vec<(String, String)>,
 }
 
 /// Commands that found the root owned by another process and waited.
@@ -91,7 +90,7 @@ fn worker(env: &Env, w: usize, base: &[u8], acked: &Mutex<Acked>) {
                 env,
                 &["image", "export", &r, &format!("oci:{}:1", out.display())],
             );
-            ack(&|a| a.layouts.push(out.display().to_string()));
+            ack(&|a| a.layouts.push((out.display().to_string(), tag.clone())));
         }
         run(env, &["gc"]);
     }
@@ -145,9 +144,36 @@ fn processes_contending_for_one_root_lose_nothing() {
             assert_eq!(own.unwrap(), *tag, "{backend}: ref {r}'s image layer");
             assert_eq!(base.unwrap(), "ID=strata\n", "{backend}: ref {r}'s base");
         }
-        for out in &acked.layouts {
-            assert!(Path::new(out).join("index.json").is_file(), "{out}");
+        // Each exported layout is a whole image: a fresh root imports it
+        // (every blob's digest and size, every diffID checked) and its ref
+        // holds the files built into it.
+        let fresh = Env::strata();
+        for (out, tag) in &acked.layouts {
+            let top = run(
+                &fresh,
+                &[
+                    "--backend",
+                    backend,
+                    "image",
+                    "import",
+                    &format!("oci:{out}:1"),
+                ],
+            );
+            let mnt = fresh.path(&format!("check-{tag}"));
+            fs::create_dir_all(&mnt).unwrap();
+            let mnt_s = mnt.display().to_string();
+            run(&fresh, &["mount", &top, &mnt_s]);
+            let built = fs::read_to_string(mnt.join("built"));
+            let base = fs::read_to_string(mnt.join("etc/os-release"));
+            run(&fresh, &["umount", &mnt_s]);
+            assert_eq!(built.unwrap(), *tag, "{backend}: export {out}");
+            assert_eq!(
+                base.unwrap(),
+                "ID=strata\n",
+                "{backend}: export {out}'s base"
+            );
         }
+        assert_eq!(acked.layouts.len(), WORKERS * ROUNDS / 2);
         assert_eq!(acked.refs.len(), WORKERS * ROUNDS);
         // The workers did contend: some commands found the root owned.
         let waited = WAITED.swap(0, Ordering::Relaxed);

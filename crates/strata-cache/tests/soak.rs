@@ -106,7 +106,11 @@ async fn soak(backend: &str) {
     let mut n = 0;
     let mut after_warmup: Option<((usize, u64), (usize, usize))> = None;
     let (mut peak_fds, mut peak_rss) = (0, 0);
-    while start.elapsed() < Duration::from_secs(secs) || after_warmup.is_none() {
+    // Rounds checked against the warm-up: however slow the machine, the
+    // soak checks at least this many, never none.
+    const CHECKED: u32 = 5;
+    let mut checked = 0;
+    while start.elapsed() < Duration::from_secs(secs) || checked < CHECKED {
         round(&e, n, &shared).await;
         n += 1;
         let (fds, rss) = sample();
@@ -127,12 +131,14 @@ async fn soak(backend: &str) {
                 );
                 peak_fds = peak_fds.max(fds);
                 peak_rss = peak_rss.max(rss);
+                checked += 1;
             }
         }
     }
     let ((base_fds, base_rss), _) = after_warmup.unwrap();
+    assert!(checked >= CHECKED && peak_rss > 0);
     eprintln!(
-        "{backend}: {n} rounds in {:.0?}; descriptors {base_fds} after warm-up, at most {peak_fds} later; resident {} MiB after warm-up, at most {} MiB later",
+        "{backend}: {n} rounds ({checked} checked after the warm-up) in {:.0?}; descriptors {base_fds} after warm-up, at most {peak_fds} later; resident {} MiB after warm-up, at most {} MiB later",
         start.elapsed(),
         base_rss / 1024,
         peak_rss / 1024

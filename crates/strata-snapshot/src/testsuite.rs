@@ -639,9 +639,14 @@ pub async fn remove_in_walk(fx: &Fixture) {
 
 /// containerd `CloseTwice`.
 pub async fn close_twice(fx: &Fixture) {
+    // A key that exists, so a refusal after close cannot be "not found".
+    fx.sn.prepare("x", None, Labels::new()).await.unwrap();
+    assert_eq!(fx.sn.stat("x").await.unwrap().name, "x");
     fx.sn.close().await.unwrap();
     fx.sn.close().await.unwrap();
-    assert!(fx.sn.stat("x").await.is_err());
+    let err = fx.sn.stat("x").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("closed"), "{err}");
 }
 
 /// containerd `RootPermission`: a new empty snapshot's root is 0755.
