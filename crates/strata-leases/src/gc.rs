@@ -580,10 +580,29 @@ impl Scheduler {
                         st.mutations = 0;
                     }
                     let result = collector.collect(GcOptions::default());
+                    let pause = result.as_ref().map_or(Duration::ZERO, |r| r.pause);
                     let mut st = worker.state.lock().unwrap_or_else(|p| p.into_inner());
                     st.runs += 1;
                     st.last_error = result.err().map(|e| e.to_string());
                     worker.done.notify_all();
+                    // Rest so that writers spend at most `pause_threshold`
+                    // of their time paused; requests made meanwhile wait,
+                    // a stop does not.
+                    if config.pause_threshold > 0.0 {
+                        let rest = pause.div_f64(config.pause_threshold);
+                        let until = Instant::now() + rest;
+                        while !st.stop {
+                            let left = until.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            st = worker
+                                .wake
+                                .wait_timeout(st, left)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
+                        }
+                    }
                 }
             })
             .expect("start the gc scheduler thread");

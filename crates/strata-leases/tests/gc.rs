@@ -411,6 +411,32 @@ fn scheduler_collects_after_threshold_lease_delete_or_demand() {
 }
 
 #[test]
+fn the_scheduler_rests_in_proportion_to_the_pause() {
+    let e = env();
+    // Writers may spend a millionth of their time paused: after any real
+    // collection the scheduler rests far longer than this test waits.
+    let config = SchedulerConfig {
+        mutation_threshold: 1,
+        delay: Duration::ZERO,
+        pause_threshold: 0.000_001,
+    };
+    let sched = Scheduler::start(Arc::clone(&e.gc), config);
+    e.content("a", Labels::new());
+    sched.trigger();
+    assert_eq!(sched.wait_for_runs(1, Duration::from_secs(30)), 1);
+    sched.trigger();
+    assert_eq!(
+        sched.wait_for_runs(2, Duration::from_secs(1)),
+        1,
+        "a request while resting waits for the rest"
+    );
+    // A stop is not held up by the rest.
+    let started = std::time::Instant::now();
+    drop(sched);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
 fn attaching_while_collecting_never_loses_the_attached() {
     let e = env();
     let stop = std::sync::atomic::AtomicBool::new(false);
