@@ -121,7 +121,9 @@ fn registry_cmd(env: &Env, docker_config: &Path, args: &[&str]) -> Run {
 
 #[test]
 fn layouts_and_archives_round_trip() {
-    if !strata_testkit::require_root("layouts_and_archives_round_trip") {
+    if !strata_testkit::require_root("layouts_and_archives_round_trip")
+        || !strata_testkit::require_tools("layouts_and_archives_round_trip", &[("umoci", "umoci")])
+    {
         return;
     }
     let (a, manifest, got) = root_with_app(&[]);
@@ -418,7 +420,11 @@ fn hostile_layouts_and_archives_are_refused() {
 
 #[test]
 fn a_registry_shares_one_cache_between_two_roots() {
-    if !strata_testkit::require_root("a_registry_shares_one_cache_between_two_roots") {
+    let name = "a_registry_shares_one_cache_between_two_roots";
+    if !strata_testkit::require_root(name)
+        || !strata_testkit::require_tools(name, strata_testkit::REGISTRY_TOOLS)
+        || !strata_testkit::require_tools(name, &[("skopeo", "skopeo")])
+    {
         return;
     }
     let reg = Registry::start(None);
@@ -560,6 +566,12 @@ fn a_registry_shares_one_cache_between_two_roots() {
 
 #[test]
 fn registry_credentials_from_docker_config_and_helpers() {
+    if !strata_testkit::require_tools(
+        "registry_credentials_from_docker_config_and_helpers",
+        strata_testkit::REGISTRY_TOOLS,
+    ) {
+        return;
+    }
     let reg = Registry::start(Some(("strata", "s3cret")));
     let r = &reg.addr;
     let (a, _, _) = root_with_app(&["--backend", "native"]);
@@ -641,6 +653,12 @@ fn registry_credentials_from_docker_config_and_helpers() {
 
 #[test]
 fn a_registry_serving_a_corrupt_blob_commits_nothing() {
+    if !strata_testkit::require_tools(
+        "a_registry_serving_a_corrupt_blob_commits_nothing",
+        strata_testkit::REGISTRY_TOOLS,
+    ) {
+        return;
+    }
     let reg = Registry::start(None);
     let r = &reg.addr;
     let (a, _, _) = root_with_app(&["--backend", "native"]);

@@ -36,6 +36,44 @@ pub fn require_root(test: &str) -> bool {
     skip(test, "needs root")
 }
 
+/// True when every tool the test runs is installed: a program on the
+/// `PATH`, or a file or directory when it is an absolute path (sources a
+/// build needs). Otherwise records the skip of `test`, naming what is
+/// missing and the Debian package that brings it (`cargo xtask deps`
+/// installs them all), and returns false.
+pub fn require_tools(test: &str, tools: &[(&str, &str)]) -> bool {
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|(tool, _)| !installed(tool))
+        .map(|(tool, package)| format!("{tool} (Debian package {package})"))
+        .collect();
+    missing.is_empty() || skip(test, &format!("needs {}", missing.join(", ")))
+}
+
+/// Whether `tool` is on the `PATH` (or exists, for an absolute path).
+pub fn installed(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    if tool.starts_with('/') {
+        return Path::new(tool).exists();
+    }
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// What a test that starts a registry runs.
+pub const REGISTRY_TOOLS: &[(&str, &str)] = &[
+    ("docker-registry", "docker-registry"),
+    ("htpasswd", "apache2-utils"),
+];
+
+/// What a test that drives containerd runs.
+pub const CONTAINERD_TOOLS: &[(&str, &str)] =
+    &[("containerd", "containerd"), ("ctr", "containerd")];
+
 /// Records that `test` did not run because of `reason`; panics when
 /// [`REQUIRE_PRIVILEGED`] is set. Always returns false.
 pub fn skip(test: &str, reason: &str) -> bool {
