@@ -1,8 +1,11 @@
 //! `cargo xtask`: the one entry point for Strata's checks, tests and
 //! benchmarks.
 //!
-//! * `test`: the whole test suite (what README and `.ci/run` call); skipped
-//!   privileged tests are listed by name and counted at the end.
+//! * `test`: the whole test suite (what README and `.ci/run` call): unit,
+//!   integration and doc tests, and the strata-cache examples run for real;
+//!   first it installs what the tests run (`deps`), and skipped tests are
+//!   listed by name and counted at the end.
+//! * `deps [--ci]`: installs the tools the tests (and CI) run, or says how.
 //! * `ci`: fmt check, clippy with `-D warnings`, the layering check, tidy
 //!   checks, `test`, the overlay scenario on Debian 12's kernel under qemu
 //!   (`qemu`), then a 30-second fuzz smoke run.
@@ -10,8 +13,10 @@
 //!   peers run side by side; `bench --report` turns the recorded medians
 //!   into `docs/benchmarks.md`'s tables and SVG charts (`report.rs`).
 //! * `fuzz [--seconds N]`: the layer-applier fuzz target.
-//! * `powerloss [--cuts N]`: power cuts under qemu on a virtual disk,
-//!   every acknowledged object verified after each (`powerloss.rs`).
+//! * `powerloss [--cuts N] [--broken]`: power cuts under qemu on a virtual
+//!   disk, every acknowledged object verified after each (`powerloss.rs`).
+//! * `under-load [--runs N] [--hogs N]`: `test` N times in a row beside a
+//!   busy loop on every core (`stress.rs`).
 //! * `stress [--kills N] [--cases N] [--cuts N] [--fuzz-seconds N]`: the
 //!   long crash, property, power-loss and fuzz runs (`stress.rs`).
 //! * `docs`: rewrites `docs/cli.md` from the command tree (a test fails
@@ -23,6 +28,8 @@
 #![allow(clippy::print_stdout)]
 
 mod bench;
+mod deps;
+mod examples;
 mod fuzz;
 mod images;
 mod layering;
@@ -43,6 +50,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["test", rest @ ..] => test(rest),
+        ["deps", rest @ ..] => deps::run(rest),
         ["ci"] => ci(),
         ["bench", "--report"] => report::run(),
         ["bench", rest @ ..] => bench::run(rest),
@@ -51,10 +59,12 @@ fn main() -> anyhow::Result<()> {
         ["qemu", rest @ ..] => qemu::run(rest),
         ["powerloss", rest @ ..] => powerloss::run(rest),
         ["stress", rest @ ..] => stress::run(rest),
+        ["under-load", rest @ ..] => stress::under_load(rest),
+        ["layering"] => layering::check(),
         ["docs"] => docs(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | bench --report | fuzz [--seconds N] | bench-images [OUT] | qemu | powerloss [--cuts N] | stress | docs"
+                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | bench --report | fuzz [--seconds N] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] | stress | under-load [--runs N] [--hogs N] | layering | docs"
             );
             bail!("unknown command {args:?}")
         }
@@ -96,7 +106,8 @@ pub(crate) fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-fn test(extra: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn test(extra: &[&str]) -> anyhow::Result<()> {
+    deps::ensure(false)?;
     let skips = workspace().join("target/strata-skips.log");
     if skips.exists() {
         std::fs::remove_file(&skips).with_context(|| format!("clear {}", skips.display()))?;
@@ -108,6 +119,13 @@ fn test(extra: &[&str]) -> anyhow::Result<()> {
         .args(["test", "--workspace", "--lib", "--bins", "--tests"])
         .args(extra)
         .env("STRATA_SKIP_LOG", &skips));
+    // The examples in the documentation compile and run.
+    let result = result.and_then(|()| {
+        run(cargo()
+            .args(["test", "--workspace", "--doc"])
+            .env("STRATA_SKIP_LOG", &skips))
+    });
+    let result = result.and_then(|()| examples::run(&skips));
     // As root, the conformance cases that do not mount once more as
     // nobody.
     let result = result.and_then(|()| unprivileged::run());
@@ -140,6 +158,10 @@ fn docs() -> anyhow::Result<()> {
 }
 
 fn ci() -> anyhow::Result<()> {
+    // CI checks what is committed; a blessing run would rewrite it and pass.
+    if std::env::var_os("STRATA_BLESS").is_some() {
+        bail!("STRATA_BLESS is set: CI checks docs/cli.md, it never rewrites it (unset it)");
+    }
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",

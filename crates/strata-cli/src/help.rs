@@ -586,6 +586,10 @@ fields, `[...]` a list; a field's values are documented by the text beside it.\n
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md");
         let want = cli_md();
         if std::env::var_os("STRATA_BLESS").is_some() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "STRATA_BLESS is set under CI: CI checks docs/cli.md, it never rewrites it"
+            );
             std::fs::write(&path, &want).unwrap();
         }
         let have = std::fs::read_to_string(&path).unwrap_or_default();
