@@ -64,7 +64,13 @@ fn mount_data(target: &Path, flags: MountFlags, data: &str) -> SysResult<()> {
         reason: "overlay options contain a NUL byte",
     })?;
     rm::mount("overlay", target, "overlay", flags, Some(data.as_c_str()))
-        .map_err(|e| SysError::io("mount overlay", target, e))
+        .map_err(|e| SysError::io("mount overlay", target, e))?;
+    tracing::debug!(
+        "overlay mounted on {} with mount(2) and {} bytes of options (no lowerdir+)",
+        target.display(),
+        data.as_bytes().len()
+    );
+    Ok(())
 }
 
 /// Mounts an overlay of `layers` with `options` on `target` with
