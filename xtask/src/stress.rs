@@ -77,3 +77,49 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     crate::powerloss::run(&["--cuts", &o.cuts.to_string()])?;
     crate::fuzz::run(&["--seconds", &o.fuzz_seconds.to_string()])
 }
+
+/// `cargo xtask under-load [--runs N] [--hogs N]`: the whole suite (`cargo
+/// xtask test`) N times in a row (3 by default) while a busy loop runs on
+/// every core (or N of them), stopping at the first failure: races with
+/// daemons, collectors and deadlines show here before they show in CI.
+pub fn under_load(args: &[&str]) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let (mut runs, mut hogs) = (3usize, cores);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v: usize = it
+            .next()
+            .with_context(|| format!("{a} needs a number"))?
+            .parse()?;
+        match *a {
+            "--runs" => runs = v,
+            "--hogs" => hogs = v,
+            other => bail!("unknown option {other:?}"),
+        }
+    }
+    let mut busy: Vec<std::process::Child> = (0..hogs)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .context("start a busy loop")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut outcome = Ok(());
+    for run in 1..=runs {
+        eprintln!("under-load: run {run} of {runs}, {hogs} busy loops beside it");
+        let started = std::time::Instant::now();
+        outcome = crate::test(&[]).with_context(|| format!("run {run} of {runs} under load"));
+        if outcome.is_err() {
+            break;
+        }
+        eprintln!("under-load: run {run} passed in {:.0?}", started.elapsed());
+    }
+    for b in &mut busy {
+        b.kill().ok();
+        b.wait().ok();
+    }
+    outcome?;
+    eprintln!("under-load: {runs} runs in a row passed with {hogs} busy loops");
+    Ok(())
+}
