@@ -4,6 +4,8 @@
 //! for Strata to use any proxy snapshotter.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use containerd_snapshots::api::snapshots::v1 as wire;
 use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
@@ -20,6 +22,9 @@ pub struct GrpcSnapshotter {
     client: SnapshotsClient<Channel>,
     name: String,
     socket: PathBuf,
+    /// Set by `close`: every later call is refused, as containerd's proxy
+    /// refuses calls on a closed connection.
+    closed: Arc<AtomicBool>,
 }
 
 impl GrpcSnapshotter {
@@ -34,11 +39,15 @@ impl GrpcSnapshotter {
             client: SnapshotsClient::new(channel),
             name: name.to_owned(),
             socket: socket.to_owned(),
+            closed: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    fn client(&self) -> SnapshotsClient<Channel> {
-        self.client.clone()
+    fn client(&self) -> Result<SnapshotsClient<Channel>, SnapshotError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SnapshotError::closed());
+        }
+        Ok(self.client.clone())
     }
 }
 
@@ -70,7 +79,7 @@ impl Snapshotter for GrpcSnapshotter {
         l: Labels,
     ) -> Result<Vec<Mount>, SnapshotError> {
         let r = self
-            .client()
+            .client()?
             .prepare(wire::PrepareSnapshotRequest {
                 snapshotter: self.name.clone(),
                 key: key.to_owned(),
@@ -89,7 +98,7 @@ impl Snapshotter for GrpcSnapshotter {
         l: Labels,
     ) -> Result<Vec<Mount>, SnapshotError> {
         let r = self
-            .client()
+            .client()?
             .view(wire::ViewSnapshotRequest {
                 snapshotter: self.name.clone(),
                 key: key.to_owned(),
@@ -103,7 +112,7 @@ impl Snapshotter for GrpcSnapshotter {
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
         let r = self
-            .client()
+            .client()?
             .mounts(wire::MountsRequest {
                 snapshotter: self.name.clone(),
                 key: key.to_owned(),
@@ -114,7 +123,7 @@ impl Snapshotter for GrpcSnapshotter {
     }
 
     async fn commit(&self, name: &str, key: &str, l: Labels) -> Result<(), SnapshotError> {
-        self.client()
+        self.client()?
             .commit(wire::CommitSnapshotRequest {
                 snapshotter: self.name.clone(),
                 name: name.to_owned(),
@@ -127,7 +136,7 @@ impl Snapshotter for GrpcSnapshotter {
     }
 
     async fn remove(&self, key: &str) -> Result<(), SnapshotError> {
-        self.client()
+        self.client()?
             .remove(wire::RemoveSnapshotRequest {
                 snapshotter: self.name.clone(),
                 key: key.to_owned(),
@@ -139,7 +148,7 @@ impl Snapshotter for GrpcSnapshotter {
 
     async fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
         let r = self
-            .client()
+            .client()?
             .stat(wire::StatSnapshotRequest {
                 snapshotter: self.name.clone(),
                 key: key.to_owned(),
@@ -151,7 +160,7 @@ impl Snapshotter for GrpcSnapshotter {
 
     async fn update(&self, i: Info, fieldpaths: &[String]) -> Result<Info, SnapshotError> {
         let r = self
-            .client()
+            .client()?
             .update(wire::UpdateSnapshotRequest {
                 snapshotter: self.name.clone(),
                 info: Some(convert::info_to_wire(i).into()),
@@ -166,7 +175,7 @@ impl Snapshotter for GrpcSnapshotter {
 
     async fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
         let r = self
-            .client()
+            .client()?
             .usage(wire::UsageRequest {
                 snapshotter: self.name.clone(),
                 key: key.to_owned(),
@@ -184,7 +193,7 @@ impl Snapshotter for GrpcSnapshotter {
         // The filter is applied here: it is already parsed, and the server
         // applies the same language to what it is sent.
         let mut stream = self
-            .client()
+            .client()?
             .list(wire::ListSnapshotsRequest {
                 snapshotter: self.name.clone(),
                 filters: Vec::new(),
@@ -207,6 +216,7 @@ impl Snapshotter for GrpcSnapshotter {
     }
 
     async fn close(&self) -> Result<(), SnapshotError> {
+        self.closed.store(true, Ordering::Release);
         tracing::debug!(socket = %self.socket.display(), "client closed");
         Ok(())
     }

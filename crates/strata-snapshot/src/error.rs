@@ -51,6 +51,11 @@ impl SnapshotError {
         }
     }
 
+    /// The refusal of every call after `close`.
+    pub fn closed() -> Self {
+        SnapshotError::precondition("", "the snapshotter is closed")
+    }
+
     pub(crate) fn precondition(key: &str, reason: impl Into<String>) -> Self {
         SnapshotError::FailedPrecondition {
             key: key.to_owned(),

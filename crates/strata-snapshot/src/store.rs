@@ -594,7 +594,7 @@ impl SnapshotStore {
         f: impl FnOnce(&Inner) -> Result<T, SnapshotError> + Send + 'static,
     ) -> Result<T, SnapshotError> {
         if self.inner.closed.load(Ordering::Acquire) {
-            return Err(SnapshotError::precondition("", "the snapshotter is closed"));
+            return Err(SnapshotError::closed());
         }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || f(&inner))
