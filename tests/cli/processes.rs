@@ -173,7 +173,7 @@ fn processes_contending_for_one_root_lose_nothing() {
                 "{backend}: export {out}'s base"
             );
         }
-        assert_eq!(acked.layouts.len(), WORKERS * ROUNDS / 2);
+        assert_eq!(acked.layouts.len(), WORKERS * (ROUNDS / 2));
         assert_eq!(acked.refs.len(), WORKERS * ROUNDS);
         // The workers did contend: some commands found the root owned.
         let waited = WAITED.swap(0, Ordering::Relaxed);
