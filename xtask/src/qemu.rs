@@ -53,7 +53,7 @@ const STEPS: &[(&str, &str)] = &[
     ),
     (
         "the chain's top mounts with mount(2), not lowerdir+",
-        r#"$S -vv mount s60 /mnt/r 2>&1 | grep "overlay mounted on /mnt/r with mount(2)""#,
+        r#"$S -vv mount s60 /mnt/r > /tmp/mount.log 2>&1; cat /tmp/mount.log; grep -E "overlay mounted on /mnt/r/? with mount[(]2[)]" /tmp/mount.log"#,
     ),
     (
         "the kernel lists an overlay with lowerdir= on /mnt/r",
