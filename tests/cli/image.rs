@@ -3,7 +3,8 @@
 //! registry (Debian's docker-registry on 127.0.0.1) shared by two roots,
 //! skopeo on the other end, basic auth with docker's config and a
 //! credential helper, a registry serving a corrupt blob, and hostile
-//! layouts and archives refused with exit 5 and nothing kept.
+//! layouts and archives refused with exit 5 and nothing kept (ambiguous
+//! manifests and indexes among them).
 
 use std::fs;
 use std::path::Path;
@@ -307,6 +308,14 @@ fn hostile_layouts_and_archives_are_refused() {
     l.tag(&m, "latest");
     refused(&oci("diffid"), "diff");
 
+    // A config listing fewer diffIDs than the manifest has layers.
+    let l = Layout::new(&dir("count"));
+    let blob = l.blob(&gz);
+    let config = l.config(&[]);
+    let m = l.manifest(&config, vec![blob.desc(gzip_type)]);
+    l.tag(&m, "latest");
+    refused(&oci("count"), "has 1 layers but its config lists 0 diffIDs");
+
     // A layer media type Strata does not unpack.
     let l = Layout::new(&dir("mediatype"));
     let blob = l.blob(&gz);
@@ -416,6 +425,127 @@ fn hostile_layouts_and_archives_are_refused() {
     // Not a layout at all.
     fs::create_dir_all(dir("empty")).unwrap();
     refused(&oci("empty"), "is not an OCI image layout");
+}
+
+/// The JSON file at `path`.
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+/// Document `doc` of layout `l` changed by `edit`, written as a new blob.
+fn edited(l: &Layout, doc: &Blob, edit: impl FnOnce(&mut Value)) -> Blob {
+    let mut v = read_json(&l.blob_path(&doc.digest));
+    edit(&mut v);
+    l.json(&v)
+}
+
+/// A docker archive at `file` holding the OCI layout at `dir`.
+fn layout_archive(dir: &Path, file: &Path) {
+    let mut t = tar::Builder::new(fs::File::create(file).unwrap());
+    t.append_dir_all(".", dir).unwrap();
+    t.finish().unwrap();
+}
+
+/// A document another reader could take for the other kind (a manifest
+/// that lists manifests, an index that has layers or a config), or whose
+/// own media type is not the one its descriptor gives, is refused with its
+/// digest named, from a layout, an archive and a registry alike.
+#[test]
+fn ambiguous_manifests_and_indexes_are_refused() {
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name);
+    let oci = |name: &str| format!("oci:{}", s(&dir(name)));
+    let layer = archive(&[entry("f", EntryType::Regular, b"data", "")]);
+    let image = |l: &Layout| l.image(std::slice::from_ref(&layer));
+
+    // A manifest that also lists manifests: from a layout, then from the
+    // same layout in a docker archive.
+    let l = Layout::new(&dir("manifests"));
+    let m = edited(&l, &image(&l), |v| v["manifests"] = json!([]));
+    l.tag(&m, "latest");
+    let says = format!("manifest {}: is ambiguous", m.digest);
+    refused(&oci("manifests"), &says);
+    let tarball = dir("manifests.tar");
+    layout_archive(&l.dir, &tarball);
+    refused(&format!("docker-archive:{}", s(&tarball)), &says);
+
+    // Indexes that carry a manifest's layers or config.
+    for field in ["layers", "config"] {
+        let l = Layout::new(&dir(field));
+        let m = image(&l);
+        let idx = l.json(&json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": [m.desc(MANIFEST)], field: []}));
+        l.index(vec![idx.desc(INDEX)]);
+        refused(&oci(field), &format!("index {}: is ambiguous", idx.digest));
+    }
+    // The layout's own index.json too.
+    let l = Layout::new(&dir("top"));
+    let m = image(&l);
+    l.tag(&m, "latest");
+    let top = l.dir.join("index.json");
+    let mut v = read_json(&top);
+    v["layers"] = json!([]);
+    fs::write(&top, serde_json::to_vec(&v).unwrap()).unwrap();
+    refused(&oci("top"), "index.json: is ambiguous");
+
+    // A manifest and an index whose own media type is not their
+    // descriptor's.
+    let l = Layout::new(&dir("manifest-type"));
+    let typed = image(&l);
+    l.index(vec![typed.desc(DOCKER_MANIFEST)]);
+    let says = format!(
+        "manifest {}: says its media type is {MANIFEST:?}",
+        typed.digest
+    );
+    refused(&oci("manifest-type"), &says);
+    let l = Layout::new(&dir("index-type"));
+    let m = image(&l);
+    let idx =
+        l.json(&json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": [m.desc(MANIFEST)]}));
+    l.index(vec![idx.desc(DOCKER_LIST)]);
+    refused(
+        &oci("index-type"),
+        &format!("index {}: says its media type is {INDEX:?}", idx.digest),
+    );
+
+    // A registry (docker-registry refuses ambiguous documents itself, but
+    // keeps an index whose entry misstates its manifest's media type).
+    let reg = Registry::start(None);
+    let l = Layout::new(&dir("pushed"));
+    l.tag(&image(&l), "latest");
+    let copy = Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:latest", s(&l.dir)),
+            &format!("docker://{}/amb:good", reg.addr),
+        ])
+        .output()
+        .expect("run skopeo (.ci/run installs it)");
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    let index =
+        json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": [typed.desc(DOCKER_MANIFEST)]});
+    let put = Command::new("curl")
+        .args(["-sSf", "-X", "PUT", "-H"])
+        .arg(format!("Content-Type: {INDEX}"))
+        .arg("--data-binary")
+        .arg(index.to_string())
+        .arg(format!("http://{}/v2/amb/manifests/bad", reg.addr))
+        .output()
+        .expect("run curl");
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    refused(&format!("docker://{}/amb:bad", reg.addr), &says);
 }
 
 #[test]

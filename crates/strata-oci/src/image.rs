@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 
+use oci_spec::image as oci;
 use serde::de::DeserializeOwned;
 use strata_content::ContentStore;
 use strata_core::{Descriptor, Digest, media};
@@ -70,16 +71,26 @@ pub(crate) fn check_document_size(what: &str, desc: &Descriptor) -> Result<()> {
     Ok(())
 }
 
-/// Reads the document `desc` from the store (it must be there) and parses
-/// it.
+/// Reads the document `desc` (a config) from the store (it must be there)
+/// and parses it.
 pub(crate) fn read_document<T: DeserializeOwned>(
     store: &ContentStore,
     what: &str,
     desc: &Descriptor,
 ) -> Result<T> {
     check_document_size(what, desc)?;
-    let bytes = read_blob(store, desc)?;
-    parse_document(&format!("{what} {}", desc.digest), &bytes)
+    parse_document(&format!("{what} {}", desc.digest), &read_blob(store, desc)?)
+}
+
+/// Reads the manifest or index `desc` from the store (it must be there)
+/// and parses it with [`parse_described`].
+pub(crate) fn read_described<T: Described>(store: &ContentStore, desc: &Descriptor) -> Result<T> {
+    check_document_size(T::KIND, desc)?;
+    parse_described(
+        &format!("{} {}", T::KIND, desc.digest),
+        &read_blob(store, desc)?,
+        &desc.media_type,
+    )
 }
 
 /// The bytes of a small blob in the store.
@@ -112,6 +123,53 @@ pub(crate) fn read_blob(store: &ContentStore, desc: &Descriptor) -> Result<Vec<u
 pub(crate) fn parse_document<T: DeserializeOwned>(object: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| OciError::invalid(object, format!("is not valid: {e}")))
+}
+
+/// A manifest or an index: the two documents that must never be readable
+/// as each other (CVE-2021-41190).
+pub(crate) trait Described: DeserializeOwned {
+    /// What it is, for messages.
+    const KIND: &'static str;
+    /// The fields only the other kind has.
+    const FOREIGN: &'static [&'static str];
+}
+
+impl Described for oci::ImageManifest {
+    const KIND: &'static str = "manifest";
+    const FOREIGN: &'static [&'static str] = &["manifests"];
+}
+
+impl Described for oci::ImageIndex {
+    const KIND: &'static str = "index";
+    const FOREIGN: &'static [&'static str] = &["layers", "config"];
+}
+
+/// Parses manifest or index `bytes` of `object`, which `declared` (the
+/// media type of the descriptor that pointed at it) says it is. One with a
+/// field of the other kind (a manifest's `manifests`, an index's `layers`
+/// or `config`) is ambiguous and refused, and so is one whose own
+/// `mediaType` is not `declared`. Every manifest and index is read here.
+pub(crate) fn parse_described<T: Described>(
+    object: &str,
+    bytes: &[u8],
+    declared: &str,
+) -> Result<T> {
+    let fields: serde_json::Map<String, serde_json::Value> = parse_document(object, bytes)?;
+    if let Some(field) = T::FOREIGN.iter().find(|f| fields.contains_key(**f)) {
+        return Err(OciError::invalid(
+            object,
+            format!("is ambiguous: read as {} it has {field:?} as well", T::KIND),
+        ));
+    }
+    if let Some(own) = fields.get("mediaType").and_then(serde_json::Value::as_str)
+        && own != declared
+    {
+        return Err(OciError::invalid(
+            object,
+            format!("says its media type is {own:?}, not {declared:?}"),
+        ));
+    }
+    parse_document(object, bytes)
 }
 
 /// Reads at most [`MAX_DOCUMENT_SIZE`] bytes of a file that is not
@@ -175,4 +233,63 @@ pub(crate) fn copy_blob(store: &ContentStore, desc: &Descriptor, w: &mut impl Wr
     let mut r = BlobReader::new(store, desc)?;
     io::copy(&mut r, w).map_err(|e| OciError::io("copy blob", &desc.digest, e))?;
     r.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use strata_core::{Classify, ErrorKind};
+
+    fn parse<T: Described>(doc: &serde_json::Value, declared: &str) -> Result<T> {
+        parse_described("doc sha256:x", &serde_json::to_vec(doc).unwrap(), declared)
+    }
+
+    /// What `parse_described` refuses, in its own words.
+    #[track_caller]
+    fn refused<T: Described + std::fmt::Debug>(doc: &serde_json::Value, declared: &str) -> String {
+        let e = parse::<T>(doc, declared).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn manifests_and_indexes_are_never_each_other() {
+        let config = json!({"mediaType": media::OCI_CONFIG, "digest": format!("sha256:{}", "a".repeat(64)), "size": 2});
+        let manifest = json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST, "config": config, "layers": []});
+        let index = json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": []});
+        parse::<oci::ImageManifest>(&manifest, media::OCI_MANIFEST).unwrap();
+        parse::<oci::ImageIndex>(&index, media::OCI_INDEX).unwrap();
+        // Without a media type of their own, only the descriptor's counts.
+        let mut bare = manifest.clone();
+        bare.as_object_mut().unwrap().remove("mediaType");
+        parse::<oci::ImageManifest>(&bare, media::DOCKER_MANIFEST).unwrap();
+
+        let mut both = manifest.clone();
+        both["manifests"] = json!([]);
+        assert_eq!(
+            refused::<oci::ImageManifest>(&both, media::OCI_MANIFEST),
+            r#"doc sha256:x: is ambiguous: read as manifest it has "manifests" as well"#
+        );
+        for field in ["layers", "config"] {
+            let mut both = index.clone();
+            both[field] = manifest[field].clone();
+            assert_eq!(
+                refused::<oci::ImageIndex>(&both, media::OCI_INDEX),
+                format!("doc sha256:x: is ambiguous: read as index it has {field:?} as well")
+            );
+        }
+        assert_eq!(
+            refused::<oci::ImageManifest>(&manifest, media::DOCKER_MANIFEST),
+            format!(
+                "doc sha256:x: says its media type is {:?}, not {:?}",
+                media::OCI_MANIFEST,
+                media::DOCKER_MANIFEST
+            )
+        );
+        assert!(
+            refused::<oci::ImageIndex>(&index, media::DOCKER_MANIFEST_LIST)
+                .contains("says its media type is")
+        );
+    }
 }

@@ -13,7 +13,7 @@ use strata_core::{Descriptor, Digest, media};
 use strata_leases::ProgressTracker;
 
 use crate::error::{OciError, Result};
-use crate::image::{Image, copy_blob, read_blob, read_bounded};
+use crate::image::{Image, copy_blob, parse_described, read_blob, read_bounded};
 use crate::source::{IMAGE_NAME_ANNOTATION, Roots, Source, ingest_reader};
 
 /// The annotation naming an index entry's tag.
@@ -154,9 +154,10 @@ impl<F: Files> Source for LayoutSource<F> {
                 ),
             ));
         }
-        let index: oci::ImageIndex = crate::image::parse_document(
+        let index: oci::ImageIndex = parse_described(
             &format!("{object} index.json"),
             &document("index.json")?,
+            media::OCI_INDEX,
         )?;
         Ok(Roots {
             entries: tagged(&object, &index, self.tag.as_deref())?,
@@ -303,7 +304,7 @@ pub fn write_layout(store: &ContentStore, image: &Image, dir: &Path, tag: &str) 
         Ok((r, _)) => {
             let object = format!("{} index.json", files.describe());
             let index: oci::ImageIndex =
-                crate::image::parse_document(&object, &read_bounded(&object, r)?)?;
+                parse_described(&object, &read_bounded(&object, r)?, media::OCI_INDEX)?;
             index.manifests().clone()
         }
         Err(OciError::NotFound { .. }) => Vec::new(),

@@ -569,7 +569,9 @@ impl Registry {
     }
 }
 
-/// The media type a manifest's JSON declares, or what its fields say.
+/// The media type a manifest's JSON declares, or what its fields say (an
+/// index when it lists manifests; one that also has layers is refused as
+/// ambiguous when it is read).
 fn media_type_of(what: &str, bytes: &[u8]) -> Result<String> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -581,7 +583,7 @@ fn media_type_of(what: &str, bytes: &[u8]) -> Result<String> {
     let p: Probe = crate::image::parse_document(what, bytes)?;
     match (p.media_type, p.manifests, p.layers) {
         (Some(m), _, _) => Ok(m),
-        (None, Some(_), None) => Ok(media::OCI_INDEX.to_owned()),
+        (None, Some(_), _) => Ok(media::OCI_INDEX.to_owned()),
         (None, None, Some(_)) => Ok(media::OCI_MANIFEST.to_owned()),
         _ => Err(OciError::invalid(
             what,

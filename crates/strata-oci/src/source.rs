@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::error::{OciError, Result};
-use crate::image::{Image, MAX_INDEX_DEPTH, check_document_size, read_document};
+use crate::image::{Image, MAX_INDEX_DEPTH, check_document_size, read_described, read_document};
 use crate::platform::{Platform, pick};
 
 /// Where an image's blobs come from: a layout, an archive, a registry.
@@ -226,7 +226,7 @@ pub async fn pull(
             }
             check_document_size("index", &desc)?;
             count(ensure(ctx, &*source, &store, &desc).await?);
-            let index: oci::ImageIndex = read_document(&store, "index", &desc)?;
+            let index: oci::ImageIndex = read_described(&store, &desc)?;
             object = format!("index {}", desc.digest);
             entries = index.manifests().clone();
             nonlayers.push(desc);
@@ -245,7 +245,7 @@ pub async fn pull(
     };
     check_document_size("manifest", &manifest_desc)?;
     count(ensure(ctx, &*source, &store, &manifest_desc).await?);
-    let manifest: oci::ImageManifest = read_document(&store, "manifest", &manifest_desc)?;
+    let manifest: oci::ImageManifest = read_described(&store, &manifest_desc)?;
     let config_desc = config_of(&manifest_desc, &manifest)?;
     check_document_size("config", &config_desc)?;
     count(ensure(ctx, &*source, &store, &config_desc).await?);
@@ -329,7 +329,7 @@ pub fn image_of_manifest(
     reference: &str,
     manifest_desc: &Descriptor,
 ) -> Result<Image> {
-    let manifest: oci::ImageManifest = read_document(store, "manifest", manifest_desc)?;
+    let manifest: oci::ImageManifest = read_described(store, manifest_desc)?;
     let config_desc = config_of(manifest_desc, &manifest)?;
     let config: oci::ImageConfiguration = read_document(store, "config", &config_desc)?;
     image_from(reference, manifest_desc, &manifest, config_desc, &config)
