@@ -4,7 +4,8 @@
 //! skopeo on the other end, basic auth with docker's config and a
 //! credential helper, a registry serving a corrupt blob, and hostile
 //! layouts and archives refused with exit 5 and nothing kept (ambiguous
-//! manifests and indexes among them).
+//! manifests and indexes among them, and configs whose diffIDs are not
+//! those of the layers a root already has).
 
 use std::fs;
 use std::path::Path;
@@ -546,6 +547,67 @@ fn ambiguous_manifests_and_indexes_are_refused() {
         String::from_utf8_lossy(&put.stderr)
     );
     refused(&format!("docker://{}/amb:bad", reg.addr), &says);
+}
+
+/// A layer found already imported (by its blob or by its diffID) is the
+/// layer the config describes or the image is refused: exit 5 naming the
+/// layer and both diffIDs, nothing named, the root as it was.
+#[test]
+fn diff_ids_must_match_the_layers_found() {
+    let e = env();
+    let tars = [
+        archive(&[entry("zero", EntryType::Regular, b"0", "")]),
+        archive(&[entry("one", EntryType::Regular, b"1", "")]),
+    ];
+    let diff_ids: Vec<String> = tars.iter().map(|t| sha256(t)).collect();
+    // A layout of the layers `layers` of `tars` with config `diff_ids`.
+    let image = |name: &str, layers: &[usize], diff_ids: &[String]| {
+        let l = Layout::new(&e.path(name));
+        let descs = layers
+            .iter()
+            .map(|&i| {
+                l.blob(&gzip(&tars[i]))
+                    .desc("application/vnd.oci.image.layer.v1.tar+gzip")
+            })
+            .collect();
+        let m = l.manifest(&l.config(diff_ids), descs);
+        l.tag(&m, "latest");
+        format!("oci:{}", s(&l.dir))
+    };
+    let a = image("a", &[0, 1], &diff_ids);
+    e.run(&["--backend", "native", "image", "import", &a, "--name", "a"])
+        .expect(0);
+    let state = || {
+        ["image", "content", "snapshot", "ref"]
+            .map(|noun| e.run(&["--json", noun, "ls"]).expect(0).json())
+    };
+    let before = state();
+    // Importing `location` is refused, naming each of `names`, and leaves
+    // the root as it was.
+    let refused_keeping = |location: &str, names: &[&String]| {
+        let run = e.run(&["image", "import", location, "--name", "refused"]);
+        assert_eq!(run.code, 5, "{}", run.stderr);
+        for named in names {
+            assert!(
+                run.stderr.contains(named.as_str()),
+                "{named} in {}",
+                run.stderr
+            );
+        }
+        e.run(&["gc"]).expect(0);
+        assert_eq!(state(), before);
+    };
+    let one = sha256(&gzip(&tars[1]));
+
+    // Found by its blob: the second layer is a's, its diffID is not.
+    let wrong = sha256(b"another layer");
+    let b = image("b", &[0, 1], &[diff_ids[0].clone(), wrong.clone()]);
+    refused_keeping(&b, &[&one, &wrong, &diff_ids[1]]);
+
+    // Found by its diffID: the blob known to hold layer one says it is
+    // layer zero, which the root has (on no parent).
+    let c = image("c", &[1], &diff_ids[..1]);
+    refused_keeping(&c, &[&one, &diff_ids[0], &diff_ids[1]]);
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! the content store, unpacked into a chain of committed snapshots with
 //! dedupe by (parent, blob digest) and then (parent, diffID). Imports of
 //! the same (parent, diffID) wait for each other, so concurrent imports of
-//! one image unpack each layer once. The dedupe rows are durable.
+//! one image unpack each layer once. The dedupe rows are durable. Every
+//! layer's diffID is the config's, however it was found: an unpack checks
+//! the tar stream, a layer found imported before its recorded diffID.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -80,6 +82,7 @@ impl CacheManager {
         });
         let parallel = workers > 1 && self.root().snapshots.capabilities().overlay_layers;
         let mut current: Option<ImmutableRef> = None;
+        let mut reused = Vec::new();
         let mut next = 0;
         while next < img.layers.len() {
             ctx.check()?;
@@ -93,7 +96,8 @@ impl CacheManager {
                 .import_locks
                 .lock(&keys::join(&[&parent_sid, diff_id.as_str()]))
                 .await;
-            if let Some(r) = self.imported(desc, &diff_id, &parent_sid, &opts).await? {
+            if let Some(r) = self.imported(desc, &diff_id, &parent_sid).await? {
+                reused.push(r.id().to_owned());
                 current = Some(r);
                 next += 1;
                 continue;
@@ -117,6 +121,7 @@ impl CacheManager {
             };
             current = Some(top);
         }
+        self.mark_reused(&reused, &opts)?;
         let top = match current {
             Some(top) => top,
             None => {
@@ -143,13 +148,15 @@ impl CacheManager {
     }
 
     /// An earlier import of the same blob, else of the same diffID, on the
-    /// same parent (the caller holds the import lock).
+    /// same parent (the caller holds the import lock). What is known of the
+    /// layer found (its record's diffID, the diffID its blob was labelled
+    /// with when unpacked) must be `diff_id`, the config's: else the image
+    /// is refused, whichever way the layer was found.
     async fn imported(
         &self,
         desc: &Descriptor,
         diff_id: &Digest,
         parent_sid: &str,
-        opts: &ImportOptions,
     ) -> Result<Option<ImmutableRef>> {
         let blob_key = keys::join(&[parent_sid, desc.digest.as_str()]);
         let diff_key = keys::join(&[parent_sid, diff_id.as_str()]);
@@ -167,16 +174,8 @@ impl CacheManager {
             };
             match self.get_by_snapshot_id(&sid, &reuse).await {
                 Ok(r) => {
-                    let mut edit = Edit::default();
-                    if let Some(t) = &opts.record_type {
-                        edit = edit.set(metadata::RECORD_TYPE, &t.as_str());
-                    }
-                    if let Some(i) = &opts.image_ref {
-                        edit = edit.append(metadata::IMAGE_REFS, std::slice::from_ref(i));
-                    }
-                    if !edit.is_empty() {
-                        self.update(r.id(), edit)?;
-                    }
+                    check_diff_id(desc, diff_id, r.metadata()?.diff_id())?;
+                    check_diff_id(desc, diff_id, self.labelled_diff_id(&desc.digest)?)?;
                     tracing::debug!(layer = %desc.digest, snapshot = sid, "layer already imported");
                     return Ok(Some(r));
                 }
@@ -190,6 +189,43 @@ impl CacheManager {
             }
         }
         Ok(None)
+    }
+
+    /// Records `opts`' record type and image reference on the layers an
+    /// import found imported before, in one transaction once every layer is
+    /// in place: an import refused halfway leaves them as they were.
+    fn mark_reused(&self, ids: &[String], opts: &ImportOptions) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let tx = self.root().db.write()?;
+        for id in ids {
+            let mut edit = Edit::default();
+            if let Some(t) = &opts.record_type {
+                edit = edit.set(metadata::RECORD_TYPE, &t.as_str());
+            }
+            if let Some(i) = &opts.image_ref {
+                edit = edit.append(metadata::IMAGE_REFS, std::slice::from_ref(i));
+            }
+            if !edit.is_empty() {
+                metadata::apply_edit(&tx, id, edit)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The diffID blob `d` was labelled with when a layer of it was
+    /// unpacked or written, if any.
+    fn labelled_diff_id(&self, d: &Digest) -> Result<Option<Digest>> {
+        match self.root().content.info(d) {
+            Ok(info) => Ok(info
+                .labels
+                .get(UNCOMPRESSED_LABEL)
+                .and_then(|v| Digest::parse(v).ok())),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// How to open and check one layer's blob, and the context that
@@ -492,5 +528,21 @@ impl CacheManager {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses layer `desc` when `known`, a diffID recorded for it, is not
+/// `claimed`, the one its image's config gives: the mismatch an unpack
+/// would report, naming the layer and both.
+fn check_diff_id(desc: &Descriptor, claimed: &Digest, known: Option<Digest>) -> Result<()> {
+    match known {
+        Some(actual) if actual != *claimed => Err(DiffError::from(ApplyError::Mismatch {
+            layer: desc.digest.to_string(),
+            what: "recorded diffID",
+            expected: claimed.clone(),
+            actual,
+        })
+        .into()),
+        _ => Ok(()),
     }
 }
