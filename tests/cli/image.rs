@@ -453,6 +453,12 @@ fn layout_archive(dir: &Path, file: &Path) {
 /// digest named, from a layout, an archive and a registry alike.
 #[test]
 fn ambiguous_manifests_and_indexes_are_refused() {
+    let name = "ambiguous_manifests_and_indexes_are_refused";
+    if !strata_testkit::require_tools(name, strata_testkit::REGISTRY_TOOLS)
+        || !strata_testkit::require_tools(name, &[("skopeo", "skopeo"), ("curl", "curl")])
+    {
+        return;
+    }
     const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
     const INDEX: &str = "application/vnd.oci.image.index.v1+json";
     const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";

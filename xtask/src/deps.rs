@@ -39,6 +39,7 @@ const TOOLS: &[(&str, &str, Need)] = &[
     ("docker-registry", "docker-registry", Need::Tests),
     ("htpasswd", "apache2-utils", Need::Tests),
     ("skopeo", "skopeo", Need::Tests),
+    ("curl", "curl", Need::Tests),
     ("umoci", "umoci", Need::Tests),
     // containerd with `strata serve` as its proxy snapshotter, and its own
     // snapshotter test suite built from Debian's Go sources.
