@@ -94,3 +94,45 @@ fn applies_a_gnu_tar_layer_and_refuses_bad_ones() {
     ])
     .expect(3);
 }
+
+/// `layer diff` of two unrelated directories: a file whose size and mtime
+/// match but whose bytes differ is a change (a coarse clock, `cp -p` or
+/// `touch -r` make such pairs), and lands in the layer.
+#[test]
+fn diff_of_two_directories_compares_contents_when_metadata_matches() {
+    let env = env();
+    let (old, new) = (env.path("old"), env.path("new"));
+    for (dir, text) in [(&old, "old\n"), (&new, "new\n")] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("x"), text).unwrap();
+        let pinned = Command::new("touch")
+            .args(["-d", "2024-01-01 00:00:00.5"])
+            .arg(dir.join("x"))
+            .status()
+            .unwrap();
+        assert!(pinned.success());
+    }
+    let layer = env.path("change.tar");
+    env.run(&[
+        "layer",
+        "diff",
+        &old.display().to_string(),
+        &new.display().to_string(),
+        "-o",
+        &layer.display().to_string(),
+        "--compression",
+        "none",
+    ])
+    .expect(0);
+    let copy = env.path("copy");
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::write(copy.join("x"), "old\n").unwrap();
+    env.run(&[
+        "layer",
+        "apply",
+        &layer.display().to_string(),
+        &copy.display().to_string(),
+    ])
+    .expect(0);
+    assert_eq!(std::fs::read_to_string(copy.join("x")).unwrap(), "new\n");
+}

@@ -40,6 +40,7 @@ pub enum LayerCmd {
         skip_devices: bool,
     },
     /// Write the layer of what changed from LOWER to UPPER (two directories) to FILE.
+    /// A file whose size and mtime match in both is compared byte for byte.
     Diff {
         /// The directory before.
         lower: PathBuf,
@@ -93,9 +94,14 @@ fn diff(
         upper,
         opts,
         |w| {
-            walk_changes(Some(lower), upper, Comparison::Compat, &mut |c| {
-                w.change(&c)
-            })
+            // Two directories with no history between them: equal size and
+            // mtime say nothing about the bytes, so those are compared.
+            walk_changes(
+                Some(lower),
+                upper,
+                Comparison::ContentOnMetadataMatch,
+                &mut |c| w.change(&c),
+            )
         },
     )
     .map_err(anyhow::Error::from)
