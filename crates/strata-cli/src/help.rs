@@ -286,7 +286,7 @@ reclaims what no lease holds.",
         notes: "SOURCE is oci:DIR[:TAG] (an OCI image layout), docker-archive:FILE[:NAME] (what \
 `docker save` writes, old or new form) or docker://HOST/REPO[:TAG|@DIGEST]. Without --name an \
 image is named after its source. Blobs the root already has are not read again; each layer is \
-unpacked once, in parallel.",
+unpacked once, --jobs at a time.",
         examples: &[
             "strata image import oci:./layout:1.0 --name app:1.0",
             "strata image import docker-archive:app.tar --platform linux/arm64",

@@ -80,6 +80,9 @@ pub struct PullArgs {
     /// OS/ARCH[/VARIANT] picked from a multi-platform image [default: this machine's].
     #[arg(long)]
     platform: Option<String>,
+    /// Layers unpacked at once [default: the cores this process may use].
+    #[arg(long, value_name = "N")]
+    jobs: Option<std::num::NonZeroUsize>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -350,7 +353,10 @@ async fn import(
             ..PullOptions::default()
         },
         registry: args.registry.options(),
-        import: ImportOptions::default(),
+        import: ImportOptions {
+            parallel: args.jobs.map(std::num::NonZeroUsize::get),
+            ..ImportOptions::default()
+        },
     };
     let (ctx, guard) = context(mgr, lease)?;
     let (ctx, bars) = progress::drawn(&ctx);
