@@ -1,65 +1,144 @@
 //! Benchmarks, each against peers in the same run.
 //!
-//! `cargo xtask bench snapshot|gc|containerd` run `strata-cli`'s benches
-//! of those names, `cargo xtask bench diff`
-//! `strata-diff`'s and `cargo xtask bench cache|oci` `strata-cache`'s, on a
-//! fresh loop-mounted ext4 (see those files for what they measure; `diff`,
-//! `cache` and `oci` need the Debian images `cargo xtask bench-images`
-//! builds).
+//! `cargo xtask bench NAME [--runs N] [--size-mib N]` builds the `strata`
+//! binary (release), makes a fresh scratch file system and runs the bench
+//! NAME on it: `content` (strata-cli's bench of that name, on a tmpfs and a
+//! loop-mounted ext4), `snapshot`, `gc` and `containerd` (strata-cli's),
+//! `diff` (strata-diff's), `cache` and `oci` (strata-cache's), each on a
+//! fresh loop-mounted ext4; see those files for what they measure, and
+//! `strata_testkit::bench` for how (every contender a process, the cache
+//! dropped before each run, the order rotated, returned and durable
+//! times, peak memory, provenance). `diff`, `cache`, `oci` and
+//! `containerd` need the Debian images `cargo xtask bench-images` builds.
+//! Figures go to `target/strata-bench/`, for `cargo xtask bench --report`.
 //!
-//! `cargo xtask bench content`: ingest throughput of a large file into the
-//! content store against `sha256sum` followed by `cp` of the same file (the
-//! least a store must do: hash it and copy it), run side by side, alternating
-//! A B A B, on a tmpfs so the disk does not dominate. Prints medians, MB/s
-//! and the median of the pairwise ratios.
+//! `cargo xtask bench --quick` runs every bench once with small inputs (the
+//! small image the testkit makes instead of the Debian ones, the debug
+//! `strata`), so none rots: it fails when one cannot run, never on a
+//! timing, and records only into `target/bench-quick/results`, whose
+//! figures it then checks for full provenance.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-struct Options {
-    size_mib: u64,
-    runs: usize,
-}
+/// Every bench: its name, package and bench target.
+const BENCHES: &[(&str, &str)] = &[
+    ("content", "strata-cli"),
+    ("snapshot", "strata-cli"),
+    ("gc", "strata-cli"),
+    ("diff", "strata-diff"),
+    ("cache", "strata-cache"),
+    ("oci", "strata-cache"),
+    ("containerd", "strata-cli"),
+];
 
-fn parse(args: &[&str]) -> anyhow::Result<(String, Options)> {
-    let mut opts = Options {
-        size_mib: 1024,
-        runs: 5,
-    };
+pub fn run(args: &[&str]) -> anyhow::Result<()> {
+    let mut env: Vec<(&str, String)> = Vec::new();
     let mut what = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
-            "--size-mib" => {
-                opts.size_mib = it.next().context("--size-mib needs a value")?.parse()?
-            }
-            "--runs" => opts.runs = it.next().context("--runs needs a value")?.parse()?,
-            other if what.is_none() => what = Some(other.to_string()),
+            "--quick" => return quick(),
+            "--size-mib" => env.push((
+                "STRATA_BENCH_SIZE_MIB",
+                it.next().context("--size-mib needs a value")?.to_string(),
+            )),
+            "--runs" => env.push((
+                "STRATA_BENCH_RUNS",
+                it.next().context("--runs needs a value")?.to_string(),
+            )),
+            other if what.is_none() => what = Some(other),
             other => bail!("unexpected argument {other:?}"),
         }
     }
-    Ok((what.context("name a benchmark: content")?, opts))
+    let names: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
+    let Some(name) = what else {
+        bail!(
+            "name a benchmark ({}), or --quick, or --report",
+            names.join(", ")
+        );
+    };
+    if !names.contains(&name) {
+        bail!(
+            "unknown benchmark {name:?}; available: {}",
+            names.join(", ")
+        );
+    }
+    bench(name, false, &env)
 }
 
-pub fn run(args: &[&str]) -> anyhow::Result<()> {
-    let (what, opts) = parse(args)?;
-    match what.as_str() {
-        "content" => content(&opts),
-        "snapshot" => on_loop_ext4("strata-cli", "snapshot"),
-        "gc" => on_loop_ext4("strata-cli", "gc"),
-        "diff" => on_loop_ext4("strata-diff", "diff"),
-        "cache" => on_loop_ext4("strata-cache", "cache"),
-        "oci" => on_loop_ext4("strata-cache", "oci"),
-        "containerd" => on_loop_ext4("strata-cli", "containerd"),
-        other => {
-            bail!(
-                "unknown benchmark {other:?}; available: content, snapshot, gc, diff, cache, oci, containerd"
-            )
-        }
+/// Every bench once, small, recording into a scratch directory only.
+fn quick() -> anyhow::Result<()> {
+    let results = target_dir().join("bench-quick/results");
+    crate::run(Command::new("rm").arg("-rf").arg(&results))?;
+    let env = [
+        ("STRATA_BENCH_QUICK", "1".to_owned()),
+        ("STRATA_BENCH_RESULTS", results.display().to_string()),
+    ];
+    let mut took = Vec::new();
+    for (name, _) in BENCHES {
+        let start = Instant::now();
+        bench(name, true, &env).with_context(|| format!("quick run of bench {name}"))?;
+        took.push(format!("{name} {:.0}s", start.elapsed().as_secs_f64()));
     }
+    let checked = crate::report::check(&results)?;
+    eprintln!(
+        "bench --quick: every bench ran ({}); {checked} figures recorded in {}, each with full provenance",
+        took.join(", "),
+        results.display()
+    );
+    Ok(())
+}
+
+/// Where cargo builds.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| crate::workspace().join("target"), PathBuf::from)
+}
+
+/// Builds `strata` (release, or the debug build in a quick run) and runs
+/// the bench `name` on fresh scratch file systems with `env` set.
+fn bench(name: &str, quick: bool, env: &[(&str, String)]) -> anyhow::Result<()> {
+    let package = BENCHES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, p)| *p)
+        .context("a known bench")?;
+    let profile = if quick { "dev" } else { "release" };
+    crate::run(crate::cargo().args([
+        "build",
+        "--profile",
+        profile,
+        "-p",
+        "strata-cli",
+        "--bin",
+        "strata",
+    ]))?;
+    let strata = target_dir()
+        .join(if quick { "debug" } else { "release" })
+        .join("strata");
+    let scratch = LoopExt4::new(if quick { "4G" } else { "24G" })?;
+    let tmpfs = (name == "content").then(Tmpfs::new).transpose()?;
+    let mut cmd = crate::cargo();
+    cmd.args([
+        "bench",
+        "--profile",
+        profile,
+        "-p",
+        package,
+        "--bench",
+        name,
+    ])
+    .env("STRATA_BENCH_DIR", &scratch.dir)
+    .env("STRATA_BIN", &strata)
+    .envs(env.iter().map(|(k, v)| (k, v)));
+    if let Some(t) = &tmpfs {
+        cmd.env("STRATA_BENCH_TMPFS", &t.dir);
+    }
+    crate::run(&mut cmd)
 }
 
 /// A fresh ext4 on a loop device (direct I/O) for anything that creates many
@@ -73,7 +152,7 @@ struct LoopExt4 {
 
 impl LoopExt4 {
     fn new(size: &str) -> anyhow::Result<LoopExt4> {
-        let target = crate::workspace().join("target");
+        let target = target_dir();
         let dir = target.join("bench-ext4");
         let image = target.join("bench-ext4.img");
         std::fs::create_dir_all(&dir)?;
@@ -106,8 +185,15 @@ impl LoopExt4 {
 impl Drop for LoopExt4 {
     fn drop(&mut self) {
         if let Some(device) = &self.device {
+            // A bench that failed may leave mounts below (containerd's,
+            // containers/storage's): detach them all with the file system.
             for cmd in [
-                vec!["umount".to_string(), self.dir.display().to_string()],
+                vec![
+                    "umount".to_string(),
+                    "-R".into(),
+                    "-l".into(),
+                    self.dir.display().to_string(),
+                ],
                 vec!["losetup".into(), "-d".into(), device.clone()],
             ] {
                 if let Err(e) = Command::new(&cmd[0]).args(&cmd[1..]).status() {
@@ -121,37 +207,27 @@ impl Drop for LoopExt4 {
     }
 }
 
-/// Runs `package`'s bench `name` on a fresh loop-mounted ext4.
-fn on_loop_ext4(package: &str, name: &str) -> anyhow::Result<()> {
-    let scratch = LoopExt4::new("24G")?;
-    crate::run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["bench", "-p", package, "--bench", name])
-            .env("STRATA_BENCH_DIR", &scratch.dir),
-    )
-}
-
 /// A scratch tmpfs, mounted for the run when we are root, else /dev/shm.
-struct Scratch {
+struct Tmpfs {
     dir: PathBuf,
     mounted: bool,
 }
 
-impl Scratch {
-    fn new() -> anyhow::Result<Scratch> {
+impl Tmpfs {
+    fn new() -> anyhow::Result<Tmpfs> {
         if crate::is_root() {
-            let dir = crate::workspace().join("target/bench-tmpfs");
+            let dir = target_dir().join("bench-tmpfs");
             std::fs::create_dir_all(&dir)?;
             crate::run(
                 Command::new("mount")
                     .args(["-t", "tmpfs", "-o", "size=8g,mode=0700", "strata-bench"])
                     .arg(&dir),
             )?;
-            Ok(Scratch { dir, mounted: true })
+            Ok(Tmpfs { dir, mounted: true })
         } else {
-            let dir = PathBuf::from("/dev/shm/strata-bench");
+            let dir = Path::new("/dev/shm/strata-bench").to_path_buf();
             std::fs::create_dir_all(&dir)?;
-            Ok(Scratch {
+            Ok(Tmpfs {
                 dir,
                 mounted: false,
             })
@@ -159,7 +235,7 @@ impl Scratch {
     }
 }
 
-impl Drop for Scratch {
+impl Drop for Tmpfs {
     fn drop(&mut self) {
         if self.mounted {
             if let Err(e) = Command::new("umount").arg(&self.dir).status() {
@@ -169,131 +245,4 @@ impl Drop for Scratch {
             eprintln!("could not remove {}: {e}", self.dir.display());
         }
     }
-}
-
-fn write_input(path: &Path, mib: u64) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut block = vec![0u8; 1 << 20];
-    for _ in 0..mib {
-        for chunk in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-        f.write_all(&block)?;
-    }
-    f.flush()?;
-    Ok(())
-}
-
-/// Touches and frees about 2 GiB so timed runs get warm pages.
-fn warm(dir: &Path) -> anyhow::Result<()> {
-    let p = dir.join("warm");
-    write_input(&p, 2048)?;
-    std::fs::remove_file(&p)?;
-    Ok(())
-}
-
-fn time(cmd: &mut Command) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let status = cmd
-        .stdout(Stdio::null())
-        .status()
-        .with_context(|| format!("run {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(start.elapsed())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn content(opts: &Options) -> anyhow::Result<()> {
-    crate::run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
-            "build",
-            "--release",
-            "-p",
-            "strata-cli",
-        ]),
-    )?;
-    let strata = crate::workspace().join("target/release/strata");
-    let scratch = Scratch::new()?;
-    let input = scratch.dir.join("input");
-    eprintln!(
-        "writing a {} MiB input in {}",
-        opts.size_mib,
-        scratch.dir.display()
-    );
-    write_input(&input, opts.size_mib)?;
-    let root = scratch.dir.join("root");
-    let copy = scratch.dir.join("copy");
-    let (mut a, mut b, mut ratios, mut hash_only) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for i in 0..=opts.runs {
-        Command::new("rm")
-            .arg("-rf")
-            .arg(&root)
-            .arg(&copy)
-            .status()?;
-        warm(&scratch.dir)?;
-        let ta = time(
-            Command::new(&strata)
-                .arg("--root")
-                .arg(&root)
-                .args(["content", "ingest"])
-                .arg(&input),
-        )?;
-        Command::new("rm").arg("-rf").arg(&root).status()?;
-        warm(&scratch.dir)?;
-        let th = time(Command::new("sha256sum").arg(&input))?;
-        let tc = time(Command::new("cp").arg(&input).arg(&copy))?;
-        let tb = th + tc;
-        if i == 0 {
-            continue; // warm-up pair
-        }
-        eprintln!(
-            "run {i}: strata ingest {:.3}s, sha256sum+cp {:.3}s",
-            ta.as_secs_f64(),
-            tb.as_secs_f64()
-        );
-        a.push(ta.as_secs_f64());
-        b.push(tb.as_secs_f64());
-        hash_only.push(th.as_secs_f64());
-        ratios.push(ta.as_secs_f64() / tb.as_secs_f64());
-    }
-    let mb = opts.size_mib as f64 * 1.048_576;
-    let (ma, mb_, mh) = (median(a), median(b), median(hash_only));
-    println!(
-        "bench content: {} MiB, {} runs, tmpfs",
-        opts.size_mib, opts.runs
-    );
-    println!(
-        "  strata content ingest   median {ma:.3}s  {:.0} MB/s",
-        mb / ma
-    );
-    println!(
-        "  sha256sum + cp          median {mb_:.3}s  {:.0} MB/s",
-        mb / mb_
-    );
-    println!(
-        "  sha256sum alone         median {mh:.3}s  {:.0} MB/s",
-        mb / mh
-    );
-    println!(
-        "  ratio strata / (sha256sum + cp): median {:.2} (below 1 is faster)",
-        median(ratios)
-    );
-    Ok(())
 }

@@ -1,156 +1,280 @@
 //! `cargo xtask bench --report`: the benchmark results as documents people
-//! can look at. Every side-by-side bench records its medians (through
-//! `strata_testkit::bench::record`) in `target/strata-bench/<group>.json`;
-//! the report merges them into `docs/benchmarks/results.json` (a newer
-//! figure replaces the one for the same group, case and peer, the rest are
-//! kept), draws one SVG bar chart per group in `docs/benchmarks/`, and
-//! rewrites the tables between the markers in `docs/benchmarks.md`.
+//! can look at. Every side-by-side bench records its medians with their
+//! provenance (through `strata_testkit::bench::record`) in
+//! `target/strata-bench/<group>.json`; the report merges them into
+//! `docs/benchmarks/results.json` (a newer figure replaces the one for the
+//! same group, case and peer, the rest are kept), draws one SVG bar chart
+//! per group in `docs/benchmarks/` (and removes the charts of groups with
+//! no figure), rewrites the tables between the markers in
+//! `docs/benchmarks.md`, each group's beside the provenance of its
+//! figures.
+//!
+//! It refuses, naming it, any figure without full provenance: the commit
+//! and whether the tree was dirty, the time (UTC), the kernel, the file
+//! system written to, root or not, cores, and the tool's version. A group
+//! with no figure is simply absent.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const BEGIN: &str = "<!-- results: written by `cargo xtask bench --report` -->";
 const END: &str = "<!-- end of results -->";
 
-/// One measured median.
+/// Where a figure comes from.
+#[derive(Clone, Debug, PartialEq)]
+struct Provenance {
+    commit: String,
+    dirty: bool,
+    utc: String,
+    kernel: String,
+    fs: String,
+    root: bool,
+    cores: u64,
+}
+
+/// What a peer's entry says of a case.
 #[derive(Clone, Debug)]
-struct Figure {
+enum Outcome {
+    Measured {
+        runs: u64,
+        returned: f64,
+        durable: Option<f64>,
+        peak_kib: Option<u64>,
+    },
+    /// Left out of the case, and why.
+    Excluded(String),
+}
+
+/// One recorded entry: a figure, or a peer left out.
+#[derive(Clone, Debug)]
+struct Entry {
     group: String,
     case: String,
     peer: String,
-    seconds: f64,
-    measured: String,
+    tool: String,
+    outcome: Outcome,
+    provenance: Provenance,
+    /// As recorded, written back unchanged.
+    raw: Value,
 }
 
-fn figures(value: &Value, source: &Path) -> anyhow::Result<Vec<Figure>> {
-    let list = value
+impl Entry {
+    /// The time compared: durable where the case writes, else returned.
+    fn compared(&self) -> Option<f64> {
+        match self.outcome {
+            Outcome::Measured {
+                returned, durable, ..
+            } => Some(durable.unwrap_or(returned)),
+            Outcome::Excluded(_) => None,
+        }
+    }
+
+    fn is_strata(&self) -> bool {
+        self.peer.starts_with("strata")
+    }
+}
+
+/// Parses one entry of `source`, refusing it, by name, unless it has full
+/// provenance.
+fn entry(f: &Value, source: &Path) -> anyhow::Result<Entry> {
+    let src = source.display();
+    let text = |v: &Value, k: &str| v[k].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+    let name = match (text(f, "group"), text(f, "case"), text(f, "peer")) {
+        (Some(g), Some(c), Some(p)) => format!("{g} / {c} / {p}"),
+        _ => bail!("{src}: a figure without a group, case and peer: {f}"),
+    };
+    let refuse = |what: &str| {
+        anyhow::anyhow!(
+            "{src}: figure \"{name}\" lacks provenance ({what}); every figure must come from a recorded run (cargo xtask bench NAME), none may be typed in"
+        )
+    };
+    let p = &f["provenance"];
+    if !p.is_object() {
+        return Err(refuse("no provenance at all"));
+    }
+    let field = |k: &str| text(p, k).ok_or_else(|| refuse(&format!("no {k}")));
+    let flag = |k: &str| p[k].as_bool().ok_or_else(|| refuse(&format!("no {k}")));
+    let provenance = Provenance {
+        commit: field("commit")?,
+        dirty: flag("dirty")?,
+        utc: field("utc")?,
+        kernel: field("kernel")?,
+        fs: field("fs")?,
+        root: flag("root")?,
+        cores: p["cores"]
+            .as_u64()
+            .filter(|&c| c > 0)
+            .ok_or_else(|| refuse("no cores"))?,
+    };
+    let tool = text(f, "tool").ok_or_else(|| refuse("no tool version"))?;
+    let outcome = match (text(f, "excluded"), f["returned"].as_f64()) {
+        (Some(why), _) => Outcome::Excluded(why),
+        (None, Some(returned)) => Outcome::Measured {
+            runs: f["runs"]
+                .as_u64()
+                .with_context(|| format!("{src}: figure \"{name}\" has no runs"))?,
+            returned,
+            durable: f["durable"].as_f64(),
+            peak_kib: f["peak_kib"].as_u64(),
+        },
+        (None, None) => bail!("{src}: figure \"{name}\" has no time"),
+    };
+    Ok(Entry {
+        group: text(f, "group").unwrap_or_default(),
+        case: text(f, "case").unwrap_or_default(),
+        peer: text(f, "peer").unwrap_or_default(),
+        tool,
+        outcome,
+        provenance,
+        raw: f.clone(),
+    })
+}
+
+/// The entries of the JSON `text` read from `source`.
+fn parse(text: &str, source: &Path) -> anyhow::Result<Vec<Entry>> {
+    let value: Value =
+        serde_json::from_str(text).with_context(|| format!("parse {}", source.display()))?;
+    value
         .as_array()
-        .with_context(|| format!("{}: not a list of figures", source.display()))?;
-    list.iter()
-        .map(|f| {
-            let text = |k: &str| {
-                f[k].as_str()
-                    .map(str::to_owned)
-                    .with_context(|| format!("{}: a figure without {k}: {f}", source.display()))
-            };
-            Ok(Figure {
-                group: text("group")?,
-                case: text("case")?,
-                peer: text("peer")?,
-                seconds: f["seconds"]
-                    .as_f64()
-                    .with_context(|| format!("{}: no seconds in {f}", source.display()))?,
-                measured: text("measured")?,
-            })
-        })
+        .with_context(|| format!("{}: not a list of figures", source.display()))?
+        .iter()
+        .map(|f| entry(f, source))
         .collect()
 }
 
-fn read(path: &Path) -> anyhow::Result<Vec<Figure>> {
+fn read(path: &Path) -> anyhow::Result<Vec<Entry>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    figures(
-        &serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?,
-        path,
-    )
+    parse(&text, path)
 }
 
-pub fn run() -> anyhow::Result<()> {
-    let ws = crate::workspace();
-    let store = ws.join("docs/benchmarks/results.json");
-    let mut all: BTreeMap<(String, String, String), Figure> = BTreeMap::new();
-    let mut order: Vec<(String, String, String)> = Vec::new();
-    let mut add = |f: Figure| {
-        let key = (f.group.clone(), f.case.clone(), f.peer.clone());
-        if !order.contains(&key) {
-            order.push(key.clone());
-        }
-        all.insert(key, f);
+/// The entries of every `*.json` in `dir` (none when it does not exist).
+fn read_dir(dir: &Path) -> anyhow::Result<Vec<Entry>> {
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
     };
-    if store.exists() {
-        read(&store)?.into_iter().for_each(&mut add);
-    }
-    let fresh = ws.join("target/strata-bench");
-    let mut new = 0;
-    if let Ok(dir) = std::fs::read_dir(&fresh) {
-        let mut files: Vec<_> = dir.filter_map(Result::ok).map(|e| e.path()).collect();
-        files.sort();
-        for f in files
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        {
-            for fig in read(f)? {
-                new += 1;
-                add(fig);
-            }
-        }
-    }
-    let figures: Vec<Figure> = order.iter().map(|k| all[k].clone()).collect();
-    if figures.is_empty() {
-        bail!("no results: run `cargo xtask bench NAME` first");
-    }
-    let json: Vec<Value> = figures
+    let mut files: Vec<_> = listing.filter_map(Result::ok).map(|e| e.path()).collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files
         .iter()
-        .map(|f| {
-            json!({"group": f.group, "case": f.case, "peer": f.peer,
-                   "seconds": f.seconds, "measured": f.measured})
-        })
-        .collect();
-    std::fs::create_dir_all(store.parent().expect("docs/benchmarks"))?;
-    std::fs::write(&store, serde_json::to_string_pretty(&json)? + "\n")?;
-
-    let mut groups: Vec<&str> = Vec::new();
-    for f in &figures {
-        if !groups.contains(&f.group.as_str()) {
-            groups.push(&f.group);
-        }
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    {
+        out.extend(read(f)?);
     }
-    let mut tables = String::new();
-    for g in &groups {
-        let mine: Vec<&Figure> = figures.iter().filter(|f| f.group == *g).collect();
-        let svg = ws.join(format!("docs/benchmarks/{g}.svg"));
-        std::fs::write(&svg, chart(g, &mine))
-            .with_context(|| format!("write {}", svg.display()))?;
-        tables.push_str(&table(g, &mine));
-    }
-    let md_path = ws.join("docs/benchmarks.md");
-    let md = std::fs::read_to_string(&md_path).context("read docs/benchmarks.md")?;
-    let (head, rest) = md
-        .split_once(BEGIN)
-        .context("docs/benchmarks.md lacks the results marker")?;
-    let (_, tail) = rest
-        .split_once(END)
-        .context("docs/benchmarks.md lacks the end-of-results marker")?;
-    std::fs::write(&md_path, format!("{head}{BEGIN}\n{tables}{END}{tail}"))?;
-    eprintln!(
-        "bench report: {} figures ({new} new) in {} groups: docs/benchmarks.md, docs/benchmarks/*.svg",
-        figures.len(),
-        groups.len()
-    );
-    Ok(())
+    Ok(out)
 }
 
-/// Cases of a group in first-seen order, each with its figures.
-fn cases<'a>(figs: &[&'a Figure]) -> Vec<(String, Vec<&'a Figure>)> {
-    let mut out: Vec<(String, Vec<&Figure>)> = Vec::new();
-    for f in figs {
-        match out.iter_mut().find(|(c, _)| *c == f.case) {
-            Some((_, v)) => v.push(f),
-            None => out.push((f.case.clone(), vec![f])),
+/// Checks that everything recorded in `dir` has full provenance (what a
+/// quick run recorded in its scratch directory); the number of entries.
+pub fn check(dir: &Path) -> anyhow::Result<usize> {
+    let entries = read_dir(dir)?;
+    if entries.is_empty() {
+        bail!("nothing was recorded in {}", dir.display());
+    }
+    Ok(entries.len())
+}
+
+/// `old` then `new`, a newer entry replacing an older one of the same
+/// group, case and peer in its place.
+fn merge(old: Vec<Entry>, new: Vec<Entry>) -> Vec<Entry> {
+    let mut out: Vec<Entry> = Vec::new();
+    for e in old.into_iter().chain(new) {
+        match out
+            .iter_mut()
+            .find(|o| o.group == e.group && o.case == e.case && o.peer == e.peer)
+        {
+            Some(o) => *o = e,
+            None => out.push(e),
         }
     }
     out
 }
 
-/// Strata's figure of a case: the first peer whose name starts with
-/// "strata".
-fn baseline(figs: &[&Figure]) -> Option<f64> {
-    figs.iter()
-        .find(|f| f.peer.starts_with("strata"))
-        .map(|f| f.seconds)
+pub fn run() -> anyhow::Result<()> {
+    let ws = crate::workspace();
+    let store = ws.join("docs/benchmarks/results.json");
+    let old = if store.exists() {
+        read(&store)?
+    } else {
+        Vec::new()
+    };
+    let fresh = read_dir(&ws.join("target/strata-bench"))?;
+    let new = fresh.len();
+    let entries = merge(old, fresh);
+    let raw: Vec<&Value> = entries.iter().map(|e| &e.raw).collect();
+    std::fs::create_dir_all(store.parent().expect("docs/benchmarks"))?;
+    std::fs::write(&store, serde_json::to_string_pretty(&raw)? + "\n")?;
+
+    let groups = groups(&entries);
+    let charts = ws.join("docs/benchmarks");
+    for (g, mine) in &groups {
+        let svg = charts.join(format!("{g}.svg"));
+        std::fs::write(&svg, chart(g, mine)).with_context(|| format!("write {}", svg.display()))?;
+    }
+    // A chart of a group with no figure would show figures no record holds.
+    for f in std::fs::read_dir(&charts)?.filter_map(Result::ok) {
+        let path = f.path();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if path.extension().is_some_and(|e| e == "svg") && !groups.iter().any(|(g, _)| g == stem) {
+            std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+        }
+    }
+    rewrite(&ws.join("docs/benchmarks.md"), BEGIN, END, &tables(&groups))?;
+    eprintln!(
+        "bench report: {} entries ({new} new) in {} groups: docs/benchmarks.md, docs/benchmarks/*.svg",
+        entries.len(),
+        groups.len()
+    );
+    Ok(())
+}
+
+/// Replaces what lies between `begin` and `end` in the file at `path`.
+fn rewrite(path: &Path, begin: &str, end: &str, with: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let (head, rest) = text
+        .split_once(begin)
+        .with_context(|| format!("{} lacks the marker {begin}", path.display()))?;
+    let (_, tail) = rest
+        .split_once(end)
+        .with_context(|| format!("{} lacks the marker {end}", path.display()))?;
+    std::fs::write(path, format!("{head}{begin}\n{with}{end}{tail}"))
+        .with_context(|| format!("write {}", path.display()))
+}
+
+/// The entries by group, groups in first-seen order.
+fn groups(entries: &[Entry]) -> Vec<(String, Vec<&Entry>)> {
+    let mut out: Vec<(String, Vec<&Entry>)> = Vec::new();
+    for e in entries {
+        match out.iter_mut().find(|(g, _)| *g == e.group) {
+            Some((_, v)) => v.push(e),
+            None => out.push((e.group.clone(), vec![e])),
+        }
+    }
+    out
+}
+
+/// Cases of a group in first-seen order, each with its entries.
+fn cases<'a>(entries: &[&'a Entry]) -> Vec<(String, Vec<&'a Entry>)> {
+    let mut out: Vec<(String, Vec<&Entry>)> = Vec::new();
+    for e in entries {
+        match out.iter_mut().find(|(c, _)| *c == e.case) {
+            Some((_, v)) => v.push(e),
+            None => out.push((e.case.clone(), vec![e])),
+        }
+    }
+    out
+}
+
+/// Strata's figure of a case: the first measured peer whose name starts
+/// with "strata".
+fn baseline(entries: &[&Entry]) -> Option<f64> {
+    entries
+        .iter()
+        .find(|e| e.is_strata())
+        .and_then(|e| e.compared())
 }
 
 fn seconds(s: f64) -> String {
@@ -161,57 +285,119 @@ fn seconds(s: f64) -> String {
     }
 }
 
-fn table(group: &str, figs: &[&Figure]) -> String {
-    let mut md = format!(
-        "\n### {group}\n\n![{group}](benchmarks/{group}.svg)\n\n| case | peer | median | Strata / peer |\n|---|---|---|---|\n"
-    );
-    for (case, fs) in cases(figs) {
-        let base = baseline(&fs);
-        for f in fs {
-            let ratio = match base {
-                Some(b) if !f.peer.starts_with("strata") => format!("{:.2}", b / f.seconds),
-                _ => String::new(),
-            };
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {ratio} |",
-                cell(&case),
-                cell(&f.peer),
-                seconds(f.seconds)
-            );
-        }
+/// docs/benchmarks.md's results: per group a chart, the table, the peers
+/// left out, the tools' versions and the provenance of every case.
+fn tables(groups: &[(String, Vec<&Entry>)]) -> String {
+    if groups.is_empty() {
+        return "\nNo figure has been recorded yet: run `cargo xtask bench NAME`, then `cargo xtask bench --report`.\n\n".to_owned();
     }
-    let dates: Vec<&str> = figs.iter().map(|f| f.measured.as_str()).collect();
-    let (first, last) = (
-        dates.iter().min().copied().unwrap_or(""),
-        dates.iter().max().copied().unwrap_or(""),
-    );
-    let when = if first == last {
-        first.to_owned()
-    } else {
-        format!("{first} to {last}")
-    };
-    let _ = writeln!(md, "\nMeasured {when}.\n");
+    let mut md = String::new();
+    for (g, entries) in groups {
+        md += &table(g, entries);
+    }
     md
 }
 
-/// Horizontal bars, one per peer, grouped by case; each case scaled to its
-/// slowest peer so cases of different sizes stay readable.
-fn chart(group: &str, figs: &[&Figure]) -> String {
-    const W: f64 = 760.0;
-    const LABEL: f64 = 250.0;
+fn table(group: &str, entries: &[&Entry]) -> String {
+    let mut md = format!(
+        "\n### {group}\n\n![{group}](benchmarks/{group}.svg)\n\n| case | peer | runs | returned | durable | peak memory | Strata / peer |\n|---|---|---|---|---|---|---|\n"
+    );
+    let mut left_out = String::new();
+    for (case, es) in cases(entries) {
+        let base = baseline(&es);
+        for e in es {
+            match &e.outcome {
+                Outcome::Measured {
+                    runs,
+                    returned,
+                    durable,
+                    peak_kib,
+                } => {
+                    let ratio = match (base, e.compared()) {
+                        (Some(b), Some(t)) if !e.is_strata() => format!("{:.2}", b / t),
+                        _ => String::new(),
+                    };
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {runs} | {} | {} | {} | {ratio} |",
+                        cell(&case),
+                        cell(&e.peer),
+                        seconds(*returned),
+                        durable.map_or("(in process)".to_owned(), seconds),
+                        peak_kib.map_or("(in process)".to_owned(), |k| format!(
+                            "{} MiB",
+                            k.div_ceil(1024)
+                        )),
+                    );
+                }
+                Outcome::Excluded(why) => {
+                    let _ = writeln!(left_out, "- {} in {case}: {why}", e.peer);
+                }
+            }
+        }
+    }
+    md += "\nStrata / peer: Strata's median over the peer's, durable times where the case writes (below 1: Strata is faster).\n";
+    if !left_out.is_empty() {
+        md += "\nNot counted as peers (their result differs from Strata's):\n\n";
+        md += &left_out;
+    }
+    let mut tools: Vec<(&str, &str)> = Vec::new();
+    for e in entries {
+        if !tools.contains(&(e.peer.as_str(), e.tool.as_str())) {
+            tools.push((&e.peer, &e.tool));
+        }
+    }
+    md += "\nVersions:\n\n";
+    for (peer, tool) in tools {
+        let _ = writeln!(md, "- {peer}: {tool}");
+    }
+    md += "\nProvenance:\n\n| case | commit | recorded (UTC) | kernel | file system written | as root | cores |\n|---|---|---|---|---|---|---|\n";
+    let mut rows: Vec<(&str, &Provenance)> = Vec::new();
+    for e in entries {
+        if !rows.contains(&(e.case.as_str(), &e.provenance)) {
+            rows.push((&e.case, &e.provenance));
+        }
+    }
+    for (case, p) in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {}{} | {} | {} | {} | {} | {} |",
+            cell(case),
+            p.commit.get(..12).unwrap_or(&p.commit),
+            if p.dirty {
+                " (uncommitted changes)"
+            } else {
+                ""
+            },
+            p.utc,
+            cell(&p.kernel),
+            cell(&p.fs),
+            if p.root { "yes" } else { "no" },
+            p.cores
+        );
+    }
+    md.push('\n');
+    md
+}
+
+/// Horizontal bars, one per measured peer, grouped by case, each case
+/// scaled to its slowest peer: a pale bar to the durable time, a strong one
+/// to the returned time.
+fn chart(group: &str, entries: &[&Entry]) -> String {
+    const W: f64 = 980.0;
+    const LABEL: f64 = 360.0;
     const BAR: f64 = 18.0;
-    let cases = cases(figs);
+    let cases = cases(entries);
     let rows: usize = cases.iter().map(|(_, v)| v.len() + 1).sum();
     let height = 40.0 + rows as f64 * (BAR + 6.0) + 10.0;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
 <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-<text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{} (median time, shorter is better)</text>\n",
+<text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{} (median; strong: returned, pale: durable; shorter is better)</text>\n",
         escape(group)
     );
     let mut y = 40.0;
-    for (case, fs) in &cases {
+    for (case, es) in &cases {
         let _ = writeln!(
             svg,
             "<text x=\"10\" y=\"{:.0}\" font-weight=\"bold\">{}</text>",
@@ -219,24 +405,44 @@ fn chart(group: &str, figs: &[&Figure]) -> String {
             escape(case)
         );
         y += BAR + 6.0;
-        let max = fs.iter().map(|f| f.seconds).fold(0.0, f64::max).max(1e-9);
-        let base = baseline(fs);
-        for f in fs {
-            let strata = f.peer.starts_with("strata");
-            let len = (W - LABEL - 130.0) * f.seconds / max;
-            let colour = if strata { "#2b6cb0" } else { "#a0aec0" };
+        let max = es
+            .iter()
+            .filter_map(|e| e.compared())
+            .fold(0.0, f64::max)
+            .max(1e-9);
+        let base = baseline(es);
+        for e in es {
+            let Outcome::Measured {
+                returned, durable, ..
+            } = e.outcome
+            else {
+                continue;
+            };
+            let scale = (W - LABEL - 230.0) / max;
+            let (strong, pale) = if e.is_strata() {
+                ("#2b6cb0", "#bee3f8")
+            } else {
+                ("#4a5568", "#e2e8f0")
+            };
+            let total = durable.unwrap_or(returned);
             let ratio = match base {
-                Some(b) if !strata => format!(" (Strata {:.2}x)", b / f.seconds),
+                Some(b) if !e.is_strata() => format!(" (Strata {:.2}x)", b / total),
                 _ => String::new(),
+            };
+            let text = match durable {
+                Some(d) => format!("{} / {}", seconds(returned), seconds(d)),
+                None => seconds(returned),
             };
             let _ = writeln!(
                 svg,
-                "<text x=\"20\" y=\"{:.0}\">{}</text>\n<rect x=\"{LABEL}\" y=\"{y:.0}\" width=\"{len:.1}\" height=\"{BAR}\" fill=\"{colour}\"/>\n<text x=\"{:.1}\" y=\"{:.0}\">{}{}</text>",
+                "<text x=\"20\" y=\"{:.0}\">{}</text>\n<rect x=\"{LABEL}\" y=\"{y:.0}\" width=\"{:.1}\" height=\"{BAR}\" fill=\"{pale}\"/>\n<rect x=\"{LABEL}\" y=\"{y:.0}\" width=\"{:.1}\" height=\"{BAR}\" fill=\"{strong}\"/>\n<text x=\"{:.1}\" y=\"{:.0}\">{}{}</text>",
                 y + BAR * 0.75,
-                escape(&f.peer),
-                LABEL + len + 6.0,
+                escape(&e.peer),
+                total * scale,
+                returned * scale,
+                LABEL + total * scale + 6.0,
                 y + BAR * 0.75,
-                seconds(f.seconds),
+                text,
                 ratio
             );
             y += BAR + 6.0;
@@ -255,4 +461,68 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figure(peer: &str, provenance: Value) -> Value {
+        serde_json::json!({
+            "group": "import", "case": "debian-python from its OCI archive", "peer": peer,
+            "tool": "some 1.0", "runs": 3, "returned": 1.5, "durable": 2.0, "peak_kib": 2048,
+            "provenance": provenance,
+        })
+    }
+
+    fn full() -> Value {
+        serde_json::json!({
+            "commit": "5e4d17b0c0ffee", "dirty": false, "utc": "2026-01-02T03:04:05Z",
+            "kernel": "6.1.0-30-amd64", "fs": "ext4 on /dev/loop0", "root": true, "cores": 2,
+        })
+    }
+
+    #[test]
+    fn a_figure_without_provenance_is_refused_by_name() {
+        let source = Path::new("results.json");
+        let typed_in = serde_json::json!([{
+            "group": "ingest", "case": "a 1 GiB file on tmpfs", "peer": "sha256sum + cp",
+            "seconds": 3.44, "measured": "2026-11",
+        }]);
+        let err = parse(&typed_in.to_string(), source)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"ingest / a 1 GiB file on tmpfs / sha256sum + cp\" lacks provenance"),
+            "{err}"
+        );
+        // Each field counts.
+        for key in ["commit", "dirty", "utc", "kernel", "fs", "root", "cores"] {
+            let mut p = full();
+            p.as_object_mut().unwrap().remove(key);
+            let list = Value::Array(vec![figure("ctr images import (containerd)", p)]);
+            let err = parse(&list.to_string(), source).unwrap_err().to_string();
+            assert!(err.contains(&format!("(no {key})")), "{key}: {err}");
+        }
+        let mut no_tool = figure("strata image pull", full());
+        no_tool.as_object_mut().unwrap().remove("tool");
+        let err = parse(&Value::Array(vec![no_tool]).to_string(), source)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no tool version"), "{err}");
+    }
+
+    #[test]
+    fn recorded_figures_make_tables() {
+        let list = Value::Array(vec![
+            figure("strata image import (layers in parallel)", full()),
+            figure("ctr images import (containerd)", full()),
+        ]);
+        let entries = parse(&list.to_string(), Path::new("x.json")).unwrap();
+        let md = tables(&groups(&entries));
+        assert!(md.contains("| 2.00 s | 2 MiB | 1.00 |"), "{md}");
+        assert!(md.contains("| 5e4d17b0c0ff | 2026-01-02T03:04:05Z | 6.1.0-30-amd64 | ext4 on /dev/loop0 | yes | 2 |"), "{md}");
+        // Nothing recorded is no failure.
+        assert!(tables(&[]).contains("No figure has been recorded yet"));
+    }
 }

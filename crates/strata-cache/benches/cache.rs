@@ -6,25 +6,71 @@
 //! * export of a one-file change made on top of the imported image;
 //! * 10,000 get/release cycles of one ref;
 //! * disk usage over 10,000 records.
+//!
+//! These are timed in process and printed, not recorded (no peer does the
+//! same); a quick run (`cargo xtask bench --quick`) imports the small image
+//! and makes 100 cycles and records.
 
 // This program reports on stdout by design.
 #![allow(clippy::print_stdout)]
 
-#[path = "common.rs"]
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use common::{open, rt, strata_import};
-use strata_cache::{CompressionConfig, RefConfig, RefOptions};
+use strata_cache::{
+    BackendChoice, CacheManager, CompressionConfig, ImagePullOptions, Location, RefConfig,
+    RefOptions, Root, RootOptions,
+};
 use strata_core::Filter;
 use strata_diff::Compression;
 use strata_leases::OpCtx;
+use strata_testkit::bench;
 
-fn bench_ops(rt: &tokio::runtime::Runtime, dir: &Path, images: &Path) {
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn open(path: &Path) -> CacheManager {
+    let root = Root::open(&RootOptions {
+        path: Some(path.to_path_buf()),
+        backend: BackendChoice::Overlay,
+    })
+    .unwrap();
+    CacheManager::new(root).unwrap()
+}
+
+/// Imports the layout at `layout` into the root at `root`, held by the
+/// lease `bench`; the top ref's id.
+fn strata_import(rt: &tokio::runtime::Runtime, layout: &Path, root: &Path) -> String {
+    let mgr = open(root);
+    mgr.root()
+        .leases
+        .create(strata_leases::LeaseSpec {
+            id: Some("bench".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let ctx = OpCtx::new().with_lease_id("bench");
+    let location = Location::Layout {
+        dir: layout.to_path_buf(),
+        tag: None,
+    };
+    let got = rt
+        .block_on(mgr.pull_image(&ctx, &location, &ImagePullOptions::default()))
+        .unwrap();
+    let top = got.top.expect("layers");
+    rt.block_on(mgr.name_image("bench", &got.image, Some(&top), "bench"))
+        .unwrap();
+    top.id().to_owned()
+}
+
+fn bench_ops(rt: &tokio::runtime::Runtime, dir: &Path, layout: &Path) {
     let root = dir.join("ops");
-    let (_, top_id) = strata_import(rt, &images.join("debian-python"), &root, 8);
+    let top_id = strata_import(rt, layout, &root);
+    let cycles = bench::pick(10_000, 100);
     let mgr = open(&root);
     let ctx = OpCtx::new().with_lease_id("bench");
     rt.block_on(async {
@@ -48,17 +94,17 @@ fn bench_ops(rt: &tokio::runtime::Runtime, dir: &Path, images: &Path) {
             chain.layers.len()
         );
         let start = Instant::now();
-        for _ in 0..10_000 {
+        for _ in 0..cycles {
             let r = mgr.get(&top_id, &RefOptions::default()).await.unwrap();
             r.release().unwrap();
         }
         println!(
-            "  10,000 get/release cycles: {:.2}s ({:.0} us each)",
+            "  {cycles} get/release cycles: {:.2}s ({:.0} us each)",
             start.elapsed().as_secs_f64(),
-            start.elapsed().as_secs_f64() * 1e6 / 10_000.0
+            start.elapsed().as_secs_f64() * 1e6 / cycles as f64
         );
         let start = Instant::now();
-        for _ in 0..10_000 {
+        for _ in 0..cycles {
             let m = mgr.new_ref(&ctx, None, &RefOptions::default()).await.unwrap();
             m.commit(&ctx).await.unwrap();
         }
@@ -66,7 +112,7 @@ fn bench_ops(rt: &tokio::runtime::Runtime, dir: &Path, images: &Path) {
         let start = Instant::now();
         let usage = mgr.disk_usage(&Filter::default()).await.unwrap();
         println!(
-            "  disk usage over {} records: {:.2}s (making 10,000 refs took {:.1}s)",
+            "  disk usage over {} records: {:.2}s (making {cycles} refs took {:.1}s)",
             usage.len(),
             start.elapsed().as_secs_f64(),
             made.as_secs_f64()
@@ -75,10 +121,8 @@ fn bench_ops(rt: &tokio::runtime::Runtime, dir: &Path, images: &Path) {
 }
 
 fn main() {
-    let dir = PathBuf::from(
-        std::env::var_os("STRATA_BENCH_DIR").expect("run through cargo xtask bench cache"),
-    );
-    let images = strata_testkit::bench_images();
+    let dir = bench::scratch();
+    let images = bench::images(&dir);
     println!("bench cache (scratch {}):", dir.display());
-    bench_ops(&rt(), &dir, &images);
+    bench_ops(&rt(), &dir, &images.layout(&images.names[0]));
 }

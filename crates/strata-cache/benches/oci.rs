@@ -1,186 +1,156 @@
 //! `cargo xtask bench oci`: images into a fresh root against containerd
-//! 1.6, on the real Debian images (`cargo xtask bench-images`) and the
-//! scratch file system `STRATA_BENCH_DIR`, alternating, one warm-up round,
-//! medians of the runs and the median of the pairwise ratios:
+//! 1.6 and containers/storage (the store of podman and buildah), on the
+//! real Debian images (`cargo xtask bench-images`; a small image in a
+//! quick run) and the scratch file system `STRATA_BENCH_DIR`, side by side
+//! (`strata_testkit::bench`: cache dropped before each run, order rotated,
+//! returned and durable times, peak memory), every contender a process:
 //!
-//! * pull of debian-python (gzip, then zstd) from a registry on 127.0.0.1
-//!   (Debian's docker-registry) into a fresh root: Strata's `pull_image`
-//!   (manifest, config and layers fetched in parallel and verified, layers
-//!   unpacked) against `ctr images pull --plain-http` into containerd's
-//!   overlayfs snapshotter (a private containerd on the scratch directory,
-//!   content isolated per namespace so every run fetches);
-//! * import of the same images from their OCI layouts: Strata one layer at
-//!   a time and in parallel, against `ctr images import` of the same image
-//!   as an OCI archive.
+//! * import of debian-python (gzip, then zstd) from the same OCI archive
+//!   (an OCI layout in a tar): `strata image import docker-archive:FILE`
+//!   into a fresh root as shipped (layers unpacked in parallel, the
+//!   headline) and with `--jobs 1` (one layer at a time), against `ctr
+//!   images import FILE` into containerd's overlayfs snapshotter (a private
+//!   containerd on the scratch directory, content isolated per namespace
+//!   so every run ingests everything) and `skopeo copy oci-archive:FILE
+//!   containers-storage:[overlay@ROOT+RUNROOT]NAME` into a fresh ROOT;
+//! * pull of the same images from a registry on 127.0.0.1 (Debian's
+//!   docker-registry; pushed there by `strata image push`): `strata image
+//!   pull` into a fresh root against `ctr images pull --plain-http`.
+//!
+//! containerd's peak memory is `ctr`'s plus the daemon's.
 
-// This program reports on stdout by design.
-#![allow(clippy::print_stdout)]
+use std::path::Path;
 
-#[path = "common.rs"]
-mod common;
-
-use std::path::{Path, PathBuf};
-use std::time::Instant;
-
-use common::{RUNS, open, rt, sh, strata_import};
-use strata_cache::{ImagePullOptions, Location, RegistryOptions};
-use strata_leases::OpCtx;
-use strata_testkit::bench::{median, median_f, warm};
+use strata_testkit::bench::{self, Contender, Images};
 use strata_testkit::containerd::Containerd;
 use strata_testkit::registry::Registry;
 
-fn bench_import(rt: &tokio::runtime::Runtime, dir: &Path, images: &Path, ctrd: &Containerd) {
-    for name in ["debian-python", "debian-python-zstd"] {
-        let layout = images.join(name);
-        let archive = images.join("archives").join(format!("{name}.oci.tar"));
-        let (mut seq, mut par, mut ctr) = (vec![], vec![], vec![]);
-        let mut ratios = vec![];
-        // One warm-up round, then the measured ones.
-        for run in 0..=RUNS {
-            let (s_root, p_root) = (
-                dir.join(format!("seq-{run}")),
-                dir.join(format!("par-{run}")),
-            );
-            warm(dir);
-            let (s, _) = strata_import(rt, &layout, &s_root, 1);
-            warm(dir);
-            let (p, _) = strata_import(rt, &layout, &p_root, 8);
-            warm(dir);
-            let c = ctrd.import(&format!("{name}-{run}"), &archive, "overlayfs");
-            if run > 0 {
-                seq.push(s);
-                par.push(p);
-                ctr.push(c);
-                ratios.push(p.as_secs_f64() / c.as_secs_f64());
+fn bench_import(dir: &Path, images: &Images, ctrd: &Containerd) {
+    let (par, seq, storage) = (dir.join("par"), dir.join("seq"), dir.join("storage"));
+    let strata = bench::strata_version();
+    let containerd = bench::version("containerd");
+    for name in &images.names {
+        let archive = images.archive(name);
+        let import = |root: &Path, jobs: Option<&str>| {
+            bench::remove(root);
+            let mut cmd = bench::strata(root);
+            cmd.args(["image", "import", "--name", "bench"])
+                .arg(format!("docker-archive:{}", archive.display()));
+            if let Some(n) = jobs {
+                cmd.args(["--jobs", n]);
             }
-            for r in [&s_root, &p_root] {
-                sh(&format!(
-                    "umount -R {0}/tmp 2>/dev/null || true; rm -rf --one-file-system {0}",
-                    r.display()
-                ));
-            }
-        }
-        strata_testkit::bench::record(
-            "import",
-            &format!("{name} from its OCI layout"),
-            &[
-                ("strata, layers in parallel", median(par.clone())),
-                ("strata, one layer at a time", median(seq.clone())),
-                ("ctr images import (containerd 1.6)", median(ctr.clone())),
-            ],
-        );
-        println!(
-            "  import {name}: strata one layer at a time {:.2}s, in parallel {:.2}s, ctr images import {:.2}s; strata parallel / containerd {:.2}",
-            median(seq).as_secs_f64(),
-            median(par).as_secs_f64(),
-            median(ctr).as_secs_f64(),
-            median_f(ratios)
-        );
-    }
-}
-
-/// Strata's pull end to end into a fresh root at `root`.
-fn strata_pull(rt: &tokio::runtime::Runtime, reference: &str, root: &Path) -> std::time::Duration {
-    let start = Instant::now();
-    let mgr = open(root);
-    rt.block_on(async {
-        let (ctx, guard) = strata_leases::with_lease(&OpCtx::new(), &mgr.root().leases).unwrap();
-        let location = Location::Registry {
-            reference: reference.to_owned(),
+            cmd
         };
-        let got = mgr
-            .pull_image(&ctx, &location, &ImagePullOptions::default())
-            .await
-            .unwrap();
-        mgr.name_image("bench", &got.image, got.top.as_ref(), reference)
-            .await
-            .unwrap();
-        drop(got);
-        guard.release().unwrap();
-    });
-    start.elapsed()
+        let mut contenders = [
+            Contender::new("strata image import (layers in parallel)", &strata, |_| {
+                import(&par, None)
+            }),
+            Contender::new(
+                "strata image import --jobs 1 (one layer at a time)",
+                &strata,
+                |_| import(&seq, Some("1")),
+            ),
+            Contender::new("ctr images import (containerd)", &containerd, |r| {
+                ctrd.import(&format!("{name}-{r}"), &archive, "overlayfs")
+            })
+            .daemons(&[ctrd.pid()]),
+            Contender::new(
+                "skopeo copy to containers-storage (podman, buildah)",
+                &bench::version("skopeo"),
+                |_| {
+                    bench::remove(&storage);
+                    let tmp = storage.join("tmp");
+                    std::fs::create_dir_all(&tmp).unwrap();
+                    let mut cmd = std::process::Command::new("skopeo");
+                    cmd.arg("copy")
+                        .arg(format!("oci-archive:{}", archive.display()))
+                        .arg(format!(
+                            "containers-storage:[overlay@{0}/root+{0}/run]bench/{name}:latest",
+                            storage.display()
+                        ))
+                        // It unpacks the archive there first, on the file
+                        // system measured (not /var/tmp).
+                        .env("TMPDIR", &tmp);
+                    cmd
+                },
+            ),
+        ];
+        let times = bench::side_by_side(dir, true, &mut contenders);
+        for d in [&par, &seq, &storage] {
+            bench::remove(d);
+        }
+        let figures: Vec<_> = times.iter().map(bench::Times::figure).collect();
+        bench::record(
+            "import",
+            &format!("{name} from its OCI archive"),
+            dir,
+            &figures,
+            &[],
+        );
+    }
 }
 
-fn bench_pull(rt: &tokio::runtime::Runtime, dir: &Path, images: &Path, ctrd: &Containerd) {
+fn bench_pull(dir: &Path, images: &Images, ctrd: &Containerd) {
     let registry = Registry::start(None);
-    // The images go into the registry through a staging root.
+    // The images go into the registry through a staging root, blobs as
+    // they are.
     let staging = dir.join("staging");
-    for name in ["debian-python", "debian-python-zstd"] {
-        let mgr = open(&staging);
-        rt.block_on(async {
-            let (ctx, guard) =
-                strata_leases::with_lease(&OpCtx::new(), &mgr.root().leases).unwrap();
-            let layout = Location::Layout {
-                dir: images.join(name),
-                tag: None,
-            };
-            let got = mgr
-                .pull_image(&ctx, &layout, &ImagePullOptions::default())
-                .await
-                .unwrap();
-            let target = Location::Registry {
-                reference: format!("{}/bench/{name}:latest", registry.addr),
-            };
-            mgr.write_image(&ctx, &got.image, &target, &RegistryOptions::default())
-                .await
-                .unwrap();
-            drop(got);
-            guard.release().unwrap();
-        });
+    for name in &images.names {
+        bench::ok(
+            bench::strata(&staging)
+                .args(["image", "import", "--name", name])
+                .arg(format!("oci:{}", images.layout(name).display())),
+        );
+        bench::ok(bench::strata(&staging).args([
+            "image",
+            "push",
+            name,
+            &format!("{}/bench/{name}:latest", registry.addr),
+        ]));
     }
-    sh(&format!("rm -rf --one-file-system {}", staging.display()));
-    for name in ["debian-python", "debian-python-zstd"] {
+    bench::remove(&staging);
+    let root = dir.join("pull");
+    for name in &images.names {
         let reference = format!("{}/bench/{name}:latest", registry.addr);
-        let (mut strata, mut ctr, mut ratios) = (vec![], vec![], vec![]);
-        for run in 0..=RUNS {
-            let root = dir.join(format!("pull-{run}"));
-            warm(dir);
-            let s = strata_pull(rt, &reference, &root);
-            warm(dir);
-            let c = ctrd.pull(&format!("pull-{name}-{run}"), &reference);
-            if run > 0 {
-                strata.push(s);
-                ctr.push(c);
-                ratios.push(s.as_secs_f64() / c.as_secs_f64());
-            }
-            sh(&format!(
-                "umount -R {0}/tmp 2>/dev/null || true; rm -rf --one-file-system {0}",
-                root.display()
-            ));
-        }
-        strata_testkit::bench::record(
+        let mut contenders = [
+            Contender::new("strata image pull", &bench::strata_version(), |_| {
+                bench::remove(&root);
+                let mut cmd = bench::strata(&root);
+                cmd.args(["image", "pull", &reference]);
+                cmd
+            }),
+            Contender::new(
+                "ctr images pull (containerd)",
+                &bench::version("containerd"),
+                |r| ctrd.pull(&format!("pull-{name}-{r}"), &reference),
+            )
+            .daemons(&[ctrd.pid()]),
+        ];
+        let times = bench::side_by_side(dir, true, &mut contenders);
+        bench::remove(&root);
+        let figures: Vec<_> = times.iter().map(bench::Times::figure).collect();
+        bench::record(
             "pull",
             &format!("{name} from a registry on 127.0.0.1"),
-            &[
-                ("strata image pull", median(strata.clone())),
-                ("ctr images pull (containerd 1.6)", median(ctr.clone())),
-            ],
-        );
-        println!(
-            "  pull {name} from 127.0.0.1: strata {:.2}s, ctr images pull {:.2}s; strata / containerd {:.2}",
-            median(strata).as_secs_f64(),
-            median(ctr).as_secs_f64(),
-            median_f(ratios)
+            dir,
+            &figures,
+            &[],
         );
     }
 }
 
 fn main() {
-    let dir = PathBuf::from(
-        std::env::var_os("STRATA_BENCH_DIR").expect("run through cargo xtask bench oci"),
-    );
-    let images = strata_testkit::bench_images();
-    let rt = rt();
-    println!("bench oci (scratch {}):", dir.display());
+    let dir = bench::scratch();
+    let images = bench::images(&dir);
     let ctrd_dir = dir.join("containerd");
     std::fs::create_dir_all(&ctrd_dir).unwrap();
     let ctrd = Containerd::start(&ctrd_dir);
     // `STRATA_BENCH_ONLY=pull|import` runs one part.
     let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
     if only.is_empty() || only == "pull" {
-        bench_pull(&rt, &dir, &images, &ctrd);
+        bench_pull(&dir, &images, &ctrd);
     }
     if only.is_empty() || only == "import" {
-        bench_import(&rt, &dir, &images, &ctrd);
+        bench_import(&dir, &images, &ctrd);
     }
 }

@@ -1,14 +1,15 @@
 //! `cargo xtask bench gc`: one collection over 100,000 snapshots (in chains
-//! of ten) and 100,000 blobs, 10% reachable through 1,000 leases, with real
-//! snapshot directories and blob files on the scratch file system
-//! `STRATA_BENCH_DIR`. Reports the dry-run mark time, the whole collection,
-//! the time writers were paused, and the time per object.
+//! of ten) and 100,000 blobs (2,000 of each in a quick run), 10% reachable
+//! through a lease per hundred, with real snapshot directories and blob
+//! files on the scratch file system `STRATA_BENCH_DIR`. Reports the
+//! dry-run mark time, the whole collection, the time writers were paused,
+//! and the time per object; the collection is timed in process (it has no
+//! peer), and recorded with its provenance.
 
 // This program reports on stdout by design.
 #![allow(clippy::print_stdout)]
 
 use std::fs;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use strata_cache::{BackendChoice, Root, RootOptions};
@@ -16,12 +17,13 @@ use strata_core::{Algorithm, Digest, Labels};
 use strata_leases::gc::GcOptions;
 use strata_leases::{LeaseSpec, Resource};
 use strata_metadata::records::{ContentRecord, SnapshotKind, SnapshotRecord, now};
+use strata_testkit::bench::{self, Figure};
 
 /// Opening the populated root after a clean close, and after an unclean
 /// one (the full reconciliation), as a command starts; then removing one
-/// snapshot of the 100,000 (the parent index makes it cost its children).
+/// snapshot of the `n` (the parent index makes it cost its children).
 /// Returns the root, open.
-fn large_root(root: &std::path::Path) -> Root {
+fn large_root(root: &std::path::Path, n: usize) -> Root {
     let options = RootOptions {
         path: Some(root.to_path_buf()),
         backend: BackendChoice::Native,
@@ -53,7 +55,7 @@ fn large_root(root: &std::path::Path) -> Root {
     let t = Instant::now();
     rt.block_on(strata_snapshot::Snapshotter::remove(
         &mgr.root().snapshots,
-        &format!("s{}", 100_000 - 1),
+        &format!("s{}", n - 1),
     ))
     .unwrap();
     let took = t.elapsed();
@@ -71,7 +73,7 @@ fn large_root(root: &std::path::Path) -> Root {
         })
         .unwrap();
     println!(
-        "  removing one of 100,000 snapshots: {:.2} ms; a walk by parent ({children} child): {:.2} ms",
+        "  removing one of {n} snapshots: {:.2} ms; a walk by parent ({children} child): {:.2} ms",
         took.as_secs_f64() * 1e3,
         t.elapsed().as_secs_f64() * 1e3
     );
@@ -80,9 +82,7 @@ fn large_root(root: &std::path::Path) -> Root {
 }
 
 fn main() {
-    let dir = PathBuf::from(
-        std::env::var_os("STRATA_BENCH_DIR").expect("run through cargo xtask bench gc"),
-    );
+    let dir = bench::scratch();
     let root = dir.join("gc-root");
     fs::create_dir_all(&root).unwrap();
     let opened = Root::open(&RootOptions {
@@ -91,7 +91,8 @@ fn main() {
     })
     .unwrap();
     let (db, lm) = (&opened.db, &opened.leases);
-    let (n, chain) = (100_000usize, 10usize);
+    // A quick run (`cargo xtask bench --quick`) only shows it still runs.
+    let (n, chain) = (bench::pick(100_000usize, 2_000), 10usize);
 
     let t = Instant::now();
     let blobs = root.join("content/blobs/sha256");
@@ -149,7 +150,7 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     drop(opened);
-    let opened = large_root(&root);
+    let opened = large_root(&root, n);
 
     let gc = &opened.collector;
     let dry = gc
@@ -176,15 +177,18 @@ fn main() {
         real.kept
     );
     assert_eq!(real.kept, objects / 10);
-    strata_testkit::bench::record(
+    bench::record(
         "gc",
         &format!("{n} snapshots + {n} blobs, 10% reachable"),
+        &dir,
         &[
-            (
+            Figure::in_process(
                 &format!("strata gc (removes {})", real.swept.len()),
+                1,
                 real.duration,
             ),
-            ("strata gc --dry-run (mark and decide)", dry.duration),
+            Figure::in_process("strata gc --dry-run (mark and decide)", 1, dry.duration),
         ],
+        &[],
     );
 }

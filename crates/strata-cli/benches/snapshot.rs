@@ -5,9 +5,14 @@
 //! * prepare + write one small file + commit, 1,000 times, per backend;
 //! * mounting (and unmounting) a read-only view of a 128- and a 500-layer
 //!   overlay chain;
-//! * native prepare of a large tree (synced, as the store requires)
-//!   against `cp -a` with and without `sync -f`, and
-//!   `cp -a --reflink=auto` + `sync -f`, alternating, medians.
+//! * native prepare of a large tree run as `strata snapshot prepare` (its
+//!   copy synced, as the store requires) against `cp -a` and
+//!   `cp -a --reflink=auto`, side by side (`strata_testkit::bench`: cache
+//!   dropped before each run, order rotated, returned and durable times,
+//!   peak memory), recorded.
+//!
+//! A quick run (`cargo xtask bench --quick`) makes 20 cycles, chains of 6
+//! and 12 layers and a tree of 101 files.
 
 // This program reports on stdout by design.
 #![allow(clippy::print_stdout)]
@@ -16,7 +21,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use strata_testkit::bench::median;
+use strata_testkit::bench::{self, Contender, median};
 
 use strata_core::Labels;
 use strata_snapshot::mounts::{LocalMount, MountOptions};
@@ -66,7 +71,8 @@ async fn chain_mounts(dir: &Path) {
     let (s, _root) = store(&dir.join("chain"), "overlay");
     let mut parent: Option<String> = None;
     let build = Instant::now();
-    for i in 0..500 {
+    let depths = bench::pick([128usize, 500], [6, 12]);
+    for i in 0..depths[1] {
         let key = format!("l{i}-key");
         s.prepare(&key, parent.as_deref(), Labels::new())
             .await
@@ -77,12 +83,13 @@ async fn chain_mounts(dir: &Path) {
         parent = Some(name);
     }
     println!(
-        "  overlay  building a 500-layer chain: {:.2}s",
+        "  overlay  building a {}-layer chain: {:.2}s",
+        depths[1],
         secs(build.elapsed())
     );
     let mnt = dir.join("chain-mnt");
     fs::create_dir_all(&mnt).unwrap();
-    for depth in [128usize, 500] {
+    for depth in depths {
         let mounts = s.view_mounts(&format!("l{}", depth - 1)).unwrap();
         let mut times = Vec::new();
         for _ in 0..11 {
@@ -109,7 +116,7 @@ async fn chain_mounts(dir: &Path) {
 }
 
 /// A tree of `dirs` directories of `files` files each, sizes from 0 to 256
-/// KiB, plus a few 16 MiB files, written into `root`.
+/// KiB, plus eight 16 MiB files (one in a quick run), written into `root`.
 fn make_tree(root: &Path, dirs: usize, files: usize) -> (u64, u64) {
     let mut bytes = 0u64;
     let mut count = 0u64;
@@ -124,7 +131,7 @@ fn make_tree(root: &Path, dirs: usize, files: usize) -> (u64, u64) {
             count += 1;
         }
     }
-    for i in 0..8 {
+    for i in 0..bench::pick(8, 1) {
         let big: Vec<u8> = block.iter().cycle().take(16 << 20).copied().collect();
         fs::write(root.join(format!("big{i}")), &big).unwrap();
         bytes += big.len() as u64;
@@ -133,113 +140,67 @@ fn make_tree(root: &Path, dirs: usize, files: usize) -> (u64, u64) {
     (count, bytes)
 }
 
-fn drop_caches() {
-    if let Err(e) = Command::new("sync").status() {
-        println!("  (sync failed: {e})");
-    }
-    // Best effort: only root can drop caches; the runs alternate anyway.
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
-/// Times `args SRC DST`, followed by `sync -f DST` when `durable` (the
-/// store syncs what it copies before recording it; `cp` alone does not).
-fn time_cmd(args: &[&str], src: &Path, dst: &Path, durable: bool) -> Duration {
-    let t = Instant::now();
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .arg(src)
-        .arg(dst)
-        .status()
-        .unwrap();
-    assert!(st.success(), "{args:?} failed");
-    if durable {
-        let st = Command::new("sync").arg("-f").arg(dst).status().unwrap();
-        assert!(st.success(), "sync -f failed");
-    }
-    t.elapsed()
-}
-
-fn rm(dir: &Path) {
-    if dir.exists() {
-        strata_sys::Root::open(dir.parent().unwrap())
-            .unwrap()
-            .remove_all(Path::new(dir.file_name().unwrap()))
-            .unwrap();
-    }
-}
-
-async fn native_copy(dir: &Path, runs: usize) {
-    let (s, _root) = store(&dir.join("native-big"), "native");
-    s.prepare("tree-key", None, Labels::new()).await.unwrap();
-    let fs_dir = s.fs_dir("tree-key").unwrap();
-    let (count, bytes) = make_tree(&fs_dir, 100, 200);
-    s.commit("tree", "tree-key", Labels::new()).await.unwrap();
-    let src = s.fs_dir("tree").unwrap();
+/// The native backend's prepare of a large tree, run as `strata snapshot
+/// prepare`, against `cp -a` and `cp -a --reflink=auto` of the same tree
+/// (the store syncs what it copies before recording it; `cp` does not, so
+/// the durable times are the ones to compare).
+async fn native_copy(dir: &Path) {
+    let root = dir.join("native-big");
+    let (count, bytes, src) = {
+        let (s, _root) = store(&root, "native");
+        s.prepare("tree-key", None, Labels::new()).await.unwrap();
+        let (dirs, files) = bench::pick((100, 200), (5, 20));
+        let (count, bytes) = make_tree(&s.fs_dir("tree-key").unwrap(), dirs, files);
+        s.commit("tree", "tree-key", Labels::new()).await.unwrap();
+        (count, bytes, s.fs_dir("tree").unwrap())
+    };
     println!(
         "  native   tree: {count} files, {:.0} MiB",
         bytes as f64 / 1048576.0
     );
     let dst: PathBuf = dir.join("cp-dst");
-    let (mut ours, mut cp, mut cp_sync, mut cp_reflink, mut ratios) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for run in 0..=runs {
-        drop_caches();
-        let t = Instant::now();
-        s.prepare("copy", Some("tree"), Labels::new())
-            .await
-            .unwrap();
-        let a = t.elapsed();
-        s.remove("copy").await.unwrap();
-        drop_caches();
-        let b = time_cmd(&["cp", "-a"], &src, &dst, false);
-        rm(&dst);
-        drop_caches();
-        let b_sync = time_cmd(&["cp", "-a"], &src, &dst, true);
-        rm(&dst);
-        drop_caches();
-        let c = time_cmd(&["cp", "-a", "--reflink=auto"], &src, &dst, true);
-        rm(&dst);
-        if run == 0 {
-            continue;
+    let strata = |args: &[&str]| {
+        let mut cmd = bench::strata(&root);
+        cmd.args(["--backend", "native", "snapshot"]).args(args);
+        cmd
+    };
+    let cp = |extra: &'static [&'static str]| {
+        let (src, dst) = (&src, &dst);
+        move |_| {
+            bench::remove(dst);
+            let mut cmd = Command::new("cp");
+            cmd.arg("-a").args(extra).arg(src).arg(dst);
+            cmd
         }
-        ours.push(a);
-        cp.push(b);
-        cp_sync.push(b_sync);
-        cp_reflink.push(c);
-        ratios.push(secs(a) / secs(b_sync));
-    }
-    ratios.sort_by(f64::total_cmp);
-    let report = [
-        ("strata native prepare (copy, synced)", ours),
-        ("cp -a (not synced)", cp),
-        ("cp -a + sync -f", cp_sync),
-        ("cp -a --reflink=auto + sync -f", cp_reflink),
+    };
+    let cp_version = bench::version("cp");
+    let mut contenders = [
+        Contender::new(
+            "strata snapshot prepare (native copy, synced)",
+            &bench::strata_version(),
+            |_| strata(&["prepare", "copy", "tree"]),
+        )
+        .after(|_| bench::ok(&mut strata(&["rm", "copy"]))),
+        Contender::new("cp -a", &cp_version, cp(&[])),
+        Contender::new("cp -a --reflink=auto", &cp_version, cp(&["--reflink=auto"])),
     ];
-    let medians: Vec<(&str, Duration)> = report
-        .into_iter()
-        .map(|(name, times)| (name, median(times)))
-        .collect();
-    for (name, m) in &medians {
-        println!("  {name:<34} median {:.2}s", secs(*m));
-    }
-    strata_testkit::bench::record(
+    let times = bench::side_by_side(dir, true, &mut contenders);
+    bench::remove(&dst);
+    let figures: Vec<_> = times.iter().map(bench::Times::figure).collect();
+    bench::record(
         "snapshot",
         &format!(
             "native prepare of a {count}-file, {:.1} GB tree",
             bytes as f64 / 1e9
         ),
-        &medians,
-    );
-    println!(
-        "  ratio native prepare / (cp -a + sync -f): median {:.2} (below 1 is faster)",
-        ratios[ratios.len() / 2]
+        dir,
+        &figures,
+        &[],
     );
 }
 
 fn main() {
-    let dir = PathBuf::from(
-        std::env::var_os("STRATA_BENCH_DIR").expect("run through cargo xtask bench snapshot"),
-    );
+    let dir = bench::scratch();
     let is_root = strata_sys::effective_uid() == 0;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -247,15 +208,16 @@ fn main() {
         .unwrap();
     println!("bench snapshot on {}", dir.display());
     rt.block_on(async {
+        let cycles = bench::pick(1000, 20);
         if is_root {
-            small_snapshots(&dir, "overlay", 1000).await;
+            small_snapshots(&dir, "overlay", cycles).await;
         }
-        small_snapshots(&dir, "native", 1000).await;
+        small_snapshots(&dir, "native", cycles).await;
         if is_root {
             chain_mounts(&dir).await;
         } else {
             println!("  (not root: overlay figures skipped)");
         }
-        native_copy(&dir, 3).await;
+        native_copy(&dir).await;
     });
 }

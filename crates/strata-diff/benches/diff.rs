@@ -1,243 +1,338 @@
-//! `cargo xtask bench diff`: the data plane against peers, in one run, on
-//! the scratch file system `STRATA_BENCH_DIR` (a fresh loop-mounted ext4),
-//! with the real Debian images `cargo xtask bench-images` builds, in
-//! `STRATA_BENCH_IMAGES` (default `target/bench-images`):
+//! `cargo xtask bench diff`: the data plane against peers, on the scratch
+//! file system `STRATA_BENCH_DIR` (a fresh loop-mounted ext4), with the
+//! real Debian images `cargo xtask bench-images` builds (a small image of
+//! the same shape in a quick run). The side-by-side parts run every
+//! contender as a process (`strata_testkit::bench`: cache dropped before
+//! each run, order rotated, returned and durable times, peak memory):
 //!
-//! * apply: all layers of debian-python (gzip and zstd) onto a fresh
-//!   directory, strata against `pigz -dc | tar -x` / `zstd -dc | tar -x`
-//!   and `umoci unpack` (gzip only), alternating; plus strata unpacking
-//!   into overlay snapshots (upper directories written directly). MB/s of
-//!   uncompressed tar and ratios of medians.
-//! * diff: a one-file change on top of a 100,000-file overlay snapshot,
-//!   exported as a gzip layer through the overlay upper directory and
-//!   through the double walk.
-//! * merge: the five layers unpacked as five snapshots, merged (overlay and
-//!   native) against `cp -al` of the five trees into one.
-//!
-//! * export: debian-python's 318 MB layer written from its overlay
-//!   snapshot (gzip, zstd) against `tar | pigz` and `tar | zstd -T0`.
+//! * apply: every layer of debian-python (gzip, then zstd) onto a fresh
+//!   directory, `strata layer apply` against `pigz -dc | tar -x` (`zstd
+//!   -dc | tar -x`) and `umoci unpack` (gzip only: umoci 0.4 reads no
+//!   zstd layer). Only a peer whose resulting tree is
+//!   Strata's (`strata_testkit::tree::render`) counts; GNU tar keeps
+//!   whiteouts as plain files, so it is recorded as left out, with the
+//!   first entries that differ.
+//! * export: the largest layer of debian-python, applied alone onto an
+//!   empty directory, written as a layer by `strata layer diff EMPTY DIR`
+//!   against `tar -c | pigz -6` and `tar -c | zstd -3 -T0` of the
+//!   directory.
+//! * merge: the five layers unpacked as five parentless committed
+//!   snapshots, merged by `strata snapshot merge` against `cp -al` into one
+//!   directory. Native merges link all five trees, as `cp -al` of the five
+//!   does; an overlay merge reuses the first input as its lower directory
+//!   and links the other four, so its peer is `cp -al` of those four.
+//! * diff: a one-file change on top of a 100,000-file overlay snapshot
+//!   (1,000 files in a quick run) written as a gzip layer through the
+//!   overlay upper directory and through the double walk (containerd's
+//!   method): two code paths of the library, no command chooses between
+//!   them, so both are timed in process.
 //!
 //! `STRATA_BENCH_ONLY=apply|diff|export|merge` runs one part.
 
-// This program reports on stdout by design.
-#![allow(clippy::print_stdout)]
-
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use strata_testkit::bench::median;
+use std::time::Instant;
 
 use strata_core::Labels;
 use strata_diff::{
-    ApplyOptions, Comparison, Compression, Diff, Merger, Unpacker, WriteOptions, apply,
-    walk_changes, walk_upperdir_changes, write_layer,
+    Comparison, Compression, WriteOptions, walk_changes, walk_upperdir_changes, write_layer,
 };
 use strata_leases::OpCtx;
 use strata_metadata::MetaDb;
 use strata_snapshot::mounts::{LocalMount, MountOptions};
-use strata_snapshot::{Backend, SnapshotStore, Snapshotter};
+use strata_snapshot::{SnapshotStore, Snapshotter};
+use strata_testkit::bench::{self, Contender, Excluded, Figure, Images};
 
-const RUNS: usize = 3;
-
-fn store(root: &Path, backend: &str) -> SnapshotStore {
-    fs::create_dir_all(root).unwrap();
-    let db = Arc::new(MetaDb::open(&root.join("meta.redb")).unwrap());
-    let b: Arc<dyn Backend> = match backend {
-        "overlay" => Arc::new(
-            strata_overlay::Overlay::new(&root.join("snapshots"), Default::default()).unwrap(),
-        ),
-        _ => Arc::new(strata_native::Native),
-    };
-    SnapshotStore::open(root, db, b).unwrap()
+/// An empty directory at `dir`, whatever was there before.
+fn fresh(dir: &Path) {
+    bench::remove(dir);
+    fs::create_dir_all(dir).unwrap();
 }
 
-/// The layer blobs of an OCI layout's only manifest, bottom first.
-fn layers(layout: &Path) -> Vec<(PathBuf, String)> {
-    let blob = |digest: &str| layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
-    let read = |p: PathBuf| -> serde_json::Value {
-        serde_json::from_slice(&fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-            .unwrap()
-    };
-    let index = read(layout.join("index.json"));
-    let manifest = read(blob(index["manifests"][0]["digest"].as_str().unwrap()));
-    manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                blob(l["digest"].as_str().unwrap()),
-                l["mediaType"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn sh(script: &str) -> Duration {
-    let start = Instant::now();
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "{script} failed");
-    start.elapsed()
-}
-
-fn remove(dir: &Path) {
-    if dir.exists() {
-        let st = Command::new("rm").arg("-rf").arg(dir).status().unwrap();
-        assert!(st.success());
+/// `None` when the listings `ours` and `theirs` are the same tree, else
+/// how they differ: how many entries, and the first of each side's.
+fn difference(ours: &str, theirs: &str) -> Option<String> {
+    let (a, b): (BTreeSet<&str>, BTreeSet<&str>) =
+        (ours.lines().collect(), theirs.lines().collect());
+    let only_ours: Vec<&&str> = a.difference(&b).collect();
+    let only_theirs: Vec<&&str> = b.difference(&a).collect();
+    if only_ours.is_empty() && only_theirs.is_empty() {
+        return None;
     }
-    sh("sync");
+    let first = |v: &[&&str]| v.first().map_or("nothing".to_owned(), |l| format!("`{l}`"));
+    Some(format!(
+        "{} of its entries are not in Strata's tree (first: {}), {} of Strata's are not in its tree (first: {})",
+        only_theirs.len(),
+        first(&only_theirs),
+        only_ours.len(),
+        first(&only_ours)
+    ))
 }
 
-fn strata_apply(layers: &[(PathBuf, String)], dest: &Path) -> (Duration, u64) {
-    fs::create_dir(dest).unwrap();
-    let start = Instant::now();
-    let mut size = 0;
-    for (blob, media_type) in layers {
-        let opts = ApplyOptions {
-            name: blob.display().to_string(),
-            media_type: Some(media_type.clone()),
-            ..ApplyOptions::default()
+fn bench_apply(dir: &Path, images: &Images) {
+    let bin = strata_testkit::cli::strata();
+    let (ours, theirs, bundle) = (
+        dir.join("apply-strata"),
+        dir.join("apply-tar"),
+        dir.join("apply-umoci"),
+    );
+    for (i, name) in images.names.iter().enumerate() {
+        let layers = images.layers(name);
+        let decompress = if i == 0 { "pigz" } else { "zstd" };
+        let tar_peer = format!("{decompress} -dc | tar -x");
+        let script = |each: &dyn Fn(&Path, &str) -> String| {
+            layers
+                .iter()
+                .map(|(blob, media_type)| each(blob, media_type))
+                .collect::<Vec<_>>()
+                .join(" && ")
         };
-        size += apply(&OpCtx::new(), fs::File::open(blob).unwrap(), dest, &opts)
-            .unwrap()
-            .size;
-    }
-    (start.elapsed(), size)
-}
-
-fn tar_apply(layers: &[(PathBuf, String)], dest: &Path, zstd: bool) -> Duration {
-    fs::create_dir(dest).unwrap();
-    let decompress = if zstd { "zstd -dc" } else { "pigz -dc" };
-    let script: Vec<String> = layers
-        .iter()
-        .map(|(blob, _)| {
+        let strata_script = script(&|blob, media_type| {
             format!(
-                "{decompress} {} | tar --same-owner --xattrs -xpf - -C {}",
+                "{} layer apply --media-type {media_type} {} {}",
+                bin.display(),
                 blob.display(),
-                dest.display()
+                ours.display()
             )
-        })
-        .collect();
-    sh(&script.join(" && "))
-}
-
-fn mbps(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / 1e6 / d.as_secs_f64()
-}
-
-fn bench_apply(dir: &Path, images: &Path) {
-    for (image, zstd) in [("debian-python", false), ("debian-python-zstd", true)] {
-        let layout = images.join(image);
-        let ls = layers(&layout);
-        let (mut ours, mut theirs, mut umoci, mut snap) = (vec![], vec![], vec![], vec![]);
-        let mut size = 0;
-        for run in 0..RUNS {
-            let d = dir.join(format!("apply-{run}"));
-            let (t, s) = strata_apply(&ls, &d);
-            size = s;
-            ours.push(t);
-            remove(&d);
-            theirs.push(tar_apply(&ls, &d, zstd));
-            remove(&d);
-            if !zstd {
-                let bundle = dir.join("umoci-bundle");
-                umoci.push(sh(&format!(
-                    "umoci unpack --image {}:latest {}",
-                    layout.display(),
-                    bundle.display()
-                )));
-                remove(&bundle);
-            }
-            let root = dir.join("snapshots");
-            snap.push(unpack_chain(&root, &ls, "overlay"));
-            remove(&root);
-        }
-        let (o, t) = (median(ours), median(theirs));
-        let peer = if zstd {
-            "zstd -dc | tar -x"
-        } else {
-            "pigz -dc | tar -x"
+        });
+        let tar_script = script(&|blob, _| {
+            format!(
+                "{decompress} -dc {} | tar --same-owner --xattrs --xattrs-include='*' -xpf - -C {}",
+                blob.display(),
+                theirs.display()
+            )
+        });
+        // Each contender's resulting tree, as `tree::render` lists it.
+        let trees: RefCell<BTreeMap<String, String>> = RefCell::default();
+        let keep = |peer: &str, tree: &Path| {
+            trees
+                .borrow_mut()
+                .insert(peer.to_owned(), strata_testkit::tree::render(tree));
         };
-        println!(
-            "  {image}: {:.0} MB of tar; strata apply {:.2}s ({:.0} MB/s), {peer} {:.2}s ({:.0} MB/s), ratio {:.2}",
-            size as f64 / 1e6,
-            o.as_secs_f64(),
-            mbps(size, o),
-            t.as_secs_f64(),
-            mbps(size, t),
-            o.as_secs_f64() / t.as_secs_f64()
-        );
-        let umoci_median = (!umoci.is_empty()).then(|| median(umoci.clone()));
-        if let Some(u) = umoci_median {
-            println!(
-                "    umoci unpack {:.2}s ({:.0} MB/s), strata/umoci {:.2}",
-                u.as_secs_f64(),
-                mbps(size, u),
-                o.as_secs_f64() / u.as_secs_f64()
+        let mut contenders = vec![
+            Contender::new("strata layer apply", &bench::strata_version(), |_| {
+                fresh(&ours);
+                bench::bash(&strata_script)
+            })
+            .after(|_| keep("strata layer apply", &ours)),
+            Contender::new(
+                &tar_peer,
+                &format!("{}; {}", bench::version(decompress), bench::version("tar")),
+                |_| {
+                    fresh(&theirs);
+                    bench::bash(&tar_script)
+                },
+            )
+            .after(|_| keep(&tar_peer, &theirs)),
+        ];
+        // umoci 0.4 reads no zstd layer ("blob is not correct mediatype").
+        if i == 0 {
+            contenders.push(
+                Contender::new("umoci unpack", &bench::version("umoci"), |_| {
+                    bench::remove(&bundle);
+                    let mut cmd = Command::new("umoci");
+                    cmd.arg("unpack")
+                        .arg("--image")
+                        .arg(format!("{}:latest", images.layout(name).display()))
+                        .arg(&bundle);
+                    cmd
+                })
+                .after(|_| keep("umoci unpack", &bundle.join("rootfs"))),
             );
         }
-        let s = median(snap);
-        let mut figures = vec![("strata layer apply", o), (peer, t)];
-        if let Some(u) = umoci_median {
-            figures.push(("umoci unpack", u));
+        let times = bench::side_by_side(dir, true, &mut contenders);
+        drop(contenders);
+        let trees = trees.into_inner();
+        let strata_tree = &trees["strata layer apply"];
+        let (mut figures, mut excluded) = (Vec::new(), Vec::new());
+        for t in &times {
+            match difference(strata_tree, &trees[&t.peer]) {
+                None => figures.push(t.figure()),
+                Some(why) => excluded.push(Excluded {
+                    peer: t.peer.clone(),
+                    tool: t.tool.clone(),
+                    why: format!("its tree is not Strata's: {why}"),
+                }),
+            }
         }
-        strata_testkit::bench::record("apply", image, &figures);
-        println!(
-            "    strata unpack into overlay snapshots (committed, synced) {:.2}s ({:.0} MB/s)",
-            s.as_secs_f64(),
-            mbps(size, s)
-        );
+        bench::record("apply", name, dir, &figures, &excluded);
+    }
+    for d in [&ours, &theirs, &bundle] {
+        bench::remove(d);
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+fn bench_export(dir: &Path, images: &Images) {
+    let name = &images.names[0];
+    let layers = images.layers(name);
+    let (blob, media_type) = layers
+        .iter()
+        .max_by_key(|(blob, _)| fs::metadata(blob).unwrap().len())
+        .expect("an image has layers");
+    let (src, empty, out) = (
+        dir.join("export-src"),
+        dir.join("export-empty"),
+        dir.join("export.out"),
+    );
+    fresh(&src);
+    fresh(&empty);
+    bench::ok(
+        Command::new(strata_testkit::cli::strata())
+            .args(["layer", "apply", "--media-type", media_type])
+            .arg(blob)
+            .arg(&src),
+    );
+    for (codec, compress) in [("gzip", "pigz -6"), ("zstd", "zstd -3 -T0")] {
+        let tool = compress.split(' ').next().unwrap_or(compress);
+        let tar_script = format!(
+            "tar --xattrs --xattrs-include='*' --numeric-owner -C {} -cf - . | {compress} > {}",
+            src.display(),
+            out.display()
+        );
+        let mut contenders = [
+            Contender::new(
+                &format!("strata layer diff --compression {codec}"),
+                &bench::strata_version(),
+                |_| {
+                    bench::remove(&out);
+                    let mut cmd = Command::new(strata_testkit::cli::strata());
+                    cmd.args(["layer", "diff"])
+                        .arg(&empty)
+                        .arg(&src)
+                        .arg("-o")
+                        .arg(&out)
+                        .args(["--compression", codec]);
+                    cmd
+                },
+            ),
+            Contender::new(
+                &format!("tar -c | {compress}"),
+                &format!("{}; {}", bench::version("tar"), bench::version(tool)),
+                |_| {
+                    bench::remove(&out);
+                    bench::bash(&tar_script)
+                },
+            ),
+        ];
+        let times = bench::side_by_side(dir, true, &mut contenders);
+        let figures: Vec<_> = times.iter().map(bench::Times::figure).collect();
+        bench::record(
+            "export",
+            &format!("the largest layer of {name}, {codec}"),
+            dir,
+            &figures,
+            &[],
+        );
+    }
+    for d in [&src, &empty, &out] {
+        bench::remove(d);
+    }
 }
 
-fn open_blob(blob: &Path) -> strata_diff::LayerSource {
-    let blob = blob.to_path_buf();
-    Arc::new(move || Ok(Box::new(fs::File::open(&blob)?) as Box<dyn Read + Send>))
+/// Unpacks each of `layers` as a parentless committed snapshot `k<i>` of
+/// the root at `root` through the command line; their directories.
+fn whole_snapshots(
+    root: &Path,
+    backend: &str,
+    layers: &[(std::path::PathBuf, String)],
+) -> Vec<String> {
+    let strata = |args: &[&str]| {
+        let mut cmd = bench::strata(root);
+        cmd.args(["--backend", backend]).args(args);
+        cmd
+    };
+    let mut dirs = Vec::new();
+    for (i, (blob, media_type)) in layers.iter().enumerate() {
+        let (work, key) = (format!("w{i}"), format!("k{i}"));
+        let out = strata(&["--json", "snapshot", "prepare", &work])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "strata snapshot prepare {work}");
+        let mounts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // A parentless snapshot mounts as a bind of its own directory.
+        let tree = mounts[0]["source"]
+            .as_str()
+            .expect("a bind source")
+            .to_owned();
+        bench::ok(
+            Command::new(strata_testkit::cli::strata())
+                .args(["layer", "apply", "--media-type", media_type])
+                .arg(blob)
+                .arg(&tree),
+        );
+        bench::ok(&mut strata(&["snapshot", "commit", &key, &work]));
+        dirs.push(tree);
+    }
+    dirs
 }
 
-/// Unpacks the layers as a chain of snapshots; the time taken.
-fn unpack_chain(root: &Path, ls: &[(PathBuf, String)], backend: &str) -> Duration {
-    let s = store(root, backend);
-    let tmp = root.join("tmp");
-    let start = Instant::now();
-    rt().block_on(async {
-        let mut parent: Option<String> = None;
-        for (i, (blob, mt)) in ls.iter().enumerate() {
-            let key = format!("layer{i}");
-            let opts = ApplyOptions {
-                media_type: Some(mt.clone()),
-                ..ApplyOptions::default()
-            };
-            Unpacker::new(s.clone(), tmp.clone())
-                .unpack(
-                    &OpCtx::new(),
-                    &key,
-                    parent.as_deref(),
-                    open_blob(blob),
-                    &opts,
-                    Labels::new(),
-                )
-                .await
-                .unwrap();
-            parent = Some(key);
-        }
-    });
-    start.elapsed()
+fn bench_merge(dir: &Path, images: &Images) {
+    let name = &images.names[0];
+    let layers = images.layers(name);
+    let n = layers.len();
+    let dest = dir.join("cp-al");
+    for backend in ["native", "overlay"] {
+        let root = dir.join(format!("merge-{backend}"));
+        let trees = whole_snapshots(&root, backend, &layers);
+        // What `cp -al` must link to make what the merge makes.
+        let (linked, case, peer) = if backend == "overlay" {
+            (
+                &trees[1..],
+                format!(
+                    "the {n} {name} layers (overlay: the first input reused as the lower directory, {} linked)",
+                    n - 1
+                ),
+                format!("cp -al of the {} upper trees", n - 1),
+            )
+        } else {
+            (
+                &trees[..],
+                format!("the {n} {name} layers (native: all {n} linked)"),
+                format!("cp -al of the {n} trees"),
+            )
+        };
+        let cp_script = linked
+            .iter()
+            .map(|t| format!("cp -al --remove-destination {t}/. {}/", dest.display()))
+            .collect::<Vec<_>>()
+            .join(" && ");
+        let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+        let strata = |args: &[&str]| {
+            let mut cmd = bench::strata(&root);
+            cmd.args(["--backend", backend, "snapshot"]).args(args);
+            cmd
+        };
+        let mut contenders = [
+            Contender::new("strata snapshot merge", &bench::strata_version(), |_| {
+                let mut cmd = strata(&["merge", "merged"]);
+                cmd.args(&keys);
+                cmd
+            })
+            .after(|_| bench::ok(&mut strata(&["rm", "merged"]))),
+            Contender::new(&peer, &bench::version("cp"), |_| {
+                fresh(&dest);
+                bench::bash(&cp_script)
+            }),
+        ];
+        let times = bench::side_by_side(dir, true, &mut contenders);
+        let figures: Vec<_> = times.iter().map(bench::Times::figure).collect();
+        bench::record("merge", &case, dir, &figures, &[]);
+        bench::remove(&dest);
+        bench::remove(&root);
+    }
+}
+
+fn store(root: &Path) -> SnapshotStore {
+    fs::create_dir_all(root).unwrap();
+    let db = Arc::new(MetaDb::open(&root.join("meta.redb")).unwrap());
+    let backend = Arc::new(
+        strata_overlay::Overlay::new(&root.join("snapshots"), Default::default()).unwrap(),
+    );
+    SnapshotStore::open(root, db, backend).unwrap()
 }
 
 /// A read-only view of committed `key`, mounted under `tmp`.
@@ -249,40 +344,22 @@ fn view(s: &SnapshotStore, key: &str, tmp: &Path) -> LocalMount {
     LocalMount::mount(&s.view_mounts(key).unwrap(), tmp, opts).unwrap()
 }
 
-/// Writes the layer of `upperdir` (the top of `upper` over `lower`) to
-/// nowhere; what was written and how long it took.
-fn export_upperdir(
-    upperdir: &Path,
-    upper: &LocalMount,
-    lower: &LocalMount,
-    opts: &WriteOptions,
-) -> (strata_diff::Written, Duration) {
-    let start = Instant::now();
-    let (w, _) = write_layer(&OpCtx::new(), std::io::sink(), upper.path(), opts, |w| {
-        walk_upperdir_changes(
-            upperdir,
-            upper.path(),
-            lower.path(),
-            Comparison::Compat,
-            &mut |c| w.change(&c),
-        )
-    })
-    .unwrap();
-    (w, start.elapsed())
-}
-
 fn bench_diff(dir: &Path) {
     let root = dir.join("diff-store");
-    let s = store(&root, "overlay");
+    let s = store(&root);
     let tmp = root.join("tmp");
-    let rt = rt();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (dirs, files) = bench::pick((100, 1000), (10, 100));
     rt.block_on(async {
         s.prepare("base-w", None, Labels::new()).await.unwrap();
         let fs_dir = s.fs_dir("base-w").unwrap();
-        for d in 0..100 {
+        for d in 0..dirs {
             let sub = fs_dir.join(format!("d{d:03}"));
             fs::create_dir(&sub).unwrap();
-            for f in 0..1000 {
+            for f in 0..files {
                 fs::write(sub.join(format!("f{f:04}")), format!("{d}/{f}")).unwrap();
             }
         }
@@ -300,9 +377,19 @@ fn bench_diff(dir: &Path) {
         ..WriteOptions::default()
     };
     let (mut fast, mut slow) = (vec![], vec![]);
-    for _ in 0..RUNS {
-        let (w, took) = export_upperdir(&upperdir, &upper, &lower, &wopts);
-        fast.push(took);
+    for _ in 0..bench::runs() {
+        let start = Instant::now();
+        let (w, _) = write_layer(&OpCtx::new(), std::io::sink(), upper.path(), &wopts, |w| {
+            walk_upperdir_changes(
+                &upperdir,
+                upper.path(),
+                lower.path(),
+                Comparison::Compat,
+                &mut |c| w.change(&c),
+            )
+        })
+        .unwrap();
+        fast.push(start.elapsed());
         let start = Instant::now();
         let (w2, _) = write_layer(&OpCtx::new(), std::io::sink(), upper.path(), &wopts, |w| {
             walk_changes(
@@ -316,186 +403,41 @@ fn bench_diff(dir: &Path) {
         slow.push(start.elapsed());
         assert_eq!(w.diff_id, w2.diff_id, "both paths write the same layer");
     }
-    let (f, w) = (median(fast), median(slow));
-    strata_testkit::bench::record(
+    let runs = fast.len();
+    bench::record(
         "diff",
-        "a one-file change over 100,000 files",
+        &format!("a one-file change over {dirs} directories of {files} files"),
+        dir,
         &[
-            ("strata, overlay upper directory", f),
-            ("double walk (containerd's method)", w),
+            Figure::in_process("strata, overlay upper directory", runs, bench::median(fast)),
+            Figure::in_process(
+                "double walk (containerd's method)",
+                runs,
+                bench::median(slow),
+            ),
         ],
-    );
-    println!(
-        "  one-file change over 100,000 files: overlay upperdir {:.1} ms, double walk {:.0} ms, ratio {:.4}",
-        f.as_secs_f64() * 1e3,
-        w.as_secs_f64() * 1e3,
-        f.as_secs_f64() / w.as_secs_f64()
+        &[],
     );
     drop((lower, upper));
-    remove(&root);
-}
-
-/// Exports debian-python's largest layer (318 MB of tar) from its overlay
-/// snapshot through the upper directory, gzip and zstd, against GNU tar of
-/// the same upper directory piped into pigz and zstd.
-fn bench_export(dir: &Path, images: &Path) {
-    let ls = layers(&images.join("debian-python"));
-    let root = dir.join("export-store");
-    unpack_chain(&root, &ls[..3], "overlay");
-    let s = store(&root, "overlay");
-    let tmp = root.join("tmp");
-    let (lower, upper) = (view(&s, "layer1", &tmp), view(&s, "layer2", &tmp));
-    let upperdir = s.fs_dir("layer2").unwrap();
-    for (name, compression, peer) in [
-        ("gzip", Compression::Gzip, "pigz -6"),
-        ("zstd", Compression::Zstd, "zstd -3 -T0"),
-    ] {
-        let wopts = WriteOptions {
-            compression,
-            ..WriteOptions::default()
-        };
-        let (mut ours, mut theirs) = (vec![], vec![]);
-        let (mut size, mut blob) = (0, 0);
-        for _ in 0..RUNS {
-            let (w, took) = export_upperdir(&upperdir, &upper, &lower, &wopts);
-            ours.push(took);
-            (size, blob) = (w.uncompressed_size, w.size);
-            theirs.push(sh(&format!(
-                "tar -C {} -cf - . | {peer} > /dev/null",
-                upperdir.display()
-            )));
-        }
-        let (o, t) = (median(ours), median(theirs));
-        let peer_blob = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "tar -C {} -cf - . | {peer} | wc -c",
-                upperdir.display()
-            ))
-            .output()
-            .unwrap();
-        let peer_blob: f64 = String::from_utf8_lossy(&peer_blob.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0.0);
-        strata_testkit::bench::record(
-            "export",
-            &format!("{name} layer of {:.0} MB", size as f64 / 1e6),
-            &[("strata", o), (&format!("tar | {peer}"), t)],
-        );
-        println!(
-            "  {name} export of the {:.0} MB layer: {:.1} MB (peer {:.1} MB); strata {:.2}s ({:.0} MB/s), tar | {peer} {:.2}s, ratio {:.2}",
-            size as f64 / 1e6,
-            blob as f64 / 1e6,
-            peer_blob / 1e6,
-            o.as_secs_f64(),
-            mbps(size, o),
-            t.as_secs_f64(),
-            o.as_secs_f64() / t.as_secs_f64()
-        );
-    }
-    drop((lower, upper));
-    remove(&root);
-}
-
-fn bench_merge(dir: &Path, images: &Path) {
-    let ls = layers(&images.join("debian-python"));
-    for backend in ["overlay", "native"] {
-        let root = dir.join(format!("merge-{backend}"));
-        let s = store(&root, backend);
-        let tmp = root.join("tmp");
-        let rt = rt();
-        let mut keys = Vec::new();
-        rt.block_on(async {
-            for (i, (blob, mt)) in ls.iter().enumerate() {
-                let key = format!("whole{i}");
-                let opts = ApplyOptions {
-                    media_type: Some(mt.clone()),
-                    ..ApplyOptions::default()
-                };
-                Unpacker::new(s.clone(), tmp.clone())
-                    .unpack(
-                        &OpCtx::new(),
-                        &key,
-                        None,
-                        open_blob(blob),
-                        &opts,
-                        Labels::new(),
-                    )
-                    .await
-                    .unwrap();
-                keys.push(key);
-            }
-        });
-        let diffs: Vec<Diff> = keys.iter().map(|k| Diff::whole(k)).collect();
-        let merger = Merger::new(s.clone(), tmp.clone(), false);
-        let (mut ours, mut cp) = (vec![], vec![]);
-        for run in 0..RUNS {
-            sh("sync");
-            let start = Instant::now();
-            let name = format!("merged{run}");
-            rt.block_on(merger.merge(&OpCtx::new(), &name, &diffs, Labels::new()))
-                .unwrap();
-            ours.push(start.elapsed());
-            rt.block_on(s.remove(&name)).unwrap();
-            let dest = dir.join("cp-al");
-            fs::create_dir(&dest).unwrap();
-            sh("sync");
-            let script: Vec<String> = keys
-                .iter()
-                .map(|k| {
-                    format!(
-                        "cp -al --remove-destination {}/. {}/",
-                        s.fs_dir(k).unwrap().display(),
-                        dest.display()
-                    )
-                })
-                .collect();
-            cp.push(sh(&script.join(" && ")));
-            remove(&dest);
-        }
-        let (o, c) = (median(ours), median(cp));
-        strata_testkit::bench::record(
-            "merge",
-            &format!("the five debian-python layers ({backend})"),
-            &[("strata merge", o), ("cp -al", c)],
-        );
-        println!(
-            "  merge of the five debian-python layers ({backend}): strata {:.2}s, cp -al {:.2}s, ratio {:.2}",
-            o.as_secs_f64(),
-            c.as_secs_f64(),
-            o.as_secs_f64() / c.as_secs_f64()
-        );
-        remove(&root);
-    }
+    drop(s);
+    bench::remove(&root);
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let dir = PathBuf::from(
-        std::env::var_os("STRATA_BENCH_DIR").unwrap_or_else(|| "target/bench-diff".into()),
-    );
-    let images = strata_testkit::bench_images();
-    fs::create_dir_all(&dir).unwrap();
-    // `STRATA_BENCH_ONLY=apply|diff|export|merge` runs one part.
+    let dir = bench::scratch();
+    let images = bench::images(&dir);
     let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
     let wanted = |part: &str| only.is_empty() || only == part;
     if wanted("apply") {
-        println!("apply (medians of {RUNS}, alternating):");
         bench_apply(&dir, &images);
     }
-    if wanted("diff") {
-        println!("diff:");
-        bench_diff(&dir);
-    }
     if wanted("export") {
-        println!("export:");
         bench_export(&dir, &images);
     }
     if wanted("merge") {
-        println!("merge:");
         bench_merge(&dir, &images);
+    }
+    if wanted("diff") {
+        bench_diff(&dir);
     }
 }

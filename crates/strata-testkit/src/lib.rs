@@ -19,7 +19,7 @@ pub mod registry;
 pub mod tree;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Environment variable that turns skips into failures.
 pub const REQUIRE_PRIVILEGED: &str = "STRATA_REQUIRE_PRIVILEGED";
@@ -94,20 +94,4 @@ pub fn skip(test: &str, reason: &str) -> bool {
         }
     }
     false
-}
-
-/// Where the benchmarks find the real Debian images `cargo xtask
-/// bench-images` builds: `$STRATA_BENCH_IMAGES`, else
-/// `target/bench-images`. Panics with what to run when they are missing.
-pub fn bench_images() -> PathBuf {
-    let images = std::env::var_os("STRATA_BENCH_IMAGES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-images"),
-        PathBuf::from,
-    );
-    assert!(
-        images.join("debian-python/index.json").exists(),
-        "no images in {}: build them with cargo xtask bench-images",
-        images.display()
-    );
-    images
 }
