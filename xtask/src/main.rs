@@ -181,6 +181,7 @@ fn ci() -> anyhow::Result<()> {
         "--",
         "docs/benchmarks.md",
         "docs/benchmarks",
+        "README.md",
     ]))?;
     test(&[])?;
     // The overlay backend on Debian 12's 6.1 kernel, booted under qemu.

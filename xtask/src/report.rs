@@ -7,12 +7,13 @@
 //! per group in `docs/benchmarks/` (and removes the charts of groups with
 //! no figure), rewrites the tables between the markers in
 //! `docs/benchmarks.md`, each group's beside the provenance of its
-//! figures.
+//! figures, and the figures README.md quotes between its markers.
 //!
 //! It refuses, naming it, any figure without full provenance: the commit
 //! and whether the tree was dirty, the time (UTC), the kernel, the file
 //! system written to, root or not, cores, and the tool's version. A group
-//! with no figure is simply absent.
+//! with no figure is simply absent; a figure README quotes that is not
+//! recorded says so instead of a number.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -22,6 +23,9 @@ use serde_json::Value;
 
 const BEGIN: &str = "<!-- results: written by `cargo xtask bench --report` -->";
 const END: &str = "<!-- end of results -->";
+const README_BEGIN: &str =
+    "<!-- figures: written by `cargo xtask bench --report` from docs/benchmarks/results.json -->";
+const README_END: &str = "<!-- end of figures -->";
 
 /// Where a figure comes from.
 #[derive(Clone, Debug, PartialEq)]
@@ -223,8 +227,14 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     rewrite(&ws.join("docs/benchmarks.md"), BEGIN, END, &tables(&groups))?;
+    rewrite(
+        &ws.join("README.md"),
+        README_BEGIN,
+        README_END,
+        &readme(&entries),
+    )?;
     eprintln!(
-        "bench report: {} entries ({new} new) in {} groups: docs/benchmarks.md, docs/benchmarks/*.svg",
+        "bench report: {} entries ({new} new) in {} groups: docs/benchmarks.md, docs/benchmarks/*.svg, README.md",
         entries.len(),
         groups.len()
     );
@@ -380,6 +390,113 @@ fn table(group: &str, entries: &[&Entry]) -> String {
     md
 }
 
+/// What README.md quotes: (what, group, case, Strata's peer, the peer it
+/// is compared with).
+const QUOTED: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "import of debian-python (gzip) from its OCI archive",
+        "import",
+        "debian-python from its OCI archive",
+        "strata image import (layers in parallel)",
+        "ctr images import (containerd)",
+    ),
+    (
+        "import of debian-python (zstd) from its OCI archive",
+        "import",
+        "debian-python-zstd from its OCI archive",
+        "strata image import (layers in parallel)",
+        "ctr images import (containerd)",
+    ),
+    (
+        "import of debian-python (gzip) from its OCI archive",
+        "import",
+        "debian-python from its OCI archive",
+        "strata image import (layers in parallel)",
+        "skopeo copy to containers-storage (podman, buildah)",
+    ),
+    (
+        "pull of debian-python (gzip) from a registry on 127.0.0.1",
+        "pull",
+        "debian-python from a registry on 127.0.0.1",
+        "strata image pull",
+        "ctr images pull (containerd)",
+    ),
+    (
+        "pull of debian-python (zstd) from a registry on 127.0.0.1",
+        "pull",
+        "debian-python-zstd from a registry on 127.0.0.1",
+        "strata image pull",
+        "ctr images pull (containerd)",
+    ),
+    (
+        "containerd importing debian-python (gzip) into `strata serve`",
+        "containerd",
+        "ctr images import debian-python",
+        "strata serve (proxy snapshotter)",
+        "overlayfs snapshotter",
+    ),
+    (
+        "containerd importing debian-python (zstd) into `strata serve`",
+        "containerd",
+        "ctr images import debian-python-zstd",
+        "strata serve (proxy snapshotter)",
+        "overlayfs snapshotter",
+    ),
+    (
+        "applying debian-python's gzip layers onto a directory",
+        "apply",
+        "debian-python",
+        "strata layer apply",
+        "umoci unpack",
+    ),
+    (
+        "a layer of a one-file change over 100 directories of 1,000 files, through the overlay upper directory",
+        "diff",
+        "a one-file change over 100 directories of 1000 files",
+        "strata, overlay upper directory",
+        "double walk (containerd's method)",
+    ),
+];
+
+/// README.md's figures: one row per quoted comparison, "not recorded yet"
+/// where the record lacks a figure.
+fn readme(entries: &[Entry]) -> String {
+    let find = |group: &str, case: &str, peer: &str| {
+        entries.iter().find(|e| {
+            e.group == group && e.case == case && e.peer == peer && e.compared().is_some()
+        })
+    };
+    let shown = |e: Option<&Entry>| match e.map(|e| &e.outcome) {
+        Some(Outcome::Measured {
+            returned,
+            durable: Some(d),
+            ..
+        }) => format!("{} ({} durable)", seconds(*returned), seconds(*d)),
+        Some(Outcome::Measured { returned, .. }) => seconds(*returned),
+        _ => "not recorded yet".to_owned(),
+    };
+    let mut md = String::from(
+        "\nIn short: Strata's median time against its peer's, from the recorded runs; the time in brackets adds a `sync -f` of the file system written (the durable time), which the ratio compares where there is one (below 1: Strata is faster). Each figure's commit, kernel, file system and tool versions are in `docs/benchmarks.md`.\n\n| comparison | peer | Strata | peer's | Strata / peer |\n|---|---|---|---|---|\n",
+    );
+    for (what, group, case, ours, theirs) in QUOTED {
+        let (a, b) = (find(group, case, ours), find(group, case, theirs));
+        let ratio = match (a.and_then(Entry::compared), b.and_then(Entry::compared)) {
+            (Some(x), Some(y)) => format!("{:.2}", x / y),
+            _ => "not recorded yet".to_owned(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {ratio} |",
+            cell(what),
+            cell(theirs),
+            shown(a),
+            shown(b)
+        );
+    }
+    md.push('\n');
+    md
+}
+
 /// Horizontal bars, one per measured peer, grouped by case, each case
 /// scaled to its slowest peer: a pale bar to the durable time, a strong one
 /// to the returned time.
@@ -513,7 +630,7 @@ mod tests {
     }
 
     #[test]
-    fn recorded_figures_make_tables() {
+    fn recorded_figures_make_tables_and_readme_rows() {
         let list = Value::Array(vec![
             figure("strata image import (layers in parallel)", full()),
             figure("ctr images import (containerd)", full()),
@@ -522,7 +639,11 @@ mod tests {
         let md = tables(&groups(&entries));
         assert!(md.contains("| 2.00 s | 2 MiB | 1.00 |"), "{md}");
         assert!(md.contains("| 5e4d17b0c0ff | 2026-01-02T03:04:05Z | 6.1.0-30-amd64 | ext4 on /dev/loop0 | yes | 2 |"), "{md}");
+        let quoted = readme(&entries);
+        assert!(quoted.contains("| ctr images import (containerd) | 1.50 s (2.00 s durable) | 1.50 s (2.00 s durable) | 1.00 |"), "{quoted}");
+        assert!(quoted.contains("not recorded yet"), "{quoted}");
         // Nothing recorded is no failure.
         assert!(tables(&[]).contains("No figure has been recorded yet"));
+        assert!(!readme(&[]).contains(" s |"));
     }
 }
