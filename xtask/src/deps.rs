@@ -57,6 +57,11 @@ const TOOLS: &[(&str, &str, Need)] = &[
     ("cpio", "cpio", Need::Ci),
     ("pkill", "procps", Need::Ci),
     ("dpkg", "dpkg", Need::Ci),
+    // `cargo xtask bench --quick` runs its peers beside Strata and reads
+    // peak memory from GNU time.
+    ("pigz", "pigz", Need::Ci),
+    ("openssl", "openssl", Need::Ci),
+    ("/usr/bin/time", "time", Need::Ci),
 ];
 
 /// Whether `tool` is on the PATH (or exists, for an absolute path).

@@ -183,6 +183,8 @@ fn ci() -> anyhow::Result<()> {
         "docs/benchmarks",
         "README.md",
     ]))?;
+    // Every benchmark once, small: none may rot (figures to a scratch dir).
+    bench::run(&["--quick"])?;
     test(&[])?;
     // The overlay backend on Debian 12's 6.1 kernel, booted under qemu.
     qemu::run(&[])?;
