@@ -1,7 +1,8 @@
 //! Benchmarks, each against peers in the same run.
 //!
 //! `cargo xtask bench NAME [--runs N] [--size-mib N]` builds the `strata`
-//! binary (release), makes a fresh scratch file system and runs the bench
+//! binary (release; a copy in `target/bench-bin` is what runs), makes a
+//! fresh scratch file system and runs the bench
 //! NAME on it: `content` (strata-cli's bench of that name, on a tmpfs and a
 //! loop-mounted ext4), `snapshot`, `gc` and `containerd` (strata-cli's),
 //! `diff` (strata-diff's), `cache` and `oci` (strata-cache's), each on a
@@ -24,15 +25,16 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-/// Every bench: its name, package and bench target.
-const BENCHES: &[(&str, &str)] = &[
-    ("content", "strata-cli"),
-    ("snapshot", "strata-cli"),
-    ("gc", "strata-cli"),
-    ("diff", "strata-diff"),
-    ("cache", "strata-cache"),
-    ("oci", "strata-cache"),
-    ("containerd", "strata-cli"),
+/// Every bench, by the name of its bench target (each in one package of
+/// the workspace).
+const BENCHES: &[&str] = &[
+    "content",
+    "snapshot",
+    "gc",
+    "diff",
+    "cache",
+    "oci",
+    "containerd",
 ];
 
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
@@ -54,17 +56,16 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
             other => bail!("unexpected argument {other:?}"),
         }
     }
-    let names: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
     let Some(name) = what else {
         bail!(
             "name a benchmark ({}), or --quick, or --report",
-            names.join(", ")
+            BENCHES.join(", ")
         );
     };
-    if !names.contains(&name) {
+    if !BENCHES.contains(&name) {
         bail!(
             "unknown benchmark {name:?}; available: {}",
-            names.join(", ")
+            BENCHES.join(", ")
         );
     }
     bench(name, false, &env)
@@ -79,7 +80,7 @@ fn quick() -> anyhow::Result<()> {
         ("STRATA_BENCH_RESULTS", results.display().to_string()),
     ];
     let mut took = Vec::new();
-    for (name, _) in BENCHES {
+    for name in BENCHES {
         let start = Instant::now();
         bench(name, true, &env).with_context(|| format!("quick run of bench {name}"))?;
         took.push(format!("{name} {:.0}s", start.elapsed().as_secs_f64()));
@@ -102,11 +103,6 @@ fn target_dir() -> PathBuf {
 /// Builds `strata` (release, or the debug build in a quick run) and runs
 /// the bench `name` on fresh scratch file systems with `env` set.
 fn bench(name: &str, quick: bool, env: &[(&str, String)]) -> anyhow::Result<()> {
-    let package = BENCHES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, p)| *p)
-        .context("a known bench")?;
     let profile = if quick { "dev" } else { "release" };
     crate::run(crate::cargo().args([
         "build",
@@ -117,18 +113,27 @@ fn bench(name: &str, quick: bool, env: &[(&str, String)]) -> anyhow::Result<()> 
         "--bin",
         "strata",
     ]))?;
-    let strata = target_dir()
-        .join(if quick { "debug" } else { "release" })
-        .join("strata");
+    // A copy: building the benches below may put a binary built with
+    // their dev-dependencies' features where cargo put this one.
+    let strata = target_dir().join("bench-bin/strata");
+    std::fs::create_dir_all(target_dir().join("bench-bin"))?;
+    std::fs::copy(
+        target_dir()
+            .join(if quick { "debug" } else { "release" })
+            .join("strata"),
+        &strata,
+    )
+    .context("copy the strata binary")?;
     let scratch = LoopExt4::new(if quick { "4G" } else { "24G" })?;
     let tmpfs = (name == "content").then(Tmpfs::new).transpose()?;
     let mut cmd = crate::cargo();
+    // The whole workspace's features every time, so no bench's build
+    // rebuilds what another's built.
     cmd.args([
         "bench",
         "--profile",
         profile,
-        "-p",
-        package,
+        "--workspace",
         "--bench",
         name,
     ])
