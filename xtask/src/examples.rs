@@ -26,7 +26,13 @@ pub fn run(skips: &Path) -> anyhow::Result<()> {
     let strata = bin.join("strata");
     let dir = ws.join("target/examples-run");
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("clear {}", dir.display()))?;
+        // A run that failed may have left its ref mounted.
+        let _ = Command::new("umount").arg(dir.join("mnt")).status();
+        crate::run(
+            Command::new("rm")
+                .args(["-rf", "--one-file-system"])
+                .arg(&dir),
+        )?;
     }
     std::fs::create_dir_all(&dir)?;
     let at = |name: &str| dir.join(name).display().to_string();

@@ -100,14 +100,23 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
         .file_name()
         .map_or_else(|| "socket".into(), |n| n.to_string_lossy().into_owned());
     let staging = dir.join(format!(".{name}.{}.binding", std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| io("clear a staging directory", e))?;
-    }
+    let staged = staging.join("socket");
+    // What a killed process of the same pid left: at most the socket.
+    let clear = || -> std::io::Result<()> {
+        match std::fs::remove_file(&staged) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        match std::fs::remove_dir(&staging) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    };
+    clear().map_err(|e| io("clear a staging directory", e))?;
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&staging)
         .map_err(|e| io("create a staging directory", e))?;
-    let staged = staging.join("socket");
     let bound = (|| {
         let listener = UnixListener::bind(&staged).map_err(|e| io("bind", e))?;
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
@@ -115,7 +124,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
         std::fs::rename(&staged, path).map_err(|e| io("move the socket into place", e))?;
         Ok(listener)
     })();
-    if let Err(e) = std::fs::remove_dir_all(&staging) {
+    if let Err(e) = clear() {
         tracing::warn!(dir = %staging.display(), error = %e, "could not remove a staging directory");
     }
     bound

@@ -19,7 +19,7 @@ pub mod registry;
 pub mod tree;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Environment variable that turns skips into failures.
 pub const REQUIRE_PRIVILEGED: &str = "STRATA_REQUIRE_PRIVILEGED";
