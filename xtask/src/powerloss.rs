@@ -11,8 +11,9 @@
 //! acknowledged object durable.
 //!
 //! The host kills qemu, the guest's page cache gone as in a power cut:
-//! alternately the instant a chosen acknowledgement arrives and at a random
-//! moment in the middle of later work. Each cut needs at least
+//! alternately the instant an acknowledgement of a blob, a snapshot or an
+//! image (in turn) arrives, and at a random moment in the middle of later
+//! work. Each cut needs at least
 //! [`MIN_ACKS`] acknowledgements before it; a workload command that fails
 //! fails the run. Every boot after a cut must find every acknowledged
 //! object intact and `strata check` clean. N cuts (CI makes two), then a
@@ -171,13 +172,19 @@ impl Acked {
     }
 }
 
-/// Where a cut lands: the instant the Nth acknowledgement of the boot
-/// arrives, or a while after the Nth, in the middle of later work.
+/// Where a cut lands: the instant the first acknowledgement of a kind
+/// (`+c`, `+s`, `+i`) arrives at or after the Nth of the boot, or a while
+/// after the Nth, in the middle of later work.
 #[derive(Debug, Clone, Copy)]
 enum Cut {
-    AtAck(usize),
+    AtAck(usize, &'static str),
     After(usize, Duration),
 }
+
+/// The kinds of object a cut right after an acknowledgement aims at, in
+/// turn: a blob (nothing after its ingest syncs the file system before the
+/// next command), a snapshot, an image.
+const KINDS: [&str; 3] = ["+c:", "+s:", "+i:"];
 
 fn seed() -> u64 {
     std::env::var("STRATA_POWERLOSS_SEED")
@@ -230,10 +237,13 @@ fn boot(
             Ok(line) => {
                 writeln!(console, "{line}")?;
                 if let Some(at) = line.find("STRATA-ACK ") {
-                    acked.take(line[at + "STRATA-ACK ".len()..].trim())?;
+                    let ack = line[at + "STRATA-ACK ".len()..].trim();
+                    acked.take(ack)?;
                     acks += 1;
                     match cut {
-                        Some(Cut::AtAck(n)) if acks >= n => cut_now = true,
+                        Some(Cut::AtAck(n, kind)) if acks >= n && ack.starts_with(kind) => {
+                            cut_now = true;
+                        }
                         Some(Cut::After(n, wait)) if acks == n => {
                             deadline = Some(Instant::now() + wait);
                         }
@@ -361,10 +371,11 @@ mount -t ext4 /dev/vda /disk || echo VERIFY-FAILED the disk does not mount\n";
     let mut acked = Acked::default();
     for n in 0..=cuts {
         let last = n == cuts;
-        // Alternately at an acknowledgement and in the middle of work.
+        // Alternately at an acknowledgement (of each kind in turn) and in
+        // the middle of work.
         let at = MIN_ACKS + (next() % 12) as usize;
         let cut = if n % 2 == 0 {
-            Cut::AtAck(at)
+            Cut::AtAck(at, KINDS[(n / 2) % KINDS.len()])
         } else {
             Cut::After(at, Duration::from_millis(next() % 3_000))
         };
