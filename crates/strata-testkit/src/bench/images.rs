@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::layer_tar::{archive, entry};
 use crate::oci_layout::{Layout, gzip, sha256};
 
 /// A set of images: an OCI layout per name under `dir`, and an OCI
@@ -83,31 +84,10 @@ pub fn images(scratch: &Path) -> Images {
     }
 }
 
-/// Appends an entry of `kind` owned by root to a layer: `link` names the
-/// target of a symlink or hard link, `data` is a file's content.
-fn add(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: tar::EntryType, data: &[u8], link: &str) {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(if kind == tar::EntryType::Directory {
-        0o755
-    } else {
-        0o644
-    });
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_700_000_000);
-    h.set_size(data.len() as u64);
-    if link.is_empty() {
-        b.append_data(&mut h, path, data).unwrap();
-    } else {
-        b.append_link(&mut h, path, link).unwrap();
-    }
-}
-
 /// The three plain tar layers of the small image.
 fn small_layers() -> Vec<Vec<u8>> {
     use tar::EntryType::{Directory, Link, Regular, Symlink};
-    let mut base = tar::Builder::new(Vec::new());
+    let mut base = Vec::new();
     for d in [
         "etc/",
         "usr/",
@@ -116,87 +96,51 @@ fn small_layers() -> Vec<Vec<u8>> {
         "usr/share/man/",
         "usr/share/doc/",
     ] {
-        add(&mut base, d, Directory, b"", "");
+        base.push(entry(d, Directory, b"", ""));
     }
-    add(&mut base, "etc/os-release", Regular, b"ID=small\n", "");
-    add(
-        &mut base,
-        "usr/share/man/old.1",
-        Regular,
-        b".TH OLD 1\n",
-        "",
-    );
+    base.push(entry("etc/os-release", Regular, b"ID=small\n", ""));
+    base.push(entry("usr/share/man/old.1", Regular, b".TH OLD 1\n", ""));
     for p in 0..20 {
-        add(
-            &mut base,
-            &format!("usr/share/doc/pkg{p}/"),
-            Directory,
-            b"",
-            "",
-        );
+        base.push(entry(format!("usr/share/doc/pkg{p}/"), Directory, b"", ""));
         for f in 0..10 {
             // Sizes from a few bytes to about 40 KiB.
             let data: Vec<u8> = (0..(p * 2000 + f * 97)).map(|i| (i % 251) as u8).collect();
-            add(
-                &mut base,
-                &format!("usr/share/doc/pkg{p}/file{f}"),
+            base.push(entry(
+                format!("usr/share/doc/pkg{p}/file{f}"),
                 Regular,
                 &data,
                 "",
-            );
+            ));
         }
     }
-    add(&mut base, "usr/bin/tool", Regular, &[7; 100_000], "");
-    add(&mut base, "usr/bin/tool-link", Link, b"", "usr/bin/tool");
-    add(&mut base, "usr/bin/alias", Symlink, b"", "tool");
+    base.push(entry("usr/bin/tool", Regular, &[7; 100_000], ""));
+    base.push(entry("usr/bin/tool-link", Link, b"", "usr/bin/tool"));
+    base.push(entry("usr/bin/alias", Symlink, b"", "tool"));
 
-    let mut change = tar::Builder::new(Vec::new());
-    add(&mut change, "etc/", Directory, b"", "");
-    add(
-        &mut change,
-        "etc/os-release",
-        Regular,
-        b"ID=small\nVERSION=2\n",
-        "",
-    );
-    add(&mut change, "etc/new.conf", Regular, &[1; 5000], "");
+    let change = vec![
+        entry("etc/", Directory, b"", ""),
+        entry("etc/os-release", Regular, b"ID=small\nVERSION=2\n", ""),
+        entry("etc/new.conf", Regular, &[1; 5000], ""),
+    ];
 
-    let mut deletions = tar::Builder::new(Vec::new());
+    let mut deletions = Vec::new();
     for d in [
         "usr/",
         "usr/share/",
         "usr/share/doc/",
         "usr/share/doc/pkg3/",
     ] {
-        add(&mut deletions, d, Directory, b"", "");
+        deletions.push(entry(d, Directory, b"", ""));
     }
-    add(&mut deletions, "usr/share/doc/.wh.pkg4", Regular, b"", "");
-    add(
-        &mut deletions,
-        "usr/share/doc/pkg3/.wh.file1",
-        Regular,
-        b"",
-        "",
-    );
-    add(&mut deletions, "usr/share/man/", Directory, b"", "");
-    add(
-        &mut deletions,
-        "usr/share/man/.wh..wh..opq",
-        Regular,
-        b"",
-        "",
-    );
-    add(
-        &mut deletions,
-        "usr/share/man/README",
-        Regular,
-        b"replaced\n",
-        "",
-    );
+    deletions.push(entry("usr/share/doc/.wh.pkg4", Regular, b"", ""));
+    deletions.push(entry("usr/share/doc/pkg3/.wh.file1", Regular, b"", ""));
+    deletions.push(entry("usr/share/man/", Directory, b"", ""));
+    deletions.push(entry("usr/share/man/.wh..wh..opq", Regular, b"", ""));
+    deletions.push(entry("usr/share/man/README", Regular, b"replaced\n", ""));
 
     [base, change, deletions]
-        .into_iter()
-        .map(|b| b.into_inner().unwrap())
+        .iter()
+        .map(|entries| archive(entries))
         .collect()
 }
 
