@@ -324,18 +324,27 @@ impl io::Write for Digester {
 }
 
 enum Job {
-    Data(Vec<u8>),
+    /// Hash the first `usize` bytes of the buffer.
+    Data(Vec<u8>, usize),
     Peek(std::sync::mpsc::SyncSender<Digest>),
 }
 
 /// A [`Digester`] running on its own thread, so hashing overlaps with the
 /// caller's I/O (writing a blob while hashing it takes the longer of the two,
 /// not their sum). Small updates are batched before they cross threads.
+///
+/// Buffers cross threads by ownership: [`BackgroundDigester::update_owned`]
+/// hands over a chunk without copying it, and the thread hands each buffer
+/// back once hashed, whole, for [`BackgroundDigester::buffer`] to reuse, so
+/// a stream of chunks circulates a few allocations instead of making one per
+/// chunk, and refilling one writes no zeros first.
 pub struct BackgroundDigester {
     algorithm: Algorithm,
     pending: Vec<u8>,
     written: u64,
     tx: Option<std::sync::mpsc::SyncSender<Job>>,
+    /// Buffers the thread has finished hashing.
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
     handle: Option<std::thread::JoinHandle<Digester>>,
 }
 
@@ -357,15 +366,22 @@ impl BackgroundDigester {
     /// # Panics
     /// Panics if the OS cannot start a thread.
     pub fn new(algorithm: Algorithm) -> Self {
-        // Eight batches in flight bound the memory held for hashing.
+        // Eight batches in flight bound the memory held for hashing; as
+        // many spent buffers wait for reuse, more are freed.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(8);
+        let (give_back, spent) = std::sync::mpsc::sync_channel(8);
         let handle = std::thread::Builder::new()
             .name("strata-digest".into())
             .spawn(move || {
                 let mut d = Digester::new(algorithm);
                 for job in rx {
                     match job {
-                        Job::Data(bytes) => d.update(&bytes),
+                        Job::Data(bytes, len) => {
+                            d.update(&bytes[..len]);
+                            // With enough spares waiting, or nobody left to
+                            // reuse it, the buffer is freed here.
+                            let _ = give_back.try_send(bytes);
+                        }
                         Job::Peek(reply) => {
                             // The asker may have gone away; nothing to do then.
                             let _ = reply.send(d.current());
@@ -380,6 +396,7 @@ impl BackgroundDigester {
             pending: Vec::new(),
             written: 0,
             tx: Some(tx),
+            spent,
             handle: Some(handle),
         }
     }
@@ -394,6 +411,13 @@ impl BackgroundDigester {
         self.written
     }
 
+    /// A buffer to fill for [`BackgroundDigester::update_owned`]: one the
+    /// thread has finished with when there is one (as it was handed over:
+    /// its old bytes, its whole length), else a new empty one.
+    pub fn buffer(&mut self) -> Vec<u8> {
+        self.spent.try_recv().unwrap_or_default()
+    }
+
     fn send(&mut self, job: Job) {
         let tx = self.tx.as_ref().expect("the sender lives until finish");
         if tx.send(job).is_err() {
@@ -406,19 +430,45 @@ impl BackgroundDigester {
     fn flush(&mut self) {
         if !self.pending.is_empty() {
             let batch = std::mem::take(&mut self.pending);
-            self.send(Job::Data(batch));
+            let len = batch.len();
+            self.send(Job::Data(batch, len));
         }
     }
 
-    /// Queues bytes for hashing.
+    /// Queues bytes for hashing (copied: into the pending batch, or into a
+    /// reused buffer when large).
     pub fn update(&mut self, bytes: &[u8]) {
-        self.written += bytes.len() as u64;
         if self.pending.len() + bytes.len() < BATCH {
+            if self.pending.capacity() == 0 {
+                self.pending = self.buffer();
+                self.pending.clear();
+            }
+            self.written += bytes.len() as u64;
             self.pending.extend_from_slice(bytes);
             return;
         }
+        let mut owned = self.buffer();
+        owned.clear();
+        owned.extend_from_slice(bytes);
+        self.update_owned(owned, bytes.len());
+    }
+
+    /// Queues the first `len` bytes of `buf` for hashing without copying
+    /// them, after whatever was queued before; the rest is room the buffer
+    /// keeps for its next use. The buffer comes back through
+    /// [`BackgroundDigester::buffer`] once hashed.
+    ///
+    /// # Panics
+    /// Panics if `len` is larger than the buffer.
+    pub fn update_owned(&mut self, buf: Vec<u8>, len: usize) {
+        assert!(
+            len <= buf.len(),
+            "{len} bytes asked of a {}-byte buffer",
+            buf.len()
+        );
         self.flush();
-        self.send(Job::Data(bytes.to_vec()));
+        self.written += len as u64;
+        self.send(Job::Data(buf, len));
     }
 
     /// The digest of everything queued so far (waits for the thread).
@@ -605,6 +655,37 @@ mod tests {
             BackgroundDigester::new(Algorithm::Blake3).finish(),
             Digest::of_bytes(Algorithm::Blake3, b"")
         );
+    }
+
+    #[test]
+    fn background_digester_reuses_owned_buffers_in_order() {
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut bg = BackgroundDigester::new(Algorithm::Sha256);
+        let mut chunks = data.chunks(1 << 20);
+        // Copied bytes batched before an owned chunk are hashed before it.
+        bg.update(&data[..10]);
+        let mut buf = bg.buffer();
+        buf.extend_from_slice(&data[10..1 << 20]);
+        let len = buf.len();
+        bg.update_owned(buf, len);
+        chunks.next();
+        for chunk in chunks {
+            // Only the part asked for is hashed: a full-length buffer
+            // carries a chunk shorter than itself.
+            let mut buf = bg.buffer();
+            buf.resize(1 << 20, 0xff);
+            buf[..chunk.len()].copy_from_slice(chunk);
+            bg.update_owned(buf, chunk.len());
+        }
+        assert_eq!(bg.written(), data.len() as u64);
+        assert_eq!(bg.current(), Digest::of_bytes(Algorithm::Sha256, &data));
+        // Once hashed (current waited for that), the buffers come back.
+        let spares: Vec<Vec<u8>> = (0..9).map(|_| bg.buffer()).collect();
+        assert!(spares.iter().any(|b| b.len() == 1 << 20));
+        bg.update(b"tail");
+        let mut all = data.clone();
+        all.extend_from_slice(b"tail");
+        assert_eq!(bg.finish(), Digest::of_bytes(Algorithm::Sha256, &all));
     }
 
     #[test]
