@@ -1,7 +1,8 @@
 //! [`Writer`]: one ingest being written. Bytes go to
-//! `content/ingest/<id>/data` and through a digester in the same call; a
-//! commit verifies size and digest, fsyncs, renames the file into `blobs/`
-//! and then adds the row, in that order.
+//! `content/ingest/<id>/data` and through a digester in the same call, and
+//! the disk starts writing them every [`WRITEBACK_WINDOW`] bytes; a commit
+//! verifies size and digest, fsyncs, renames the file into `blobs/` and then
+//! adds the row, in that order.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -28,6 +29,8 @@ pub struct Writer {
     file: File,
     /// Hashes on its own thread while this one writes the file.
     digester: BackgroundDigester,
+    /// Where the bytes not yet sent on their way to the disk begin.
+    writeback_from: u64,
     expected_size: Option<u64>,
     expected: Option<Digest>,
     started: Nanos,
@@ -72,6 +75,11 @@ pub(crate) fn status_of(
             .map_err(|e| ContentError::io("stat", &data, e))?,
     })
 }
+
+/// How many written bytes gather before the disk is asked to start writing
+/// them: the commit's fsync then waits for the last few only, not for the
+/// whole blob to be written after it was all read.
+const WRITEBACK_WINDOW: u64 = 8 << 20;
 
 fn conflict(reference: &str, existing: impl ToString, requested: impl ToString) -> ContentError {
     ContentError::ExpectationConflict {
@@ -154,6 +162,7 @@ impl Writer {
             id: record.id,
             file,
             digester: BackgroundDigester::new(alg),
+            writeback_from: 0,
             expected_size: record.expected_size,
             expected,
             started: record.started,
@@ -196,6 +205,7 @@ impl Writer {
             self.digester.update(&buf[..n]);
         }
         let end = self.digester.written();
+        self.writeback_from = end;
         self.file
             .seek(SeekFrom::Start(end))
             .map_err(|e| self.io("seek", e))?;
@@ -203,6 +213,27 @@ impl Writer {
             self.updated = m;
         }
         Ok(())
+    }
+
+    /// Notes that bytes reached the file: the time, and writeback of every
+    /// whole window written since the last one.
+    fn wrote(&mut self) {
+        self.updated = SystemTime::now();
+        let end = self.digester.written();
+        if end - self.writeback_from < WRITEBACK_WINDOW {
+            return;
+        }
+        if let Err(e) = strata_sys::sync::start_writeback(
+            &self.file,
+            &self.data_path(),
+            self.writeback_from,
+            end - self.writeback_from,
+        ) {
+            // Only a head start: the commit's fsync writes what is left and
+            // reports any failure of the disk.
+            tracing::debug!(reference = %self.reference, error = %e, "could not start writeback early");
+        }
+        self.writeback_from = end;
     }
 
     /// The ingest's status as this writer sees it.
@@ -364,7 +395,7 @@ impl Write for Writer {
         }
         let n = self.file.write(buf)?;
         self.digester.update(&buf[..n]);
-        self.updated = SystemTime::now();
+        self.wrote();
         Ok(n)
     }
 

@@ -10,11 +10,13 @@
 //!   new mount API (`fsopen`/`fsconfig`/`fsmount`) for overlays so a chain can
 //!   hold hundreds of lower directories.
 //! * [`copy`] clones files with `FICLONE`, falling back to `copy_file_range`.
-//! * [`lock`] holds `flock` locks; [`sync`] makes data and directories durable.
+//! * [`lock`] holds `flock` locks; [`sync`] makes data and directories
+//!   durable, and starts writeback early.
 //!
 //! It is built on `rustix`, whose safe wrappers cover nearly every syscall
-//! needed; the one `unsafe` block (`unshare(CLONE_FS)` for the thread that
-//! mounts legacy overlays from a directory of its own) says why it is sound.
+//! needed; the two `unsafe` blocks (`unshare(CLONE_FS)` for the thread that
+//! mounts legacy overlays from a directory of its own, and
+//! `sync_file_range`, which rustix does not wrap) say why they are sound.
 //! It remains the only crate allowed any.
 
 pub mod copy;
