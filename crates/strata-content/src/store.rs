@@ -564,16 +564,28 @@ impl ContentStore {
     }
 }
 
+/// The most read from the input at a time: each read goes to the file in
+/// one write and to the digester without a copy.
+const CHUNK: usize = 1 << 20;
+
 fn copy_into(reader: &mut impl Read, w: &mut Writer, reference: &str) -> Result<(), ContentError> {
-    let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ContentError::io("read input for", reference, e)),
-        };
-        io::Write::write_all(w, &buf[..n])
+        let mut chunk = w.buffer();
+        // A reused chunk is whole already: no zeros are written.
+        chunk.resize(CHUNK, 0);
+        let n = loop {
+            match reader.read(&mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                read => break read,
+            }
+        }
+        .map_err(|e| ContentError::io("read input for", reference, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        // Written as soon as read: what arrived is on disk for a resume
+        // however slowly the rest comes.
+        w.write_chunk(chunk, n)
             .map_err(|e| ContentError::io("write ingest", reference, e))?;
     }
 }

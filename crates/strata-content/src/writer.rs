@@ -236,6 +236,43 @@ impl Writer {
         self.writeback_from = end;
     }
 
+    /// An empty or stale buffer to fill for [`Writer::write_chunk`].
+    pub(crate) fn buffer(&mut self) -> Vec<u8> {
+        self.digester.buffer()
+    }
+
+    /// Writes the first `len` bytes of `chunk` and hands it to the
+    /// digester without copying it. On failure, what reached the file was
+    /// hashed, as with `write`.
+    pub(crate) fn write_chunk(&mut self, chunk: Vec<u8>, len: usize) -> io::Result<()> {
+        self.refuse_after_commit()?;
+        let mut done = 0;
+        let result = loop {
+            if done == len {
+                break Ok(());
+            }
+            match self.file.write(&chunk[done..len]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.digester.update_owned(chunk, done);
+        self.wrote();
+        result
+    }
+
+    fn refuse_after_commit(&self) -> io::Result<()> {
+        if self.finished {
+            return Err(io::Error::other(format!(
+                "ingest {:?} is already committed",
+                self.reference
+            )));
+        }
+        Ok(())
+    }
+
     /// The ingest's status as this writer sees it.
     pub fn status(&self) -> Status {
         Status {
@@ -387,12 +424,7 @@ impl Writer {
 
 impl Write for Writer {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.finished {
-            return Err(io::Error::other(format!(
-                "ingest {:?} is already committed",
-                self.reference
-            )));
-        }
+        self.refuse_after_commit()?;
         let n = self.file.write(buf)?;
         self.digester.update(&buf[..n]);
         self.wrote();

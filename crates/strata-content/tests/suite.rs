@@ -277,6 +277,70 @@ fn resume_after_reopen() {
     assert_eq!(w.commit(0, None, &Labels::new()).unwrap(), d);
 }
 
+/// Hands out its bytes in odd pieces, is interrupted once, and fails for
+/// good after `fail_at` bytes.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    fail_at: usize,
+    interrupted: bool,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.interrupted && self.at > 3 << 20 {
+            self.interrupted = true;
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        if self.at >= self.fail_at {
+            return Err(std::io::Error::other("the source went away"));
+        }
+        let n = buf
+            .len()
+            .min(100_003)
+            .min(self.bytes.len() - self.at)
+            .min(self.fail_at - self.at);
+        buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn large_ingest_in_chunks_fails_and_resumes() {
+    // Past a few 1 MiB chunks and 8 MiB writeback windows, not a multiple
+    // of either.
+    let e = env();
+    let (bytes, d) = content((19 << 20) + 123);
+    let source = |fail_at| Trickle {
+        bytes: &bytes,
+        at: 0,
+        fail_at,
+        interrupted: false,
+    };
+    let err =
+        e.cs.ingest(
+            "big",
+            source((10 << 20) + 5),
+            None,
+            Some(&d),
+            &Labels::new(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("the source went away"), "{err}");
+    // What was read before the failure was written and stays for a resume.
+    assert_eq!(e.cs.status("big").unwrap().offset, (10 << 20) + 5);
+    let got =
+        e.cs.ingest("big", source(usize::MAX), None, Some(&d), &Labels::new())
+            .unwrap();
+    assert_eq!(
+        (got.digest.clone(), got.size),
+        (d.clone(), bytes.len() as u64)
+    );
+    assert_eq!(read_all(&e.cs, &d), bytes);
+    assert!(e.cs.list_statuses(&Filter::default()).unwrap().is_empty());
+}
+
 #[test]
 fn small_blob() {
     let e = env();
