@@ -17,6 +17,20 @@ struct Options {
     fuzz_seconds: u64,
 }
 
+/// `--name N` pairs, each N a number.
+fn numbers<'a>(args: &[&'a str]) -> anyhow::Result<Vec<(&'a str, u64)>> {
+    args.chunks(2)
+        .map(|pair| {
+            let name = pair[0];
+            let n = pair
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("{name} needs a number"))?;
+            Ok((name, n))
+        })
+        .collect()
+}
+
 fn parse(args: &[&str]) -> anyhow::Result<Options> {
     let mut o = Options {
         kills: 1000,
@@ -25,13 +39,8 @@ fn parse(args: &[&str]) -> anyhow::Result<Options> {
         cuts: 50,
         fuzz_seconds: 1800,
     };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v: u64 = it
-            .next()
-            .with_context(|| format!("{a} needs a number"))?
-            .parse()?;
-        match *a {
+    for (a, v) in numbers(args)? {
+        match a {
             "--kills" => o.kills = v,
             "--cases" => o.cases = v,
             "--soak-seconds" => o.soak_seconds = v,
@@ -85,13 +94,9 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
 pub fn under_load(args: &[&str]) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let (mut runs, mut hogs) = (3usize, cores);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v: usize = it
-            .next()
-            .with_context(|| format!("{a} needs a number"))?
-            .parse()?;
-        match *a {
+    for (a, v) in numbers(args)? {
+        let v = usize::try_from(v)?;
+        match a {
             "--runs" => runs = v,
             "--hogs" => hogs = v,
             other => bail!("unknown option {other:?}"),
