@@ -22,11 +22,7 @@ impl Backend for Native {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            overlay_layers: false,
-            cross_snapshot_links: true,
-            userxattr: false,
-        }
+        Capabilities::none().with_cross_snapshot_links(true)
     }
 
     fn create(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Result<(), SnapshotError> {

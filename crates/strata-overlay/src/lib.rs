@@ -102,11 +102,10 @@ impl Backend for Overlay {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            overlay_layers: true,
-            cross_snapshot_links: true,
-            userxattr: self.options.iter().any(|o| o == "userxattr"),
-        }
+        Capabilities::none()
+            .with_overlay_layers(true)
+            .with_cross_snapshot_links(true)
+            .with_userxattr(self.options.iter().any(|o| o == "userxattr"))
     }
 
     fn create(&self, dir: &Path, kind: Kind, _parents: &[PathBuf]) -> Result<(), SnapshotError> {

@@ -5,11 +5,22 @@ use std::path::{Path, PathBuf};
 use strata_core::Mount;
 
 use crate::error::SnapshotError;
-use crate::info::Kind;
+use crate::info::{Kind, Usage};
 
 /// What a backend's snapshots allow beyond containerd's contract; the
 /// data plane asks these instead of comparing backend names.
+///
+/// More may be added: a backend builds its value from [`Capabilities::none`]
+/// with the `with_*` methods, so a new capability (false until a backend
+/// claims it) breaks no backend.
+///
+/// ```
+/// use strata_snapshot::Capabilities;
+/// let caps = Capabilities::none().with_cross_snapshot_links(true);
+/// assert!(caps.cross_snapshot_links && !caps.overlay_layers);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Capabilities {
     /// A snapshot's directory holds only its own layer and a chain mounts
     /// as an overlay: merges reuse a base chain as lower directories,
@@ -23,6 +34,39 @@ pub struct Capabilities {
     /// Overlay runs with `userxattr` (in a user namespace): its private
     /// attributes are `user.overlay.*`.
     pub userxattr: bool,
+}
+
+impl Capabilities {
+    /// Nothing beyond containerd's contract: the data plane takes the
+    /// portable path everywhere (mounts the snapshot, walks trees, copies).
+    pub const fn none() -> Capabilities {
+        Capabilities {
+            overlay_layers: false,
+            cross_snapshot_links: false,
+            userxattr: false,
+        }
+    }
+
+    /// With [`Capabilities::overlay_layers`] set to `yes`.
+    #[must_use]
+    pub const fn with_overlay_layers(mut self, yes: bool) -> Capabilities {
+        self.overlay_layers = yes;
+        self
+    }
+
+    /// With [`Capabilities::cross_snapshot_links`] set to `yes`.
+    #[must_use]
+    pub const fn with_cross_snapshot_links(mut self, yes: bool) -> Capabilities {
+        self.cross_snapshot_links = yes;
+        self
+    }
+
+    /// With [`Capabilities::userxattr`] set to `yes`.
+    #[must_use]
+    pub const fn with_userxattr(mut self, yes: bool) -> Capabilities {
+        self.userxattr = yes;
+        self
+    }
 }
 
 /// Directory work a snapshot backend does for the shared store. Each
@@ -44,6 +88,47 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// The mounts of snapshot `dir` of `kind` on top of `parents` (nearest
     /// first).
     fn mounts(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Vec<Mount>;
+
+    /// Called when the active snapshot `dir` is committed, after its last
+    /// write and before the store syncs it and records it as committed (a
+    /// btrfs backend makes its subvolume read-only here). The default does
+    /// nothing: the store never writes a committed snapshot.
+    fn commit(&self, dir: &Path) -> Result<(), SnapshotError> {
+        let _ = dir;
+        Ok(())
+    }
+
+    /// Removes the snapshot directory `dir` and everything in it; the store
+    /// has already moved it out of `snapshots/`. Called after a failed
+    /// create too, and for what a crash left. The default removes the tree
+    /// without following symlinks or crossing a mount (what overlay and
+    /// native need); a backend whose snapshots are file-system objects of
+    /// their own (subvolumes) deletes those first.
+    fn remove(&self, dir: &Path) -> Result<(), SnapshotError> {
+        remove_tree(dir)
+    }
+
+    /// The disk usage of snapshot `dir` (its own layer, or its whole tree
+    /// for a backend of full copies). The default walks `dir/fs` the way
+    /// `du` counts; a backend whose file system accounts per snapshot may
+    /// answer from that instead.
+    fn usage(&self, dir: &Path) -> Result<Usage, SnapshotError> {
+        crate::usage::disk_usage(&dir.join("fs"))
+    }
+}
+
+/// Removes `dir` and everything below it, never following a symlink or
+/// entering a mount: [`Backend::remove`]'s default, for backends that add
+/// to it.
+pub fn remove_tree(dir: &Path) -> Result<(), SnapshotError> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(SnapshotError::Invalid(format!(
+            "{} is not a snapshot directory",
+            dir.display()
+        )));
+    };
+    strata_sys::Root::open(parent)?.remove_all(Path::new(name))?;
+    Ok(())
 }
 
 /// Creates the directory `path` with exactly `mode` (the process umask does

@@ -17,7 +17,6 @@ use strata_metadata::{LastClose, MetaDb, Reader, Violation};
 use crate::backend::Backend;
 use crate::error::SnapshotError;
 use crate::info::{Info, Kind, Usage};
-use crate::usage::disk_usage;
 use crate::{Snapshotter, WalkFn};
 
 const NEW_PREFIX: &str = "snap-new-";
@@ -158,9 +157,8 @@ impl Inner {
 
     /// Removes a staging directory after a failure (logged, not fatal).
     fn discard(&self, path: &Path) {
-        let Some(name) = path.file_name() else { return };
-        match strata_sys::Root::open(&self.tmp).and_then(|r| r.remove_all(Path::new(name))) {
-            Ok(_) => {}
+        match self.backend.remove(path) {
+            Ok(()) => {}
             Err(e) => {
                 self.db.leave_for_next_open();
                 tracing::warn!(path = %path.display(), error = %e, "leaving a staging directory for the next open")
@@ -229,7 +227,8 @@ impl Inner {
             r
         };
         let dir = self.dir(&r.id);
-        let usage = disk_usage(&dir.join("fs"))?;
+        let usage = self.backend.usage(&dir)?;
+        self.backend.commit(&dir)?;
         // What was written into the active snapshot must be durable before
         // the row calls it committed.
         strata_sys::sync::syncfs(&dir)?;
@@ -324,7 +323,7 @@ impl Inner {
         let r = self.get(&self.db.read()?, key)?;
         match r.usage {
             Some(u) if r.kind == SnapshotKind::Committed => Ok(u.into()),
-            _ => disk_usage(&self.dir(&r.id).join("fs")),
+            _ => self.backend.usage(&self.dir(&r.id)),
         }
     }
 
@@ -361,7 +360,7 @@ impl Inner {
         for (name, _) in tmp.read_dir(Path::new(""))? {
             let n = name.to_string_lossy();
             if n.starts_with(NEW_PREFIX) || n.starts_with(RM_PREFIX) {
-                tmp.remove_all(Path::new(&name))?;
+                self.backend.remove(&self.tmp.join(&name))?;
             }
         }
         let rows = self.db.read()?.scan::<SnapshotRecord>("")?;
@@ -370,7 +369,7 @@ impl Inner {
         for (name, _) in snaps.read_dir(Path::new(""))? {
             if !ids.contains(name.to_string_lossy().as_ref()) {
                 tracing::info!(dir = %self.snapshots.join(&name).display(), "removing a snapshot directory without a row");
-                snaps.remove_all(Path::new(&name))?;
+                self.backend.remove(&self.snapshots.join(&name))?;
             }
         }
         let mut gone: BTreeSet<String> = rows
@@ -544,10 +543,10 @@ impl SnapshotStore {
             }
             // A removal may be deleting this one right now: what it takes
             // first is not an error.
-            match tmp.remove_all(Path::new(&name)) {
-                Ok(_) => removed += 1,
+            match self.inner.backend.remove(&self.inner.tmp.join(&name)) {
+                Ok(()) => removed += 1,
                 Err(e) if strata_core::Classify::is_not_found(&e) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
         Ok(removed)
