@@ -270,10 +270,29 @@ fn ingest_under_faults() {
     };
     let mut plans = root_plans(&env);
     plans.push(format!("read:{}/", inputs.display()));
+    let mut total = 0;
     for plan in plans {
         let runs = sweep(&env, &plan, Leaves::Progress, &mut work);
         eprintln!("ingest: {plan}: {runs} faulty runs");
+        total += runs;
     }
+    tally(&env, "content ingest", "(either)", total);
+}
+
+/// Records, for the reliability report, how many faulty runs of `command`
+/// on `backend` the sweep made, each checked.
+fn tally(env: &Env, command: &str, backend: &str, runs: usize) {
+    strata_testkit::reliability::record(
+        "faults",
+        &format!("{command} {backend}"),
+        &env.root,
+        &[
+            ("command", format!("`{command}`")),
+            ("backend", backend.to_owned()),
+            ("build", strata_testkit::reliability::build().to_owned()),
+            ("faulty runs, each checked", runs.to_string()),
+        ],
+    );
 }
 
 #[test]
@@ -317,10 +336,13 @@ fn import_under_faults() {
         // Reading the layout (the fetch) and the stored blobs (the unpack).
         plans.push(format!("read:{}/", layouts.display()));
         plans.push(format!("read:{}/content/blobs/", env.root.display()));
+        let mut total = 0;
         for plan in plans {
             let runs = sweep(&env, &plan, Leaves::Progress, &mut work);
             eprintln!("import ({backend}): {plan}: {runs} faulty runs");
+            total += runs;
         }
+        tally(&env, "image import", backend, total);
     }
 }
 
@@ -335,6 +357,7 @@ fn commit_merge_and_export_under_faults() {
         let a = built(&env, "a", &[("a", "1"), ("shared", "a")]);
         let b = built(&env, "b", &[("b", "2")]);
         let root = env.root.display().to_string();
+        let (mut commits, mut merges) = (0, 0);
         for plan in root_plans(&env) {
             // Commit a fresh mutable ref on `a`.
             let mut commit = |_| {
@@ -344,6 +367,7 @@ fn commit_merge_and_export_under_faults() {
             };
             let runs = sweep(&env, &plan, Leaves::Nothing, &mut commit);
             eprintln!("commit ({backend}): {plan}: {runs} faulty runs");
+            commits += runs;
             // Merge `a` and `b` (each run a new merged ref).
             let mut merge = |_| {
                 let names = vec![a.clone(), b.clone(), root.clone()];
@@ -351,7 +375,10 @@ fn commit_merge_and_export_under_faults() {
             };
             let runs = sweep(&env, &plan, Leaves::Nothing, &mut merge);
             eprintln!("merge ({backend}): {plan}: {runs} faulty runs");
+            merges += runs;
         }
+        tally(&env, "ref commit", backend, commits);
+        tally(&env, "ref merge", backend, merges);
         // Export a fresh ref (so its layer is made, reading its files)
         // into a fresh layout every run.
         let outs = env.path("outs");
@@ -370,10 +397,13 @@ fn commit_merge_and_export_under_faults() {
             format!("fsync:{}/", outs.display()),
             format!("rename:{}/", outs.display()),
         ]);
+        let mut total = 0;
         for plan in plans {
             let runs = sweep(&env, &plan, Leaves::Progress, &mut export);
             eprintln!("export ({backend}): {plan}: {runs} faulty runs");
+            total += runs;
         }
+        tally(&env, "image export", backend, total);
     }
 }
 
@@ -412,10 +442,13 @@ fn collection_under_faults() {
             env.run(&["lease", "rm", &lease]).expect(0);
             (owned(&["gc"]), vec![root.clone()])
         };
+        let mut total = 0;
         for plan in root_plans(&env) {
             let runs = sweep(&env, &plan, Leaves::AllOrNothing, &mut collect);
             eprintln!("gc ({backend}): {plan}: {runs} faulty runs");
+            total += runs;
         }
+        tally(&env, "gc", backend, total);
         // What a ref holds survived every fault.
         let d = env.path("kept-mnt");
         fs::create_dir_all(&d).unwrap();

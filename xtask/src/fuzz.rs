@@ -1,10 +1,13 @@
-//! `cargo xtask fuzz [--seconds N]`: runs the layer-applier fuzz target
-//! (`fuzz/`, its own workspace, `cargo +nightly fuzz`) for N seconds
+//! `cargo xtask fuzz [--seconds N] [--record]`: runs the layer-applier fuzz
+//! target (`fuzz/`, its own workspace, `cargo +nightly fuzz`) for N seconds
 //! (default 300), seeded with real tar layers made by GNU tar. `cargo xtask
-//! ci` runs it briefly as a smoke test.
+//! ci` runs it briefly as a smoke test. With `--record` the number of
+//! inputs libFuzzer ran goes into the reliability record (`cargo xtask
+//! report`).
 
+use std::io::BufRead as _;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
@@ -73,11 +76,23 @@ fn seeds(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
-    let seconds: u64 = match args {
-        [] => 300,
-        ["--seconds", n] => n.parse().context("--seconds needs a number")?,
-        other => bail!("unexpected arguments {other:?}; usage: cargo xtask fuzz [--seconds N]"),
-    };
+    let (mut seconds, mut record) = (300u64, false);
+    let mut rest = args;
+    while let Some((first, tail)) = rest.split_first() {
+        rest = match (*first, tail) {
+            ("--seconds", [n, tail @ ..]) => {
+                seconds = n.parse().context("--seconds needs a number")?;
+                tail
+            }
+            ("--record", tail) => {
+                record = true;
+                tail
+            }
+            _ => bail!(
+                "unexpected arguments {rest:?}; usage: cargo xtask fuzz [--seconds N] [--record]"
+            ),
+        };
+    }
     let found = Command::new("cargo").args(["fuzz", "--version"]).output();
     if !found.is_ok_and(|o| o.status.success()) {
         bail!("cargo-fuzz is missing: cargo install cargo-fuzz --locked");
@@ -87,15 +102,68 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     seeds(&seed_dir)?;
     let corpus = ws.join("fuzz/corpus/apply");
     std::fs::create_dir_all(&corpus)?;
-    crate::run(
-        Command::new("cargo")
-            .args(["+nightly", "fuzz", "run", "apply"])
-            .arg(&corpus)
-            .arg(seed_dir.join("corpus"))
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}"))
-            // Each run makes a temporary tree: keep the rate honest and the
-            // inputs small enough to stay within the limits the target sets.
-            .arg("-max_len=65536"),
-    )
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+nightly", "fuzz", "run", "apply"])
+        .arg(&corpus)
+        .arg(seed_dir.join("corpus"))
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        // Each run makes a temporary tree: keep the rate honest and the
+        // inputs small enough to stay within the limits the target sets.
+        .arg("-max_len=65536")
+        .current_dir(&ws)
+        .stderr(Stdio::piped());
+    eprintln!("$ {cmd:?}");
+    let mut child = cmd.spawn().context("start cargo fuzz")?;
+    // libFuzzer reports on stderr; pass it through, keeping its last word.
+    let mut done = None;
+    for line in std::io::BufReader::new(child.stderr.take().expect("piped")).lines() {
+        let line = line.context("read cargo fuzz's output")?;
+        eprintln!("{line}");
+        if let Some(n) = inputs_run(&line) {
+            done = Some(n);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo fuzz run apply failed: {status}");
+    }
+    let done = done.context("libFuzzer ended without its \"Done N runs\" line")?;
+    eprintln!("fuzz: {done} inputs in {seconds} s, none failed");
+    if record {
+        crate::reliability::record(
+            "fuzz",
+            "apply",
+            &[
+                (
+                    "target",
+                    "apply (plain and overlay-upper destinations)".to_owned(),
+                ),
+                ("seconds", seconds.to_string()),
+                ("inputs run, none failed", done.to_string()),
+            ],
+        );
+    }
+    Ok(())
+}
+
+/// The N of libFuzzer's closing "Done N runs in S second(s)".
+fn inputs_run(line: &str) -> Option<u64> {
+    line.strip_prefix("Done ")?
+        .split_once(" runs in ")?
+        .0
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn libfuzzer_closing_line() {
+        assert_eq!(
+            super::inputs_run("Done 21695 runs in 241 second(s)"),
+            Some(21695)
+        );
+        assert_eq!(super::inputs_run("#2 INITED cov: 10 ft: 10"), None);
+    }
 }

@@ -10,11 +10,15 @@
 //!   checks, `test`, the overlay scenario on Debian 12's kernel under qemu
 //!   (`qemu`), then a 30-second fuzz smoke run.
 //! * `bench content|snapshot|gc|diff|cache|oci|containerd`: figures against
-//!   peers run side by side; `bench --report` turns the recorded medians
-//!   into `docs/benchmarks.md`'s tables and SVG charts (`report.rs`).
-//! * `fuzz [--seconds N]`: the layer-applier fuzz target.
-//! * `powerloss [--cuts N] [--broken]`: power cuts under qemu on a virtual
-//!   disk, every acknowledged object verified after each (`powerloss.rs`).
+//!   peers run side by side.
+//! * `report` (or `bench --report`): the recorded benchmark medians become
+//!   `docs/benchmarks.md`'s tables and SVG charts and README's figures
+//!   (`report.rs`); the recorded reliability runs become
+//!   `docs/reliability.md`'s tables (`reliability.rs`).
+//! * `fuzz [--seconds N] [--record]`: the layer-applier fuzz target.
+//! * `powerloss [--cuts N] [--broken] [--record]`: power cuts under qemu on
+//!   a virtual disk, every acknowledged object verified after each
+//!   (`powerloss.rs`).
 //! * `under-load [--runs N] [--hogs N]`: `test` N times in a row beside a
 //!   busy loop on every core (`stress.rs`).
 //! * `stress [--kills N] [--cases N] [--cuts N] [--fuzz-seconds N]`: the
@@ -35,6 +39,22 @@ mod images;
 mod layering;
 mod powerloss;
 mod qemu;
+// The testkit's writer of reliability rows and their provenance, the same
+// files compiled here for the rows xtask records itself; the functions only
+// the tests call are unused here.
+#[allow(
+    dead_code,
+    reason = "shared with strata-testkit, whose tests use all of it"
+)]
+#[path = "../../crates/strata-testkit/src/provenance.rs"]
+mod provenance;
+#[allow(
+    dead_code,
+    reason = "shared with strata-testkit, whose tests use all of it"
+)]
+#[path = "../../crates/strata-testkit/src/reliability.rs"]
+mod record;
+mod reliability;
 mod report;
 mod stress;
 mod tidy;
@@ -52,7 +72,7 @@ fn main() -> anyhow::Result<()> {
         ["test", rest @ ..] => test(rest),
         ["deps", rest @ ..] => deps::run(rest),
         ["ci"] => ci(),
-        ["bench", "--report"] => report::run(),
+        ["report"] | ["bench", "--report"] => report(),
         ["bench", rest @ ..] => bench::run(rest),
         ["fuzz", rest @ ..] => fuzz::run(rest),
         ["bench-images", rest @ ..] => images::run(rest),
@@ -64,11 +84,18 @@ fn main() -> anyhow::Result<()> {
         ["docs"] => docs(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | bench --report | fuzz [--seconds N] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] | stress | under-load [--runs N] [--hogs N] | layering | docs"
+                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | docs"
             );
             bail!("unknown command {args:?}")
         }
     }
+}
+
+/// Both reports: the benchmark figures and the reliability runs, each
+/// drawn from its record into the documents that quote it.
+fn report() -> anyhow::Result<()> {
+    report::run()?;
+    reliability::run()
 }
 
 /// The workspace root.
@@ -173,14 +200,16 @@ fn ci() -> anyhow::Result<()> {
     ]))?;
     layering::check()?;
     tidy::check()?;
-    // The benchmark tables and charts are what the recorded results draw.
-    report::run()?;
+    // The benchmark and reliability tables are what the records draw.
+    report()?;
     run(Command::new("git").args([
         "diff",
         "--exit-code",
         "--",
         "docs/benchmarks.md",
         "docs/benchmarks",
+        "docs/reliability.md",
+        "docs/reliability",
         "README.md",
     ]))?;
     // Every benchmark once, small: none may rot (figures to a scratch dir).

@@ -295,6 +295,7 @@ fn strata(broken: bool, dir: &Path) -> anyhow::Result<PathBuf> {
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let mut cuts = 3;
     let mut broken = false;
+    let mut record = false;
     let mut rest = args;
     while let Some((first, tail)) = rest.split_first() {
         match (*first, tail) {
@@ -306,7 +307,11 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
                 broken = true;
                 rest = more;
             }
-            _ => bail!("usage: cargo xtask powerloss [--cuts N] [--broken]"),
+            ("--record", more) => {
+                record = true;
+                rest = more;
+            }
+            _ => bail!("usage: cargo xtask powerloss [--cuts N] [--broken] [--record]"),
         }
     }
     for tool in [
@@ -369,6 +374,7 @@ mount -t ext4 /dev/vda /disk || echo VERIFY-FAILED the disk does not mount\n";
     let log = dir.join("powerloss-console.log");
     let mut all = String::new();
     let mut acked = Acked::default();
+    let (mut total_acks, mut total_verified) = (0, 0);
     for n in 0..=cuts {
         let last = n == cuts;
         // Alternately at an acknowledgement (of each kind in turn) and in
@@ -438,6 +444,8 @@ mount -t ext4 /dev/vda /disk || echo VERIFY-FAILED the disk does not mount\n";
                 log.display()
             );
         }
+        total_acks += b.acks;
+        total_verified += expected;
         eprintln!(
             "powerloss: boot {n}: {expected} acknowledged objects intact{}",
             if last {
@@ -453,6 +461,24 @@ mount -t ext4 /dev/vda /disk || echo VERIFY-FAILED the disk does not mount\n";
         );
     }
     eprintln!("powerloss: {cuts} power cuts survived");
+    if record {
+        crate::reliability::record(
+            "powerloss",
+            "cuts",
+            &[
+                (
+                    "power cuts, each followed by a verifying boot",
+                    cuts.to_string(),
+                ),
+                ("acknowledgements before the cuts", total_acks.to_string()),
+                (
+                    "acknowledged objects verified (summed over boots)",
+                    total_verified.to_string(),
+                ),
+                ("seed", format!("{seed}")),
+            ],
+        );
+    }
     Ok(())
 }
 

@@ -29,7 +29,7 @@ const README_END: &str = "<!-- end of figures -->";
 
 /// Where a figure comes from.
 #[derive(Clone, Debug, PartialEq)]
-struct Provenance {
+pub(crate) struct Provenance {
     commit: String,
     dirty: bool,
     utc: String,
@@ -65,6 +65,70 @@ struct Entry {
     raw: Value,
 }
 
+impl Provenance {
+    /// The provenance `p` as recorded, or `refuse(what is missing)`.
+    pub(crate) fn parse(p: &Value, refuse: impl Fn(&str) -> anyhow::Error) -> anyhow::Result<Self> {
+        if !p.is_object() {
+            return Err(refuse("no provenance at all"));
+        }
+        let field = |k: &str| {
+            p[k].as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| refuse(&format!("no {k}")))
+        };
+        let flag = |k: &str| p[k].as_bool().ok_or_else(|| refuse(&format!("no {k}")));
+        Ok(Provenance {
+            commit: field("commit")?,
+            dirty: flag("dirty")?,
+            utc: field("utc")?,
+            kernel: field("kernel")?,
+            fs: field("fs")?,
+            root: flag("root")?,
+            cores: p["cores"]
+                .as_u64()
+                .filter(|&c| c > 0)
+                .ok_or_else(|| refuse("no cores"))?,
+        })
+    }
+}
+
+/// A table of where the rows came from: one line per distinct (name,
+/// provenance), in first-seen order, `what` heading the name column.
+pub(crate) fn provenance_table<'a>(
+    what: &str,
+    rows: impl IntoIterator<Item = (&'a str, &'a Provenance)>,
+) -> String {
+    let mut md = format!(
+        "| {what} | commit | recorded (UTC) | kernel | file system written | as root | cores |\n|---|---|---|---|---|---|---|\n"
+    );
+    let mut seen: Vec<(&str, &Provenance)> = Vec::new();
+    for row in rows {
+        if !seen.contains(&row) {
+            seen.push(row);
+        }
+    }
+    for (name, p) in seen {
+        let _ = writeln!(
+            md,
+            "| {} | {}{} | {} | {} | {} | {} | {} |",
+            cell(name),
+            p.commit.get(..12).unwrap_or(&p.commit),
+            if p.dirty {
+                " (uncommitted changes)"
+            } else {
+                ""
+            },
+            p.utc,
+            cell(&p.kernel),
+            cell(&p.fs),
+            if p.root { "yes" } else { "no" },
+            p.cores
+        );
+    }
+    md
+}
+
 impl Entry {
     /// The time compared: durable where the case writes, else returned.
     fn compared(&self) -> Option<f64> {
@@ -95,24 +159,7 @@ fn entry(f: &Value, source: &Path) -> anyhow::Result<Entry> {
             "{src}: figure \"{name}\" lacks provenance ({what}); every figure must come from a recorded run (cargo xtask bench NAME), none may be typed in"
         )
     };
-    let p = &f["provenance"];
-    if !p.is_object() {
-        return Err(refuse("no provenance at all"));
-    }
-    let field = |k: &str| text(p, k).ok_or_else(|| refuse(&format!("no {k}")));
-    let flag = |k: &str| p[k].as_bool().ok_or_else(|| refuse(&format!("no {k}")));
-    let provenance = Provenance {
-        commit: field("commit")?,
-        dirty: flag("dirty")?,
-        utc: field("utc")?,
-        kernel: field("kernel")?,
-        fs: field("fs")?,
-        root: flag("root")?,
-        cores: p["cores"]
-            .as_u64()
-            .filter(|&c| c > 0)
-            .ok_or_else(|| refuse("no cores"))?,
-    };
+    let provenance = Provenance::parse(&f["provenance"], refuse)?;
     let tool = text(f, "tool").ok_or_else(|| refuse("no tool version"))?;
     let outcome = match (text(f, "excluded"), f["returned"].as_f64()) {
         (Some(why), _) => Outcome::Excluded(why),
@@ -242,7 +289,7 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// Replaces what lies between `begin` and `end` in the file at `path`.
-fn rewrite(path: &Path, begin: &str, end: &str, with: &str) -> anyhow::Result<()> {
+pub(crate) fn rewrite(path: &Path, begin: &str, end: &str, with: &str) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let (head, rest) = text
         .split_once(begin)
@@ -361,31 +408,11 @@ fn table(group: &str, entries: &[&Entry]) -> String {
     for (peer, tool) in tools {
         let _ = writeln!(md, "- {peer}: {tool}");
     }
-    md += "\nProvenance:\n\n| case | commit | recorded (UTC) | kernel | file system written | as root | cores |\n|---|---|---|---|---|---|---|\n";
-    let mut rows: Vec<(&str, &Provenance)> = Vec::new();
-    for e in entries {
-        if !rows.contains(&(e.case.as_str(), &e.provenance)) {
-            rows.push((&e.case, &e.provenance));
-        }
-    }
-    for (case, p) in rows {
-        let _ = writeln!(
-            md,
-            "| {} | {}{} | {} | {} | {} | {} | {} |",
-            cell(case),
-            p.commit.get(..12).unwrap_or(&p.commit),
-            if p.dirty {
-                " (uncommitted changes)"
-            } else {
-                ""
-            },
-            p.utc,
-            cell(&p.kernel),
-            cell(&p.fs),
-            if p.root { "yes" } else { "no" },
-            p.cores
-        );
-    }
+    md += "\nProvenance:\n\n";
+    md += &provenance_table(
+        "case",
+        entries.iter().map(|e| (e.case.as_str(), &e.provenance)),
+    );
     md.push('\n');
     md
 }
@@ -570,7 +597,7 @@ fn chart(group: &str, entries: &[&Entry]) -> String {
 }
 
 /// A markdown table cell: pipes escaped.
-fn cell(s: &str) -> String {
+pub(crate) fn cell(s: &str) -> String {
     s.replace('|', "\\|")
 }
 

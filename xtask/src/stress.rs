@@ -5,7 +5,13 @@
 //! minutes per backend (`STRATA_SOAK_SECS`), `powerloss` with many cuts
 //! (50) and the fuzz target for half an hour. Each figure can be set:
 //! `--kills N`, `--cases N`, `--soak-seconds N`, `--cuts N`,
-//! `--fuzz-seconds N`.
+//! `--fuzz-seconds N`. It also runs the fault sweep (debug, as in CI: it
+//! tries every fault point, so it has no size to set).
+//!
+//! Every part records what it did and checked, with its provenance, in
+//! `target/strata-reliability/` (the testkit's rows through
+//! `STRATA_RELIABILITY_RESULTS`, xtask's own directly); `cargo xtask
+//! report` turns the rows into `docs/reliability.md`'s tables.
 
 use anyhow::{Context, bail};
 
@@ -55,6 +61,11 @@ fn parse(args: &[&str]) -> anyhow::Result<Options> {
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let o = parse(args)?;
     let kills = o.kills.to_string();
+    let results = crate::reliability::results_dir();
+    let recorded = |mut cmd: std::process::Command| {
+        cmd.env(crate::record::RESULTS_ENV, &results);
+        cmd
+    };
     for (package, test) in [
         ("strata-content", "crash"),
         ("strata-native", "crash"),
@@ -63,28 +74,53 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         ("strata-cache", "crash_native"),
     ] {
         crate::run(
-            crate::cargo()
+            recorded(crate::cargo())
                 .args(["test", "--release", "-p", package, "--test", test])
                 .env("STRATA_CRASH_ROUNDS", &kills),
         )?;
     }
+    crate::run(recorded(crate::cargo()).args([
+        "test",
+        "-p",
+        "strata-tests",
+        "--test",
+        "cli_faults",
+    ]))?;
+    for (package, what, cases) in [
+        (
+            "strata-leases",
+            "the collector against its reference model (`strata-leases --test gc`)",
+            o.cases,
+        ),
+        (
+            "strata-diff",
+            "random trees through apply, diff and export (`strata-diff`)",
+            (o.cases / 25).max(1),
+        ),
+    ] {
+        let mut cmd = crate::cargo();
+        cmd.args(["test", "--release", "-p", package]);
+        if package == "strata-leases" {
+            cmd.args(["--test", "gc"]);
+        }
+        crate::run(cmd.env("PROPTEST_CASES", cases.to_string()))?;
+        crate::reliability::record(
+            "property",
+            package,
+            &[
+                ("property tests", what.to_owned()),
+                ("build", "release".to_owned()),
+                ("cases per test, all passed", cases.to_string()),
+            ],
+        );
+    }
     crate::run(
-        crate::cargo()
-            .args(["test", "--release", "-p", "strata-leases", "--test", "gc"])
-            .env("PROPTEST_CASES", o.cases.to_string()),
-    )?;
-    crate::run(
-        crate::cargo()
-            .args(["test", "--release", "-p", "strata-diff"])
-            .env("PROPTEST_CASES", (o.cases / 25).max(1).to_string()),
-    )?;
-    crate::run(
-        crate::cargo()
+        recorded(crate::cargo())
             .args(["test", "--release", "-p", "strata-cache", "--test", "soak"])
             .env("STRATA_SOAK_SECS", o.soak_seconds.to_string()),
     )?;
-    crate::powerloss::run(&["--cuts", &o.cuts.to_string()])?;
-    crate::fuzz::run(&["--seconds", &o.fuzz_seconds.to_string()])
+    crate::powerloss::run(&["--cuts", &o.cuts.to_string(), "--record"])?;
+    crate::fuzz::run(&["--seconds", &o.fuzz_seconds.to_string(), "--record"])
 }
 
 /// `cargo xtask under-load [--runs N] [--hogs N]`: the whole suite (`cargo
@@ -111,6 +147,7 @@ pub fn under_load(args: &[&str]) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     let mut outcome = Ok(());
+    let mut took = Vec::new();
     for run in 1..=runs {
         eprintln!("under-load: run {run} of {runs}, {hogs} busy loops beside it");
         let started = std::time::Instant::now();
@@ -118,7 +155,13 @@ pub fn under_load(args: &[&str]) -> anyhow::Result<()> {
         if outcome.is_err() {
             break;
         }
-        eprintln!("under-load: run {run} passed in {:.0?}", started.elapsed());
+        let skipped = std::fs::read_to_string(crate::workspace().join("target/strata-skips.log"))
+            .map_or(0, |s| s.lines().count());
+        took.push(format!(
+            "{:.0} s ({skipped} skipped)",
+            started.elapsed().as_secs_f64()
+        ));
+        eprintln!("under-load: run {run} passed in {}", took[took.len() - 1]);
     }
     for b in &mut busy {
         b.kill().ok();
@@ -126,5 +169,15 @@ pub fn under_load(args: &[&str]) -> anyhow::Result<()> {
     }
     outcome?;
     eprintln!("under-load: {runs} runs in a row passed with {hogs} busy loops");
+    crate::reliability::record(
+        "under-load",
+        "cargo xtask test",
+        &[
+            ("suite", "`cargo xtask test` (debug)".to_owned()),
+            ("runs in a row, all passed", runs.to_string()),
+            ("busy loops beside it", hogs.to_string()),
+            ("each run's time (tests skipped)", took.join(", ")),
+        ],
+    );
     Ok(())
 }

@@ -36,7 +36,7 @@ fn rt() -> tokio::runtime::Runtime {
 fn open(path: &Path) -> CacheManager {
     let root = Root::open(&RootOptions {
         path: Some(path.to_path_buf()),
-        backend: BackendChoice::Overlay,
+        backend: BackendChoice::overlay(),
     })
     .unwrap();
     CacheManager::new(root).unwrap()

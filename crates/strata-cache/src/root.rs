@@ -1,8 +1,9 @@
 //! Opening a state root with one call: the directory (mode 0700), its
 //! `LOCK` (one process per root), leftover mounts of a dead process
 //! detached, `tmp/` and `mounts/` emptied, the metadata file, the content
-//! store and the snapshot store with the root's backend (remembered in the
-//! metadata; `auto` probes a real overlay mount), temporary leases of a
+//! store and the snapshot store with the root's backend (given by value,
+//! remembered by name in the metadata; `auto` probes a real overlay mount),
+//! temporary leases of a
 //! previous process dropped, and the collector wired to both stores.
 //!
 //! A root is marked open while in use and closed when its `Root` is
@@ -18,50 +19,84 @@ use std::sync::Arc;
 use strata_content::{ContentError, ContentStore};
 use strata_core::{Classify, ErrorKind};
 use strata_leases::{Collect, Collector, LeaseError, LeaseManager};
+use strata_metadata::records::SettingRecord;
 use strata_metadata::{LastClose, MetaDb, MetaError, Reader};
 use strata_snapshot::{Backend, SnapshotError, SnapshotStore, Snapshotter};
 use strata_sys::SysError;
 use strata_sys::lock::{FileLock, LockError};
 
-/// The snapshot backends a root can use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// The snapshot backend a root uses, given by value: a built-in one with
+/// its configuration, `Auto`, or any [`Backend`] (an embedder's own). A
+/// root records the name of the backend it was made with and opens only
+/// with a backend of that name.
+///
+/// ```
+/// use std::sync::Arc;
+/// use strata_cache::BackendChoice;
+///
+/// // The built-in native backend, chosen by value ...
+/// assert_eq!(BackendChoice::Custom(Arc::new(strata_native::Native)).name(), "native");
+/// // ... or by its variant; overlay takes its configuration.
+/// assert_eq!(BackendChoice::overlay().name(), "overlay");
+/// assert_eq!(BackendChoice::default().name(), "auto");
+/// ```
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub enum BackendChoice {
-    /// Kernel overlayfs.
-    Overlay,
+    /// Kernel overlayfs, with its configuration.
+    Overlay(strata_overlay::OverlayConfig),
     /// Full copies (reflink where the file system can).
     Native,
-    /// Overlay where the kernel and privileges allow it, else native.
+    /// Overlay where the kernel and privileges allow it, else native; a
+    /// root that has a backend keeps it.
     #[default]
     Auto,
+    /// Any backend, by value: an embedder's own (tested with
+    /// `strata_snapshot::testsuite`), or a built-in one set up by hand.
+    Custom(Arc<dyn Backend>),
 }
 
-/// The `meta` row that records a root's backend.
+/// The setting that records a root's backend, by name.
 const BACKEND_ROW: &str = "snapshot_backend";
 
 impl BackendChoice {
-    fn code(self) -> u64 {
-        match self {
-            BackendChoice::Overlay => 1,
-            BackendChoice::Native => 2,
-            BackendChoice::Auto => 0,
-        }
+    /// Overlay with the default configuration.
+    pub fn overlay() -> BackendChoice {
+        BackendChoice::Overlay(strata_overlay::OverlayConfig::default())
     }
 
-    fn from_code(code: u64) -> Option<Self> {
-        match code {
-            1 => Some(BackendChoice::Overlay),
-            2 => Some(BackendChoice::Native),
+    /// The built-in backend a user names (`overlay`, `native`, `auto`).
+    pub fn named(name: &str) -> Option<BackendChoice> {
+        match name {
+            "overlay" => Some(BackendChoice::overlay()),
+            "native" => Some(BackendChoice::Native),
+            "auto" => Some(BackendChoice::Auto),
             _ => None,
         }
     }
 
-    /// The name users type (`overlay`, `native`, `auto`).
-    pub fn name(self) -> &'static str {
+    /// The backend's name (`overlay`, `native`, `auto`, or a custom
+    /// backend's own).
+    pub fn name(&self) -> &str {
         match self {
-            BackendChoice::Overlay => "overlay",
+            BackendChoice::Overlay(_) => "overlay",
             BackendChoice::Native => "native",
             BackendChoice::Auto => "auto",
+            BackendChoice::Custom(b) => b.name(),
         }
+    }
+
+    /// The backend itself, for the root at `path` (never called on
+    /// `Auto`, which is resolved first).
+    fn build(&self, path: &Path) -> Result<Arc<dyn Backend>, OpenError> {
+        Ok(match self {
+            BackendChoice::Overlay(config) => Arc::new(strata_overlay::Overlay::new(
+                &path.join("snapshots"),
+                config.clone(),
+            )?),
+            BackendChoice::Native | BackendChoice::Auto => Arc::new(strata_native::Native),
+            BackendChoice::Custom(b) => Arc::clone(b),
+        })
     }
 }
 
@@ -92,9 +127,18 @@ pub enum OpenError {
         /// The root.
         path: PathBuf,
         /// The backend it was made with.
-        stored: &'static str,
+        stored: String,
         /// The backend asked for.
-        wanted: &'static str,
+        wanted: String,
+    },
+    /// The root was made with a backend this program does not build in,
+    /// and none of that name was given.
+    #[error("root {} uses the {name} backend, which is not built in: open it with that backend (BackendChoice::Custom)", path.display())]
+    UnknownBackend {
+        /// The root.
+        path: PathBuf,
+        /// The backend it was made with.
+        name: String,
     },
     /// Cleaning up what a dead process left failed.
     #[error(transparent)]
@@ -145,7 +189,9 @@ impl Classify for OpenError {
             OpenError::NoDefault => ErrorKind::Invalid,
             OpenError::Io { source, .. } => Classify::kind(source),
             OpenError::Lock(e) => e.kind(),
-            OpenError::BackendMismatch { .. } => ErrorKind::FailedPrecondition,
+            OpenError::BackendMismatch { .. } | OpenError::UnknownBackend { .. } => {
+                ErrorKind::FailedPrecondition
+            }
             OpenError::Sys(e) => e.kind(),
             OpenError::Meta(e) => e.kind(),
             OpenError::Store { source, .. } => source.kind(),
@@ -269,37 +315,46 @@ fn overlay_works(tmp: &Path) -> bool {
     ok
 }
 
-/// The backend for this root: the one it remembers, which must match an
-/// explicit choice; otherwise the choice (auto resolved), recorded.
+/// The backend for this root: the one it remembers (by name), which an
+/// explicit choice must match; otherwise the choice (auto resolved), its
+/// name recorded.
 fn resolve_backend(
     path: &Path,
     db: &MetaDb,
-    choice: BackendChoice,
+    choice: &BackendChoice,
 ) -> Result<BackendChoice, OpenError> {
-    let stored = db
-        .read()?
-        .meta(BACKEND_ROW)?
-        .and_then(BackendChoice::from_code);
-    if let Some(stored) = stored {
-        if choice != BackendChoice::Auto && choice != stored {
-            return Err(OpenError::BackendMismatch {
+    let stored = db.read()?.get::<SettingRecord>(BACKEND_ROW)?;
+    if let Some(SettingRecord { value: stored }) = stored {
+        return match choice {
+            BackendChoice::Auto => {
+                BackendChoice::named(&stored).ok_or_else(|| OpenError::UnknownBackend {
+                    path: path.to_path_buf(),
+                    name: stored,
+                })
+            }
+            explicit if explicit.name() == stored => Ok(explicit.clone()),
+            explicit => Err(OpenError::BackendMismatch {
                 path: path.to_path_buf(),
-                stored: stored.name(),
-                wanted: choice.name(),
-            });
-        }
-        return Ok(stored);
+                stored,
+                wanted: explicit.name().to_owned(),
+            }),
+        };
     }
     let resolved = match choice {
-        BackendChoice::Auto if overlay_works(&path.join("tmp")) => BackendChoice::Overlay,
+        BackendChoice::Auto if overlay_works(&path.join("tmp")) => BackendChoice::overlay(),
         BackendChoice::Auto => {
             tracing::info!("overlay mounts do not work here; using the native backend");
             BackendChoice::Native
         }
-        explicit => explicit,
+        explicit => explicit.clone(),
     };
     let tx = db.write()?;
-    tx.set_meta(BACKEND_ROW, resolved.code())?;
+    tx.put(
+        BACKEND_ROW,
+        &SettingRecord {
+            value: resolved.name().to_owned(),
+        },
+    )?;
     tx.commit()?;
     Ok(resolved)
 }
@@ -374,15 +429,9 @@ impl Root {
         let last_close = db.last_close()?;
         db.mark_open()?;
         let content = ContentStore::open_after(&path.join("content"), Arc::clone(&db), last_close)?;
-        let backend = resolve_backend(&path, &db, opts.backend)?;
-        let dyn_backend: Arc<dyn Backend> = match backend {
-            BackendChoice::Overlay => Arc::new(strata_overlay::Overlay::new(
-                &path.join("snapshots"),
-                strata_overlay::OverlayConfig::default(),
-            )?),
-            _ => Arc::new(strata_native::Native),
-        };
-        let snapshots = SnapshotStore::open_after(&path, Arc::clone(&db), dyn_backend, last_close)?;
+        let backend = resolve_backend(&path, &db, &opts.backend)?;
+        let snapshots =
+            SnapshotStore::open_after(&path, Arc::clone(&db), backend.build(&path)?, last_close)?;
         let leases = LeaseManager::new(Arc::clone(&db));
         // One process owns the root: temporary leases left now belong to a
         // process that is gone (operation leases, views of mounted refs,

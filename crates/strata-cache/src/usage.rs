@@ -192,7 +192,7 @@ impl CacheManager {
             total: snapshots.len() as u64,
             unit: "snapshots".into(),
         });
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounted = root.snapshots.mounted()?;
         let mut out = Vec::new();
         for (id, r) in records {
             let md = RefMetadata::new(&id, r);
@@ -209,10 +209,9 @@ impl CacheManager {
                 }
             }
             let blobs = self.blob_bytes(&self.recorded_content(md.snapshot_id())?)?;
-            let mounted = mountinfo.contains(&format!("/snapshots/{}/", s.id));
             out.push(UsageInfo {
                 mutable: !md.is_committed(),
-                in_use: self.is_locked(&id) || mounted,
+                in_use: self.is_locked(&id) || mounted.contains(&s.id),
                 size: exclusive + blobs,
                 shared,
                 inodes,

@@ -4,5 +4,8 @@
 mod crash;
 
 fn main() {
-    crash::main_for("cache_crash_overlay", strata_cache::BackendChoice::Overlay);
+    crash::main_for(
+        "cache_crash_overlay",
+        strata_cache::BackendChoice::overlay(),
+    );
 }

@@ -150,6 +150,28 @@ async fn soak(backend: &str) {
         "resident memory climbed from {base_rss} KiB to {peak_rss} KiB"
     );
     assert_clean(&e.mgr);
+    strata_testkit::reliability::record(
+        "soak",
+        backend,
+        e.dir.path(),
+        &[
+            ("backend", backend.to_owned()),
+            ("build", strata_testkit::reliability::build().to_owned()),
+            ("seconds", secs.to_string()),
+            (
+                "rounds (checked after the warm-up)",
+                format!("{n} ({checked})"),
+            ),
+            (
+                "descriptors after the warm-up, at most later",
+                format!("{base_fds}, {peak_fds}"),
+            ),
+            (
+                "resident MiB after the warm-up, at most later",
+                format!("{}, {}", base_rss / 1024, peak_rss / 1024),
+            ),
+        ],
+    );
 }
 
 // One test, the backends in turn: descriptors and memory are the

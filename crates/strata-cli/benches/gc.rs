@@ -188,6 +188,11 @@ fn main() {
                 real.duration,
             ),
             Figure::in_process("strata gc --dry-run (mark and decide)", 1, dry.duration),
+            Figure::in_process(
+                "strata gc: writers paused (its one write transaction)",
+                1,
+                real.pause,
+            ),
         ],
         &[],
     );

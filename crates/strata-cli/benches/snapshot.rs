@@ -33,7 +33,7 @@ fn store(root: &Path, backend: &str) -> (SnapshotStore, strata_cache::Root) {
     let opened = strata_cache::Root::open(&strata_cache::RootOptions {
         path: Some(root.to_path_buf()),
         backend: match backend {
-            "overlay" => strata_cache::BackendChoice::Overlay,
+            "overlay" => strata_cache::BackendChoice::overlay(),
             _ => strata_cache::BackendChoice::Native,
         },
     })

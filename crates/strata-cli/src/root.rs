@@ -26,7 +26,7 @@ pub enum BackendArg {
 impl From<BackendArg> for BackendChoice {
     fn from(b: BackendArg) -> Self {
         match b {
-            BackendArg::Overlay => BackendChoice::Overlay,
+            BackendArg::Overlay => BackendChoice::overlay(),
             BackendArg::Native => BackendChoice::Native,
             BackendArg::Auto => BackendChoice::Auto,
         }

@@ -92,6 +92,7 @@ pub(crate) fn run(tx: &ReadTx) -> Result<Vec<Violation>, MetaError> {
     }
     c.rows::<IngestRecord>()?;
     c.rows::<GcRecord>()?;
+    c.rows::<SettingRecord>()?;
 
     let snapshots = c.rows::<SnapshotRecord>()?;
     let mut ids = BTreeMap::new();

@@ -14,6 +14,7 @@
 //! | `import_by_diff` | parent snapshot, diffID | [`ImportByDiffRecord`] |
 //! | `snapshot_content` | snapshot, digest | [`SnapshotContentRecord`] |
 //! | `gc` | name | [`GcRecord`] |
+//! | `settings` | name | [`SettingRecord`] |
 //! | `snapshot_children` | parent, child | (index of `snapshots` by parent) |
 
 use std::collections::BTreeMap;
@@ -244,8 +245,21 @@ impl Record for GcRecord {
     const VERSION: u8 = 1;
 }
 
+/// A setting of the root, by name: `snapshot_backend` holds the name of
+/// the backend the root was made with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingRecord {
+    /// The setting's value.
+    pub value: String,
+}
+
+impl Record for SettingRecord {
+    const TABLE: &'static str = "settings";
+    const VERSION: u8 = 1;
+}
+
 /// Every record and index table, for creation at open and for `check`.
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 13] = [
     SNAPSHOT_CHILDREN,
     ContentRecord::TABLE,
     IngestRecord::TABLE,
@@ -258,4 +272,5 @@ pub const TABLES: [&str; 12] = [
     ImportByDiffRecord::TABLE,
     SnapshotContentRecord::TABLE,
     GcRecord::TABLE,
+    SettingRecord::TABLE,
 ];

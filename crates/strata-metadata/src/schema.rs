@@ -6,13 +6,13 @@
 
 use std::path::Path;
 
-use crate::records::{SnapshotRecord, TABLES};
+use crate::records::{SettingRecord, SnapshotRecord, TABLES};
 use crate::tx::{META, RawTable, Reader, WriteTx};
 use crate::{MetaDb, MetaError};
 
 /// The schema version this build writes (2: the `snapshot_children`
-/// index).
-pub const SCHEMA_VERSION: u32 = 2;
+/// index; 3: the `settings` table, the snapshot backend by name).
+pub const SCHEMA_VERSION: u32 = 3;
 
 const VERSION_ROW: &str = "schema_version";
 
@@ -23,10 +23,40 @@ pub(crate) struct Migration {
 }
 
 /// The migrations of this build.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    from: 1,
-    run: index_snapshot_parents,
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        from: 1,
+        run: index_snapshot_parents,
+    },
+    Migration {
+        from: 2,
+        run: backend_by_name,
+    },
+];
+
+/// Where schema 2 kept the root's backend (1 overlay, 2 native) and where
+/// schema 3 keeps its name.
+const BACKEND_ROW: &str = "snapshot_backend";
+
+/// 2 to 3: the root's snapshot backend is a setting holding its name (any
+/// backend, an embedder's own too), no longer a code in `meta` that only
+/// the two built-in backends had.
+fn backend_by_name(tx: &WriteTx) -> Result<(), MetaError> {
+    let name = match tx.meta(BACKEND_ROW)? {
+        None => return Ok(()),
+        Some(1) => "overlay",
+        Some(2) => "native",
+        Some(code) => {
+            return Err(MetaError::Corrupt {
+                table: "meta",
+                key: BACKEND_ROW.into(),
+                reason: format!("unknown snapshot backend code {code}"),
+            });
+        }
+    };
+    tx.put(BACKEND_ROW, &SettingRecord { value: name.into() })?;
+    tx.remove_meta(BACKEND_ROW)
+}
 
 /// 1 to 2: index every snapshot by its parent (a row written afresh is
 /// indexed).
@@ -304,6 +334,41 @@ mod tests {
             [crate::keys::join(&["base", "child"])]
         );
         assert!(db.check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn schema_2_backend_codes_become_names() {
+        for (code, name) in [(1, Some("overlay")), (2, Some("native")), (9, None)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("meta.redb");
+            {
+                let db = open(&path, 2, &[]).unwrap();
+                let tx = db.write().unwrap();
+                tx.set_meta(BACKEND_ROW, code).unwrap();
+                tx.commit().unwrap();
+            }
+            match name {
+                Some(name) => {
+                    let db = open(&path, SCHEMA_VERSION, MIGRATIONS).unwrap();
+                    let r = db.read().unwrap();
+                    assert_eq!(
+                        r.get::<SettingRecord>(BACKEND_ROW).unwrap().unwrap().value,
+                        name
+                    );
+                    assert_eq!(r.meta(BACKEND_ROW).unwrap(), None);
+                }
+                None => {
+                    let err = open(&path, SCHEMA_VERSION, MIGRATIONS).unwrap_err();
+                    assert!(
+                        err.to_string().contains("unknown snapshot backend code 9"),
+                        "{err}"
+                    );
+                    // The failed migration changed nothing.
+                    let db = open(&path, 2, &[]).unwrap();
+                    assert_eq!(db.read().unwrap().meta(BACKEND_ROW).unwrap(), Some(9));
+                }
+            }
+        }
     }
 
     #[test]

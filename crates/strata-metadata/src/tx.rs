@@ -303,6 +303,17 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Removes a counter or setting of the `meta` table.
+    pub fn remove_meta(&self, name: &str) -> Result<(), MetaError> {
+        let mut t = self
+            .tx
+            .open_table(META)
+            .map_err(|e| MetaError::storage("open table", e))?;
+        t.remove(name)
+            .map_err(|e| MetaError::storage("remove", e))?;
+        Ok(())
+    }
+
     /// Increments the named sequence and returns its new value (first: 1).
     pub fn next_sequence(&self, name: &str) -> Result<u64, MetaError> {
         let next = self.meta(name)?.unwrap_or(0) + 1;

@@ -1,7 +1,7 @@
 //! The snapshot store's side of the garbage collector: snapshots whose
-//! directories take part in a mount are in use (found in
-//! `/proc/self/mountinfo`, which lists bind sources and overlay layers), and
-//! the directories of swept snapshots are removed.
+//! directories take part in a mount are in use
+//! ([`SnapshotStore::mounted`]), and the directories of swept snapshots are
+//! removed.
 
 use strata_leases::{Collect, LeaseError, Node, Swept};
 use strata_metadata::Reader;
@@ -11,15 +11,14 @@ use crate::store::SnapshotStore;
 
 impl Collect for SnapshotStore {
     fn in_use(&self) -> Result<Vec<Node>, LeaseError> {
-        let mountinfo =
-            std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| LeaseError::Collect {
-                what: "/proc/self/mountinfo".into(),
-                reason: e.to_string(),
-            })?;
+        let mounted = self.mounted().map_err(|e| LeaseError::Collect {
+            what: "the mounts in use".into(),
+            reason: e.to_string(),
+        })?;
         let rows = self.db().read()?.scan::<SnapshotRecord>("")?;
         Ok(rows
             .into_iter()
-            .filter(|(_, r)| mountinfo.contains(&format!("/{}/", r.id)))
+            .filter(|(_, r)| mounted.contains(&r.id))
             .map(|(key, _)| Node::Snapshot(key))
             .collect())
     }

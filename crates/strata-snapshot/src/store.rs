@@ -552,6 +552,21 @@ impl SnapshotStore {
         Ok(removed)
     }
 
+    /// The ids of the snapshots some mount keeps busy: a bind of its tree,
+    /// an overlay using it as a layer (one the legacy overlay path mounted
+    /// through short links included). Snapshot ids are random, so any path
+    /// component of a busy directory equal to an id is that snapshot,
+    /// whatever file system the root is on. An unreadable mount table is an
+    /// error.
+    pub fn mounted(&self) -> Result<std::collections::HashSet<String>, SnapshotError> {
+        Ok(strata_sys::mount::info::directories_in_use()?
+            .iter()
+            .flat_map(|d| d.components())
+            .filter_map(|c| c.as_os_str().to_str())
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// What the backend's snapshots allow.
     pub fn capabilities(&self) -> crate::Capabilities {
         self.inner.backend.capabilities()

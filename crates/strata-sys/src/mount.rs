@@ -21,6 +21,7 @@ use strata_core::{Mount, OverlayLayers};
 
 use crate::error::{SysError, SysResult};
 
+pub mod info;
 mod legacy;
 
 /// Mounts every mount in order on `target` (each at its own sub-target).
@@ -294,13 +295,17 @@ fn overlay_error(fs: &OwnedFd, op: &'static str, target: &Path, e: Errno) -> Sys
     SysError::io(op, target, source)
 }
 
-/// Unmounts `target`, retrying a few times while it is busy.
+/// Unmounts `target`, retrying a few times while it is busy, then removes
+/// the lower-directory links the legacy overlay path kept beside it.
 pub fn unmount(target: &Path) -> SysResult<()> {
     const ATTEMPTS: u32 = 50;
     let mut attempt = 0;
     loop {
         match rm::unmount(target, UnmountFlags::NOFOLLOW) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                legacy::remove_links(target);
+                return Ok(());
+            }
             Err(Errno::BUSY) if attempt + 1 < ATTEMPTS => {
                 attempt += 1;
                 // A process may still be leaving the mount; the kernel offers
@@ -316,12 +321,9 @@ pub fn unmount(target: &Path) -> SysResult<()> {
 /// `/proc/self/mountinfo`: what a killed process left mounted in a
 /// directory that only it used. Returns how many were detached.
 pub fn detach_below(dir: &Path) -> SysResult<usize> {
-    let info = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read_to_string(info).map_err(|e| SysError::io("read", info, e))?;
-    let mut targets: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|t| PathBuf::from(unescape_mountinfo(t)))
+    let mut targets: Vec<PathBuf> = info::mounts()?
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|t| t.starts_with(dir))
         .collect();
     targets.sort_by_key(|t| std::cmp::Reverse(t.components().count()));
@@ -336,28 +338,6 @@ pub fn detach_below(dir: &Path) -> SysResult<usize> {
         }
     }
     Ok(detached)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> std::ffi::OsString {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    std::ffi::OsString::from_vec(out)
 }
 
 /// True when `path` is the root of a mount.
@@ -376,12 +356,6 @@ pub fn is_mount_point(path: &Path) -> SysResult<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/a\\040b\\134c"), "/a b\\c");
-        assert_eq!(unescape_mountinfo("/plain\\9"), "/plain\\9");
-    }
 
     #[test]
     fn kernel_releases_compare() {

@@ -1,7 +1,8 @@
 //! Overlays mounted the way kernels before 6.8 need, forced on this
 //! kernel: a chain whose absolute paths overflow a page mounts through
-//! short names (and leaves no scratch links behind), and one too long even
-//! for those is refused with the numbers. Needs root.
+//! short names, whose links stay while it is mounted so the mount table
+//! still says which directories it uses (and go when it is unmounted), and
+//! one too long even for those is refused with the numbers. Needs root.
 
 use std::fs;
 use std::path::PathBuf;
@@ -51,10 +52,24 @@ fn legacy_overlays_mount_long_chains_through_short_names() {
         vec!["index=off".into()],
     );
     mount::mount(&m, &target).unwrap();
+    // The lowers are listed by short names; the mount table reader
+    // resolves them through the links.
+    let busy = mount::info::directories_in_use();
     let shown = fs::read_to_string(target.join("shared"));
     let files = [0, 250, 499].map(|i| fs::read_to_string(target.join(format!("file-{i}"))));
     fs::write(target.join("new"), b"up").unwrap();
     mount::unmount(&target).unwrap();
+    let busy = busy.unwrap();
+    for lower in [0, 250, 499].map(|i| &m.layers.as_ref().unwrap().lowers[499 - i]) {
+        assert!(
+            busy.contains(lower),
+            "{} is in use (among {} busy directories, last {:?})",
+            lower.display(),
+            busy.len(),
+            busy.iter().rev().take(3).collect::<Vec<_>>()
+        );
+    }
+    assert!(busy.contains(&upper));
     assert_eq!(shown.unwrap(), "499", "the topmost lower wins");
     for (i, f) in [0, 250, 499].iter().zip(files) {
         assert_eq!(f.unwrap(), i.to_string());
@@ -63,7 +78,7 @@ fn legacy_overlays_mount_long_chains_through_short_names() {
     let left: Vec<_> = fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".lowers."))
+        .filter(|n| n.contains(".lowers"))
         .collect();
     assert!(left.is_empty(), "scratch links removed: {left:?}");
 

@@ -22,7 +22,7 @@
 //!   and the tool's version; and the peers left out of a case, and why.
 
 mod images;
-mod provenance;
+use crate::provenance;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

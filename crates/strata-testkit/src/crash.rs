@@ -267,6 +267,28 @@ fn kill_loop(
     println_out(&format!(
         "{name}: {live} acknowledged objects intact after {round} kills"
     ));
+    let landed_in: Vec<String> = phases
+        .iter()
+        .map(|p| format!("{p} {}", landed.get(*p).copied().unwrap_or(0)))
+        .chain(
+            landed
+                .iter()
+                .filter(|(p, _)| !phases.contains(&p.as_str()))
+                .map(|(p, n)| format!("{p} {n}")),
+        )
+        .collect();
+    crate::reliability::record(
+        "crash",
+        name,
+        dir,
+        &[
+            ("test", name.to_owned()),
+            ("build", crate::reliability::build().to_owned()),
+            ("kills, each verified", round.to_string()),
+            ("kills landed (per phase)", landed_in.join(", ")),
+            ("acknowledged objects intact at the end", live.to_string()),
+        ],
+    );
     println_out("test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
 }
 

@@ -14,8 +14,10 @@ pub mod crash;
 pub mod json_shape;
 pub mod layer_tar;
 pub mod oci_layout;
+mod provenance;
 pub mod random_tree;
 pub mod registry;
+pub mod reliability;
 pub mod tree;
 
 use std::io::Write;

@@ -1,8 +1,11 @@
 //! Where a figure comes from: the commit the code was built from (and
 //! whether the tree had uncommitted changes), when it was recorded, the
 //! kernel, the file system the run wrote to, whether it ran as root and on
-//! how many cores. `cargo xtask bench --report` refuses a figure that lacks
-//! any of these.
+//! how many cores. `cargo xtask report` refuses a figure that lacks any of
+//! these.
+//!
+//! std and serde_json only: xtask compiles this same file (with
+//! `reliability.rs`) for the records it writes itself.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,9 +26,18 @@ pub fn here(fs: &Path) -> Value {
         "utc": output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
         "kernel": output(Command::new("uname").arg("-r")),
         "fs": file_system(fs),
-        "root": strata_sys::effective_uid() == 0,
+        "root": effective_uid() == 0,
         "cores": output(&mut Command::new("nproc")).parse::<u64>().expect("nproc prints a number"),
     })
+}
+
+/// This process's effective user: the owner the kernel gives its
+/// `/proc/self`.
+fn effective_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self")
+        .expect("stat /proc/self")
+        .uid()
 }
 
 /// What `cmd` prints, trimmed; panics when it fails.

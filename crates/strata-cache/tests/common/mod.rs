@@ -20,10 +20,7 @@ pub struct Env {
 }
 
 pub fn backend(name: &str) -> BackendChoice {
-    match name {
-        "overlay" => BackendChoice::Overlay,
-        _ => BackendChoice::Native,
-    }
+    BackendChoice::named(name).unwrap_or_else(|| panic!("no backend named {name}"))
 }
 
 pub fn open_at(path: &Path, backend_name: &str) -> CacheManager {

@@ -20,10 +20,10 @@ use strata_leases::{LazyScope, OpCtx};
 use strata_testkit::crash::{self, AckLog, Phase, Rng};
 use strata_testkit::layer_tar::{archive, entry};
 
-fn open(dir: &Path, backend: BackendChoice) -> CacheManager {
+fn open(dir: &Path, backend: &BackendChoice) -> CacheManager {
     let root = Root::open(&RootOptions {
         path: Some(dir.join("root")),
-        backend,
+        backend: backend.clone(),
     })
     .expect("open root");
     CacheManager::new(root).expect("open manager")
@@ -74,7 +74,7 @@ fn small_image(mgr: &CacheManager, ctx: &OpCtx, name: &str) -> Image {
     }
 }
 
-async fn child(dir: &Path, seed: u64, backend: BackendChoice) {
+async fn child(dir: &Path, seed: u64, backend: &BackendChoice) {
     let mgr = open(dir, backend);
     let log = AckLog::new(dir);
     let phase = Phase::new(dir);
@@ -202,7 +202,12 @@ async fn child(dir: &Path, seed: u64, backend: BackendChoice) {
     }
 }
 
-fn verify(dir: &Path, round: usize, backend: BackendChoice, rt: &tokio::runtime::Runtime) -> usize {
+fn verify(
+    dir: &Path,
+    round: usize,
+    backend: &BackendChoice,
+    rt: &tokio::runtime::Runtime,
+) -> usize {
     // Before any repair, the metadata file must check clean: every change
     // to it was one committed transaction or none.
     let before = strata_metadata::MetaDb::open(&dir.join("meta.redb"))
@@ -256,7 +261,7 @@ fn verify(dir: &Path, round: usize, backend: BackendChoice, rt: &tokio::runtime:
 }
 
 pub fn main_for(name: &str, backend: BackendChoice) {
-    if backend == BackendChoice::Overlay && !strata_testkit::require_root(name) {
+    if matches!(backend, BackendChoice::Overlay(_)) && !strata_testkit::require_root(name) {
         println!("test result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out");
         return;
     }
@@ -269,7 +274,7 @@ pub fn main_for(name: &str, backend: BackendChoice) {
         name,
         400,
         &["import", "ref", "merge", "export", "let-go", "collect"],
-        |dir, seed| rt.block_on(child(dir, seed, backend)),
-        |dir, round| verify(dir, round, backend, &rt),
+        |dir, seed| rt.block_on(child(dir, seed, &backend)),
+        |dir, round| verify(dir, round, &backend, &rt),
     );
 }

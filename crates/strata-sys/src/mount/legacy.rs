@@ -2,11 +2,15 @@
 //! RHEL 9's 5.14): no `lowerdir+`, and `fsconfig` takes at most 256 bytes a
 //! value, so the layers go to `mount(2)` as one `lowerdir=a:b:...` in a
 //! page of options. When absolute paths do not fit, the lower directories
-//! are named by one-or-two-character symlinks in a scratch directory next
-//! to the target, and a helper thread with a working directory of its own
-//! (`unshare(CLONE_FS)`) mounts with those relative names (overlay resolves
-//! them once, at mount time). When even that does not fit, the error says
-//! how many layers and bytes it would take.
+//! are named by one-or-two-character symlinks in a directory next to the
+//! target (`.NAME.lowers`, [`super::info::lower_links`]), and a helper
+//! thread with a working directory of its own (`unshare(CLONE_FS)`) mounts
+//! with those relative names (overlay resolves them once, at mount time).
+//! The links stay while the overlay is mounted: mountinfo lists its lowers
+//! by the short names, and the links are how [`super::info`] tells which
+//! snapshots the mount keeps busy. [`super::unmount`] removes them. When
+//! even short names do not fit, the error says how many layers and bytes
+//! it would take.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -147,36 +151,40 @@ pub(super) fn mount_overlay(
             })
         })
     })();
-    for name in &short {
-        if let Err(e) = std::fs::remove_file(farm.join(name)) {
-            tracing::debug!(error = %e, "removing a lower-directory link");
-        }
-    }
-    if let Err(e) = std::fs::remove_dir(&farm) {
-        tracing::warn!(dir = %farm.display(), error = %e, "could not remove the lower-directory links");
+    if made.is_err() {
+        remove_links(target);
     }
     made
 }
 
-/// A new scratch directory beside `target` for the lower-directory links.
+/// A fresh directory for the lower-directory links of the overlay about to
+/// be mounted on `target`; what an earlier mount there left (unmounted
+/// without [`super::unmount`], or cut short) is cleared first.
 fn lowers_dir(target: &Path) -> SysResult<PathBuf> {
-    let parent = target.parent().unwrap_or(Path::new("/"));
-    let name = target
-        .file_name()
-        .map_or_else(|| "mount".into(), |n| n.to_string_lossy().into_owned());
-    for attempt in 0..100u32 {
-        let dir = parent.join(format!(".{name}.lowers.{}.{attempt}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(SysError::io("create", dir, e)),
+    let dir = super::info::lower_links(target);
+    remove_links(target);
+    std::fs::create_dir(&dir).map_err(|e| SysError::io("create", &dir, e))?;
+    Ok(dir)
+}
+
+/// Removes the lower-directory links kept beside `target`, if any (only
+/// links and their directory: nothing they point to).
+pub(super) fn remove_links(target: &Path) {
+    let dir = super::info::lower_links(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let link = e.path();
+        if e.file_type().is_ok_and(|t| t.is_symlink())
+            && let Err(err) = std::fs::remove_file(&link)
+        {
+            tracing::debug!(link = %link.display(), error = %err, "removing a lower-directory link");
         }
     }
-    Err(SysError::Refused {
-        op: "create lower-directory links for",
-        path: target.to_path_buf(),
-        reason: "no free name beside the target",
-    })
+    if let Err(e) = std::fs::remove_dir(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove the lower-directory links");
+    }
 }
 
 #[cfg(test)]
