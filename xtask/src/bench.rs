@@ -73,7 +73,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
 
 /// Every bench once, small, recording into a scratch directory only.
 fn quick() -> anyhow::Result<()> {
-    let results = target_dir().join("bench-quick/results");
+    let results = crate::target_dir().join("bench-quick/results");
     crate::run(Command::new("rm").arg("-rf").arg(&results))?;
     let env = [
         ("STRATA_BENCH_QUICK", "1".to_owned()),
@@ -94,12 +94,6 @@ fn quick() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where cargo builds.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| crate::workspace().join("target"), PathBuf::from)
-}
-
 /// Builds `strata` (release, or the debug build in a quick run) and runs
 /// the bench `name` on fresh scratch file systems with `env` set.
 fn bench(name: &str, quick: bool, env: &[(&str, String)]) -> anyhow::Result<()> {
@@ -115,10 +109,10 @@ fn bench(name: &str, quick: bool, env: &[(&str, String)]) -> anyhow::Result<()> 
     ]))?;
     // A copy: building the benches below may put a binary built with
     // their dev-dependencies' features where cargo put this one.
-    let strata = target_dir().join("bench-bin/strata");
-    std::fs::create_dir_all(target_dir().join("bench-bin"))?;
+    let strata = crate::target_dir().join("bench-bin/strata");
+    std::fs::create_dir_all(crate::target_dir().join("bench-bin"))?;
     std::fs::copy(
-        target_dir()
+        crate::target_dir()
             .join(if quick { "debug" } else { "release" })
             .join("strata"),
         &strata,
@@ -157,7 +151,7 @@ struct LoopExt4 {
 
 impl LoopExt4 {
     fn new(size: &str) -> anyhow::Result<LoopExt4> {
-        let target = target_dir();
+        let target = crate::target_dir();
         let dir = target.join("bench-ext4");
         let image = target.join("bench-ext4.img");
         std::fs::create_dir_all(&dir)?;
@@ -221,7 +215,7 @@ struct Tmpfs {
 impl Tmpfs {
     fn new() -> anyhow::Result<Tmpfs> {
         if crate::is_root() {
-            let dir = target_dir().join("bench-tmpfs");
+            let dir = crate::target_dir().join("bench-tmpfs");
             std::fs::create_dir_all(&dir)?;
             crate::run(
                 Command::new("mount")

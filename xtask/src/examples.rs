@@ -22,7 +22,7 @@ pub fn run(skips: &Path) -> anyhow::Result<()> {
         "--bins",
         "--examples",
     ]))?;
-    let bin = ws.join("target/debug");
+    let bin = crate::target_dir().join("debug");
     let strata = bin.join("strata");
     let dir = ws.join("target/examples-run");
     if dir.exists() {

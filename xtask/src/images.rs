@@ -167,7 +167,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         }
     }
     crate::run(Command::new("cargo").args(["build", "--release", "-p", "strata-cli"]))?;
-    let strata = crate::workspace().join("target/release/strata");
+    let strata = crate::target_dir().join("release/strata");
     let work = out.join(".work");
     if work.exists() {
         sh(&format!("rm -rf --one-file-system {}", work.display()))?;

@@ -281,7 +281,7 @@ fn strata(broken: bool, dir: &Path) -> anyhow::Result<PathBuf> {
         build.args(["--features", "strata-content/test-skip-blob-fsync"]);
     }
     crate::run(&mut build)?;
-    let built = crate::workspace().join("target/debug/strata");
+    let built = crate::target_dir().join("debug/strata");
     if !broken {
         return Ok(built);
     }

@@ -332,7 +332,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     }
     let ws = crate::workspace();
     crate::run(crate::cargo().args(["build", "-p", "strata-cli"]))?;
-    let strata = ws.join("target/debug/strata");
+    let strata = crate::target_dir().join("debug/strata");
     let dir = ws.join("target/qemu");
     std::fs::create_dir_all(&dir)?;
     let (vmlinuz, overlay) = kernel(&dir)?;
