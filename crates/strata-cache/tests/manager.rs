@@ -54,6 +54,7 @@ both_backends!(
     import_dedupes_and_survives_restart,
     concurrent_imports_unpack_each_layer_once,
     export_chain_and_variants,
+    export_under_an_unmade_lazy_lease_keeps_its_blobs_in_it,
     owner_leases_pin_chains_and_collection_cleans_rows,
     cache_mounts_share_one_mount,
     readers_stay_inside_the_ref,
@@ -528,6 +529,41 @@ async fn collection_never_takes_what_work_in_flight_uses(backend: &str) {
     }
     assert_clean(&mgr);
     assert!(mgr.root().content.check(true).unwrap().is_empty());
+}
+
+/// An export under a lazy scope whose lease is not made yet makes it (the
+/// seed's EnsureLease) and leaves its blobs there: a temporary lease of its
+/// own, deleted on return, would leave them held by nothing.
+async fn export_under_an_unmade_lazy_lease_keeps_its_blobs_in_it(backend: &str) {
+    let e = env(backend);
+    let mgr = &e.mgr;
+    // The ref is built under another scope, so the export's is untouched.
+    let (build, build_scope) = lazy(mgr);
+    let m = fresh(mgr, &build).await;
+    std::fs::write(
+        mgr.root().snapshots.fs_dir(m.id()).unwrap().join("f"),
+        "exported",
+    )
+    .unwrap();
+    let r = m.commit(&build).await.unwrap();
+    let (ctx, scope) = lazy(mgr);
+    assert_eq!(ctx.lease(), None, "nothing has made the export's lease yet");
+    let chain = r.export_chain(&ctx, &RefConfig::default()).await.unwrap();
+    let blob = chain.layers[0].descriptor.digest.clone();
+    let lease = ctx.lease().expect("the export made the scope's lease");
+    let held = mgr.root().leases.list_resources(&lease).unwrap();
+    assert!(
+        held.contains(&strata_leases::Resource::content(&blob)),
+        "{blob} in {held:?}"
+    );
+    // With the ref and its builder gone, only the export's lease keeps the
+    // blob.
+    drop(r);
+    build_scope.release().unwrap();
+    mgr.root().collector.collect(GcOptions::default()).unwrap();
+    assert!(mgr.root().content.info(&blob).is_ok(), "the blob survived");
+    scope.release().unwrap();
+    assert_clean(mgr);
 }
 
 async fn export_chain_and_variants(backend: &str) {

@@ -344,11 +344,13 @@ impl LeaseGuard {
     }
 }
 
-/// The context itself when it already has a lease (the guard does
-/// nothing); otherwise a context under a new temporary lease and a guard
-/// that deletes it.
+/// The context itself when it already has a lease or a lazy scope, whose
+/// lease is made now (the seed's `EnsureLease`: what the caller's work
+/// creates must stay in the caller's lease; the guard does nothing);
+/// otherwise a context under a new temporary lease and a guard that
+/// deletes it.
 pub fn with_lease(ctx: &OpCtx, lm: &LeaseManager) -> Result<(OpCtx, LeaseGuard), LeaseError> {
-    if ctx.lease().is_some() {
+    if ctx.ensure_lease()?.is_some() {
         return Ok((ctx.clone(), LeaseGuard { lease: None }));
     }
     let lease = new_lease(lm, temporary_labels())?;
