@@ -12,13 +12,18 @@
 //! * [`copy`] clones files with `FICLONE`, falling back to `copy_file_range`.
 //! * [`lock`] holds `flock` locks; [`sync`] makes data and directories
 //!   durable, and starts writeback early.
+//! * [`btrfs`] creates, snapshots, flips read-only and deletes subvolumes
+//!   and reads their qgroups, with the file system's ioctls.
 //!
 //! It is built on `rustix`, whose safe wrappers cover nearly every syscall
-//! needed; the two `unsafe` blocks (`unshare(CLONE_FS)` for the thread that
-//! mounts legacy overlays from a directory of its own, and
-//! `sync_file_range`, which rustix does not wrap) say why they are sound.
+//! needed; the `unsafe` blocks (`unshare(CLONE_FS)` for the thread that
+//! mounts legacy overlays from a directory of its own, `sync_file_range`,
+//! which rustix does not wrap, and the six btrfs ioctls, one opcode and
+//! argument type each, in one private module of [`btrfs`]) say why they
+//! are sound.
 //! It remains the only crate allowed any.
 
+pub mod btrfs;
 pub mod copy;
 pub mod errno;
 mod error;
