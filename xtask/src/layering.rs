@@ -22,6 +22,7 @@ const FLOORS: &[(&str, Option<u8>)] = &[
     ("strata-snapshot", Some(20)),
     ("strata-overlay", Some(25)),
     ("strata-native", Some(25)),
+    ("strata-btrfs", Some(25)),
     ("strata-diff", Some(30)),
     ("strata-oci", Some(30)),
     ("strata-containerd", Some(30)),
