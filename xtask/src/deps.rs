@@ -34,6 +34,10 @@ const TOOLS: &[(&str, &str, Need)] = &[
     // A loop XFS, where the native backend's reflink copies are tested.
     ("mkfs.xfs", "xfsprogs", Need::Tests),
     ("mkfs.ext4", "e2fsprogs", Need::Tests),
+    // A loop btrfs for the btrfs backend: mkfs.btrfs makes it, btrfs lists
+    // subvolumes, switches quotas on and measures shared extents.
+    ("mkfs.btrfs", "btrfs-progs", Need::Tests),
+    ("btrfs", "btrfs-progs", Need::Tests),
     // Images: a registry on 127.0.0.1 with basic auth; skopeo and umoci
     // read what Strata writes.
     ("docker-registry", "docker-registry", Need::Tests),
