@@ -47,8 +47,12 @@ pub enum BackendChoice {
     Overlay(strata_overlay::OverlayConfig),
     /// Full copies (reflink where the file system can).
     Native,
-    /// Overlay where the kernel and privileges allow it, else native; a
-    /// root that has a backend keeps it.
+    /// btrfs subvolumes: every snapshot made in O(1), no layer limit; the
+    /// root must be on btrfs.
+    Btrfs,
+    /// btrfs when the root is on btrfs, else overlay where the kernel and
+    /// privileges allow it, else native; a root that has a backend keeps
+    /// it.
     #[default]
     Auto,
     /// Any backend, by value: an embedder's own (tested with
@@ -65,11 +69,13 @@ impl BackendChoice {
         BackendChoice::Overlay(strata_overlay::OverlayConfig::default())
     }
 
-    /// The built-in backend a user names (`overlay`, `native`, `auto`).
+    /// The built-in backend a user names (`overlay`, `native`, `btrfs`,
+    /// `auto`).
     pub fn named(name: &str) -> Option<BackendChoice> {
         match name {
             "overlay" => Some(BackendChoice::overlay()),
             "native" => Some(BackendChoice::Native),
+            "btrfs" => Some(BackendChoice::Btrfs),
             "auto" => Some(BackendChoice::Auto),
             _ => None,
         }
@@ -81,6 +87,7 @@ impl BackendChoice {
         match self {
             BackendChoice::Overlay(_) => "overlay",
             BackendChoice::Native => "native",
+            BackendChoice::Btrfs => "btrfs",
             BackendChoice::Auto => "auto",
             BackendChoice::Custom(b) => b.name(),
         }
@@ -94,6 +101,7 @@ impl BackendChoice {
                 &path.join("snapshots"),
                 config.clone(),
             )?),
+            BackendChoice::Btrfs => Arc::new(strata_btrfs::BtrfsBackend::new(path)?),
             BackendChoice::Native | BackendChoice::Auto => Arc::new(strata_native::Native),
             BackendChoice::Custom(b) => Arc::clone(b),
         })
@@ -341,6 +349,7 @@ fn resolve_backend(
         };
     }
     let resolved = match choice {
+        BackendChoice::Auto if strata_sys::btrfs::is_btrfs(path)? => BackendChoice::Btrfs,
         BackendChoice::Auto if overlay_works(&path.join("tmp")) => BackendChoice::overlay(),
         BackendChoice::Auto => {
             tracing::info!("overlay mounts do not work here; using the native backend");

@@ -1,4 +1,5 @@
-//! The cache manager on real roots, both backends, real mounts: ref life
+//! The cache manager on real roots, every backend (btrfs on a loop
+//! btrfs), real mounts: ref life
 //! cycle (Locked on a second holder, commit to a new id, read-only mounts
 //! of immutable refs), the seed's contracts for merge and snapshot diff,
 //! lazy leases materialised at create boundaries, import with dedupe
@@ -23,7 +24,7 @@ use strata_metadata::Reader;
 use strata_metadata::records::SnapshotRecord;
 use strata_snapshot::Snapshotter;
 
-macro_rules! both_backends {
+macro_rules! every_backend {
     ($($name:ident),* $(,)?) => {
         mod overlay {
             $(
@@ -45,10 +46,20 @@ macro_rules! both_backends {
                 }
             )*
         }
+        mod btrfs {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    if super::usable(concat!("strata-cache btrfs::", stringify!($name)), "btrfs") {
+                        super::$name("btrfs").await;
+                    }
+                }
+            )*
+        }
     };
 }
 
-both_backends!(
+every_backend!(
     life_cycle,
     merge_and_diff_contracts,
     import_dedupes_and_survives_restart,

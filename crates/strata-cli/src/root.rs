@@ -19,7 +19,10 @@ pub enum BackendArg {
     Overlay,
     /// Full copies (reflink where the file system can).
     Native,
-    /// Overlay where the kernel and privileges allow it, else native.
+    /// btrfs subvolumes (the root must be on btrfs).
+    Btrfs,
+    /// btrfs when the root is on btrfs, else overlay where the kernel and
+    /// privileges allow it, else native.
     Auto,
 }
 
@@ -28,6 +31,7 @@ impl From<BackendArg> for BackendChoice {
         match b {
             BackendArg::Overlay => BackendChoice::overlay(),
             BackendArg::Native => BackendChoice::Native,
+            BackendArg::Btrfs => BackendChoice::Btrfs,
             BackendArg::Auto => BackendChoice::Auto,
         }
     }

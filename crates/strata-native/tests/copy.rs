@@ -133,80 +133,16 @@ fn copy_refuses_an_existing_destination() {
     assert!(copy_tree(tmp.path(), &tmp.path().join("dst")).is_err());
 }
 
-/// A loop-mounted XFS (reflink on by default) for the duration of a test.
-struct Xfs {
-    dir: tempfile::TempDir,
-    device: String,
-}
-
-impl Xfs {
-    fn new() -> Xfs {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("xfs.img");
-        fs::File::create(&image)
-            .unwrap()
-            .set_len(512 << 20)
-            .unwrap();
-        let run = |cmd: &mut std::process::Command| {
-            let out = cmd.output().unwrap();
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
-        };
-        run(std::process::Command::new("mkfs.xfs")
-            .args(["-q", "-m", "reflink=1"])
-            .arg(&image));
-        let device = run(std::process::Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(&image));
-        fs::create_dir(dir.path().join("mnt")).unwrap();
-        run(std::process::Command::new("mount")
-            .arg(&device)
-            .arg(dir.path().join("mnt")));
-        Xfs { dir, device }
-    }
-
-    fn mnt(&self) -> std::path::PathBuf {
-        self.dir.path().join("mnt")
-    }
-}
-
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        for cmd in [
-            vec!["umount".to_string(), self.mnt().display().to_string()],
-            vec!["losetup".into(), "-d".into(), self.device.clone()],
-        ] {
-            match std::process::Command::new(&cmd[0]).args(&cmd[1..]).status() {
-                Ok(s) if s.success() => {}
-                other => eprintln!("cleanup {cmd:?}: {other:?}"),
-            }
-        }
-    }
-}
-
 #[test]
 fn copy_shares_extents_where_the_file_system_reflinks() {
-    if !strata_testkit::require_root(
+    if !strata_testkit::loopfs::usable(
         "strata-native::copy_shares_extents_where_the_file_system_reflinks",
+        "xfs",
+        "xfsprogs",
     ) {
         return;
     }
-    if std::process::Command::new("mkfs.xfs")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        strata_testkit::skip(
-            "strata-native::copy_shares_extents_where_the_file_system_reflinks",
-            "mkfs.xfs is not installed (Debian package xfsprogs)",
-        );
-        return;
-    }
-    let xfs = Xfs::new();
+    let xfs = strata_testkit::loopfs::LoopFs::new("xfs", &["-q", "-m", "reflink=1"], 512 << 20);
     let src = xfs.mnt().join("src");
     fs::create_dir_all(src.join("d")).unwrap();
     let data: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 253) as u8).collect();

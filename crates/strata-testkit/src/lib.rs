@@ -13,6 +13,7 @@ pub mod containerd;
 pub mod crash;
 pub mod json_shape;
 pub mod layer_tar;
+pub mod loopfs;
 pub mod oci_layout;
 mod provenance;
 pub mod random_tree;

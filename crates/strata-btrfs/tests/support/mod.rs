@@ -1,83 +1,36 @@
 //! What the btrfs backend's tests share: a loop-mounted btrfs made for one
-//! test (a sparse image under the system temporary directory, `mkfs.btrfs`,
-//! `mount -o loop`; unmounted and removed when dropped), the check that
-//! skips a test by name when it cannot have one, and `btrfs` tool calls.
+//! test (`strata_testkit::loopfs`), the check that skips a test by name
+//! when it cannot have one, and `btrfs` tool calls.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The tools the tests run.
-pub const TOOLS: &[(&str, &str)] = &[
-    ("mkfs.btrfs", "btrfs-progs"),
-    ("btrfs", "btrfs-progs"),
-    ("mount", "mount"),
-    ("umount", "mount"),
-];
+use strata_testkit::loopfs::LoopFs;
 
-/// True when `test` can make a loop btrfs: root, the tools, and a kernel
+pub use strata_testkit::loopfs::run;
+
+/// True when `test` can make a loop btrfs: root, btrfs-progs, and a kernel
 /// with btrfs. Otherwise records the skip by name and returns false.
 pub fn usable(test: &str) -> bool {
-    if !strata_testkit::require_root(test) || !strata_testkit::require_tools(test, TOOLS) {
-        return false;
-    }
-    let has_btrfs = || {
-        std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| {
-            f.lines()
-                .any(|l| l.split_whitespace().last() == Some("btrfs"))
-        })
-    };
-    if !has_btrfs() {
-        // A module not loaded yet; mount would load it too, but the check
-        // must come first.
-        let _ = Command::new("modprobe").arg("btrfs").status();
-    }
-    has_btrfs() || strata_testkit::skip(test, "the kernel has no btrfs")
-}
-
-/// Runs `cmd`, panicking with its stderr when it fails; returns stdout.
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
+    strata_testkit::loopfs::usable(test, "btrfs", "btrfs-progs")
+        && strata_testkit::require_tools(test, &[("btrfs", "btrfs-progs")])
 }
 
 /// A loop-mounted btrfs for the duration of a test.
 #[derive(Debug)]
-pub struct LoopBtrfs {
-    dir: Option<tempfile::TempDir>,
-}
+pub struct LoopBtrfs(LoopFs);
 
 impl LoopBtrfs {
     /// A fresh 1 GiB btrfs (sparse: only what is written takes disk).
     pub fn new() -> LoopBtrfs {
-        let dir = tempfile::Builder::new()
-            .prefix("strata-btrfs-")
-            .tempdir()
-            .expect("temp dir");
-        let image = dir.path().join("btrfs.img");
-        std::fs::File::create(&image)
-            .expect("create image")
-            .set_len(1 << 30)
-            .expect("size image");
-        run(Command::new("mkfs.btrfs").arg("-q").arg(&image));
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).expect("create mount point");
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&image)
-            .arg(&mnt));
-        LoopBtrfs { dir: Some(dir) }
+        LoopBtrfs(LoopFs::new("btrfs", &["-q"], 1 << 30))
     }
 
     /// Where it is mounted.
     pub fn mnt(&self) -> PathBuf {
-        self.dir.as_ref().expect("mounted").path().join("mnt")
+        self.0.mnt()
     }
 
     /// `btrfs quota enable`, waiting for the first scan.
@@ -118,31 +71,6 @@ impl LoopBtrfs {
             Some((path.to_owned(), after("uuid")?, after("parent_uuid")?))
         })
         .collect()
-    }
-}
-
-impl Drop for LoopBtrfs {
-    fn drop(&mut self) {
-        let mnt = self.mnt();
-        let unmounted = [vec!["umount"], vec!["umount", "-l"]].iter().any(|cmd| {
-            Command::new(cmd[0])
-                .args(&cmd[1..])
-                .arg(&mnt)
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        if unmounted {
-            // The image and the empty mount point go with the directory.
-            drop(self.dir.take());
-        } else {
-            // Never delete through a mount: leave it all for a human.
-            let dir = self.dir.take().expect("mounted").keep();
-            eprintln!(
-                "could not unmount {}; left {}",
-                mnt.display(),
-                dir.display()
-            );
-        }
     }
 }
 

@@ -17,6 +17,9 @@ use strata_testkit::layer_tar::{archive, entry};
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub mgr: CacheManager,
+    /// The file system the root is on, for a backend that needs its own
+    /// (btrfs); dropped after the manager.
+    pub fs: Option<strata_testkit::loopfs::LoopFs>,
 }
 
 pub fn backend(name: &str) -> BackendChoice {
@@ -34,13 +37,32 @@ pub fn open_at(path: &Path, backend_name: &str) -> CacheManager {
 
 pub fn env(backend_name: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let mgr = open_at(&dir.path().join("root"), backend_name);
-    Env { dir, mgr }
+    let fs = (backend_name == "btrfs")
+        .then(|| strata_testkit::loopfs::LoopFs::new("btrfs", &["-q"], 4 << 30));
+    let root = fs
+        .as_ref()
+        .map_or(dir.path(), |f| f.mnt_path())
+        .join("root");
+    let mgr = open_at(&root, backend_name);
+    Env { dir, mgr, fs }
 }
 
 impl Env {
     pub fn root_path(&self) -> PathBuf {
-        self.dir.path().join("root")
+        self.fs
+            .as_ref()
+            .map_or(self.dir.path(), |f| f.mnt_path())
+            .join("root")
+    }
+}
+
+/// True when `test` can run on `backend` here: root, and for btrfs a loop
+/// btrfs (its tools and the kernel's). Otherwise the skip is recorded by
+/// name.
+pub fn usable(test: &str, backend: &str) -> bool {
+    match backend {
+        "btrfs" => strata_testkit::loopfs::usable(test, "btrfs", "btrfs-progs"),
+        _ => strata_testkit::require_root(test),
     }
 }
 
