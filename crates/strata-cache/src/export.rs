@@ -22,8 +22,9 @@ use crate::refs::ImmutableRef;
 /// Label prefix linking a blob to its compression variants.
 pub const VARIANT_LABEL_PREFIX: &str = "containerd.io/gc.ref.content.blob-";
 
-/// The compression an export asks for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The compression an export asks for; by default gzip, as the seed's
+/// and the CLI's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CompressionConfig {
     /// The compression of new blobs.
     pub kind: Compression,
@@ -31,6 +32,16 @@ pub struct CompressionConfig {
     pub force: bool,
     /// The level (the codec's default when `None`).
     pub level: Option<i32>,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            kind: Compression::Gzip,
+            force: false,
+            level: None,
+        }
+    }
 }
 
 /// How to export (the seed's `RefConfig`).

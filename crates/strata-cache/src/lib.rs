@@ -50,6 +50,6 @@ pub use usage::{PruneOptions, PruneReport, REF_LEASE_PREFIX, UsageInfo, ref_leas
 pub mod keys {
     pub use crate::metadata::{
         BLOB, BLOB_SIZE, COMMITTED, CREATED_AT, DESCRIPTION, DIFF_ID, IMAGE_REFS, LAST_USED_AT,
-        LAYER_TYPE, MEDIA_TYPE, RECORD_TYPE, SIZE, URLS, USAGE_COUNT,
+        MEDIA_TYPE, RECORD_TYPE, SIZE, URLS, USAGE_COUNT,
     };
 }

@@ -31,8 +31,6 @@ pub const CREATED_AT: &str = "cache.createdAt";
 pub const LAST_USED_AT: &str = "cache.lastUsedAt";
 /// `cache.usageCount`.
 pub const USAGE_COUNT: &str = "cache.usageCount";
-/// `cache.layerType`.
-pub const LAYER_TYPE: &str = "cache.layerType";
 /// `cache.recordType`.
 pub const RECORD_TYPE: &str = "cache.recordType";
 /// `snapshot.committed`: false for a mutable record.
@@ -210,11 +208,6 @@ impl RefMetadata {
     /// The record type.
     pub fn record_type(&self) -> RecordType {
         RecordType::parse(&self.get_string(RECORD_TYPE))
-    }
-
-    /// The layer type (`windows` or empty).
-    pub fn layer_type(&self) -> String {
-        self.get_string(LAYER_TYPE)
     }
 
     /// False for a mutable record.

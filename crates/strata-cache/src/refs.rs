@@ -83,11 +83,6 @@ impl RefCore {
         self.edit(Edit::default().set(metadata::RECORD_TYPE, &t.as_str()))
     }
 
-    /// Sets the layer type (`windows` switches export to Windows layers).
-    pub fn set_layer_type(&self, t: &str) -> Result<()> {
-        self.edit(Edit::default().set(metadata::LAYER_TYPE, &t))
-    }
-
     /// Sets `key` to the string `value`, indexed by `index` (none when
     /// empty).
     pub fn set_string(&self, key: &str, value: &str, index: &str) -> Result<()> {

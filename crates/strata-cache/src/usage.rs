@@ -37,6 +37,48 @@ pub fn ref_lease(id: &str) -> String {
     format!("{REF_LEASE_PREFIX}{id}")
 }
 
+/// The per-record lease policy that makes prune useful: a record an
+/// embedder keeps is held by its own lease (`ref/<id>`, with its chain and
+/// blobs), the only kind of lease prune lets go of; [`CacheManager::let_go`]
+/// drops it, and what nothing else holds goes at the next collection.
+///
+/// ```no_run
+/// # async fn f(mgr: strata_cache::CacheManager, ctx: strata_leases::OpCtx) -> strata_cache::Result<()> {
+/// let m = mgr.new_ref(&ctx, None, &Default::default()).await?;
+/// mgr.keep(m.id()).await?;
+/// // ... write through a mount, then commit: the committed record is
+/// // kept instead of the mutable one.
+/// let r = mgr.commit_kept(&ctx, m).await?;
+/// mgr.let_go(r.id()).await?; // prunable now
+/// # Ok(()) }
+/// ```
+impl CacheManager {
+    /// Keeps record `id` (its snapshot, ancestors and blobs) under its own
+    /// lease until [`CacheManager::let_go`] or prune.
+    pub async fn keep(&self, id: &str) -> Result<()> {
+        self.attach_lease(&ref_lease(id), id).await
+    }
+
+    /// Lets go of record `id`'s own lease (none is fine).
+    pub async fn let_go(&self, id: &str) -> Result<()> {
+        self.remove_lease(&ref_lease(id)).await
+    }
+
+    /// Commits `m` and moves its own lease to the committed record: the
+    /// new record is kept, the mutable one (gone) let go of.
+    pub async fn commit_kept(
+        &self,
+        ctx: &OpCtx,
+        m: crate::MutableRef,
+    ) -> Result<crate::ImmutableRef> {
+        let mutable = m.id().to_owned();
+        let r = m.commit(ctx).await?;
+        self.keep(r.id()).await?;
+        self.let_go(&mutable).await?;
+        Ok(r)
+    }
+}
+
 /// One record's usage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageInfo {

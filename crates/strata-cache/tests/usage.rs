@@ -14,19 +14,31 @@ use strata_cache::{
 use strata_core::Filter;
 use strata_leases::OpCtx;
 
+/// A committed record of one file, kept the way the library's policy keeps
+/// a record ([`CacheManager::keep`], [`CacheManager::commit_kept`]): its
+/// own lease moves from the mutable record to the committed one.
 async fn committed(mgr: &CacheManager, name: &str, bytes: usize, opts: RefOptions) -> ImmutableRef {
     let ctx = OpCtx::new();
     let m = mgr.new_ref(&ctx, None, &opts).await.unwrap();
+    mgr.keep(m.id()).await.unwrap();
+    let mutable = m.id().to_owned();
     let rw = m.mount(&ctx, false).await.unwrap();
     let tmp = mgr.root().path.parent().unwrap().to_path_buf();
     with_mounted(&rw, &tmp, |p| {
         std::fs::write(p.join(name), vec![b'x'; bytes]).unwrap();
     });
     drop(rw);
-    let r = m.commit(&ctx).await.unwrap();
-    mgr.attach_lease(&ref_lease(r.id()), r.snapshot_id())
-        .await
-        .unwrap();
+    let r = mgr.commit_kept(&ctx, m).await.unwrap();
+    let leases: Vec<String> = mgr
+        .root()
+        .leases
+        .list(&Filter::default())
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert!(leases.contains(&ref_lease(r.id())), "{leases:?}");
+    assert!(!leases.contains(&ref_lease(&mutable)), "{leases:?}");
     r
 }
 

@@ -13,7 +13,6 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use strata_cache::{
     CacheManager, ImmutableRef, PruneOptions, RecordType, RefMetadata, RefOptions, UsageInfo,
-    ref_lease,
 };
 use strata_core::{ErrorKind, Filter};
 use strata_leases::gc::GcOptions;
@@ -279,7 +278,7 @@ async fn adopt(
     out: &Output,
 ) -> anyhow::Result<()> {
     if let Some(guard) = guard {
-        mgr.attach_lease(&ref_lease(id), id).await?;
+        mgr.keep(id).await?;
         guard.release()?;
     }
     out.line(&id, id)
@@ -394,7 +393,7 @@ async fn run_async(
             let (ctx, guard) = context(mgr, lease)?;
             let r = m.commit(&ctx).await?;
             adopt(mgr, r.id(), guard, out).await?;
-            mgr.remove_lease(&ref_lease(&id)).await?;
+            mgr.let_go(&id).await?;
             if let Some(l) = lease {
                 let res = strata_leases::Resource::snapshot(mgr.root().snapshots.name(), &id);
                 mgr.root().leases.delete_resource(l, &res)?;
@@ -429,7 +428,7 @@ async fn run_async(
                 }
             }
             for id in &ids {
-                mgr.remove_lease(&ref_lease(id)).await?;
+                mgr.let_go(id).await?;
                 if let Some(l) = lease {
                     let res = strata_leases::Resource::snapshot(mgr.root().snapshots.name(), id);
                     mgr.root().leases.delete_resource(l, &res)?;
