@@ -13,12 +13,9 @@
 use std::path::PathBuf;
 
 use strata_cache::{
-    CacheManager, CompressionConfig, Location, Platform, RefConfig, RefOptions, RegistryOptions,
-    Root, RootOptions,
+    CacheManager, Compression, CompressionConfig, LocalMount, Location, MountOptions, OpCtx,
+    Platform, RefConfig, RefOptions, RegistryOptions, Root, RootOptions, with_lease,
 };
-use strata_core::Compression;
-use strata_leases::{OpCtx, with_lease};
-use strata_snapshot::mounts::{LocalMount, MountOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

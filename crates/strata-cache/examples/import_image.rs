@@ -12,8 +12,9 @@
 
 use std::path::PathBuf;
 
-use strata_cache::{CacheManager, ImagePullOptions, Location, Root, RootOptions};
-use strata_leases::{OpCtx, with_lease};
+use strata_cache::{
+    CacheManager, ImagePullOptions, Location, OpCtx, Root, RootOptions, with_lease,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

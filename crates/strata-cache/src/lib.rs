@@ -42,8 +42,16 @@ pub use progress::display_ref;
 pub use reader::{FileStat, RefReader, glob_match};
 pub use refs::{ImmutableRef, MutableRef, RefCore, RefMount};
 pub use root::{BackendChoice, OpenError, Root, RootOptions, default_root};
-pub use strata_leases::{PROGRESS_EMIT_INTERVAL, ProgressTracker};
+// What an embedder needs beside the manager, so that it depends on
+// strata-cache alone: operation contexts and leases, local mounts of refs,
+// compressions, filters, and the backend seam.
+pub use strata_core::{Compression, Filter};
+pub use strata_leases::{
+    LazyScope, LeaseGuard, OpCtx, PROGRESS_EMIT_INTERVAL, ProgressTracker, with_lease,
+};
 pub use strata_oci::{Image, Location, Platform, PullOptions, PushReport, RegistryOptions};
+pub use strata_snapshot::mounts::{LocalMount, MountOptions};
+pub use strata_snapshot::{Backend, Capabilities};
 pub use usage::{PruneOptions, PruneReport, REF_LEASE_PREFIX, UsageInfo, ref_lease};
 
 /// Keys of the values the manager keeps on every record.

@@ -43,7 +43,7 @@ pub fn ref_lease(id: &str) -> String {
 /// drops it, and what nothing else holds goes at the next collection.
 ///
 /// ```no_run
-/// # async fn f(mgr: strata_cache::CacheManager, ctx: strata_leases::OpCtx) -> strata_cache::Result<()> {
+/// # async fn f(mgr: strata_cache::CacheManager, ctx: strata_cache::OpCtx) -> strata_cache::Result<()> {
 /// let m = mgr.new_ref(&ctx, None, &Default::default()).await?;
 /// mgr.keep(m.id()).await?;
 /// // ... write through a mount, then commit: the committed record is
