@@ -5,7 +5,8 @@
 //! minutes per backend (`STRATA_SOAK_SECS`), `powerloss` with many cuts
 //! (50) and the fuzz target for half an hour. Each figure can be set:
 //! `--kills N`, `--cases N`, `--soak-seconds N`, `--cuts N`,
-//! `--fuzz-seconds N`. It also runs the fault sweep (debug, as in CI: it
+//! `--fuzz-seconds N`; `--only crash,faults,property,soak,powerloss,fuzz`
+//! runs some of the parts. It also runs the fault sweep (debug, as in CI: it
 //! tries every fault point, so it has no size to set).
 //!
 //! Every part records what it did and checked, with its provenance, in
@@ -21,6 +22,17 @@ struct Options {
     soak_seconds: u64,
     cuts: u64,
     fuzz_seconds: u64,
+    /// The parts to run (all when empty).
+    only: Vec<String>,
+}
+
+/// The parts of a stress run, in the order they run.
+const PARTS: &[&str] = &["crash", "faults", "property", "soak", "powerloss", "fuzz"];
+
+impl Options {
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
 }
 
 /// `--name N` pairs, each N a number.
@@ -44,8 +56,23 @@ fn parse(args: &[&str]) -> anyhow::Result<Options> {
         soak_seconds: 600,
         cuts: 50,
         fuzz_seconds: 1800,
+        only: Vec::new(),
     };
-    for (a, v) in numbers(args)? {
+    let mut args = args.to_vec();
+    if let Some(at) = args.iter().position(|a| *a == "--only") {
+        let list = args
+            .get(at + 1)
+            .context("--only needs a list of parts")?
+            .to_string();
+        args.drain(at..at + 2);
+        for part in list.split(',') {
+            if !PARTS.contains(&part) {
+                bail!("unknown part {part:?}; the parts: {}", PARTS.join(","));
+            }
+            o.only.push(part.to_owned());
+        }
+    }
+    for (a, v) in numbers(&args)? {
         match a {
             "--kills" => o.kills = v,
             "--cases" => o.cases = v,
@@ -66,26 +93,33 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         cmd.env(crate::record::RESULTS_ENV, &results);
         cmd
     };
-    for (package, test) in [
-        ("strata-content", "crash"),
-        ("strata-native", "crash"),
-        ("strata-tests", "gc_crash"),
-        ("strata-cache", "crash_overlay"),
-        ("strata-cache", "crash_native"),
-    ] {
+    let crash: &[(&str, &str)] = if o.runs("crash") {
+        &[
+            ("strata-content", "crash"),
+            ("strata-native", "crash"),
+            ("strata-tests", "gc_crash"),
+            ("strata-cache", "crash_overlay"),
+            ("strata-cache", "crash_native"),
+        ]
+    } else {
+        &[]
+    };
+    for &(package, test) in crash {
         crate::run(
             recorded(crate::cargo())
                 .args(["test", "--release", "-p", package, "--test", test])
                 .env("STRATA_CRASH_ROUNDS", &kills),
         )?;
     }
-    crate::run(recorded(crate::cargo()).args([
-        "test",
-        "-p",
-        "strata-tests",
-        "--test",
-        "cli_faults",
-    ]))?;
+    if o.runs("faults") {
+        crate::run(recorded(crate::cargo()).args([
+            "test",
+            "-p",
+            "strata-tests",
+            "--test",
+            "cli_faults",
+        ]))?;
+    }
     for (package, what, cases) in [
         (
             "strata-leases",
@@ -97,7 +131,10 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
             "random trees through apply, diff and export (`strata-diff`)",
             (o.cases / 25).max(1),
         ),
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| o.runs("property"))
+    {
         let mut cmd = crate::cargo();
         cmd.args(["test", "--release", "-p", package]);
         if package == "strata-leases" {
@@ -114,13 +151,20 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
             ],
         );
     }
-    crate::run(
-        recorded(crate::cargo())
-            .args(["test", "--release", "-p", "strata-cache", "--test", "soak"])
-            .env("STRATA_SOAK_SECS", o.soak_seconds.to_string()),
-    )?;
-    crate::powerloss::run(&["--cuts", &o.cuts.to_string(), "--record"])?;
-    crate::fuzz::run(&["--seconds", &o.fuzz_seconds.to_string(), "--record"])
+    if o.runs("soak") {
+        crate::run(
+            recorded(crate::cargo())
+                .args(["test", "--release", "-p", "strata-cache", "--test", "soak"])
+                .env("STRATA_SOAK_SECS", o.soak_seconds.to_string()),
+        )?;
+    }
+    if o.runs("powerloss") {
+        crate::powerloss::run(&["--cuts", &o.cuts.to_string(), "--record"])?;
+    }
+    if o.runs("fuzz") {
+        crate::fuzz::run(&["--seconds", &o.fuzz_seconds.to_string(), "--record"])?;
+    }
+    Ok(())
 }
 
 /// `cargo xtask under-load [--runs N] [--hogs N]`: the whole suite (`cargo
