@@ -102,7 +102,7 @@ impl CacheManager {
             }
             tx.commit()?;
         }
-        let merger = Merger::new(root.snapshots.clone(), root.tmp.clone(), false);
+        let merger = Merger::new(root.snapshots.clone(), root.tmp.clone());
         let pool = MountPool::new(root.mounts.clone());
         let unpacker = Unpacker::new(root.snapshots.clone(), root.tmp.clone());
         let exporter = Exporter::new(
@@ -290,13 +290,15 @@ impl CacheManager {
     /// torn: its record is treated as gone (the snapshot stays for GC).
     async fn check_volatile(&self, id: &str) -> Result<()> {
         let mounts = self.inner.root.snapshots.mounts(id).await?;
-        let torn = mounts.first().is_some_and(|m| {
-            m.has_option("volatile")
-                && m.layers
-                    .as_ref()
-                    .and_then(|l| l.work.as_ref())
-                    .is_some_and(|w| w.join("work/incompat").exists())
-        });
+        let torn = mounts
+            .first()
+            .and_then(|m| m.layers.as_ref())
+            .is_some_and(|l| {
+                l.volatile
+                    && l.work
+                        .as_ref()
+                        .is_some_and(|w| w.join("work/incompat").exists())
+            });
         if torn {
             let tx = self.inner.root.db.write()?;
             metadata::delete_record(&tx, id)?;

@@ -312,6 +312,7 @@ fn overlay_works(tmp: &Path) -> bool {
             lowers: vec![dirs[0].clone()],
             upper: Some(dirs[1].clone()),
             work: Some(dirs[2].clone()),
+            ..Default::default()
         },
         Vec::new(),
     );

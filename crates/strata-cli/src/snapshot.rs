@@ -147,7 +147,7 @@ fn print_mounts(out: &Output, mounts: &[Mount]) -> anyhow::Result<()> {
     let json: Vec<MountJson> = mounts
         .iter()
         .map(|m| MountJson {
-            kind: m.kind.clone(),
+            kind: m.kind.name().to_owned(),
             source: m.source.display().to_string(),
             target: m.target.display().to_string(),
             options: m.flat_options(),
@@ -157,7 +157,7 @@ fn print_mounts(out: &Output, mounts: &[Mount]) -> anyhow::Result<()> {
         .iter()
         .map(|m| {
             vec![
-                m.kind.clone(),
+                m.kind.name().to_owned(),
                 m.source.display().to_string(),
                 m.flat_options().join(","),
             ]
@@ -224,7 +224,7 @@ pub fn run(
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
     let sn: &dyn Snapshotter = &root.snapshots;
-    let merger = Merger::new(root.snapshots.clone(), root.tmp.clone(), false);
+    let merger = Merger::new(root.snapshots.clone(), root.tmp.clone());
     let hold = Hold::new(&root.leases, lease);
     let held = |key: &str| (default_lease(key), Resource::snapshot(sn.name(), key));
     match cmd {

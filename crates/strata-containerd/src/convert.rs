@@ -92,7 +92,7 @@ pub fn parent(p: &str) -> Option<&str> {
 
 pub fn mount_to_wire(m: &Mount) -> WireMount {
     WireMount {
-        r#type: m.kind.clone(),
+        r#type: m.kind.name().to_owned(),
         source: m.source.display().to_string(),
         target: String::new(),
         options: m.flat_options(),

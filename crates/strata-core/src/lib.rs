@@ -21,4 +21,4 @@ pub use error::{Classify, ErrorKind};
 pub use filter::{Filter, FilterError, Filterable};
 pub use labels::{LabelError, Labels};
 pub use media::Compression;
-pub use mount::{Mount, OverlayLayers};
+pub use mount::{Mount, MountKind, OverlayLayers};

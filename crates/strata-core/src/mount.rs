@@ -2,14 +2,56 @@
 //! snapshotters return these instead of mounting, so callers decide when and
 //! where the kernel is involved.
 //!
-//! An overlay's layer directories travel typed ([`OverlayLayers`]), never
-//! as option strings to re-parse; [`Mount::flat_options`] renders
-//! containerd's flat form for people and for peers that speak it, and
-//! [`Mount::from_flat`] reads it back from them.
+//! The kind of a mount is typed ([`MountKind`]), and an overlay's layer
+//! directories and the options that change how its layers are read
+//! (`userxattr`, `volatile`) travel typed ([`OverlayLayers`]), never as
+//! strings to compare or re-parse; [`Mount::flat_options`] renders
+//! containerd's flat form for people and for peers that speak it,
+//! [`Mount::from_flat`] reads it back from them, and
+//! [`Mount::kernel_options`] gives the mount code what the kernel takes.
 
+use std::fmt;
 use std::path::PathBuf;
 
-/// The directories of an overlay mount.
+/// What a mount is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MountKind {
+    /// A bind mount of `source` (recursive with the `rbind` option).
+    Bind,
+    /// Kernel overlayfs over [`Mount::layers`].
+    Overlay,
+    /// Any other file-system type, by the name the kernel knows.
+    Other(String),
+}
+
+impl MountKind {
+    /// The kind a flat mount's type names (`bind`, `overlay`, ...).
+    pub fn from_name(name: &str) -> MountKind {
+        match name {
+            "bind" | "rbind" => MountKind::Bind,
+            "overlay" => MountKind::Overlay,
+            other => MountKind::Other(other.to_owned()),
+        }
+    }
+
+    /// The file-system type's name (`bind`, `overlay`, ...).
+    pub fn name(&self) -> &str {
+        match self {
+            MountKind::Bind => "bind",
+            MountKind::Overlay => "overlay",
+            MountKind::Other(name) => name,
+        }
+    }
+}
+
+impl fmt::Display for MountKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The directories of an overlay mount, and the options that change how
+/// its layers are read and written.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct OverlayLayers {
     /// Lower directories, topmost first (overlay's `lowerdir` order).
@@ -18,6 +60,14 @@ pub struct OverlayLayers {
     pub upper: Option<PathBuf>,
     /// The work directory that goes with the upper one.
     pub work: Option<PathBuf>,
+    /// Overlay keeps its private attributes (opaque directories,
+    /// redirects) as `user.overlay.*` instead of `trusted.overlay.*`
+    /// (`userxattr`, in a user namespace): whoever writes into the layers
+    /// directly must use the same.
+    pub userxattr: bool,
+    /// Writes are never synced (`volatile`): after a crash the upper
+    /// directory must be thrown away.
+    pub volatile: bool,
 }
 
 impl OverlayLayers {
@@ -33,8 +83,8 @@ impl OverlayLayers {
 /// plus an optional target relative to the mount root for nested mounts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Mount {
-    /// File-system type: `bind`, `overlay`, ...
-    pub kind: String,
+    /// What it is: a bind, an overlay, or another file system.
+    pub kind: MountKind,
     /// What to mount: a directory for binds, `overlay` for overlays.
     pub source: PathBuf,
     /// Where to mount it, relative to the target root; empty for the root.
@@ -50,7 +100,7 @@ impl Mount {
     /// A recursive bind of `source`, read-only or writable.
     pub fn bind(source: PathBuf, read_only: bool) -> Mount {
         Mount {
-            kind: "bind".into(),
+            kind: MountKind::Bind,
             source,
             target: PathBuf::new(),
             options: vec![if read_only { "ro" } else { "rw" }.into(), "rbind".into()],
@@ -61,7 +111,7 @@ impl Mount {
     /// An overlay of `layers` with further `options`.
     pub fn overlay(layers: OverlayLayers, options: Vec<String>) -> Mount {
         Mount {
-            kind: "overlay".into(),
+            kind: MountKind::Overlay,
             source: "overlay".into(),
             target: PathBuf::new(),
             options,
@@ -74,9 +124,29 @@ impl Mount {
         self.options.iter().any(|o| o == "ro")
     }
 
-    /// True for a bind mount (by type or by a `bind`/`rbind` option).
+    /// True for a bind mount.
     pub fn is_bind(&self) -> bool {
-        self.kind == "bind" || self.options.iter().any(|o| o == "bind" || o == "rbind")
+        self.kind == MountKind::Bind
+    }
+
+    /// True for an overlay.
+    pub fn is_overlay(&self) -> bool {
+        self.kind == MountKind::Overlay
+    }
+
+    /// The options as the kernel takes them: the generic ones, then an
+    /// overlay's typed `userxattr` and `volatile` (its layer directories
+    /// are passed apart, by the mount code).
+    pub fn kernel_options(&self) -> Vec<String> {
+        let mut out = self.options.clone();
+        if let Some(l) = &self.layers {
+            for (on, name) in [(l.userxattr, "userxattr"), (l.volatile, "volatile")] {
+                if on && !out.iter().any(|o| o == name) {
+                    out.push(name.to_owned());
+                }
+            }
+        }
+        out
     }
 
     /// True when `option` is among the options.
@@ -85,7 +155,8 @@ impl Mount {
     }
 
     /// containerd's flat options: `workdir=`, `upperdir=` and a joined
-    /// `lowerdir=` first for an overlay, then the others.
+    /// `lowerdir=` first for an overlay, then the others (an overlay's
+    /// typed ones included).
     pub fn flat_options(&self) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(l) = &self.layers {
@@ -101,22 +172,28 @@ impl Mount {
                 out.push(format!("lowerdir={}", joined.join(":")));
             }
         }
-        out.extend(self.options.iter().cloned());
+        out.extend(self.kernel_options());
         out
     }
 
-    /// A mount in containerd's flat form (from a peer): an overlay's
-    /// `lowerdir=`, `lowerdir+=`, `upperdir=` and `workdir=` options become
-    /// its typed layers.
+    /// A mount in containerd's flat form (from a peer): a `bind`/`rbind`
+    /// option makes a bind whatever the type says; an overlay's
+    /// `lowerdir=`, `lowerdir+=`, `upperdir=`, `workdir=`, `userxattr` and
+    /// `volatile` options become its typed layers.
     pub fn from_flat(kind: &str, source: PathBuf, options: &[String]) -> Mount {
+        let bind = options.iter().any(|o| o == "bind" || o == "rbind");
         let mut m = Mount {
-            kind: kind.to_owned(),
+            kind: if bind {
+                MountKind::Bind
+            } else {
+                MountKind::from_name(kind)
+            },
             source,
             target: PathBuf::new(),
             options: Vec::new(),
             layers: None,
         };
-        if kind != "overlay" {
+        if m.kind != MountKind::Overlay {
             m.options = options.to_vec();
             return m;
         }
@@ -129,6 +206,8 @@ impl Mount {
                 Some(("lowerdir+", v)) => layers.lowers.push(PathBuf::from(v)),
                 Some(("upperdir", v)) => layers.upper = Some(PathBuf::from(v)),
                 Some(("workdir", v)) => layers.work = Some(PathBuf::from(v)),
+                None if o == "userxattr" => layers.userxattr = true,
+                None if o == "volatile" => layers.volatile = true,
                 _ => m.options.push(o.clone()),
             }
         }
@@ -143,17 +222,32 @@ mod tests {
 
     #[test]
     fn flat_form_round_trips() {
-        let flat: Vec<String> = ["workdir=/w", "upperdir=/u", "lowerdir=/l2:/l1", "index=off"]
-            .map(String::from)
-            .into();
+        let flat: Vec<String> = [
+            "workdir=/w",
+            "upperdir=/u",
+            "lowerdir=/l2:/l1",
+            "index=off",
+            "userxattr",
+        ]
+        .map(String::from)
+        .into();
         let m = Mount::from_flat("overlay", "overlay".into(), &flat);
+        assert!(m.is_overlay());
         let layers = m.layers.clone().unwrap();
         assert_eq!(layers.lowers, [PathBuf::from("/l2"), PathBuf::from("/l1")]);
         assert_eq!(layers.upper.as_deref(), Some(std::path::Path::new("/u")));
+        assert!(layers.userxattr && !layers.volatile);
         assert_eq!(m.options, ["index=off"]);
+        assert_eq!(m.kernel_options(), ["index=off", "userxattr"]);
         assert_eq!(m.flat_options(), flat);
         assert_eq!(layers.bottom_up(), ["/l1", "/l2", "/u"].map(PathBuf::from));
         let b = Mount::from_flat("bind", "/x".into(), &["ro".into(), "rbind".into()]);
         assert!(b.is_bind() && b.is_read_only() && b.layers.is_none());
+        let none = Mount::from_flat("none", "/x".into(), &["rbind".into()]);
+        assert!(none.is_bind(), "a bind option makes a bind");
+        assert_eq!(
+            Mount::from_flat("tmpfs", "tmpfs".into(), &[]).kind,
+            MountKind::Other("tmpfs".into())
+        );
     }
 }

@@ -81,22 +81,18 @@ pub struct MergeStats {
 pub struct Merger {
     store: SnapshotStore,
     tmp: PathBuf,
-    userxattr: bool,
 }
 
 /// An overlay mount's layers, bottom first (its upper directory last), or
 /// `None` when it has options the fast path does not understand.
 pub(crate) fn overlay_layers(m: &Mount) -> Option<Vec<PathBuf>> {
-    if m.kind != "overlay" {
+    if !m.is_overlay() {
         return None;
     }
+    // Options that do not change what the layers hold or how a tree over
+    // them reads (`userxattr` and `volatile` are typed in the layers).
     let understood = m.options.iter().all(|o| {
-        o == "index=off"
-            || o == "index=on"
-            || o == "userxattr"
-            || o == "volatile"
-            || o == "ro"
-            || o.starts_with("redirect_dir=")
+        o == "index=off" || o == "index=on" || o == "ro" || o.starts_with("redirect_dir=")
     });
     understood
         .then(|| m.layers.as_ref().map(|l| l.bottom_up()))
@@ -174,14 +170,9 @@ struct Dest {
 }
 
 impl Merger {
-    /// A merger over `store`, mounting inputs under `tmp`. `userxattr`
-    /// says overlay runs with `userxattr` (user namespaces).
-    pub fn new(store: SnapshotStore, tmp: PathBuf, userxattr: bool) -> Merger {
-        Merger {
-            store,
-            tmp,
-            userxattr,
-        }
+    /// A merger over `store`, mounting inputs under `tmp`.
+    pub fn new(store: SnapshotStore, tmp: PathBuf) -> Merger {
+        Merger { store, tmp }
     }
 
     /// The usage of `key`: what a merge stored, else the backend's.
@@ -324,7 +315,7 @@ impl Merger {
         // The file-system work runs on the blocking pool, off the
         // caller's executor.
         let (m, ctx, tmp) = (m.clone(), ctx.clone(), self.tmp.clone());
-        let userxattr = self.userxattr || m.has_option("userxattr");
+        let userxattr = m.layers.as_ref().is_some_and(|l| l.userxattr);
         let result =
             tokio::task::spawn_blocking(move || write_merge(&m, &inputs, &ctx, &tmp, userxattr))
                 .await
@@ -355,7 +346,7 @@ fn write_merge(
     userxattr: bool,
 ) -> Result<MergeStats, DiffError> {
     let (root, lowers) = match &m.layers {
-        Some(layers) if m.kind == "overlay" => {
+        Some(layers) if m.is_overlay() => {
             let upper = layers.upper.clone().ok_or_else(|| DiffError::Unsupported {
                 path: tmp.to_path_buf(),
                 reason: "the merge's overlay has no upper directory".into(),
@@ -370,7 +361,7 @@ fn write_merge(
             .iter()
             .map(|l| Root::open(l))
             .collect::<Result<_, _>>()?,
-        overlay: m.kind == "overlay",
+        overlay: m.is_overlay(),
         userxattr,
         dir_times: HashMap::new(),
         shared: HashSet::new(),

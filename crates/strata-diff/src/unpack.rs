@@ -84,14 +84,14 @@ fn apply_to_mounts(
 ) -> Result<Applied, DiffError> {
     let io = |e| DiffError::io("open layer", opts.name.clone(), e);
     if let [m] = mounts
-        && m.kind == "overlay"
+        && m.is_overlay()
         && let Some(layers) = &m.layers
         && let Some(upper) = layers.upper.clone()
     {
         let direct = ApplyOptions {
             overlay: Some(OverlayTarget {
                 lowers: layers.lowers.clone(),
-                userxattr: m.has_option("userxattr"),
+                userxattr: layers.userxattr,
                 detached: false,
             }),
             ..opts.clone()

@@ -48,7 +48,7 @@ fn env(backend: &str) -> Env {
     let tmp = root.join("tmp");
     Env {
         base: t.path().to_path_buf(),
-        merger: Merger::new(store.clone(), tmp, false),
+        merger: Merger::new(store.clone(), tmp),
         store,
         _t: t,
     }

@@ -268,6 +268,7 @@ fn kernel_made_upper_directories_export_like_the_double_walk() {
                 lowers: vec![lower.clone()],
                 upper: Some(upper.clone()),
                 work: Some(work.clone()),
+                ..Default::default()
             },
             Vec::new(),
         );

@@ -27,7 +27,13 @@ pub struct OverlayConfig {
 /// The overlay backend.
 #[derive(Debug)]
 pub struct Overlay {
+    /// Options for every overlay mount, but the typed ones below.
     options: Vec<String>,
+    /// Private attributes as `user.overlay.*` (one source for the mounts
+    /// and the capabilities).
+    userxattr: bool,
+    /// Unsynced upper directories (writable mounts only).
+    volatile: bool,
 }
 
 /// Whether this process runs in the initial user namespace.
@@ -84,13 +90,24 @@ impl Overlay {
             // Last, because the kernel takes the last value of an option.
             options.push("index=off".into());
         }
-        if !in_initial_user_namespace() && !options.iter().any(|o| o == "userxattr") {
-            options.push("userxattr".into());
-        }
-        Ok(Overlay { options })
+        // The options the data plane must know travel typed, not as
+        // strings in the list.
+        let mut typed = |name: &str| {
+            let had = options.iter().any(|o| o == name);
+            options.retain(|o| o != name);
+            had
+        };
+        let userxattr = typed("userxattr") || !in_initial_user_namespace();
+        let volatile = typed("volatile");
+        Ok(Overlay {
+            options,
+            userxattr,
+            volatile,
+        })
     }
 
-    /// The options added to every overlay mount.
+    /// The generic options added to every overlay mount (`userxattr` and
+    /// `volatile` travel typed in the mounts' [`OverlayLayers`]).
     pub fn options(&self) -> &[String] {
         &self.options
     }
@@ -105,7 +122,7 @@ impl Backend for Overlay {
         Capabilities::none()
             .with_overlay_layers(true)
             .with_cross_snapshot_links(true)
-            .with_userxattr(self.options.iter().any(|o| o == "userxattr"))
+            .with_userxattr(self.userxattr)
     }
 
     fn create(&self, dir: &Path, kind: Kind, _parents: &[PathBuf]) -> Result<(), SnapshotError> {
@@ -126,14 +143,10 @@ impl Backend for Overlay {
                     lowers: parents.iter().map(|p| p.join("fs")).collect(),
                     upper: (!read_only).then(|| dir.join("fs")),
                     work: (!read_only).then(|| dir.join("work")),
+                    userxattr: self.userxattr,
+                    volatile: self.volatile && !read_only,
                 };
-                let options = self
-                    .options
-                    .iter()
-                    .filter(|o| !(read_only && *o == "volatile"))
-                    .cloned()
-                    .collect();
-                vec![Mount::overlay(layers, options)]
+                vec![Mount::overlay(layers, self.options.clone())]
             }
         }
     }
@@ -163,7 +176,7 @@ mod tests {
         let m = o.mounts(d, Kind::Active, &[]);
         assert_eq!(
             (
-                m[0].kind.as_str(),
+                m[0].kind.name(),
                 m[0].source.as_path(),
                 m[0].options.clone()
             ),
@@ -196,6 +209,29 @@ mod tests {
             m[0].flat_options(),
             ["lowerdir=/s/2/fs:/s/1/fs", "index=on"]
         );
+    }
+
+    #[test]
+    fn userxattr_and_volatile_travel_typed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = Overlay::new(
+            tmp.path(),
+            OverlayConfig {
+                mount_options: vec!["volatile".into(), "userxattr".into(), "index=on".into()],
+            },
+        )
+        .unwrap();
+        assert_eq!(o.options(), ["index=on"], "no typed option stays a string");
+        assert!(o.capabilities().userxattr);
+        let (p1, p2) = (PathBuf::from("/s/2"), PathBuf::from("/s/1"));
+        let d = Path::new("/s/3");
+        let rw = &o.mounts(d, Kind::Active, &[p1.clone(), p2.clone()])[0];
+        let l = rw.layers.as_ref().unwrap();
+        assert!(l.userxattr && l.volatile);
+        assert_eq!(rw.kernel_options(), ["index=on", "userxattr", "volatile"]);
+        let ro = &o.mounts(d, Kind::View, &[p1, p2])[0];
+        let l = ro.layers.as_ref().unwrap();
+        assert!(l.userxattr && !l.volatile, "a view is never volatile");
     }
 
     #[test]

@@ -59,7 +59,7 @@ async fn volatile_incompat_is_removed_after_unmount() {
     s.prepare("base-key", None, Labels::new()).await.unwrap();
     s.commit("base", "base-key", Labels::new()).await.unwrap();
     let mounts = s.prepare("k", Some("base"), Labels::new()).await.unwrap();
-    assert!(mounts[0].options.iter().any(|o| o == "volatile"));
+    assert!(mounts[0].layers.as_ref().is_some_and(|l| l.volatile));
     let work = s.fs_dir("k").unwrap().with_file_name("work");
     for round in 0..2 {
         let m = LocalMount::mount(&mounts, tmp.path(), MountOptions::default()).unwrap();

@@ -34,7 +34,7 @@ pub struct LocalMount {
 }
 
 fn is_volatile(m: &Mount) -> bool {
-    m.kind == "overlay" && m.has_option("volatile")
+    m.layers.as_ref().is_some_and(|l| l.volatile)
 }
 
 impl LocalMount {
@@ -146,7 +146,8 @@ pub fn read_only(mounts: &[Mount]) -> Vec<Mount> {
                     layers.lowers.insert(0, upper);
                 }
                 layers.work = None;
-                m.options.retain(|o| o != "volatile" && o != "rw");
+                layers.volatile = false;
+                m.options.retain(|o| o != "rw");
             } else {
                 m.options.retain(|o| o != "rw");
                 if !m.is_read_only() {
@@ -165,7 +166,9 @@ fn without_volatile(mounts: &[Mount]) -> Vec<Mount> {
         .iter()
         .map(|m| {
             let mut m = m.clone();
-            m.options.retain(|o| o != "volatile");
+            if let Some(layers) = &mut m.layers {
+                layers.volatile = false;
+            }
             m
         })
         .collect()
@@ -207,6 +210,9 @@ mod tests {
     #[test]
     fn volatile_is_stripped() {
         let m = overlay(&["volatile", "index=off"]);
-        assert_eq!(without_volatile(&[m])[0].options, ["index=off"]);
+        assert!(is_volatile(&m));
+        let m = &without_volatile(&[m])[0];
+        assert!(!is_volatile(m));
+        assert_eq!(m.kernel_options(), ["index=off"]);
     }
 }

@@ -17,7 +17,7 @@ use rustix::io::Errno;
 use rustix::mount::{
     self as rm, FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
 };
-use strata_core::{Mount, OverlayLayers};
+use strata_core::{Mount, MountKind, OverlayLayers};
 
 use crate::error::{SysError, SysResult};
 
@@ -35,13 +35,10 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> SysResult<()> {
 
 /// Mounts one [`Mount`] on `target`.
 pub fn mount(m: &Mount, target: &Path) -> SysResult<()> {
-    let bind = m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
-    if bind {
-        mount_bind(m, target)
-    } else if m.kind == "overlay" {
-        mount_overlay(m, target)
-    } else {
-        mount_other(m, target)
+    match m.kind {
+        MountKind::Bind => mount_bind(m, target),
+        MountKind::Overlay => mount_overlay(m, target),
+        MountKind::Other(_) => mount_other(m, target),
     }
 }
 
@@ -99,7 +96,7 @@ fn mount_other(m: &Mount, target: &Path) -> SysResult<()> {
     rm::mount(
         &m.source,
         target,
-        m.kind.as_str(),
+        m.kind.name(),
         flags,
         Some(data.as_c_str()),
     )
@@ -160,11 +157,12 @@ fn mount_overlay(m: &Mount, target: &Path) -> SysResult<()> {
         Some(_) => m,
         None => {
             // Options in containerd's flat form: read the layers out once.
-            flat = Mount::from_flat(&m.kind, m.source.clone(), &m.options);
+            flat = Mount::from_flat(m.kind.name(), m.source.clone(), &m.options);
             &flat
         }
     };
     let layers = m.layers.clone().unwrap_or_default();
+    let options = m.kernel_options();
     if LEGACY_OVERLAY.load(Ordering::Acquire) == UNKNOWN
         && let Some(release) = release_before(6, 8)
     {
@@ -178,16 +176,16 @@ fn mount_overlay(m: &Mount, target: &Path) -> SysResult<()> {
         LEGACY_OVERLAY.store(LEGACY, Ordering::Release);
     }
     if legacy_overlay() {
-        return legacy::mount_overlay(&layers, &m.options, target);
+        return legacy::mount_overlay(&layers, &options, target);
     }
-    match mount_overlay_append(&layers, &m.options, target)? {
+    match mount_overlay_append(&layers, &options, target)? {
         true => Ok(()),
         false => {
             tracing::info!(
                 "this kernel has no overlay lowerdir+ (before 6.8): mounting overlays with mount(2)"
             );
             LEGACY_OVERLAY.store(LEGACY, Ordering::Release);
-            legacy::mount_overlay(&layers, &m.options, target)
+            legacy::mount_overlay(&layers, &options, target)
         }
     }
 }

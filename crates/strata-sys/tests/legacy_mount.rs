@@ -48,6 +48,7 @@ fn legacy_overlays_mount_long_chains_through_short_names() {
             lowers,
             upper: Some(upper.clone()),
             work: Some(work),
+            ..OverlayLayers::default()
         },
         vec!["index=off".into()],
     );

@@ -14,7 +14,7 @@ fn bind(source: &Path, ro: bool) -> Mount {
         options.push("ro".into());
     }
     Mount {
-        kind: "bind".into(),
+        kind: strata_core::MountKind::Bind,
         source: source.to_path_buf(),
         target: PathBuf::new(),
         options,
@@ -107,7 +107,7 @@ fn overlay_with_500_lower_directories() {
         "the option string must exceed a page"
     );
     let m = Mount {
-        kind: "overlay".into(),
+        kind: strata_core::MountKind::Overlay,
         source: "overlay".into(),
         target: PathBuf::new(),
         // The flat form a peer would send: the layers are read out of it.
@@ -140,7 +140,7 @@ fn overlay_errors_carry_the_kernel_message() {
         ("redirect_dir=sideways", "Bad value for 'redirect_dir'"),
     ] {
         let m = Mount {
-            kind: "overlay".into(),
+            kind: strata_core::MountKind::Overlay,
             source: "overlay".into(),
             target: PathBuf::new(),
             options: vec![format!("lowerdir={}", lower.display()), option.into()],
