@@ -327,11 +327,28 @@ impl CacheManager {
             .under(ctx)
             .prepare(&id, parent_sid.as_deref(), Labels::new())
             .await?;
-        let tx = self.inner.root.db.write()?;
-        metadata::put_record(&tx, &id, None, &metadata::new_record(&id, false, opts))?;
-        tx.commit()?;
+        let record = metadata::new_record(&id, false, opts);
+        let key = id.clone();
+        self.write_off_executor(move |root| {
+            let tx = root.db.write()?;
+            metadata::put_record(&tx, &key, None, &record)?;
+            Ok(tx.commit()?)
+        })
+        .await?;
         self.locked().insert(id.clone());
         Ok(MutableRef::new(self.clone(), &id))
+    }
+
+    /// Runs `f`, metadata writes whose commit syncs the file, on the
+    /// blocking pool, so an fsync never stalls the caller's executor.
+    pub(crate) async fn write_off_executor<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Root) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let mgr = self.clone();
+        tokio::task::spawn_blocking(move || f(mgr.root()))
+            .await
+            .map_err(|e| CacheError::Task(e.to_string()))?
     }
 
     /// The shared empty snapshot, held by its own permanent lease.

@@ -319,33 +319,38 @@ impl MutableRef {
         // The new record first, then the snapshot, then the old record
         // goes: a crash in between leaves a record whose snapshot is
         // missing, which the next open drops.
-        {
+        let (old, fresh) = (self.id().to_owned(), new.clone());
+        mgr.write_off_executor(move |root| {
             let tx = root.db.write()?;
-            let old = strata_metadata::Reader::get::<RefRecord>(&tx, self.id())?
-                .ok_or_else(|| CacheError::NotFound(self.id().to_owned()))?;
-            let mut record = old.clone();
-            record.snapshot = new.clone();
+            let mut record = strata_metadata::Reader::get::<RefRecord>(&tx, &old)?
+                .ok_or_else(|| CacheError::NotFound(old.clone()))?;
+            record.snapshot = fresh.clone();
             record
                 .values
                 .insert(metadata::COMMITTED.into(), json_value(&true));
             record.values.remove(metadata::SIZE);
-            metadata::put_record(&tx, &new, None, &record)?;
-            tx.commit()?;
-        }
-        if let Err(e) = root
+            metadata::put_record(&tx, &fresh, None, &record)?;
+            Ok(tx.commit()?)
+        })
+        .await?;
+        // The record that goes: the new one if the snapshot did not commit,
+        // else the mutable one.
+        let committed = root
             .snapshots
             .under(ctx)
             .commit(&new, self.id(), labels)
-            .await
-        {
+            .await;
+        let gone = match &committed {
+            Ok(()) => self.id().to_owned(),
+            Err(_) => new.clone(),
+        };
+        mgr.write_off_executor(move |root| {
             let tx = root.db.write()?;
-            metadata::delete_record(&tx, &new)?;
-            tx.commit()?;
-            return Err(e.into());
-        }
-        let tx = root.db.write()?;
-        metadata::delete_record(&tx, self.id())?;
-        tx.commit()?;
+            metadata::delete_record(&tx, &gone)?;
+            Ok(tx.commit()?)
+        })
+        .await?;
+        committed?;
         self.mark_released();
         mgr.unlock(self.id());
         Ok(ImmutableRef::new(mgr.clone(), &new, true))
