@@ -100,6 +100,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
             ("strata-tests", "gc_crash"),
             ("strata-cache", "crash_overlay"),
             ("strata-cache", "crash_native"),
+            ("strata-cache", "crash_btrfs"),
         ]
     } else {
         &[]

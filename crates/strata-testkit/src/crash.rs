@@ -154,9 +154,39 @@ pub fn run(
     child: impl FnOnce(&Path, u64),
     verify: impl FnMut(&Path, usize) -> usize,
 ) {
+    run_at(None, name, max_ms, phases, child, verify);
+}
+
+/// True in the child process of a crash test (what a test that prepares
+/// something for the parent only, such as a file system, asks first).
+pub fn is_child() -> bool {
+    child_args().is_some()
+}
+
+/// [`run`] with the test's directory made inside `base` (a file system the
+/// test set up), not the system's temporary directory.
+pub fn run_in(
+    base: &Path,
+    name: &str,
+    max_ms: u64,
+    phases: &[&str],
+    child: impl FnOnce(&Path, u64),
+    verify: impl FnMut(&Path, usize) -> usize,
+) {
+    run_at(Some(base), name, max_ms, phases, child, verify);
+}
+
+fn run_at(
+    base: Option<&Path>,
+    name: &str,
+    max_ms: u64,
+    phases: &[&str],
+    child: impl FnOnce(&Path, u64),
+    verify: impl FnMut(&Path, usize) -> usize,
+) {
     match child_args() {
         Some((dir, seed)) => child(&dir, seed),
-        None => kill_loop(name, max_ms, phases, verify),
+        None => kill_loop(name, max_ms, phases, base, verify),
     }
 }
 
@@ -180,6 +210,7 @@ fn kill_loop(
     name: &str,
     max_ms: u64,
     phases: &[&str],
+    base: Option<&Path>,
     mut verify: impl FnMut(&Path, usize) -> usize,
 ) {
     if std::env::args().any(|a| a == "--list") {
@@ -190,7 +221,11 @@ fn kill_loop(
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
-    let tmp = tempfile::tempdir().expect("temp dir");
+    let tmp = match base {
+        Some(base) => tempfile::tempdir_in(base),
+        None => tempfile::tempdir(),
+    }
+    .expect("temp dir");
     let dir = tmp.path();
     let seed = std::env::var("STRATA_CRASH_SEED")
         .ok()

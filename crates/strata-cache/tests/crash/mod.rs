@@ -261,16 +261,36 @@ fn verify(
 }
 
 pub fn main_for(name: &str, backend: BackendChoice) {
-    if matches!(backend, BackendChoice::Overlay(_)) && !strata_testkit::require_root(name) {
+    let skipped = || {
         println!("test result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out");
-        return;
-    }
+    };
+    // btrfs runs on a loop btrfs the parent makes (the child is handed its
+    // directory inside it).
+    let btrfs = match backend {
+        BackendChoice::Btrfs if crash::is_child() => None,
+        BackendChoice::Btrfs => {
+            if !strata_testkit::loopfs::usable(name, "btrfs", "btrfs-progs") {
+                return skipped();
+            }
+            Some(strata_testkit::loopfs::LoopFs::new(
+                "btrfs",
+                &["-q"],
+                4 << 30,
+            ))
+        }
+        BackendChoice::Overlay(_) if !strata_testkit::require_root(name) => return skipped(),
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    crash::run(
+    let base = btrfs
+        .as_ref()
+        .map_or_else(std::env::temp_dir, |fs| fs.mnt());
+    crash::run_in(
+        &base,
         name,
         400,
         &["import", "ref", "merge", "export", "let-go", "collect"],
