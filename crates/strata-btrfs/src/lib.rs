@@ -131,14 +131,10 @@ impl Backend for BtrfsBackend {
     }
 
     fn mounts(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Vec<Mount> {
-        match (kind, parents.first()) {
-            (Kind::Active, _) => vec![Mount::bind(dir.join("fs"), false)],
-            // The parent's read-only subvolume: the view's own snapshot of it
-            // holds the same tree, and `view_mounts` passes a directory that
-            // has no snapshot in it.
-            (_, Some(parent)) => vec![Mount::bind(parent.join("fs"), true)],
-            (_, None) => vec![Mount::bind(dir.join("fs"), true)],
-        }
+        // A view binds the parent's read-only subvolume: the view's own
+        // snapshot of it holds the same tree, and `view_mounts` passes a
+        // directory that has no snapshot in it.
+        strata_snapshot::whole_tree_mounts(dir, kind, parents)
     }
 
     fn commit(&self, dir: &Path) -> Result<(), SnapshotError> {

@@ -39,10 +39,6 @@ impl Backend for Native {
     }
 
     fn mounts(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Vec<Mount> {
-        match (kind, parents.first()) {
-            (Kind::Active, _) => vec![Mount::bind(dir.join("fs"), false)],
-            (_, Some(parent)) => vec![Mount::bind(parent.join("fs"), true)],
-            (_, None) => vec![Mount::bind(dir.join("fs"), true)],
-        }
+        strata_snapshot::whole_tree_mounts(dir, kind, parents)
     }
 }

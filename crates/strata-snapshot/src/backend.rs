@@ -117,6 +117,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
+/// The mounts of a snapshot of a backend whose snapshots each hold a whole
+/// tree in `fs` (native copies, btrfs subvolumes): an active snapshot's own
+/// tree bound writable; a view of a parent binds the parent's tree
+/// read-only (the view has nothing of its own to show); anything else its
+/// own tree read-only.
+pub fn whole_tree_mounts(dir: &Path, kind: Kind, parents: &[PathBuf]) -> Vec<Mount> {
+    match (kind, parents.first()) {
+        (Kind::Active, _) => vec![Mount::bind(dir.join("fs"), false)],
+        (_, Some(parent)) => vec![Mount::bind(parent.join("fs"), true)],
+        (_, None) => vec![Mount::bind(dir.join("fs"), true)],
+    }
+}
+
 /// Removes `dir` and everything below it, never following a symlink or
 /// entering a mount: [`Backend::remove`]'s default, for backends that add
 /// to it.

@@ -23,7 +23,7 @@ mod usage;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use backend::{Backend, Capabilities, create_dir, remove_tree};
+pub use backend::{Backend, Capabilities, create_dir, remove_tree, whole_tree_mounts};
 pub use error::SnapshotError;
 pub use info::{Info, Kind, Usage};
 pub use store::SnapshotStore;
