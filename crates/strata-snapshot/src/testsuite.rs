@@ -7,6 +7,11 @@
 //! through a real mount of a prepared snapshot and committed, and at every
 //! depth a mounted view must render exactly like one plain directory to
 //! which the same changes were applied in order.
+//!
+//! The suite brings what it needs itself (the tree listing it compares,
+//! [`tree::render`], and named skips, [`require_root`] and [`skip`]), so
+//! a backend crate of any workspace can run it with this crate alone (and
+//! tokio for the test attribute).
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -15,13 +20,18 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use strata_core::{Classify, ErrorKind, Filter, Labels};
-use strata_metadata::MetaDb;
-use strata_testkit::tree::render;
 
 use crate::mounts::{LocalMount, MountOptions};
 use crate::{Info, Kind, Snapshotter};
 
-pub use strata_testkit::require_root;
+mod skip;
+pub mod tree;
+
+pub use skip::{REQUIRE_PRIVILEGED, SKIP_LOG, require_root, skip};
+/// The metadata store a [`Factory`] opens its store on, re-exported so a
+/// backend crate names it without depending on strata-metadata.
+pub use strata_metadata::MetaDb;
+use tree::render;
 
 /// Makes the snapshotter under test for a state root.
 pub type Factory = fn(&Path, Arc<MetaDb>) -> Arc<dyn Snapshotter>;

@@ -4,7 +4,10 @@
 //! root the test is reported as skipped by name: a line goes to stderr and to
 //! the skip log that `cargo xtask test` counts and prints. With
 //! `STRATA_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) a skip is a failure, so a
-//! privileged test can never pass by not running.
+//! privileged test can never pass by not running. The skips, like the tree
+//! listing of [`tree::render`], are the conformance suite's own
+//! (`strata_snapshot::testsuite`), which needs no test-only crate; this
+//! crate re-exports them, so both kinds of test skip the same way.
 #![forbid(unsafe_code)]
 
 pub mod bench;
@@ -21,23 +24,9 @@ pub mod registry;
 pub mod reliability;
 pub mod tree;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Environment variable that turns skips into failures.
-pub const REQUIRE_PRIVILEGED: &str = "STRATA_REQUIRE_PRIVILEGED";
-
-/// Environment variable naming the file skips are appended to.
-pub const SKIP_LOG: &str = "STRATA_SKIP_LOG";
-
-/// True when the test may go on as root. Otherwise records the skip of
-/// `test` (or panics when skips are forbidden) and returns false.
-pub fn require_root(test: &str) -> bool {
-    if strata_sys::effective_uid() == 0 {
-        return true;
-    }
-    skip(test, "needs root")
-}
+pub use strata_snapshot::testsuite::{REQUIRE_PRIVILEGED, SKIP_LOG, require_root, skip};
 
 /// True when every tool the test runs is installed: a program on the
 /// `PATH`, or a file or directory when it is an absolute path (sources a
@@ -76,25 +65,3 @@ pub const REGISTRY_TOOLS: &[(&str, &str)] = &[
 /// What a test that drives containerd runs.
 pub const CONTAINERD_TOOLS: &[(&str, &str)] =
     &[("containerd", "containerd"), ("ctr", "containerd")];
-
-/// Records that `test` did not run because of `reason`; panics when
-/// [`REQUIRE_PRIVILEGED`] is set. Always returns false.
-pub fn skip(test: &str, reason: &str) -> bool {
-    let line = format!("SKIPPED {test}: {reason}");
-    assert!(
-        std::env::var_os(REQUIRE_PRIVILEGED).is_none_or(|v| v != "1"),
-        "{line}, and {REQUIRE_PRIVILEGED}=1 forbids skipping"
-    );
-    eprintln!("{line}");
-    if let Some(log) = std::env::var_os(SKIP_LOG).map(PathBuf::from) {
-        let appended = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .and_then(|mut f| writeln!(f, "{line}"));
-        if let Err(e) = appended {
-            eprintln!("could not record the skip in {}: {e}", log.display());
-        }
-    }
-    false
-}
