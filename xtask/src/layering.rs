@@ -5,7 +5,9 @@
 //! workspace member has no floor, or when an arrow points up. It also pins
 //! the absences ARCHITECTURE.md promises: no async runtime, syscall or
 //! database crate under strata-core, none of several below the crates that
-//! need them, and syscall crates used directly only by strata-sys.
+//! need them, and syscall crates used directly only by strata-sys. A crate
+//! written as if it lived outside the workspace (the example backend) may
+//! use only the crates an outside crate could, in its tests too.
 
 use anyhow::{Context, bail};
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +25,7 @@ const FLOORS: &[(&str, Option<u8>)] = &[
     ("strata-overlay", Some(25)),
     ("strata-native", Some(25)),
     ("strata-btrfs", Some(25)),
+    ("strata-example-backend", Some(25)),
     ("strata-diff", Some(30)),
     ("strata-oci", Some(30)),
     ("strata-containerd", Some(30)),
@@ -44,18 +47,28 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("strata-content", "tokio"),
 ];
 
+/// Crates written as an outside crate would write them, with the workspace
+/// crates they may use in any kind of dependency (dev ones included): the
+/// ones whose public items are meant for the outside, never the testkit.
+const OUTSIDE: &[(&str, &[&str])] = &[(
+    "strata-example-backend",
+    &["strata-core", "strata-snapshot", "strata-sys"],
+)];
+
 /// Syscall crates only strata-sys may use directly (the test-only fault
 /// shim is an `LD_PRELOAD` library and speaks the C library itself).
 const SYSCALL_CRATES: &[&str] = &["rustix", "nix"];
 
 /// The resolved graph: every package by id with its name, the workspace
 /// members' ids, each package's normal (not dev, not build) dependencies
-/// by id, and the (package, dependency) names declared optional.
+/// by id, its dependencies of every kind by id, and the (package,
+/// dependency) names declared optional.
 #[derive(Debug, Default)]
 pub(crate) struct Graph {
     pub names: BTreeMap<String, String>,
     pub members: BTreeSet<String>,
     pub normal: BTreeMap<String, BTreeSet<String>>,
+    pub any: BTreeMap<String, BTreeSet<String>>,
     pub optional: BTreeSet<(String, String)>,
 }
 
@@ -107,15 +120,19 @@ impl Graph {
         for node in list(&meta["resolve"]["nodes"], "resolve nodes")? {
             let id = text(&node["id"], "a node id")?;
             let mut deps = BTreeSet::new();
+            let mut any = BTreeSet::new();
             for d in list(&node["deps"], "deps")? {
+                let pkg = text(&d["pkg"], "a dependency id")?;
                 let normal = list(&d["dep_kinds"], "dep_kinds")?
                     .iter()
                     .any(|k| k["kind"].is_null());
                 if normal {
-                    deps.insert(text(&d["pkg"], "a dependency id")?);
+                    deps.insert(pkg.clone());
                 }
+                any.insert(pkg);
             }
-            g.normal.insert(id, deps);
+            g.normal.insert(id.clone(), deps);
+            g.any.insert(id, any);
         }
         Ok(g)
     }
@@ -197,6 +214,18 @@ pub(crate) fn problems(g: &Graph) -> Vec<String> {
             problems.push(format!(
                 "{name} is in xtask's layering table but not in the workspace"
             ));
+        }
+    }
+    for (krate, allowed) in OUTSIDE {
+        let Some(id) = g.member(krate) else { continue };
+        for dep in g.any.get(id).into_iter().flatten() {
+            let dep_name = g.name(dep);
+            if g.members.contains(dep) && !allowed.contains(&dep_name) {
+                problems.push(format!(
+                    "{krate} is written as an outside crate would be: it may use {} only, not {dep_name}",
+                    allowed.join(", ")
+                ));
+            }
         }
     }
     for (krate, banned) in FORBIDDEN {
@@ -312,6 +341,29 @@ mod tests {
         m["packages"][0]["dependencies"] = json!([{"name": "strata-testkit", "optional": true}]);
         let found = problems(&Graph::parse(&m).unwrap());
         assert!(!found.iter().any(|p| p.contains("test-only")), "{found:?}");
+    }
+
+    #[test]
+    fn the_outside_example_uses_only_what_an_outside_crate_could() {
+        let published: &[&str] = &["strata-core", "strata-snapshot", "strata-sys"];
+        let found = check_of(&[("strata-example-backend", published)], &[], &[]);
+        assert_eq!(found, Vec::<String>::new());
+        // A dev-dependency counts too: its tests cannot use the testkit.
+        let mut m = meta(
+            &[
+                ("strata-example-backend", &["strata-testkit"]),
+                ("strata-testkit", &[]),
+            ],
+            &[],
+        );
+        m["resolve"]["nodes"][0]["deps"][0]["dep_kinds"] = json!([{"kind": "dev"}]);
+        let found = problems(&Graph::parse(&m).unwrap());
+        assert!(
+            found.iter().any(|p| p
+                .contains("strata-example-backend is written as an outside crate")
+                && p.ends_with("not strata-testkit")),
+            "{found:?}"
+        );
     }
 
     #[test]
