@@ -56,6 +56,18 @@ macro_rules! every_backend {
                 }
             )*
         }
+        // The example backend kept outside the crates, chosen the way an
+        // embedder chooses its own: `BackendChoice::Custom`.
+        mod outside {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    if super::usable(concat!("strata-cache outside::", stringify!($name)), "outside") {
+                        super::$name("outside").await;
+                    }
+                }
+            )*
+        }
     };
 }
 

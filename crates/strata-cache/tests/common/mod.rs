@@ -22,8 +22,14 @@ pub struct Env {
     pub fs: Option<strata_testkit::loopfs::LoopFs>,
 }
 
+/// The backend a test names: a built-in one, or `outside`, the example
+/// backend kept outside the crates (`examples/backend-copy`), given by
+/// value as an embedder gives its own.
 pub fn backend(name: &str) -> BackendChoice {
-    BackendChoice::named(name).unwrap_or_else(|| panic!("no backend named {name}"))
+    match name {
+        "outside" => BackendChoice::Custom(Arc::new(strata_example_backend::CopyBackend)),
+        _ => BackendChoice::named(name).unwrap_or_else(|| panic!("no backend named {name}")),
+    }
 }
 
 pub fn open_at(path: &Path, backend_name: &str) -> CacheManager {
