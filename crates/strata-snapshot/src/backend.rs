@@ -81,8 +81,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn capabilities(&self) -> Capabilities;
 
     /// Fills the new, empty snapshot directory `dir` for a snapshot of
-    /// `kind` on top of `parents` (snapshot directories, nearest first). The
-    /// store syncs and renames it into place afterwards.
+    /// `kind` on top of `parents` (snapshot directories, nearest first); it
+    /// must create `dir/fs`. The store then fsyncs `dir` itself (its own
+    /// entries, not what lies below them) and renames it into place, so
+    /// files written here are the backend's to make durable first
+    /// (`strata_sys::sync::syncfs`, as the native backend does).
     fn create(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Result<(), SnapshotError>;
 
     /// The mounts of snapshot `dir` of `kind` on top of `parents` (nearest
