@@ -24,7 +24,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 pub fn check() -> anyhow::Result<()> {
     let root = crate::workspace();
     let mut files = Vec::new();
-    for dir in ["crates", "xtask", "fuzz"] {
+    for dir in ["crates", "examples", "xtask", "fuzz"] {
         let d = root.join(dir);
         if d.is_dir() {
             rust_files(&d, &mut files)?;

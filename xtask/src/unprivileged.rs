@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 /// The conformance binaries whose plain cases run as `nobody`.
-const PACKAGES: &[&str] = &["strata-native", "strata-overlay"];
+const PACKAGES: &[&str] = &["strata-native", "strata-overlay", "strata-example-backend"];
 
 /// Plain cases per suite (`without_root` in `conformance_suite!`).
 const CASES: usize = 6;

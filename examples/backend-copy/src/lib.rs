@@ -55,11 +55,9 @@ impl Backend for CopyBackend {
     }
 
     fn mounts(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Vec<Mount> {
-        match (kind, parents.first()) {
-            (Kind::Active, _) => vec![Mount::bind(dir.join("fs"), false)],
-            (_, Some(parent)) => vec![Mount::bind(parent.join("fs"), true)],
-            (_, None) => vec![Mount::bind(dir.join("fs"), true)],
-        }
+        // The shape every whole-tree backend shares: the snapshot's own
+        // tree bound, a view of a parent binding the parent's read-only.
+        strata_snapshot::whole_tree_mounts(dir, kind, parents)
     }
 
     // `commit`, `remove` and `usage` keep their defaults: nothing to do at
