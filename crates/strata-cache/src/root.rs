@@ -286,8 +286,18 @@ impl Drop for Root {
             tracing::warn!(root = %self.path.display(), error = %e, "could not make the root's directories durable; the next open reconciles");
             return;
         }
-        if let Err(e) = self.db.mark_closed() {
-            tracing::warn!(root = %self.path.display(), error = %e, "could not mark the root closed; the next open reconciles");
+        match self.db.mark_closed() {
+            Ok(()) => {}
+            // A commit failed earlier (a full disk, an I/O error) and its
+            // error went to the caller: the database refuses writes until
+            // it is opened again, which is the reconciliation a root left
+            // open gets anyway. A second message about it is noise.
+            Err(e @ MetaError::Refused { .. }) => {
+                tracing::debug!(root = %self.path.display(), error = %e, "the root stays marked open after a failed commit; the next open reconciles");
+            }
+            Err(e) => {
+                tracing::warn!(root = %self.path.display(), error = %e, "could not mark the root closed; the next open reconciles");
+            }
         }
     }
 }
