@@ -335,16 +335,17 @@ fn overlay_works(tmp: &Path) -> bool {
 }
 
 /// The backend for this root: the one it remembers (by name), which an
-/// explicit choice must match; otherwise the choice (auto resolved), its
-/// name recorded.
+/// explicit choice must match; otherwise the choice (auto resolved), true
+/// when its name is still to be recorded (once the backend is built and
+/// its store open: a backend that cannot work here is never remembered).
 fn resolve_backend(
     path: &Path,
     db: &MetaDb,
     choice: &BackendChoice,
-) -> Result<BackendChoice, OpenError> {
+) -> Result<(BackendChoice, bool), OpenError> {
     let stored = db.read()?.get::<SettingRecord>(BACKEND_ROW)?;
     if let Some(SettingRecord { value: stored }) = stored {
-        return match choice {
+        let known = match choice {
             BackendChoice::Auto => {
                 BackendChoice::named(&stored).ok_or_else(|| OpenError::UnknownBackend {
                     path: path.to_path_buf(),
@@ -358,9 +359,10 @@ fn resolve_backend(
                 wanted: explicit.name().to_owned(),
             }),
         };
+        return known.map(|b| (b, false));
     }
     let resolved = match choice {
-        BackendChoice::Auto if strata_sys::btrfs::is_btrfs(path)? => BackendChoice::Btrfs,
+        BackendChoice::Auto if btrfs_works(&path.join("tmp")) => BackendChoice::Btrfs,
         BackendChoice::Auto if overlay_works(&path.join("tmp")) => BackendChoice::overlay(),
         BackendChoice::Auto => {
             tracing::info!("overlay mounts do not work here; using the native backend");
@@ -368,15 +370,19 @@ fn resolve_backend(
         }
         explicit => explicit.clone(),
     };
+    Ok((resolved, true))
+}
+
+/// Records `backend` as the root's.
+fn remember_backend(db: &MetaDb, backend: &BackendChoice) -> Result<(), OpenError> {
     let tx = db.write()?;
     tx.put(
         BACKEND_ROW,
         &SettingRecord {
-            value: resolved.name().to_owned(),
+            value: backend.name().to_owned(),
         },
     )?;
-    tx.commit()?;
-    Ok(resolved)
+    Ok(tx.commit()?)
 }
 
 /// `$STRATA_ROOT`, else `/var/lib/strata` for root, else
@@ -398,7 +404,9 @@ pub fn default_root() -> Result<PathBuf, OpenError> {
 }
 
 /// Empties a scratch directory of the root: detaches what a dead process
-/// left mounted there, then removes everything (never across a mount).
+/// left mounted there, then removes everything (never across a mount) but
+/// the snapshot store's staging and trash, which the store removes through
+/// its backend once it is open.
 fn empty_scratch(root_dir: &strata_sys::Root, path: &Path, name: &str) -> Result<(), OpenError> {
     let dir = path.join(name);
     if dir.exists() {
@@ -406,10 +414,38 @@ fn empty_scratch(root_dir: &strata_sys::Root, path: &Path, name: &str) -> Result
         if detached > 0 {
             tracing::info!(dir = %dir.display(), detached, "detached mounts a previous process left");
         }
-        root_dir.remove_all(Path::new(name))?;
+        for (entry, _) in root_dir.read_dir(Path::new(name))? {
+            if !strata_snapshot::is_store_scratch(&entry.to_string_lossy()) {
+                root_dir.remove_all(&Path::new(name).join(entry))?;
+            }
+        }
+    } else {
+        fs::create_dir(&dir).map_err(io(&dir, "create"))?;
     }
-    fs::create_dir(&dir).map_err(io(&dir, "create"))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io(&dir, "chmod"))
+}
+
+/// True when btrfs subvolumes can be made and deleted in `tmp` by this
+/// process (deleting needs privilege or `user_subvol_rm_allowed`).
+fn btrfs_works(tmp: &Path) -> bool {
+    if !strata_sys::btrfs::is_btrfs(tmp).unwrap_or(false) {
+        return false;
+    }
+    let probe = tmp.join("btrfs-probe");
+    if strata_sys::btrfs::create_subvolume(&probe).is_err() {
+        return false;
+    }
+    match strata_sys::btrfs::delete_subvolume(&probe) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!(error = %e, "btrfs subvolumes cannot be deleted here; not using the btrfs backend");
+            // An empty subvolume goes by rmdir where the ioctl is refused.
+            if let Err(e) = fs::remove_dir(&probe) {
+                tracing::warn!(probe = %probe.display(), error = %e, "could not remove the btrfs probe");
+            }
+            false
+        }
+    }
 }
 
 impl Root {
@@ -449,9 +485,21 @@ impl Root {
         let last_close = db.last_close()?;
         db.mark_open()?;
         let content = ContentStore::open_after(&path.join("content"), Arc::clone(&db), last_close)?;
-        let backend = resolve_backend(&path, &db, &opts.backend)?;
+        let (backend, new) = resolve_backend(&path, &db, &opts.backend)?;
         let snapshots =
             SnapshotStore::open_after(&path, Arc::clone(&db), backend.build(&path)?, last_close)?;
+        if new {
+            remember_backend(&db, &backend)?;
+        }
+        // Removals a previous process left in `tmp/` (after a clean close
+        // too: a failed removal is only logged).
+        let leftovers = snapshots.cleanup()?;
+        if leftovers > 0 {
+            tracing::info!(
+                leftovers,
+                "removed snapshot directories a previous removal left"
+            );
+        }
         let leases = LeaseManager::new(Arc::clone(&db));
         // One process owns the root: temporary leases left now belong to a
         // process that is gone (operation leases, views of mounted refs,

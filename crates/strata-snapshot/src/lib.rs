@@ -26,7 +26,7 @@ use std::pin::Pin;
 pub use backend::{Backend, Capabilities, create_dir, remove_tree, whole_tree_mounts};
 pub use error::SnapshotError;
 pub use info::{Info, Kind, Usage};
-pub use store::SnapshotStore;
+pub use store::{SnapshotStore, is_store_scratch};
 pub use usage::disk_usage;
 
 use strata_core::{Filter, Labels, Mount};

@@ -22,6 +22,14 @@ use crate::{Snapshotter, WalkFn};
 const NEW_PREFIX: &str = "snap-new-";
 const RM_PREFIX: &str = "snap-rm-";
 
+/// True for a name the store keeps in the root's `tmp/` (a snapshot being
+/// staged or removed): only the store removes those, through its backend (a
+/// btrfs subvolume, read-only perhaps, cannot be emptied file by file), so
+/// whoever empties `tmp/` leaves them to it.
+pub fn is_store_scratch(name: &str) -> bool {
+    name.starts_with(NEW_PREFIX) || name.starts_with(RM_PREFIX)
+}
+
 #[derive(Debug)]
 struct Inner {
     db: Arc<MetaDb>,
@@ -229,46 +237,56 @@ impl Inner {
         let dir = self.dir(&r.id);
         let usage = self.backend.usage(&dir)?;
         self.backend.commit(&dir)?;
-        // What was written into the active snapshot must be durable before
-        // the row calls it committed.
-        strata_sys::sync::syncfs(&dir)?;
-        let tx = self.db.write()?;
-        let current = self.get(&tx, key)?;
-        if current.id != r.id || current.kind != SnapshotKind::Active {
-            return Err(SnapshotError::precondition(key, "changed while committing"));
-        }
-        if tx.get::<SnapshotRecord>(name)?.is_some() {
-            return Err(SnapshotError::AlreadyExists(name.to_owned()));
-        }
-        let mut current = current;
-        if let Some(parent) = onto {
-            if current.parent.is_some() {
-                return Err(SnapshotError::precondition(
-                    key,
-                    "only a snapshot prepared without a parent can be given one",
-                ));
+        // Past the backend's hook, a failure to record the commit must undo
+        // it: the snapshot stays active, and writable.
+        let recorded = (|| {
+            // What was written into the active snapshot must be durable before
+            // the row calls it committed.
+            strata_sys::sync::syncfs(&dir)?;
+            let tx = self.db.write()?;
+            let current = self.get(&tx, key)?;
+            if current.id != r.id || current.kind != SnapshotKind::Active {
+                return Err(SnapshotError::precondition(key, "changed while committing"));
             }
-            // The new parent must exist and be committed.
-            self.chain(&tx, Some(parent))?;
-            current.parent = Some(parent.to_owned());
+            if tx.get::<SnapshotRecord>(name)?.is_some() {
+                return Err(SnapshotError::AlreadyExists(name.to_owned()));
+            }
+            let mut current = current;
+            if let Some(parent) = onto {
+                if current.parent.is_some() {
+                    return Err(SnapshotError::precondition(
+                        key,
+                        "only a snapshot prepared without a parent can be given one",
+                    ));
+                }
+                // The new parent must exist and be committed.
+                self.chain(&tx, Some(parent))?;
+                current.parent = Some(parent.to_owned());
+            }
+            let ts = now();
+            let committed = SnapshotRecord {
+                kind: SnapshotKind::Committed,
+                labels,
+                created: ts,
+                updated: ts,
+                usage: Some(usage.into()),
+                ..current
+            };
+            tx.put(name, &committed)?;
+            tx.delete::<SnapshotRecord>(key)?;
+            if let Some(h) = hold {
+                h.add_in(&tx, &Resource::snapshot(self.backend.name(), name))?;
+                h.remove_in(&tx, &Resource::snapshot(self.backend.name(), key))?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = &recorded
+            && let Err(undo) = self.backend.abort_commit(&dir)
+        {
+            tracing::warn!(key, error = %e, undo = %undo, "could not undo a backend's commit after the store refused it");
         }
-        let ts = now();
-        let committed = SnapshotRecord {
-            kind: SnapshotKind::Committed,
-            labels,
-            created: ts,
-            updated: ts,
-            usage: Some(usage.into()),
-            ..current
-        };
-        tx.put(name, &committed)?;
-        tx.delete::<SnapshotRecord>(key)?;
-        if let Some(h) = hold {
-            h.add_in(&tx, &Resource::snapshot(self.backend.name(), name))?;
-            h.remove_in(&tx, &Resource::snapshot(self.backend.name(), key))?;
-        }
-        tx.commit()?;
-        Ok(())
+        recorded
     }
 
     fn remove(&self, key: &str) -> Result<(), SnapshotError> {
@@ -358,8 +376,7 @@ impl Inner {
     fn reconcile(&self) -> Result<(), SnapshotError> {
         let tmp = strata_sys::Root::open(&self.tmp)?;
         for (name, _) in tmp.read_dir(Path::new(""))? {
-            let n = name.to_string_lossy();
-            if n.starts_with(NEW_PREFIX) || n.starts_with(RM_PREFIX) {
+            if is_store_scratch(&name.to_string_lossy()) {
                 self.backend.remove(&self.tmp.join(&name))?;
             }
         }
@@ -377,6 +394,14 @@ impl Inner {
             .filter(|(_, r)| !self.dir(&r.id).join("fs").is_dir())
             .map(|(k, _)| k.clone())
             .collect();
+        // A crash between a backend's commit and the row that records it
+        // left an active snapshot committed in the backend's eyes.
+        for (_, r) in rows
+            .iter()
+            .filter(|(k, r)| r.kind == SnapshotKind::Active && !gone.contains(k.as_str()))
+        {
+            self.backend.abort_commit(&self.dir(&r.id))?;
+        }
         if gone.is_empty() {
             return Ok(());
         }

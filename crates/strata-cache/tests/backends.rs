@@ -1,0 +1,66 @@
+//! Choosing a root's backend: a backend that cannot work where the root is
+//! is never remembered, and a btrfs root opens over what a crash left (a
+//! read-only subvolume in `tmp/`, an active snapshot whose subvolume the
+//! commit hook had already made read-only).
+
+use strata_cache::{BackendChoice, OpenError, Root, RootOptions};
+use strata_core::Labels;
+use strata_snapshot::Snapshotter;
+
+fn open(path: &std::path::Path, backend: BackendChoice) -> Result<Root, OpenError> {
+    Root::open(&RootOptions {
+        path: Some(path.to_path_buf()),
+        backend,
+    })
+}
+
+#[test]
+fn a_backend_that_cannot_open_here_is_not_remembered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("root");
+    if strata_sys::btrfs::is_btrfs(tmp.path()).unwrap() {
+        strata_testkit::skip(
+            "strata-cache backends::a_backend_that_cannot_open_here_is_not_remembered",
+            "the temporary directory is on btrfs",
+        );
+        return;
+    }
+    let err = open(&path, BackendChoice::Btrfs).unwrap_err().to_string();
+    assert!(err.contains("not on btrfs"), "{err}");
+    // The failed choice left no name behind: another backend opens it.
+    let root = open(&path, BackendChoice::Native).expect("open with native");
+    assert_eq!(root.backend.name(), "native");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_btrfs_root_opens_over_what_a_crash_left() {
+    let test = "strata-cache backends::a_btrfs_root_opens_over_what_a_crash_left";
+    if !strata_testkit::loopfs::usable(test, "btrfs", "btrfs-progs") {
+        return;
+    }
+    let fs = strata_testkit::loopfs::LoopFs::new("btrfs", &["-q"], 1 << 30);
+    let path = fs.mnt().join("root");
+    let root = open(&path, BackendChoice::Btrfs).unwrap();
+    root.snapshots
+        .prepare("k", None, Labels::new())
+        .await
+        .unwrap();
+    let active = root.snapshots.fs_dir("k").unwrap();
+    drop(root);
+    // A removal cut short: a read-only subvolume in the store's trash.
+    let trash = path.join("tmp/snap-rm-leftover");
+    std::fs::create_dir(&trash).unwrap();
+    strata_sys::btrfs::create_subvolume(&trash.join("fs")).unwrap();
+    std::fs::write(trash.join("fs/file"), "x").unwrap();
+    strata_sys::btrfs::set_read_only(&trash.join("fs"), true).unwrap();
+    // A commit cut short after its hook: the active snapshot read-only.
+    strata_sys::btrfs::set_read_only(&active, true).unwrap();
+    assert!(std::fs::write(active.join("f"), "y").is_err());
+
+    let root = open(&path, BackendChoice::Auto).expect("the root opens");
+    assert!(!trash.exists(), "the leftover subvolume went");
+    // Reconciling (what an unclean open does) makes it writable again.
+    root.snapshots.reconcile().unwrap();
+    std::fs::write(active.join("f"), "y").expect("the active snapshot is writable again");
+    assert_eq!(root.backend.name(), "btrfs");
+}
