@@ -144,6 +144,14 @@ impl Backend for BtrfsBackend {
         Ok(())
     }
 
+    fn abort_commit(&self, dir: &Path) -> Result<(), SnapshotError> {
+        let fs = dir.join("fs");
+        if btrfs::is_subvolume(&fs)? {
+            btrfs::set_read_only(&fs, false)?;
+        }
+        Ok(())
+    }
+
     fn remove(&self, dir: &Path) -> Result<(), SnapshotError> {
         let fs = dir.join("fs");
         // A removal (or a crash) may have deleted the subvolume already,

@@ -101,6 +101,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Undoes [`Backend::commit`] of `dir` when the store could not record
+    /// the commit afterwards (the name taken meanwhile, a failed sync or
+    /// transaction): the snapshot stays active and must stay writable. The
+    /// default does nothing.
+    fn abort_commit(&self, dir: &Path) -> Result<(), SnapshotError> {
+        let _ = dir;
+        Ok(())
+    }
+
     /// Removes the snapshot directory `dir` and everything in it; the store
     /// has already moved it out of `snapshots/`. Called after a failed
     /// create too, and for what a crash left. The default removes the tree
