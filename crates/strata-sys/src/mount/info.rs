@@ -107,15 +107,17 @@ pub fn lower_links(target: &Path) -> PathBuf {
 }
 
 impl MountEntry {
-    /// The directories this mount keeps busy: an overlay's layers (a lower
-    /// named relatively, as the legacy path names them, resolved through its
-    /// links beside the mount point), or the directory it shows (a bind's
-    /// source, within its file system).
+    /// The directories this mount keeps busy: where it is mounted (a mount
+    /// inside a snapshot keeps that snapshot busy), and an overlay's layers
+    /// (a lower named relatively, as the legacy path names them, resolved
+    /// through its links beside the mount point) or the directory any other
+    /// mount shows (a bind's source, within its file system).
     pub fn directories(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.mount_point.clone()];
         if self.fs_type != "overlay" {
-            return vec![self.root.clone()];
+            out.push(self.root.clone());
+            return out;
         }
-        let mut out = Vec::new();
         for o in &self.super_options {
             let Some((key, value)) = o.split_once('=') else {
                 continue;
@@ -160,12 +162,13 @@ mod tests {
     const TABLE: &[u8] = b"22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
         90 22 252:0 /r/snapshots/aa/fs /mnt/a\\040b rw,relatime shared:1 - ext4 /dev/vda rw\n\
         91 22 0:55 / /mnt/o rw,relatime - overlay overlay rw,lowerdir=/r/snapshots/bb/fs:/r/snapshots/cc/fs,upperdir=/r/snapshots/dd/fs,workdir=/r/snapshots/dd/work,userxattr\n\
-        92 22 0:56 / /mnt/n rw - overlay overlay ro,lowerdir+=/r/snapshots/ee/fs,lowerdir+=/r/snapshots/ff/fs\n";
+        92 22 0:56 / /mnt/n rw - overlay overlay ro,lowerdir+=/r/snapshots/ee/fs,lowerdir+=/r/snapshots/ff/fs\n\
+        93 22 0:5 / /r/snapshots/hh/fs/proc rw - proc proc rw\n";
 
     #[test]
     fn fields_are_read_and_unescaped() {
         let t = parse(TABLE).unwrap();
-        assert_eq!(t.len(), 4);
+        assert_eq!(t.len(), 5);
         assert_eq!(t[1].mount_point, Path::new("/mnt/a b"));
         assert_eq!(t[1].root, Path::new("/r/snapshots/aa/fs"));
         assert_eq!(t[2].fs_type, "overlay");
@@ -176,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn overlay_layers_and_bind_sources_are_in_use() {
+    fn overlay_layers_bind_sources_and_mount_points_are_in_use() {
         let dirs: Vec<PathBuf> = parse(TABLE)
             .unwrap()
             .iter()
@@ -186,6 +189,8 @@ mod tests {
             let fs = PathBuf::from(format!("/r/snapshots/{id}/fs"));
             assert!(dirs.contains(&fs), "{id} in {dirs:?}");
         }
+        // A mount inside a snapshot keeps that snapshot busy too.
+        assert!(dirs.contains(&PathBuf::from("/r/snapshots/hh/fs/proc")));
     }
 
     #[test]
@@ -196,14 +201,15 @@ mod tests {
         std::fs::create_dir(&links).unwrap();
         std::os::unix::fs::symlink("/r/snapshots/gg/fs", links.join("0")).unwrap();
         let entry = MountEntry {
-            mount_point: target,
+            mount_point: target.clone(),
             root: "/".into(),
             fs_type: "overlay".into(),
             source: "overlay".into(),
             super_options: vec!["lowerdir=0:1".into()],
         };
         let dirs = entry.directories();
-        assert_eq!(dirs[0], Path::new("/r/snapshots/gg/fs"));
-        assert_eq!(dirs[1], links.join("1"), "unresolved: the link's path");
+        assert_eq!(dirs[0], target, "where it is mounted");
+        assert_eq!(dirs[1], Path::new("/r/snapshots/gg/fs"));
+        assert_eq!(dirs[2], links.join("1"), "unresolved: the link's path");
     }
 }

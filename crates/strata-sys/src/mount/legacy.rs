@@ -162,6 +162,14 @@ pub(super) fn mount_overlay(
 /// without [`super::unmount`], or cut short) is cleared first.
 fn lowers_dir(target: &Path) -> SysResult<PathBuf> {
     let dir = super::info::lower_links(target);
+    // The links of an overlay still mounted there say what it uses.
+    if super::is_mount_point(target)? {
+        return Err(SysError::Refused {
+            op: "mount overlay",
+            path: target.to_path_buf(),
+            reason: "something is mounted there already",
+        });
+    }
     remove_links(target);
     std::fs::create_dir(&dir).map_err(|e| SysError::io("create", &dir, e))?;
     Ok(dir)
