@@ -344,13 +344,23 @@ impl MutableRef {
             Ok(()) => self.id().to_owned(),
             Err(_) => new.clone(),
         };
-        mgr.write_off_executor(move |root| {
-            let tx = root.db.write()?;
-            metadata::delete_record(&tx, &gone)?;
-            Ok(tx.commit()?)
-        })
-        .await?;
-        committed?;
+        let cleaned = mgr
+            .write_off_executor(move |root| {
+                let tx = root.db.write()?;
+                metadata::delete_record(&tx, &gone)?;
+                Ok(tx.commit()?)
+            })
+            .await;
+        match (committed, cleaned) {
+            (Ok(()), cleaned) => cleaned?,
+            // The commit's own error is the one to report; the record left
+            // behind names a missing snapshot, which the next open drops.
+            (Err(e), Err(undo)) => {
+                tracing::warn!(id = self.id(), error = %undo, "could not remove the record of a failed commit");
+                return Err(e.into());
+            }
+            (Err(e), Ok(())) => return Err(e.into()),
+        }
         self.mark_released();
         mgr.unlock(self.id());
         Ok(ImmutableRef::new(mgr.clone(), &new, true))

@@ -149,11 +149,6 @@ impl Mount {
         out
     }
 
-    /// True when `option` is among the options.
-    pub fn has_option(&self, option: &str) -> bool {
-        self.options.iter().any(|o| o == option)
-    }
-
     /// containerd's flat options: `workdir=`, `upperdir=` and a joined
     /// `lowerdir=` first for an overlay, then the others (an overlay's
     /// typed ones included).
