@@ -467,6 +467,11 @@ mount -t ext4 /dev/vda /disk || echo VERIFY-FAILED the disk does not mount\n";
             "cuts",
             &[
                 (
+                    "run in",
+                    "a qemu guest: Debian 12's kernel, ext4 on a virtual disk (the kernel and file system below are the host's)"
+                        .to_owned(),
+                ),
+                (
                     "power cuts, each followed by a verifying boot",
                     cuts.to_string(),
                 ),

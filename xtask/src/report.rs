@@ -334,6 +334,16 @@ fn baseline(entries: &[&Entry]) -> Option<f64> {
         .and_then(|e| e.compared())
 }
 
+/// A ratio with two decimals, or two significant digits when it is
+/// smaller than 0.1 (a thousandfold speed-up must not read 0.00).
+fn ratio(r: f64) -> String {
+    if r >= 0.1 || r <= 0.0 || !r.is_finite() {
+        return format!("{r:.2}");
+    }
+    let digits = (1.0 - r.log10().floor()) as usize;
+    format!("{r:.digits$}")
+}
+
 fn seconds(s: f64) -> String {
     if s < 0.01 {
         format!("{:.2} ms", s * 1e3)
@@ -371,7 +381,7 @@ fn table(group: &str, entries: &[&Entry]) -> String {
                     peak_kib,
                 } => {
                     let ratio = match (base, e.compared()) {
-                        (Some(b), Some(t)) if !e.is_strata() => format!("{:.2}", b / t),
+                        (Some(b), Some(t)) if !e.is_strata() => ratio(b / t),
                         _ => String::new(),
                     };
                     let _ = writeln!(
@@ -508,7 +518,7 @@ fn readme(entries: &[Entry]) -> String {
     for (what, group, case, ours, theirs) in QUOTED {
         let (a, b) = (find(group, case, ours), find(group, case, theirs));
         let ratio = match (a.and_then(Entry::compared), b.and_then(Entry::compared)) {
-            (Some(x), Some(y)) => format!("{:.2}", x / y),
+            (Some(x), Some(y)) => ratio(x / y),
             _ => "not recorded yet".to_owned(),
         };
         let _ = writeln!(
@@ -624,6 +634,14 @@ mod tests {
             "commit": "5e4d17b0c0ffee", "dirty": false, "utc": "2026-01-02T03:04:05Z",
             "kernel": "6.1.0-30-amd64", "fs": "ext4 on /dev/loop0", "root": true, "cores": 2,
         })
+    }
+
+    #[test]
+    fn small_ratios_keep_two_significant_digits() {
+        assert_eq!(ratio(0.33), "0.33");
+        assert_eq!(ratio(1.57), "1.57");
+        assert_eq!(ratio(0.0035), "0.0035");
+        assert_eq!(ratio(0.042), "0.042");
     }
 
     #[test]
