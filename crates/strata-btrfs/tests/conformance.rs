@@ -1,10 +1,8 @@
 //! The snapshotter conformance suite against the btrfs backend, with real
 //! bind mounts, each case on a loop-mounted btrfs of its own.
 //!
-//! The suite's fixture puts its state root in the system temporary
-//! directory, which is not btrfs; the factory here mounts a fresh btrfs,
-//! opens the store on it, and hands back a snapshotter that owns the mount
-//! (unmounted when the fixture drops it). Every case therefore needs root
+//! Each case mounts a fresh btrfs and puts the suite's fixture on it
+//! (`Fixture::on`, which unmounts it after the store has gone). Every case therefore needs root
 //! and `mkfs.btrfs`, the plain ones too, so the cases are listed here with
 //! that check (skipped by name without) instead of through
 //! `conformance_suite!`, whose plain cases run for anyone; a last test
@@ -16,84 +14,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use strata_btrfs::BtrfsBackend;
-use strata_core::{Filter, Labels, Mount};
 use strata_metadata::MetaDb;
 use strata_snapshot::testsuite::{self, Fixture};
-use strata_snapshot::{Info, SnapshotError, SnapshotStore, Snapshotter, Usage, WalkFn};
+use strata_snapshot::{SnapshotStore, Snapshotter};
 use support::LoopBtrfs;
 
-/// A store on a loop btrfs that lives as long as the store.
-#[derive(Debug)]
-struct OnLoop {
-    store: SnapshotStore,
-    _fs: LoopBtrfs,
-}
-
-#[async_trait::async_trait]
-impl Snapshotter for OnLoop {
-    fn name(&self) -> &str {
-        self.store.name()
-    }
-
-    async fn prepare(
-        &self,
-        key: &str,
-        parent: Option<&str>,
-        labels: Labels,
-    ) -> Result<Vec<Mount>, SnapshotError> {
-        self.store.prepare(key, parent, labels).await
-    }
-
-    async fn view(
-        &self,
-        key: &str,
-        parent: Option<&str>,
-        labels: Labels,
-    ) -> Result<Vec<Mount>, SnapshotError> {
-        self.store.view(key, parent, labels).await
-    }
-
-    async fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
-        self.store.mounts(key).await
-    }
-
-    async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), SnapshotError> {
-        self.store.commit(name, key, labels).await
-    }
-
-    async fn remove(&self, key: &str) -> Result<(), SnapshotError> {
-        self.store.remove(key).await
-    }
-
-    async fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
-        self.store.stat(key).await
-    }
-
-    async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info, SnapshotError> {
-        self.store.update(info, fieldpaths).await
-    }
-
-    async fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
-        self.store.usage(key).await
-    }
-
-    async fn walk(&self, filter: &Filter, f: WalkFn<'_>) -> Result<(), SnapshotError> {
-        self.store.walk(filter, f).await
-    }
-
-    async fn close(&self) -> Result<(), SnapshotError> {
-        self.store.close().await
-    }
-}
-
-/// The factory: the fixture's root holds only the metadata database; the
-/// state root is on a new loop btrfs.
-fn btrfs(_root: &Path, db: Arc<MetaDb>) -> Arc<dyn Snapshotter> {
-    let fs = LoopBtrfs::new();
-    let root = fs.mnt().join("root");
-    let backend = BtrfsBackend::new(&root).expect("btrfs backend");
-    let store = SnapshotStore::open(&root, db, Arc::new(backend)).expect("open store");
-    Arc::new(OnLoop { store, _fs: fs })
+/// The factory: the fixture's root is on the case's loop btrfs.
+fn btrfs(root: &Path, db: Arc<MetaDb>) -> Arc<dyn Snapshotter> {
+    let backend = BtrfsBackend::new(root).expect("btrfs backend");
+    Arc::new(SnapshotStore::open(root, db, Arc::new(backend)).expect("open store"))
 }
 
 macro_rules! cases {
@@ -104,7 +33,8 @@ macro_rules! cases {
                 if !support::usable(concat!("btrfs conformance::", stringify!($name))) {
                     return;
                 }
-                let fixture = Fixture::new(btrfs);
+                let fs = LoopBtrfs::new();
+                let fixture = Fixture::on(&fs.mnt(), fs, btrfs);
                 testsuite::$call(&fixture $(, $arg)*).await;
             }
         )*

@@ -46,12 +46,33 @@ pub struct Fixture {
     /// The snapshotter under test.
     pub sn: Arc<dyn Snapshotter>,
     work: PathBuf,
+    /// What must outlive the snapshotter (a file system it lives on).
+    _keep: Option<Box<dyn std::fmt::Debug + Send + Sync>>,
 }
 
 impl Fixture {
     /// A new root in a temporary directory.
     pub fn new(factory: Factory) -> Fixture {
-        let tmp = tempfile::tempdir().expect("temp dir");
+        Fixture::make(tempfile::tempdir().expect("temp dir"), None, factory)
+    }
+
+    /// A new root in a temporary directory under `base`, for a backend that
+    /// needs its own file system there; `keep` (that file system) is
+    /// dropped after the snapshotter.
+    pub fn on(
+        base: &Path,
+        keep: impl std::fmt::Debug + Send + Sync + 'static,
+        factory: Factory,
+    ) -> Fixture {
+        let tmp = tempfile::tempdir_in(base).expect("temp dir");
+        Fixture::make(tmp, Some(Box::new(keep)), factory)
+    }
+
+    fn make(
+        tmp: tempfile::TempDir,
+        keep: Option<Box<dyn std::fmt::Debug + Send + Sync>>,
+        factory: Factory,
+    ) -> Fixture {
         let root = tmp.path().join("root");
         fs::create_dir(&root).expect("create root");
         let db = Arc::new(MetaDb::open(&root.join("meta.redb")).expect("open metadata"));
@@ -62,6 +83,7 @@ impl Fixture {
             _tmp: tmp,
             sn,
             work,
+            _keep: keep,
         }
     }
 
