@@ -30,6 +30,7 @@ mod reader;
 mod refs;
 mod root;
 mod usage;
+mod uses;
 
 pub use error::{CacheError, Result};
 pub use export::{CompressionConfig, ExportChain, ExportLayer, RefConfig, VARIANT_LABEL_PREFIX};

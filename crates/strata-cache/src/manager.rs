@@ -24,6 +24,7 @@ use crate::metadata::{self, Edit, RecordType, RefMetadata};
 use crate::pool::MountPool;
 use crate::refs::{ImmutableRef, MutableRef};
 use crate::root::Root;
+use crate::uses::Uses;
 
 /// The key (and lease id) of the shared empty snapshot.
 pub const SCRATCH: &str = "strata-scratch-rootfs-v1";
@@ -76,6 +77,27 @@ pub(crate) struct Inner {
     size_locks: KeyedLocks,
     pub(crate) pool: MountPool,
     scratch: tokio::sync::Mutex<()>,
+    pub(crate) uses: Uses,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.uses.is_empty() {
+            return;
+        }
+        if let Err(e) = write_uses(&self.root, &self.uses) {
+            tracing::warn!(error = %e, "could not write the refs' last uses");
+        }
+    }
+}
+
+/// One write transaction with every use waiting in `uses`, not synced:
+/// uses are advisory, and the next durable commit or the clean close
+/// makes them durable.
+fn write_uses(root: &Root, uses: &Uses) -> Result<()> {
+    let tx = root.db.write_deferred()?;
+    uses.write(&tx)?;
+    Ok(tx.commit()?)
 }
 
 /// The cache manager of one open root. Cheap to clone.
@@ -123,6 +145,7 @@ impl CacheManager {
                 size_locks: KeyedLocks::default(),
                 pool,
                 scratch: tokio::sync::Mutex::new(()),
+                uses: Uses::default(),
             }),
         })
     }
@@ -163,7 +186,9 @@ impl CacheManager {
     /// The record of `id`, if any.
     pub fn metadata(&self, id: &str) -> Result<Option<RefMetadata>> {
         let tx = self.inner.root.db.read()?;
-        Ok(tx.get::<RefRecord>(id)?.map(|r| RefMetadata::new(id, r)))
+        Ok(tx
+            .get::<RefRecord>(id)?
+            .map(|r| self.inner.uses.view(id, r)))
     }
 
     /// Every record, in id order.
@@ -172,13 +197,14 @@ impl CacheManager {
         Ok(tx
             .scan::<RefRecord>("")?
             .into_iter()
-            .map(|(id, r)| RefMetadata::new(&id, r))
+            .map(|(id, r)| self.inner.uses.view(&id, r))
             .collect())
     }
 
     /// Applies `edit` to record `id` in one write transaction.
     pub(crate) fn update(&self, id: &str, edit: Edit) -> Result<RefMetadata> {
         let tx = self.inner.root.db.write()?;
+        self.inner.uses.write(&tx)?;
         let r = metadata::apply_edit(&tx, id, edit)?;
         tx.commit()?;
         Ok(RefMetadata::new(id, r))
@@ -337,6 +363,25 @@ impl CacheManager {
         .await?;
         self.locked().insert(id.clone());
         Ok(MutableRef::new(self.clone(), &id))
+    }
+
+    /// Counts a use of record `id` (an immutable ref released). When many
+    /// wait, they are written off the caller's thread when it runs on an
+    /// async executor, inline otherwise.
+    pub(crate) fn count_use(&self, id: &str) {
+        if self.inner.uses.record(id) < crate::uses::BATCH {
+            return;
+        }
+        let mgr = self.clone();
+        let write = move || {
+            if let Err(e) = write_uses(mgr.root(), &mgr.inner.uses) {
+                tracing::warn!(error = %e, "could not write the refs' last uses");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(write)),
+            Err(_) => write(),
+        }
     }
 
     /// Runs `f`, metadata writes whose commit syncs the file, on the
@@ -606,7 +651,7 @@ impl CacheManager {
         let mut out = Vec::new();
         for id in ids {
             if let Some(r) = tx.get::<RefRecord>(&id)? {
-                out.push(RefMetadata::new(&id, r));
+                out.push(self.inner.uses.view(&id, r));
             }
         }
         Ok(out)

@@ -328,6 +328,35 @@ impl Edit {
         self
     }
 
+    /// Applies the sets and appends to `record` in memory (dropping an
+    /// index entry needs the transaction: see [`apply_edit`]).
+    pub(crate) fn apply_to(&self, record: &mut RefRecord) {
+        for (key, v) in &self.sets {
+            match v {
+                Some(v) => record.values.insert(key.clone(), v.clone()),
+                None => record.values.remove(key),
+            };
+        }
+        for (key, values) in &self.appends {
+            let mut list: Vec<String> = record
+                .values
+                .get(key)
+                .and_then(|v| serde_json::from_slice(&v.value).ok())
+                .unwrap_or_default();
+            let mut changed = false;
+            for v in values {
+                if !list.contains(v) {
+                    list.push(v.clone());
+                    changed = true;
+                }
+            }
+            if changed {
+                let value = serde_json::to_vec(&list).expect("string lists serialize");
+                record.values.insert(key.clone(), RefValue { index: None, value });
+            }
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.sets.is_empty() && self.appends.is_empty() && self.unindex.is_empty()
     }
@@ -388,30 +417,7 @@ pub(crate) fn apply_edit(tx: &WriteTx, id: &str, edit: Edit) -> Result<RefRecord
         .get::<RefRecord>(id)?
         .ok_or_else(|| CacheError::NotFound(id.to_owned()))?;
     let mut record = before.clone();
-    for (key, v) in edit.sets {
-        match v {
-            Some(v) => record.values.insert(key, v),
-            None => record.values.remove(&key),
-        };
-    }
-    for (key, values) in edit.appends {
-        let mut list: Vec<String> = record
-            .values
-            .get(&key)
-            .and_then(|v| serde_json::from_slice(&v.value).ok())
-            .unwrap_or_default();
-        let mut changed = false;
-        for v in values {
-            if !list.contains(&v) {
-                list.push(v);
-                changed = true;
-            }
-        }
-        if changed {
-            let value = serde_json::to_vec(&list).expect("string lists serialize");
-            record.values.insert(key, RefValue { index: None, value });
-        }
-    }
+    edit.apply_to(&mut record);
     put_record(tx, id, Some(&before), &record)?;
     for index in edit.unindex {
         if !indexes(&record.values).contains(&index) {

@@ -219,33 +219,21 @@ impl ImmutableRef {
     }
 
     /// Releases the handle (counting a use unless made with
-    /// `no_update_last_used`). Idempotent; also done on drop.
+    /// `no_update_last_used`). Idempotent; also done on drop. The use is
+    /// counted in memory and written with later metadata writes, so a
+    /// release does no I/O on the caller's thread; readers of the record
+    /// see it at once.
     pub fn release(&self) -> Result<()> {
-        if !self.mark_released() || !self.update_last_used {
-            return Ok(());
+        if self.mark_released() && self.update_last_used {
+            self.mgr.count_use(self.id());
         }
-        let tx = self.mgr.root().db.write()?;
-        let Some(r) = strata_metadata::Reader::get::<RefRecord>(&tx, self.id())? else {
-            return Ok(());
-        };
-        let count = RefMetadata::new(self.id(), r).usage_count() + 1;
-        metadata::apply_edit(
-            &tx,
-            self.id(),
-            Edit::default()
-                .set(metadata::USAGE_COUNT, &count)
-                .set(metadata::LAST_USED_AT, &from_system_time(SystemTime::now())),
-        )?;
-        tx.commit()?;
         Ok(())
     }
 }
 
 impl Drop for ImmutableRef {
     fn drop(&mut self) {
-        if let Err(e) = self.release() {
-            tracing::debug!(id = self.id(), error = %e, "releasing an immutable ref on drop");
-        }
+        let _ = self.release();
     }
 }
 
@@ -317,7 +305,8 @@ impl MutableRef {
         let root = mgr.root();
         let new = id::new_id();
         // The new record first, then the snapshot, then the old record
-        // goes: a crash in between leaves a record whose snapshot is
+        // goes (two synced transactions and one that need not be, beside
+        // the snapshot store's): a crash in between leaves a record whose snapshot is
         // missing, which the next open drops.
         let (old, fresh) = (self.id().to_owned(), new.clone());
         mgr.write_off_executor(move |root| {
@@ -344,9 +333,11 @@ impl MutableRef {
             Ok(()) => self.id().to_owned(),
             Err(_) => new.clone(),
         };
+        // Not synced: a crash that loses it leaves a record whose snapshot
+        // is gone, which the next (unclean) open drops.
         let cleaned = mgr
             .write_off_executor(move |root| {
-                let tx = root.db.write()?;
+                let tx = root.db.write_deferred()?;
                 metadata::delete_record(&tx, &gone)?;
                 Ok(tx.commit()?)
             })

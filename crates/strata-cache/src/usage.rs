@@ -27,7 +27,7 @@ use strata_snapshot::Snapshotter;
 
 use crate::error::{CacheError, Result};
 use crate::manager::CacheManager;
-use crate::metadata::{RecordType, RefMetadata};
+use crate::metadata::RecordType;
 
 /// The prefix of a record's own lease.
 pub const REF_LEASE_PREFIX: &str = "ref/";
@@ -237,7 +237,7 @@ impl CacheManager {
         let mounted = root.snapshots.mounted()?;
         let mut out = Vec::new();
         for (id, r) in records {
-            let md = RefMetadata::new(&id, r);
+            let md = self.inner.uses.view(&id, r);
             let Some(s) = snapshots.get(md.snapshot_id()) else {
                 continue;
             };

@@ -795,6 +795,49 @@ async fn cache_mounts_share_one_mount(backend: &str) {
     assert!(!shared.exists(), "the last user unmounts and removes it");
 }
 
+/// Releasing an immutable ref counts a use without a write of its own:
+/// readers see it at once, the next metadata edit writes it with its own
+/// change, and a manager going away writes what still waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uses_are_counted_in_memory_and_written_in_batches() {
+    let e = env("native");
+    let path = e.root_path();
+    let mgr = e.mgr;
+    let ctx = OpCtx::new();
+    let a = fresh(&mgr, &ctx).await.commit(&ctx).await.unwrap();
+    let b = fresh(&mgr, &ctx).await.commit(&ctx).await.unwrap();
+    let (aid, bid) = (a.id().to_owned(), b.id().to_owned());
+    let stored = |mgr: &strata_cache::CacheManager, id: &str| -> u64 {
+        let tx = mgr.root().db.read().unwrap();
+        let r = tx
+            .get::<strata_metadata::records::RefRecord>(id)
+            .unwrap()
+            .unwrap();
+        let v = r.values.get(strata_cache::keys::USAGE_COUNT);
+        v.map_or(0, |v| serde_json::from_slice(&v.value).unwrap())
+    };
+    drop((a, b));
+    for _ in 0..3 {
+        drop(mgr.get(&aid, &RefOptions::default()).await.unwrap());
+    }
+    assert_eq!(mgr.metadata(&aid).unwrap().unwrap().usage_count(), 4);
+    assert!(mgr.metadata(&aid).unwrap().unwrap().last_used_at().is_some());
+    assert_eq!(stored(&mgr, &aid), 0, "no write per release");
+    // An edit of another record carries the waiting uses.
+    let bref = mgr.get(&bid, &RefOptions::default()).await.unwrap();
+    bref.set_description("edited").unwrap();
+    assert_eq!(stored(&mgr, &aid), 4);
+    assert_eq!(stored(&mgr, &bid), 1, "b's own first release");
+    // Counts keep adding after a write, and survive the manager.
+    drop(bref);
+    drop(mgr.get(&aid, &RefOptions::default()).await.unwrap());
+    assert_eq!(mgr.metadata(&aid).unwrap().unwrap().usage_count(), 5);
+    drop(mgr);
+    let mgr = open_at(&path, "native");
+    assert_eq!(stored(&mgr, &aid), 5);
+    assert_eq!(stored(&mgr, &bid), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metadata_is_durable_and_searchable() {
     // Native snapshots without mounts: no root needed.

@@ -3,7 +3,8 @@
 //! version row, migrations, and an integrity check.
 //!
 //! Each state change of a store is one [`WriteTx`]: it commits durably
-//! (redb's `Durability::Immediate`) or not at all. The on-disk format is
+//! (redb's `Durability::Immediate`) or not at all. The one exception,
+//! [`MetaDb::write_deferred`], is for changes a crash may lose. The on-disk format is
 //! described in `docs/metadata-format.md`.
 #![forbid(unsafe_code)]
 
@@ -171,6 +172,17 @@ impl MetaDb {
             .begin_write()
             .map_err(|e| self.refused("begin write", e))?;
         Ok(WriteTx::new(tx, Arc::clone(&self.failed)))
+    }
+
+    /// Starts a write transaction whose commit is not synced: it is
+    /// visible at once and becomes durable with the next durable commit
+    /// (or the clean close). Only for changes a crash may lose because the
+    /// next open rebuilds them or they are advisory, such as dropping a
+    /// record the reconciliation of an unclean open drops anyway.
+    pub fn write_deferred(&self) -> Result<WriteTx, MetaError> {
+        let mut tx = self.write()?;
+        tx.defer();
+        Ok(tx)
     }
 
     /// A transaction redb would not start: after a failed commit it

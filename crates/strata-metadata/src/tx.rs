@@ -321,7 +321,16 @@ impl WriteTx {
         Ok(next)
     }
 
-    /// Commits durably.
+    /// Commits without syncing (see [`crate::MetaDb::write_deferred`]).
+    pub(crate) fn defer(&mut self) {
+        // Refused only for persistent savepoints and multi-process
+        // databases, neither of which Strata uses.
+        self.tx
+            .set_durability(redb::Durability::None)
+            .expect("a single-process database without persistent savepoints");
+    }
+
+    /// Commits (durably unless made by `write_deferred`).
     pub fn commit(self) -> Result<(), MetaError> {
         self.tx.commit().map_err(|e| {
             let e = MetaError::storage("commit", e);

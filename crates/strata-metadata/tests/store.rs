@@ -69,6 +69,36 @@ fn data_survives_reopen() {
     assert_eq!(r.meta("snapshot").unwrap(), Some(2));
 }
 
+/// A deferred commit is seen at once and made durable by the next durable
+/// one.
+#[test]
+fn deferred_writes_are_visible_and_ride_on_the_next_durable_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redb");
+    {
+        let db = MetaDb::open(&path).unwrap();
+        let tx = db.write_deferred().unwrap();
+        tx.put("deferred", &snapshot(1, SnapshotKind::Committed, None))
+            .unwrap();
+        tx.commit().unwrap();
+        assert!(
+            db.read()
+                .unwrap()
+                .get::<SnapshotRecord>("deferred")
+                .unwrap()
+                .is_some()
+        );
+        let tx = db.write().unwrap();
+        tx.put("durable", &snapshot(2, SnapshotKind::Committed, None))
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let db = MetaDb::open(&path).unwrap();
+    let r = db.read().unwrap();
+    assert_eq!(r.get::<SnapshotRecord>("deferred").unwrap().unwrap().id, "1");
+    assert_eq!(r.get::<SnapshotRecord>("durable").unwrap().unwrap().id, "2");
+}
+
 #[test]
 fn a_second_open_in_the_same_process_is_refused() {
     use strata_core::{Classify, ErrorKind};
