@@ -124,6 +124,29 @@ fn descriptor_of(md: &RefMetadata, blob: &Digest, prefer_non_distributable: bool
 
 impl ImmutableRef {
     /// The ref's chain as layer blobs, computing the ones not known yet.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let root = strata_cache::Root::open(&strata_cache::RootOptions {
+    /// #     path: Some(dir.path().join("root")),
+    /// #     backend: strata_cache::BackendChoice::Native,
+    /// # })?;
+    /// # let mgr = strata_cache::CacheManager::new(root)?;
+    /// # let ctx = strata_cache::OpCtx::new();
+    /// use strata_cache::{Compression, CompressionConfig, RefConfig};
+    ///
+    /// let r = mgr.new_ref(&ctx, None, &Default::default()).await?.commit(&ctx).await?;
+    /// let cfg = RefConfig {
+    ///     compression: CompressionConfig { kind: Compression::Zstd, ..Default::default() },
+    ///     ..Default::default()
+    /// };
+    /// let chain = r.export_chain(&ctx, &cfg).await?;
+    /// assert_eq!(chain.layers.len(), 1);
+    /// assert!(chain.layers[0].descriptor.media_type.ends_with("+zstd"));
+    /// # Ok(()) }
+    /// ```
     #[tracing::instrument(skip_all, fields(id = self.id()))]
     pub async fn export_chain(&self, ctx: &OpCtx, cfg: &RefConfig) -> Result<ExportChain> {
         let mgr = &self.mgr;

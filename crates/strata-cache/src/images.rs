@@ -116,6 +116,38 @@ impl CacheManager {
     /// Fetches the image `location` names into the content store and
     /// unpacks its layers; the image and its top ref (none for an image
     /// without layers) are held by `ctx`'s lease until named.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let root = strata_cache::Root::open(&strata_cache::RootOptions {
+    /// #     path: Some(dir.path().join("root")),
+    /// #     backend: strata_cache::BackendChoice::Native,
+    /// # })?;
+    /// # let mgr = strata_cache::CacheManager::new(root)?;
+    /// # let ctx = strata_cache::OpCtx::new();
+    /// use strata_cache::{Location, Platform, RegistryOptions, with_lease};
+    ///
+    /// // An image to pull: an empty layer written as an OCI layout.
+    /// let (ctx, guard) = with_lease(&ctx, &mgr.root().leases)?;
+    /// let r = mgr.new_ref(&ctx, None, &Default::default()).await?.commit(&ctx).await?;
+    /// let image = mgr
+    ///     .image_of_ref(&ctx, &r, &Default::default(), "app:1", &Platform::host())
+    ///     .await?;
+    /// let layout = dir.path().join("layout");
+    /// let dest = Location::parse(&format!("oci:{}:1", layout.display()))?;
+    /// mgr.write_image(&ctx, &image, &dest, &RegistryOptions::default()).await?;
+    ///
+    /// // Pulled back (nothing fetched: the store has every blob) and named.
+    /// let pulled = mgr.pull_image(&ctx, &dest, &Default::default()).await?;
+    /// assert_eq!(pulled.image.manifest.digest, image.manifest.digest);
+    /// assert_eq!(pulled.fetched, 0);
+    /// mgr.name_image("app:1", &pulled.image, pulled.top.as_ref(), &dest.to_string()).await?;
+    /// guard.release()?; // the name holds the image now
+    /// assert_eq!(mgr.resolve_ref("app:1").await?.id(), pulled.top.unwrap().id());
+    /// # Ok(()) }
+    /// ```
     #[tracing::instrument(skip_all, fields(location = %location))]
     pub async fn pull_image(
         &self,

@@ -101,6 +101,31 @@ fn write_uses(root: &Root, uses: &Uses) -> Result<()> {
 }
 
 /// The cache manager of one open root. Cheap to clone.
+///
+/// ```
+/// use strata_cache::{BackendChoice, CacheManager, OpCtx, RefOptions, Root, RootOptions, with_lease};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let root = Root::open(&RootOptions {
+///     path: Some(dir.path().join("root")),
+///     backend: BackendChoice::Native,
+/// })?;
+/// let mgr = CacheManager::new(root)?;
+/// // Everything made under `ctx` is held by one lease until `guard` goes.
+/// let (ctx, guard) = with_lease(&OpCtx::new(), &mgr.root().leases)?;
+/// let step = mgr.new_ref(&ctx, None, &RefOptions::described("step")).await?;
+/// // ... write through `step.mount(&ctx, false)` ...
+/// let done = step.commit(&ctx).await?;
+/// let again = mgr.get(done.id(), &RefOptions::default()).await?;
+/// assert_eq!(again.metadata()?.description(), "step");
+/// let id = done.id().to_owned();
+/// drop((done, again)); // each release counts a use
+/// assert_eq!(mgr.metadata(&id)?.unwrap().usage_count(), 2);
+/// guard.release()?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct CacheManager {
     pub(crate) inner: Arc<Inner>,
@@ -338,6 +363,22 @@ impl CacheManager {
 
     /// A new active snapshot on `parent` (empty without one), returned as
     /// a locked mutable ref.
+    ///
+    /// Writing through a mount needs the privilege to mount:
+    ///
+    /// ```no_run
+    /// use strata_cache::{LocalMount, MountOptions, RefOptions};
+    /// # async fn f(mgr: strata_cache::CacheManager, ctx: strata_cache::OpCtx, base: strata_cache::ImmutableRef) -> Result<(), Box<dyn std::error::Error>> {
+    /// let step = mgr.new_ref(&ctx, Some(&base), &RefOptions::described("run")).await?;
+    /// let mounts = step.mount(&ctx, false).await?;
+    /// let target = tempfile::tempdir()?;
+    /// let m = LocalMount::mount(&mounts.mounts, target.path(), MountOptions::default())?;
+    /// std::fs::write(m.path().join("out"), "built")?;
+    /// m.unmount()?;
+    /// drop(mounts);
+    /// let done = step.commit(&ctx).await?;
+    /// # Ok(()) }
+    /// ```
     #[tracing::instrument(skip_all)]
     pub async fn new_ref(
         &self,
@@ -474,6 +515,24 @@ impl CacheManager {
     /// Merges the full trees of `parents` in order (later ones win) into
     /// one new snapshot. `None` entries are skipped; nothing left gives
     /// `None`; one left gives a new ref to it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let root = strata_cache::Root::open(&strata_cache::RootOptions {
+    /// #     path: Some(dir.path().join("root")),
+    /// #     backend: strata_cache::BackendChoice::Native,
+    /// # })?;
+    /// # let mgr = strata_cache::CacheManager::new(root)?;
+    /// # let ctx = strata_cache::OpCtx::new();
+    /// let a = mgr.new_ref(&ctx, None, &Default::default()).await?.commit(&ctx).await?;
+    /// let b = mgr.new_ref(&ctx, None, &Default::default()).await?.commit(&ctx).await?;
+    /// let merged = mgr.merge(&ctx, &[Some(&a), None, Some(&b)], &Default::default()).await?;
+    /// assert!(merged.is_some_and(|m| m.id() != a.id() && m.id() != b.id()));
+    /// assert!(mgr.merge(&ctx, &[None], &Default::default()).await?.is_none());
+    /// # Ok(()) }
+    /// ```
     #[tracing::instrument(skip_all)]
     pub async fn merge(
         &self,
@@ -636,6 +695,24 @@ impl CacheManager {
 
     /// Records whose values are indexed `index` (or start with it when
     /// `prefix`), sorted by id.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let root = strata_cache::Root::open(&strata_cache::RootOptions {
+    /// #     path: Some(dir.path().join("root")),
+    /// #     backend: strata_cache::BackendChoice::Native,
+    /// # })?;
+    /// # let mgr = strata_cache::CacheManager::new(root)?;
+    /// # let ctx = strata_cache::OpCtx::new();
+    /// let m = mgr.new_ref(&ctx, None, &Default::default()).await?;
+    /// m.set_string("app.cache-key", "deps-v1", "app.cache-key:deps-v1")?;
+    /// let found = mgr.search("app.cache-key:", true)?;
+    /// assert_eq!(found[0].id(), m.id());
+    /// assert_eq!(found[0].get_string("app.cache-key"), "deps-v1");
+    /// # Ok(()) }
+    /// ```
     pub fn search(&self, index: &str, prefix: bool) -> Result<Vec<RefMetadata>> {
         let tx = self.inner.root.db.read()?;
         let scan = if prefix {

@@ -352,7 +352,9 @@ impl Edit {
             }
             if changed {
                 let value = serde_json::to_vec(&list).expect("string lists serialize");
-                record.values.insert(key.clone(), RefValue { index: None, value });
+                record
+                    .values
+                    .insert(key.clone(), RefValue { index: None, value });
             }
         }
     }

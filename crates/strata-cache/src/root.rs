@@ -450,6 +450,23 @@ fn btrfs_works(tmp: &Path) -> bool {
 
 impl Root {
     /// Opens (creating if needed) the root `opts` names.
+    ///
+    /// ```
+    /// use strata_cache::{BackendChoice, Root, RootOptions};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let opts = RootOptions {
+    ///     path: Some(dir.path().to_path_buf()),
+    ///     backend: BackendChoice::Native,
+    /// };
+    /// let root = Root::open(&opts)?;
+    /// assert_eq!(root.backend.name(), "native");
+    /// drop(root);
+    /// // A root keeps the backend it was made with.
+    /// let other = RootOptions { backend: BackendChoice::overlay(), ..opts };
+    /// assert!(Root::open(&other).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[tracing::instrument(skip_all)]
     pub fn open(opts: &RootOptions) -> Result<Root, OpenError> {
         let path = match &opts.path {

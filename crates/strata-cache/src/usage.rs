@@ -42,14 +42,30 @@ pub fn ref_lease(id: &str) -> String {
 /// blobs), the only kind of lease prune lets go of; [`CacheManager::let_go`]
 /// drops it, and what nothing else holds goes at the next collection.
 ///
-/// ```no_run
-/// # async fn f(mgr: strata_cache::CacheManager, ctx: strata_cache::OpCtx) -> strata_cache::Result<()> {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let root = strata_cache::Root::open(&strata_cache::RootOptions {
+/// #     path: Some(dir.path().join("root")),
+/// #     backend: strata_cache::BackendChoice::Native,
+/// # })?;
+/// # let mgr = strata_cache::CacheManager::new(root)?;
+/// # let ctx = strata_cache::OpCtx::new();
+/// use strata_cache::PruneOptions;
+///
 /// let m = mgr.new_ref(&ctx, None, &Default::default()).await?;
 /// mgr.keep(m.id()).await?;
 /// // ... write through a mount, then commit: the committed record is
 /// // kept instead of the mutable one.
 /// let r = mgr.commit_kept(&ctx, m).await?;
-/// mgr.let_go(r.id()).await?; // prunable now
+/// let id = r.id().to_owned();
+/// drop(r);
+/// // A collection leaves it; prune lets go of its lease and takes it.
+/// mgr.root().collector.collect(Default::default())?;
+/// assert!(mgr.metadata(&id)?.is_some());
+/// let report = mgr.prune(&PruneOptions::default()).await?;
+/// assert!(report.removed.iter().any(|u| u.id == id));
 /// # Ok(()) }
 /// ```
 impl CacheManager {

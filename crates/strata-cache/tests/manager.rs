@@ -821,7 +821,13 @@ async fn uses_are_counted_in_memory_and_written_in_batches() {
         drop(mgr.get(&aid, &RefOptions::default()).await.unwrap());
     }
     assert_eq!(mgr.metadata(&aid).unwrap().unwrap().usage_count(), 4);
-    assert!(mgr.metadata(&aid).unwrap().unwrap().last_used_at().is_some());
+    assert!(
+        mgr.metadata(&aid)
+            .unwrap()
+            .unwrap()
+            .last_used_at()
+            .is_some()
+    );
     assert_eq!(stored(&mgr, &aid), 0, "no write per release");
     // An edit of another record carries the waiting uses.
     let bref = mgr.get(&bid, &RefOptions::default()).await.unwrap();

@@ -95,7 +95,10 @@ fn deferred_writes_are_visible_and_ride_on_the_next_durable_commit() {
     }
     let db = MetaDb::open(&path).unwrap();
     let r = db.read().unwrap();
-    assert_eq!(r.get::<SnapshotRecord>("deferred").unwrap().unwrap().id, "1");
+    assert_eq!(
+        r.get::<SnapshotRecord>("deferred").unwrap().unwrap().id,
+        "1"
+    );
     assert_eq!(r.get::<SnapshotRecord>("durable").unwrap().unwrap().id, "2");
 }
 
