@@ -81,6 +81,7 @@ every_backend!(
     owner_leases_pin_chains_and_collection_cleans_rows,
     cache_mounts_share_one_mount,
     readers_stay_inside_the_ref,
+    hostile_layers_never_write_outside,
     trees_as_deep_as_a_path_may_be_import_merge_and_export,
     collection_never_takes_what_work_in_flight_uses,
 );
@@ -1083,6 +1084,114 @@ async fn create_boundaries_hold_what_they_make_in_the_operation_lease() {
             .is_err()
     );
     assert_clean(mgr);
+}
+
+/// Layers that try to write outside their snapshot, imported through the
+/// cache manager onto the backend's own snapshots (on overlay and btrfs a
+/// layer is written on its parent's tree): climbing names, symlinks in the
+/// same layer or a lower one, hard links and whiteouts pointing out. Each
+/// import fails naming its layer or writes inside; nothing outside
+/// changes; the stores stay consistent and a good import still works.
+async fn hostile_layers_never_write_outside(backend: &str) {
+    use strata_testkit::layer_tar::entry;
+    use tar::EntryType;
+    let e = env(backend);
+    let mgr = &e.mgr;
+    let ctx = OpCtx::new();
+    let victim = tempfile::tempdir().unwrap();
+    let sentinel = victim.path().join("sentinel");
+    std::fs::write(&sentinel, "untouched").unwrap();
+    let out = victim.path().display().to_string();
+    let up = format!("../../../../../../../../../..{out}");
+    let layer = |entries: Vec<Vec<u8>>| put_tar(mgr, &strata_testkit::layer_tar::archive(&entries));
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("climbing name", vec![file(&format!("{up}/p1"), "x")]),
+        (
+            "absolute symlink, then a file through it",
+            vec![
+                entry("link", EntryType::Symlink, b"", &out),
+                file("link/p2", "x"),
+            ],
+        ),
+        (
+            "climbing symlink, then a directory and a file through it",
+            vec![
+                entry("up", EntryType::Symlink, b"", &up),
+                dir("up/d"),
+                file("up/d/p3", "x"),
+            ],
+        ),
+        (
+            "hard link to a file outside",
+            vec![entry("h", EntryType::Link, b"", format!("{up}/sentinel"))],
+        ),
+        (
+            "whiteout outside",
+            vec![whiteout(&format!("{up}/sentinel"))],
+        ),
+        (
+            "whiteout through a symlink",
+            vec![
+                entry("w", EntryType::Symlink, b"", &out),
+                whiteout("w/sentinel"),
+            ],
+        ),
+    ];
+    let mut n = 0;
+    for (what, entries) in cases {
+        n += 1;
+        let img = image(mgr, &format!("hostile:{n}"), vec![layer(entries)]);
+        match mgr
+            .import_image(&ctx, &img, &ImportOptions::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(err) => {
+                let msg = format!("{err:#}");
+                assert!(
+                    msg.contains(&img.layers[0].digest.to_string()),
+                    "{what}: the error names the layer: {msg}"
+                );
+            }
+        }
+        assert_eq!(
+            std::fs::read_to_string(&sentinel).unwrap(),
+            "untouched",
+            "{what}"
+        );
+        let left: Vec<_> = std::fs::read_dir(victim.path())
+            .unwrap()
+            .map(|d| d.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["sentinel"], "{what}: nothing lands outside");
+    }
+    // A symlink planted by a lower layer, followed by the next layer.
+    let img = image(
+        mgr,
+        "hostile:two-layers",
+        vec![
+            layer(vec![entry("planted", EntryType::Symlink, b"", &up)]),
+            layer(vec![
+                dir("planted/d"),
+                file("planted/d/p4", "x"),
+                file("planted/p5", "x"),
+            ]),
+        ],
+    );
+    let _ = mgr
+        .import_image(&ctx, &img, &ImportOptions::default())
+        .await;
+    assert_eq!(std::fs::read_to_string(&sentinel).unwrap(), "untouched");
+    assert_eq!(
+        std::fs::read_dir(victim.path()).unwrap().count(),
+        1,
+        "nothing lands outside"
+    );
+    assert_clean(mgr);
+    let good = image(mgr, "good:1", three_layers(mgr));
+    mgr.import_image(&ctx, &good, &ImportOptions::default())
+        .await
+        .expect("a good import after the hostile ones");
 }
 
 async fn readers_stay_inside_the_ref(backend: &str) {
