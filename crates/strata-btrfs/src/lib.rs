@@ -94,7 +94,7 @@ impl Backend for BtrfsBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::none()
+        Capabilities::none().with_cheap_snapshots(true)
     }
 
     fn create(&self, dir: &Path, kind: Kind, parents: &[PathBuf]) -> Result<(), SnapshotError> {

@@ -13,6 +13,11 @@
 //!   containerd on the scratch directory, content isolated per namespace
 //!   so every run ingests everything) and `skopeo copy oci-archive:FILE
 //!   containers-storage:[overlay@ROOT+RUNROOT]NAME` into a fresh ROOT;
+//! * as root with btrfs-progs, the same import on a fresh loop-mounted
+//!   btrfs: `strata --backend btrfs image import` (every layer a subvolume
+//!   snapshot of its parent) against `ctr images import --snapshotter
+//!   btrfs` (containerd's btrfs snapshotter, a second private containerd
+//!   whose root is on that btrfs);
 //! * pull of the same images from a registry on 127.0.0.1 (Debian's
 //!   docker-registry; pushed there by `strata image push`): `strata image
 //!   pull` into a fresh root against `ctr images pull --plain-http`.
@@ -90,6 +95,65 @@ fn bench_import(dir: &Path, images: &Images, ctrd: &Containerd) {
     }
 }
 
+/// A loop btrfs and a containerd whose root is on it.
+struct OnBtrfs {
+    // Stopped before the file system under it is unmounted.
+    ctrd: Containerd,
+    fs: strata_testkit::loopfs::LoopFs,
+}
+
+impl OnBtrfs {
+    fn start() -> Option<OnBtrfs> {
+        if !strata_testkit::loopfs::usable("bench oci: btrfs", "btrfs", "btrfs-progs") {
+            println!("  (no loop btrfs here: btrfs figures skipped)");
+            return None;
+        }
+        // Sparse; containerd keeps every run's import (one namespace each).
+        let fs = strata_testkit::loopfs::LoopFs::new("btrfs", &["-q"], 64 << 30);
+        let dir = fs.mnt_path().join("containerd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ctrd = Containerd::start(&dir);
+        Some(OnBtrfs { ctrd, fs })
+    }
+}
+
+fn bench_import_btrfs(images: &Images, on: &OnBtrfs) {
+    let fs = on.fs.mnt_path();
+    let root = fs.join("strata");
+    for name in &images.names {
+        let archive = images.archive(name);
+        let mut contenders = [
+            Contender::new(
+                "strata --backend btrfs image import",
+                &bench::strata_version(),
+                |_| {
+                    bench::remove(&root);
+                    let mut cmd = bench::strata(&root);
+                    cmd.args(["--backend", "btrfs", "image", "import", "--name", "bench"])
+                        .arg(format!("docker-archive:{}", archive.display()));
+                    cmd
+                },
+            ),
+            Contender::new(
+                "ctr images import --snapshotter btrfs (containerd)",
+                &bench::version("containerd"),
+                |r| on.ctrd.import(&format!("{name}-{r}"), &archive, "btrfs"),
+            )
+            .daemons(&[on.ctrd.pid()]),
+        ];
+        let times = bench::side_by_side(fs, true, &mut contenders);
+        bench::remove(&root);
+        let figures: Vec<_> = times.iter().map(bench::Times::figure).collect();
+        bench::record(
+            "import",
+            &format!("{name} from its OCI archive, on btrfs"),
+            fs,
+            &figures,
+            &[],
+        );
+    }
+}
+
 fn bench_pull(dir: &Path, images: &Images, ctrd: &Containerd) {
     let registry = Registry::start(None);
     // The images go into the registry through a staging root, blobs as
@@ -145,12 +209,18 @@ fn main() {
     let ctrd_dir = dir.join("containerd");
     std::fs::create_dir_all(&ctrd_dir).unwrap();
     let ctrd = Containerd::start(&ctrd_dir);
-    // `STRATA_BENCH_ONLY=pull|import` runs one part.
+    // `STRATA_BENCH_ONLY=pull|import|btrfs` runs one part.
     let only = std::env::var("STRATA_BENCH_ONLY").unwrap_or_default();
     if only.is_empty() || only == "pull" {
         bench_pull(&dir, &images, &ctrd);
     }
     if only.is_empty() || only == "import" {
         bench_import(&dir, &images, &ctrd);
+    }
+    drop(ctrd);
+    if only.is_empty() || only == "import" || only == "btrfs" {
+        if let Some(on) = OnBtrfs::start() {
+            bench_import_btrfs(&images, &on);
+        }
     }
 }

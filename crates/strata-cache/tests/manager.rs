@@ -270,6 +270,21 @@ async fn merge_and_diff_contracts(backend: &str) {
         .unwrap();
     assert_ne!(merged.snapshot_id(), lower.snapshot_id());
     assert_ne!(merged.snapshot_id(), upper.snapshot_id());
+    // Overlay and btrfs start the result from the first input (its chain
+    // as lowers, a snapshot of its tree); the others make a fresh tree.
+    let caps = mgr.root().snapshots.capabilities();
+    let parent = mgr
+        .root()
+        .snapshots
+        .stat(merged.snapshot_id())
+        .await
+        .unwrap()
+        .parent;
+    if caps.overlay_layers || caps.cheap_snapshots {
+        assert_eq!(parent.as_deref(), Some(lower.snapshot_id()));
+    } else {
+        assert_eq!(parent, None);
+    }
     // Inputs released: results stay valid.
     drop((lower, upper, same, one));
     expect_files(tree(&ctx, tmp, &empty).await, &[]);

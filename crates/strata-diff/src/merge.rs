@@ -5,7 +5,9 @@
 //! * `Merge` semantics: diffs with no lower and a whole snapshot as upper;
 //!   on overlay the first input becomes the base of the result, its chain
 //!   reused as lower directories instead of being copied (base-layer
-//!   skipping; the seed does it only for a parentless first input).
+//!   skipping; the seed does it only for a parentless first input); on a
+//!   backend of cheap snapshots (btrfs) the result starts as a snapshot
+//!   of the base's whole tree, the same skipping.
 //! * `ApplySnapshotDiff` semantics: one diff from a lower to an upper
 //!   snapshot onto an empty base: a fresh tree holding what changed, with
 //!   deletions dropped.
@@ -208,10 +210,11 @@ impl Merger {
         labels: Labels,
     ) -> Result<MergeStats, DiffError> {
         let caps = self.store.capabilities();
-        let overlay = caps.overlay_layers;
         let mut base: Option<String> = None;
         let mut skip = 0;
-        if overlay {
+        // Overlay reuses the base's chain as lower directories; a backend
+        // of cheap snapshots takes one of the base's whole tree.
+        if caps.overlay_layers || caps.cheap_snapshots {
             for (i, d) in diffs.iter().enumerate() {
                 let Some(upper) = &d.upper else { break };
                 let info = self.store.stat(upper).await?;

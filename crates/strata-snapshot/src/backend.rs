@@ -34,6 +34,11 @@ pub struct Capabilities {
     /// Overlay runs with `userxattr` (in a user namespace): its private
     /// attributes are `user.overlay.*`.
     pub userxattr: bool,
+    /// Preparing on a committed parent costs the same whatever the
+    /// parent's size (a copy-on-write snapshot of its whole tree, as
+    /// btrfs takes): a merge starts from its first input instead of
+    /// copying it in.
+    pub cheap_snapshots: bool,
 }
 
 impl Capabilities {
@@ -44,6 +49,7 @@ impl Capabilities {
             overlay_layers: false,
             cross_snapshot_links: false,
             userxattr: false,
+            cheap_snapshots: false,
         }
     }
 
@@ -65,6 +71,13 @@ impl Capabilities {
     #[must_use]
     pub const fn with_userxattr(mut self, yes: bool) -> Capabilities {
         self.userxattr = yes;
+        self
+    }
+
+    /// With [`Capabilities::cheap_snapshots`] set to `yes`.
+    #[must_use]
+    pub const fn with_cheap_snapshots(mut self, yes: bool) -> Capabilities {
+        self.cheap_snapshots = yes;
         self
     }
 }
