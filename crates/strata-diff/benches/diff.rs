@@ -20,7 +20,12 @@
 //!   snapshots, merged by `strata snapshot merge` against `cp -al` into one
 //!   directory. Native merges link all five trees, as `cp -al` of the five
 //!   does; an overlay merge reuses the first input as its lower directory
-//!   and links the other four, so its peer is `cp -al` of those four.
+//!   and links the other four, so its peer is `cp -al` of those four. As
+//!   root with btrfs-progs, the same on a fresh loop-mounted btrfs with the
+//!   btrfs backend, whose merge is a snapshot of the first input with the
+//!   others copied in by reflink (no hard links across subvolumes): its
+//!   peer is `btrfs subvolume snapshot` of the first tree and `cp -a
+//!   --reflink=always` of the other four.
 //! * diff: a one-file change on top of a 100,000-file overlay snapshot
 //!   (1,000 files in a quick run) written as a gzip layer through the
 //!   overlay upper directory and through the double walk (containerd's
@@ -271,59 +276,89 @@ fn whole_snapshots(
 }
 
 fn bench_merge(dir: &Path, images: &Images) {
+    for backend in ["native", "overlay"] {
+        merge_on(dir, backend, images);
+    }
+    if strata_testkit::loopfs::usable("bench diff: btrfs merge", "btrfs", "btrfs-progs") {
+        let btrfs = strata_testkit::loopfs::LoopFs::new("btrfs", &["-q"], 32 << 30);
+        merge_on(btrfs.mnt_path(), "btrfs", images);
+    } else {
+        println!("  (no loop btrfs here: btrfs merge skipped)");
+    }
+}
+
+/// The merge of `images`' first image's layers on `backend`, against what
+/// the shell does for the same result, on the file system at `dir`.
+fn merge_on(dir: &Path, backend: &str, images: &Images) {
     let name = &images.names[0];
     let layers = images.layers(name);
     let n = layers.len();
-    let dest = dir.join("cp-al");
-    for backend in ["native", "overlay"] {
-        let root = dir.join(format!("merge-{backend}"));
-        let trees = whole_snapshots(&root, backend, &layers);
-        // What `cp -al` must link to make what the merge makes.
-        let (linked, case, peer) = if backend == "overlay" {
-            (
-                &trees[1..],
-                format!(
-                    "the {n} {name} layers (overlay: the first input reused as the lower directory, {} linked)",
-                    n - 1
-                ),
-                format!("cp -al of the {} upper trees", n - 1),
-            )
-        } else {
-            (
-                &trees[..],
-                format!("the {n} {name} layers (native: all {n} linked)"),
-                format!("cp -al of the {n} trees"),
-            )
-        };
-        let cp_script = linked
-            .iter()
-            .map(|t| format!("cp -al --remove-destination {t}/. {}/", dest.display()))
-            .collect::<Vec<_>>()
-            .join(" && ");
-        let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
-        let strata = |args: &[&str]| {
-            let mut cmd = bench::strata(&root);
-            cmd.args(["--backend", backend, "snapshot"]).args(args);
+    let dest = dir.join("peer-result");
+    let root = dir.join(format!("merge-{backend}"));
+    let trees = whole_snapshots(&root, backend, &layers);
+    let others = trees[1..]
+        .iter()
+        .map(|t| format!("{t}/."))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let d = dest.display();
+    // What the shell must do to make what the merge makes.
+    let (case, peer, script) = match backend {
+        "overlay" => (
+            format!(
+                "the {n} {name} layers (overlay: the first input reused as the lower directory, {} linked)",
+                n - 1
+            ),
+            format!("cp -al of the {} upper trees", n - 1),
+            format!("mkdir {d} && cp -al --remove-destination {others} {d}/"),
+        ),
+        "btrfs" => (
+            format!(
+                "the {n} {name} layers (btrfs: a snapshot of the first input, {} reflinked)",
+                n - 1
+            ),
+            format!(
+                "btrfs subvolume snapshot of the first, cp -a --reflink=always of the other {}",
+                n - 1
+            ),
+            format!(
+                "btrfs -q subvolume snapshot {} {d} && cp -a --reflink=always --remove-destination {others} {d}/",
+                trees[0]
+            ),
+        ),
+        _ => (
+            format!("the {n} {name} layers (native: all {n} linked)"),
+            format!("cp -al of the {n} trees"),
+            format!(
+                "mkdir {d} && cp -al --remove-destination {}/. {others} {d}/",
+                trees[0]
+            ),
+        ),
+    };
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    let strata = |args: &[&str]| {
+        let mut cmd = bench::strata(&root);
+        cmd.args(["--backend", backend, "snapshot"]).args(args);
+        cmd
+    };
+    let clear = || bench::remove(&dest);
+    let mut contenders = [
+        Contender::new("strata snapshot merge", &bench::strata_version(), |_| {
+            let mut cmd = strata(&["merge", "merged"]);
+            cmd.args(&keys);
             cmd
-        };
-        let mut contenders = [
-            Contender::new("strata snapshot merge", &bench::strata_version(), |_| {
-                let mut cmd = strata(&["merge", "merged"]);
-                cmd.args(&keys);
-                cmd
-            })
-            .after(|_| bench::ok(&mut strata(&["rm", "merged"]))),
-            Contender::new(&peer, &bench::version("cp"), |_| {
-                fresh(&dest);
-                bench::bash(&cp_script)
-            }),
-        ];
-        let times = bench::side_by_side(dir, true, &mut contenders);
-        let figures: Vec<_> = times.iter().map(bench::Times::figure).collect();
-        bench::record("merge", &case, dir, &figures, &[]);
-        bench::remove(&dest);
-        bench::remove(&root);
-    }
+        })
+        .after(|_| bench::ok(&mut strata(&["rm", "merged"]))),
+        Contender::new(&peer, &bench::version("cp"), |_| {
+            clear();
+            bench::bash(&script)
+        }),
+    ];
+    let times = bench::side_by_side(dir, true, &mut contenders);
+    let figures: Vec<_> = times.iter().map(bench::Times::figure).collect();
+    bench::record("merge", &case, dir, &figures, &[]);
+    clear();
+    bench::remove(&root);
 }
 
 fn store(root: &Path) -> SnapshotStore {

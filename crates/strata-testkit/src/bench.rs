@@ -118,7 +118,8 @@ pub fn sh(script: &str) {
 /// Removes `dir` and what is below it, after detaching whatever is
 /// mounted there (a store's temporary mounts, containers/storage's
 /// private bind of its own directory); the removal never crosses into
-/// another file system.
+/// another file system. On btrfs the subvolumes below `dir` (a btrfs
+/// root's snapshots, read-only ones too) are deleted first, deepest first.
 pub fn remove(dir: &Path) {
     if !dir.exists() {
         return;
@@ -134,7 +135,12 @@ pub fn remove(dir: &Path) {
     for p in below {
         sh(&format!("umount -l {p}"));
     }
-    sh(&format!("rm -rf --one-file-system {}", dir.display()));
+    let d = dir.display();
+    // A subvolume's root directory is inode 256.
+    sh(&format!(
+        "if [ \"$(stat -f -c %T {d})\" = btrfs ]; then find {d} -mindepth 1 -inum 256 -type d -printf '%d %p\\n' | sort -rn | cut -d' ' -f2- | xargs -r -d '\\n' btrfs -q subvolume delete; fi"
+    ));
+    sh(&format!("rm -rf --one-file-system {d}"));
 }
 
 /// The median of `v` (the upper one of an even count).
