@@ -10,19 +10,16 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-/// Who needs a tool: the build, the test suite, or only `cargo xtask ci`
+/// Who needs a tool: the test suite, or only `cargo xtask ci`
 /// (the qemu runs, the fuzz smoke run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Need {
-    Build,
     Tests,
     Ci,
 }
 
 /// (tool on the PATH, or an absolute path; Debian package; who needs it).
 const TOOLS: &[(&str, &str, Need)] = &[
-    // The gRPC bindings of containerd's snapshots API.
-    ("protoc", "protobuf-compiler", Need::Build),
     ("sha256sum", "coreutils", Need::Tests),
     ("cmp", "diffutils", Need::Tests),
     ("mount", "mount", Need::Tests),
@@ -136,12 +133,7 @@ pub fn ensure(for_ci: bool) -> anyhow::Result<()> {
         "deps: missing {}; install them with:\n  {how}\n(the tests that need them report themselves skipped by name)",
         tools.join(", ")
     );
-    let build: Vec<&str> = TOOLS
-        .iter()
-        .filter(|(tool, _, need)| *need == Need::Build && tools.contains(tool))
-        .map(|(tool, ..)| *tool)
-        .collect();
-    if for_ci || !build.is_empty() {
+    if for_ci {
         bail!("cannot go on without {}: {how}", tools.join(", "));
     }
     Ok(())

@@ -28,6 +28,7 @@ const FLOORS: &[(&str, Option<u8>)] = &[
     ("strata-example-backend", Some(25)),
     ("strata-diff", Some(30)),
     ("strata-oci", Some(30)),
+    ("strata-api", Some(5)),
     ("strata-containerd", Some(30)),
     ("strata-cache", Some(40)),
     ("strata-cli", Some(50)),
@@ -45,6 +46,17 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("strata-core", "redb"),
     ("strata-metadata", "tokio"),
     ("strata-content", "tokio"),
+    // gRPC belongs to the wire bindings and the containerd edge.
+    ("strata-snapshot", "tonic"),
+    ("strata-diff", "tonic"),
+    ("strata-oci", "tonic"),
+    ("strata-cache", "tonic"),
+    // Registries belong to strata-oci, the command line to strata-cli.
+    ("strata-snapshot", "oci-client"),
+    ("strata-diff", "oci-client"),
+    ("strata-containerd", "oci-client"),
+    ("strata-cache", "clap"),
+    ("strata-containerd", "clap"),
 ];
 
 /// Crates written as an outside crate would write them, with the workspace

@@ -6,9 +6,10 @@
 //!   first it installs what the tests run (`deps`), and skipped tests are
 //!   listed by name and counted at the end.
 //! * `deps [--ci]`: installs the tools the tests (and CI) run, or says how.
-//! * `ci`: fmt check, clippy with `-D warnings`, the layering check, tidy
-//!   checks, `test`, the overlay scenario on Debian 12's kernel under qemu
-//!   (`qemu`), then a 30-second fuzz smoke run.
+//! * `ci`: fmt check, clippy with `-D warnings`, the layering check, the
+//!   bindings check (`protos --check`), tidy checks, `test`, the overlay
+//!   scenario on Debian 12's kernel under qemu (`qemu`), then a 30-second
+//!   fuzz smoke run.
 //! * `bench content|snapshot|gc|diff|cache|oci|containerd`: figures against
 //!   peers run side by side.
 //! * `report` (or `bench --report`): the recorded benchmark medians become
@@ -23,6 +24,8 @@
 //!   busy loop on every core (`stress.rs`).
 //! * `stress [--kills N] [--cases N] [--cuts N] [--fuzz-seconds N]`: the
 //!   long crash, property, power-loss and fuzz runs (`stress.rs`).
+//! * `protos [--check]`: regenerates the checked-in gRPC bindings of
+//!   strata-api (`protos.rs`); CI checks they are current.
 //! * `docs`: rewrites `docs/cli.md` from the command tree (a test fails
 //!   while it is stale).
 //! * `bench-images [OUT]`: builds the real Debian images the benchmarks
@@ -38,6 +41,7 @@ mod fuzz;
 mod images;
 mod layering;
 mod powerloss;
+mod protos;
 mod qemu;
 // The testkit's writer of reliability rows and their provenance, the same
 // files compiled here for the rows xtask records itself; the functions only
@@ -81,10 +85,11 @@ fn main() -> anyhow::Result<()> {
         ["stress", rest @ ..] => stress::run(rest),
         ["under-load", rest @ ..] => stress::under_load(rest),
         ["layering"] => layering::check(),
+        ["protos", rest @ ..] => protos::run(rest),
         ["docs"] => docs(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | docs"
+                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | protos [--check] | docs"
             );
             bail!("unknown command {args:?}")
         }
@@ -204,6 +209,7 @@ fn ci() -> anyhow::Result<()> {
         "warnings",
     ]))?;
     layering::check()?;
+    protos::run(&["--check"])?;
     tidy::check()?;
     // The benchmark and reliability tables are what the records draw.
     report()?;

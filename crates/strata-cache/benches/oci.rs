@@ -24,6 +24,9 @@
 //!
 //! containerd's peak memory is `ctr`'s plus the daemon's.
 
+// This program reports on stdout by design.
+#![allow(clippy::print_stdout)]
+
 use std::path::Path;
 
 use strata_testkit::bench::{self, Contender, Images};
@@ -218,9 +221,9 @@ fn main() {
         bench_import(&dir, &images, &ctrd);
     }
     drop(ctrd);
-    if only.is_empty() || only == "import" || only == "btrfs" {
-        if let Some(on) = OnBtrfs::start() {
-            bench_import_btrfs(&images, &on);
-        }
+    if (only.is_empty() || only == "import" || only == "btrfs")
+        && let Some(on) = OnBtrfs::start()
+    {
+        bench_import_btrfs(&images, &on);
     }
 }

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use containerd_snapshots::api::snapshots::v1 as wire;
-use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
-use containerd_snapshots::tonic::transport::{Channel, Endpoint, Uri};
 use futures_util::StreamExt;
+use hyper_util::rt::TokioIo;
+use strata_api::containerd::services::snapshots::v1 as wire;
+use strata_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use strata_core::{Filter, Labels, Mount};
 use strata_snapshot::{Info, SnapshotError, Snapshotter, Usage, WalkFn};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::convert;
 
@@ -33,7 +34,13 @@ impl GrpcSnapshotter {
     pub fn lazy(socket: &Path, name: &str) -> GrpcSnapshotter {
         let path = socket.to_owned();
         let channel = Endpoint::from_static("http://strata.invalid").connect_with_connector_lazy(
-            tower::service_fn(move |_: Uri| tokio::net::UnixStream::connect(path.clone())),
+            tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }),
         );
         GrpcSnapshotter {
             client: SnapshotsClient::new(channel),
@@ -57,12 +64,10 @@ fn labels(l: Labels) -> std::collections::HashMap<String, String> {
 
 fn info(i: Option<wire::Info>) -> Result<Info, SnapshotError> {
     let i = i.ok_or_else(|| SnapshotError::Task("the server sent no info".into()))?;
-    let i = containerd_snapshots::Info::try_from(i)
-        .map_err(|e| SnapshotError::Task(format!("bad info from the server: {e}")))?;
     convert::info_from_wire(i)
 }
 
-fn mounts(m: &[containerd_snapshots::api::types::Mount]) -> Vec<Mount> {
+fn mounts(m: &[strata_api::containerd::types::Mount]) -> Vec<Mount> {
     m.iter().map(convert::mount_from_wire).collect()
 }
 
@@ -163,7 +168,7 @@ impl Snapshotter for GrpcSnapshotter {
             .client()?
             .update(wire::UpdateSnapshotRequest {
                 snapshotter: self.name.clone(),
-                info: Some(convert::info_to_wire(i).into()),
+                info: Some(convert::info_to_wire(i)),
                 update_mask: Some(prost_types::FieldMask {
                     paths: fieldpaths.to_vec(),
                 }),

@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
-use containerd_snapshots as cs;
-use containerd_snapshots::api::types::Mount as WireMount;
-use containerd_snapshots::tonic::{Code, Status};
+use strata_api::containerd::services::snapshots::v1 as wire;
+use strata_api::containerd::types::Mount as WireMount;
 use strata_core::{Classify, ErrorKind, Labels, Mount};
 use strata_snapshot::{Info, Kind, SnapshotError, Usage};
+use tonic::{Code, Status};
 
 /// containerd's gRPC code for a Strata error (what its proxy client turns
 /// back into `errdefs`).
@@ -40,45 +41,57 @@ pub fn error(s: &Status) -> SnapshotError {
     }
 }
 
-pub fn kind_to_wire(k: Kind) -> cs::Kind {
+fn kind_to_wire(k: Kind) -> wire::Kind {
     match k {
-        Kind::Active => cs::Kind::Active,
-        Kind::View => cs::Kind::View,
-        Kind::Committed => cs::Kind::Committed,
+        Kind::Active => wire::Kind::Active,
+        Kind::View => wire::Kind::View,
+        Kind::Committed => wire::Kind::Committed,
     }
 }
 
-pub fn kind_from_wire(k: &cs::Kind) -> Option<Kind> {
-    match k {
-        cs::Kind::Active => Some(Kind::Active),
-        cs::Kind::View => Some(Kind::View),
-        cs::Kind::Committed => Some(Kind::Committed),
-        cs::Kind::Unknown => None,
+fn time_from_wire(
+    name: &str,
+    t: Option<prost_types::Timestamp>,
+) -> Result<SystemTime, SnapshotError> {
+    match t {
+        None => Ok(SystemTime::UNIX_EPOCH),
+        Some(t) => SystemTime::try_from(t)
+            .map_err(|e| SnapshotError::Invalid(format!("snapshot {name:?}: bad time: {e}"))),
     }
 }
 
-pub fn info_to_wire(i: Info) -> cs::Info {
-    cs::Info {
-        kind: kind_to_wire(i.kind),
+pub fn info_to_wire(i: Info) -> wire::Info {
+    wire::Info {
+        kind: kind_to_wire(i.kind).into(),
         name: i.name,
         parent: i.parent.unwrap_or_default(),
         labels: i.labels.into_iter().collect(),
-        created_at: i.created,
-        updated_at: i.updated,
+        created_at: Some(i.created.into()),
+        updated_at: Some(i.updated.into()),
     }
 }
 
-/// containerd's info as Strata's; an unknown kind is invalid.
-pub fn info_from_wire(i: cs::Info) -> Result<Info, SnapshotError> {
-    let kind = kind_from_wire(&i.kind)
-        .ok_or_else(|| SnapshotError::Invalid(format!("snapshot {:?}: unknown kind", i.name)))?;
+/// containerd's info as Strata's; an unknown kind or a time out of range
+/// is invalid.
+pub fn info_from_wire(i: wire::Info) -> Result<Info, SnapshotError> {
+    let kind = match wire::Kind::try_from(i.kind) {
+        Ok(wire::Kind::Active) => Kind::Active,
+        Ok(wire::Kind::View) => Kind::View,
+        Ok(wire::Kind::Committed) => Kind::Committed,
+        Ok(wire::Kind::Unknown) | Err(_) => {
+            return Err(SnapshotError::Invalid(format!(
+                "snapshot {:?}: unknown kind {}",
+                i.name, i.kind
+            )));
+        }
+    };
     Ok(Info {
         kind,
+        created: time_from_wire(&i.name, i.created_at)?,
+        updated: time_from_wire(&i.name, i.updated_at)?,
         parent: Some(i.parent).filter(|p| !p.is_empty()),
         name: i.name,
         labels: i.labels.into_iter().collect(),
-        created: i.created_at,
-        updated: i.updated_at,
     })
 }
 
@@ -103,8 +116,8 @@ pub fn mount_from_wire(m: &WireMount) -> Mount {
     Mount::from_flat(&m.r#type, PathBuf::from(&m.source), &m.options)
 }
 
-pub fn usage_to_wire(u: Usage) -> cs::Usage {
-    cs::Usage {
+pub fn usage_to_wire(u: Usage) -> wire::UsageResponse {
+    wire::UsageResponse {
         size: i64::try_from(u.size).unwrap_or(i64::MAX),
         inodes: i64::try_from(u.inodes).unwrap_or(i64::MAX),
     }

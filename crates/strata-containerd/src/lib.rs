@@ -2,8 +2,9 @@
 //!
 //! containerd lets an external process provide a snapshotter over its
 //! snapshots gRPC API (`proxy_plugins` in its config). [`Service`] is that
-//! API over a Strata snapshot store (overlay or native), through the
-//! bindings `containerd-snapshots` carries; [`serve`] runs it on a unix
+//! API over a Strata snapshot store (any backend), through the bindings
+//! `strata-api` carries (generated with prost and tonic, checked in);
+//! no tonic or prost type appears in this crate's API. [`serve`] runs it on a unix
 //! socket until a signal; [`GrpcSnapshotter`] is a Strata snapshotter that
 //! is a client of any such server.
 //!

@@ -6,12 +6,11 @@
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use containerd_snapshots as cs;
-use containerd_snapshots::tonic::transport::Server;
+use strata_api::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
 
 use crate::service::Service;
 
@@ -45,14 +44,15 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    /// The gRPC server failed.
+    /// The gRPC server failed (the transport's own error, boxed so that
+    /// no gRPC library's type is part of this API).
     #[error("serving {}: {source}", path.display())]
     Transport {
         /// The socket.
         path: PathBuf,
         /// The failure.
         #[source]
-        source: cs::tonic::transport::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -152,7 +152,7 @@ pub async fn serve_on(
 ) -> Result<(), ServeError> {
     tracing::info!(socket = %socket.display(), "serving containerd's snapshots API");
     let served = Server::builder()
-        .add_service(cs::server(Arc::new(service)))
+        .add_service(SnapshotsServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     if let Err(e) = std::fs::remove_file(socket) {
@@ -160,7 +160,7 @@ pub async fn serve_on(
     }
     served.map_err(|source| ServeError::Transport {
         path: socket.to_owned(),
-        source,
+        source: Box::new(source),
     })
 }
 

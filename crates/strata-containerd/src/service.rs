@@ -9,18 +9,22 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use containerd_snapshots as cs;
-use containerd_snapshots::api::types::Mount as WireMount;
-use containerd_snapshots::tonic::Status;
 use futures_util::stream;
+use strata_api::containerd::services::snapshots::v1 as wire;
+use strata_api::containerd::services::snapshots::v1::snapshots_server::Snapshots;
+use strata_api::containerd::types::Mount as WireMount;
 use strata_core::{Filter, Labels};
 use strata_leases::{LeaseManager, LeaseSpec, OpCtx, labels as lease_labels};
 use strata_snapshot::{Info, Kind, SnapshotError, SnapshotStore, Snapshotter};
+use tonic::{Request, Response, Status};
 
 use crate::convert;
 
 /// The lease holding every snapshot served to containerd.
 pub const SERVED_LEASE: &str = "containerd/snapshots";
+
+/// How many infos one List message carries.
+const LIST_BATCH: usize = 100;
 
 /// The service: a snapshot store acting under [`SERVED_LEASE`].
 #[derive(Debug)]
@@ -48,9 +52,7 @@ impl Service {
             store: store.under(&ctx),
         })
     }
-}
 
-impl Service {
     /// Prepare (`Active`) or View: the new snapshot's mounts.
     async fn create(
         &self,
@@ -76,99 +78,88 @@ fn mounts(m: Vec<strata_core::Mount>) -> Vec<WireMount> {
     m.iter().map(convert::mount_to_wire).collect()
 }
 
-#[cs::tonic::async_trait]
-impl cs::Snapshotter for Service {
-    type Error = Status;
+type Reply<T> = Result<Response<T>, Status>;
 
-    #[tracing::instrument(skip(self))]
-    async fn stat(&self, key: String) -> Result<cs::Info, Status> {
-        Ok(convert::info_to_wire(
-            self.store.stat(&key).await.map_err(wire)?,
-        ))
-    }
-
-    #[tracing::instrument(skip(self, info))]
-    async fn update(
-        &self,
-        info: cs::Info,
-        fieldpaths: Option<Vec<String>>,
-    ) -> Result<cs::Info, Status> {
-        let info = convert::info_from_wire(info).map_err(wire)?;
-        let paths = fieldpaths.unwrap_or_default();
-        Ok(convert::info_to_wire(
-            self.store.update(info, &paths).await.map_err(wire)?,
-        ))
-    }
-
-    #[tracing::instrument(skip(self))]
-    async fn usage(&self, key: String) -> Result<cs::Usage, Status> {
-        Ok(convert::usage_to_wire(
-            self.store.usage(&key).await.map_err(wire)?,
-        ))
-    }
-
-    #[tracing::instrument(skip(self))]
-    async fn mounts(&self, key: String) -> Result<Vec<WireMount>, Status> {
-        Ok(mounts(self.store.mounts(&key).await.map_err(wire)?))
-    }
-
-    #[tracing::instrument(skip(self, labels))]
+#[tonic::async_trait]
+impl Snapshots for Service {
+    #[tracing::instrument(skip_all, fields(key = %r.get_ref().key))]
     async fn prepare(
         &self,
-        key: String,
-        parent: String,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<WireMount>, Status> {
-        self.create(Kind::Active, &key, &parent, labels).await
+        r: Request<wire::PrepareSnapshotRequest>,
+    ) -> Reply<wire::PrepareSnapshotResponse> {
+        let r = r.into_inner();
+        let mounts = self
+            .create(Kind::Active, &r.key, &r.parent, r.labels)
+            .await?;
+        Ok(Response::new(wire::PrepareSnapshotResponse { mounts }))
     }
 
-    #[tracing::instrument(skip(self, labels))]
+    #[tracing::instrument(skip_all, fields(key = %r.get_ref().key))]
     async fn view(
         &self,
-        key: String,
-        parent: String,
-        labels: HashMap<String, String>,
-    ) -> Result<Vec<WireMount>, Status> {
-        self.create(Kind::View, &key, &parent, labels).await
+        r: Request<wire::ViewSnapshotRequest>,
+    ) -> Reply<wire::ViewSnapshotResponse> {
+        let r = r.into_inner();
+        let mounts = self.create(Kind::View, &r.key, &r.parent, r.labels).await?;
+        Ok(Response::new(wire::ViewSnapshotResponse { mounts }))
     }
 
-    #[tracing::instrument(skip(self, labels))]
-    async fn commit(
-        &self,
-        name: String,
-        key: String,
-        labels: HashMap<String, String>,
-    ) -> Result<(), Status> {
+    #[tracing::instrument(skip_all, fields(key = %r.get_ref().key))]
+    async fn mounts(&self, r: Request<wire::MountsRequest>) -> Reply<wire::MountsResponse> {
+        let m = self.store.mounts(&r.get_ref().key).await.map_err(wire)?;
+        Ok(Response::new(wire::MountsResponse { mounts: mounts(m) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(key = %r.get_ref().key, name = %r.get_ref().name))]
+    async fn commit(&self, r: Request<wire::CommitSnapshotRequest>) -> Reply<()> {
+        let r = r.into_inner();
         self.store
-            .commit(&name, &key, convert::labels(labels))
+            .commit(&r.name, &r.key, convert::labels(r.labels))
             .await
-            .map_err(wire)
+            .map_err(wire)?;
+        Ok(Response::new(()))
     }
 
-    #[tracing::instrument(skip(self))]
-    async fn remove(&self, key: String) -> Result<(), Status> {
-        self.store.remove(&key).await.map_err(wire)
+    #[tracing::instrument(skip_all, fields(key = %r.get_ref().key))]
+    async fn remove(&self, r: Request<wire::RemoveSnapshotRequest>) -> Reply<()> {
+        self.store.remove(&r.get_ref().key).await.map_err(wire)?;
+        Ok(Response::new(()))
     }
 
-    #[tracing::instrument(skip(self))]
-    async fn clear(&self) -> Result<(), Status> {
-        let removed = self.store.cleanup().map_err(wire)?;
-        tracing::debug!(removed, "cleanup");
-        Ok(())
-    }
-
-    type InfoStream = stream::Iter<std::vec::IntoIter<Result<cs::Info, Status>>>;
-
-    // The stream's error type is the trait's (tonic's Status), large or not.
-    #[allow(clippy::result_large_err)]
-    #[tracing::instrument(skip(self))]
-    async fn list(
+    #[tracing::instrument(skip_all, fields(key = %r.get_ref().key))]
+    async fn stat(
         &self,
-        _snapshotter: String,
-        filters: Vec<String>,
-    ) -> Result<Self::InfoStream, Status> {
-        let filter =
-            Filter::parse(&filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        r: Request<wire::StatSnapshotRequest>,
+    ) -> Reply<wire::StatSnapshotResponse> {
+        let info = self.store.stat(&r.get_ref().key).await.map_err(wire)?;
+        Ok(Response::new(wire::StatSnapshotResponse {
+            info: Some(convert::info_to_wire(info)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update(
+        &self,
+        r: Request<wire::UpdateSnapshotRequest>,
+    ) -> Reply<wire::UpdateSnapshotResponse> {
+        let r = r.into_inner();
+        let info = r
+            .info
+            .ok_or_else(|| Status::invalid_argument("update: the request carries no info"))?;
+        let info = convert::info_from_wire(info).map_err(wire)?;
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let info = self.store.update(info, &paths).await.map_err(wire)?;
+        Ok(Response::new(wire::UpdateSnapshotResponse {
+            info: Some(convert::info_to_wire(info)),
+        }))
+    }
+
+    type ListStream = stream::Iter<std::vec::IntoIter<Result<wire::ListSnapshotsResponse, Status>>>;
+
+    #[tracing::instrument(skip_all)]
+    async fn list(&self, r: Request<wire::ListSnapshotsRequest>) -> Reply<Self::ListStream> {
+        let filter = Filter::parse(&r.get_ref().filters)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut found: Vec<Info> = Vec::new();
         self.store
             .walk(&filter, &mut |i| {
@@ -177,11 +168,24 @@ impl cs::Snapshotter for Service {
             })
             .await
             .map_err(wire)?;
-        Ok(stream::iter(
-            found
-                .into_iter()
-                .map(|i| Ok(convert::info_to_wire(i)))
-                .collect::<Vec<_>>(),
-        ))
+        let infos: Vec<wire::Info> = found.into_iter().map(convert::info_to_wire).collect();
+        let batches: Vec<_> = infos
+            .chunks(LIST_BATCH)
+            .map(|c| Ok(wire::ListSnapshotsResponse { info: c.to_vec() }))
+            .collect();
+        Ok(Response::new(stream::iter(batches)))
+    }
+
+    #[tracing::instrument(skip_all, fields(key = %r.get_ref().key))]
+    async fn usage(&self, r: Request<wire::UsageRequest>) -> Reply<wire::UsageResponse> {
+        let u = self.store.usage(&r.get_ref().key).await.map_err(wire)?;
+        Ok(Response::new(convert::usage_to_wire(u)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn cleanup(&self, _r: Request<wire::CleanupRequest>) -> Reply<()> {
+        let removed = self.store.cleanup().map_err(wire)?;
+        tracing::debug!(removed, "cleanup");
+        Ok(Response::new(()))
     }
 }

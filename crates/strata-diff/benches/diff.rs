@@ -283,7 +283,7 @@ fn bench_merge(dir: &Path, images: &Images) {
         let btrfs = strata_testkit::loopfs::LoopFs::new("btrfs", &["-q"], 32 << 30);
         merge_on(btrfs.mnt_path(), "btrfs", images);
     } else {
-        println!("  (no loop btrfs here: btrfs merge skipped)");
+        eprintln!("  (no loop btrfs here: btrfs merge skipped)");
     }
 }
 
