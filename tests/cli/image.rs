@@ -253,6 +253,112 @@ fn layouts_and_archives_round_trip() {
 /// Imports `location` into a fresh native root and expects exit 5 with
 /// `says` in the message, and nothing kept.
 #[track_caller]
+/// skopeo's `oci-archive:` transport both ways: what Strata writes,
+/// skopeo reads (no docker `manifest.json` in it); what skopeo writes,
+/// Strata imports under its reference; a tar without an OCI layout, a
+/// missing reference and an empty location are refused by name.
+#[test]
+fn oci_archives_as_skopeo_names_them() {
+    let name = "oci_archives_as_skopeo_names_them";
+    if !strata_testkit::require_root(name)
+        || !strata_testkit::require_tools(name, &[("skopeo", "skopeo")])
+    {
+        return;
+    }
+    let (a, manifest, got) = root_with_app(&[]);
+    let tree = mounted(&a, got["ref"].as_str().unwrap());
+    let ours = a.path("ours.tar");
+    let dest = format!("oci-archive:{}:example.com/app:1", s(&ours));
+    let w = a
+        .run(&["--json", "image", "export", "app", &dest])
+        .expect(0)
+        .json();
+    assert_eq!(w["destination"], dest.as_str());
+    assert_eq!(w["manifest"], manifest.digest.as_str());
+    let members = Command::new("tar").arg("-tf").arg(&ours).output().unwrap();
+    let members = String::from_utf8_lossy(&members.stdout).into_owned();
+    assert!(members.lines().any(|m| m == "index.json"), "{members}");
+    assert!(
+        !members.lines().any(|m| m == "manifest.json"),
+        "an OCI archive, not a docker one: {members}"
+    );
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--raw", &dest])
+        .output()
+        .expect("run skopeo (.ci/run installs it)");
+    assert!(
+        inspect.status.success(),
+        "skopeo reads what Strata wrote: {}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    assert_eq!(
+        sha256(&inspect.stdout),
+        manifest.digest,
+        "skopeo finds the manifest Strata stored"
+    );
+
+    // What skopeo writes, from a layout, into a fresh root.
+    let theirs = a.path("theirs.tar");
+    let copy = Command::new("skopeo")
+        .args([
+            "copy",
+            &format!("oci:{}:v1", s(&a.path("layout"))),
+            &format!("oci-archive:{}:registry.example/team/tool:2", s(&theirs)),
+        ])
+        .output()
+        .expect("run skopeo");
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    let b = env();
+    let from = format!("oci-archive:{}:registry.example/team/tool:2", s(&theirs));
+    let got = import(&b, &["import", &from]);
+    assert_eq!(got["name"], "registry.example/team/tool:2", "{got}");
+    assert_eq!(got["source"], from.as_str());
+    assert_eq!(
+        below_root(&mounted(&b, got["ref"].as_str().unwrap())),
+        below_root(&tree)
+    );
+
+    // Refusals, each naming what is wrong, nothing kept.
+    let c = env();
+    let run = c.run(&[
+        "image",
+        "import",
+        &format!("oci-archive:{}:no/such:ref", s(&theirs)),
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("no/such:ref"), "{}", run.stderr);
+    let docker_only = c.path("docker-only.tar");
+    fs::write(
+        &docker_only,
+        archive(&[entry(
+            "manifest.json",
+            EntryType::Regular,
+            b"[{\"Config\":\"c.json\",\"RepoTags\":[\"x:1\"],\"Layers\":[]}]",
+            "",
+        )]),
+    )
+    .unwrap();
+    let run = c.run(&[
+        "image",
+        "import",
+        &format!("oci-archive:{}", s(&docker_only)),
+    ]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("has no OCI layout"), "{}", run.stderr);
+    let run = c.run(&["image", "import", "oci-archive:"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("oci-archive: needs a file"),
+        "{}",
+        run.stderr
+    );
+    assert_empty(&c);
+}
+
 fn refused(location: &str, says: &str) {
     let e = env();
     let run = e.run(&["--backend", "native", "image", "import", location]);

@@ -341,6 +341,16 @@ impl CacheManager {
                 .map_err(|e| CacheError::Task(e.to_string()))??;
                 Ok(None)
             }
+            Location::OciArchive { file, reference } => {
+                let (store, image, file) = (store.clone(), image.clone(), file.clone());
+                let reference = reference.clone().unwrap_or_else(|| "latest".to_owned());
+                tokio::task::spawn_blocking(move || {
+                    strata_oci::write_oci_archive(&store, &image, &file, &reference)
+                })
+                .await
+                .map_err(|e| CacheError::Task(e.to_string()))??;
+                Ok(None)
+            }
             Location::Registry { reference } => {
                 let target =
                     strata_oci::Registry::connect(reference, RegistryOperation::Push, registry)

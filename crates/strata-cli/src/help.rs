@@ -283,13 +283,15 @@ reclaims what no lease holds.",
     },
     Page {
         path: "image import",
-        notes: "SOURCE is oci:DIR[:TAG] (an OCI image layout), docker-archive:FILE[:NAME] (what \
-`docker save` writes, old or new form) or docker://HOST/REPO[:TAG|@DIGEST]. Without --name an \
-image is named after its source. Blobs the root already has are not read again; each layer is \
+        notes: "SOURCE is oci:DIR[:TAG] (an OCI image layout), oci-archive:FILE[:REF] (an OCI \
+image layout in a tar, as skopeo, podman and buildah write it), docker-archive:FILE[:NAME] (what \
+`docker save` writes, old or new form) or docker://HOST/REPO[:TAG|@DIGEST], the transport names \
+skopeo uses. Without --name an image is named after its source. Blobs the root already has are not read again; each layer is \
 unpacked once, --jobs at a time.",
         examples: &[
             "strata image import oci:./layout:1.0 --name app:1.0",
             "strata image import docker-archive:app.tar --platform linux/arm64",
+            "strata image import oci-archive:app.oci.tar:example.com/app:1.0",
         ],
         json: Some("{name, ref, manifest, config, source, created, fetched, present}"),
     },
@@ -307,7 +309,8 @@ refused login exits 4; a blob that does not match its digest exits 5 and nothing
     },
     Page {
         path: "image export",
-        notes: "DEST is oci:DIR[:TAG], docker-archive:FILE[:NAME] or docker://HOST/REPO[:TAG]. A \
+        notes: "DEST is oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:NAME] or \
+docker://HOST/REPO[:TAG]. A \
 named image is written as it was stored (the same manifest digest) unless --compression is given; \
 a ref id, or a name with --compression, becomes a new image (one history line per layer, this \
 machine's platform or --platform). Layers keep their compression unless --force-compression \

@@ -23,10 +23,12 @@ use crate::snapshot::block_on_parallel;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
-    /// Import an image from oci:DIR[:TAG], docker-archive:FILE[:NAME] or
-    /// docker://HOST/REPO[:TAG|@DIGEST]; prints the top ref id.
+    /// Import an image from oci:DIR[:TAG], oci-archive:FILE[:REF],
+    /// docker-archive:FILE[:NAME] or docker://HOST/REPO[:TAG|@DIGEST];
+    /// prints the top ref id.
     Import {
-        /// oci:DIR[:TAG], docker-archive:FILE[:NAME] or docker://HOST/REPO[:TAG|@DIGEST].
+        /// oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:NAME] or
+        /// docker://HOST/REPO[:TAG|@DIGEST].
         source: String,
         #[command(flatten)]
         opts: PullArgs,
@@ -39,11 +41,13 @@ pub enum ImageCmd {
         opts: PullArgs,
     },
     /// Write an image (by name) or a ref's chain to DEST (oci:DIR[:TAG],
-    /// docker-archive:FILE[:NAME] or docker://HOST/REPO[:TAG]).
+    /// oci-archive:FILE[:REF], docker-archive:FILE[:NAME] or
+    /// docker://HOST/REPO[:TAG]).
     Export {
         /// An image name or a ref id.
         image: String,
-        /// oci:DIR[:TAG], docker-archive:FILE[:NAME] or docker://HOST/REPO[:TAG].
+        /// oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:NAME] or
+        /// docker://HOST/REPO[:TAG].
         dest: String,
         #[command(flatten)]
         opts: ExportArgs,
@@ -199,8 +203,13 @@ fn platform(p: Option<&str>) -> anyhow::Result<Platform> {
 }
 
 /// The name an image gets when none is given: the layout's directory and
-/// tag, the archive's file name, the registry reference.
+/// tag, the archive's file name, an OCI archive's reference when it is a
+/// full one (else the file name and the tag), the registry reference.
 fn default_name(location: &Location) -> String {
+    let stem = |file: &std::path::Path| {
+        file.file_stem()
+            .map_or_else(|| "image".to_owned(), |n| n.to_string_lossy().into_owned())
+    };
     match location {
         Location::Layout { dir, tag } => {
             let base = dir
@@ -208,10 +217,11 @@ fn default_name(location: &Location) -> String {
                 .map_or_else(|| "image".to_owned(), |n| n.to_string_lossy().into_owned());
             format!("{base}:{}", tag.as_deref().unwrap_or("latest"))
         }
-        Location::Archive { file, name } => name.clone().unwrap_or_else(|| {
-            file.file_stem()
-                .map_or_else(|| "image".to_owned(), |n| n.to_string_lossy().into_owned())
-        }),
+        Location::Archive { file, name } => name.clone().unwrap_or_else(|| stem(file)),
+        Location::OciArchive { file, reference } => match reference {
+            Some(r) if r.contains(['/', ':']) => r.clone(),
+            r => format!("{}:{}", stem(file), r.as_deref().unwrap_or("latest")),
+        },
         Location::Registry { reference } => reference.clone(),
     }
 }
@@ -366,7 +376,7 @@ async fn import(
     let name = match (&args.name, location) {
         (Some(n), _) => n.clone(),
         // What the archive calls it, else its file name.
-        (None, Location::Archive { .. }) => pulled
+        (None, Location::Archive { .. } | Location::OciArchive { .. }) => pulled
             .name
             .clone()
             .unwrap_or_else(|| default_name(location)),

@@ -1,6 +1,8 @@
-//! Docker archives (`docker save` tars): read in their OCI form (an image
-//! layout inside the tar) or their `manifest.json` form, and written with
-//! both, so `docker load`, skopeo and Strata all read them.
+//! Image tars. Docker archives (`docker save` tars): read in their OCI
+//! form (an image layout inside the tar) or their `manifest.json` form, and
+//! written with both, so `docker load`, skopeo and Strata all read them.
+//! OCI archives (skopeo's `oci-archive:`): an image layout in a tar, read
+//! and written as such.
 
 use std::collections::HashMap;
 use std::fs;
@@ -350,23 +352,68 @@ fn repo_tag(name: &str) -> String {
     }
 }
 
+/// The source of an OCI archive (an OCI layout in a tar, as skopeo,
+/// podman and buildah write it), with the image `reference` picked in it
+/// (its `org.opencontainers.image.ref.name`).
+pub(crate) fn oci_archive_source(file: &Path, reference: Option<&str>) -> Result<Arc<dyn Source>> {
+    let files = Arc::new(TarFiles::scan(file)?);
+    if !(files.has("oci-layout") && files.has("index.json")) {
+        return Err(OciError::invalid(
+            files.describe(),
+            "has no OCI layout (oci-layout, index.json): an oci-archive is an OCI image layout in a tar (a docker save tar is read as docker-archive:)",
+        ));
+    }
+    Ok(Arc::new(LayoutSource {
+        files,
+        tag: reference.map(str::to_owned),
+    }))
+}
+
 /// Writes `image` as a docker archive at `file` (replaced atomically):
 /// an OCI layout and a `manifest.json` over the same blobs.
 pub fn write_archive(store: &ContentStore, image: &Image, file: &Path, name: &str) -> Result<()> {
     let tag = repo_tag(name);
-    let entry = index_entry(store, image, &tag, Some(&tag))?;
+    write_tar(store, image, file, &tag, Some(&tag))
+}
+
+/// Writes `image` as an OCI archive at `file` (replaced atomically): an
+/// OCI layout in a tar, the image under `reference`, as `skopeo copy ...
+/// oci-archive:FILE:REF` writes it.
+pub fn write_oci_archive(
+    store: &ContentStore,
+    image: &Image,
+    file: &Path,
+    reference: &str,
+) -> Result<()> {
+    write_tar(store, image, file, reference, None)
+}
+
+/// An OCI layout in a tar at `file`, the image under `ref_name`; with a
+/// docker name, also the `manifest.json` of a docker archive.
+fn write_tar(
+    store: &ContentStore,
+    image: &Image,
+    file: &Path,
+    ref_name: &str,
+    docker_name: Option<&str>,
+) -> Result<()> {
+    let entry = index_entry(store, image, ref_name, docker_name)?;
     let index = oci::ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(oci::MediaType::ImageIndex)
         .manifests(vec![entry])
         .build()
         .map_err(|e| OciError::invalid("index.json", e.to_string()))?;
-    let manifest_json = serde_json::to_vec(&[ArchiveEntry {
-        config: blob_path(&image.config.digest),
-        repo_tags: vec![tag],
-        layers: image.layers.iter().map(|l| blob_path(&l.digest)).collect(),
-    }])
-    .map_err(|e| OciError::invalid("manifest.json", e.to_string()))?;
+    let manifest_json = docker_name
+        .map(|tag| {
+            serde_json::to_vec(&[ArchiveEntry {
+                config: blob_path(&image.config.digest),
+                repo_tags: vec![tag.to_owned()],
+                layers: image.layers.iter().map(|l| blob_path(&l.digest)).collect(),
+            }])
+            .map_err(|e| OciError::invalid("manifest.json", e.to_string()))
+        })
+        .transpose()?;
     let index_json = index
         .to_string()
         .map_err(|e| OciError::invalid("index.json", e.to_string()))?;
@@ -401,7 +448,9 @@ pub fn write_archive(store: &ContentStore, image: &Image, file: &Path, name: &st
             pipe.finish()?;
         }
         add(&mut tar, "index.json", index_json.as_bytes())?;
-        add(&mut tar, "manifest.json", &manifest_json)?;
+        if let Some(m) = &manifest_json {
+            add(&mut tar, "manifest.json", m)?;
+        }
         tar.finish().map_err(io)
     })
 }

@@ -6,7 +6,8 @@
 //!   every blob into the content store; the cache manager then unpacks its
 //!   layers.
 //! - [`build_image`] makes the config and manifest of exported layers;
-//!   [`write_layout`], [`write_archive`] and [`Registry::push`] write an
+//!   [`write_layout`], [`write_archive`], [`write_oci_archive`] and
+//!   [`Registry::push`] write an
 //!   image out.
 //! - Every document is read and written with `oci-spec`; manifests,
 //!   indexes and configs over [`MAX_DOCUMENT_SIZE`] are refused before
@@ -27,7 +28,7 @@ mod source;
 
 use std::sync::Arc;
 
-pub use archive::write_archive;
+pub use archive::{write_archive, write_oci_archive};
 pub use auth::{credentials, docker_config_dir};
 pub use build::{History, build_image};
 pub use error::{OciError, Result};
@@ -60,6 +61,9 @@ pub async fn open_source(
             })
         }
         Location::Archive { file, name } => archive::archive_source(file, name.as_deref())?,
+        Location::OciArchive { file, reference } => {
+            archive::oci_archive_source(file, reference.as_deref())?
+        }
         Location::Registry { reference } => {
             Arc::new(Registry::connect(reference, RegistryOperation::Pull, registry).await?)
         }

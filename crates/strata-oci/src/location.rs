@@ -1,5 +1,6 @@
-//! Where images come from and go to, as users write it:
-//! `oci:DIR[:TAG]`, `docker-archive:FILE[:NAME]` and
+//! Where images come from and go to, as users write it, with the
+//! transport names skopeo, podman and buildah use: `oci:DIR[:TAG]`,
+//! `oci-archive:FILE[:REF]`, `docker-archive:FILE[:NAME]` and
 //! `docker://HOST/REPO[:TAG|@DIGEST]`.
 
 use std::fmt;
@@ -26,6 +27,15 @@ pub enum Location {
         /// The name.
         name: Option<String>,
     },
+    /// An OCI image layout in a tar (what `skopeo copy ... oci-archive:`
+    /// writes), and the reference (`org.opencontainers.image.ref.name`)
+    /// picked in it.
+    OciArchive {
+        /// The tar file.
+        file: PathBuf,
+        /// The reference.
+        reference: Option<String>,
+    },
     /// An image in a registry.
     Registry {
         /// `HOST/REPO[:TAG|@DIGEST]`.
@@ -47,6 +57,35 @@ fn split_tag(rest: &str) -> (String, Option<String>) {
     }
 }
 
+/// Splits the rest of an archive location into the file and what follows
+/// it (a name, which may itself hold `:` and `/`): the whole rest when it
+/// names an existing file; else at the `:` after the longest prefix that
+/// names an existing file; else (a file still to be written) at the first
+/// `:`, as skopeo splits. A path holding `:` is read as one only when it
+/// exists.
+fn split_archive(rest: &str) -> (PathBuf, Option<String>) {
+    let at = |i: usize| (rest[..i].into(), Some(rest[i + 1..].to_owned()));
+    if std::path::Path::new(rest).exists() {
+        return (rest.into(), None);
+    }
+    let colons: Vec<usize> = rest
+        .match_indices(':')
+        .map(|(i, _)| i)
+        .filter(|&i| i > 0 && i + 1 < rest.len())
+        .collect();
+    if let Some(&i) = colons
+        .iter()
+        .rev()
+        .find(|&&i| std::path::Path::new(&rest[..i]).is_file())
+    {
+        return at(i);
+    }
+    match colons.first() {
+        Some(&i) => at(i),
+        None => (rest.into(), None),
+    }
+}
+
 impl Location {
     /// Parses a location.
     pub fn parse(s: &str) -> Result<Location> {
@@ -63,26 +102,18 @@ impl Location {
                 dir: dir.into(),
                 tag,
             })
+        } else if let Some(rest) = s.strip_prefix("oci-archive:") {
+            if rest.is_empty() {
+                return Err(bad("oci-archive: needs a file"));
+            }
+            let (file, reference) = split_archive(rest);
+            Ok(Location::OciArchive { file, reference })
         } else if let Some(rest) = s.strip_prefix("docker-archive:") {
             if rest.is_empty() {
                 return Err(bad("docker-archive: needs a file"));
             }
-            // The file is the whole rest unless a prefix of it ending
-            // before a ':' names an existing file (then the rest is a name).
-            let split = rest
-                .match_indices(':')
-                .map(|(i, _)| i)
-                .find(|&i| std::path::Path::new(&rest[..i]).is_file() && i + 1 < rest.len());
-            Ok(match split {
-                Some(i) if !std::path::Path::new(rest).exists() => Location::Archive {
-                    file: rest[..i].into(),
-                    name: Some(rest[i + 1..].to_owned()),
-                },
-                _ => Location::Archive {
-                    file: rest.into(),
-                    name: None,
-                },
-            })
+            let (file, name) = split_archive(rest);
+            Ok(Location::Archive { file, name })
         } else if let Some(rest) = s.strip_prefix("docker://") {
             if rest.is_empty() || !rest.contains('/') {
                 return Err(bad("docker:// needs HOST/REPO[:TAG|@DIGEST]"));
@@ -92,7 +123,7 @@ impl Location {
             })
         } else {
             Err(bad(
-                "expected oci:DIR[:TAG], docker-archive:FILE or docker://HOST/REPO[:TAG|@DIGEST]",
+                "expected oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:NAME] or docker://HOST/REPO[:TAG|@DIGEST]",
             ))
         }
     }
@@ -112,6 +143,13 @@ impl fmt::Display for Location {
                 write!(f, "docker-archive:{}", file.display())?;
                 if let Some(n) = name {
                     write!(f, ":{n}")?;
+                }
+                Ok(())
+            }
+            Location::OciArchive { file, reference } => {
+                write!(f, "oci-archive:{}", file.display())?;
+                if let Some(r) = reference {
+                    write!(f, ":{r}")?;
                 }
                 Ok(())
             }
@@ -158,12 +196,57 @@ mod tests {
         );
         assert_eq!(
             Location::parse(&format!("docker-archive:{}", file.display())).unwrap(),
-            Location::Archive { file, name: None }
+            Location::Archive {
+                file: file.clone(),
+                name: None
+            }
+        );
+        // skopeo's name for an OCI layout in a tar; the reference may hold
+        // ':' and '/'.
+        let oci = Location::parse(&format!(
+            "oci-archive:{}:example.com/app:v3",
+            file.display()
+        ))
+        .unwrap();
+        assert_eq!(
+            oci,
+            Location::OciArchive {
+                file: file.clone(),
+                reference: Some("example.com/app:v3".into())
+            }
+        );
+        assert_eq!(
+            oci.to_string(),
+            format!("oci-archive:{}:example.com/app:v3", file.display())
+        );
+        assert_eq!(
+            Location::parse(&format!("oci-archive:{}", file.display())).unwrap(),
+            Location::OciArchive {
+                file,
+                reference: None
+            }
+        );
+        // A file still to be written splits at the first ':', as skopeo's.
+        let new = dir.path().join("new.tar");
+        assert_eq!(
+            Location::parse(&format!("docker-archive:{}:app:1.0", new.display())).unwrap(),
+            Location::Archive {
+                file: new.clone(),
+                name: Some("app:1.0".into())
+            }
+        );
+        assert_eq!(
+            Location::parse(&format!("oci-archive:{}:example.com/app:1", new.display())).unwrap(),
+            Location::OciArchive {
+                file: new,
+                reference: Some("example.com/app:1".into())
+            }
         );
         for bad in [
             "",
             "oci:",
             "oci:/x:",
+            "oci-archive:",
             "dir:/x",
             "docker://",
             "docker://host",
