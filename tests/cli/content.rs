@@ -200,8 +200,11 @@ fn second_process_on_a_root_exits_4() {
     let second = env
         .run(&["--lock-timeout", "0s", "content", "ls"])
         .expect(4);
+    // It names the holder by pid.
     assert!(
-        second.stderr.contains("locked by another process"),
+        second
+            .stderr
+            .contains(&format!("locked by another process (pid {})", holder.id())),
         "{}",
         second.stderr
     );
@@ -212,11 +215,15 @@ fn second_process_on_a_root_exits_4() {
         .expect(4);
     assert!(started.elapsed() >= std::time::Duration::from_secs(2));
     assert!(
-        second.stderr.contains("waiting up to 2s"),
+        second.stderr.contains(&format!(
+            "waiting up to 2s for {}: strata process {} owns the root",
+            env.root.join("LOCK").display(),
+            holder.id()
+        )),
         "{}",
         second.stderr
     );
-    assert!(second.stderr.contains("(waited 2s)"), "{}", second.stderr);
+    assert!(second.stderr.contains("(waited 2s;"), "{}", second.stderr);
     // A waiter gets the root once the holder lets go: it says it waits
     // (so it found the root held), and what it lists is what the holder
     // committed (so it ran after the holder let go).

@@ -41,9 +41,10 @@ struct Cli {
     /// held by it instead of by a lease named after each object.
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "ID")]
     lease: Option<String>,
-    /// How long to wait while another strata process owns the root, then
+    /// How long to wait while another strata process owns the root (an
+    /// import of a large image on a loaded machine takes minutes), then
     /// exit 4 (0s: do not wait).
-    #[arg(long, global = true, help_heading = GLOBAL, env = "STRATA_LOCK_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "STRATA_LOCK_TIMEOUT", default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     lock_timeout: std::time::Duration,
     /// Snapshot backend; a root remembers the one it was created with.
     #[arg(long, global = true, help_heading = GLOBAL, value_enum, default_value = "auto")]

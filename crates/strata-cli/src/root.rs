@@ -52,8 +52,9 @@ impl Classify for CliError {
 }
 
 /// Opens the root and its cache manager. While another process owns the
-/// root, waits up to `lock_wait` for it (saying so once on stderr), then
-/// fails with the lock error (exit 4).
+/// root, waits up to `lock_wait` for it (saying so on stderr, naming the
+/// holder's pid, again whenever the holder changes), then fails with the
+/// lock error (exit 4).
 pub fn open(
     path: Option<&Path>,
     backend: BackendArg,
@@ -64,26 +65,37 @@ pub fn open(
         backend: backend.into(),
     };
     let deadline = Instant::now() + lock_wait;
-    let mut said = false;
+    let mut said: Option<Option<u32>> = None;
     let root = loop {
         match Root::open(&opts) {
-            Err(OpenError::Lock(LockError::Held { path })) if Instant::now() < deadline => {
-                if !said {
+            Err(OpenError::Lock(LockError::Held { path, holder })) if Instant::now() < deadline => {
+                if said != Some(holder) {
+                    let left = deadline.saturating_duration_since(Instant::now());
                     eprintln!(
-                        "strata: waiting up to {} for {}: another strata process owns the root",
-                        humantime::format_duration(lock_wait),
-                        path.display()
+                        "strata: waiting up to {} for {}: {} owns the root (--lock-timeout)",
+                        humantime::format_duration(Duration::from_secs(
+                            (left.as_secs_f64().round() as u64).max(1)
+                        )),
+                        path.display(),
+                        holder.map_or_else(
+                            || "another strata process".to_owned(),
+                            |pid| format!("strata process {pid}")
+                        )
                     );
-                    said = true;
+                    said = Some(holder);
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Err(OpenError::Lock(LockError::Held { path })) if !lock_wait.is_zero() => {
+            Err(OpenError::Lock(LockError::Held { path, holder })) if !lock_wait.is_zero() => {
                 return Err(CliError {
                     kind: ErrorKind::Locked,
                     message: format!(
-                        "{} is locked by another process (waited {})",
+                        "{} is locked by {} (waited {}; --lock-timeout sets how long)",
                         path.display(),
+                        holder.map_or_else(
+                            || "another process".to_owned(),
+                            |pid| format!("process {pid}")
+                        ),
                         humantime::format_duration(lock_wait)
                     ),
                 }

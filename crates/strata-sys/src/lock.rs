@@ -1,12 +1,14 @@
-//! Advisory whole-file locks (`flock`), used for a root's `LOCK` file so one
-//! process owns a root at a time. The lock goes with the process: a crash
-//! releases it.
+//! Advisory whole-file locks (`flock`, through std's `File::try_lock`),
+//! used for a root's `LOCK` file so one process owns a root at a time. The
+//! lock goes with the process: a crash releases it. The holder writes its
+//! pid into the file, so a process that finds it locked can say who holds
+//! it (a pid left by a crashed holder is never read: the lock is free).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FlockOperation, Mode, OFlags};
-use rustix::io::Errno;
 use strata_core::{Classify, ErrorKind};
 
 /// Why a lock could not be taken.
@@ -14,15 +16,29 @@ use strata_core::{Classify, ErrorKind};
 #[non_exhaustive]
 pub enum LockError {
     /// Another process holds it.
-    #[error("{} is locked by another process", path.display())]
-    Held { path: PathBuf },
+    #[error("{} is locked by {}", path.display(), holder_text(*holder))]
+    Held {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's pid, as it wrote it (none when it has not yet).
+        holder: Option<u32>,
+    },
     /// The lock file could not be opened or locked.
     #[error("lock {}: {source}", path.display())]
     Io {
+        /// The lock file.
         path: PathBuf,
+        /// The failure.
         #[source]
         source: std::io::Error,
     },
+}
+
+fn holder_text(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("another process (pid {pid})"),
+        None => "another process".to_owned(),
+    }
 }
 
 impl Classify for LockError {
@@ -42,35 +58,55 @@ pub struct FileLock {
 }
 
 impl FileLock {
-    /// Takes the exclusive lock on `path` (created if missing) without
-    /// waiting.
+    /// Takes the exclusive lock on `path` (created if missing, mode 0600,
+    /// never through a symlink) without waiting, and records this
+    /// process's pid in it.
     pub fn try_exclusive(path: &Path) -> Result<FileLock, LockError> {
-        let io = |e: Errno| LockError::Io {
+        let io = |source: std::io::Error| LockError::Io {
             path: path.to_path_buf(),
-            source: e.into(),
+            source,
         };
-        let fd = rustix::fs::open(
-            path,
-            OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(io)?;
-        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(FileLock {
-                _file: File::from(fd),
-                path: path.to_path_buf(),
-            }),
-            Err(Errno::WOULDBLOCK) => Err(LockError::Held {
-                path: path.to_path_buf(),
-            }),
-            Err(e) => Err(io(e)),
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LockError::Held {
+                    path: path.to_path_buf(),
+                    holder: holder(&mut file),
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io(e)),
         }
+        // Who holds it, for those who wait (advisory: not synced).
+        file.set_len(0).map_err(io)?;
+        file.write_all(format!("{}\n", std::process::id()).as_bytes())
+            .map_err(io)?;
+        Ok(FileLock {
+            _file: file,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The locked file.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The pid the holder wrote, if it has yet.
+fn holder(file: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.take(32).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -84,7 +120,13 @@ mod tests {
         let first = FileLock::try_exclusive(&path).unwrap();
         let err = FileLock::try_exclusive(&path).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Locked);
-        assert!(err.to_string().contains("locked by another process"));
+        // The holder said who it is.
+        let pid = std::process::id();
+        assert!(
+            err.to_string()
+                .contains(&format!("locked by another process (pid {pid})")),
+            "{err}"
+        );
         drop(first);
         FileLock::try_exclusive(&path).unwrap();
     }
