@@ -14,7 +14,7 @@
 //!   mounts as one bind, where overlay stacks lower directories (and the
 //!   kernel caps how many).
 //! * No hard links across snapshots: each subvolume is its own inode space
-//!   and `link(2)` between two fails with `EXDEV`, so the capabilities
+//!   and `link(2)` between two fails with `Errno::XDEV`, so the capabilities
 //!   claim neither cross-snapshot links nor overlay layers. A merge copies
 //!   what it takes from other snapshots, or reflinks it (`FICLONE` does work
 //!   across subvolumes of one file system).
@@ -50,6 +50,7 @@ use std::path::{Path, PathBuf};
 use strata_core::Mount;
 use strata_snapshot::{Backend, Capabilities, Kind, SnapshotError, Usage, disk_usage, remove_tree};
 use strata_sys::btrfs;
+use strata_sys::errno::Errno;
 
 /// The btrfs backend.
 #[derive(Debug)]
@@ -173,7 +174,7 @@ impl Backend for BtrfsBackend {
             }),
             Ok(None) => Ok(walked),
             // Reading the quota tree needs CAP_SYS_ADMIN.
-            Err(e) if e.raw_os_error() == Some(strata_sys::errno::EPERM) => {
+            Err(e) if e.errno() == Some(Errno::PERM) => {
                 tracing::debug!(path = %fs.display(), "cannot read qgroups; usage from the walk");
                 Ok(walked)
             }

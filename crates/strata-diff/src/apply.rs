@@ -34,7 +34,7 @@ use std::sync::{Arc, mpsc};
 use strata_core::{Algorithm, Digest, Digester};
 use strata_leases::OpCtx;
 use strata_sys::copy::{MetadataCopy, RootEntry, copy_metadata};
-use strata_sys::errno::{EEXIST, ENOENT, ENOTDIR, EPERM};
+use strata_sys::errno::Errno;
 use strata_sys::{At, FileKind, Metadata, Root, SysError, Times, clean};
 use tar::EntryType;
 
@@ -602,7 +602,7 @@ impl Applier<'_> {
             EntryType::Directory => {
                 match at.mkdir(0o700) {
                     Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(EEXIST) => {
+                    Err(e) if e.errno() == Some(Errno::EXIST) => {
                         let existing = at.stat().map_err(|e| self.sys(&shown, e))?;
                         if !existing.as_ref().is_some_and(|m| m.kind == FileKind::Dir) {
                             at.remove_all().map_err(|e| self.sys(&shown, e))?;
@@ -689,7 +689,7 @@ impl Applier<'_> {
                 if let Err(e) =
                     replacing(&at, |at| at.mknod(file_kind, mode, makedev(major, minor)))
                 {
-                    if self.opts.skip_devices && e.raw_os_error() == Some(EPERM) {
+                    if self.opts.skip_devices && e.errno() == Some(Errno::PERM) {
                         tracing::debug!(entry = %shown.display(), "skipping a device node without privilege");
                         return Ok(());
                     }
@@ -716,7 +716,7 @@ impl Applier<'_> {
             // Hide what lower layers put in `parent`, keep this layer's.
             let entries = match self.root.read_dir(parent) {
                 Ok(entries) => entries,
-                Err(e) if e.raw_os_error() == Some(ENOENT) => return Ok(()),
+                Err(e) if e.errno() == Some(Errno::NOENT) => return Ok(()),
                 Err(e) => return Err(self.sys(shown, e)),
             };
             for (child, _) in entries {
@@ -736,7 +736,7 @@ impl Applier<'_> {
         match self.root.remove_all(&target) {
             Ok(_) => {}
             // A whiteout under a directory that does not exist hides nothing.
-            Err(e) if matches!(e.raw_os_error(), Some(ENOENT | ENOTDIR)) => {}
+            Err(e) if matches!(e.errno(), Some(Errno::NOENT | Errno::NOTDIR)) => {}
             Err(e) => return Err(self.sys(shown, e)),
         }
         if self.detached() {
@@ -846,7 +846,7 @@ impl Applier<'_> {
                 let m = match lower.try_stat(&prefix) {
                     Ok(Some(m)) => m,
                     Ok(None) => continue,
-                    Err(e) if e.raw_os_error() == Some(ENOTDIR) => continue,
+                    Err(e) if e.errno() == Some(Errno::NOTDIR) => continue,
                     Err(e) => return Err(self.sys(shown, e)),
                 };
                 if is_whiteout(&m) {
@@ -1057,7 +1057,7 @@ impl Applier<'_> {
             }
             if let Err(e) = place.set_xattr(OsStr::new(name), value) {
                 // Unprivileged users cannot set security.* and the like.
-                if self.privileged || e.raw_os_error() != Some(EPERM) {
+                if self.privileged || e.errno() != Some(Errno::PERM) {
                     return Err(self.sys(shown, e));
                 }
             }
@@ -1088,7 +1088,7 @@ impl Applier<'_> {
             match self.root.set_times(path, *mtime, *mtime) {
                 Ok(()) => {}
                 // Removed by a later whiteout.
-                Err(e) if e.raw_os_error() == Some(ENOENT) => {}
+                Err(e) if e.errno() == Some(Errno::NOENT) => {}
                 Err(e) => return Err(self.sys(path, e)),
             }
         }
@@ -1146,7 +1146,7 @@ fn replacing<T>(
     create: impl Fn(&At<'_>) -> Result<T, SysError>,
 ) -> Result<T, SysError> {
     match create(at) {
-        Err(e) if e.raw_os_error() == Some(EEXIST) => {
+        Err(e) if e.errno() == Some(Errno::EXIST) => {
             at.remove_all()?;
             create(at)
         }

@@ -21,7 +21,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use strata_sys::errno::ENOTDIR;
+use strata_sys::errno::Errno;
 use strata_sys::{FileKind, Metadata, Root};
 
 use crate::error::DiffError;
@@ -111,11 +111,11 @@ pub fn walk_upperdir_changes(
     walk.dir(Path::new(""), f)
 }
 
-/// `lstat` that treats ENOTDIR (a parent is not a directory) as absent.
+/// `lstat` that treats Errno::NOTDIR (a parent is not a directory) as absent.
 fn lookup(root: &Root, path: &Path) -> Result<Option<Metadata>, DiffError> {
     match root.try_stat(path) {
         Ok(m) => Ok(m),
-        Err(e) if e.raw_os_error() == Some(ENOTDIR) => Ok(None),
+        Err(e) if e.errno() == Some(Errno::NOTDIR) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -16,7 +16,7 @@
 //! is the lower one plus one layer (cost: what changed), from the double
 //! walk otherwise. Files are hard-linked from the committed source
 //! snapshot's own directory (never through a mount), falling back to a
-//! copy (reflink when the file system can) on `EXDEV` or `EMLINK`. Into an
+//! copy (reflink when the file system can) on `Errno::XDEV` or `Errno::MLINK`. Into an
 //! overlay result, deletes become whiteouts where the base has the path and
 //! a directory replacing a non-directory is made opaque. Directory mtimes
 //! are set at the end. The usage stored with the result leaves out the
@@ -30,7 +30,7 @@ use strata_leases::OpCtx;
 use strata_snapshot::mounts::{LocalMount, MountOptions};
 use strata_snapshot::{Kind, SnapshotError, SnapshotStore, Snapshotter, Usage};
 use strata_sys::copy::{MetadataCopy, copy_metadata};
-use strata_sys::errno::{EEXIST, EMLINK, ENOENT, ENOTDIR, EXDEV};
+use strata_sys::errno::Errno;
 use strata_sys::{FileKind, Metadata, Root, Times};
 
 use crate::changes::{Change, ChangeKind, Comparison, walk_changes, walk_upperdir_changes};
@@ -516,9 +516,9 @@ impl Dest {
                     return Ok(());
                 }
                 // Something is there: the phases below replace it.
-                Err(e) if e.raw_os_error() == Some(EEXIST) => {}
+                Err(e) if e.errno() == Some(Errno::EXIST) => {}
                 // Another file system, or too many links: copy.
-                Err(e) if matches!(e.raw_os_error(), Some(EXDEV | EMLINK)) => link = false,
+                Err(e) if matches!(e.errno(), Some(Errno::XDEV | Errno::MLINK)) => link = false,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -558,7 +558,7 @@ impl Dest {
                         return Ok(());
                     }
                     // Another file system, or too many links: copy.
-                    Err(e) if matches!(e.raw_os_error(), Some(EXDEV | EMLINK)) => {}
+                    Err(e) if matches!(e.errno(), Some(Errno::XDEV | Errno::MLINK)) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -602,7 +602,7 @@ impl Dest {
             match lower.try_stat(path) {
                 Ok(Some(_)) => return Ok(true),
                 Ok(None) => {}
-                Err(e) if e.raw_os_error() == Some(ENOTDIR) => {}
+                Err(e) if e.errno() == Some(Errno::NOTDIR) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -615,7 +615,7 @@ impl Dest {
             match self.root.stat(dir) {
                 Ok(m) if m.kind == FileKind::Dir => self.root.set_times(dir, m.atime, *mtime)?,
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(ENOENT | ENOTDIR)) => {}
+                Err(e) if matches!(e.errno(), Some(Errno::NOENT | Errno::NOTDIR)) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -658,7 +658,7 @@ fn resolve<'a>(
         match layer.try_stat(path) {
             Ok(Some(m)) => return Ok((layer, m)),
             Ok(None) => {}
-            Err(e) if e.raw_os_error() == Some(ENOTDIR) => {}
+            Err(e) if e.errno() == Some(Errno::NOTDIR) => {}
             Err(e) => return Err(e.into()),
         }
     }

@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::path::Path;
 
-use strata_sys::errno::EPERM;
+use strata_sys::errno::Errno;
 use strata_sys::{Root, SysError};
 
 /// The opaque marker's names, in either namespace.
@@ -53,7 +53,7 @@ fn any_set(
             Ok(Some(v)) if !v.is_empty() && want.is_none_or(|w| v == w) => return Ok(true),
             Ok(_) => {}
             // user.* cannot be read on some special files: nothing there.
-            Err(e) if e.raw_os_error() == Some(EPERM) => {}
+            Err(e) if e.errno() == Some(Errno::PERM) => {}
             Err(e) => return Err(e),
         }
     }

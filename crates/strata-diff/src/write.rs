@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use strata_content::{ContentError, ContentStore};
 use strata_core::{Algorithm, Digest, Digester, Labels};
 use strata_leases::OpCtx;
-use strata_sys::errno::{EOPNOTSUPP, EPERM};
+use strata_sys::errno::Errno;
 use strata_sys::{FileKind, Metadata, Root};
 use tar::{EntryType, Header};
 
@@ -391,7 +391,7 @@ impl LayerWriter<'_> {
         let mut names = match self.source.list_xattrs(path) {
             Ok(n) => n,
             // Not supported on this file system or file: none.
-            Err(e) if matches!(e.raw_os_error(), Some(EOPNOTSUPP | EPERM)) => Vec::new(),
+            Err(e) if matches!(e.errno(), Some(Errno::OPNOTSUPP | Errno::PERM)) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
         names.retain(|n| !overlay_xattr::is_private(n.as_bytes()));

@@ -1,4 +1,5 @@
 //! The error numbers callers of this crate tell apart (with
-//! [`crate::SysError::raw_os_error`]), by name.
+//! [`crate::SysError::errno`]): rustix's [`Errno`], whose constants
+//! (`Errno::XDEV`, `Errno::NOTDIR`, ...) can be matched on.
 
-pub use libc::{EEXIST, EMLINK, ENOENT, ENOTDIR, EOPNOTSUPP, EPERM, EXDEV};
+pub use rustix::io::Errno;

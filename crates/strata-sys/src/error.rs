@@ -72,6 +72,14 @@ impl SysError {
             _ => None,
         }
     }
+
+    /// The error number, when the failure was a syscall's.
+    pub fn errno(&self) -> Option<crate::errno::Errno> {
+        match self {
+            SysError::Io { source, .. } => crate::errno::Errno::from_io_error(source),
+            _ => None,
+        }
+    }
 }
 
 impl Classify for SysError {
