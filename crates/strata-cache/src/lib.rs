@@ -40,7 +40,7 @@ pub use manager::{CacheManager, RefOptions, SCRATCH, SnapshotRecordMetadata};
 pub use metadata::{RecordType, RefMetadata, Value};
 pub use owner::{ImportedLayerRow, OWNER_LEASE_PREFIX, PersistentMetadataRows, SnapshotContentRow};
 pub use progress::display_ref;
-pub use reader::{FileStat, RefReader, glob_match};
+pub use reader::{FileStat, RefReader};
 pub use refs::{ImmutableRef, MutableRef, RefCore, RefMount};
 pub use root::{BackendChoice, OpenError, Root, RootOptions, default_root};
 // What an embedder needs beside the manager, so that it depends on

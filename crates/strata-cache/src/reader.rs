@@ -6,7 +6,6 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -46,26 +45,25 @@ pub struct RefReader {
     _mount: RefMount,
 }
 
-/// True when `name` matches the shell-style `pattern` (`*`, `?`).
-pub fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
-    let (mut p, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == name[n]) {
-            p += 1;
-            n += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, n));
-            p += 1;
-        } else if let Some((sp, sn)) = star {
-            p = sp + 1;
-            n = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
+/// The names `patterns` select (shell-style: `*`, `?`, `[...]`, matched
+/// against one name, so `*` never crosses a `/`); an invalid pattern is
+/// refused by name.
+fn name_filter(patterns: &[String]) -> Result<Option<globset::GlobSet>> {
+    if patterns.is_empty() {
+        return Ok(None);
     }
-    pattern[p..].iter().all(|c| *c == b'*')
+    let mut set = globset::GlobSetBuilder::new();
+    for p in patterns {
+        let glob = globset::GlobBuilder::new(p)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| CacheError::invalid(&format!("pattern {p:?}"), e.kind().to_string()))?;
+        set.add(glob);
+    }
+    set.build()
+        .map(Some)
+        .map_err(|e| CacheError::invalid("patterns", e.to_string()))
 }
 
 impl RefReader {
@@ -138,12 +136,10 @@ impl RefReader {
     /// The entries of directory `path` whose names match one of `include`
     /// (all when empty), sorted by name.
     pub fn read_dir(&self, path: &Path, include: &[String]) -> Result<Vec<FileStat>> {
+        let filter = name_filter(include)?;
         let mut out = Vec::new();
         for (name, md) in self.root.read_dir_stat(path)? {
-            let keep = include.is_empty()
-                || include
-                    .iter()
-                    .any(|p| glob_match(p.as_bytes(), name.as_bytes()));
+            let keep = filter.as_ref().is_none_or(|f| f.is_match(Path::new(&name)));
             if keep {
                 let child = path.join(&name);
                 out.push(self.describe(&child, name, md)?);
@@ -171,17 +167,29 @@ impl MutableRef {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use std::path::Path;
+
+    use super::name_filter;
+
+    fn keeps(patterns: &[&str], name: &str) -> bool {
+        let patterns: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
+        name_filter(&patterns)
+            .unwrap()
+            .is_none_or(|f| f.is_match(Path::new(name)))
+    }
 
     #[test]
-    fn globs() {
-        assert!(glob_match(b"*.conf", b"a.conf"));
-        assert!(glob_match(b"*", b""));
-        assert!(glob_match(b"a?c", b"abc"));
-        assert!(glob_match(b"a*b*c", b"aXXbYYc"));
-        assert!(!glob_match(b"a*b", b"acd"));
-        assert!(!glob_match(b"?", b""));
-        assert!(glob_match(b"exact", b"exact"));
-        assert!(!glob_match(b"exact", b"exactly"));
+    fn shell_patterns_select_names() {
+        assert!(keeps(&[], "anything"));
+        assert!(keeps(&["*.conf"], "a.conf"));
+        assert!(keeps(&["a?c"], "abc"));
+        assert!(keeps(&["a*b*c"], "aXXbYYc"));
+        assert!(!keeps(&["a*b"], "acd"));
+        assert!(keeps(&["exact", "[xy]z"], "yz"));
+        assert!(!keeps(&["exact"], "exactly"));
+        assert!(keeps(&["\\*"], "*"));
+        assert!(!keeps(&["\\*"], "a"));
+        let err = name_filter(&["[z".to_owned()]).unwrap_err();
+        assert!(err.to_string().contains("pattern \"[z\""), "{err}");
     }
 }
