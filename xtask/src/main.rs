@@ -85,11 +85,12 @@ fn main() -> anyhow::Result<()> {
         ["stress", rest @ ..] => stress::run(rest),
         ["under-load", rest @ ..] => stress::under_load(rest),
         ["layering"] => layering::check(),
+        ["tidy"] => tidy::check(),
         ["protos", rest @ ..] => protos::run(rest),
         ["docs"] => docs(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | protos [--check] | docs"
+                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | tidy | protos [--check] | docs"
             );
             bail!("unknown command {args:?}")
         }

@@ -1,6 +1,7 @@
 //! Tidy checks written as code: every Rust file says what it is for in a
-//! leading `//!` comment, and every crate but strata-sys (and the test-only
-//! fault shim, an `LD_PRELOAD` library) forbids `unsafe`.
+//! leading `//!` comment (a generated one, where it comes from), and every
+//! crate but strata-sys (and the test-only fault shim, an `LD_PRELOAD`
+//! library) forbids `unsafe`.
 
 use std::path::{Path, PathBuf};
 
@@ -34,7 +35,15 @@ pub fn check() -> anyhow::Result<()> {
     for f in &files {
         let text = std::fs::read_to_string(f)?;
         let rel = f.strip_prefix(&root).unwrap_or(f).display().to_string();
-        if !text.trim_start().starts_with("//!") {
+        // Generated files are included into a module that says what they
+        // are; they say where they come from.
+        if rel.contains("/generated/") {
+            if !text.starts_with(crate::protos::HEADER) {
+                problems.push(format!(
+                    "{rel}: a generated file without the header `cargo xtask protos` writes"
+                ));
+            }
+        } else if !text.trim_start().starts_with("//!") {
             problems.push(format!(
                 "{rel}: does not start with a //! comment saying what it is for"
             ));

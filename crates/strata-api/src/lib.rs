@@ -13,6 +13,8 @@
 //! These are the raw wire types; `strata-containerd` converts them to and
 //! from Strata's own, so nothing above it names a tonic or prost type.
 
+#![forbid(unsafe_code)]
+
 /// containerd's packages (`containerd.*`).
 pub mod containerd {
     /// `containerd.types`: the mount description.
