@@ -163,14 +163,21 @@ pub fn run() -> anyhow::Result<()> {
         Vec::new()
     };
     let fresh = read_dir(&results_dir())?;
-    let new = fresh.len();
+    let mut new = 0;
     for r in fresh {
         match rows
             .iter_mut()
             .find(|o| o.table == r.table && o.key == r.key)
         {
-            Some(o) => *o = r,
-            None => rows.push(r),
+            Some(o) if r.provenance.supersedes(&o.provenance) => {
+                *o = r;
+                new += 1;
+            }
+            Some(_) => {}
+            None => {
+                rows.push(r);
+                new += 1;
+            }
         }
     }
     let raw: Vec<&Value> = rows.iter().map(|r| &r.raw).collect();

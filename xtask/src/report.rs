@@ -228,20 +228,39 @@ pub fn check(dir: &Path) -> anyhow::Result<usize> {
     Ok(entries.len())
 }
 
-/// `old` then `new`, a newer entry replacing an older one of the same
-/// group, case and peer in its place.
-fn merge(old: Vec<Entry>, new: Vec<Entry>) -> Vec<Entry> {
-    let mut out: Vec<Entry> = Vec::new();
-    for e in old.into_iter().chain(new) {
+impl Provenance {
+    /// True when a record made at `self` replaces one made at `kept`: it
+    /// is newer (a stale record left in a build directory never undoes a
+    /// newer one, and the same record read again changes nothing).
+    pub(crate) fn supersedes(&self, kept: &Provenance) -> bool {
+        // RFC 3339 UTC times order as strings.
+        self.utc > kept.utc
+    }
+}
+
+/// `old` then `new`, an entry replacing one of the same group, case and
+/// peer in its place when it is newer; the merged entries and how many of
+/// `new` were taken.
+fn merge(old: Vec<Entry>, new: Vec<Entry>) -> (Vec<Entry>, usize) {
+    let mut out: Vec<Entry> = old;
+    let mut taken = 0;
+    for e in new {
         match out
             .iter_mut()
             .find(|o| o.group == e.group && o.case == e.case && o.peer == e.peer)
         {
-            Some(o) => *o = e,
-            None => out.push(e),
+            Some(o) if e.provenance.supersedes(&o.provenance) => {
+                *o = e;
+                taken += 1;
+            }
+            Some(_) => {}
+            None => {
+                out.push(e);
+                taken += 1;
+            }
         }
     }
-    out
+    (out, taken)
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -253,8 +272,7 @@ pub fn run() -> anyhow::Result<()> {
         Vec::new()
     };
     let fresh = read_dir(&ws.join("target/strata-bench"))?;
-    let new = fresh.len();
-    let entries = merge(old, fresh);
+    let (entries, new) = merge(old, fresh);
     let raw: Vec<&Value> = entries.iter().map(|e| &e.raw).collect();
     std::fs::create_dir_all(store.parent().expect("docs/benchmarks"))?;
     std::fs::write(&store, serde_json::to_string_pretty(&raw)? + "\n")?;
@@ -634,6 +652,38 @@ mod tests {
             "commit": "5e4d17b0c0ffee", "dirty": false, "utc": "2026-01-02T03:04:05Z",
             "kernel": "6.1.0-30-amd64", "fs": "ext4 on /dev/loop0", "root": true, "cores": 2,
         })
+    }
+
+    /// A record left in the build directory from an older run never
+    /// replaces a newer one; a newer one does, and a new case is added.
+    #[test]
+    fn older_records_never_replace_newer_ones() {
+        let at = |utc: &str, returned: f64, peer: &str| {
+            let mut p = full();
+            p["utc"] = utc.into();
+            let mut f = figure(peer, p);
+            f["returned"] = returned.into();
+            f
+        };
+        let parse_one = |v: Value| {
+            parse(&serde_json::to_string(&[v]).unwrap(), Path::new("t.json"))
+                .unwrap()
+                .remove(0)
+        };
+        let kept = vec![parse_one(at("2026-12-05T15:00:00Z", 1.0, "strata"))];
+        let stale = vec![
+            parse_one(at("2026-12-05T12:00:00Z", 9.0, "strata")),
+            parse_one(at("2026-12-05T12:00:00Z", 3.0, "peer")),
+        ];
+        let (merged, taken) = merge(kept.clone(), stale);
+        assert_eq!(taken, 1, "only the new case");
+        assert_eq!(merged[0].raw["returned"], 1.0);
+        let (merged, taken) = merge(
+            kept,
+            vec![parse_one(at("2026-12-05T16:00:00Z", 2.0, "strata"))],
+        );
+        assert_eq!(taken, 1);
+        assert_eq!(merged[0].raw["returned"], 2.0);
     }
 
     #[test]
