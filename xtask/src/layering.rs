@@ -38,7 +38,8 @@ const FLOORS: &[(&str, Option<u8>)] = &[
     ("xtask", Some(50)),
 ];
 
-/// (crate, dependency it must never pull in, even indirectly).
+/// (crate, dependency it must never pull in, even indirectly, unless
+/// through a feature someone turns on).
 const FORBIDDEN: &[(&str, &str)] = &[
     ("strata-core", "tokio"),
     ("strata-core", "nix"),
@@ -46,6 +47,12 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("strata-core", "redb"),
     ("strata-metadata", "tokio"),
     ("strata-content", "tokio"),
+    // oci-spec belongs to the OCI boundary (strata-core's `oci` feature).
+    ("strata-core", "oci-spec"),
+    ("strata-snapshot", "oci-spec"),
+    ("strata-content", "oci-spec"),
+    ("strata-diff", "oci-spec"),
+    ("strata-leases", "oci-spec"),
     // gRPC belongs to the wire bindings and the containerd edge.
     ("strata-snapshot", "tonic"),
     ("strata-diff", "tonic"),
@@ -159,11 +166,17 @@ impl Graph {
     }
 
     /// Every package `id` reaches through normal edges.
+    /// What `id` pulls in through normal dependencies, not following an
+    /// optional one: a feature is judged where it is turned on.
     fn reaches(&self, id: &str) -> BTreeSet<String> {
         let mut seen = BTreeSet::new();
         let mut todo = vec![id.to_owned()];
         while let Some(next) = todo.pop() {
+            let from = self.name(&next).to_owned();
             for d in self.normal.get(&next).into_iter().flatten() {
+                if self.optional.contains(&(from.clone(), self.name(d).to_owned())) {
+                    continue;
+                }
                 if seen.insert(d.clone()) {
                     todo.push(d.clone());
                 }

@@ -1,13 +1,10 @@
 //! A content descriptor (media type, digest, size, annotations, URLs) whose
 //! digest is already validated, with lossless conversions to and from the
-//! `oci-spec` descriptor used at the OCI boundary.
+//! `oci-spec` descriptor used at the OCI boundary (feature `oci`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::str::FromStr;
+use std::collections::BTreeMap;
 
-use oci_spec::image as oci;
-
-use crate::digest::{Digest, DigestError};
+use crate::digest::Digest;
 
 /// Describes a blob: what it is, its digest and its size.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,48 +34,61 @@ impl Descriptor {
     }
 }
 
-impl TryFrom<&oci::Descriptor> for Descriptor {
-    type Error = DigestError;
+#[cfg(feature = "oci")]
+mod oci_conversions {
+    use std::collections::HashMap;
+    use std::str::FromStr;
 
-    fn try_from(d: &oci::Descriptor) -> Result<Self, Self::Error> {
-        Ok(Descriptor {
-            media_type: d.media_type().to_string(),
-            digest: Digest::parse(d.digest().as_ref())?,
-            size: d.size(),
-            annotations: d
-                .annotations()
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            urls: d.urls().clone().unwrap_or_default(),
-        })
+    use oci_spec::image as oci;
+
+    use super::Descriptor;
+    use crate::digest::{Digest, DigestError};
+
+    impl TryFrom<&oci::Descriptor> for Descriptor {
+        type Error = DigestError;
+
+        fn try_from(d: &oci::Descriptor) -> Result<Self, Self::Error> {
+            Ok(Descriptor {
+                media_type: d.media_type().to_string(),
+                digest: Digest::parse(d.digest().as_ref())?,
+                size: d.size(),
+                annotations: d
+                    .annotations()
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                urls: d.urls().clone().unwrap_or_default(),
+            })
+        }
+    }
+
+    impl From<&Descriptor> for oci::Descriptor {
+        fn from(d: &Descriptor) -> Self {
+            let digest = oci_spec::image::Digest::from_str(d.digest.as_str())
+                .expect("a validated digest is a valid OCI digest");
+            let mut out =
+                oci::Descriptor::new(oci::MediaType::from(d.media_type.as_str()), d.size, digest);
+            if !d.annotations.is_empty() {
+                let annotations: HashMap<String, String> = d
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                out.set_annotations(Some(annotations));
+            }
+            if !d.urls.is_empty() {
+                out.set_urls(Some(d.urls.clone()));
+            }
+            out
+        }
     }
 }
 
-impl From<&Descriptor> for oci::Descriptor {
-    fn from(d: &Descriptor) -> Self {
-        let digest = oci_spec::image::Digest::from_str(d.digest.as_str())
-            .expect("a validated digest is a valid OCI digest");
-        let mut out =
-            oci::Descriptor::new(oci::MediaType::from(d.media_type.as_str()), d.size, digest);
-        if !d.annotations.is_empty() {
-            let annotations: HashMap<String, String> = d
-                .annotations
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            out.set_annotations(Some(annotations));
-        }
-        if !d.urls.is_empty() {
-            out.set_urls(Some(d.urls.clone()));
-        }
-        out
-    }
-}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "oci"))]
 mod tests {
+    use oci_spec::image as oci;
+
     use super::*;
     use crate::digest::Algorithm;
 
