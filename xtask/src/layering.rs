@@ -174,7 +174,10 @@ impl Graph {
         while let Some(next) = todo.pop() {
             let from = self.name(&next).to_owned();
             for d in self.normal.get(&next).into_iter().flatten() {
-                if self.optional.contains(&(from.clone(), self.name(d).to_owned())) {
+                if self
+                    .optional
+                    .contains(&(from.clone(), self.name(d).to_owned()))
+                {
                     continue;
                 }
                 if seen.insert(d.clone()) {
