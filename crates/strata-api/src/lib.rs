@@ -14,6 +14,7 @@
 //! from Strata's own, so nothing above it names a tonic or prost type.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 /// containerd's packages (`containerd.*`).
 pub mod containerd {

@@ -44,6 +44,7 @@
 //! [`Backend::remove`] deletes all of those (the store calls it for each
 //! at open), then the directory.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
 

@@ -15,6 +15,7 @@
 //! flat lease ([`SERVED_LEASE`]) so Strata's collector never takes it;
 //! containerd's Remove decides, and Cleanup sweeps what removals left.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod client;
 mod convert;

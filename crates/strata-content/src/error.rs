@@ -23,22 +23,31 @@ pub enum ContentError {
     /// The bytes do not hash to the expected digest.
     #[error("content for ingest {ingest:?} does not match: expected {expected}, got {actual}")]
     DigestMismatch {
+        /// The ingest's ref.
         ingest: String,
+        /// The digest the caller asked the bytes to have.
         expected: Digest,
+        /// The digest of the bytes written.
         actual: Digest,
     },
     /// The size given at commit differs from what was written.
     #[error("ingest {ingest:?}: commit size {expected} does not match the {actual} bytes written")]
     SizeMismatch {
+        /// The ingest's ref.
         ingest: String,
+        /// The size given at commit, in bytes.
         expected: u64,
+        /// The bytes the ingest holds.
         actual: u64,
     },
     /// A resumed writer was given a different expectation than the ingest has.
     #[error("ingest {ingest:?} was started expecting {existing}, not {requested}")]
     ExpectationConflict {
+        /// The ingest's ref.
         ingest: String,
+        /// The digest or size (`N bytes`) the ingest was started with.
         existing: String,
+        /// The differing digest or size the resuming writer gave.
         requested: String,
     },
     /// A bad argument: ref name, label, field path or filter.
@@ -50,8 +59,12 @@ pub enum ContentError {
     /// A file-system operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
+        /// What was being done (`open ingest`, `rename into blobs`, ...),
+        /// shown before the path.
         op: &'static str,
+        /// The file or directory it acted on.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -59,7 +72,9 @@ pub enum ContentError {
     /// metadata store.
     #[error("ingest {reference}: {source}")]
     Ingest {
+        /// The ingest's ref.
         reference: String,
+        /// What failed.
         #[source]
         source: Box<ContentError>,
     },
@@ -67,7 +82,9 @@ pub enum ContentError {
     /// ingest).
     #[error("commit {digest}: {source}")]
     Commit {
+        /// The blob being committed.
         digest: Digest,
+        /// What failed.
         #[source]
         source: Box<ContentError>,
     },

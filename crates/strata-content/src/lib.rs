@@ -8,6 +8,7 @@
 //! blob without a row (a commit or delete cut short) is removed when the store
 //! opens. Only verified bytes ever reach `blobs/`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod collect;
 mod error;

@@ -72,13 +72,26 @@ impl FromStr for Algorithm {
 pub enum DigestError {
     /// The string has no `algorithm:encoded` shape.
     #[error("invalid digest {input:?}: {reason}")]
-    Format { input: String, reason: &'static str },
+    Format {
+        /// The string given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The algorithm is well formed but not one Strata supports.
     #[error("unsupported digest algorithm {algorithm:?}")]
-    Unsupported { algorithm: String },
+    Unsupported {
+        /// The algorithm part of the string (before the `:`).
+        algorithm: String,
+    },
     /// Content hashed to a different digest than the one expected.
     #[error("digest mismatch: expected {expected}, got {actual}")]
-    Mismatch { expected: Digest, actual: Digest },
+    Mismatch {
+        /// The digest the content was expected to have.
+        expected: Digest,
+        /// The digest it has.
+        actual: Digest,
+    },
 }
 
 impl crate::Classify for DigestError {

@@ -21,7 +21,12 @@ pub enum LabelError {
     #[error(
         "label {key_prefix:?}: key and value are {total} bytes, more than the maximum {MAX_LABEL_SIZE}"
     )]
-    TooLong { key_prefix: String, total: usize },
+    TooLong {
+        /// The key's first 16 characters, enough to find it.
+        key_prefix: String,
+        /// The key's and the value's lengths together, in bytes.
+        total: usize,
+    },
     /// A `K=V` argument without `=`.
     #[error("label {0:?} is not of the form KEY=VALUE")]
     Syntax(String),

@@ -5,6 +5,7 @@
 //! This crate sits on floor 0: it performs no I/O beyond hashing what it is
 //! handed, and it pulls in no async runtime and no syscall crate.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod descriptor;
 pub mod digest;

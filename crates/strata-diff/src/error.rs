@@ -8,37 +8,57 @@ use strata_core::{Classify, Digest, ErrorKind};
 pub enum ApplyError {
     /// The layer is malformed, hostile or over a limit.
     #[error("layer {layer}: {reason}")]
-    Invalid { layer: String, reason: String },
+    Invalid {
+        /// The layer, as [`ApplyOptions::name`](crate::ApplyOptions::name) calls it.
+        layer: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An entry could not be applied for a reason of its own.
     #[error("layer {layer}: entry {entry:?}: {reason}")]
     Entry {
+        /// The layer, as [`ApplyOptions::name`](crate::ApplyOptions::name) calls it.
         layer: String,
+        /// The entry's path in the layer.
         entry: String,
+        /// Why it could not be applied.
         reason: String,
     },
     /// Writing an entry failed for a reason of the machine, not the layer
     /// (no space left, a read-only or failing disk, too many open files).
     #[error("layer {layer}: entry {entry:?}: {source}")]
     EntryFailed {
+        /// The layer, as [`ApplyOptions::name`](crate::ApplyOptions::name) calls it.
         layer: String,
+        /// The entry's path in the layer.
         entry: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// The compressed bytes or the tar stream hash to another digest.
     #[error("layer {layer}: {what} mismatch: expected {expected}, got {actual}")]
     Mismatch {
+        /// The layer, as [`ApplyOptions::name`](crate::ApplyOptions::name) calls it.
         layer: String,
+        /// Which hash: `digest` (the bytes as given) or `diffID` (the
+        /// uncompressed tar stream).
         what: &'static str,
+        /// The digest the caller expected.
         expected: Digest,
+        /// The digest of what was read.
         actual: Digest,
     },
     /// An entry lies below a symlink of a lower layer: only a mounted
     /// overlay can resolve it (write through the mount instead).
     #[error("layer {layer}: entry {entry:?} lies below the lower layers' symlink {}; apply it through a mount", symlink.display())]
     NeedsMount {
+        /// The layer, as [`ApplyOptions::name`](crate::ApplyOptions::name) calls it.
         layer: String,
+        /// The entry's path in the layer.
         entry: String,
+        /// The entry's ancestor that is a symlink in the lowers, relative
+        /// to the layer's root.
         symlink: std::path::PathBuf,
     },
     /// A layer written before its lowers are known (to unpack an image's
@@ -47,25 +67,35 @@ pub enum ApplyError {
     /// marker at the top. Apply it again on its parent.
     #[error("layer {layer}: entry {entry:?} needs the lower layers: {reason}")]
     NeedsLowers {
+        /// The layer, as [`ApplyOptions::name`](crate::ApplyOptions::name) calls it.
         layer: String,
+        /// The entry's path in the layer.
         entry: String,
+        /// What the entry needs from the lowers.
         reason: &'static str,
     },
     /// The operation was cancelled; what was applied stays (the caller
     /// discards it).
     #[error("layer {layer}: cancelled")]
-    Cancelled { layer: String },
+    Cancelled {
+        /// The layer, as [`ApplyOptions::name`](crate::ApplyOptions::name) calls it.
+        layer: String,
+    },
     /// Reading the layer or writing the tree failed.
     #[error("layer {layer}: {source}")]
     Io {
+        /// The layer, as [`ApplyOptions::name`](crate::ApplyOptions::name) calls it.
         layer: String,
+        /// The operating system's or the decompressor's error.
         #[source]
         source: std::io::Error,
     },
     /// A confined file-system operation failed.
     #[error("layer {layer}: {source}")]
     Sys {
+        /// The layer, as [`ApplyOptions::name`](crate::ApplyOptions::name) calls it.
         layer: String,
+        /// The failure, naming the path.
         #[source]
         source: strata_sys::SysError,
     },
@@ -98,15 +128,21 @@ pub enum DiffError {
     /// Reading or writing data failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
+        /// What was being done (`open layer`, `copy`, ...), shown before the
+        /// path.
         op: &'static str,
+        /// The file or directory it acted on.
         path: std::path::PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// The tree holds something the operation cannot handle.
     #[error("{}: {reason}", path.display())]
     Unsupported {
+        /// Where in the tree.
         path: std::path::PathBuf,
+        /// What could not be handled there.
         reason: String,
     },
     /// A snapshot operation failed.

@@ -3,6 +3,7 @@
 //! directory), change walking ([`walk_changes`], [`walk_upperdir_changes`]),
 //! the layer writer ([`write_layer`]) and the merge engine.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod apply;
 mod changes;

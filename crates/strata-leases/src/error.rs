@@ -23,14 +23,21 @@ pub enum LeaseError {
     Cancelled,
     /// A store could not remove what the collector swept.
     #[error("collect {what}: {reason}")]
-    Collect { what: String, reason: String },
+    Collect {
+        /// What the store was reading or removing.
+        what: String,
+        /// The store's error, as text.
+        reason: String,
+    },
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] strata_metadata::MetaError),
     /// The metadata store failed while a lease was changed.
     #[error("lease {lease:?}: {source}")]
     Store {
+        /// The lease's id.
         lease: String,
+        /// The metadata store's error.
         #[source]
         source: strata_metadata::MetaError,
     },

@@ -9,6 +9,7 @@
 //! * [`gc`]: tri-colour mark and sweep over the metadata graph; stores plug
 //!   in through the narrow [`Collect`] seam; [`gc::Scheduler`] triggers it.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod ctx;
 mod error;

@@ -7,6 +7,7 @@
 //! [`MetaDb::write_deferred`], is for changes a crash may lose. The on-disk format is
 //! described in `docs/metadata-format.md`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod cascade;
 mod check;
@@ -36,36 +37,52 @@ pub enum MetaError {
     /// The database could not be opened or read.
     #[error("metadata {}: {source}", path.display())]
     Database {
+        /// The metadata file.
         path: PathBuf,
+        /// redb's error.
         #[source]
         source: Box<redb::Error>,
     },
     /// A redb operation failed inside a transaction.
     #[error("metadata {op}: {source}")]
     Storage {
+        /// The operation (`get`, `scan`, `commit`, ...).
         op: &'static str,
+        /// redb's error.
         #[source]
         source: Box<redb::Error>,
     },
     /// A transaction refused because an earlier commit failed (the
     /// database must be opened again).
     #[error("metadata {op}: refused after an earlier commit failed ({first})")]
-    Refused { op: &'static str, first: String },
+    Refused {
+        /// The operation refused.
+        op: &'static str,
+        /// The failure of the earlier commit, as text.
+        first: String,
+    },
     /// The file was written by a newer Strata.
     #[error(
         "metadata {} has schema version {found}, newer than the {supported} this strata supports; upgrade strata",
         path.display()
     )]
     TooNew {
+        /// The metadata file.
         path: PathBuf,
+        /// The schema version the file has.
         found: u32,
+        /// The newest schema version this build reads
+        /// ([`SCHEMA_VERSION`]).
         supported: u32,
     },
     /// A record could not be decoded.
     #[error("metadata table {table}, key {key:?}: {reason}")]
     Corrupt {
+        /// The table holding the record.
         table: &'static str,
+        /// The record's key.
         key: String,
+        /// What is wrong with the stored bytes.
         reason: String,
     },
 }

@@ -3,6 +3,7 @@
 //! parent is a read-only bind of the parent's tree, which cannot change
 //! while the view (its child) exists.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod copy;
 

@@ -14,6 +14,7 @@
 //!   they are read, indexes nest at most [`MAX_INDEX_DEPTH`] deep, and a
 //!   digest is validated before it names a path.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod archive;
 mod auth;

@@ -9,6 +9,7 @@
 //! added inside a user namespace; `redirect_dir`, `metacopy` and `volatile`
 //! only when configured.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
 

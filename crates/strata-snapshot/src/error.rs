@@ -16,15 +16,24 @@ pub enum SnapshotError {
     AlreadyExists(String),
     /// The snapshot is not in a state that allows the operation.
     #[error("snapshot {key:?}: {reason}")]
-    FailedPrecondition { key: String, reason: String },
+    FailedPrecondition {
+        /// The snapshot's key.
+        key: String,
+        /// What about its state forbids the operation.
+        reason: String,
+    },
     /// A bad key, label or field path.
     #[error("{0}")]
     Invalid(String),
     /// A file-system operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
+        /// What was being done (`create`, `create mount point`, ...),
+        /// shown before the path.
         op: &'static str,
+        /// The file or directory it acted on.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

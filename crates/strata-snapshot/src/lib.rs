@@ -9,6 +9,7 @@
 //! transaction that records it; removal deletes the row first and the
 //! directory after. Orphan directories are swept when a store opens.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod backend;
 mod collect;

@@ -15,20 +15,33 @@ pub enum SysError {
     /// A syscall failed.
     #[error("{op} {}: {source}", short_path(path))]
     Io {
+        /// The call or step that failed (`mount`, `fsopen overlay`,
+        /// `stat`, ...), shown before the path.
         op: &'static str,
+        /// The path it acted on (below a [`Root`](crate::Root), joined to
+        /// the root's own path).
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
     /// A path names something outside the root, or is malformed.
     #[error("invalid path {}: {reason}", short_path(path))]
-    InvalidPath { path: PathBuf, reason: &'static str },
+    InvalidPath {
+        /// The path as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The operation would act on something it must refuse (a symlink to
     /// chmod, a directory to hard-link, a mount point to remove through).
     #[error("refusing to {op} {}: {reason}", short_path(path))]
     Refused {
+        /// The operation refused (`chmod`, `link`, `remove`, ...).
         op: &'static str,
+        /// The path it would have acted on.
         path: PathBuf,
+        /// Why it is refused.
         reason: &'static str,
     },
 }

@@ -22,6 +22,7 @@
 //! argument type each, in one private module of [`btrfs`]) say why they
 //! are sound.
 //! It remains the only crate allowed any.
+#![warn(missing_docs)]
 
 pub mod btrfs;
 pub mod copy;
