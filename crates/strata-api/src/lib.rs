@@ -48,3 +48,8 @@ pub mod containerd {
         }
     }
 }
+
+// The README's examples compile and run as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

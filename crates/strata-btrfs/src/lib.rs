@@ -194,3 +194,8 @@ fn exclusive_bytes(fs: &Path) -> Result<Option<u64>, strata_sys::SysError> {
     strata_sys::sync::syncfs(fs)?;
     Ok(btrfs::qgroup(fs)?.map(|q| q.exclusive))
 }
+
+// The README's examples compile and run as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -62,3 +62,8 @@ pub mod keys {
         MEDIA_TYPE, RECORD_TYPE, SIZE, URLS, USAGE_COUNT,
     };
 }
+
+// The README's examples compile and run as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

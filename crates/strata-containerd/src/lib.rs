@@ -25,3 +25,8 @@ mod service;
 pub use client::GrpcSnapshotter;
 pub use serve::{ServeError, ServeOptions, bind, serve, serve_on, signalled};
 pub use service::{SERVED_LEASE, Service};
+
+// The README's examples compile and run as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

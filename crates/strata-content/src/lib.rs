@@ -22,3 +22,8 @@ pub use info::{Info, Status};
 pub use reader::ReaderAt;
 pub use store::{ContentStore, Ingested};
 pub use writer::Writer;
+
+// The README's examples compile and run as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

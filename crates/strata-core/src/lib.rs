@@ -23,3 +23,8 @@ pub use filter::{Filter, FilterError, Filterable};
 pub use labels::{LabelError, Labels};
 pub use media::Compression;
 pub use mount::{Mount, MountKind, OverlayLayers};
+
+// The README's examples compile and run as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

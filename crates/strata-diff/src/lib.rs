@@ -28,3 +28,8 @@ pub use unpack::{LayerSource, Unpacker};
 pub use write::{
     LayerWriter, UNCOMPRESSED_LABEL, WriteOptions, Written, write_layer, write_layer_to_store,
 };
+
+// The README's examples compile and run as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -26,3 +26,8 @@ pub use error::LeaseError;
 pub use gc::{Collect, Collector, Node, Swept};
 pub use manager::{Lease, LeaseManager, LeaseSpec, Resource};
 pub use progress::{PROGRESS_EMIT_INTERVAL, ProgressTracker};
+
+// The README's examples compile and run as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -270,3 +270,8 @@ impl MetaDb {
         check::run(&self.read()?)
     }
 }
+
+// The README's examples compile and run as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

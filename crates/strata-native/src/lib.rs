@@ -43,3 +43,8 @@ impl Backend for Native {
         strata_snapshot::whole_tree_mounts(dir, kind, parents)
     }
 }
+
+// The README's examples compile and run as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -90,3 +90,8 @@ pub trait Snapshotter: Send + Sync + std::fmt::Debug {
     /// Releases resources; calling it again does nothing.
     async fn close(&self) -> Result<(), SnapshotError>;
 }
+
+// The README's examples compile and run as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -48,3 +48,8 @@ pub fn free_space(path: &std::path::Path) -> SysResult<u64> {
     let st = rustix::fs::statvfs(path).map_err(|e| SysError::io("statvfs", path, e))?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
+
+// The README's examples compile and run as doc tests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
