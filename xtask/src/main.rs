@@ -7,9 +7,15 @@
 //!   listed by name and counted at the end.
 //! * `deps [--ci]`: installs the tools the tests (and CI) run, or says how.
 //! * `ci`: fmt check, clippy with `-D warnings`, the layering check, the
-//!   bindings check (`protos --check`), tidy checks, `test`, the overlay
-//!   scenario on Debian 12's kernel under qemu (`qemu`), then a 30-second
-//!   fuzz smoke run.
+//!   bindings check (`protos --check`), tidy checks, `api-docs`,
+//!   `package`, the benchmark and reliability documents redrawn unchanged
+//!   (`report`), every benchmark once (`bench --quick`), `test`, the
+//!   overlay scenario on Debian 12's kernel under qemu (`qemu`), two power
+//!   cuts (`powerloss`), then a 30-second fuzz smoke run.
+//! * `api-docs`: `cargo doc --workspace --no-deps` with rustdoc's warnings
+//!   (broken intra-doc links among them) as errors.
+//! * `package`: the published crates' manifests checked and every one
+//!   packaged with `cargo package` (`publish.rs`).
 //! * `bench content|snapshot|gc|diff|cache|oci|containerd`: figures against
 //!   peers run side by side.
 //! * `report` (or `bench --report`): the recorded benchmark medians become
@@ -42,6 +48,7 @@ mod images;
 mod layering;
 mod powerloss;
 mod protos;
+mod publish;
 mod qemu;
 // The testkit's writer of reliability rows and their provenance, the same
 // files compiled here for the rows xtask records itself; the functions only
@@ -88,9 +95,11 @@ fn main() -> anyhow::Result<()> {
         ["tidy"] => tidy::check(),
         ["protos", rest @ ..] => protos::run(rest),
         ["docs"] => docs(),
+        ["api-docs"] => api_docs(),
+        ["package"] => publish::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | tidy | protos [--check] | docs"
+                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | tidy | protos [--check] | docs | api-docs | package"
             );
             bail!("unknown command {args:?}")
         }
@@ -195,6 +204,15 @@ fn docs() -> anyhow::Result<()> {
         .env("STRATA_BLESS", "1"))
 }
 
+/// The API documentation of every workspace crate, built with rustdoc's
+/// warnings as errors: a broken intra-doc link or a malformed doc comment
+/// fails.
+fn api_docs() -> anyhow::Result<()> {
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings"))
+}
+
 fn ci() -> anyhow::Result<()> {
     // CI checks what is committed; a blessing run would rewrite it and pass.
     if std::env::var_os("STRATA_BLESS").is_some() {
@@ -212,6 +230,8 @@ fn ci() -> anyhow::Result<()> {
     layering::check()?;
     protos::run(&["--check"])?;
     tidy::check()?;
+    api_docs()?;
+    publish::run()?;
     // The benchmark and reliability tables are what the records draw.
     report()?;
     run(Command::new("git").args([
