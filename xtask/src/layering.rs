@@ -94,21 +94,7 @@ pub(crate) struct Graph {
 impl Graph {
     /// Reads `cargo metadata` of the workspace; a cargo failure is an error.
     fn load() -> anyhow::Result<Graph> {
-        let out = crate::cargo()
-            .args(["metadata", "--format-version", "1"])
-            .current_dir(crate::workspace())
-            .output()
-            .context("run cargo metadata")?;
-        if !out.status.success() {
-            bail!(
-                "cargo metadata failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let meta: serde_json::Value =
-            serde_json::from_slice(&out.stdout).context("parse cargo metadata")?;
-        Graph::parse(&meta)
+        Graph::parse(&crate::cargo_metadata(&[])?)
     }
 
     pub(crate) fn parse(meta: &serde_json::Value) -> anyhow::Result<Graph> {

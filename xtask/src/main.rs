@@ -149,6 +149,25 @@ pub(crate) fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// `cargo metadata` of the workspace (with `extra` arguments), parsed; a
+/// cargo failure is an error.
+pub(crate) fn cargo_metadata(extra: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1"])
+        .args(extra)
+        .current_dir(workspace())
+        .output()
+        .context("run cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("parse cargo metadata")
+}
+
 pub(crate) fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }

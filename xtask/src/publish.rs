@@ -120,20 +120,7 @@ pub(crate) fn problems(members: &[Member]) -> Vec<String> {
 }
 
 pub fn run() -> anyhow::Result<()> {
-    let out = crate::cargo()
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .current_dir(crate::workspace())
-        .output()
-        .context("run cargo metadata")?;
-    if !out.status.success() {
-        bail!(
-            "cargo metadata failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parse cargo metadata")?;
+    let meta = crate::cargo_metadata(&["--no-deps"])?;
     let members = members(&meta)?;
     let problems = problems(&members);
     if !problems.is_empty() {

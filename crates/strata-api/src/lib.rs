@@ -16,16 +16,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-/// containerd's packages (`containerd.*`).
+/// containerd's packages (`containerd.*`). Everything below is generated
+/// code, which documents what the `.proto` files document.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unused_qualifications,
+    clippy::all,
+    reason = "generated code"
+)]
 pub mod containerd {
     /// `containerd.types`: the mount description.
-    #[allow(
-        missing_docs,
-        missing_debug_implementations,
-        unused_qualifications,
-        clippy::all,
-        reason = "generated code"
-    )]
     pub mod types {
         include!("generated/containerd.types.rs");
     }
@@ -35,21 +36,9 @@ pub mod containerd {
         /// `containerd.services.snapshots`.
         pub mod snapshots {
             /// `containerd.services.snapshots.v1`: the snapshots service.
-            #[allow(
-                missing_docs,
-                missing_debug_implementations,
-                unused_qualifications,
-                clippy::all,
-                reason = "generated code"
-            )]
             pub mod v1 {
                 include!("generated/containerd.services.snapshots.v1.rs");
             }
         }
     }
 }
-
-// The README's examples compile and run as doc tests, so they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-struct ReadmeDoctests;

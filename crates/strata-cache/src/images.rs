@@ -332,24 +332,19 @@ impl CacheManager {
                 Ok(None)
             }
             Location::Archive { file, name } => {
-                let (store, image, file) = (store.clone(), image.clone(), file.clone());
                 let name = name.clone().unwrap_or_else(|| image.reference.clone());
-                tokio::task::spawn_blocking(move || {
-                    strata_oci::write_archive(&store, &image, &file, &name)
-                })
-                .await
-                .map_err(|e| CacheError::Task(e.to_string()))??;
-                Ok(None)
+                write_tar(&store, image, file, name, strata_oci::write_archive).await
             }
             Location::OciArchive { file, reference } => {
-                let (store, image, file) = (store.clone(), image.clone(), file.clone());
                 let reference = reference.clone().unwrap_or_else(|| "latest".to_owned());
-                tokio::task::spawn_blocking(move || {
-                    strata_oci::write_oci_archive(&store, &image, &file, &reference)
-                })
+                write_tar(
+                    &store,
+                    image,
+                    file,
+                    reference,
+                    strata_oci::write_oci_archive,
+                )
                 .await
-                .map_err(|e| CacheError::Task(e.to_string()))??;
-                Ok(None)
             }
             Location::Registry { reference } => {
                 let target =
@@ -371,4 +366,25 @@ impl CacheManager {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Writes `image` as the tar `file` with `write` (a docker or an OCI
+/// archive, the image under `name`), on the blocking pool.
+async fn write_tar(
+    store: &strata_content::ContentStore,
+    image: &Image,
+    file: &std::path::Path,
+    name: String,
+    write: fn(
+        &strata_content::ContentStore,
+        &Image,
+        &std::path::Path,
+        &str,
+    ) -> strata_oci::Result<()>,
+) -> Result<Option<PushReport>> {
+    let (store, image, file) = (store.clone(), image.clone(), file.to_path_buf());
+    tokio::task::spawn_blocking(move || write(&store, &image, &file, &name))
+        .await
+        .map_err(|e| CacheError::Task(e.to_string()))??;
+    Ok(None)
 }
