@@ -6,8 +6,9 @@
 //!   first it installs what the tests run (`deps`), and skipped tests are
 //!   listed by name and counted at the end.
 //! * `deps [--ci]`: installs the tools the tests (and CI) run, or says how.
-//! * `ci`: fmt check, clippy with `-D warnings`, the layering check, the
-//!   bindings check (`protos --check`), tidy checks, `api-docs`,
+//! * `ci`: fmt check, clippy with `-D warnings`, the layering check,
+//!   `strata --help` built without the containerd feature, the bindings
+//!   check (`protos --check`), tidy checks, `api-docs`,
 //!   `package`, the benchmark and reliability documents redrawn unchanged
 //!   (`report`), every benchmark once (`bench --quick`), `test`, the
 //!   overlay scenario on Debian 12's kernel under qemu (`qemu`), two power
@@ -247,6 +248,17 @@ fn ci() -> anyhow::Result<()> {
         "warnings",
     ]))?;
     layering::check()?;
+    // The command line without containerd's API (no tonic, no hyper)
+    // builds and starts.
+    run(cargo().args([
+        "run",
+        "-q",
+        "-p",
+        "strata-cli",
+        "--no-default-features",
+        "--",
+        "--help",
+    ]))?;
     protos::run(&["--check"])?;
     tidy::check()?;
     api_docs()?;

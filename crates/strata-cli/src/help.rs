@@ -430,6 +430,7 @@ their own), least recently used first when a space target is given, then collect
         examples: &["strata check", "strata check --repair"],
         json: Some("{clean, problems: [{table, key, problem, repaired}]}"),
     },
+    #[cfg(feature = "containerd")]
     Page {
         path: "serve",
         notes: "Name the socket in containerd's config as a proxy snapshotter:\n\n\

@@ -23,6 +23,7 @@ mod output;
 mod progress;
 mod refs;
 mod root;
+#[cfg(feature = "containerd")]
 mod serve;
 mod snapshot;
 
@@ -113,6 +114,7 @@ enum Command {
     Check(check::CheckArgs),
     /// Serve the root's snapshots to containerd (a proxy snapshotter) until
     /// SIGINT or SIGTERM.
+    #[cfg(feature = "containerd")]
     Serve(serve::ServeArgs),
     /// The quick tour: an image made in-process, imported, built on,
     /// merged, diffed, exported, measured, pruned (a temporary root unless
@@ -150,6 +152,7 @@ fn main() -> ExitCode {
                 Command::Image(cmd) => image::run(&mgr, cmd, cli.lease.as_deref(), &out),
                 Command::Du(args) => refs::du(&mgr, &args, &out),
                 Command::Prune(args) => refs::prune(&mgr, &args, &out),
+                #[cfg(feature = "containerd")]
                 Command::Serve(args) => serve::run(&mgr, &args),
                 Command::Completions { shell } => completions(shell),
                 Command::Demo => demo::run(cli.root.as_deref(), cli.backend.into(), &out),

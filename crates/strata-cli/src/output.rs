@@ -88,12 +88,13 @@ pub fn kind_of(err: &anyhow::Error) -> ErrorKind {
                 }
             )*};
         }
+        #[cfg(feature = "containerd")]
+        try_kind!(strata_containerd::ServeError);
         try_kind!(
             crate::root::CliError,
             strata_cache::CacheError,
             strata_cache::OpenError,
             strata_oci::OciError,
-            strata_containerd::ServeError,
             strata_content::ContentError,
             strata_diff::ApplyError,
             strata_diff::DiffError,
