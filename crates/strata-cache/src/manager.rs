@@ -410,12 +410,13 @@ impl CacheManager {
     /// wait, they are written off the caller's thread when it runs on an
     /// async executor, inline otherwise.
     pub(crate) fn count_use(&self, id: &str) {
-        if self.inner.uses.record(id) < crate::uses::BATCH {
+        if !self.inner.uses.record(id) {
             return;
         }
         let mgr = self.clone();
         let write = move || {
             if let Err(e) = write_uses(mgr.root(), &mgr.inner.uses) {
+                mgr.inner.uses.unschedule();
                 tracing::warn!(error = %e, "could not write the refs' last uses");
             }
         };

@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::metadata::{self, Edit, RefMetadata};
 
 /// How many records may wait before a release writes them.
-pub(crate) const BATCH: usize = 512;
+const BATCH: usize = 512;
 
 #[derive(Clone, Copy, Debug)]
 struct Pending {
@@ -31,6 +31,9 @@ struct Pending {
 #[derive(Debug, Default)]
 pub(crate) struct Uses {
     pending: Mutex<HashMap<String, Pending>>,
+    /// A batch write is scheduled and has not drained yet: releases past
+    /// the threshold meanwhile schedule no other.
+    scheduled: std::sync::atomic::AtomicBool,
 }
 
 impl Uses {
@@ -38,8 +41,9 @@ impl Uses {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts one use of record `id`, now; the number of records waiting.
-    pub(crate) fn record(&self, id: &str) -> usize {
+    /// Counts one use of record `id`, now; true when the caller should
+    /// schedule a batch write (enough records wait and none is scheduled).
+    pub(crate) fn record(&self, id: &str) -> bool {
         let mut pending = self.pending();
         let now = SystemTime::now();
         let p = pending.entry(id.to_owned()).or_insert(Pending {
@@ -48,7 +52,17 @@ impl Uses {
         });
         p.count += 1;
         p.last = now;
-        pending.len()
+        pending.len() >= BATCH
+            && !self
+                .scheduled
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Forgets a scheduled write that could not start, so a later release
+    /// schedules another.
+    pub(crate) fn unschedule(&self) {
+        self.scheduled
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// True when nothing waits.
@@ -70,6 +84,7 @@ impl Uses {
     /// are lost, as a crash would lose them.
     pub(crate) fn write(&self, tx: &WriteTx) -> Result<()> {
         let pending = std::mem::take(&mut *self.pending());
+        self.unschedule();
         for (id, p) in pending {
             let Some(r) = strata_metadata::Reader::get::<RefRecord>(tx, &id)? else {
                 continue;
@@ -93,4 +108,23 @@ fn with_uses(md: RefMetadata, p: Pending) -> RefMetadata {
     let mut record = md.record;
     edit(count, p.last).apply_to(&mut record);
     RefMetadata::new(&id, record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BATCH, Uses};
+
+    /// A burst of releases past the threshold schedules one write, and
+    /// another only once that one has started.
+    #[test]
+    fn a_burst_schedules_one_write() {
+        let uses = Uses::default();
+        let scheduled = (0..BATCH + 100)
+            .filter(|i| uses.record(&format!("r{i}")))
+            .count();
+        assert_eq!(scheduled, 1);
+        uses.unschedule();
+        assert!(uses.record("one-more"), "the next release schedules again");
+        assert!(!uses.record("and-another"));
+    }
 }
