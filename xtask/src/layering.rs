@@ -30,6 +30,7 @@ const FLOORS: &[(&str, Option<u8>)] = &[
     ("strata-oci", Some(30)),
     ("strata-api", Some(5)),
     ("strata-containerd", Some(30)),
+    ("strata-daemon", Some(35)),
     ("strata-cache", Some(40)),
     ("strata-cli", Some(50)),
     ("strata-testkit", None),
@@ -64,6 +65,8 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("strata-containerd", "oci-client"),
     ("strata-cache", "clap"),
     ("strata-containerd", "clap"),
+    ("strata-daemon", "oci-client"),
+    ("strata-daemon", "clap"),
 ];
 
 /// Crates written as an outside crate would write them, with the workspace

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use strata_content::{Info, Status};
 use strata_core::{Digest, Filter, Labels, labels};
-use strata_leases::{OpCtx, Resource};
+use strata_leases::Resource;
 
 use crate::lease::Hold;
 use crate::output::{self, Output};
@@ -156,13 +156,13 @@ pub fn run(
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
     let cs = &root.content;
-    let hold = Hold::new(&root.leases, lease);
+    let hold = Hold::new(&root.leases, lease, out.ctx());
     match cmd {
         ContentCmd::Ingest(args) => ingest(root, args, &hold, out)?,
         ContentCmd::Ls { filters, quiet } => {
             let infos = cs.list(&Filter::parse(&filters)?)?;
             if quiet && !out.json() {
-                let mut stdout = io::stdout().lock();
+                let mut stdout = out.stdout();
                 for i in &infos {
                     writeln!(stdout, "{}", i.digest)?;
                 }
@@ -195,9 +195,9 @@ pub fn run(
         }
         ContentCmd::Cat { digest } => {
             let mut reader = cs.reader_at(&Digest::parse(&digest)?)?;
-            let mut stdout = io::stdout().lock();
-            match io::copy(&mut reader, &mut stdout) {
-                Ok(_) => {}
+            let mut stdout = out.stdout();
+            match io::copy(&mut reader, &mut *stdout).and_then(|_| stdout.flush()) {
+                Ok(()) => {}
                 // A closed pipe (`| head`) is the reader's choice, not a failure.
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
                 Err(e) => return Err(e).context("write blob to stdout"),
@@ -260,7 +260,7 @@ fn ingest(root: &Root, args: IngestArgs, hold: &Hold<'_>, out: &Output) -> anyho
         let reference = args
             .reference
             .unwrap_or_else(|| format!("stdin-{}", strata_core::id::new_id()));
-        (Box::new(io::stdin().lock()), reference)
+        (out.stdin()?, reference)
     } else {
         let file =
             File::open(&args.file).with_context(|| format!("open {}", args.file.display()))?;
@@ -278,7 +278,7 @@ fn ingest(root: &Root, args: IngestArgs, hold: &Hold<'_>, out: &Output) -> anyho
     // end: a temporary lease holds the blob from the transaction that
     // records it until the object's own lease does.
     let got = (|| -> anyhow::Result<_> {
-        let (ctx, guard) = strata_leases::with_lease(&OpCtx::new(), &root.leases)?;
+        let (ctx, guard) = strata_leases::with_lease(out.ctx(), &root.leases)?;
         let got = root.content.under(&ctx).ingest(
             &reference,
             reader,

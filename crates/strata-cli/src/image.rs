@@ -368,8 +368,8 @@ async fn import(
             ..ImportOptions::default()
         },
     };
-    let (ctx, guard) = context(mgr, lease)?;
-    let (ctx, bars) = progress::drawn(&ctx);
+    let (ctx, guard) = context(mgr, lease, out)?;
+    let (ctx, bars) = progress::drawn(&ctx, out);
     let pulled = mgr.pull_image(&ctx, location, &opts).await;
     drop(bars);
     let pulled = pulled?;
@@ -423,8 +423,8 @@ async fn export(
     if args.force_compression && args.compression.is_none() {
         return Err(bad("--force-compression needs --compression".into()));
     }
-    let (ctx, guard) = context(mgr, lease)?;
-    let (ctx, bars) = progress::drawn(&ctx);
+    let (ctx, guard) = context(mgr, lease, out)?;
+    let (ctx, bars) = progress::drawn(&ctx, out);
     let named = match mgr.image(what) {
         Ok(n) => Some(n),
         Err(e) if e.is_not_found() => None,

@@ -83,11 +83,18 @@ struct ResourceJson {
 pub struct Hold<'a> {
     leases: &'a LeaseManager,
     explicit: Option<&'a str>,
+    base: &'a OpCtx,
 }
 
 impl<'a> Hold<'a> {
-    pub fn new(leases: &'a LeaseManager, explicit: Option<&'a str>) -> Hold<'a> {
-        Hold { leases, explicit }
+    /// Objects go into `explicit` (`--lease`) or their default lease; work
+    /// runs under `base` (the command's context).
+    pub fn new(leases: &'a LeaseManager, explicit: Option<&'a str>, base: &'a OpCtx) -> Hold<'a> {
+        Hold {
+            leases,
+            explicit,
+            base,
+        }
     }
 
     /// The `--lease` lease, or the default lease `default`; created when
@@ -107,7 +114,7 @@ impl<'a> Hold<'a> {
     /// goes into the `--lease` lease, or the default lease `default`, in
     /// the transaction that records it.
     pub fn ctx(&self, default: &str) -> Result<OpCtx, LeaseError> {
-        Ok(OpCtx::new().with_lease_id(&self.lease(default)?))
+        Ok(self.base.with_lease_id(&self.lease(default)?))
     }
 
     /// Holds `r` in the `--lease` lease, or in the default lease `default`.
@@ -250,7 +257,7 @@ fn millis(d: Duration) -> f64 {
 }
 
 pub fn gc(root: &Root, args: &GcArgs, out: &Output) -> anyhow::Result<ExitCode> {
-    let (ctx, bars) = crate::progress::drawn(&OpCtx::new());
+    let (ctx, bars) = crate::progress::drawn(out.ctx(), out);
     let report = root.collector.collect_in(
         &ctx,
         GcOptions {

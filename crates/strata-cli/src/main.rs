@@ -23,7 +23,7 @@ mod output;
 mod progress;
 mod refs;
 mod root;
-#[cfg(feature = "containerd")]
+#[cfg(feature = "daemon")]
 mod serve;
 mod snapshot;
 
@@ -50,6 +50,12 @@ struct Cli {
     /// held by it instead of by a lease named after each object.
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "ID")]
     lease: Option<String>,
+    /// The socket of the daemon to run the command through [default: the
+    /// root's own, run/strata.sock, when a daemon answers there; else the
+    /// command opens the root itself].
+    #[cfg(feature = "daemon")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "STRATA_ADDRESS", value_name = "SOCKET")]
+    address: Option<PathBuf>,
     /// How long to wait while another strata process owns the root (an
     /// import of a large image on a loaded machine takes minutes), then
     /// exit 4 (0s: do not wait).
@@ -112,9 +118,10 @@ enum Command {
     Gc(lease::GcArgs),
     /// Verify metadata against disk and every blob against its digest.
     Check(check::CheckArgs),
-    /// Serve the root's snapshots to containerd (a proxy snapshotter) until
-    /// SIGINT or SIGTERM.
-    #[cfg(feature = "containerd")]
+    /// Own the root as its daemon until SIGTERM: serve strata commands from
+    /// any number of clients at once, and containerd's snapshots API (a
+    /// proxy snapshotter).
+    #[cfg(feature = "daemon")]
     Serve(serve::ServeArgs),
     /// The quick tour: an image made in-process, imported, built on,
     /// merged, diffed, exported, measured, pruned (a temporary root unless
@@ -137,34 +144,79 @@ fn main() -> ExitCode {
         Command::Completions { shell } => completions(shell),
         Command::Demo => demo::run(cli.root.as_deref(), cli.backend.into(), &out),
         Command::Layer(cmd) => layer::run(cmd, &out),
-        command => root::open(cli.root.as_deref(), cli.backend, cli.lock_timeout).and_then(|mgr| {
-            let root = mgr.root();
-            match command {
-                Command::Content(cmd) => content::run(root, cmd, cli.lease.as_deref(), &out),
-                Command::Snapshot(cmd) => snapshot::run(root, cmd, cli.lease.as_deref(), &out),
-                Command::Lease(cmd) => lease::run(root, cmd, &out),
-                Command::Gc(args) => lease::gc(root, &args, &out),
-                Command::Mount { key, dir, rw } => snapshot::mount(root, &key, &dir, rw, &out),
-                Command::Umount { dir } => snapshot::umount(&dir, &out),
-                Command::Layer(cmd) => layer::run(cmd, &out),
-                Command::Check(args) => check::run(root, &args, &out),
-                Command::Ref(cmd) => refs::run(&mgr, cmd, cli.lease.as_deref(), &out),
-                Command::Image(cmd) => image::run(&mgr, cmd, cli.lease.as_deref(), &out),
-                Command::Du(args) => refs::du(&mgr, &args, &out),
-                Command::Prune(args) => refs::prune(&mgr, &args, &out),
-                #[cfg(feature = "containerd")]
-                Command::Serve(args) => serve::run(&mgr, &args),
-                Command::Completions { shell } => completions(shell),
-                Command::Demo => demo::run(cli.root.as_deref(), cli.backend.into(), &out),
-            }
-        }),
+        _ => return ExitCode::from(with_root(cli, &out)),
     };
+    ExitCode::from(finish(result, &out))
+}
+
+/// Runs a command that needs the root: through the root's daemon when one
+/// serves it, else with the root opened here. The exit code.
+fn with_root(cli: Cli, out: &output::Output) -> u8 {
+    #[cfg(feature = "daemon")]
+    {
+        match serve::find_daemon(&cli) {
+            Ok(Some(daemon)) => return serve::through(&daemon, &cli, out),
+            Ok(None) => {}
+            Err(e) => return finish(Err(e), out),
+        }
+        if let Command::Serve(args) = &cli.command
+            && args.check
+        {
+            return finish(serve::not_serving(&cli), out);
+        }
+    }
+    let opened = root::open(cli.root.as_deref(), cli.backend, cli.lock_timeout);
+    finish(
+        opened.and_then(|mgr| run(cli.command, &mgr, cli.lease.as_deref(), out)),
+        out,
+    )
+}
+
+/// Runs `command` against the open root `mgr` (here, or in the daemon).
+fn run(
+    command: Command,
+    mgr: &strata_cache::CacheManager,
+    lease: Option<&str>,
+    out: &output::Output,
+) -> anyhow::Result<ExitCode> {
+    let root = mgr.root();
+    match command {
+        Command::Content(cmd) => content::run(root, cmd, lease, out),
+        Command::Snapshot(cmd) => snapshot::run(root, cmd, lease, out),
+        Command::Lease(cmd) => lease::run(root, cmd, out),
+        Command::Gc(args) => lease::gc(root, &args, out),
+        Command::Mount { key, dir, rw } => snapshot::mount(root, &key, &dir, rw, out),
+        Command::Umount { dir } => snapshot::umount(&dir, out),
+        Command::Layer(cmd) => layer::run(cmd, out),
+        Command::Check(args) => check::run(root, &args, out),
+        Command::Ref(cmd) => refs::run(mgr, cmd, lease, out),
+        Command::Image(cmd) => image::run(mgr, cmd, lease, out),
+        Command::Du(args) => refs::du(mgr, &args, out),
+        Command::Prune(args) => refs::prune(mgr, &args, out),
+        #[cfg(feature = "daemon")]
+        Command::Serve(args) => serve::run(mgr, &args),
+        Command::Completions { shell } => completions(shell),
+        // The demo makes a root of its own, and a daemon's root is taken.
+        Command::Demo => Err(root::CliError {
+            kind: ErrorKind::FailedPrecondition,
+            message: "the demo needs a root of its own: run it without --root, or stop the daemon"
+                .into(),
+        }
+        .into()),
+    }
+}
+
+/// A command's exit code; a failure is reported on its standard error as
+/// one line.
+fn finish(result: anyhow::Result<ExitCode>, out: &output::Output) -> u8 {
     match result {
-        Ok(code) => code,
+        // Commands end in success or in the one documented failure code
+        // (`check` finding problems); ExitCode has no accessor for its value.
+        Ok(code) if code == ExitCode::SUCCESS => 0,
+        Ok(_) => 1,
         Err(err) => {
-            let kind = output::kind_of(&err);
-            eprintln!("strata: {}", output::one_line(&err));
-            ExitCode::from(exit_code(kind))
+            out.note(&format!("strata: {}", output::one_line(&err)));
+            exit_code(output::kind_of(&err))
         }
     }
 }

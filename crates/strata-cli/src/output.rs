@@ -2,24 +2,126 @@
 //! document per command), and the mapping of errors to kinds and one-line
 //! messages.
 
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use indicatif::ProgressDrawTarget;
 use serde::Serialize;
 use strata_core::{Classify, ErrorKind};
+use strata_leases::OpCtx;
 
-/// Where a command's results go.
-#[derive(Debug)]
+/// A writer several parts of a command share.
+pub type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// Where a command's results go, where its input comes from, and the
+/// operation context its work runs under: this process's own streams, or
+/// (run by a daemon) a client's, carried over its call.
 pub struct Output {
     json: bool,
+    stdout: Mutex<Box<dyn Write + Send>>,
+    stderr: SharedWriter,
+    stdin: Mutex<Option<Box<dyn Read + Send>>>,
+    terminal: Terminal,
+    ctx: OpCtx,
+}
+
+/// Whether, and how, progress bars are drawn.
+#[derive(Clone, Copy, Debug)]
+enum Terminal {
+    /// Standard error is not a terminal: no bars.
+    None,
+    /// This process's standard error is a terminal.
+    Local,
+    /// A client's standard error is a terminal this wide (0: unknown).
+    #[cfg(feature = "daemon")]
+    Remote(u16),
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output")
+            .field("json", &self.json)
+            .field("terminal", &self.terminal)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Output {
+    /// This process's own streams.
     pub fn new(json: bool) -> Self {
-        Output { json }
+        Output {
+            json,
+            stdout: Mutex::new(Box::new(std::io::stdout())),
+            stderr: Arc::new(Mutex::new(Box::new(std::io::stderr()))),
+            stdin: Mutex::new(Some(Box::new(std::io::stdin()))),
+            terminal: if std::io::stderr().is_terminal() {
+                Terminal::Local
+            } else {
+                Terminal::None
+            },
+            ctx: OpCtx::new(),
+        }
+    }
+
+    /// A daemon client's streams and context.
+    #[cfg(feature = "daemon")]
+    pub fn remote(json: bool, inv: &strata_daemon::Invocation, io: strata_daemon::Io) -> Self {
+        Output {
+            json,
+            stdout: Mutex::new(io.stdout),
+            stderr: Arc::new(Mutex::new(io.stderr)),
+            stdin: Mutex::new(Some(io.stdin)),
+            terminal: if inv.stderr_terminal {
+                Terminal::Remote(inv.terminal_width)
+            } else {
+                Terminal::None
+            },
+            ctx: io.ctx,
+        }
     }
 
     pub fn json(&self) -> bool {
         self.json
+    }
+
+    /// The context every operation of the command starts from (cancelled
+    /// when a daemon's client goes away).
+    pub fn ctx(&self) -> &OpCtx {
+        &self.ctx
+    }
+
+    /// Standard output, for commands that write raw bytes.
+    pub fn stdout(&self) -> MutexGuard<'_, Box<dyn Write + Send>> {
+        self.stdout.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Standard input (a command reads it once).
+    pub fn stdin(&self) -> anyhow::Result<Box<dyn Read + Send>> {
+        self.stdin
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("standard input was read already"))
+    }
+
+    /// Writes `text` as one line on standard error.
+    pub fn note(&self, text: &str) {
+        let mut err = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(err, "{text}");
+        let _ = err.flush();
+    }
+
+    /// Where progress bars are drawn, when standard error is a terminal.
+    pub fn progress_target(&self) -> Option<ProgressDrawTarget> {
+        match self.terminal {
+            Terminal::None => None,
+            Terminal::Local => Some(ProgressDrawTarget::stderr()),
+            #[cfg(feature = "daemon")]
+            Terminal::Remote(width) => Some(crate::serve::client_terminal(
+                Arc::clone(&self.stderr),
+                width,
+            )),
+        }
     }
 
     /// Prints `value` as JSON, or `table` rows for people.
@@ -29,25 +131,27 @@ impl Output {
         headers: &[&str],
         rows: Vec<Vec<String>>,
     ) -> anyhow::Result<()> {
-        let mut stdout = std::io::stdout().lock();
+        let mut stdout = self.stdout();
         if self.json {
-            serde_json::to_writer_pretty(&mut stdout, value)?;
+            serde_json::to_writer_pretty(&mut *stdout, value)?;
             writeln!(stdout)?;
         } else {
-            write_table(&mut stdout, headers, &rows)?;
+            write_table(&mut *stdout, headers, &rows)?;
         }
+        stdout.flush()?;
         Ok(())
     }
 
     /// Prints one line for people, or `value` as JSON.
     pub fn line<T: Serialize>(&self, value: &T, text: &str) -> anyhow::Result<()> {
-        let mut stdout = std::io::stdout().lock();
+        let mut stdout = self.stdout();
         if self.json {
-            serde_json::to_writer_pretty(&mut stdout, value)?;
+            serde_json::to_writer_pretty(&mut *stdout, value)?;
             writeln!(stdout)?;
         } else {
             writeln!(stdout, "{text}")?;
         }
+        stdout.flush()?;
         Ok(())
     }
 }
@@ -88,8 +192,8 @@ pub fn kind_of(err: &anyhow::Error) -> ErrorKind {
                 }
             )*};
         }
-        #[cfg(feature = "containerd")]
-        try_kind!(strata_containerd::ServeError);
+        #[cfg(feature = "daemon")]
+        try_kind!(strata_containerd::ServeError, strata_daemon::DaemonError);
         try_kind!(
             crate::root::CliError,
             strata_cache::CacheError,

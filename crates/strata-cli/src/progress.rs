@@ -4,20 +4,22 @@
 //! the operation context's events.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use strata_leases::{OpCtx, ProgressEvent};
 
-/// `ctx` with its events drawn as bars on stderr when it is a terminal (as
-/// is otherwise); the bars are cleared when the returned guard drops.
-pub fn drawn(ctx: &OpCtx) -> (OpCtx, Drawn) {
-    if !std::io::stderr().is_terminal() {
+use crate::output::Output;
+
+/// `ctx` with its events drawn as bars on the command's standard error
+/// when it is a terminal (as is otherwise); the bars are cleared when the
+/// returned guard drops.
+pub fn drawn(ctx: &OpCtx, out: &Output) -> (OpCtx, Drawn) {
+    let Some(target) = out.progress_target() else {
         return (ctx.clone(), Drawn(None));
-    }
+    };
     let bars = Bars {
-        multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+        multi: MultiProgress::with_draw_target(target),
         bars: Arc::default(),
     };
     let me = bars.clone();

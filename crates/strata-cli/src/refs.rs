@@ -249,6 +249,7 @@ impl From<&UsageInfo> for UsageJson {
 pub(crate) fn context(
     mgr: &CacheManager,
     lease: Option<&str>,
+    out: &Output,
 ) -> anyhow::Result<(OpCtx, Option<strata_leases::LeaseGuard>)> {
     let leases = &mgr.root().leases;
     match lease {
@@ -260,10 +261,10 @@ pub(crate) fn context(
                 Ok(_) | Err(LeaseError::AlreadyExists(_)) => {}
                 Err(e) => return Err(e.into()),
             }
-            Ok((OpCtx::new().with_lease_id(id), None))
+            Ok((out.ctx().with_lease_id(id), None))
         }
         None => {
-            let (ctx, guard) = with_lease(&OpCtx::new(), leases)?;
+            let (ctx, guard) = with_lease(out.ctx(), leases)?;
             Ok((ctx, Some(guard)))
         }
     }
@@ -384,13 +385,13 @@ async fn run_async(
                 Some(p) => Some(get(mgr, &p).await?),
                 None => None,
             };
-            let (ctx, guard) = context(mgr, lease)?;
+            let (ctx, guard) = context(mgr, lease, out)?;
             let m = mgr.new_ref(&ctx, parent.as_ref(), &opts.options()).await?;
             adopt(mgr, m.id(), guard, out).await?;
         }
         RefCmd::Commit { id } => {
             let m = mgr.get_mutable(&id, &RefOptions::default()).await?;
-            let (ctx, guard) = context(mgr, lease)?;
+            let (ctx, guard) = context(mgr, lease, out)?;
             let r = m.commit(&ctx).await?;
             adopt(mgr, r.id(), guard, out).await?;
             mgr.let_go(&id).await?;
@@ -405,7 +406,7 @@ async fn run_async(
                 refs.push(get(mgr, id).await?);
             }
             let inputs: Vec<Option<&ImmutableRef>> = refs.iter().map(Some).collect();
-            let (ctx, guard) = context(mgr, lease)?;
+            let (ctx, guard) = context(mgr, lease, out)?;
             let r = mgr
                 .merge(&ctx, &inputs, &opts.options())
                 .await?
@@ -414,7 +415,7 @@ async fn run_async(
         }
         RefCmd::Diff { lower, upper, opts } => {
             let (lower, upper) = (get(mgr, &lower).await?, get(mgr, &upper).await?);
-            let (ctx, guard) = context(mgr, lease)?;
+            let (ctx, guard) = context(mgr, lease, out)?;
             let r = mgr
                 .apply_snapshot_diff(&ctx, Some(&lower), Some(&upper), &opts.options())
                 .await?
@@ -552,7 +553,7 @@ pub fn prune(mgr: &CacheManager, args: &PruneArgs, out: &Output) -> anyhow::Resu
         min_free_space: size(&args.min_free_space)?,
         dry_run: args.dry_run,
     };
-    let (ctx, bars) = crate::progress::drawn(&OpCtx::new());
+    let (ctx, bars) = crate::progress::drawn(out.ctx(), out);
     let report = block_on(mgr.prune_in(&ctx, &opts));
     drop(bars);
     let report = report??;

@@ -225,7 +225,7 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let sn: &dyn Snapshotter = &root.snapshots;
     let merger = Merger::new(root.snapshots.clone(), root.tmp.clone());
-    let hold = Hold::new(&root.leases, lease);
+    let hold = Hold::new(&root.leases, lease, out.ctx());
     let held = |key: &str| (default_lease(key), Resource::snapshot(sn.name(), key));
     match cmd {
         SnapshotCmd::Prepare {

@@ -21,6 +21,9 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     /// The socket's mode (0600 by default: containerd runs as root).
     pub mode: u32,
+    /// The socket's group, when not the server's own (with a mode such as
+    /// 0660, the users of that group may connect).
+    pub group: Option<u32>,
 }
 
 /// Why serving failed.
@@ -68,9 +71,10 @@ impl strata_core::Classify for ServeError {
     }
 }
 
-/// Binds `path`: a socket nobody answers on is replaced; a live one or a
-/// file that is not a socket is refused.
-pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
+/// Binds `path` with `mode` (and `group`, if given): a socket nobody
+/// answers on is replaced; a live one or a file that is not a socket is
+/// refused.
+pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, ServeError> {
     let io = |op, source| ServeError::Io {
         op,
         path: path.to_owned(),
@@ -119,6 +123,9 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
         .map_err(|e| io("create a staging directory", e))?;
     let bound = (|| {
         let listener = UnixListener::bind(&staged).map_err(|e| io("bind", e))?;
+        if group.is_some() {
+            std::os::unix::fs::chown(&staged, None, group).map_err(|e| io("chgrp", e))?;
+        }
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
             .map_err(|e| io("chmod", e))?;
         std::fs::rename(&staged, path).map_err(|e| io("move the socket into place", e))?;
@@ -138,7 +145,7 @@ pub async fn serve(
     opts: &ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let listener = bind(&opts.socket, opts.mode)?;
+    let listener = bind(&opts.socket, opts.mode, opts.group)?;
     serve_on(service, listener, &opts.socket, shutdown).await
 }
 

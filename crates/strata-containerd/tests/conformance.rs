@@ -17,7 +17,7 @@ fn served_overlay(root: &Path, db: Arc<MetaDb>) -> Arc<dyn Snapshotter> {
     let store = SnapshotStore::open(root, Arc::clone(&db), Arc::new(backend)).expect("open store");
     let service = Service::new(&store, &LeaseManager::new(db)).expect("service");
     let socket = root.join("strata.sock");
-    let listener = bind(&socket, 0o600).expect("bind");
+    let listener = bind(&socket, 0o600, None).expect("bind");
     let path = socket.clone();
     tokio::spawn(async move { serve_on(service, listener, &path, std::future::pending()).await });
     Arc::new(GrpcSnapshotter::lazy(&socket, "overlay"))

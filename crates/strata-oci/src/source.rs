@@ -8,9 +8,10 @@
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::time::Duration;
 
 use oci_spec::image as oci;
-use strata_content::ContentStore;
+use strata_content::{ContentError, ContentStore};
 use strata_core::{Classify, Compression, Descriptor, Digest, Labels, media};
 use strata_leases::{OpCtx, ProgressTracker};
 use tokio::sync::Semaphore;
@@ -117,14 +118,14 @@ pub(crate) fn ingest_reader(
             &Labels::new(),
         )
         .map_err(|e| match e {
-            strata_content::ContentError::SizeMismatch { actual, .. } => OciError::invalid(
+            ContentError::SizeMismatch { actual, .. } => OciError::invalid(
                 object,
                 format!(
                     "blob {} has {actual} bytes where its descriptor says {}",
                     desc.digest, desc.size
                 ),
             ),
-            strata_content::ContentError::DigestMismatch { actual, .. } => {
+            ContentError::DigestMismatch { actual, .. } => {
                 OciError::invalid(object, format!("blob {} hashes to {actual}", desc.digest))
             }
             e => e.into(),
@@ -134,32 +135,48 @@ pub(crate) fn ingest_reader(
 }
 
 /// Fetches `desc` unless the store has it; whether it fetched.
+///
+/// When another operation of this process is fetching the same blob (two
+/// pulls of one image, or of images sharing a layer, side by side in a
+/// daemon), this waits for it and uses what it stored, as containerd's
+/// fetcher does: one fetch per blob. If that fetch fails, this one fetches.
 async fn ensure(
     ctx: &OpCtx,
     source: &dyn Source,
     store: &ContentStore,
     desc: &Descriptor,
 ) -> Result<bool> {
-    match store.hold(&desc.digest) {
-        Ok(info) if info.size == desc.size => Ok(false),
-        Ok(info) => Err(OciError::invalid(
-            source.name(),
-            format!(
-                "descriptor of {} says {} bytes; the stored blob has {}",
-                desc.digest, desc.size, info.size
-            ),
-        )),
-        Err(e) if e.is_not_found() => {
-            let tracker = Arc::new(ProgressTracker::new(
-                ctx,
-                desc.digest.as_str(),
-                desc.size,
-                "bytes",
-            ));
-            source.fetch(store, desc, &tracker).await?;
-            Ok(true)
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match store.hold(&desc.digest) {
+            Ok(info) if info.size == desc.size => return Ok(false),
+            Ok(info) => {
+                return Err(OciError::invalid(
+                    source.name(),
+                    format!(
+                        "descriptor of {} says {} bytes; the stored blob has {}",
+                        desc.digest, desc.size, info.size
+                    ),
+                ));
+            }
+            Err(e) if e.is_not_found() => {
+                let tracker = Arc::new(ProgressTracker::new(
+                    ctx,
+                    desc.digest.as_str(),
+                    desc.size,
+                    "bytes",
+                ));
+                match source.fetch(store, desc, &tracker).await {
+                    Err(OciError::Content(ContentError::RefInUse(_))) => {
+                        ctx.check()?;
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(200));
+                    }
+                    fetched => return fetched.map(|()| true),
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -12,12 +12,14 @@
 //! * [`copy`] clones files with `FICLONE`, falling back to `copy_file_range`.
 //! * [`lock`] holds `flock` locks; [`sync`] makes data and directories
 //!   durable, and starts writeback early.
+//! * [`thread`] gives a thread a working directory and umask of its own.
 //! * [`btrfs`] creates, snapshots, flips read-only and deletes subvolumes
 //!   and reads their qgroups, with the file system's ioctls.
 //!
 //! It is built on `rustix`, whose safe wrappers cover nearly every syscall
-//! needed; the `unsafe` blocks (`unshare(CLONE_FS)` for the thread that
-//! mounts legacy overlays from a directory of its own, `sync_file_range`,
+//! needed; the `unsafe` blocks (`unshare(CLONE_FS)` for a thread that
+//! needs a working directory of its own: the one mounting a legacy overlay
+//! and the daemon's command threads, `sync_file_range`,
 //! which rustix does not wrap, and the six btrfs ioctls, one opcode and
 //! argument type each, in one private module of [`btrfs`]) say why they
 //! are sound.
@@ -33,6 +35,7 @@ pub mod mount;
 mod path;
 mod root;
 pub mod sync;
+pub mod thread;
 
 pub use error::{SysError, SysResult, machine_fault, short_path};
 pub use path::{RelPath, clean};

@@ -210,6 +210,71 @@ impl Env {
     pub fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
+
+    /// Starts `strata --root <root> serve ARGS...` and returns once it
+    /// answers (`serve --check`), so every later command on this root runs
+    /// through it. Bounded.
+    pub fn serve(&self, args: &[&str]) -> Daemon {
+        let log = self.path("serve.log");
+        let mut child = Command::new(&self.bin)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("serve")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("daemon log"))
+            .spawn()
+            .expect("start strata serve");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.run(&["serve", "--check"]).code != 0 {
+            if let Some(status) = child.try_wait().expect("poll the daemon") {
+                panic!(
+                    "strata serve exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "strata serve never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon { child, log }
+    }
+}
+
+/// A running `strata serve`; killed if still running when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for it to exit: its exit code and log.
+    pub fn stop(mut self) -> (i32, String) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let status = self.child.wait().expect("wait for the daemon");
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        (status.code().unwrap_or(-1), log)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Converts a finished process's output.

@@ -16,7 +16,6 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use rustix::mount::{self as rm, MountFlags};
-use rustix::thread::UnshareFlags;
 use strata_core::OverlayLayers;
 
 use super::flag_of;
@@ -131,14 +130,8 @@ pub(super) fn mount_overlay(
         }
         std::thread::scope(|s| {
             s.spawn(|| {
-                // SAFETY: only the file-system context (working directory,
-                // root, umask) is unshared, and only for this thread, which
-                // ends right after the mount; no file descriptor table is
-                // unshared, so every fd stays valid for every thread.
-                #[allow(unsafe_code)]
-                unsafe { rustix::thread::unshare_unsafe(UnshareFlags::FS) }
-                    .map_err(|e| SysError::io("unshare working directory for", &farm, e))?;
-                rustix::process::chdir(&farm).map_err(|e| SysError::io("chdir", &farm, e))?;
+                // This thread ends right after the mount.
+                crate::thread::own_working_directory(&farm, None)?;
                 mount_data(target, flags, &data)
             })
             .join()
