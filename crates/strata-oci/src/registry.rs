@@ -357,6 +357,11 @@ impl Registry {
         let mut wait = self.opts.backoff;
         loop {
             let mut w = store.writer(&reference, Some(desc.size), Some(&desc.digest))?;
+            // Another operation stored it while this one waited for the
+            // ingest (two pulls sharing a layer): nothing to download.
+            if store.info(&desc.digest).is_ok() {
+                return Err(ContentError::AlreadyExists(desc.digest.clone()).into());
+            }
             let offset = w.status().offset;
             let response = match offset {
                 0 => self

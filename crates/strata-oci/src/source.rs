@@ -33,7 +33,9 @@ pub trait Source: Send + Sync {
     async fn roots(&self, store: &ContentStore) -> Result<Roots>;
 
     /// Copies blob `desc` into `store`, verified against its size and
-    /// digest, reporting bytes to `progress`.
+    /// digest, reporting bytes to `progress`. Fails with the content
+    /// store's `AlreadyExists` when the blob turns out to be stored
+    /// already (another operation stored it meanwhile).
     async fn fetch(
         &self,
         store: &ContentStore,
@@ -96,7 +98,8 @@ impl<R: Read> Read for Counting<'_, R> {
 }
 
 /// Writes `reader` (blob `desc`, read from `object`) into `store`,
-/// verifying size and digest. Blocking.
+/// verifying size and digest; `AlreadyExists` when the store had it.
+/// Blocking.
 pub(crate) fn ingest_reader(
     store: &ContentStore,
     object: &str,
@@ -109,7 +112,7 @@ pub(crate) fn ingest_reader(
         done: 0,
         progress,
     };
-    store
+    let got = store
         .ingest(
             &ingest_ref(&desc.digest),
             counted,
@@ -131,6 +134,9 @@ pub(crate) fn ingest_reader(
             e => e.into(),
         })?;
     progress.finish();
+    if got.already_existed {
+        return Err(ContentError::AlreadyExists(got.digest).into());
+    }
     Ok(())
 }
 
@@ -140,6 +146,8 @@ pub(crate) fn ingest_reader(
 /// pulls of one image, or of images sharing a layer, side by side in a
 /// daemon), this waits for it and uses what it stored, as containerd's
 /// fetcher does: one fetch per blob. If that fetch fails, this one fetches.
+/// A blob stored between the first look and the fetch is found by the
+/// fetch (`AlreadyExists`) and counted as present, not fetched.
 async fn ensure(
     ctx: &OpCtx,
     source: &dyn Source,
@@ -172,6 +180,8 @@ async fn ensure(
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(Duration::from_millis(200));
                     }
+                    // Held by the next look.
+                    Err(OciError::Content(ContentError::AlreadyExists(_))) => {}
                     fetched => return fetched.map(|()| true),
                 }
             }
