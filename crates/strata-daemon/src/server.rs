@@ -55,9 +55,10 @@ pub fn group_id(name: &str) -> Result<u32, String> {
 }
 
 /// Serves containerd's snapshots API (`snapshots`) and the daemon API
-/// (commands run by `runner`) on every socket in `listen` until `shutdown`
-/// completes; then stops accepting, lets the calls in flight finish and
-/// removes the sockets.
+/// (commands run by `runner`) on every socket in `listen`, and on those a
+/// service manager passed (systemd's socket activation: `LISTEN_PID`,
+/// `LISTEN_FDS`), until `shutdown` completes; then stops accepting, lets
+/// the calls in flight finish and removes the sockets it bound.
 pub async fn serve(
     snapshots: strata_containerd::Service,
     runner: Arc<dyn Runner>,
@@ -66,6 +67,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let mut incoming = Vec::new();
+    // Sockets a service manager opened for this process (socket
+    // activation) are served too; they stay when the daemon stops.
+    let activation = |source| ServeError::Io {
+        op: "serve the sockets passed in",
+        path: PathBuf::from("LISTEN_FDS"),
+        source,
+    };
+    let passed = strata_sys::activation::inherited_listeners()
+        .map_err(|e| activation(std::io::Error::other(e)))?;
+    for l in passed {
+        l.set_nonblocking(true).map_err(activation)?;
+        let l = tokio::net::UnixListener::from_std(l).map_err(activation)?;
+        tracing::info!(socket = ?l.local_addr().ok(), "serving a passed socket");
+        incoming.push(UnixListenerStream::new(l));
+    }
     for l in listen {
         let listener = strata_containerd::bind(&l.path, l.mode, l.group)?;
         tracing::info!(socket = %l.path.display(), "serving");

@@ -12,7 +12,8 @@
 //! * [`copy`] clones files with `FICLONE`, falling back to `copy_file_range`.
 //! * [`lock`] holds `flock` locks; [`sync`] makes data and directories
 //!   durable, and starts writeback early.
-//! * [`thread`] gives a thread a working directory and umask of its own.
+//! * [`thread`] gives a thread a working directory and umask of its own;
+//!   [`activation`] takes the sockets a service manager passed.
 //! * [`btrfs`] creates, snapshots, flips read-only and deletes subvolumes
 //!   and reads their qgroups, with the file system's ioctls.
 //!
@@ -20,12 +21,14 @@
 //! needed; the `unsafe` blocks (`unshare(CLONE_FS)` for a thread that
 //! needs a working directory of its own: the one mounting a legacy overlay
 //! and the daemon's command threads, `sync_file_range`,
-//! which rustix does not wrap, and the six btrfs ioctls, one opcode and
+//! which rustix does not wrap, taking ownership of the sockets systemd
+//! passed, and the six btrfs ioctls, one opcode and
 //! argument type each, in one private module of [`btrfs`]) say why they
 //! are sound.
 //! It remains the only crate allowed any.
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod btrfs;
 pub mod copy;
 pub mod errno;
