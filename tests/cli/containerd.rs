@@ -596,6 +596,18 @@ fn containerd_runs_containers_on(backend: &str) {
     drop(ctrd);
     assert_eq!(served.stop(), 0);
     assert_eq!(strata_snapshots(&e), BTreeMap::new());
+    // What containerd leaves behind is the lease `strata serve` holds its
+    // snapshots with, holding nothing.
+    let leases = e.run(&["--json", "lease", "ls"]).expect(0).json();
+    let ids: Vec<&str> = leases
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["containerd/snapshots"]);
+    let held = e.run(&["--json", "lease", "resources", "containerd/snapshots"]);
+    assert_eq!(held.expect(0).json(), json!([]));
     e.run(&["check"]).expect(0);
     let left = fs::read_dir(e.root.join("snapshots")).unwrap().count();
     assert_eq!(left, 0, "no snapshot directory is left");
