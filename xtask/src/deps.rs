@@ -46,6 +46,11 @@ const TOOLS: &[(&str, &str, Need)] = &[
     // snapshotter test suite built from Debian's Go sources.
     ("containerd", "containerd", Need::Tests),
     ("ctr", "containerd", Need::Tests),
+    // containerd runs real containers on Strata's snapshots: runc (which
+    // containerd's package brings too) with a static busybox as the image's
+    // shell, also the qemu runs' initramfs.
+    ("runc", "runc", Need::Tests),
+    ("busybox", "busybox-static", Need::Tests),
     ("go", "golang-go", Need::Tests),
     (
         "/usr/share/gocode/src/github.com/containerd/containerd/snapshots/testsuite",
@@ -54,7 +59,6 @@ const TOOLS: &[(&str, &str, Need)] = &[
     ),
     // Debian 12's kernel under qemu (old-kernel overlay, power cuts).
     ("qemu-system-x86_64", "qemu-system-x86", Need::Ci),
-    ("busybox", "busybox-static", Need::Ci),
     ("cpio", "cpio", Need::Ci),
     ("pkill", "procps", Need::Ci),
     ("dpkg", "dpkg", Need::Ci),

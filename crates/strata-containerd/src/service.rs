@@ -3,7 +3,9 @@
 //! Every snapshot containerd prepares, views or commits is held by one flat
 //! lease, [`SERVED_LEASE`], in the transaction that records it, so Strata's
 //! collector never takes what containerd still names; containerd's own
-//! metadata decides what goes and says so with Remove. Cleanup sweeps the
+//! metadata decides what goes and says so with Remove, which takes the key
+//! out of the lease in the same transaction (the lease lives as long as the
+//! root, and must not grow with every container run). Cleanup sweeps the
 //! directories removals left behind.
 
 use std::collections::HashMap;

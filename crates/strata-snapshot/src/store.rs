@@ -289,7 +289,9 @@ impl Inner {
         recorded
     }
 
-    fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+    /// Removes `key`; `held_by` (the handle's lease) lets go of it in the
+    /// same transaction.
+    fn remove(&self, key: &str, held_by: Option<&str>) -> Result<(), SnapshotError> {
         let tx = self.db.write()?;
         let r = self.get(&tx, key)?;
         // The parent index: what it costs is the children, not the store.
@@ -309,6 +311,17 @@ impl Inner {
             ));
         }
         tx.delete::<SnapshotRecord>(key)?;
+        // As a commit does for the key it renames away: a lease left naming
+        // a removed key would hold whatever is made under that key later,
+        // and one long-lived lease (`strata serve`'s) would grow by every
+        // snapshot its client ever removed.
+        if let Some(lease) = held_by {
+            self.leases.delete_resource_in(
+                &tx,
+                lease,
+                &Resource::snapshot(self.backend.name(), key),
+            )?;
+        }
         let gone = std::iter::once(key.to_owned()).collect();
         strata_metadata::cascade::forget(&tx, &gone, &Default::default())?;
         tx.commit()?;
@@ -516,7 +529,8 @@ impl SnapshotStore {
 
     /// This store acting for the operation `ctx`: what it prepares, views
     /// and commits goes into `ctx`'s lease (the lazy one made on first
-    /// need) in the same transaction that records it.
+    /// need) in the same transaction that records it, and what it removes
+    /// leaves that lease the same way.
     pub fn under(&self, ctx: &OpCtx) -> SnapshotStore {
         SnapshotStore {
             inner: Arc::clone(&self.inner),
@@ -688,7 +702,10 @@ impl Snapshotter for SnapshotStore {
 
     async fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         let key = key.to_owned();
-        self.blocking(move |i| i.remove(&key)).await
+        // The lease as it is: a removal never makes a lazy one.
+        let lease = self.ctx.as_ref().and_then(OpCtx::lease);
+        self.blocking(move |i| i.remove(&key, lease.as_deref()))
+            .await
     }
 
     async fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
