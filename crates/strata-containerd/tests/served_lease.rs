@@ -24,7 +24,7 @@ async fn the_served_lease_lets_go_of_what_containerd_removes() {
     let leases = LeaseManager::new(Arc::clone(&db));
     let service = Service::new(&store, &leases).unwrap();
     let socket = root.join("strata.sock");
-    let listener = bind(&socket, 0o600).unwrap();
+    let listener = bind(&socket, 0o600, None).unwrap();
     let path = socket.clone();
     tokio::spawn(async move { serve_on(service, listener, &path, std::future::pending()).await });
     let containerd = GrpcSnapshotter::lazy(&socket, "native");
