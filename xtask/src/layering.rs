@@ -40,7 +40,10 @@ const FLOORS: &[(&str, Option<u8>)] = &[
 ];
 
 /// (crate, dependency it must never pull in, even indirectly, unless
-/// through a feature someone turns on).
+/// through a feature someone turns on). What a crate must leave out when
+/// its own features are off (strata-oci's and strata-cache's registry
+/// client, strata-cache's backends) is `features.rs`'s to check: this graph
+/// does not say which features a dependent turns on.
 const FORBIDDEN: &[(&str, &str)] = &[
     ("strata-core", "tokio"),
     ("strata-core", "nix"),

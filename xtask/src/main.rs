@@ -6,13 +6,18 @@
 //!   first it installs what the tests run (`deps`), and skipped tests are
 //!   listed by name and counted at the end.
 //! * `deps [--ci]`: installs the tools the tests (and CI) run, or says how.
-//! * `ci`: fmt check, clippy with `-D warnings`, the layering check,
-//!   `strata --help` built without the containerd feature, the bindings
+//! * `ci`: fmt check, clippy with `-D warnings`, the layering check, the
+//!   feature check (`features`), `strata --help` built without its default
+//!   features, the bindings
 //!   check (`protos --check`), tidy checks, `api-docs`,
 //!   `package`, the benchmark and reliability documents redrawn unchanged
 //!   (`report`), every benchmark once (`bench --quick`), `test`, the
 //!   overlay scenario on Debian 12's kernel under qemu (`qemu`), two power
 //!   cuts (`powerloss`), then a 30-second fuzz smoke run.
+//! * `features`: strata-oci and strata-cache built without their registry
+//!   client and with each snapshot backend alone: `cargo tree` must not
+//!   show what is left out, clippy with `-D warnings` must pass
+//!   (`features.rs`).
 //! * `api-docs`: `cargo doc --workspace --no-deps` with rustdoc's warnings
 //!   (broken intra-doc links among them) as errors.
 //! * `package`: the published crates' manifests checked and every one
@@ -44,6 +49,7 @@
 mod bench;
 mod deps;
 mod examples;
+mod features;
 mod fuzz;
 mod images;
 mod layering;
@@ -93,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         ["stress", rest @ ..] => stress::run(rest),
         ["under-load", rest @ ..] => stress::under_load(rest),
         ["layering"] => layering::check(),
+        ["features"] => features::check(),
         ["tidy"] => tidy::check(),
         ["protos", rest @ ..] => protos::run(rest),
         ["docs"] => docs(),
@@ -100,7 +107,7 @@ fn main() -> anyhow::Result<()> {
         ["package"] => publish::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | tidy | protos [--check] | docs | api-docs | package"
+                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | features | tidy | protos [--check] | docs | api-docs | package"
             );
             bail!("unknown command {args:?}")
         }
@@ -248,8 +255,9 @@ fn ci() -> anyhow::Result<()> {
         "warnings",
     ]))?;
     layering::check()?;
-    // The command line without containerd's API (no tonic, no hyper)
-    // builds and starts.
+    features::check()?;
+    // The command line without containerd's API (no tonic, no hyper) and
+    // without registries builds and starts.
     run(cargo().args([
         "run",
         "-q",

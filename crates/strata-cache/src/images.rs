@@ -11,9 +11,7 @@ use std::time::SystemTime;
 
 use strata_core::{Digest, Labels};
 use strata_leases::{LeaseSpec, OpCtx, Resource, labels as lease_labels};
-use strata_oci::{
-    History, Image, Location, Platform, PullOptions, PushReport, RegistryOperation, RegistryOptions,
-};
+use strata_oci::{History, Image, Location, Platform, PullOptions, PushReport, RegistryOptions};
 
 use crate::error::{CacheError, Result};
 use crate::export::RefConfig;
@@ -115,7 +113,9 @@ fn from_lease(l: &strata_leases::Lease) -> Option<NamedImage> {
 impl CacheManager {
     /// Fetches the image `location` names into the content store and
     /// unpacks its layers; the image and its top ref (none for an image
-    /// without layers) are held by `ctx`'s lease until named.
+    /// without layers) are held by `ctx`'s lease until named. A registry
+    /// needs the `registry` feature; without it, it is refused by name
+    /// (`OciError::NotBuilt`).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -311,7 +311,8 @@ impl CacheManager {
     }
 
     /// Writes `image` to `dest`: an OCI layout, a docker archive or a
-    /// registry (a push report for the last).
+    /// registry (a push report for the last; refused by name without the
+    /// `registry` feature).
     pub async fn write_image(
         &self,
         ctx: &OpCtx,
@@ -346,12 +347,9 @@ impl CacheManager {
                 )
                 .await
             }
-            Location::Registry { reference } => {
-                let target =
-                    strata_oci::Registry::connect(reference, RegistryOperation::Push, registry)
-                        .await?;
-                Ok(Some(target.push(ctx, &store, image).await?))
-            }
+            Location::Registry { reference } => Ok(Some(
+                strata_oci::push(ctx, &store, image, reference, registry).await?,
+            )),
         }
     }
 

@@ -21,7 +21,7 @@ use strata_core::{Classify, ErrorKind};
 use strata_leases::{Collect, Collector, LeaseError, LeaseManager};
 use strata_metadata::records::SettingRecord;
 use strata_metadata::{LastClose, MetaDb, MetaError, Reader};
-use strata_snapshot::{Backend, SnapshotError, SnapshotStore, Snapshotter};
+use strata_snapshot::{Backend, OverlayConfig, SnapshotError, SnapshotStore, Snapshotter};
 use strata_sys::SysError;
 use strata_sys::lock::{FileLock, LockError};
 
@@ -29,6 +29,11 @@ use strata_sys::lock::{FileLock, LockError};
 /// its configuration, `Auto`, or any [`Backend`] (an embedder's own). A
 /// root records the name of the backend it was made with and opens only
 /// with a backend of that name.
+///
+/// Each built-in backend is a feature of this crate named after it
+/// (`overlay`, `native`, `btrfs`, all default). Every variant exists in
+/// every build, so code naming one compiles whatever is built in; opening
+/// a root with a backend left out fails with [`OpenError::BackendNotBuilt`].
 ///
 /// ```
 /// use std::sync::Arc;
@@ -44,7 +49,7 @@ use strata_sys::lock::{FileLock, LockError};
 #[non_exhaustive]
 pub enum BackendChoice {
     /// Kernel overlayfs, with its configuration.
-    Overlay(strata_overlay::OverlayConfig),
+    Overlay(OverlayConfig),
     /// Full copies (reflink where the file system can).
     Native,
     /// btrfs subvolumes: every snapshot made in O(1), no layer limit; the
@@ -52,7 +57,9 @@ pub enum BackendChoice {
     Btrfs,
     /// btrfs when the root is on btrfs, else overlay where the kernel and
     /// privileges allow it, else native; a root that has a backend keeps
-    /// it.
+    /// it. Only the built-in backends are tried; without native, a root
+    /// where neither of the others works fails with
+    /// [`OpenError::NoBackend`].
     #[default]
     Auto,
     /// Any backend, by value: an embedder's own (tested with
@@ -66,7 +73,7 @@ const BACKEND_ROW: &str = "snapshot_backend";
 impl BackendChoice {
     /// Overlay with the default configuration.
     pub fn overlay() -> BackendChoice {
-        BackendChoice::Overlay(strata_overlay::OverlayConfig::default())
+        BackendChoice::Overlay(OverlayConfig::default())
     }
 
     /// The built-in backend a user names (`overlay`, `native`, `btrfs`,
@@ -94,16 +101,26 @@ impl BackendChoice {
     }
 
     /// The backend itself, for the root at `path` (never called on
-    /// `Auto`, which is resolved first).
+    /// `Auto`, which is resolved first); a built-in one this build leaves
+    /// out is refused by name.
     fn build(&self, path: &Path) -> Result<Arc<dyn Backend>, OpenError> {
         Ok(match self {
+            #[cfg(feature = "overlay")]
             BackendChoice::Overlay(config) => Arc::new(strata_overlay::Overlay::new(
                 &path.join("snapshots"),
                 config.clone(),
             )?),
+            #[cfg(feature = "btrfs")]
             BackendChoice::Btrfs => Arc::new(strata_btrfs::BtrfsBackend::new(path)?),
-            BackendChoice::Native | BackendChoice::Auto => Arc::new(strata_native::Native),
+            #[cfg(feature = "native")]
+            BackendChoice::Native => Arc::new(strata_native::Native),
             BackendChoice::Custom(b) => Arc::clone(b),
+            missing => {
+                return Err(OpenError::BackendNotBuilt {
+                    path: path.to_path_buf(),
+                    name: missing.name().to_owned(),
+                });
+            }
         })
     }
 }
@@ -147,6 +164,24 @@ pub enum OpenError {
         path: PathBuf,
         /// The backend it was made with.
         name: String,
+    },
+    /// The backend asked for (or the one the root was made with) is a
+    /// built-in one this build of strata-cache leaves out: its feature,
+    /// named after it, is off.
+    #[error("root {}: the {name} backend is not built in (strata-cache's `{name}` feature is off)", path.display())]
+    BackendNotBuilt {
+        /// The root.
+        path: PathBuf,
+        /// The backend, which is also the feature's name.
+        name: String,
+    },
+    /// `Auto` found no built-in backend that works at the root: native,
+    /// which works anywhere, is not built in, and the others that are
+    /// cannot work there.
+    #[error("root {}: no built-in snapshot backend works here, and the native backend, which works anywhere, is not built in (strata-cache's `native` feature is off): name one that is, or a BackendChoice::Custom", path.display())]
+    NoBackend {
+        /// The root.
+        path: PathBuf,
     },
     /// Cleaning up what a dead process left failed.
     #[error(transparent)]
@@ -197,9 +232,10 @@ impl Classify for OpenError {
             OpenError::NoDefault => ErrorKind::Invalid,
             OpenError::Io { source, .. } => Classify::kind(source),
             OpenError::Lock(e) => e.kind(),
-            OpenError::BackendMismatch { .. } | OpenError::UnknownBackend { .. } => {
-                ErrorKind::FailedPrecondition
-            }
+            OpenError::BackendMismatch { .. }
+            | OpenError::UnknownBackend { .. }
+            | OpenError::BackendNotBuilt { .. }
+            | OpenError::NoBackend { .. } => ErrorKind::FailedPrecondition,
             OpenError::Sys(e) => e.kind(),
             OpenError::Meta(e) => e.kind(),
             OpenError::Store { source, .. } => source.kind(),
@@ -308,6 +344,7 @@ fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> OpenErr
 }
 
 /// True when an overlay can be mounted here: a trial mount in `tmp`.
+#[cfg(feature = "overlay")]
 fn overlay_works(tmp: &Path) -> bool {
     if strata_sys::effective_uid() != 0 {
         return false;
@@ -362,15 +399,32 @@ fn resolve_backend(
         return known.map(|b| (b, false));
     }
     let resolved = match choice {
-        BackendChoice::Auto if btrfs_works(&path.join("tmp")) => BackendChoice::Btrfs,
-        BackendChoice::Auto if overlay_works(&path.join("tmp")) => BackendChoice::overlay(),
-        BackendChoice::Auto => {
-            tracing::info!("overlay mounts do not work here; using the native backend");
-            BackendChoice::Native
-        }
+        BackendChoice::Auto => auto_backend(path)?,
         explicit => explicit.clone(),
     };
     Ok((resolved, true))
+}
+
+/// What `Auto` picks for a new root at `path`, among the built-in
+/// backends: btrfs where it works, else overlay where it works, else
+/// native.
+fn auto_backend(path: &Path) -> Result<BackendChoice, OpenError> {
+    #[cfg(feature = "btrfs")]
+    if btrfs_works(&path.join("tmp")) {
+        return Ok(BackendChoice::Btrfs);
+    }
+    #[cfg(feature = "overlay")]
+    if overlay_works(&path.join("tmp")) {
+        return Ok(BackendChoice::overlay());
+    }
+    if cfg!(feature = "native") {
+        tracing::info!("overlay mounts do not work here; using the native backend");
+        Ok(BackendChoice::Native)
+    } else {
+        Err(OpenError::NoBackend {
+            path: path.to_path_buf(),
+        })
+    }
 }
 
 /// Records `backend` as the root's.
@@ -427,6 +481,7 @@ fn empty_scratch(root_dir: &strata_sys::Root, path: &Path, name: &str) -> Result
 
 /// True when btrfs subvolumes can be made and deleted in `tmp` by this
 /// process (deleting needs privilege or `user_subvol_rm_allowed`).
+#[cfg(feature = "btrfs")]
 fn btrfs_works(tmp: &Path) -> bool {
     if !strata_sys::btrfs::is_btrfs(tmp).unwrap_or(false) {
         return false;

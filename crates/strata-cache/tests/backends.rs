@@ -1,7 +1,9 @@
 //! Choosing a root's backend: a backend that cannot work where the root is
-//! is never remembered, and a btrfs root opens over what a crash left (a
+//! is never remembered, a btrfs root opens over what a crash left (a
 //! read-only subvolume in `tmp/`, an active snapshot whose subvolume the
-//! commit hook had already made read-only).
+//! commit hook had already made read-only), and in a build that leaves
+//! backends out (`--no-default-features`), asking for one of them fails
+//! naming it.
 
 use strata_cache::{BackendChoice, OpenError, Root, RootOptions};
 use strata_core::Labels;
@@ -14,6 +16,7 @@ fn open(path: &std::path::Path, backend: BackendChoice) -> Result<Root, OpenErro
     })
 }
 
+#[cfg(all(feature = "btrfs", feature = "native"))]
 #[test]
 fn a_backend_that_cannot_open_here_is_not_remembered() {
     let tmp = tempfile::tempdir().unwrap();
@@ -32,6 +35,7 @@ fn a_backend_that_cannot_open_here_is_not_remembered() {
     assert_eq!(root.backend.name(), "native");
 }
 
+#[cfg(feature = "btrfs")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_btrfs_root_opens_over_what_a_crash_left() {
     let test = "strata-cache backends::a_btrfs_root_opens_over_what_a_crash_left";
@@ -63,4 +67,33 @@ async fn a_btrfs_root_opens_over_what_a_crash_left() {
     root.snapshots.reconcile().unwrap();
     std::fs::write(active.join("f"), "y").expect("the active snapshot is writable again");
     assert_eq!(root.backend.name(), "btrfs");
+}
+
+#[cfg(not(feature = "overlay"))]
+#[test]
+fn a_backend_left_out_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = open(&tmp.path().join("root"), BackendChoice::overlay()).unwrap_err();
+    assert!(
+        matches!(&err, OpenError::BackendNotBuilt { name, .. } if name == "overlay"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().ends_with(
+            "the overlay backend is not built in (strata-cache's `overlay` feature is off)"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        strata_core::Classify::kind(&err),
+        strata_core::ErrorKind::FailedPrecondition
+    );
+}
+
+#[cfg(not(any(feature = "overlay", feature = "native", feature = "btrfs")))]
+#[test]
+fn auto_without_a_backend_built_in_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = open(&tmp.path().join("root"), BackendChoice::Auto).unwrap_err();
+    assert!(matches!(err, OpenError::NoBackend { .. }), "{err}");
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use base64::Engine;
@@ -41,13 +41,6 @@ struct AuthEntry {
 struct HelperAnswer {
     username: String,
     secret: String,
-}
-
-/// The directory of docker's config: `$DOCKER_CONFIG`, else `~/.docker`.
-pub fn docker_config_dir() -> Option<PathBuf> {
-    std::env::var_os("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))
 }
 
 /// `https://host/v1/` and `host` alike.

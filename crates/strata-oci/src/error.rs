@@ -36,6 +36,16 @@ pub enum OciError {
         /// 404 not found, a digest mismatch invalid).
         kind: ErrorKind,
     },
+    /// The input needs what this build of strata-oci leaves out: a
+    /// registry reference where the `registry` feature (the registry
+    /// client, with its HTTP and TLS stack) is off.
+    #[error("{object}: this build of strata-oci lacks its `{feature}` feature")]
+    NotBuilt {
+        /// What was asked for.
+        object: String,
+        /// The feature it needs.
+        feature: &'static str,
+    },
     /// A file-system operation failed.
     #[error("{op} {object}: {source}")]
     Io {
@@ -89,6 +99,9 @@ impl Classify for OciError {
             OciError::Invalid { .. } => ErrorKind::Invalid,
             OciError::NotFound { .. } => ErrorKind::NotFound,
             OciError::Registry { kind, .. } => *kind,
+            // The same request fails the same way until the program is
+            // built otherwise: not worth a retry.
+            OciError::NotBuilt { .. } => ErrorKind::Invalid,
             OciError::Io { source, .. } => Classify::kind(source),
             OciError::Content(e) => e.kind(),
             OciError::Lease(e) => e.kind(),

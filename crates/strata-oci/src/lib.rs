@@ -7,16 +7,22 @@
 //!   layers.
 //! - [`build_image`] makes the config and manifest of exported layers;
 //!   [`write_layout`], [`write_archive`], [`write_oci_archive`] and
-//!   [`Registry::push`] write an
-//!   image out.
+//!   [`push`] write an image out.
 //! - Every document is read and written with `oci-spec`; manifests,
 //!   indexes and configs over [`MAX_DOCUMENT_SIZE`] are refused before
 //!   they are read, indexes nest at most [`MAX_INDEX_DEPTH`] deep, and a
 //!   digest is validated before it names a path.
+//!
+//! Registries (`oci-client`, with reqwest and rustls under it) are the
+//! default feature `registry`. Without it, layouts and archives work as
+//! ever, the registry types are absent, and a [`Location::Registry`] given
+//! to [`open_source`] or [`push`] fails at run time with
+//! [`OciError::NotBuilt`] naming the reference.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod archive;
+#[cfg(feature = "registry")]
 mod auth;
 mod build;
 mod error;
@@ -24,21 +30,32 @@ mod image;
 mod layout;
 mod location;
 mod platform;
+#[cfg(feature = "registry")]
 mod registry;
+// The same entry points, refusing every registry reference by name.
+#[cfg(not(feature = "registry"))]
+#[path = "no_registry.rs"]
+mod registry;
+mod remote;
 mod source;
 
 use std::sync::Arc;
 
 pub use archive::{write_archive, write_oci_archive};
-pub use auth::{credentials, docker_config_dir};
+#[cfg(feature = "registry")]
+pub use auth::credentials;
 pub use build::{History, build_image};
 pub use error::{OciError, Result};
 pub use image::{Image, MAX_DOCUMENT_SIZE, MAX_INDEX_DEPTH};
 pub use layout::{REF_NAME, write_layout};
 pub use location::Location;
+#[cfg(feature = "registry")]
 pub use oci_client::RegistryOperation;
 pub use platform::Platform;
-pub use registry::{DISTRIBUTION_SOURCE_LABEL, PushReport, Registry, RegistryOptions};
+pub use registry::push;
+#[cfg(feature = "registry")]
+pub use registry::{DISTRIBUTION_SOURCE_LABEL, Registry};
+pub use remote::{PushReport, RegistryOptions, docker_config_dir};
 pub use source::{
     IMAGE_NAME_ANNOTATION, PullOptions, Pulled, Roots, Source, image_of_manifest, pull,
 };
@@ -65,9 +82,7 @@ pub async fn open_source(
         Location::OciArchive { file, reference } => {
             archive::oci_archive_source(file, reference.as_deref())?
         }
-        Location::Registry { reference } => {
-            Arc::new(Registry::connect(reference, RegistryOperation::Pull, registry).await?)
-        }
+        Location::Registry { reference } => registry::source(reference, registry).await?,
     })
 }
 

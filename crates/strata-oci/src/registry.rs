@@ -5,7 +5,6 @@
 //! cross-repository mount from a repository the blob was pulled from).
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use strata_leases::{OpCtx, ProgressTracker};
 
 use crate::error::{OciError, Result};
 use crate::image::{Image, MAX_DOCUMENT_SIZE, read_blob};
+use crate::remote::{PushReport, RegistryOptions};
 use crate::source::{Roots, Source, ingest_ref};
 
 /// The content label listing the repositories of a registry a blob came
@@ -35,43 +35,6 @@ const ACCEPTED: &[&str] = &[
     media::DOCKER_MANIFEST_LIST,
     media::DOCKER_MANIFEST,
 ];
-
-/// How to reach registries.
-#[derive(Clone, Debug)]
-pub struct RegistryOptions {
-    /// Hosts (`HOST[:PORT]`) reached over plain HTTP besides loopback ones.
-    pub insecure: Vec<String>,
-    /// Docker's config directory for credentials (none: anonymous).
-    pub docker_config: Option<PathBuf>,
-    /// Attempts of a request that failed for a reason that may pass.
-    pub attempts: u32,
-    /// The first wait between attempts (doubled each time).
-    pub backoff: Duration,
-}
-
-impl Default for RegistryOptions {
-    fn default() -> Self {
-        RegistryOptions {
-            insecure: Vec::new(),
-            docker_config: crate::auth::docker_config_dir(),
-            attempts: 4,
-            backoff: Duration::from_millis(200),
-        }
-    }
-}
-
-/// What a push did with each blob.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PushReport {
-    /// Blobs sent.
-    pub uploaded: usize,
-    /// Blobs the repository already had.
-    pub present: usize,
-    /// Blobs mounted from another repository of the registry.
-    pub mounted: usize,
-    /// The manifest's digest.
-    pub manifest: Option<Digest>,
-}
 
 /// A repository of a registry, connected and authenticated.
 pub struct Registry {
@@ -690,6 +653,28 @@ impl Source for Registry {
         }
         self.fetch_blob(store, desc, progress).await
     }
+}
+
+/// The source of the image `reference` names, connected for pulls.
+pub(crate) async fn source(reference: &str, opts: &RegistryOptions) -> Result<Arc<dyn Source>> {
+    Ok(Arc::new(
+        Registry::connect(reference, RegistryOperation::Pull, opts).await?,
+    ))
+}
+
+/// Connects to the repository of `reference` for pushes and pushes
+/// `image` there.
+pub async fn push(
+    ctx: &OpCtx,
+    store: &ContentStore,
+    image: &Image,
+    reference: &str,
+    opts: &RegistryOptions,
+) -> Result<PushReport> {
+    Registry::connect(reference, RegistryOperation::Push, opts)
+        .await?
+        .push(ctx, store, image)
+        .await
 }
 
 #[cfg(test)]

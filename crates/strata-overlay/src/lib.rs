@@ -17,13 +17,9 @@ use strata_core::{Mount, OverlayLayers};
 use strata_snapshot::{Backend, Capabilities, Kind, SnapshotError, create_dir};
 use strata_sys::Root;
 
-/// Configuration of the overlay backend.
-#[derive(Clone, Debug, Default)]
-pub struct OverlayConfig {
-    /// Extra overlay options for every overlay mount (`metacopy=on`,
-    /// `redirect_dir=on`, `volatile`, `index=on`, ...).
-    pub mount_options: Vec<String>,
-}
+// The configuration lives in strata-snapshot so that a choice of backend
+// can carry it without this crate; it is this backend's all the same.
+pub use strata_snapshot::OverlayConfig;
 
 /// The overlay backend.
 #[derive(Debug)]

@@ -7,6 +7,17 @@ use strata_core::Mount;
 use crate::error::SnapshotError;
 use crate::info::{Kind, Usage};
 
+/// Configuration of the overlay backend (`strata_overlay`, which
+/// re-exports it). It sits here, below the backend, so that a choice among
+/// backends (strata-cache's `BackendChoice::Overlay`) keeps its shape in a
+/// build that leaves the overlay backend out.
+#[derive(Clone, Debug, Default)]
+pub struct OverlayConfig {
+    /// Extra overlay options for every overlay mount (`metacopy=on`,
+    /// `redirect_dir=on`, `volatile`, `index=on`, ...).
+    pub mount_options: Vec<String>,
+}
+
 /// What a backend's snapshots allow beyond containerd's contract; the
 /// data plane asks these instead of comparing backend names.
 ///

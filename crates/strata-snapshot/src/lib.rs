@@ -24,7 +24,9 @@ mod usage;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use backend::{Backend, Capabilities, create_dir, remove_tree, whole_tree_mounts};
+pub use backend::{
+    Backend, Capabilities, OverlayConfig, create_dir, remove_tree, whole_tree_mounts,
+};
 pub use error::SnapshotError;
 pub use info::{Info, Kind, Usage};
 pub use store::{SnapshotStore, is_store_scratch};
