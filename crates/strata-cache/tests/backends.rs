@@ -6,8 +6,6 @@
 //! naming it.
 
 use strata_cache::{BackendChoice, OpenError, Root, RootOptions};
-use strata_core::Labels;
-use strata_snapshot::Snapshotter;
 
 fn open(path: &std::path::Path, backend: BackendChoice) -> Result<Root, OpenError> {
     Root::open(&RootOptions {
@@ -38,6 +36,8 @@ fn a_backend_that_cannot_open_here_is_not_remembered() {
 #[cfg(feature = "btrfs")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_btrfs_root_opens_over_what_a_crash_left() {
+    use strata_core::Labels;
+    use strata_snapshot::Snapshotter;
     let test = "strata-cache backends::a_btrfs_root_opens_over_what_a_crash_left";
     if !strata_testkit::loopfs::usable(test, "btrfs", "btrfs-progs") {
         return;
@@ -69,25 +69,36 @@ async fn a_btrfs_root_opens_over_what_a_crash_left() {
     assert_eq!(root.backend.name(), "btrfs");
 }
 
-#[cfg(not(feature = "overlay"))]
+#[cfg(not(all(feature = "overlay", feature = "native", feature = "btrfs")))]
 #[test]
 fn a_backend_left_out_is_refused_by_name() {
-    let tmp = tempfile::tempdir().unwrap();
-    let err = open(&tmp.path().join("root"), BackendChoice::overlay()).unwrap_err();
-    assert!(
-        matches!(&err, OpenError::BackendNotBuilt { name, .. } if name == "overlay"),
-        "{err}"
-    );
-    assert!(
-        err.to_string().ends_with(
-            "the overlay backend is not built in (strata-cache's `overlay` feature is off)"
+    let backends = [
+        (
+            "overlay",
+            cfg!(feature = "overlay"),
+            BackendChoice::overlay(),
         ),
-        "{err}"
-    );
-    assert_eq!(
-        strata_core::Classify::kind(&err),
-        strata_core::ErrorKind::FailedPrecondition
-    );
+        ("native", cfg!(feature = "native"), BackendChoice::Native),
+        ("btrfs", cfg!(feature = "btrfs"), BackendChoice::Btrfs),
+    ];
+    for (wanted, _, choice) in backends.into_iter().filter(|(_, built, _)| !built) {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = open(&tmp.path().join("root"), choice).unwrap_err();
+        assert!(
+            matches!(&err, OpenError::BackendNotBuilt { name, .. } if name == wanted),
+            "{err}"
+        );
+        assert!(
+            err.to_string().ends_with(&format!(
+                "the {wanted} backend is not built in (strata-cache's `{wanted}` feature is off)"
+            )),
+            "{err}"
+        );
+        assert_eq!(
+            strata_core::Classify::kind(&err),
+            strata_core::ErrorKind::FailedPrecondition
+        );
+    }
 }
 
 #[cfg(not(any(feature = "overlay", feature = "native", feature = "btrfs")))]
