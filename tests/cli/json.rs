@@ -185,6 +185,12 @@ fn every_documented_json_shape_is_what_the_command_prints() {
     assert!(!gc["pins"].as_array().unwrap().is_empty(), "{gc}");
     a.run("gc", &[]);
     a.run("check", &[]);
+    // The daemon's health (`serve --check`), asked of a running daemon.
+    let daemon = env.serve(&[]);
+    let health = a.run("serve", &["--check"]);
+    assert_eq!(health["pid"], daemon.pid(), "{health}");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
 
     // Mounting needs privilege; the rest of the audit does not.
     if strata_testkit::require_root("every_documented_json_shape::mount") {

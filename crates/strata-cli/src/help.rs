@@ -436,7 +436,7 @@ their own), least recently used first when a space target is given, then collect
         notes: "The daemon owns the root; every other strata command on it (any number at once) \
 finds it on the root's own socket, run/strata.sock (mode 0600), and runs through it, with the same \
 output, --json, exit codes and progress bars; --address (or $STRATA_ADDRESS) names another socket. \
-Each command runs in the client's working directory and umask, as root; a client that goes away \
+Each command runs in the client's working directory and umask, as the daemon's user; a client that goes away \
 cancels its command. Without a daemon, commands open the root themselves.\n\n\
 The same sockets serve containerd's snapshots API; name one in containerd's config as a proxy \
 snapshotter:\n\n\
@@ -445,7 +445,7 @@ then `ctr images pull --snapshotter strata ...` and every containerd client use 
 containerd creates is held by the lease containerd/snapshots; containerd's collector decides what \
 goes and calls Remove. A socket nobody answers on is replaced; a live one, or a file that is not a \
 socket, is refused (exit 4). SIGINT or SIGTERM stops accepting, lets the commands and calls in \
-flight finish, removes the sockets and exits 0. `serve --check` asks a running daemon for its \
+flight finish, removes the sockets and exits 0. `serve --check [--json]` asks a running daemon for its \
 health: exit 0 when it answers, 4 when none does.",
         examples: &[
             "strata serve --socket /run/strata/containerd.sock",
@@ -453,7 +453,7 @@ health: exit 0 when it answers, 4 when none does.",
             "strata serve --check --json",
         ],
         json: Some(
-            "serve --check: {serving, socket, root, backend, pid, version, api_version, running, served, uptime_seconds}",
+            "{serving, socket, root, backend, pid, version, api_version, running, served, uptime_seconds}",
         ),
     },
     Page {
