@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
@@ -229,26 +230,26 @@ impl Registry {
     }
 
     /// Runs `call` until it succeeds, fails for good, or runs out of
-    /// attempts, waiting longer each time.
-    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T>
+    /// attempts, waiting twice as long each time (backon's exponential
+    /// backoff, no ceiling: the attempts are few).
+    async fn retry<T, F, Fut>(&self, what: &str, call: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
     {
-        let mut wait = self.opts.backoff;
-        let mut attempt = 1;
-        loop {
-            match call().await {
-                Ok(v) => return Ok(v),
-                Err(e) if transient(&e) && attempt < self.opts.attempts.max(1) => {
-                    tracing::warn!(registry = %self.repo(), what, attempt, error = %e, "retrying");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                    attempt += 1;
-                }
-                Err(e) => return Err(self.error(what, e)),
-            }
-        }
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(self.opts.backoff)
+            .with_factor(2.0)
+            .without_max_delay()
+            .with_max_times(self.opts.attempts.max(1) as usize - 1);
+        call.retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(transient)
+            .notify(|e, wait| {
+                tracing::warn!(registry = %self.repo(), what, error = %e, ?wait, "retrying");
+            })
+            .await
+            .map_err(|e| self.error(what, e))
     }
 
     /// Fetches the manifest or index `reference` names; checks it against
