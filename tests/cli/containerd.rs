@@ -129,14 +129,20 @@ fn image(dir: &Path) -> (PathBuf, PathBuf) {
         "io.containerd.image.name": "localhost/strata/test:latest",
     });
     l.index(vec![d]);
-    let tarball = dir.join("image.oci.tar");
+    let tarball = tar_layout(&layout, &dir.join("image.oci.tar"));
+    (layout, tarball)
+}
+
+/// Tars the OCI layout at `layout` into `tarball`, as `ctr images import`
+/// reads it.
+fn tar_layout(layout: &Path, tarball: &Path) -> PathBuf {
     let ok = Command::new("tar")
-        .args(["-C", &s(&layout), "-cf", &s(&tarball), "."])
+        .args(["-C", &s(layout), "-cf", &s(tarball), "."])
         .status()
         .unwrap()
         .success();
-    assert!(ok);
-    (layout, tarball)
+    assert!(ok, "tar {}", tarball.display());
+    tarball.to_path_buf()
 }
 
 fn below_root(tree: &str) -> String {
@@ -389,14 +395,7 @@ fn busybox_image(dir: &Path) -> PathBuf {
         "io.containerd.image.name": BUSYBOX_IMAGE,
     });
     l.index(vec![d]);
-    let tarball = dir.join("busybox.oci.tar");
-    let ok = Command::new("tar")
-        .args(["-C", &s(&layout), "-cf", &s(&tarball), "."])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    tarball
+    tar_layout(&layout, &dir.join("busybox.oci.tar"))
 }
 
 /// Strata's snapshots (`strata --json snapshot ls`), by name.

@@ -322,6 +322,15 @@ impl RemoteTerm {
         let mut err = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
         err.write_all(s.as_bytes())
     }
+
+    /// Moves the cursor `n` places (CSI `n` `direction`: A up, B down,
+    /// C right, D left); nothing for 0, which a terminal reads as 1.
+    fn cursor(&self, n: usize, direction: char) -> std::io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.put(&format!("\x1b[{n}{direction}"))
+    }
 }
 
 impl TermLike for RemoteTerm {
@@ -330,35 +339,19 @@ impl TermLike for RemoteTerm {
     }
 
     fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
-        if n > 0 {
-            self.put(&format!("\x1b[{n}A"))
-        } else {
-            Ok(())
-        }
+        self.cursor(n, 'A')
     }
 
     fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
-        if n > 0 {
-            self.put(&format!("\x1b[{n}B"))
-        } else {
-            Ok(())
-        }
+        self.cursor(n, 'B')
     }
 
     fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
-        if n > 0 {
-            self.put(&format!("\x1b[{n}C"))
-        } else {
-            Ok(())
-        }
+        self.cursor(n, 'C')
     }
 
     fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
-        if n > 0 {
-            self.put(&format!("\x1b[{n}D"))
-        } else {
-            Ok(())
-        }
+        self.cursor(n, 'D')
     }
 
     fn write_line(&self, s: &str) -> std::io::Result<()> {
