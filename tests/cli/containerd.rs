@@ -762,3 +762,97 @@ fn the_socket_is_replaced_when_stale_and_refused_when_live() {
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert_eq!(fs::read_to_string(&socket).unwrap(), "precious");
 }
+
+/// The daemon serves strata's own commands while containerd imports
+/// through it: `du`, `prune --dry-run`, `image import` and `check` on the
+/// root all succeed while `ctr images import` runs in a loop (each in a
+/// namespace of its own, so each really unpacks), and the root checks
+/// clean afterwards.
+#[test]
+fn strata_commands_run_while_containerd_imports_through_the_daemon() {
+    let name = "strata_commands_run_while_containerd_imports_through_the_daemon";
+    if !strata_testkit::require_root(name)
+        || !strata_testkit::require_tools(name, strata_testkit::CONTAINERD_TOOLS)
+    {
+        return;
+    }
+    let e = env();
+    let (layout, tarball) = image(e.tmp.path());
+    let socket = e.path("strata.sock");
+    let served = Served::start(&e, &socket, "native");
+    let cdir = e.path("containerd");
+    fs::create_dir_all(&cdir).unwrap();
+    let ctrd = Containerd::start_with(
+        &cdir,
+        &format!(
+            "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{}\"\n",
+            s(&socket)
+        ),
+    );
+    const IMPORTS: usize = 6;
+    let importing = std::sync::atomic::AtomicBool::new(true);
+    let rounds = std::thread::scope(|scope| {
+        let imports = scope.spawn(|| {
+            for i in 0..IMPORTS {
+                let ns = format!("{name}-{i}");
+                let out = ctrd.ctr_out(&[
+                    "-n",
+                    &ns,
+                    "images",
+                    "import",
+                    "--snapshotter",
+                    "strata",
+                    &s(&tarball),
+                ]);
+                assert!(
+                    out.status.success(),
+                    "ctr import {i}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            importing.store(false, std::sync::atomic::Ordering::Release);
+        });
+        let mut rounds = 0;
+        while importing.load(std::sync::atomic::Ordering::Acquire) || rounds == 0 {
+            let source = format!("oci:{}:latest", s(&layout));
+            let image = format!("side-{rounds}");
+            for args in [
+                &["du"][..],
+                &["prune", "--dry-run"],
+                &["image", "import", &source, "--name", &image],
+                &["check"],
+            ] {
+                let out = e.run(args);
+                assert_eq!(
+                    out.code,
+                    0,
+                    "strata {}: {} {}",
+                    args.join(" "),
+                    out.stderr,
+                    out.text()
+                );
+            }
+            rounds += 1;
+        }
+        imports.join().unwrap();
+        rounds
+    });
+    assert_eq!(e.run(&["check"]).expect(0).text().trim(), "clean");
+    // containerd's snapshots are Strata's: every import's layers committed.
+    let listed = ctrd.ctr_out(&[
+        "-n",
+        &format!("{name}-0"),
+        "snapshots",
+        "--snapshotter",
+        "strata",
+        "ls",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).lines().count(),
+        4,
+        "three layers and a header"
+    );
+    eprintln!("{rounds} rounds of strata commands beside {IMPORTS} containerd imports");
+    drop(ctrd);
+    assert_eq!(served.stop(), 0);
+}

@@ -181,6 +181,14 @@ fn serve_check_reports_health_and_a_second_serve_is_refused() {
     assert_eq!(health["pid"], daemon.pid());
     assert_eq!(health["backend"], "native");
     assert_eq!(health["api_version"], 1);
+    let repair = env.run(&["check", "--repair"]).expect(4);
+    assert!(
+        repair
+            .stderr
+            .contains("check --repair needs the root to itself"),
+        "{}",
+        repair.stderr
+    );
     let again = env.run(&["serve"]).expect(4);
     assert!(
         again

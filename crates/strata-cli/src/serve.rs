@@ -116,6 +116,13 @@ impl Runner for Commands {
                 ),
             }
             .into()),
+            // Repair makes files and rows agree as if nothing else ran;
+            // here other commands and containerd may be mid-way.
+            Command::Check(args) if args.repair => Err(CliError {
+                kind: ErrorKind::FailedPrecondition,
+                message: "check --repair needs the root to itself: stop the daemon (strata serve), then repair".into(),
+            }
+            .into()),
             command => crate::run(command, &self.mgr, cli.lease.as_deref(), &out),
         });
         crate::finish(result, &out)
