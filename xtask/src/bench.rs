@@ -35,6 +35,7 @@ const BENCHES: &[&str] = &[
     "cache",
     "oci",
     "containerd",
+    "daemon",
 ];
 
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
