@@ -25,6 +25,10 @@ const TOOLS: &[(&str, &str, Need)] = &[
     ("mount", "mount", Need::Tests),
     ("losetup", "mount", Need::Tests),
     ("setpriv", "util-linux", Need::Tests),
+    // Rootless with subordinate ids: a user namespace mapping 65,536 ids
+    // (`tests/cli/userns.rs`; `.ci/run` grants root the range).
+    ("unshare", "util-linux", Need::Tests),
+    ("newuidmap", "uidmap", Need::Tests),
     ("modprobe", "kmod", Need::Tests),
     ("tar", "tar", Need::Tests),
     ("zstd", "zstd", Need::Tests),

@@ -30,17 +30,32 @@ pub fn fault_shim() -> &'static Path {
     SHIM.get_or_init(|| built("strata-fault-shim", "strata_fault_shim"))
 }
 
+/// The executable of `package`'s integration test `target`, built by
+/// Cargo (to run it somewhere else: in a user namespace, say).
+pub fn test_binary(package: &str, target: &str) -> PathBuf {
+    cargo_artifact(
+        &["test", "--no-run", "-p", package, "--test", target],
+        target,
+    )
+}
+
 /// Builds `package` and returns the file Cargo made for its target
 /// `target`: the executable of a binary, the shared object of a cdylib.
 fn built(package: &str, target: &str) -> PathBuf {
+    cargo_artifact(&["build", "-p", package], target)
+}
+
+/// Runs `cargo ARGS` and returns the file it made for `target`.
+fn cargo_artifact(args: &[&str], target: &str) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--message-format=json"])
+        .args(args)
+        .args(["--quiet", "--message-format=json"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::inherit())
         .output()
-        .expect("run cargo build");
-    assert!(out.status.success(), "cargo build -p {package} failed");
+        .expect("run cargo");
+    assert!(out.status.success(), "cargo {} failed", args.join(" "));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -55,7 +70,7 @@ fn built(package: &str, target: &str) -> PathBuf {
                     .map(PathBuf::from)
             })
         })
-        .unwrap_or_else(|| panic!("cargo reported no file for {package}'s {target}"))
+        .unwrap_or_else(|| panic!("cargo {} reported no file for {target}", args.join(" ")))
 }
 
 /// A fresh state root in a temporary directory.
