@@ -142,3 +142,30 @@ fn snapshot_bookkeeping_without_mounts() {
     run(&["snapshot", "info", "zzz"]).expect(3);
     run(&["snapshot", "rm", "a1"]).expect(0);
 }
+
+/// A reader that stops reading (`strata snapshot ls | head`) is not a
+/// failure: no message, exit 0, with and without a daemon.
+#[test]
+fn a_closed_pipe_is_not_a_failure() {
+    let env = env();
+    env.run(&["--backend", "native", "snapshot", "prepare", "k"])
+        .expect(0);
+    let closed = |env: &Env| {
+        let mut child = env
+            .cmd(&["snapshot", "ls"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The read end goes before the command writes anything.
+        drop(child.stdout.take());
+        strata_testkit::cli::finish(child.wait_with_output().unwrap())
+    };
+    let out = closed(&env);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    let daemon = env.serve(&[]);
+    let out = closed(&env);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
+}

@@ -214,6 +214,16 @@ fn finish(result: anyhow::Result<ExitCode>, out: &output::Output) -> u8 {
         // (`check` finding problems); ExitCode has no accessor for its value.
         Ok(code) if code == ExitCode::SUCCESS => 0,
         Ok(_) => 1,
+        // A closed pipe (`strata snapshot ls | head`) is the reader's
+        // choice, not a failure.
+        Err(err)
+            if err.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            0
+        }
         Err(err) => {
             out.note(&format!("strata: {}", output::one_line(&err)));
             exit_code(output::kind_of(&err))
