@@ -3,8 +3,8 @@
 //! same stdout, stderr and exit code, relative paths and standard input
 //! included), `serve --check` reports health, a second `serve` is refused,
 //! four imports of one image at once fetch each blob once, a client that
-//! goes away cancels its command and leaves nothing half-stored, and
-//! SIGTERM lets the commands in flight finish.
+//! goes away cancels its command (an ingest, an import) and leaves nothing
+//! half-stored, and SIGTERM lets the commands in flight finish.
 
 use std::io::Write;
 use std::process::Stdio;
@@ -330,4 +330,63 @@ fn sigterm_lets_the_commands_in_flight_finish() {
     // The root, opened without the daemon, has the blob whole.
     let cat = env.run(&["content", "cat", &digest]).expect(0);
     assert_eq!(cat.stdout, b"first half, second half\n");
+}
+
+#[test]
+fn an_import_whose_client_goes_away_is_cancelled() {
+    let env = Env::strata();
+    env.run(&["--backend", "native", "check"]).expect(0);
+    // One layer of 30,000 files: long enough to be cut short.
+    let layout = Layout::new(&env.path("big"));
+    let mut entries = vec![entry("d/", EntryType::Directory, b"", "")];
+    for i in 0..30_000 {
+        entries.push(entry(format!("d/f{i}"), EntryType::Regular, b"x", ""));
+    }
+    let manifest = layout.image(&[archive(&entries)]);
+    layout.tag(&manifest, "1");
+    let daemon = env.serve(&[]);
+    let source = format!("oci:{}:1", env.path("big").display());
+    let mut client = env
+        .cmd(&["image", "import", &source, "--name", "big"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once the daemon is unpacking (a snapshot exists), the client goes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = env.run(&["snapshot", "ls", "--json"]).expect(0).json();
+        if listed.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(
+            client.try_wait().unwrap().is_none(),
+            "the import ended before it was cut"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the import never started unpacking"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.run(&["serve", "--check", "--json"]).expect(0).json()["running"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled import never ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Nothing named; what the import held was let go: a collection leaves
+    // no snapshot; the root checks clean.
+    let images = env.run(&["image", "ls", "--json"]).expect(0).json();
+    assert_eq!(images, serde_json::json!([]), "no image named");
+    env.run(&["gc"]).expect(0);
+    let snapshots = env.run(&["snapshot", "ls", "--json"]).expect(0).json();
+    assert_eq!(snapshots, serde_json::json!([]), "nothing left held");
+    assert_eq!(env.run(&["check"]).expect(0).text().trim(), "clean");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log}");
 }
