@@ -390,3 +390,71 @@ fn an_import_whose_client_goes_away_is_cancelled() {
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log}");
 }
+
+/// systemd's socket activation, through `systemd-socket-activate` (what
+/// systemd does for a `.socket` unit): the daemon serves the socket it is
+/// passed, clients reach it with `--address`, and the socket stays when
+/// the daemon stops.
+#[test]
+fn the_daemon_serves_a_socket_systemd_passes() {
+    let name = "daemon::the_daemon_serves_a_socket_systemd_passes";
+    if !strata_testkit::require_tools(name, &[("systemd-socket-activate", "systemd")]) {
+        return;
+    }
+    let env = Env::strata();
+    env.run(&["--backend", "native", "check"]).expect(0);
+    let socket = env.path("activated.sock");
+    let mut activator = std::process::Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg(strata_testkit::cli::strata())
+        .arg("--root")
+        .arg(&env.root)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let address = socket.display().to_string();
+    // The first connection starts the daemon; it answers once it is up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let health = loop {
+        let run = env.run(&["--address", &address, "serve", "--check", "--json"]);
+        if run.code == 0 {
+            break run.json();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no daemon answered: {}",
+            run.stderr
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(health["socket"], address.as_str());
+    assert_eq!(
+        health["pid"],
+        activator.id(),
+        "systemd-socket-activate execs the daemon"
+    );
+    std::fs::write(env.path("blob"), b"activated\n").unwrap();
+    let blob = env.path("blob").display().to_string();
+    let digest = env
+        .run(&["--address", &address, "content", "ingest", &blob])
+        .expect(0);
+    assert!(digest.text().starts_with("sha256:"), "{}", digest.text());
+    let pid = activator.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        activator.wait().unwrap().success(),
+        "the daemon stops cleanly"
+    );
+    assert!(socket.exists(), "a passed socket stays for its owner");
+    // The root, without its daemon, has the blob.
+    env.run(&["content", "cat", digest.text().trim()]).expect(0);
+}

@@ -29,6 +29,8 @@ const TOOLS: &[(&str, &str, Need)] = &[
     // (`tests/cli/userns.rs`; `.ci/run` grants root the range).
     ("unshare", "util-linux", Need::Tests),
     ("newuidmap", "uidmap", Need::Tests),
+    // systemd's socket activation, without systemd running the test.
+    ("systemd-socket-activate", "systemd", Need::Tests),
     ("modprobe", "kmod", Need::Tests),
     ("tar", "tar", Need::Tests),
     ("zstd", "zstd", Need::Tests),

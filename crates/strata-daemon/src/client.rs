@@ -39,6 +39,14 @@ pub enum DaemonError {
         /// What it said.
         message: String,
     },
+    /// Something accepts connections on the socket but does not answer.
+    #[error("the strata daemon on {} does not answer (waited {}s)", path.display(), .waited.as_secs())]
+    Silent {
+        /// The socket.
+        path: PathBuf,
+        /// How long it was given.
+        waited: Duration,
+    },
     /// The daemon went away before the command ended.
     #[error("the strata daemon on {} went away before the command ended", .0.display())]
     Gone(PathBuf),
@@ -50,7 +58,9 @@ pub enum DaemonError {
 impl Classify for DaemonError {
     fn kind(&self) -> ErrorKind {
         match self {
-            DaemonError::Connect { .. } | DaemonError::Gone(_) => ErrorKind::Unavailable,
+            DaemonError::Connect { .. } | DaemonError::Silent { .. } | DaemonError::Gone(_) => {
+                ErrorKind::Unavailable
+            }
             DaemonError::Call { .. } => ErrorKind::Internal,
             DaemonError::Output(e) => Classify::kind(e),
         }
@@ -77,6 +87,9 @@ pub struct Info {
     /// How long it has been up.
     pub uptime: Duration,
 }
+
+/// How long [`Client::info`] waits for an answer.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// A connection to a daemon.
 #[derive(Clone, Debug)]
@@ -121,13 +134,18 @@ impl Client {
         }
     }
 
-    /// Who the daemon is, and how busy.
+    /// Who the daemon is, and how busy; a daemon that has not answered
+    /// within [`ANSWER_WITHIN`] is [`DaemonError::Silent`] (a socket whose
+    /// server is wedged, or one a service manager holds for a daemon that
+    /// does not take it).
     pub async fn info(&self) -> Result<Info, DaemonError> {
-        let i = self
-            .client
-            .clone()
-            .info(wire::InfoRequest {})
+        let mut client = self.client.clone();
+        let i = tokio::time::timeout(ANSWER_WITHIN, client.info(wire::InfoRequest {}))
             .await
+            .map_err(|_| DaemonError::Silent {
+                path: self.socket.clone(),
+                waited: ANSWER_WITHIN,
+            })?
             .map_err(|s| self.call_error(&s))?
             .into_inner();
         Ok(Info {
@@ -144,7 +162,8 @@ impl Client {
 
     /// Runs `invocation` on the daemon: what it prints goes to `stdout`
     /// and `stderr`, and `stdin` is read (on another thread) only if the
-    /// command asks for its input. The command's exit code.
+    /// command asks for its input. The command's exit code. A command runs
+    /// as long as it takes; first the daemon must answer [`Client::info`].
     pub async fn run(
         &self,
         invocation: &Invocation,
@@ -152,6 +171,7 @@ impl Client {
         stdout: &mut dyn Write,
         stderr: &mut dyn Write,
     ) -> Result<u8, DaemonError> {
+        self.info().await?;
         let (tx, rx) = mpsc::channel(8);
         let command = wire::Command {
             args: invocation

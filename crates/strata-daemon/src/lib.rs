@@ -29,7 +29,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-pub use client::{Client, DaemonError, Info};
+pub use client::{ANSWER_WITHIN, Client, DaemonError, Info};
 pub use server::{Listen, ServeError, group_id, serve};
 pub use strata_containerd::signalled;
 
