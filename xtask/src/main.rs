@@ -38,6 +38,10 @@
 //!   long crash, property, power-loss and fuzz runs (`stress.rs`).
 //! * `protos [--check]`: regenerates the checked-in gRPC bindings of
 //!   strata-api (`protos.rs`); CI checks they are current.
+//! * `public-api [--check]`: rewrites `api/<crate>.txt`, the public API of
+//!   strata-cache, strata-core, strata-daemon and strata-snapshot one item
+//!   a line, from rustdoc's JSON (nightly); CI checks they are current
+//!   (`public_api.rs`).
 //! * `docs`: rewrites `docs/cli.md` from the command tree (a test fails
 //!   while it is stale).
 //! * `bench-images [OUT]`: builds the real Debian images the benchmarks
@@ -55,6 +59,7 @@ mod images;
 mod layering;
 mod powerloss;
 mod protos;
+mod public_api;
 mod publish;
 mod qemu;
 // The testkit's writer of reliability rows and their provenance, the same
@@ -102,12 +107,13 @@ fn main() -> anyhow::Result<()> {
         ["features"] => features::check(),
         ["tidy"] => tidy::check(),
         ["protos", rest @ ..] => protos::run(rest),
+        ["public-api", rest @ ..] => public_api::run(rest),
         ["docs"] => docs(),
         ["api-docs"] => api_docs(),
         ["package"] => publish::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | features | tidy | protos [--check] | docs | api-docs | package"
+                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | features | tidy | protos [--check] | public-api [--check] | docs | api-docs | package"
             );
             bail!("unknown command {args:?}")
         }
