@@ -9,7 +9,8 @@
 //! * `ci`: fmt check, clippy with `-D warnings`, the layering check, the
 //!   feature check (`features`), `strata --help` built without its default
 //!   features, the bindings
-//!   check (`protos --check`), tidy checks, `api-docs`,
+//!   check (`protos --check`), the public-API listings (`public-api
+//!   --check`), tidy checks, `api-docs`,
 //!   `package`, the benchmark and reliability documents redrawn unchanged
 //!   (`report`), every benchmark once (`bench --quick`), `test`, the
 //!   overlay scenario on Debian 12's kernel under qemu (`qemu`), two power
@@ -274,6 +275,10 @@ fn ci() -> anyhow::Result<()> {
         "--help",
     ]))?;
     protos::run(&["--check"])?;
+    // A changed public signature, a removed item or a new variant of the
+    // crates others build on is a reviewed diff of `api/`, blessed with
+    // `cargo xtask public-api`.
+    public_api::run(&["--check"])?;
     tidy::check()?;
     api_docs()?;
     publish::run()?;
