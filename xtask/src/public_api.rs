@@ -51,6 +51,12 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         ["--check"] => true,
         _ => bail!("usage: cargo xtask public-api [--check]"),
     };
+    let found = Command::new("cargo")
+        .args(["+nightly", "--version"])
+        .output();
+    if !found.is_ok_and(|o| o.status.success()) {
+        bail!("rustdoc's JSON needs the nightly toolchain: rustup toolchain install nightly");
+    }
     let started = std::time::Instant::now();
     let dir = crate::workspace().join(DIR);
     let mut stale = Vec::new();
@@ -113,8 +119,7 @@ fn rustdoc_json(krate: &str) -> anyhow::Result<PathBuf> {
     .args(["--", "-Z", "unstable-options", "--output-format", "json"])
     // Flags meant for the stable rustdoc (`api-docs`) are not for this.
     .env_remove("RUSTDOCFLAGS");
-    crate::run(&mut cmd)
-        .context("rustdoc's JSON needs the nightly toolchain: rustup toolchain install nightly")?;
+    crate::run(&mut cmd)?;
     if !json.exists() {
         bail!("rustdoc wrote no {}", json.display());
     }
