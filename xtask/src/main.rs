@@ -9,7 +9,8 @@
 //! * `ci`: fmt check, clippy with `-D warnings`, the layering check, the
 //!   feature check (`features`), `strata --help` built without its default
 //!   features, the bindings
-//!   check (`protos --check`), tidy checks, `api-docs`,
+//!   check (`protos --check`), the public-API listings (`public-api
+//!   --check`), tidy checks, `api-docs`,
 //!   `package`, the benchmark and reliability documents redrawn unchanged
 //!   (`report`), every benchmark once (`bench --quick`), `test`, the
 //!   overlay scenario on Debian 12's kernel under qemu (`qemu`), two power
@@ -38,6 +39,10 @@
 //!   long crash, property, power-loss and fuzz runs (`stress.rs`).
 //! * `protos [--check]`: regenerates the checked-in gRPC bindings of
 //!   strata-api (`protos.rs`); CI checks they are current.
+//! * `public-api [--check]`: rewrites `api/<crate>.txt`, the public API of
+//!   strata-cache, strata-core, strata-daemon and strata-snapshot one item
+//!   a line, from rustdoc's JSON (nightly); CI checks they are current
+//!   (`public_api.rs`).
 //! * `docs`: rewrites `docs/cli.md` from the command tree (a test fails
 //!   while it is stale).
 //! * `bench-images [OUT]`: builds the real Debian images the benchmarks
@@ -55,6 +60,7 @@ mod images;
 mod layering;
 mod powerloss;
 mod protos;
+mod public_api;
 mod publish;
 mod qemu;
 // The testkit's writer of reliability rows and their provenance, the same
@@ -102,12 +108,13 @@ fn main() -> anyhow::Result<()> {
         ["features"] => features::check(),
         ["tidy"] => tidy::check(),
         ["protos", rest @ ..] => protos::run(rest),
+        ["public-api", rest @ ..] => public_api::run(rest),
         ["docs"] => docs(),
         ["api-docs"] => api_docs(),
         ["package"] => publish::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | features | tidy | protos [--check] | docs | api-docs | package"
+                "usage: cargo xtask test [CARGO TEST ARGS] | deps [--ci] | ci | bench content [--size-mib N] [--runs N] | bench snapshot|gc|diff|cache|oci|containerd | report | fuzz [--seconds N] [--record] | bench-images [OUT] | qemu | powerloss [--cuts N] [--broken] [--record] | stress | under-load [--runs N] [--hogs N] | layering | features | tidy | protos [--check] | public-api [--check] | docs | api-docs | package"
             );
             bail!("unknown command {args:?}")
         }
@@ -268,6 +275,10 @@ fn ci() -> anyhow::Result<()> {
         "--help",
     ]))?;
     protos::run(&["--check"])?;
+    // A changed public signature, a removed item or a new variant of the
+    // crates others build on is a reviewed diff of `api/`, blessed with
+    // `cargo xtask public-api`.
+    public_api::run(&["--check"])?;
     tidy::check()?;
     api_docs()?;
     publish::run()?;
