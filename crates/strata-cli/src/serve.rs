@@ -116,7 +116,13 @@ impl Runner for Commands {
                 ),
             }
             .into()),
-            command => crate::run(command, &self.mgr, cli.lease.as_deref(), &out),
+            command => crate::run(
+                command,
+                &self.mgr,
+                cli.lease.as_deref(),
+                cli.ignore_chown_errors,
+                &out,
+            ),
         });
         crate::finish(result, &out)
     }
