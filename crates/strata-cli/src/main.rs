@@ -65,7 +65,7 @@ struct Cli {
     /// entry (rootless with a single id mapping), leave the entry owned by
     /// this process's ids, setuid and setgid dropped, instead of failing;
     /// the number squashed is said on stderr.
-    #[arg(long, global = true, help_heading = GLOBAL, env = "STRATA_IGNORE_CHOWN_ERRORS")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "STRATA_IGNORE_CHOWN_ERRORS", value_parser = clap::builder::BoolishValueParser::new())]
     ignore_chown_errors: bool,
     /// Snapshot backend; a root remembers the one it was created with.
     #[arg(long, global = true, help_heading = GLOBAL, value_enum, default_value = "auto")]
