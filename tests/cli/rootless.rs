@@ -38,33 +38,40 @@ fn owned(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: EntryType, ids: (u64, 
     b.append_data(&mut h, path, data).unwrap();
 }
 
-/// A layout at `dir` tagged `1`: `etc/tool` owned 1000:42 with setuid and
-/// setgid (what no single mapping holds), `bin/su` root's and setuid.
-fn layout(dir: &Path) {
+/// A layer: `etc/tool` owned 1000:42 with setuid and setgid (what no
+/// single mapping holds), `bin/su` root's and setuid.
+fn layer() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     owned(&mut b, "etc/", EntryType::Directory, (0, 0), 0o755);
     owned(&mut b, "etc/tool", EntryType::Regular, (1000, 42), 0o6755);
     owned(&mut b, "bin/", EntryType::Directory, (0, 0), 0o755);
     owned(&mut b, "bin/su", EntryType::Regular, (0, 0), 0o4755);
+    b.into_inner().unwrap()
+}
+
+/// A layout at `dir` of an image of [`layer`], tagged `1`.
+fn layout(dir: &Path) {
     let layout = Layout::new(dir);
-    let manifest = layout.image(&[b.into_inner().unwrap()]);
+    let manifest = layout.image(&[layer()]);
     layout.tag(&manifest, "1");
 }
 
-/// `strata --root ROOT --backend native ARGS...` in a new user and mount
-/// namespace that maps only the caller's id, to root.
-fn rootless(env: &Env, args: &[&str]) -> Run {
-    let out = Command::new("unshare")
-        .args(["--map-root-user", "--mount", "--"])
+/// `strata --root ROOT --backend native` in a new user and mount namespace
+/// that maps only the caller's id, to root.
+fn unshared(env: &Env) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--map-root-user", "--mount", "--"])
         .arg(env.bin())
         .arg("--root")
         .arg(&env.root)
         .args(["--backend", "native"])
-        .args(args)
-        .env_remove("STRATA_IGNORE_CHOWN_ERRORS")
-        .output()
-        .expect("run unshare");
-    finish(out)
+        .env_remove("STRATA_IGNORE_CHOWN_ERRORS");
+    c
+}
+
+/// [`unshared`] `ARGS...`, to completion.
+fn rootless(env: &Env, args: &[&str]) -> Run {
+    finish(unshared(env).args(args).output().expect("run unshare"))
 }
 
 fn source(env: &Env) -> String {
@@ -138,4 +145,43 @@ fn ignore_chown_errors_squashes_and_says_so() {
     // An owner the namespace maps keeps its setuid.
     assert_eq!((su.uid(), su.gid(), su.mode() & 0o7777), (0, 0, 0o4755));
     assert_eq!(env.run(&["check"]).expect(0).text().trim(), "clean");
+}
+
+#[test]
+fn layer_apply_squashes_through_the_environment() {
+    if !ready("layer_apply_squashes_through_the_environment") {
+        return;
+    }
+    let env = Env::strata();
+    let file = env.path("layer.tar");
+    fs::write(&file, layer()).unwrap();
+    let apply = |dir: &str, squash: &str| {
+        let dir = env.path(dir);
+        fs::create_dir_all(&dir).unwrap();
+        let out = unshared(&env)
+            .env("STRATA_IGNORE_CHOWN_ERRORS", squash)
+            .args(["layer", "apply"])
+            .arg(&file)
+            .arg(&dir)
+            .output()
+            .expect("run unshare");
+        (finish(out), dir)
+    };
+    let (strict, _) = apply("strict", "0");
+    let strict = strict.expect(1);
+    assert!(strict.stderr.contains("\"etc/tool\""), "{}", strict.stderr);
+    let (squashed, dir) = apply("squashed", "1");
+    let squashed = squashed.expect(0);
+    assert!(
+        squashed
+            .stderr
+            .contains("squashed the ownership of 1 entries"),
+        "{}",
+        squashed.stderr
+    );
+    let tool = fs::symlink_metadata(dir.join("etc/tool")).unwrap();
+    assert_eq!(
+        (tool.uid(), tool.gid(), tool.mode() & 0o7777),
+        (0, 0, 0o755)
+    );
 }
