@@ -64,6 +64,9 @@ pub struct PulledImage {
     pub present: usize,
     /// The name the source gives the image, if any.
     pub name: Option<String>,
+    /// Entries of the layers unpacked whose owner was squashed
+    /// ([`ImportOptions::ignore_chown_errors`]).
+    pub squashed: u64,
 }
 
 /// How to bring an image in.
@@ -157,16 +160,18 @@ impl CacheManager {
     ) -> Result<PulledImage> {
         let source = strata_oci::open_source(location, &opts.registry).await?;
         let pulled = strata_oci::pull(ctx, &self.root().content, source, &opts.pull).await?;
-        let top = if pulled.image.layers.is_empty() {
-            None
+        let (top, squashed) = if pulled.image.layers.is_empty() {
+            (None, 0)
         } else {
             let mut import = opts.import.clone();
             import.image_ref.get_or_insert_with(|| location.to_string());
-            Some(self.import_image(ctx, &pulled.image, &import).await?)
+            let (top, squashed) = self.import_counting(ctx, &pulled.image, &import).await?;
+            (Some(top), squashed)
         };
         Ok(PulledImage {
             image: pulled.image,
             top,
+            squashed,
             fetched: pulled.fetched,
             present: pulled.present,
             name: pulled.name,

@@ -38,6 +38,10 @@ pub struct ImportOptions {
     /// Layers unpacked at once on a backend of overlay layers (the
     /// machine's cores when unset; 1 unpacks one after the other).
     pub parallel: Option<usize>,
+    /// Squash owners this user namespace cannot map instead of failing
+    /// ([`ApplyOptions::ignore_chown_errors`]): for rootless runs with a
+    /// single id mapping.
+    pub ignore_chown_errors: bool,
 }
 
 /// One layer of an import being unpacked: its blob, diffID and the
@@ -50,8 +54,9 @@ struct Layer {
 }
 
 /// A layer written in parallel, before its lowers were known: the active
-/// snapshot holding it, or why it must be written again on its parent.
-type Detached = (String, std::result::Result<(), DiffError>);
+/// snapshot holding it and the entries whose owner was squashed, or why it
+/// must be written again on its parent.
+type Detached = (String, std::result::Result<u64, DiffError>);
 
 impl CacheManager {
     /// Unpacks `img`'s layers in order (each deduplicated) and returns the
@@ -66,13 +71,27 @@ impl CacheManager {
     /// parents. A layer that does depend on them (a parent directory it
     /// does not carry, a hard link to a lower file, an opaque top) is
     /// written again on its parent.
-    #[tracing::instrument(skip_all, fields(image = %display_ref(opts.image_ref.as_deref().unwrap_or(&img.reference))))]
     pub async fn import_image(
         &self,
         ctx: &OpCtx,
         img: &Image,
         opts: &ImportOptions,
     ) -> Result<ImmutableRef> {
+        self.import_counting(ctx, img, opts)
+            .await
+            .map(|(top, _)| top)
+    }
+
+    /// [`CacheManager::import_image`], and how many entries of the layers
+    /// unpacked had their owner squashed
+    /// ([`ImportOptions::ignore_chown_errors`]).
+    #[tracing::instrument(skip_all, fields(image = %display_ref(opts.image_ref.as_deref().unwrap_or(&img.reference))))]
+    pub(crate) async fn import_counting(
+        &self,
+        ctx: &OpCtx,
+        img: &Image,
+        opts: &ImportOptions,
+    ) -> Result<(ImmutableRef, u64)> {
         let opts = ImportOptions {
             record_type: Some(opts.record_type.clone().unwrap_or_default()),
             ..opts.clone()
@@ -82,6 +101,7 @@ impl CacheManager {
         });
         let parallel = workers > 1 && self.root().snapshots.capabilities().overlay_layers;
         let mut current: Option<ImmutableRef> = None;
+        let mut squashed = 0;
         let mut reused = Vec::new();
         let mut next = 0;
         while next < img.layers.len() {
@@ -103,7 +123,7 @@ impl CacheManager {
                 continue;
             }
             let rest = &img.layers[next..];
-            let top = if parallel && rest.len() > 1 {
+            let (top, n) = if parallel && rest.len() > 1 {
                 self.unpack_parallel(ctx, rest, &parent_sid, &opts, workers)
                     .await?
             } else {
@@ -120,6 +140,7 @@ impl CacheManager {
                 1
             };
             current = Some(top);
+            squashed += n;
         }
         self.mark_reused(&reused, &opts)?;
         let top = match current {
@@ -144,7 +165,7 @@ impl CacheManager {
             self.hold(ctx, &Resource::content(&d.digest))?;
             self.record_content(top.snapshot_id(), &d.digest)?;
         }
-        Ok(top)
+        Ok((top, squashed))
     }
 
     /// An earlier import of the same blob, else of the same diffID, on the
@@ -234,6 +255,7 @@ impl CacheManager {
         &self,
         ctx: &OpCtx,
         layer: &Layer,
+        ignore_chown_errors: bool,
     ) -> Result<(
         strata_diff::LayerSource,
         ApplyOptions,
@@ -258,6 +280,7 @@ impl CacheManager {
             digest: Some(desc.digest.clone()),
             size: Some(desc.size),
             diff_id: Some(layer.diff_id.clone()),
+            ignore_chown_errors,
             ..ApplyOptions::default()
         };
         // Bytes of the layer read so far, reported as the layer's progress.
@@ -279,17 +302,20 @@ impl CacheManager {
         Ok((open, apply, apply_ctx, tracker))
     }
 
-    /// Unpacks one layer onto its parent and records it.
+    /// Unpacks one layer onto its parent and records it; the entries whose
+    /// owner was squashed.
     async fn unpack_layer(
         &self,
         ctx: &OpCtx,
         layer: &Layer,
         parent_sid: &str,
         opts: &ImportOptions,
-    ) -> Result<ImmutableRef> {
-        let (open, apply, apply_ctx, tracker) = self.layer_input(ctx, layer)?;
+    ) -> Result<(ImmutableRef, u64)> {
+        let (open, apply, apply_ctx, tracker) =
+            self.layer_input(ctx, layer, opts.ignore_chown_errors)?;
         let parent = (!parent_sid.is_empty()).then_some(parent_sid);
-        self.inner
+        let applied = self
+            .inner
             .unpacker
             .unpack(&apply_ctx, &layer.key, parent, open, &apply, Labels::new())
             .await?;
@@ -297,13 +323,22 @@ impl CacheManager {
             t.update(layer.desc.size);
             t.finish();
         }
-        self.record_layer(layer, parent_sid, opts)
+        Ok((
+            self.record_layer(layer, parent_sid, opts)?,
+            applied.squashed,
+        ))
     }
 
     /// Writes `layer` without its lowers into a new parentless active
     /// snapshot, on the blocking pool.
-    async fn unpack_detached(&self, ctx: &OpCtx, layer: &Layer) -> Result<Detached> {
-        let (open, apply, apply_ctx, tracker) = self.layer_input(ctx, layer)?;
+    async fn unpack_detached(
+        &self,
+        ctx: &OpCtx,
+        layer: &Layer,
+        ignore_chown_errors: bool,
+    ) -> Result<Detached> {
+        let (open, apply, apply_ctx, tracker) =
+            self.layer_input(ctx, layer, ignore_chown_errors)?;
         let sn = self.root().snapshots.under(ctx);
         let active = format!("extract-{}", id::new_id());
         let mounts = sn.prepare(&active, None, Labels::new()).await?;
@@ -335,7 +370,7 @@ impl CacheManager {
                 })
             })?;
             strata_diff::apply(&apply_ctx, reader, &upper, &detached)
-                .map(drop)
+                .map(|applied| applied.squashed)
                 .map_err(DiffError::from)
         })
         .await
@@ -350,7 +385,8 @@ impl CacheManager {
     }
 
     /// The layers `descs` (none imported before) on `parent_sid`: written
-    /// in parallel, committed in order.
+    /// in parallel, committed in order; the top and the entries whose owner
+    /// was squashed.
     async fn unpack_parallel(
         &self,
         ctx: &OpCtx,
@@ -358,7 +394,7 @@ impl CacheManager {
         parent_sid: &str,
         opts: &ImportOptions,
         workers: usize,
-    ) -> Result<ImmutableRef> {
+    ) -> Result<(ImmutableRef, u64)> {
         let layers: Vec<Layer> = descs
             .iter()
             .map(|desc| {
@@ -373,19 +409,21 @@ impl CacheManager {
         let mut writes = Vec::new();
         for layer in &layers {
             let (mgr, ctx, layer) = (self.clone(), ctx.clone(), layer.clone());
+            let ignore_chown_errors = opts.ignore_chown_errors;
             let limit = Arc::clone(&limit);
             writes.push(tokio::spawn(async move {
                 let _permit = limit
                     .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
-                mgr.unpack_detached(&ctx, &layer).await
+                mgr.unpack_detached(&ctx, &layer, ignore_chown_errors).await
             }));
         }
         // Commit in order as the writes end; after a failure, only clean up.
         let sn = self.root().snapshots.under(ctx);
         let mut parent = parent_sid.to_owned();
         let mut failure: Option<CacheError> = None;
+        let mut squashed = 0;
         for (layer, write) in layers.iter().zip(writes) {
             let written = write
                 .await
@@ -403,18 +441,22 @@ impl CacheManager {
                 continue;
             }
             match self.place(ctx, &sn, layer, written, &parent, opts).await {
-                Ok(()) => parent = layer.key.clone(),
+                Ok(n) => {
+                    parent = layer.key.clone();
+                    squashed += n;
+                }
                 Err(e) => failure = Some(e),
             }
         }
         match failure {
             Some(e) => Err(e),
-            None => Ok(ImmutableRef::new(self.clone(), &parent, true)),
+            None => Ok((ImmutableRef::new(self.clone(), &parent, true), squashed)),
         }
     }
 
     /// Commits a layer written without its lowers onto `parent`, or writes
-    /// it again on `parent` when it needed them; records it.
+    /// it again on `parent` when it needed them; records it. The entries
+    /// whose owner was squashed.
     async fn place(
         &self,
         ctx: &OpCtx,
@@ -423,9 +465,9 @@ impl CacheManager {
         (active, applied): Detached,
         parent: &str,
         opts: &ImportOptions,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         match applied {
-            Ok(()) => {
+            Ok(squashed) => {
                 let committed = if parent.is_empty() {
                     sn.commit(&layer.key, &active, Labels::new()).await
                 } else {
@@ -436,12 +478,15 @@ impl CacheManager {
                     self.discard(&active).await;
                     return Err(e.into());
                 }
-                self.record_layer(layer, parent, opts).map(drop)
+                self.record_layer(layer, parent, opts)?;
+                Ok(squashed)
             }
             Err(DiffError::Apply(ApplyError::NeedsLowers { entry, reason, .. })) => {
                 tracing::debug!(layer = %layer.desc.digest, entry, reason, "writing a layer again on its parent");
                 self.discard(&active).await;
-                self.unpack_layer(ctx, layer, parent, opts).await.map(drop)
+                self.unpack_layer(ctx, layer, parent, opts)
+                    .await
+                    .map(|(_, squashed)| squashed)
             }
             Err(e) => {
                 self.discard(&active).await;

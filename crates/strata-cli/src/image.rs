@@ -230,9 +230,10 @@ pub fn run(
     mgr: &CacheManager,
     cmd: ImageCmd,
     lease: Option<&str>,
+    ignore_chown_errors: bool,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    block_on_parallel(run_async(mgr, cmd, lease, out))??;
+    block_on_parallel(run_async(mgr, cmd, lease, ignore_chown_errors, out))??;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -240,11 +241,13 @@ async fn run_async(
     mgr: &CacheManager,
     cmd: ImageCmd,
     lease: Option<&str>,
+    ignore_chown_errors: bool,
     out: &Output,
 ) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::Import { source, opts } => {
-            import(mgr, &Location::parse(&source)?, &opts, lease, out)
+            let location = Location::parse(&source)?;
+            import(mgr, &location, &opts, lease, ignore_chown_errors, out)
                 .await
                 .with_context(|| format!("import {source}"))
         }
@@ -254,7 +257,7 @@ async fn run_async(
                 .unwrap_or(&reference)
                 .to_owned();
             let location = Location::Registry { reference };
-            import(mgr, &location, &opts, lease, out)
+            import(mgr, &location, &opts, lease, ignore_chown_errors, out)
                 .await
                 .with_context(|| format!("pull {location}"))
         }
@@ -355,6 +358,7 @@ async fn import(
     location: &Location,
     args: &PullArgs,
     lease: Option<&str>,
+    ignore_chown_errors: bool,
     out: &Output,
 ) -> anyhow::Result<()> {
     let opts = ImagePullOptions {
@@ -365,6 +369,7 @@ async fn import(
         registry: args.registry.options(),
         import: ImportOptions {
             parallel: args.jobs.map(std::num::NonZeroUsize::get),
+            ignore_chown_errors,
             ..ImportOptions::default()
         },
     };
@@ -391,6 +396,7 @@ async fn import(
         )
         .await?;
     let (fetched, present) = (pulled.fetched, pulled.present);
+    squashed_note(pulled.squashed, out);
     drop(pulled);
     drop(ctx);
     if let Some(g) = guard {
@@ -410,6 +416,16 @@ async fn import(
         },
         &text,
     )
+}
+
+/// Says once, on stderr, that `n` entries had their owner squashed: the
+/// tree is not quite the image's.
+pub fn squashed_note(n: u64, out: &Output) {
+    if n > 0 {
+        out.note(&format!(
+            "strata: squashed the ownership of {n} entries this user namespace cannot map (--ignore-chown-errors)"
+        ));
+    }
 }
 
 async fn export(

@@ -150,7 +150,8 @@ struct AppliedJson {
     entries: u64,
 }
 
-pub fn run(cmd: LayerCmd, out: &Output) -> anyhow::Result<ExitCode> {
+/// Runs `cmd`; `ignore_chown_errors` is the global option of that name.
+pub fn run(cmd: LayerCmd, ignore_chown_errors: bool, out: &Output) -> anyhow::Result<ExitCode> {
     let (layer, dir, digest, diff_id, media_type, skip_devices) = match cmd {
         LayerCmd::Apply {
             layer,
@@ -186,6 +187,7 @@ pub fn run(cmd: LayerCmd, out: &Output) -> anyhow::Result<ExitCode> {
         digest: digest.as_deref().map(Digest::parse).transpose()?,
         diff_id: diff_id.as_deref().map(Digest::parse).transpose()?,
         skip_devices,
+        ignore_chown_errors,
         ..ApplyOptions::default()
     };
     let applied = if layer.as_os_str() == "-" {
@@ -206,6 +208,7 @@ pub fn run(cmd: LayerCmd, out: &Output) -> anyhow::Result<ExitCode> {
         "applied {} entries ({} bytes, {}) digest {} diffID {}",
         json.entries, json.size, json.compression, json.digest, json.diff_id
     );
+    crate::image::squashed_note(applied.squashed, out);
     out.line(&json, &text)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -61,6 +61,12 @@ struct Cli {
     /// exit 4 (0s: do not wait).
     #[arg(long, global = true, help_heading = GLOBAL, env = "STRATA_LOCK_TIMEOUT", default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     lock_timeout: std::time::Duration,
+    /// Where this user namespace cannot map the owner a layer gives an
+    /// entry (rootless with a single id mapping), leave the entry owned by
+    /// this process's ids, setuid and setgid dropped, instead of failing;
+    /// the number squashed is said on stderr.
+    #[arg(long, global = true, help_heading = GLOBAL, env = "STRATA_IGNORE_CHOWN_ERRORS", value_parser = clap::builder::BoolishValueParser::new())]
+    ignore_chown_errors: bool,
     /// Snapshot backend; a root remembers the one it was created with.
     #[arg(long, global = true, help_heading = GLOBAL, value_enum, default_value = "auto")]
     backend: root::BackendArg,
@@ -143,7 +149,7 @@ fn main() -> ExitCode {
         Command::Umount { dir } => snapshot::umount(&dir, &out),
         Command::Completions { shell } => completions(shell),
         Command::Demo => demo::run(cli.root.as_deref(), cli.backend.into(), &out),
-        Command::Layer(cmd) => layer::run(cmd, &out),
+        Command::Layer(cmd) => layer::run(cmd, cli.ignore_chown_errors, &out),
         _ => return ExitCode::from(with_root(cli, &out)),
     };
     ExitCode::from(finish(result, &out))
@@ -167,16 +173,26 @@ fn with_root(cli: Cli, out: &output::Output) -> u8 {
     }
     let opened = root::open(cli.root.as_deref(), cli.backend, cli.lock_timeout);
     finish(
-        opened.and_then(|mgr| run(cli.command, &mgr, cli.lease.as_deref(), out)),
+        opened.and_then(|mgr| {
+            run(
+                cli.command,
+                &mgr,
+                cli.lease.as_deref(),
+                cli.ignore_chown_errors,
+                out,
+            )
+        }),
         out,
     )
 }
 
-/// Runs `command` against the open root `mgr` (here, or in the daemon).
+/// Runs `command` against the open root `mgr` (here, or in the daemon);
+/// `ignore_chown_errors` is the global option of that name.
 fn run(
     command: Command,
     mgr: &strata_cache::CacheManager,
     lease: Option<&str>,
+    ignore_chown_errors: bool,
     out: &output::Output,
 ) -> anyhow::Result<ExitCode> {
     let root = mgr.root();
@@ -187,10 +203,10 @@ fn run(
         Command::Gc(args) => lease::gc(root, &args, out),
         Command::Mount { key, dir, rw } => snapshot::mount(root, &key, &dir, rw, out),
         Command::Umount { dir } => snapshot::umount(&dir, out),
-        Command::Layer(cmd) => layer::run(cmd, out),
+        Command::Layer(cmd) => layer::run(cmd, ignore_chown_errors, out),
         Command::Check(args) => check::run(root, &args, out),
         Command::Ref(cmd) => refs::run(mgr, cmd, lease, out),
-        Command::Image(cmd) => image::run(mgr, cmd, lease, out),
+        Command::Image(cmd) => image::run(mgr, cmd, lease, ignore_chown_errors, out),
         Command::Du(args) => refs::du(mgr, &args, out),
         Command::Prune(args) => refs::prune(mgr, &args, out),
         #[cfg(feature = "daemon")]

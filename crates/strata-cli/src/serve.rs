@@ -123,7 +123,13 @@ impl Runner for Commands {
                 message: "check --repair needs the root to itself: stop the daemon (strata serve), then repair".into(),
             }
             .into()),
-            command => crate::run(command, &self.mgr, cli.lease.as_deref(), &out),
+            command => crate::run(
+                command,
+                &self.mgr,
+                cli.lease.as_deref(),
+                cli.ignore_chown_errors,
+                &out,
+            ),
         });
         crate::finish(result, &out)
     }

@@ -100,6 +100,15 @@ pub struct ApplyOptions {
     /// Skip device nodes that cannot be created (no privilege) instead of
     /// failing.
     pub skip_devices: bool,
+    /// An owner the user namespace cannot map (chown fails with EINVAL, as
+    /// in a rootless run with a single id mapping) is squashed instead of
+    /// failing the layer: the entry is left owned by the process's own ids
+    /// (0:0 inside such a namespace) with setuid and setgid dropped, so a
+    /// setuid or setgid file never gains the process's ids, and
+    /// [`Applied::squashed`] counts it. Off by default: a squashed tree is
+    /// not the image, and [`ApplyError::Unmapped`] says what to do instead.
+    /// Other chown failures fail as before.
+    pub ignore_chown_errors: bool,
     /// Resource bounds.
     pub limits: Limits,
     /// Write into an overlay upper directory instead of a plain tree.
@@ -146,6 +155,9 @@ pub struct Applied {
     pub entries: u64,
     /// The compression detected.
     pub compression: Compression,
+    /// Entries whose owner was squashed to the process's ids
+    /// ([`ApplyOptions::ignore_chown_errors`]).
+    pub squashed: u64,
 }
 
 /// Hashes what passes through.
@@ -366,7 +378,7 @@ pub fn apply(
         (_, Err(_)) => return Err(extracted.expect_err("matched as an error")),
         (Ok(None), Ok(_)) => return Err(invalid(opts, "the stream ended early")),
     };
-    let entries = extracted?;
+    let (entries, squashed) = extracted?;
     let (diff_id, size) = hashed;
     if let Some(expected) = opts.size
         && expected != compressed_size
@@ -403,6 +415,7 @@ pub fn apply(
         size,
         entries,
         compression,
+        squashed,
     })
 }
 
@@ -411,7 +424,7 @@ fn extract(
     root: &Root,
     rx: mpsc::Receiver<io::Result<Chunk>>,
     opts: &ApplyOptions,
-) -> Result<u64, ApplyError> {
+) -> Result<(u64, u64), ApplyError> {
     let gnu_sparse = SparseMaps::default();
     let stream = HeaderGuard::new(
         Chunks {
@@ -443,6 +456,7 @@ fn extract(
         written: HashSet::new(),
         dirs: Vec::new(),
         privileged: strata_sys::effective_uid() == 0,
+        squashed: 0,
         last_parent: None,
         buf: vec![0; 256 << 10],
         gnu_sparse,
@@ -469,7 +483,14 @@ fn extract(
     // Trailing blocks after the end-of-archive marker count for the diffID:
     // drain them so the hashing thread sees the whole stream.
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(io_err)?;
-    Ok(entries)
+    if a.squashed > 0 {
+        tracing::info!(
+            layer = opts.name,
+            entries = a.squashed,
+            "squashed owners this user namespace cannot map"
+        );
+    }
+    Ok((entries, a.squashed))
 }
 
 struct Applier<'a> {
@@ -480,6 +501,9 @@ struct Applier<'a> {
     written: HashSet<PathBuf>,
     dirs: Vec<(PathBuf, Times)>,
     privileged: bool,
+    /// Entries whose owner was squashed
+    /// ([`ApplyOptions::ignore_chown_errors`]).
+    squashed: u64,
     /// The directory the previous entry went into (known to exist).
     last_parent: Option<PathBuf>,
     /// The copy buffer for file data.
@@ -1023,6 +1047,7 @@ impl Applier<'_> {
         let shown = shown.as_path();
         let h = entry.header();
         let kind = h.entry_type();
+        let mut squashed = false;
         let pax_num = |key: &str| {
             pax.iter()
                 .find(|(k, _)| k == key)
@@ -1039,10 +1064,16 @@ impl Applier<'_> {
                     );
                 }
             };
-            place.chown(uid, gid).map_err(|e| self.sys(shown, e))?;
+            squashed = self.chown(&place, shown, uid, gid)?;
         }
         if kind != EntryType::Symlink {
-            let mode = h.mode().map_err(|e| self.entry_error(shown, e))? & 0o7777;
+            let mut mode = h.mode().map_err(|e| self.entry_error(shown, e))? & 0o7777;
+            if squashed {
+                // The file's owner is no longer the image's: its setuid or
+                // setgid would run as the process's ids (root in the
+                // namespace) instead.
+                mode &= !0o6000;
+            }
             place.chmod(mode).map_err(|e| self.sys(shown, e))?;
         }
         for (key, value) in pax {
@@ -1081,6 +1112,42 @@ impl Applier<'_> {
                 .map_err(|e| self.sys(shown, e))?;
         }
         Ok(())
+    }
+
+    /// Gives the entry at `place` the owner `uid:gid`. EINVAL means the
+    /// user namespace maps no such id (a rootless run with a single
+    /// mapping): the layer is fine, so that is [`ApplyError::Unmapped`],
+    /// or with [`ApplyOptions::ignore_chown_errors`] the process's own ids
+    /// and true (the owner was squashed).
+    fn chown(
+        &mut self,
+        place: &Place<'_, '_>,
+        shown: &Path,
+        uid: u32,
+        gid: u32,
+    ) -> Result<bool, ApplyError> {
+        match place.chown(uid, gid) {
+            Ok(()) => Ok(false),
+            Err(e) if e.errno() == Some(Errno::INVAL) => {
+                if !self.opts.ignore_chown_errors {
+                    return Err(ApplyError::Unmapped {
+                        layer: self.opts.name.clone(),
+                        entry: strata_sys::short_path(shown),
+                        uid,
+                        gid,
+                    });
+                }
+                // Explicitly, not as created: a directory of a lower layer
+                // keeps the owner it had otherwise.
+                place
+                    .chown(strata_sys::effective_uid(), strata_sys::effective_gid())
+                    .map_err(|e| self.sys(shown, e))?;
+                tracing::debug!(entry = %shown.display(), uid, gid, "squashed an owner this user namespace cannot map");
+                self.squashed += 1;
+                Ok(true)
+            }
+            Err(e) => Err(self.sys(shown, e)),
+        }
     }
 
     fn finish_dirs(&mut self) -> Result<(), ApplyError> {

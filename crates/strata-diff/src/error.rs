@@ -36,6 +36,23 @@ pub enum ApplyError {
         #[source]
         source: std::io::Error,
     },
+    /// An entry's owner has no id in the user namespace applying it (a
+    /// rootless run with a single id mapping, where chown fails with
+    /// EINVAL): the layer is fine, the namespace too small for it, so this
+    /// is not [`ErrorKind::Invalid`].
+    #[error(
+        "layer {layer}: entry {entry:?}: cannot give it the owner {uid}:{gid}: this user namespace maps no such id: run with subordinate ids (newuidmap) or with --ignore-chown-errors to squash ownership"
+    )]
+    Unmapped {
+        /// The layer, as [`ApplyOptions::name`](crate::ApplyOptions::name) calls it.
+        layer: String,
+        /// The entry's path in the layer.
+        entry: String,
+        /// The owner the layer gives the entry.
+        uid: u32,
+        /// The group the layer gives the entry.
+        gid: u32,
+    },
     /// The compressed bytes or the tar stream hash to another digest.
     #[error("layer {layer}: {what} mismatch: expected {expected}, got {actual}")]
     Mismatch {
@@ -114,6 +131,7 @@ impl Classify for ApplyError {
                 Classify::kind(source)
             }
             ApplyError::Sys { source, .. } => source.kind(),
+            ApplyError::Unmapped { .. } => ErrorKind::Internal,
         }
     }
 }

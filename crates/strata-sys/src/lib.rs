@@ -49,6 +49,11 @@ pub fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// The effective group id of this process.
+pub fn effective_gid() -> u32 {
+    rustix::process::getegid().as_raw()
+}
+
 /// Bytes available to unprivileged users on the file system holding `path`.
 pub fn free_space(path: &std::path::Path) -> SysResult<u64> {
     let st = rustix::fs::statvfs(path).map_err(|e| SysError::io("statvfs", path, e))?;
