@@ -185,3 +185,55 @@ fn layer_apply_squashes_through_the_environment() {
         (0, 0, 0o755)
     );
 }
+
+/// Through a daemon in the namespace: a client's
+/// `STRATA_IGNORE_CHOWN_ERRORS=1` reaches the daemon (which parses the
+/// command line in its own environment) as the option, so the import
+/// squashes and the client is told.
+#[test]
+fn the_environment_opt_in_reaches_a_daemon() {
+    let test = "rootless::the_environment_opt_in_reaches_a_daemon";
+    if !ready(test) {
+        return;
+    }
+    let env = Env::strata();
+    let source = source(&env);
+    let mut daemon = unshared(&env)
+        .arg("serve")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while env.run(&["serve", "--check"]).code != 0 {
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let strict = env.run(&["image", "import", &source, "--name", "strict"]);
+    assert_eq!(strict.code, 1, "{}", strict.stderr);
+    let out = finish(
+        env.cmd(&["image", "import", &source, "--name", "app"])
+            .env("STRATA_IGNORE_CHOWN_ERRORS", "1")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("squashed the ownership of 1 entries"),
+        "{}",
+        out.stderr
+    );
+    let pid = daemon.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(daemon.wait().unwrap().success());
+}

@@ -204,8 +204,14 @@ pub fn through(socket: &Path, cli: &Cli, out: &Output) -> u8 {
         if let Command::Serve(args) = &cli.command {
             return check_or_refuse(&daemon, args, out).await;
         }
+        let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        // The daemon parses the command line in its own environment: an
+        // option this client's environment turned on travels as an option.
+        if cli.ignore_chown_errors && !args.iter().any(|a| a == "--ignore-chown-errors") {
+            args.push("--ignore-chown-errors".into());
+        }
         let inv = Invocation {
-            args: std::env::args_os().skip(1).collect(),
+            args,
             cwd: std::env::current_dir()?,
             umask: strata_sys::thread::umask()?,
             stderr_terminal: std::io::stderr().is_terminal(),
