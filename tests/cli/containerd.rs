@@ -96,6 +96,20 @@ impl Drop for Served {
     }
 }
 
+/// A private containerd (in `e`'s directory) whose `strata` proxy
+/// snapshotter is the server on `socket`.
+fn containerd_on(e: &Env, socket: &Path) -> Containerd {
+    let cdir = e.path("containerd");
+    fs::create_dir_all(&cdir).unwrap();
+    Containerd::start_with(
+        &cdir,
+        &format!(
+            "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{}\"\n",
+            s(socket)
+        ),
+    )
+}
+
 /// A three-layer image (a deletion, an opaque directory) as an OCI layout
 /// and as the OCI archive `ctr images import` takes.
 fn image(dir: &Path) -> (PathBuf, PathBuf) {
@@ -164,15 +178,7 @@ fn containerd_unpacks_images_into_strata() {
     let mode = fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 
-    let cdir = e.path("containerd");
-    fs::create_dir_all(&cdir).unwrap();
-    let ctrd = Containerd::start_with(
-        &cdir,
-        &format!(
-            "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{}\"\n",
-            s(&socket)
-        ),
-    );
+    let ctrd = containerd_on(&e, &socket);
     let ok = |out: std::process::Output| {
         assert!(
             out.status.success(),
@@ -429,15 +435,7 @@ fn containerd_runs_containers_on(backend: &str) {
     let tarball = busybox_image(e.tmp.path());
     let socket = e.path("strata.sock");
     let mut served = Served::start(&e, &socket, backend);
-    let cdir = e.path("containerd");
-    fs::create_dir_all(&cdir).unwrap();
-    let ctrd = Containerd::start_with(
-        &cdir,
-        &format!(
-            "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{}\"\n",
-            s(&socket)
-        ),
-    );
+    let ctrd = containerd_on(&e, &socket);
     // A namespace and container ids of their own: runc's state directory
     // and the containers' cgroups are per namespace and id, shared by every
     // containerd on the machine, and the two backends' tests run at once.
@@ -780,15 +778,7 @@ fn strata_commands_run_while_containerd_imports_through_the_daemon() {
     let (layout, tarball) = image(e.tmp.path());
     let socket = e.path("strata.sock");
     let served = Served::start(&e, &socket, "native");
-    let cdir = e.path("containerd");
-    fs::create_dir_all(&cdir).unwrap();
-    let ctrd = Containerd::start_with(
-        &cdir,
-        &format!(
-            "[proxy_plugins]\n  [proxy_plugins.strata]\n    type = \"snapshot\"\n    address = \"{}\"\n",
-            s(&socket)
-        ),
-    );
+    let ctrd = containerd_on(&e, &socket);
     const IMPORTS: usize = 6;
     let importing = std::sync::atomic::AtomicBool::new(true);
     let rounds = std::thread::scope(|scope| {

@@ -281,6 +281,16 @@ fn ingest_through(env: &Env, bytes: &[u8]) -> (std::process::Child, std::process
     (child, stdin)
 }
 
+/// Waits (a minute at most) until the daemon of `env` runs no command;
+/// `what` names the command waited for.
+fn until_idle(env: &Env, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.run(&["serve", "--check", "--json"]).expect(0).json()["running"] != 0 {
+        assert!(Instant::now() < deadline, "{what} never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_client_that_goes_away_cancels_its_command_and_stores_nothing() {
     let env = Env::strata();
@@ -292,11 +302,7 @@ fn a_client_that_goes_away_cancels_its_command_and_stores_nothing() {
     drop(stdin);
     // The command ends (its input cut short is an error, not an end) and
     // no blob is stored from half an input.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env.run(&["serve", "--check", "--json"]).expect(0).json()["running"] != 0 {
-        assert!(Instant::now() < deadline, "the command never ended");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_idle(&env, "the command");
     let blobs = env.run(&["content", "ls", "--json"]).expect(0).json();
     assert_eq!(blobs, serde_json::json!([]), "nothing stored");
     assert_eq!(env.run(&["check"]).expect(0).text().trim(), "clean");
@@ -371,14 +377,7 @@ fn an_import_whose_client_goes_away_is_cancelled() {
     }
     client.kill().unwrap();
     client.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env.run(&["serve", "--check", "--json"]).expect(0).json()["running"] != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the cancelled import never ended"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_idle(&env, "the cancelled import");
     // Nothing named; what the import held was let go: a collection leaves
     // no snapshot; the root checks clean.
     let images = env.run(&["image", "ls", "--json"]).expect(0).json();
