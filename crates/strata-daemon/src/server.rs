@@ -232,7 +232,11 @@ impl Daemon for Service {
                 counts.running.fetch_sub(1, Ordering::Relaxed);
                 let _ = sink.send(Output::Exit(code.into()));
             })
-            .map_err(|e| Status::resource_exhausted(format!("start a thread: {e}")))?;
+            .map_err(|e| {
+                // The command never ran.
+                self.counts.running.fetch_sub(1, Ordering::Relaxed);
+                Status::resource_exhausted(format!("start a thread: {e}"))
+            })?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
