@@ -5,33 +5,22 @@
 //! length of the whole). The result is one ordinary gzip member, and the
 //! same bytes whatever the number of workers.
 
-use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread::JoinHandle;
 
 use flate2::{Compress, Compression, Crc, FlushCompress};
 
+use crate::ordered::OrderedPool;
+
 /// How much history primes each piece (deflate's window).
 const WINDOW: usize = 32 << 10;
-
-type Reply = mpsc::SyncSender<io::Result<Vec<u8>>>;
-
-struct Job {
-    dictionary: Vec<u8>,
-    data: Vec<u8>,
-    reply: Reply,
-}
 
 /// A gzip writer over `W` that deflates on `workers` threads.
 pub(crate) struct ParallelGzip<W: Write> {
     sink: W,
     crc: Crc,
     tail: Vec<u8>,
-    jobs: Option<mpsc::SyncSender<Job>>,
-    pending: VecDeque<mpsc::Receiver<io::Result<Vec<u8>>>>,
-    pool: Vec<JoinHandle<()>>,
-    depth: usize,
+    level: Compression,
+    pool: OrderedPool<Vec<u8>>,
 }
 
 fn deflate(level: Compression, dictionary: &[u8], data: &[u8]) -> io::Result<Vec<u8>> {
@@ -60,43 +49,13 @@ impl<W: Write> ParallelGzip<W> {
         // Header: magic, deflate, no flags, no mtime, no extra flags, OS
         // unknown (as flate2 writes it).
         sink.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])?;
-        let (tx, rx) = mpsc::sync_channel::<Job>(workers);
-        let rx = Arc::new(Mutex::new(rx));
-        let pool = (0..workers.max(1))
-            .map(|i| {
-                let rx = Arc::clone(&rx);
-                std::thread::Builder::new()
-                    .name(format!("strata-gzip-{i}"))
-                    .spawn(move || {
-                        loop {
-                            let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                            let Ok(job) = job else { return };
-                            let out = deflate(level, &job.dictionary, &job.data);
-                            // The writer may have given up; nothing to do then.
-                            let _gone = job.reply.send(out);
-                        }
-                    })
-            })
-            .collect::<io::Result<Vec<_>>>()?;
         Ok(ParallelGzip {
             sink,
             crc: Crc::new(),
             tail: Vec::new(),
-            jobs: Some(tx),
-            pending: VecDeque::new(),
-            pool,
-            depth: 2 * workers.max(1),
+            level,
+            pool: OrderedPool::new("strata-gzip", workers)?,
         })
-    }
-
-    fn write_next(&mut self) -> io::Result<()> {
-        if let Some(rx) = self.pending.pop_front() {
-            let piece = rx
-                .recv()
-                .map_err(|_| io::Error::other("a gzip worker died"))??;
-            self.sink.write_all(&piece)?;
-        }
-        Ok(())
     }
 
     /// Queues one piece of the stream.
@@ -115,40 +74,28 @@ impl<W: Write> ParallelGzip<W> {
             let start = t.len().saturating_sub(WINDOW);
             self.tail = t[start..].to_vec();
         }
-        let (reply, rx) = mpsc::sync_channel(1);
-        let job = Job {
-            dictionary,
-            data,
-            reply,
-        };
-        self.jobs
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the gzip writer is finished"))?
-            .send(job)
-            .map_err(|_| io::Error::other("the gzip workers stopped"))?;
-        self.pending.push_back(rx);
-        while self.pending.len() > self.depth {
-            self.write_next()?;
-        }
-        Ok(())
+        let level = self.level;
+        let sink = &mut self.sink;
+        self.pool.submit(
+            move || deflate(level, &dictionary, &data),
+            &mut |piece: Vec<u8>| sink.write_all(&piece),
+        )
     }
 
     /// Writes the rest, the final block and the trailer; returns the sink.
-    pub(crate) fn finish(mut self) -> io::Result<W> {
-        self.jobs = None;
-        while !self.pending.is_empty() {
-            self.write_next()?;
-        }
-        for worker in self.pool.drain(..) {
-            worker
-                .join()
-                .map_err(|_| io::Error::other("a gzip worker panicked"))?;
-        }
+    pub(crate) fn finish(self) -> io::Result<W> {
+        let ParallelGzip {
+            mut sink,
+            crc,
+            pool,
+            ..
+        } = self;
+        pool.finish(&mut |piece: Vec<u8>| sink.write_all(&piece))?;
         // An empty final block (fixed Huffman: BFINAL=1, BTYPE=01, end code).
-        self.sink.write_all(&[0x03, 0x00])?;
-        self.sink.write_all(&self.crc.sum().to_le_bytes())?;
-        self.sink.write_all(&self.crc.amount().to_le_bytes())?;
-        Ok(self.sink)
+        sink.write_all(&[0x03, 0x00])?;
+        sink.write_all(&crc.sum().to_le_bytes())?;
+        sink.write_all(&crc.amount().to_le_bytes())?;
+        Ok(sink)
     }
 }
 
