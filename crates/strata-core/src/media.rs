@@ -5,6 +5,14 @@
 /// its diffID, the digest of its uncompressed tar stream (containerd's).
 pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
 
+/// The descriptor annotation (and blob label) carrying the digest of an
+/// eStargz layer's table of contents (the stargz snapshotter's).
+pub const ESTARGZ_TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+
+/// The descriptor annotation carrying the size of an eStargz layer's
+/// uncompressed stream.
+pub const ESTARGZ_UNCOMPRESSED_SIZE: &str = "io.containers.estargz.uncompressed-size";
+
 /// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI image index.
@@ -43,6 +51,12 @@ pub enum Compression {
     Gzip,
     /// zstd.
     Zstd,
+    /// eStargz: gzip whose members start at every file's chunks, with a
+    /// table of contents and a footer, so that one file can be read
+    /// without the rest. Its media type is gzip's: a blob is known to be
+    /// eStargz by its footer or the [`ESTARGZ_TOC_DIGEST`] annotation,
+    /// never by [`Compression::detect`] or [`Compression::of_media_type`].
+    EStargz,
 }
 
 /// Every layer media type Strata accepts, with its compression.
@@ -111,18 +125,27 @@ impl Compression {
     pub fn media_type(self) -> &'static str {
         match self {
             Compression::None => "application/vnd.oci.image.layer.v1.tar",
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Gzip | Compression::EStargz => {
+                "application/vnd.oci.image.layer.v1.tar+gzip"
+            }
             Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
         }
     }
 
-    /// The name users type (`none`, `gzip`, `zstd`).
+    /// The name users type (`none`, `gzip`, `zstd`, `estargz`).
     pub fn name(self) -> &'static str {
         match self {
             Compression::None => "none",
             Compression::Gzip => "gzip",
             Compression::Zstd => "zstd",
+            Compression::EStargz => "estargz",
         }
+    }
+
+    /// Whether a blob of compression `have` serves as this one: eStargz is
+    /// also gzip, plain gzip is not eStargz.
+    pub fn served_by(self, have: Compression) -> bool {
+        self == have || (self == Compression::Gzip && have == Compression::EStargz)
     }
 }
 
@@ -146,6 +169,12 @@ mod tests {
             Some(Compression::Gzip)
         );
         assert_eq!(Compression::of_media_type("text/plain"), None);
+        assert_eq!(
+            Compression::of_media_type(Compression::EStargz.media_type()),
+            Some(Compression::Gzip)
+        );
+        assert!(Compression::Gzip.served_by(Compression::EStargz));
+        assert!(!Compression::EStargz.served_by(Compression::Gzip));
         assert_eq!(Compression::of_media_type("application/x.evil+gzip"), None);
         assert!(is_manifest(DOCKER_MANIFEST) && is_index(OCI_INDEX) && is_config(OCI_CONFIG));
     }

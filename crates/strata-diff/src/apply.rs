@@ -40,6 +40,7 @@ use tar::EntryType;
 
 use crate::compression::Compression;
 use crate::error::ApplyError;
+use crate::estargz::{self, ChunkAt, MemberDecoder, MemberStarts};
 use crate::guard::{HeaderGuard, SparseMaps};
 use crate::overlay_xattr;
 use crate::sparse;
@@ -113,6 +114,11 @@ pub struct ApplyOptions {
     pub limits: Limits,
     /// Write into an overlay upper directory instead of a plain tree.
     pub overlay: Option<OverlayTarget>,
+    /// The layer is eStargz with this TOC ([`estargz::Index::read`]): the
+    /// stream is checked against it (entries, metadata, chunk digests and
+    /// offsets; a difference is [`ApplyError::Invalid`]) and the format's
+    /// own entries (landmarks, TOC) are not written.
+    pub estargz: Option<Arc<estargz::Index>>,
 }
 
 /// The lower side of an overlay upper directory being written directly.
@@ -188,6 +194,33 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// The hashing side of the pipeline: the same chunks, hashed as read.
+struct HashedChunks {
+    rx: mpsc::Receiver<Chunk>,
+    current: Chunk,
+    pos: usize,
+    digester: Digester,
+}
+
+impl Read for HashedChunks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.digester.update(&chunk);
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// A piece of the tar stream, shared by the extracting and the hashing
 /// thread.
 type Chunk = Arc<Vec<u8>>;
@@ -225,6 +258,10 @@ fn invalid(opts: &ApplyOptions, reason: impl Into<String>) -> ApplyError {
     }
 }
 
+/// What the decompressing side found: the blob's digest and size, its
+/// compression and, for eStargz, where its gzip members start.
+type Decompressed = (Digest, u64, Compression, Option<MemberStarts>);
+
 /// Reads, hashes and decompresses `layer`, sending bounded chunks; returns
 /// the compressed digest, size and the compression found, or `None` when
 /// the extracting side stopped first (its error says why).
@@ -234,7 +271,7 @@ fn decompress(
     opts: &ApplyOptions,
     tx: mpsc::SyncSender<io::Result<Chunk>>,
     hash_tx: mpsc::SyncSender<Chunk>,
-) -> Result<Option<(Digest, u64, Compression)>, ApplyError> {
+) -> Result<Option<Decompressed>, ApplyError> {
     let alg = opts
         .digest
         .as_ref()
@@ -269,7 +306,20 @@ fn decompress(
             ),
         ));
     }
-    let mut decoder = crate::compression::decoder(compression, &mut input).map_err(io_err)?;
+    // An eStargz layer is decoded member by member, noting where each
+    // starts, for the TOC's offsets.
+    let members = (opts.estargz.is_some() && compression == Compression::Gzip)
+        .then(|| std::rc::Rc::new(std::cell::RefCell::new(MemberStarts::new())));
+    let mut decoder: Box<dyn Read> = if let Some(starts) = &members {
+        let taken = std::rc::Rc::clone(&read);
+        Box::new(MemberDecoder::new(
+            &mut input,
+            move |r: &BufReader<_>| taken.get() - r.buffer().len() as u64,
+            std::rc::Rc::clone(starts),
+        ))
+    } else {
+        crate::compression::decoder(compression, &mut input).map_err(io_err)?
+    };
     let mut total = 0u64;
     loop {
         let mut chunk = vec![0u8; 1 << 20];
@@ -328,7 +378,13 @@ fn decompress(
     let hashing = input.into_inner().inner;
     let size = hashing.digester.written();
     ctx.progress(size);
-    Ok(Some((hashing.digester.finish(), size, compression)))
+    let members = members.map(|m| m.take());
+    Ok(Some((
+        hashing.digester.finish(),
+        size,
+        compression,
+        members,
+    )))
 }
 
 /// Applies the layer read from `layer` onto the directory `dest`. `ctx`
@@ -355,12 +411,22 @@ pub fn apply(
     let (decompressed, extracted, hashed) = std::thread::scope(|scope| {
         let reader = scope.spawn(move || decompress(ctx, layer, opts, tx, hash_tx));
         let hasher = scope.spawn(move || {
-            let mut d = Digester::new(alg);
-            for chunk in hash_rx {
-                d.update(&chunk);
-            }
+            let mut stream = HashedChunks {
+                rx: hash_rx,
+                current: Arc::default(),
+                pos: 0,
+                digester: Digester::new(alg),
+            };
+            let verified = opts
+                .estargz
+                .as_deref()
+                .map(|index| estargz::verify_stream(&mut stream, index));
+            // The rest (all of it without a TOC) still counts for the diffID,
+            // and the decompressing side must not wait on a full channel.
+            let drained = io::copy(&mut stream, &mut io::sink());
+            let d = stream.digester;
             let size = d.written();
-            (d.finish(), size)
+            (d.finish(), size, verified, drained)
         });
         let extracted = extract(ctx, &root, rx, opts);
         (
@@ -371,7 +437,7 @@ pub fn apply(
     });
     // The extractor's error explains more when both failed, unless the
     // stream itself was bad.
-    let (digest, compressed_size, compression) = match (decompressed, extracted.as_ref()) {
+    let (digest, compressed_size, compression, members) = match (decompressed, extracted.as_ref()) {
         (Ok(Some(d)), _) => d,
         (Err(e @ ApplyError::Invalid { .. }), _) => return Err(e),
         (Err(e), Ok(_)) => return Err(e),
@@ -379,7 +445,18 @@ pub fn apply(
         (Ok(None), Ok(_)) => return Err(invalid(opts, "the stream ended early")),
     };
     let (entries, squashed) = extracted?;
-    let (diff_id, size) = hashed;
+    let (diff_id, size, verified, drained) = hashed;
+    drained.map_err(|e| ApplyError::Io {
+        layer: opts.name.clone(),
+        source: e,
+    })?;
+    if let Some(verified) = verified {
+        verified
+            .and_then(|chunks: Vec<ChunkAt>| {
+                estargz::check_offsets(&chunks, &members.unwrap_or_default())
+            })
+            .map_err(|reason| invalid(opts, format!("does not match its eStargz TOC: {reason}")))?;
+    }
     if let Some(expected) = opts.size
         && expected != compressed_size
     {
@@ -476,6 +553,10 @@ fn extract(
                 opts,
                 format!("more than {} entries", opts.limits.max_entries),
             ));
+        }
+        // eStargz's landmarks and TOC are the format's, not the image's.
+        if opts.estargz.is_some() && estargz::is_format_entry(&entry.path_bytes()) {
+            continue;
         }
         a.entry(entry)?;
     }

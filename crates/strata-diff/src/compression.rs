@@ -12,7 +12,9 @@ pub(crate) fn decoder<'a, R: BufRead + 'a>(
 ) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match compression {
         Compression::None => Box::new(input),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+        Compression::Gzip | Compression::EStargz => {
+            Box::new(flate2::bufread::MultiGzDecoder::new(input))
+        }
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
     })
 }

@@ -8,15 +8,16 @@
 use std::path::PathBuf;
 
 use strata_content::{ContentError, ContentStore};
-use strata_core::{Digest, Labels};
+use strata_core::Digest;
 use strata_leases::OpCtx;
 use strata_snapshot::SnapshotStore;
 
 use crate::changes::{Comparison, walk_changes, walk_upperdir_changes};
 use crate::compression::Compression;
 use crate::error::DiffError;
+use crate::estargz::{Index, strip};
 use crate::merge::{Tree, upperdir_of};
-use crate::write::{UNCOMPRESSED_LABEL, WriteOptions, Written, recompress, write_layer_to_store};
+use crate::write::{WriteOptions, Written, recompress, write_layer_to_store};
 
 /// Which way an export found its changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,37 +95,60 @@ impl Exporter {
         Ok((written, path))
     }
 
-    /// Writes blob `from` again with `compression` (the same tar stream, so
-    /// the same diffID) through the ingest `reference`, labelled with the
-    /// diffID and held by `ctx`'s lease. Blocking.
+    /// Writes blob `from` again as `opts` asks (the same entries; the same
+    /// diffID unless eStargz's own entries are added or dropped) through
+    /// the ingest `reference`, labelled with its diffID (and TOC digest)
+    /// and held by `ctx`'s lease. An eStargz source loses its landmark and
+    /// TOC entries on the way. Blocking.
     pub fn convert(
         &self,
         ctx: &OpCtx,
         from: &Digest,
-        compression: Compression,
-        level: Option<i32>,
+        opts: &WriteOptions,
         reference: &str,
     ) -> Result<Written, DiffError> {
         let content = &self.content.under(ctx);
         let name = from.to_string();
+        let is_estargz = Index::read(&mut content.reader_at(from)?)
+            .map_err(|e| DiffError::io("read the eStargz TOC of", &name, e))?
+            .is_some();
         let mut reader = std::io::BufReader::with_capacity(1 << 20, content.reader_at(from)?);
         let head = std::io::BufRead::fill_buf(&mut reader)
             .map_err(|e| DiffError::io("read blob", &name, e))?;
         let source = Compression::detect(head);
-        let decoded = crate::compression::decoder(source, reader)
-            .map_err(|e| DiffError::io("decompress blob", &name, e))?;
+        let decode = |reader| {
+            crate::compression::decoder(source, reader)
+                .map_err(|e| DiffError::io("decompress blob", &name, e))
+        };
         let mut ingest = content.writer(reference, None, None)?;
         ingest.truncate(0)?;
-        let result = recompress(decoded, ingest, compression, level, ctx)
-            .map_err(|e| DiffError::io("recompress blob", &name, e))
-            .and_then(|(written, mut ingest)| {
-                let labels =
-                    Labels::from([(UNCOMPRESSED_LABEL.to_owned(), written.diff_id.to_string())]);
-                match ingest.commit(written.size, Some(&written.digest), &labels) {
-                    Ok(_) | Err(ContentError::AlreadyExists(_)) => Ok(written),
-                    Err(e) => Err(e.into()),
+        let converted = if is_estargz {
+            // The plain tar flows from a stripping thread through a pipe.
+            let (pipe_in, pipe_out) =
+                std::io::pipe().map_err(|e| DiffError::io("convert blob", &name, e))?;
+            let (name, decode) = (&name, &decode);
+            std::thread::scope(|scope| {
+                let stripper = scope.spawn(move || -> Result<(), DiffError> {
+                    strip(decode(reader)?, pipe_out)
+                        .map_err(|e| DiffError::io("strip the eStargz entries of", name, e))
+                });
+                let converted = recompress(pipe_in, ingest, opts, ctx)
+                    .map_err(|e| DiffError::io("recompress blob", name, e));
+                match stripper.join().expect("the stripping thread panicked") {
+                    Err(e) => Err(e),
+                    Ok(()) => converted,
                 }
-            });
+            })
+        } else {
+            recompress(decode(reader)?, ingest, opts, ctx)
+                .map_err(|e| DiffError::io("recompress blob", &name, e))
+        };
+        let result = converted.and_then(|(written, mut ingest)| {
+            match ingest.commit(written.size, Some(&written.digest), &written.blob_labels()) {
+                Ok(_) | Err(ContentError::AlreadyExists(_)) => Ok(written),
+                Err(e) => Err(e.into()),
+            }
+        });
         if result.is_err()
             && let Err(e) = content.abort(reference)
         {

@@ -9,12 +9,15 @@ mod apply;
 mod changes;
 mod compression;
 mod error;
+pub mod estargz;
 mod export;
 mod guard;
 mod merge;
+mod ordered;
 mod overlay_xattr;
 mod pgzip;
 mod sparse;
+mod tarblock;
 mod unpack;
 mod write;
 

@@ -33,6 +33,7 @@ use tar::{EntryType, Header};
 use crate::changes::{Change, ChangeKind};
 use crate::compression::Compression;
 use crate::error::DiffError;
+use crate::estargz::{self, EStargzOptions, EStargzWritten};
 use crate::overlay_xattr;
 use crate::pgzip::ParallelGzip;
 
@@ -48,6 +49,8 @@ pub struct WriteOptions {
     /// Clamp every mtime to this (seconds since the epoch), for
     /// reproducible layers.
     pub source_date_epoch: Option<i64>,
+    /// How to lay out an eStargz layer ([`Compression::EStargz`] only).
+    pub estargz: EStargzOptions,
 }
 
 /// What was written.
@@ -65,6 +68,20 @@ pub struct Written {
     pub entries: u64,
     /// The compression used.
     pub compression: Compression,
+    /// The digest of the table of contents of an eStargz layer.
+    pub toc_digest: Option<Digest>,
+}
+
+impl Written {
+    /// The labels its blob carries in the content store: the diffID and,
+    /// for eStargz, the TOC digest.
+    pub fn blob_labels(&self) -> Labels {
+        let mut labels = Labels::from([(UNCOMPRESSED_LABEL.to_owned(), self.diff_id.to_string())]);
+        if let Some(toc) = &self.toc_digest {
+            labels.extend(estargz::annotations(toc, self.uncompressed_size));
+        }
+        labels
+    }
 }
 
 /// A writer that hashes what passes through.
@@ -135,6 +152,11 @@ impl<W: Write> Encoder<W> {
                     flate2::Compression::new(l.clamp(0, 9).unsigned_abs())
                 });
                 Encoder::Gzip(ParallelGzip::new(sink, level, workers() as usize)?)
+            }
+            Compression::EStargz => {
+                return Err(io::Error::other(
+                    "eStargz is written by the eStargz writer, not a stream encoder",
+                ));
             }
             Compression::Zstd => {
                 let mut e = zstd::stream::write::Encoder::new(
@@ -437,36 +459,103 @@ impl LayerWriter<'_> {
     }
 }
 
+/// Reads the tar stream the layer writer hands over in chunks.
+struct ChunkReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Writes the tar stream `input` as eStargz into `sink` (hashed).
+fn estargz_into<W: Write>(
+    input: impl Read,
+    sink: W,
+    opts: &EStargzOptions,
+    level: Option<i32>,
+) -> io::Result<(EStargzWritten, HashWriter<W>)> {
+    estargz::write(
+        input,
+        HashWriter {
+            inner: sink,
+            digester: Digester::new(Algorithm::Sha256),
+        },
+        opts,
+        level.map(|l| l.clamp(0, 9).unsigned_abs()),
+        workers() as usize,
+    )
+}
+
 /// Compresses the tar stream `input` (already decompressed) into `sink`
-/// with the layer writer's encoders: a lossless change of compression.
-/// Returns what was written (no entries counted) and the sink.
+/// with the layer writer's encoders: a lossless change of compression (for
+/// eStargz, the same entries with the landmark and TOC added). Returns what
+/// was written (no entries counted) and the sink.
 pub(crate) fn recompress<R: Read, W: Write>(
     mut input: R,
     sink: W,
-    compression: Compression,
-    level: Option<i32>,
+    opts: &WriteOptions,
     ctx: &OpCtx,
 ) -> io::Result<(Written, W)> {
+    let compression = opts.compression;
+    if compression == Compression::EStargz {
+        let (es, blob) = estargz_into(
+            Cancellable { inner: input, ctx },
+            sink,
+            &opts.estargz,
+            opts.level,
+        )?;
+        let size = blob.digester.written();
+        return Ok((
+            Written {
+                digest: blob.digester.finish(),
+                size,
+                diff_id: es.diff_id,
+                uncompressed_size: es.uncompressed_size,
+                entries: es.entries,
+                compression,
+                toc_digest: Some(es.toc_digest),
+            },
+            blob.inner,
+        ));
+    }
     let mut enc = Encoder::new(
         HashWriter {
             inner: sink,
             digester: Digester::new(Algorithm::Sha256),
         },
         compression,
-        level,
+        opts.level,
     )?;
     let mut tar = Digester::new(Algorithm::Sha256);
+    let mut input = Cancellable {
+        inner: &mut input,
+        ctx,
+    };
     loop {
-        if ctx.is_cancelled() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
-        }
         let mut chunk = vec![0u8; CHUNK];
         let mut filled = 0;
         while filled < CHUNK {
             match input.read(&mut chunk[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && !ctx.is_cancelled() => {}
                 Err(e) => return Err(e),
             }
         }
@@ -488,9 +577,25 @@ pub(crate) fn recompress<R: Read, W: Write>(
             uncompressed_size,
             entries: 0,
             compression,
+            toc_digest: None,
         },
         blob.inner,
     ))
+}
+
+/// Fails reads once `ctx` is cancelled.
+struct Cancellable<'c, R> {
+    inner: R,
+    ctx: &'c OpCtx,
+}
+
+impl<R: Read> Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.ctx.is_cancelled() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Writes a layer of the changes `produce` feeds, reading entries from
@@ -508,6 +613,15 @@ pub fn write_layer<W: Write + Send>(
     let blob_io = |e| DiffError::io("compress layer of", source, e);
     let (tarred, compressed) = std::thread::scope(|scope| {
         let compressor = scope.spawn(move || -> io::Result<_> {
+            if opts.compression == Compression::EStargz {
+                let input = ChunkReader {
+                    rx,
+                    current: Vec::new(),
+                    pos: 0,
+                };
+                let (es, blob) = estargz_into(input, sink, &opts.estargz, opts.level)?;
+                return Ok((blob, Some(es)));
+            }
             let mut enc = Encoder::new(
                 HashWriter {
                     inner: sink,
@@ -519,7 +633,7 @@ pub fn write_layer<W: Write + Send>(
             for chunk in rx {
                 enc.write_chunk(chunk)?;
             }
-            enc.finish()
+            Ok((enc.finish()?, None))
         });
         let mut w = LayerWriter {
             tar: tar::Builder::new(HashWriter {
@@ -551,8 +665,14 @@ pub fn write_layer<W: Write + Send>(
         )
     });
     let (diff_id, uncompressed_size, entries) = tarred?;
-    let blob = compressed.map_err(blob_io)?;
+    let (blob, es) = compressed.map_err(blob_io)?;
     let size = blob.digester.written();
+    // An eStargz stream is the tar plus the format's entries: its diffID
+    // is the writer's.
+    let (diff_id, uncompressed_size, toc_digest) = match es {
+        Some(es) => (es.diff_id, es.uncompressed_size, Some(es.toc_digest)),
+        None => (diff_id, uncompressed_size, None),
+    };
     Ok((
         Written {
             digest: blob.digester.finish(),
@@ -561,6 +681,7 @@ pub fn write_layer<W: Write + Send>(
             uncompressed_size,
             entries,
             compression: opts.compression,
+            toc_digest,
         },
         blob.inner,
     ))
@@ -583,15 +704,20 @@ pub fn write_layer_to_store(
     ingest.truncate(0)?;
     let result =
         write_layer(ctx, ingest, source, opts, produce).and_then(|(written, mut ingest)| {
-            let labels =
-                Labels::from([(UNCOMPRESSED_LABEL.to_owned(), written.diff_id.to_string())]);
+            let labels = written.blob_labels();
             match ingest.commit(written.size, Some(&written.digest), &labels) {
                 Ok(_) => Ok(written),
                 Err(ContentError::AlreadyExists(_)) => {
                     let mut info = store.info(&written.digest)?;
-                    if !info.labels.contains_key(UNCOMPRESSED_LABEL) {
+                    let missing: Vec<String> = labels
+                        .keys()
+                        .filter(|k| !info.labels.contains_key(*k))
+                        .map(|k| format!("labels.{k}"))
+                        .collect();
+                    if !missing.is_empty() {
                         info.labels.extend(labels);
-                        store.update(&info, &[&format!("labels.{UNCOMPRESSED_LABEL}")])?;
+                        let fields: Vec<&str> = missing.iter().map(String::as_str).collect();
+                        store.update(&info, &fields)?;
                     }
                     Ok(written)
                 }

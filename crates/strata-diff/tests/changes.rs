@@ -237,6 +237,7 @@ fn layers_are_deterministic_and_clamped() {
         compression: Compression::Gzip,
         level: Some(6),
         source_date_epoch: Some(1000),
+        ..WriteOptions::default()
     };
     let one = diff_layer(None, &u, &opts);
     let two = diff_layer(None, &u, &opts);

@@ -265,3 +265,14 @@ pub fn history(
     }
     trees
 }
+
+/// Removes the entries of `dir` whose names are not UTF-8, for formats
+/// that cannot hold them (eStargz's table of contents is JSON).
+pub fn utf8_names_only(dir: &Path) {
+    let root = Root::open(dir).unwrap();
+    for rel in all_entries(dir) {
+        if rel.to_str().is_none() && root.stat(&rel).is_ok() {
+            root.remove_all(&rel).unwrap();
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Tar entries read block by block, keeping their raw bytes: the eStargz
+//! writer re-frames a tar stream without re-encoding a header, and its
+//! verifier walks a layer's stream beside the extraction. Names, link
+//! targets, sizes, owners and xattrs are resolved through PAX records and
+//! GNU long names the way extraction resolves them.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+
+use tar::{EntryType, Header};
+
+/// Tar's block size.
+pub(crate) const BLOCK: u64 = 512;
+
+/// Zeros to pad `size` bytes of data to a block.
+pub(crate) fn padding(size: u64) -> u64 {
+    (BLOCK - size % BLOCK) % BLOCK
+}
+
+/// One entry's headers (with any PAX or GNU long-name records before the
+/// main header) and what they say; its data follows in the stream.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RawEntry {
+    /// Every byte of the headers and records, as read.
+    pub raw: Vec<u8>,
+    /// The entry's path, as the archive spells it.
+    pub name: Vec<u8>,
+    /// A symlink's or hard link's target.
+    pub link: Vec<u8>,
+    pub kind: u8,
+    /// Bytes of data after the headers.
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub uname: Vec<u8>,
+    pub gname: Vec<u8>,
+    pub mtime: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+fn bad(reason: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason.into())
+}
+
+fn read_block(r: &mut impl Read, buf: &mut [u8; 512]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) if filled == 0 => return Ok(false),
+            Ok(0) => return Err(bad("the tar stream ends inside a header")),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn number(field: io::Result<u64>, what: &str) -> io::Result<u64> {
+    field.map_err(|e| bad(format!("bad {what} in a tar header: {e}")))
+}
+
+/// Whether the header field at `range` is empty (all NULs or spaces),
+/// which tar readers take as 0.
+fn blank(h: &Header, range: std::ops::Range<usize>) -> bool {
+    h.as_bytes()[range].iter().all(|&b| b == 0 || b == b' ')
+}
+
+/// A numeric header field, 0 when blank.
+fn field(
+    h: &Header,
+    range: std::ops::Range<usize>,
+    value: io::Result<u64>,
+    what: &str,
+) -> io::Result<u64> {
+    if blank(h, range) {
+        Ok(0)
+    } else {
+        number(value, what)
+    }
+}
+
+/// Strips a NUL-terminated field.
+fn until_nul(bytes: &[u8]) -> Vec<u8> {
+    bytes
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(bytes, |n| &bytes[..n])
+        .to_vec()
+}
+
+/// Reads the next entry's headers from `r`; `None` at the end-of-archive
+/// block (or the end of the stream). Records longer than `max_record`
+/// are refused.
+pub(crate) fn next_entry(r: &mut impl Read, max_record: u64) -> io::Result<Option<RawEntry>> {
+    let mut e = RawEntry::default();
+    let mut pax: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let (mut long_name, mut long_link) = (None, None);
+    let mut block = [0u8; 512];
+    loop {
+        if !read_block(r, &mut block)? {
+            return if e.raw.is_empty() {
+                Ok(None)
+            } else {
+                Err(bad("the tar stream ends after a record, before its entry"))
+            };
+        }
+        if block.iter().all(|&b| b == 0) {
+            return if e.raw.is_empty() {
+                Ok(None)
+            } else {
+                Err(bad("a record is followed by the end of the archive"))
+            };
+        }
+        e.raw.extend_from_slice(&block);
+        let h = Header::from_byte_slice(&block).clone();
+        let size = number(h.entry_size(), "size")?;
+        let kind = h.entry_type();
+        if matches!(
+            kind,
+            EntryType::XHeader | EntryType::XGlobalHeader | EntryType::GNULongName
+        ) || kind == EntryType::GNULongLink
+        {
+            if size > max_record {
+                return Err(bad(format!(
+                    "a tar record of {size} bytes (more than {max_record})"
+                )));
+            }
+            let mut data = vec![0u8; usize::try_from(size + padding(size)).unwrap_or(0)];
+            r.read_exact(&mut data)?;
+            e.raw.extend_from_slice(&data);
+            data.truncate(usize::try_from(size).unwrap_or(0));
+            match kind {
+                EntryType::XHeader => {
+                    for ext in tar::PaxExtensions::new(&data) {
+                        let ext = ext.map_err(|err| bad(format!("bad PAX record: {err}")))?;
+                        let key = ext
+                            .key()
+                            .map_err(|err| bad(format!("bad PAX key: {err}")))?;
+                        pax.insert(key.to_owned(), ext.value_bytes().to_vec());
+                    }
+                }
+                EntryType::GNULongName => long_name = Some(until_nul(&data)),
+                EntryType::GNULongLink => long_link = Some(until_nul(&data)),
+                // Global records apply to what follows; none of the
+                // values that matter here is taken from them.
+                _ => {}
+            }
+            continue;
+        }
+        e.kind = h.as_bytes()[156];
+        e.name = long_name
+            .or_else(|| pax.get("path").cloned())
+            .unwrap_or_else(|| h.path_bytes().into_owned());
+        e.link = long_link
+            .or_else(|| pax.get("linkpath").cloned())
+            .or_else(|| h.link_name_bytes().map(|l| l.into_owned()))
+            .unwrap_or_default();
+        let pax_number = |key: &str| -> io::Result<Option<u64>> {
+            pax.get(key)
+                .map(|v| {
+                    std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.split('.').next()?.parse().ok())
+                        .ok_or_else(|| bad(format!("bad PAX {key}")))
+                })
+                .transpose()
+        };
+        e.size = pax_number("size")?.unwrap_or(size);
+        e.mode = u32::try_from(field(&h, 100..108, h.mode().map(u64::from), "mode")?).unwrap_or(0);
+        e.uid = pax_number("uid")?.map_or_else(|| field(&h, 108..116, h.uid(), "uid"), Ok)?;
+        e.gid = pax_number("gid")?.map_or_else(|| field(&h, 116..124, h.gid(), "gid"), Ok)?;
+        // A PAX mtime may carry a fraction; readers of eStargz round it.
+        e.mtime = match pax.get("mtime") {
+            Some(v) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<f64>().ok())
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .map(|t| t.round() as u64)
+                .ok_or_else(|| bad("bad PAX mtime"))?,
+            None => field(&h, 136..148, h.mtime(), "mtime")?,
+        };
+        e.uname = pax
+            .get("uname")
+            .cloned()
+            .or_else(|| h.username_bytes().map(<[u8]>::to_vec))
+            .unwrap_or_default();
+        e.gname = pax
+            .get("gname")
+            .cloned()
+            .or_else(|| h.groupname_bytes().map(<[u8]>::to_vec))
+            .unwrap_or_default();
+        if matches!(kind, EntryType::Char | EntryType::Block) {
+            e.dev_major = number(
+                h.device_major().map(|d| u64::from(d.unwrap_or(0))),
+                "device",
+            )?
+            .try_into()
+            .unwrap_or(0);
+            e.dev_minor = number(
+                h.device_minor().map(|d| u64::from(d.unwrap_or(0))),
+                "device",
+            )?
+            .try_into()
+            .unwrap_or(0);
+        }
+        e.xattrs = pax
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("SCHILY.xattr.")?.to_owned(), v.clone())))
+            .collect();
+        return Ok(Some(e));
+    }
+}
+
+/// A path without `./` or `/` in front or `/` behind, as eStargz
+/// readers compare names.
+pub(crate) fn clean_name(name: &[u8]) -> &[u8] {
+    let mut n = name;
+    loop {
+        if let Some(rest) = n.strip_prefix(b"./") {
+            n = rest;
+        } else if let Some(rest) = n.strip_prefix(b"/") {
+            n = rest;
+        } else {
+            break;
+        }
+    }
+    while let Some(rest) = n.strip_suffix(b"/") {
+        n = rest;
+    }
+    if n == b"." { b"" } else { n }
+}
+
+/// Counts the bytes read through it: a position in the stream.
+pub(crate) struct Position<R> {
+    pub inner: R,
+    pub pos: u64,
+}
+
+impl<R: Read> Read for Position<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_cleaned_as_estargz_readers_clean_them() {
+        assert_eq!(clean_name(b"./etc/"), b"etc");
+        assert_eq!(clean_name(b"/usr/bin/x"), b"usr/bin/x");
+        assert_eq!(clean_name(b"./"), b"");
+        assert_eq!(clean_name(b"."), b"");
+    }
+
+    #[test]
+    fn pax_and_gnu_records_resolve_into_the_entry_and_stay_in_its_bytes() {
+        let mut b = tar::Builder::new(Vec::new());
+        let long = "d/".to_owned() + &"n".repeat(150);
+        let mut h = Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o4755);
+        h.set_entry_type(EntryType::Regular);
+        b.append_pax_extensions([("SCHILY.xattr.user.k", b"v".as_slice()), ("uid", b"70000")])
+            .unwrap();
+        b.append_data(&mut h, &long, b"abc".as_slice()).unwrap();
+        let bytes = b.into_inner().unwrap();
+        let mut r = Position {
+            inner: bytes.as_slice(),
+            pos: 0,
+        };
+        let e = next_entry(&mut r, 1 << 20).unwrap().unwrap();
+        assert_eq!(e.name, long.as_bytes());
+        assert_eq!((e.size, e.mode, e.uid), (3, 0o4755, 70000));
+        assert_eq!(e.xattrs["user.k"], b"v");
+        assert_eq!(e.raw.as_slice(), &bytes[..e.raw.len()]);
+        assert_eq!(r.pos, e.raw.len() as u64);
+        let mut data = [0u8; 512];
+        r.read_exact(&mut data).unwrap();
+        assert_eq!(&data[..3], b"abc");
+        assert!(next_entry(&mut r, 1 << 20).unwrap().is_none());
+        // A record larger than allowed is refused.
+        let mut r = bytes.as_slice();
+        assert!(next_entry(&mut r, 10).is_err());
+    }
+}
