@@ -8,7 +8,8 @@
 
 use std::time::SystemTime;
 
-use strata_core::{Classify, Descriptor, Digest, Labels};
+use strata_core::{Classify, Descriptor, Digest, Labels, media};
+use strata_diff::estargz::EStargzOptions;
 use strata_diff::{Compression, UNCOMPRESSED_LABEL, WriteOptions};
 use strata_leases::{OpCtx, Resource, with_lease};
 use strata_snapshot::Snapshotter;
@@ -79,6 +80,17 @@ pub(crate) fn variants_of(labels: &Labels) -> Vec<Digest> {
         .filter(|(k, _)| k.starts_with(VARIANT_LABEL_PREFIX))
         .filter_map(|(_, v)| Digest::parse(v).ok())
         .collect()
+}
+
+/// The compression of a blob of `media_type` with `labels`: eStargz when
+/// labelled with a TOC digest.
+fn compression_of(media_type: &str, labels: &Labels) -> Option<Compression> {
+    match Compression::of_media_type(media_type) {
+        Some(Compression::Gzip) if labels.contains_key(media::ESTARGZ_TOC_DIGEST) => {
+            Some(Compression::EStargz)
+        }
+        other => other,
+    }
 }
 
 fn distributable(media_type: &str) -> String {
@@ -207,13 +219,12 @@ impl CacheManager {
         let _one = self.inner.export_locks.lock(&lock_key).await;
         let md = layer.metadata()?;
         if let Some(blob) = self.held_blob(ctx, layer, &md)? {
-            let desc = descriptor_of(&md, &blob, cfg.prefer_non_distributable);
-            let have = Compression::of_media_type(&desc.media_type);
-            let desc = if comp.force && have != Some(comp.kind) {
-                self.variant(ctx, layer, &desc, comp).await?
-            } else {
-                desc
-            };
+            let mut desc = descriptor_of(&md, &blob, cfg.prefer_non_distributable);
+            let have = self.blob_compression(&desc)?;
+            if comp.force && !have.is_some_and(|h| comp.kind.served_by(h)) {
+                desc = self.variant(ctx, layer, &desc, comp).await?;
+            }
+            self.annotate_estargz(&mut desc)?;
             self.hold(ctx, &Resource::content(&desc.digest))?;
             self.record_content(layer.snapshot_id(), &desc.digest)?;
             return Ok(Some(desc));
@@ -224,11 +235,7 @@ impl CacheManager {
         }
         let (key, parent_key) = (layer.snapshot_id().to_owned(), parent.map(str::to_owned));
         let reference = format!("export-{key}-{}", comp.kind.name());
-        let opts = WriteOptions {
-            compression: comp.kind,
-            level: comp.level,
-            ..WriteOptions::default()
-        };
+        let opts = self.write_options(comp);
         let (mgr, job_ctx) = (self.clone(), ctx.clone());
         let (written, path) = tokio::task::spawn_blocking(move || {
             mgr.inner
@@ -239,7 +246,7 @@ impl CacheManager {
         .map_err(|e| CacheError::Task(e.to_string()))??;
         tracing::debug!(layer = layer.id(), ?path, digest = %written.digest, "exported a layer");
         let media_type = comp.kind.media_type();
-        self.label_blob(&written.digest, media_type, &written.diff_id)?;
+        self.label_blob(&written.digest, media_type, written.blob_labels())?;
         self.update(
             layer.id(),
             Edit::default()
@@ -254,11 +261,42 @@ impl CacheManager {
         )?;
         self.record_content(layer.snapshot_id(), &written.digest)?;
         let md = layer.metadata()?;
-        Ok(Some(descriptor_of(
-            &md,
-            &written.digest,
-            cfg.prefer_non_distributable,
-        )))
+        let mut desc = descriptor_of(&md, &written.digest, cfg.prefer_non_distributable);
+        self.annotate_estargz(&mut desc)?;
+        Ok(Some(desc))
+    }
+
+    /// How to write a blob in `comp` (an eStargz spool in the root's
+    /// temporary directory).
+    fn write_options(&self, comp: CompressionConfig) -> WriteOptions {
+        WriteOptions {
+            compression: comp.kind,
+            level: comp.level,
+            estargz: EStargzOptions {
+                spool_dir: Some(self.root().tmp.clone()),
+                ..EStargzOptions::default()
+            },
+            ..WriteOptions::default()
+        }
+    }
+
+    /// The compression of the stored blob `desc` names: its media type's,
+    /// eStargz when the blob is labelled with a TOC digest.
+    fn blob_compression(&self, desc: &Descriptor) -> Result<Option<Compression>> {
+        let labels = self.root().content.info(&desc.digest)?.labels;
+        Ok(compression_of(&desc.media_type, &labels))
+    }
+
+    /// Gives an eStargz blob's descriptor the annotations readers look for
+    /// (TOC digest, uncompressed size), from the blob's labels.
+    fn annotate_estargz(&self, desc: &mut Descriptor) -> Result<()> {
+        let labels = self.root().content.info(&desc.digest)?.labels;
+        for key in [media::ESTARGZ_TOC_DIGEST, media::ESTARGZ_UNCOMPRESSED_SIZE] {
+            if let Some(v) = labels.get(key) {
+                desc.annotations.insert(key.to_owned(), v.clone());
+            }
+        }
+        Ok(())
     }
 
     /// The blob the record names, held by the operation's lease; `None`
@@ -326,11 +364,15 @@ impl CacheManager {
                         .get(BLOB_MEDIA_TYPE_LABEL)
                         .cloned()
                         .unwrap_or_default();
-                    if Compression::of_media_type(&mt) == Some(comp.kind) {
+                    if compression_of(&mt, &vi.labels).is_some_and(|c| comp.kind.served_by(c)) {
                         let mut d = desc.clone();
                         d.media_type = mt;
                         d.digest = v;
                         d.size = vi.size;
+                        if let Some(diff_id) = vi.labels.get(UNCOMPRESSED_LABEL) {
+                            d.annotations
+                                .insert(UNCOMPRESSED_LABEL.to_owned(), diff_id.clone());
+                        }
                         return Ok(d);
                     }
                 }
@@ -342,16 +384,16 @@ impl CacheManager {
             desc.digest.clone(),
             format!("convert-{}-{}", desc.digest.hex(), comp.kind.name()),
         );
-        let (mgr, job_ctx) = (self.clone(), ctx.clone());
+        let (mgr, job_ctx, opts) = (self.clone(), ctx.clone(), self.write_options(comp));
         let written = tokio::task::spawn_blocking(move || {
             mgr.inner
                 .exporter
-                .convert(&job_ctx, &from, comp.kind, comp.level, &reference)
+                .convert(&job_ctx, &from, &opts, &reference)
         })
         .await
         .map_err(|e| CacheError::Task(e.to_string()))??;
         let media_type = comp.kind.media_type();
-        self.label_blob(&written.digest, media_type, &written.diff_id)?;
+        self.label_blob(&written.digest, media_type, written.blob_labels())?;
         self.link_variants(&desc.digest, &written.digest)?;
         self.update(layer.id(), Edit::default().remove(metadata::SIZE))?;
         self.record_content(layer.snapshot_id(), &written.digest)?;
@@ -359,6 +401,9 @@ impl CacheManager {
         d.media_type = media_type.to_owned();
         d.digest = written.digest;
         d.size = written.size;
+        // eStargz's own entries make another diffID.
+        d.annotations
+            .insert(UNCOMPRESSED_LABEL.to_owned(), written.diff_id.to_string());
         Ok(d)
     }
 

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use strata_core::{Classify, Descriptor, Digest, Labels, id};
+use strata_core::{Classify, Compression, Descriptor, Digest, Labels, id, media};
 use strata_diff::{ApplyError, ApplyOptions, DiffError, OverlayTarget, UNCOMPRESSED_LABEL};
 use strata_leases::{OpCtx, Resource};
 use strata_metadata::Reader;
@@ -24,6 +24,14 @@ use crate::metadata::{self, Edit, RecordType};
 use crate::progress::display_ref;
 use crate::refs::ImmutableRef;
 use strata_leases::ProgressTracker;
+
+/// A layer refused for `reason`.
+fn invalid_layer(desc: &Descriptor, reason: String) -> CacheError {
+    CacheError::from(DiffError::Apply(ApplyError::Invalid {
+        layer: desc.digest.to_string(),
+        reason,
+    }))
+}
 
 /// The content-store label naming a blob's media type.
 pub const BLOB_MEDIA_TYPE_LABEL: &str = "buildkit.io/blob/mediatype";
@@ -249,6 +257,63 @@ impl CacheManager {
         }
     }
 
+    /// The TOC of an eStargz layer (found by its footer), checked against
+    /// the digest its descriptor's annotation gives; the blob is labelled
+    /// with it. A descriptor annotated as eStargz whose blob is not, or
+    /// whose TOC is another, is refused.
+    fn estargz_index(&self, desc: &Descriptor) -> Result<Option<Arc<strata_diff::estargz::Index>>> {
+        let annotated = desc
+            .annotations
+            .get(media::ESTARGZ_TOC_DIGEST)
+            .map(|v| {
+                Digest::parse(v).map_err(|e| {
+                    invalid_layer(desc, format!("bad {}: {e}", media::ESTARGZ_TOC_DIGEST))
+                })
+            })
+            .transpose()?;
+        if Compression::of_media_type(&desc.media_type) != Some(Compression::Gzip) {
+            return match annotated {
+                Some(_) => Err(invalid_layer(
+                    desc,
+                    format!(
+                        "annotated as eStargz, but its media type {} is not gzip",
+                        desc.media_type
+                    ),
+                )),
+                None => Ok(None),
+            };
+        }
+        let mut reader = self.root().content.reader_at(&desc.digest)?;
+        let index = strata_diff::estargz::Index::read(&mut reader)
+            .map_err(|e| invalid_layer(desc, e.to_string()))?;
+        match (index, annotated) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(invalid_layer(
+                desc,
+                "annotated as eStargz, but it has no eStargz footer".into(),
+            )),
+            (Some(index), Some(expected)) if index.digest != expected => {
+                Err(CacheError::from(DiffError::Apply(ApplyError::Mismatch {
+                    layer: desc.digest.to_string(),
+                    what: "eStargz TOC digest",
+                    expected,
+                    actual: index.digest,
+                })))
+            }
+            (Some(index), _) => {
+                self.label_blob(
+                    &desc.digest,
+                    &desc.media_type,
+                    Labels::from([(
+                        media::ESTARGZ_TOC_DIGEST.to_owned(),
+                        index.digest.to_string(),
+                    )]),
+                )?;
+                Ok(Some(Arc::new(index)))
+            }
+        }
+    }
+
     /// How to open and check one layer's blob, and the context that
     /// reports its progress.
     fn layer_input(
@@ -274,7 +339,9 @@ impl CacheManager {
             Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, r))
                 as Box<dyn std::io::Read + Send>)
         });
+        let estargz = self.estargz_index(desc)?;
         let apply = ApplyOptions {
+            estargz,
             name: desc.digest.to_string(),
             media_type: Some(desc.media_type.clone()),
             digest: Some(desc.digest.clone()),
@@ -540,14 +607,18 @@ impl CacheManager {
             },
         )?;
         tx.commit()?;
-        self.label_blob(&desc.digest, &desc.media_type, diff_id)?;
+        self.label_blob(
+            &desc.digest,
+            &desc.media_type,
+            Labels::from([(UNCOMPRESSED_LABEL.to_owned(), diff_id.to_string())]),
+        )?;
         self.record_content(key, &desc.digest)?;
         Ok(ImmutableRef::new(self.clone(), key, true))
     }
 
-    /// Labels a layer blob with its media type and diffID (kept when
-    /// already there).
-    pub(crate) fn label_blob(&self, d: &Digest, media_type: &str, diff_id: &Digest) -> Result<()> {
+    /// Labels a layer blob with its media type and `labels` (its diffID,
+    /// an eStargz TOC digest); labels already there are kept.
+    pub(crate) fn label_blob(&self, d: &Digest, media_type: &str, labels: Labels) -> Result<()> {
         let content = &self.root().content;
         let mut info = match content.info(d) {
             Ok(i) => i,
@@ -555,13 +626,12 @@ impl CacheManager {
             Err(e) => return Err(e.into()),
         };
         let mut paths = Vec::new();
-        for (k, v) in [
-            (BLOB_MEDIA_TYPE_LABEL, media_type.to_owned()),
-            (UNCOMPRESSED_LABEL, diff_id.to_string()),
-        ] {
-            if !info.labels.contains_key(k) {
-                info.labels.insert(k.to_owned(), v);
-                paths.push(format!("labels.{k}"));
+        let all = std::iter::once((BLOB_MEDIA_TYPE_LABEL.to_owned(), media_type.to_owned()))
+            .chain(labels);
+        for (k, v) in all {
+            if let std::collections::btree_map::Entry::Vacant(slot) = info.labels.entry(k) {
+                paths.push(format!("labels.{}", slot.key()));
+                slot.insert(v);
             }
         }
         if !paths.is_empty() {

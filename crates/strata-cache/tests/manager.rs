@@ -77,6 +77,7 @@ every_backend!(
     import_dedupes_and_survives_restart,
     concurrent_imports_unpack_each_layer_once,
     export_chain_and_variants,
+    estargz_variants_keep_their_own_diff_ids,
     export_under_an_unmade_lazy_lease_keeps_its_blobs_in_it,
     owner_leases_pin_chains_and_collection_cleans_rows,
     cache_mounts_share_one_mount,
@@ -92,6 +93,8 @@ async fn fresh(mgr: &strata_cache::CacheManager, ctx: &OpCtx) -> strata_cache::M
         .await
         .unwrap()
 }
+
+const UNCOMPRESSED: &str = "containerd.io/uncompressed";
 
 /// Export in zstd, converting layers that exist in another compression.
 fn forced_zstd() -> RefConfig {
@@ -720,6 +723,139 @@ async fn export_chain_and_variants(backend: &str) {
     // Size counts the blob and its variant.
     let size = step.size().await.unwrap();
     assert!(size > 0);
+}
+
+fn config(kind: Compression, force: bool) -> RefConfig {
+    RefConfig {
+        compression: CompressionConfig {
+            kind,
+            force,
+            level: None,
+        },
+        ..RefConfig::default()
+    }
+}
+
+/// Applies `layers` in order onto a new directory `name` under `tmp`.
+fn apply_chain(
+    mgr: &strata_cache::CacheManager,
+    tmp: &std::path::Path,
+    name: &str,
+    layers: &[strata_cache::ExportLayer],
+) -> std::path::PathBuf {
+    let out = tmp.join(name);
+    std::fs::create_dir(&out).unwrap();
+    for l in layers {
+        let mut r = mgr.root().content.reader_at(&l.descriptor.digest).unwrap();
+        let estargz = strata_diff::estargz::Index::read(&mut r)
+            .unwrap()
+            .map(Arc::new);
+        std::io::Seek::rewind(&mut r).unwrap();
+        let diff_id = l.descriptor.annotations.get("containerd.io/uncompressed");
+        strata_diff::apply(
+            &OpCtx::new(),
+            r,
+            &out,
+            &strata_diff::ApplyOptions {
+                diff_id: diff_id.map(|d| strata_core::Digest::parse(d).unwrap()),
+                estargz,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    out
+}
+
+async fn estargz_variants_keep_their_own_diff_ids(backend: &str) {
+    const TOC: &str = "containerd.io/snapshot/stargz/toc.digest";
+    let e = env(backend);
+    let mgr = &e.mgr;
+    let tmp = e.dir.path();
+    let (ctx, _scope) = lazy(mgr);
+    let img = image(mgr, "example.com/test:esgz", three_layers(mgr));
+    let top = mgr
+        .import_image(&ctx, &img, &ImportOptions::default())
+        .await
+        .unwrap();
+    let gzip = top.export_chain(&ctx, &RefConfig::default()).await.unwrap();
+    // Forced: every layer converted, annotated with its TOC digest and
+    // uncompressed size, with a diffID of its own (the format's entries),
+    // and linked to the gzip blob.
+    let esgz = top
+        .export_chain(&ctx, &config(Compression::EStargz, true))
+        .await
+        .unwrap();
+    for (g, s) in gzip.layers.iter().zip(&esgz.layers) {
+        let (g, s) = (&g.descriptor, &s.descriptor);
+        assert_ne!(g.digest, s.digest);
+        assert!(s.annotations.contains_key(TOC), "{s:?}");
+        assert!(
+            s.annotations
+                .contains_key("io.containers.estargz.uncompressed-size")
+        );
+        assert_ne!(
+            g.annotations.get(UNCOMPRESSED),
+            s.annotations.get(UNCOMPRESSED),
+            "eStargz adds entries"
+        );
+        let info = mgr.root().content.info(&g.digest).unwrap();
+        let label = format!("containerd.io/gc.ref.content.blob-{}", s.digest.hex());
+        assert!(info.labels.contains_key(&label));
+    }
+    let again = top
+        .export_chain(&ctx, &config(Compression::EStargz, true))
+        .await
+        .unwrap();
+    assert_eq!(again, esgz, "variants are found, not converted again");
+    let as_gzip = top
+        .export_chain(&ctx, &config(Compression::Gzip, true))
+        .await
+        .unwrap();
+    assert_eq!(as_gzip, gzip, "gzip layers stay themselves");
+    // The eStargz chain applies to the same tree, without its entries.
+    let a = apply_chain(mgr, tmp, "from-gzip", &gzip.layers);
+    let b = apply_chain(mgr, tmp, "from-esgz", &esgz.layers);
+    assert_eq!(files(&a), files(&b));
+    assert!(!b.join("stargz.index.json").exists());
+
+    // A new layer written as eStargz first: its record's blob is eStargz,
+    // which serves a forced gzip export as it is; forced zstd strips the
+    // format's entries, giving back the plain stream.
+    let m = mgr
+        .new_ref(&ctx, Some(&top), &RefOptions::described("step"))
+        .await
+        .unwrap();
+    let rw = m.mount(&ctx, false).await.unwrap();
+    with_mounted(&rw, tmp, |p| {
+        std::fs::write(p.join("new"), "new\n").unwrap()
+    });
+    drop(rw);
+    let step = m.commit(&ctx).await.unwrap();
+    let first = step
+        .export_chain(&ctx, &config(Compression::EStargz, false))
+        .await
+        .unwrap();
+    let last = &first.layers[3].descriptor;
+    assert!(last.annotations.contains_key(TOC));
+    let gz = step
+        .export_chain(&ctx, &config(Compression::Gzip, true))
+        .await
+        .unwrap();
+    assert_eq!(gz.layers[3].descriptor.digest, last.digest);
+    let zstd = step.export_chain(&ctx, &forced_zstd()).await.unwrap();
+    let z = &zstd.layers[3].descriptor;
+    assert!(z.media_type.ends_with("+zstd") && !z.annotations.contains_key(TOC));
+    assert_ne!(
+        z.annotations.get(UNCOMPRESSED),
+        last.annotations.get(UNCOMPRESSED)
+    );
+    let plain = apply_chain(mgr, tmp, "from-zstd", &zstd.layers);
+    assert_eq!(std::fs::read_to_string(plain.join("new")).unwrap(), "new\n");
+    for hidden in ["stargz.index.json", ".no.prefetch.landmark"] {
+        assert!(!plain.join(hidden).exists(), "{hidden}");
+    }
+    assert_clean(mgr);
 }
 
 async fn owner_leases_pin_chains_and_collection_cleans_rows(backend: &str) {

@@ -8,13 +8,15 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use serde::Serialize;
 use strata_cache::{
     CacheManager, CompressionConfig, Image, ImagePullOptions, ImportOptions, Location, NamedImage,
     Platform, PullOptions, RefConfig, RegistryOptions,
 };
 use strata_core::Compression;
+
+use crate::layer::CompressionArg;
 
 use crate::output::{self, Output};
 use crate::progress;
@@ -105,13 +107,6 @@ impl RegistryArgs {
             ..RegistryOptions::default()
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum CompressionArg {
-    Gzip,
-    Zstd,
-    None,
 }
 
 #[derive(Debug, Args)]
@@ -451,11 +446,7 @@ async fn export(
         (Some(n), None) => mgr.image_blobs(&n.name)?,
         _ => {
             let r = mgr.resolve_ref(what).await?;
-            let kind = match args.compression.unwrap_or(CompressionArg::Gzip) {
-                CompressionArg::Gzip => Compression::Gzip,
-                CompressionArg::Zstd => Compression::Zstd,
-                CompressionArg::None => Compression::None,
-            };
+            let kind = Compression::from(args.compression.unwrap_or(CompressionArg::Gzip));
             let cfg = RefConfig {
                 compression: CompressionConfig {
                     kind,

@@ -11,8 +11,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
 use strata_core::Digest;
+use strata_diff::estargz::{EStargzOptions, Index};
 use strata_diff::{
-    ApplyOptions, Comparison, Compression, WriteOptions, apply, walk_changes, write_layer,
+    ApplyError, ApplyOptions, Comparison, Compression, WriteOptions, apply, walk_changes,
+    write_layer,
 };
 
 use crate::output::Output;
@@ -38,6 +40,11 @@ pub enum LayerCmd {
         /// Skip device nodes that cannot be made without privilege.
         #[arg(long)]
         skip_devices: bool,
+        /// Refuse the layer unless it is eStargz with a table of contents
+        /// of this digest. An eStargz file is checked against its table of
+        /// contents, and its landmark and TOC entries are not written.
+        #[arg(long = "toc-digest", value_name = "DIGEST")]
+        toc_digest: Option<String>,
     },
     /// Write the layer of what changed from LOWER to UPPER (two directories) to FILE.
     /// A file whose size and mtime match in both is compared byte for byte.
@@ -55,17 +62,38 @@ pub enum LayerCmd {
         /// Compression level (gzip 0-9, zstd 1-22); the codec's default otherwise.
         #[arg(long)]
         level: Option<i32>,
+        /// With --compression estargz: a file (path in the layer) to put
+        /// first, for readers to fetch before the rest; repeat in order.
+        #[arg(long = "prioritize", value_name = "PATH")]
+        prioritized: Vec<String>,
+        /// With --compression estargz: bytes of a file per chunk [default: 4 MiB].
+        #[arg(long, value_name = "BYTES")]
+        chunk_size: Option<u64>,
         /// Clamp mtimes to this many seconds since the epoch (reproducible layers).
         #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
         source_date_epoch: Option<i64>,
     },
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+/// A layer compression as users name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CompressionArg {
     Gzip,
     Zstd,
+    /// gzip laid out for lazy reading (eStargz, with a table of contents).
+    Estargz,
     None,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Compression {
+        match c {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::Estargz => Compression::EStargz,
+            CompressionArg::None => Compression::None,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -77,6 +105,8 @@ struct WrittenJson {
     diff_id: String,
     uncompressed_size: u64,
     entries: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    toc_digest: Option<String>,
 }
 
 fn diff(
@@ -118,14 +148,11 @@ fn diff(
             return Err(e.context(format!("write {}", output.display())));
         }
     };
-    let media_type = match written.compression {
-        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-        Compression::None => "application/vnd.oci.image.layer.v1.tar",
-    };
+    let media_type = written.compression.media_type();
     let json = WrittenJson {
         file: output.display().to_string(),
         media_type,
+        toc_digest: written.toc_digest.as_ref().map(ToString::to_string),
         digest: written.digest.to_string(),
         size: written.size,
         diff_id: written.diff_id.to_string(),
@@ -150,9 +177,48 @@ struct AppliedJson {
     entries: u64,
 }
 
+/// The TOC of an eStargz layer file (none read from stdin, which cannot
+/// be read from its end), checked against `expected` when given.
+fn estargz_of(
+    file: Option<&File>,
+    name: &str,
+    expected: Option<Digest>,
+) -> anyhow::Result<Option<std::sync::Arc<Index>>> {
+    let index = match file {
+        Some(mut f) => {
+            let index = Index::read(&mut f).map_err(|e| ApplyError::Invalid {
+                layer: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+            std::io::Seek::rewind(&mut f).with_context(|| format!("read {name}"))?;
+            index
+        }
+        None => None,
+    };
+    match (index, expected) {
+        (None, Some(_)) => Err(ApplyError::Invalid {
+            layer: name.to_owned(),
+            reason: if file.is_some() {
+                "--toc-digest given, but it has no eStargz footer".into()
+            } else {
+                "--toc-digest needs a file: an eStargz layer is not read from stdin".into()
+            },
+        }
+        .into()),
+        (Some(index), Some(expected)) if index.digest != expected => Err(ApplyError::Mismatch {
+            layer: name.to_owned(),
+            what: "eStargz TOC digest",
+            expected,
+            actual: index.digest,
+        }
+        .into()),
+        (index, _) => Ok(index.map(std::sync::Arc::new)),
+    }
+}
+
 /// Runs `cmd`; `ignore_chown_errors` is the global option of that name.
 pub fn run(cmd: LayerCmd, ignore_chown_errors: bool, out: &Output) -> anyhow::Result<ExitCode> {
-    let (layer, dir, digest, diff_id, media_type, skip_devices) = match cmd {
+    let (layer, dir, digest, diff_id, media_type, skip_devices, toc_digest) = match cmd {
         LayerCmd::Apply {
             layer,
             dir,
@@ -160,29 +226,57 @@ pub fn run(cmd: LayerCmd, ignore_chown_errors: bool, out: &Output) -> anyhow::Re
             diff_id,
             media_type,
             skip_devices,
-        } => (layer, dir, digest, diff_id, media_type, skip_devices),
+            toc_digest,
+        } => (
+            layer,
+            dir,
+            digest,
+            diff_id,
+            media_type,
+            skip_devices,
+            toc_digest,
+        ),
         LayerCmd::Diff {
             lower,
             upper,
             output,
             compression,
             level,
+            prioritized,
+            chunk_size,
             source_date_epoch,
         } => {
+            if compression != CompressionArg::Estargz
+                && (!prioritized.is_empty() || chunk_size.is_some())
+            {
+                return Err(crate::refs::bad(
+                    "--prioritize and --chunk-size need --compression estargz".into(),
+                ));
+            }
             let opts = WriteOptions {
-                compression: match compression {
-                    CompressionArg::Gzip => Compression::Gzip,
-                    CompressionArg::Zstd => Compression::Zstd,
-                    CompressionArg::None => Compression::None,
-                },
+                compression: compression.into(),
                 level,
                 source_date_epoch,
+                estargz: EStargzOptions {
+                    prioritized,
+                    chunk_size: chunk_size.unwrap_or(0),
+                    spool_dir: output.parent().map(Path::to_path_buf),
+                },
             };
             return diff(&lower, &upper, &output, &opts, out);
         }
     };
+    let name = layer.display().to_string();
+    let toc_digest = toc_digest.as_deref().map(Digest::parse).transpose()?;
+    let file = if layer.as_os_str() == "-" {
+        None
+    } else {
+        Some(File::open(&layer).with_context(|| format!("open {}", layer.display()))?)
+    };
+    let estargz = estargz_of(file.as_ref(), &name, toc_digest)?;
     let opts = ApplyOptions {
-        name: layer.display().to_string(),
+        name,
+        estargz,
         media_type,
         digest: digest.as_deref().map(Digest::parse).transpose()?,
         diff_id: diff_id.as_deref().map(Digest::parse).transpose()?,
@@ -190,16 +284,19 @@ pub fn run(cmd: LayerCmd, ignore_chown_errors: bool, out: &Output) -> anyhow::Re
         ignore_chown_errors,
         ..ApplyOptions::default()
     };
-    let applied = if layer.as_os_str() == "-" {
-        apply(&strata_leases::OpCtx::new(), std::io::stdin(), &dir, &opts)?
+    let applied = match file {
+        None => apply(&strata_leases::OpCtx::new(), std::io::stdin(), &dir, &opts)?,
+        Some(file) => apply(&strata_leases::OpCtx::new(), file, &dir, &opts)?,
+    };
+    let compression = if opts.estargz.is_some() {
+        Compression::EStargz
     } else {
-        let file = File::open(&layer).with_context(|| format!("open {}", layer.display()))?;
-        apply(&strata_leases::OpCtx::new(), file, &dir, &opts)?
+        applied.compression
     };
     let json = AppliedJson {
         digest: applied.digest.to_string(),
         diff_id: applied.diff_id.to_string(),
-        compression: format!("{:?}", applied.compression).to_lowercase(),
+        compression: compression.name().to_owned(),
         compressed_size: applied.compressed_size,
         size: applied.size,
         entries: applied.entries,
