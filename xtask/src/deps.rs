@@ -63,6 +63,14 @@ const TOOLS: &[(&str, &str, Need)] = &[
         "golang-github-containerd-containerd-dev",
         Need::Tests,
     ),
+    // The eStargz oracle (tests/go/estargz-oracle) is built from the stargz
+    // snapshotter's own reader and writer.
+    (
+        "/usr/share/gocode/src/github.com/containerd/stargz-snapshotter/estargz",
+        "golang-github-containerd-stargz-snapshotter-dev",
+        Need::Tests,
+    ),
+    ("setfattr", "attr", Need::Tests),
     // Debian 12's kernel under qemu (old-kernel overlay, power cuts).
     ("qemu-system-x86_64", "qemu-system-x86", Need::Ci),
     ("cpio", "cpio", Need::Ci),
