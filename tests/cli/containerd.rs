@@ -659,12 +659,9 @@ fn containerds_snapshotter_suite_passes_against_strata() {
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let binary = target.join("containerd-suite.test");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/strata-containerd/go");
-    let build = Command::new("go")
+    let build = strata_testkit::go::go(&target.join("gocache"))
         .args(["test", "-c", "-o", &s(&binary), "."])
         .current_dir(&src)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOCACHE", target.join("gocache"))
         .output()
         .expect(
             "run go (golang-go and golang-github-containerd-containerd-dev; .ci/run installs them)",

@@ -17,8 +17,6 @@ use strata_testkit::crash::Rng;
 use strata_testkit::oci_layout::{Layout, sha256};
 use strata_testkit::tree::{render, without_sockets};
 
-const STARGZ_SOURCES: &str =
-    "/usr/share/gocode/src/github.com/containerd/stargz-snapshotter/estargz";
 const TOC_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 
 fn s(p: &Path) -> String {
@@ -33,7 +31,7 @@ fn oracle(test: &str) -> Option<PathBuf> {
         &[
             ("go", "golang-go"),
             (
-                STARGZ_SOURCES,
+                strata_testkit::go::STARGZ_SOURCES,
                 "golang-github-containerd-stargz-snapshotter-dev",
             ),
         ],
@@ -44,23 +42,7 @@ fn oracle(test: &str) -> Option<PathBuf> {
     Some(
         BUILT
             .get_or_init(|| {
-                let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-                let binary = target.join("estargz-oracle");
-                let build = Command::new("go")
-                    .args(["build", "-o", &s(&binary), "./tests/go/estargz-oracle"])
-                    .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                    .env("GO111MODULE", "off")
-                    .env("GOPATH", "/usr/share/gocode")
-                    .env("GOFLAGS", "")
-                    .env("GOCACHE", target.join("gocache"))
-                    .output()
-                    .expect("run go");
-                assert!(
-                    build.status.success(),
-                    "go build: {}",
-                    String::from_utf8_lossy(&build.stderr)
-                );
-                binary
+                strata_testkit::go::estargz_oracle(Path::new(env!("CARGO_TARGET_TMPDIR")))
             })
             .clone(),
     )

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod cli;
 pub mod containerd;
 pub mod crash;
+pub mod go;
 pub mod json_shape;
 pub mod layer_tar;
 pub mod loopfs;

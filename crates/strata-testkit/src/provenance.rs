@@ -56,7 +56,7 @@ fn output(cmd: &mut Command) -> String {
 pub fn version(tool: &str) -> String {
     let flag = match tool {
         "pigz" | "zstd" => "-V",
-        "openssl" => "version",
+        "openssl" | "go" => "version",
         _ => "--version",
     };
     let out = Command::new(tool)
