@@ -416,6 +416,11 @@ fn strata_reads_the_layers_go_writes() {
         .unwrap()
         .to_owned();
     assert_eq!(lines(without_sockets(&render(&src))), mounted(&env, &good));
+    // Found imported before, the layer still answers for the annotation.
+    let run = env
+        .run(&["image", "import", &loc("bad"), "--name", "bad"])
+        .expect(5);
+    assert!(run.stderr.contains("eStargz TOC digest"), "{}", run.stderr);
     env.run(&["image", "ls"]).expect(0);
     env.run(&["check"]).expect(0);
 }

@@ -125,6 +125,9 @@ impl CacheManager {
                 .lock(&keys::join(&[&parent_sid, diff_id.as_str()]))
                 .await;
             if let Some(r) = self.imported(desc, &diff_id, &parent_sid).await? {
+                // Found imported before: the descriptor's TOC digest must
+                // still be the blob's.
+                self.check_toc_annotation(desc).await?;
                 reused.push(r.id().to_owned());
                 current = Some(r);
                 next += 1;
@@ -257,11 +260,29 @@ impl CacheManager {
         }
     }
 
+    /// A descriptor's eStargz TOC digest, if it has one, against the blob:
+    /// the digest the blob was labelled with when its TOC was read, else
+    /// its TOC read now.
+    async fn check_toc_annotation(&self, desc: &Descriptor) -> Result<()> {
+        let Some(want) = desc.annotations.get(media::ESTARGZ_TOC_DIGEST) else {
+            return Ok(());
+        };
+        let info = self.root().content.info(&desc.digest)?;
+        if info.labels.get(media::ESTARGZ_TOC_DIGEST) == Some(want) {
+            return Ok(());
+        }
+        self.estargz_index(desc).await.map(|_| ())
+    }
+
     /// The TOC of an eStargz layer (found by its footer), checked against
     /// the digest its descriptor's annotation gives; the blob is labelled
-    /// with it. A descriptor annotated as eStargz whose blob is not, or
-    /// whose TOC is another, is refused.
-    fn estargz_index(&self, desc: &Descriptor) -> Result<Option<Arc<strata_diff::estargz::Index>>> {
+    /// with it (a fact about its footer's TOC, whether or not the layer
+    /// then matches it: apply checks that). A descriptor annotated as
+    /// eStargz whose blob is not, or whose TOC is another, is refused.
+    async fn estargz_index(
+        &self,
+        desc: &Descriptor,
+    ) -> Result<Option<Arc<strata_diff::estargz::Index>>> {
         let annotated = desc
             .annotations
             .get(media::ESTARGZ_TOC_DIGEST)
@@ -284,8 +305,12 @@ impl CacheManager {
             };
         }
         let mut reader = self.root().content.reader_at(&desc.digest)?;
-        let index = strata_diff::estargz::Index::read(&mut reader)
-            .map_err(|e| invalid_layer(desc, e.to_string()))?;
+        // Reading and parsing a TOC is file work: off the executor.
+        let index =
+            tokio::task::spawn_blocking(move || strata_diff::estargz::Index::read(&mut reader))
+                .await
+                .map_err(|e| CacheError::Task(e.to_string()))?
+                .map_err(|e| invalid_layer(desc, e.to_string()))?;
         match (index, annotated) {
             (None, None) => Ok(None),
             (None, Some(_)) => Err(invalid_layer(
@@ -316,7 +341,7 @@ impl CacheManager {
 
     /// How to open and check one layer's blob, and the context that
     /// reports its progress.
-    fn layer_input(
+    async fn layer_input(
         &self,
         ctx: &OpCtx,
         layer: &Layer,
@@ -339,7 +364,7 @@ impl CacheManager {
             Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, r))
                 as Box<dyn std::io::Read + Send>)
         });
-        let estargz = self.estargz_index(desc)?;
+        let estargz = self.estargz_index(desc).await?;
         let apply = ApplyOptions {
             estargz,
             name: desc.digest.to_string(),
@@ -378,8 +403,9 @@ impl CacheManager {
         parent_sid: &str,
         opts: &ImportOptions,
     ) -> Result<(ImmutableRef, u64)> {
-        let (open, apply, apply_ctx, tracker) =
-            self.layer_input(ctx, layer, opts.ignore_chown_errors)?;
+        let (open, apply, apply_ctx, tracker) = self
+            .layer_input(ctx, layer, opts.ignore_chown_errors)
+            .await?;
         let parent = (!parent_sid.is_empty()).then_some(parent_sid);
         let applied = self
             .inner
@@ -405,7 +431,7 @@ impl CacheManager {
         ignore_chown_errors: bool,
     ) -> Result<Detached> {
         let (open, apply, apply_ctx, tracker) =
-            self.layer_input(ctx, layer, ignore_chown_errors)?;
+            self.layer_input(ctx, layer, ignore_chown_errors).await?;
         let sn = self.root().snapshots.under(ctx);
         let active = format!("extract-{}", id::new_id());
         let mounts = sn.prepare(&active, None, Labels::new()).await?;

@@ -310,11 +310,13 @@ fn decompress(
     // starts, for the TOC's offsets.
     let members = (opts.estargz.is_some() && compression == Compression::Gzip)
         .then(|| std::rc::Rc::new(std::cell::RefCell::new(MemberStarts::new())));
-    let mut decoder: Box<dyn Read> = if let Some(starts) = &members {
+    let mut decoder: Box<dyn Read> = if let (Some(starts), Some(index)) = (&members, &opts.estargz)
+    {
         let taken = std::rc::Rc::clone(&read);
         Box::new(MemberDecoder::new(
             &mut input,
             move |r: &BufReader<_>| taken.get() - r.buffer().len() as u64,
+            index,
             std::rc::Rc::clone(starts),
         ))
     } else {
@@ -496,6 +498,12 @@ pub fn apply(
     })
 }
 
+/// Whether `path` lands on one of eStargz's own entries once cleaned the
+/// way extraction cleans it (`x/../stargz.index.json` included).
+fn is_format_path(path: &[u8]) -> bool {
+    clean(Path::new(OsStr::from_bytes(path))).is_ok_and(|p| estargz::is_format_entry(p.as_bytes()))
+}
+
 fn extract(
     ctx: &OpCtx,
     root: &Root,
@@ -555,7 +563,7 @@ fn extract(
             ));
         }
         // eStargz's landmarks and TOC are the format's, not the image's.
-        if opts.estargz.is_some() && estargz::is_format_entry(&entry.path_bytes()) {
+        if opts.estargz.is_some() && is_format_path(&entry.path_bytes()) {
             continue;
         }
         a.entry(entry)?;

@@ -53,8 +53,10 @@ const LEGACY_FOOTER_SIZE: u64 = 47;
 const LANDMARK_CONTENT: u8 = 0x0f;
 /// Chunk size when none is given.
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
-/// Largest TOC read (a TOC describes every entry: about 300 bytes each).
-const MAX_TOC: u64 = 1 << 30;
+/// Largest TOC read: about 400,000 entries of 300 bytes. It is parsed
+/// into memory whole, which a hostile TOC of tiny entries can make about
+/// twelve times larger.
+pub const MAX_TOC: u64 = 128 << 20;
 /// Largest PAX or GNU record re-framed by the writer.
 const MAX_RECORD: u64 = 1 << 20;
 
@@ -517,7 +519,7 @@ pub fn write<R: Read, W: Write>(
     if opts.prioritized.is_empty() {
         w.landmark(NO_PREFETCH_LANDMARK)?;
         while let Some(e) = next_entry(&mut input, MAX_RECORD)? {
-            let mut data = (&mut input).take(e.size + padding(e.size));
+            let mut data = (&mut input).take(e.size.saturating_add(padding(e.size)));
             w.entry(&e, &mut data)?;
             io::copy(&mut data, &mut io::sink())?;
         }
@@ -569,7 +571,9 @@ impl<W: Write> Writer<W> {
 
     /// One input entry, unless it is the format's own.
     fn entry(&mut self, e: &RawEntry, data: &mut impl Read) -> io::Result<()> {
-        if is_format_entry(&e.name) {
+        // Global headers change nothing extraction reads; the format's own
+        // entries are written afresh.
+        if e.kind == b'g' || is_format_entry(&e.name) {
             return Ok(());
         }
         self.entries += 1;
@@ -652,7 +656,7 @@ impl Spooled {
         {
             let mut out = io::BufWriter::with_capacity(1 << 20, &mut file);
             while let Some(e) = next_entry(input, MAX_RECORD)? {
-                let len = e.size + padding(e.size);
+                let len = e.size.saturating_add(padding(e.size));
                 let copied = io::copy(&mut input.take(len), &mut out)?;
                 if copied != len {
                     return Err(io::Error::new(
@@ -717,9 +721,13 @@ impl Spooled {
             self.move_first(clean_name(name.as_bytes()), &index, &mut moved, &mut order);
         }
         order.push(None);
+        // Earlier entries of a name written twice are dropped, as the
+        // reference writer drops them: moved first, the later one must
+        // not be overwritten by a stale copy after the landmark.
         order.extend(
             (0..self.entries.len())
                 .filter(|i| !moved.contains(i))
+                .filter(|&i| index.get(clean_name(&self.entries[i].0.name)) == Some(&i))
                 .map(Some),
         );
         order
@@ -828,15 +836,20 @@ pub(crate) struct MemberDecoder<'a, R: BufRead> {
     /// Compressed bytes `R` has handed out so far.
     consumed: Box<dyn Fn(&R) -> u64 + 'a>,
     out: u64,
+    /// The compressed offsets worth recording (the TOC's chunk offsets):
+    /// memory stays bounded by the TOC, whatever the member count.
+    wanted: HashSet<u64>,
     starts: Rc<RefCell<MemberStarts>>,
 }
 
 impl<'a, R: BufRead> MemberDecoder<'a, R> {
-    /// Decodes `input`, recording member starts into `starts`; `consumed`
-    /// tells how many compressed bytes `input` has handed out.
+    /// Decodes `input`, recording into `starts` where the members the
+    /// TOC of `index` points at start; `consumed` tells how many
+    /// compressed bytes `input` has handed out.
     pub(crate) fn new(
         input: &'a mut R,
         consumed: impl Fn(&R) -> u64 + 'a,
+        index: &Index,
         starts: Rc<RefCell<MemberStarts>>,
     ) -> Self {
         MemberDecoder {
@@ -844,6 +857,13 @@ impl<'a, R: BufRead> MemberDecoder<'a, R> {
             active: None,
             consumed: Box::new(consumed),
             out: 0,
+            wanted: index
+                .toc
+                .entries
+                .iter()
+                .filter(|e| e.offset != 0)
+                .map(|e| e.offset)
+                .collect(),
             starts,
         }
     }
@@ -862,13 +882,21 @@ impl<R: BufRead> Read for MemberDecoder<'_, R> {
                 self.idle = Some(d.into_inner());
             }
             let input = self.idle.take().expect("one of the two is set");
-            if input.fill_buf()?.is_empty() {
-                self.idle = Some(input);
-                return Ok(0);
+            match input.fill_buf() {
+                Ok([]) => {
+                    self.idle = Some(input);
+                    return Ok(0);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.idle = Some(input);
+                    return Err(e);
+                }
             }
-            self.starts
-                .borrow_mut()
-                .insert((self.consumed)(input), self.out);
+            let at = (self.consumed)(input);
+            if self.wanted.contains(&at) {
+                self.starts.borrow_mut().insert(at, self.out);
+            }
             self.active = Some(flate2::bufread::GzDecoder::new(input));
         }
     }
@@ -898,9 +926,9 @@ pub(crate) fn verify_stream(stream: impl Read, index: &Index) -> Result<Vec<Chun
     while let Some(e) = next_entry(&mut r, MAX_RECORD).map_err(io)? {
         let name = String::from_utf8_lossy(&e.name).into_owned();
         if clean_name(&e.name) == TOC_NAME.as_bytes() {
-            let mut json = vec![0u8; usize::try_from(e.size.min(MAX_TOC)).unwrap_or(0)];
-            r.read_exact(&mut json).map_err(io)?;
-            if Digest::of_bytes(Algorithm::Sha256, &json) != index.digest {
+            let mut json = Digester::new(Algorithm::Sha256);
+            let copied = io::copy(&mut (&mut r).take(e.size), &mut json).map_err(io)?;
+            if copied != e.size || json.finish() != index.digest {
                 return Err(
                     "the TOC entry in the stream is not the TOC the footer points to".into(),
                 );
@@ -931,7 +959,7 @@ pub(crate) fn verify_stream(stream: impl Read, index: &Index) -> Result<Vec<Chun
             && have.dev_major == want.dev_major
             && have.dev_minor == want.dev_minor
             && have.xattrs == want.xattrs
-            && (have.mod_time.is_empty() || same_time(&have.mod_time, &want.mod_time));
+            && same_time(&have.mod_time, &want.mod_time);
         if !same {
             return Err(format!(
                 "the TOC describes {:?} ({} {} bytes mode {:o} {}:{}) unlike the layer ({} {} bytes mode {:o} {}:{})",
@@ -949,11 +977,9 @@ pub(crate) fn verify_stream(stream: impl Read, index: &Index) -> Result<Vec<Chun
             ));
         }
         if want.kind != "reg" {
-            io::copy(
-                &mut (&mut r).take(e.size + padding(e.size)),
-                &mut io::sink(),
-            )
-            .map_err(io)?;
+            if e.size > 0 {
+                return Err(format!("{name:?}: a {} entry with data", want.kind));
+            }
             continue;
         }
         let mut file = Digester::new(Algorithm::Sha256);
@@ -972,7 +998,7 @@ pub(crate) fn verify_stream(stream: impl Read, index: &Index) -> Result<Vec<Chun
             } else {
                 e.size - done
             };
-            if n == 0 || done + n > e.size || (entry.chunk_size != 0 && entry.chunk_size != n) {
+            if n == 0 || n > e.size - done || (entry.chunk_size != 0 && entry.chunk_size != n) {
                 return Err(format!(
                     "the TOC's chunk of {name:?} at {done} has a wrong size ({})",
                     entry.chunk_size
@@ -1024,8 +1050,13 @@ pub(crate) fn verify_stream(stream: impl Read, index: &Index) -> Result<Vec<Chun
     Err(format!("the layer ends without its TOC entry {TOC_NAME}"))
 }
 
+/// Whether two TOC times name the same second (empty is the epoch, as
+/// readers take it).
 fn same_time(a: &str, b: &str) -> bool {
     let parse = |s: &str| {
+        if s.is_empty() {
+            return Some(0);
+        }
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .ok()
             .map(time::OffsetDateTime::unix_timestamp)
@@ -1052,7 +1083,7 @@ pub(crate) fn check_offsets(chunks: &[ChunkAt], starts: &MemberStarts) -> Result
 /// layer as a plain tar, for a conversion to another compression.
 pub fn strip(mut input: impl Read, mut out: impl Write) -> io::Result<()> {
     while let Some(e) = next_entry(&mut input, MAX_RECORD)? {
-        let mut data = (&mut input).take(e.size + padding(e.size));
+        let mut data = (&mut input).take(e.size.saturating_add(padding(e.size)));
         if is_format_entry(&e.name) {
             io::copy(&mut data, &mut io::sink())?;
         } else {

@@ -119,10 +119,11 @@ pub(crate) fn next_entry(r: &mut impl Read, max_record: u64) -> io::Result<Optio
         let h = Header::from_byte_slice(&block).clone();
         let size = number(h.entry_size(), "size")?;
         let kind = h.entry_type();
-        if matches!(
-            kind,
-            EntryType::XHeader | EntryType::XGlobalHeader | EntryType::GNULongName
-        ) || kind == EntryType::GNULongLink
+        // A global header is an entry of its own here, as the tar crate
+        // (and so extraction) sees it: the records before it are its, and
+        // eStargz cannot hold it.
+        if matches!(kind, EntryType::XHeader | EntryType::GNULongName)
+            || kind == EntryType::GNULongLink
         {
             if size > max_record {
                 return Err(bad(format!(
@@ -133,21 +134,36 @@ pub(crate) fn next_entry(r: &mut impl Read, max_record: u64) -> io::Result<Optio
             r.read_exact(&mut data)?;
             e.raw.extend_from_slice(&data);
             data.truncate(usize::try_from(size).unwrap_or(0));
+            // Whatever the tar crate refuses or reads another way is refused
+            // here, so that this reading and extraction's never differ: a
+            // second record of a kind for one entry, a key twice, sparse
+            // files (whose stand-in names the crate resolves).
+            let twice = |what: &str| bad(format!("two {what} records for one tar entry"));
             match kind {
                 EntryType::XHeader => {
+                    if !pax.is_empty() {
+                        return Err(twice("PAX"));
+                    }
                     for ext in tar::PaxExtensions::new(&data) {
                         let ext = ext.map_err(|err| bad(format!("bad PAX record: {err}")))?;
                         let key = ext
                             .key()
                             .map_err(|err| bad(format!("bad PAX key: {err}")))?;
-                        pax.insert(key.to_owned(), ext.value_bytes().to_vec());
+                        if key.starts_with("GNU.sparse.") {
+                            return Err(bad("a sparse tar entry (GNU.sparse PAX records)"));
+                        }
+                        if pax
+                            .insert(key.to_owned(), ext.value_bytes().to_vec())
+                            .is_some()
+                        {
+                            return Err(bad(format!("the PAX key {key:?} twice for one entry")));
+                        }
                     }
                 }
+                EntryType::GNULongName if long_name.is_some() => return Err(twice("long name")),
                 EntryType::GNULongName => long_name = Some(until_nul(&data)),
-                EntryType::GNULongLink => long_link = Some(until_nul(&data)),
-                // Global records apply to what follows; none of the
-                // values that matter here is taken from them.
-                _ => {}
+                _ if long_link.is_some() => return Err(twice("long link")),
+                _ => long_link = Some(until_nul(&data)),
             }
             continue;
         }
@@ -289,5 +305,78 @@ mod tests {
         // A record larger than allowed is refused.
         let mut r = bytes.as_slice();
         assert!(next_entry(&mut r, 10).is_err());
+    }
+
+    /// A PAX record block with `records` (key, value), as a tar writer
+    /// frames it.
+    fn pax(records: &[(&str, &str)], kind: EntryType) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (k, v) in records {
+            // The length counts its own digits.
+            let body = format!(" {k}={v}\n");
+            let mut len = body.len();
+            while body.len() + len.to_string().len() != len {
+                len = body.len() + len.to_string().len();
+            }
+            data.extend(format!("{len}{body}").bytes());
+        }
+        let mut h = Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_path("PaxHeader").unwrap();
+        h.set_mode(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend(&data);
+        out.resize(out.len() + padding(data.len() as u64) as usize, 0);
+        out
+    }
+
+    fn file(name: &str) -> Vec<u8> {
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(0);
+        h.set_path(name).unwrap();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    /// Streams the tar crate reads one way and a hand-rolled reader
+    /// another are refused, so the verifier and extraction never disagree.
+    #[test]
+    fn ambiguous_records_are_refused() {
+        let refused = |stream: Vec<u8>, says: &str| {
+            let err = next_entry(&mut stream.as_slice(), 1 << 20).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        };
+        let mut dup = pax(&[("path", "good"), ("path", "evil")], EntryType::XHeader);
+        dup.extend(file("a"));
+        refused(dup, "twice");
+        let mut two = pax(&[("path", "good")], EntryType::XHeader);
+        two.extend(pax(&[("path", "evil")], EntryType::XHeader));
+        two.extend(file("a"));
+        refused(two, "two PAX records");
+        let mut sparse = pax(&[("GNU.sparse.name", "usr/bin/sudo")], EntryType::XHeader);
+        sparse.extend(file("GNUSparseFile.0/readme"));
+        refused(sparse, "sparse");
+        // A local record before a global header belongs to the global
+        // header, which is an entry of its own.
+        let mut global = pax(&[("path", "evil")], EntryType::XHeader);
+        global.extend(pax(&[("comment", "x")], EntryType::XGlobalHeader));
+        global.extend(file("a"));
+        let mut r = global.as_slice();
+        let g = next_entry(&mut r, 1 << 20).unwrap().unwrap();
+        assert_eq!((g.kind, g.name.as_slice()), (b'g', b"evil".as_slice()));
+        let mut data = vec![0u8; usize::try_from(g.size + padding(g.size)).unwrap()];
+        r.read_exact(&mut data).unwrap();
+        let a = next_entry(&mut r, 1 << 20).unwrap().unwrap();
+        assert_eq!(a.name, b"a");
     }
 }

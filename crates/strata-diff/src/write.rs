@@ -614,13 +614,21 @@ pub fn write_layer<W: Write + Send>(
     let (tarred, compressed) = std::thread::scope(|scope| {
         let compressor = scope.spawn(move || -> io::Result<_> {
             if opts.compression == Compression::EStargz {
-                let input = ChunkReader {
+                let mut input = ChunkReader {
                     rx,
                     current: Vec::new(),
                     pos: 0,
                 };
-                let (es, blob) = estargz_into(input, sink, &opts.estargz, opts.level)?;
-                return Ok((blob, Some(es)));
+                return match estargz_into(&mut input, sink, &opts.estargz, opts.level) {
+                    Ok((es, blob)) => Ok((blob, Some(es))),
+                    Err(e) => {
+                        // The tar side finishes, so the error reported is
+                        // this one (an entry eStargz cannot hold), not a
+                        // closed channel.
+                        for _ in input.rx.iter() {}
+                        Err(e)
+                    }
+                };
             }
             let mut enc = Encoder::new(
                 HashWriter {

@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io::{Cursor, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -218,7 +219,15 @@ fn a_toc_that_lies_about_the_layer_is_refused() {
                 let i = find(t, "small", "reg");
                 t.entries.remove(i);
             }),
-            "",
+            "\"small\"",
+        ),
+        (
+            "time",
+            Box::new(move |t| {
+                let i = find(t, "small", "reg");
+                t.entries[i].mod_time = String::new();
+            }),
+            "unlike the layer",
         ),
         (
             "file digest",
@@ -279,4 +288,79 @@ fn blobs_without_a_footer_are_no_estargz_and_bad_footers_are_named() {
         .read_to_end(&mut tar)
         .unwrap();
     assert_eq!(tar.len() % 512, 0);
+}
+
+/// A plain tar of `entries` (name, content), in order.
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn the_bytes_do_not_depend_on_the_worker_count() {
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 20) as u8)
+        .collect();
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| (format!("f{i}"), big[..(i * 7919) % 100_000].to_vec()))
+        .chain([("big".to_owned(), big.clone())])
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let tar = tar_of(&refs);
+    let opts = EStargzOptions {
+        chunk_size: 65536,
+        ..EStargzOptions::default()
+    };
+    let one = strata_diff::estargz::write(tar.as_slice(), Vec::new(), &opts, None, 1).unwrap();
+    let four = strata_diff::estargz::write(tar.as_slice(), Vec::new(), &opts, None, 4).unwrap();
+    assert_eq!(one.1, four.1);
+    assert_eq!(one.0, four.0);
+}
+
+#[test]
+fn a_name_written_twice_keeps_its_last_content_when_prioritized() {
+    let tar = tar_of(&[("etc/conf", b"v1"), ("other", b"o"), ("etc/conf", b"v2")]);
+    let opts = EStargzOptions {
+        prioritized: vec!["etc/conf".into()],
+        ..EStargzOptions::default()
+    };
+    let (_, blob) =
+        strata_diff::estargz::write(tar.as_slice(), Vec::new(), &opts, None, 2).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    apply_to(&blob, dest.path(), Some(index(&blob))).unwrap();
+    assert_eq!(fs::read(dest.path().join("etc/conf")).unwrap(), b"v2");
+    assert_eq!(names(&blob).iter().filter(|n| *n == "etc/conf").count(), 1);
+}
+
+#[test]
+fn entries_estargz_cannot_hold_are_named() {
+    let t = tempfile::tempdir().unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"bad-\xff-name");
+    fs::write(t.path().join(odd), "x").unwrap();
+    // Large enough that the layer writer is still sending when the eStargz
+    // side stops: its error must be the one reported.
+    fs::write(t.path().join("z-big"), vec![7u8; 20 << 20]).unwrap();
+    let opts = WriteOptions {
+        compression: Compression::EStargz,
+        ..WriteOptions::default()
+    };
+    let err = write_layer(
+        &strata_leases::OpCtx::new(),
+        Vec::new(),
+        t.path(),
+        &opts,
+        |w| walk_changes(None, t.path(), Comparison::Compat, &mut |c| w.change(&c)),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("UTF-8"), "{err}");
 }
