@@ -1,6 +1,7 @@
-//! `cargo xtask fuzz [--seconds N] [--record]`: runs the layer-applier fuzz
-//! target (`fuzz/`, its own workspace, `cargo +nightly fuzz`) for N seconds
-//! (default 300), seeded with real tar layers made by GNU tar. `cargo xtask
+//! `cargo xtask fuzz [--seconds N] [--record]`: runs each fuzz target
+//! (`fuzz/`, its own workspace, `cargo +nightly fuzz`) for N seconds
+//! (default 300), seeded with real tar layers made by GNU tar: `apply`, the
+//! layer applier, and `estargz`, the eStargz reader, writer and checker. `cargo xtask
 //! ci` runs it briefly as a smoke test. With `--record` the number of
 //! inputs libFuzzer ran goes into the reliability record (`cargo xtask
 //! report`).
@@ -100,10 +101,40 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let ws = crate::workspace();
     let seed_dir = ws.join("target/fuzz-seeds");
     seeds(&seed_dir)?;
-    let corpus = ws.join("fuzz/corpus/apply");
+    for (target, what) in TARGETS {
+        let done = fuzz(&ws, &seed_dir, target, seconds)?;
+        eprintln!("fuzz {target}: {done} inputs in {seconds} s, none failed");
+        if record {
+            crate::reliability::record(
+                "fuzz",
+                target,
+                &[
+                    ("target", (*what).to_owned()),
+                    ("seconds", seconds.to_string()),
+                    ("inputs run, none failed", done.to_string()),
+                ],
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every fuzz target, with what it covers (the reliability record's words).
+const TARGETS: &[(&str, &str)] = &[
+    ("apply", "apply (plain and overlay-upper destinations)"),
+    (
+        "estargz",
+        "estargz (TOC reading, writing, checking against corrupted blobs)",
+    ),
+];
+
+/// Runs `target` for `seconds` on its corpus and the seeds; the number of
+/// inputs libFuzzer ran.
+fn fuzz(ws: &Path, seed_dir: &Path, target: &str, seconds: u64) -> anyhow::Result<u64> {
+    let corpus = ws.join("fuzz/corpus").join(target);
     std::fs::create_dir_all(&corpus)?;
     let mut cmd = Command::new("cargo");
-    cmd.args(["+nightly", "fuzz", "run", "apply"])
+    cmd.args(["+nightly", "fuzz", "run", target])
         .arg(&corpus)
         .arg(seed_dir.join("corpus"))
         .arg("--")
@@ -111,7 +142,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         // Each run makes a temporary tree: keep the rate honest and the
         // inputs small enough to stay within the limits the target sets.
         .arg("-max_len=65536")
-        .current_dir(&ws)
+        .current_dir(ws)
         .stderr(Stdio::piped());
     eprintln!("$ {cmd:?}");
     let mut child = cmd.spawn().context("start cargo fuzz")?;
@@ -126,25 +157,9 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     }
     let status = child.wait()?;
     if !status.success() {
-        bail!("cargo fuzz run apply failed: {status}");
+        bail!("cargo fuzz run {target} failed: {status}");
     }
-    let done = done.context("libFuzzer ended without its \"Done N runs\" line")?;
-    eprintln!("fuzz: {done} inputs in {seconds} s, none failed");
-    if record {
-        crate::reliability::record(
-            "fuzz",
-            "apply",
-            &[
-                (
-                    "target",
-                    "apply (plain and overlay-upper destinations)".to_owned(),
-                ),
-                ("seconds", seconds.to_string()),
-                ("inputs run, none failed", done.to_string()),
-            ],
-        );
-    }
-    Ok(())
+    done.context("libFuzzer ended without its \"Done N runs\" line")
 }
 
 /// The N of libFuzzer's closing "Done N runs in S second(s)".

@@ -3,7 +3,7 @@
 //! builds), the property tests with `PROPTEST_CASES` cases (the collector's
 //! model 5,000, the random-tree tests 200), the one-process soak for ten
 //! minutes per backend (`STRATA_SOAK_SECS`), `powerloss` with many cuts
-//! (50) and the fuzz target for half an hour. Each figure can be set:
+//! (50) and each fuzz target for half an hour. Each figure can be set:
 //! `--kills N`, `--cases N`, `--soak-seconds N`, `--cuts N`,
 //! `--fuzz-seconds N`; `--only crash,faults,property,soak,powerloss,fuzz`
 //! runs some of the parts. It also runs the fault sweep (debug, as in CI: it
