@@ -23,29 +23,7 @@ use crate::output::Output;
 pub enum LayerCmd {
     /// Apply LAYER (a file, or - for stdin) onto DIR. Digests are checked at
     /// the end: on any failure DIR keeps what was applied before it.
-    Apply {
-        /// A tar, tar+gzip or tar+zstd file, or - for stdin.
-        layer: PathBuf,
-        /// An existing directory the layer lands in.
-        dir: PathBuf,
-        /// Refuse the layer unless its bytes have this digest.
-        #[arg(long, value_name = "DIGEST")]
-        digest: Option<String>,
-        /// Refuse the layer unless its uncompressed tar has this digest.
-        #[arg(long = "diff-id", value_name = "DIGEST")]
-        diff_id: Option<String>,
-        /// The layer's media type, checked against its compression.
-        #[arg(long)]
-        media_type: Option<String>,
-        /// Skip device nodes that cannot be made without privilege.
-        #[arg(long)]
-        skip_devices: bool,
-        /// Refuse the layer unless it is eStargz with a table of contents
-        /// of this digest. An eStargz file is checked against its table of
-        /// contents, and its landmark and TOC entries are not written.
-        #[arg(long = "toc-digest", value_name = "DIGEST")]
-        toc_digest: Option<String>,
-    },
+    Apply(ApplyArgs),
     /// Write the layer of what changed from LOWER to UPPER (two directories) to FILE.
     /// A file whose size and mtime match in both is compared byte for byte.
     Diff {
@@ -73,6 +51,32 @@ pub enum LayerCmd {
         #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
         source_date_epoch: Option<i64>,
     },
+}
+
+/// What `strata layer apply` takes.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// A tar, tar+gzip or tar+zstd file, or - for stdin.
+    pub(crate) layer: PathBuf,
+    /// An existing directory the layer lands in.
+    pub(crate) dir: PathBuf,
+    /// Refuse the layer unless its bytes have this digest.
+    #[arg(long, value_name = "DIGEST")]
+    pub(crate) digest: Option<String>,
+    /// Refuse the layer unless its uncompressed tar has this digest.
+    #[arg(long = "diff-id", value_name = "DIGEST")]
+    pub(crate) diff_id: Option<String>,
+    /// The layer's media type, checked against its compression.
+    #[arg(long)]
+    pub(crate) media_type: Option<String>,
+    /// Skip device nodes that cannot be made without privilege.
+    #[arg(long)]
+    pub(crate) skip_devices: bool,
+    /// Refuse the layer unless it is eStargz with a table of contents
+    /// of this digest. An eStargz file is checked against its table of
+    /// contents, and its landmark and TOC entries are not written.
+    #[arg(long = "toc-digest", value_name = "DIGEST")]
+    pub(crate) toc_digest: Option<String>,
 }
 
 /// A layer compression as users name it.
@@ -218,24 +222,16 @@ fn estargz_of(
 
 /// Runs `cmd`; `ignore_chown_errors` is the global option of that name.
 pub fn run(cmd: LayerCmd, ignore_chown_errors: bool, out: &Output) -> anyhow::Result<ExitCode> {
-    let (layer, dir, digest, diff_id, media_type, skip_devices, toc_digest) = match cmd {
-        LayerCmd::Apply {
-            layer,
-            dir,
-            digest,
-            diff_id,
-            media_type,
-            skip_devices,
-            toc_digest,
-        } => (
-            layer,
-            dir,
-            digest,
-            diff_id,
-            media_type,
-            skip_devices,
-            toc_digest,
-        ),
+    let ApplyArgs {
+        layer,
+        dir,
+        digest,
+        diff_id,
+        media_type,
+        skip_devices,
+        toc_digest,
+    } = match cmd {
+        LayerCmd::Apply(args) => args,
         LayerCmd::Diff {
             lower,
             upper,

@@ -38,6 +38,7 @@ use strata_sys::errno::Errno;
 use strata_sys::{At, FileKind, Metadata, Root, SysError, Times, clean};
 use tar::EntryType;
 
+use crate::channel::ChannelReader;
 use crate::compression::Compression;
 use crate::error::ApplyError;
 use crate::estargz::{self, ChunkAt, MemberDecoder, MemberStarts};
@@ -190,33 +191,6 @@ impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.count.set(self.count.get() + n as u64);
-        Ok(n)
-    }
-}
-
-/// The hashing side of the pipeline: the same chunks, hashed as read.
-struct HashedChunks {
-    rx: mpsc::Receiver<Chunk>,
-    current: Chunk,
-    pos: usize,
-    digester: Digester,
-}
-
-impl Read for HashedChunks {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.digester.update(&chunk);
-                    self.current = chunk;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
         Ok(n)
     }
 }
@@ -413,12 +387,8 @@ pub fn apply(
     let (decompressed, extracted, hashed) = std::thread::scope(|scope| {
         let reader = scope.spawn(move || decompress(ctx, layer, opts, tx, hash_tx));
         let hasher = scope.spawn(move || {
-            let mut stream = HashedChunks {
-                rx: hash_rx,
-                current: Arc::default(),
-                pos: 0,
-                digester: Digester::new(alg),
-            };
+            let mut d = Digester::new(alg);
+            let mut stream = ChannelReader::new(hash_rx, |chunk: &[u8]| d.update(chunk));
             let verified = opts
                 .estargz
                 .as_deref()
@@ -426,7 +396,7 @@ pub fn apply(
             // The rest (all of it without a TOC) still counts for the diffID,
             // and the decompressing side must not wait on a full channel.
             let drained = io::copy(&mut stream, &mut io::sink());
-            let d = stream.digester;
+            drop(stream);
             let size = d.written();
             (d.finish(), size, verified, drained)
         });

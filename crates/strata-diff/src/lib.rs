@@ -7,6 +7,7 @@
 
 mod apply;
 mod changes;
+mod channel;
 mod compression;
 mod error;
 pub mod estargz;

@@ -31,6 +31,7 @@ use strata_sys::{FileKind, Metadata, Root};
 use tar::{EntryType, Header};
 
 use crate::changes::{Change, ChangeKind};
+use crate::channel::ChannelReader;
 use crate::compression::Compression;
 use crate::error::DiffError;
 use crate::estargz::{self, EStargzOptions, EStargzWritten};
@@ -459,31 +460,6 @@ impl LayerWriter<'_> {
     }
 }
 
-/// Reads the tar stream the layer writer hands over in chunks.
-struct ChunkReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.current = chunk;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 /// Writes the tar stream `input` as eStargz into `sink` (hashed).
 fn estargz_into<W: Write>(
     input: impl Read,
@@ -614,11 +590,7 @@ pub fn write_layer<W: Write + Send>(
     let (tarred, compressed) = std::thread::scope(|scope| {
         let compressor = scope.spawn(move || -> io::Result<_> {
             if opts.compression == Compression::EStargz {
-                let mut input = ChunkReader {
-                    rx,
-                    current: Vec::new(),
-                    pos: 0,
-                };
+                let mut input = ChannelReader::new(rx, |_: &[u8]| {});
                 return match estargz_into(&mut input, sink, &opts.estargz, opts.level) {
                     Ok((es, blob)) => Ok((blob, Some(es))),
                     Err(e) => {
