@@ -310,7 +310,14 @@ impl CacheManager {
             tokio::task::spawn_blocking(move || strata_diff::estargz::Index::read(&mut reader))
                 .await
                 .map_err(|e| CacheError::Task(e.to_string()))?
-                .map_err(|e| invalid_layer(desc, e.to_string()))?;
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::InvalidData => invalid_layer(desc, e.to_string()),
+                    // The disk failed, not the layer.
+                    _ => CacheError::from(DiffError::Apply(ApplyError::Io {
+                        layer: desc.digest.to_string(),
+                        source: e,
+                    })),
+                })?;
         match (index, annotated) {
             (None, None) => Ok(None),
             (None, Some(_)) => Err(invalid_layer(

@@ -190,9 +190,15 @@ fn estargz_of(
 ) -> anyhow::Result<Option<std::sync::Arc<Index>>> {
     let index = match file {
         Some(mut f) => {
-            let index = Index::read(&mut f).map_err(|e| ApplyError::Invalid {
-                layer: name.to_owned(),
-                reason: e.to_string(),
+            let index = Index::read(&mut f).map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidData => ApplyError::Invalid {
+                    layer: name.to_owned(),
+                    reason: e.to_string(),
+                },
+                _ => ApplyError::Io {
+                    layer: name.to_owned(),
+                    source: e,
+                },
             })?;
             std::io::Seek::rewind(&mut f).with_context(|| format!("read {name}"))?;
             index

@@ -321,10 +321,23 @@ fn invalid(reason: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason.into())
 }
 
+/// A failure reading the blob: the blob's fault (bad or short data) is
+/// `InvalidData` saying `what`; a failure of the reading itself (the disk)
+/// stays what it is, so it is never taken for a bad layer.
+fn bad_bytes(e: io::Error, what: &str) -> io::Error {
+    match e.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof => {
+            invalid(format!("{what}: {e}"))
+        }
+        _ => e,
+    }
+}
+
 impl Index {
     /// The TOC of the blob `r` reads, or `None` when it does not end with
     /// an eStargz footer (it is no eStargz layer). A footer whose TOC
-    /// cannot be read is an `InvalidData` error saying why.
+    /// cannot be read is an `InvalidData` error saying why; an error of the
+    /// reading itself keeps its kind.
     pub fn read(r: &mut (impl Read + Seek)) -> io::Result<Option<Index>> {
         let size = r.seek(SeekFrom::End(0))?;
         let mut tail = vec![0u8; usize::try_from(size.min(FOOTER_SIZE)).unwrap_or(0)];
@@ -343,11 +356,7 @@ impl Index {
         let member = io::BufReader::new(r.take(end - toc_offset));
         let mut tar = flate2::bufread::MultiGzDecoder::new(member);
         let e = next_entry(&mut tar, MAX_RECORD)
-            .map_err(|e| {
-                invalid(format!(
-                    "the eStargz TOC at {toc_offset} is unreadable: {e}"
-                ))
-            })?
+            .map_err(|e| bad_bytes(e, &format!("the eStargz TOC at {toc_offset} is unreadable")))?
             .ok_or_else(|| invalid(format!("no TOC entry at {toc_offset}")))?;
         if clean_name(&e.name) != TOC_NAME.as_bytes() {
             return Err(invalid(format!(
@@ -363,7 +372,7 @@ impl Index {
         }
         let mut json = vec![0u8; usize::try_from(e.size).unwrap_or(0)];
         tar.read_exact(&mut json)
-            .map_err(|err| invalid(format!("the eStargz TOC is cut short: {err}")))?;
+            .map_err(|err| bad_bytes(err, "the eStargz TOC is cut short"))?;
         let toc: Toc = serde_json::from_slice(&json)
             .map_err(|err| invalid(format!("the eStargz TOC is not valid: {err}")))?;
         if toc.version != 1 {
