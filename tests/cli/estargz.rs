@@ -198,7 +198,7 @@ fn go_reads_every_estargz_layer_strata_writes() {
         .iter()
         .map(|t| {
             let out = Command::new("tar")
-                .args(["--format=gnu", "-C"])
+                .args(["--format=pax", "-C"])
                 .arg(t)
                 .args(["-cf", "-", "."])
                 .output()

@@ -35,7 +35,10 @@ pub(crate) struct RawEntry {
     pub gid: u64,
     pub uname: Vec<u8>,
     pub gname: Vec<u8>,
+    /// Modification time: whole seconds, and the nanoseconds a PAX
+    /// record may add.
     pub mtime: u64,
+    pub mtime_nanos: u32,
     pub dev_major: u32,
     pub dev_minor: u32,
     pub xattrs: BTreeMap<String, Vec<u8>>,
@@ -43,6 +46,19 @@ pub(crate) struct RawEntry {
 
 fn bad(reason: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason.into())
+}
+
+/// A PAX time (`SECONDS[.FRACTION]`, not before the epoch) as seconds and
+/// nanoseconds; digits past the ninth are dropped.
+fn pax_time(v: &[u8]) -> Option<(u64, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(secs) || !(frac.is_empty() || digits(frac)) {
+        return None;
+    }
+    let nanos = format!("{:0<9}", &frac[..frac.len().min(9)]);
+    Some((secs.parse().ok()?, nanos.parse().ok()?))
 }
 
 fn read_block(r: &mut impl Read, buf: &mut [u8; 512]) -> io::Result<bool> {
@@ -189,15 +205,10 @@ pub(crate) fn next_entry(r: &mut impl Read, max_record: u64) -> io::Result<Optio
         e.mode = u32::try_from(field(&h, 100..108, h.mode().map(u64::from), "mode")?).unwrap_or(0);
         e.uid = pax_number("uid")?.map_or_else(|| field(&h, 108..116, h.uid(), "uid"), Ok)?;
         e.gid = pax_number("gid")?.map_or_else(|| field(&h, 116..124, h.gid(), "gid"), Ok)?;
-        // A PAX mtime may carry a fraction; readers of eStargz round it.
-        e.mtime = match pax.get("mtime") {
-            Some(v) => std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.parse::<f64>().ok())
-                .filter(|t| t.is_finite() && *t >= 0.0)
-                .map(|t| t.round() as u64)
-                .ok_or_else(|| bad("bad PAX mtime"))?,
-            None => field(&h, 136..148, h.mtime(), "mtime")?,
+        // A PAX mtime may carry a fraction (kept to the nanosecond).
+        (e.mtime, e.mtime_nanos) = match pax.get("mtime") {
+            Some(v) => pax_time(v).ok_or_else(|| bad("bad PAX mtime"))?,
+            None => (field(&h, 136..148, h.mtime(), "mtime")?, 0),
         };
         e.uname = pax
             .get("uname")
@@ -267,6 +278,22 @@ impl<R: Read> Read for Position<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pax_times_keep_their_nanoseconds() {
+        assert_eq!(pax_time(b"1796465748"), Some((1_796_465_748, 0)));
+        assert_eq!(
+            pax_time(b"1796465748.5"),
+            Some((1_796_465_748, 500_000_000))
+        );
+        assert_eq!(
+            pax_time(b"1796465748.7654914651234"),
+            Some((1_796_465_748, 765_491_465))
+        );
+        for bad in [&b""[..], b"-1", b".5", b"1.2.3", b"1e9", b" 1"] {
+            assert_eq!(pax_time(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn names_are_cleaned_as_estargz_readers_clean_them() {

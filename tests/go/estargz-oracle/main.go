@@ -304,6 +304,14 @@ func expectedModtime(t time.Time) string {
 	return t.UTC().Round(time.Second).Format(time.RFC3339)
 }
 
+// exactModtime is the header's time to the nanosecond, as Strata writes it.
+func exactModtime(t time.Time) string {
+	if t.IsZero() || (t.Unix() == 0 && t.Nanosecond() == 0) {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
 type countingReader struct {
 	r io.Reader
 	n int64
@@ -369,8 +377,17 @@ func checkStream(sr *io.SectionReader, jtoc *estargz.JTOC, res *checkResult) err
 		if e.UID != h.Uid || e.GID != h.Gid {
 			return verifyErr("%q: TOC uid/gid %d/%d, tar %d/%d", h.Name, e.UID, e.GID, h.Uid, h.Gid)
 		}
-		if want := expectedModtime(h.ModTime); e.ModTime3339 != want {
-			return verifyErr("%q: TOC modtime %q, tar modtime %q", h.Name, e.ModTime3339, want)
+		// The reference writer rounds to the second; a TOC may also keep
+		// the header's fraction, which readers parse (RFC 3339 allows it).
+		// Either way the reader's time must be the header's.
+		if want := expectedModtime(h.ModTime); e.ModTime3339 != want && e.ModTime3339 != exactModtime(h.ModTime) {
+			return verifyErr("%q: TOC modtime %q, tar modtime %q", h.Name, e.ModTime3339, exactModtime(h.ModTime))
+		}
+		if e.ModTime3339 != "" && e.ModTime3339 == exactModtime(h.ModTime) {
+			// As the reference reader parses it.
+			if t, err := time.Parse(time.RFC3339, e.ModTime3339); err != nil || !t.Equal(h.ModTime) {
+				return verifyErr("%q: TOC modtime %q parses as %v (%v)", h.Name, e.ModTime3339, t, err)
+			}
 		}
 		if (typ == "symlink" || typ == "hardlink") && e.LinkName != h.Linkname {
 			return verifyErr("%q: TOC linkName %q, tar linkname %q", h.Name, e.LinkName, h.Linkname)

@@ -191,14 +191,16 @@ fn toc_kind(kind: u8) -> Option<&'static str> {
     })
 }
 
-/// RFC 3339 in UTC; empty for the epoch, as the reference writer leaves it.
-fn rfc3339(seconds: u64) -> String {
-    if seconds == 0 {
+/// RFC 3339 in UTC, with the fraction of a second when there is one;
+/// empty for the epoch, as the reference writer leaves it.
+fn rfc3339(seconds: u64, nanos: u32) -> String {
+    if seconds == 0 && nanos == 0 {
         return String::new();
     }
     i64::try_from(seconds)
         .ok()
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.replace_nanosecond(nanos).ok())
         .and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
                 .ok()
@@ -234,7 +236,7 @@ fn toc_entry(e: &RawEntry) -> io::Result<TocEntry> {
         name,
         kind: kind.to_owned(),
         size: if kind == "reg" { e.size } else { 0 },
-        mod_time: rfc3339(e.mtime),
+        mod_time: rfc3339(e.mtime, e.mtime_nanos),
         link_name: utf8("link target", &e.link)?,
         mode: e.mode,
         uid: e.uid,
@@ -271,6 +273,13 @@ fn gzip_extra(f: &[u8], xlen: usize) -> Option<&[u8]> {
         && f[3] & 4 != 0
         && u16::from_le_bytes([f[10], f[11]]) as usize == xlen;
     ok.then(|| &f[12..12 + xlen])
+}
+
+/// Where the TOC's member starts, as the footer at the end of `tail` (a
+/// blob's last bytes, at least [`FOOTER_SIZE`] of them) says; `None` when
+/// there is no eStargz footer.
+pub fn footer_toc_offset(tail: &[u8]) -> Option<u64> {
+    parse_footer(tail).map(|(offset, _)| offset)
 }
 
 /// The TOC offset a footer names, `None` when `tail` (the blob's last

@@ -236,18 +236,27 @@ pub(crate) fn verify_stream(stream: impl Read, index: &Index) -> Result<Vec<Chun
     Err(format!("the layer ends without its TOC entry {TOC_NAME}"))
 }
 
-/// Whether two TOC times name the same second (empty is the epoch, as
-/// readers take it).
-fn same_time(a: &str, b: &str) -> bool {
+/// Whether the TOC's time `toc` is the stream's `stream` (empty is the
+/// epoch, as readers take it): to the nanosecond when the TOC has a
+/// fraction of a second (Strata writes one), else to the second the
+/// stream's time rounds to (the reference writer rounds).
+fn same_time(toc: &str, stream: &str) -> bool {
     let parse = |s: &str| {
         if s.is_empty() {
             return Some(0);
         }
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .ok()
-            .map(time::OffsetDateTime::unix_timestamp)
+            .map(time::OffsetDateTime::unix_timestamp_nanos)
     };
-    parse(a).is_some() && parse(a) == parse(b)
+    let (Some(t), Some(s)) = (parse(toc), parse(stream)) else {
+        return false;
+    };
+    if toc.contains('.') {
+        t == s
+    } else {
+        t == (s + 500_000_000).div_euclid(1_000_000_000) * 1_000_000_000
+    }
 }
 
 /// Checks that every chunk's TOC offset is where a gzip member starts
