@@ -20,9 +20,13 @@ use strata_core::{Algorithm, Descriptor, Digest, ErrorKind, Labels, media};
 use strata_leases::{OpCtx, ProgressTracker};
 
 use crate::error::{OciError, Result};
-use crate::image::{Image, MAX_DOCUMENT_SIZE, read_blob};
+use crate::image::{
+    Image, MAX_DOCUMENT_SIZE, MAX_INDEX_DEPTH, check_document_size, parse_described,
+    parse_document, read_blob,
+};
+use crate::platform::{Platform, pick};
 use crate::remote::{PushReport, RegistryOptions};
-use crate::source::{Roots, Source, ingest_ref};
+use crate::source::{Roots, Source, config_of, image_checked, ingest_ref};
 
 /// The content label listing the repositories of a registry a blob came
 /// from (containerd's), so a push to another repository there can mount
@@ -261,6 +265,28 @@ impl Registry {
         reference: &Reference,
         expected: Option<&Descriptor>,
     ) -> Result<(Descriptor, bool)> {
+        let (desc, bytes) = self.manifest_bytes(reference, expected).await?;
+        let got = store.ingest(
+            &ingest_ref(&desc.digest),
+            &bytes[..],
+            Some(bytes.len() as u64),
+            Some(&desc.digest),
+            &Labels::new(),
+        )?;
+        Ok((
+            Descriptor::new(desc.media_type, got.digest, got.size),
+            !got.already_existed,
+        ))
+    }
+
+    /// The manifest or index `reference` names, checked against
+    /// `expected` (or the reference's digest) and bounded in size, with
+    /// its descriptor.
+    async fn manifest_bytes(
+        &self,
+        reference: &Reference,
+        expected: Option<&Descriptor>,
+    ) -> Result<(Descriptor, Vec<u8>)> {
         let what = format!("manifest {}", reference.whole());
         let (bytes, _) = self
             .retry(&what, || {
@@ -293,17 +319,100 @@ impl Registry {
             Some(d) => d.media_type.clone(),
             None => media_type_of(&what, &bytes)?,
         };
-        let got = store.ingest(
-            &ingest_ref(&digest),
-            &bytes[..],
-            Some(bytes.len() as u64),
-            Some(&digest),
-            &Labels::new(),
-        )?;
-        Ok((
-            Descriptor::new(media_type, got.digest, got.size),
-            !got.already_existed,
+        let size = bytes.len() as u64;
+        Ok((Descriptor::new(media_type, digest, size), bytes.to_vec()))
+    }
+
+    /// The image this repository's reference names for `platform`, read
+    /// without storing anything (for lazy use: its layers stay in the
+    /// registry, read by [`Registry::read_range`]).
+    pub async fn resolve(&self, platform: &Platform) -> Result<Image> {
+        let mut reference = self.reference.clone();
+        let mut expected: Option<Descriptor> = None;
+        for _ in 0..=MAX_INDEX_DEPTH {
+            let (desc, bytes) = self.manifest_bytes(&reference, expected.as_ref()).await?;
+            let what = format!("manifest {}", desc.digest);
+            if media::is_index(&desc.media_type) {
+                let index: oci::ImageIndex = parse_described(&what, &bytes, &desc.media_type)?;
+                let chosen = Descriptor::try_from(pick(&what, index.manifests(), platform)?)
+                    .map_err(|e| OciError::invalid(&what, format!("names a bad digest: {e}")))?;
+                reference = self.reference.clone_with_digest(chosen.digest.to_string());
+                expected = Some(chosen);
+                continue;
+            }
+            let manifest: oci::ImageManifest = parse_described(&what, &bytes, &desc.media_type)?;
+            let config_desc = config_of(&desc, &manifest)?;
+            check_document_size("config", &config_desc)?;
+            let config_bytes = self.read_range(&config_desc, 0, config_desc.size).await?;
+            if Digest::of_bytes(config_desc.digest.algorithm(), &config_bytes) != config_desc.digest
+            {
+                return Err(OciError::invalid(
+                    format!("config {}", config_desc.digest),
+                    "the registry served bytes of another digest",
+                ));
+            }
+            let config: oci::ImageConfiguration = parse_document("config", &config_bytes)?;
+            return image_checked(
+                &self.name(),
+                &desc,
+                &manifest,
+                config_desc,
+                &config,
+                platform,
+            );
+        }
+        Err(OciError::invalid(
+            self.name(),
+            format!("nests indexes deeper than {MAX_INDEX_DEPTH}"),
         ))
+    }
+
+    /// `len` bytes of blob `desc` from `offset`, in one ranged request
+    /// (retried as every request is). A registry that answers with the
+    /// whole blob, or with fewer bytes, is refused.
+    pub async fn read_range(&self, desc: &Descriptor, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let what = format!("bytes {offset}..{} of blob {}", offset + len, desc.digest);
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = self
+            .retry(&what, || async {
+                let response = self
+                    .client
+                    .pull_blob_stream_partial(
+                        &self.reference,
+                        desc.digest.as_str(),
+                        offset,
+                        Some(len),
+                    )
+                    .await?;
+                let mut stream = match response {
+                    BlobResponse::Partial(s) => s,
+                    BlobResponse::Full(s) if offset == 0 && desc.size == len => s,
+                    BlobResponse::Full(_) => {
+                        return Err(OciDistributionError::GenericError(Some(
+                            "the registry does not serve byte ranges".into(),
+                        )));
+                    }
+                };
+                let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+                while let Some(chunk) = stream.next().await {
+                    buf.extend_from_slice(&chunk?);
+                    if buf.len() as u64 > len {
+                        break;
+                    }
+                }
+                Ok(buf)
+            })
+            .await?;
+        if bytes.len() as u64 != len {
+            return Err(OciError::Registry {
+                registry: self.repo(),
+                reason: format!("{what}: the registry served {} bytes", bytes.len()),
+                kind: ErrorKind::Invalid,
+            });
+        }
+        Ok(bytes)
     }
 
     /// Downloads blob `desc` into `store`, resuming what an earlier attempt
@@ -549,7 +658,7 @@ fn media_type_of(what: &str, bytes: &[u8]) -> Result<String> {
         manifests: Option<serde_json::Value>,
         layers: Option<serde_json::Value>,
     }
-    let p: Probe = crate::image::parse_document(what, bytes)?;
+    let p: Probe = parse_document(what, bytes)?;
     match (p.media_type, p.manifests, p.layers) {
         (Some(m), _, _) => Ok(m),
         (None, Some(_), _) => Ok(media::OCI_INDEX.to_owned()),

@@ -277,23 +277,13 @@ pub async fn pull(
     check_document_size("config", &config_desc)?;
     count(ensure(ctx, &*source, &store, &config_desc).await?);
     let config: oci::ImageConfiguration = read_document(&store, "config", &config_desc)?;
-    let built_for = Platform {
-        os: config.os().to_string(),
-        architecture: config.architecture().to_string(),
-        variant: config.variant().clone(),
-    };
-    if !opts.platform.accepts(&built_for) {
-        return Err(OciError::invalid(
-            format!("manifest {}", manifest_desc.digest),
-            format!("is an image for {built_for}, not {}", opts.platform),
-        ));
-    }
-    let mut image = image_from(
+    let mut image = image_checked(
         &source.name(),
         &manifest_desc,
         &manifest,
         config_desc,
         &config,
+        &opts.platform,
     )?;
     image.nonlayers = nonlayers;
     let gate = Arc::new(Semaphore::new(opts.parallel.max(1)));
@@ -331,8 +321,35 @@ pub async fn pull(
     })
 }
 
+/// The image of a manifest and config read, checked to be one for
+/// `platform`.
+pub(crate) fn image_checked(
+    reference: &str,
+    manifest_desc: &Descriptor,
+    manifest: &oci::ImageManifest,
+    config_desc: Descriptor,
+    config: &oci::ImageConfiguration,
+    platform: &Platform,
+) -> Result<Image> {
+    let built_for = Platform {
+        os: config.os().to_string(),
+        architecture: config.architecture().to_string(),
+        variant: config.variant().clone(),
+    };
+    if !platform.accepts(&built_for) {
+        return Err(OciError::invalid(
+            format!("manifest {}", manifest_desc.digest),
+            format!("is an image for {built_for}, not {platform}"),
+        ));
+    }
+    image_from(reference, manifest_desc, manifest, config_desc, config)
+}
+
 /// The config descriptor of a manifest, checked to be an image config.
-fn config_of(manifest_desc: &Descriptor, manifest: &oci::ImageManifest) -> Result<Descriptor> {
+pub(crate) fn config_of(
+    manifest_desc: &Descriptor,
+    manifest: &oci::ImageManifest,
+) -> Result<Descriptor> {
     let what = format!("manifest {}", manifest_desc.digest);
     let config_desc = Descriptor::try_from(manifest.config())
         .map_err(|e| OciError::invalid(&what, format!("config has a bad digest: {e}")))?;
