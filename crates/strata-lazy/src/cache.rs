@@ -1,0 +1,87 @@
+//! The chunk cache: decompressed chunks by digest, in files on disk. A
+//! chunk is checked against its digest before it is written, and a chunk
+//! file is checked again the first time a process uses it (so a file torn
+//! by a crash or changed on disk is fetched anew, never served). Files are
+//! written beside the cache and renamed into place, so a reader sees a
+//! whole chunk or none. Chunks are shared by every layer that holds them.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use strata_core::Digest;
+
+/// A directory of verified chunks.
+#[derive(Debug)]
+pub struct ChunkCache {
+    dir: PathBuf,
+    /// Chunks this process has checked (or written).
+    checked: Mutex<HashSet<Digest>>,
+    /// One lock per chunk being fetched, so two readers of one chunk
+    /// fetch it once.
+    fetching: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+}
+
+impl ChunkCache {
+    /// Opens (making it) the cache in `dir`.
+    pub fn open(dir: &Path) -> io::Result<ChunkCache> {
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        Ok(ChunkCache {
+            dir: dir.to_path_buf(),
+            checked: Mutex::new(HashSet::new()),
+            fetching: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path(&self, d: &Digest) -> PathBuf {
+        self.dir.join(d.algorithm().as_str()).join(d.hex())
+    }
+
+    /// The file of chunk `d` (`len` bytes), if the cache holds it whole
+    /// and right; a file that is not is removed.
+    pub fn get(&self, d: &Digest, len: u64) -> io::Result<Option<File>> {
+        let path = self.path(d);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let checked = self.lock_checked().contains(d);
+        if !checked {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            if bytes.len() as u64 != len || Digest::of_bytes(d.algorithm(), &bytes) != *d {
+                tracing::warn!(chunk = %d, path = %path.display(), "a cached chunk does not match its digest; fetching it again");
+                std::fs::remove_file(&path)?;
+                return Ok(None);
+            }
+            self.lock_checked().insert(d.clone());
+        }
+        Ok(Some(file))
+    }
+
+    /// Stores chunk `d`, whose bytes the caller has checked.
+    pub fn put(&self, d: &Digest, bytes: &[u8]) -> io::Result<()> {
+        let path = self.path(d);
+        std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(self.dir.join("tmp"))?;
+        tmp.write_all(bytes)?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        self.lock_checked().insert(d.clone());
+        Ok(())
+    }
+
+    /// The lock held while chunk `d` is fetched.
+    pub fn fetch_lock(&self, d: &Digest) -> Arc<Mutex<()>> {
+        let mut map = self.fetching.lock().unwrap_or_else(PoisonError::into_inner);
+        // Locks nobody holds any more are dropped as new ones are made.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(d.clone()).or_default().clone()
+    }
+
+    fn lock_checked(&self) -> std::sync::MutexGuard<'_, HashSet<Digest>> {
+        self.checked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,370 @@
+//! One lazy layer: its tree (from the TOC), where its bytes come from, and
+//! the reads that turn a file range into checked chunks: from the cache,
+//! else fetched (the member that starts with the chunk, in one range
+//! read), decompressed and checked against the chunk's digest before it
+//! is cached or served. Prefetch walks the chunks in blob order (the
+//! prioritised files come first in an eStargz blob) and fetches runs of
+//! missing ones in one read each.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use strata_core::Digest;
+use strata_diff::estargz::Index;
+
+use crate::cache::ChunkCache;
+use crate::remote::{RangeSource, read_index};
+use crate::tree::{Chunk, Kind, Tree};
+
+/// The most one prefetch read asks for.
+const PREFETCH_SPAN: u64 = 8 << 20;
+
+/// What a layer has fetched.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Range reads sent (the footer and TOC included).
+    pub requests: AtomicU64,
+    /// Bytes they returned.
+    pub bytes: AtomicU64,
+    /// Chunks fetched and checked.
+    pub chunks: AtomicU64,
+}
+
+/// A layer read lazily.
+pub struct Layer {
+    name: String,
+    tree: Tree,
+    src: Arc<dyn RangeSource>,
+    cache: Arc<ChunkCache>,
+    /// Every member start the TOC names, and the TOC's, sorted: a chunk's
+    /// member ends where the next starts.
+    members: Vec<u64>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layer")
+            .field("name", &self.name)
+            .field("inodes", &self.tree.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a layer is opened.
+#[derive(Debug, Clone)]
+pub struct LayerOptions {
+    /// A name for messages and logs (the blob's digest).
+    pub name: String,
+    /// The TOC digest the layer's descriptor names: the TOC must have it,
+    /// since every chunk is checked against the TOC.
+    pub toc_digest: Digest,
+    /// The attribute overlay reads for an opaque directory.
+    pub opaque_xattr: String,
+}
+
+fn invalid(reason: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason)
+}
+
+impl Layer {
+    /// Opens the eStargz layer `src` serves: reads its footer and TOC,
+    /// checks the TOC against `opts.toc_digest`, and builds its tree.
+    pub fn open(
+        src: Arc<dyn RangeSource>,
+        cache: Arc<ChunkCache>,
+        opts: &LayerOptions,
+    ) -> io::Result<Layer> {
+        let stats = Stats::default();
+        let counted = Counted {
+            src: src.as_ref(),
+            stats: &stats,
+        };
+        let index = read_index(&counted)?.ok_or_else(|| {
+            invalid(format!(
+                "layer {}: no eStargz footer; only eStargz layers can be read lazily",
+                opts.name
+            ))
+        })?;
+        Layer::from_index(src, cache, opts, &index, stats)
+    }
+
+    fn from_index(
+        src: Arc<dyn RangeSource>,
+        cache: Arc<ChunkCache>,
+        opts: &LayerOptions,
+        index: &Index,
+        stats: Stats,
+    ) -> io::Result<Layer> {
+        if index.digest != opts.toc_digest {
+            return Err(invalid(format!(
+                "layer {}: its TOC hashes to {}, not the {} its descriptor names",
+                opts.name, index.digest, opts.toc_digest
+            )));
+        }
+        let tree = Tree::from_toc(&index.toc, &opts.opaque_xattr)
+            .map_err(|e| invalid(format!("layer {}: {e}", opts.name)))?;
+        let mut members: Vec<u64> = index.toc.entries.iter().map(|e| e.offset).collect();
+        members.push(index.toc_offset);
+        members.sort_unstable();
+        members.dedup();
+        let layer = Layer {
+            name: opts.name.clone(),
+            tree,
+            src,
+            cache,
+            members,
+            stats,
+        };
+        for c in layer.chunks() {
+            if c.blob_offset >= index.toc_offset {
+                return Err(invalid(format!(
+                    "layer {}: a chunk at {} is not before the TOC at {}",
+                    opts.name, c.blob_offset, index.toc_offset
+                )));
+            }
+        }
+        Ok(layer)
+    }
+
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its tree.
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// What it has fetched.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn chunks(&self) -> impl Iterator<Item = &Chunk> {
+        self.tree.iter().flat_map(|(_, n)| match &n.kind {
+            Kind::File(chunks) => chunks.as_slice(),
+            _ => &[],
+        })
+    }
+
+    /// Where the member starting at `offset` ends.
+    fn member_end(&self, offset: u64) -> u64 {
+        let i = self.members.partition_point(|&m| m <= offset);
+        self.members.get(i).copied().unwrap_or(self.src.size())
+    }
+
+    /// Up to `len` bytes of file `ino` from `offset`.
+    pub fn read(&self, ino: u64, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let node = self.tree.node(ino);
+        let Kind::File(chunks) = &node.kind else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        };
+        let end = node.size.min(offset.saturating_add(len));
+        let mut out = Vec::with_capacity(usize::try_from(end.saturating_sub(offset)).unwrap_or(0));
+        let first = chunks.partition_point(|c| c.file_offset + c.len <= offset);
+        for c in &chunks[first..] {
+            if c.file_offset >= end {
+                break;
+            }
+            let file = self.chunk_file(c)?;
+            let from = offset.max(c.file_offset) - c.file_offset;
+            let to = end.min(c.file_offset + c.len) - c.file_offset;
+            let at = out.len();
+            out.resize(
+                at + usize::try_from(to - from).map_err(io::Error::other)?,
+                0,
+            );
+            file.read_exact_at(&mut out[at..], from)?;
+        }
+        Ok(out)
+    }
+
+    /// The cached file of chunk `c`, fetched first if need be.
+    fn chunk_file(&self, c: &Chunk) -> io::Result<File> {
+        if let Some(f) = self.cache.get(&c.digest, c.len)? {
+            return Ok(f);
+        }
+        let lock = self.cache.fetch_lock(&c.digest);
+        let _held = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = self.cache.get(&c.digest, c.len)? {
+            return Ok(f);
+        }
+        let end = self.member_end(c.blob_offset);
+        // A member holds its chunk and perhaps the tar headers after it;
+        // deflate adds at most 5 bytes per 32 KiB stored block.
+        let span = (end - c.blob_offset).min(c.len + c.len / 4096 + (64 << 10));
+        let bytes = self.fetch(c.blob_offset, span)?;
+        let data = self.decode(c, &bytes)?;
+        self.cache.put(&c.digest, &data)?;
+        self.cache
+            .get(&c.digest, c.len)?
+            .ok_or_else(|| io::Error::other(format!("chunk {} left the cache", c.digest)))
+    }
+
+    fn fetch(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        Counted {
+            src: self.src.as_ref(),
+            stats: &self.stats,
+        }
+        .read_range(offset, len)
+    }
+
+    /// Chunk `c`'s bytes from `compressed` (its member onwards), checked.
+    fn decode(&self, c: &Chunk, compressed: &[u8]) -> io::Result<Vec<u8>> {
+        let mut data = vec![0u8; usize::try_from(c.len).map_err(io::Error::other)?];
+        flate2::read::MultiGzDecoder::new(compressed)
+            .read_exact(&mut data)
+            .map_err(|e| {
+                invalid(format!(
+                    "layer {}: the chunk at {} of the blob does not decompress: {e}",
+                    self.name, c.blob_offset
+                ))
+            })?;
+        let got = Digest::of_bytes(c.digest.algorithm(), &data);
+        if got != c.digest {
+            return Err(invalid(format!(
+                "layer {}: the chunk at {} of the blob hashes to {got}, not {}",
+                self.name, c.blob_offset, c.digest
+            )));
+        }
+        self.stats.chunks.fetch_add(1, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    /// Fetches every chunk the cache lacks, in blob order, runs of them in
+    /// one read each, until all are there or `stop` is set. A failed read
+    /// is logged and tried again after a growing pause.
+    fn prefetch(&self, stop: &AtomicBool) {
+        let mut chunks: Vec<&Chunk> = self.chunks().collect();
+        chunks.sort_by_key(|c| c.blob_offset);
+        let mut i = 0;
+        let mut pause = Duration::from_millis(200);
+        while i < chunks.len() && !stop.load(Ordering::Relaxed) {
+            match self.prefetch_run(&chunks[i..]) {
+                Ok(n) => {
+                    i += n;
+                    pause = Duration::from_millis(200);
+                }
+                Err(e) => {
+                    tracing::error!(layer = %self.name, error = %e, "prefetch failed; trying again");
+                    let until = std::time::Instant::now() + pause;
+                    while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        if i == chunks.len() {
+            tracing::info!(layer = %self.name, chunks = chunks.len(), "every chunk is cached");
+        }
+    }
+
+    /// Fetches the longest run of missing chunks at the start of `chunks`
+    /// (adjacent members, at most [`PREFETCH_SPAN`] bytes) in one read;
+    /// how many chunks it dealt with.
+    fn prefetch_run(&self, chunks: &[&Chunk]) -> io::Result<usize> {
+        let missing = |c: &Chunk| self.cache.get(&c.digest, c.len).map(|f| f.is_none());
+        if !missing(chunks[0])? {
+            return Ok(1);
+        }
+        let start = chunks[0].blob_offset;
+        let mut end = self.member_end(start);
+        let mut n = 1;
+        while let Some(c) = chunks.get(n) {
+            let next_end = self.member_end(c.blob_offset);
+            if c.blob_offset > end || next_end - start > PREFETCH_SPAN || !missing(c)? {
+                break;
+            }
+            end = end.max(next_end);
+            n += 1;
+        }
+        let bytes = self.fetch(start, end - start)?;
+        for c in &chunks[..n] {
+            let lock = self.cache.fetch_lock(&c.digest);
+            let _held = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.cache.get(&c.digest, c.len)?.is_some() {
+                continue;
+            }
+            let at = usize::try_from(c.blob_offset - start).map_err(io::Error::other)?;
+            let data = self.decode(c, &bytes[at..])?;
+            self.cache.put(&c.digest, &data)?;
+        }
+        Ok(n)
+    }
+}
+
+/// A layer's background prefetch; stopped and joined when dropped.
+#[derive(Debug)]
+pub struct Prefetch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Prefetch {
+    /// Starts prefetching `layer`.
+    pub fn start(layer: Arc<Layer>) -> io::Result<Prefetch> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("lazy-prefetch".into())
+            .spawn(move || layer.prefetch(&flag))?;
+        Ok(Prefetch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether it has stopped (every chunk cached).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A range source that counts what it returns.
+struct Counted<'a> {
+    src: &'a dyn RangeSource,
+    stats: &'a Stats,
+}
+
+impl RangeSource for Counted<'_> {
+    fn size(&self) -> u64 {
+        self.src.size()
+    }
+
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let bytes = self.src.read_range(offset, len)?;
+        if bytes.len() as u64 != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("asked for {len} bytes at {offset}, got {}", bytes.len()),
+            ));
+        }
+        self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(bytes)
+    }
+}

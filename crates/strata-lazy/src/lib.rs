@@ -1,0 +1,31 @@
+//! Lazy layers: an eStargz layer used before it is downloaded.
+//!
+//! A [`Layer`] is opened from any [`RangeSource`] of its blob (a registry,
+//! through the command line's adapter; a file): two range reads fetch the
+//! footer and the TOC, the TOC must have the digest the layer's descriptor
+//! names, and the TOC becomes a [`Tree`]. [`mount`] serves that tree
+//! read-only through FUSE; a file's data is read chunk by chunk, each
+//! chunk fetched by one range read of the gzip member that starts with it,
+//! checked against its digest in the TOC, and kept in a [`ChunkCache`]
+//! shared by every layer. [`Prefetch`] fetches the rest in the background,
+//! in blob order (prioritised files first). A read that cannot be served
+//! fails with EIO; nothing unchecked is ever served or cached.
+//!
+//! The tree is what overlay expects of a lower directory (whiteouts as
+//! 0/0 character devices, opaque directories by attribute), so a lazy
+//! layer stacks under others in an overlay mount.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod cache;
+mod fs;
+mod layer;
+mod remote;
+mod tree;
+
+pub use cache::ChunkCache;
+pub use fs::{Mounted, mount};
+pub use layer::{Layer, LayerOptions, Prefetch, Stats};
+pub use remote::{FileSource, RangeSource, read_index};
+pub use tree::{Chunk, Kind, Node, ROOT, Tree};

@@ -1,0 +1,117 @@
+//! Where a lazy layer's bytes come from: any source of byte ranges of one
+//! blob (a registry, in the command line; a file, in tests), and the two
+//! reads that find its TOC.
+
+use std::io::{self, Read, Seek, SeekFrom};
+
+use strata_diff::estargz::{FOOTER_SIZE, Index, MAX_TOC};
+
+/// Byte ranges of one blob. Called from FUSE and prefetch threads, so it
+/// blocks; an error is returned to the reader as EIO, so it should say
+/// what failed (it is logged).
+pub trait RangeSource: Send + Sync {
+    /// The blob's size.
+    fn size(&self) -> u64;
+
+    /// Exactly the `len` bytes at `offset` (never fewer: a short answer is
+    /// an error).
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+}
+
+/// A blob in a local file: for tests and for layers already stored.
+#[derive(Debug)]
+pub struct FileSource {
+    file: std::fs::File,
+    size: u64,
+}
+
+impl FileSource {
+    /// Opens `path`.
+    pub fn open(path: &std::path::Path) -> io::Result<FileSource> {
+        let file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(FileSource { file, size })
+    }
+}
+
+impl RangeSource for FileSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+}
+
+/// The end of a blob, from some offset on, read as if it were the whole
+/// blob: what [`Index::read`] needs of it (the footer, then the TOC).
+struct Tail {
+    start: u64,
+    bytes: Vec<u8>,
+    pos: u64,
+}
+
+impl Read for Tail {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(at) = self.pos.checked_sub(self.start) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a read before the fetched tail of the blob",
+            ));
+        };
+        let rest = self
+            .bytes
+            .get(usize::try_from(at).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Tail {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let end = self.start + self.bytes.len() as u64;
+        self.pos = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => end.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        Ok(self.pos)
+    }
+}
+
+/// The TOC of the eStargz blob `src` serves, in two range reads (the
+/// footer, then everything from the TOC's member to the end); `None` when
+/// the blob has no eStargz footer.
+pub fn read_index(src: &dyn RangeSource) -> io::Result<Option<Index>> {
+    let size = src.size();
+    let footer_len = size.min(FOOTER_SIZE);
+    let footer = src.read_range(size - footer_len, footer_len)?;
+    let Some(toc_offset) = strata_diff::estargz::footer_toc_offset(&footer) else {
+        return Ok(None);
+    };
+    // The TOC's member holds at most MAX_TOC bytes of JSON; deflate at
+    // its worst adds 5 bytes per 32 KiB block, plus the tar header.
+    let bound = MAX_TOC + MAX_TOC / 4096 + (1 << 20);
+    if toc_offset >= size || size - toc_offset > bound {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the eStargz footer puts the TOC at {toc_offset} of {size} bytes, which cannot hold a TOC"
+            ),
+        ));
+    }
+    let bytes = src.read_range(toc_offset, size - toc_offset)?;
+    Index::read(&mut Tail {
+        start: toc_offset,
+        bytes,
+        pos: 0,
+    })
+}

@@ -1,0 +1,341 @@
+//! Lazy layers served through a real FUSE mount (root, as in CI): random
+//! trees written as eStargz read back through the mount as the same tree
+//! (hard links, modes, owners, xattrs, times to the nanosecond); a source
+//! that goes away gives EIO and then the right bytes once it is back; a
+//! corrupt chunk is never served nor cached; a TOC of another digest is
+//! refused; the cache outlives its process, and a cache file changed on
+//! disk is fetched anew.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use strata_core::Digest;
+use strata_diff::estargz::EStargzOptions;
+use strata_diff::{Comparison, Compression, WriteOptions, walk_changes, write_layer};
+use strata_lazy::{ChunkCache, Layer, LayerOptions, Prefetch, RangeSource, mount};
+use strata_testkit::crash::Rng;
+use strata_testkit::tree::{render, without_sockets};
+
+/// A blob in memory that can be taken away, counting what it serves.
+struct Blob {
+    bytes: Vec<u8>,
+    down: AtomicBool,
+    served: AtomicU64,
+}
+
+impl RangeSource for Blob {
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "the test's registry is down",
+            ));
+        }
+        self.served.fetch_add(len, Ordering::SeqCst);
+        let (at, end) = (offset as usize, (offset + len) as usize);
+        Ok(self.bytes[at..end].to_vec())
+    }
+}
+
+/// `dir` as an eStargz blob with small chunks, and its TOC digest.
+fn estargz(dir: &Path, chunk_size: u64) -> (Vec<u8>, Digest) {
+    let opts = WriteOptions {
+        compression: Compression::EStargz,
+        estargz: EStargzOptions {
+            chunk_size,
+            ..EStargzOptions::default()
+        },
+        ..WriteOptions::default()
+    };
+    let (written, blob) = write_layer(&strata_leases::OpCtx::new(), Vec::new(), dir, &opts, |w| {
+        walk_changes(None, dir, Comparison::Compat, &mut |c| w.change(&c))
+    })
+    .unwrap();
+    (blob, written.toc_digest.unwrap())
+}
+
+fn open(blob: &Arc<Blob>, toc: &Digest, cache: &Path) -> io::Result<Arc<Layer>> {
+    Layer::open(
+        blob.clone(),
+        Arc::new(ChunkCache::open(cache)?),
+        &LayerOptions {
+            name: "test-layer".into(),
+            toc_digest: toc.clone(),
+            opaque_xattr: "trusted.overlay.opaque".into(),
+        },
+    )
+    .map(Arc::new)
+}
+
+/// A listing without the root's own line (the layer has no entry for it).
+fn below_root(dir: &Path) -> String {
+    let r = without_sockets(&render(dir));
+    r.lines().skip(1).collect::<Vec<_>>().join("\n")
+}
+
+/// Every non-directory's modification time to the nanosecond (the
+/// listing has whole seconds), sockets left out.
+fn nanos(dir: &Path) -> Vec<(String, i64, i64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if !md.file_type().is_socket() {
+                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, md.mtime(), md.mtime_nsec()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn blob_of(bytes: Vec<u8>) -> Arc<Blob> {
+    Arc::new(Blob {
+        bytes,
+        down: AtomicBool::new(false),
+        served: AtomicU64::new(0),
+    })
+}
+
+/// `dir` archived by GNU tar in PAX form (modification times to the
+/// nanosecond, as containerd's layers carry them) and re-framed as
+/// eStargz: the blob and its TOC digest.
+fn pax_estargz(dir: &Path, chunk_size: u64) -> (Vec<u8>, Digest) {
+    let tar = std::process::Command::new("tar")
+        .args(["--format=pax", "--xattrs", "--xattrs-include=*", "-C"])
+        .arg(dir)
+        .args(["-cf", "-", "."])
+        .output()
+        .expect("run tar");
+    assert!(
+        tar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tar.stderr)
+    );
+    let opts = EStargzOptions {
+        chunk_size,
+        ..EStargzOptions::default()
+    };
+    let (written, blob) =
+        strata_diff::estargz::write(&tar.stdout[..], Vec::new(), &opts, None, 2).unwrap();
+    (blob, written.toc_digest)
+}
+
+#[test]
+fn random_trees_read_back_through_fuse_as_they_were() {
+    for seed in strata_testkit::random_tree::seeds("lazy_round_trip", 4) {
+        let mut rng = Rng::new(seed);
+        let t = tempfile::tempdir().unwrap();
+        let (src, mnt, eager) = (
+            t.path().join("src"),
+            t.path().join("mnt"),
+            t.path().join("eager"),
+        );
+        for d in [&src, &mnt, &eager] {
+            fs::create_dir(d).unwrap();
+        }
+        strata_testkit::random_tree::populate(&src, &mut rng, 80);
+        strata_testkit::random_tree::utf8_names_only(&src);
+        let (bytes, toc) = pax_estargz(&src, 1 + rng.below(16384));
+        strata_diff::apply(
+            &strata_leases::OpCtx::new(),
+            &bytes[..],
+            &eager,
+            &strata_diff::ApplyOptions {
+                // As an import does: checked against the TOC, the
+                // format's entries hidden.
+                estargz: strata_diff::estargz::Index::read(&mut io::Cursor::new(&bytes))
+                    .unwrap()
+                    .map(Arc::new),
+                ..strata_diff::ApplyOptions::default()
+            },
+        )
+        .unwrap();
+        let blob = blob_of(bytes);
+        let layer = open(&blob, &toc, &t.path().join("cache")).unwrap();
+        // The footer and the TOC only, so far.
+        let toc_bytes = blob.served.load(Ordering::SeqCst);
+        assert!(
+            toc_bytes < blob.size(),
+            "seed {seed}: opening read the whole blob"
+        );
+        let m = mount(layer, &mnt, 2).unwrap();
+        assert_eq!(below_root(&mnt), below_root(&src), "seed {seed}");
+        // What an eager import of the same blob gives, to the nanosecond.
+        assert_eq!(below_root(&mnt), below_root(&eager), "seed {seed}");
+        assert_eq!(nanos(&mnt), nanos(&eager), "seed {seed}");
+        assert!(
+            nanos(&mnt).iter().any(|(_, _, ns)| *ns != 0),
+            "seed {seed}: no fractions to compare"
+        );
+        m.unmount().unwrap();
+    }
+}
+
+#[test]
+fn a_source_gone_mid_read_gives_eio_then_the_right_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt) = (t.path().join("src"), t.path().join("mnt"));
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(src.join("a"), &data).unwrap();
+    fs::write(src.join("b"), b"small").unwrap();
+    let (bytes, toc) = estargz(&src, 65536);
+    let blob = blob_of(bytes);
+    let cache = t.path().join("cache");
+    let layer = open(&blob, &toc, &cache).unwrap();
+    let m = mount(layer.clone(), &mnt, 2).unwrap();
+    blob.down.store(true, Ordering::SeqCst);
+    let err = fs::read(mnt.join("a")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    // Metadata needs no fetch.
+    assert_eq!(
+        fs::metadata(mnt.join("a")).unwrap().len(),
+        data.len() as u64
+    );
+    blob.down.store(false, Ordering::SeqCst);
+    assert_eq!(fs::read(mnt.join("a")).unwrap(), data);
+    m.unmount().unwrap();
+
+    // The cache outlives the process that filled it: a new cache over the
+    // same directory, with the source down, serves what was fetched.
+    blob.down.store(true, Ordering::SeqCst);
+    let again = open(&blob_of(blob.bytes.clone()), &toc, &cache).unwrap();
+    blob.down.store(true, Ordering::SeqCst);
+    let m = mount(again, &mnt, 2).unwrap();
+    assert_eq!(fs::read(mnt.join("a")).unwrap(), data);
+    m.unmount().unwrap();
+}
+
+#[test]
+fn a_corrupt_chunk_is_never_served_nor_cached() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt) = (t.path().join("src"), t.path().join("mnt"));
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    // Incompressible, so the member is as long as the data.
+    let data: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(src.join("a"), &data).unwrap();
+    fs::write(src.join("b"), b"fine").unwrap();
+    let (mut bytes, toc) = estargz(&src, 1 << 20);
+    let index = strata_diff::estargz::Index::read(&mut io::Cursor::new(&bytes))
+        .unwrap()
+        .unwrap();
+    let a = index.toc.entries.iter().find(|e| e.name == "a").unwrap();
+    // A byte in the middle of a's compressed data.
+    let at = a.offset as usize + 2_000;
+    bytes[at] ^= 0x40;
+    let blob = blob_of(bytes);
+    let cache = t.path().join("cache");
+    let m = mount(open(&blob, &toc, &cache).unwrap(), &mnt, 2).unwrap();
+    let err = fs::read(mnt.join("a")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    assert_eq!(fs::read(mnt.join("b")).unwrap(), b"fine");
+    m.unmount().unwrap();
+    let digest = Digest::parse(&a.chunk_digest).unwrap();
+    assert!(
+        !cache.join("sha256").join(digest.hex()).exists(),
+        "the corrupt chunk was cached"
+    );
+}
+
+#[test]
+fn a_changed_cache_file_is_fetched_anew() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt) = (t.path().join("src"), t.path().join("mnt"));
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    fs::write(src.join("a"), b"the real bytes").unwrap();
+    let (bytes, toc) = estargz(&src, 1 << 20);
+    let blob = blob_of(bytes);
+    let cache = t.path().join("cache");
+    let layer = open(&blob, &toc, &cache).unwrap();
+    drop(Prefetch::start(layer.clone()).unwrap());
+    assert_eq!(
+        layer
+            .read(layer.tree().child(1, "a").unwrap(), 0, 100)
+            .unwrap(),
+        b"the real bytes"
+    );
+    let file = fs::read_dir(cache.join("sha256"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::write(&file, b"the fake bytes").unwrap();
+    // A new process checks each cache file once before it uses it.
+    let served = blob.served.load(Ordering::SeqCst);
+    let m = mount(open(&blob, &toc, &cache).unwrap(), &mnt, 2).unwrap();
+    assert_eq!(fs::read(mnt.join("a")).unwrap(), b"the real bytes");
+    m.unmount().unwrap();
+    assert!(
+        blob.served.load(Ordering::SeqCst) > served,
+        "not fetched again"
+    );
+    assert_eq!(fs::read(&file).unwrap(), b"the real bytes");
+}
+
+#[test]
+fn prefetch_caches_every_chunk() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    strata_testkit::random_tree::populate(&src, &mut Rng::new(7), 60);
+    strata_testkit::random_tree::utf8_names_only(&src);
+    let (bytes, toc) = estargz(&src, 4096);
+    let blob = blob_of(bytes);
+    let layer = open(&blob, &toc, &t.path().join("cache")).unwrap();
+    let p = Prefetch::start(layer.clone()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !p.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "prefetch did not end");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    blob.down.store(true, Ordering::SeqCst);
+    for (ino, node) in layer.tree().iter() {
+        if let strata_lazy::Kind::File(_) = node.kind {
+            assert_eq!(
+                layer.read(ino, 0, node.size).unwrap().len() as u64,
+                node.size
+            );
+        }
+    }
+    // Runs of members went out in few reads.
+    let stats = layer.stats();
+    assert!(
+        stats.requests.load(Ordering::SeqCst) < stats.chunks.load(Ordering::SeqCst),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn a_toc_of_another_digest_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"x").unwrap();
+    let (bytes, _) = estargz(&src, 1 << 20);
+    let other = Digest::of_bytes(strata_core::Algorithm::Sha256, b"another TOC");
+    let err = open(&blob_of(bytes), &other, &t.path().join("cache")).unwrap_err();
+    assert!(err.to_string().contains(other.as_str()), "{err}");
+    // And a blob that is no eStargz at all.
+    let err = open(&blob_of(vec![0u8; 4096]), &other, &t.path().join("cache")).unwrap_err();
+    assert!(err.to_string().contains("no eStargz footer"), "{err}");
+}
