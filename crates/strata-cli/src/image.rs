@@ -101,7 +101,7 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    fn options(&self) -> RegistryOptions {
+    pub(crate) fn options(&self) -> RegistryOptions {
         RegistryOptions {
             insecure: self.insecure.clone(),
             ..RegistryOptions::default()

@@ -18,6 +18,8 @@ mod demo;
 mod help;
 mod image;
 mod layer;
+#[cfg(feature = "registry")]
+mod lazy;
 mod lease;
 mod output;
 mod progress;
@@ -107,6 +109,11 @@ enum Command {
     /// Layers: apply one onto a plain directory.
     #[command(subcommand)]
     Layer(layer::LayerCmd),
+    /// Lazy images: eStargz images from a registry, mounted before they
+    /// are downloaded.
+    #[cfg(feature = "registry")]
+    #[command(subcommand)]
+    Lazy(lazy::LazyCmd),
     /// Leases: what keeps content and snapshots alive.
     #[command(subcommand)]
     Lease(lease::LeaseCmd),
@@ -150,6 +157,8 @@ fn main() -> ExitCode {
         Command::Completions { shell } => completions(shell),
         Command::Demo => demo::run(cli.root.as_deref(), cli.backend.into(), &out),
         Command::Layer(cmd) => layer::run(cmd, cli.ignore_chown_errors, &out),
+        #[cfg(feature = "registry")]
+        Command::Lazy(cmd) => lazy::run(cmd, &out),
         _ => return ExitCode::from(with_root(cli, &out)),
     };
     ExitCode::from(finish(result, &out))
@@ -204,6 +213,8 @@ fn run(
         Command::Mount { key, dir, rw } => snapshot::mount(root, &key, &dir, rw, out),
         Command::Umount { dir } => snapshot::umount(&dir, out),
         Command::Layer(cmd) => layer::run(cmd, ignore_chown_errors, out),
+        #[cfg(feature = "registry")]
+        Command::Lazy(cmd) => lazy::run(cmd, out),
         Command::Check(args) => check::run(root, &args, out),
         Command::Ref(cmd) => refs::run(mgr, cmd, lease, out),
         Command::Image(cmd) => image::run(mgr, cmd, lease, ignore_chown_errors, out),

@@ -59,17 +59,7 @@ impl Registry {
             ),
         )
         .expect("write registry config");
-        let log = std::fs::File::create(dir.path().join("log")).expect("registry log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect(
-                "start docker-registry (Debian's docker-registry package; .ci/run installs it)",
-            );
+        let child = serve(&config, &dir.path().join("log"));
         let mut r = Registry {
             addr: String::new(),
             storage,
@@ -129,6 +119,45 @@ impl Registry {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Stops the registry (SIGKILL: connections drop mid-response).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped registry again, on the same address and storage.
+    pub fn restart(&mut self) {
+        let config = self.dir.path().join("config.yml");
+        let text = std::fs::read_to_string(&config).expect("read registry config");
+        let text = text.replace("addr: 127.0.0.1:0", &format!("addr: {}", self.addr));
+        std::fs::write(&config, text).expect("write registry config");
+        self.child = serve(&config, &self.dir.path().join("restarted.log"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(&self.addr).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("docker-registry exited with {status} on restart");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen again"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `docker-registry serve CONFIG`, logging to `log`.
+fn serve(config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("registry log");
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log fd"))
+        .stderr(log)
+        .spawn()
+        .expect("start docker-registry (Debian's docker-registry package; .ci/run installs it)")
 }
 
 /// The address the registry says it listens on (`listening on ADDR`).

@@ -1,0 +1,230 @@
+//! `strata lazy mount` against a real registry on 127.0.0.1: an image
+//! pushed as eStargz is mounted before it is downloaded (a script runs from
+//! it), reads the same tree as the eager import of that image (whiteouts
+//! and an opaque directory across two layers included); a registry stopped
+//! mid-read gives the reader EIO and the next read, once the registry is
+//! back, the right bytes; a second mount over the same cache fetches no
+//! chunk again; an image of plain gzip layers is refused by name.
+
+use std::fs;
+use std::io::BufReader;
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+use serde_json::Value;
+use strata_testkit::cli::Env;
+use strata_testkit::oci_layout::Layout;
+use strata_testkit::registry::Registry;
+use strata_testkit::tree::render;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// GNU tar of `dir` (PAX, with xattrs), as a layer.
+fn tar(dir: &Path) -> Vec<u8> {
+    let out = Command::new("tar")
+        .args(["--format=pax", "--xattrs", "--xattrs-include=*", "-C"])
+        .arg(dir)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// Two layers: a tree with a script, a large file, links and a directory
+/// of manuals; then one that deletes a file and replaces the manuals.
+fn layers(env: &Env) -> Vec<Vec<u8>> {
+    let base = env.path("base");
+    fs::create_dir_all(base.join("usr/share/man/man1")).unwrap();
+    fs::create_dir_all(base.join("etc")).unwrap();
+    fs::write(base.join("usr/share/man/man1/old.1"), "old page").unwrap();
+    fs::write(base.join("etc/gone"), "deleted above").unwrap();
+    fs::write(base.join("usr/tool"), "#!/bin/sh\necho lazy hello\n").unwrap();
+    fs::set_permissions(
+        base.join("usr/tool"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    fs::hard_link(base.join("usr/tool"), base.join("usr/tool-again")).unwrap();
+    std::os::unix::fs::symlink("tool", base.join("usr/tool-link")).unwrap();
+    let big: Vec<u8> = (0..6_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(base.join("usr/big.bin"), &big).unwrap();
+    strata_testkit::random_tree::populate(
+        &base.join("usr"),
+        &mut strata_testkit::crash::Rng::new(11),
+        60,
+    );
+    strata_testkit::random_tree::utf8_names_only(&base);
+    let top = env.path("top");
+    fs::create_dir_all(top.join("usr/share/man")).unwrap();
+    fs::create_dir_all(top.join("etc")).unwrap();
+    fs::write(top.join("etc/.wh.gone"), "").unwrap();
+    fs::write(top.join("usr/share/man/.wh..wh..opq"), "").unwrap();
+    fs::write(top.join("usr/share/man/new.1"), "new page").unwrap();
+    vec![tar(&base), tar(&top)]
+}
+
+/// A running `strata lazy mount`; stopped with SIGTERM when dropped, so
+/// a failed test leaves nothing mounted.
+struct LazyMount {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl LazyMount {
+    /// Starts `strata lazy mount` and returns once it says it is serving,
+    /// with what it said.
+    fn start(env: &Env, reference: &str, dir: &Path, cache: &Path) -> (LazyMount, Value) {
+        fs::create_dir_all(dir).unwrap();
+        let mut child = env
+            .cmd(&[
+                "--json",
+                "lazy",
+                "mount",
+                reference,
+                &s(dir),
+                "--cache",
+                &s(cache),
+                "--no-prefetch",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut m = LazyMount { child, out };
+        let said = m.next_value();
+        (m, said)
+    }
+
+    /// The next JSON value the command prints.
+    fn next_value(&mut self) -> Value {
+        serde_json::Deserializer::from_reader(&mut self.out)
+            .into_iter::<Value>()
+            .next()
+            .expect("lazy mount printed nothing more")
+            .expect("lazy mount printed JSON")
+    }
+
+    fn terminate(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Stops it with SIGTERM: its exit code and final report.
+    fn stop(mut self) -> (i32, Value) {
+        self.terminate();
+        let report = self.next_value();
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        (code, report)
+    }
+}
+
+impl Drop for LazyMount {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The listing of `dir` without the root's own line.
+fn listing(dir: &Path) -> String {
+    render(dir).lines().skip(1).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn an_estargz_image_is_used_before_it_is_downloaded() {
+    let env = Env::strata();
+    let mut registry = Registry::start(None);
+    let layout = Layout::new(&env.path("layout"));
+    let manifest = layout.image(&layers(&env));
+    layout.tag(&manifest, "v1");
+    let src = format!("oci:{}:v1", s(&env.path("layout")));
+    let id = env
+        .run(&["--json", "image", "import", &src, "--name", "img"])
+        .expect(0)
+        .json()["ref"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lazy_ref = format!("{}/lazy:v1", registry.addr);
+    let plain_ref = format!("{}/plain:v1", registry.addr);
+    env.run(&[
+        "image",
+        "push",
+        "img",
+        &lazy_ref,
+        "--compression",
+        "estargz",
+        "--force-compression",
+    ])
+    .expect(0);
+    env.run(&["image", "push", "img", &plain_ref]).expect(0);
+    let eager = env.path("eager");
+    fs::create_dir(&eager).unwrap();
+    env.run(&["mount", &id, &s(&eager)]).expect(0);
+    let want = listing(&eager);
+    env.run(&["umount", &s(&eager)]).expect(0);
+
+    let (mnt, cache) = (env.path("mnt"), env.path("cache"));
+    let (lazy, mounted) = LazyMount::start(&env, &lazy_ref, &mnt, &cache);
+    assert_eq!(mounted["layers"].as_array().unwrap().len(), 2, "{mounted}");
+    // Before any file is read, only the footers and TOCs came over.
+    let blob_bytes: u64 = fs::read_dir(layout_blobs(&env))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        mounted["bytes_fetched"].as_u64().unwrap() < blob_bytes / 4,
+        "{mounted}"
+    );
+    let out = Command::new(mnt.join("usr/tool")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "lazy hello\n");
+
+    // The registry goes away: reading what was not fetched gives EIO.
+    registry.stop();
+    let err = fs::read(mnt.join("usr/big.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    registry.restart();
+    let big = fs::read(mnt.join("usr/big.bin")).unwrap();
+    assert_eq!(big.len(), 6_000_000);
+    assert_eq!(big, fs::read(env.path("base/usr/big.bin")).unwrap());
+
+    // The whole tree, read lazily, is the eager import's.
+    assert_eq!(listing(&mnt), want);
+    let (code, first) = lazy.stop();
+    assert_eq!(code, 0, "{first}");
+    assert!(first["chunks_fetched"].as_u64().unwrap() > 0, "{first}");
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&s(&mnt)), "left mounted: {mountinfo}");
+
+    // The chunks stay in the cache: a second mount fetches none again.
+    let (lazy, _) = LazyMount::start(&env, &lazy_ref, &mnt, &cache);
+    assert_eq!(listing(&mnt), want);
+    let (code, second) = lazy.stop();
+    assert_eq!(code, 0);
+    assert_eq!(second["chunks_fetched"], 0, "{second}");
+
+    // Plain gzip layers cannot be read lazily, and the refusal says so.
+    let out = env
+        .cmd(&["lazy", "mount", &plain_ref, &s(&mnt), "--cache", &s(&cache)])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only eStargz layers"), "{err}");
+}
+
+/// The layout's blob directory (the gzip image's bytes, for scale).
+fn layout_blobs(env: &Env) -> std::path::PathBuf {
+    env.path("layout").join("blobs/sha256")
+}
