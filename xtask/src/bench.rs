@@ -5,12 +5,14 @@
 //! fresh scratch file system and runs the bench
 //! NAME on it: `content` (strata-cli's bench of that name, on a tmpfs and a
 //! loop-mounted ext4), `snapshot`, `gc` and `containerd` (strata-cli's),
-//! `diff` (strata-diff's), `cache` and `oci` (strata-cache's), `daemon`
-//! and `estargz` (strata-cli's), each on a fresh loop-mounted ext4; see those files for what they measure, and
+//! `diff` (strata-diff's), `cache` and `oci` (strata-cache's), `daemon`,
+//! `estargz` and `lazy` (strata-cli's), each on a fresh loop-mounted ext4;
+//! see those files for what they measure, and
 //! `strata_testkit::bench` for how (every contender a process, the cache
 //! dropped before each run, the order rotated, returned and durable
 //! times, peak memory, provenance). `diff`, `cache`, `oci`,
-//! `containerd`, `daemon` and `estargz` need the Debian images `cargo xtask bench-images` builds.
+//! `containerd`, `daemon`, `estargz` and `lazy` need the Debian images
+//! `cargo xtask bench-images` builds.
 //! Figures go to `target/strata-bench/`, for `cargo xtask bench --report`.
 //!
 //! `cargo xtask bench --quick` runs every bench once with small inputs (the
@@ -37,6 +39,7 @@ const BENCHES: &[&str] = &[
     "containerd",
     "daemon",
     "estargz",
+    "lazy",
 ];
 
 pub fn run(args: &[&str]) -> anyhow::Result<()> {

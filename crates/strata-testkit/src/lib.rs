@@ -23,6 +23,7 @@ mod provenance;
 pub mod random_tree;
 pub mod registry;
 pub mod reliability;
+pub mod throttle;
 pub mod tree;
 
 use std::path::Path;

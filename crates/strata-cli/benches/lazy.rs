@@ -1,0 +1,221 @@
+//! `cargo xtask bench lazy`: how soon an image can be used when pulled
+//! over a realistic network. debian-python (`cargo xtask bench-images`; a
+//! small image in a quick run) is pushed to a registry on 127.0.0.1 twice,
+//! as its gzip layers and as eStargz (`strata image push --compression
+//! estargz --force-compression`, untimed), and reached through a proxy on
+//! loopback that holds the link to 100 Mbit/s with 10 ms each way
+//! (`strata_testkit::throttle`). Timed, side by side, order rotated, the
+//! page cache dropped before each run, each from nothing (a fresh root or
+//! chunk cache):
+//!
+//! * `strata lazy mount` of the eStargz image (prefetch on, as by
+//!   default), until `python3 --version` has run in it (chroot; in a quick
+//!   run, the small image's tool read whole);
+//! * `strata image pull` of the gzip image, `strata mount` of its ref, and
+//!   the same probe.
+//!
+//! Each figure's label gives the bytes the proxy had sent when the probe
+//! returned. The probe's output is checked (Python's version line), so a
+//! mount that serves wrong bytes fails the run.
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strata_testkit::bench::{self, Figure};
+use strata_testkit::registry::Registry;
+use strata_testkit::throttle::Throttle;
+
+/// 100 Mbit/s.
+const BYTES_PER_SEC: u64 = 12_500_000;
+/// Each way.
+const DELAY: Duration = Duration::from_millis(10);
+
+/// Runs the probe in the image mounted on `dir`: Python's version, or in
+/// a quick run the small image's tool read whole.
+fn probe(dir: &Path) {
+    if bench::quick() {
+        let tool = std::fs::read(dir.join("usr/bin/tool")).expect("read the tool");
+        assert_eq!(tool, vec![7u8; 100_000], "the tool's bytes");
+        return;
+    }
+    let out = Command::new("chroot")
+        .arg(dir)
+        .args(["/usr/bin/python3", "--version"])
+        .output()
+        .expect("run chroot");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("Python 3."),
+        "python3 --version in the mounted image: {text:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The next JSON value `out` prints.
+fn next_value(out: &mut BufReader<std::process::ChildStdout>) -> Value {
+    serde_json::Deserializer::from_reader(out)
+        .into_iter::<Value>()
+        .next()
+        .expect("strata lazy mount printed nothing")
+        .expect("strata lazy mount printed JSON")
+}
+
+fn stop(mut child: Child) {
+    bench::ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let status = child.wait().expect("wait for strata lazy mount");
+    assert!(status.success(), "strata lazy mount ended with {status}");
+}
+
+/// A lazy round: until the probe ran, and the bytes sent by then.
+fn lazy_round(reference: &str, mnt: &Path, cache: &Path, proxy: &Throttle) -> (Duration, u64) {
+    std::fs::create_dir_all(mnt).unwrap();
+    let before = proxy.bytes_down();
+    let start = Instant::now();
+    let mut child = Command::new(strata_testkit::cli::strata())
+        .args(["--json", "lazy", "mount", reference])
+        .arg(mnt)
+        .arg("--cache")
+        .arg(cache)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start strata lazy mount");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    next_value(&mut out);
+    probe(mnt);
+    let took = start.elapsed();
+    let bytes = proxy.bytes_down() - before;
+    stop(child);
+    bench::remove(cache);
+    (took, bytes)
+}
+
+/// An eager round: pull, mount, probe.
+fn eager_round(reference: &str, mnt: &Path, root: &Path, proxy: &Throttle) -> (Duration, u64) {
+    std::fs::create_dir_all(mnt).unwrap();
+    let before = proxy.bytes_down();
+    let start = Instant::now();
+    let out = bench::strata(root)
+        .args(["--json", "image", "pull", reference, "--name", "img"])
+        .output()
+        .expect("run strata image pull");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pulled: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = pulled["ref"].as_str().expect("a ref id").to_owned();
+    bench::ok(bench::strata(root).arg("mount").arg(&id).arg(mnt));
+    probe(mnt);
+    let took = start.elapsed();
+    let bytes = proxy.bytes_down() - before;
+    bench::ok(bench::strata(root).arg("umount").arg(mnt));
+    bench::remove(root);
+    (took, bytes)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+fn main() {
+    let dir = bench::scratch();
+    let images = bench::images(&dir);
+    let name = &images.names[0];
+    let layout = images.layout(name);
+    let registry = Registry::start(None);
+    let setup = dir.join("setup-root");
+    bench::ok(bench::strata(&setup).args([
+        "image",
+        "import",
+        &format!("oci:{}", layout.display()),
+        "--name",
+        "img",
+    ]));
+    let esgz = format!("{}/bench:estargz", registry.addr);
+    let gzip = format!("{}/bench:gzip", registry.addr);
+    bench::ok(bench::strata(&setup).args([
+        "image",
+        "push",
+        "img",
+        &esgz,
+        "--compression",
+        "estargz",
+        "--force-compression",
+    ]));
+    bench::ok(bench::strata(&setup).args(["image", "push", "img", &gzip]));
+    bench::remove(&setup);
+    let proxy = Throttle::start(&registry.addr, BYTES_PER_SEC, DELAY);
+    let via = |r: &str| r.replacen(&registry.addr, &proxy.addr, 1);
+    let (esgz, gzip) = (via(&esgz), via(&gzip));
+
+    let mnt = |r: usize| dir.join(format!("mnt-{r}"));
+    let scratch = |r: usize| -> PathBuf { dir.join(format!("state-{r}")) };
+    type Round<'a> = Box<dyn Fn(usize) -> (Duration, u64) + 'a>;
+    let contenders: [(&str, Round<'_>); 2] = [
+        (
+            "strata lazy mount (eStargz)",
+            Box::new(|r| lazy_round(&esgz, &mnt(r), &scratch(r), &proxy)),
+        ),
+        (
+            "strata image pull + mount (gzip)",
+            Box::new(|r| eager_round(&gzip, &mnt(r), &scratch(r), &proxy)),
+        ),
+    ];
+    let mut seen: Vec<(Vec<Duration>, Vec<u64>)> = vec![Default::default(); contenders.len()];
+    let warmup = usize::from(!bench::quick());
+    for round in 0..warmup + bench::runs() {
+        for i in (0..contenders.len()).map(|k| (k + round) % contenders.len()) {
+            bench::drop_caches();
+            let (took, bytes) = (contenders[i].1)(round);
+            eprintln!(
+                "    {} (round {round}): usable after {:.3}s, {} fetched{}",
+                contenders[i].0,
+                took.as_secs_f64(),
+                mib(bytes),
+                if round < warmup { " (warm-up)" } else { "" }
+            );
+            if round >= warmup {
+                seen[i].0.push(took);
+                seen[i].1.push(bytes);
+            }
+        }
+    }
+    let version = bench::strata_version();
+    let figures: Vec<Figure> = contenders
+        .iter()
+        .zip(seen)
+        .map(|((peer, _), (times, bytes))| {
+            let mut bytes = bytes;
+            bytes.sort_unstable();
+            Figure {
+                peer: format!(
+                    "{peer}: {} fetched until usable",
+                    mib(bytes[bytes.len() / 2])
+                ),
+                tool: version.clone(),
+                runs: times.len(),
+                returned: bench::median(times),
+                durable: None,
+                peak_kib: None,
+            }
+        })
+        .collect();
+    bench::record(
+        "lazy",
+        &format!(
+            "{name} from a registry at 100 Mbit/s and 10 ms each way: until {}",
+            if bench::quick() {
+                "a 100 kB file is read"
+            } else {
+                "python3 --version has run"
+            }
+        ),
+        &dir,
+        &figures,
+        &[],
+    );
+}
