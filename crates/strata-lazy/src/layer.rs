@@ -154,10 +154,19 @@ impl Layer {
         })
     }
 
-    /// Where the member starting at `offset` ends.
-    fn member_end(&self, offset: u64) -> u64 {
-        let i = self.members.partition_point(|&m| m <= offset);
-        self.members.get(i).copied().unwrap_or(self.src.size())
+    /// Where the bytes to fetch for chunk `c` end: at the next member the
+    /// TOC names, but never further than the chunk's data can take
+    /// compressed (deflate adds at most 5 bytes per 32 KiB stored block;
+    /// the rest covers the gzip header and tar headers after the chunk), so
+    /// a TOC cannot make one chunk's fetch large.
+    fn span_end(&self, c: &Chunk) -> u64 {
+        let i = self.members.partition_point(|&m| m <= c.blob_offset);
+        let next = self.members.get(i).copied().unwrap_or(self.src.size());
+        next.min(
+            c.blob_offset
+                .saturating_add(c.len + c.len / 4096)
+                .saturating_add(64 << 10),
+        )
     }
 
     /// Up to `len` bytes of file `ino` from `offset`.
@@ -201,11 +210,7 @@ impl Layer {
         if let Some(f) = self.cache.get(&c.digest, c.len)? {
             return Ok(f);
         }
-        let end = self.member_end(c.blob_offset);
-        // A member holds its chunk and perhaps the tar headers after it;
-        // deflate adds at most 5 bytes per 32 KiB stored block.
-        let span = (end - c.blob_offset).min(c.len + c.len / 4096 + (64 << 10));
-        let bytes = self.fetch(c.blob_offset, span)?;
+        let bytes = self.fetch(c.blob_offset, self.span_end(c) - c.blob_offset)?;
         let data = self.decode(c, &bytes)?;
         self.cache.put(&c.digest, &data)?;
         self.cache
@@ -281,10 +286,10 @@ impl Layer {
             return Ok(1);
         }
         let start = chunks[0].blob_offset;
-        let mut end = self.member_end(start);
+        let mut end = self.span_end(chunks[0]);
         let mut n = 1;
         while let Some(c) = chunks.get(n) {
-            let next_end = self.member_end(c.blob_offset);
+            let next_end = self.span_end(c);
             if c.blob_offset > end || next_end - start > PREFETCH_SPAN || !missing(c)? {
                 break;
             }

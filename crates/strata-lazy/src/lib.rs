@@ -28,4 +28,4 @@ pub use cache::ChunkCache;
 pub use fs::{Mounted, mount};
 pub use layer::{Layer, LayerOptions, Prefetch, Stats};
 pub use remote::{FileSource, RangeSource, read_index};
-pub use tree::{Chunk, Kind, Node, ROOT, Tree};
+pub use tree::{Chunk, Kind, MAX_CHUNK, Node, ROOT, Tree};

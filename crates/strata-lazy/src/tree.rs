@@ -149,11 +149,16 @@ fn encode_dev(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
 }
 
-/// Whether `key` is one of overlay's private attributes, which a layer
-/// never carries (overlay would take them for its own).
-fn is_overlay_private(key: &str) -> bool {
-    key.starts_with("trusted.overlay.") || key.starts_with("user.overlay.")
+/// Whether attribute `key` is one a layer never carries, as an eager
+/// import drops it: every `trusted.*` one (overlay's opaque, redirect and
+/// metacopy markers among them) and `user.overlay.*`.
+fn is_dropped(key: &str) -> bool {
+    key.starts_with("trusted.") || key.starts_with("user.overlay.")
 }
+
+/// The largest chunk read lazily (a chunk is held in memory whole while it
+/// is checked); writers use 4 MiB.
+pub const MAX_CHUNK: u64 = 64 << 20;
 
 /// The chunk a `reg` or `chunk` entry describes (none for an empty file).
 fn chunk_of(e: &TocEntry, file_size: u64) -> io::Result<Option<Chunk>> {
@@ -166,6 +171,12 @@ fn chunk_of(e: &TocEntry, file_size: u64) -> io::Result<Option<Chunk>> {
     };
     if len == 0 {
         return Ok(None);
+    }
+    if len > MAX_CHUNK {
+        return Err(bad(
+            &e.name,
+            format!("a chunk of {len} bytes (more than {MAX_CHUNK}) cannot be read lazily"),
+        ));
     }
     let digest = Digest::parse(&e.chunk_digest).map_err(|err| {
         bad(
@@ -384,7 +395,7 @@ impl Tree {
         n.xattrs = e
             .xattrs
             .iter()
-            .filter(|(k, _)| !is_overlay_private(k))
+            .filter(|(k, _)| !is_dropped(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         // An opaque marker seen before the directory's own entry stays.
@@ -538,10 +549,20 @@ mod tests {
         no_digest.size = 3;
         let mut orphan = entry("h", "chunk");
         orphan.chunk_digest = digest("c");
+        let mut huge = entry("big", "reg");
+        huge.size = u64::MAX;
+        huge.chunk_digest = digest("big");
         let mut overlay = entry("d", "dir");
+        for (k, v) in [
+            ("trusted.overlay.redirect", &b"/x"[..]),
+            ("trusted.other", b"v"),
+            ("user.overlay.opaque", b"y"),
+        ] {
+            overlay.xattrs.insert(k.into(), v.to_vec());
+        }
         overlay
             .xattrs
-            .insert("trusted.overlay.redirect".into(), b"/x".to_vec());
+            .insert("security.capability".into(), b"cap".to_vec());
         for (entries, says) in [
             (vec![entry("../escape", "reg")], "parent directory"),
             (vec![gap, next], "gap"),
@@ -552,12 +573,14 @@ mod tests {
                 "not a directory",
             ),
             (vec![entry("x", "socket")], "unknown entry type"),
+            (vec![huge], "cannot be read lazily"),
         ] {
             let err = Tree::from_toc(&toc(entries), "trusted.overlay.opaque").unwrap_err();
             assert!(err.to_string().contains(says), "{err} (wanted {says:?})");
         }
-        // Overlay's own attributes never come from a layer.
+        // Attributes an eager import drops never come from a layer here.
         let t = Tree::from_toc(&toc(vec![overlay]), "trusted.overlay.opaque").unwrap();
-        assert!(t.node(t.child(ROOT, "d").unwrap()).xattrs.is_empty());
+        let kept: Vec<&String> = t.node(t.child(ROOT, "d").unwrap()).xattrs.keys().collect();
+        assert_eq!(kept, ["security.capability"]);
     }
 }
