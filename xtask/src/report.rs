@@ -402,14 +402,22 @@ fn table(group: &str, entries: &[&Entry]) -> String {
                         (Some(b), Some(t)) if !e.is_strata() => ratio(b / t),
                         _ => String::new(),
                     };
+                    // A figure timed inside the bench process has no
+                    // process of its own; another without a durable time or
+                    // peak memory had them left unmeasured.
+                    let absent = if e.tool.contains("in process") {
+                        "(in process)"
+                    } else {
+                        "(not measured)"
+                    };
                     let _ = writeln!(
                         md,
                         "| {} | {} | {runs} | {} | {} | {} | {ratio} |",
                         cell(&case),
                         cell(&e.peer),
                         seconds(*returned),
-                        durable.map_or("(in process)".to_owned(), seconds),
-                        peak_kib.map_or("(in process)".to_owned(), |k| format!(
+                        durable.map_or(absent.to_owned(), seconds),
+                        peak_kib.map_or(absent.to_owned(), |k| format!(
                             "{} MiB",
                             k.div_ceil(1024)
                         )),
