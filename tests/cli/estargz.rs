@@ -210,13 +210,7 @@ fn go_reads_every_estargz_layer_strata_writes() {
     let manifest = layout.image(&plain);
     layout.tag(&manifest, "v1");
     let src = format!("oci:{}:v1", s(&env.path("src-layout")));
-    let img = env
-        .run(&["--json", "image", "import", &src, "--name", "img"])
-        .expect(0)
-        .json()["ref"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let img = env.import(&src, "img");
     let dest = env.path("out-layout");
     env.run(&[
         "image",
@@ -408,13 +402,7 @@ fn strata_reads_the_layers_go_writes() {
         .run(&["image", "import", &loc("bad"), "--name", "bad"])
         .expect(5);
     assert!(run.stderr.contains("eStargz TOC digest"), "{}", run.stderr);
-    let good = env
-        .run(&["--json", "image", "import", &loc("good"), "--name", "good"])
-        .expect(0)
-        .json()["ref"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let good = env.import(&loc("good"), "good");
     assert_eq!(lines(without_sockets(&render(&src))), mounted(&env, &good));
     // Found imported before, the layer still answers for the annotation.
     let run = env

@@ -149,13 +149,7 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
     let manifest = layout.image(&layers(&env));
     layout.tag(&manifest, "v1");
     let src = format!("oci:{}:v1", s(&env.path("layout")));
-    let id = env
-        .run(&["--json", "image", "import", &src, "--name", "img"])
-        .expect(0)
-        .json()["ref"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = env.import(&src, "img");
     let lazy_ref = format!("{}/lazy:v1", registry.addr);
     let plain_ref = format!("{}/plain:v1", registry.addr);
     env.run(&[

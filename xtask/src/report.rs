@@ -417,10 +417,7 @@ fn table(group: &str, entries: &[&Entry]) -> String {
                         cell(&e.peer),
                         seconds(*returned),
                         durable.map_or(absent.to_owned(), seconds),
-                        peak_kib.map_or(absent.to_owned(), |k| format!(
-                            "{} MiB",
-                            k.div_ceil(1024)
-                        )),
+                        peak_kib.map_or(absent.to_owned(), |k| format!("{} MiB", k.div_ceil(1024))),
                     );
                 }
                 Outcome::Excluded(why) => {

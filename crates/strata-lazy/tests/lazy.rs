@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -102,6 +102,15 @@ fn nanos(dir: &Path) -> Vec<(String, i64, i64)> {
     out
 }
 
+/// A temporary directory with empty `src` and `mnt` directories in it.
+fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt) = (t.path().join("src"), t.path().join("mnt"));
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    (t, src, mnt)
+}
+
 fn blob_of(bytes: Vec<u8>) -> Arc<Blob> {
     Arc::new(Blob {
         bytes,
@@ -187,10 +196,7 @@ fn random_trees_read_back_through_fuse_as_they_were() {
 
 #[test]
 fn a_source_gone_mid_read_gives_eio_then_the_right_bytes() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, mnt) = (t.path().join("src"), t.path().join("mnt"));
-    fs::create_dir(&src).unwrap();
-    fs::create_dir(&mnt).unwrap();
+    let (t, src, mnt) = dirs();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     fs::write(src.join("a"), &data).unwrap();
     fs::write(src.join("b"), b"small").unwrap();
@@ -213,9 +219,9 @@ fn a_source_gone_mid_read_gives_eio_then_the_right_bytes() {
 
     // The cache outlives the process that filled it: a new cache over the
     // same directory, with the source down, serves what was fetched.
-    blob.down.store(true, Ordering::SeqCst);
-    let again = open(&blob_of(blob.bytes.clone()), &toc, &cache).unwrap();
-    blob.down.store(true, Ordering::SeqCst);
+    let source = blob_of(blob.bytes.clone());
+    let again = open(&source, &toc, &cache).unwrap();
+    source.down.store(true, Ordering::SeqCst);
     let m = mount(again, &mnt, 2).unwrap();
     assert_eq!(fs::read(mnt.join("a")).unwrap(), data);
     m.unmount().unwrap();
@@ -223,10 +229,7 @@ fn a_source_gone_mid_read_gives_eio_then_the_right_bytes() {
 
 #[test]
 fn a_corrupt_chunk_is_never_served_nor_cached() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, mnt) = (t.path().join("src"), t.path().join("mnt"));
-    fs::create_dir(&src).unwrap();
-    fs::create_dir(&mnt).unwrap();
+    let (t, src, mnt) = dirs();
     // Incompressible, so the member is as long as the data.
     let data: Vec<u8> = (0..200_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -257,10 +260,7 @@ fn a_corrupt_chunk_is_never_served_nor_cached() {
 
 #[test]
 fn a_changed_cache_file_is_fetched_anew() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, mnt) = (t.path().join("src"), t.path().join("mnt"));
-    fs::create_dir(&src).unwrap();
-    fs::create_dir(&mnt).unwrap();
+    let (t, src, mnt) = dirs();
     fs::write(src.join("a"), b"the real bytes").unwrap();
     let (bytes, toc) = estargz(&src, 1 << 20);
     let blob = blob_of(bytes);

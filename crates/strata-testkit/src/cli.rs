@@ -146,6 +146,19 @@ impl Env {
         finish(self.cmd(args).output().expect("run strata"))
     }
 
+    /// `strata image import SOURCE --name NAME`, which must succeed: the
+    /// image's top ref id.
+    pub fn import(&self, source: &str, name: &str) -> String {
+        let got = self
+            .run(&["--json", "image", "import", source, "--name", name])
+            .expect(0)
+            .json();
+        got["ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("image import printed no ref: {got}"))
+            .to_owned()
+    }
+
     /// Starts `strata content ingest -` with `bytes` on its stdin (left
     /// open) and returns once its ingest exists, so the process holds the
     /// root and a partial ingest is on disk. Closing the returned stdin lets
