@@ -141,39 +141,47 @@ fn listing(dir: &Path) -> String {
     render(dir).lines().skip(1).collect::<Vec<_>>().join("\n")
 }
 
-#[test]
-fn an_estargz_image_is_used_before_it_is_downloaded() {
-    let env = Env::strata();
-    let mut registry = Registry::start(None);
-    let layout = Layout::new(&env.path("layout"));
-    let manifest = layout.image(&layers(&env));
+/// An image of `layers` imported as NAME (eagerly) and pushed to the
+/// registry as eStargz under NAME:v1: the eager import's listing and the
+/// pushed reference.
+fn publish(env: &Env, registry: &Registry, name: &str, layers: &[Vec<u8>]) -> (String, String) {
+    let layout = Layout::new(&env.path(&format!("layout-{name}")));
+    let manifest = layout.image(layers);
     layout.tag(&manifest, "v1");
-    let src = format!("oci:{}:v1", s(&env.path("layout")));
-    let id = env.import(&src, "img");
-    let lazy_ref = format!("{}/lazy:v1", registry.addr);
-    let plain_ref = format!("{}/plain:v1", registry.addr);
+    let src = format!("oci:{}:v1", s(&env.path(&format!("layout-{name}"))));
+    let id = env.import(&src, name);
+    let reference = format!("{}/{name}:v1", registry.addr);
     env.run(&[
         "image",
         "push",
-        "img",
-        &lazy_ref,
+        name,
+        &reference,
         "--compression",
         "estargz",
         "--force-compression",
     ])
     .expect(0);
-    env.run(&["image", "push", "img", &plain_ref]).expect(0);
-    let eager = env.path("eager");
+    let eager = env.path(&format!("eager-{name}"));
     fs::create_dir(&eager).unwrap();
     env.run(&["mount", &id, &s(&eager)]).expect(0);
     let want = listing(&eager);
     env.run(&["umount", &s(&eager)]).expect(0);
+    (want, reference)
+}
+
+#[test]
+fn an_estargz_image_is_used_before_it_is_downloaded() {
+    let env = Env::strata();
+    let mut registry = Registry::start(None);
+    let (want, lazy_ref) = publish(&env, &registry, "lazy", &layers(&env));
+    let plain_ref = format!("{}/plain:v1", registry.addr);
+    env.run(&["image", "push", "lazy", &plain_ref]).expect(0);
 
     let (mnt, cache) = (env.path("mnt"), env.path("cache"));
     let (lazy, mounted) = LazyMount::start(&env, &lazy_ref, &mnt, &cache);
     assert_eq!(mounted["layers"].as_array().unwrap().len(), 2, "{mounted}");
     // Before any file is read, only the footers and TOCs came over.
-    let blob_bytes: u64 = fs::read_dir(layout_blobs(&env))
+    let blob_bytes: u64 = fs::read_dir(env.path("layout-lazy/blobs/sha256"))
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
@@ -218,7 +226,32 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
     assert!(err.contains("only eStargz layers"), "{err}");
 }
 
-/// The layout's blob directory (the gzip image's bytes, for scale).
-fn layout_blobs(env: &Env) -> std::path::PathBuf {
-    env.path("layout").join("blobs/sha256")
+#[test]
+fn a_lone_layer_and_an_opaque_root_read_as_an_eager_import() {
+    let env = Env::strata();
+    let registry = Registry::start(None);
+    let two = layers(&env);
+    // A root made opaque hides every layer below it.
+    let top = env.path("opaque-root");
+    fs::create_dir_all(&top).unwrap();
+    fs::write(top.join(".wh..wh..opq"), "").unwrap();
+    fs::write(top.join("only"), "all there is").unwrap();
+    let cases = [
+        // Whiteouts and an opaque marker over nothing: none shows.
+        ("lone", vec![two[1].clone()]),
+        ("opaque", vec![two[0].clone(), tar(&top)]),
+    ];
+    for (name, layers) in cases {
+        let (want, reference) = publish(&env, &registry, name, &layers);
+        let (mnt, cache) = (env.path(&format!("mnt-{name}")), env.path("cache"));
+        let (lazy, _) = LazyMount::start(&env, &reference, &mnt, &cache);
+        assert_eq!(listing(&mnt), want, "{name}");
+        assert_eq!(lazy.stop().0, 0, "{name}");
+    }
+    // Only root reaches the layers' own mounts.
+    let mode = fs::metadata(env.path("cache")).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
 }

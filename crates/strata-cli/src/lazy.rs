@@ -54,6 +54,9 @@ pub struct MountArgs {
     registry: crate::image::RegistryArgs,
 }
 
+/// The attribute overlay reads for an opaque directory (a root's mounts).
+const OPAQUE: &str = "trusted.overlay.opaque";
+
 /// One layer's blob, read from the registry by range.
 struct RegistryBlob {
     registry: Arc<Registry>,
@@ -146,10 +149,7 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
         ChunkCache::open(&args.cache.join("chunks"))
             .with_context(|| format!("chunk cache {}", args.cache.display()))?,
     );
-    let mnt = args.cache.join("mnt");
-    std::fs::create_dir_all(&mnt).with_context(|| format!("create {}", mnt.display()))?;
-    // What a killed mount of this cache left behind.
-    strata_sys::mount::detach_below(&mnt)?;
+    let (mnt, _lock) = mount_dir(&args.cache)?;
     let mut layers = Vec::new();
     for (desc, toc) in image.layers.iter().zip(tocs) {
         let src = Arc::new(RegistryBlob {
@@ -160,12 +160,14 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
         let opts = LayerOptions {
             name: desc.digest.to_string(),
             toc_digest: toc,
-            opaque_xattr: "trusted.overlay.opaque".into(),
+            opaque_xattr: OPAQUE.into(),
         };
-        let layer = Layer::open(src, cache.clone(), &opts)
+        let mut layer = Layer::open(src, cache.clone(), &opts)
             .with_context(|| format!("layer {}", desc.digest))?;
-        layers.push(Arc::new(layer));
+        layer.prune_whiteouts(|path| layers.iter().any(|l: &Layer| l.tree().has(path)));
+        layers.push(layer);
     }
+    let layers: Vec<Arc<Layer>> = layers.into_iter().map(Arc::new).collect();
     let mut mounted: Vec<Mounted> = Vec::new();
     let mut json = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
@@ -182,7 +184,9 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
             mount: dir.display().to_string(),
         });
     }
-    stack(&mounted, &args.dir)?;
+    let empty = mnt.join("empty");
+    std::fs::create_dir_all(&empty).with_context(|| format!("create {}", empty.display()))?;
+    stack(&layers, &mounted, &empty, &args.dir)?;
     let prefetch = if args.no_prefetch {
         Vec::new()
     } else {
@@ -210,9 +214,20 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     )?;
     rt.block_on(stopped())?;
     drop(prefetch);
-    strata_sys::mount::unmount(&args.dir)?;
-    for m in mounted {
-        m.unmount()?;
+    // Detached, so a process still inside DIR cannot keep this one
+    // waiting; the layers' sessions get a few seconds to end, then the
+    // process exits, which ends them (readers then get ENOTCONN).
+    strata_sys::mount::detach_below(&args.dir)?;
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let result: std::io::Result<()> = mounted.into_iter().try_for_each(Mounted::unmount);
+        let _ = done.send(result);
+    });
+    match wait.recv_timeout(std::time::Duration::from_secs(5)) {
+        Ok(result) => result.context("unmount the layers")?,
+        Err(_) => {
+            tracing::warn!(dir = %args.dir.display(), "DIR is still in use: the layers end with this process")
+        }
     }
     out.line(
         &StoppedJson {
@@ -229,25 +244,70 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-/// Mounts the layers' file systems on `dir`, the last layer on top: one
-/// layer read-only as it is, several as a read-only overlay.
-fn stack(mounted: &[Mounted], dir: &Path) -> anyhow::Result<()> {
-    let m = match mounted {
-        [] => anyhow::bail!("the image has no layers"),
-        [one] => Mount::bind(one.target().to_path_buf(), true),
-        many => Mount::overlay(
-            OverlayLayers {
-                lowers: many
-                    .iter()
-                    .rev()
-                    .map(|m| m.target().to_path_buf())
-                    .collect(),
-                ..OverlayLayers::default()
-            },
-            // Lower directories only: the kernel makes it read-only.
-            Vec::new(),
-        ),
-    };
+/// This process's directory for the layers' mounts, `CACHE/mnt/ID`
+/// (CACHE and CACHE/mnt mode 0700: the layers keep their set-user-ID files
+/// and devices, so only root may reach them), locked while it serves.
+/// Directories of mounts that ended without cleaning up (their lock is
+/// free) are detached and removed first; those of live mounts are left.
+fn mount_dir(cache: &Path) -> anyhow::Result<(PathBuf, strata_sys::lock::FileLock)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mnt = cache.join("mnt");
+    std::fs::create_dir_all(&mnt).with_context(|| format!("create {}", mnt.display()))?;
+    for dir in [cache, &mnt] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("make {} private", dir.display()))?;
+    }
+    for entry in std::fs::read_dir(&mnt).with_context(|| format!("read {}", mnt.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "lock")
+            && let Ok(stale) = strata_sys::lock::FileLock::try_exclusive(&path)
+        {
+            let dir = path.with_extension("");
+            strata_sys::mount::detach_below(&dir)?;
+            if dir.exists() {
+                strata_sys::Root::open(&mnt)?
+                    .remove_all(Path::new(dir.file_name().unwrap_or_default()))?;
+            }
+            std::fs::remove_file(stale.path())?;
+        }
+    }
+    let id = strata_core::id::new_id();
+    let lock = strata_sys::lock::FileLock::try_exclusive(&mnt.join(format!("{id}.lock")))?;
+    let dir = mnt.join(id);
+    std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok((dir, lock))
+}
+
+/// Mounts the layers' file systems on `dir` as a read-only overlay, the
+/// last layer on top. A layer whose root is opaque hides every layer
+/// below it, so those are left out (overlay ignores the marker on a
+/// layer's root). `empty` is a second lower for a lone layer: overlay,
+/// not a bind, so whiteouts hide as they do in a stack.
+fn stack(
+    layers: &[Arc<Layer>],
+    mounted: &[Mounted],
+    empty: &Path,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let mut lowers: Vec<PathBuf> = Vec::new();
+    for (layer, m) in layers.iter().zip(mounted).rev() {
+        lowers.push(m.target().to_path_buf());
+        if layer.tree().root_is_opaque() {
+            break;
+        }
+    }
+    anyhow::ensure!(!lowers.is_empty(), "the image has no layers");
+    if lowers.len() == 1 {
+        lowers.push(empty.to_path_buf());
+    }
+    let m = Mount::overlay(
+        OverlayLayers {
+            lowers,
+            ..OverlayLayers::default()
+        },
+        // Lower directories only: the kernel makes it read-only.
+        Vec::new(),
+    );
     strata_sys::mount::mount(&m, dir)
         .with_context(|| format!("mount the image's layers on {}", dir.display()))
 }

@@ -40,7 +40,9 @@ impl ChunkCache {
     }
 
     /// The file of chunk `d` (`len` bytes), if the cache holds it whole
-    /// and right; a file that is not is removed.
+    /// and right. A file whose bytes do not hash to `d` is removed (it is
+    /// fetched anew); one of another length is an error, as its digest
+    /// says it is right: the TOC asking for it is wrong.
     pub fn get(&self, d: &Digest, len: u64) -> io::Result<Option<File>> {
         let path = self.path(d);
         let mut file = match File::open(&path) {
@@ -49,28 +51,40 @@ impl ChunkCache {
             Err(e) => return Err(e),
         };
         let checked = self.lock_checked().contains(d);
+        let size = file.metadata()?.len();
+        if checked && size != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("chunk {d} has {size} bytes, not the {len} the TOC gives it"),
+            ));
+        }
         if !checked {
             let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes)?;
-            if bytes.len() as u64 != len || Digest::of_bytes(d.algorithm(), &bytes) != *d {
-                tracing::warn!(chunk = %d, path = %path.display(), "a cached chunk does not match its digest; fetching it again");
-                std::fs::remove_file(&path)?;
-                return Ok(None);
+            if size == len {
+                file.read_to_end(&mut bytes)?;
+            }
+            if size != len || Digest::of_bytes(d.algorithm(), &bytes) != *d {
+                tracing::warn!(chunk = %d, path = %path.display(), "a cached chunk is not what its digest says; fetching it again");
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => return Ok(None),
+                }
             }
             self.lock_checked().insert(d.clone());
         }
         Ok(Some(file))
     }
 
-    /// Stores chunk `d`, whose bytes the caller has checked.
-    pub fn put(&self, d: &Digest, bytes: &[u8]) -> io::Result<()> {
+    /// Stores chunk `d`, whose bytes the caller has checked, and returns
+    /// its file.
+    pub fn put(&self, d: &Digest, bytes: &[u8]) -> io::Result<File> {
         let path = self.path(d);
         std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
         let mut tmp = tempfile::NamedTempFile::new_in(self.dir.join("tmp"))?;
         tmp.write_all(bytes)?;
-        tmp.persist(&path).map_err(|e| e.error)?;
+        let file = tmp.persist(&path).map_err(|e| e.error)?;
         self.lock_checked().insert(d.clone());
-        Ok(())
+        Ok(file)
     }
 
     /// The lock held while chunk `d` is fetched.

@@ -30,7 +30,7 @@ fn file_type(n: &Node) -> FileType {
         Kind::Dir { .. } => FileType::Directory,
         Kind::File(_) => FileType::RegularFile,
         Kind::Symlink(_) => FileType::Symlink,
-        Kind::Char => FileType::CharDevice,
+        Kind::Char | Kind::Whiteout => FileType::CharDevice,
         Kind::Block => FileType::BlockDevice,
         Kind::Fifo => FileType::NamedPipe,
     }

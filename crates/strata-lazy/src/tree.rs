@@ -29,8 +29,10 @@ pub enum Kind {
     File(Vec<Chunk>),
     /// A symbolic link and its target.
     Symlink(String),
-    /// A character device (a whiteout is one, 0/0).
+    /// A character device.
     Char,
+    /// A whiteout: shown as overlay's 0/0 character device.
+    Whiteout,
     /// A block device.
     Block,
     /// A named pipe.
@@ -103,6 +105,8 @@ impl Node {
 pub struct Tree {
     /// Nodes by inode number minus one.
     nodes: Vec<Node>,
+    /// The attribute that marks a directory opaque.
+    opaque_xattr: String,
 }
 
 fn bad(entry: &str, reason: impl std::fmt::Display) -> io::Error {
@@ -114,12 +118,19 @@ fn bad(entry: &str, reason: impl std::fmt::Display) -> io::Error {
 
 /// The components of a tar name, without `.` and empty ones; `..` is
 /// refused (a TOC naming a path outside the layer is a hostile one).
+/// The longest name a directory entry may have (Linux's `NAME_MAX`).
+const NAME_MAX: usize = 255;
+
 fn components(name: &str) -> io::Result<Vec<&str>> {
     let mut out = Vec::new();
     for c in name.split('/') {
         match c {
             "" | "." => {}
             ".." => return Err(bad(name, "names a parent directory (..)")),
+            c if c.len() > NAME_MAX => {
+                return Err(bad(name, format!("has a name over {NAME_MAX} bytes")));
+            }
+            c if c.contains('\0') => return Err(bad(name, "has a NUL byte in a name")),
             c => out.push(c),
         }
     }
@@ -144,9 +155,12 @@ fn parse_time(entry: &TocEntry) -> io::Result<SystemTime> {
     })
 }
 
-/// Linux's `new_encode_dev`: a device number as `stat` gives it.
-fn encode_dev(major: u32, minor: u32) -> u32 {
-    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+/// Linux's `new_encode_dev`: a device number as `stat` gives it; `None`
+/// for one the kernel cannot hold (12 bits of major, 20 of minor), which
+/// an eager import refuses too.
+fn encode_dev(major: u32, minor: u32) -> Option<u32> {
+    (major <= 0xfff && minor <= 0xf_ffff)
+        .then_some((minor & 0xff) | (major << 8) | ((minor & !0xff) << 12))
 }
 
 /// Whether attribute `key` is one a layer never carries, as an eager
@@ -202,6 +216,7 @@ impl Tree {
     pub fn from_toc(toc: &Toc, opaque_xattr: &str) -> io::Result<Tree> {
         let mut tree = Tree {
             nodes: vec![Node::dir(ROOT)],
+            opaque_xattr: opaque_xattr.to_owned(),
         };
         // The regular file the next `chunk` entries continue, by name
         // (`None` for a format entry, whose chunks are skipped too).
@@ -245,8 +260,11 @@ impl Tree {
                 continue;
             }
             if let Some(hidden) = base.strip_prefix(".wh.") {
+                if matches!(hidden, "" | "." | "..") {
+                    return Err(bad(&e.name, "a whiteout of no plain name"));
+                }
                 let mut n = Node::dir(parent);
-                n.kind = Kind::Char;
+                n.kind = Kind::Whiteout;
                 n.perm = 0;
                 n.mtime = parse_time(e)?;
                 let ino = tree.push(n);
@@ -292,7 +310,15 @@ impl Tree {
                         "block" => Kind::Block,
                         _ => Kind::Fifo,
                     };
-                    n.rdev = encode_dev(e.dev_major, e.dev_minor);
+                    n.rdev = encode_dev(e.dev_major, e.dev_minor).ok_or_else(|| {
+                        bad(
+                            &e.name,
+                            format!(
+                                "device {}:{} is more than the kernel can hold",
+                                e.dev_major, e.dev_minor
+                            ),
+                        )
+                    })?;
                     tree.push(n)
                 }
                 other => return Err(bad(&e.name, format!("unknown entry type {other:?}"))),
@@ -381,8 +407,12 @@ impl Tree {
 
     fn set_attrs(&mut self, ino: u64, e: &TocEntry) -> io::Result<()> {
         let mtime = parse_time(e)?;
+        // u32::MAX is no id (it means "unchanged" to chown).
         let id = |v: u64, what: &str| {
-            u32::try_from(v).map_err(|_| bad(&e.name, format!("{what} {v} is out of range")))
+            u32::try_from(v)
+                .ok()
+                .filter(|&id| id != u32::MAX)
+                .ok_or_else(|| bad(&e.name, format!("{what} {v} is out of range")))
         };
         let (uid, gid) = (id(e.uid, "uid")?, id(e.gid, "gid")?);
         let n = self.node_mut(ino);
@@ -431,6 +461,52 @@ impl Tree {
             }
         }
         Ok(())
+    }
+
+    /// Whether `parts` (a path's components) names an entry.
+    pub fn has(&self, parts: &[&str]) -> bool {
+        self.lookup(parts).is_some()
+    }
+
+    /// Whether the root is opaque: the layer hides every layer below it.
+    pub fn root_is_opaque(&self) -> bool {
+        self.node(ROOT).xattrs.contains_key(&self.opaque_xattr)
+    }
+
+    /// Leaves out the whiteouts that hide nothing, as an eager import
+    /// never makes them: those in an opaque directory (it hides what is
+    /// below anyway) and those whose path no layer below has (`below`
+    /// answers for a path's components). Overlay lists a whiteout in a
+    /// directory no lower layer has, so one left in would show.
+    pub fn prune_whiteouts(&mut self, below: impl Fn(&[&str]) -> bool) {
+        let mut stack = vec![(ROOT, Vec::<String>::new())];
+        while let Some((dir, path)) = stack.pop() {
+            let opaque = self.node(dir).xattrs.contains_key(&self.opaque_xattr);
+            let Kind::Dir { children, .. } = &self.node(dir).kind else {
+                continue;
+            };
+            let mut gone = Vec::new();
+            for (name, &ino) in children {
+                let mut at = path.clone();
+                at.push(name.clone());
+                match self.node(ino).kind {
+                    Kind::Whiteout => {
+                        let parts: Vec<&str> = at.iter().map(String::as_str).collect();
+                        if opaque || !below(&parts) {
+                            gone.push(name.clone());
+                        }
+                    }
+                    Kind::Dir { .. } => stack.push((ino, at)),
+                    _ => {}
+                }
+            }
+            if let Kind::Dir { children, .. } = &mut self.node_mut(dir).kind {
+                for name in gone {
+                    children.remove(&name);
+                }
+            }
+        }
+        self.count_links();
     }
 
     /// Link counts of what is reachable from the root.
@@ -524,7 +600,7 @@ mod tests {
         .unwrap();
         let etc = t.child(ROOT, "etc").unwrap();
         let shadow = t.node(t.child(etc, "shadow").unwrap());
-        assert_eq!((&shadow.kind, shadow.rdev), (&Kind::Char, 0));
+        assert_eq!((&shadow.kind, shadow.rdev), (&Kind::Whiteout, 0));
         let share = t.child(t.child(ROOT, "usr").unwrap(), "share").unwrap();
         assert_eq!(t.node(share).xattrs["trusted.overlay.opaque"], b"y");
         assert!(t.child(share, ".wh..wh..opq").is_none());
@@ -534,6 +610,14 @@ mod tests {
         assert_eq!(t.node(passwd).nlink, 2);
         // root, etc, usr, share: etc and usr count in the root's links.
         assert_eq!(t.node(ROOT).nlink, 4);
+
+        // A whiteout stays only where a layer below has its path.
+        let mut pruned = t.clone();
+        pruned.prune_whiteouts(|p| p == ["etc", "shadow"]);
+        assert!(pruned.child(etc, "shadow").is_some());
+        pruned.prune_whiteouts(|_| false);
+        assert!(pruned.child(etc, "shadow").is_none());
+        assert!(pruned.child(etc, "passwd").is_some());
     }
 
     #[test]
@@ -549,6 +633,13 @@ mod tests {
         no_digest.size = 3;
         let mut orphan = entry("h", "chunk");
         orphan.chunk_digest = digest("c");
+        let mut device = entry("sda", "block");
+        device.dev_major = 0x1008;
+        let mut owner = entry("f", "reg");
+        owner.uid = u64::from(u32::MAX);
+        let mut later = entry("link", "hardlink");
+        later.link_name = "target".into();
+        let target = entry("target", "reg");
         let mut huge = entry("big", "reg");
         huge.size = u64::MAX;
         huge.chunk_digest = digest("big");
@@ -574,6 +665,13 @@ mod tests {
             ),
             (vec![entry("x", "socket")], "unknown entry type"),
             (vec![huge], "cannot be read lazily"),
+            (vec![entry("d/.wh.", "reg")], "no plain name"),
+            (vec![entry(".wh..", "reg")], "no plain name"),
+            (vec![entry(&"n".repeat(256), "reg")], "over 255 bytes"),
+            (vec![entry("a\0b", "reg")], "NUL"),
+            (vec![device], "kernel can hold"),
+            (vec![owner], "out of range"),
+            (vec![later, target], "not an earlier entry"),
         ] {
             let err = Tree::from_toc(&toc(entries), "trusted.overlay.opaque").unwrap_err();
             assert!(err.to_string().contains(says), "{err} (wanted {says:?})");
