@@ -126,6 +126,10 @@ const TARGETS: &[(&str, &str)] = &[
         "estargz",
         "estargz (TOC reading, writing, checking against corrupted blobs)",
     ),
+    (
+        "lazy",
+        "lazy reads (TOC and tree from any blob; every file read lazily as extracted, or refused when corrupted)",
+    ),
 ];
 
 /// Runs `target` for `seconds` on its corpus and the seeds; the number of
