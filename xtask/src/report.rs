@@ -414,7 +414,10 @@ fn table(group: &str, entries: &[&Entry]) -> String {
                         md,
                         "| {} | {} | {runs} | {} | {} | {} | {ratio} |",
                         cell(&case),
-                        cell(&e.peer),
+                        cell(&match e.raw["detail"].as_str() {
+                            Some(detail) => format!("{} ({detail})", e.peer),
+                            None => e.peer.clone(),
+                        }),
                         seconds(*returned),
                         durable.map_or(absent.to_owned(), seconds),
                         peak_kib.map_or(absent.to_owned(), |k| format!("{} MiB", k.div_ceil(1024))),

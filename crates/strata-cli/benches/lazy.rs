@@ -14,8 +14,8 @@
 //! * `strata image pull` of the gzip image, `strata mount` of its ref, and
 //!   the same probe.
 //!
-//! Each figure's label gives the bytes the proxy had sent when the probe
-//! returned. The probe's output is checked (Python's version line), so a
+//! Each figure's detail gives the bytes the proxy had sent when the probe
+//! returned (the median run's). The probe's output is checked (Python's version line), so a
 //! mount that serves wrong bytes fails the run.
 
 use std::io::BufReader;
@@ -192,15 +192,16 @@ fn main() {
             let mut bytes = bytes;
             bytes.sort_unstable();
             Figure {
-                peer: format!(
-                    "{peer}: {} fetched until usable",
-                    mib(bytes[bytes.len() / 2])
-                ),
+                peer: (*peer).to_owned(),
                 tool: version.clone(),
                 runs: times.len(),
                 returned: bench::median(times),
                 durable: None,
                 peak_kib: None,
+                detail: Some(format!(
+                    "{} fetched until usable",
+                    mib(bytes[bytes.len() / 2])
+                )),
             }
         })
         .collect();

@@ -243,6 +243,7 @@ impl Times {
             returned: median(self.returned.clone()),
             durable: (!self.durable.is_empty()).then(|| median(self.durable.clone())),
             peak_kib: self.peak_kib.iter().max().copied(),
+            detail: None,
         }
     }
 }
@@ -372,6 +373,8 @@ pub struct Figure {
     /// Highest peak resident memory seen, KiB (none for figures measured
     /// inside the bench process).
     pub peak_kib: Option<u64>,
+    /// What else the run measured, shown beside the peer (bytes fetched).
+    pub detail: Option<String>,
 }
 
 impl Figure {
@@ -385,6 +388,7 @@ impl Figure {
             returned,
             durable: None,
             peak_kib: None,
+            detail: None,
         }
     }
 }
@@ -429,6 +433,7 @@ pub fn record(group: &str, case: &str, fs: &Path, figures: &[Figure], excluded: 
                 "returned": secs(f.returned),
                 "durable": f.durable.map(secs),
                 "peak_kib": f.peak_kib,
+                "detail": f.detail,
                 "provenance": provenance,
             })
         })
