@@ -21,20 +21,15 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use libfuzzer_sys::fuzz_target;
-use strata_diff::{ApplyOptions, Limits, OverlayTarget, apply};
+use strata_diff::{ApplyOptions, OverlayTarget, apply};
 use strata_testkit::tree::render;
+
+mod common;
 
 fn options(overlay: Option<OverlayTarget>) -> ApplyOptions {
     ApplyOptions {
-        name: "fuzz".into(),
-        skip_devices: true,
-        limits: Limits {
-            max_uncompressed: 64 << 20,
-            max_entries: 10_000,
-            ..Limits::default()
-        },
         overlay,
-        ..ApplyOptions::default()
+        ..common::options()
     }
 }
 

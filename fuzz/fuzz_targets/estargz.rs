@@ -15,21 +15,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use strata_diff::estargz::{EStargzOptions, Index, is_format_entry, write};
-use strata_diff::{ApplyOptions, Limits, apply};
+use strata_diff::estargz::{Index, is_format_entry};
+use strata_diff::{ApplyOptions, apply};
 use strata_testkit::tree::render;
+
+mod common;
 
 fn options(estargz: Option<Arc<Index>>) -> ApplyOptions {
     ApplyOptions {
-        name: "fuzz".into(),
-        skip_devices: true,
-        limits: Limits {
-            max_uncompressed: 64 << 20,
-            max_entries: 10_000,
-            ..Limits::default()
-        },
         estargz,
-        ..ApplyOptions::default()
+        ..common::options()
     }
 }
 
@@ -66,20 +61,12 @@ fn names_a_format_entry(tar: &[u8]) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     let _ = Index::read(&mut Cursor::new(data));
-    if data.len() < 5 {
-        return;
-    }
-    let (tar, knobs) = data.split_at(data.len() - 4);
-    if tar.starts_with(&[0x1f, 0x8b]) || names_a_format_entry(tar) {
-        return;
-    }
-    let opts = EStargzOptions {
-        chunk_size: 1 + u64::from(knobs[0]) * 64,
-        ..EStargzOptions::default()
-    };
-    let Ok((written, blob)) = write(tar, Vec::new(), &opts, Some(1), 1) else {
+    let Some((tar, knobs, written, blob)) = common::estargz_of(data) else {
         return;
     };
+    if names_a_format_entry(tar) {
+        return;
+    }
     let index = Index::read(&mut Cursor::new(&blob))
         .expect("the TOC of a blob Strata wrote reads")
         .expect("a blob Strata wrote has a footer");

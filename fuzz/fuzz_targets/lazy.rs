@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use strata_core::Digest;
-use strata_diff::estargz::{EStargzOptions, write};
-use strata_diff::{ApplyOptions, Limits, apply};
+use strata_diff::apply;
 use strata_lazy::{ChunkCache, Kind, Layer, LayerOptions, ROOT, RangeSource, Tree, read_index};
+
+mod common;
 
 /// A blob in memory.
 struct Mem(Vec<u8>);
@@ -70,39 +71,13 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some(index)) = read_index(&Mem(data.to_vec())) {
         let _ = Tree::from_toc(&index.toc, "trusted.overlay.opaque");
     }
-    if data.len() < 5 {
-        return;
-    }
-    let (tar, knobs) = data.split_at(data.len() - 4);
-    if tar.starts_with(&[0x1f, 0x8b]) {
-        return;
-    }
-    let opts = EStargzOptions {
-        chunk_size: 1 + u64::from(knobs[0]) * 64,
-        ..EStargzOptions::default()
-    };
-    let Ok((written, blob)) = write(tar, Vec::new(), &opts, Some(1), 1) else {
+    let Some((tar, knobs, written, blob)) = common::estargz_of(data) else {
         return;
     };
     let tmp = tempfile::tempdir().expect("temp dir");
     let plain = tmp.path().join("plain");
     std::fs::create_dir(&plain).expect("make the destination");
-    let limits = Limits {
-        max_uncompressed: 64 << 20,
-        max_entries: 10_000,
-        ..Limits::default()
-    };
-    let applied = apply(
-        &strata_leases::OpCtx::new(),
-        tar,
-        &plain,
-        &ApplyOptions {
-            name: "fuzz".into(),
-            skip_devices: true,
-            limits,
-            ..ApplyOptions::default()
-        },
-    );
+    let applied = apply(&strata_leases::OpCtx::new(), tar, &plain, &common::options());
     if applied.is_err() {
         return;
     }
