@@ -248,6 +248,7 @@ reclaims what no lease holds.",
         examples: &["strata layer diff ./before ./after -o change.tar.zst --compression zstd"],
         json: Some("{file, media_type, digest, size, diff_id, uncompressed_size, entries}"),
     },
+    #[cfg(feature = "registry")]
     Page {
         path: "lazy mount",
         notes: "Every layer must be eStargz with its TOC digest annotation (push or export an image \
