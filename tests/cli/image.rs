@@ -5,7 +5,8 @@
 //! credential helper, a registry serving a corrupt blob, and hostile
 //! layouts and archives refused with exit 5 and nothing kept (ambiguous
 //! manifests and indexes among them, and configs whose diffIDs are not
-//! those of the layers a root already has).
+//! those of the layers a root already has), and a slow pull that outlives
+//! its registry token.
 
 use std::fs;
 use std::path::Path;
@@ -16,6 +17,8 @@ use strata_testkit::cli::{Env, Run, finish};
 use strata_testkit::layer_tar::{archive, entry};
 use strata_testkit::oci_layout::{Blob, Layout, gzip, sha256};
 use strata_testkit::registry::Registry;
+use strata_testkit::throttle::Throttle;
+use strata_testkit::token_gate::TokenGate;
 use tar::EntryType;
 
 fn env() -> Env {
@@ -995,6 +998,53 @@ fn a_registry_serving_a_corrupt_blob_commits_nothing() {
         run.stderr
     );
     assert_empty(&b);
+}
+
+#[test]
+fn a_pull_outlives_its_registry_token() {
+    if !strata_testkit::require_tools(
+        "a_pull_outlives_its_registry_token",
+        strata_testkit::REGISTRY_TOOLS,
+    ) {
+        return;
+    }
+    let reg = Registry::start(None);
+    let a = env();
+    // Eight layers of bytes gzip cannot shrink, fetched four at a time
+    // over a slow link: the later ones start after the token has expired.
+    let mut rng = strata_testkit::crash::Rng::new(7);
+    let layers: Vec<Vec<u8>> = (0..8)
+        .map(|i| {
+            let bytes: Vec<u8> = (0..300_000).map(|_| rng.next_u64() as u8).collect();
+            archive(&[entry(
+                &format!("blob{i}"),
+                EntryType::Regular,
+                &bytes[..],
+                "",
+            )])
+        })
+        .collect();
+    let layout = Layout::new(&a.path("layout"));
+    let manifest = layout.image(&layers);
+    layout.tag(&manifest, "v1");
+    a.import(&format!("oci:{}:v1", s(&a.path("layout"))), "big");
+    a.run(&["image", "push", "big", &format!("{}/big:1", reg.addr)])
+        .expect(0);
+
+    let gate = TokenGate::start(&reg.addr, std::time::Duration::from_secs(1));
+    let slow = Throttle::start(&gate.addr, 600_000, std::time::Duration::ZERO);
+    let b = env();
+    let got = b
+        .run(&["--json", "image", "pull", &format!("{}/big:1", slow.addr)])
+        .expect(0)
+        .json();
+    assert_eq!(got["fetched"], 10, "{got}");
+    assert!(
+        gate.tokens_issued() >= 2,
+        "the pull never needed a second token ({} issued, {} refusals): it did not outlive the first",
+        gate.tokens_issued(),
+        gate.refusals()
+    );
 }
 
 /// Base64 for a test's docker config, without a dependency.

@@ -4,7 +4,8 @@
 //! and an opaque directory across two layers included); a registry stopped
 //! mid-read gives the reader EIO and the next read, once the registry is
 //! back, the right bytes; a second mount over the same cache fetches no
-//! chunk again; an image of plain gzip layers is refused by name.
+//! chunk again; an image of plain gzip layers is refused by name; a mount
+//! outlives its registry token.
 
 use std::fs;
 use std::io::BufReader;
@@ -15,6 +16,7 @@ use serde_json::Value;
 use strata_testkit::cli::Env;
 use strata_testkit::oci_layout::Layout;
 use strata_testkit::registry::Registry;
+use strata_testkit::token_gate::TokenGate;
 use strata_testkit::tree::render;
 
 fn s(p: &Path) -> String {
@@ -254,4 +256,25 @@ fn a_lone_layer_and_an_opaque_root_read_as_an_eager_import() {
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
         0o700
     );
+}
+
+#[test]
+fn a_mount_outlives_its_registry_token() {
+    let env = Env::strata();
+    let registry = Registry::start(None);
+    let (want, reference) = publish(&env, &registry, "tokens", &layers(&env));
+    let gate = TokenGate::start(&registry.addr, std::time::Duration::from_secs(1));
+    let through = reference.replacen(&registry.addr, &gate.addr, 1);
+    let (mnt, cache) = (env.path("mnt"), env.path("cache"));
+    let (lazy, _) = LazyMount::start(&env, &through, &mnt, &cache);
+    let issued = gate.tokens_issued();
+    assert!(issued >= 1, "the gate handed out no token");
+    // The token expires; the next fetch is refused and the mount takes a
+    // new one rather than failing every read from then on.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let big = fs::read(mnt.join("usr/big.bin")).unwrap();
+    assert_eq!(big, fs::read(env.path("base/usr/big.bin")).unwrap());
+    assert!(gate.tokens_issued() > issued, "no new token was taken");
+    assert_eq!(listing(&mnt), want);
+    assert_eq!(lazy.stop().0, 0);
 }

@@ -46,6 +46,10 @@ pub struct Registry {
     client: Client,
     reference: Reference,
     opts: RegistryOptions,
+    /// What `connect` authenticated with, kept to authenticate again when
+    /// the registry refuses a token that has expired.
+    auth: RegistryAuth,
+    op: RegistryOperation,
 }
 
 impl std::fmt::Debug for Registry {
@@ -68,6 +72,21 @@ fn is_loopback(host: &str) -> bool {
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether the registry refused the request's credentials (401): a
+/// token that has expired, which a new one may cure.
+fn unauthorized(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::UnauthorizedError { .. } => true,
+        OciDistributionError::ServerError { code, .. } => *code == 401,
+        OciDistributionError::RequestError(r) => r.status().is_some_and(|s| s.as_u16() == 401),
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|x| matches!(x.code, oci_client::errors::OciErrorCode::Unauthorized)),
+        _ => false,
+    }
 }
 
 /// Whether a failed request may pass when tried again.
@@ -122,14 +141,24 @@ impl Registry {
             client,
             reference: parsed,
             opts: opts.clone(),
+            auth,
+            op,
         };
-        registry
-            .retry("authenticate", || {
-                registry.client.auth(&registry.reference, &auth, op)
-            })
-            .await?;
+        registry.authenticate().await?;
         // Requests carry what `auth` settled; anonymous needs nothing.
         Ok(registry)
+    }
+
+    /// Authenticates (again) for the operation `connect` was given: a
+    /// bearer token is fetched anew and replaces the one kept.
+    async fn authenticate(&self) -> Result<()> {
+        let what = "authenticate";
+        self.attempts(what, || {
+            self.client.auth(&self.reference, &self.auth, self.op)
+        })
+        .await
+        .map(drop)
+        .map_err(|e| self.error(what, e))
     }
 
     /// `HOST/REPO`.
@@ -233,10 +262,39 @@ impl Registry {
         }
     }
 
+    /// Runs `call` as [`Registry::attempts`] does; when the registry
+    /// refuses its token (expired: a long pull or a lazy mount outlives
+    /// the minutes a registry's token lasts), authenticates again once and
+    /// runs it anew.
+    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        match self.attempts(what, &mut call).await {
+            Err(e) if unauthorized(&e) => {
+                self.reauthenticate(what, &e).await?;
+                self.attempts(what, call).await
+            }
+            done => done,
+        }
+        .map_err(|e| self.error(what, e))
+    }
+
+    /// Takes a new token after `refused` (a 401 to `what`).
+    async fn reauthenticate(&self, what: &str, refused: &OciDistributionError) -> Result<()> {
+        tracing::info!(registry = %self.repo(), what, error = %refused, "the registry refused the token (expired?); authenticating again");
+        self.authenticate().await
+    }
+
     /// Runs `call` until it succeeds, fails for good, or runs out of
     /// attempts, waiting twice as long each time (backon's exponential
     /// backoff, no ceiling: the attempts are few).
-    async fn retry<T, F, Fut>(&self, what: &str, call: F) -> Result<T>
+    async fn attempts<T, F, Fut>(
+        &self,
+        what: &str,
+        call: F,
+    ) -> std::result::Result<T, OciDistributionError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
@@ -253,7 +311,6 @@ impl Registry {
                 tracing::warn!(registry = %self.repo(), what, error = %e, ?wait, "retrying");
             })
             .await
-            .map_err(|e| self.error(what, e))
     }
 
     /// Fetches the manifest or index `reference` names; checks it against
@@ -428,6 +485,7 @@ impl Registry {
         let reference = ingest_ref(&desc.digest);
         let mut attempt = 1;
         let mut wait = self.opts.backoff;
+        let mut reauthenticated = false;
         loop {
             let mut w = store.writer(&reference, Some(desc.size), Some(&desc.digest))?;
             // Another operation stored it while this one waited for the
@@ -474,6 +532,12 @@ impl Registry {
                     tokio::time::sleep(wait).await;
                     wait *= 2;
                     attempt += 1;
+                    continue;
+                }
+                Err(e) if unauthorized(&e) && !reauthenticated => {
+                    drop(w);
+                    self.reauthenticate(&what, &e).await?;
+                    reauthenticated = true;
                     continue;
                 }
                 Err(e) => return Err(self.error(&what, e)),

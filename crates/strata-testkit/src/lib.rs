@@ -24,6 +24,7 @@ pub mod random_tree;
 pub mod registry;
 pub mod reliability;
 pub mod throttle;
+pub mod token_gate;
 pub mod tree;
 
 use std::path::Path;
