@@ -1017,7 +1017,7 @@ fn a_pull_outlives_its_registry_token() {
         .map(|i| {
             let bytes: Vec<u8> = (0..300_000).map(|_| rng.next_u64() as u8).collect();
             archive(&[entry(
-                &format!("blob{i}"),
+                format!("blob{i}"),
                 EntryType::Regular,
                 &bytes[..],
                 "",
