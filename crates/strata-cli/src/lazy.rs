@@ -47,8 +47,10 @@ pub struct MountArgs {
     /// Fetch only what is read, never the rest in the background.
     #[arg(long)]
     no_prefetch: bool,
-    /// Threads serving each layer's file system.
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    /// Threads answering file reads, shared by every layer: at most this
+    /// many chunks are fetched and decoded at once (lookups and listings
+    /// never wait for them).
+    #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,
     #[command(flatten)]
     registry: crate::image::RegistryArgs,
@@ -168,13 +170,14 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
         layers.push(layer);
     }
     let layers: Vec<Arc<Layer>> = layers.into_iter().map(Arc::new).collect();
+    let readers = strata_lazy::Readers::new(args.threads).context("start the reader threads")?;
     let mut mounted: Vec<Mounted> = Vec::new();
     let mut json = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
         let dir = mnt.join(i.to_string());
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         mounted.push(
-            strata_lazy::mount(layer.clone(), &dir, args.threads)
+            strata_lazy::mount(layer.clone(), &dir, readers.clone())
                 .with_context(|| format!("mount layer {} on {}", layer.name(), dir.display()))?,
         );
         json.push(LayerJson {

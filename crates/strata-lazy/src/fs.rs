@@ -2,11 +2,17 @@
 //! tree, file data through [`Layer::read`]. A read that cannot be served
 //! (the registry gone, a chunk that does not match its digest) fails with
 //! EIO and is logged; no byte that was not checked is ever returned.
+//!
+//! Metadata is answered on the session's own threads, from memory; file
+//! reads, which may wait on the network, are handed to [`Readers`], a
+//! pool every layer of a mount shares. So a stalled fetch never holds up
+//! a lookup, and no more chunks are fetched and decoded at once than the
+//! pool has threads, however many layers and readers there are.
 
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
@@ -21,8 +27,68 @@ use crate::tree::{Kind, Node};
 /// Nothing in a layer changes: the kernel may keep what it was told.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The threads that answer file reads for every layer of a mount.
+pub struct Readers {
+    jobs: Mutex<mpsc::Sender<Job>>,
+    threads: usize,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for Readers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readers")
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Readers {
+    /// Starts `threads` reader threads (at least one). They end once the
+    /// pool is dropped and the reads queued before have been answered.
+    pub fn new(threads: usize) -> io::Result<Arc<Readers>> {
+        let threads = threads.max(1);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("lazy-read-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => break,
+                        }
+                    }
+                })?;
+        }
+        Ok(Arc::new(Readers {
+            jobs: Mutex::new(tx),
+            threads,
+        }))
+    }
+
+    /// Queues `job`; it runs on the calling thread if the pool is gone.
+    fn run(&self, job: Job) {
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(job);
+        if let Err(mpsc::SendError(job)) = sent {
+            job();
+        }
+    }
+}
+
 struct LazyFs {
     layer: Arc<Layer>,
+    readers: Arc<Readers>,
+    /// What `statfs` reports: the 4 KiB blocks the files take, counted
+    /// once (the tree never changes).
+    blocks: u64,
 }
 
 fn file_type(n: &Node) -> FileType {
@@ -134,13 +200,16 @@ impl Filesystem for LazyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.layer.read(ino.0, offset, u64::from(size)) {
-            Ok(bytes) => reply.data(&bytes),
-            Err(e) => {
-                tracing::error!(layer = %self.layer.name(), inode = ino.0, offset, size, error = %e, "a lazy read failed; the reader gets EIO");
-                reply.error(Errno::EIO);
+        let layer = self.layer.clone();
+        self.readers.run(Box::new(move || {
+            match layer.read(ino.0, offset, u64::from(size)) {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => {
+                    tracing::error!(layer = %layer.name(), inode = ino.0, offset, size, error = %e, "a lazy read failed; the reader gets EIO");
+                    reply.error(Errno::EIO);
+                }
             }
-        }
+        }));
     }
 
     fn readdir(
@@ -176,9 +245,8 @@ impl Filesystem for LazyFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let tree = self.layer.tree();
-        let blocks = tree.iter().map(|(_, n)| n.size.div_ceil(4096)).sum();
-        reply.statfs(blocks, 0, 0, tree.len() as u64, 0, 4096, 255, 4096);
+        let files = self.layer.tree().len() as u64;
+        reply.statfs(self.blocks, 0, 0, files, 0, 4096, 255, 4096);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -236,11 +304,11 @@ impl Drop for Mounted {
     }
 }
 
-/// Mounts `layer` read-only at `target` (an existing directory), served
-/// by `threads` threads. Any user may read it, as the tree's modes allow
-/// (the kernel checks them); set-user-ID bits and devices work as in an
-/// ordinary lower directory.
-pub fn mount(layer: Arc<Layer>, target: &Path, threads: usize) -> io::Result<Mounted> {
+/// Mounts `layer` read-only at `target` (an existing directory), its file
+/// reads answered by `readers`. Any user may read it, as the tree's modes
+/// allow (the kernel checks them); set-user-ID bits and devices work as in
+/// an ordinary lower directory.
+pub fn mount(layer: Arc<Layer>, target: &Path, readers: Arc<Readers>) -> io::Result<Mounted> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -252,8 +320,19 @@ pub fn mount(layer: Arc<Layer>, target: &Path, threads: usize) -> io::Result<Mou
         MountOption::NoAtime,
     ];
     config.acl = SessionACL::All;
-    config.n_threads = Some(threads.max(1));
-    let session = fuser::spawn_mount(LazyFs { layer }, target, &config)?;
+    // Metadata comes from memory; reads go to the pool.
+    config.n_threads = Some(2);
+    let blocks = layer
+        .tree()
+        .iter()
+        .map(|(_, n)| n.size.div_ceil(4096))
+        .sum();
+    let fs = LazyFs {
+        layer,
+        readers,
+        blocks,
+    };
+    let session = fuser::spawn_mount(fs, target, &config)?;
     Ok(Mounted {
         session: Some(session),
         target: target.to_path_buf(),

@@ -4,7 +4,8 @@
 //! through the command line's adapter; a file): two range reads fetch the
 //! footer and the TOC, the TOC must have the digest the layer's descriptor
 //! names, and the TOC becomes a [`Tree`]. [`mount`] serves that tree
-//! read-only through FUSE; a file's data is read chunk by chunk, each
+//! read-only through FUSE, file reads answered by [`Readers`], a pool the
+//! layers of a mount share; a file's data is read chunk by chunk, each
 //! chunk fetched by one range read of the gzip member that starts with it,
 //! checked against its digest in the TOC, and kept in a [`ChunkCache`]
 //! shared by every layer. [`Prefetch`] fetches the rest in the background,
@@ -25,7 +26,7 @@ mod remote;
 mod tree;
 
 pub use cache::ChunkCache;
-pub use fs::{Mounted, mount};
+pub use fs::{Mounted, Readers, mount};
 pub use layer::{Layer, LayerOptions, Prefetch, Stats};
 pub use remote::{FileSource, RangeSource, read_index};
 pub use tree::{Chunk, Kind, MAX_CHUNK, Node, ROOT, Tree};

@@ -4,7 +4,7 @@
 //! that goes away gives EIO and then the right bytes once it is back; a
 //! corrupt chunk is never served nor cached; a TOC of another digest is
 //! refused; the cache outlives its process, and a cache file changed on
-//! disk is fetched anew.
+//! disk is fetched anew; a read stalled on the network holds up no lookup.
 
 use std::fs;
 use std::io;
@@ -15,14 +15,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use strata_core::Digest;
 use strata_diff::estargz::EStargzOptions;
 use strata_diff::{Comparison, Compression, WriteOptions, walk_changes, write_layer};
-use strata_lazy::{ChunkCache, Layer, LayerOptions, Prefetch, RangeSource, mount};
+use strata_lazy::{ChunkCache, Layer, LayerOptions, Prefetch, RangeSource, Readers, mount};
 use strata_testkit::crash::Rng;
 use strata_testkit::tree::{render, without_sockets};
 
-/// A blob in memory that can be taken away, counting what it serves.
+/// A blob in memory that can be taken away or stalled, counting what it
+/// serves.
 struct Blob {
     bytes: Vec<u8>,
     down: AtomicBool,
+    /// Reads wait while it is set, as over a link that has stopped.
+    stall: AtomicBool,
     served: AtomicU64,
 }
 
@@ -32,6 +35,9 @@ impl RangeSource for Blob {
     }
 
     fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        while self.stall.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         if self.down.load(Ordering::SeqCst) {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
@@ -72,6 +78,10 @@ fn open(blob: &Arc<Blob>, toc: &Digest, cache: &Path) -> io::Result<Arc<Layer>> 
         },
     )
     .map(Arc::new)
+}
+
+fn readers(threads: usize) -> Arc<Readers> {
+    Readers::new(threads).unwrap()
 }
 
 /// A listing without the root's own line (the layer has no entry for it).
@@ -115,6 +125,7 @@ fn blob_of(bytes: Vec<u8>) -> Arc<Blob> {
     Arc::new(Blob {
         bytes,
         down: AtomicBool::new(false),
+        stall: AtomicBool::new(false),
         served: AtomicU64::new(0),
     })
 }
@@ -181,7 +192,7 @@ fn random_trees_read_back_through_fuse_as_they_were() {
             toc_bytes < blob.size(),
             "seed {seed}: opening read the whole blob"
         );
-        let m = mount(layer, &mnt, 2).unwrap();
+        let m = mount(layer, &mnt, readers(2)).unwrap();
         assert_eq!(below_root(&mnt), below_root(&src), "seed {seed}");
         // What an eager import of the same blob gives, to the nanosecond.
         assert_eq!(below_root(&mnt), below_root(&eager), "seed {seed}");
@@ -204,7 +215,7 @@ fn a_source_gone_mid_read_gives_eio_then_the_right_bytes() {
     let blob = blob_of(bytes);
     let cache = t.path().join("cache");
     let layer = open(&blob, &toc, &cache).unwrap();
-    let m = mount(layer.clone(), &mnt, 2).unwrap();
+    let m = mount(layer.clone(), &mnt, readers(2)).unwrap();
     blob.down.store(true, Ordering::SeqCst);
     let err = fs::read(mnt.join("a")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(5), "{err}");
@@ -222,8 +233,41 @@ fn a_source_gone_mid_read_gives_eio_then_the_right_bytes() {
     let source = blob_of(blob.bytes.clone());
     let again = open(&source, &toc, &cache).unwrap();
     source.down.store(true, Ordering::SeqCst);
-    let m = mount(again, &mnt, 2).unwrap();
+    let m = mount(again, &mnt, readers(2)).unwrap();
     assert_eq!(fs::read(mnt.join("a")).unwrap(), data);
+    m.unmount().unwrap();
+}
+
+#[test]
+fn a_stalled_fetch_holds_up_no_lookup() {
+    let (t, src, mnt) = dirs();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    fs::write(src.join("a"), &data).unwrap();
+    fs::create_dir(src.join("d")).unwrap();
+    fs::write(src.join("d/x"), b"x").unwrap();
+    let (bytes, toc) = estargz(&src, 65536);
+    let blob = blob_of(bytes);
+    let layer = open(&blob, &toc, &t.path().join("cache")).unwrap();
+    let m = mount(layer, &mnt, readers(1)).unwrap();
+    blob.stall.store(true, Ordering::SeqCst);
+    let file = mnt.join("a");
+    let reader = std::thread::spawn(move || fs::read(file));
+    // The read is waiting on the source; the rest of the tree answers.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = mnt.join("d");
+    std::thread::spawn(move || {
+        let size = fs::metadata(d.join("x")).map(|m| m.len());
+        let listed = fs::read_dir(&d).map(|r| r.count());
+        let _ = tx.send((size.ok(), listed.ok()));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+    blob.stall.store(false, Ordering::SeqCst);
+    assert_eq!(
+        got.expect("a lookup waited for a stalled fetch"),
+        (Some(1), Some(1))
+    );
+    assert_eq!(reader.join().unwrap().unwrap(), data);
     m.unmount().unwrap();
 }
 
@@ -246,7 +290,7 @@ fn a_corrupt_chunk_is_never_served_nor_cached() {
     bytes[at] ^= 0x40;
     let blob = blob_of(bytes);
     let cache = t.path().join("cache");
-    let m = mount(open(&blob, &toc, &cache).unwrap(), &mnt, 2).unwrap();
+    let m = mount(open(&blob, &toc, &cache).unwrap(), &mnt, readers(2)).unwrap();
     let err = fs::read(mnt.join("a")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(5), "{err}");
     assert_eq!(fs::read(mnt.join("b")).unwrap(), b"fine");
@@ -282,7 +326,7 @@ fn a_changed_cache_file_is_fetched_anew() {
     fs::write(&file, b"the fake bytes").unwrap();
     // A new process checks each cache file once before it uses it.
     let served = blob.served.load(Ordering::SeqCst);
-    let m = mount(open(&blob, &toc, &cache).unwrap(), &mnt, 2).unwrap();
+    let m = mount(open(&blob, &toc, &cache).unwrap(), &mnt, readers(2)).unwrap();
     assert_eq!(fs::read(mnt.join("a")).unwrap(), b"the real bytes");
     m.unmount().unwrap();
     assert!(
