@@ -4,6 +4,8 @@
 //! by a crash or changed on disk is fetched anew, never served). Files are
 //! written beside the cache and renamed into place, so a reader sees a
 //! whole chunk or none. Chunks are shared by every layer that holds them.
+//! The chunks used last stay open, so reading a chunk in the kernel's
+//! 128 KiB pieces opens its file once.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -12,6 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use strata_core::Digest;
+
+fn wrong_length(d: &Digest, size: u64, len: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("chunk {d} has {size} bytes, not the {len} the TOC gives it"),
+    )
+}
 
 /// A directory of verified chunks.
 #[derive(Debug)]
@@ -22,7 +31,13 @@ pub struct ChunkCache {
     /// One lock per chunk being fetched, so two readers of one chunk
     /// fetch it once.
     fetching: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// The files of the chunks used last (checked) and their lengths,
+    /// the latest last.
+    open: Mutex<Vec<(Digest, u64, Arc<File>)>>,
 }
+
+/// How many chunk files stay open.
+const OPEN_FILES: usize = 64;
 
 impl ChunkCache {
     /// Opens (making it) the cache in `dir`.
@@ -32,6 +47,7 @@ impl ChunkCache {
             dir: dir.to_path_buf(),
             checked: Mutex::new(HashSet::new()),
             fetching: Mutex::new(HashMap::new()),
+            open: Mutex::new(Vec::with_capacity(OPEN_FILES)),
         })
     }
 
@@ -43,7 +59,14 @@ impl ChunkCache {
     /// and right. A file whose bytes do not hash to `d` is removed (it is
     /// fetched anew); one of another length is an error, as its digest
     /// says it is right: the TOC asking for it is wrong.
-    pub fn get(&self, d: &Digest, len: u64) -> io::Result<Option<File>> {
+    pub fn get(&self, d: &Digest, len: u64) -> io::Result<Option<Arc<File>>> {
+        if let Some((size, file)) = self.open_file(d) {
+            return if size == len {
+                Ok(Some(file))
+            } else {
+                Err(wrong_length(d, size, len))
+            };
+        }
         let path = self.path(d);
         let mut file = match File::open(&path) {
             Ok(f) => f,
@@ -53,10 +76,7 @@ impl ChunkCache {
         let checked = self.lock_checked().contains(d);
         let size = file.metadata()?.len();
         if checked && size != len {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("chunk {d} has {size} bytes, not the {len} the TOC gives it"),
-            ));
+            return Err(wrong_length(d, size, len));
         }
         if !checked {
             let mut bytes = Vec::new();
@@ -72,19 +92,43 @@ impl ChunkCache {
             }
             self.lock_checked().insert(d.clone());
         }
-        Ok(Some(file))
+        Ok(Some(self.keep_open(d, size, file)))
     }
 
     /// Stores chunk `d`, whose bytes the caller has checked, and returns
     /// its file.
-    pub fn put(&self, d: &Digest, bytes: &[u8]) -> io::Result<File> {
+    pub fn put(&self, d: &Digest, bytes: &[u8]) -> io::Result<Arc<File>> {
         let path = self.path(d);
         std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
         let mut tmp = tempfile::NamedTempFile::new_in(self.dir.join("tmp"))?;
         tmp.write_all(bytes)?;
         let file = tmp.persist(&path).map_err(|e| e.error)?;
         self.lock_checked().insert(d.clone());
-        Ok(file)
+        Ok(self.keep_open(d, bytes.len() as u64, file))
+    }
+
+    /// Chunk `d`'s length and file if it is among those kept open, made
+    /// the latest.
+    fn open_file(&self, d: &Digest) -> Option<(u64, Arc<File>)> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = open.iter().position(|(k, ..)| k == d)?;
+        let entry = open.remove(i);
+        let found = (entry.1, entry.2.clone());
+        open.push(entry);
+        Some(found)
+    }
+
+    /// Keeps `file`, chunk `d`'s (`size` bytes), open; the one used
+    /// longest ago is closed when too many are.
+    fn keep_open(&self, d: &Digest, size: u64, file: File) -> Arc<File> {
+        let file = Arc::new(file);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|(k, ..)| k != d);
+        if open.len() >= OPEN_FILES {
+            open.remove(0);
+        }
+        open.push((d.clone(), size, file.clone()));
+        file
     }
 
     /// The lock held while chunk `d` is fetched.

@@ -207,7 +207,7 @@ impl Layer {
     }
 
     /// The cached file of chunk `c`, fetched first if need be.
-    fn chunk_file(&self, c: &Chunk) -> io::Result<File> {
+    fn chunk_file(&self, c: &Chunk) -> io::Result<Arc<File>> {
         if let Some(f) = self.cache.get(&c.digest, c.len)? {
             return Ok(f);
         }

@@ -77,12 +77,11 @@ pub struct Node {
 }
 
 impl Node {
-    fn dir(parent: u64) -> Node {
+    /// A node of `kind` with no size and the defaults a TOC entry's
+    /// attributes then replace.
+    fn new(kind: Kind) -> Node {
         Node {
-            kind: Kind::Dir {
-                children: BTreeMap::new(),
-                parent,
-            },
+            kind,
             size: 0,
             perm: 0o755,
             uid: 0,
@@ -92,6 +91,13 @@ impl Node {
             nlink: 0,
             xattrs: BTreeMap::new(),
         }
+    }
+
+    fn dir(parent: u64) -> Node {
+        Node::new(Kind::Dir {
+            children: BTreeMap::new(),
+            parent,
+        })
     }
 
     /// Whether it is a directory.
@@ -263,8 +269,7 @@ impl Tree {
                 if matches!(hidden, "" | "." | "..") {
                     return Err(bad(&e.name, "a whiteout of no plain name"));
                 }
-                let mut n = Node::dir(parent);
-                n.kind = Kind::Whiteout;
+                let mut n = Node::new(Kind::Whiteout);
                 n.perm = 0;
                 n.mtime = parse_time(e)?;
                 let ino = tree.push(n);
@@ -290,26 +295,23 @@ impl Tree {
                     continue;
                 }
                 "reg" => {
-                    let mut n = Node::dir(parent);
+                    let mut n = Node::new(Kind::File(chunk_of(e, e.size)?.into_iter().collect()));
                     n.size = e.size;
-                    n.kind = Kind::File(chunk_of(e, e.size)?.into_iter().collect());
                     let ino = tree.push(n);
                     open_file = Some((e.name.clone(), Some(ino)));
                     ino
                 }
                 "symlink" => {
-                    let mut n = Node::dir(parent);
+                    let mut n = Node::new(Kind::Symlink(e.link_name.clone()));
                     n.size = e.link_name.len() as u64;
-                    n.kind = Kind::Symlink(e.link_name.clone());
                     tree.push(n)
                 }
                 "char" | "block" | "fifo" => {
-                    let mut n = Node::dir(parent);
-                    n.kind = match e.kind.as_str() {
+                    let mut n = Node::new(match e.kind.as_str() {
                         "char" => Kind::Char,
                         "block" => Kind::Block,
                         _ => Kind::Fifo,
-                    };
+                    });
                     n.rdev = encode_dev(e.dev_major, e.dev_minor).ok_or_else(|| {
                         bad(
                             &e.name,
