@@ -20,12 +20,16 @@ pub fn options() -> ApplyOptions {
 }
 
 /// The input read as a tar stream followed by four bytes of knobs, and
-/// that tar written as eStargz (chunk size from the first knob): the tar,
+/// that tar written as eStargz (chunks of `smallest_chunk` bytes and up to
+/// 16 KiB more, by the first knob): the tar,
 /// the knobs, what the writer says and the blob. `None` when the input is
 /// too short, gzip, or a tar the writer refuses. (The apply target has no
 /// use for it.)
 #[allow(dead_code)]
-pub fn estargz_of(data: &[u8]) -> Option<(&[u8], &[u8], EStargzWritten, Vec<u8>)> {
+pub fn estargz_of(
+    data: &[u8],
+    smallest_chunk: u64,
+) -> Option<(&[u8], &[u8], EStargzWritten, Vec<u8>)> {
     if data.len() < 5 {
         return None;
     }
@@ -34,7 +38,7 @@ pub fn estargz_of(data: &[u8]) -> Option<(&[u8], &[u8], EStargzWritten, Vec<u8>)
         return None;
     }
     let opts = EStargzOptions {
-        chunk_size: 1 + u64::from(knobs[0]) * 64,
+        chunk_size: smallest_chunk + u64::from(knobs[0]) * 64,
         ..EStargzOptions::default()
     };
     let (written, blob) = write(tar, Vec::new(), &opts, Some(1), 1).ok()?;

@@ -61,7 +61,7 @@ fn names_a_format_entry(tar: &[u8]) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     let _ = Index::read(&mut Cursor::new(data));
-    let Some((tar, knobs, written, blob)) = common::estargz_of(data) else {
+    let Some((tar, knobs, written, blob)) = common::estargz_of(data, 1) else {
         return;
     };
     if names_a_format_entry(tar) {

@@ -137,7 +137,22 @@ const TARGETS: &[(&str, &str)] = &[
 fn fuzz(ws: &Path, seed_dir: &Path, target: &str, seconds: u64) -> anyhow::Result<u64> {
     let corpus = ws.join("fuzz/corpus").join(target);
     std::fs::create_dir_all(&corpus)?;
+    // The targets make and remove temporary trees for every input; on a
+    // disk without a journal, making files soon after removing many is
+    // many times slower, so they work in memory where there is a tmpfs.
+    let scratch = Path::new("/dev/shm")
+        .is_dir()
+        .then(|| {
+            tempfile::Builder::new()
+                .prefix("strata-fuzz-")
+                .tempdir_in("/dev/shm")
+        })
+        .transpose()
+        .context("make a scratch directory in /dev/shm")?;
     let mut cmd = Command::new("cargo");
+    if let Some(dir) = &scratch {
+        cmd.env("TMPDIR", dir.path());
+    }
     cmd.args(["+nightly", "fuzz", "run", target])
         .arg(&corpus)
         .arg(seed_dir.join("corpus"))
