@@ -4,8 +4,9 @@
 //! and an opaque directory across two layers included); a registry stopped
 //! mid-read gives the reader EIO and the next read, once the registry is
 //! back, the right bytes; a second mount over the same cache fetches no
-//! chunk again; an image of plain gzip layers is refused by name; a mount
-//! outlives its registry token.
+//! chunk again; plain gzip layers are fetched whole and unpacked once,
+//! alone or under and over eStargz ones, and one that does not match its
+//! digest leaves nothing; a mount outlives its registry token.
 
 use std::fs;
 use std::io::BufReader;
@@ -14,7 +15,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 
 use serde_json::Value;
 use strata_testkit::cli::Env;
-use strata_testkit::oci_layout::Layout;
+use strata_testkit::oci_layout::{Layout, gzip, sha256};
 use strata_testkit::registry::Registry;
 use strata_testkit::token_gate::TokenGate;
 use strata_testkit::tree::render;
@@ -81,7 +82,24 @@ impl LazyMount {
     /// Starts `strata lazy mount` and returns once it says it is serving,
     /// with what it said.
     fn start(env: &Env, reference: &str, dir: &Path, cache: &Path) -> (LazyMount, Value) {
+        match LazyMount::try_start(env, reference, dir, cache) {
+            (Some(m), said) => (m, serde_json::from_str(&said).unwrap()),
+            (None, err) => panic!("lazy mount {reference} failed: {err}"),
+        }
+    }
+
+    /// Starts `strata lazy mount`: the mount and its JSON line once it
+    /// serves, or no mount and what it wrote on stderr when it failed.
+    fn try_start(
+        env: &Env,
+        reference: &str,
+        dir: &Path,
+        cache: &Path,
+    ) -> (Option<LazyMount>, String) {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         fs::create_dir_all(dir).unwrap();
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = env.path(&format!("lazy-mount-{run}.stderr"));
         let mut child = env
             .cmd(&[
                 "--json",
@@ -94,13 +112,21 @@ impl LazyMount {
                 "--no-prefetch",
             ])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let out = BufReader::new(child.stdout.take().unwrap());
         let mut m = LazyMount { child, out };
-        let said = m.next_value();
-        (m, said)
+        let said = serde_json::Deserializer::from_reader(&mut m.out)
+            .into_iter::<Value>()
+            .next();
+        match said {
+            Some(Ok(v)) => (Some(m), v.to_string()),
+            _ => {
+                let _ = m.child.wait();
+                (None, fs::read_to_string(&log).unwrap_or_default())
+            }
+        }
     }
 
     /// The next JSON value the command prints.
@@ -218,14 +244,22 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
     assert_eq!(code, 0);
     assert_eq!(second["chunks_fetched"], 0, "{second}");
 
-    // Plain gzip layers cannot be read lazily, and the refusal says so.
-    let out = env
-        .cmd(&["lazy", "mount", &plain_ref, &s(&mnt), "--cache", &s(&cache)])
-        .output()
-        .unwrap();
-    assert_ne!(out.status.code(), Some(0));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("only eStargz layers"), "{err}");
+    // Plain gzip layers cannot be read lazily: each is fetched whole and
+    // unpacked into the cache once, and the image reads the same.
+    let (plain, said) = LazyMount::start(&env, &plain_ref, &mnt, &cache);
+    let kinds: Vec<&Value> = said["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["lazy"])
+        .collect();
+    assert_eq!(kinds, [false, false], "{said}");
+    assert_eq!(listing(&mnt), want);
+    assert_eq!(plain.stop().0, 0);
+    let (plain, again) = LazyMount::start(&env, &plain_ref, &mnt, &cache);
+    assert_eq!(again["bytes_fetched"], 0, "unpacked again: {again}");
+    assert_eq!(listing(&mnt), want);
+    assert_eq!(plain.stop().0, 0);
 }
 
 #[test]
@@ -277,4 +311,105 @@ fn a_mount_outlives_its_registry_token() {
     assert!(gate.tokens_issued() > issued, "no new token was taken");
     assert_eq!(listing(&mnt), want);
     assert_eq!(lazy.stop().0, 0);
+}
+
+/// The eStargz image `reference` pushed as NAME:v1 with one layer (`plain`)
+/// replaced by the same tar as plain gzip: its reference.
+fn mixed(
+    env: &Env,
+    registry: &Registry,
+    name: &str,
+    source: &str,
+    plain: usize,
+    tar: &[u8],
+) -> String {
+    let dir = env.path(&format!("layout-{name}"));
+    env.run(&[
+        "image",
+        "export",
+        source,
+        &format!("oci:{}", s(&dir)),
+        "--compression",
+        "estargz",
+        "--force-compression",
+    ])
+    .expect(0);
+    let read = |digest: &Value| -> Value {
+        let hex = &digest.as_str().unwrap()["sha256:".len()..];
+        serde_json::from_slice(&fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mut manifest = read(&index["manifests"][0]["digest"]);
+    let mut config = read(&manifest["config"]["digest"]);
+    let layout = Layout::new(&dir);
+    let blob = layout.blob(&gzip(tar));
+    manifest["layers"][plain] = blob.desc("application/vnd.oci.image.layer.v1.tar+gzip");
+    config["rootfs"]["diff_ids"][plain] = Value::from(sha256(tar));
+    let config = layout.json(&config);
+    manifest["config"] = config.desc("application/vnd.oci.image.config.v1+json");
+    let manifest = layout.json(&manifest);
+    layout.tag(&manifest, "mixed");
+    let reference = format!("{}/{name}:v1", registry.addr);
+    let pushed = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:mixed", s(&dir)))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("run skopeo (.ci/run installs it)");
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    reference
+}
+
+#[test]
+fn plain_layers_are_unpacked_under_and_over_lazy_ones() {
+    let name = "plain_layers_are_unpacked_under_and_over_lazy_ones";
+    if !strata_testkit::require_tools(name, &[("skopeo", "skopeo")]) {
+        return;
+    }
+    let env = Env::strata();
+    let registry = Registry::start(None);
+    let two = layers(&env);
+    let (want, _) = publish(&env, &registry, "both", &two);
+    let cache = env.path("cache");
+    for (plain, case) in [(0, "under"), (1, "over")] {
+        let reference = mixed(&env, &registry, case, "both", plain, &two[plain]);
+        let mnt = env.path(&format!("mnt-{case}"));
+        let (lazy, said) = LazyMount::start(&env, &reference, &mnt, &cache);
+        let kinds: Vec<bool> = said["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["lazy"].as_bool().unwrap())
+            .collect();
+        assert_eq!(kinds, [plain != 0, plain != 1], "{case}: {said}");
+        // Whiteouts and the opaque directory hide across the two kinds.
+        assert_eq!(listing(&mnt), want, "{case}");
+        assert_eq!(lazy.stop().0, 0, "{case}");
+    }
+
+    // A plain layer the registry serves other bytes for is refused by its
+    // digest, and nothing is left for the next mount to find. The bytes
+    // differ in the gzip header's time only: a valid gzip of the right
+    // size and diffID, so only the digest can tell.
+    let reference = mixed(&env, &registry, "corrupt", "both", 0, &two[0]);
+    let digest = sha256(&gzip(&two[0]));
+    let mut other = gzip(&two[0]);
+    other[4] ^= 0x5a;
+    assert_ne!(sha256(&other), digest);
+    fs::write(registry.blob_file(&digest), other).unwrap();
+    let fresh = env.path("fresh-cache");
+    fs::create_dir_all(env.path("mnt-corrupt")).unwrap();
+    let (mounted, said) = LazyMount::try_start(&env, &reference, &env.path("mnt-corrupt"), &fresh);
+    assert!(mounted.is_none(), "mounted a layer of other bytes: {said}");
+    let err = said;
+    assert!(err.contains(&digest), "names the layer: {err}");
+    assert!(err.contains("digest mismatch"), "{err}");
+    let left: Vec<_> = fs::read_dir(fresh.join("layers"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
 }

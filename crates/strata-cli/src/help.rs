@@ -251,19 +251,21 @@ reclaims what no lease holds.",
     #[cfg(feature = "registry")]
     Page {
         path: "lazy mount",
-        notes: "Every layer must be eStargz with its TOC digest annotation (push or export an image \
-with --compression estargz to make one); an image of plain gzip or zstd layers is refused, as it \
-cannot be read lazily: pull it with strata image pull. Only the manifest, the config and each layer's \
-footer and TOC are fetched before DIR is mounted. A file's data is fetched when it is read, a chunk \
-at a time by range requests, and checked against the chunk digest in the TOC before it is served or \
-kept; meanwhile the rest is fetched in the background, in the layer's order (its prioritized files \
-first), unless --no-prefetch. A read the registry cannot serve fails with EIO (the error is logged) \
-and works again once the registry is back. CACHE keeps the checked chunks for the next mount (each \
-is checked again the first time a process uses it) and the layers' own FUSE mounts (CACHE/mnt/N). \
-Needs root (FUSE and overlay mounts). No state root is involved. From another shell, the image \
-is usable at once: chroot /mnt/app python3 --version.\n\n\
-With --json it prints {image, dir, layers: [{digest, toc_digest, inodes, mount}], requests, \
-bytes_fetched} once DIR is mounted, and {requests, bytes_fetched, chunks_fetched} when it stops.",
+        notes: "An eStargz layer (push or export an image with --compression estargz to make one) \
+is read lazily: only the manifest, the config and each such layer's footer and TOC are fetched before \
+DIR is mounted. A file's data is fetched when it is read, a chunk at a time by range requests, and \
+checked against the chunk digest in the TOC before it is served or kept; meanwhile the rest is \
+fetched in the background, in the layer's order (its prioritized files first), unless --no-prefetch. \
+A read the registry cannot serve fails with EIO (the error is logged) and works again once the \
+registry is back. A plain gzip or zstd layer cannot be read lazily: it is fetched whole, checked \
+against its digest and diffID, and unpacked once into CACHE/layers (a note on stderr says so); later \
+mounts of the same layers use it. CACHE keeps the checked chunks for the next mount (each is checked \
+again the first time a process uses it) and the layers' own FUSE mounts (CACHE/mnt/N). Needs root \
+(FUSE and overlay mounts). No state root is involved. From another shell, the image is usable at \
+once: chroot /mnt/app python3 --version.\n\n\
+With --json it prints {image, dir, layers: [{digest, lazy, toc_digest, inodes, dir}], requests, \
+bytes_fetched} once DIR is mounted (toc_digest and inodes for lazy layers only; dir is the layer's \
+FUSE mount or where it was unpacked), and {requests, bytes_fetched, chunks_fetched} when it stops.",
         examples: &[
             "strata lazy mount registry.example/app:estargz /mnt/app --cache /var/cache/strata-lazy",
             "strata lazy mount localhost:5000/app:estargz /mnt/app --cache /tmp/lazy --no-prefetch  # fetch only what is read",

@@ -3,10 +3,12 @@
 //! the config and each layer's footer and TOC are fetched first; each
 //! layer is served through FUSE (strata-lazy) under CACHE/mnt, its file
 //! data fetched chunk by chunk by range requests and checked against the
-//! TOC, and the layers are stacked on DIR by a read-only overlay. The
-//! command serves the mount until SIGINT or SIGTERM, then unmounts; the
-//! checked chunks stay in CACHE/chunks for the next mount. No state root
-//! is involved.
+//! TOC, and the layers are stacked on DIR by a read-only overlay. A layer
+//! that is not eStargz is fetched whole and unpacked once into
+//! CACHE/layers, and stacked with the rest. The command serves the mount
+//! until SIGINT or SIGTERM, then unmounts; the checked chunks and the
+//! unpacked layers stay in CACHE for the next mount. No state root is
+//! involved.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,15 +20,18 @@ use clap::Subcommand;
 use serde::Serialize;
 use strata_cache::Platform;
 use strata_core::{Descriptor, Digest, Mount, OverlayLayers, media};
-use strata_lazy::{ChunkCache, Layer, LayerOptions, Mounted, Prefetch, RangeSource};
+use strata_lazy::{
+    ChunkCache, Layer, LayerOptions, Mounted, Prefetch, RangeSource, UnpackOptions, Unpacked,
+};
 use strata_oci::{Registry, RegistryOperation};
 
 use crate::output::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum LazyCmd {
-    /// Mount HOST/REPO[:TAG|@DIGEST], an image of eStargz layers, read-only
-    /// on DIR before it is downloaded; serves it until SIGINT or SIGTERM.
+    /// Mount HOST/REPO[:TAG|@DIGEST] read-only on DIR before it is
+    /// downloaded (its eStargz layers are read lazily, the others fetched
+    /// whole); serves it until SIGINT or SIGTERM.
     Mount(MountArgs),
 }
 
@@ -81,9 +86,15 @@ impl RangeSource for RegistryBlob {
 #[derive(Serialize)]
 struct LayerJson {
     digest: String,
-    toc_digest: String,
-    inodes: usize,
-    mount: String,
+    /// Served lazily (eStargz), or fetched whole and unpacked.
+    lazy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    toc_digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inodes: Option<usize>,
+    /// The directory stacked: the layer's FUSE mount, or where it was
+    /// unpacked.
+    dir: String,
 }
 
 #[derive(Serialize)]
@@ -114,19 +125,60 @@ pub fn run(cmd: LazyCmd, out: &Output) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The TOC digest of eStargz layer `desc`, or why it cannot be read lazily.
-fn toc_digest(i: usize, desc: &Descriptor) -> anyhow::Result<Digest> {
-    let value = desc
-        .annotations
+/// The TOC digest of eStargz layer `desc`; `None` for a layer that is not
+/// eStargz (no TOC digest annotation), which cannot be read lazily.
+fn toc_digest(i: usize, desc: &Descriptor) -> anyhow::Result<Option<Digest>> {
+    desc.annotations
         .get(media::ESTARGZ_TOC_DIGEST)
-        .with_context(|| {
-            format!(
-                "layer {i} ({}) has no {} annotation: only eStargz layers can be mounted lazily (pull the image with `strata image pull` instead)",
-                desc.digest,
-                media::ESTARGZ_TOC_DIGEST
-            )
-        })?;
-    Digest::parse(value).with_context(|| format!("layer {i} ({}): TOC digest", desc.digest))
+        .map(|v| {
+            Digest::parse(v).with_context(|| format!("layer {i} ({}): TOC digest", desc.digest))
+        })
+        .transpose()
+}
+
+/// A layer of the stack.
+enum Lower {
+    /// Served through FUSE from its TOC.
+    Lazy(Arc<Layer>, Mounted),
+    /// Fetched whole and unpacked in the cache.
+    Unpacked(Unpacked),
+}
+
+impl Lower {
+    fn dir(&self) -> &Path {
+        match self {
+            Lower::Lazy(_, m) => m.target(),
+            Lower::Unpacked(u) => u.dir(),
+        }
+    }
+
+    fn has(&self, path: &[&str]) -> bool {
+        match self {
+            Lower::Lazy(l, _) => l.tree().has(path),
+            Lower::Unpacked(u) => u.has(path),
+        }
+    }
+
+    fn root_is_opaque(&self) -> bool {
+        match self {
+            Lower::Lazy(l, _) => l.tree().root_is_opaque(),
+            Lower::Unpacked(u) => u.root_is_opaque(OPAQUE),
+        }
+    }
+}
+
+/// The directories overlay reads for `lowers` (bottom first): topmost
+/// first, down to the first whose root is opaque (it hides the rest;
+/// overlay ignores the marker on a layer's root).
+fn visible(lowers: &[Lower]) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for l in lowers.iter().rev() {
+        dirs.push(l.dir().to_path_buf());
+        if l.root_is_opaque() {
+            break;
+        }
+    }
+    dirs
 }
 
 fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow::Result<ExitCode> {
@@ -152,44 +204,93 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
             .with_context(|| format!("chunk cache {}", args.cache.display()))?,
     );
     let (mnt, _lock) = mount_dir(&args.cache)?;
-    let mut layers = Vec::new();
-    for (desc, toc) in image.layers.iter().zip(tocs) {
+    let readers = strata_lazy::Readers::new(args.threads).context("start the reader threads")?;
+    // Bottom up: a layer's whiteouts, and an unpacked layer's whole tree,
+    // depend on the layers below it.
+    let mut lowers: Vec<Lower> = Vec::new();
+    let mut json = Vec::new();
+    for (i, (desc, toc)) in image.layers.iter().zip(tocs).enumerate() {
         let src = Arc::new(RegistryBlob {
             registry: registry.clone(),
             desc: desc.clone(),
             rt: rt.handle().clone(),
         });
-        let opts = LayerOptions {
-            name: desc.digest.to_string(),
-            toc_digest: toc,
-            opaque_xattr: OPAQUE.into(),
+        let below = |path: &[&str]| lowers.iter().any(|l| l.has(path));
+        let lower = match &toc {
+            Some(toc) => {
+                let opts = LayerOptions {
+                    name: desc.digest.to_string(),
+                    toc_digest: toc.clone(),
+                    opaque_xattr: OPAQUE.into(),
+                };
+                let mut layer = Layer::open(src, cache.clone(), &opts)
+                    .with_context(|| format!("layer {}", desc.digest))?;
+                layer.prune_whiteouts(below);
+                let layer = Arc::new(layer);
+                let dir = mnt.join(i.to_string());
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("create {}", dir.display()))?;
+                let m = strata_lazy::mount(layer.clone(), &dir, readers.clone()).with_context(
+                    || format!("mount layer {} on {}", layer.name(), dir.display()),
+                )?;
+                Lower::Lazy(layer, m)
+            }
+            None => {
+                let dir = args
+                    .cache
+                    .join("layers")
+                    .join(stack_key(&image.layers[..=i]).hex());
+                let opts = UnpackOptions {
+                    name: desc.digest.to_string(),
+                    digest: desc.digest.clone(),
+                    media_type: Some(desc.media_type.clone()),
+                    diff_id: desc
+                        .annotations
+                        .get(media::UNCOMPRESSED_LABEL)
+                        .map(|d| Digest::parse(d))
+                        .transpose()
+                        .with_context(|| format!("layer {i} ({}): diffID", desc.digest))?,
+                    lowers: visible(&lowers),
+                };
+                let u = Unpacked::get(src.as_ref(), &dir, &opts)
+                    .with_context(|| format!("layer {i} ({})", desc.digest))?;
+                out.note(&format!(
+                    "layer {i} ({}) is not eStargz, so it cannot be read lazily: {}",
+                    desc.digest,
+                    match u.fetched() {
+                        0 => format!("unpacked before, in {}", dir.display()),
+                        n => format!(
+                            "fetched whole ({}) and unpacked into {}",
+                            crate::output::size(n),
+                            dir.display()
+                        ),
+                    }
+                ));
+                Lower::Unpacked(u)
+            }
         };
-        let mut layer = Layer::open(src, cache.clone(), &opts)
-            .with_context(|| format!("layer {}", desc.digest))?;
-        layer.prune_whiteouts(|path| layers.iter().any(|l: &Layer| l.tree().has(path)));
-        layers.push(layer);
-    }
-    let layers: Vec<Arc<Layer>> = layers.into_iter().map(Arc::new).collect();
-    let readers = strata_lazy::Readers::new(args.threads).context("start the reader threads")?;
-    let mut mounted: Vec<Mounted> = Vec::new();
-    let mut json = Vec::new();
-    for (i, layer) in layers.iter().enumerate() {
-        let dir = mnt.join(i.to_string());
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        mounted.push(
-            strata_lazy::mount(layer.clone(), &dir, readers.clone())
-                .with_context(|| format!("mount layer {} on {}", layer.name(), dir.display()))?,
-        );
         json.push(LayerJson {
-            digest: layer.name().to_owned(),
-            toc_digest: image.layers[i].annotations[media::ESTARGZ_TOC_DIGEST].clone(),
-            inodes: layer.tree().len(),
-            mount: dir.display().to_string(),
+            digest: desc.digest.to_string(),
+            lazy: toc.is_some(),
+            toc_digest: toc.as_ref().map(Digest::to_string),
+            inodes: match &lower {
+                Lower::Lazy(l, _) => Some(l.tree().len()),
+                Lower::Unpacked(_) => None,
+            },
+            dir: lower.dir().display().to_string(),
         });
+        lowers.push(lower);
     }
     let empty = mnt.join("empty");
     std::fs::create_dir_all(&empty).with_context(|| format!("create {}", empty.display()))?;
-    stack(&layers, &mounted, &empty, &args.dir)?;
+    stack(visible(&lowers), &empty, &args.dir)?;
+    let layers: Vec<Arc<Layer>> = lowers
+        .iter()
+        .filter_map(|l| match l {
+            Lower::Lazy(layer, _) => Some(layer.clone()),
+            Lower::Unpacked(_) => None,
+        })
+        .collect();
     let prefetch = if args.no_prefetch {
         Vec::new()
     } else {
@@ -198,19 +299,31 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
             .map(|l| Prefetch::start(l.clone()))
             .collect::<std::io::Result<Vec<_>>>()?
     };
-    let total =
-        |f: fn(&strata_lazy::Stats) -> u64| layers.iter().map(|l| f(l.stats())).sum::<u64>();
+    // The unpacked layers' fetches count once, with the lazy ones'.
+    let (unpacked_requests, unpacked_bytes) = lowers
+        .iter()
+        .filter_map(|l| match l {
+            Lower::Unpacked(u) => Some((u.requests(), u.fetched())),
+            Lower::Lazy(..) => None,
+        })
+        .fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2));
+    let total = |f: fn(&strata_lazy::Stats) -> u64, unpacked: u64| {
+        unpacked + layers.iter().map(|l| f(l.stats())).sum::<u64>()
+    };
+    let requests = |s: &strata_lazy::Stats| s.requests.load(Ordering::Relaxed);
+    let bytes = |s: &strata_lazy::Stats| s.bytes.load(Ordering::Relaxed);
     out.line(
         &MountedJson {
             image: args.reference.clone(),
             dir: args.dir.display().to_string(),
             layers: json,
-            requests: total(|s| s.requests.load(Ordering::Relaxed)),
-            bytes_fetched: total(|s| s.bytes.load(Ordering::Relaxed)),
+            requests: total(requests, unpacked_requests),
+            bytes_fetched: total(bytes, unpacked_bytes),
         },
         &format!(
-            "mounted {} ({} layers) on {}; serving until SIGINT or SIGTERM",
+            "mounted {} ({} layers, {} lazy) on {}; serving until SIGINT or SIGTERM",
             args.reference,
+            lowers.len(),
             layers.len(),
             args.dir.display()
         ),
@@ -221,6 +334,13 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     // waiting; the layers' sessions get a few seconds to end, then the
     // process exits, which ends them (readers then get ENOTCONN).
     strata_sys::mount::detach_below(&args.dir)?;
+    let mounted: Vec<Mounted> = lowers
+        .into_iter()
+        .filter_map(|l| match l {
+            Lower::Lazy(_, m) => Some(m),
+            Lower::Unpacked(_) => None,
+        })
+        .collect();
     let (done, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let result: std::io::Result<()> = mounted.into_iter().try_for_each(Mounted::unmount);
@@ -234,17 +354,29 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     }
     out.line(
         &StoppedJson {
-            requests: total(|s| s.requests.load(Ordering::Relaxed)),
-            bytes_fetched: total(|s| s.bytes.load(Ordering::Relaxed)),
-            chunks_fetched: total(|s| s.chunks.load(Ordering::Relaxed)),
+            requests: total(requests, unpacked_requests),
+            bytes_fetched: total(bytes, unpacked_bytes),
+            chunks_fetched: total(|s| s.chunks.load(Ordering::Relaxed), 0),
         },
         &format!(
             "unmounted; fetched {} bytes in {} requests",
-            total(|s| s.bytes.load(Ordering::Relaxed)),
-            total(|s| s.requests.load(Ordering::Relaxed))
+            total(bytes, unpacked_bytes),
+            total(requests, unpacked_requests)
         ),
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The name of the directory layer `layers.last()` unpacks into: what it
+/// holds depends on the layers below too (its whiteouts, parents resolved
+/// through them), so the key is the digest of every blob digest up to it.
+fn stack_key(layers: &[Descriptor]) -> Digest {
+    let mut text = String::new();
+    for d in layers {
+        text.push_str(d.digest.as_str());
+        text.push('\n');
+    }
+    Digest::of_bytes(strata_core::Algorithm::Sha256, text.as_bytes())
 }
 
 /// This process's directory for the layers' mounts, `CACHE/mnt/ID`
@@ -281,24 +413,10 @@ fn mount_dir(cache: &Path) -> anyhow::Result<(PathBuf, strata_sys::lock::FileLoc
     Ok((dir, lock))
 }
 
-/// Mounts the layers' file systems on `dir` as a read-only overlay, the
-/// last layer on top. A layer whose root is opaque hides every layer
-/// below it, so those are left out (overlay ignores the marker on a
-/// layer's root). `empty` is a second lower for a lone layer: overlay,
-/// not a bind, so whiteouts hide as they do in a stack.
-fn stack(
-    layers: &[Arc<Layer>],
-    mounted: &[Mounted],
-    empty: &Path,
-    dir: &Path,
-) -> anyhow::Result<()> {
-    let mut lowers: Vec<PathBuf> = Vec::new();
-    for (layer, m) in layers.iter().zip(mounted).rev() {
-        lowers.push(m.target().to_path_buf());
-        if layer.tree().root_is_opaque() {
-            break;
-        }
-    }
+/// Mounts `lowers` (topmost first) on `dir` as a read-only overlay.
+/// `empty` is a second lower for a lone layer: overlay, not a bind, so
+/// whiteouts hide as they do in a stack.
+fn stack(mut lowers: Vec<PathBuf>, empty: &Path, dir: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(!lowers.is_empty(), "the image has no layers");
     if lowers.len() == 1 {
         lowers.push(empty.to_path_buf());

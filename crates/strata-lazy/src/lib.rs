@@ -12,6 +12,10 @@
 //! in blob order (prioritised files first). A read that cannot be served
 //! fails with EIO; nothing unchecked is ever served or cached.
 //!
+//! A layer that cannot be read lazily (plain gzip or zstd) is fetched
+//! whole and unpacked once into the cache as an overlay lower directory
+//! ([`Unpacked`]), so an image of both kinds mounts with the rest lazy.
+//!
 //! The tree is what overlay expects of a lower directory (whiteouts as
 //! 0/0 character devices, opaque directories by attribute), so a lazy
 //! layer stacks under others in an overlay mount.
@@ -24,9 +28,11 @@ mod fs;
 mod layer;
 mod remote;
 mod tree;
+mod unpack;
 
 pub use cache::ChunkCache;
 pub use fs::{Mounted, Readers, mount};
 pub use layer::{Layer, LayerOptions, Prefetch, Stats};
 pub use remote::{FileSource, RangeSource, read_index};
 pub use tree::{Chunk, Kind, MAX_CHUNK, Node, ROOT, Tree};
+pub use unpack::{UnpackOptions, Unpacked};
