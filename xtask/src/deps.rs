@@ -70,6 +70,10 @@ const TOOLS: &[(&str, &str, Need)] = &[
         "golang-github-containerd-stargz-snapshotter-dev",
         Need::Tests,
     ),
+    // The stargz snapshotter beside `strata lazy mount` in `bench lazy`:
+    // ctr-remote pulls lazily; the snapshotter itself (tests/go/stargz-peer)
+    // is built from the sources above and containerd's.
+    ("ctr-remote", "stargz-snapshotter", Need::Tests),
     ("setfattr", "attr", Need::Tests),
     // Debian 12's kernel under qemu (old-kernel overlay, power cuts).
     ("qemu-system-x86_64", "qemu-system-x86", Need::Ci),

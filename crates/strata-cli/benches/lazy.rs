@@ -12,7 +12,14 @@
 //!   default), until `python3 --version` has run in it (chroot; in a quick
 //!   run, the small image's tool read whole);
 //! * `strata image pull` of the gzip image, `strata mount` of its ref, and
-//!   the same probe.
+//!   the same probe;
+//! * the stargz snapshotter, containerd's remote snapshotter for eStargz
+//!   (`tests/go/stargz-peer`, built from Debian's sources, as containerd's
+//!   proxy snapshotter, with its defaults: background fetch on): `ctr-remote
+//!   images rpull` of the eStargz image, a view of its top snapshot mounted
+//!   (what `ctr images mount` would mount, had it not insisted on unpacking
+//!   blobs a lazy pull never fetched), and the same probe. containerd and the snapshotter are started before the
+//!   clock and stopped after it, fresh each run.
 //!
 //! Each figure's detail gives the bytes the proxy had sent when the probe
 //! returned (the median run's). The probe's output is checked (Python's version line), so a
@@ -25,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strata_testkit::bench::{self, Figure};
+use strata_testkit::containerd::Containerd;
 use strata_testkit::registry::Registry;
 use strata_testkit::throttle::Throttle;
 
@@ -117,6 +125,122 @@ fn eager_round(reference: &str, mnt: &Path, root: &Path, proxy: &Throttle) -> (D
     (took, bytes)
 }
 
+/// A stargz snapshotter round: rpull, mount, probe.
+fn stargz_round(
+    reference: &str,
+    mnt: &Path,
+    state: &Path,
+    proxy: &Throttle,
+    peer: &Path,
+) -> (Duration, u64) {
+    std::fs::create_dir_all(mnt).unwrap();
+    std::fs::create_dir_all(state).unwrap();
+    let socket = state.join("stargz.sock");
+    let mut snapshotter = Peer {
+        child: Command::new(peer)
+            .arg("-root")
+            .arg(state.join("peer"))
+            .arg("-address")
+            .arg(&socket)
+            .stderr(std::fs::File::create(state.join("peer.log")).unwrap())
+            .spawn()
+            .expect("start the stargz snapshotter"),
+        state: state.to_path_buf(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline && snapshotter.child.try_wait().unwrap().is_none(),
+            "the stargz snapshotter did not start: {}",
+            std::fs::read_to_string(state.join("peer.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::create_dir_all(state.join("containerd")).unwrap();
+    let containerd = Containerd::start_with(
+        &state.join("containerd"),
+        &format!(
+            "[proxy_plugins]\n  [proxy_plugins.stargz]\n    type = \"snapshot\"\n    address = \"{}\"\n",
+            socket.display()
+        ),
+    );
+    let before = proxy.bytes_down();
+    let start = Instant::now();
+    let pulled = Command::new("ctr-remote")
+        .arg("--address")
+        .arg(containerd.socket())
+        .args([
+            "images",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "stargz",
+            reference,
+        ])
+        .output()
+        .expect("run ctr-remote (stargz-snapshotter)");
+    assert!(
+        pulled.status.success(),
+        "ctr-remote images rpull: {}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    // `ctr images mount` unpacks first, which needs the blobs a lazy pull
+    // never fetched; a view of the top snapshot is what it would mount.
+    let listed = containerd.ctr_out(&["snapshots", "--snapshotter", "stargz", "ls"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let top = rows
+        .iter()
+        .find(|r| !rows.iter().any(|o| o.get(1) == r.first()))
+        .and_then(|r| r.first())
+        .unwrap_or_else(|| panic!("no top snapshot in: {text}"));
+    bench::ok(&mut containerd.ctr(&["snapshots", "--snapshotter", "stargz", "view", "probe", top]));
+    let mounts = containerd.ctr_out(&[
+        "snapshots",
+        "--snapshotter",
+        "stargz",
+        "mounts",
+        &mnt.display().to_string(),
+        "probe",
+    ]);
+    bench::ok(&mut bench::bash(&String::from_utf8_lossy(&mounts.stdout)));
+    probe(mnt);
+    let took = start.elapsed();
+    let bytes = proxy.bytes_down() - before;
+    bench::ok(Command::new("umount").arg(mnt));
+    drop(containerd);
+    drop(snapshotter);
+    bench::remove(state);
+    (took, bytes)
+}
+
+/// The running stargz snapshotter of a round; stopped when dropped (also
+/// when the round panics), which unmounts its layers, and whatever is
+/// still mounted under its state is detached.
+struct Peer {
+    child: Child,
+    state: PathBuf,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().is_ok_and(|s| s.is_none()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = strata_sys::mount::detach_below(&self.state);
+    }
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
@@ -155,7 +279,8 @@ fn main() {
     let mnt = |r: usize| dir.join(format!("mnt-{r}"));
     let scratch = |r: usize| -> PathBuf { dir.join(format!("state-{r}")) };
     type Round<'a> = Box<dyn Fn(usize) -> (Duration, u64) + 'a>;
-    let contenders: [(&str, Round<'_>); 2] = [
+    let peer = strata_testkit::go::stargz_peer(&dir.join("go"));
+    let contenders: [(&str, Round<'_>); 3] = [
         (
             "strata lazy mount (eStargz)",
             Box::new(|r| lazy_round(&esgz, &mnt(r), &scratch(r), &proxy)),
@@ -163,6 +288,10 @@ fn main() {
         (
             "strata image pull + mount (gzip)",
             Box::new(|r| eager_round(&gzip, &mnt(r), &scratch(r), &proxy)),
+        ),
+        (
+            "stargz snapshotter rpull + mount (eStargz)",
+            Box::new(|r| stargz_round(&esgz, &mnt(r), &scratch(r), &proxy, &peer)),
         ),
     ];
     let mut seen: Vec<(Vec<Duration>, Vec<u64>)> = vec![Default::default(); contenders.len()];
@@ -185,15 +314,22 @@ fn main() {
         }
     }
     let version = bench::strata_version();
+    let stargz = format!(
+        "stargz-snapshotter {}; {}",
+        strata_testkit::go::sources_version(),
+        bench::version("containerd")
+    );
+    let tools = [&version, &version, &stargz];
     let figures: Vec<Figure> = contenders
         .iter()
         .zip(seen)
-        .map(|((peer, _), (times, bytes))| {
+        .zip(tools)
+        .map(|(((peer, _), (times, bytes)), tool)| {
             let mut bytes = bytes;
             bytes.sort_unstable();
             Figure {
                 peer: (*peer).to_owned(),
-                tool: version.clone(),
+                tool: tool.clone(),
                 runs: times.len(),
                 returned: bench::median(times),
                 durable: None,

@@ -58,6 +58,11 @@ impl Containerd {
         c
     }
 
+    /// Its API socket (for clients other than `ctr`, such as `ctr-remote`).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// A `ctr` command against this containerd.
     pub fn ctr(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
