@@ -10,7 +10,8 @@
 //!
 //! * `strata lazy mount` of the eStargz image (prefetch on, as by
 //!   default), until `python3 --version` has run in it (chroot; in a quick
-//!   run, the small image's tool read whole);
+//!   run, the small image's tool read whole), and the same with
+//!   `--no-prefetch` (only what the probe reads);
 //! * `strata image pull` of the gzip image, `strata mount` of its ref, and
 //!   the same probe;
 //! * the stargz snapshotter, containerd's remote snapshotter for eStargz
@@ -78,7 +79,13 @@ fn stop(mut child: Child) {
 }
 
 /// A lazy round: until the probe ran, and the bytes sent by then.
-fn lazy_round(reference: &str, mnt: &Path, cache: &Path, proxy: &Throttle) -> (Duration, u64) {
+fn lazy_round(
+    reference: &str,
+    mnt: &Path,
+    cache: &Path,
+    proxy: &Throttle,
+    prefetch: bool,
+) -> (Duration, u64) {
     std::fs::create_dir_all(mnt).unwrap();
     let before = proxy.bytes_down();
     let start = Instant::now();
@@ -87,6 +94,11 @@ fn lazy_round(reference: &str, mnt: &Path, cache: &Path, proxy: &Throttle) -> (D
         .arg(mnt)
         .arg("--cache")
         .arg(cache)
+        .args(if prefetch {
+            &[][..]
+        } else {
+            &["--no-prefetch"][..]
+        })
         .stdout(Stdio::piped())
         .spawn()
         .expect("start strata lazy mount");
@@ -188,16 +200,22 @@ fn stargz_round(
     // never fetched; a view of the top snapshot is what it would mount.
     let listed = containerd.ctr_out(&["snapshots", "--snapshotter", "stargz", "ls"]);
     let text = String::from_utf8_lossy(&listed.stdout);
+    // Rows are KEY [PARENT] KIND; the top is the committed snapshot no
+    // other names as its parent (the pull may leave active ones behind).
     let rows: Vec<Vec<&str>> = text
         .lines()
         .skip(1)
-        .map(|l| l.split_whitespace().collect())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|r| r.last() == Some(&"Committed"))
         .collect();
-    let top = rows
+    let tops: Vec<&str> = rows
         .iter()
-        .find(|r| !rows.iter().any(|o| o.get(1) == r.first()))
-        .and_then(|r| r.first())
-        .unwrap_or_else(|| panic!("no top snapshot in: {text}"));
+        .filter(|r| !rows.iter().any(|o| o.len() == 3 && o[1] == r[0]))
+        .map(|r| r[0])
+        .collect();
+    let [top] = tops[..] else {
+        panic!("not one top snapshot in: {text}");
+    };
     bench::ok(&mut containerd.ctr(&["snapshots", "--snapshotter", "stargz", "view", "probe", top]));
     let mounts = containerd.ctr_out(&[
         "snapshots",
@@ -280,10 +298,14 @@ fn main() {
     let scratch = |r: usize| -> PathBuf { dir.join(format!("state-{r}")) };
     type Round<'a> = Box<dyn Fn(usize) -> (Duration, u64) + 'a>;
     let peer = strata_testkit::go::stargz_peer(&dir.join("go"));
-    let contenders: [(&str, Round<'_>); 3] = [
+    let contenders: [(&str, Round<'_>); 4] = [
         (
             "strata lazy mount (eStargz)",
-            Box::new(|r| lazy_round(&esgz, &mnt(r), &scratch(r), &proxy)),
+            Box::new(|r| lazy_round(&esgz, &mnt(r), &scratch(r), &proxy, true)),
+        ),
+        (
+            "strata lazy mount --no-prefetch (eStargz)",
+            Box::new(|r| lazy_round(&esgz, &mnt(r), &scratch(r), &proxy, false)),
         ),
         (
             "strata image pull + mount (gzip)",
@@ -319,7 +341,7 @@ fn main() {
         strata_testkit::go::sources_version(),
         bench::version("containerd")
     );
-    let tools = [&version, &version, &stargz];
+    let tools = [&version, &version, &version, &stargz];
     let figures: Vec<Figure> = contenders
         .iter()
         .zip(seen)
