@@ -197,26 +197,17 @@ fn stargz_round(
         String::from_utf8_lossy(&pulled.stderr)
     );
     // `ctr images mount` unpacks first, which needs the blobs a lazy pull
-    // never fetched; a view of the top snapshot is what it would mount.
-    let listed = containerd.ctr_out(&["snapshots", "--snapshotter", "stargz", "ls"]);
-    let text = String::from_utf8_lossy(&listed.stdout);
-    // Rows are KEY [PARENT] KIND; the top is the committed snapshot no
-    // other names as its parent (the pull may leave active ones behind).
-    let rows: Vec<Vec<&str>> = text
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|r| r.last() == Some(&"Committed"))
-        .collect();
-    let tops: Vec<&str> = rows
-        .iter()
-        .filter(|r| !rows.iter().any(|o| o.len() == 3 && o[1] == r[0]))
-        .map(|r| r[0])
-        .collect();
-    let [top] = tops[..] else {
-        panic!("not one top snapshot in: {text}");
-    };
-    bench::ok(&mut containerd.ctr(&["snapshots", "--snapshotter", "stargz", "view", "probe", top]));
+    // never fetched; a view of the image's top snapshot (named by the
+    // chain ID of its config's diffIDs) is what it would mount.
+    let top = top_chain_id(&containerd, reference);
+    bench::ok(&mut containerd.ctr(&[
+        "snapshots",
+        "--snapshotter",
+        "stargz",
+        "view",
+        "probe",
+        &top,
+    ]));
     let mounts = containerd.ctr_out(&[
         "snapshots",
         "--snapshotter",
@@ -225,7 +216,13 @@ fn stargz_round(
         &mnt.display().to_string(),
         "probe",
     ]);
-    bench::ok(&mut bench::bash(&String::from_utf8_lossy(&mounts.stdout)));
+    let script = String::from_utf8_lossy(&mounts.stdout);
+    assert!(
+        mounts.status.success() && script.contains("mount"),
+        "ctr snapshots mounts: {script} {}",
+        String::from_utf8_lossy(&mounts.stderr)
+    );
+    bench::ok(&mut bench::bash(&script));
     probe(mnt);
     let took = start.elapsed();
     let bytes = proxy.bytes_down() - before;
@@ -234,6 +231,42 @@ fn stargz_round(
     drop(snapshotter);
     bench::remove(state);
     (took, bytes)
+}
+
+/// The chain ID of image `reference`'s layers, from the manifest and
+/// config containerd fetched: the snapshot that holds the whole image.
+fn top_chain_id(containerd: &Containerd, reference: &str) -> String {
+    let get = |digest: &str| -> Value {
+        let out = containerd.ctr_out(&["content", "get", digest]);
+        assert!(out.status.success(), "ctr content get {digest}");
+        serde_json::from_slice(&out.stdout).expect("a JSON document")
+    };
+    let listed = containerd.ctr_out(&["images", "ls"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    let manifest = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(reference))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("{reference} is not in: {text}"));
+    let config = get(manifest)["config"]["digest"]
+        .as_str()
+        .expect("a config digest")
+        .to_owned();
+    let diff_ids = get(&config)["rootfs"]["diff_ids"].clone();
+    let mut chain = String::new();
+    for id in diff_ids.as_array().expect("diffIDs") {
+        let id = id.as_str().expect("a diffID");
+        chain = if chain.is_empty() {
+            id.to_owned()
+        } else {
+            strata_core::Digest::of_bytes(
+                strata_core::Algorithm::Sha256,
+                format!("{chain} {id}").as_bytes(),
+            )
+            .to_string()
+        };
+    }
+    chain
 }
 
 /// The running stargz snapshotter of a round; stopped when dropped (also
