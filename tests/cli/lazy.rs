@@ -391,6 +391,33 @@ fn plain_layers_are_unpacked_under_and_over_lazy_ones() {
         assert_eq!(lazy.stop().0, 0, "{case}");
     }
 
+    // A plain layer without a root entry, whose file lies below a lower
+    // layer's symlink (lib -> usr/lib, as in merged-usr Debian): applied
+    // through a mount of the layers below, and the image's root has the
+    // mode an eager import gives it.
+    let below = env.path("merged-usr");
+    fs::create_dir_all(below.join("usr/lib")).unwrap();
+    std::os::unix::fs::symlink("usr/lib", below.join("lib")).unwrap();
+    fs::write(below.join("usr/lib/libc"), "c").unwrap();
+    let over = strata_testkit::layer_tar::archive(&[strata_testkit::layer_tar::entry(
+        "lib/x",
+        tar::EntryType::Regular,
+        &b"through the link"[..],
+        "",
+    )]);
+    let (want, _) = publish(&env, &registry, "usr", &[tar(&below), over.clone()]);
+    let reference = mixed(&env, &registry, "linked", "usr", 1, &over);
+    let mnt = env.path("mnt-linked");
+    let (lazy, _) = LazyMount::start(&env, &reference, &mnt, &cache);
+    assert_eq!(listing(&mnt), want);
+    assert_eq!(
+        fs::read(mnt.join("usr/lib/x")).unwrap(),
+        b"through the link"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&mnt).unwrap().permissions());
+    assert_eq!(mode & 0o7777, 0o755, "the image's root");
+    assert_eq!(lazy.stop().0, 0);
+
     // A plain layer the registry serves other bytes for is refused by its
     // digest, and nothing is left for the next mount to find. The bytes
     // differ in the gzip header's time only: a valid gzip of the right
@@ -408,8 +435,14 @@ fn plain_layers_are_unpacked_under_and_over_lazy_ones() {
     let err = said;
     assert!(err.contains(&digest), "names the layer: {err}");
     assert!(err.contains("digest mismatch"), "{err}");
+    // Only the unpack's lock file may stay.
     let left: Vec<_> = fs::read_dir(fresh.join("layers"))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().ends_with(".lock"))
+                .map(|e| e.file_name())
+                .collect()
+        })
         .unwrap_or_default();
     assert!(left.is_empty(), "left in the cache: {left:?}");
 }

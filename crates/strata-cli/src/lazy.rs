@@ -52,9 +52,9 @@ pub struct MountArgs {
     /// Fetch only what is read, never the rest in the background.
     #[arg(long)]
     no_prefetch: bool,
-    /// Threads answering file reads, shared by every layer: at most this
-    /// many chunks are fetched and decoded at once (lookups and listings
-    /// never wait for them).
+    /// Threads answering file reads, shared by every layer: reads fetch and
+    /// decode at most this many chunks at once (lookups and listings never
+    /// wait for them; each layer's prefetch fetches one more).
     #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,
     #[command(flatten)]
@@ -252,7 +252,7 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
                         .with_context(|| format!("layer {i} ({}): diffID", desc.digest))?,
                     lowers: visible(&lowers),
                 };
-                let u = Unpacked::get(src.as_ref(), &dir, &opts)
+                let u = Unpacked::get(src.clone(), &dir, &opts)
                     .with_context(|| format!("layer {i} ({})", desc.digest))?;
                 out.note(&format!(
                     "layer {i} ({}) is not eStargz, so it cannot be read lazily: {}",

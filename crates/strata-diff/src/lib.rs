@@ -28,7 +28,7 @@ pub use compression::Compression;
 pub use error::{ApplyError, DiffError};
 pub use export::{ExportPath, Exporter};
 pub use merge::{Diff, MergeStats, Merger, USAGE_INODES_LABEL, USAGE_SIZE_LABEL};
-pub use unpack::{LayerSource, Unpacker};
+pub use unpack::{LayerSource, Unpacker, apply_to_mounts};
 pub use write::{
     LayerWriter, UNCOMPRESSED_LABEL, WriteOptions, Written, write_layer, write_layer_to_store,
 };

@@ -75,7 +75,12 @@ impl Unpacker {
     }
 }
 
-fn apply_to_mounts(
+/// Applies the layer `open` gives onto `mounts`: straight into the upper
+/// directory of an overlay (its lowers given to the applier), or, when
+/// the layer reaches below a lower layer's symlink, again through a real
+/// mount of them under `tmp` (the upper directory emptied first); any
+/// other mount, through a mount.
+pub fn apply_to_mounts(
     ctx: &OpCtx,
     mounts: &[strata_core::Mount],
     open: &LayerSource,

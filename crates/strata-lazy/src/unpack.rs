@@ -10,10 +10,13 @@
 use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use strata_core::Digest;
-use strata_diff::{ApplyOptions, OverlayTarget, apply};
+use strata_core::{Digest, Mount, OverlayLayers};
+use strata_diff::{ApplyOptions, LayerSource, apply_to_mounts};
 use strata_sys::Root;
+use strata_sys::lock::{FileLock, LockError};
 
 use crate::remote::RangeSource;
 
@@ -33,7 +36,8 @@ pub struct UnpackOptions {
     pub diff_id: Option<Digest>,
     /// The directories of the layers below, topmost first: whiteouts are
     /// written only where they hide something, and parents are resolved
-    /// through them as overlay will.
+    /// through them as overlay will (through an overlay mount of them
+    /// when the layer reaches below one of their symlinks).
     pub lowers: Vec<PathBuf>,
 }
 
@@ -47,65 +51,64 @@ pub struct Unpacked {
 
 impl Unpacked {
     /// The layer unpacked at `dir`: the one there, or, when there is none,
-    /// `src`'s blob read in 8 MiB range reads, applied into a directory
-    /// beside `dir` as an overlay upper directory over `opts.lowers`,
-    /// checked, synced and renamed to `dir`. A blob that does not match
-    /// its digest or diffID leaves nothing behind.
-    pub fn get(src: &dyn RangeSource, dir: &Path, opts: &UnpackOptions) -> io::Result<Unpacked> {
-        if dir.is_dir() {
-            return Ok(Unpacked {
-                dir: dir.to_path_buf(),
-                fetched: 0,
-                requests: 0,
-            });
-        }
-        let parent = dir.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(parent)?;
-        let staging = tempfile::Builder::new()
-            .prefix(".unpack-")
-            .tempdir_in(parent)?;
-        let apply_opts = ApplyOptions {
-            name: opts.name.clone(),
-            media_type: opts.media_type.clone(),
-            digest: Some(opts.digest.clone()),
-            size: Some(src.size()),
-            diff_id: opts.diff_id.clone(),
-            overlay: Some(OverlayTarget {
-                lowers: opts.lowers.clone(),
-                ..OverlayTarget::default()
-            }),
-            ..ApplyOptions::default()
-        };
-        let mut reader = Ranges {
-            src,
-            at: 0,
-            held: Vec::new(),
-            used: 0,
+    /// `src`'s blob read in 8 MiB range reads and applied as an overlay
+    /// upper directory over `opts.lowers` (through a real overlay mount
+    /// when the layer reaches below a lower layer's symlink, which reads
+    /// the blob a second time), checked, synced and renamed to `dir`.
+    ///
+    /// The work happens in `.unpack-NAME` beside `dir`, under the lock
+    /// `.NAME.lock`: a second mount of the same layer waits and then finds
+    /// `dir`, and what a killed unpack left is removed by the next one. A
+    /// blob that does not match its digest or diffID leaves nothing.
+    pub fn get(
+        src: Arc<dyn RangeSource>,
+        dir: &Path,
+        opts: &UnpackOptions,
+    ) -> io::Result<Unpacked> {
+        let found = |dir: &Path| Unpacked {
+            dir: dir.to_path_buf(),
+            fetched: 0,
             requests: 0,
         };
-        apply(
-            &strata_leases::OpCtx::new(),
-            &mut reader,
-            staging.path(),
-            &apply_opts,
-        )
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        strata_sys::sync::syncfs(staging.path()).map_err(io::Error::other)?;
-        let kept = staging.keep();
-        if let Err(e) = std::fs::rename(&kept, dir) {
-            let _ = Root::open(parent)
-                .and_then(|r| r.remove_all(Path::new(kept.file_name().unwrap_or_default())));
-            // Another mount unpacked it meanwhile: theirs serves.
-            if !dir.is_dir() {
-                return Err(e);
-            }
+        if dir.is_dir() {
+            return Ok(found(dir));
         }
-        strata_sys::sync::fsync_dir(parent).map_err(io::Error::other)?;
-        Ok(Unpacked {
-            dir: dir.to_path_buf(),
-            fetched: reader.at,
-            requests: reader.requests,
-        })
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| io::Error::other(format!("{} has no name", dir.display())))?;
+        std::fs::create_dir_all(parent)?;
+        let _lock = wait_for_lock(&parent.join(format!(".{name}.lock")))?;
+        if dir.is_dir() {
+            return Ok(found(dir));
+        }
+        let root = Root::open(parent).map_err(io::Error::other)?;
+        let staging_name = format!(".unpack-{name}");
+        root.remove_all(Path::new(&staging_name))
+            .map_err(io::Error::other)?;
+        let staging = parent.join(&staging_name);
+        let (upper, work) = (staging.join("fs"), staging.join("work"));
+        for d in [&staging, &upper, &work] {
+            std::fs::create_dir(d)?;
+        }
+        // The image's root, as an eager import's snapshot has it, unless
+        // the layer sets it.
+        std::fs::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let result = unpack(src, &staging, opts).and_then(|(fetched, requests)| {
+            strata_sys::sync::syncfs(&upper).map_err(io::Error::other)?;
+            std::fs::rename(&upper, dir)?;
+            strata_sys::sync::fsync_dir(parent).map_err(io::Error::other)?;
+            Ok(Unpacked {
+                dir: dir.to_path_buf(),
+                fetched,
+                requests,
+            })
+        });
+        if let Err(e) = root.remove_all(Path::new(&staging_name)) {
+            tracing::warn!(dir = %staging.display(), error = %e, "could not remove an unpack's staging directory");
+        }
+        result
     }
 
     /// Its directory.
@@ -150,19 +153,85 @@ impl Unpacked {
     }
 }
 
+/// Waits for the lock at `path` (another mount unpacking the same layer
+/// holds it until it is done).
+fn wait_for_lock(path: &Path) -> io::Result<FileLock> {
+    loop {
+        match FileLock::try_exclusive(path) {
+            Ok(lock) => return Ok(lock),
+            Err(LockError::Held { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(200))
+            }
+            Err(e) => return Err(io::Error::other(e)),
+        }
+    }
+}
+
+/// Applies `src`'s blob into `staging/fs` over `opts.lowers`: the bytes
+/// and range reads it fetched.
+fn unpack(
+    src: Arc<dyn RangeSource>,
+    staging: &Path,
+    opts: &UnpackOptions,
+) -> io::Result<(u64, u64)> {
+    let apply_opts = ApplyOptions {
+        name: opts.name.clone(),
+        media_type: opts.media_type.clone(),
+        digest: Some(opts.digest.clone()),
+        size: Some(src.size()),
+        diff_id: opts.diff_id.clone(),
+        ..ApplyOptions::default()
+    };
+    let mount = Mount::overlay(
+        OverlayLayers {
+            lowers: opts.lowers.clone(),
+            upper: Some(staging.join("fs")),
+            work: Some(staging.join("work")),
+            ..OverlayLayers::default()
+        },
+        Vec::new(),
+    );
+    let fetched = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let (f, r) = (fetched.clone(), requests.clone());
+    let open: LayerSource = Arc::new(move || {
+        Ok(Box::new(Ranges {
+            src: src.clone(),
+            at: 0,
+            held: Vec::new(),
+            used: 0,
+            fetched: f.clone(),
+            requests: r.clone(),
+        }) as Box<dyn Read + Send>)
+    });
+    apply_to_mounts(
+        &strata_leases::OpCtx::new(),
+        &[mount],
+        &open,
+        &apply_opts,
+        staging,
+    )
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    Ok((
+        fetched.load(Ordering::Relaxed),
+        requests.load(Ordering::Relaxed),
+    ))
+}
+
 /// A blob read front to back, [`READ_SPAN`] bytes a range read.
-struct Ranges<'a> {
-    src: &'a dyn RangeSource,
+struct Ranges {
+    src: Arc<dyn RangeSource>,
     /// Where the next range read starts.
     at: u64,
     /// What the last one returned, and how much of it was read.
     held: Vec<u8>,
     used: usize,
-    /// Range reads sent.
-    requests: u64,
+    /// Bytes and range reads fetched, across every reading of the blob.
+    fetched: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
 }
 
-impl Read for Ranges<'_> {
+impl Read for Ranges {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.used == self.held.len() {
             let len = self.src.size().saturating_sub(self.at).min(READ_SPAN);
@@ -170,7 +239,9 @@ impl Read for Ranges<'_> {
                 return Ok(0);
             }
             self.held = self.src.read_range(self.at, len)?;
-            self.requests += 1;
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            self.fetched
+                .fetch_add(self.held.len() as u64, Ordering::Relaxed);
             self.used = 0;
             self.at += self.held.len() as u64;
             if self.held.is_empty() {
