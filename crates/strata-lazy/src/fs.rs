@@ -58,7 +58,15 @@ impl Readers {
                     loop {
                         let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
                         match job {
-                            Ok(job) => job(),
+                            // A read that panics loses its reply (the
+                            // reader gets EIO), never the thread.
+                            Ok(job) => {
+                                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                                    .is_err()
+                                {
+                                    tracing::error!("a lazy read panicked; the reader gets EIO");
+                                }
+                            }
                             Err(_) => break,
                         }
                     }

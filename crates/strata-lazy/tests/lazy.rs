@@ -26,6 +26,8 @@ struct Blob {
     down: AtomicBool,
     /// Reads wait while it is set, as over a link that has stopped.
     stall: AtomicBool,
+    /// Reads that have waited.
+    stalled: AtomicU64,
     served: AtomicU64,
 }
 
@@ -35,6 +37,9 @@ impl RangeSource for Blob {
     }
 
     fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        if self.stall.load(Ordering::SeqCst) {
+            self.stalled.fetch_add(1, Ordering::SeqCst);
+        }
         while self.stall.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -126,6 +131,7 @@ fn blob_of(bytes: Vec<u8>) -> Arc<Blob> {
         bytes,
         down: AtomicBool::new(false),
         stall: AtomicBool::new(false),
+        stalled: AtomicU64::new(0),
         served: AtomicU64::new(0),
     })
 }
@@ -241,19 +247,35 @@ fn a_source_gone_mid_read_gives_eio_then_the_right_bytes() {
 #[test]
 fn a_stalled_fetch_holds_up_no_lookup() {
     let (t, src, mnt) = dirs();
-    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
-    fs::write(src.join("a"), &data).unwrap();
+    // Three files of other bytes (one chunk digest would share a fetch).
+    let data = |k: u32| -> Vec<u8> {
+        (0..300_000u32)
+            .map(|i| ((i * 13 + k) % 251) as u8)
+            .collect()
+    };
+    for (k, f) in ["a", "b", "c"].iter().enumerate() {
+        fs::write(src.join(f), data(k as u32)).unwrap();
+    }
     fs::create_dir(src.join("d")).unwrap();
     fs::write(src.join("d/x"), b"x").unwrap();
     let (bytes, toc) = estargz(&src, 65536);
     let blob = blob_of(bytes);
     let layer = open(&blob, &toc, &t.path().join("cache")).unwrap();
-    let m = mount(layer, &mnt, readers(1)).unwrap();
+    let m = mount(layer, &mnt, readers(3)).unwrap();
     blob.stall.store(true, Ordering::SeqCst);
-    let file = mnt.join("a");
-    let reader = std::thread::spawn(move || fs::read(file));
-    // The read is waiting on the source; the rest of the tree answers.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Three reads wait on the source: more than the session has threads.
+    let reads: Vec<_> = ["a", "b", "c"]
+        .map(|f| {
+            let file = mnt.join(f);
+            std::thread::spawn(move || fs::read(file))
+        })
+        .into();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while blob.stalled.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let waiting = blob.stalled.load(Ordering::SeqCst);
+    // The rest of the tree answers meanwhile.
     let (tx, rx) = std::sync::mpsc::channel();
     let d = mnt.join("d");
     std::thread::spawn(move || {
@@ -263,11 +285,14 @@ fn a_stalled_fetch_holds_up_no_lookup() {
     });
     let got = rx.recv_timeout(std::time::Duration::from_secs(5));
     blob.stall.store(false, Ordering::SeqCst);
+    assert!(waiting >= 3, "only {waiting} reads reached the source");
     assert_eq!(
         got.expect("a lookup waited for a stalled fetch"),
         (Some(1), Some(1))
     );
-    assert_eq!(reader.join().unwrap().unwrap(), data);
+    for (k, r) in reads.into_iter().enumerate() {
+        assert_eq!(r.join().unwrap().unwrap(), data(k as u32));
+    }
     m.unmount().unwrap();
 }
 
