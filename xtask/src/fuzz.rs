@@ -140,8 +140,9 @@ fn fuzz(ws: &Path, seed_dir: &Path, target: &str, seconds: u64) -> anyhow::Resul
     // The targets make and remove temporary trees for every input; on a
     // disk without a journal, making files soon after removing many is
     // many times slower, so they work in memory where there is a tmpfs.
-    let scratch = Path::new("/dev/shm")
-        .is_dir()
+    // (A small one, as containers often have, would fail inputs for want
+    // of space: 4 GiB free at least.)
+    let scratch = (free_bytes(Path::new("/dev/shm")) >= 4 << 30)
         .then(|| {
             tempfile::Builder::new()
                 .prefix("strata-fuzz-")
@@ -179,6 +180,24 @@ fn fuzz(ws: &Path, seed_dir: &Path, target: &str, seconds: u64) -> anyhow::Resul
         bail!("cargo fuzz run {target} failed: {status}");
     }
     done.context("libFuzzer ended without its \"Done N runs\" line")
+}
+
+/// Bytes free on the file system holding `dir` (0 when `df` cannot say).
+fn free_bytes(dir: &Path) -> u64 {
+    Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 /// The N of libFuzzer's closing "Done N runs in S second(s)".

@@ -161,8 +161,12 @@ fn serve(state: &State, client: TcpStream) {
                 r#"WWW-Authenticate: Bearer realm="{}",service="strata-gate""#,
                 state.realm
             );
-            let body =
-                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+            // A HEAD answer has no body (its length is the header's).
+            let body: &[u8] = if head.line.starts_with("HEAD ") {
+                b""
+            } else {
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#
+            };
             let headers = [challenge, "Content-Type: application/json".to_owned()];
             if !respond(&mut writer, "401 Unauthorized", &headers, body) {
                 return;
