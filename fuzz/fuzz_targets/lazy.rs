@@ -18,7 +18,9 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use strata_core::Digest;
 use strata_diff::apply;
-use strata_lazy::{ChunkCache, Kind, Layer, LayerOptions, ROOT, RangeSource, Tree, read_index};
+use strata_lazy::{
+    ChunkCache, Kind, Layer, LayerOptions, Link, ROOT, RangeSource, Tree, read_index,
+};
 
 mod common;
 
@@ -45,6 +47,7 @@ fn open(blob: Vec<u8>, toc: &Digest, cache: &Path) -> io::Result<Layer> {
             name: "fuzz".into(),
             toc_digest: toc.clone(),
             opaque_xattr: "trusted.overlay.opaque".into(),
+            link: Arc::new(Link::new(std::time::Duration::ZERO)),
         },
     )
 }

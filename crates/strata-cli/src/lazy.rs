@@ -21,7 +21,7 @@ use serde::Serialize;
 use strata_cache::Platform;
 use strata_core::{Descriptor, Digest, Mount, OverlayLayers, media};
 use strata_lazy::{
-    ChunkCache, Layer, LayerOptions, Mounted, Prefetch, RangeSource, UnpackOptions, Unpacked,
+    ChunkCache, Layer, LayerOptions, Link, Mounted, Prefetch, RangeSource, UnpackOptions, Unpacked,
 };
 use strata_oci::{Registry, RegistryOperation};
 
@@ -63,6 +63,11 @@ pub struct MountArgs {
 
 /// The attribute overlay reads for an opaque directory (a root's mounts).
 const OPAQUE: &str = "trusted.overlay.opaque";
+
+/// How long no read may have waited for a fetch before prefetch takes the
+/// link: a program's start reads in bursts with short gaps between them,
+/// and prefetch fetching in those gaps delayed the next burst.
+const PREFETCH_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One layer's blob, read from the registry by range.
 struct RegistryBlob {
@@ -205,26 +210,57 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     );
     let (mnt, _lock) = mount_dir(&args.cache)?;
     let readers = strata_lazy::Readers::new(args.threads).context("start the reader threads")?;
+    let link = Arc::new(Link::new(PREFETCH_QUIET));
+    let sources: Vec<Arc<RegistryBlob>> = image
+        .layers
+        .iter()
+        .map(|desc| {
+            Arc::new(RegistryBlob {
+                registry: registry.clone(),
+                desc: desc.clone(),
+                rt: rt.handle().clone(),
+            })
+        })
+        .collect();
+    // Every eStargz layer's footer and TOC at once: two round trips for
+    // the image rather than two per layer.
+    let mut opened = std::thread::scope(|s| {
+        let opening: Vec<_> = image
+            .layers
+            .iter()
+            .zip(&tocs)
+            .zip(&sources)
+            .map(|((desc, toc), src)| {
+                let toc = toc.clone()?;
+                let opts = LayerOptions {
+                    name: desc.digest.to_string(),
+                    toc_digest: toc,
+                    opaque_xattr: OPAQUE.into(),
+                    link: link.clone(),
+                };
+                let cache = cache.clone();
+                let src: Arc<dyn RangeSource> = src.clone();
+                Some(s.spawn(move || {
+                    Layer::open(src, cache, &opts).with_context(|| format!("layer {}", opts.name))
+                }))
+            })
+            .collect();
+        opening
+            .into_iter()
+            .map(|t| {
+                t.map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .transpose()
+            })
+            .collect::<anyhow::Result<Vec<Option<Layer>>>>()
+    })?;
     // Bottom up: a layer's whiteouts, and an unpacked layer's whole tree,
     // depend on the layers below it.
     let mut lowers: Vec<Lower> = Vec::new();
     let mut json = Vec::new();
-    for (i, (desc, toc)) in image.layers.iter().zip(tocs).enumerate() {
-        let src = Arc::new(RegistryBlob {
-            registry: registry.clone(),
-            desc: desc.clone(),
-            rt: rt.handle().clone(),
-        });
+    for (i, (desc, src)) in image.layers.iter().zip(sources).enumerate() {
         let below = |path: &[&str]| lowers.iter().any(|l| l.has(path));
-        let lower = match &toc {
-            Some(toc) => {
-                let opts = LayerOptions {
-                    name: desc.digest.to_string(),
-                    toc_digest: toc.clone(),
-                    opaque_xattr: OPAQUE.into(),
-                };
-                let mut layer = Layer::open(src, cache.clone(), &opts)
-                    .with_context(|| format!("layer {}", desc.digest))?;
+        let lower = match opened[i].take() {
+            Some(mut layer) => {
                 layer.prune_whiteouts(below);
                 let layer = Arc::new(layer);
                 let dir = mnt.join(i.to_string());
@@ -271,8 +307,8 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
         };
         json.push(LayerJson {
             digest: desc.digest.to_string(),
-            lazy: toc.is_some(),
-            toc_digest: toc.as_ref().map(Digest::to_string),
+            lazy: tocs[i].is_some(),
+            toc_digest: tocs[i].as_ref().map(Digest::to_string),
             inodes: match &lower {
                 Lower::Lazy(l, _) => Some(l.tree().len()),
                 Lower::Unpacked(_) => None,

@@ -29,7 +29,7 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The threads that answer file reads for every layer of a mount.
 pub struct Readers {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
     threads: usize,
 }
 
@@ -72,20 +72,12 @@ impl Readers {
                     }
                 })?;
         }
-        Ok(Arc::new(Readers {
-            jobs: Mutex::new(tx),
-            threads,
-        }))
+        Ok(Arc::new(Readers { jobs: tx, threads }))
     }
 
     /// Queues `job`; it runs on the calling thread if the pool is gone.
     fn run(&self, job: Job) {
-        let sent = self
-            .jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(job);
-        if let Err(mpsc::SendError(job)) = sent {
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
             job();
         }
     }

@@ -18,11 +18,13 @@ use strata_core::Digest;
 use strata_diff::estargz::Index;
 
 use crate::cache::ChunkCache;
+use crate::link::Link;
 use crate::remote::{RangeSource, read_index};
 use crate::tree::{Chunk, Kind, Tree};
 
-/// The most one prefetch read asks for.
-const PREFETCH_SPAN: u64 = 8 << 20;
+/// The most one prefetch read asks for: a read that comes meanwhile
+/// shares the link with at most this much (2 MiB is 170 ms at 100 Mbit/s).
+const PREFETCH_SPAN: u64 = 2 << 20;
 
 /// What a layer has fetched.
 #[derive(Debug, Default)]
@@ -44,6 +46,7 @@ pub struct Layer {
     /// Every member start the TOC names, and the TOC's, sorted: a chunk's
     /// member ends where the next starts.
     members: Vec<u64>,
+    link: Arc<Link>,
     stats: Stats,
 }
 
@@ -66,6 +69,9 @@ pub struct LayerOptions {
     pub toc_digest: Digest,
     /// The attribute overlay reads for an opaque directory.
     pub opaque_xattr: String,
+    /// The link its fetches take, shared with the other layers of the
+    /// mount: prefetch yields it to reads.
+    pub link: Arc<Link>,
 }
 
 fn invalid(reason: String) -> io::Error {
@@ -119,6 +125,7 @@ impl Layer {
             src,
             cache,
             members,
+            link: opts.link.clone(),
             stats,
         };
         for c in layer.chunks() {
@@ -211,6 +218,8 @@ impl Layer {
         if let Some(f) = self.cache.get(&c.digest, c.len)? {
             return Ok(f);
         }
+        // Waiting from here, for the fetch or for prefetch's of the chunk.
+        let _demand = self.link.demand();
         let lock = self.cache.fetch_lock(&c.digest);
         let _held = lock
             .lock()
@@ -254,15 +263,21 @@ impl Layer {
     }
 
     /// Fetches every chunk the cache lacks, in blob order, runs of them in
-    /// one read each, until all are there or `stop` is set. A failed read
-    /// is logged and tried again after a growing pause.
+    /// one read each, until all are there or `stop` is set; each read waits
+    /// for its turn on the link ([`Link`]). A failed read is logged and
+    /// tried again after a growing pause.
     fn prefetch(&self, stop: &AtomicBool) {
         let mut chunks: Vec<&Chunk> = self.chunks().collect();
         chunks.sort_by_key(|c| c.blob_offset);
         let mut i = 0;
         let mut pause = Duration::from_millis(200);
-        while i < chunks.len() && !stop.load(Ordering::Relaxed) {
-            match self.prefetch_run(&chunks[i..]) {
+        while i < chunks.len() {
+            let Some(turn) = self.link.background(stop) else {
+                break;
+            };
+            let run = self.prefetch_run(&chunks[i..]);
+            drop(turn);
+            match run {
                 Ok(n) => {
                     i += n;
                     pause = Duration::from_millis(200);

@@ -9,7 +9,8 @@
 //! chunk fetched by one range read of the gzip member that starts with it,
 //! checked against its digest in the TOC, and kept in a [`ChunkCache`]
 //! shared by every layer. [`Prefetch`] fetches the rest in the background,
-//! in blob order (prioritised files first). A read that cannot be served
+//! in blob order (prioritised files first), yielding the [`Link`] to reads:
+//! it fetches only once no read has waited for a fetch for a while. A read that cannot be served
 //! fails with EIO; nothing unchecked is ever served or cached.
 //!
 //! A layer that cannot be read lazily (plain gzip or zstd) is fetched
@@ -26,6 +27,7 @@
 mod cache;
 mod fs;
 mod layer;
+mod link;
 mod remote;
 mod tree;
 mod unpack;
@@ -33,6 +35,7 @@ mod unpack;
 pub use cache::ChunkCache;
 pub use fs::{Mounted, Readers, mount};
 pub use layer::{Layer, LayerOptions, Prefetch, Stats};
+pub use link::Link;
 pub use remote::{FileSource, RangeSource, read_index};
 pub use tree::{Chunk, Kind, MAX_CHUNK, Node, ROOT, Tree};
 pub use unpack::{UnpackOptions, Unpacked};

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use strata_core::Digest;
 use strata_diff::estargz::EStargzOptions;
 use strata_diff::{Comparison, Compression, WriteOptions, walk_changes, write_layer};
-use strata_lazy::{ChunkCache, Layer, LayerOptions, Prefetch, RangeSource, Readers, mount};
+use strata_lazy::{ChunkCache, Layer, LayerOptions, Link, Prefetch, RangeSource, Readers, mount};
 use strata_testkit::crash::Rng;
 use strata_testkit::tree::{render, without_sockets};
 
@@ -73,6 +73,16 @@ fn estargz(dir: &Path, chunk_size: u64) -> (Vec<u8>, Digest) {
 }
 
 fn open(blob: &Arc<Blob>, toc: &Digest, cache: &Path) -> io::Result<Arc<Layer>> {
+    open_on(blob, toc, cache, std::time::Duration::ZERO)
+}
+
+/// Opened on a link of its own whose prefetch waits `quiet` after reads.
+fn open_on(
+    blob: &Arc<Blob>,
+    toc: &Digest,
+    cache: &Path,
+    quiet: std::time::Duration,
+) -> io::Result<Arc<Layer>> {
     Layer::open(
         blob.clone(),
         Arc::new(ChunkCache::open(cache)?),
@@ -80,6 +90,7 @@ fn open(blob: &Arc<Blob>, toc: &Digest, cache: &Path) -> io::Result<Arc<Layer>> 
             name: "test-layer".into(),
             toc_digest: toc.clone(),
             opaque_xattr: "trusted.overlay.opaque".into(),
+            link: Arc::new(Link::new(quiet)),
         },
     )
     .map(Arc::new)
@@ -392,6 +403,53 @@ fn prefetch_caches_every_chunk() {
         stats.requests.load(Ordering::SeqCst) < stats.chunks.load(Ordering::SeqCst),
         "{stats:?}"
     );
+}
+
+#[test]
+fn prefetch_yields_the_link_to_reads() {
+    let (t, src, _) = dirs();
+    let data: Vec<u8> = (0..400_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(src.join("a"), &data).unwrap();
+    fs::write(src.join("b"), vec![7u8; 300_000]).unwrap();
+    let (bytes, toc) = estargz(&src, 65536);
+    let blob = blob_of(bytes);
+    let quiet = std::time::Duration::from_secs(2);
+    let layer = open_on(&blob, &toc, &t.path().join("cache"), quiet).unwrap();
+    let opened = blob.served.load(Ordering::SeqCst);
+    let p = Prefetch::start(layer.clone()).unwrap();
+    // A fresh mount's first reads come first.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        blob.served.load(Ordering::SeqCst),
+        opened,
+        "prefetch fetched before the quiet period"
+    );
+    // While a read waits for its fetch, prefetch fetches nothing, however
+    // long the read waits.
+    blob.stall.store(true, Ordering::SeqCst);
+    let reader = {
+        let layer = layer.clone();
+        let ino = layer.tree().child(1, "a").unwrap();
+        std::thread::spawn(move || layer.read(ino, 0, 400_000))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while blob.stalled.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(quiet + std::time::Duration::from_millis(500));
+    let waited = blob.stalled.load(Ordering::SeqCst);
+    blob.stall.store(false, Ordering::SeqCst);
+    assert_eq!(reader.join().unwrap().unwrap(), data);
+    assert_eq!(waited, 1, "prefetch fetched while a read waited");
+    // Once reads are quiet, prefetch fetches the rest.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !p.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "prefetch did not end");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    blob.down.store(true, Ordering::SeqCst);
+    let b = layer.tree().child(1, "b").unwrap();
+    assert_eq!(layer.read(b, 0, 300_000).unwrap(), vec![7u8; 300_000]);
 }
 
 #[test]
