@@ -5,8 +5,9 @@
 //! credential helper, a registry serving a corrupt blob, and hostile
 //! layouts and archives refused with exit 5 and nothing kept (ambiguous
 //! manifests and indexes among them, and configs whose diffIDs are not
-//! those of the layers a root already has), and a slow pull that outlives
-//! its registry token.
+//! those of the layers a root already has), a slow pull that outlives
+//! its registry token, and images copied registry to registry without a
+//! root (mounted within one registry, streamed and checked across two).
 
 use std::fs;
 use std::path::Path;
@@ -1045,6 +1046,90 @@ fn a_pull_outlives_its_registry_token() {
         gate.tokens_issued(),
         gate.refusals()
     );
+}
+
+#[test]
+fn an_image_is_copied_registry_to_registry_without_a_root() {
+    if !strata_testkit::require_tools(
+        "an_image_is_copied_registry_to_registry_without_a_root",
+        strata_testkit::REGISTRY_TOOLS,
+    ) {
+        return;
+    }
+    let (one, other) = (Registry::start(None), Registry::start(None));
+    let (a, _, _) = root_with_app(&["--backend", "native"]);
+    let pushed = a
+        .run(&[
+            "--json",
+            "image",
+            "push",
+            "app",
+            &format!("{}/app:1", one.addr),
+        ])
+        .expect(0)
+        .json();
+    let blobs = pushed["uploaded"].as_u64().unwrap();
+    let copy = |from: &str, to: &str| {
+        let b = env();
+        let run = b.run(&["--json", "lazy", "copy", from, to]);
+        // No root was made for it.
+        assert!(!b.path("root").exists(), "lazy copy opened a root");
+        run
+    };
+    let counts = |v: &Value| {
+        (
+            v["uploaded"].as_u64().unwrap(),
+            v["mounted"].as_u64().unwrap(),
+            v["present"].as_u64().unwrap(),
+        )
+    };
+    // Within one registry every blob is mounted: no bytes move.
+    let src = format!("{}/app:1", one.addr);
+    let mounted = copy(&src, &format!("{}/team/app:2", one.addr))
+        .expect(0)
+        .json();
+    assert_eq!(counts(&mounted), (0, blobs, 0), "{mounted}");
+    assert_eq!(mounted["manifest"], pushed["manifest"], "{mounted}");
+    // To another registry each is streamed through; a second copy finds
+    // them there.
+    let dst = format!("{}/app:2", other.addr);
+    let sent = copy(&src, &dst).expect(0).json();
+    assert_eq!(counts(&sent), (blobs, 0, 0), "{sent}");
+    assert_eq!(sent["manifest"], pushed["manifest"], "{sent}");
+    let again = copy(&src, &dst).expect(0).json();
+    assert_eq!(counts(&again), (0, 0, blobs), "{again}");
+    // What arrived pulls as the original.
+    let b = env();
+    let pulled = b
+        .run(&["--json", "image", "pull", &dst, "--name", "copied"])
+        .expect(0)
+        .json();
+    assert_eq!(pulled["manifest"], pushed["manifest"], "{pulled}");
+
+    // A source serving other bytes for a layer: the copy fails naming the
+    // blob, and the target gets neither that blob nor the manifest.
+    let inspect = a
+        .run(&["--json", "image", "inspect", "app"])
+        .expect(0)
+        .json();
+    let layer = inspect["layers"][1]["digest"].as_str().unwrap().to_owned();
+    let file = one.blob_file(&layer);
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[100] ^= 0x01;
+    fs::write(&file, bytes).unwrap();
+    let third = Registry::start(None);
+    let bad = format!("{}/bad:1", third.addr);
+    let run = copy(&src, &bad);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("another digest"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&layer),
+        "names the blob: {}",
+        run.stderr
+    );
+    assert!(!third.blob_file(&layer).exists(), "the bad blob was stored");
+    let pull = env().run(&["image", "pull", &bad]);
+    assert_ne!(pull.code, 0, "the manifest was pushed: {}", pull.text());
 }
 
 /// Base64 for a test's docker config, without a dependency.

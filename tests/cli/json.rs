@@ -159,13 +159,21 @@ fn every_documented_json_shape_is_what_the_command_prints() {
         let reg = Registry::start(None);
         let pushed = a.run("image push", &["app", &format!("{}/json:1", reg.addr)]);
         assert_eq!(pushed["uploaded"], 3, "two layers and the config: {pushed}");
+        let copied = a.run(
+            "lazy copy",
+            &[
+                &format!("{}/json:1", reg.addr),
+                &format!("{}/copy:1", reg.addr),
+            ],
+        );
+        assert_eq!(copied["mounted"], 3, "two layers and the config: {copied}");
         a.run(
             "image pull",
             &[&format!("{}/json:1", reg.addr), "--name", "pulled"],
         );
     } else {
         a.seen
-            .extend(["image push".to_owned(), "image pull".to_owned()]);
+            .extend(["image push", "image pull", "lazy copy"].map(str::to_owned));
     }
     a.run("ref ls", &[]);
     a.run("ref info", &[&top]);

@@ -254,8 +254,9 @@ reclaims what no lease holds.",
         notes: "An eStargz layer (push or export an image with --compression estargz to make one) \
 is read lazily: only the manifest, the config and each such layer's footer and TOC are fetched before \
 DIR is mounted. A file's data is fetched when it is read, a chunk at a time by range requests, and \
-checked against the chunk digest in the TOC before it is served or kept; meanwhile the rest is \
-fetched in the background, in the layer's order (its prioritized files first), unless --no-prefetch. \
+checked against the chunk digest in the TOC before it is served or kept. Unless --no-prefetch, the \
+rest is fetched in the background, in the layer's order (its prioritized files first), but only once \
+no read has waited for a fetch for a second, so a program's first reads have the link to themselves. \
 A read the registry cannot serve fails with EIO (the error is logged) and works again once the \
 registry is back. A plain gzip or zstd layer cannot be read lazily: it is fetched whole, checked \
 against its digest and diffID, and unpacked once into CACHE/layers (a note on stderr says so); later \
@@ -271,6 +272,21 @@ FUSE mount or where it was unpacked), and {requests, bytes_fetched, chunks_fetch
             "strata lazy mount localhost:5000/app:estargz /mnt/app --cache /tmp/lazy --no-prefetch  # fetch only what is read",
         ],
         json: None,
+    },
+    #[cfg(feature = "registry")]
+    Page {
+        path: "lazy copy",
+        notes: "Nothing is stored and no root is involved: the image (of an index, the manifest for \
+--platform) goes from one repository to the other. A blob the target has is skipped; on one \
+registry, a blob is mounted from the source repository (no bytes move); otherwise it is streamed \
+from the source to the target, counted and hashed on the way, and a blob of other bytes than its \
+digest fails the copy before the target can accept it. The manifest goes last, under the target's \
+tag, with the source's digest.",
+        examples: &[
+            "strata lazy copy registry.example/team/app:1.0 registry.example/prod/app:1.0  # mounted: no bytes move",
+            "strata lazy copy localhost:5000/app:estargz mirror.example/app:estargz",
+        ],
+        json: Some("{source, target, manifest, layers, size, uploaded, mounted, present}"),
     },
     Page {
         path: "lease create",

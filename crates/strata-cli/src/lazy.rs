@@ -1,3 +1,7 @@
+//! `strata lazy copy SRC DST`: an image copied from one registry
+//! repository to another without being stored (blobs mounted across
+//! repositories of one registry, else streamed through, checked).
+//!
 //! `strata lazy mount REF DIR --cache CACHE`: an eStargz image from a
 //! registry mounted read-only before it is downloaded. Only the manifest,
 //! the config and each layer's footer and TOC are fetched first; each
@@ -33,6 +37,26 @@ pub enum LazyCmd {
     /// downloaded (its eStargz layers are read lazily, the others fetched
     /// whole); serves it until SIGINT or SIGTERM.
     Mount(MountArgs),
+    /// Copy HOST/REPO[:TAG|@DIGEST] to HOST/REPO[:TAG] without storing
+    /// it: each blob the target lacks is mounted from the source
+    /// repository when both are on one registry, else streamed through
+    /// and checked against its digest.
+    Copy(CopyArgs),
+}
+
+/// What `strata lazy copy` takes.
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// HOST/REPO[:TAG|@DIGEST] to copy.
+    source: String,
+    /// HOST/REPO[:TAG] to copy it to.
+    target: String,
+    /// OS/ARCH[/VARIANT] picked from a multi-platform image (only its
+    /// manifest is copied) [default: this machine's].
+    #[arg(long)]
+    platform: Option<String>,
+    #[command(flatten)]
+    registry: crate::image::RegistryArgs,
 }
 
 /// What `strata lazy mount` takes.
@@ -112,6 +136,18 @@ struct MountedJson {
 }
 
 #[derive(Serialize)]
+struct CopiedJson {
+    source: String,
+    target: String,
+    manifest: String,
+    layers: usize,
+    size: u64,
+    uploaded: usize,
+    mounted: usize,
+    present: usize,
+}
+
+#[derive(Serialize)]
 struct StoppedJson {
     requests: u64,
     bytes_fetched: u64,
@@ -119,15 +155,48 @@ struct StoppedJson {
 }
 
 pub fn run(cmd: LazyCmd, out: &Output) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     match cmd {
-        LazyCmd::Mount(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            mount(&rt, &args, out)
-        }
+        LazyCmd::Mount(args) => mount(&rt, &args, out),
+        LazyCmd::Copy(args) => rt.block_on(copy(&args, out)),
     }
+}
+
+/// The image `args.source` names, copied registry to registry.
+async fn copy(args: &CopyArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    let platform = match &args.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let opts = args.registry.options();
+    let strip = |r: &str| r.strip_prefix("docker://").unwrap_or(r).to_owned();
+    let (source, target) = (strip(&args.source), strip(&args.target));
+    let src = Registry::connect(&source, RegistryOperation::Pull, &opts).await?;
+    let dst = Registry::connect(&target, RegistryOperation::Push, &opts).await?;
+    let (image, report) = dst
+        .copy_from(&strata_leases::OpCtx::new(), &src, &platform)
+        .await
+        .with_context(|| format!("copy {source} to {target}"))?;
+    out.line(
+        &CopiedJson {
+            source: source.clone(),
+            target: target.clone(),
+            manifest: image.manifest.digest.to_string(),
+            layers: image.layers.len(),
+            size: image.blobs().map(|d| d.size).sum(),
+            uploaded: report.uploaded,
+            mounted: report.mounted,
+            present: report.present,
+        },
+        &format!(
+            "copied {source} to {target} ({}): {} blobs uploaded, {} mounted, {} present",
+            image.manifest.digest, report.uploaded, report.mounted, report.present
+        ),
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The TOC digest of eStargz layer `desc`; `None` for a layer that is not

@@ -110,7 +110,8 @@ enum Command {
     #[command(subcommand)]
     Layer(layer::LayerCmd),
     /// Lazy images: eStargz images from a registry, mounted before they
-    /// are downloaded.
+    /// are downloaded; images copied between registries without being
+    /// stored.
     #[cfg(feature = "registry")]
     #[command(subcommand)]
     Lazy(lazy::LazyCmd),

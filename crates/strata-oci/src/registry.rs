@@ -89,6 +89,27 @@ fn unauthorized(e: &OciDistributionError) -> bool {
     }
 }
 
+/// Whether an upload failed because the stream it sent found its bytes
+/// not to be the blob's ([`checked_stream`]): corrupt data, not a failure
+/// of the target.
+fn served_corrupt(e: &OciDistributionError) -> bool {
+    // The client's I/O variant is transparent: its source skips the
+    // error it holds.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
+        OciDistributionError::IoError(io) => Some(io),
+        e => Some(e),
+    };
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Whether a failed request may pass when tried again.
 fn transient(e: &OciDistributionError) -> bool {
     match e {
@@ -617,31 +638,76 @@ impl Registry {
         let mut report = PushReport::default();
         let mut blobs: Vec<&Descriptor> = image.layers.iter().chain([&image.config]).collect();
         blobs.dedup_by(|a, b| a.digest == b.digest);
-        let host = self.reference.resolve_registry().to_owned();
         for desc in blobs {
             ctx.check()?;
-            let what = format!("blob {}", desc.digest);
-            let digest = desc.digest.to_string();
-            if self
-                .retry(&what, || self.client.blob_exists(&self.reference, &digest))
-                .await?
-            {
-                report.present += 1;
-                continue;
-            }
-            if self.mount_from_sibling(store, &host, desc).await? {
-                report.mounted += 1;
-                continue;
-            }
-            let tracker = ProgressTracker::new(ctx, desc.digest.as_str(), desc.size, "bytes");
-            let stream = blob_stream(store, desc, tracker)?;
-            self.client
-                .push_blob_stream(&self.reference, stream, &digest, Some(desc.size))
-                .await
-                .map_err(|e| self.error(&what, e))?;
-            report.uploaded += 1;
+            let siblings = self.siblings(store, desc)?;
+            self.send_blob(desc, &siblings, &mut report, || {
+                let tracker = ProgressTracker::new(ctx, desc.digest.as_str(), desc.size, "bytes");
+                Ok(blob_stream(store, desc, tracker)?.boxed())
+            })
+            .await?;
         }
         let bytes = read_blob(store, &image.manifest)?;
+        self.push_manifest(image, bytes).await?;
+        for desc in image.layers.iter().chain([&image.config, &image.manifest]) {
+            self.label_source(store, &desc.digest)?;
+        }
+        report.manifest = Some(image.manifest.digest.clone());
+        Ok(report)
+    }
+
+    /// Copies the image `src`'s reference names for `platform` (its
+    /// manifest, config and layers; of an index, the one manifest picked)
+    /// to this repository, storing nothing: each blob this repository
+    /// lacks is mounted from `src`'s repository when both are on one
+    /// registry and it allows that, else streamed from `src` to here,
+    /// checked against its digest on the way.
+    pub async fn copy_from(
+        &self,
+        ctx: &OpCtx,
+        src: &Registry,
+        platform: &Platform,
+    ) -> Result<(Image, PushReport)> {
+        let image = src.resolve(platform).await?;
+        let mut report = PushReport::default();
+        let mut blobs: Vec<&Descriptor> = image.layers.iter().chain([&image.config]).collect();
+        blobs.dedup_by(|a, b| a.digest == b.digest);
+        let same_registry = src.reference.resolve_registry() == self.reference.resolve_registry();
+        let siblings: Vec<String> = if same_registry {
+            vec![src.reference.repository().to_owned()]
+        } else {
+            Vec::new()
+        };
+        for desc in blobs {
+            ctx.check()?;
+            let stream = async {
+                let what = format!("blob {}", desc.digest);
+                let got = src
+                    .retry(&what, || {
+                        src.client
+                            .pull_blob_stream(&src.reference, desc.digest.as_str())
+                    })
+                    .await?;
+                let tracker = ProgressTracker::new(ctx, desc.digest.as_str(), desc.size, "bytes");
+                Ok(checked_stream(got, desc, tracker).boxed())
+            };
+            self.send_blob_async(desc, &siblings, &mut report, stream)
+                .await?;
+        }
+        let by_digest = src
+            .reference
+            .clone_with_digest(image.manifest.digest.to_string());
+        let (_, bytes) = src
+            .manifest_bytes(&by_digest, Some(&image.manifest))
+            .await?;
+        self.push_manifest(&image, bytes).await?;
+        report.manifest = Some(image.manifest.digest.clone());
+        Ok((image, report))
+    }
+
+    /// Pushes `image`'s manifest, `bytes`, under this reference's tag (or
+    /// its digest, which must be the manifest's).
+    async fn push_manifest(&self, image: &Image, bytes: Vec<u8>) -> Result<()> {
         let content_type: http::HeaderValue = image.manifest.media_type.parse().map_err(|_| {
             OciError::invalid(&image.manifest.digest, "media type is not a header value")
         })?;
@@ -661,29 +727,84 @@ impl Registry {
             self.client
                 .push_manifest_raw(&target, bytes.clone(), content_type.clone())
         })
-        .await?;
-        for desc in image.layers.iter().chain([&image.config, &image.manifest]) {
-            self.label_source(store, &desc.digest)?;
-        }
-        report.manifest = Some(image.manifest.digest.clone());
-        Ok(report)
+        .await
+        .map(drop)
     }
 
-    /// Mounts `desc` from another repository of this registry that the
-    /// store records as having it; whether that worked.
-    async fn mount_from_sibling(
-        &self,
-        store: &ContentStore,
-        host: &str,
-        desc: &Descriptor,
-    ) -> Result<bool> {
-        let key = format!("{DISTRIBUTION_SOURCE_LABEL}{host}");
-        let repos: Vec<String> = store
+    /// The other repositories of this registry that `store` records as
+    /// having blob `desc` (from pulls and pushes).
+    fn siblings(&self, store: &ContentStore, desc: &Descriptor) -> Result<Vec<String>> {
+        let key = format!(
+            "{DISTRIBUTION_SOURCE_LABEL}{}",
+            self.reference.resolve_registry()
+        );
+        Ok(store
             .info(&desc.digest)?
             .labels
             .get(&key)
             .map(|v| v.split(',').map(str::to_owned).collect())
-            .unwrap_or_default();
+            .unwrap_or_default())
+    }
+
+    /// Sends blob `desc` here unless this repository has it: mounted from
+    /// one of `siblings` (repositories of this registry), else uploaded
+    /// from the stream `open` makes; counted in `report`.
+    async fn send_blob(
+        &self,
+        desc: &Descriptor,
+        siblings: &[String],
+        report: &mut PushReport,
+        open: impl FnOnce() -> Result<BlobStream>,
+    ) -> Result<()> {
+        self.send_blob_async(desc, siblings, report, async { open() })
+            .await
+    }
+
+    /// [`Registry::send_blob`] with a stream that takes a request to open.
+    async fn send_blob_async(
+        &self,
+        desc: &Descriptor,
+        siblings: &[String],
+        report: &mut PushReport,
+        open: impl Future<Output = Result<BlobStream>>,
+    ) -> Result<()> {
+        let what = format!("blob {}", desc.digest);
+        let digest = desc.digest.to_string();
+        if self
+            .retry(&what, || self.client.blob_exists(&self.reference, &digest))
+            .await?
+        {
+            report.present += 1;
+            return Ok(());
+        }
+        if self.mount_from(siblings, desc).await? {
+            report.mounted += 1;
+            return Ok(());
+        }
+        self.client
+            .push_blob_stream(&self.reference, open.await?, &digest, Some(desc.size))
+            .await
+            .map_err(|e| {
+                let corrupt = served_corrupt(&e);
+                match self.error(&what, e) {
+                    OciError::Registry {
+                        registry, reason, ..
+                    } if corrupt => OciError::Registry {
+                        registry,
+                        reason,
+                        kind: ErrorKind::Invalid,
+                    },
+                    other => other,
+                }
+            })?;
+        report.uploaded += 1;
+        Ok(())
+    }
+
+    /// Mounts `desc` from one of `repos` (other repositories of this
+    /// registry); whether that worked.
+    async fn mount_from(&self, repos: &[String], desc: &Descriptor) -> Result<bool> {
+        let host = self.reference.resolve_registry();
         let digest = desc.digest.to_string();
         for repo in repos.iter().filter(|r| **r != self.reference.repository()) {
             let from = Reference::with_tag(host.to_owned(), repo.clone(), "latest".to_owned());
@@ -753,6 +874,71 @@ async fn copy_stream(
         progress.update(done);
     }
     Ok(())
+}
+
+/// A blob's bytes on their way to a registry.
+type BlobStream = futures_util::stream::BoxStream<
+    'static,
+    std::result::Result<bytes::Bytes, OciDistributionError>,
+>;
+
+/// `stream` (blob `desc` as another registry serves it) passed through,
+/// counted and hashed: past its size, or short of it or of its digest at
+/// the end, it fails, so a copy never completes with other bytes.
+fn checked_stream(
+    stream: oci_client::client::SizedStream,
+    desc: &Descriptor,
+    progress: ProgressTracker,
+) -> impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>>
++ Send
++ 'static {
+    let verifier = strata_core::digest::Verifier::new(desc.digest.clone());
+    let size = desc.size;
+    let bad = |why: String| {
+        Some(Err(OciDistributionError::IoError(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the source registry served {why}"),
+        ))))
+    };
+    futures_util::stream::unfold(
+        (stream.stream, Some(verifier), progress),
+        move |(mut stream, verifier, progress)| {
+            async move {
+                let mut v = verifier?;
+                let item = match stream.next().await {
+                    Some(Ok(chunk)) => {
+                        v.update(&chunk);
+                        progress.update(v.written());
+                        if v.written() > size {
+                            (bad(format!("more than its {size} bytes")), None)
+                        } else {
+                            (Some(Ok(chunk)), Some(v))
+                        }
+                    }
+                    // The client checks the digest itself at the end.
+                    Some(Err(e))
+                        if e.get_ref()
+                            .is_some_and(|i| i.is::<oci_client::errors::DigestError>()) =>
+                    {
+                        (bad(format!("bytes of another digest: {e}")), None)
+                    }
+                    Some(Err(e)) => (Some(Err(OciDistributionError::IoError(e))), None),
+                    None if v.written() != size => {
+                        (bad(format!("{} bytes, not {size}", v.written())), None)
+                    }
+                    None => match v.verify() {
+                        Ok(_) => {
+                            progress.finish();
+                            (None, None)
+                        }
+                        Err(e) => (bad(format!("bytes of another digest: {e}")), None),
+                    },
+                };
+                let (item, next) = item;
+                item.map(|i| (i, (stream, next, progress)))
+            }
+        },
+    )
 }
 
 /// Blob `desc` of `store` as a stream of 1 MiB chunks.
