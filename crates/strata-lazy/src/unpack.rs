@@ -11,13 +11,14 @@ use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use strata_core::{Digest, Mount, OverlayLayers};
 use strata_diff::{ApplyOptions, LayerSource, apply_to_mounts};
 use strata_sys::Root;
 use strata_sys::lock::{FileLock, LockError};
 
+use crate::layer::Stats;
 use crate::remote::RangeSource;
 
 /// How much one range read of a blob being unpacked asks for.
@@ -45,6 +46,8 @@ pub struct UnpackOptions {
 #[derive(Debug)]
 pub struct Unpacked {
     dir: PathBuf,
+    /// The directory, opened once for the questions the layers above ask.
+    root: Root,
     fetched: u64,
     requests: u64,
 }
@@ -65,13 +68,16 @@ impl Unpacked {
         dir: &Path,
         opts: &UnpackOptions,
     ) -> io::Result<Unpacked> {
-        let found = |dir: &Path| Unpacked {
-            dir: dir.to_path_buf(),
-            fetched: 0,
-            requests: 0,
+        let found = |dir: &Path, fetched: u64, requests: u64| -> io::Result<Unpacked> {
+            Ok(Unpacked {
+                dir: dir.to_path_buf(),
+                root: Root::open(dir).map_err(io::Error::other)?,
+                fetched,
+                requests,
+            })
         };
         if dir.is_dir() {
-            return Ok(found(dir));
+            return found(dir, 0, 0);
         }
         let parent = dir.parent().unwrap_or(Path::new("/"));
         let name = dir
@@ -81,7 +87,7 @@ impl Unpacked {
         std::fs::create_dir_all(parent)?;
         let _lock = wait_for_lock(&parent.join(format!(".{name}.lock")))?;
         if dir.is_dir() {
-            return Ok(found(dir));
+            return found(dir, 0, 0);
         }
         let root = Root::open(parent).map_err(io::Error::other)?;
         let staging_name = format!(".unpack-{name}");
@@ -99,11 +105,7 @@ impl Unpacked {
             strata_sys::sync::syncfs(&upper).map_err(io::Error::other)?;
             std::fs::rename(&upper, dir)?;
             strata_sys::sync::fsync_dir(parent).map_err(io::Error::other)?;
-            Ok(Unpacked {
-                dir: dir.to_path_buf(),
-                fetched,
-                requests,
-            })
+            found(dir, fetched, requests)
         });
         if let Err(e) = root.remove_all(Path::new(&staging_name)) {
             tracing::warn!(dir = %staging.display(), error = %e, "could not remove an unpack's staging directory");
@@ -130,9 +132,7 @@ impl Unpacked {
     /// a directory (a parent that is a symlink here does not lead on in
     /// an overlay stack either).
     pub fn has(&self, parts: &[&str]) -> bool {
-        let Ok(root) = Root::open(&self.dir) else {
-            return false;
-        };
+        let root = &self.root;
         let mut path = PathBuf::new();
         for (i, part) in parts.iter().enumerate() {
             path.push(part);
@@ -147,8 +147,8 @@ impl Unpacked {
     /// Whether its root carries the opaque attribute `xattr`: it hides
     /// every layer below it.
     pub fn root_is_opaque(&self, xattr: &str) -> bool {
-        Root::open(&self.dir)
-            .and_then(|r| r.get_xattr(Path::new("."), OsStr::new(xattr)))
+        self.root
+            .get_xattr(Path::new("."), OsStr::new(xattr))
             .is_ok_and(|v| v.is_some())
     }
 }
@@ -191,17 +191,15 @@ fn unpack(
         },
         Vec::new(),
     );
-    let fetched = Arc::new(AtomicU64::new(0));
-    let requests = Arc::new(AtomicU64::new(0));
-    let (f, r) = (fetched.clone(), requests.clone());
+    let stats = Arc::new(Stats::default());
+    let counted = stats.clone();
     let open: LayerSource = Arc::new(move || {
         Ok(Box::new(Ranges {
             src: src.clone(),
             at: 0,
             held: Vec::new(),
             used: 0,
-            fetched: f.clone(),
-            requests: r.clone(),
+            stats: counted.clone(),
         }) as Box<dyn Read + Send>)
     });
     apply_to_mounts(
@@ -213,8 +211,8 @@ fn unpack(
     )
     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     Ok((
-        fetched.load(Ordering::Relaxed),
-        requests.load(Ordering::Relaxed),
+        stats.bytes.load(Ordering::Relaxed),
+        stats.requests.load(Ordering::Relaxed),
     ))
 }
 
@@ -226,9 +224,9 @@ struct Ranges {
     /// What the last one returned, and how much of it was read.
     held: Vec<u8>,
     used: usize,
-    /// Bytes and range reads fetched, across every reading of the blob.
-    fetched: Arc<AtomicU64>,
-    requests: Arc<AtomicU64>,
+    /// Bytes and range reads fetched, across every reading of the blob
+    /// (the mount fallback reads it twice).
+    stats: Arc<Stats>,
 }
 
 impl Read for Ranges {
@@ -239,8 +237,9 @@ impl Read for Ranges {
                 return Ok(0);
             }
             self.held = self.src.read_range(self.at, len)?;
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            self.fetched
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bytes
                 .fetch_add(self.held.len() as u64, Ordering::Relaxed);
             self.used = 0;
             self.at += self.held.len() as u64;
