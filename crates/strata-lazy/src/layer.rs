@@ -22,11 +22,6 @@ use crate::link::Link;
 use crate::remote::{RangeSource, read_index};
 use crate::tree::{Chunk, Kind, Tree};
 
-/// How far past its own chunk a read's fetch reaches for the chunks that
-/// follow (debian-python's start reads many small neighbouring files;
-/// 256 KiB is 21 ms at 100 Mbit/s, about one round trip).
-const READ_AROUND: u64 = 256 << 10;
-
 /// The most one prefetch read asks for: a read that comes meanwhile
 /// shares the link with at most this much (2 MiB is 170 ms at 100 Mbit/s).
 const PREFETCH_SPAN: u64 = 2 << 20;
@@ -51,9 +46,6 @@ pub struct Layer {
     /// Every member start the TOC names, and the TOC's, sorted: a chunk's
     /// member ends where the next starts.
     members: Vec<u64>,
-    /// Every chunk, in blob order: what prefetch walks, and where a read
-    /// finds the chunks that follow its own.
-    order: Vec<Chunk>,
     link: Arc<Link>,
     stats: Stats,
 }
@@ -127,20 +119,16 @@ impl Layer {
         members.push(index.toc_offset);
         members.sort_unstable();
         members.dedup();
-        let mut layer = Layer {
+        let layer = Layer {
             name: opts.name.clone(),
             tree,
             src,
             cache,
             members,
-            order: Vec::new(),
             link: opts.link.clone(),
             stats,
         };
-        let mut order: Vec<Chunk> = layer.chunks().cloned().collect();
-        order.sort_by_key(|c| c.blob_offset);
-        layer.order = order;
-        for c in &layer.order {
+        for c in layer.chunks() {
             if c.blob_offset >= index.toc_offset {
                 return Err(invalid(format!(
                     "layer {}: a chunk at {} is not before the TOC at {}",
@@ -239,73 +227,9 @@ impl Layer {
         if let Some(f) = self.cache.get(&c.digest, c.len)? {
             return Ok(f);
         }
-        let next = self.following(c);
-        let end = next
-            .last()
-            .map_or_else(|| self.span_end(c), |n| self.span_end(n));
-        let bytes = self.fetch(c.blob_offset, end - c.blob_offset)?;
+        let bytes = self.fetch(c.blob_offset, self.span_end(c) - c.blob_offset)?;
         let data = self.decode(c, &bytes)?;
-        let file = self.cache.put(&c.digest, &data)?;
-        for n in next {
-            self.cache_from(n, &bytes, c.blob_offset);
-        }
-        Ok(file)
-    }
-
-    /// The chunks right after `c` in the blob that the cache lacks, as far
-    /// as [`READ_AROUND`] past `c`'s own span: a program that reads one
-    /// file of a directory mostly reads its neighbours next, and a round
-    /// trip costs more than the bytes.
-    fn following(&self, c: &Chunk) -> &[Chunk] {
-        let at = self
-            .order
-            .partition_point(|o| o.blob_offset <= c.blob_offset);
-        let limit = self.span_end(c).saturating_add(READ_AROUND);
-        let mut end = self.span_end(c);
-        let mut n = 0;
-        for o in &self.order[at..] {
-            let o_end = self.span_end(o);
-            if o.blob_offset > end || o_end > limit || o.digest == c.digest {
-                break;
-            }
-            if !matches!(self.cache.get(&o.digest, o.len), Ok(None)) {
-                break;
-            }
-            end = end.max(o_end);
-            n += 1;
-        }
-        &self.order[at..at + n]
-    }
-
-    /// Caches chunk `n` from `bytes` (the blob from `start`), unless
-    /// another thread is fetching it or has; a chunk that fails its check
-    /// is left for its own read, which reports it.
-    fn cache_from(&self, n: &Chunk, bytes: &[u8], start: u64) {
-        let lock = self.cache.fetch_lock(&n.digest);
-        // Never wait: the holder fetches it anyway (and waiting while
-        // holding another chunk's lock could deadlock).
-        let Ok(_held) = lock.try_lock() else {
-            return;
-        };
-        if !matches!(self.cache.get(&n.digest, n.len), Ok(None)) {
-            return;
-        }
-        let Some(from) = usize::try_from(n.blob_offset - start)
-            .ok()
-            .and_then(|at| bytes.get(at..))
-        else {
-            return;
-        };
-        match self.decode(n, from) {
-            Ok(data) => {
-                if let Err(e) = self.cache.put(&n.digest, &data) {
-                    tracing::warn!(layer = %self.name, error = %e, "could not cache a chunk read around another");
-                }
-            }
-            Err(e) => {
-                tracing::debug!(layer = %self.name, error = %e, "a chunk read around another is not cached")
-            }
-        }
+        self.cache.put(&c.digest, &data)
     }
 
     fn fetch(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
@@ -343,7 +267,8 @@ impl Layer {
     /// for its turn on the link ([`Link`]). A failed read is logged and
     /// tried again after a growing pause.
     fn prefetch(&self, stop: &AtomicBool) {
-        let chunks: Vec<&Chunk> = self.order.iter().collect();
+        let mut chunks: Vec<&Chunk> = self.chunks().collect();
+        chunks.sort_by_key(|c| c.blob_offset);
         let mut i = 0;
         let mut pause = Duration::from_millis(200);
         while i < chunks.len() {

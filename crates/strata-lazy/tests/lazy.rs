@@ -453,46 +453,6 @@ fn prefetch_yields_the_link_to_reads() {
 }
 
 #[test]
-fn a_read_fetches_the_chunks_that_follow_it() {
-    let (t, src, _) = dirs();
-    let noise = |n: usize, k: u32| -> Vec<u8> {
-        let mut rng = Rng::new(u64::from(k));
-        (0..n).map(|_| rng.next_u64() as u8).collect()
-    };
-    // Small neighbours, then more than the read reaches for, then one
-    // past it (bytes gzip cannot shrink, so offsets are what they seem).
-    for (name, n, k) in [
-        ("a", 10_000, 1),
-        ("b", 10_000, 2),
-        ("c", 10_000, 3),
-        ("d", 400_000, 4),
-        ("e", 10_000, 5),
-    ] {
-        fs::write(src.join(name), noise(n, k)).unwrap();
-    }
-    let (bytes, toc) = estargz(&src, 65536);
-    let blob = blob_of(bytes);
-    let layer = open(&blob, &toc, &t.path().join("cache")).unwrap();
-    let ino = |name: &str| layer.tree().child(1, name).unwrap();
-    let opened = layer.stats().requests.load(Ordering::SeqCst);
-    assert_eq!(layer.read(ino("a"), 0, 10_000).unwrap(), noise(10_000, 1));
-    assert_eq!(
-        layer.stats().requests.load(Ordering::SeqCst),
-        opened + 1,
-        "one request"
-    );
-    blob.down.store(true, Ordering::SeqCst);
-    // Its neighbours came with it.
-    assert_eq!(layer.read(ino("b"), 0, 10_000).unwrap(), noise(10_000, 2));
-    assert_eq!(layer.read(ino("c"), 0, 10_000).unwrap(), noise(10_000, 3));
-    // What lies past the reach did not.
-    assert!(
-        layer.read(ino("e"), 0, 10_000).is_err(),
-        "e was fetched too"
-    );
-}
-
-#[test]
 fn a_toc_of_another_digest_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
