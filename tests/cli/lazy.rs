@@ -4,7 +4,7 @@
 //! and an opaque directory across two layers included); a registry stopped
 //! mid-read gives the reader EIO and the next read, once the registry is
 //! back, the right bytes; a second mount over the same cache fetches no
-//! chunk again; plain gzip layers are fetched whole and unpacked once,
+//! TOC and no chunk again; plain gzip layers are fetched whole and unpacked once,
 //! alone or under and over eStargz ones, and one that does not match its
 //! digest leaves nothing; a mount outlives its registry token.
 
@@ -237,8 +237,10 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mountinfo.contains(&s(&mnt)), "left mounted: {mountinfo}");
 
-    // The chunks stay in the cache: a second mount fetches none again.
-    let (lazy, _) = LazyMount::start(&env, &lazy_ref, &mnt, &cache);
+    // The chunks stay in the cache: a second mount fetches none again,
+    // nor the TOCs.
+    let (lazy, remounted) = LazyMount::start(&env, &lazy_ref, &mnt, &cache);
+    assert_eq!(remounted["requests"], 0, "{remounted}");
     assert_eq!(listing(&mnt), want);
     let (code, second) = lazy.stop();
     assert_eq!(code, 0);

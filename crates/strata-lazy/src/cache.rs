@@ -5,7 +5,9 @@
 //! written beside the cache and renamed into place, so a reader sees a
 //! whole chunk or none. Chunks are shared by every layer that holds them.
 //! The chunks used last stay open, so reading a chunk in the kernel's
-//! 128 KiB pieces opens its file once.
+//! 128 KiB pieces opens its file once. The TOCs of the layers opened stay
+//! too (`tocs/`, by TOC digest and blob size, checked when read), so a
+//! layer mounted again fetches no TOC.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -105,6 +107,40 @@ impl ChunkCache {
         let file = tmp.persist(&path).map_err(|e| e.error)?;
         self.lock_checked().insert(d.clone());
         Ok(self.keep_open(d, bytes.len() as u64, file))
+    }
+
+    fn toc_path(&self, toc: &Digest, size: u64) -> PathBuf {
+        self.dir
+            .join("tocs")
+            .join(toc.algorithm().as_str())
+            .join(format!("{}-{size}", toc.hex()))
+    }
+
+    /// The end of a blob of `size` bytes whose TOC has digest `toc`, from
+    /// its TOC's member on, and where that starts, as [`ChunkCache::put_toc`]
+    /// kept it. Not checked here: the caller reads the TOC from it and
+    /// checks its digest (a file that fails is fetched anew).
+    pub fn toc(&self, toc: &Digest, size: u64) -> io::Result<Option<(u64, Vec<u8>)>> {
+        match std::fs::read(self.toc_path(toc, size)) {
+            Ok(bytes) if (bytes.len() as u64) <= size => {
+                Ok(Some((size - bytes.len() as u64, bytes)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps `tail`, the end of a blob of `size` bytes from the member of
+    /// its TOC (whose digest `toc` the caller has checked), so the next
+    /// mount of the layer fetches no TOC.
+    pub fn put_toc(&self, toc: &Digest, size: u64, tail: &[u8]) -> io::Result<()> {
+        let path = self.toc_path(toc, size);
+        std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(self.dir.join("tmp"))?;
+        tmp.write_all(tail)?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
     }
 
     /// Chunk `d`'s length and file if it is among those kept open, made

@@ -19,7 +19,7 @@ use strata_diff::estargz::Index;
 
 use crate::cache::ChunkCache;
 use crate::link::Link;
-use crate::remote::{RangeSource, read_index};
+use crate::remote::{RangeSource, index_of_tail, read_tail};
 use crate::tree::{Chunk, Kind, Tree};
 
 /// The most one prefetch read asks for: a read that comes meanwhile
@@ -79,25 +79,48 @@ fn invalid(reason: String) -> io::Error {
 }
 
 impl Layer {
-    /// Opens the eStargz layer `src` serves: reads its footer and TOC,
-    /// checks the TOC against `opts.toc_digest`, and builds its tree.
+    /// Opens the eStargz layer `src` serves: reads its footer and TOC (or
+    /// the TOC the cache kept from an earlier open), checks the TOC
+    /// against `opts.toc_digest`, and builds its tree.
     pub fn open(
         src: Arc<dyn RangeSource>,
         cache: Arc<ChunkCache>,
         opts: &LayerOptions,
     ) -> io::Result<Layer> {
         let stats = Stats::default();
+        let size = src.size();
+        match cache.toc(&opts.toc_digest, size) {
+            Ok(Some((offset, tail))) => match index_of_tail(offset, &tail) {
+                Ok(Some(index)) if index.digest == opts.toc_digest => {
+                    return Layer::from_index(src, cache, opts, &index, stats);
+                }
+                _ => {
+                    tracing::warn!(layer = %opts.name, "a cached TOC is not the layer's; fetching it again")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(layer = %opts.name, error = %e, "a cached TOC cannot be read; fetching it again")
+            }
+        }
         let counted = Counted {
             src: src.as_ref(),
             stats: &stats,
         };
-        let index = read_index(&counted)?.ok_or_else(|| {
+        let no_footer = || {
             invalid(format!(
                 "layer {}: no eStargz footer; only eStargz layers can be read lazily",
                 opts.name
             ))
-        })?;
-        Layer::from_index(src, cache, opts, &index, stats)
+        };
+        let (offset, tail) = read_tail(&counted)?.ok_or_else(no_footer)?;
+        let index = index_of_tail(offset, &tail)?.ok_or_else(no_footer)?;
+        let layer = Layer::from_index(src, cache, opts, &index, stats)?;
+        // Kept only once the TOC has the digest the descriptor names.
+        if let Err(e) = layer.cache.put_toc(&opts.toc_digest, size, &tail) {
+            tracing::warn!(layer = %opts.name, error = %e, "could not keep the layer's TOC");
+        }
+        Ok(layer)
     }
 
     fn from_index(

@@ -49,13 +49,13 @@ impl RangeSource for FileSource {
 
 /// The end of a blob, from some offset on, read as if it were the whole
 /// blob: what [`Index::read`] needs of it (the footer, then the TOC).
-struct Tail {
+struct Tail<'a> {
     start: u64,
-    bytes: Vec<u8>,
+    bytes: &'a [u8],
     pos: u64,
 }
 
-impl Read for Tail {
+impl Read for Tail<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let Some(at) = self.pos.checked_sub(self.start) else {
             return Err(io::Error::new(
@@ -74,7 +74,7 @@ impl Read for Tail {
     }
 }
 
-impl Seek for Tail {
+impl Seek for Tail<'_> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let end = self.start + self.bytes.len() as u64;
         self.pos = match to {
@@ -91,6 +91,26 @@ impl Seek for Tail {
 /// footer, then everything from the TOC's member to the end); `None` when
 /// the blob has no eStargz footer.
 pub fn read_index(src: &dyn RangeSource) -> io::Result<Option<Index>> {
+    match read_tail(src)? {
+        Some((offset, bytes)) => index_of_tail(offset, &bytes),
+        None => Ok(None),
+    }
+}
+
+/// The TOC in `bytes`, the end of a blob from `offset` on (its TOC's
+/// member, then the footer).
+pub(crate) fn index_of_tail(offset: u64, bytes: &[u8]) -> io::Result<Option<Index>> {
+    Index::read(&mut Tail {
+        start: offset,
+        bytes,
+        pos: 0,
+    })
+}
+
+/// The end of the eStargz blob `src` serves, from its TOC's member on,
+/// and where that starts, in two range reads (the footer, then the rest);
+/// `None` when the blob has no eStargz footer.
+pub(crate) fn read_tail(src: &dyn RangeSource) -> io::Result<Option<(u64, Vec<u8>)>> {
     let size = src.size();
     let footer_len = size.min(FOOTER_SIZE);
     let footer = src.read_range(size - footer_len, footer_len)?;
@@ -109,9 +129,5 @@ pub fn read_index(src: &dyn RangeSource) -> io::Result<Option<Index>> {
         ));
     }
     let bytes = src.read_range(toc_offset, size - toc_offset)?;
-    Index::read(&mut Tail {
-        start: toc_offset,
-        bytes,
-        pos: 0,
-    })
+    Ok(Some((toc_offset, bytes)))
 }

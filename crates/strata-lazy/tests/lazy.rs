@@ -453,6 +453,47 @@ fn prefetch_yields_the_link_to_reads() {
 }
 
 #[test]
+fn a_layer_opened_again_fetches_no_toc() {
+    let (t, src, _) = dirs();
+    fs::write(src.join("a"), b"kept").unwrap();
+    let (bytes, toc) = estargz(&src, 1 << 20);
+    let blob = blob_of(bytes);
+    let cache = t.path().join("cache");
+    let first = open(&blob, &toc, &cache).unwrap();
+    assert_eq!(
+        first.stats().requests.load(Ordering::SeqCst),
+        2,
+        "footer and TOC"
+    );
+    // Another process, the registry away: the TOC comes from the cache.
+    blob.down.store(true, Ordering::SeqCst);
+    let again = open(&blob, &toc, &cache).unwrap();
+    assert_eq!(again.stats().requests.load(Ordering::SeqCst), 0);
+    assert_eq!(again.tree().len(), first.tree().len());
+    // A kept TOC changed on disk is not used: it is fetched again.
+    let kept = fs::read_dir(cache.join("tocs/sha256"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut tail = fs::read(&kept).unwrap();
+    let mid = tail.len() / 2;
+    tail[mid] ^= 0x20;
+    fs::write(&kept, tail).unwrap();
+    assert!(open(&blob, &toc, &cache).is_err(), "a changed TOC was used");
+    blob.down.store(false, Ordering::SeqCst);
+    let fetched = open(&blob, &toc, &cache).unwrap();
+    assert_eq!(fetched.stats().requests.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        fetched
+            .read(fetched.tree().child(1, "a").unwrap(), 0, 4)
+            .unwrap(),
+        b"kept"
+    );
+}
+
+#[test]
 fn a_toc_of_another_digest_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
