@@ -278,12 +278,13 @@ FUSE mount or where it was unpacked), and {requests, bytes_fetched, chunks_fetch
         path: "lazy copy",
         notes: "Nothing is stored and no root is involved: the image (of an index, the manifest for \
 --platform) goes from one repository to the other. A blob the target has is skipped; on one \
-registry, a blob is mounted from the source repository (no bytes move); otherwise it is streamed \
+registry, a blob is mounted from the source repository when the registry allows it (no bytes move; \
+a refusal is logged); otherwise it is streamed \
 from the source to the target, counted and hashed on the way, and a blob of other bytes than its \
 digest fails the copy before the target can accept it. The manifest goes last, under the target's \
 tag, with the source's digest.",
         examples: &[
-            "strata lazy copy registry.example/team/app:1.0 registry.example/prod/app:1.0  # mounted: no bytes move",
+            "strata lazy copy registry.example/team/app:1.0 registry.example/prod/app:1.0  # one registry: blobs mounted",
             "strata lazy copy localhost:5000/app:estargz mirror.example/app:estargz",
         ],
         json: Some("{source, target, manifest, layers, size, uploaded, mounted, present}"),

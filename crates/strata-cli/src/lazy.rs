@@ -39,8 +39,8 @@ pub enum LazyCmd {
     Mount(MountArgs),
     /// Copy HOST/REPO[:TAG|@DIGEST] to HOST/REPO[:TAG] without storing
     /// it: each blob the target lacks is mounted from the source
-    /// repository when both are on one registry, else streamed through
-    /// and checked against its digest.
+    /// repository when both are on one registry that allows it, else
+    /// streamed through and checked against its digest.
     Copy(CopyArgs),
 }
 
@@ -51,8 +51,9 @@ pub struct CopyArgs {
     source: String,
     /// HOST/REPO[:TAG] to copy it to.
     target: String,
-    /// OS/ARCH[/VARIANT] picked from a multi-platform image (only its
-    /// manifest is copied) [default: this machine's].
+    /// OS/ARCH[/VARIANT] of the image: the manifest picked from a
+    /// multi-platform image (only it is copied), the platform a
+    /// single-platform image must be for [default: this machine's].
     #[arg(long)]
     platform: Option<String>,
     #[command(flatten)]
@@ -314,12 +315,15 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
                 }))
             })
             .collect();
-        opening
+        // Every thread joined before the first error (in layer order) is
+        // returned.
+        let joined: Vec<Option<anyhow::Result<Layer>>> = opening
             .into_iter()
-            .map(|t| {
-                t.map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .transpose()
-            })
+            .map(|t| t.map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))))
+            .collect();
+        joined
+            .into_iter()
+            .map(Option::transpose)
             .collect::<anyhow::Result<Vec<Option<Layer>>>>()
     })?;
     // Bottom up: a layer's whiteouts, and an unpacked layer's whole tree,
@@ -399,6 +403,7 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     let prefetch = if args.no_prefetch {
         Vec::new()
     } else {
+        link.quiet_from_now();
         layers
             .iter()
             .map(|l| Prefetch::start(l.clone()))

@@ -22,8 +22,9 @@ use crate::link::Link;
 use crate::remote::{RangeSource, index_of_tail, read_tail};
 use crate::tree::{Chunk, Kind, Tree};
 
-/// The most one prefetch read asks for: a read that comes meanwhile
-/// shares the link with at most this much (2 MiB is 170 ms at 100 Mbit/s).
+/// The most one prefetch read asks for (beyond its first chunk, which is
+/// whole): a read that comes meanwhile shares the link with about this
+/// much (2 MiB is 170 ms at 100 Mbit/s).
 const PREFETCH_SPAN: u64 = 2 << 20;
 
 /// What a layer has fetched.

@@ -436,6 +436,11 @@ fn prefetch_yields_the_link_to_reads() {
     while blob.stalled.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    assert_eq!(
+        blob.stalled.load(Ordering::SeqCst),
+        1,
+        "the read never waited"
+    );
     std::thread::sleep(quiet + std::time::Duration::from_millis(500));
     let waited = blob.stalled.load(Ordering::SeqCst);
     blob.stall.store(false, Ordering::SeqCst);

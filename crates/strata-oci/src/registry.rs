@@ -93,16 +93,18 @@ fn unauthorized(e: &OciDistributionError) -> bool {
 /// not to be the blob's ([`checked_stream`]): corrupt data, not a failure
 /// of the target.
 fn served_corrupt(e: &OciDistributionError) -> bool {
-    // The client's I/O variant is transparent: its source skips the
-    // error it holds.
+    // The client's I/O variant is transparent, and an I/O error's source
+    // is its inner error's source: both are looked into by hand.
     let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
         OciDistributionError::IoError(io) => Some(io),
         e => Some(e),
     };
     while let Some(c) = cause {
-        if c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
-        {
+        let inner = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        if c.is::<SourceCorrupt>() || inner.is_some_and(|i| i.is::<SourceCorrupt>()) {
             return true;
         }
         cause = c.source();
@@ -824,7 +826,7 @@ impl Registry {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(blob = %desc.digest, from = repo, error = %e, "cross-repository mount refused; uploading");
+                    tracing::info!(blob = %desc.digest, from = repo, error = %e, "cross-repository mount refused; uploading");
                 }
             }
         }
@@ -882,9 +884,29 @@ type BlobStream = futures_util::stream::BoxStream<
     std::result::Result<bytes::Bytes, OciDistributionError>,
 >;
 
-/// `stream` (blob `desc` as another registry serves it) passed through,
-/// counted and hashed: past its size, or short of it or of its digest at
-/// the end, it fails, so a copy never completes with other bytes.
+/// What a copied blob's stream ends with when the source registry served
+/// other bytes than the blob's: how [`served_corrupt`] tells it from any
+/// other failed upload.
+#[derive(Debug)]
+struct SourceCorrupt(String);
+
+impl std::fmt::Display for SourceCorrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SourceCorrupt {}
+
+/// The most a copied blob's stream holds before passing it on: the client
+/// sends each piece as one upload request, and the source's network
+/// frames are a few KiB.
+const PIECE: usize = 1 << 20;
+
+/// `stream` (blob `desc` as another registry serves it) passed on in
+/// 1 MiB pieces, counted and hashed: past its size, or short of it or of
+/// its digest at the end, it fails with [`SourceCorrupt`], so a copy never
+/// completes with other bytes.
 fn checked_stream(
     stream: oci_client::client::SizedStream,
     desc: &Descriptor,
@@ -892,53 +914,68 @@ fn checked_stream(
 ) -> impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>>
 + Send
 + 'static {
-    let verifier = strata_core::digest::Verifier::new(desc.digest.clone());
+    struct Copying {
+        stream: futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+        verifier: strata_core::digest::Verifier,
+        progress: ProgressTracker,
+        held: bytes::BytesMut,
+    }
+    type Item = std::result::Result<bytes::Bytes, OciDistributionError>;
     let size = desc.size;
-    let bad = |why: String| {
-        Some(Err(OciDistributionError::IoError(std::io::Error::new(
+    let bad = |why: String| -> Item {
+        Err(OciDistributionError::IoError(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("the source registry served {why}"),
-        ))))
+            SourceCorrupt(format!("the source registry served {why}")),
+        )))
     };
-    futures_util::stream::unfold(
-        (stream.stream, Some(verifier), progress),
-        move |(mut stream, verifier, progress)| {
-            async move {
-                let mut v = verifier?;
-                let item = match stream.next().await {
-                    Some(Ok(chunk)) => {
-                        v.update(&chunk);
-                        progress.update(v.written());
-                        if v.written() > size {
-                            (bad(format!("more than its {size} bytes")), None)
-                        } else {
-                            (Some(Ok(chunk)), Some(v))
-                        }
-                    }
-                    // The client checks the digest itself at the end.
-                    Some(Err(e))
-                        if e.get_ref()
-                            .is_some_and(|i| i.is::<oci_client::errors::DigestError>()) =>
-                    {
-                        (bad(format!("bytes of another digest: {e}")), None)
-                    }
-                    Some(Err(e)) => (Some(Err(OciDistributionError::IoError(e))), None),
-                    None if v.written() != size => {
-                        (bad(format!("{} bytes, not {size}", v.written())), None)
-                    }
-                    None => match v.verify() {
-                        Ok(_) => {
-                            progress.finish();
-                            (None, None)
-                        }
-                        Err(e) => (bad(format!("bytes of another digest: {e}")), None),
-                    },
-                };
-                let (item, next) = item;
-                item.map(|i| (i, (stream, next, progress)))
+    let start = Copying {
+        stream: stream.stream,
+        verifier: strata_core::digest::Verifier::new(desc.digest.clone()),
+        progress,
+        held: bytes::BytesMut::new(),
+    };
+    futures_util::stream::unfold(Some(start), move |state| async move {
+        let mut st = state?;
+        loop {
+            if st.held.len() >= PIECE {
+                let piece = st.held.split().freeze();
+                return Some((Ok(piece), Some(st)));
             }
-        },
-    )
+            match st.stream.next().await {
+                Some(Ok(chunk)) => {
+                    st.verifier.update(&chunk);
+                    st.progress.update(st.verifier.written());
+                    if st.verifier.written() > size {
+                        return Some((bad(format!("more than its {size} bytes")), None));
+                    }
+                    st.held.extend_from_slice(&chunk);
+                }
+                // The client checks the digest itself at the end.
+                Some(Err(e))
+                    if e.get_ref()
+                        .is_some_and(|i| i.is::<oci_client::errors::DigestError>()) =>
+                {
+                    return Some((bad(format!("bytes of another digest: {e}")), None));
+                }
+                Some(Err(e)) => {
+                    let e =
+                        std::io::Error::new(e.kind(), format!("reading the source registry: {e}"));
+                    return Some((Err(OciDistributionError::IoError(e)), None));
+                }
+                None => {
+                    let written = st.verifier.written();
+                    if written != size {
+                        return Some((bad(format!("{written} bytes, not {size}")), None));
+                    }
+                    if let Err(e) = st.verifier.verify() {
+                        return Some((bad(format!("bytes of another digest: {e}")), None));
+                    }
+                    st.progress.finish();
+                    return (!st.held.is_empty()).then(|| (Ok(st.held.split().freeze()), None));
+                }
+            }
+        }
+    })
 }
 
 /// Blob `desc` of `store` as a stream of 1 MiB chunks.
