@@ -1001,6 +1001,85 @@ fn a_registry_serving_a_corrupt_blob_commits_nothing() {
     assert_empty(&b);
 }
 
+/// Imports into `env` an image `big` of `count` layers, each one file of
+/// `size` random bytes (which gzip cannot shrink).
+fn import_random_layers(env: &Env, count: usize, size: usize) {
+    let mut rng = strata_testkit::crash::Rng::new(7);
+    let layers: Vec<Vec<u8>> = (0..count)
+        .map(|i| {
+            let bytes: Vec<u8> = (0..size).map(|_| rng.next_u64() as u8).collect();
+            archive(&[entry(
+                format!("blob{i}"),
+                EntryType::Regular,
+                &bytes[..],
+                "",
+            )])
+        })
+        .collect();
+    let layout = Layout::new(&env.path("layout"));
+    let manifest = layout.image(&layers);
+    layout.tag(&manifest, "v1");
+    env.import(&format!("oci:{}:v1", s(&env.path("layout"))), "big");
+}
+
+#[test]
+fn a_push_outlives_its_registry_token() {
+    if !strata_testkit::require_tools(
+        "a_push_outlives_its_registry_token",
+        strata_testkit::REGISTRY_TOOLS,
+    ) {
+        return;
+    }
+    let (reg, other) = (Registry::start(None), Registry::start(None));
+    let a = env();
+    // Five layers of three upload pieces (1 MiB each) and a token good for
+    // eight requests: tokens run out between the pieces of an upload.
+    import_random_layers(&a, 5, 2_500_000);
+    let gate = TokenGate::start_counted(&reg.addr, 8);
+    let pushed = a
+        .run(&[
+            "--json",
+            "image",
+            "push",
+            "big",
+            &format!("{}/big:1", gate.addr),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(pushed["uploaded"], 6, "{pushed}");
+    assert!(
+        gate.refused_pieces() >= 1,
+        "no upload outlived its token ({} tokens, {} refusals)",
+        gate.tokens_issued(),
+        gate.refusals()
+    );
+    // A copy's uploads are tried again the same way.
+    let into = TokenGate::start_counted(&other.addr, 8);
+    let copied = env()
+        .run(&[
+            "--json",
+            "lazy",
+            "copy",
+            &format!("{}/big:1", reg.addr),
+            &format!("{}/big:2", into.addr),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(copied["uploaded"], 6, "{copied}");
+    assert!(
+        into.refused_pieces() >= 1,
+        "no copied upload outlived its token"
+    );
+    // What arrived is the image pushed.
+    for r in [
+        format!("{}/big:1", reg.addr),
+        format!("{}/big:2", other.addr),
+    ] {
+        let pulled = env().run(&["--json", "image", "pull", &r]).expect(0).json();
+        assert_eq!(pulled["manifest"], pushed["manifest"], "{r}: {pulled}");
+    }
+}
+
 #[test]
 fn a_pull_outlives_its_registry_token() {
     if !strata_testkit::require_tools(
@@ -1013,22 +1092,7 @@ fn a_pull_outlives_its_registry_token() {
     let a = env();
     // Eight layers of bytes gzip cannot shrink, fetched four at a time
     // over a slow link: the later ones start after the token has expired.
-    let mut rng = strata_testkit::crash::Rng::new(7);
-    let layers: Vec<Vec<u8>> = (0..8)
-        .map(|i| {
-            let bytes: Vec<u8> = (0..300_000).map(|_| rng.next_u64() as u8).collect();
-            archive(&[entry(
-                format!("blob{i}"),
-                EntryType::Regular,
-                &bytes[..],
-                "",
-            )])
-        })
-        .collect();
-    let layout = Layout::new(&a.path("layout"));
-    let manifest = layout.image(&layers);
-    layout.tag(&manifest, "v1");
-    a.import(&format!("oci:{}:v1", s(&a.path("layout"))), "big");
+    import_random_layers(&a, 8, 300_000);
     a.run(&["image", "push", "big", &format!("{}/big:1", reg.addr)])
         .expect(0);
 

@@ -190,11 +190,17 @@ struct WrittenJson {
     mounted: Option<usize>,
 }
 
-fn platform(p: Option<&str>) -> anyhow::Result<Platform> {
+/// The platform `--platform` names, or this machine's.
+pub(crate) fn platform(p: Option<&str>) -> anyhow::Result<Platform> {
     Ok(match p {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
     })
+}
+
+/// A registry reference as given, with or without `docker://`.
+pub(crate) fn registry_reference(given: &str) -> String {
+    given.strip_prefix("docker://").unwrap_or(given).to_owned()
 }
 
 /// The name an image gets when none is given: the layout's directory and
@@ -247,11 +253,9 @@ async fn run_async(
                 .with_context(|| format!("import {source}"))
         }
         ImageCmd::Pull { reference, opts } => {
-            let reference = reference
-                .strip_prefix("docker://")
-                .unwrap_or(&reference)
-                .to_owned();
-            let location = Location::Registry { reference };
+            let location = Location::Registry {
+                reference: registry_reference(&reference),
+            };
             import(mgr, &location, &opts, lease, ignore_chown_errors, out)
                 .await
                 .with_context(|| format!("pull {location}"))
@@ -266,11 +270,9 @@ async fn run_async(
             target,
             opts,
         } => {
-            let reference = target
-                .strip_prefix("docker://")
-                .unwrap_or(&target)
-                .to_owned();
-            let location = Location::Registry { reference };
+            let location = Location::Registry {
+                reference: registry_reference(&target),
+            };
             export(mgr, &image, &location, &opts, lease, out)
                 .await
                 .with_context(|| format!("push {image} to {location}"))

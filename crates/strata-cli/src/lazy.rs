@@ -19,10 +19,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::image::{platform, registry_reference};
 use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
-use strata_cache::Platform;
 use strata_core::{Descriptor, Digest, Mount, OverlayLayers, media};
 use strata_lazy::{
     ChunkCache, Layer, LayerOptions, Link, Mounted, Prefetch, RangeSource, UnpackOptions, Unpacked,
@@ -168,13 +168,12 @@ pub fn run(cmd: LazyCmd, out: &Output) -> anyhow::Result<ExitCode> {
 
 /// The image `args.source` names, copied registry to registry.
 async fn copy(args: &CopyArgs, out: &Output) -> anyhow::Result<ExitCode> {
-    let platform = match &args.platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
+    let platform = platform(args.platform.as_deref())?;
     let opts = args.registry.options();
-    let strip = |r: &str| r.strip_prefix("docker://").unwrap_or(r).to_owned();
-    let (source, target) = (strip(&args.source), strip(&args.target));
+    let (source, target) = (
+        registry_reference(&args.source),
+        registry_reference(&args.target),
+    );
     let src = Registry::connect(&source, RegistryOperation::Pull, &opts).await?;
     let dst = Registry::connect(&target, RegistryOperation::Push, &opts).await?;
     let (image, report) = dst
@@ -257,13 +256,10 @@ fn visible(lowers: &[Lower]) -> Vec<PathBuf> {
 }
 
 fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow::Result<ExitCode> {
-    let platform = match &args.platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
+    let platform = platform(args.platform.as_deref())?;
     let opts = args.registry.options();
     let registry = Arc::new(rt.block_on(Registry::connect(
-        &args.reference,
+        &registry_reference(&args.reference),
         RegistryOperation::Pull,
         &opts,
     ))?);

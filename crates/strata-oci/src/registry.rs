@@ -119,9 +119,17 @@ fn transient(e: &OciDistributionError) -> bool {
             r.is_connect() || r.is_timeout() || r.is_request() || r.is_body()
         }
         OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
-        OciDistributionError::IoError(_) => true,
+        OciDistributionError::IoError(_) => !served_corrupt(e),
         _ => false,
     }
+}
+
+/// One operation's tries: a failure that may pass is tried again after a
+/// doubling wait, and a refused token is renewed once.
+struct Tries {
+    attempt: u32,
+    wait: Duration,
+    reauthenticated: bool,
 }
 
 impl Registry {
@@ -271,6 +279,7 @@ impl Registry {
                 )
             }
             OciDistributionError::DigestError(_) => (ErrorKind::Invalid, format!("{what}: {e}")),
+            _ if served_corrupt(&err) => (ErrorKind::Invalid, format!("{what}: {e}")),
             OciDistributionError::UnsupportedMediaTypeError(_) => (
                 ErrorKind::Invalid,
                 format!("{what}: unsupported media type: {e}"),
@@ -302,6 +311,34 @@ impl Registry {
             done => done,
         }
         .map_err(|e| self.error(what, e))
+    }
+
+    /// The first try of an operation [`Registry::again`] decides on.
+    fn tries(&self) -> Tries {
+        Tries {
+            attempt: 1,
+            wait: self.opts.backoff,
+            reauthenticated: false,
+        }
+    }
+
+    /// Whether `what`, having failed with `e`, is worth trying again: a
+    /// failure that may pass (once the wait is over) while attempts are
+    /// left, or the first refused token (once a new one is taken).
+    async fn again(&self, tries: &mut Tries, what: &str, e: &OciDistributionError) -> Result<bool> {
+        if transient(e) && tries.attempt < self.opts.attempts.max(1) {
+            tracing::warn!(registry = %self.repo(), what, attempt = tries.attempt, error = %e, wait = ?tries.wait, "interrupted; trying again");
+            tokio::time::sleep(tries.wait).await;
+            tries.wait *= 2;
+            tries.attempt += 1;
+            Ok(true)
+        } else if unauthorized(e) && !tries.reauthenticated {
+            self.reauthenticate(what, e).await?;
+            tries.reauthenticated = true;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
     }
 
     /// Takes a new token after `refused` (a 401 to `what`).
@@ -407,6 +444,11 @@ impl Registry {
     /// without storing anything (for lazy use: its layers stay in the
     /// registry, read by [`Registry::read_range`]).
     pub async fn resolve(&self, platform: &Platform) -> Result<Image> {
+        self.resolve_read(platform).await.map(|(image, _)| image)
+    }
+
+    /// [`Registry::resolve`], with the bytes of the image's manifest.
+    async fn resolve_read(&self, platform: &Platform) -> Result<(Image, Vec<u8>)> {
         let mut reference = self.reference.clone();
         let mut expected: Option<Descriptor> = None;
         for _ in 0..=MAX_INDEX_DEPTH {
@@ -432,14 +474,15 @@ impl Registry {
                 ));
             }
             let config: oci::ImageConfiguration = parse_document("config", &config_bytes)?;
-            return image_checked(
+            let image = image_checked(
                 &self.name(),
                 &desc,
                 &manifest,
                 config_desc,
                 &config,
                 platform,
-            );
+            )?;
+            return Ok((image, bytes));
         }
         Err(OciError::invalid(
             self.name(),
@@ -506,9 +549,7 @@ impl Registry {
         let what = format!("blob {}", desc.digest);
         let layer = desc.digest.as_str();
         let reference = ingest_ref(&desc.digest);
-        let mut attempt = 1;
-        let mut wait = self.opts.backoff;
-        let mut reauthenticated = false;
+        let mut tries = self.tries();
         loop {
             let mut w = store.writer(&reference, Some(desc.size), Some(&desc.digest))?;
             // Another operation stored it while this one waited for the
@@ -547,23 +588,13 @@ impl Registry {
                 }
                 Err(e) => Err(e),
             };
-            match streamed {
-                Ok(()) => {}
-                Err(e) if transient(&e) && attempt < self.opts.attempts.max(1) => {
-                    tracing::warn!(registry = %self.repo(), blob = %desc.digest, attempt, error = %e, "download interrupted; resuming");
-                    drop(w);
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                    attempt += 1;
+            if let Err(e) = streamed {
+                // What was written stays in the ingest, resumed from.
+                drop(w);
+                if self.again(&mut tries, &what, &e).await? {
                     continue;
                 }
-                Err(e) if unauthorized(&e) && !reauthenticated => {
-                    drop(w);
-                    self.reauthenticate(&what, &e).await?;
-                    reauthenticated = true;
-                    continue;
-                }
-                Err(e) => return Err(self.error(&what, e)),
+                return Err(self.error(&what, e));
             }
             let committed = w.commit(desc.size, Some(&desc.digest), &Labels::new());
             drop(w);
@@ -578,11 +609,11 @@ impl Registry {
                     if let Err(abort) = store.abort(&reference) {
                         tracing::warn!(reference, error = %abort, "could not abandon a corrupt download");
                     }
-                    if offset > 0 && attempt < self.opts.attempts.max(1) {
+                    if offset > 0 && tries.attempt < self.opts.attempts.max(1) {
                         // The bytes kept from an earlier attempt may be
                         // what was wrong: once more from the start.
                         tracing::warn!(blob = %desc.digest, error = %e, "resumed download does not verify; starting over");
-                        attempt += 1;
+                        tries.attempt += 1;
                         continue;
                     }
                     Err(OciError::Registry {
@@ -638,12 +669,10 @@ impl Registry {
         image: &Image,
     ) -> Result<PushReport> {
         let mut report = PushReport::default();
-        let mut blobs: Vec<&Descriptor> = image.layers.iter().chain([&image.config]).collect();
-        blobs.dedup_by(|a, b| a.digest == b.digest);
-        for desc in blobs {
+        for desc in blobs_of(image) {
             ctx.check()?;
             let siblings = self.siblings(store, desc)?;
-            self.send_blob(desc, &siblings, &mut report, || {
+            self.send_blob(desc, &siblings, &mut report, || async {
                 let tracker = ProgressTracker::new(ctx, desc.digest.as_str(), desc.size, "bytes");
                 Ok(blob_stream(store, desc, tracker)?.boxed())
             })
@@ -670,19 +699,17 @@ impl Registry {
         src: &Registry,
         platform: &Platform,
     ) -> Result<(Image, PushReport)> {
-        let image = src.resolve(platform).await?;
+        let (image, manifest) = src.resolve_read(platform).await?;
         let mut report = PushReport::default();
-        let mut blobs: Vec<&Descriptor> = image.layers.iter().chain([&image.config]).collect();
-        blobs.dedup_by(|a, b| a.digest == b.digest);
         let same_registry = src.reference.resolve_registry() == self.reference.resolve_registry();
         let siblings: Vec<String> = if same_registry {
             vec![src.reference.repository().to_owned()]
         } else {
             Vec::new()
         };
-        for desc in blobs {
+        for desc in blobs_of(&image) {
             ctx.check()?;
-            let stream = async {
+            let open = || async {
                 let what = format!("blob {}", desc.digest);
                 let got = src
                     .retry(&what, || {
@@ -693,16 +720,9 @@ impl Registry {
                 let tracker = ProgressTracker::new(ctx, desc.digest.as_str(), desc.size, "bytes");
                 Ok(checked_stream(got, desc, tracker).boxed())
             };
-            self.send_blob_async(desc, &siblings, &mut report, stream)
-                .await?;
+            self.send_blob(desc, &siblings, &mut report, open).await?;
         }
-        let by_digest = src
-            .reference
-            .clone_with_digest(image.manifest.digest.to_string());
-        let (_, bytes) = src
-            .manifest_bytes(&by_digest, Some(&image.manifest))
-            .await?;
-        self.push_manifest(&image, bytes).await?;
+        self.push_manifest(&image, manifest).await?;
         report.manifest = Some(image.manifest.digest.clone());
         Ok((image, report))
     }
@@ -750,26 +770,19 @@ impl Registry {
 
     /// Sends blob `desc` here unless this repository has it: mounted from
     /// one of `siblings` (repositories of this registry), else uploaded
-    /// from the stream `open` makes; counted in `report`.
-    async fn send_blob(
+    /// from a stream `open` makes, made anew for each try (an interrupted
+    /// upload, a token that expired during it); counted in `report`.
+    async fn send_blob<F, Fut>(
         &self,
         desc: &Descriptor,
         siblings: &[String],
         report: &mut PushReport,
-        open: impl FnOnce() -> Result<BlobStream>,
-    ) -> Result<()> {
-        self.send_blob_async(desc, siblings, report, async { open() })
-            .await
-    }
-
-    /// [`Registry::send_blob`] with a stream that takes a request to open.
-    async fn send_blob_async(
-        &self,
-        desc: &Descriptor,
-        siblings: &[String],
-        report: &mut PushReport,
-        open: impl Future<Output = Result<BlobStream>>,
-    ) -> Result<()> {
+        mut open: F,
+    ) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<BlobStream>>,
+    {
         let what = format!("blob {}", desc.digest);
         let digest = desc.digest.to_string();
         if self
@@ -783,22 +796,19 @@ impl Registry {
             report.mounted += 1;
             return Ok(());
         }
-        self.client
-            .push_blob_stream(&self.reference, open.await?, &digest, Some(desc.size))
-            .await
-            .map_err(|e| {
-                let corrupt = served_corrupt(&e);
-                match self.error(&what, e) {
-                    OciError::Registry {
-                        registry, reason, ..
-                    } if corrupt => OciError::Registry {
-                        registry,
-                        reason,
-                        kind: ErrorKind::Invalid,
-                    },
-                    other => other,
-                }
-            })?;
+        let mut tries = self.tries();
+        loop {
+            let stream = open().await?;
+            match self
+                .client
+                .push_blob_stream(&self.reference, stream, &digest, Some(desc.size))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if self.again(&mut tries, &what, &e).await? => {}
+                Err(e) => return Err(self.error(&what, e)),
+            }
+        }
         report.uploaded += 1;
         Ok(())
     }
@@ -832,6 +842,18 @@ impl Registry {
         }
         Ok(false)
     }
+}
+
+/// The blobs of `image` to send before its manifest: its layers, then its
+/// config, each once.
+fn blobs_of(image: &Image) -> Vec<&Descriptor> {
+    let mut seen = std::collections::HashSet::new();
+    image
+        .layers
+        .iter()
+        .chain([&image.config])
+        .filter(|d| seen.insert(&d.digest))
+        .collect()
 }
 
 /// The media type a manifest's JSON declares, or what its fields say (an

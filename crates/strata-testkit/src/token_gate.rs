@@ -6,12 +6,17 @@
 //! how tests see a client outlive its token, as a long pull or a lazy
 //! mount does against Docker Hub, whose tokens last minutes.
 //!
-//! The gate reads requests without bodies only (pulls); each passed
+//! A gate may also end each token after a number of requests
+//! ([`TokenGate::start_counted`]): the same refusal arrives at a chosen
+//! point of an upload, without an upload slow enough to outlive a clock.
+//!
+//! The gate reads bodies sized by `Content-Length` (the client's upload
+//! pieces); a request with another framing is refused (411). Each passed
 //! request goes to the registry on its own connection, and its answer
 //! closes the client's connection.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,25 +35,41 @@ struct State {
     upstream: String,
     realm: String,
     lifetime: Duration,
-    /// Token -> when it was issued.
-    tokens: Mutex<HashMap<String, Instant>>,
+    /// How many requests a token is good for, if it is counted.
+    uses: Option<u64>,
+    /// Token -> when it was issued and the requests it has passed.
+    tokens: Mutex<HashMap<String, (Instant, u64)>>,
     issued: AtomicU64,
     refused: AtomicU64,
+    /// Refusals of upload pieces (`PATCH` requests).
+    refused_pieces: AtomicU64,
 }
 
 impl TokenGate {
     /// Starts a gate to the registry at `upstream` whose tokens last
     /// `lifetime`.
     pub fn start(upstream: &str, lifetime: Duration) -> TokenGate {
+        TokenGate::open(upstream, lifetime, None)
+    }
+
+    /// Starts a gate to the registry at `upstream` whose tokens are each
+    /// good for `uses` requests (and an hour).
+    pub fn start_counted(upstream: &str, uses: u64) -> TokenGate {
+        TokenGate::open(upstream, Duration::from_secs(3600), Some(uses))
+    }
+
+    fn open(upstream: &str, lifetime: Duration, uses: Option<u64>) -> TokenGate {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the gate");
         let addr = listener.local_addr().expect("gate address").to_string();
         let state = Arc::new(State {
             upstream: upstream.to_owned(),
             realm: format!("http://{addr}/token"),
             lifetime,
+            uses,
             tokens: Mutex::new(HashMap::new()),
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            refused_pieces: AtomicU64::new(0),
         });
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -69,6 +90,12 @@ impl TokenGate {
     pub fn refusals(&self) -> u64 {
         self.state.refused.load(Ordering::SeqCst)
     }
+
+    /// Of the refusals, those of upload pieces (`PATCH`): uploads whose
+    /// token ran out between their pieces.
+    pub fn refused_pieces(&self) -> u64 {
+        self.state.refused_pieces.load(Ordering::SeqCst)
+    }
 }
 
 /// One request's head: its first line and its header lines, as sent.
@@ -88,6 +115,24 @@ impl Head {
     fn path(&self) -> &str {
         self.line.split(' ').nth(1).unwrap_or("/")
     }
+
+    /// The body's length, `None` when its framing is not a length.
+    fn body_len(&self) -> Option<u64> {
+        if self.header("Transfer-Encoding").is_some() {
+            return None;
+        }
+        match self.header("Content-Length") {
+            Some(n) => n.parse().ok(),
+            None => Some(0),
+        }
+    }
+}
+
+/// Reads a body of `len` bytes.
+fn read_body(r: &mut impl Read, len: u64) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    r.take(len).read_to_end(&mut body).ok()?;
+    (body.len() as u64 == len).then_some(body)
 }
 
 /// Reads a head, or `None` at the end of the connection.
@@ -136,7 +181,7 @@ fn serve(state: &State, client: TcpStream) {
                 .tokens
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(token.clone(), Instant::now());
+                .insert(token.clone(), (Instant::now(), 0));
             let body = format!(
                 r#"{{"token":"{token}","access_token":"{token}","expires_in":{}}}"#,
                 state.lifetime.as_secs().max(1)
@@ -147,16 +192,28 @@ fn serve(state: &State, client: TcpStream) {
             }
             continue;
         }
+        let Some(len) = head.body_len() else {
+            respond(&mut writer, "411 Length Required", &[], b"");
+            return;
+        };
+        let Some(body) = read_body(&mut reader, len) else {
+            return;
+        };
         let fresh = head
             .header("Authorization")
             .and_then(|a| a.strip_prefix("Bearer "))
             .and_then(|t| {
-                let tokens = state.tokens.lock().unwrap_or_else(|e| e.into_inner());
-                tokens.get(t).map(|at| at.elapsed() < state.lifetime)
+                let mut tokens = state.tokens.lock().unwrap_or_else(|e| e.into_inner());
+                let (at, used) = tokens.get_mut(t)?;
+                *used += 1;
+                Some(at.elapsed() < state.lifetime && state.uses.is_none_or(|n| *used <= n))
             })
             .unwrap_or(false);
         if !fresh {
             state.refused.fetch_add(1, Ordering::SeqCst);
+            if head.line.starts_with("PATCH ") {
+                state.refused_pieces.fetch_add(1, Ordering::SeqCst);
+            }
             let challenge = format!(
                 r#"WWW-Authenticate: Bearer realm="{}",service="strata-gate""#,
                 state.realm
@@ -173,14 +230,14 @@ fn serve(state: &State, client: TcpStream) {
             }
             continue;
         }
-        pass(state, &head, &mut writer);
+        pass(state, &head, &body, &mut writer);
         return;
     }
 }
 
-/// Sends `head` to the registry on a new connection and its whole answer
-/// back, marked to close the client's connection after it.
-fn pass(state: &State, head: &Head, to: &mut TcpStream) {
+/// Sends `head` and `body` to the registry on a new connection and its
+/// whole answer back, marked to close the client's connection after it.
+fn pass(state: &State, head: &Head, body: &[u8], to: &mut TcpStream) {
     let Ok(upstream) = TcpStream::connect(&state.upstream) else {
         return;
     };
@@ -196,7 +253,7 @@ fn pass(state: &State, head: &Head, to: &mut TcpStream) {
     let Ok(mut w) = upstream.try_clone() else {
         return;
     };
-    if w.write_all(request.as_bytes()).is_err() {
+    if w.write_all(request.as_bytes()).is_err() || w.write_all(body).is_err() {
         return;
     }
     let mut from = BufReader::new(upstream);
