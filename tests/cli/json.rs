@@ -175,6 +175,9 @@ fn every_documented_json_shape_is_what_the_command_prints() {
         a.seen
             .extend(["image push", "image pull", "lazy copy"].map(str::to_owned));
     }
+    let cache = env.path("lazy-cache");
+    std::fs::create_dir_all(cache.join("chunks")).unwrap();
+    a.run("lazy prune", &["--cache", &s(&cache)]);
     a.run("ref ls", &[]);
     a.run("ref info", &[&top]);
     let open = a.run("ref new", &[&top, "--description", "json audit"]);

@@ -13,7 +13,7 @@ use std::io::BufReader;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use strata_testkit::cli::Env;
 use strata_testkit::oci_layout::{Layout, gzip, sha256};
 use strata_testkit::registry::Registry;
@@ -245,6 +245,25 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
     let (code, second) = lazy.stop();
     assert_eq!(code, 0);
     assert_eq!(second["chunks_fetched"], 0, "{second}");
+
+    // Pruned to nothing, the cache gives the next mount nothing: it
+    // fetches the TOCs again and reads the same tree.
+    let pruned = env
+        .run(&["--json", "lazy", "prune", "--cache", &s(&cache)])
+        .expect(0)
+        .json();
+    assert!(pruned["removed"].as_u64().unwrap() > 2, "{pruned}");
+    assert_eq!(
+        (&pruned["kept"], &pruned["kept_bytes"]),
+        (&json!(0), &json!(0))
+    );
+    let (lazy, bare) = LazyMount::start(&env, &lazy_ref, &mnt, &cache);
+    assert!(bare["requests"].as_u64().unwrap() >= 2, "{bare}");
+    assert_eq!(listing(&mnt), want);
+    assert!(lazy.stop().1["chunks_fetched"].as_u64().unwrap() > 0);
+    let run = env.run(&["lazy", "prune", "--cache", &s(&env.path("nowhere"))]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("nowhere"), "{}", run.stderr);
 
     // Plain gzip layers cannot be read lazily: each is fetched whole and
     // unpacked into the cache once, and the image reads the same.

@@ -289,6 +289,20 @@ tag, with the source's digest.",
         ],
         json: Some("{source, target, manifest, layers, size, uploaded, mounted, present}"),
     },
+    #[cfg(feature = "registry")]
+    Page {
+        path: "lazy prune",
+        notes: "What goes: the checked chunks and kept TOCs under CACHE/chunks, those used longest ago \
+first (by access or modification time, whichever is later), until what is left holds at most \
+--keep-storage; and temporary files over an hour old that a killed mount left. Running mounts keep \
+working: a chunk removed under one is fetched and checked again when next read. The layers unpacked \
+whole (CACHE/layers) are not touched: a running mount may be stacked on them.",
+        examples: &[
+            "strata lazy prune --cache /var/cache/strata-lazy --keep-storage 20GiB",
+            "strata lazy prune --cache /tmp/lazy  # every chunk and TOC",
+        ],
+        json: Some("{cache, removed, removed_bytes, kept, kept_bytes}"),
+    },
     Page {
         path: "lease create",
         notes: "",

@@ -42,6 +42,21 @@ pub enum LazyCmd {
     /// repository when both are on one registry that allows it, else
     /// streamed through and checked against its digest.
     Copy(CopyArgs),
+    /// Remove the chunks and TOCs of a --cache that were used longest ago,
+    /// until it holds at most --keep-storage; safe while mounts use it.
+    Prune(PruneArgs),
+}
+
+/// What `strata lazy prune` takes.
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// The cache directory `strata lazy mount --cache` was given.
+    #[arg(long, value_name = "DIR")]
+    cache: PathBuf,
+    /// How much of the chunks and TOCs to keep, those used last (e.g.
+    /// 10GB, 512MiB) [default: none].
+    #[arg(long, value_name = "SIZE")]
+    keep_storage: Option<String>,
 }
 
 /// What `strata lazy copy` takes.
@@ -163,7 +178,52 @@ pub fn run(cmd: LazyCmd, out: &Output) -> anyhow::Result<ExitCode> {
     match cmd {
         LazyCmd::Mount(args) => mount(&rt, &args, out),
         LazyCmd::Copy(args) => rt.block_on(copy(&args, out)),
+        LazyCmd::Prune(args) => prune(&args, out),
     }
+}
+
+#[derive(Serialize)]
+struct PrunedJson {
+    cache: String,
+    removed: u64,
+    removed_bytes: u64,
+    kept: u64,
+    kept_bytes: u64,
+}
+
+/// The chunk cache of `args.cache` cut down to `--keep-storage`.
+fn prune(args: &PruneArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    let keep = match &args.keep_storage {
+        Some(s) => crate::refs::parse_size(s)?,
+        None => 0,
+    };
+    let chunks = args.cache.join("chunks");
+    if !chunks.is_dir() {
+        return Err(crate::refs::bad(format!(
+            "{}: not a lazy mount cache (it has no chunks directory)",
+            args.cache.display()
+        )));
+    }
+    let pruned = ChunkCache::open(&chunks)
+        .and_then(|c| c.prune(keep))
+        .with_context(|| format!("prune {}", args.cache.display()))?;
+    out.line(
+        &PrunedJson {
+            cache: args.cache.display().to_string(),
+            removed: pruned.removed,
+            removed_bytes: pruned.removed_bytes,
+            kept: pruned.kept,
+            kept_bytes: pruned.kept_bytes,
+        },
+        &format!(
+            "removed {} chunks and TOCs ({}), kept {} ({})",
+            pruned.removed,
+            crate::output::size(pruned.removed_bytes),
+            pruned.kept,
+            crate::output::size(pruned.kept_bytes)
+        ),
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The image `args.source` names, copied registry to registry.

@@ -32,7 +32,7 @@ mod remote;
 mod tree;
 mod unpack;
 
-pub use cache::ChunkCache;
+pub use cache::{ChunkCache, Pruned};
 pub use fs::{Mounted, Readers, mount};
 pub use layer::{Layer, LayerOptions, Prefetch, Stats};
 pub use link::Link;

@@ -512,3 +512,86 @@ fn a_toc_of_another_digest_is_refused() {
     let err = open(&blob_of(vec![0u8; 4096]), &other, &t.path().join("cache")).unwrap_err();
     assert!(err.to_string().contains("no eStargz footer"), "{err}");
 }
+
+#[test]
+fn the_cache_is_pruned_used_longest_ago_first_under_a_live_mount() {
+    let (t, src, mnt) = dirs();
+    // Three files of distinct content, one chunk each.
+    for (name, fill) in [("old", b'o'), ("mid", b'm'), ("new", b'n')] {
+        fs::write(src.join(name), vec![fill; 4000]).unwrap();
+    }
+    let (bytes, toc) = estargz(&src, 1 << 20);
+    let blob = blob_of(bytes);
+    let cache_dir = t.path().join("cache");
+    let cache = Arc::new(ChunkCache::open(&cache_dir).unwrap());
+    let layer = Layer::open(
+        blob.clone(),
+        cache.clone(),
+        &LayerOptions {
+            name: "test-layer".into(),
+            toc_digest: toc.clone(),
+            opaque_xattr: "trusted.overlay.opaque".into(),
+            link: Arc::new(Link::new(std::time::Duration::ZERO)),
+        },
+    )
+    .map(Arc::new)
+    .unwrap();
+    let m = mount(layer, &mnt, readers(2)).unwrap();
+    // Read in order, each chunk file then dated a day after the last.
+    let day = std::time::Duration::from_secs(86_400);
+    let start = std::time::SystemTime::now() - day * 10;
+    for (i, name) in ["old", "mid", "new"].into_iter().enumerate() {
+        let got = fs::read(mnt.join(name)).unwrap();
+        let chunk = cache_dir.join("sha256").join(sha256_hex(&got));
+        let when = start + day * i as u32;
+        let times = fs::FileTimes::new().set_accessed(when).set_modified(when);
+        fs::File::options()
+            .write(true)
+            .open(&chunk)
+            .unwrap()
+            .set_times(times)
+            .unwrap();
+    }
+    let toc_bytes: u64 = fs::read_dir(cache_dir.join("tocs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    // Room for the TOC (used just now) and one chunk: the two chunks used
+    // longest ago go.
+    let pruned = cache.prune(toc_bytes + 4000).unwrap();
+    assert_eq!(
+        (pruned.removed, pruned.removed_bytes),
+        (2, 8000),
+        "{pruned:?}"
+    );
+    assert_eq!((pruned.kept, pruned.kept_bytes), (2, toc_bytes + 4000));
+    let left: Vec<String> = fs::read_dir(cache_dir.join("sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, [sha256_hex(&vec![b'n'; 4000])]);
+    // A layer opened anew fetches what was pruned, and only that.
+    let again = open(&blob, &toc, &cache_dir).unwrap();
+    let read = |name: &str| {
+        let served = blob.served.load(Ordering::SeqCst);
+        let got = again
+            .read(again.tree().child(1, name).unwrap(), 0, 4000)
+            .unwrap();
+        (got, blob.served.load(Ordering::SeqCst) > served)
+    };
+    assert_eq!(read("new"), (vec![b'n'; 4000], false));
+    assert_eq!(read("old"), (vec![b'o'; 4000], true));
+    // Nothing kept: everything goes, and the live mount reads on right.
+    let all = cache.prune(0).unwrap();
+    assert_eq!((all.kept, all.kept_bytes), (0, 0), "{all:?}");
+    for (name, fill) in [("old", b'o'), ("mid", b'm'), ("new", b'n')] {
+        assert_eq!(fs::read(mnt.join(name)).unwrap(), vec![fill; 4000]);
+    }
+    m.unmount().unwrap();
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Digest::of_bytes(strata_core::digest::Algorithm::Sha256, bytes)
+        .hex()
+        .to_owned()
+}
