@@ -10,6 +10,9 @@
 //! ([`TokenGate::start_counted`]): the same refusal arrives at a chosen
 //! point of an upload, without an upload slow enough to outlive a clock.
 //!
+//! It can also answer upload pieces with 503 Service Unavailable
+//! ([`TokenGate::fail_next_pieces`]), as a registry under load does.
+//!
 //! The gate reads bodies sized by `Content-Length` (the client's upload
 //! pieces); a request with another framing is refused (411). Each passed
 //! request goes to the registry on its own connection, and its answer
@@ -43,6 +46,10 @@ struct State {
     refused: AtomicU64,
     /// Refusals of upload pieces (`PATCH` requests).
     refused_pieces: AtomicU64,
+    /// Upload pieces still to answer with 503.
+    to_fail: AtomicU64,
+    /// Upload pieces answered with 503.
+    failed_pieces: AtomicU64,
 }
 
 impl TokenGate {
@@ -70,6 +77,8 @@ impl TokenGate {
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             refused_pieces: AtomicU64::new(0),
+            to_fail: AtomicU64::new(0),
+            failed_pieces: AtomicU64::new(0),
         });
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -95,6 +104,17 @@ impl TokenGate {
     /// token ran out between their pieces.
     pub fn refused_pieces(&self) -> u64 {
         self.state.refused_pieces.load(Ordering::SeqCst)
+    }
+
+    /// Answers the next `n` upload pieces (`PATCH` requests with a valid
+    /// token) with 503 Service Unavailable.
+    pub fn fail_next_pieces(&self, n: u64) {
+        self.state.to_fail.store(n, Ordering::SeqCst);
+    }
+
+    /// Upload pieces answered with 503 so far.
+    pub fn failed_pieces(&self) -> u64 {
+        self.state.failed_pieces.load(Ordering::SeqCst)
     }
 }
 
@@ -229,6 +249,18 @@ fn serve(state: &State, client: TcpStream) {
                 return;
             }
             continue;
+        }
+        let fail = head.line.starts_with("PATCH ")
+            && state
+                .to_fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if fail {
+            state.failed_pieces.fetch_add(1, Ordering::SeqCst);
+            let body = br#"{"errors":[{"code":"UNAVAILABLE","message":"try again later"}]}"#;
+            let json = ["Content-Type: application/json".to_owned()];
+            respond(&mut writer, "503 Service Unavailable", &json, body);
+            return;
         }
         pass(state, &head, &body, &mut writer);
         return;
