@@ -301,6 +301,8 @@ fn a_lone_layer_and_an_opaque_root_read_as_an_eager_import() {
     for (name, layers) in cases {
         let (want, reference) = publish(&env, &registry, name, &layers);
         let (mnt, cache) = (env.path(&format!("mnt-{name}")), env.path("cache"));
+        // Named as `image pull` takes it too.
+        let reference = format!("docker://{reference}");
         let (lazy, _) = LazyMount::start(&env, &reference, &mnt, &cache);
         assert_eq!(listing(&mnt), want, "{name}");
         assert_eq!(lazy.stop().0, 0, "{name}");
