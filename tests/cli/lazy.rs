@@ -280,6 +280,30 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
     let (plain, again) = LazyMount::start(&env, &plain_ref, &mnt, &cache);
     assert_eq!(again["bytes_fetched"], 0, "unpacked again: {again}");
     assert_eq!(listing(&mnt), want);
+    // Pruning keeps the unpacked layers a running mount stacks on, and
+    // removes them once it has stopped; the next mount unpacks them anew.
+    let prune = || {
+        env.run(&["--json", "lazy", "prune", "--cache", &s(&cache)])
+            .expect(0)
+            .json()
+    };
+    let busy = prune();
+    assert_eq!(busy["in_use"], 2, "{busy}");
+    assert_eq!(listing(&mnt), want);
+    assert_eq!(plain.stop().0, 0);
+    let idle = prune();
+    assert_eq!(
+        (&idle["in_use"], &idle["kept"]),
+        (&json!(0), &json!(0)),
+        "{idle}"
+    );
+    assert!(
+        idle["removed_bytes"].as_u64().unwrap() > 6_000_000,
+        "{idle}"
+    );
+    let (plain, anew) = LazyMount::start(&env, &plain_ref, &mnt, &cache);
+    assert!(anew["bytes_fetched"].as_u64().unwrap() > 0, "{anew}");
+    assert_eq!(listing(&mnt), want);
     assert_eq!(plain.stop().0, 0);
 }
 

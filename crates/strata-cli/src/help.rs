@@ -292,16 +292,18 @@ tag, with the source's digest.",
     #[cfg(feature = "registry")]
     Page {
         path: "lazy prune",
-        notes: "What goes: the checked chunks and kept TOCs under CACHE/chunks, those used longest ago \
-first (by access or modification time, whichever is later), until what is left holds at most \
+        notes: "What goes: the checked chunks and kept TOCs (CACHE/chunks) and the layers unpacked whole \
+(CACHE/layers), those used longest ago first (a chunk or TOC by the later of its access and \
+modification times, a layer by when a mount last took it), until what is left holds at most \
 --keep-storage; and temporary files over an hour old that a killed mount left. Running mounts keep \
-working: a chunk removed under one is fetched and checked again when next read. The layers unpacked \
-whole (CACHE/layers) are not touched: a running mount may be stacked on them.",
+working: a chunk removed under one is fetched and checked again when next read, and a layer a \
+running mount is stacked on is kept (counted in in_use). A layer is renamed away before it is \
+removed, so a mount never finds part of one.",
         examples: &[
             "strata lazy prune --cache /var/cache/strata-lazy --keep-storage 20GiB",
             "strata lazy prune --cache /tmp/lazy  # every chunk and TOC",
         ],
-        json: Some("{cache, removed, removed_bytes, kept, kept_bytes}"),
+        json: Some("{cache, removed, removed_bytes, kept, kept_bytes, in_use}"),
     },
     Page {
         path: "lease create",

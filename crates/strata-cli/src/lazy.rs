@@ -42,8 +42,9 @@ pub enum LazyCmd {
     /// repository when both are on one registry that allows it, else
     /// streamed through and checked against its digest.
     Copy(CopyArgs),
-    /// Remove the chunks and TOCs of a --cache that were used longest ago,
-    /// until it holds at most --keep-storage; safe while mounts use it.
+    /// Remove the chunks, TOCs and unpacked layers of a --cache used
+    /// longest ago, until it holds at most --keep-storage; safe while
+    /// mounts use it (the layers they stack on stay).
     Prune(PruneArgs),
 }
 
@@ -53,8 +54,8 @@ pub struct PruneArgs {
     /// The cache directory `strata lazy mount --cache` was given.
     #[arg(long, value_name = "DIR")]
     cache: PathBuf,
-    /// How much of the chunks and TOCs to keep, those used last (e.g.
-    /// 10GB, 512MiB) [default: none].
+    /// How much to keep, what was used last (e.g. 10GB, 512MiB)
+    /// [default: nothing].
     #[arg(long, value_name = "SIZE")]
     keep_storage: Option<String>,
 }
@@ -189,6 +190,7 @@ struct PrunedJson {
     removed_bytes: u64,
     kept: u64,
     kept_bytes: u64,
+    in_use: u64,
 }
 
 /// The chunk cache of `args.cache` cut down to `--keep-storage`.
@@ -205,7 +207,11 @@ fn prune(args: &PruneArgs, out: &Output) -> anyhow::Result<ExitCode> {
         )));
     }
     let pruned = ChunkCache::open(&chunks)
-        .and_then(|c| c.prune(keep))
+        .and_then(|c| c.prunable())
+        .and_then(|mut items| {
+            items.extend(Unpacked::prunable(&args.cache.join("layers"))?);
+            strata_lazy::prune(items, keep)
+        })
         .with_context(|| format!("prune {}", args.cache.display()))?;
     out.line(
         &PrunedJson {
@@ -214,13 +220,15 @@ fn prune(args: &PruneArgs, out: &Output) -> anyhow::Result<ExitCode> {
             removed_bytes: pruned.removed_bytes,
             kept: pruned.kept,
             kept_bytes: pruned.kept_bytes,
+            in_use: pruned.in_use,
         },
         &format!(
-            "removed {} chunks and TOCs ({}), kept {} ({})",
+            "removed {} chunks, TOCs and unpacked layers ({}), kept {} ({}; {} layers in use)",
             pruned.removed,
             crate::output::size(pruned.removed_bytes),
             pruned.kept,
-            crate::output::size(pruned.kept_bytes)
+            crate::output::size(pruned.kept_bytes),
+            pruned.in_use
         ),
     )?;
     Ok(ExitCode::SUCCESS)

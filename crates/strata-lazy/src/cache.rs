@@ -7,7 +7,7 @@
 //! The chunks used last stay open, so reading a chunk in the kernel's
 //! 128 KiB pieces opens its file once. The TOCs of the layers opened stay
 //! too (`tocs/`, by TOC digest and blob size, checked when read), so a
-//! layer mounted again fetches no TOC. [`ChunkCache::prune`] bounds it,
+//! layer mounted again fetches no TOC. [`crate::prune`] bounds it,
 //! removing what was used longest ago first.
 
 use std::collections::{HashMap, HashSet};
@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use strata_core::Digest;
+
+use crate::prune::Prunable;
 
 fn wrong_length(d: &Digest, size: u64, len: u64) -> io::Error {
     io::Error::new(
@@ -45,58 +47,6 @@ const OPEN_FILES: usize = 64;
 /// A temporary file older than this was left by a killed process (a chunk
 /// is written in milliseconds).
 const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// What [`ChunkCache::prune`] removed and kept: files (chunks and TOCs)
-/// and their bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pruned {
-    /// Files removed.
-    pub removed: u64,
-    /// Bytes they held.
-    pub removed_bytes: u64,
-    /// Files kept.
-    pub kept: u64,
-    /// Bytes they hold.
-    pub kept_bytes: u64,
-}
-
-/// A cache file and when it was last used: read (the access time, as the
-/// file system keeps it) or written.
-struct Entry {
-    path: PathBuf,
-    size: u64,
-    used: std::time::SystemTime,
-}
-
-/// The files under `dir`, recursively, and their last use.
-fn entries(dir: &Path, out: &mut Vec<Entry>) -> io::Result<()> {
-    let listing = match std::fs::read_dir(dir) {
-        Ok(l) => l,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for item in listing {
-        let item = item?;
-        let meta = item.metadata()?;
-        if meta.is_dir() {
-            entries(&item.path(), out)?;
-        } else {
-            out.push(Entry {
-                path: item.path(),
-                size: meta.len(),
-                used: meta.accessed()?.max(meta.modified()?),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn remove_if_there(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
 
 impl ChunkCache {
     /// Opens (making it) the cache in `dir`.
@@ -144,7 +94,7 @@ impl ChunkCache {
             }
             if size != len || Digest::of_bytes(d.algorithm(), &bytes) != *d {
                 tracing::warn!(chunk = %d, path = %path.display(), "a cached chunk is not what its digest says; fetching it again");
-                remove_if_there(&path)?;
+                crate::prune::remove_if_there(&path)?;
                 return Ok(None);
             }
             self.lock_checked().insert(d.clone());
@@ -222,42 +172,27 @@ impl ChunkCache {
         file
     }
 
-    /// Removes chunks and TOCs, those used longest ago first, until what
-    /// is left holds at most `keep` bytes; and temporary files killed
-    /// processes left. Safe while mounts use the cache: a chunk removed
-    /// under one is fetched again when read (a file it has open stays
-    /// readable), and a TOC is read only when a layer is opened.
-    pub fn prune(&self, keep: u64) -> io::Result<Pruned> {
+    /// Its chunks and TOCs, for [`crate::prune`]; temporary files that
+    /// killed processes left are removed. Pruning is safe while mounts use
+    /// the cache: a chunk removed under one is fetched again when read (a
+    /// file it has open stays readable), and a TOC is read only when a
+    /// layer is opened.
+    pub fn prunable(&self) -> io::Result<Vec<Prunable>> {
         let mut files = Vec::new();
         for item in std::fs::read_dir(&self.dir)? {
             let item = item?;
             if item.file_name() != "tmp" && item.file_type()?.is_dir() {
-                entries(&item.path(), &mut files)?;
+                crate::prune::files(&item.path(), &mut files)?;
             }
         }
         let mut tmp = Vec::new();
-        entries(&self.dir.join("tmp"), &mut tmp)?;
+        crate::prune::files(&self.dir.join("tmp"), &mut tmp)?;
         for old in tmp {
             if old.used.elapsed().is_ok_and(|age| age > STALE_TMP) {
-                remove_if_there(&old.path)?;
+                crate::prune::remove_if_there(&old.path)?;
             }
         }
-        files.sort_by_key(|f| f.used);
-        let mut total: u64 = files.iter().map(|f| f.size).sum();
-        let mut pruned = Pruned::default();
-        for f in files {
-            if total > keep {
-                remove_if_there(&f.path)?;
-                total -= f.size;
-                pruned.removed += 1;
-                pruned.removed_bytes += f.size;
-            } else {
-                pruned.kept += 1;
-                pruned.kept_bytes += f.size;
-            }
-        }
-        tracing::info!(dir = %self.dir.display(), ?pruned, "pruned the chunk cache");
-        Ok(pruned)
+        Ok(files)
     }
 
     /// The lock held while chunk `d` is fetched.

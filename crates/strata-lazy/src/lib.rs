@@ -28,14 +28,16 @@ mod cache;
 mod fs;
 mod layer;
 mod link;
+mod prune;
 mod remote;
 mod tree;
 mod unpack;
 
-pub use cache::{ChunkCache, Pruned};
+pub use cache::ChunkCache;
 pub use fs::{Mounted, Readers, mount};
 pub use layer::{Layer, LayerOptions, Prefetch, Stats};
 pub use link::Link;
+pub use prune::{Prunable, Pruned, prune};
 pub use remote::{FileSource, RangeSource, read_index};
 pub use tree::{Chunk, Kind, MAX_CHUNK, Node, ROOT, Tree};
 pub use unpack::{UnpackOptions, Unpacked};

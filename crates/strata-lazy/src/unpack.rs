@@ -19,6 +19,7 @@ use strata_sys::Root;
 use strata_sys::lock::{FileLock, LockError};
 
 use crate::layer::Stats;
+use crate::prune::Prunable;
 use crate::remote::RangeSource;
 
 /// How much one range read of a blob being unpacked asks for.
@@ -42,7 +43,8 @@ pub struct UnpackOptions {
     pub lowers: Vec<PathBuf>,
 }
 
-/// A layer unpacked in the cache.
+/// A layer unpacked in the cache, in use: [`crate::prune`] leaves it be
+/// while this lives.
 #[derive(Debug)]
 pub struct Unpacked {
     dir: PathBuf,
@@ -50,6 +52,8 @@ pub struct Unpacked {
     root: Root,
     fetched: u64,
     requests: u64,
+    /// The shared lock on `.NAME.lock` that says the layer is in use.
+    _in_use: FileLock,
 }
 
 impl Unpacked {
@@ -59,58 +63,91 @@ impl Unpacked {
     /// when the layer reaches below a lower layer's symlink, which reads
     /// the blob a second time), checked, synced and renamed to `dir`.
     ///
-    /// The work happens in `.unpack-NAME` beside `dir`, under the lock
-    /// `.NAME.lock`: a second mount of the same layer waits and then finds
-    /// `dir`, and what a killed unpack left is removed by the next one. A
-    /// blob that does not match its digest or diffID leaves nothing.
+    /// The work happens in `.unpack-NAME` beside `dir`, under the
+    /// exclusive lock `.NAME.lock`: a second mount of the same layer waits
+    /// and then finds `dir`, and what a killed unpack left is removed by
+    /// the next one. A blob that does not match its digest or diffID
+    /// leaves nothing. The layer is used under a shared lock on the same
+    /// file, held as long as the value lives.
     pub fn get(
         src: Arc<dyn RangeSource>,
         dir: &Path,
         opts: &UnpackOptions,
     ) -> io::Result<Unpacked> {
-        let found = |dir: &Path, fetched: u64, requests: u64| -> io::Result<Unpacked> {
-            Ok(Unpacked {
-                dir: dir.to_path_buf(),
-                root: Root::open(dir).map_err(io::Error::other)?,
-                fetched,
-                requests,
-            })
-        };
-        if dir.is_dir() {
-            return found(dir, 0, 0);
-        }
         let parent = dir.parent().unwrap_or(Path::new("/"));
         let name = dir
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| io::Error::other(format!("{} has no name", dir.display())))?;
         std::fs::create_dir_all(parent)?;
-        let _lock = wait_for_lock(&parent.join(format!(".{name}.lock")))?;
-        if dir.is_dir() {
-            return found(dir, 0, 0);
+        let lock = parent.join(format!(".{name}.lock"));
+        // What this call fetched, once it has unpacked the layer.
+        let mut made = (0, 0);
+        loop {
+            // In use as soon as it is there; an unpack or a prune holding
+            // the exclusive lock is waited for.
+            if let Some(in_use) = held_or_wait(FileLock::try_shared(&lock))? {
+                if dir.is_dir() {
+                    return Ok(Unpacked {
+                        dir: dir.to_path_buf(),
+                        root: Root::open(dir).map_err(io::Error::other)?,
+                        fetched: made.0,
+                        requests: made.1,
+                        _in_use: in_use,
+                    });
+                }
+                drop(in_use);
+            }
+            // Not there: unpacked under the exclusive lock, unless another
+            // mount is unpacking it or already uses it (then it is there
+            // on the next turn).
+            if let Some(_unpacking) = held_or_wait(FileLock::try_exclusive(&lock))?
+                && !dir.is_dir()
+            {
+                made = unpack_into(src.clone(), parent, name, dir, opts)?;
+            }
         }
-        let root = Root::open(parent).map_err(io::Error::other)?;
-        let staging_name = format!(".unpack-{name}");
-        root.remove_all(Path::new(&staging_name))
-            .map_err(io::Error::other)?;
-        let staging = parent.join(&staging_name);
-        let (upper, work) = (staging.join("fs"), staging.join("work"));
-        for d in [&staging, &upper, &work] {
-            std::fs::create_dir(d)?;
+    }
+
+    /// The layers unpacked in `layers` (the directory the `dir`s given to
+    /// [`Unpacked::get`] are in), for [`crate::prune`]: each sized by its
+    /// files and last used when its lock was last taken. What a killed
+    /// prune left is removed.
+    pub fn prunable(layers: &Path) -> io::Result<Vec<Prunable>> {
+        let listing = match std::fs::read_dir(layers) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let root = Root::open(layers).map_err(io::Error::other)?;
+        let mut out = Vec::new();
+        for item in listing {
+            let item = item?;
+            let name = item.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(layer) = name.strip_prefix(PRUNED) {
+                let lock = layers.join(format!(".{layer}.lock"));
+                if held_or_wait(FileLock::try_exclusive(&lock))?.is_some() {
+                    root.remove_all(Path::new(name)).map_err(io::Error::other)?;
+                }
+                continue;
+            }
+            if name.starts_with('.') || !item.file_type()?.is_dir() {
+                continue;
+            }
+            let used = match std::fs::metadata(layers.join(format!(".{name}.lock"))) {
+                Ok(m) => m.modified()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => item.metadata()?.modified()?,
+                Err(e) => return Err(e),
+            };
+            out.push(Prunable {
+                path: item.path(),
+                size: tree_size(&item.path())?,
+                used,
+                unpacked: true,
+            });
         }
-        // The image's root, as an eager import's snapshot has it, unless
-        // the layer sets it.
-        std::fs::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        let result = unpack(src, &staging, opts).and_then(|(fetched, requests)| {
-            strata_sys::sync::syncfs(&upper).map_err(io::Error::other)?;
-            std::fs::rename(&upper, dir)?;
-            strata_sys::sync::fsync_dir(parent).map_err(io::Error::other)?;
-            found(dir, fetched, requests)
-        });
-        if let Err(e) = root.remove_all(Path::new(&staging_name)) {
-            tracing::warn!(dir = %staging.display(), error = %e, "could not remove an unpack's staging directory");
-        }
-        result
+        Ok(out)
     }
 
     /// Its directory.
@@ -153,18 +190,97 @@ impl Unpacked {
     }
 }
 
-/// Waits for the lock at `path` (another mount unpacking the same layer
-/// holds it until it is done).
-fn wait_for_lock(path: &Path) -> io::Result<FileLock> {
-    loop {
-        match FileLock::try_exclusive(path) {
-            Ok(lock) => return Ok(lock),
-            Err(LockError::Held { .. }) => {
-                std::thread::sleep(std::time::Duration::from_millis(200))
-            }
-            Err(e) => return Err(io::Error::other(e)),
-        }
+/// What a layer being removed is renamed to first, so a mount finds it
+/// whole or not at all: `.pruned-NAME`.
+const PRUNED: &str = ".pruned-";
+
+/// The bytes of the files under `dir`, not following symlinks.
+fn tree_size(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for item in std::fs::read_dir(dir)? {
+        let item = item?;
+        let kind = item.file_type()?;
+        total += if kind.is_dir() {
+            tree_size(&item.path())?
+        } else {
+            item.metadata()?.len()
+        };
     }
+    Ok(total)
+}
+
+/// Removes the unpacked layer `dir` unless a mount uses it (holds its
+/// lock): whether it went. It is renamed away first and then removed, so
+/// a mount never finds part of it.
+pub(crate) fn remove_unused(dir: &Path) -> io::Result<bool> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+        return Ok(false);
+    };
+    let _unused = match FileLock::try_exclusive(&parent.join(format!(".{name}.lock"))) {
+        Ok(lock) => lock,
+        Err(LockError::Held { .. }) => return Ok(false),
+        Err(e) => return Err(io::Error::other(e)),
+    };
+    let root = Root::open(parent).map_err(io::Error::other)?;
+    let gone = format!("{PRUNED}{name}");
+    root.remove_all(Path::new(&gone))
+        .map_err(io::Error::other)?;
+    match std::fs::rename(dir, parent.join(&gone)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        r => r?,
+    }
+    strata_sys::sync::fsync_dir(parent).map_err(io::Error::other)?;
+    root.remove_all(Path::new(&gone))
+        .map_err(io::Error::other)?;
+    Ok(true)
+}
+
+/// The lock `taken`, or `None` after a pause when another process holds
+/// it (the caller looks again).
+fn held_or_wait(taken: Result<FileLock, LockError>) -> io::Result<Option<FileLock>> {
+    match taken {
+        Ok(lock) => Ok(Some(lock)),
+        Err(LockError::Held { .. }) => {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            Ok(None)
+        }
+        Err(e) => Err(io::Error::other(e)),
+    }
+}
+
+/// Unpacks `src`'s blob into `.unpack-NAME` in `parent`, checks, syncs and
+/// renames it to `dir`: the bytes and range reads it fetched. The caller
+/// holds the exclusive lock.
+fn unpack_into(
+    src: Arc<dyn RangeSource>,
+    parent: &Path,
+    name: &str,
+    dir: &Path,
+    opts: &UnpackOptions,
+) -> io::Result<(u64, u64)> {
+    let root = Root::open(parent).map_err(io::Error::other)?;
+    let staging_name = format!(".unpack-{name}");
+    root.remove_all(Path::new(&staging_name))
+        .map_err(io::Error::other)?;
+    let staging = parent.join(&staging_name);
+    let (upper, work) = (staging.join("fs"), staging.join("work"));
+    for d in [&staging, &upper, &work] {
+        std::fs::create_dir(d)?;
+    }
+    // The image's root, as an eager import's snapshot has it, unless the
+    // layer sets it.
+    std::fs::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let result = unpack(src, &staging, opts).and_then(|made| {
+        strata_sys::sync::syncfs(&upper).map_err(io::Error::other)?;
+        std::fs::rename(&upper, dir)?;
+        strata_sys::sync::fsync_dir(parent).map_err(io::Error::other)?;
+        Ok(made)
+    });
+    if let Err(e) = root.remove_all(Path::new(&staging_name)) {
+        tracing::warn!(dir = %staging.display(), error = %e, "could not remove an unpack's staging directory");
+    }
+    result
 }
 
 /// Applies `src`'s blob into `staging/fs` over `opts.lowers`: the bytes

@@ -558,7 +558,7 @@ fn the_cache_is_pruned_used_longest_ago_first_under_a_live_mount() {
         .sum();
     // Room for the TOC (used just now) and one chunk: the two chunks used
     // longest ago go.
-    let pruned = cache.prune(toc_bytes + 4000).unwrap();
+    let pruned = strata_lazy::prune(cache.prunable().unwrap(), toc_bytes + 4000).unwrap();
     assert_eq!(
         (pruned.removed, pruned.removed_bytes),
         (2, 8000),
@@ -582,7 +582,7 @@ fn the_cache_is_pruned_used_longest_ago_first_under_a_live_mount() {
     assert_eq!(read("new"), (vec![b'n'; 4000], false));
     assert_eq!(read("old"), (vec![b'o'; 4000], true));
     // Nothing kept: everything goes, and the live mount reads on right.
-    let all = cache.prune(0).unwrap();
+    let all = strata_lazy::prune(cache.prunable().unwrap(), 0).unwrap();
     assert_eq!((all.kept, all.kept_bytes), (0, 0), "{all:?}");
     for (name, fill) in [("old", b'o'), ("mid", b'm'), ("new", b'n')] {
         assert_eq!(fs::read(mnt.join(name)).unwrap(), vec![fill; 4000]);

@@ -50,7 +50,7 @@ impl Classify for LockError {
     }
 }
 
-/// A held exclusive lock; released when dropped.
+/// A held lock, exclusive or shared; released when dropped.
 #[derive(Debug)]
 pub struct FileLock {
     _file: File,
@@ -66,15 +66,7 @@ impl FileLock {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)
-            .map_err(io)?;
+        let mut file = open_lock_file(path).map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -95,10 +87,52 @@ impl FileLock {
         })
     }
 
+    /// Takes a shared lock on `path` (created if missing, mode 0600,
+    /// never through a symlink) without waiting: any number of processes
+    /// hold one at once, and none while another holds the exclusive lock.
+    /// The file's modification time is set to now, so it tells when the
+    /// lock was last taken.
+    pub fn try_shared(path: &Path) -> Result<FileLock, LockError> {
+        let io = |source: std::io::Error| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = open_lock_file(path).map_err(io)?;
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LockError::Held {
+                    path: path.to_path_buf(),
+                    holder: holder(&mut file),
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+        file.set_modified(std::time::SystemTime::now())
+            .map_err(io)?;
+        Ok(FileLock {
+            _file: file,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// The locked file.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Opens (making it, mode 0600) the lock file `path`, never through a
+/// symlink.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
 }
 
 /// The pid the holder wrote, if it has yet.
@@ -129,5 +163,31 @@ mod tests {
         );
         drop(first);
         FileLock::try_exclusive(&path).unwrap();
+    }
+
+    #[test]
+    fn shared_locks_exclude_only_the_exclusive_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("LOCK");
+        let (one, two) = (
+            FileLock::try_shared(&path).unwrap(),
+            FileLock::try_shared(&path).unwrap(),
+        );
+        assert_eq!(
+            FileLock::try_exclusive(&path).unwrap_err().kind(),
+            ErrorKind::Locked
+        );
+        drop(one);
+        assert!(
+            FileLock::try_exclusive(&path).is_err(),
+            "one still shares it"
+        );
+        drop(two);
+        let only = FileLock::try_exclusive(&path).unwrap();
+        assert_eq!(
+            FileLock::try_shared(&path).unwrap_err().kind(),
+            ErrorKind::Locked
+        );
+        drop(only);
     }
 }
