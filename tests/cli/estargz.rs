@@ -267,6 +267,23 @@ fn go_reads_every_estargz_layer_strata_writes() {
     let a = mounted(&env, &img);
     let b = mounted(&other, &back);
     assert_eq!(a, b);
+    // Its ref's chain exported from there (a new manifest, the blobs as
+    // they were imported): each layer keeps both annotations.
+    let again = env.path("again-layout");
+    other
+        .run(&["image", "export", &back, &format!("oci:{}", s(&again))])
+        .expect(0);
+    let layers_of = |dir: &Path| -> Vec<Value> {
+        let read = |d: &Value| -> Value {
+            let file = dir.join("blobs/sha256").join(&d.as_str().unwrap()[7..]);
+            serde_json::from_slice(&fs::read(file).unwrap()).unwrap()
+        };
+        let index: Value =
+            serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let manifest = read(&index["manifests"][0]["digest"]);
+        manifest["layers"].as_array().unwrap().clone()
+    };
+    assert_eq!(layers_of(&again), layers_of(&dest));
 
     // A wrong TOC digest: the oracle refuses it, so the check can fail.
     let first = env.path("layer-0.esgz");

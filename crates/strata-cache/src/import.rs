@@ -62,9 +62,10 @@ struct Layer {
 }
 
 /// A layer written in parallel, before its lowers were known: the active
-/// snapshot holding it and the entries whose owner was squashed, or why it
-/// must be written again on its parent.
-type Detached = (String, std::result::Result<u64, DiffError>);
+/// snapshot holding it and the entries whose owner was squashed with the
+/// uncompressed stream's size, or why it must be written again on its
+/// parent.
+type Detached = (String, std::result::Result<(u64, u64), DiffError>);
 
 impl CacheManager {
     /// Unpacks `img`'s layers in order (each deduplicated) and returns the
@@ -424,7 +425,7 @@ impl CacheManager {
             t.finish();
         }
         Ok((
-            self.record_layer(layer, parent_sid, opts)?,
+            self.record_layer(layer, parent_sid, opts, applied.size)?,
             applied.squashed,
         ))
     }
@@ -470,7 +471,7 @@ impl CacheManager {
                 })
             })?;
             strata_diff::apply(&apply_ctx, reader, &upper, &detached)
-                .map(|applied| applied.squashed)
+                .map(|applied| (applied.squashed, applied.size))
                 .map_err(DiffError::from)
         })
         .await
@@ -567,7 +568,7 @@ impl CacheManager {
         opts: &ImportOptions,
     ) -> Result<u64> {
         match applied {
-            Ok(squashed) => {
+            Ok((squashed, size)) => {
                 let committed = if parent.is_empty() {
                     sn.commit(&layer.key, &active, Labels::new()).await
                 } else {
@@ -578,7 +579,7 @@ impl CacheManager {
                     self.discard(&active).await;
                     return Err(e.into());
                 }
-                self.record_layer(layer, parent, opts)?;
+                self.record_layer(layer, parent, opts, size)?;
                 Ok(squashed)
             }
             Err(DiffError::Apply(ApplyError::NeedsLowers { entry, reason, .. })) => {
@@ -603,12 +604,15 @@ impl CacheManager {
     }
 
     /// The record and dedupe rows of a layer just committed as
-    /// `layer.key` on `parent_sid`.
+    /// `layer.key` on `parent_sid`, whose uncompressed stream held `size`
+    /// bytes (an eStargz blob is labelled with it, as its exports
+    /// annotate it).
     fn record_layer(
         &self,
         layer: &Layer,
         parent_sid: &str,
         opts: &ImportOptions,
+        size: u64,
     ) -> Result<ImmutableRef> {
         let (desc, key, diff_id) = (&layer.desc, &layer.key, &layer.diff_id);
         let ropts = RefOptions {
@@ -640,11 +644,19 @@ impl CacheManager {
             },
         )?;
         tx.commit()?;
-        self.label_blob(
-            &desc.digest,
-            &desc.media_type,
-            Labels::from([(UNCOMPRESSED_LABEL.to_owned(), diff_id.to_string())]),
-        )?;
+        let mut labels = Labels::from([(UNCOMPRESSED_LABEL.to_owned(), diff_id.to_string())]);
+        let estargz = match self.root().content.info(&desc.digest) {
+            Ok(info) => info.labels.contains_key(media::ESTARGZ_TOC_DIGEST),
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
+        if estargz {
+            labels.insert(
+                media::ESTARGZ_UNCOMPRESSED_SIZE.to_owned(),
+                size.to_string(),
+            );
+        }
+        self.label_blob(&desc.digest, &desc.media_type, labels)?;
         self.record_content(key, &desc.digest)?;
         Ok(ImmutableRef::new(self.clone(), key, true))
     }
