@@ -15,7 +15,7 @@ use strata_snapshot::SnapshotStore;
 use crate::changes::{Comparison, walk_changes, walk_upperdir_changes};
 use crate::compression::Compression;
 use crate::error::DiffError;
-use crate::estargz::{Index, strip};
+use crate::estargz::{has_footer, strip};
 use crate::merge::{Tree, upperdir_of};
 use crate::write::{WriteOptions, Written, recompress, write_layer_to_store};
 
@@ -109,9 +109,9 @@ impl Exporter {
     ) -> Result<Written, DiffError> {
         let content = &self.content.under(ctx);
         let name = from.to_string();
-        let is_estargz = Index::read(&mut content.reader_at(from)?)
-            .map_err(|e| DiffError::io("read the eStargz TOC of", &name, e))?
-            .is_some();
+        // Its TOC was checked when it was imported or written.
+        let is_estargz = has_footer(&mut content.reader_at(from)?)
+            .map_err(|e| DiffError::io("read the eStargz footer of", &name, e))?;
         let mut reader = std::io::BufReader::with_capacity(1 << 20, content.reader_at(from)?);
         let head = std::io::BufRead::fill_buf(&mut reader)
             .map_err(|e| DiffError::io("read blob", &name, e))?;

@@ -342,16 +342,29 @@ fn bad_bytes(e: io::Error, what: &str) -> io::Error {
     }
 }
 
+/// The blob `r` reads: its size and its last bytes, as many as a footer
+/// may take.
+fn read_tail(r: &mut (impl Read + Seek)) -> io::Result<(u64, Vec<u8>)> {
+    let size = r.seek(SeekFrom::End(0))?;
+    let mut tail = vec![0u8; usize::try_from(size.min(FOOTER_SIZE)).unwrap_or(0)];
+    r.seek(SeekFrom::Start(size - tail.len() as u64))?;
+    r.read_exact(&mut tail)?;
+    Ok((size, tail))
+}
+
+/// Whether the blob `r` reads ends with an eStargz footer; its TOC is
+/// not read (for a blob already checked, such as one imported).
+pub fn has_footer(r: &mut (impl Read + Seek)) -> io::Result<bool> {
+    Ok(parse_footer(&read_tail(r)?.1).is_some())
+}
+
 impl Index {
     /// The TOC of the blob `r` reads, or `None` when it does not end with
     /// an eStargz footer (it is no eStargz layer). A footer whose TOC
     /// cannot be read is an `InvalidData` error saying why; an error of the
     /// reading itself keeps its kind.
     pub fn read(r: &mut (impl Read + Seek)) -> io::Result<Option<Index>> {
-        let size = r.seek(SeekFrom::End(0))?;
-        let mut tail = vec![0u8; usize::try_from(size.min(FOOTER_SIZE)).unwrap_or(0)];
-        r.seek(SeekFrom::Start(size - tail.len() as u64))?;
-        r.read_exact(&mut tail)?;
+        let (size, tail) = read_tail(r)?;
         let Some((toc_offset, footer_size)) = parse_footer(&tail) else {
             return Ok(None);
         };
