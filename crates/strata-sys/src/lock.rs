@@ -62,28 +62,10 @@ impl FileLock {
     /// never through a symlink) without waiting, and records this
     /// process's pid in it.
     pub fn try_exclusive(path: &Path) -> Result<FileLock, LockError> {
-        let io = |source: std::io::Error| LockError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut file = open_lock_file(path).map_err(io)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(LockError::Held {
-                    path: path.to_path_buf(),
-                    holder: holder(&mut file),
-                });
-            }
-            Err(TryLockError::Error(e)) => return Err(io(e)),
-        }
-        // Who holds it, for those who wait (advisory: not synced).
-        file.set_len(0).map_err(io)?;
-        file.write_all(format!("{}\n", std::process::id()).as_bytes())
-            .map_err(io)?;
-        Ok(FileLock {
-            _file: file,
-            path: path.to_path_buf(),
+        FileLock::take(path, File::try_lock, |file| {
+            // Who holds it, for those who wait (advisory: not synced).
+            file.set_len(0)?;
+            file.write_all(format!("{}\n", std::process::id()).as_bytes())
         })
     }
 
@@ -93,12 +75,32 @@ impl FileLock {
     /// The file's modification time is set to now, so it tells when the
     /// lock was last taken.
     pub fn try_shared(path: &Path) -> Result<FileLock, LockError> {
+        FileLock::take(path, File::try_lock_shared, |file| {
+            file.set_modified(std::time::SystemTime::now())
+        })
+    }
+
+    /// Opens `path` and takes the lock `lock` takes on it, then lets
+    /// `then` write to the held file.
+    fn take(
+        path: &Path,
+        lock: fn(&File) -> Result<(), TryLockError>,
+        then: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> Result<FileLock, LockError> {
         let io = |source: std::io::Error| LockError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = open_lock_file(path).map_err(io)?;
-        match file.try_lock_shared() {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+            .map_err(io)?;
+        match lock(&file) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 return Err(LockError::Held {
@@ -108,8 +110,7 @@ impl FileLock {
             }
             Err(TryLockError::Error(e)) => return Err(io(e)),
         }
-        file.set_modified(std::time::SystemTime::now())
-            .map_err(io)?;
+        then(&mut file).map_err(io)?;
         Ok(FileLock {
             _file: file,
             path: path.to_path_buf(),
@@ -120,19 +121,6 @@ impl FileLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
-
-/// Opens (making it, mode 0600) the lock file `path`, never through a
-/// symlink.
-fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
 }
 
 /// The pid the holder wrote, if it has yet.
