@@ -295,13 +295,14 @@ tag, with the source's digest.",
         notes: "What goes: the checked chunks and kept TOCs (CACHE/chunks) and the layers unpacked whole \
 (CACHE/layers), those used longest ago first (a chunk or TOC by the later of its access and \
 modification times, a layer by when a mount last took it), until what is left holds at most \
---keep-storage; and temporary files over an hour old that a killed mount left. Running mounts keep \
-working: a chunk removed under one is fetched and checked again when next read, and a layer a \
-running mount is stacked on is kept (counted in in_use). A layer is renamed away before it is \
-removed, so a mount never finds part of one.",
+--keep-storage; and temporary files over an hour old and staging directories that a killed mount or \
+prune left. Running mounts keep working: a chunk removed under one is fetched and checked again when \
+next read, and a layer a running mount is stacked on is kept (counted in in_use), as is one an \
+overlay in this mount namespace still stacks on after its mount process is gone. A layer is \
+renamed away before it is removed, so a mount never finds part of one.",
         examples: &[
             "strata lazy prune --cache /var/cache/strata-lazy --keep-storage 20GiB",
-            "strata lazy prune --cache /tmp/lazy  # every chunk and TOC",
+            "strata lazy prune --cache /tmp/lazy  # every chunk, TOC and unused unpacked layer",
         ],
         json: Some("{cache, removed, removed_bytes, kept, kept_bytes, in_use}"),
     },

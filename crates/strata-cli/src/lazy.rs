@@ -79,7 +79,7 @@ pub struct CopyArgs {
 /// What `strata lazy mount` takes.
 #[derive(Debug, clap::Args)]
 pub struct MountArgs {
-    /// HOST/REPO[:TAG|@DIGEST].
+    /// HOST/REPO[:TAG|@DIGEST] (docker:// in front is accepted).
     reference: String,
     /// An existing directory to mount the image on.
     dir: PathBuf,

@@ -109,7 +109,8 @@ impl Exporter {
     ) -> Result<Written, DiffError> {
         let content = &self.content.under(ctx);
         let name = from.to_string();
-        // Its TOC was checked when it was imported or written.
+        // A ref's blob: its TOC was checked when it was imported (a
+        // footer whose TOC cannot be read is refused there) or written.
         let is_estargz = has_footer(&mut content.reader_at(from)?)
             .map_err(|e| DiffError::io("read the eStargz footer of", &name, e))?;
         let mut reader = std::io::BufReader::with_capacity(1 << 20, content.reader_at(from)?);

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use strata_diff::estargz::{EStargzOptions, Index, Toc};
+use strata_diff::estargz::{EStargzOptions, Index, Toc, has_footer};
 use strata_diff::{
     ApplyError, ApplyOptions, Comparison, Compression, WriteOptions, apply, walk_changes,
     write_layer,
@@ -271,6 +271,10 @@ fn blobs_without_a_footer_are_no_estargz_and_bad_footers_are_named() {
     assert!(Index::read(&mut Cursor::new(&gz)).unwrap().is_none());
     assert!(Index::read(&mut Cursor::new(b"")).unwrap().is_none());
     let (blob, _) = estargz(t.path(), EStargzOptions::default());
+    // The footer alone tells one from the other.
+    assert!(!has_footer(&mut Cursor::new(&gz)).unwrap());
+    assert!(!has_footer(&mut Cursor::new(b"")).unwrap());
+    assert!(has_footer(&mut Cursor::new(&blob)).unwrap());
     // A footer pointing past the data.
     let mut bad = blob.clone();
     let n = bad.len();

@@ -62,16 +62,26 @@ pub fn prune(mut items: Vec<Prunable>, keep: u64) -> io::Result<Pruned> {
     Ok(pruned)
 }
 
+/// `found`, or `None` when what it looked at is gone: running mounts
+/// rename chunks into place and remove bad ones while a prune lists them.
+pub(crate) fn unless_gone<T>(found: io::Result<T>) -> io::Result<Option<T>> {
+    match found {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The files under `dir`, recursively, with their sizes and last use.
 pub(crate) fn files(dir: &Path, out: &mut Vec<Prunable>) -> io::Result<()> {
-    let listing = match std::fs::read_dir(dir) {
-        Ok(l) => l,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(listing) = unless_gone(std::fs::read_dir(dir))? else {
+        return Ok(());
     };
     for item in listing {
         let item = item?;
-        let meta = item.metadata()?;
+        let Some(meta) = unless_gone(item.metadata())? else {
+            continue;
+        };
         if meta.is_dir() {
             files(&item.path(), out)?;
         } else {

@@ -19,7 +19,7 @@ use strata_sys::Root;
 use strata_sys::lock::{FileLock, LockError};
 
 use crate::layer::Stats;
-use crate::prune::Prunable;
+use crate::prune::{Prunable, unless_gone};
 use crate::remote::RangeSource;
 
 /// How much one range read of a blob being unpacked asks for.
@@ -125,9 +125,14 @@ impl Unpacked {
             let item = item?;
             let name = item.file_name();
             let Some(name) = name.to_str() else { continue };
-            if let Some(layer) = name.strip_prefix(PRUNED) {
+            // Left by a killed prune or unpack: removed unless that layer
+            // is being worked on now.
+            if let Some(layer) = [PRUNED, STAGING]
+                .into_iter()
+                .find_map(|prefix| name.strip_prefix(prefix))
+            {
                 let lock = layers.join(format!(".{layer}.lock"));
-                if held_or_wait(FileLock::try_exclusive(&lock))?.is_some() {
+                if FileLock::try_exclusive(&lock).is_ok() {
                     root.remove_all(Path::new(name)).map_err(io::Error::other)?;
                 }
                 continue;
@@ -194,24 +199,52 @@ impl Unpacked {
 /// whole or not at all: `.pruned-NAME`.
 const PRUNED: &str = ".pruned-";
 
+/// Where a layer is unpacked before it is renamed into place:
+/// `.unpack-NAME`.
+const STAGING: &str = ".unpack-";
+
 /// The bytes of the files under `dir`, not following symlinks.
 fn tree_size(dir: &Path) -> io::Result<u64> {
     let mut total = 0;
-    for item in std::fs::read_dir(dir)? {
+    let Some(listing) = unless_gone(std::fs::read_dir(dir))? else {
+        return Ok(0);
+    };
+    for item in listing {
         let item = item?;
-        let kind = item.file_type()?;
-        total += if kind.is_dir() {
+        let Some(meta) = unless_gone(item.metadata())? else {
+            continue;
+        };
+        total += if meta.is_dir() {
             tree_size(&item.path())?
         } else {
-            item.metadata()?.len()
+            meta.len()
         };
     }
     Ok(total)
 }
 
+/// Whether an overlay mount of this mount namespace has `dir` as a lower
+/// layer: one whose process has gone (killed, or detached from a shell
+/// still inside it) holds no lock, yet reads the layer.
+fn stacked_on(dir: &Path) -> io::Result<bool> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let path = dir.to_string_lossy();
+    Ok(mounts
+        .lines()
+        .filter(|l| l.contains(" - overlay "))
+        .any(|l| {
+            l.match_indices(path.as_ref()).any(|(at, _)| {
+                let before = l[..at].chars().next_back();
+                let after = l[at + path.len()..].chars().next();
+                matches!(before, Some('=' | ':' | ','))
+                    && matches!(after, None | Some(':' | ',' | ' '))
+            })
+        }))
+}
+
 /// Removes the unpacked layer `dir` unless a mount uses it (holds its
-/// lock): whether it went. It is renamed away first and then removed, so
-/// a mount never finds part of it.
+/// lock, or is an overlay stacked on it): whether it went. It is renamed
+/// away first and then removed, so a mount never finds part of it.
 pub(crate) fn remove_unused(dir: &Path) -> io::Result<bool> {
     let parent = dir.parent().unwrap_or(Path::new("/"));
     let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
@@ -222,6 +255,9 @@ pub(crate) fn remove_unused(dir: &Path) -> io::Result<bool> {
         Err(LockError::Held { .. }) => return Ok(false),
         Err(e) => return Err(io::Error::other(e)),
     };
+    if stacked_on(dir)? {
+        return Ok(false);
+    }
     let root = Root::open(parent).map_err(io::Error::other)?;
     let gone = format!("{PRUNED}{name}");
     root.remove_all(Path::new(&gone))
@@ -260,7 +296,7 @@ fn unpack_into(
     opts: &UnpackOptions,
 ) -> io::Result<(u64, u64)> {
     let root = Root::open(parent).map_err(io::Error::other)?;
-    let staging_name = format!(".unpack-{name}");
+    let staging_name = format!("{STAGING}{name}");
     root.remove_all(Path::new(&staging_name))
         .map_err(io::Error::other)?;
     let staging = parent.join(&staging_name);

@@ -516,8 +516,9 @@ fn a_toc_of_another_digest_is_refused() {
 #[test]
 fn the_cache_is_pruned_used_longest_ago_first_under_a_live_mount() {
     let (t, src, mnt) = dirs();
-    // Three files of distinct content, one chunk each.
-    for (name, fill) in [("old", b'o'), ("mid", b'm'), ("new", b'n')] {
+    // Three files of distinct content, one chunk each, and one read only
+    // after the cache is emptied.
+    for (name, fill) in [("old", b'o'), ("mid", b'm'), ("new", b'n'), ("late", b'l')] {
         fs::write(src.join(name), vec![fill; 4000]).unwrap();
     }
     let (bytes, toc) = estargz(&src, 1 << 20);
@@ -565,6 +566,7 @@ fn the_cache_is_pruned_used_longest_ago_first_under_a_live_mount() {
         "{pruned:?}"
     );
     assert_eq!((pruned.kept, pruned.kept_bytes), (2, toc_bytes + 4000));
+    assert_eq!(pruned.in_use, 0);
     let left: Vec<String> = fs::read_dir(cache_dir.join("sha256"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -581,12 +583,19 @@ fn the_cache_is_pruned_used_longest_ago_first_under_a_live_mount() {
     };
     assert_eq!(read("new"), (vec![b'n'; 4000], false));
     assert_eq!(read("old"), (vec![b'o'; 4000], true));
-    // Nothing kept: everything goes, and the live mount reads on right.
+    // Nothing kept: everything goes. The live mount reads on: what it read
+    // before (from the kernel's page cache or its open chunk files), and
+    // a file it had not read, fetched into the emptied cache.
     let all = strata_lazy::prune(cache.prunable().unwrap(), 0).unwrap();
     assert_eq!((all.kept, all.kept_bytes), (0, 0), "{all:?}");
     for (name, fill) in [("old", b'o'), ("mid", b'm'), ("new", b'n')] {
         assert_eq!(fs::read(mnt.join(name)).unwrap(), vec![fill; 4000]);
     }
+    let served = blob.served.load(Ordering::SeqCst);
+    assert_eq!(fs::read(mnt.join("late")).unwrap(), vec![b'l'; 4000]);
+    assert!(blob.served.load(Ordering::SeqCst) > served, "not fetched");
+    let late = cache_dir.join("sha256").join(sha256_hex(&[b'l'; 4000]));
+    assert!(late.is_file(), "not cached");
     m.unmount().unwrap();
 }
 

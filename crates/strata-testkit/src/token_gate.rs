@@ -213,7 +213,8 @@ fn serve(state: &State, client: TcpStream) {
             continue;
         }
         let Some(len) = head.body_len() else {
-            respond(&mut writer, "411 Length Required", &[], b"");
+            let close = ["Connection: close".to_owned()];
+            respond(&mut writer, "411 Length Required", &close, b"");
             return;
         };
         let Some(body) = read_body(&mut reader, len) else {
@@ -258,8 +259,11 @@ fn serve(state: &State, client: TcpStream) {
         if fail {
             state.failed_pieces.fetch_add(1, Ordering::SeqCst);
             let body = br#"{"errors":[{"code":"UNAVAILABLE","message":"try again later"}]}"#;
-            let json = ["Content-Type: application/json".to_owned()];
-            respond(&mut writer, "503 Service Unavailable", &json, body);
+            let headers = [
+                "Content-Type: application/json".to_owned(),
+                "Connection: close".to_owned(),
+            ];
+            respond(&mut writer, "503 Service Unavailable", &headers, body);
             return;
         }
         pass(state, &head, &body, &mut writer);
