@@ -114,10 +114,8 @@ impl Unpacked {
     /// files and last used when its lock was last taken. What a killed
     /// prune left is removed.
     pub fn prunable(layers: &Path) -> io::Result<Vec<Prunable>> {
-        let listing = match std::fs::read_dir(layers) {
-            Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
+        let Some(listing) = unless_gone(std::fs::read_dir(layers))? else {
+            return Ok(Vec::new());
         };
         let root = Root::open(layers).map_err(io::Error::other)?;
         let mut out = Vec::new();
@@ -140,10 +138,9 @@ impl Unpacked {
             if name.starts_with('.') || !item.file_type()?.is_dir() {
                 continue;
             }
-            let used = match std::fs::metadata(layers.join(format!(".{name}.lock"))) {
-                Ok(m) => m.modified()?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => item.metadata()?.modified()?,
-                Err(e) => return Err(e),
+            let used = match unless_gone(std::fs::metadata(layers.join(format!(".{name}.lock"))))? {
+                Some(lock) => lock.modified()?,
+                None => item.metadata()?.modified()?,
             };
             out.push(Prunable {
                 path: item.path(),
@@ -244,7 +241,9 @@ fn stacked_on(dir: &Path) -> io::Result<bool> {
 
 /// Removes the unpacked layer `dir` unless a mount uses it (holds its
 /// lock, or is an overlay stacked on it): whether it went. It is renamed
-/// away first and then removed, so a mount never finds part of it.
+/// away first and then removed, so a mount never finds part of it. The
+/// mounts are read after the lock is taken, one layer at a time: a mount
+/// made before then is listed, and none can be made after.
 pub(crate) fn remove_unused(dir: &Path) -> io::Result<bool> {
     let parent = dir.parent().unwrap_or(Path::new("/"));
     let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
