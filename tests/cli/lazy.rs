@@ -324,6 +324,138 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
     assert_eq!(plain.stop().0, 0);
 }
 
+/// The layer blobs of image `name` in `env`'s root: digests and sizes.
+fn layer_blobs(env: &Env, name: &str) -> Vec<(String, u64)> {
+    let got = env
+        .run(&["--json", "image", "inspect", name])
+        .expect(0)
+        .json();
+    got["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_owned(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
+    let env = Env::strata();
+    let registry = Registry::start(None);
+    let (want, lazy_ref) = publish(&env, &registry, "kept", &layers(&env));
+    let plain_ref = format!("{}/kept-plain:v1", registry.addr);
+    env.run(&["image", "push", "kept", &plain_ref]).expect(0);
+    // Pulls go through a proxy that counts what it sends.
+    let proxy = strata_testkit::throttle::Throttle::start(
+        &registry.addr,
+        1 << 30,
+        std::time::Duration::ZERO,
+    );
+    let through = |r: &str| r.replacen(&registry.addr, &proxy.addr, 1);
+
+    // A lazy mount reads the large file, then stops.
+    let (mnt, cache) = (env.path("mnt"), env.path("cache"));
+    let (lazy, _) = LazyMount::start(&env, &lazy_ref, &mnt, &cache);
+    assert_eq!(fs::read(mnt.join("usr/big.bin")).unwrap().len(), 6_000_000);
+    let (code, read) = lazy.stop();
+    assert_eq!(code, 0, "{read}");
+    let mount_fetched = read["bytes_fetched"].as_u64().unwrap();
+
+    // A pull into another root takes what the mount fetched and fetches
+    // only the rest.
+    let pull = |env: &Env, reference: &str| {
+        let before = proxy.bytes_down();
+        let got = env
+            .run(&[
+                "--json",
+                "image",
+                "pull",
+                &through(reference),
+                "--name",
+                "pulled",
+                "--lazy-cache",
+                &s(&cache),
+            ])
+            .expect(0);
+        (got.json(), proxy.bytes_down() - before, got.stderr)
+    };
+    let other = Env::strata();
+    let (pulled, down, _) = pull(&other, &lazy_ref);
+    let total: u64 = layer_blobs(&other, "pulled").iter().map(|l| l.1).sum();
+    let kept = &pulled["lazy_cache"];
+    assert_eq!(kept["blobs"], 2, "{pulled}");
+    let kept_bytes = kept["kept_bytes"].as_u64().unwrap();
+    assert!(
+        kept_bytes * 3 > total && kept_bytes <= mount_fetched,
+        "{pulled}"
+    );
+    assert_eq!(
+        kept_bytes + kept["fetched_bytes"].as_u64().unwrap(),
+        total,
+        "{pulled}"
+    );
+    assert!(
+        down < total - kept_bytes + 64 * 1024,
+        "{down} bytes came down: {pulled}"
+    );
+    let eager = other.path("eager");
+    fs::create_dir(&eager).unwrap();
+    other
+        .run(&["mount", pulled["ref"].as_str().unwrap(), &s(&eager)])
+        .expect(0);
+    assert_eq!(listing(&eager), want);
+    other.run(&["umount", &s(&eager)]).expect(0);
+
+    // Plain layers a mount unpacked were fetched whole: a pull fetches
+    // none of their bytes.
+    let (plain, _) = LazyMount::start(&env, &plain_ref, &mnt, &cache);
+    assert_eq!(plain.stop().0, 0);
+    let third = Env::strata();
+    let (pulled, down, _) = pull(&third, &plain_ref);
+    assert_eq!(
+        (
+            &pulled["lazy_cache"]["blobs"],
+            &pulled["lazy_cache"]["fetched_bytes"]
+        ),
+        (&json!(2), &json!(0)),
+        "{pulled}"
+    );
+    assert!(down < 64 * 1024, "{down} bytes came down: {pulled}");
+
+    // A kept blob that is not what its digest says is removed, and the
+    // pull fetches it: the root gets the right tree.
+    let layer = layer_blobs(&third, "pulled")[0].0.clone();
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    let kept_file = cache.join("blobs/sha256").join(hex);
+    let mut bytes = fs::read(&kept_file).unwrap();
+    bytes[100] ^= 0xff;
+    fs::write(&kept_file, bytes).unwrap();
+    let fourth = Env::strata();
+    let (pulled, _, stderr) = pull(&fourth, &plain_ref);
+    assert_eq!(pulled["lazy_cache"]["blobs"], 1, "{pulled}");
+    assert!(
+        stderr.contains(&layer) && stderr.contains("not usable"),
+        "{stderr}"
+    );
+    assert!(!kept_file.exists());
+    fourth
+        .run(&["mount", pulled["ref"].as_str().unwrap(), &s(&eager)])
+        .expect(0);
+    assert_eq!(listing(&eager), want);
+    fourth.run(&["umount", &s(&eager)]).expect(0);
+
+    // Only registry images take blobs from a lazy-mount cache.
+    let layout = format!("oci:{}:v1", s(&env.path("layout-kept")));
+    let run = env.run(&["image", "import", &layout, "--lazy-cache", &s(&cache)]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("--lazy-cache"), "{}", run.stderr);
+}
+
 #[test]
 fn a_lone_layer_and_an_opaque_root_read_as_an_eager_import() {
     let env = Env::strata();

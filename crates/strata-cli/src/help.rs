@@ -292,9 +292,10 @@ tag, with the source's digest.",
     #[cfg(feature = "registry")]
     Page {
         path: "lazy prune",
-        notes: "What goes: the checked chunks and kept TOCs (CACHE/chunks) and the layers unpacked whole \
-(CACHE/layers), those used longest ago first (a chunk or TOC by the later of its access and \
-modification times, a layer by when a mount last took it), until what is left holds at most \
+        notes: "What goes: the checked chunks and kept TOCs (CACHE/chunks), the blobs mounts kept \
+(CACHE/blobs, for `image pull --lazy-cache`; a partial one counted by the blocks it holds) and the \
+layers unpacked whole (CACHE/layers), those used longest ago first (a chunk, TOC or blob by the \
+later of its access and modification times, a layer by when a mount last took it), until what is left holds at most \
 --keep-storage; and temporary files over an hour old and staging directories that a killed mount or \
 prune left. Running mounts keep working: a chunk removed under one is fetched and checked again when \
 next read, and a layer a running mount is stacked on is kept (counted in in_use), as is one an \
@@ -302,7 +303,7 @@ overlay in this mount namespace still stacks on after its mount process is gone.
 renamed away before it is removed, so a mount never finds part of one.",
         examples: &[
             "strata lazy prune --cache /var/cache/strata-lazy --keep-storage 20GiB",
-            "strata lazy prune --cache /tmp/lazy  # every chunk, TOC and unused unpacked layer",
+            "strata lazy prune --cache /tmp/lazy  # every chunk, TOC, kept blob and unused unpacked layer",
         ],
         json: Some("{cache, removed, removed_bytes, kept, kept_bytes, in_use}"),
     },
@@ -351,19 +352,20 @@ unpacked once, --jobs at a time.",
             "strata image import docker-archive:app.tar --platform linux/arm64",
             "strata image import oci-archive:app.oci.tar:example.com/app:1.0",
         ],
-        json: Some("{name, ref, manifest, config, source, created, fetched, present}"),
+        json: Some("{name, ref, manifest, config, source, created, fetched, present, lazy_cache}"),
     },
     Page {
         path: "image pull",
         notes: "Registries on loopback hosts and those named with --insecure-registry are reached \
 over plain HTTP, the rest over HTTPS. Credentials come from $DOCKER_CONFIG/config.json (else \
 ~/.docker/config.json): the host's credHelpers entry, else credsStore, else its auths entry. A \
-refused login exits 4; a blob that does not match its digest exits 5 and nothing is kept.",
+refused login exits 4; a blob that does not match its digest exits 5 and nothing is kept. With --lazy-cache, the layer blobs that `strata lazy mount` kept in that cache (whole, or the ranges it fetched) are taken first: only what they lack is fetched, by range, and each is checked whole before the root stores it; kept bytes that do not hash to their blob are removed and said so, and that blob is fetched as usual. lazy_cache is {blobs, kept_bytes, fetched_bytes} then, else null.",
         examples: &[
             "strata image pull registry.example.com/team/app:1.0",
             "strata image pull 127.0.0.1:5000/app@sha256:3b7c... --name app:pinned",
+            "strata image pull registry.example/app:estargz --lazy-cache /var/cache/strata-lazy  # after a lazy mount",
         ],
-        json: Some("{name, ref, manifest, config, source, created, fetched, present}"),
+        json: Some("{name, ref, manifest, config, source, created, fetched, present, lazy_cache}"),
     },
     Page {
         path: "image export",

@@ -89,6 +89,11 @@ pub struct PullArgs {
     /// Layers unpacked at once [default: the cores this process may use].
     #[arg(long, value_name = "N")]
     jobs: Option<std::num::NonZeroUsize>,
+    /// A `strata lazy mount --cache` directory: the layer blobs its mounts
+    /// of this image fetched (whole or in part) are taken from it, checked,
+    /// and only what they lack is fetched.
+    #[arg(long, value_name = "DIR")]
+    lazy_cache: Option<std::path::PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -160,6 +165,8 @@ struct ImportedJson {
     fetched: usize,
     /// Blobs the root already had.
     present: usize,
+    /// What `--lazy-cache` gave (null without it).
+    lazy_cache: Option<crate::lazy::KeptJson>,
 }
 
 #[derive(Serialize)]
@@ -370,7 +377,32 @@ async fn import(
             ..ImportOptions::default()
         },
     };
+    let reference = match (&args.lazy_cache, location) {
+        (Some(_), Location::Registry { reference }) => Some(reference),
+        (Some(dir), _) => {
+            return Err(bad(format!(
+                "--lazy-cache {}: only an image pulled from a registry takes blobs from a lazy-mount cache",
+                dir.display()
+            )));
+        }
+        (None, _) => None,
+    };
     let (ctx, guard) = context(mgr, lease, out)?;
+    let lazy_cache = match (&args.lazy_cache, reference) {
+        (Some(dir), Some(reference)) => Some(
+            crate::lazy::take_kept_blobs(
+                &mgr.root().content.under(&ctx),
+                reference,
+                &opts.pull.platform,
+                &opts.registry,
+                dir,
+                out,
+            )
+            .await
+            .with_context(|| format!("take kept blobs from {}", dir.display()))?,
+        ),
+        _ => None,
+    };
     let (ctx, bars) = progress::drawn(&ctx, out);
     let pulled = mgr.pull_image(&ctx, location, &opts).await;
     drop(bars);
@@ -410,6 +442,7 @@ async fn import(
             image: ImageJson::from(&named),
             fetched,
             present,
+            lazy_cache,
         },
         &text,
     )

@@ -23,9 +23,11 @@ use crate::image::{platform, registry_reference};
 use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
+use strata_content::ContentError;
 use strata_core::{Descriptor, Digest, Mount, OverlayLayers, media};
 use strata_lazy::{
-    ChunkCache, Layer, LayerOptions, Link, Mounted, Prefetch, RangeSource, UnpackOptions, Unpacked,
+    BlobCache, ChunkCache, Layer, LayerOptions, Link, Mounted, Prefetch, RangeSource,
+    UnpackOptions, Unpacked,
 };
 use strata_oci::{Registry, RegistryOperation};
 
@@ -210,6 +212,7 @@ fn prune(args: &PruneArgs, out: &Output) -> anyhow::Result<ExitCode> {
         .and_then(|c| c.prunable())
         .and_then(|mut items| {
             items.extend(Unpacked::prunable(&args.cache.join("layers"))?);
+            items.extend(BlobCache::open(&args.cache.join("blobs"))?.prunable()?);
             strata_lazy::prune(items, keep)
         })
         .with_context(|| format!("prune {}", args.cache.display()))?;
@@ -223,7 +226,7 @@ fn prune(args: &PruneArgs, out: &Output) -> anyhow::Result<ExitCode> {
             in_use: pruned.in_use,
         },
         &format!(
-            "removed {} chunks, TOCs and unpacked layers ({}), kept {} ({}; {} layers in use)",
+            "removed {} chunks, TOCs, kept blobs and unpacked layers ({}), kept {} ({}; {} layers in use)",
             pruned.removed,
             crate::output::size(pruned.removed_bytes),
             pruned.kept,
@@ -345,17 +348,24 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     let (mnt, _lock) = mount_dir(&args.cache)?;
     let readers = strata_lazy::Readers::new(args.threads).context("start the reader threads")?;
     let link = Arc::new(Link::new(PREFETCH_QUIET));
-    let sources: Vec<Arc<RegistryBlob>> = image
+    // What the mount fetches of each blob is also kept, so pulling the
+    // image later (`image pull --lazy-cache`) fetches only the rest.
+    let blobs = BlobCache::open(&args.cache.join("blobs"))
+        .with_context(|| format!("blob cache {}", args.cache.display()))?;
+    let sources: Vec<Arc<dyn RangeSource>> = image
         .layers
         .iter()
         .map(|desc| {
-            Arc::new(RegistryBlob {
+            let src = Arc::new(RegistryBlob {
                 registry: registry.clone(),
                 desc: desc.clone(),
                 rt: rt.handle().clone(),
-            })
+            });
+            blobs
+                .recording(&desc.digest, src)
+                .with_context(|| format!("keep blob {} in {}", desc.digest, args.cache.display()))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     // Every eStargz layer's footer and TOC at once: two round trips for
     // the image rather than two per layer.
     let mut opened = std::thread::scope(|s| {
@@ -373,7 +383,7 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
                     link: link.clone(),
                 };
                 let cache = cache.clone();
-                let src: Arc<dyn RangeSource> = src.clone();
+                let src = src.clone();
                 Some(s.spawn(move || {
                     Layer::open(src, cache, &opts).with_context(|| format!("layer {}", opts.name))
                 }))
@@ -617,4 +627,92 @@ async fn stopped() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// What `image pull --lazy-cache` took from a lazy-mount cache.
+#[derive(Debug, Default, Serialize)]
+pub struct KeptJson {
+    /// Layer blobs taken from the cache (whole, or completed by range).
+    blobs: usize,
+    /// Bytes a lazy mount had fetched before.
+    kept_bytes: u64,
+    /// Bytes fetched now to complete them.
+    fetched_bytes: u64,
+}
+
+/// Puts the layer blobs of `reference` that lazy mounts with `cache` kept
+/// (whole, or in part: the rest fetched by range now) into the root's
+/// content store under `ctx`, checked against their digests, so that the
+/// pull after it fetches none of them again. A kept blob that turns out
+/// wrong is removed and said so; the pull then fetches it.
+pub async fn take_kept_blobs(
+    store: &strata_content::ContentStore,
+    reference: &str,
+    platform: &strata_oci::Platform,
+    opts: &strata_oci::RegistryOptions,
+    cache: &Path,
+    out: &Output,
+) -> anyhow::Result<KeptJson> {
+    let registry = Arc::new(
+        Registry::connect(
+            &registry_reference(reference),
+            RegistryOperation::Pull,
+            opts,
+        )
+        .await?,
+    );
+    let image = registry.resolve(platform).await?;
+    let blobs = BlobCache::open(&cache.join("blobs"))
+        .with_context(|| format!("blob cache {}", cache.display()))?;
+    let mut kept = KeptJson::default();
+    for desc in image.layers {
+        if store.info(&desc.digest).is_ok() {
+            continue;
+        }
+        let src = RegistryBlob {
+            registry: registry.clone(),
+            desc: desc.clone(),
+            rt: tokio::runtime::Handle::current(),
+        };
+        let (blobs, store) = (blobs.clone(), store.clone());
+        let taken = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let Some(filled) = blobs.fill(&src.desc.digest, &src)? else {
+                return Ok(None);
+            };
+            let file = std::fs::File::open(&filled.path)
+                .with_context(|| format!("open {}", filled.path.display()))?;
+            match store.ingest(
+                &format!("lazy-{}", src.desc.digest),
+                file,
+                Some(src.desc.size),
+                Some(&src.desc.digest),
+                &strata_core::Labels::new(),
+            ) {
+                Ok(_) => Ok(Some(filled)),
+                // A whole blob is checked here, as it is stored.
+                Err(
+                    e @ (ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. }),
+                ) => {
+                    blobs.remove(&src.desc.digest)?;
+                    Err(anyhow::Error::from(e).context("removed it"))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?;
+        match taken {
+            Ok(Some(filled)) => {
+                kept.blobs += 1;
+                kept.kept_bytes += filled.kept;
+                kept.fetched_bytes += filled.fetched;
+            }
+            Ok(None) => {}
+            Err(e) => out.note(&format!(
+                "blob {} is fetched whole: what {} kept of it was not usable: {e:#}",
+                desc.digest,
+                cache.display()
+            )),
+        }
+    }
+    Ok(kept)
 }

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod blobs;
 mod cache;
 mod fs;
 mod layer;
@@ -33,6 +34,7 @@ mod remote;
 mod tree;
 mod unpack;
 
+pub use blobs::{BlobCache, Filled};
 pub use cache::ChunkCache;
 pub use fs::{Mounted, Readers, mount};
 pub use layer::{Layer, LayerOptions, Prefetch, Stats};

@@ -32,6 +32,8 @@ pub struct Prunable {
     /// system keeps it), written, or mounted.
     pub(crate) used: SystemTime,
     pub(crate) unpacked: bool,
+    /// A file that goes with it, removed first (a partial blob's ranges).
+    pub(crate) also: Option<PathBuf>,
 }
 
 /// Removes `items`, those used longest ago first, until what is left
@@ -45,6 +47,9 @@ pub fn prune(mut items: Vec<Prunable>, keep: u64) -> io::Result<Pruned> {
             && if item.unpacked {
                 crate::unpack::remove_unused(&item.path)?
             } else {
+                if let Some(also) = &item.also {
+                    remove_if_there(also)?;
+                }
                 remove_if_there(&item.path)?;
                 true
             };
@@ -90,6 +95,7 @@ pub(crate) fn files(dir: &Path, out: &mut Vec<Prunable>) -> io::Result<()> {
                 size: meta.len(),
                 used: meta.accessed()?.max(meta.modified()?),
                 unpacked: false,
+                also: None,
             });
         }
     }

@@ -147,6 +147,7 @@ impl Unpacked {
                 size: tree_size(&item.path())?,
                 used,
                 unpacked: true,
+                also: None,
             });
         }
         Ok(out)

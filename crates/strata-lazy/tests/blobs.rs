@@ -1,0 +1,119 @@
+//! The blobs a lazy mount keeps: what it read through a recording source
+//! is kept, `fill` fetches only the rest, a blob read whole is kept whole,
+//! and kept bytes that do not hash to the blob's digest never count.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use strata_core::{Algorithm, Digest};
+use strata_lazy::{BlobCache, RangeSource};
+
+/// A blob in memory counting the bytes it serves.
+struct Counted {
+    bytes: Vec<u8>,
+    served: AtomicU64,
+}
+
+impl RangeSource for Counted {
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        self.served.fetch_add(len, Ordering::SeqCst);
+        Ok(self.bytes[offset as usize..(offset + len) as usize].to_vec())
+    }
+}
+
+fn blob(size: usize) -> (Arc<Counted>, Digest) {
+    let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+    let d = Digest::of_bytes(Algorithm::Sha256, &bytes);
+    let src = Arc::new(Counted {
+        bytes,
+        served: AtomicU64::new(0),
+    });
+    (src, d)
+}
+
+#[test]
+fn what_a_mount_read_is_not_fetched_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(&tmp.path().join("blobs")).unwrap();
+    let (src, d) = blob(3 << 20);
+    let size = src.size();
+    assert_eq!(
+        cache.fill(&d, src.as_ref()).unwrap(),
+        None,
+        "nothing read yet"
+    );
+
+    let rec = cache.recording(&d, src.clone()).unwrap();
+    rec.read_range(1000, 5000).unwrap();
+    rec.read_range(4000, 10_000).unwrap();
+    rec.read_range(size - 200_000, 100).unwrap();
+    drop(rec);
+    let kept = 13_000 + 100;
+    // A record torn by a crash is ignored.
+    let ranges = tmp
+        .path()
+        .join("blobs/sha256")
+        .join(format!("{}.ranges", d.hex()));
+    let mut torn = std::fs::read(&ranges).unwrap();
+    torn.extend_from_slice(&[0xff; 7]);
+    std::fs::write(&ranges, torn).unwrap();
+
+    src.served.store(0, Ordering::SeqCst);
+    let filled = cache.fill(&d, src.as_ref()).unwrap().unwrap();
+    assert_eq!((filled.kept, filled.fetched), (kept, size - kept));
+    assert_eq!(src.served.load(Ordering::SeqCst), size - kept);
+    assert_eq!(std::fs::read(&filled.path).unwrap(), src.bytes);
+    assert!(!ranges.exists(), "the ranges go once the blob is whole");
+
+    // Whole now: nothing fetched, nothing recorded.
+    src.served.store(0, Ordering::SeqCst);
+    let again = cache.fill(&d, src.as_ref()).unwrap().unwrap();
+    assert_eq!((again.kept, again.fetched), (size, 0));
+    assert_eq!(src.served.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_blob_read_whole_is_kept_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(&tmp.path().join("blobs")).unwrap();
+    let (src, d) = blob(1 << 20);
+    let rec = cache.recording(&d, src.clone()).unwrap();
+    let starts: Vec<u64> = (0..src.size()).step_by(100_000).collect();
+    for &at in starts.iter().rev() {
+        rec.read_range(at, (src.size() - at).min(100_000)).unwrap();
+    }
+    let whole = tmp.path().join("blobs/sha256").join(d.hex());
+    assert_eq!(std::fs::read(&whole).unwrap(), src.bytes);
+    let items = cache.prunable().unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+}
+
+#[test]
+fn kept_bytes_that_do_not_hash_to_the_blob_are_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(&tmp.path().join("blobs")).unwrap();
+    let (src, d) = blob(1 << 20);
+    let rec = cache.recording(&d, src.clone()).unwrap();
+    rec.read_range(0, 4096).unwrap();
+    drop(rec);
+    // The part and its ranges are one item for prune.
+    assert_eq!(cache.prunable().unwrap().len(), 1);
+    let part = tmp
+        .path()
+        .join("blobs/sha256")
+        .join(format!("{}.part", d.hex()));
+    let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"not the blob", 100).unwrap();
+
+    let err = cache.fill(&d, src.as_ref()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains(d.as_str()), "{err}");
+    assert!(!part.exists());
+    assert!(!tmp.path().join("blobs/sha256").join(d.hex()).exists());
+    assert_eq!(cache.fill(&d, src.as_ref()).unwrap(), None);
+}
