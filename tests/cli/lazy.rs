@@ -449,6 +449,13 @@ fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
     assert_eq!(listing(&eager), want);
     fourth.run(&["umount", &s(&eager)]).expect(0);
 
+    // A directory that is not a cache is named, not made into one.
+    let nowhere = env.path("no-cache");
+    let run = env.run(&["image", "pull", &lazy_ref, "--lazy-cache", &s(&nowhere)]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("no-cache"), "{}", run.stderr);
+    assert!(!nowhere.exists());
+
     // Only registry images take blobs from a lazy-mount cache.
     let layout = format!("oci:{}:v1", s(&env.path("layout-kept")));
     let run = env.run(&["image", "import", &layout, "--lazy-cache", &s(&cache)]);

@@ -201,13 +201,7 @@ fn prune(args: &PruneArgs, out: &Output) -> anyhow::Result<ExitCode> {
         Some(s) => crate::refs::parse_size(s)?,
         None => 0,
     };
-    let chunks = args.cache.join("chunks");
-    if !chunks.is_dir() {
-        return Err(crate::refs::bad(format!(
-            "{}: not a lazy mount cache (it has no chunks directory)",
-            args.cache.display()
-        )));
-    }
+    let chunks = existing_cache(&args.cache)?.join("chunks");
     let pruned = ChunkCache::open(&chunks)
         .and_then(|c| c.prunable())
         .and_then(|mut items| {
@@ -235,6 +229,18 @@ fn prune(args: &PruneArgs, out: &Output) -> anyhow::Result<ExitCode> {
         ),
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cache`, once it is seen to be a lazy-mount cache (a typo is not made
+/// into a new one).
+fn existing_cache(cache: &Path) -> anyhow::Result<&Path> {
+    if !cache.join("chunks").is_dir() {
+        return Err(crate::refs::bad(format!(
+            "{}: not a lazy mount cache (it has no chunks directory)",
+            cache.display()
+        )));
+    }
+    Ok(cache)
 }
 
 /// The image `args.source` names, copied registry to registry.
@@ -662,7 +668,7 @@ pub async fn take_kept_blobs(
         .await?,
     );
     let image = registry.resolve(platform).await?;
-    let blobs = BlobCache::open(&cache.join("blobs"))
+    let blobs = BlobCache::open(&existing_cache(cache)?.join("blobs"))
         .with_context(|| format!("blob cache {}", cache.display()))?;
     let mut kept = KeptJson::default();
     for desc in image.layers {
