@@ -82,7 +82,18 @@ impl LazyMount {
     /// Starts `strata lazy mount` and returns once it says it is serving,
     /// with what it said.
     fn start(env: &Env, reference: &str, dir: &Path, cache: &Path) -> (LazyMount, Value) {
-        match LazyMount::try_start(env, reference, dir, cache) {
+        LazyMount::start_with(env, reference, dir, cache, &[])
+    }
+
+    /// [`LazyMount::start`] with `extra` options.
+    fn start_with(
+        env: &Env,
+        reference: &str,
+        dir: &Path,
+        cache: &Path,
+        extra: &[&str],
+    ) -> (LazyMount, Value) {
+        match LazyMount::try_start(env, reference, dir, cache, extra) {
             (Some(m), said) => (m, serde_json::from_str(&said).unwrap()),
             (None, err) => panic!("lazy mount {reference} failed: {err}"),
         }
@@ -95,6 +106,7 @@ impl LazyMount {
         reference: &str,
         dir: &Path,
         cache: &Path,
+        extra: &[&str],
     ) -> (Option<LazyMount>, String) {
         static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         fs::create_dir_all(dir).unwrap();
@@ -111,6 +123,7 @@ impl LazyMount {
                 &s(cache),
                 "--no-prefetch",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
@@ -358,8 +371,15 @@ fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
     );
     let through = |r: &str| r.replacen(&registry.addr, &proxy.addr, 1);
 
-    // A lazy mount reads the large file, then stops.
+    // Told not to, a mount keeps nothing.
     let (mnt, cache) = (env.path("mnt"), env.path("cache"));
+    let unkept = env.path("unkept");
+    let (lazy, _) = LazyMount::start_with(&env, &lazy_ref, &mnt, &unkept, &["--no-keep-blobs"]);
+    fs::read(mnt.join("usr/big.bin")).unwrap();
+    assert_eq!(lazy.stop().0, 0);
+    assert!(!unkept.join("blobs").exists());
+
+    // A lazy mount reads the large file, then stops.
     let (lazy, _) = LazyMount::start(&env, &lazy_ref, &mnt, &cache);
     assert_eq!(fs::read(mnt.join("usr/big.bin")).unwrap().len(), 6_000_000);
     let (code, read) = lazy.stop();
@@ -633,7 +653,8 @@ fn plain_layers_are_unpacked_under_and_over_lazy_ones() {
     fs::write(registry.blob_file(&digest), other).unwrap();
     let fresh = env.path("fresh-cache");
     fs::create_dir_all(env.path("mnt-corrupt")).unwrap();
-    let (mounted, said) = LazyMount::try_start(&env, &reference, &env.path("mnt-corrupt"), &fresh);
+    let (mounted, said) =
+        LazyMount::try_start(&env, &reference, &env.path("mnt-corrupt"), &fresh, &[]);
     assert!(mounted.is_none(), "mounted a layer of other bytes: {said}");
     let err = said;
     assert!(err.contains(&digest), "names the layer: {err}");

@@ -395,6 +395,7 @@ async fn import(
                 reference,
                 &opts.pull.platform,
                 &opts.registry,
+                opts.pull.parallel,
                 dir,
                 out,
             )

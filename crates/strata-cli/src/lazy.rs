@@ -95,6 +95,10 @@ pub struct MountArgs {
     /// Fetch only what is read, never the rest in the background.
     #[arg(long)]
     no_prefetch: bool,
+    /// Do not keep the compressed bytes fetched in CACHE/blobs (kept by
+    /// default, for `image pull --lazy-cache`).
+    #[arg(long)]
+    no_keep_blobs: bool,
     /// Threads answering file reads, shared by every layer: reads fetch and
     /// decode at most this many chunks at once (lookups and listings never
     /// wait for them; each layer's prefetch fetches one more).
@@ -354,10 +358,16 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     let (mnt, _lock) = mount_dir(&args.cache)?;
     let readers = strata_lazy::Readers::new(args.threads).context("start the reader threads")?;
     let link = Arc::new(Link::new(PREFETCH_QUIET));
-    // What the mount fetches of each blob is also kept, so pulling the
-    // image later (`image pull --lazy-cache`) fetches only the rest.
-    let blobs = BlobCache::open(&args.cache.join("blobs"))
-        .with_context(|| format!("blob cache {}", args.cache.display()))?;
+    // What the mount fetches of each blob is also kept (unless told not
+    // to), so pulling the image later (`image pull --lazy-cache`) fetches
+    // only the rest.
+    let blobs = match args.no_keep_blobs {
+        true => None,
+        false => Some(
+            BlobCache::open(&args.cache.join("blobs"))
+                .with_context(|| format!("blob cache {}", args.cache.display()))?,
+        ),
+    };
     let sources: Vec<Arc<dyn RangeSource>> = image
         .layers
         .iter()
@@ -367,11 +377,12 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
                 desc: desc.clone(),
                 rt: rt.handle().clone(),
             });
-            blobs
-                .recording(&desc.digest, src)
-                .with_context(|| format!("keep blob {} in {}", desc.digest, args.cache.display()))
+            match &blobs {
+                Some(blobs) => blobs.recording(&desc.digest, src),
+                None => src,
+            }
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect();
     // Every eStargz layer's footer and TOC at once: two round trips for
     // the image rather than two per layer.
     let mut opened = std::thread::scope(|s| {
@@ -647,78 +658,105 @@ pub struct KeptJson {
 }
 
 /// Puts the layer blobs of `reference` that lazy mounts with `cache` kept
-/// (whole, or in part: the rest fetched by range now) into the root's
-/// content store under `ctx`, checked against their digests, so that the
-/// pull after it fetches none of them again. A kept blob that turns out
-/// wrong is removed and said so; the pull then fetches it.
+/// (whole, or in part: the rest fetched by range now, `parallel` blobs at
+/// once) into the root's content store under `ctx`, checked against their
+/// digests, so that the pull after it fetches none of them again. A kept
+/// blob that turns out wrong is removed and said so, and so is a registry
+/// that cannot be read here: the pull then fetches as it would have.
 pub async fn take_kept_blobs(
     store: &strata_content::ContentStore,
     reference: &str,
     platform: &strata_oci::Platform,
     opts: &strata_oci::RegistryOptions,
+    parallel: usize,
     cache: &Path,
     out: &Output,
 ) -> anyhow::Result<KeptJson> {
-    let registry = Arc::new(
-        Registry::connect(
+    let blobs = BlobCache::open(&existing_cache(cache)?.join("blobs"))
+        .with_context(|| format!("blob cache {}", cache.display()))?;
+    let found = async {
+        let registry = Registry::connect(
             &registry_reference(reference),
             RegistryOperation::Pull,
             opts,
         )
-        .await?,
-    );
-    let image = registry.resolve(platform).await?;
-    let blobs = BlobCache::open(&existing_cache(cache)?.join("blobs"))
-        .with_context(|| format!("blob cache {}", cache.display()))?;
-    let mut kept = KeptJson::default();
+        .await?;
+        let image = registry.resolve(platform).await?;
+        anyhow::Ok((Arc::new(registry), image))
+    };
+    let (registry, image) = match found.await {
+        Ok(found) => found,
+        Err(e) => {
+            out.note(&format!("nothing taken from {}: {e:#}", cache.display()));
+            return Ok(KeptJson::default());
+        }
+    };
+    let room = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut taking = tokio::task::JoinSet::new();
     for desc in image.layers {
         if store.info(&desc.digest).is_ok() {
             continue;
         }
+        let turn = room.clone().acquire_owned().await?;
         let src = RegistryBlob {
             registry: registry.clone(),
-            desc: desc.clone(),
+            desc,
             rt: tokio::runtime::Handle::current(),
         };
         let (blobs, store) = (blobs.clone(), store.clone());
-        let taken = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let Some(filled) = blobs.fill(&src.desc.digest, &src)? else {
-                return Ok(None);
-            };
-            let file = std::fs::File::open(&filled.path)
-                .with_context(|| format!("open {}", filled.path.display()))?;
-            match store.ingest(
-                &format!("lazy-{}", src.desc.digest),
-                file,
-                Some(src.desc.size),
-                Some(&src.desc.digest),
-                &strata_core::Labels::new(),
-            ) {
-                Ok(_) => Ok(Some(filled)),
-                // A whole blob is checked here, as it is stored.
-                Err(
-                    e @ (ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. }),
-                ) => {
-                    blobs.remove(&src.desc.digest)?;
-                    Err(anyhow::Error::from(e).context("removed it"))
-                }
-                Err(e) => Err(e.into()),
-            }
-        })
-        .await?;
-        match taken {
-            Ok(Some(filled)) => {
+        taking.spawn_blocking(move || {
+            let _turn = turn;
+            let taken = take_kept_blob(&blobs, &store, &src);
+            (src.desc.digest, taken)
+        });
+    }
+    let mut kept = KeptJson::default();
+    while let Some(done) = taking.join_next().await {
+        match done? {
+            (_, Ok(Some(filled))) => {
                 kept.blobs += 1;
                 kept.kept_bytes += filled.kept;
                 kept.fetched_bytes += filled.fetched;
             }
-            Ok(None) => {}
-            Err(e) => out.note(&format!(
-                "blob {} is fetched whole: what {} kept of it was not usable: {e:#}",
-                desc.digest,
+            (_, Ok(None)) => {}
+            (digest, Err(e)) => out.note(&format!(
+                "blob {digest} is fetched whole: what {} kept of it was not usable: {e:#}",
                 cache.display()
             )),
         }
     }
     Ok(kept)
+}
+
+/// Blob `src` completed from `blobs` and stored in `store`; `None` when
+/// nothing of it was kept.
+fn take_kept_blob(
+    blobs: &BlobCache,
+    store: &strata_content::ContentStore,
+    src: &RegistryBlob,
+) -> anyhow::Result<Option<strata_lazy::Filled>> {
+    let d = &src.desc.digest;
+    let Some(filled) = blobs.fill(d, src)? else {
+        return Ok(None);
+    };
+    let file = std::fs::File::open(&filled.path)
+        .with_context(|| format!("open {}", filled.path.display()))?;
+    let labels = strata_core::Labels::new();
+    match store.ingest(
+        &format!("lazy-{d}"),
+        file,
+        Some(src.desc.size),
+        Some(d),
+        &labels,
+    ) {
+        Ok(_) => Ok(Some(filled)),
+        // A whole blob is checked here, as it is stored.
+        Err(e @ (ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. })) => {
+            if let Err(gone) = blobs.remove(d) {
+                tracing::warn!(blob = %d, error = %gone, "could not remove a wrong kept blob");
+            }
+            Err(anyhow::Error::from(e).context("removed it"))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

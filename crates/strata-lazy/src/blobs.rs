@@ -4,13 +4,19 @@
 //! Every range a mount reads from a blob's source is also written at its
 //! offset into `DIR/ALG/HEX.part` (a sparse file of the blob's size) and
 //! recorded in `DIR/ALG/HEX.ranges` (16-byte records: offset and end,
-//! little-endian, appended after the bytes are written). A blob whose
-//! ranges cover it is checked against its digest and renamed to
-//! `DIR/ALG/HEX`. Mounts never read these files: their reads come from
-//! the registry or the checked chunks, so a torn or stale partial file can
-//! cost a download, never a wrong byte. [`BlobCache::fill`] fetches what a
-//! partial blob lacks and checks the whole; a blob that does not hash to
-//! its digest is removed.
+//! little-endian, appended once the bytes are written, neither synced:
+//! after a power cut a record may name bytes that never reached the
+//! disk). A blob whose ranges cover it is checked against its digest (on
+//! a thread of its own) and renamed to `DIR/ALG/HEX`. Mounts never read
+//! these files: their reads come from the registry or the checked chunks.
+//! [`BlobCache::fill`] fetches what a partial blob lacks and checks the
+//! whole; a blob that does not hash to its digest is removed. A whole
+//! blob can still change on disk, or be written by a mount that opened it
+//! as a part before another process completed it, so whoever uses one
+//! checks it again (the content store does, as it stores it): a torn,
+//! stale or changed file costs a download, never a wrong byte. Keeping
+//! is best effort: a failure to keep stops keeping that blob and never
+//! fails a read.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -62,24 +68,28 @@ impl BlobCache {
     }
 
     /// `src` (blob `d`), every range read through it also kept here.
-    /// Nothing is kept when the whole blob already is.
-    pub fn recording(
-        &self,
-        d: &Digest,
-        src: Arc<dyn RangeSource>,
-    ) -> io::Result<Arc<dyn RangeSource>> {
+    /// Nothing is kept when the whole blob already is, nor when the part
+    /// file cannot be opened (that is logged).
+    pub fn recording(&self, d: &Digest, src: Arc<dyn RangeSource>) -> Arc<dyn RangeSource> {
         if self.whole(d).is_file() {
-            return Ok(src);
+            return src;
         }
-        let partial = Partial::open(self.whole(d), src.size(), d.clone())?;
-        Ok(Arc::new(Recording {
-            src,
-            partial: Mutex::new(Some(partial)),
-        }))
+        match Partial::open(self.whole(d), src.size(), d.clone()) {
+            Ok(partial) => Arc::new(Recording {
+                src,
+                partial: Mutex::new(Some(partial)),
+                checking: Mutex::new(None),
+            }),
+            Err(e) => {
+                tracing::warn!(blob = %d, error = %e, "cannot keep the blob's bytes");
+                src
+            }
+        }
     }
 
     /// Blob `d` whole and checked, what it lacked fetched from `src`;
-    /// `None` when no mount fetched any of it. A blob that does not hash
+    /// `None` when no mount fetched any of it (nor when a mount found all
+    /// it read in the chunk cache). A blob that does not hash
     /// to `d` is removed and the error says so.
     pub fn fill(&self, d: &Digest, src: &dyn RangeSource) -> io::Result<Option<Filled>> {
         let whole = self.whole(d);
@@ -90,18 +100,30 @@ impl BlobCache {
                 fetched: 0,
             }));
         }
-        if !Partial::path(&whole, "ranges").is_file() {
+        let ranges = Partial::path(&whole, "ranges");
+        if !Partial::path(&whole, "part").is_file() {
+            // Ranges of nothing (the part was pruned): nothing is kept.
+            unless_gone(std::fs::remove_file(&ranges))?;
+            return Ok(None);
+        }
+        if !ranges.is_file() {
             return Ok(None);
         }
         let mut partial = Partial::open(whole.clone(), src.size(), d.clone())?;
         let kept = partial.ranges.covered();
+        if kept == 0 {
+            // Opened by mounts that fetched none of it (what they read was
+            // in the chunk cache): fetching it whole by range is no gain.
+            return Ok(None);
+        }
         let mut fetched = 0;
         for (start, end) in partial.ranges.missing(partial.size) {
             let mut at = start;
             while at < end {
                 let len = (end - at).min(FILL_PIECE);
                 let bytes = src.read_range(at, len)?;
-                partial.write(at, &bytes)?;
+                partial.data.write_all_at(&bytes, at)?;
+                partial.record(at, at + len)?;
                 fetched += len;
                 at += len;
             }
@@ -172,7 +194,8 @@ struct Partial {
     whole: PathBuf,
     size: u64,
     digest: Digest,
-    data: File,
+    /// Written outside the lock that guards the rest.
+    data: Arc<File>,
     log: File,
     ranges: Ranges,
 }
@@ -209,9 +232,14 @@ impl Partial {
             .open(&log)?;
         let mut recorded = Vec::new();
         log.read_to_end(&mut recorded)?;
+        // A torn last record (a crash or a full disk while appending) is
+        // cut off, so the records appended after it stay aligned; a
+        // record that does not fit the blob is ignored.
+        let whole_records = recorded.len() - recorded.len() % RECORD;
+        if whole_records != recorded.len() {
+            log.set_len(whole_records as u64)?;
+        }
         let mut ranges = Ranges::default();
-        // A torn last record (a crash while appending) is ignored, and so
-        // is a record that does not fit the blob.
         for r in recorded.chunks_exact(RECORD) {
             let (start, end) = r.split_at(RECORD / 2);
             let start = u64::from_le_bytes(start.try_into().unwrap_or_default());
@@ -224,19 +252,17 @@ impl Partial {
             whole,
             size,
             digest,
-            data,
+            data: Arc::new(data),
             log,
             ranges,
         })
     }
 
-    /// Keeps `bytes`, read at `offset`.
-    fn write(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        let end = offset + bytes.len() as u64;
-        if bytes.is_empty() || end > self.size {
+    /// Records that `offset..end` of the part file holds the blob's bytes.
+    fn record(&mut self, offset: u64, end: u64) -> io::Result<()> {
+        if offset >= end || end > self.size {
             return Ok(());
         }
-        self.data.write_all_at(bytes, offset)?;
         let mut record = [0u8; RECORD];
         record[..RECORD / 2].copy_from_slice(&offset.to_le_bytes());
         record[RECORD / 2..].copy_from_slice(&end.to_le_bytes());
@@ -250,8 +276,10 @@ impl Partial {
     }
 
     /// Checks the whole blob and renames it into place, or removes it when
-    /// it does not hash to its digest.
+    /// it does not hash to its digest. A part file that is no longer the
+    /// one this value wrote (pruned, then started anew) is left alone.
     fn finish(self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
         let mut hash = Digester::new(self.digest.algorithm());
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0;
@@ -264,6 +292,14 @@ impl Partial {
         let got = hash.finish();
         let part = Partial::path(&self.whole, "part");
         let log = Partial::path(&self.whole, "ranges");
+        let same = |meta: std::fs::Metadata| {
+            self.data
+                .metadata()
+                .is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+        };
+        if !unless_gone(std::fs::metadata(&part))?.is_some_and(same) {
+            return Ok(());
+        }
         if got != self.digest {
             unless_gone(std::fs::remove_file(&log))?;
             unless_gone(std::fs::remove_file(&part))?;
@@ -289,6 +325,54 @@ impl Partial {
 struct Recording {
     src: Arc<dyn RangeSource>,
     partial: Mutex<Option<Partial>>,
+    /// The thread checking the blob once it is whole.
+    checking: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Recording {
+    /// Keeps `bytes`, read at `offset`. Keeping is best effort: a failure
+    /// stops keeping this blob (a full disk, a removed directory), never
+    /// the read.
+    fn keep(&self, offset: u64, bytes: &[u8]) {
+        let lock = || self.partial.lock().unwrap_or_else(PoisonError::into_inner);
+        // The bytes are written without the lock, so reads of other
+        // ranges do not queue behind the disk.
+        let Some(data) = lock().as_ref().map(|p| p.data.clone()) else {
+            return;
+        };
+        let written = data.write_all_at(bytes, offset);
+        let mut guard = lock();
+        let Some(partial) = guard.as_mut() else {
+            return;
+        };
+        let recorded = written.and_then(|()| partial.record(offset, offset + bytes.len() as u64));
+        let whole = match recorded {
+            Ok(()) => partial.complete(),
+            Err(e) => {
+                tracing::warn!(blob = %partial.digest, error = %e, "stopped keeping the blob's bytes");
+                *guard = None;
+                return;
+            }
+        };
+        if !whole {
+            return;
+        }
+        let Some(partial) = guard.take() else { return };
+        drop(guard);
+        // Hashed off the read path: this read returns at once.
+        let digest = partial.digest.clone();
+        let check = std::thread::Builder::new()
+            .name("strata-blob-check".into())
+            .spawn(move || {
+                if let Err(e) = partial.finish() {
+                    tracing::warn!(blob = %digest, error = %e, "a kept blob was not whole");
+                }
+            });
+        match check {
+            Ok(t) => *self.checking.lock().unwrap_or_else(PoisonError::into_inner) = Some(t),
+            Err(e) => tracing::warn!(error = %e, "no thread to check a kept blob"),
+        }
+    }
 }
 
 impl RangeSource for Recording {
@@ -298,30 +382,22 @@ impl RangeSource for Recording {
 
     fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
         let bytes = self.src.read_range(offset, len)?;
-        let mut guard = self.partial.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(partial) = guard.as_mut() else {
-            return Ok(bytes);
-        };
-        // Keeping is a convenience: a failure to keep (a full disk, a
-        // prune) stops keeping this blob, not the read.
-        let whole = match partial.write(offset, &bytes) {
-            Ok(()) => partial.complete(),
-            Err(e) => {
-                tracing::warn!(blob = %partial.digest, error = %e, "stopped keeping the blob's bytes");
-                *guard = None;
-                false
-            }
-        };
-        // Checked once whole, without holding up other reads' keeping.
-        let whole = if whole { guard.take() } else { None };
-        drop(guard);
-        if let Some(partial) = whole {
-            let digest = partial.digest.clone();
-            if let Err(e) = partial.finish() {
-                tracing::warn!(blob = %digest, error = %e, "a kept blob was not whole");
-            }
-        }
+        self.keep(offset, &bytes);
         Ok(bytes)
+    }
+}
+
+impl Drop for Recording {
+    /// Waits for the blob's check, so it is in place once the layer is
+    /// gone.
+    fn drop(&mut self) {
+        let check = self
+            .checking
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = check.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -48,20 +48,24 @@ fn what_a_mount_read_is_not_fetched_again() {
         "nothing read yet"
     );
 
-    let rec = cache.recording(&d, src.clone()).unwrap();
+    let rec = cache.recording(&d, src.clone());
     rec.read_range(1000, 5000).unwrap();
     rec.read_range(4000, 10_000).unwrap();
-    rec.read_range(size - 200_000, 100).unwrap();
     drop(rec);
-    let kept = 13_000 + 100;
-    // A record torn by a crash is ignored.
+    // A record torn by a crash is cut off, and what is recorded after it
+    // counts.
     let ranges = tmp
         .path()
         .join("blobs/sha256")
         .join(format!("{}.ranges", d.hex()));
     let mut torn = std::fs::read(&ranges).unwrap();
-    torn.extend_from_slice(&[0xff; 7]);
+    torn.extend_from_slice(&[0; 7]);
     std::fs::write(&ranges, torn).unwrap();
+    cache
+        .recording(&d, src.clone())
+        .read_range(size - 200_000, 100)
+        .unwrap();
+    let kept = 13_000 + 100;
 
     src.served.store(0, Ordering::SeqCst);
     let filled = cache.fill(&d, src.as_ref()).unwrap().unwrap();
@@ -82,11 +86,13 @@ fn a_blob_read_whole_is_kept_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = BlobCache::open(&tmp.path().join("blobs")).unwrap();
     let (src, d) = blob(1 << 20);
-    let rec = cache.recording(&d, src.clone()).unwrap();
+    let rec = cache.recording(&d, src.clone());
     let starts: Vec<u64> = (0..src.size()).step_by(100_000).collect();
     for &at in starts.iter().rev() {
         rec.read_range(at, (src.size() - at).min(100_000)).unwrap();
     }
+    // Checked on a thread of its own, which the source waits for.
+    drop(rec);
     let whole = tmp.path().join("blobs/sha256").join(d.hex());
     assert_eq!(std::fs::read(&whole).unwrap(), src.bytes);
     let items = cache.prunable().unwrap();
@@ -98,7 +104,7 @@ fn kept_bytes_that_do_not_hash_to_the_blob_are_removed() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = BlobCache::open(&tmp.path().join("blobs")).unwrap();
     let (src, d) = blob(1 << 20);
-    let rec = cache.recording(&d, src.clone()).unwrap();
+    let rec = cache.recording(&d, src.clone());
     rec.read_range(0, 4096).unwrap();
     drop(rec);
     // The part and its ranges are one item for prune.
@@ -114,6 +120,46 @@ fn kept_bytes_that_do_not_hash_to_the_blob_are_removed() {
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     assert!(err.to_string().contains(d.as_str()), "{err}");
     assert!(!part.exists());
-    assert!(!tmp.path().join("blobs/sha256").join(d.hex()).exists());
     assert_eq!(cache.fill(&d, src.as_ref()).unwrap(), None);
+}
+
+/// A source that serves one byte wrong at offset 10.
+struct Wrong(Arc<Counted>);
+
+impl RangeSource for Wrong {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let mut bytes = self.0.read_range(offset, len)?;
+        if let Some(b) = 10u64
+            .checked_sub(offset)
+            .and_then(|i| bytes.get_mut(i as usize))
+        {
+            *b ^= 0xff;
+        }
+        Ok(bytes)
+    }
+}
+
+#[test]
+fn a_blob_read_wrong_is_not_kept_and_a_failure_to_keep_fails_no_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(&tmp.path().join("blobs")).unwrap();
+    let (src, d) = blob(1 << 20);
+    let rec = cache.recording(&d, Arc::new(Wrong(src.clone())));
+    rec.read_range(0, src.size()).unwrap();
+    drop(rec);
+    let dir = tmp.path().join("blobs/sha256");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "kept: {left:?}");
+
+    // The part file cannot be made (a directory is in its place): the
+    // reads are served all the same, and nothing is kept.
+    std::fs::create_dir_all(dir.join(format!("{}.part", d.hex()))).unwrap();
+    let rec = cache.recording(&d, src.clone());
+    assert_eq!(rec.read_range(0, src.size()).unwrap(), src.bytes);
+    drop(rec);
+    assert!(!dir.join(d.hex()).exists());
 }
