@@ -228,7 +228,7 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
     let plain_ref = format!("{}/plain:v1", registry.addr);
     env.run(&["image", "push", "lazy", &plain_ref]).expect(0);
 
-    let (mnt, cache) = (env.path("mnt"), env.path("cache"));
+    let (mnt, cache) = (env.path("mnt"), env.path("the cache"));
     let (lazy, mounted) = LazyMount::start(&env, &lazy_ref, &mnt, &cache);
     assert_eq!(mounted["layers"].as_array().unwrap().len(), 2, "{mounted}");
     // Before any file is read, only the footers and TOCs came over.

@@ -223,21 +223,15 @@ fn tree_size(dir: &Path) -> io::Result<u64> {
 
 /// Whether an overlay mount of this mount namespace has `dir` as a lower
 /// layer: one whose process has gone (killed, or detached from a shell
-/// still inside it) holds no lock, yet reads the layer.
+/// still inside it) holds no lock, yet reads the layer. The mount table
+/// is read as strata-sys reads it (fields unescaped, short-named lowers
+/// of old kernels resolved through their links).
 fn stacked_on(dir: &Path) -> io::Result<bool> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let path = dir.to_string_lossy();
+    let mounts = strata_sys::mount::info::mounts().map_err(io::Error::other)?;
     Ok(mounts
-        .lines()
-        .filter(|l| l.contains(" - overlay "))
-        .any(|l| {
-            l.match_indices(path.as_ref()).any(|(at, _)| {
-                let before = l[..at].chars().next_back();
-                let after = l[at + path.len()..].chars().next();
-                matches!(before, Some('=' | ':' | ','))
-                    && matches!(after, None | Some(':' | ',' | ' '))
-            })
-        }))
+        .iter()
+        .filter(|m| m.fs_type == "overlay")
+        .any(|m| m.directories().iter().any(|d| d == dir)))
 }
 
 /// Removes the unpacked layer `dir` unless a mount uses it (holds its
