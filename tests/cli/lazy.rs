@@ -483,6 +483,67 @@ fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
     assert!(run.stderr.contains("--lazy-cache"), "{}", run.stderr);
 }
 
+/// What a lazy-mount cache holds: its chunks, kept blobs and unpacked
+/// layers (a sparse file counted by the blocks it has).
+fn cache_bytes(cache: &Path) -> u64 {
+    fn walk(dir: &Path) -> u64 {
+        let Ok(items) = fs::read_dir(dir) else {
+            return 0;
+        };
+        items
+            .map(|i| {
+                let i = i.unwrap();
+                let meta = fs::symlink_metadata(i.path()).unwrap();
+                if meta.is_dir() {
+                    walk(&i.path())
+                } else {
+                    use std::os::unix::fs::MetadataExt;
+                    meta.len().min(meta.blocks() * 512)
+                }
+            })
+            .sum()
+    }
+    ["chunks", "blobs", "layers"]
+        .iter()
+        .map(|d| walk(&cache.join(d)))
+        .sum()
+}
+
+#[test]
+fn a_mount_prunes_its_cache_to_a_size_while_it_serves() {
+    let env = Env::strata();
+    let registry = Registry::start(None);
+    let (want, lazy_ref) = publish(&env, &registry, "bounded", &layers(&env));
+    let (mnt, cache) = (env.path("mnt"), env.path("cache"));
+    let (lazy, _) =
+        LazyMount::start_with(&env, &lazy_ref, &mnt, &cache, &["--keep-storage", "1MiB"]);
+    let big = fs::read(mnt.join("usr/big.bin")).unwrap();
+    assert_eq!(big, fs::read(env.path("base/usr/big.bin")).unwrap());
+    // The 6 MB of chunks read are cut down within seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cache_bytes(&cache) > 1 << 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let held = cache_bytes(&cache);
+    assert!(held <= 1 << 20, "the cache holds {held} bytes");
+    // What was pruned is fetched again when read: the tree reads right.
+    assert_eq!(listing(&mnt), want);
+    let (code, stopped) = lazy.stop();
+    assert_eq!(code, 0, "{stopped}");
+    let run = env.run(&[
+        "lazy",
+        "mount",
+        &lazy_ref,
+        &s(&mnt),
+        "--cache",
+        &s(&cache),
+        "--keep-storage",
+        "lots",
+    ]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("lots"), "{}", run.stderr);
+}
+
 #[test]
 fn a_lone_layer_and_an_opaque_root_read_as_an_eager_import() {
     let env = Env::strata();

@@ -261,7 +261,9 @@ A read the registry cannot serve fails with EIO (the error is logged) and works 
 registry is back. A plain gzip or zstd layer cannot be read lazily: it is fetched whole, checked \
 against its digest and diffID, and unpacked once into CACHE/layers (a note on stderr says so); later \
 mounts of the same layers use it. CACHE keeps the checked chunks for the next mount (each is checked \
-again the first time a process uses it) and the layers' own FUSE mounts (CACHE/mnt/N). Needs root \
+again the first time a process uses it), the compressed bytes fetched (CACHE/blobs, for image pull \
+--lazy-cache; not with --no-keep-blobs) and the layers' own FUSE mounts (CACHE/mnt/N). With \
+--keep-storage SIZE the mount prunes CACHE to SIZE as it goes, as `strata lazy prune` does. Needs root \
 (FUSE and overlay mounts). No state root is involved. From another shell, the image is usable at \
 once: chroot /mnt/app python3 --version.\n\n\
 With --json it prints {image, dir, layers: [{digest, lazy, toc_digest, inodes, dir}], requests, \
@@ -270,6 +272,7 @@ FUSE mount or where it was unpacked), and {requests, bytes_fetched, chunks_fetch
         examples: &[
             "strata lazy mount registry.example/app:estargz /mnt/app --cache /var/cache/strata-lazy",
             "strata lazy mount localhost:5000/app:estargz /mnt/app --cache /tmp/lazy --no-prefetch  # fetch only what is read",
+            "strata lazy mount registry.example/app:estargz /mnt/app --cache /var/cache/strata-lazy --keep-storage 20GiB",
         ],
         json: None,
     },

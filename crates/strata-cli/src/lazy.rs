@@ -99,6 +99,12 @@ pub struct MountArgs {
     /// default, for `image pull --lazy-cache`).
     #[arg(long)]
     no_keep_blobs: bool,
+    /// Prune the cache to this size (e.g. 10GB, 512MiB) while serving, as
+    /// `strata lazy prune` does: at the start, then whenever the mount has
+    /// added an eighth of it (at least 1 MiB) since the last time
+    /// [default: never].
+    #[arg(long, value_name = "SIZE")]
+    keep_storage: Option<String>,
     /// Threads answering file reads, shared by every layer: reads fetch and
     /// decode at most this many chunks at once (lookups and listings never
     /// wait for them; each layer's prefetch fetches one more).
@@ -205,14 +211,7 @@ fn prune(args: &PruneArgs, out: &Output) -> anyhow::Result<ExitCode> {
         Some(s) => crate::refs::parse_size(s)?,
         None => 0,
     };
-    let chunks = existing_cache(&args.cache)?.join("chunks");
-    let pruned = ChunkCache::open(&chunks)
-        .and_then(|c| c.prunable())
-        .and_then(|mut items| {
-            items.extend(Unpacked::prunable(&args.cache.join("layers"))?);
-            items.extend(BlobCache::open(&args.cache.join("blobs"))?.prunable()?);
-            strata_lazy::prune(items, keep)
-        })
+    let pruned = prune_cache(existing_cache(&args.cache)?, keep)
         .with_context(|| format!("prune {}", args.cache.display()))?;
     out.line(
         &PrunedJson {
@@ -233,6 +232,71 @@ fn prune(args: &PruneArgs, out: &Output) -> anyhow::Result<ExitCode> {
         ),
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prunes lazy-mount cache `cache` down to `keep` bytes: its chunks and
+/// TOCs, its unpacked layers and its kept blobs.
+fn prune_cache(cache: &Path, keep: u64) -> std::io::Result<strata_lazy::Pruned> {
+    let mut items = ChunkCache::open(&cache.join("chunks"))?.prunable()?;
+    items.extend(Unpacked::prunable(&cache.join("layers"))?);
+    items.extend(BlobCache::open(&cache.join("blobs"))?.prunable()?);
+    strata_lazy::prune(items, keep)
+}
+
+/// Prunes a mount's cache while it serves: once when it starts, then,
+/// checking every second how much the mount's layers have added to the
+/// cache (bytes fetched, kept as blobs, and chunks decoded), whenever that
+/// has grown by an eighth of `keep` (at least 1 MiB) since the last prune.
+/// Stops when dropped.
+struct Pruner {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pruner {
+    fn start(cache: PathBuf, keep: u64, layers: Vec<Arc<Layer>>) -> std::io::Result<Pruner> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let step = (keep / 8).max(1 << 20);
+        let fetched = move || {
+            layers
+                .iter()
+                .map(|l| {
+                    let s = l.stats();
+                    s.bytes.load(Ordering::Relaxed) + s.decoded.load(Ordering::Relaxed)
+                })
+                .sum::<u64>()
+        };
+        let thread = std::thread::Builder::new()
+            .name("strata-lazy-prune".into())
+            .spawn(move || {
+                let mut last: Option<u64> = None;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(std::time::Duration::from_secs(1))
+                {
+                    let now = fetched();
+                    if last.is_some_and(|last| now.saturating_sub(last) < step) {
+                        continue;
+                    }
+                    last = Some(now);
+                    if let Err(e) = prune_cache(&cache, keep) {
+                        tracing::warn!(cache = %cache.display(), error = %e, "could not prune the cache");
+                    }
+                }
+            })?;
+        Ok(Pruner {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Pruner {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// `cache`, once it is seen to be a lazy-mount cache (a typo is not made
@@ -338,6 +402,11 @@ fn visible(lowers: &[Lower]) -> Vec<PathBuf> {
 
 fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow::Result<ExitCode> {
     let platform = platform(args.platform.as_deref())?;
+    let keep = args
+        .keep_storage
+        .as_deref()
+        .map(crate::refs::parse_size)
+        .transpose()?;
     let opts = args.registry.options();
     let registry = Arc::new(rt.block_on(Registry::connect(
         &registry_reference(&args.reference),
@@ -491,6 +560,10 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
             Lower::Unpacked(_) => None,
         })
         .collect();
+    let pruner = keep
+        .map(|keep| Pruner::start(args.cache.clone(), keep, layers.clone()))
+        .transpose()
+        .context("start the cache's pruner")?;
     let prefetch = if args.no_prefetch {
         Vec::new()
     } else {
@@ -531,6 +604,7 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     )?;
     rt.block_on(stopped())?;
     drop(prefetch);
+    drop(pruner);
     // Detached, so a process still inside DIR cannot keep this one
     // waiting; the layers' sessions get a few seconds to end, then the
     // process exits, which ends them (readers then get ENOTCONN).

@@ -36,6 +36,8 @@ pub struct Stats {
     pub bytes: AtomicU64,
     /// Chunks fetched and checked.
     pub chunks: AtomicU64,
+    /// Their bytes, decompressed (what they add to the chunk cache).
+    pub decoded: AtomicU64,
 }
 
 /// A layer read lazily.
@@ -283,6 +285,7 @@ impl Layer {
             )));
         }
         self.stats.chunks.fetch_add(1, Ordering::Relaxed);
+        self.stats.decoded.fetch_add(c.len, Ordering::Relaxed);
         Ok(data)
     }
 
