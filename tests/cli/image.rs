@@ -1158,6 +1158,28 @@ fn an_image_is_copied_registry_to_registry_without_a_root() {
     let sent = copy(&src, &dst).expect(0).json();
     assert_eq!(counts(&sent), (blobs, 0, 0), "{sent}");
     assert_eq!(sent["manifest"], pushed["manifest"], "{sent}");
+    // Each copy read the config once, to resolve the image, and sent those
+    // bytes on rather than reading it again.
+    let config = a
+        .run(&["--json", "image", "inspect", "app"])
+        .expect(0)
+        .json()["config"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let config_reads = || {
+        one.log()
+            .lines()
+            .filter(|l| {
+                l.contains("response completed")
+                    && l.contains("http.request.method=GET")
+                    && l.contains(&format!("/blobs/{config}"))
+            })
+            .count()
+    };
+    assert!(one.log_shows(&format!("/blobs/{config}")));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(config_reads(), 2, "{}", one.log());
     let again = copy(&src, &dst).expect(0).json();
     assert_eq!(counts(&again), (0, 0, blobs), "{again}");
     // What arrived pulls as the original.

@@ -444,11 +444,12 @@ impl Registry {
     /// without storing anything (for lazy use: its layers stay in the
     /// registry, read by [`Registry::read_range`]).
     pub async fn resolve(&self, platform: &Platform) -> Result<Image> {
-        self.resolve_read(platform).await.map(|(image, _)| image)
+        self.resolve_read(platform).await.map(|read| read.image)
     }
 
-    /// [`Registry::resolve`], with the bytes of the image's manifest.
-    async fn resolve_read(&self, platform: &Platform) -> Result<(Image, Vec<u8>)> {
+    /// [`Registry::resolve`], with the bytes of the image's manifest and
+    /// config.
+    async fn resolve_read(&self, platform: &Platform) -> Result<Resolved> {
         let mut reference = self.reference.clone();
         let mut expected: Option<Descriptor> = None;
         for _ in 0..=MAX_INDEX_DEPTH {
@@ -482,7 +483,11 @@ impl Registry {
                 &config,
                 platform,
             )?;
-            return Ok((image, bytes));
+            return Ok(Resolved {
+                image,
+                manifest: bytes,
+                config: config_bytes,
+            });
         }
         Err(OciError::invalid(
             self.name(),
@@ -699,7 +704,12 @@ impl Registry {
         src: &Registry,
         platform: &Platform,
     ) -> Result<(Image, PushReport)> {
-        let (image, manifest) = src.resolve_read(platform).await?;
+        let Resolved {
+            image,
+            manifest,
+            config,
+        } = src.resolve_read(platform).await?;
+        let config = bytes::Bytes::from(config);
         let mut report = PushReport::default();
         let same_registry = src.reference.resolve_registry() == self.reference.resolve_registry();
         let siblings: Vec<String> = if same_registry {
@@ -710,6 +720,12 @@ impl Registry {
         for desc in blobs_of(&image) {
             ctx.check()?;
             let open = || async {
+                // The config was read (and checked) to resolve the image.
+                if desc.digest == image.config.digest {
+                    let whole: BlobStream =
+                        futures_util::stream::once(std::future::ready(Ok(config.clone()))).boxed();
+                    return Ok(whole);
+                }
                 let what = format!("blob {}", desc.digest);
                 let got = src
                     .retry(&what, || {
@@ -901,6 +917,13 @@ async fn copy_stream(
 }
 
 /// A blob's bytes on their way to a registry.
+/// An image resolved in a registry, with the bytes read to resolve it.
+struct Resolved {
+    image: Image,
+    manifest: Vec<u8>,
+    config: Vec<u8>,
+}
+
 type BlobStream = futures_util::stream::BoxStream<
     'static,
     std::result::Result<bytes::Bytes, OciDistributionError>,
