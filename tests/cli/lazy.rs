@@ -318,6 +318,15 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
     plain.kill();
     let orphaned = prune();
     assert_eq!(orphaned["in_use"], 2, "{orphaned}");
+    // Named relatively, the cache is found in the mount table all the same.
+    let relative = env
+        .cmd(&["--json", "lazy", "prune", "--cache", "the cache"])
+        .current_dir(cache.parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(relative.status.success(), "{relative:?}");
+    let relative: Value = serde_json::from_slice(&relative.stdout).unwrap();
+    assert_eq!(relative["in_use"], 2, "{relative}");
     assert_eq!(listing(&mnt), want);
     let unmounted = Command::new("umount").arg(&mnt).status().unwrap();
     assert!(unmounted.success());

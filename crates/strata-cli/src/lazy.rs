@@ -211,7 +211,7 @@ fn prune(args: &PruneArgs, out: &Output) -> anyhow::Result<ExitCode> {
         Some(s) => crate::refs::parse_size(s)?,
         None => 0,
     };
-    let pruned = prune_cache(existing_cache(&args.cache)?, keep)
+    let pruned = prune_cache(&existing_cache(&args.cache)?, keep)
         .with_context(|| format!("prune {}", args.cache.display()))?;
     out.line(
         &PrunedJson {
@@ -301,14 +301,20 @@ impl Drop for Pruner {
 
 /// `cache`, once it is seen to be a lazy-mount cache (a typo is not made
 /// into a new one).
-fn existing_cache(cache: &Path) -> anyhow::Result<&Path> {
+fn existing_cache(cache: &Path) -> anyhow::Result<PathBuf> {
     if !cache.join("chunks").is_dir() {
         return Err(crate::refs::bad(format!(
             "{}: not a lazy mount cache (it has no chunks directory)",
             cache.display()
         )));
     }
-    Ok(cache)
+    canonical(cache)
+}
+
+/// `dir` as the mount table names it (absolute, symbolic links resolved),
+/// so the overlays stacked on its layers are found there.
+fn canonical(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::canonicalize(dir).with_context(|| format!("resolve {}", dir.display()))
 }
 
 /// The image `args.source` names, copied registry to registry.
@@ -420,11 +426,14 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
         .enumerate()
         .map(|(i, d)| toc_digest(i, d))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&args.cache)
+        .with_context(|| format!("create {}", args.cache.display()))?;
+    let cache_dir = canonical(&args.cache)?;
     let cache = Arc::new(
-        ChunkCache::open(&args.cache.join("chunks"))
+        ChunkCache::open(&cache_dir.join("chunks"))
             .with_context(|| format!("chunk cache {}", args.cache.display()))?,
     );
-    let (mnt, _lock) = mount_dir(&args.cache)?;
+    let (mnt, _lock) = mount_dir(&cache_dir)?;
     let readers = strata_lazy::Readers::new(args.threads).context("start the reader threads")?;
     let link = Arc::new(Link::new(PREFETCH_QUIET));
     // What the mount fetches of each blob is also kept (unless told not
@@ -433,7 +442,7 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     let blobs = match args.no_keep_blobs {
         true => None,
         false => Some(
-            BlobCache::open(&args.cache.join("blobs"))
+            BlobCache::open(&cache_dir.join("blobs"))
                 .with_context(|| format!("blob cache {}", args.cache.display()))?,
         ),
     };
@@ -490,7 +499,10 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     // depend on the layers below it.
     let mut lowers: Vec<Lower> = Vec::new();
     let mut json = Vec::new();
-    for (i, (desc, src)) in image.layers.iter().zip(sources).enumerate() {
+    // The sources live as long as the mount: a blob kept whole is checked
+    // on a thread its source waits for when dropped, which must not hold
+    // up the mount.
+    for (i, (desc, src)) in image.layers.iter().zip(&sources).enumerate() {
         let below = |path: &[&str]| lowers.iter().any(|l| l.has(path));
         let lower = match opened[i].take() {
             Some(mut layer) => {
@@ -505,8 +517,7 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
                 Lower::Lazy(layer, m)
             }
             None => {
-                let dir = args
-                    .cache
+                let dir = cache_dir
                     .join("layers")
                     .join(stack_key(&image.layers[..=i]).hex());
                 let opts = UnpackOptions {
@@ -561,7 +572,7 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
         })
         .collect();
     let pruner = keep
-        .map(|keep| Pruner::start(args.cache.clone(), keep, layers.clone()))
+        .map(|keep| Pruner::start(cache_dir.clone(), keep, layers.clone()))
         .transpose()
         .context("start the cache's pruner")?;
     let prefetch = if args.no_prefetch {
@@ -767,8 +778,10 @@ pub async fn take_kept_blobs(
     };
     let room = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut taking = tokio::task::JoinSet::new();
+    let mut seen = std::collections::HashSet::new();
     for desc in image.layers {
-        if store.info(&desc.digest).is_ok() {
+        // A blob two layers share is taken once.
+        if !seen.insert(desc.digest.clone()) || store.info(&desc.digest).is_ok() {
             continue;
         }
         let turn = room.clone().acquire_owned().await?;
@@ -786,7 +799,11 @@ pub async fn take_kept_blobs(
     }
     let mut kept = KeptJson::default();
     while let Some(done) = taking.join_next().await {
-        match done? {
+        let Ok(done) = done else {
+            out.note("a kept blob could not be taken: the task failed; the pull fetches it");
+            continue;
+        };
+        match done {
             (_, Ok(Some(filled))) => {
                 kept.blobs += 1;
                 kept.kept_bytes += filled.kept;

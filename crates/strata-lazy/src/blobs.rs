@@ -3,10 +3,10 @@
 //!
 //! Every range a mount reads from a blob's source is also written at its
 //! offset into `DIR/ALG/HEX.part` (a sparse file of the blob's size) and
-//! recorded in `DIR/ALG/HEX.ranges` (16-byte records: offset and end,
-//! little-endian, appended once the bytes are written, neither synced:
-//! after a power cut a record may name bytes that never reached the
-//! disk). A blob whose ranges cover it is checked against its digest (on
+//! recorded in `DIR/ALG/HEX.ranges` (24-byte records: offset, end and a
+//! check word, little-endian, appended once the bytes are written,
+//! neither synced: after a power cut a record may name bytes that never
+//! reached the disk, and a torn record is skipped by its check word). A blob whose ranges cover it is checked against its digest (on
 //! a thread of its own) and renamed to `DIR/ALG/HEX`. Mounts never read
 //! these files: their reads come from the registry or the checked chunks.
 //! [`BlobCache::fill`] fetches what a partial blob lacks and checks the
@@ -30,8 +30,42 @@ use strata_core::{Digest, Digester};
 use crate::RangeSource;
 use crate::prune::{Prunable, unless_gone};
 
-/// One range record: offset and end.
-const RECORD: usize = 16;
+/// One range record: offset, end and a check word, little-endian.
+const RECORD: usize = 24;
+
+/// Mixed into a record's check word.
+const RECORD_MAGIC: u64 = 0x5354_5241_5441_4b42;
+
+/// The check word of a record of `offset..end`.
+fn check_word(offset: u64, end: u64) -> u64 {
+    offset ^ end.rotate_left(32) ^ RECORD_MAGIC
+}
+
+/// The ranges a ranges file records. A record is taken only when its
+/// check word matches; where one does not (torn by a crash or a full disk,
+/// with records of other processes appended after it), the reading
+/// slides on a byte at a time until records match again, so nothing
+/// recorded after a tear is lost and no torn bytes are read as a range.
+fn read_records(bytes: &[u8], size: u64) -> Ranges {
+    let word = |b: &[u8], i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
+    };
+    let mut ranges = Ranges::default();
+    let mut at = 0;
+    while at + RECORD <= bytes.len() {
+        let r = &bytes[at..at + RECORD];
+        let (start, end) = (word(r, 0), word(r, 1));
+        if word(r, 2) == check_word(start, end) && start < end && end <= size {
+            ranges.insert(start, end);
+            at += RECORD;
+        } else {
+            at += 1;
+        }
+    }
+    ranges
+}
 
 /// The largest range [`BlobCache::fill`] fetches in one request.
 const FILL_PIECE: u64 = 8 << 20;
@@ -122,6 +156,15 @@ impl BlobCache {
             while at < end {
                 let len = (end - at).min(FILL_PIECE);
                 let bytes = src.read_range(at, len)?;
+                if bytes.len() as u64 != len {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "blob {d}: {} bytes at {at} where {len} were asked for",
+                            bytes.len()
+                        ),
+                    ));
+                }
                 partial.data.write_all_at(&bytes, at)?;
                 partial.record(at, at + len)?;
                 fetched += len;
@@ -232,22 +275,7 @@ impl Partial {
             .open(&log)?;
         let mut recorded = Vec::new();
         log.read_to_end(&mut recorded)?;
-        // A torn last record (a crash or a full disk while appending) is
-        // cut off, so the records appended after it stay aligned; a
-        // record that does not fit the blob is ignored.
-        let whole_records = recorded.len() - recorded.len() % RECORD;
-        if whole_records != recorded.len() {
-            log.set_len(whole_records as u64)?;
-        }
-        let mut ranges = Ranges::default();
-        for r in recorded.chunks_exact(RECORD) {
-            let (start, end) = r.split_at(RECORD / 2);
-            let start = u64::from_le_bytes(start.try_into().unwrap_or_default());
-            let end = u64::from_le_bytes(end.try_into().unwrap_or_default());
-            if start < end && end <= size {
-                ranges.insert(start, end);
-            }
-        }
+        let ranges = read_records(&recorded, size);
         Ok(Partial {
             whole,
             size,
@@ -264,8 +292,9 @@ impl Partial {
             return Ok(());
         }
         let mut record = [0u8; RECORD];
-        record[..RECORD / 2].copy_from_slice(&offset.to_le_bytes());
-        record[RECORD / 2..].copy_from_slice(&end.to_le_bytes());
+        record[..8].copy_from_slice(&offset.to_le_bytes());
+        record[8..16].copy_from_slice(&end.to_le_bytes());
+        record[16..].copy_from_slice(&check_word(offset, end).to_le_bytes());
         self.log.write_all(&record)?;
         self.ranges.insert(offset, end);
         Ok(())
@@ -345,7 +374,22 @@ impl Recording {
         let Some(partial) = guard.as_mut() else {
             return;
         };
-        let recorded = written.and_then(|()| partial.record(offset, offset + bytes.len() as u64));
+        // A part file pruned from under this mount is let go (its space
+        // comes back), not written on unseen.
+        let pruned = || {
+            use std::os::unix::fs::MetadataExt;
+            match partial.data.metadata() {
+                Ok(m) if m.nlink() == 0 => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the part file was pruned",
+                )),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        let recorded = written
+            .and_then(|()| pruned())
+            .and_then(|()| partial.record(offset, offset + bytes.len() as u64));
         let whole = match recorded {
             Ok(()) => partial.complete(),
             Err(e) => {

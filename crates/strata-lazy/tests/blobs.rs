@@ -155,6 +155,23 @@ fn a_blob_read_wrong_is_not_kept_and_a_failure_to_keep_fails_no_read() {
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert!(left.is_empty(), "kept: {left:?}");
 
+    // Pruned from under a recording source, the part is let go at the
+    // next read (its space comes back), and reads go on.
+    let (other, d2) = blob(1 << 20);
+    let rec = cache.recording(&d2, other.clone());
+    rec.read_range(0, 4096).unwrap();
+    let part = dir.join(format!("{}.part", d2.hex()));
+    std::fs::remove_file(dir.join(format!("{}.ranges", d2.hex()))).unwrap();
+    std::fs::remove_file(&part).unwrap();
+    rec.read_range(4096, 4096).unwrap();
+    let held: Vec<_> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|f| std::fs::read_link(f.unwrap().path()).ok())
+        .filter(|l| l.to_string_lossy().contains(d2.hex()))
+        .collect();
+    assert!(held.is_empty(), "still open: {held:?}");
+    drop(rec);
+
     // The part file cannot be made (a directory is in its place): the
     // reads are served all the same, and nothing is kept.
     std::fs::create_dir_all(dir.join(format!("{}.part", d.hex()))).unwrap();
