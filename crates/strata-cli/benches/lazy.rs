@@ -22,8 +22,14 @@
 //!   blobs a lazy pull never fetched), and the same probe. containerd and the snapshotter are started before the
 //!   clock and stopped after it, fresh each run.
 //!
+//! A second case times `strata image pull` of the eStargz image into a
+//! fresh root, from nothing and with `--lazy-cache` after a lazy mount
+//! (prefetch on, left until the proxy has been quiet for 2 s, untimed)
+//! has read the image: what the mount fetched and kept is not fetched
+//! again. The pulled ref is mounted and probed after the clock.
+//!
 //! Each figure's detail gives the bytes the proxy had sent when the probe
-//! returned (the median run's). The probe's output is checked (Python's version line), so a
+//! returned, or during the pull (the median run's). The probe's output is checked (Python's version line), so a
 //! mount that serves wrong bytes fails the run.
 
 use std::io::BufReader;
@@ -109,6 +115,76 @@ fn lazy_round(
     let bytes = proxy.bytes_down() - before;
     stop(child);
     bench::remove(cache);
+    (took, bytes)
+}
+
+/// A pull round: `strata image pull` of the eStargz image into a fresh
+/// root, timed, with the bytes the proxy sent meanwhile. With
+/// `after_mount`, a lazy mount (prefetch on) first reads the image and is
+/// left until its prefetch has finished (the proxy quiet for 2 s), then
+/// stopped, untimed, and the pull takes its cache (`--lazy-cache`). The
+/// pulled ref is mounted and probed afterwards, untimed.
+fn pull_round(
+    reference: &str,
+    mnt: &Path,
+    state: &Path,
+    proxy: &Throttle,
+    after_mount: bool,
+) -> (Duration, u64) {
+    std::fs::create_dir_all(mnt).unwrap();
+    let cache = state.join("cache");
+    let root = state.join("root");
+    if after_mount {
+        let mut child = Command::new(strata_testkit::cli::strata())
+            .args(["--json", "lazy", "mount", reference])
+            .arg(mnt)
+            .arg("--cache")
+            .arg(&cache)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start strata lazy mount");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        next_value(&mut out);
+        probe(mnt);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut last = (proxy.bytes_down(), Instant::now());
+        while last.1.elapsed() < Duration::from_secs(2) {
+            assert!(Instant::now() < deadline, "prefetch did not finish");
+            std::thread::sleep(Duration::from_millis(100));
+            let now = proxy.bytes_down();
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+        }
+        stop(child);
+    }
+    let mut pull = bench::strata(&root);
+    pull.args(["--json", "image", "pull", reference, "--name", "img"]);
+    if after_mount {
+        pull.arg("--lazy-cache").arg(&cache);
+    }
+    let before = proxy.bytes_down();
+    let start = Instant::now();
+    let out = pull.output().expect("run strata image pull");
+    let took = start.elapsed();
+    let bytes = proxy.bytes_down() - before;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pulled: Value = serde_json::from_slice(&out.stdout).unwrap();
+    if after_mount {
+        assert!(
+            pulled["lazy_cache"]["blobs"].as_u64() > Some(0),
+            "nothing taken from the cache: {pulled}"
+        );
+    }
+    let id = pulled["ref"].as_str().expect("a ref id").to_owned();
+    bench::ok(bench::strata(&root).arg("mount").arg(&id).arg(mnt));
+    probe(mnt);
+    bench::ok(bench::strata(&root).arg("umount").arg(mnt));
+    bench::remove(state);
     (took, bytes)
 }
 
@@ -326,7 +402,6 @@ fn main() {
 
     let mnt = |r: usize| dir.join(format!("mnt-{r}"));
     let scratch = |r: usize| -> PathBuf { dir.join(format!("state-{r}")) };
-    type Round<'a> = Box<dyn Fn(usize) -> (Duration, u64) + 'a>;
     let peer = strata_testkit::go::stargz_peer(&dir.join("go"));
     let contenders: [(&str, Round<'_>); 4] = [
         (
@@ -346,53 +421,14 @@ fn main() {
             Box::new(|r| stargz_round(&esgz, &mnt(r), &scratch(r), &proxy, &peer)),
         ),
     ];
-    let mut seen: Vec<(Vec<Duration>, Vec<u64>)> = vec![Default::default(); contenders.len()];
-    let warmup = usize::from(!bench::quick());
-    for round in 0..warmup + bench::runs() {
-        for i in (0..contenders.len()).map(|k| (k + round) % contenders.len()) {
-            bench::drop_caches();
-            let (took, bytes) = (contenders[i].1)(round);
-            eprintln!(
-                "    {} (round {round}): usable after {:.3}s, {} fetched{}",
-                contenders[i].0,
-                took.as_secs_f64(),
-                mib(bytes),
-                if round < warmup { " (warm-up)" } else { "" }
-            );
-            if round >= warmup {
-                seen[i].0.push(took);
-                seen[i].1.push(bytes);
-            }
-        }
-    }
     let version = bench::strata_version();
     let stargz = format!(
         "stargz-snapshotter {}; {}",
         strata_testkit::go::sources_version(),
         bench::version("containerd")
     );
+    let usable = rounds(&contenders, "usable after");
     let tools = [&version, &version, &version, &stargz];
-    let figures: Vec<Figure> = contenders
-        .iter()
-        .zip(seen)
-        .zip(tools)
-        .map(|(((peer, _), (times, bytes)), tool)| {
-            let mut bytes = bytes;
-            bytes.sort_unstable();
-            Figure {
-                peer: (*peer).to_owned(),
-                tool: tool.clone(),
-                runs: times.len(),
-                returned: bench::median(times),
-                durable: None,
-                peak_kib: None,
-                detail: Some(format!(
-                    "{} fetched until usable",
-                    mib(bytes[bytes.len() / 2])
-                )),
-            }
-        })
-        .collect();
     bench::record(
         "lazy",
         &format!(
@@ -404,7 +440,86 @@ fn main() {
             }
         ),
         &dir,
-        &figures,
+        &figures(&contenders, usable, &tools, "until usable"),
         &[],
     );
+
+    // The same image pulled into a root, after a lazy mount has read it
+    // (prefetch left to finish), from the mount's cache: what the mount
+    // fetched is not fetched again.
+    let pulls: [(&str, Round<'_>); 2] = [
+        (
+            "strata image pull --lazy-cache after a lazy mount (eStargz)",
+            Box::new(|r| pull_round(&esgz, &mnt(r), &scratch(r), &proxy, true)),
+        ),
+        (
+            "strata image pull (eStargz)",
+            Box::new(|r| pull_round(&esgz, &mnt(r), &scratch(r), &proxy, false)),
+        ),
+    ];
+    let pulled = rounds(&pulls, "pulled in");
+    bench::record(
+        "lazy",
+        &format!("{name} pulled into a root from a registry at 100 Mbit/s and 10 ms each way"),
+        &dir,
+        &figures(&pulls, pulled, &[&version, &version], "fetched by the pull"),
+        &[],
+    );
+}
+
+/// A contender: its name, and a round of it (given the round's number):
+/// how long it took and the bytes the proxy sent meanwhile.
+type Round<'a> = Box<dyn Fn(usize) -> (Duration, u64) + 'a>;
+
+/// Runs every contender a warm-up round (not in a quick run) and then
+/// `bench::runs()` rounds, side by side, order rotated, the page cache
+/// dropped before each: each contender's times and bytes.
+fn rounds(contenders: &[(&str, Round<'_>)], what: &str) -> Vec<(Vec<Duration>, Vec<u64>)> {
+    let mut seen: Vec<(Vec<Duration>, Vec<u64>)> = vec![Default::default(); contenders.len()];
+    let warmup = usize::from(!bench::quick());
+    for round in 0..warmup + bench::runs() {
+        for i in (0..contenders.len()).map(|k| (k + round) % contenders.len()) {
+            bench::drop_caches();
+            let (took, bytes) = (contenders[i].1)(round);
+            eprintln!(
+                "    {} (round {round}): {what} {:.3}s, {} fetched{}",
+                contenders[i].0,
+                took.as_secs_f64(),
+                mib(bytes),
+                if round < warmup { " (warm-up)" } else { "" }
+            );
+            if round >= warmup {
+                seen[i].0.push(took);
+                seen[i].1.push(bytes);
+            }
+        }
+    }
+    seen
+}
+
+/// The contenders' figures: median times, and the median run's bytes as
+/// "N MiB `fetched`".
+fn figures(
+    contenders: &[(&str, Round<'_>)],
+    seen: Vec<(Vec<Duration>, Vec<u64>)>,
+    tools: &[&String],
+    fetched: &str,
+) -> Vec<Figure> {
+    contenders
+        .iter()
+        .zip(seen)
+        .zip(tools)
+        .map(|(((peer, _), (times, mut bytes)), tool)| {
+            bytes.sort_unstable();
+            Figure {
+                peer: (*peer).to_owned(),
+                tool: (*tool).clone(),
+                runs: times.len(),
+                returned: bench::median(times),
+                durable: None,
+                peak_kib: None,
+                detail: Some(format!("{} {fetched}", mib(bytes[bytes.len() / 2]))),
+            }
+        })
+        .collect()
 }
