@@ -84,17 +84,14 @@ fn stop(mut child: Child) {
     assert!(status.success(), "strata lazy mount ended with {status}");
 }
 
-/// A lazy round: until the probe ran, and the bytes sent by then.
-fn lazy_round(
+/// `strata lazy mount` of `reference` on `mnt`, once it serves, and its
+/// output (kept open until it stops: it prints its report then).
+fn serve(
     reference: &str,
     mnt: &Path,
     cache: &Path,
-    proxy: &Throttle,
     prefetch: bool,
-) -> (Duration, u64) {
-    std::fs::create_dir_all(mnt).unwrap();
-    let before = proxy.bytes_down();
-    let start = Instant::now();
+) -> (Child, BufReader<std::process::ChildStdout>) {
     let mut child = Command::new(strata_testkit::cli::strata())
         .args(["--json", "lazy", "mount", reference])
         .arg(mnt)
@@ -110,6 +107,21 @@ fn lazy_round(
         .expect("start strata lazy mount");
     let mut out = BufReader::new(child.stdout.take().unwrap());
     next_value(&mut out);
+    (child, out)
+}
+
+/// A lazy round: until the probe ran, and the bytes sent by then.
+fn lazy_round(
+    reference: &str,
+    mnt: &Path,
+    cache: &Path,
+    proxy: &Throttle,
+    prefetch: bool,
+) -> (Duration, u64) {
+    std::fs::create_dir_all(mnt).unwrap();
+    let before = proxy.bytes_down();
+    let start = Instant::now();
+    let (child, _out) = serve(reference, mnt, cache, prefetch);
     probe(mnt);
     let took = start.elapsed();
     let bytes = proxy.bytes_down() - before;
@@ -135,16 +147,7 @@ fn pull_round(
     let cache = state.join("cache");
     let root = state.join("root");
     if after_mount {
-        let mut child = Command::new(strata_testkit::cli::strata())
-            .args(["--json", "lazy", "mount", reference])
-            .arg(mnt)
-            .arg("--cache")
-            .arg(&cache)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start strata lazy mount");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        next_value(&mut out);
+        let (child, _out) = serve(reference, mnt, &cache, true);
         probe(mnt);
         let deadline = Instant::now() + Duration::from_secs(600);
         let mut last = (proxy.bytes_down(), Instant::now());

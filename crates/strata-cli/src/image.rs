@@ -92,6 +92,7 @@ pub struct PullArgs {
     /// A `strata lazy mount --cache` directory: the layer blobs its mounts
     /// of this image fetched (whole or in part) are taken from it, checked,
     /// and only what they lack is fetched.
+    #[cfg(feature = "registry")]
     #[arg(long, value_name = "DIR")]
     lazy_cache: Option<std::path::PathBuf>,
     #[command(flatten)]
@@ -166,7 +167,18 @@ struct ImportedJson {
     /// Blobs the root already had.
     present: usize,
     /// What `--lazy-cache` gave (null without it).
-    lazy_cache: Option<crate::lazy::KeptJson>,
+    lazy_cache: Option<KeptJson>,
+}
+
+/// What `image pull --lazy-cache` took from a lazy-mount cache.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct KeptJson {
+    /// Layer blobs taken from the cache (whole, or completed by range).
+    pub(crate) blobs: usize,
+    /// Bytes a lazy mount had fetched before.
+    pub(crate) kept_bytes: u64,
+    /// Bytes fetched now to complete them.
+    pub(crate) fetched_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -377,19 +389,12 @@ async fn import(
             ..ImportOptions::default()
         },
     };
-    let reference = match (&args.lazy_cache, location) {
-        (Some(_), Location::Registry { reference }) => Some(reference),
-        (Some(dir), _) => {
-            return Err(bad(format!(
-                "--lazy-cache {}: only an image pulled from a registry takes blobs from a lazy-mount cache",
-                dir.display()
-            )));
-        }
-        (None, _) => None,
-    };
+    #[cfg(feature = "registry")]
+    let from_cache = crate::lazy::cache_for_pull(args.lazy_cache.as_deref(), location)?;
     let (ctx, guard) = context(mgr, lease, out)?;
-    let lazy_cache = match (&args.lazy_cache, reference) {
-        (Some(dir), Some(reference)) => Some(
+    #[cfg(feature = "registry")]
+    let lazy_cache = match from_cache {
+        Some((dir, reference)) => Some(
             crate::lazy::take_kept_blobs(
                 &mgr.root().content.under(&ctx),
                 reference,
@@ -402,8 +407,10 @@ async fn import(
             .await
             .with_context(|| format!("take kept blobs from {}", dir.display()))?,
         ),
-        _ => None,
+        None => None,
     };
+    #[cfg(not(feature = "registry"))]
+    let lazy_cache = None;
     let (ctx, bars) = progress::drawn(&ctx, out);
     let pulled = mgr.pull_image(&ctx, location, &opts).await;
     drop(bars);

@@ -731,15 +731,21 @@ async fn stopped() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `image pull --lazy-cache` took from a lazy-mount cache.
-#[derive(Debug, Default, Serialize)]
-pub struct KeptJson {
-    /// Layer blobs taken from the cache (whole, or completed by range).
-    blobs: usize,
-    /// Bytes a lazy mount had fetched before.
-    kept_bytes: u64,
-    /// Bytes fetched now to complete them.
-    fetched_bytes: u64,
+/// The cache `image pull --lazy-cache` was given and the registry
+/// reference it takes blobs for; an error for a location that is not a
+/// registry.
+pub fn cache_for_pull<'a>(
+    cache: Option<&'a Path>,
+    location: &'a strata_oci::Location,
+) -> anyhow::Result<Option<(&'a Path, &'a str)>> {
+    match (cache, location) {
+        (None, _) => Ok(None),
+        (Some(dir), strata_oci::Location::Registry { reference }) => Ok(Some((dir, reference))),
+        (Some(dir), _) => Err(crate::refs::bad(format!(
+            "--lazy-cache {}: only an image pulled from a registry takes blobs from a lazy-mount cache",
+            dir.display()
+        ))),
+    }
 }
 
 /// Puts the layer blobs of `reference` that lazy mounts with `cache` kept
@@ -756,7 +762,7 @@ pub async fn take_kept_blobs(
     parallel: usize,
     cache: &Path,
     out: &Output,
-) -> anyhow::Result<KeptJson> {
+) -> anyhow::Result<crate::image::KeptJson> {
     let blobs = BlobCache::open(&existing_cache(cache)?.join("blobs"))
         .with_context(|| format!("blob cache {}", cache.display()))?;
     let found = async {
@@ -773,7 +779,7 @@ pub async fn take_kept_blobs(
         Ok(found) => found,
         Err(e) => {
             out.note(&format!("nothing taken from {}: {e:#}", cache.display()));
-            return Ok(KeptJson::default());
+            return Ok(crate::image::KeptJson::default());
         }
     };
     let room = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
@@ -797,7 +803,7 @@ pub async fn take_kept_blobs(
             (src.desc.digest, taken)
         });
     }
-    let mut kept = KeptJson::default();
+    let mut kept = crate::image::KeptJson::default();
     while let Some(done) = taking.join_next().await {
         let Ok(done) = done else {
             out.note("a kept blob could not be taken: the task failed; the pull fetches it");
