@@ -439,6 +439,23 @@ fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
         .expect(0);
     assert_eq!(listing(&eager), want);
     other.run(&["umount", &s(&eager)]).expect(0);
+    // Labelled as fetched blobs are: a push to another repository of the
+    // registry mounts them rather than uploading them.
+    let pushed = other
+        .run(&[
+            "--json",
+            "image",
+            "push",
+            "pulled",
+            &through(&format!("{}/kept-again:1", registry.addr)),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (&pushed["uploaded"], &pushed["mounted"]),
+        (&json!(0), &json!(3)),
+        "two layers and the config: {pushed}"
+    );
 
     // Plain layers a mount unpacked were fetched whole: a pull fetches
     // none of their bytes.
@@ -502,7 +519,10 @@ fn cache_bytes(cache: &Path) -> u64 {
         items
             .map(|i| {
                 let i = i.unwrap();
-                let meta = fs::symlink_metadata(i.path()).unwrap();
+                // Pruned while listed: nothing.
+                let Ok(meta) = fs::symlink_metadata(i.path()) else {
+                    return 0;
+                };
                 if meta.is_dir() {
                     walk(&i.path())
                 } else {

@@ -166,6 +166,8 @@ fn pull_round(
     if after_mount {
         pull.arg("--lazy-cache").arg(&cache);
     }
+    // Both pulls start from a cold page cache, the kept blobs included.
+    bench::drop_caches();
     let before = proxy.bytes_down();
     let start = Instant::now();
     let out = pull.output().expect("run strata image pull");
@@ -443,7 +445,7 @@ fn main() {
             }
         ),
         &dir,
-        &figures(&contenders, usable, &tools, "until usable"),
+        &figures(&contenders, usable, &tools, "fetched until usable"),
         &[],
     );
 
@@ -501,12 +503,12 @@ fn rounds(contenders: &[(&str, Round<'_>)], what: &str) -> Vec<(Vec<Duration>, V
 }
 
 /// The contenders' figures: median times, and the median run's bytes as
-/// "N MiB `fetched`".
+/// "N MiB `what`".
 fn figures(
     contenders: &[(&str, Round<'_>)],
     seen: Vec<(Vec<Duration>, Vec<u64>)>,
     tools: &[&String],
-    fetched: &str,
+    what: &str,
 ) -> Vec<Figure> {
     contenders
         .iter()
@@ -521,7 +523,7 @@ fn figures(
                 returned: bench::median(times),
                 durable: None,
                 peak_kib: None,
-                detail: Some(format!("{} {fetched}", mib(bytes[bytes.len() / 2]))),
+                detail: Some(format!("{} {what}", mib(bytes[bytes.len() / 2]))),
             }
         })
         .collect()

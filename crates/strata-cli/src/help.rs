@@ -263,7 +263,8 @@ against its digest and diffID, and unpacked once into CACHE/layers (a note on st
 mounts of the same layers use it. CACHE keeps the checked chunks for the next mount (each is checked \
 again the first time a process uses it), the compressed bytes fetched (CACHE/blobs, for image pull \
 --lazy-cache; not with --no-keep-blobs) and the layers' own FUSE mounts (CACHE/mnt/N). With \
---keep-storage SIZE the mount prunes CACHE to SIZE as it goes, as `strata lazy prune` does. Needs root \
+--keep-storage SIZE the mount prunes CACHE to SIZE as it goes (a second after its layers are open, \
+then each time it has added an eighth of SIZE), as `strata lazy prune` does. Needs root \
 (FUSE and overlay mounts). No state root is involved. From another shell, the image is usable at \
 once: chroot /mnt/app python3 --version.\n\n\
 With --json it prints {image, dir, layers: [{digest, lazy, toc_digest, inodes, dir}], requests, \

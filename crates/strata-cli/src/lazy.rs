@@ -100,9 +100,9 @@ pub struct MountArgs {
     #[arg(long)]
     no_keep_blobs: bool,
     /// Prune the cache to this size (e.g. 10GB, 512MiB) while serving, as
-    /// `strata lazy prune` does: at the start, then whenever the mount has
-    /// added an eighth of it (at least 1 MiB) since the last time
-    /// [default: never].
+    /// `strata lazy prune` does: a second after the layers are open, then
+    /// whenever the mount has added an eighth of it (at least 1 MiB) since
+    /// the last time [default: never].
     #[arg(long, value_name = "SIZE")]
     keep_storage: Option<String>,
     /// Threads answering file reads, shared by every layer: reads fetch and
@@ -243,7 +243,7 @@ fn prune_cache(cache: &Path, keep: u64) -> std::io::Result<strata_lazy::Pruned> 
     strata_lazy::prune(items, keep)
 }
 
-/// Prunes a mount's cache while it serves: once when it starts, then,
+/// Prunes a mount's cache while it serves: a second after it starts, then,
 /// checking every second how much the mount's layers have added to the
 /// cache (bytes fetched, kept as blobs, and chunks decoded), whenever that
 /// has grown by an eighth of `keep` (at least 1 MiB) since the last prune.
@@ -846,7 +846,11 @@ fn take_kept_blob(
         Some(d),
         &labels,
     ) {
-        Ok(_) => Ok(Some(filled)),
+        // Labelled as a fetched blob is, with the repository that has it.
+        Ok(_) => {
+            src.registry.label_source(store, d)?;
+            Ok(Some(filled))
+        }
         // A whole blob is checked here, as it is stored.
         Err(e @ (ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. })) => {
             if let Err(gone) = blobs.remove(d) {

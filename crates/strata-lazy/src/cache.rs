@@ -151,9 +151,15 @@ impl ChunkCache {
     /// Chunk `d`'s length and file if it is among those kept open, made
     /// the latest.
     fn open_file(&self, d: &Digest) -> Option<(u64, Arc<File>)> {
+        use std::os::unix::fs::MetadataExt;
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let i = open.iter().position(|(k, ..)| k == d)?;
         let entry = open.remove(i);
+        // A chunk pruned since it was opened is let go (its space comes
+        // back) and fetched again.
+        if entry.2.metadata().map_or(true, |m| m.nlink() == 0) {
+            return None;
+        }
         let found = (entry.1, entry.2.clone());
         open.push(entry);
         Some(found)

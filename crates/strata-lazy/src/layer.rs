@@ -36,8 +36,15 @@ pub struct Stats {
     pub bytes: AtomicU64,
     /// Chunks fetched and checked.
     pub chunks: AtomicU64,
-    /// Their bytes, decompressed (what they add to the chunk cache).
+    /// Their bytes, decompressed, counted once in the chunk cache.
     pub decoded: AtomicU64,
+}
+
+impl Stats {
+    /// Counts chunk `c` as put in the cache.
+    fn cached(&self, c: &Chunk) {
+        self.decoded.fetch_add(c.len, Ordering::Relaxed);
+    }
 }
 
 /// A layer read lazily.
@@ -255,7 +262,9 @@ impl Layer {
         }
         let bytes = self.fetch(c.blob_offset, self.span_end(c) - c.blob_offset)?;
         let data = self.decode(c, &bytes)?;
-        self.cache.put(&c.digest, &data)
+        let put = self.cache.put(&c.digest, &data)?;
+        self.stats.cached(c);
+        Ok(put)
     }
 
     fn fetch(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
@@ -285,7 +294,6 @@ impl Layer {
             )));
         }
         self.stats.chunks.fetch_add(1, Ordering::Relaxed);
-        self.stats.decoded.fetch_add(c.len, Ordering::Relaxed);
         Ok(data)
     }
 
@@ -361,6 +369,7 @@ impl Layer {
             let at = usize::try_from(c.blob_offset - start).map_err(io::Error::other)?;
             let data = self.decode(c, &bytes[at..])?;
             drop(self.cache.put(&c.digest, &data)?);
+            self.stats.cached(c);
         }
         Ok(n)
     }

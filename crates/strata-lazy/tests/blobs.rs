@@ -1,6 +1,7 @@
 //! The blobs a lazy mount keeps: what it read through a recording source
 //! is kept, `fill` fetches only the rest, a blob read whole is kept whole,
-//! and kept bytes that do not hash to the blob's digest never count.
+//! and kept bytes that do not hash to the blob's digest never count; a
+//! chunk pruned while the cache has it open is a miss.
 
 use std::io;
 use std::sync::Arc;
@@ -26,8 +27,10 @@ impl RangeSource for Counted {
     }
 }
 
-fn blob(size: usize) -> (Arc<Counted>, Digest) {
-    let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+/// A blob of `size` bytes, different for each `seed` (tests run side by
+/// side, and one looks for its blob's files among the process's).
+fn blob(size: usize, seed: usize) -> (Arc<Counted>, Digest) {
+    let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251 + seed) as u8).collect();
     let d = Digest::of_bytes(Algorithm::Sha256, &bytes);
     let src = Arc::new(Counted {
         bytes,
@@ -40,7 +43,7 @@ fn blob(size: usize) -> (Arc<Counted>, Digest) {
 fn what_a_mount_read_is_not_fetched_again() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = BlobCache::open(&tmp.path().join("blobs")).unwrap();
-    let (src, d) = blob(3 << 20);
+    let (src, d) = blob(3 << 20, 1);
     let size = src.size();
     assert_eq!(
         cache.fill(&d, src.as_ref()).unwrap(),
@@ -85,7 +88,7 @@ fn what_a_mount_read_is_not_fetched_again() {
 fn a_blob_read_whole_is_kept_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = BlobCache::open(&tmp.path().join("blobs")).unwrap();
-    let (src, d) = blob(1 << 20);
+    let (src, d) = blob(1 << 20, 2);
     let rec = cache.recording(&d, src.clone());
     let starts: Vec<u64> = (0..src.size()).step_by(100_000).collect();
     for &at in starts.iter().rev() {
@@ -103,7 +106,7 @@ fn a_blob_read_whole_is_kept_whole() {
 fn kept_bytes_that_do_not_hash_to_the_blob_are_removed() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = BlobCache::open(&tmp.path().join("blobs")).unwrap();
-    let (src, d) = blob(1 << 20);
+    let (src, d) = blob(1 << 20, 3);
     let rec = cache.recording(&d, src.clone());
     rec.read_range(0, 4096).unwrap();
     drop(rec);
@@ -147,7 +150,7 @@ impl RangeSource for Wrong {
 fn a_blob_read_wrong_is_not_kept_and_a_failure_to_keep_fails_no_read() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = BlobCache::open(&tmp.path().join("blobs")).unwrap();
-    let (src, d) = blob(1 << 20);
+    let (src, d) = blob(1 << 20, 4);
     let rec = cache.recording(&d, Arc::new(Wrong(src.clone())));
     rec.read_range(0, src.size()).unwrap();
     drop(rec);
@@ -157,7 +160,7 @@ fn a_blob_read_wrong_is_not_kept_and_a_failure_to_keep_fails_no_read() {
 
     // Pruned from under a recording source, the part is let go at the
     // next read (its space comes back), and reads go on.
-    let (other, d2) = blob(1 << 20);
+    let (other, d2) = blob(1 << 20, 5);
     let rec = cache.recording(&d2, other.clone());
     rec.read_range(0, 4096).unwrap();
     let part = dir.join(format!("{}.part", d2.hex()));
@@ -179,4 +182,18 @@ fn a_blob_read_wrong_is_not_kept_and_a_failure_to_keep_fails_no_read() {
     assert_eq!(rec.read_range(0, src.size()).unwrap(), src.bytes);
     drop(rec);
     assert!(!dir.join(d.hex()).exists());
+}
+
+#[test]
+fn a_chunk_pruned_while_open_is_let_go_and_not_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = strata_lazy::ChunkCache::open(&tmp.path().join("chunks")).unwrap();
+    let bytes = b"a chunk of a layer".to_vec();
+    let d = Digest::of_bytes(Algorithm::Sha256, &bytes);
+    drop(cache.put(&d, &bytes).unwrap());
+    assert!(cache.get(&d, bytes.len() as u64).unwrap().is_some());
+    // A prune removes it while the cache keeps it open: it is a miss, as
+    // it is for a cache opened anew.
+    std::fs::remove_file(tmp.path().join("chunks/sha256").join(d.hex())).unwrap();
+    assert!(cache.get(&d, bytes.len() as u64).unwrap().is_none());
 }

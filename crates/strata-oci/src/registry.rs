@@ -633,8 +633,9 @@ impl Registry {
         }
     }
 
-    /// Records on blob `d` that this repository has it.
-    fn label_source(&self, store: &ContentStore, d: &Digest) -> Result<()> {
+    /// Records on blob `d` (in `store`) that this repository has it, so a
+    /// push to another repository of this registry mounts it from here.
+    pub fn label_source(&self, store: &ContentStore, d: &Digest) -> Result<()> {
         let key = format!(
             "{DISTRIBUTION_SOURCE_LABEL}{}",
             self.reference.resolve_registry()
@@ -916,7 +917,6 @@ async fn copy_stream(
     Ok(())
 }
 
-/// A blob's bytes on their way to a registry.
 /// An image resolved in a registry, with the bytes read to resolve it.
 struct Resolved {
     image: Image,
@@ -924,6 +924,7 @@ struct Resolved {
     config: Vec<u8>,
 }
 
+/// A blob's bytes on their way to a registry.
 type BlobStream = futures_util::stream::BoxStream<
     'static,
     std::result::Result<bytes::Bytes, OciDistributionError>,
