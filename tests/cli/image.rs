@@ -787,6 +787,21 @@ fn a_registry_shares_one_cache_between_two_roots() {
         (json!(0), json!(4)),
         "{other}"
     );
+    // A root that had the image from elsewhere (a layout) learns from a
+    // pull that finds every blob present that the repository has them, so
+    // its push to another repository of the registry mounts them too.
+    let (c, _, _) = root_with_app(&[]);
+    let pulled = import(&c, &["pull", &format!("{r}/app:gzip")]);
+    assert_eq!(pulled["fetched"], 0, "{pulled}");
+    let third = c
+        .run(&["--json", "image", "push", "app", &format!("{r}/third:1")])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (third["uploaded"].clone(), third["mounted"].clone()),
+        (json!(0), json!(4)),
+        "{third}"
+    );
 
     let b = env();
     for tag in ["gzip", "zstd"] {

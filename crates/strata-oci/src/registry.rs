@@ -635,7 +635,7 @@ impl Registry {
 
     /// Records on blob `d` (in `store`) that this repository has it, so a
     /// push to another repository of this registry mounts it from here.
-    pub fn label_source(&self, store: &ContentStore, d: &Digest) -> Result<()> {
+    fn label_source(&self, store: &ContentStore, d: &Digest) -> Result<()> {
         let key = format!(
             "{DISTRIBUTION_SOURCE_LABEL}{}",
             self.reference.resolve_registry()
@@ -1095,6 +1095,10 @@ impl Source for Registry {
             return Ok(());
         }
         self.fetch_blob(store, desc, progress).await
+    }
+
+    fn present(&self, store: &ContentStore, desc: &Descriptor) -> Result<()> {
+        self.label_source(store, &desc.digest)
     }
 }
 

@@ -42,6 +42,13 @@ pub trait Source: Send + Sync {
         desc: &Descriptor,
         progress: &Arc<ProgressTracker>,
     ) -> Result<()>;
+
+    /// Notes that blob `desc` was found in `store` rather than fetched,
+    /// with what the source records on blobs it fetches (a registry: that
+    /// its repository has the blob). Nothing by default.
+    fn present(&self, _store: &ContentStore, _desc: &Descriptor) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a source's name points at.
@@ -157,7 +164,10 @@ async fn ensure(
     let mut pause = Duration::from_millis(5);
     loop {
         match store.hold(&desc.digest) {
-            Ok(info) if info.size == desc.size => return Ok(false),
+            Ok(info) if info.size == desc.size => {
+                source.present(store, desc)?;
+                return Ok(false);
+            }
             Ok(info) => {
                 return Err(OciError::invalid(
                     source.name(),
