@@ -401,7 +401,7 @@ async fn import(
                 &opts.pull.platform,
                 &opts.registry,
                 opts.pull.parallel,
-                dir,
+                &dir,
                 out,
             )
             .await

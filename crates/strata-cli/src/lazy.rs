@@ -10,25 +10,22 @@
 //! TOC, and the layers are stacked on DIR by a read-only overlay. A layer
 //! that is not eStargz is fetched whole and unpacked once into
 //! CACHE/layers, and stacked with the rest. The command serves the mount
-//! until SIGINT or SIGTERM, then unmounts; the checked chunks and the
+//! until SIGINT or SIGTERM (strata-lazy's `ImageMount` does the mounting),
+//! then unmounts; the checked chunks and the
 //! unpacked layers stay in CACHE for the next mount. No state root is
 //! involved.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::image::{platform, registry_reference};
 use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
 use strata_content::ContentError;
-use strata_core::{Descriptor, Digest, Mount, OverlayLayers, media};
-use strata_lazy::{
-    BlobCache, ChunkCache, Layer, LayerOptions, Link, Mounted, Prefetch, RangeSource,
-    UnpackOptions, Unpacked,
-};
+use strata_core::{Descriptor, Digest, media};
+use strata_lazy::{BlobCache, ImageLayer, ImageMount, ImageOptions, RangeSource, prune_cache};
 use strata_oci::{Registry, RegistryOperation};
 
 use crate::output::Output;
@@ -113,14 +110,6 @@ pub struct MountArgs {
     #[command(flatten)]
     registry: crate::image::RegistryArgs,
 }
-
-/// The attribute overlay reads for an opaque directory (a root's mounts).
-const OPAQUE: &str = "trusted.overlay.opaque";
-
-/// How long no read may have waited for a fetch before prefetch takes the
-/// link: a program's start reads in bursts with short gaps between them,
-/// and prefetch fetching in those gaps delayed the next burst.
-const PREFETCH_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One layer's blob, read from the registry by range.
 struct RegistryBlob {
@@ -234,71 +223,6 @@ fn prune(args: &PruneArgs, out: &Output) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prunes lazy-mount cache `cache` down to `keep` bytes: its chunks and
-/// TOCs, its unpacked layers and its kept blobs.
-fn prune_cache(cache: &Path, keep: u64) -> std::io::Result<strata_lazy::Pruned> {
-    let mut items = ChunkCache::open(&cache.join("chunks"))?.prunable()?;
-    items.extend(Unpacked::prunable(&cache.join("layers"))?);
-    items.extend(BlobCache::open(&cache.join("blobs"))?.prunable()?);
-    strata_lazy::prune(items, keep)
-}
-
-/// Prunes a mount's cache while it serves: a second after it starts, then,
-/// checking every second how much the mount's layers have added to the
-/// cache (bytes fetched, kept as blobs, and chunks decoded), whenever that
-/// has grown by an eighth of `keep` (at least 1 MiB) since the last prune.
-/// Stops when dropped.
-struct Pruner {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Pruner {
-    fn start(cache: PathBuf, keep: u64, layers: Vec<Arc<Layer>>) -> std::io::Result<Pruner> {
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let step = (keep / 8).max(1 << 20);
-        let fetched = move || {
-            layers
-                .iter()
-                .map(|l| {
-                    let s = l.stats();
-                    s.bytes.load(Ordering::Relaxed) + s.decoded.load(Ordering::Relaxed)
-                })
-                .sum::<u64>()
-        };
-        let thread = std::thread::Builder::new()
-            .name("strata-lazy-prune".into())
-            .spawn(move || {
-                let mut last: Option<u64> = None;
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(std::time::Duration::from_secs(1))
-                {
-                    let now = fetched();
-                    if last.is_some_and(|last| now.saturating_sub(last) < step) {
-                        continue;
-                    }
-                    last = Some(now);
-                    if let Err(e) = prune_cache(&cache, keep) {
-                        tracing::warn!(cache = %cache.display(), error = %e, "could not prune the cache");
-                    }
-                }
-            })?;
-        Ok(Pruner {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Pruner {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// `cache`, once it is seen to be a lazy-mount cache (a typo is not made
 /// into a new one).
 fn existing_cache(cache: &Path) -> anyhow::Result<PathBuf> {
@@ -361,51 +285,6 @@ fn toc_digest(i: usize, desc: &Descriptor) -> anyhow::Result<Option<Digest>> {
         .transpose()
 }
 
-/// A layer of the stack.
-enum Lower {
-    /// Served through FUSE from its TOC.
-    Lazy(Arc<Layer>, Mounted),
-    /// Fetched whole and unpacked in the cache.
-    Unpacked(Unpacked),
-}
-
-impl Lower {
-    fn dir(&self) -> &Path {
-        match self {
-            Lower::Lazy(_, m) => m.target(),
-            Lower::Unpacked(u) => u.dir(),
-        }
-    }
-
-    fn has(&self, path: &[&str]) -> bool {
-        match self {
-            Lower::Lazy(l, _) => l.tree().has(path),
-            Lower::Unpacked(u) => u.has(path),
-        }
-    }
-
-    fn root_is_opaque(&self) -> bool {
-        match self {
-            Lower::Lazy(l, _) => l.tree().root_is_opaque(),
-            Lower::Unpacked(u) => u.root_is_opaque(OPAQUE),
-        }
-    }
-}
-
-/// The directories overlay reads for `lowers` (bottom first): topmost
-/// first, down to the first whose root is opaque (it hides the rest;
-/// overlay ignores the marker on a layer's root).
-fn visible(lowers: &[Lower]) -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    for l in lowers.iter().rev() {
-        dirs.push(l.dir().to_path_buf());
-        if l.root_is_opaque() {
-            break;
-        }
-    }
-    dirs
-}
-
 fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow::Result<ExitCode> {
     let platform = platform(args.platform.as_deref())?;
     let keep = args
@@ -420,303 +299,104 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
         &opts,
     ))?);
     let image = rt.block_on(registry.resolve(&platform))?;
-    let tocs = image
+    let layers = image
         .layers
         .iter()
         .enumerate()
-        .map(|(i, d)| toc_digest(i, d))
+        .map(|(i, desc)| {
+            Ok(ImageLayer {
+                digest: desc.digest.clone(),
+                media_type: Some(desc.media_type.clone()),
+                toc_digest: toc_digest(i, desc)?,
+                diff_id: desc
+                    .annotations
+                    .get(media::UNCOMPRESSED_LABEL)
+                    .map(|d| Digest::parse(d))
+                    .transpose()
+                    .with_context(|| format!("layer {i} ({}): diffID", desc.digest))?,
+                source: Arc::new(RegistryBlob {
+                    registry: registry.clone(),
+                    desc: desc.clone(),
+                    rt: rt.handle().clone(),
+                }),
+            })
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     std::fs::create_dir_all(&args.cache)
         .with_context(|| format!("create {}", args.cache.display()))?;
-    let cache_dir = canonical(&args.cache)?;
-    let cache = Arc::new(
-        ChunkCache::open(&cache_dir.join("chunks"))
-            .with_context(|| format!("chunk cache {}", args.cache.display()))?,
-    );
-    let (mnt, _lock) = mount_dir(&cache_dir)?;
-    let readers = strata_lazy::Readers::new(args.threads).context("start the reader threads")?;
-    let link = Arc::new(Link::new(PREFETCH_QUIET));
-    // What the mount fetches of each blob is also kept (unless told not
-    // to), so pulling the image later (`image pull --lazy-cache`) fetches
-    // only the rest.
-    let blobs = match args.no_keep_blobs {
-        true => None,
-        false => Some(
-            BlobCache::open(&cache_dir.join("blobs"))
-                .with_context(|| format!("blob cache {}", args.cache.display()))?,
-        ),
-    };
-    let sources: Vec<Arc<dyn RangeSource>> = image
-        .layers
-        .iter()
-        .map(|desc| {
-            let src = Arc::new(RegistryBlob {
-                registry: registry.clone(),
-                desc: desc.clone(),
-                rt: rt.handle().clone(),
-            });
-            match &blobs {
-                Some(blobs) => blobs.recording(&desc.digest, src),
-                None => src,
-            }
-        })
-        .collect();
-    // Every eStargz layer's footer and TOC at once: two round trips for
-    // the image rather than two per layer.
-    let mut opened = std::thread::scope(|s| {
-        let opening: Vec<_> = image
-            .layers
-            .iter()
-            .zip(&tocs)
-            .zip(&sources)
-            .map(|((desc, toc), src)| {
-                let toc = toc.clone()?;
-                let opts = LayerOptions {
-                    name: desc.digest.to_string(),
-                    toc_digest: toc,
-                    opaque_xattr: OPAQUE.into(),
-                    link: link.clone(),
-                };
-                let cache = cache.clone();
-                let src = src.clone();
-                Some(s.spawn(move || {
-                    Layer::open(src, cache, &opts).with_context(|| format!("layer {}", opts.name))
-                }))
-            })
-            .collect();
-        // Every thread joined before the first error (in layer order) is
-        // returned.
-        let joined: Vec<Option<anyhow::Result<Layer>>> = opening
-            .into_iter()
-            .map(|t| t.map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))))
-            .collect();
-        joined
-            .into_iter()
-            .map(Option::transpose)
-            .collect::<anyhow::Result<Vec<Option<Layer>>>>()
-    })?;
-    // Bottom up: a layer's whiteouts, and an unpacked layer's whole tree,
-    // depend on the layers below it.
-    let mut lowers: Vec<Lower> = Vec::new();
+    let cache = canonical(&args.cache)?;
+    let mounted = ImageMount::mount(
+        &cache,
+        layers,
+        &args.dir,
+        &ImageOptions {
+            threads: args.threads,
+            prefetch: !args.no_prefetch,
+            // What the mount fetches of each blob is kept (unless told
+            // not to), so pulling the image later (`image pull
+            // --lazy-cache`) fetches only the rest.
+            keep_blobs: !args.no_keep_blobs,
+            keep_storage: keep,
+        },
+    )?;
     let mut json = Vec::new();
-    // The sources live as long as the mount: a blob kept whole is checked
-    // on a thread its source waits for when dropped, which must not hold
-    // up the mount.
-    for (i, (desc, src)) in image.layers.iter().zip(&sources).enumerate() {
-        let below = |path: &[&str]| lowers.iter().any(|l| l.has(path));
-        let lower = match opened[i].take() {
-            Some(mut layer) => {
-                layer.prune_whiteouts(below);
-                let layer = Arc::new(layer);
-                let dir = mnt.join(i.to_string());
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("create {}", dir.display()))?;
-                let m = strata_lazy::mount(layer.clone(), &dir, readers.clone()).with_context(
-                    || format!("mount layer {} on {}", layer.name(), dir.display()),
-                )?;
-                Lower::Lazy(layer, m)
-            }
-            None => {
-                let dir = cache_dir
-                    .join("layers")
-                    .join(stack_key(&image.layers[..=i]).hex());
-                let opts = UnpackOptions {
-                    name: desc.digest.to_string(),
-                    digest: desc.digest.clone(),
-                    media_type: Some(desc.media_type.clone()),
-                    diff_id: desc
-                        .annotations
-                        .get(media::UNCOMPRESSED_LABEL)
-                        .map(|d| Digest::parse(d))
-                        .transpose()
-                        .with_context(|| format!("layer {i} ({}): diffID", desc.digest))?,
-                    lowers: visible(&lowers),
-                };
-                let u = Unpacked::get(src.clone(), &dir, &opts)
-                    .with_context(|| format!("layer {i} ({})", desc.digest))?;
-                out.note(&format!(
-                    "layer {i} ({}) is not eStargz, so it cannot be read lazily: {}",
-                    desc.digest,
-                    match u.fetched() {
-                        0 => format!("unpacked before, in {}", dir.display()),
-                        n => format!(
-                            "fetched whole ({}) and unpacked into {}",
-                            crate::output::size(n),
-                            dir.display()
-                        ),
-                    }
-                ));
-                Lower::Unpacked(u)
-            }
-        };
+    for (i, layer) in mounted.layers().iter().enumerate() {
+        if let Some(fetched) = layer.unpacked_fetched {
+            out.note(&format!(
+                "layer {i} ({}) is not eStargz, so it cannot be read lazily: {}",
+                layer.digest,
+                match fetched {
+                    0 => format!("unpacked before, in {}", layer.dir.display()),
+                    n => format!(
+                        "fetched whole ({}) and unpacked into {}",
+                        crate::output::size(n),
+                        layer.dir.display()
+                    ),
+                }
+            ));
+        }
         json.push(LayerJson {
-            digest: desc.digest.to_string(),
-            lazy: tocs[i].is_some(),
-            toc_digest: tocs[i].as_ref().map(Digest::to_string),
-            inodes: match &lower {
-                Lower::Lazy(l, _) => Some(l.tree().len()),
-                Lower::Unpacked(_) => None,
-            },
-            dir: lower.dir().display().to_string(),
+            digest: layer.digest.to_string(),
+            lazy: layer.toc_digest.is_some(),
+            toc_digest: layer.toc_digest.as_ref().map(Digest::to_string),
+            inodes: layer.inodes,
+            dir: layer.dir.display().to_string(),
         });
-        lowers.push(lower);
     }
-    let empty = mnt.join("empty");
-    std::fs::create_dir_all(&empty).with_context(|| format!("create {}", empty.display()))?;
-    stack(visible(&lowers), &empty, &args.dir)?;
-    let layers: Vec<Arc<Layer>> = lowers
-        .iter()
-        .filter_map(|l| match l {
-            Lower::Lazy(layer, _) => Some(layer.clone()),
-            Lower::Unpacked(_) => None,
-        })
-        .collect();
-    let pruner = keep
-        .map(|keep| Pruner::start(cache_dir.clone(), keep, layers.clone()))
-        .transpose()
-        .context("start the cache's pruner")?;
-    let prefetch = if args.no_prefetch {
-        Vec::new()
-    } else {
-        link.quiet_from_now();
-        layers
-            .iter()
-            .map(|l| Prefetch::start(l.clone()))
-            .collect::<std::io::Result<Vec<_>>>()?
-    };
-    // The unpacked layers' fetches count once, with the lazy ones'.
-    let (unpacked_requests, unpacked_bytes) = lowers
-        .iter()
-        .filter_map(|l| match l {
-            Lower::Unpacked(u) => Some((u.requests(), u.fetched())),
-            Lower::Lazy(..) => None,
-        })
-        .fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2));
-    let total = |f: fn(&strata_lazy::Stats) -> u64, unpacked: u64| {
-        unpacked + layers.iter().map(|l| f(l.stats())).sum::<u64>()
-    };
-    let requests = |s: &strata_lazy::Stats| s.requests.load(Ordering::Relaxed);
-    let bytes = |s: &strata_lazy::Stats| s.bytes.load(Ordering::Relaxed);
+    let lazy = json.iter().filter(|l| l.lazy).count();
+    let totals = mounted.totals();
     out.line(
         &MountedJson {
             image: args.reference.clone(),
             dir: args.dir.display().to_string(),
             layers: json,
-            requests: total(requests, unpacked_requests),
-            bytes_fetched: total(bytes, unpacked_bytes),
+            requests: totals.requests,
+            bytes_fetched: totals.bytes,
         },
         &format!(
-            "mounted {} ({} layers, {} lazy) on {}; serving until SIGINT or SIGTERM",
+            "mounted {} ({} layers, {lazy} lazy) on {}; serving until SIGINT or SIGTERM",
             args.reference,
-            lowers.len(),
-            layers.len(),
+            mounted.layers().len(),
             args.dir.display()
         ),
     )?;
     rt.block_on(stopped())?;
-    drop(prefetch);
-    drop(pruner);
-    // Detached, so a process still inside DIR cannot keep this one
-    // waiting; the layers' sessions get a few seconds to end, then the
-    // process exits, which ends them (readers then get ENOTCONN).
-    strata_sys::mount::detach_below(&args.dir)?;
-    let mounted: Vec<Mounted> = lowers
-        .into_iter()
-        .filter_map(|l| match l {
-            Lower::Lazy(_, m) => Some(m),
-            Lower::Unpacked(_) => None,
-        })
-        .collect();
-    let (done, wait) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let result: std::io::Result<()> = mounted.into_iter().try_for_each(Mounted::unmount);
-        let _ = done.send(result);
-    });
-    match wait.recv_timeout(std::time::Duration::from_secs(5)) {
-        Ok(result) => result.context("unmount the layers")?,
-        Err(_) => {
-            tracing::warn!(dir = %args.dir.display(), "DIR is still in use: the layers end with this process")
-        }
+    let (totals, ended) = mounted.unmount(std::time::Duration::from_secs(5))?;
+    if !ended {
+        tracing::warn!(dir = %args.dir.display(), "DIR is still in use: the layers end with this process")
     }
     out.line(
         &StoppedJson {
-            requests: total(requests, unpacked_requests),
-            bytes_fetched: total(bytes, unpacked_bytes),
-            chunks_fetched: total(|s| s.chunks.load(Ordering::Relaxed), 0),
+            requests: totals.requests,
+            bytes_fetched: totals.bytes,
+            chunks_fetched: totals.chunks,
         },
         &format!(
             "unmounted; fetched {} bytes in {} requests",
-            total(bytes, unpacked_bytes),
-            total(requests, unpacked_requests)
+            totals.bytes, totals.requests
         ),
     )?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The name of the directory layer `layers.last()` unpacks into: what it
-/// holds depends on the layers below too (its whiteouts, parents resolved
-/// through them), so the key is the digest of every blob digest up to it.
-fn stack_key(layers: &[Descriptor]) -> Digest {
-    let mut text = String::new();
-    for d in layers {
-        text.push_str(d.digest.as_str());
-        text.push('\n');
-    }
-    Digest::of_bytes(strata_core::Algorithm::Sha256, text.as_bytes())
-}
-
-/// This process's directory for the layers' mounts, `CACHE/mnt/ID`
-/// (CACHE and CACHE/mnt mode 0700: the layers keep their set-user-ID files
-/// and devices, so only root may reach them), locked while it serves.
-/// Directories of mounts that ended without cleaning up (their lock is
-/// free) are detached and removed first; those of live mounts are left.
-fn mount_dir(cache: &Path) -> anyhow::Result<(PathBuf, strata_sys::lock::FileLock)> {
-    use std::os::unix::fs::PermissionsExt;
-    let mnt = cache.join("mnt");
-    std::fs::create_dir_all(&mnt).with_context(|| format!("create {}", mnt.display()))?;
-    for dir in [cache, &mnt] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("make {} private", dir.display()))?;
-    }
-    for entry in std::fs::read_dir(&mnt).with_context(|| format!("read {}", mnt.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "lock")
-            && let Ok(stale) = strata_sys::lock::FileLock::try_exclusive(&path)
-        {
-            let dir = path.with_extension("");
-            strata_sys::mount::detach_below(&dir)?;
-            if dir.exists() {
-                strata_sys::Root::open(&mnt)?
-                    .remove_all(Path::new(dir.file_name().unwrap_or_default()))?;
-            }
-            std::fs::remove_file(stale.path())?;
-        }
-    }
-    let id = strata_core::id::new_id();
-    let lock = strata_sys::lock::FileLock::try_exclusive(&mnt.join(format!("{id}.lock")))?;
-    let dir = mnt.join(id);
-    std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
-    Ok((dir, lock))
-}
-
-/// Mounts `lowers` (topmost first) on `dir` as a read-only overlay.
-/// `empty` is a second lower for a lone layer: overlay, not a bind, so
-/// whiteouts hide as they do in a stack.
-fn stack(mut lowers: Vec<PathBuf>, empty: &Path, dir: &Path) -> anyhow::Result<()> {
-    anyhow::ensure!(!lowers.is_empty(), "the image has no layers");
-    if lowers.len() == 1 {
-        lowers.push(empty.to_path_buf());
-    }
-    let m = Mount::overlay(
-        OverlayLayers {
-            lowers,
-            ..OverlayLayers::default()
-        },
-        // Lower directories only: the kernel makes it read-only.
-        Vec::new(),
-    );
-    strata_sys::mount::mount(&m, dir)
-        .with_context(|| format!("mount the image's layers on {}", dir.display()))
 }
 
 /// Waits for SIGINT or SIGTERM.
@@ -731,16 +411,18 @@ async fn stopped() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cache `image pull --lazy-cache` was given and the registry
-/// reference it takes blobs for; an error for a location that is not a
-/// registry.
+/// The cache `image pull --lazy-cache` was given (once seen to be one,
+/// before the pull does anything) and the registry reference it takes
+/// blobs for; an error for a location that is not a registry.
 pub fn cache_for_pull<'a>(
-    cache: Option<&'a Path>,
+    cache: Option<&Path>,
     location: &'a strata_oci::Location,
-) -> anyhow::Result<Option<(&'a Path, &'a str)>> {
+) -> anyhow::Result<Option<(PathBuf, &'a str)>> {
     match (cache, location) {
         (None, _) => Ok(None),
-        (Some(dir), strata_oci::Location::Registry { reference }) => Ok(Some((dir, reference))),
+        (Some(dir), strata_oci::Location::Registry { reference }) => {
+            Ok(Some((existing_cache(dir)?, reference)))
+        }
         (Some(dir), _) => Err(crate::refs::bad(format!(
             "--lazy-cache {}: only an image pulled from a registry takes blobs from a lazy-mount cache",
             dir.display()
@@ -754,6 +436,7 @@ pub fn cache_for_pull<'a>(
 /// digests, so that the pull after it fetches none of them again. A kept
 /// blob that turns out wrong is removed and said so, and so is a registry
 /// that cannot be read here: the pull then fetches as it would have.
+/// `cache` is what [`cache_for_pull`] returned.
 pub async fn take_kept_blobs(
     store: &strata_content::ContentStore,
     reference: &str,
@@ -763,7 +446,7 @@ pub async fn take_kept_blobs(
     cache: &Path,
     out: &Output,
 ) -> anyhow::Result<crate::image::KeptJson> {
-    let blobs = BlobCache::open(&existing_cache(cache)?.join("blobs"))
+    let blobs = BlobCache::open(&cache.join("blobs"))
         .with_context(|| format!("blob cache {}", cache.display()))?;
     let found = async {
         let registry = Registry::connect(
@@ -846,11 +529,9 @@ fn take_kept_blob(
         Some(d),
         &labels,
     ) {
-        // Labelled as a fetched blob is, with the repository that has it.
-        Ok(_) => {
-            src.registry.label_source(store, d)?;
-            Ok(Some(filled))
-        }
+        // The pull that follows finds it present and labels it with the
+        // repository that has it, as it labels the blobs it fetches.
+        Ok(_) => Ok(Some(filled)),
         // A whole blob is checked here, as it is stored.
         Err(e @ (ContentError::DigestMismatch { .. } | ContentError::SizeMismatch { .. })) => {
             if let Err(gone) = blobs.remove(d) {

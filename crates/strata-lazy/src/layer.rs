@@ -36,14 +36,14 @@ pub struct Stats {
     pub bytes: AtomicU64,
     /// Chunks fetched and checked.
     pub chunks: AtomicU64,
-    /// Their bytes, decompressed, counted once in the chunk cache.
-    pub decoded: AtomicU64,
+    /// Their bytes, decompressed, counted once put in the chunk cache.
+    pub cached: AtomicU64,
 }
 
 impl Stats {
     /// Counts chunk `c` as put in the cache.
-    fn cached(&self, c: &Chunk) {
-        self.decoded.fetch_add(c.len, Ordering::Relaxed);
+    fn put(&self, c: &Chunk) {
+        self.cached.fetch_add(c.len, Ordering::Relaxed);
     }
 }
 
@@ -263,7 +263,7 @@ impl Layer {
         let bytes = self.fetch(c.blob_offset, self.span_end(c) - c.blob_offset)?;
         let data = self.decode(c, &bytes)?;
         let put = self.cache.put(&c.digest, &data)?;
-        self.stats.cached(c);
+        self.stats.put(c);
         Ok(put)
     }
 
@@ -369,7 +369,7 @@ impl Layer {
             let at = usize::try_from(c.blob_offset - start).map_err(io::Error::other)?;
             let data = self.decode(c, &bytes[at..])?;
             drop(self.cache.put(&c.digest, &data)?);
-            self.stats.cached(c);
+            self.stats.put(c);
         }
         Ok(n)
     }

@@ -17,6 +17,10 @@
 //! whole and unpacked once into the cache as an overlay lower directory
 //! ([`Unpacked`]), so an image of both kinds mounts with the rest lazy.
 //!
+//! [`ImageMount`] puts it together for a whole image: its lazy layers
+//! served, its other layers unpacked, all stacked read-only on a
+//! directory by overlay, prefetched and pruned in the background.
+//!
 //! The tree is what overlay expects of a lower directory (whiteouts as
 //! 0/0 character devices, opaque directories by attribute), so a lazy
 //! layer stacks under others in an overlay mount.
@@ -27,6 +31,7 @@
 mod blobs;
 mod cache;
 mod fs;
+mod image;
 mod layer;
 mod link;
 mod prune;
@@ -37,6 +42,7 @@ mod unpack;
 pub use blobs::{BlobCache, Filled};
 pub use cache::ChunkCache;
 pub use fs::{Mounted, Readers, mount};
+pub use image::{ImageLayer, ImageMount, ImageOptions, LayerReport, Totals, prune_cache};
 pub use layer::{Layer, LayerOptions, Prefetch, Stats};
 pub use link::Link;
 pub use prune::{Prunable, Pruned, prune};

@@ -4,7 +4,8 @@
 //! that goes away gives EIO and then the right bytes once it is back; a
 //! corrupt chunk is never served nor cached; a TOC of another digest is
 //! refused; the cache outlives its process, and a cache file changed on
-//! disk is fetched anew; a read stalled on the network holds up no lookup.
+//! disk is fetched anew; a read stalled on the network holds up no lookup;
+//! an image of a plain and an eStargz layer mounts stacked, as its tree.
 
 use std::fs;
 use std::io;
@@ -15,7 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use strata_core::Digest;
 use strata_diff::estargz::EStargzOptions;
 use strata_diff::{Comparison, Compression, WriteOptions, walk_changes, write_layer};
-use strata_lazy::{ChunkCache, Layer, LayerOptions, Link, Prefetch, RangeSource, Readers, mount};
+use strata_lazy::{
+    ChunkCache, ImageLayer, ImageMount, ImageOptions, Layer, LayerOptions, Link, Prefetch,
+    RangeSource, Readers, mount,
+};
 use strata_testkit::crash::Rng;
 use strata_testkit::tree::{render, without_sockets};
 
@@ -57,8 +61,20 @@ impl RangeSource for Blob {
 
 /// `dir` as an eStargz blob with small chunks, and its TOC digest.
 fn estargz(dir: &Path, chunk_size: u64) -> (Vec<u8>, Digest) {
+    let (blob, written) = layer(None, dir, Compression::EStargz, chunk_size);
+    (blob, written.toc_digest.unwrap())
+}
+
+/// The changes from `lower` to `dir` as a layer blob (eStargz with chunks
+/// of `chunk_size`), and what was written.
+fn layer(
+    lower: Option<&Path>,
+    dir: &Path,
+    compression: Compression,
+    chunk_size: u64,
+) -> (Vec<u8>, strata_diff::Written) {
     let opts = WriteOptions {
-        compression: Compression::EStargz,
+        compression,
         estargz: EStargzOptions {
             chunk_size,
             ..EStargzOptions::default()
@@ -66,10 +82,10 @@ fn estargz(dir: &Path, chunk_size: u64) -> (Vec<u8>, Digest) {
         ..WriteOptions::default()
     };
     let (written, blob) = write_layer(&strata_leases::OpCtx::new(), Vec::new(), dir, &opts, |w| {
-        walk_changes(None, dir, Comparison::Compat, &mut |c| w.change(&c))
+        walk_changes(lower, dir, Comparison::Compat, &mut |c| w.change(&c))
     })
     .unwrap();
-    (blob, written.toc_digest.unwrap())
+    (blob, written)
 }
 
 fn open(blob: &Arc<Blob>, toc: &Digest, cache: &Path) -> io::Result<Arc<Layer>> {
@@ -597,6 +613,115 @@ fn the_cache_is_pruned_used_longest_ago_first_under_a_live_mount() {
     let late = cache_dir.join("sha256").join(sha256_hex(&[b'l'; 4000]));
     assert!(late.is_file(), "not cached");
     m.unmount().unwrap();
+}
+
+/// Whether `dir` is a mount point, by its mount table line.
+fn is_mounted(dir: &Path) -> bool {
+    let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.canonicalize().unwrap();
+    table
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(dir.to_str().unwrap()))
+}
+
+#[test]
+fn an_image_of_a_plain_and_a_lazy_layer_mounts_stacked_as_its_tree() {
+    let t = tempfile::tempdir().unwrap();
+    let [base, full, dir, cache] = ["base", "full", "dir", "cache"].map(|n| t.path().join(n));
+    fs::create_dir_all(base.join("d")).unwrap();
+    fs::write(base.join("a"), "alpha").unwrap();
+    fs::write(base.join("b"), "bravo").unwrap();
+    fs::write(base.join("d/x"), "x-ray").unwrap();
+    fs::write(base.join("d/y"), "yankee").unwrap();
+    // The image's tree: b and d/x deleted, c added, over the base.
+    let status = std::process::Command::new("cp")
+        .args(["-a", "--"])
+        .arg(&base)
+        .arg(&full)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::remove_file(full.join("b")).unwrap();
+    fs::remove_file(full.join("d/x")).unwrap();
+    let mut rng = Rng::new(24);
+    let c: Vec<u8> = (0..200_000).map(|_| rng.below(256) as u8).collect();
+    fs::write(full.join("c"), &c).unwrap();
+    fs::create_dir(&dir).unwrap();
+
+    let (plain, plain_written) = layer(None, &base, Compression::Gzip, 0);
+    let (lazy, lazy_written) = layer(Some(&base), &full, Compression::EStargz, 16 << 10);
+    let (plain, lazy) = (blob_of(plain), blob_of(lazy));
+    let image = |toc: Option<Digest>| {
+        vec![
+            ImageLayer {
+                digest: plain_written.digest.clone(),
+                media_type: None,
+                toc_digest: None,
+                diff_id: Some(plain_written.diff_id.clone()),
+                source: plain.clone(),
+            },
+            ImageLayer {
+                digest: lazy_written.digest.clone(),
+                media_type: None,
+                toc_digest: toc,
+                diff_id: Some(lazy_written.diff_id.clone()),
+                source: lazy.clone(),
+            },
+        ]
+    };
+    let toc = lazy_written.toc_digest.clone();
+    let opts = ImageOptions {
+        threads: 2,
+        prefetch: false,
+        ..ImageOptions::default()
+    };
+
+    // A TOC of another digest fails the mount, naming the layer, and
+    // leaves the directory as it was.
+    let wrong = Some(plain_written.diff_id.clone());
+    let err = ImageMount::mount(&cache, image(wrong), &dir, &opts).unwrap_err();
+    assert!(
+        err.to_string().contains(lazy_written.digest.as_str()),
+        "{err}"
+    );
+    assert!(!is_mounted(&dir), "a failed mount left {}", dir.display());
+
+    let m = ImageMount::mount(&cache, image(toc.clone()), &dir, &opts).unwrap();
+    assert!(is_mounted(&dir));
+    assert_eq!(below_root(&dir), below_root(&full));
+    assert_eq!(fs::read(dir.join("c")).unwrap(), c);
+    let reports = m.layers();
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0].toc_digest, None);
+    assert_eq!(reports[0].unpacked_fetched, Some(plain.size()));
+    assert_eq!(reports[1].toc_digest, toc);
+    assert_eq!(reports[1].unpacked_fetched, None);
+    assert!(reports[1].inodes.is_some());
+    let totals = m.totals();
+    assert!(totals.chunks >= 200_000 / (16 << 10), "{totals:?}");
+    assert!(totals.bytes >= plain.size(), "{totals:?}");
+    let (end, ended) = m.unmount(std::time::Duration::from_secs(5)).unwrap();
+    assert!(ended);
+    assert_eq!(end.chunks, totals.chunks);
+    assert!(!is_mounted(&dir), "unmount left the stack");
+    // The plain blob was read whole, so it is kept whole.
+    let kept = cache.join("blobs/sha256").join(plain_written.digest.hex());
+    assert_eq!(fs::read(&kept).unwrap(), plain.bytes);
+
+    // Mounted again: the plain layer is found unpacked, the chunks in the
+    // cache; dropping the mount unmounts it.
+    let served = plain.served.load(Ordering::SeqCst) + lazy.served.load(Ordering::SeqCst);
+    let m = ImageMount::mount(&cache, image(toc), &dir, &opts).unwrap();
+    assert_eq!(m.layers()[0].unpacked_fetched, Some(0));
+    assert_eq!(fs::read(dir.join("c")).unwrap(), c);
+    assert_eq!(
+        plain.served.load(Ordering::SeqCst) + lazy.served.load(Ordering::SeqCst),
+        served,
+        "a second mount fetched again"
+    );
+    drop(m);
+    assert!(!is_mounted(&dir), "drop left the stack");
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
