@@ -71,6 +71,10 @@ fn layers(env: &Env) -> Vec<Vec<u8>> {
     vec![tar(&base), tar(&top)]
 }
 
+/// Among the `extra` options of [`LazyMount::try_start`]: leave prefetch
+/// on (the tests' mounts fetch only what they read otherwise).
+const PREFETCH: &str = "(prefetch)";
+
 /// A running `strata lazy mount`; stopped with SIGTERM when dropped, so
 /// a failed test leaves nothing mounted.
 struct LazyMount {
@@ -101,6 +105,7 @@ impl LazyMount {
 
     /// Starts `strata lazy mount`: the mount and its JSON line once it
     /// serves, or no mount and what it wrote on stderr when it failed.
+    /// Prefetch is off unless `extra` has [`PREFETCH`].
     fn try_start(
         env: &Env,
         reference: &str,
@@ -112,6 +117,10 @@ impl LazyMount {
         fs::create_dir_all(dir).unwrap();
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = env.path(&format!("lazy-mount-{run}.stderr"));
+        let prefetch = match extra.contains(&PREFETCH) {
+            true => None,
+            false => Some("--no-prefetch"),
+        };
         let mut child = env
             .cmd(&[
                 "--json",
@@ -121,9 +130,9 @@ impl LazyMount {
                 &s(dir),
                 "--cache",
                 &s(cache),
-                "--no-prefetch",
             ])
-            .args(extra)
+            .args(prefetch)
+            .args(extra.iter().filter(|a| **a != PREFETCH))
             .stdout(Stdio::piped())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
@@ -169,10 +178,14 @@ impl LazyMount {
         self.child.wait().unwrap();
     }
 
-    /// Stops it with SIGTERM: its exit code and final report.
+    /// Stops it with SIGTERM: its exit code and final report (a line
+    /// saying prefetch has finished is passed over).
     fn stop(mut self) -> (i32, Value) {
         self.terminate();
-        let report = self.next_value();
+        let mut report = self.next_value();
+        if report.get("prefetched").is_some() {
+            report = self.next_value();
+        }
         let code = self.child.wait().unwrap().code().unwrap_or(-1);
         (code, report)
     }
@@ -456,6 +469,38 @@ fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
         (&json!(0), &json!(3)),
         "two layers and the config: {pushed}"
     );
+
+    // A mount whose prefetch has finished has every blob whole: the
+    // pull downloads no blob byte, only the manifest and the config.
+    let whole = env.path("whole");
+    let (lazy, _) = LazyMount::start_with(&env, &lazy_ref, &mnt, &whole, &[PREFETCH]);
+    let mut lazy = lazy;
+    let prefetched = lazy.next_value();
+    assert_eq!(prefetched["prefetched"], true, "{prefetched}");
+    assert_eq!(lazy.stop().0, 0);
+    let fifth = Env::strata();
+    let before = proxy.bytes_down();
+    let got = fifth
+        .run(&[
+            "--json",
+            "image",
+            "pull",
+            &through(&lazy_ref),
+            "--lazy-cache",
+            &s(&whole),
+        ])
+        .expect(0)
+        .json();
+    let down = proxy.bytes_down() - before;
+    assert_eq!(
+        (
+            &got["lazy_cache"]["blobs"],
+            &got["lazy_cache"]["fetched_bytes"]
+        ),
+        (&json!(2), &json!(0)),
+        "{got}"
+    );
+    assert!(down < 64 * 1024, "{down} bytes came down: {got}");
 
     // Plain layers a mount unpacked were fetched whole: a pull fetches
     // none of their bytes.

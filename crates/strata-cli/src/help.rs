@@ -256,7 +256,8 @@ is read lazily: only the manifest, the config and each such layer's footer and T
 DIR is mounted. A file's data is fetched when it is read, a chunk at a time by range requests, and \
 checked against the chunk digest in the TOC before it is served or kept. Unless --no-prefetch, the \
 rest is fetched in the background, in the layer's order (its prioritized files first), but only once \
-no read has waited for a fetch for a second, so a program's first reads have the link to themselves. \
+no read has waited for a fetch for a second, so a program's first reads have the link to themselves; \
+then the rest of each blob a mount has kept, so that it is whole. \
 A read the registry cannot serve fails with EIO (the error is logged) and works again once the \
 registry is back. A plain gzip or zstd layer cannot be read lazily: it is fetched whole, checked \
 against its digest and diffID, and unpacked once into CACHE/layers (a note on stderr says so); later \
@@ -269,7 +270,9 @@ then each time it has added an eighth of SIZE), as `strata lazy prune` does. Nee
 once: chroot /mnt/app python3 --version.\n\n\
 With --json it prints {image, dir, layers: [{digest, lazy, toc_digest, inodes, dir}], requests, \
 bytes_fetched} once DIR is mounted (toc_digest and inodes for lazy layers only; dir is the layer's \
-FUSE mount or where it was unpacked), and {requests, bytes_fetched, chunks_fetched} when it stops.",
+FUSE mount or where it was unpacked), {prefetched: true, requests, bytes_fetched, chunks_fetched} \
+once prefetch has finished (image pull --lazy-cache then downloads no blob), and {requests, \
+bytes_fetched, chunks_fetched} when it stops.",
         examples: &[
             "strata lazy mount registry.example/app:estargz /mnt/app --cache /var/cache/strata-lazy",
             "strata lazy mount localhost:5000/app:estargz /mnt/app --cache /tmp/lazy --no-prefetch  # fetch only what is read",

@@ -165,11 +165,30 @@ struct CopiedJson {
     present: usize,
 }
 
+/// What a mount has fetched: the last line, once it has stopped.
 #[derive(Serialize)]
-struct StoppedJson {
+struct FetchedJson {
     requests: u64,
     bytes_fetched: u64,
     chunks_fetched: u64,
+}
+
+impl From<strata_lazy::Totals> for FetchedJson {
+    fn from(t: strata_lazy::Totals) -> FetchedJson {
+        FetchedJson {
+            requests: t.requests,
+            bytes_fetched: t.bytes,
+            chunks_fetched: t.chunks,
+        }
+    }
+}
+
+/// The line a mount prints once its prefetch has finished.
+#[derive(Serialize)]
+struct PrefetchedJson {
+    prefetched: bool,
+    #[serde(flatten)]
+    fetched: FetchedJson,
 }
 
 pub fn run(cmd: LazyCmd, out: &Output) -> anyhow::Result<ExitCode> {
@@ -380,17 +399,13 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
             args.dir.display()
         ),
     )?;
-    rt.block_on(stopped())?;
+    rt.block_on(serve_until_stopped(&mounted, !args.no_prefetch, out))?;
     let (totals, ended) = mounted.unmount(std::time::Duration::from_secs(5))?;
     if !ended {
         tracing::warn!(dir = %args.dir.display(), "DIR is still in use: the layers end with this process")
     }
     out.line(
-        &StoppedJson {
-            requests: totals.requests,
-            bytes_fetched: totals.bytes,
-            chunks_fetched: totals.chunks,
-        },
+        &FetchedJson::from(totals),
         &format!(
             "unmounted; fetched {} bytes in {} requests",
             totals.bytes, totals.requests
@@ -399,16 +414,41 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for SIGINT or SIGTERM.
-async fn stopped() -> anyhow::Result<()> {
+/// Waits for SIGINT or SIGTERM. With `prefetching`, says so in a line once
+/// `mounted`'s prefetch has finished: every chunk is in the cache, and the
+/// blobs are kept whole unless keeping is off (so `image pull
+/// --lazy-cache` downloads none of them).
+async fn serve_until_stopped(
+    mounted: &ImageMount,
+    mut prefetching: bool,
+    out: &Output,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = int.recv() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+            _ = tick.tick(), if prefetching => {
+                if mounted.prefetched() {
+                    prefetching = false;
+                    let totals = mounted.totals();
+                    out.line(
+                        &PrefetchedJson {
+                            prefetched: true,
+                            fetched: totals.into(),
+                        },
+                        &format!(
+                            "prefetch has finished ({} bytes fetched in {} requests)",
+                            totals.bytes, totals.requests
+                        ),
+                    )?;
+                }
+            }
+        }
     }
-    Ok(())
 }
 
 /// The cache `image pull --lazy-cache` was given (once seen to be one,

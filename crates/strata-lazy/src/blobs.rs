@@ -429,6 +429,20 @@ impl RangeSource for Recording {
         self.keep(offset, &bytes);
         Ok(bytes)
     }
+
+    fn unkept(&self) -> Option<Vec<(u64, u64)>> {
+        let partial = self.partial.lock().unwrap_or_else(PoisonError::into_inner);
+        match (
+            &*partial,
+            &*self.checking.lock().unwrap_or_else(PoisonError::into_inner),
+        ) {
+            (Some(p), _) => Some(p.ranges.missing(p.size)),
+            // Whole, and being checked or checked.
+            (None, Some(_)) => Some(Vec::new()),
+            // Stopped keeping.
+            (None, None) => None,
+        }
+    }
 }
 
 impl Drop for Recording {

@@ -27,6 +27,15 @@ use crate::tree::{Chunk, Kind, Tree};
 /// much (2 MiB is 170 ms at 100 Mbit/s).
 const PREFETCH_SPAN: u64 = 2 << 20;
 
+/// What prefetch fetches to keep a blob whole even when that is more than
+/// an eighth of it (a small layer is mostly members without data).
+const KEEP_WHOLE_ANYWAY: u64 = 1 << 20;
+
+/// The most bytes a prefetch read takes in between two members it wants
+/// (members of entries without data: directories, links, empty files), so
+/// the run goes on in one read rather than breaking there.
+const BRIDGE: u64 = 64 << 10;
+
 /// What a layer has fetched.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -335,11 +344,59 @@ impl Layer {
         }
         if i == chunks.len() {
             tracing::info!(layer = %self.name, chunks = chunks.len(), "every chunk is cached");
+            self.keep_whole(stop);
         }
     }
 
+    /// When the source keeps what is read through it (`unkept`), reads
+    /// what it lacks of the blob once every chunk is cached: the members
+    /// of entries without data that no run took in, and the TOC when it
+    /// came from the cache. The kept blob is then whole, and a pull takes
+    /// it without downloading anything. Only when that is at most an
+    /// eighth of the blob (or [`KEEP_WHOLE_ANYWAY`]): a mount that found
+    /// most chunks in the cache kept little of it, and downloading the
+    /// rest is a pull's work, not the background's. Each read waits for its turn on the link, gaps
+    /// closer than [`BRIDGE`] in one read; a failure ends it (a pull
+    /// fetches what is missing).
+    fn keep_whole(&self, stop: &AtomicBool) {
+        let Some(gaps) = self.src.unkept() else {
+            return;
+        };
+        let missing: u64 = gaps.iter().map(|(s, e)| e - s).sum();
+        if missing == 0 || missing > (self.src.size() / 8).max(KEEP_WHOLE_ANYWAY) {
+            return;
+        }
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        for (start, end) in gaps {
+            match spans.last_mut() {
+                Some(last) if start - last.1 <= BRIDGE && end - last.0 <= PREFETCH_SPAN => {
+                    last.1 = end
+                }
+                _ => spans.push((start, end)),
+            }
+        }
+        for (start, end) in spans {
+            let mut at = start;
+            while at < end {
+                let Some(turn) = self.link.background(stop) else {
+                    return;
+                };
+                let len = (end - at).min(PREFETCH_SPAN);
+                let read = self.fetch(at, len);
+                drop(turn);
+                if let Err(e) = read {
+                    tracing::warn!(layer = %self.name, error = %e, "could not fetch the rest of the blob to keep it whole");
+                    return;
+                }
+                at += len;
+            }
+        }
+        tracing::info!(layer = %self.name, bytes = missing, "the rest of the blob is kept");
+    }
+
     /// Fetches the longest run of missing chunks at the start of `chunks`
-    /// (adjacent members, at most [`PREFETCH_SPAN`] bytes) in one read;
+    /// (members at most [`BRIDGE`] apart, at most [`PREFETCH_SPAN`] bytes)
+    /// in one read;
     /// how many chunks it dealt with.
     fn prefetch_run(&self, chunks: &[&Chunk]) -> io::Result<usize> {
         let missing = |c: &Chunk| self.cache.get(&c.digest, c.len).map(|f| f.is_none());
@@ -351,7 +408,7 @@ impl Layer {
         let mut n = 1;
         while let Some(c) = chunks.get(n) {
             let next_end = self.span_end(c);
-            if c.blob_offset > end || next_end - start > PREFETCH_SPAN || !missing(c)? {
+            if c.blob_offset > end + BRIDGE || next_end - start > PREFETCH_SPAN || !missing(c)? {
                 break;
             }
             end = end.max(next_end);

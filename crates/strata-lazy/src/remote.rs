@@ -16,6 +16,13 @@ pub trait RangeSource: Send + Sync {
     /// Exactly the `len` bytes at `offset` (never fewer: a short answer is
     /// an error).
     fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+
+    /// For a source that keeps what is read through it: the byte ranges of
+    /// the blob it has not kept yet (empty once it has all of them).
+    /// `None` for a source that keeps nothing, or has stopped keeping.
+    fn unkept(&self) -> Option<Vec<(u64, u64)>> {
+        None
+    }
 }
 
 /// A blob in a local file: for tests and for layers already stored.

@@ -5,7 +5,8 @@
 //! corrupt chunk is never served nor cached; a TOC of another digest is
 //! refused; the cache outlives its process, and a cache file changed on
 //! disk is fetched anew; a read stalled on the network holds up no lookup;
-//! an image of a plain and an eStargz layer mounts stacked, as its tree.
+//! an image of a plain and an eStargz layer mounts stacked, as its tree;
+//! a finished prefetch leaves the blob it read through kept whole.
 
 use std::fs;
 use std::io;
@@ -17,8 +18,8 @@ use strata_core::Digest;
 use strata_diff::estargz::EStargzOptions;
 use strata_diff::{Comparison, Compression, WriteOptions, walk_changes, write_layer};
 use strata_lazy::{
-    ChunkCache, ImageLayer, ImageMount, ImageOptions, Layer, LayerOptions, Link, Prefetch,
-    RangeSource, Readers, mount,
+    BlobCache, ChunkCache, ImageLayer, ImageMount, ImageOptions, Layer, LayerOptions, Link,
+    Prefetch, RangeSource, Readers, mount,
 };
 use strata_testkit::crash::Rng;
 use strata_testkit::tree::{render, without_sockets};
@@ -722,6 +723,53 @@ fn an_image_of_a_plain_and_a_lazy_layer_mounts_stacked_as_its_tree() {
     drop(m);
     assert!(!is_mounted(&dir), "drop left the stack");
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+}
+
+#[test]
+fn a_finished_prefetch_leaves_the_blob_kept_whole() {
+    let (t, src, _mnt) = dirs();
+    // Directories, symlinks and empty files between the files: members
+    // no chunk starts, which prefetch has no chunk to read for.
+    let mut rng = Rng::new(7);
+    for i in 0..200 {
+        let d = src.join(format!("d{i}"));
+        fs::create_dir(&d).unwrap();
+        std::os::unix::fs::symlink("f", d.join("link")).unwrap();
+        fs::write(d.join("empty"), "").unwrap();
+        let data: Vec<u8> = (0..3000).map(|_| rng.below(256) as u8).collect();
+        fs::write(d.join("f"), data).unwrap();
+    }
+    let (bytes, toc) = estargz(&src, 4096);
+    let digest = Digest::of_bytes(strata_core::Algorithm::Sha256, &bytes);
+    let blob = blob_of(bytes.clone());
+    let chunks = t.path().join("cache");
+    // Opened once without keeping, so the TOC comes from the cache below
+    // and the recording never reads it.
+    drop(open(&blob, &toc, &chunks).unwrap());
+    let blobs = BlobCache::open(&t.path().join("blobs")).unwrap();
+    let layer = Layer::open(
+        blobs.recording(&digest, blob.clone()),
+        Arc::new(ChunkCache::open(&chunks).unwrap()),
+        &LayerOptions {
+            name: "test-layer".into(),
+            toc_digest: toc,
+            opaque_xattr: "trusted.overlay.opaque".into(),
+            link: Arc::new(Link::new(std::time::Duration::ZERO)),
+        },
+    )
+    .map(Arc::new)
+    .unwrap();
+    let prefetch = Prefetch::start(layer.clone()).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !prefetch.is_finished() {
+        assert!(std::time::Instant::now() < until, "prefetch did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The last of the layer's source waits for the blob's check.
+    drop((prefetch, layer));
+    let kept = t.path().join("blobs/sha256").join(digest.hex());
+    assert!(kept.is_file(), "the blob is not kept whole");
+    assert_eq!(fs::read(&kept).unwrap(), bytes);
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
