@@ -151,6 +151,13 @@ impl LazyMount {
         }
     }
 
+    /// The next JSON value the command prints, within `limit` (else the
+    /// command is killed and this panics).
+    fn next_value_within(&mut self, limit: std::time::Duration) -> Value {
+        let _limit = strata_testkit::cli::KillAfter::new(self.child.id(), limit);
+        self.next_value()
+    }
+
     /// The next JSON value the command prints.
     fn next_value(&mut self) -> Value {
         serde_json::Deserializer::from_reader(&mut self.out)
@@ -475,7 +482,7 @@ fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
     let whole = env.path("whole");
     let (lazy, _) = LazyMount::start_with(&env, &lazy_ref, &mnt, &whole, &[PREFETCH]);
     let mut lazy = lazy;
-    let prefetched = lazy.next_value();
+    let prefetched = lazy.next_value_within(std::time::Duration::from_secs(120));
     assert_eq!(prefetched["prefetched"], true, "{prefetched}");
     assert_eq!(lazy.stop().0, 0);
     let fifth = Env::strata();

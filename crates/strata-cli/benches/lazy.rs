@@ -149,7 +149,9 @@ fn pull_round(
     if after_mount {
         let (child, mut out) = serve(reference, mnt, &cache, true);
         probe(mnt);
+        let limit = strata_testkit::cli::KillAfter::new(child.id(), Duration::from_secs(600));
         let prefetched = next_value(&mut out);
+        drop(limit);
         assert_eq!(
             prefetched["prefetched"], true,
             "lazy mount said {prefetched}"

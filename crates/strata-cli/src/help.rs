@@ -271,7 +271,8 @@ once: chroot /mnt/app python3 --version.\n\n\
 With --json it prints {image, dir, layers: [{digest, lazy, toc_digest, inodes, dir}], requests, \
 bytes_fetched} once DIR is mounted (toc_digest and inodes for lazy layers only; dir is the layer's \
 FUSE mount or where it was unpacked), {prefetched: true, requests, bytes_fetched, chunks_fetched} \
-once prefetch has finished (image pull --lazy-cache then downloads no blob), and {requests, \
+once prefetch has finished (the blobs are then kept whole, unless the chunk cache held most of one, \
+so image pull --lazy-cache downloads none of them), and {requests, \
 bytes_fetched, chunks_fetched} when it stops.",
         examples: &[
             "strata lazy mount registry.example/app:estargz /mnt/app --cache /var/cache/strata-lazy",

@@ -435,7 +435,8 @@ async fn serve_until_stopped(
                 if mounted.prefetched() {
                     prefetching = false;
                     let totals = mounted.totals();
-                    out.line(
+                    // Serving goes on whoever stopped reading the output.
+                    if let Err(e) = out.line(
                         &PrefetchedJson {
                             prefetched: true,
                             fetched: totals.into(),
@@ -444,7 +445,9 @@ async fn serve_until_stopped(
                             "prefetch has finished ({} bytes fetched in {} requests)",
                             totals.bytes, totals.requests
                         ),
-                    )?;
+                    ) {
+                        tracing::warn!(error = %e, "could not say that prefetch has finished");
+                    }
                 }
             }
         }

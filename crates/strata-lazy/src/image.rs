@@ -195,6 +195,13 @@ impl ImageMount {
             ));
         }
         std::fs::create_dir_all(cache).map_err(context(&format!("create {}", cache.display())))?;
+        // Absolute and without symlinks, as the mount table names them:
+        // mounts found there by path (stale ones; the stack, to detach it)
+        // are found by these.
+        let cache = &std::fs::canonicalize(cache)
+            .map_err(context(&format!("resolve {}", cache.display())))?;
+        let dir =
+            &std::fs::canonicalize(dir).map_err(context(&format!("resolve {}", dir.display())))?;
         let chunks = Arc::new(
             ChunkCache::open(&cache.join("chunks"))
                 .map_err(context(&format!("chunk cache {}", cache.display())))?,
@@ -331,9 +338,8 @@ impl ImageMount {
     /// end (false when they have not: they end when this process does,
     /// and readers then get ENOTCONN). What was fetched is returned.
     pub fn unmount(mut self, wait: Duration) -> io::Result<(Totals, bool)> {
-        let totals = self.totals();
         let ended = self.stop(wait)?;
-        Ok((totals, ended))
+        Ok((self.totals(), ended))
     }
 
     fn stop(&mut self, wait: Duration) -> io::Result<bool> {
@@ -342,8 +348,10 @@ impl ImageMount {
         if self.lowers.is_empty() {
             return Ok(true);
         }
-        if std::mem::take(&mut self.stacked) {
-            strata_sys::mount::detach_below(&self.dir).map_err(io::Error::other)?;
+        if self.stacked {
+            strata_sys::mount::detach_below(&self.dir)
+                .map_err(sys(&format!("detach {}", self.dir.display())))?;
+            self.stacked = false;
         }
         let mounted: Vec<Mounted> = std::mem::take(&mut self.lowers)
             .into_iter()
@@ -429,6 +437,18 @@ fn context(what: &str) -> impl FnOnce(io::Error) -> io::Error + '_ {
     move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
+/// A strata-sys error as an I/O error of its errno's kind (a missing
+/// directory is `NotFound`, a busy one `ResourceBusy`), with what was
+/// being done in front.
+fn sys(what: &str) -> impl FnOnce(strata_sys::SysError) -> io::Error + '_ {
+    move |e| {
+        let kind = e.raw_os_error().map_or(io::ErrorKind::Other, |n| {
+            io::Error::from_raw_os_error(n).kind()
+        });
+        io::Error::new(kind, format!("{what}: {e}"))
+    }
+}
+
 /// The directories overlay reads for `lowers` (bottom first): topmost
 /// first, down to the first whose root is opaque (it hides the rest;
 /// overlay ignores the marker on a layer's root).
@@ -474,11 +494,12 @@ fn mount_dir(cache: &Path) -> io::Result<(PathBuf, FileLock)> {
             && let Ok(stale) = FileLock::try_exclusive(&path)
         {
             let dir = path.with_extension("");
-            strata_sys::mount::detach_below(&dir).map_err(io::Error::other)?;
+            strata_sys::mount::detach_below(&dir)
+                .map_err(sys(&format!("detach {}", dir.display())))?;
             if dir.exists() {
                 strata_sys::Root::open(&mnt)
                     .and_then(|r| r.remove_all(Path::new(dir.file_name().unwrap_or_default())))
-                    .map_err(io::Error::other)?;
+                    .map_err(sys(&format!("remove {}", dir.display())))?;
             }
             std::fs::remove_file(stale.path())?;
         }
@@ -506,12 +527,10 @@ fn stack(mut lowers: Vec<PathBuf>, empty: &Path, dir: &Path) -> io::Result<()> {
         // Lower directories only: the kernel makes it read-only.
         Vec::new(),
     );
-    strata_sys::mount::mount(&m, dir).map_err(|e| {
-        io::Error::other(format!(
-            "mount the image's layers on {}: {e}",
-            dir.display()
-        ))
-    })
+    strata_sys::mount::mount(&m, dir).map_err(sys(&format!(
+        "mount the image's layers on {}",
+        dir.display()
+    )))
 }
 
 /// Prunes a mount's cache while it serves: a second after it starts, then,

@@ -687,6 +687,35 @@ fn an_image_of_a_plain_and_a_lazy_layer_mounts_stacked_as_its_tree() {
     );
     assert!(!is_mounted(&dir), "a failed mount left {}", dir.display());
 
+    // A plain layer that fails its diffID over a lazy layer already
+    // mounted: that layer's mount goes too.
+    let (whole, whole_written) = layer(None, &full, Compression::EStargz, 16 << 10);
+    let failing = vec![
+        ImageLayer {
+            digest: whole_written.digest.clone(),
+            media_type: None,
+            toc_digest: whole_written.toc_digest.clone(),
+            diff_id: None,
+            source: blob_of(whole),
+        },
+        ImageLayer {
+            diff_id: Some(whole_written.diff_id.clone()),
+            ..image(None).remove(0)
+        },
+    ];
+    let err = ImageMount::mount(&cache, failing, &dir, &opts).unwrap_err();
+    assert!(
+        err.to_string().contains(plain_written.digest.as_str()),
+        "{err}"
+    );
+    let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let cached = cache.canonicalize().unwrap();
+    assert!(
+        !table.contains(cached.to_str().unwrap()),
+        "a failed mount left a layer mounted: {table}"
+    );
+    assert!(!is_mounted(&dir), "a failed mount left {}", dir.display());
+
     let m = ImageMount::mount(&cache, image(toc.clone()), &dir, &opts).unwrap();
     assert!(is_mounted(&dir));
     assert_eq!(below_root(&dir), below_root(&full));

@@ -165,7 +165,10 @@ async fn ensure(
     loop {
         match store.hold(&desc.digest) {
             Ok(info) if info.size == desc.size => {
-                source.present(store, desc)?;
+                // Only later pushes gain by it: a failure fails no pull.
+                if let Err(e) = source.present(store, desc) {
+                    tracing::warn!(source = %source.name(), blob = %desc.digest, error = %e, "could not record where a stored blob was found");
+                }
                 return Ok(false);
             }
             Ok(info) => {

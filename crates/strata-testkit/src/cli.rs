@@ -9,6 +9,42 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Kills process `pid` (SIGKILL) unless dropped within `limit`, so a wait
+/// on its output that would never end ends instead (the output closes).
+#[derive(Debug)]
+pub struct KillAfter {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KillAfter {
+    /// Starts the clock for `pid`.
+    pub fn new(pid: u32, limit: Duration) -> KillAfter {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+                eprintln!("process {pid} took over {limit:?}: killed");
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        });
+        KillAfter {
+            done: Some(done),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for KillAfter {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The `strata` binary under test. `$STRATA_BIN` when set (a release build,
 /// a binary copied into a VM); else `cargo build -p strata-cli --bin
 /// strata` is run once per test process and the executable Cargo reports
