@@ -417,7 +417,7 @@ fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
 
     // A pull into another root takes what the mount fetched and fetches
     // only the rest.
-    let pull = |env: &Env, reference: &str| {
+    let pull = |env: &Env, reference: &str, cache: &Path| {
         let before = proxy.bytes_down();
         let got = env
             .run(&[
@@ -428,13 +428,26 @@ fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
                 "--name",
                 "pulled",
                 "--lazy-cache",
-                &s(&cache),
+                &s(cache),
             ])
             .expect(0);
         (got.json(), proxy.bytes_down() - before, got.stderr)
     };
+    // Both blobs taken whole from the cache: under 64 KiB came down
+    // (the manifest and the config).
+    let took_all = |pulled: &Value, down: u64| {
+        assert_eq!(
+            (
+                &pulled["lazy_cache"]["blobs"],
+                &pulled["lazy_cache"]["fetched_bytes"]
+            ),
+            (&json!(2), &json!(0)),
+            "{pulled}"
+        );
+        assert!(down < 64 * 1024, "{down} bytes came down: {pulled}");
+    };
     let other = Env::strata();
-    let (pulled, down, _) = pull(&other, &lazy_ref);
+    let (pulled, down, _) = pull(&other, &lazy_ref, &cache);
     let total: u64 = layer_blobs(&other, "pulled").iter().map(|l| l.1).sum();
     let kept = &pulled["lazy_cache"];
     assert_eq!(kept["blobs"], 2, "{pulled}");
@@ -485,45 +498,16 @@ fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
     let prefetched = lazy.next_value_within(std::time::Duration::from_secs(120));
     assert_eq!(prefetched["prefetched"], true, "{prefetched}");
     assert_eq!(lazy.stop().0, 0);
-    let fifth = Env::strata();
-    let before = proxy.bytes_down();
-    let got = fifth
-        .run(&[
-            "--json",
-            "image",
-            "pull",
-            &through(&lazy_ref),
-            "--lazy-cache",
-            &s(&whole),
-        ])
-        .expect(0)
-        .json();
-    let down = proxy.bytes_down() - before;
-    assert_eq!(
-        (
-            &got["lazy_cache"]["blobs"],
-            &got["lazy_cache"]["fetched_bytes"]
-        ),
-        (&json!(2), &json!(0)),
-        "{got}"
-    );
-    assert!(down < 64 * 1024, "{down} bytes came down: {got}");
+    let (pulled, down, _) = pull(&Env::strata(), &lazy_ref, &whole);
+    took_all(&pulled, down);
 
     // Plain layers a mount unpacked were fetched whole: a pull fetches
     // none of their bytes.
     let (plain, _) = LazyMount::start(&env, &plain_ref, &mnt, &cache);
     assert_eq!(plain.stop().0, 0);
     let third = Env::strata();
-    let (pulled, down, _) = pull(&third, &plain_ref);
-    assert_eq!(
-        (
-            &pulled["lazy_cache"]["blobs"],
-            &pulled["lazy_cache"]["fetched_bytes"]
-        ),
-        (&json!(2), &json!(0)),
-        "{pulled}"
-    );
-    assert!(down < 64 * 1024, "{down} bytes came down: {pulled}");
+    let (pulled, down, _) = pull(&third, &plain_ref, &cache);
+    took_all(&pulled, down);
 
     // A kept blob that is not what its digest says is removed, and the
     // pull fetches it: the root gets the right tree.
@@ -534,7 +518,7 @@ fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
     bytes[100] ^= 0xff;
     fs::write(&kept_file, bytes).unwrap();
     let fourth = Env::strata();
-    let (pulled, _, stderr) = pull(&fourth, &plain_ref);
+    let (pulled, _, stderr) = pull(&fourth, &plain_ref, &cache);
     assert_eq!(pulled["lazy_cache"]["blobs"], 1, "{pulled}");
     assert!(
         stderr.contains(&layer) && stderr.contains("not usable"),
