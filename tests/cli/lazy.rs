@@ -496,7 +496,11 @@ fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
     let (lazy, _) = LazyMount::start_with(&env, &lazy_ref, &mnt, &whole, &[PREFETCH]);
     let mut lazy = lazy;
     let prefetched = lazy.next_value_within(std::time::Duration::from_secs(120));
-    assert_eq!(prefetched["prefetched"], true, "{prefetched}");
+    assert_eq!(
+        (&prefetched["prefetched"], &prefetched["blobs_whole"]),
+        (&json!(true), &json!(2)),
+        "{prefetched}"
+    );
     assert_eq!(lazy.stop().0, 0);
     let (pulled, down, _) = pull(&Env::strata(), &lazy_ref, &whole);
     took_all(&pulled, down);

@@ -257,7 +257,8 @@ DIR is mounted. A file's data is fetched when it is read, a chunk at a time by r
 checked against the chunk digest in the TOC before it is served or kept. Unless --no-prefetch, the \
 rest is fetched in the background, in the layer's order (its prioritized files first), but only once \
 no read has waited for a fetch for a second, so a program's first reads have the link to themselves; \
-then the rest of each blob a mount has kept, so that it is whole. \
+then what the mount has not kept of each blob, when that is at most an eighth of it or 1 MiB, so that \
+the kept blob is whole. \
 A read the registry cannot serve fails with EIO (the error is logged) and works again once the \
 registry is back. A plain gzip or zstd layer cannot be read lazily: it is fetched whole, checked \
 against its digest and diffID, and unpacked once into CACHE/layers (a note on stderr says so); later \
@@ -270,9 +271,9 @@ then each time it has added an eighth of SIZE), as `strata lazy prune` does. Nee
 once: chroot /mnt/app python3 --version.\n\n\
 With --json it prints {image, dir, layers: [{digest, lazy, toc_digest, inodes, dir}], requests, \
 bytes_fetched} once DIR is mounted (toc_digest and inodes for lazy layers only; dir is the layer's \
-FUSE mount or where it was unpacked), {prefetched: true, requests, bytes_fetched, chunks_fetched} \
-once prefetch has finished (the blobs are then kept whole, unless the chunk cache held most of one, \
-so image pull --lazy-cache downloads none of them), and {requests, \
+FUSE mount or where it was unpacked), {prefetched: true, blobs_whole, requests, bytes_fetched, chunks_fetched} \
+once prefetch has finished (blobs_whole: how many layer blobs CACHE keeps whole, which image pull \
+--lazy-cache takes without downloading), and {requests, \
 bytes_fetched, chunks_fetched} when it stops.",
         examples: &[
             "strata lazy mount registry.example/app:estargz /mnt/app --cache /var/cache/strata-lazy",

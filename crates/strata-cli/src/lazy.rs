@@ -165,7 +165,7 @@ struct CopiedJson {
     present: usize,
 }
 
-/// What a mount has fetched: the last line, once it has stopped.
+/// What a mount has fetched (the last line, once it has stopped).
 #[derive(Serialize)]
 struct FetchedJson {
     requests: u64,
@@ -187,6 +187,9 @@ impl From<strata_lazy::Totals> for FetchedJson {
 #[derive(Serialize)]
 struct PrefetchedJson {
     prefetched: bool,
+    /// Layer blobs the cache keeps whole (a pull takes them without
+    /// downloading).
+    blobs_whole: usize,
     #[serde(flatten)]
     fetched: FetchedJson,
 }
@@ -251,13 +254,9 @@ fn existing_cache(cache: &Path) -> anyhow::Result<PathBuf> {
             cache.display()
         )));
     }
-    canonical(cache)
-}
-
-/// `dir` as the mount table names it (absolute, symbolic links resolved),
-/// so the overlays stacked on its layers are found there.
-fn canonical(dir: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::canonicalize(dir).with_context(|| format!("resolve {}", dir.display()))
+    // As the mount table names it (absolute, symbolic links resolved), so
+    // the overlays stacked on its layers are found there.
+    std::fs::canonicalize(cache).with_context(|| format!("resolve {}", cache.display()))
 }
 
 /// The image `args.source` names, copied registry to registry.
@@ -341,11 +340,8 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    std::fs::create_dir_all(&args.cache)
-        .with_context(|| format!("create {}", args.cache.display()))?;
-    let cache = canonical(&args.cache)?;
     let mounted = ImageMount::mount(
-        &cache,
+        &args.cache,
         layers,
         &args.dir,
         &ImageOptions {
@@ -415,9 +411,8 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
 }
 
 /// Waits for SIGINT or SIGTERM. With `prefetching`, says so in a line once
-/// `mounted`'s prefetch has finished: every chunk is in the cache, and the
-/// blobs are kept whole unless keeping is off (so `image pull
-/// --lazy-cache` downloads none of them).
+/// `mounted`'s prefetch has finished (every chunk it could fetch is in the
+/// cache), with how many layer blobs are kept whole.
 async fn serve_until_stopped(
     mounted: &ImageMount,
     mut prefetching: bool,
@@ -439,11 +434,15 @@ async fn serve_until_stopped(
                     if let Err(e) = out.line(
                         &PrefetchedJson {
                             prefetched: true,
+                            blobs_whole: mounted.blobs_whole(),
                             fetched: totals.into(),
                         },
                         &format!(
-                            "prefetch has finished ({} bytes fetched in {} requests)",
-                            totals.bytes, totals.requests
+                            "prefetch has finished ({} bytes fetched in {} requests); {} of {} layer blobs are kept whole",
+                            totals.bytes,
+                            totals.requests,
+                            mounted.blobs_whole(),
+                            mounted.layers().len()
                         ),
                     ) {
                         tracing::warn!(error = %e, "could not say that prefetch has finished");

@@ -96,6 +96,11 @@ impl BlobCache {
         })
     }
 
+    /// Whether blob `d` is kept whole (checked when it was).
+    pub fn has_whole(&self, d: &Digest) -> bool {
+        self.whole(d).is_file()
+    }
+
     /// Where the whole blob `d` is kept.
     fn whole(&self, d: &Digest) -> PathBuf {
         self.dir.join(d.algorithm().as_str()).join(d.hex())

@@ -143,7 +143,9 @@ impl Lower {
 }
 
 /// An image mounted read-only on a directory; unmounted by
-/// [`ImageMount::unmount`] or when dropped.
+/// [`ImageMount::unmount`] or when dropped (which may block a few seconds:
+/// call it off an async runtime's threads).
+#[must_use = "the image is unmounted when this is dropped"]
 pub struct ImageMount {
     dir: PathBuf,
     /// Bottom first; emptied once unmounted.
@@ -156,6 +158,8 @@ pub struct ImageMount {
     /// on a thread its source waits for when dropped, which must not hold
     /// up the mount.
     _sources: Vec<Arc<dyn RangeSource>>,
+    /// Where the blobs are kept, unless keeping is off.
+    blobs: Option<BlobCache>,
     /// Says the mount directory under `CACHE/mnt` is in use.
     _lock: FileLock,
     /// Whether the stack is mounted on `dir` (a mount that failed before
@@ -192,6 +196,14 @@ impl ImageMount {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the image has no layers",
+            ));
+        }
+        // Before anything is fetched.
+        let md = std::fs::metadata(dir).map_err(context(&format!("{}", dir.display())))?;
+        if !md.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{}: not a directory to mount the image on", dir.display()),
             ));
         }
         std::fs::create_dir_all(cache).map_err(context(&format!("create {}", cache.display())))?;
@@ -232,6 +244,7 @@ impl ImageMount {
             prefetch: Vec::new(),
             pruner: None,
             _sources: Vec::new(),
+            blobs: blobs.clone(),
             _lock: lock,
             stacked: false,
             unpacked: (0, 0),
@@ -332,20 +345,40 @@ impl ImageMount {
         self.prefetch.iter().all(Prefetch::is_finished)
     }
 
+    /// How many of the image's layer blobs the cache keeps whole now (or
+    /// has whole and is checking): those `image pull --lazy-cache` takes
+    /// without downloading.
+    pub fn blobs_whole(&self) -> usize {
+        self.reports
+            .iter()
+            .zip(&self._sources)
+            .filter(|(r, src)| {
+                src.unkept().is_some_and(|gaps| gaps.is_empty())
+                    || self.blobs.as_ref().is_some_and(|b| b.has_whole(&r.digest))
+            })
+            .count()
+    }
+
     /// Stops prefetch and pruning and unmounts: the stack on the
     /// directory is detached at once, so a process still inside it cannot
-    /// keep this call waiting, and the layers' own mounts get `wait` to
-    /// end (false when they have not: they end when this process does,
-    /// and readers then get ENOTCONN). What was fetched is returned.
+    /// keep this call waiting, and the layers' own mounts, prefetch and
+    /// pruning get `wait` to end (false when they have not: they end when
+    /// this process does, and readers then get ENOTCONN). Then the kept
+    /// blobs' checks are waited for. What was fetched is returned.
     pub fn unmount(mut self, wait: Duration) -> io::Result<(Totals, bool)> {
         let ended = self.stop(wait)?;
         Ok((self.totals(), ended))
     }
 
     fn stop(&mut self, wait: Duration) -> io::Result<bool> {
-        self.prefetch.clear();
-        drop(self.pruner.take());
+        // Told now, joined below within `wait` (a fetch may be stuck on
+        // the network).
+        for p in &self.prefetch {
+            p.stop();
+        }
+        let background = (std::mem::take(&mut self.prefetch), self.pruner.take());
         if self.lowers.is_empty() {
+            drop(background);
             return Ok(true);
         }
         if self.stacked {
@@ -363,6 +396,7 @@ impl ImageMount {
         let (done, ended) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let result: io::Result<()> = mounted.into_iter().try_for_each(Mounted::unmount);
+            drop(background);
             let _ = done.send(result);
         });
         match ended.recv_timeout(wait) {
@@ -390,6 +424,9 @@ impl Drop for ImageMount {
 /// used longest ago first: chunks and TOCs, unpacked layers no mount
 /// stacks on, kept blobs.
 pub fn prune_cache(cache: &Path, keep: u64) -> io::Result<Pruned> {
+    // As the mount table names it: unpacked layers an overlay stacks on
+    // are found by path.
+    let cache = &std::fs::canonicalize(cache)?;
     let mut items = ChunkCache::open(&cache.join("chunks"))?.prunable()?;
     items.extend(Unpacked::prunable(&cache.join("layers"))?);
     items.extend(BlobCache::open(&cache.join("blobs"))?.prunable()?);

@@ -453,6 +453,11 @@ impl Prefetch {
         })
     }
 
+    /// Asks it to stop, without waiting (dropping it waits).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     /// Whether it has stopped (every chunk cached).
     pub fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(JoinHandle::is_finished)

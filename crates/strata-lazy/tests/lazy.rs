@@ -687,35 +687,6 @@ fn an_image_of_a_plain_and_a_lazy_layer_mounts_stacked_as_its_tree() {
     );
     assert!(!is_mounted(&dir), "a failed mount left {}", dir.display());
 
-    // A plain layer that fails its diffID over a lazy layer already
-    // mounted: that layer's mount goes too.
-    let (whole, whole_written) = layer(None, &full, Compression::EStargz, 16 << 10);
-    let failing = vec![
-        ImageLayer {
-            digest: whole_written.digest.clone(),
-            media_type: None,
-            toc_digest: whole_written.toc_digest.clone(),
-            diff_id: None,
-            source: blob_of(whole),
-        },
-        ImageLayer {
-            diff_id: Some(whole_written.diff_id.clone()),
-            ..image(None).remove(0)
-        },
-    ];
-    let err = ImageMount::mount(&cache, failing, &dir, &opts).unwrap_err();
-    assert!(
-        err.to_string().contains(plain_written.digest.as_str()),
-        "{err}"
-    );
-    let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let cached = cache.canonicalize().unwrap();
-    assert!(
-        !table.contains(cached.to_str().unwrap()),
-        "a failed mount left a layer mounted: {table}"
-    );
-    assert!(!is_mounted(&dir), "a failed mount left {}", dir.display());
-
     let m = ImageMount::mount(&cache, image(toc.clone()), &dir, &opts).unwrap();
     assert!(is_mounted(&dir));
     assert_eq!(below_root(&dir), below_root(&full));
@@ -752,15 +723,60 @@ fn an_image_of_a_plain_and_a_lazy_layer_mounts_stacked_as_its_tree() {
     drop(m);
     assert!(!is_mounted(&dir), "drop left the stack");
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+
+    // A plain layer that fails its diffID over a lazy layer already
+    // mounted: that layer's mount goes too.
+    let (whole, whole_written) = layer(None, &full, Compression::EStargz, 16 << 10);
+    let failing = vec![
+        ImageLayer {
+            digest: whole_written.digest.clone(),
+            media_type: None,
+            toc_digest: whole_written.toc_digest.clone(),
+            diff_id: None,
+            source: blob_of(whole),
+        },
+        ImageLayer {
+            diff_id: Some(whole_written.diff_id.clone()),
+            ..image(None).remove(0)
+        },
+    ];
+    let err = ImageMount::mount(&cache, failing, &dir, &opts).unwrap_err();
+    assert!(
+        err.to_string().contains(plain_written.digest.as_str()),
+        "{err}"
+    );
+    let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let cached = cache.canonicalize().unwrap();
+    assert!(
+        !table.contains(cached.to_str().unwrap()),
+        "a failed mount left a layer mounted: {table}"
+    );
+    assert!(!is_mounted(&dir), "a failed mount left {}", dir.display());
+
+    // A file to mount on is refused before anything is fetched or made.
+    let served = plain.served.load(Ordering::SeqCst) + lazy.served.load(Ordering::SeqCst);
+    let file = full.join("a");
+    let fresh = cache.with_file_name("fresh-cache");
+    let err = ImageMount::mount(&fresh, image(lazy_written.toc_digest.clone()), &file, &opts)
+        .unwrap_err();
+    assert!(!fresh.exists(), "a refused mount made its cache");
+    assert_eq!(err.kind(), io::ErrorKind::NotADirectory, "{err}");
+    assert!(err.to_string().contains(file.to_str().unwrap()), "{err}");
+    assert_eq!(
+        plain.served.load(Ordering::SeqCst) + lazy.served.load(Ordering::SeqCst),
+        served
+    );
 }
 
 #[test]
 fn a_finished_prefetch_leaves_the_blob_kept_whole() {
     let (t, src, _mnt) = dirs();
     // Directories, symlinks and empty files between the files: members
-    // no chunk starts, which prefetch has no chunk to read for.
+    // no chunk starts, which prefetch has no chunk to read for. Over 2 MB
+    // in all, so the whole blob is more than prefetch fetches to complete
+    // one.
     let mut rng = Rng::new(7);
-    for i in 0..200 {
+    for i in 0..700 {
         let d = src.join(format!("d{i}"));
         fs::create_dir(&d).unwrap();
         std::os::unix::fs::symlink("f", d.join("link")).unwrap();
@@ -769,36 +785,54 @@ fn a_finished_prefetch_leaves_the_blob_kept_whole() {
         fs::write(d.join("f"), data).unwrap();
     }
     let (bytes, toc) = estargz(&src, 4096);
+    assert!(bytes.len() > 2 << 20, "{} bytes", bytes.len());
     let digest = Digest::of_bytes(strata_core::Algorithm::Sha256, &bytes);
     let blob = blob_of(bytes.clone());
     let chunks = t.path().join("cache");
     // Opened once without keeping, so the TOC comes from the cache below
     // and the recording never reads it.
     drop(open(&blob, &toc, &chunks).unwrap());
-    let blobs = BlobCache::open(&t.path().join("blobs")).unwrap();
-    let layer = Layer::open(
-        blobs.recording(&digest, blob.clone()),
-        Arc::new(ChunkCache::open(&chunks).unwrap()),
-        &LayerOptions {
-            name: "test-layer".into(),
-            toc_digest: toc,
-            opaque_xattr: "trusted.overlay.opaque".into(),
-            link: Arc::new(Link::new(std::time::Duration::ZERO)),
-        },
-    )
-    .map(Arc::new)
-    .unwrap();
-    let prefetch = Prefetch::start(layer.clone()).unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !prefetch.is_finished() {
-        assert!(std::time::Instant::now() < until, "prefetch did not finish");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // The last of the layer's source waits for the blob's check.
-    drop((prefetch, layer));
+    // Prefetched through a recording into `blobs`: the layer's stats.
+    let prefetched = |blobs: &Path| {
+        let blobs = BlobCache::open(blobs).unwrap();
+        let layer = Layer::open(
+            blobs.recording(&digest, blob.clone()),
+            Arc::new(ChunkCache::open(&chunks).unwrap()),
+            &LayerOptions {
+                name: "test-layer".into(),
+                toc_digest: toc.clone(),
+                opaque_xattr: "trusted.overlay.opaque".into(),
+                link: Arc::new(Link::new(std::time::Duration::ZERO)),
+            },
+        )
+        .map(Arc::new)
+        .unwrap();
+        let prefetch = Prefetch::start(layer.clone()).unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !prefetch.is_finished() {
+            assert!(std::time::Instant::now() < until, "prefetch did not finish");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let requests = layer.stats().requests.load(Ordering::SeqCst);
+        // The last of the layer's source waits for the blob's check.
+        drop((prefetch, layer));
+        requests
+    };
+    let requests = prefetched(&t.path().join("blobs"));
     let kept = t.path().join("blobs/sha256").join(digest.hex());
     assert!(kept.is_file(), "the blob is not kept whole");
     assert_eq!(fs::read(&kept).unwrap(), bytes);
+    // Runs of chunks go out as a few reads of up to 2 MiB (the members
+    // between them taken in), then the TOC: not one read per file.
+    assert!(requests <= 8, "{requests} requests for 700 files");
+
+    // Every chunk already cached: nothing kept of the blob, and fetching
+    // it whole is left to a pull.
+    let served = blob.served.load(Ordering::SeqCst);
+    let again = t.path().join("blobs-again");
+    assert_eq!(prefetched(&again), 0);
+    assert_eq!(blob.served.load(Ordering::SeqCst), served);
+    assert!(!again.join("sha256").join(digest.hex()).exists());
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

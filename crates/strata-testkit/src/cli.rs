@@ -9,8 +9,10 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Kills process `pid` (SIGKILL) unless dropped within `limit`, so a wait
-/// on its output that would never end ends instead (the output closes).
+/// Stops process `pid` unless dropped within `limit` (SIGTERM, so it can
+/// clean up, then SIGKILL 5 s later), so a wait on its output that would
+/// never end ends instead (the output closes). The process must not be
+/// waited for (reaped) while this lives: its PID could be another's.
 #[derive(Debug)]
 pub struct KillAfter {
     done: Option<std::sync::mpsc::Sender<()>>,
@@ -22,10 +24,19 @@ impl KillAfter {
     pub fn new(pid: u32, limit: Duration) -> KillAfter {
         let (done, wait) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
-                eprintln!("process {pid} took over {limit:?}: killed");
+            let timed_out = |limit| {
+                matches!(
+                    wait.recv_timeout(limit),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                )
+            };
+            for (signal, after) in [("-TERM", limit), ("-KILL", Duration::from_secs(5))] {
+                if !timed_out(after) {
+                    return;
+                }
+                eprintln!("process {pid} outlived its limit of {limit:?}: kill {signal}");
                 let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
+                    .args([signal, &pid.to_string()])
                     .status();
             }
         });
