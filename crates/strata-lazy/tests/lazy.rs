@@ -100,9 +100,20 @@ fn open_on(
     cache: &Path,
     quiet: std::time::Duration,
 ) -> io::Result<Arc<Layer>> {
+    layer_of(blob.clone(), toc, Arc::new(ChunkCache::open(cache)?), quiet)
+}
+
+/// The layer `src` holds (TOC digest `toc`) over chunk cache `cache`, on a
+/// link of its own whose prefetch waits `quiet` after reads.
+fn layer_of(
+    src: Arc<dyn RangeSource>,
+    toc: &Digest,
+    cache: Arc<ChunkCache>,
+    quiet: std::time::Duration,
+) -> io::Result<Arc<Layer>> {
     Layer::open(
-        blob.clone(),
-        Arc::new(ChunkCache::open(cache)?),
+        src,
+        cache,
         &LayerOptions {
             name: "test-layer".into(),
             toc_digest: toc.clone(),
@@ -542,18 +553,7 @@ fn the_cache_is_pruned_used_longest_ago_first_under_a_live_mount() {
     let blob = blob_of(bytes);
     let cache_dir = t.path().join("cache");
     let cache = Arc::new(ChunkCache::open(&cache_dir).unwrap());
-    let layer = Layer::open(
-        blob.clone(),
-        cache.clone(),
-        &LayerOptions {
-            name: "test-layer".into(),
-            toc_digest: toc.clone(),
-            opaque_xattr: "trusted.overlay.opaque".into(),
-            link: Arc::new(Link::new(std::time::Duration::ZERO)),
-        },
-    )
-    .map(Arc::new)
-    .unwrap();
+    let layer = layer_of(blob.clone(), &toc, cache.clone(), std::time::Duration::ZERO).unwrap();
     let m = mount(layer, &mnt, readers(2)).unwrap();
     // Read in order, each chunk file then dated a day after the last.
     let day = std::time::Duration::from_secs(86_400);
@@ -795,17 +795,12 @@ fn a_finished_prefetch_leaves_the_blob_kept_whole() {
     // Prefetched through a recording into `blobs`: the layer's stats.
     let prefetched = |blobs: &Path| {
         let blobs = BlobCache::open(blobs).unwrap();
-        let layer = Layer::open(
+        let layer = layer_of(
             blobs.recording(&digest, blob.clone()),
+            &toc,
             Arc::new(ChunkCache::open(&chunks).unwrap()),
-            &LayerOptions {
-                name: "test-layer".into(),
-                toc_digest: toc.clone(),
-                opaque_xattr: "trusted.overlay.opaque".into(),
-                link: Arc::new(Link::new(std::time::Duration::ZERO)),
-            },
+            std::time::Duration::ZERO,
         )
-        .map(Arc::new)
         .unwrap();
         let prefetch = Prefetch::start(layer.clone()).unwrap();
         let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
