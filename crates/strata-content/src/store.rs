@@ -385,6 +385,34 @@ impl ContentStore {
         Ok(Info::from_record(info.digest.clone(), r))
     }
 
+    /// Sets label `key` of blob `digest` to what `edit` makes of its current
+    /// value, reading and writing in one transaction, so two callers that
+    /// each add to a label's value both keep their part. `edit` returning
+    /// `None` leaves the blob untouched; the new value is validated like
+    /// `update`'s.
+    pub fn edit_label(
+        &self,
+        digest: &Digest,
+        key: &str,
+        edit: impl FnOnce(Option<&str>) -> Option<String>,
+    ) -> Result<Info, ContentError> {
+        let _guard = self.inner.commit_guard();
+        let tx = self.inner.db.write()?;
+        let mut r = tx
+            .get::<ContentRecord>(digest.as_str())?
+            .ok_or_else(|| ContentError::NotFound(digest.clone()))?;
+        let Some(value) = edit(r.labels.get(key).map(String::as_str)) else {
+            return Ok(Info::from_record(digest.clone(), r));
+        };
+        r.labels.insert(key.to_owned(), value);
+        r.labels.retain(|_, v| !v.is_empty());
+        labels::validate_all(&r.labels).map_err(|e| ContentError::Invalid(e.to_string()))?;
+        r.updated = now();
+        tx.put(digest.as_str(), &r)?;
+        tx.commit()?;
+        Ok(Info::from_record(digest.clone(), r))
+    }
+
     /// Every blob that passes `filter`, in digest order.
     pub fn list(&self, filter: &Filter) -> Result<Vec<Info>, ContentError> {
         let rows = self.inner.db.read()?.scan::<ContentRecord>("")?;

@@ -402,6 +402,43 @@ fn labels() {
     );
 }
 
+/// Editors adding to one label from many threads at once all keep their
+/// part (a read then an `update` would lose some), an edit that returns
+/// `None` writes nothing, and an edit past the size limit is refused.
+#[test]
+fn label_edits_from_many_threads_all_stay() {
+    let e = env();
+    let (bytes, d) = content(64);
+    e.cs.ingest("edits", &bytes[..], None, Some(&d), &gc_root())
+        .unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (cs, d) = (&e.cs, &d);
+            s.spawn(move || {
+                for i in 0..25 {
+                    cs.edit_label(d, "list", |cur| {
+                        let item = format!("t{t}i{i}");
+                        Some(cur.map_or(item.clone(), |c| format!("{c},{item}")))
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+    let info = e.cs.info(&d).unwrap();
+    let list = info.labels.get("list").expect("the label was written");
+    assert_eq!(list.split(',').count(), 100, "edits were lost: {list}");
+
+    let kept = e.cs.edit_label(&d, "list", |_| None).unwrap();
+    assert_eq!(kept.updated, info.updated, "an edit of None wrote the blob");
+    let err = e.cs.edit_label(&d, "big", |_| Some("x".repeat(5000)));
+    assert_eq!(err.unwrap_err().kind(), ErrorKind::Invalid);
+    assert!(!e.cs.info(&d).unwrap().labels.contains_key("big"));
+    let missing = content(8).1;
+    let err = e.cs.edit_label(&missing, "k", |_| Some("v".into()));
+    assert_eq!(err.unwrap_err().kind(), ErrorKind::NotFound);
+}
+
 #[test]
 fn commit_error_state() {
     let e = env();

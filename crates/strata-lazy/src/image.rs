@@ -154,10 +154,10 @@ pub struct ImageMount {
     reports: Vec<LayerReport>,
     prefetch: Vec<Prefetch>,
     pruner: Option<Pruner>,
-    /// The sources live as long as the mount: a blob kept whole is checked
-    /// on a thread its source waits for when dropped, which must not hold
-    /// up the mount.
-    _sources: Vec<Arc<dyn RangeSource>>,
+    /// Each layer's source, alive as long as the mount: a blob kept whole
+    /// is checked on a thread its source waits for when dropped, which must
+    /// not hold up the mount; `blobs_whole` asks them what they lack.
+    sources: Vec<Arc<dyn RangeSource>>,
     /// Where the blobs are kept, unless keeping is off.
     blobs: Option<BlobCache>,
     /// Says the mount directory under `CACHE/mnt` is in use.
@@ -243,7 +243,7 @@ impl ImageMount {
             reports: Vec::new(),
             prefetch: Vec::new(),
             pruner: None,
-            _sources: Vec::new(),
+            sources: Vec::new(),
             blobs: blobs.clone(),
             _lock: lock,
             stacked: false,
@@ -319,7 +319,7 @@ impl ImageMount {
                 .map(|l| Prefetch::start(l.clone()))
                 .collect::<io::Result<Vec<_>>>()?;
         }
-        image._sources = sources;
+        image.sources = sources;
         Ok(image)
     }
 
@@ -351,7 +351,7 @@ impl ImageMount {
     pub fn blobs_whole(&self) -> usize {
         self.reports
             .iter()
-            .zip(&self._sources)
+            .zip(&self.sources)
             .filter(|(r, src)| {
                 src.unkept().is_some_and(|gaps| gaps.is_empty())
                     || self.blobs.as_ref().is_some_and(|b| b.has_whole(&r.digest))

@@ -640,20 +640,18 @@ impl Registry {
             "{DISTRIBUTION_SOURCE_LABEL}{}",
             self.reference.resolve_registry()
         );
-        let mut info = store.info(d)?;
-        let repo = self.reference.repository().to_owned();
-        let mut repos: Vec<String> = info
-            .labels
-            .get(&key)
-            .map(|v| v.split(',').map(str::to_owned).collect())
-            .unwrap_or_default();
-        if repos.contains(&repo) {
-            return Ok(());
-        }
-        repos.push(repo);
-        info.labels.insert(key.clone(), repos.join(","));
-        let path = format!("labels.{key}");
-        match store.update(&info, &[&path]) {
+        let repo = self.reference.repository();
+        // One transaction: two pulls of a blob from two repositories at
+        // once both stay recorded.
+        let added = store.edit_label(d, &key, |current| {
+            let mut repos: Vec<&str> = current.map(|v| v.split(',').collect()).unwrap_or_default();
+            if repos.contains(&repo) {
+                return None;
+            }
+            repos.push(repo);
+            Some(repos.join(","))
+        });
+        match added {
             Ok(_) => Ok(()),
             // A long list is not worth failing a pull for.
             Err(ContentError::Invalid(why)) => {
