@@ -139,9 +139,12 @@ impl LazyMount {
             .unwrap();
         let out = BufReader::new(child.stdout.take().unwrap());
         let mut m = LazyMount { child, out };
-        let said = serde_json::Deserializer::from_reader(&mut m.out)
-            .into_iter::<Value>()
-            .next();
+        let said = {
+            let _limit = strata_testkit::cli::KillAfter::new(m.child.id(), START_LIMIT);
+            serde_json::Deserializer::from_reader(&mut m.out)
+                .into_iter::<Value>()
+                .next()
+        };
         match said {
             Some(Ok(v)) => (Some(m), v.to_string()),
             _ => {
@@ -189,20 +192,43 @@ impl LazyMount {
     /// saying prefetch has finished is passed over).
     fn stop(mut self) -> (i32, Value) {
         self.terminate();
-        let mut report = self.next_value();
+        let mut report = self.next_value_within(STOP_LIMIT);
         if report.get("prefetched").is_some() {
-            report = self.next_value();
+            report = self.next_value_within(STOP_LIMIT);
         }
-        let code = self.child.wait().unwrap().code().unwrap_or(-1);
-        (code, report)
+        let code = self.exit_within(STOP_LIMIT);
+        (code.expect("lazy mount did not exit after SIGTERM"), report)
+    }
+
+    /// Its exit code once it exits, within `limit`; else it is killed and
+    /// this is `None`.
+    fn exit_within(&mut self, limit: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
     }
 }
+
+/// How long a mount may take to report and exit after SIGTERM (its own
+/// unmount waits at most 5 s for its layers).
+const STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long a mount may take to serve (it fetches every TOC and unpacks
+/// the plain layers first).
+const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
 
 impl Drop for LazyMount {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             self.terminate();
-            let _ = self.child.wait();
+            self.exit_within(STOP_LIMIT);
         }
     }
 }
