@@ -31,8 +31,9 @@ const PREFETCH_SPAN: u64 = 2 << 20;
 /// an eighth of it (a small layer is mostly members without data).
 const KEEP_WHOLE_ANYWAY: u64 = 1 << 20;
 
-/// The most bytes a prefetch read takes in between two members it wants
-/// (members of entries without data: directories, links, empty files), so
+/// The most bytes a prefetch read takes in between where one chunk's fetch
+/// ends and the next chunk's member starts (tar headers of entries without
+/// data: directories, links, empty files, past a chunk's 64 KiB cap), so
 /// the run goes on in one read rather than breaking there.
 const BRIDGE: u64 = 64 << 10;
 

@@ -835,3 +835,67 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .hex()
         .to_owned()
 }
+
+/// Prefetch reads two files in one range request when only headers of
+/// entries without data (directories here) lie between them: a file's
+/// fetch ends 64 KiB past its data, and prefetch takes in up to 64 KiB
+/// more to reach the next file; past that it reads twice.
+#[test]
+fn prefetch_reads_across_a_short_run_of_members_without_data() {
+    for (between, reads) in [(2000, 1), (4000, 2)] {
+        let (t, src, _mnt) = dirs();
+        let mut rng = Rng::new(between);
+        let file = |rng: &mut Rng, name: &str| {
+            let data: Vec<u8> = (0..3000).map(|_| rng.below(256) as u8).collect();
+            fs::write(src.join(name), data).unwrap();
+        };
+        file(&mut rng, "a");
+        // Long random names, so the directories' tar headers do not
+        // compress to nothing.
+        for i in 0..between {
+            let name: String = (0..60)
+                .map(|_| char::from(b'a' + rng.below(26) as u8))
+                .collect();
+            fs::create_dir(src.join(format!("m{i:04}{name}"))).unwrap();
+        }
+        file(&mut rng, "z");
+        let (bytes, toc) = estargz(&src, 4096);
+        let blob = blob_of(bytes);
+        let cache = t.path().join("cache");
+        // Opened once first, so the TOC comes from the cache and every
+        // read counted below is prefetch's.
+        drop(open(&blob, &toc, &cache).unwrap());
+        let layer = open(&blob, &toc, &cache).unwrap();
+        // Between the files: more than one fetch cap but at most two (1
+        // read), or more than two (2 reads).
+        let mut starts: Vec<u64> = (layer.tree().iter())
+            .filter_map(|(_, node)| match &node.kind {
+                strata_lazy::Kind::File(chunks) => Some(chunks[0].blob_offset),
+                _ => None,
+            })
+            .collect();
+        starts.sort_unstable();
+        let gap = starts[1] - starts[0] - 3000;
+        match reads {
+            1 => assert!((80 << 10..120 << 10).contains(&gap), "{gap}"),
+            _ => assert!(gap > 150 << 10, "{gap}"),
+        }
+        let prefetch = Prefetch::start(layer.clone()).unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !prefetch.is_finished() {
+            assert!(std::time::Instant::now() < until, "prefetch did not finish");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let stats = layer.stats();
+        assert_eq!(
+            stats.chunks.load(Ordering::SeqCst),
+            2,
+            "{between}: {stats:?}"
+        );
+        assert_eq!(
+            stats.requests.load(Ordering::SeqCst),
+            reads,
+            "{between} directories between the files: {stats:?}"
+        );
+    }
+}
