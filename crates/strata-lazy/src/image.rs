@@ -271,14 +271,13 @@ impl ImageMount {
                         .join("layers")
                         .join(stack_key(layers[..=i].iter().map(|l| &l.digest)).hex());
                     let unpack = UnpackOptions {
-                        name: l.digest.to_string(),
+                        name: layer_name(i, &l.digest),
                         digest: l.digest.clone(),
                         media_type: l.media_type.clone(),
                         diff_id: l.diff_id.clone(),
                         lowers: visible(lowers),
                     };
-                    let u = Unpacked::get(src.clone(), &at, &unpack)
-                        .map_err(context(&format!("layer {i} ({})", l.digest)))?;
+                    let u = Unpacked::get(src.clone(), &at, &unpack)?;
                     image.unpacked.0 += u.requests();
                     image.unpacked.1 += u.fetched();
                     Lower::Unpacked(u)
@@ -447,18 +446,16 @@ fn open_all(
         let opening: Vec<_> = layers
             .iter()
             .zip(sources)
-            .map(|(l, src)| {
+            .enumerate()
+            .map(|(i, (l, src))| {
                 let opts = LayerOptions {
-                    name: l.digest.to_string(),
+                    name: layer_name(i, &l.digest),
                     toc_digest: l.toc_digest.clone()?,
                     opaque_xattr: OPAQUE.into(),
                     link: link.clone(),
                 };
                 let (chunks, src) = (chunks.clone(), src.clone());
-                Some(s.spawn(move || {
-                    Layer::open(src, chunks, &opts)
-                        .map_err(context(&format!("layer {}", opts.name)))
-                }))
+                Some(s.spawn(move || Layer::open(src, chunks, &opts)))
             })
             .collect();
         let joined: Vec<Option<io::Result<Layer>>> = opening
@@ -470,6 +467,11 @@ fn open_all(
 }
 
 /// An error with what was being done in front, its kind kept.
+/// How messages name layer `i` (bottom first) of digest `d`.
+fn layer_name(i: usize, d: &Digest) -> String {
+    format!("{i} ({d})")
+}
+
 fn context(what: &str) -> impl FnOnce(io::Error) -> io::Error + '_ {
     move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
 }

@@ -82,7 +82,8 @@ impl std::fmt::Debug for Layer {
 /// How a layer is opened.
 #[derive(Debug, Clone)]
 pub struct LayerOptions {
-    /// A name for messages and logs (the blob's digest).
+    /// What messages and logs call the layer (an image mount gives its
+    /// place in the image and its digest).
     pub name: String,
     /// The TOC digest the layer's descriptor names: the TOC must have it,
     /// since every chunk is checked against the TOC.
@@ -102,7 +103,18 @@ impl Layer {
     /// Opens the eStargz layer `src` serves: reads its footer and TOC (or
     /// the TOC the cache kept from an earlier open), checks the TOC
     /// against `opts.toc_digest`, and builds its tree.
+    /// Every error names the layer by `opts.name`.
     pub fn open(
+        src: Arc<dyn RangeSource>,
+        cache: Arc<ChunkCache>,
+        opts: &LayerOptions,
+    ) -> io::Result<Layer> {
+        Layer::open_unnamed(src, cache, opts)
+            .map_err(|e| io::Error::new(e.kind(), format!("layer {}: {e}", opts.name)))
+    }
+
+    /// [`Layer::open`], its errors without the layer's name.
+    fn open_unnamed(
         src: Arc<dyn RangeSource>,
         cache: Arc<ChunkCache>,
         opts: &LayerOptions,
@@ -127,12 +139,8 @@ impl Layer {
             src: src.as_ref(),
             stats: &stats,
         };
-        let no_footer = || {
-            invalid(format!(
-                "layer {}: no eStargz footer; only eStargz layers can be read lazily",
-                opts.name
-            ))
-        };
+        let no_footer =
+            || invalid("no eStargz footer; only eStargz layers can be read lazily".to_owned());
         let (offset, tail) = read_tail(&counted)?.ok_or_else(no_footer)?;
         let index = index_of_tail(offset, &tail)?.ok_or_else(no_footer)?;
         let layer = Layer::from_index(src, cache, opts, &index, stats)?;
@@ -152,12 +160,12 @@ impl Layer {
     ) -> io::Result<Layer> {
         if index.digest != opts.toc_digest {
             return Err(invalid(format!(
-                "layer {}: its TOC hashes to {}, not the {} its descriptor names",
-                opts.name, index.digest, opts.toc_digest
+                "its TOC hashes to {}, not the {} its descriptor names",
+                index.digest, opts.toc_digest
             )));
         }
-        let tree = Tree::from_toc(&index.toc, &opts.opaque_xattr)
-            .map_err(|e| invalid(format!("layer {}: {e}", opts.name)))?;
+        let tree =
+            Tree::from_toc(&index.toc, &opts.opaque_xattr).map_err(|e| invalid(e.to_string()))?;
         let mut members: Vec<u64> = index.toc.entries.iter().map(|e| e.offset).collect();
         members.push(index.toc_offset);
         members.sort_unstable();
@@ -174,8 +182,8 @@ impl Layer {
         for c in layer.chunks() {
             if c.blob_offset >= index.toc_offset {
                 return Err(invalid(format!(
-                    "layer {}: a chunk at {} is not before the TOC at {}",
-                    opts.name, c.blob_offset, index.toc_offset
+                    "a chunk at {} is not before the TOC at {}",
+                    c.blob_offset, index.toc_offset
                 )));
             }
         }

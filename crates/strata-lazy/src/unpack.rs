@@ -28,7 +28,7 @@ const READ_SPAN: u64 = 8 << 20;
 /// What a layer is checked against and unpacked over.
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
-    /// A name for messages (the blob's digest).
+    /// What errors call the layer (its place in the image and digest).
     pub name: String,
     /// The blob's digest.
     pub digest: Digest,
@@ -69,7 +69,19 @@ impl Unpacked {
     /// the next one. A blob that does not match its digest or diffID
     /// leaves nothing. The layer is used under a shared lock on the same
     /// file, held as long as the value lives.
+    ///
+    /// Every error names the layer by `opts.name`.
     pub fn get(
+        src: Arc<dyn RangeSource>,
+        dir: &Path,
+        opts: &UnpackOptions,
+    ) -> io::Result<Unpacked> {
+        Unpacked::get_unnamed(src, dir, opts)
+            .map_err(|e| io::Error::new(e.kind(), format!("layer {}: {e}", opts.name)))
+    }
+
+    /// [`Unpacked::get`], its errors without the layer's name.
+    fn get_unnamed(
         src: Arc<dyn RangeSource>,
         dir: &Path,
         opts: &UnpackOptions,
@@ -355,7 +367,13 @@ fn unpack(
         &apply_opts,
         staging,
     )
-    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    .map_err(|e| {
+        // The layer is named once, by `Unpacked::get`.
+        let why = e.to_string();
+        let named = format!("layer {}: ", opts.name);
+        let why = why.strip_prefix(&named).unwrap_or(&why);
+        io::Error::new(io::ErrorKind::InvalidData, why.to_owned())
+    })?;
     Ok((
         stats.bytes.load(Ordering::Relaxed),
         stats.requests.load(Ordering::Relaxed),

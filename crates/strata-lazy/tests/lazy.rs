@@ -617,6 +617,13 @@ fn the_cache_is_pruned_used_longest_ago_first_under_a_live_mount() {
 }
 
 /// Whether `dir` is a mount point, by its mount table line.
+/// `err` names layer `i` (of digest `d`) in front, and only there.
+fn names_once(err: &io::Error, i: usize, d: &Digest) {
+    let said = err.to_string();
+    assert!(said.starts_with(&format!("layer {i} ({d}): ")), "{said}");
+    assert_eq!(said.matches(d.as_str()).count(), 1, "{said}");
+}
+
 fn is_mounted(dir: &Path) -> bool {
     let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let dir = dir.canonicalize().unwrap();
@@ -681,10 +688,7 @@ fn an_image_of_a_plain_and_a_lazy_layer_mounts_stacked_as_its_tree() {
     // leaves the directory as it was.
     let wrong = Some(plain_written.diff_id.clone());
     let err = ImageMount::mount(&cache, image(wrong), &dir, &opts).unwrap_err();
-    assert!(
-        err.to_string().contains(lazy_written.digest.as_str()),
-        "{err}"
-    );
+    names_once(&err, 1, &lazy_written.digest);
     assert!(!is_mounted(&dir), "a failed mount left {}", dir.display());
 
     let m = ImageMount::mount(&cache, image(toc.clone()), &dir, &opts).unwrap();
@@ -741,10 +745,7 @@ fn an_image_of_a_plain_and_a_lazy_layer_mounts_stacked_as_its_tree() {
         },
     ];
     let err = ImageMount::mount(&cache, failing, &dir, &opts).unwrap_err();
-    assert!(
-        err.to_string().contains(plain_written.digest.as_str()),
-        "{err}"
-    );
+    names_once(&err, 1, &plain_written.digest);
     let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let cached = cache.canonicalize().unwrap();
     assert!(
