@@ -1070,7 +1070,7 @@ fn a_push_outlives_its_registry_token_and_a_failed_upload() {
     );
     // A copy's uploads are started over when the registry fails them.
     let into = TokenGate::start(&other.addr, std::time::Duration::from_secs(3600));
-    into.fail_next_pieces(2);
+    into.fail_next("PATCH ", 2);
     let copied = env()
         .run(&[
             "--json",
@@ -1082,7 +1082,7 @@ fn a_push_outlives_its_registry_token_and_a_failed_upload() {
         .expect(0)
         .json();
     assert_eq!(copied["uploaded"], 6, "{copied}");
-    assert_eq!(into.failed_pieces(), 2, "the gate failed no upload");
+    assert_eq!(into.failed(), 2, "the gate failed no upload");
     // What arrived is the image pushed.
     for r in [
         format!("{}/big:1", reg.addr),
@@ -1123,6 +1123,43 @@ fn a_pull_outlives_its_registry_token() {
         gate.tokens_issued(),
         gate.refusals()
     );
+}
+
+/// A registry answering 503 (under load) is asked again after a doubling
+/// wait: a pull whose manifest reads fail twice succeeds; one whose reads
+/// keep failing gives up after its attempts (4) and exits 4, naming the
+/// registry and the refusal.
+#[test]
+fn a_registry_under_load_is_asked_again_then_given_up_on() {
+    if !strata_testkit::require_tools(
+        "a_registry_under_load_is_asked_again_then_given_up_on",
+        strata_testkit::REGISTRY_TOOLS,
+    ) {
+        return;
+    }
+    let reg = Registry::start(None);
+    let a = env();
+    import_random_layers(&a, 1, 1000);
+    a.run(&["image", "push", "big", &format!("{}/busy:1", reg.addr)])
+        .expect(0);
+    let gate = TokenGate::start(&reg.addr, std::time::Duration::from_secs(3600));
+    let reference = format!("{}/busy:1", gate.addr);
+
+    gate.fail_next("/manifests/", 2);
+    let b = env();
+    let got = b
+        .run(&["--json", "image", "pull", &reference])
+        .expect(0)
+        .json();
+    assert_eq!(got["fetched"], 3, "{got}");
+    assert_eq!(gate.failed(), 2, "the gate failed no manifest read");
+
+    gate.fail_next("/manifests/", 100);
+    let c = env();
+    let run = c.run(&["image", "pull", &reference]).expect(4);
+    assert_eq!(gate.failed(), 2 + 4, "{}", run.stderr);
+    assert!(run.stderr.contains(&gate.addr), "{}", run.stderr);
+    assert!(run.stderr.contains("503"), "{}", run.stderr);
 }
 
 #[test]

@@ -8,7 +8,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
@@ -183,13 +182,16 @@ impl Registry {
     /// Authenticates (again) for the operation `connect` was given: a
     /// bearer token is fetched anew and replaces the one kept.
     async fn authenticate(&self) -> Result<()> {
-        let what = "authenticate";
-        self.attempts(what, || {
+        // A refused login is not answered by logging in again.
+        let tries = Tries {
+            reauthenticated: true,
+            ..self.tries()
+        };
+        self.retry_from(tries, "authenticate", || {
             self.client.auth(&self.reference, &self.auth, self.op)
         })
         .await
         .map(drop)
-        .map_err(|e| self.error(what, e))
     }
 
     /// `HOST/REPO`.
@@ -294,23 +296,32 @@ impl Registry {
         }
     }
 
-    /// Runs `call` as [`Registry::attempts`] does; when the registry
-    /// refuses its token (expired: a long pull or a lazy mount outlives
-    /// the minutes a registry's token lasts), authenticates again once and
-    /// runs it anew.
-    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T>
+    /// Runs `call` until it succeeds or fails for good, as
+    /// [`Registry::again`] decides: a failure that may pass is tried again
+    /// after a doubling wait, and when the registry refuses the token
+    /// (expired: a long pull or a lazy mount outlives the minutes a
+    /// registry's token lasts) a new one is taken once.
+    async fn retry<T, F, Fut>(&self, what: &str, call: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
     {
-        match self.attempts(what, &mut call).await {
-            Err(e) if unauthorized(&e) => {
-                self.reauthenticate(what, &e).await?;
-                self.attempts(what, call).await
+        self.retry_from(self.tries(), what, call).await
+    }
+
+    /// [`Registry::retry`] from `tries`.
+    async fn retry_from<T, F, Fut>(&self, mut tries: Tries, what: &str, mut call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        loop {
+            match call().await {
+                Ok(done) => return Ok(done),
+                Err(e) if self.again(&mut tries, what, &e).await? => {}
+                Err(e) => return Err(self.error(what, e)),
             }
-            done => done,
         }
-        .map_err(|e| self.error(what, e))
     }
 
     /// The first try of an operation [`Registry::again`] decides on.
@@ -344,33 +355,9 @@ impl Registry {
     /// Takes a new token after `refused` (a 401 to `what`).
     async fn reauthenticate(&self, what: &str, refused: &OciDistributionError) -> Result<()> {
         tracing::info!(registry = %self.repo(), what, error = %refused, "the registry refused the token (expired?); authenticating again");
-        self.authenticate().await
-    }
-
-    /// Runs `call` until it succeeds, fails for good, or runs out of
-    /// attempts, waiting twice as long each time (backon's exponential
-    /// backoff, no ceiling: the attempts are few).
-    async fn attempts<T, F, Fut>(
-        &self,
-        what: &str,
-        call: F,
-    ) -> std::result::Result<T, OciDistributionError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
-    {
-        let backoff = ExponentialBuilder::new()
-            .with_min_delay(self.opts.backoff)
-            .with_factor(2.0)
-            .without_max_delay()
-            .with_max_times(self.opts.attempts.max(1) as usize - 1);
-        call.retry(backoff)
-            .sleep(tokio::time::sleep)
-            .when(transient)
-            .notify(|e, wait| {
-                tracing::warn!(registry = %self.repo(), what, error = %e, ?wait, "retrying");
-            })
-            .await
+        // Boxed: authenticating retries through `again`, which may call
+        // this.
+        Box::pin(self.authenticate()).await
     }
 
     /// Fetches the manifest or index `reference` names; checks it against

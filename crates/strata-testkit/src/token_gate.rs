@@ -10,8 +10,9 @@
 //! ([`TokenGate::start_counted`]): the same refusal arrives at a chosen
 //! point of an upload, without an upload slow enough to outlive a clock.
 //!
-//! It can also answer upload pieces with 503 Service Unavailable
-//! ([`TokenGate::fail_next_pieces`]), as a registry under load does.
+//! It can also answer chosen requests (upload pieces, manifest reads) with
+//! 503 Service Unavailable ([`TokenGate::fail_next`]), as a registry under
+//! load does.
 //!
 //! The gate reads bodies sized by `Content-Length` (the client's upload
 //! pieces); a request with another framing is refused (411). Each passed
@@ -46,10 +47,11 @@ struct State {
     refused: AtomicU64,
     /// Refusals of upload pieces (`PATCH` requests).
     refused_pieces: AtomicU64,
-    /// Upload pieces still to answer with 503.
-    to_fail: AtomicU64,
-    /// Upload pieces answered with 503.
-    failed_pieces: AtomicU64,
+    /// What request lines to answer with 503 (those containing the
+    /// text), and how many more.
+    to_fail: Mutex<(String, u64)>,
+    /// Requests answered with 503.
+    failed: AtomicU64,
 }
 
 impl TokenGate {
@@ -77,8 +79,8 @@ impl TokenGate {
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             refused_pieces: AtomicU64::new(0),
-            to_fail: AtomicU64::new(0),
-            failed_pieces: AtomicU64::new(0),
+            to_fail: Mutex::new((String::new(), 0)),
+            failed: AtomicU64::new(0),
         });
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -106,15 +108,16 @@ impl TokenGate {
         self.state.refused_pieces.load(Ordering::SeqCst)
     }
 
-    /// Answers the next `n` upload pieces (`PATCH` requests with a valid
-    /// token) with 503 Service Unavailable.
-    pub fn fail_next_pieces(&self, n: u64) {
-        self.state.to_fail.store(n, Ordering::SeqCst);
+    /// Answers the next `n` requests (with a valid token) whose request
+    /// line contains `what` with 503 Service Unavailable: `"PATCH "` for
+    /// upload pieces, `"/manifests/"` for manifests.
+    pub fn fail_next(&self, what: &str, n: u64) {
+        *self.state.to_fail.lock().unwrap_or_else(|e| e.into_inner()) = (what.to_owned(), n);
     }
 
-    /// Upload pieces answered with 503 so far.
-    pub fn failed_pieces(&self) -> u64 {
-        self.state.failed_pieces.load(Ordering::SeqCst)
+    /// Requests answered with 503 so far.
+    pub fn failed(&self) -> u64 {
+        self.state.failed.load(Ordering::SeqCst)
     }
 }
 
@@ -251,13 +254,15 @@ fn serve(state: &State, client: TcpStream) {
             }
             continue;
         }
-        let fail = head.line.starts_with("PATCH ")
-            && state
-                .to_fail
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
+        let fail = {
+            let mut to_fail = state.to_fail.lock().unwrap_or_else(|e| e.into_inner());
+            let (what, left) = &mut *to_fail;
+            let fail = *left > 0 && head.line.contains(what.as_str());
+            *left -= u64::from(fail);
+            fail
+        };
         if fail {
-            state.failed_pieces.fetch_add(1, Ordering::SeqCst);
+            state.failed.fetch_add(1, Ordering::SeqCst);
             let body = br#"{"errors":[{"code":"UNAVAILABLE","message":"try again later"}]}"#;
             let headers = [
                 "Content-Type: application/json".to_owned(),
