@@ -640,7 +640,7 @@ fn a_mount_prunes_its_cache_to_a_size_while_it_serves() {
 }
 
 #[test]
-fn a_lone_layer_and_an_opaque_root_read_as_an_eager_import() {
+fn a_lone_layer_and_an_opaque_root_read_as_an_eager_import_and_mount_writable() {
     let env = Env::strata();
     let registry = Registry::start(None);
     let two = layers(&env);
@@ -661,7 +661,19 @@ fn a_lone_layer_and_an_opaque_root_read_as_an_eager_import() {
         let reference = format!("docker://{reference}");
         let (lazy, _) = LazyMount::start(&env, &reference, &mnt, &cache);
         assert_eq!(listing(&mnt), want, "{name}");
+        assert!(fs::write(mnt.join("new"), "x").is_err(), "{name}: writable");
         assert_eq!(lazy.stop().0, 0, "{name}");
+        // --upper: writable, the writes in UPPER/fs.
+        let upper = env.path(&format!("upper-{name}"));
+        let (lazy, _) =
+            LazyMount::start_with(&env, &reference, &mnt, &cache, &["--upper", &s(&upper)]);
+        fs::write(mnt.join("new"), "written").unwrap();
+        assert_eq!(lazy.stop().0, 0, "{name}");
+        assert_eq!(fs::read_to_string(upper.join("fs/new")).unwrap(), "written");
+        assert!(
+            !mnt.join("new").exists(),
+            "{name}: the write outlived the mount"
+        );
     }
     // Only root reaches the layers' own mounts.
     let mode = fs::metadata(env.path("cache")).unwrap().permissions();

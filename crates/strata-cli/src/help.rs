@@ -295,7 +295,11 @@ mounts of the same layers use it. CACHE keeps the checked chunks for the next mo
 again the first time a process uses it), the compressed bytes fetched (CACHE/blobs, for image pull \
 --lazy-cache; not with --no-keep-blobs) and the layers' own FUSE mounts (CACHE/mnt/N). With \
 --keep-storage SIZE the mount prunes CACHE to SIZE as it goes (a second after its layers are open, \
-then each time it has added an eighth of SIZE), as `strata lazy prune` does. Needs root \
+then each time it has added an eighth of SIZE), as `strata lazy prune` does. With --upper UPPER \
+the image is mounted writable: writes go to UPPER/fs (an overlay upper directory: a deleted file \
+is a whiteout, a written one a copy) with UPPER/work beside it, both made if missing and kept \
+after unmount; the same upper given again shows the changes again; an upper inside DIR or CACHE is \
+refused. Needs root \
 (FUSE and overlay mounts). No state root is involved. From another shell, the image is usable at \
 once: chroot /mnt/app python3 --version.\n\n\
 With --json it prints {image, dir, layers: [{digest, lazy, toc_digest, inodes, dir}], requests, \
@@ -308,6 +312,7 @@ bytes_fetched, chunks_fetched} when it stops.",
             "strata lazy mount registry.example/app:estargz /mnt/app --cache /var/cache/strata-lazy",
             "strata lazy mount localhost:5000/app:estargz /mnt/app --cache /tmp/lazy --no-prefetch  # fetch only what is read",
             "strata lazy mount registry.example/app:estargz /mnt/app --cache /var/cache/strata-lazy --keep-storage 20GiB",
+            "strata lazy mount registry.example/app:estargz /mnt/app --cache /var/cache/strata-lazy --upper /var/tmp/step1  # writable",
         ],
         json: None,
     },

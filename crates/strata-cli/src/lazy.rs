@@ -107,6 +107,12 @@ pub struct MountArgs {
     /// wait for them; each layer's prefetch fetches one more).
     #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,
+    /// Mount writable: writes go to UPPER/fs, an overlay upper directory
+    /// (deletions as whiteouts), with UPPER/work beside it; made if
+    /// missing, kept after unmount, and used again when given again
+    /// [default: read-only].
+    #[arg(long, value_name = "UPPER")]
+    upper: Option<PathBuf>,
     #[command(flatten)]
     registry: crate::image::RegistryArgs,
 }
@@ -352,6 +358,7 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
             // --lazy-cache`) fetches only the rest.
             keep_blobs: !args.no_keep_blobs,
             keep_storage: keep,
+            upper: args.upper.clone(),
         },
     )?;
     let mut json = Vec::new();

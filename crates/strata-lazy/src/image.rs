@@ -70,6 +70,11 @@ pub struct ImageOptions {
     /// the layers are open, then whenever the mount has added an eighth of
     /// it (at least 1 MiB).
     pub keep_storage: Option<u64>,
+    /// Mount the image writable: what is written goes to `UPPER/fs`, an
+    /// overlay upper directory (deletions are whiteouts), with `UPPER/work`
+    /// as its work directory; both are made if missing, must be on one
+    /// file system, and stay after unmount. `None`: read-only.
+    pub upper: Option<PathBuf>,
 }
 
 impl Default for ImageOptions {
@@ -79,6 +84,7 @@ impl Default for ImageOptions {
             prefetch: true,
             keep_blobs: true,
             keep_storage: None,
+            upper: None,
         }
     }
 }
@@ -178,8 +184,8 @@ impl std::fmt::Debug for ImageMount {
 }
 
 impl ImageMount {
-    /// Mounts the image of `layers` (bottom first) read-only on `dir`, an
-    /// existing directory, with `cache` (created if missing; shared by
+    /// Mounts the image of `layers` (bottom first) on `dir`, an existing
+    /// directory (read-only, or writable over `opts.upper`), with `cache` (created if missing; shared by
     /// every image mounted with it) for the chunks, the unpacked layers,
     /// the kept blobs and the layers' own mounts.
     ///
@@ -214,6 +220,11 @@ impl ImageMount {
             .map_err(context(&format!("resolve {}", cache.display())))?;
         let dir =
             &std::fs::canonicalize(dir).map_err(context(&format!("resolve {}", dir.display())))?;
+        let upper = opts
+            .upper
+            .as_deref()
+            .map(|u| upper_dirs(u, [cache, dir]))
+            .transpose()?;
         let chunks = Arc::new(
             ChunkCache::open(&cache.join("chunks"))
                 .map_err(context(&format!("chunk cache {}", cache.display())))?,
@@ -303,7 +314,7 @@ impl ImageMount {
         }
         let empty = mnt.join("empty");
         std::fs::create_dir_all(&empty).map_err(context(&format!("create {}", empty.display())))?;
-        stack(visible(&image.lowers), &empty, dir)?;
+        stack(visible(&image.lowers), upper, &empty, dir)?;
         image.stacked = true;
         image.pruner = opts
             .keep_storage
@@ -502,6 +513,51 @@ fn visible(lowers: &[Lower]) -> Vec<PathBuf> {
     dirs
 }
 
+/// `UPPER/fs` and `UPPER/work` for a writable mount, made if missing,
+/// absolute as the kernel will name them. An upper inside one of `taken`
+/// (the cache, which prune and mounts manage, or the directory the image
+/// covers) is refused before anything is made.
+fn upper_dirs(upper: &Path, taken: [&Path; 2]) -> io::Result<(PathBuf, PathBuf)> {
+    let resolve =
+        |d: &Path| std::fs::canonicalize(d).map_err(context(&format!("resolve {}", d.display())));
+    // The part that exists, resolved, with the rest after it.
+    let mut existing = upper;
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        rest.push(name);
+        existing = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+    }
+    let mut absolute = resolve(existing)?;
+    absolute.extend(rest.iter().rev());
+    if let Some(inside) = taken.into_iter().find(|d| absolute.starts_with(d)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "upper directory {}: inside {}, which the mount {}",
+                upper.display(),
+                inside.display(),
+                if inside == taken[1] {
+                    "covers"
+                } else {
+                    "manages"
+                }
+            ),
+        ));
+    }
+    let made = |d: PathBuf| {
+        std::fs::create_dir_all(&d).map_err(context(&format!("create {}", d.display())))?;
+        std::fs::canonicalize(&d).map_err(context(&format!("resolve {}", d.display())))
+    };
+    Ok((made(upper.join("fs"))?, made(upper.join("work"))?))
+}
+
 /// The name of the directory the last of `layers` unpacks into: what it
 /// holds depends on the layers below too (its whiteouts, parents resolved
 /// through them), so the key is the digest of every blob digest up to it.
@@ -554,16 +610,25 @@ fn mount_dir(cache: &Path) -> io::Result<(PathBuf, FileLock)> {
 /// Mounts `lowers` (topmost first) on `dir` as a read-only overlay.
 /// `empty` is a second lower for a lone layer: overlay, not a bind, so
 /// whiteouts hide as they do in a stack.
-fn stack(mut lowers: Vec<PathBuf>, empty: &Path, dir: &Path) -> io::Result<()> {
-    if lowers.len() == 1 {
+fn stack(
+    mut lowers: Vec<PathBuf>,
+    upper: Option<(PathBuf, PathBuf)>,
+    empty: &Path,
+    dir: &Path,
+) -> io::Result<()> {
+    // Lower directories only: the kernel makes it read-only, and wants
+    // two of them.
+    if lowers.len() == 1 && upper.is_none() {
         lowers.push(empty.to_path_buf());
     }
+    let (upper, work) = upper.unzip();
     let m = Mount::overlay(
         OverlayLayers {
             lowers,
+            upper,
+            work,
             ..OverlayLayers::default()
         },
-        // Lower directories only: the kernel makes it read-only.
         Vec::new(),
     );
     strata_sys::mount::mount(&m, dir).map_err(sys(&format!(

@@ -900,3 +900,87 @@ fn prefetch_reads_across_a_short_run_of_members_without_data() {
         );
     }
 }
+
+/// A writable mount (`upper`) of a lazy layer: what is written, changed
+/// and deleted lands in UPPER/fs only (a deletion as a whiteout), the
+/// layer itself stays as it was, and the changes are there again when
+/// the same upper is mounted anew.
+#[test]
+fn a_writable_mount_writes_only_to_its_upper() {
+    let (t, src, dir) = dirs();
+    fs::create_dir(src.join("d")).unwrap();
+    fs::write(src.join("a"), "alpha").unwrap();
+    fs::write(src.join("d/y"), "yankee").unwrap();
+    let mut rng = Rng::new(31);
+    let c: Vec<u8> = (0..100_000).map(|_| rng.below(256) as u8).collect();
+    fs::write(src.join("c"), &c).unwrap();
+    let (bytes, toc) = estargz(&src, 16 << 10);
+    let digest = Digest::of_bytes(strata_core::Algorithm::Sha256, &bytes);
+    let blob = blob_of(bytes);
+    let image = || {
+        vec![ImageLayer {
+            digest: digest.clone(),
+            media_type: None,
+            toc_digest: Some(toc.clone()),
+            diff_id: None,
+            source: blob.clone(),
+        }]
+    };
+    let (cache, upper) = (t.path().join("cache"), t.path().join("upper"));
+    let writable = ImageOptions {
+        threads: 2,
+        prefetch: false,
+        upper: Some(upper.clone()),
+        ..ImageOptions::default()
+    };
+
+    // An upper inside the directory the image covers, or inside the
+    // cache, is refused.
+    for inside in [dir.join("up"), cache.join("up")] {
+        let opts = ImageOptions {
+            upper: Some(inside.clone()),
+            ..writable.clone()
+        };
+        let err = ImageMount::mount(&cache, image(), &dir, &opts).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        assert!(!is_mounted(&dir));
+        assert!(!inside.exists(), "a refused upper was made");
+    }
+
+    let m = ImageMount::mount(&cache, image(), &dir, &writable).unwrap();
+    fs::write(dir.join("new"), "november").unwrap();
+    fs::write(dir.join("a"), "alpha, changed").unwrap();
+    fs::remove_file(dir.join("d/y")).unwrap();
+    assert_eq!(fs::read(dir.join("c")).unwrap(), c);
+    let (_, ended) = m.unmount(std::time::Duration::from_secs(5)).unwrap();
+    assert!(ended && !is_mounted(&dir));
+
+    let up = upper.join("fs");
+    assert_eq!(fs::read_to_string(up.join("new")).unwrap(), "november");
+    assert_eq!(fs::read_to_string(up.join("a")).unwrap(), "alpha, changed");
+    let whiteout = fs::symlink_metadata(up.join("d/y")).unwrap();
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0);
+    assert!(!up.join("c").exists(), "a file only read was copied up");
+
+    // Read-only again: the layer as it was.
+    let read_only = ImageOptions {
+        upper: None,
+        ..writable.clone()
+    };
+    let m = ImageMount::mount(&cache, image(), &dir, &read_only).unwrap();
+    assert_eq!(below_root(&dir), below_root(&src));
+    assert!(
+        fs::write(dir.join("other"), "x").is_err(),
+        "a read-only mount took a write"
+    );
+    drop(m);
+
+    // The same upper again: the changes are back.
+    let m = ImageMount::mount(&cache, image(), &dir, &writable).unwrap();
+    assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "alpha, changed");
+    assert!(!dir.join("d/y").exists());
+    assert_eq!(fs::read_to_string(dir.join("new")).unwrap(), "november");
+    drop(m);
+    assert!(!is_mounted(&dir));
+}
