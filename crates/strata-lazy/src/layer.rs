@@ -286,11 +286,14 @@ impl Layer {
     }
 
     fn fetch(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        Counted {
+        let started = std::time::Instant::now();
+        let fetched = Counted {
             src: self.src.as_ref(),
             stats: &self.stats,
         }
-        .read_range(offset, len)
+        .read_range(offset, len);
+        tracing::debug!(layer = %self.name, offset, len, took = ?started.elapsed(), ok = fetched.is_ok(), "range read");
+        fetched
     }
 
     /// Chunk `c`'s bytes from `compressed` (its member onwards), checked.
