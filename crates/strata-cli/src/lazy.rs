@@ -3,11 +3,12 @@
 //! repositories of one registry, else streamed through, checked).
 //!
 //! `strata lazy mount REF DIR --cache CACHE`: an eStargz image from a
-//! registry mounted read-only before it is downloaded. Only the manifest,
+//! registry mounted before it is downloaded (read-only, or writable over
+//! an upper directory with --upper). Only the manifest,
 //! the config and each layer's footer and TOC are fetched first; each
 //! layer is served through FUSE (strata-lazy) under CACHE/mnt, its file
 //! data fetched chunk by chunk by range requests and checked against the
-//! TOC, and the layers are stacked on DIR by a read-only overlay. A layer
+//! TOC, and the layers are stacked on DIR by an overlay. A layer
 //! that is not eStargz is fetched whole and unpacked once into
 //! CACHE/layers, and stacked with the rest. The command serves the mount
 //! until SIGINT or SIGTERM (strata-lazy's `ImageMount` does the mounting),
@@ -32,9 +33,9 @@ use crate::output::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum LazyCmd {
-    /// Mount HOST/REPO[:TAG|@DIGEST] read-only on DIR before it is
-    /// downloaded (its eStargz layers are read lazily, the others fetched
-    /// whole); serves it until SIGINT or SIGTERM.
+    /// Mount HOST/REPO[:TAG|@DIGEST] on DIR before it is downloaded
+    /// (read-only unless --upper; its eStargz layers are read lazily, the
+    /// others fetched whole); serves it until SIGINT or SIGTERM.
     Mount(MountArgs),
     /// Copy HOST/REPO[:TAG|@DIGEST] to HOST/REPO[:TAG] without storing
     /// it: each blob the target lacks is mounted from the source

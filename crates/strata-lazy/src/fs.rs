@@ -312,7 +312,13 @@ pub fn mount(layer: Arc<Layer>, target: &Path, readers: Arc<Readers>) -> io::Res
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
-        MountOption::FSName(format!("strata-lazy:{}", layer.name())),
+        // The mount table's source field: the layer's name without its
+        // blanks ("1 (sha256:...)" shows as "strata-lazy:1(sha256:...)"),
+        // so tools that split that table on blanks see one word.
+        MountOption::FSName(format!(
+            "strata-lazy:{}",
+            layer.name().replace(char::is_whitespace, "")
+        )),
         MountOption::Subtype("strata-lazy".into()),
         MountOption::DefaultPermissions,
         MountOption::Dev,

@@ -4,7 +4,8 @@
 //!
 //! Each eStargz layer is served through FUSE under `CACHE/mnt/ID`, each
 //! other layer is fetched whole and unpacked once into `CACHE/layers`, and
-//! the layers are stacked on the target directory by a read-only overlay.
+//! the layers are stacked on the target directory by an overlay, read-only
+//! or over a writable upper directory ([`ImageOptions::upper`]).
 //! What the layers fetch is kept in `CACHE/blobs` (unless told not to), so
 //! a later pull fetches only the rest; the cache can be pruned to a size
 //! while the mount serves.
@@ -18,6 +19,7 @@ use std::time::Duration;
 use strata_core::{Algorithm, Digest, Mount, OverlayLayers};
 use strata_sys::lock::FileLock;
 
+use crate::upper::Upper;
 use crate::{
     BlobCache, ChunkCache, Layer, LayerOptions, Link, Mounted, Prefetch, Pruned, RangeSource,
     Readers, UnpackOptions, Unpacked, prune,
@@ -148,7 +150,8 @@ impl Lower {
     }
 }
 
-/// An image mounted read-only on a directory; unmounted by
+/// An image mounted on a directory (read-only, or writable over an upper
+/// directory); unmounted by
 /// [`ImageMount::unmount`] or when dropped (which may block a few seconds:
 /// call it off an async runtime's threads).
 #[must_use = "the image is unmounted when this is dropped"]
@@ -172,6 +175,8 @@ pub struct ImageMount {
     /// leaves what was there alone).
     stacked: bool,
     unpacked: (u64, u64),
+    /// A writable mount's upper directory, locked while it lives.
+    upper: Option<Upper>,
 }
 
 impl std::fmt::Debug for ImageMount {
@@ -212,19 +217,18 @@ impl ImageMount {
                 format!("{}: not a directory to mount the image on", dir.display()),
             ));
         }
-        std::fs::create_dir_all(cache).map_err(context(&format!("create {}", cache.display())))?;
         // Absolute and without symlinks, as the mount table names them:
         // mounts found there by path (stale ones; the stack, to detach it)
         // are found by these.
-        let cache = &std::fs::canonicalize(cache)
-            .map_err(context(&format!("resolve {}", cache.display())))?;
         let dir =
             &std::fs::canonicalize(dir).map_err(context(&format!("resolve {}", dir.display())))?;
-        let upper = opts
-            .upper
-            .as_deref()
-            .map(|u| upper_dirs(u, [cache, dir]))
-            .transpose()?;
+        let upper = match &opts.upper {
+            Some(u) => Some(Upper::prepare(u, &crate::upper::absolute(cache)?, dir)?),
+            None => None,
+        };
+        std::fs::create_dir_all(cache).map_err(context(&format!("create {}", cache.display())))?;
+        let cache = &std::fs::canonicalize(cache)
+            .map_err(context(&format!("resolve {}", cache.display())))?;
         let chunks = Arc::new(
             ChunkCache::open(&cache.join("chunks"))
                 .map_err(context(&format!("chunk cache {}", cache.display())))?,
@@ -259,6 +263,7 @@ impl ImageMount {
             _lock: lock,
             stacked: false,
             unpacked: (0, 0),
+            upper,
         };
         // Bottom up: a layer's whiteouts, and an unpacked layer's whole
         // tree, depend on the layers below it.
@@ -314,7 +319,12 @@ impl ImageMount {
         }
         let empty = mnt.join("empty");
         std::fs::create_dir_all(&empty).map_err(context(&format!("create {}", empty.display())))?;
-        stack(visible(&image.lowers), upper, &empty, dir)?;
+        stack(
+            visible(&image.lowers),
+            image.upper.as_ref().map(|u| (u.fs.clone(), u.work.clone())),
+            &empty,
+            dir,
+        )?;
         image.stacked = true;
         image.pruner = opts
             .keep_storage
@@ -477,12 +487,12 @@ fn open_all(
     })
 }
 
-/// An error with what was being done in front, its kind kept.
 /// How messages name layer `i` (bottom first) of digest `d`.
 fn layer_name(i: usize, d: &Digest) -> String {
     format!("{i} ({d})")
 }
 
+/// An error with what was being done in front, its kind kept.
 fn context(what: &str) -> impl FnOnce(io::Error) -> io::Error + '_ {
     move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
 }
@@ -511,51 +521,6 @@ fn visible(lowers: &[Lower]) -> Vec<PathBuf> {
         }
     }
     dirs
-}
-
-/// `UPPER/fs` and `UPPER/work` for a writable mount, made if missing,
-/// absolute as the kernel will name them. An upper inside one of `taken`
-/// (the cache, which prune and mounts manage, or the directory the image
-/// covers) is refused before anything is made.
-fn upper_dirs(upper: &Path, taken: [&Path; 2]) -> io::Result<(PathBuf, PathBuf)> {
-    let resolve =
-        |d: &Path| std::fs::canonicalize(d).map_err(context(&format!("resolve {}", d.display())));
-    // The part that exists, resolved, with the rest after it.
-    let mut existing = upper;
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
-            break;
-        };
-        rest.push(name);
-        existing = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        };
-    }
-    let mut absolute = resolve(existing)?;
-    absolute.extend(rest.iter().rev());
-    if let Some(inside) = taken.into_iter().find(|d| absolute.starts_with(d)) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "upper directory {}: inside {}, which the mount {}",
-                upper.display(),
-                inside.display(),
-                if inside == taken[1] {
-                    "covers"
-                } else {
-                    "manages"
-                }
-            ),
-        ));
-    }
-    let made = |d: PathBuf| {
-        std::fs::create_dir_all(&d).map_err(context(&format!("create {}", d.display())))?;
-        std::fs::canonicalize(&d).map_err(context(&format!("resolve {}", d.display())))
-    };
-    Ok((made(upper.join("fs"))?, made(upper.join("work"))?))
 }
 
 /// The name of the directory the last of `layers` unpacks into: what it
@@ -607,9 +572,10 @@ fn mount_dir(cache: &Path) -> io::Result<(PathBuf, FileLock)> {
     Ok((dir, lock))
 }
 
-/// Mounts `lowers` (topmost first) on `dir` as a read-only overlay.
-/// `empty` is a second lower for a lone layer: overlay, not a bind, so
-/// whiteouts hide as they do in a stack.
+/// Mounts `lowers` (topmost first) on `dir` as an overlay, read-only or,
+/// given `upper` (its upper and work directories), writable. `empty` is a
+/// second lower for a lone layer of a read-only overlay (which needs two):
+/// overlay, not a bind, so whiteouts hide as they do in a stack.
 fn stack(
     mut lowers: Vec<PathBuf>,
     upper: Option<(PathBuf, PathBuf)>,

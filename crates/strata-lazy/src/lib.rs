@@ -18,8 +18,9 @@
 //! ([`Unpacked`]), so an image of both kinds mounts with the rest lazy.
 //!
 //! [`ImageMount`] puts it together for a whole image: its lazy layers
-//! served, its other layers unpacked, all stacked read-only on a
-//! directory by overlay, prefetched and pruned in the background.
+//! served, its other layers unpacked, all stacked on a directory by
+//! overlay (read-only, or writable over an upper directory), prefetched
+//! and pruned in the background.
 //!
 //! The tree is what overlay expects of a lower directory (whiteouts as
 //! 0/0 character devices, opaque directories by attribute), so a lazy
@@ -38,6 +39,7 @@ mod prune;
 mod remote;
 mod tree;
 mod unpack;
+mod upper;
 
 pub use blobs::{BlobCache, Filled};
 pub use cache::ChunkCache;

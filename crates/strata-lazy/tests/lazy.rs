@@ -616,7 +616,6 @@ fn the_cache_is_pruned_used_longest_ago_first_under_a_live_mount() {
     m.unmount().unwrap();
 }
 
-/// Whether `dir` is a mount point, by its mount table line.
 /// `err` names layer `i` (of digest `d`) in front, and only there.
 fn names_once(err: &io::Error, i: usize, d: &Digest) {
     let said = err.to_string();
@@ -624,6 +623,7 @@ fn names_once(err: &io::Error, i: usize, d: &Digest) {
     assert_eq!(said.matches(d.as_str()).count(), 1, "{said}");
 }
 
+/// Whether `dir` is a mount point, by its mount table line.
 fn is_mounted(dir: &Path) -> bool {
     let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let dir = dir.canonicalize().unwrap();
@@ -934,20 +934,45 @@ fn a_writable_mount_writes_only_to_its_upper() {
         ..ImageOptions::default()
     };
 
-    // An upper inside the directory the image covers, or inside the
-    // cache, is refused.
-    for inside in [dir.join("up"), cache.join("up")] {
+    let refused = |upper: &Path, kind: io::ErrorKind| {
         let opts = ImageOptions {
-            upper: Some(inside.clone()),
+            upper: Some(upper.to_path_buf()),
             ..writable.clone()
         };
         let err = ImageMount::mount(&cache, image(), &dir, &opts).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
-        assert!(!is_mounted(&dir));
-        assert!(!inside.exists(), "a refused upper was made");
+        assert_eq!(err.kind(), kind, "{err}");
+        assert!(!is_mounted(&dir), "{err}");
+    };
+    // An upper inside the directory the image covers or the cache, or
+    // holding either, is refused before anything is made.
+    for overlapping in [dir.join("up"), cache.join("up"), t.path().to_path_buf()] {
+        refused(&overlapping, io::ErrorKind::InvalidInput);
+        assert!(!overlapping.join("fs").exists(), "a refused upper was made");
     }
+    // One that others could change under the mount: writable by others,
+    // or its fs a symlink (here into the cache).
+    use std::os::unix::fs::PermissionsExt;
+    let open = t.path().join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&open, io::ErrorKind::PermissionDenied);
+    refused(&open.join("below"), io::ErrorKind::PermissionDenied);
+    let linked = t.path().join("linked");
+    fs::create_dir(&linked).unwrap();
+    fs::create_dir_all(cache.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(cache.join("elsewhere"), linked.join("fs")).unwrap();
+    refused(&linked, io::ErrorKind::PermissionDenied);
+    assert_eq!(fs::read_dir(cache.join("elsewhere")).unwrap().count(), 0);
 
     let m = ImageMount::mount(&cache, image(), &dir, &writable).unwrap();
+    let mode = fs::metadata(upper.join("fs")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    // One mount at a time: a second on the same upper is refused.
+    let other = t.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let err = ImageMount::mount(&cache, image(), &other, &writable).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ResourceBusy, "{err}");
+    assert!(err.to_string().contains("in use by another mount"), "{err}");
     fs::write(dir.join("new"), "november").unwrap();
     fs::write(dir.join("a"), "alpha, changed").unwrap();
     fs::remove_file(dir.join("d/y")).unwrap();
@@ -975,6 +1000,32 @@ fn a_writable_mount_writes_only_to_its_upper() {
         "a read-only mount took a write"
     );
     drop(m);
+
+    // An overlay some other mount left on the upper (a killed mount's):
+    // refused until it is gone.
+    let lower = t.path().join("lower");
+    fs::create_dir(&lower).unwrap();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.join("fs").display(),
+        upper.join("work").display()
+    );
+    let status = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mounted = ImageMount::mount(&cache, image(), &dir, &writable);
+    let unmounted = std::process::Command::new("umount")
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(unmounted.success());
+    let err = mounted.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ResourceBusy, "{err}");
+    assert!(err.to_string().contains(other.to_str().unwrap()), "{err}");
 
     // The same upper again: the changes are back.
     let m = ImageMount::mount(&cache, image(), &dir, &writable).unwrap();

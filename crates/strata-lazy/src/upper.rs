@@ -1,0 +1,162 @@
+//! The upper directory of a writable image mount (`ImageOptions::upper`):
+//! `UPPER/fs` takes the writes, `UPPER/work` is overlay's work directory.
+//!
+//! The mount runs as root and its changes may hold set-user-ID copies of
+//! the image's files, so the upper is held to what `ssh` asks of a key
+//! file: UPPER and every directory above it belong to root or this user
+//! and are writable by no one else (or, like `/tmp`, are sticky), UPPER,
+//! `fs` and `work` are real directories (no symlinks), made mode 0700 when
+//! missing. Then nobody else can swap a path the kernel will follow. One
+//! mount at a time uses an upper: a lock in `UPPER/lock`, and no mount in
+//! the mount table (a killed mount's overlay) may still use it.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use strata_sys::lock::FileLock;
+
+/// A writable mount's upper directory, checked, made and locked.
+#[derive(Debug)]
+pub(crate) struct Upper {
+    /// `UPPER/fs`, absolute.
+    pub(crate) fs: PathBuf,
+    /// `UPPER/work`, absolute.
+    pub(crate) work: PathBuf,
+    /// Says a mount uses it, as long as this lives.
+    _lock: FileLock,
+}
+
+impl Upper {
+    /// Checks `upper` (as the module says), makes what is missing and
+    /// locks it. An upper that overlaps `cache` or `dir` (either inside the
+    /// other) is refused before anything is made.
+    pub(crate) fn prepare(upper: &Path, cache: &Path, dir: &Path) -> io::Result<Upper> {
+        let refuse = |kind, why: String| {
+            Err(io::Error::new(
+                kind,
+                format!("upper directory {}: {why}", upper.display()),
+            ))
+        };
+        let at = absolute(upper)?;
+        for (taken, what) in [
+            (cache, "the cache"),
+            (dir, "the directory the image covers"),
+        ] {
+            if at.starts_with(taken) || taken.starts_with(&at) {
+                return refuse(
+                    io::ErrorKind::InvalidInput,
+                    format!("overlaps {what}, {}", taken.display()),
+                );
+            }
+        }
+        // Above UPPER, from the root down: what exists must be safe from
+        // other users; the rest is made by this process.
+        let uid = strata_sys::effective_uid();
+        for a in at.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {
+            if let Some(why) = unsafe_dir(a, uid, true)? {
+                return refuse(io::ErrorKind::PermissionDenied, why);
+            }
+        }
+        let made = |d: &Path| match std::fs::DirBuilder::new().mode(0o700).create(d) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io::Error::new(
+                e.kind(),
+                format!("create {}: {e}", d.display()),
+            )),
+            _ => Ok(()),
+        };
+        if let Some(parent) = at.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("create {}: {e}", parent.display()))
+                })?;
+        }
+        let (fs, work) = (at.join("fs"), at.join("work"));
+        for d in [&at, &fs, &work] {
+            made(d)?;
+            if let Some(why) = unsafe_dir(d, uid, false)? {
+                return refuse(io::ErrorKind::PermissionDenied, why);
+            }
+        }
+        let lock = FileLock::try_exclusive(&at.join("lock")).map_err(|e| {
+            let kind = match &e {
+                strata_sys::lock::LockError::Held { .. } => io::ErrorKind::ResourceBusy,
+                strata_sys::lock::LockError::Io { source, .. } => source.kind(),
+                _ => io::ErrorKind::Other,
+            };
+            io::Error::new(
+                kind,
+                format!(
+                    "upper directory {}: in use by another mount? {e}",
+                    upper.display()
+                ),
+            )
+        })?;
+        let mounts = strata_sys::mount::info::mounts().map_err(io::Error::other)?;
+        if let Some(m) = mounts.iter().find(|m| {
+            m.fs_type == "overlay" && m.directories().iter().any(|d| *d == fs || *d == work)
+        }) {
+            return refuse(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "still used by the overlay on {} (a mount that was killed?): unmount it first",
+                    m.mount_point.display()
+                ),
+            );
+        }
+        Ok(Upper {
+            fs,
+            work,
+            _lock: lock,
+        })
+    }
+}
+
+/// `path` absolute, without symlinks in the part that exists (the rest is
+/// joined on as written, with no `..` allowed in it).
+pub(crate) fn absolute(path: &Path) -> io::Result<PathBuf> {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    while std::fs::symlink_metadata(existing).is_err() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        rest.push(name);
+        existing = match parent.as_os_str().is_empty() {
+            true => Path::new("."),
+            false => parent,
+        };
+    }
+    let mut at = std::fs::canonicalize(existing)
+        .map_err(|e| io::Error::new(e.kind(), format!("resolve {}: {e}", existing.display())))?;
+    at.extend(rest.iter().rev());
+    Ok(at)
+}
+
+/// Why directory `d` is not safe to hold (or lead to) an upper, if it
+/// exists and is not: a symlink, not a directory, owned by another user
+/// than `uid` or root, or writable by group or others (unless `sticky_ok`
+/// and it is sticky).
+fn unsafe_dir(d: &Path, uid: u32, sticky_ok: bool) -> io::Result<Option<String>> {
+    let md = match std::fs::symlink_metadata(d) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", d.display()))),
+    };
+    let mode = md.mode();
+    let why = if md.file_type().is_symlink() {
+        "is a symlink"
+    } else if !md.is_dir() {
+        "is not a directory"
+    } else if md.uid() != uid && md.uid() != 0 {
+        "belongs to another user"
+    } else if mode & 0o022 != 0 && !(sticky_ok && mode & 0o1000 != 0) {
+        "is writable by other users"
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(format!("{} {why}", d.display())))
+}
