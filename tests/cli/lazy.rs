@@ -148,7 +148,7 @@ impl LazyMount {
         match said {
             Some(Ok(v)) => (Some(m), v.to_string()),
             _ => {
-                let _ = m.child.wait();
+                m.exit_within(STOP_LIMIT);
                 (None, fs::read_to_string(&log).unwrap_or_default())
             }
         }
@@ -668,6 +668,12 @@ fn a_lone_layer_and_an_opaque_root_read_as_an_eager_import_and_mount_writable() 
         let (lazy, _) =
             LazyMount::start_with(&env, &reference, &mnt, &cache, &["--upper", &s(&upper)]);
         fs::write(mnt.join("new"), "written").unwrap();
+        // The image's tree, and the one file written.
+        let seen = listing(&mnt);
+        let (added, image): (Vec<&str>, Vec<&str>) =
+            seen.lines().partition(|l| l.starts_with("/new "));
+        assert_eq!(image.join("\n"), want, "{name}");
+        assert_eq!(added.len(), 1, "{name}: {seen}");
         assert_eq!(lazy.stop().0, 0, "{name}");
         assert_eq!(fs::read_to_string(upper.join("fs/new")).unwrap(), "written");
         assert!(

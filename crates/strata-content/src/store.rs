@@ -367,44 +367,53 @@ impl ContentStore {
     /// `info.labels`; `labels` does the same; `labels.KEY` sets or (when
     /// absent or empty in `info`) removes one label. Other paths are invalid.
     pub fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info, ContentError> {
-        let _guard = self.inner.commit_guard();
-        let tx = self.inner.db.write()?;
-        let mut r = tx
-            .get::<ContentRecord>(info.digest.as_str())?
-            .ok_or_else(|| ContentError::NotFound(info.digest.clone()))?;
-        labels::apply_update(&mut r.labels, &info.labels, fieldpaths).map_err(|path| {
-            ContentError::Invalid(format!(
-                "cannot update field {path:?} of content {}: only labels and labels.KEY",
-                info.digest
-            ))
-        })?;
-        labels::validate_all(&r.labels).map_err(|e| ContentError::Invalid(e.to_string()))?;
-        r.updated = now();
-        tx.put(info.digest.as_str(), &r)?;
-        tx.commit()?;
-        Ok(Info::from_record(info.digest.clone(), r))
+        self.modify_labels(&info.digest, |labels| {
+            labels::apply_update(labels, &info.labels, fieldpaths).map_err(|path| {
+                ContentError::Invalid(format!(
+                    "cannot update field {path:?} of content {}: only labels and labels.KEY",
+                    info.digest
+                ))
+            })?;
+            Ok(true)
+        })
     }
 
     /// Sets label `key` of blob `digest` to what `edit` makes of its current
     /// value, reading and writing in one transaction, so two callers that
     /// each add to a label's value both keep their part. `edit` returning
-    /// `None` leaves the blob untouched; the new value is validated like
-    /// `update`'s.
+    /// `None` leaves the blob untouched, and an empty value removes the
+    /// label; the result is validated like `update`'s.
     pub fn edit_label(
         &self,
         digest: &Digest,
         key: &str,
         edit: impl FnOnce(Option<&str>) -> Option<String>,
     ) -> Result<Info, ContentError> {
+        self.modify_labels(digest, |labels| {
+            let Some(value) = edit(labels.get(key).map(String::as_str)) else {
+                return Ok(false);
+            };
+            labels.insert(key.to_owned(), value);
+            Ok(true)
+        })
+    }
+
+    /// Blob `digest`'s labels changed by `change` (which says whether it
+    /// changed anything) in one write transaction; empty values are
+    /// dropped and the rest validated before anything is written.
+    fn modify_labels(
+        &self,
+        digest: &Digest,
+        change: impl FnOnce(&mut strata_core::Labels) -> Result<bool, ContentError>,
+    ) -> Result<Info, ContentError> {
         let _guard = self.inner.commit_guard();
         let tx = self.inner.db.write()?;
         let mut r = tx
             .get::<ContentRecord>(digest.as_str())?
             .ok_or_else(|| ContentError::NotFound(digest.clone()))?;
-        let Some(value) = edit(r.labels.get(key).map(String::as_str)) else {
+        if !change(&mut r.labels)? {
             return Ok(Info::from_record(digest.clone(), r));
-        };
-        r.labels.insert(key.to_owned(), value);
+        }
         r.labels.retain(|_, v| !v.is_empty());
         labels::validate_all(&r.labels).map_err(|e| ContentError::Invalid(e.to_string()))?;
         r.updated = now();

@@ -628,13 +628,18 @@ impl Registry {
             self.reference.resolve_registry()
         );
         let repo = self.reference.repository();
+        let listed = |v: Option<&str>| v.is_some_and(|v| v.split(',').any(|r| r == repo));
+        // Read first: most pulls find the repository recorded already.
+        if listed(store.info(d)?.labels.get(&key).map(String::as_str)) {
+            return Ok(());
+        }
         // One transaction: two pulls of a blob from two repositories at
         // once both stay recorded.
         let added = store.edit_label(d, &key, |current| {
-            let mut repos: Vec<&str> = current.map(|v| v.split(',').collect()).unwrap_or_default();
-            if repos.contains(&repo) {
+            if listed(current) {
                 return None;
             }
+            let mut repos: Vec<&str> = current.map(|v| v.split(',').collect()).unwrap_or_default();
             repos.push(repo);
             Some(repos.join(","))
         });
