@@ -1125,6 +1125,39 @@ fn a_pull_outlives_its_registry_token() {
     );
 }
 
+/// A registry that asks no credentials is asked so once per command, not
+/// before every request (oci-client, finding no token to keep for it,
+/// would ask again each time: one more round trip per blob).
+#[test]
+fn a_registry_without_credentials_is_not_asked_for_them_per_request() {
+    if !strata_testkit::require_tools(
+        "a_registry_without_credentials_is_not_asked_for_them_per_request",
+        strata_testkit::REGISTRY_TOOLS,
+    ) {
+        return;
+    }
+    let reg = Registry::start(None);
+    let a = env();
+    import_random_layers(&a, 5, 1000);
+    let asked = || reg.log().matches("\"GET /v2/ HTTP").count();
+    let before = asked();
+    a.run(&["image", "push", "big", &format!("{}/open:1", reg.addr)])
+        .expect(0);
+    // Pushing 7 blobs and a manifest: a check, a start, an upload and a
+    // finish each at least.
+    let pushed = asked() - before;
+    assert!(pushed <= 2, "the push asked for credentials {pushed} times");
+    let before = asked();
+    let b = env();
+    let got = b
+        .run(&["--json", "image", "pull", &format!("{}/open:1", reg.addr)])
+        .expect(0)
+        .json();
+    assert_eq!(got["fetched"], 7, "{got}");
+    let pulled = asked() - before;
+    assert!(pulled <= 2, "the pull asked for credentials {pulled} times");
+}
+
 /// A registry answering 503 (under load) is asked again after a doubling
 /// wait: a pull whose manifest reads fail twice succeeds; one whose reads
 /// keep failing gives up after its attempts (4) and exits 4, naming the

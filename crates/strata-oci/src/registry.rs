@@ -43,6 +43,15 @@ const ACCEPTED: &[&str] = &[
 /// A repository of a registry, connected and authenticated.
 pub struct Registry {
     client: Client,
+    /// A client that never authenticates, for a registry that asks no
+    /// credentials of anyone (`open`): oci-client's own client finds no
+    /// token to keep for such a registry and asks it again, one more
+    /// round trip, before every request. Only calls that take no
+    /// credentials go through it, so it never learns any.
+    bare: Client,
+    /// Whether the registry asked for no credentials when last
+    /// authenticated (and these are anonymous).
+    open: std::sync::atomic::AtomicBool,
     reference: Reference,
     opts: RegistryOptions,
     /// What `connect` authenticated with, kept to authenticate again when
@@ -151,24 +160,29 @@ impl Registry {
         }
         let host = parsed.resolve_registry().to_owned();
         let plain = is_loopback(&host) || opts.insecure.contains(&host);
-        let config = ClientConfig {
-            protocol: if plain {
-                ClientProtocol::HttpsExcept(vec![host.clone()])
-            } else {
-                ClientProtocol::Https
-            },
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(300)),
-            ..ClientConfig::default()
+        let made = || {
+            let config = ClientConfig {
+                protocol: if plain {
+                    ClientProtocol::HttpsExcept(vec![host.clone()])
+                } else {
+                    ClientProtocol::Https
+                },
+                connect_timeout: Some(Duration::from_secs(30)),
+                read_timeout: Some(Duration::from_secs(300)),
+                ..ClientConfig::default()
+            };
+            Client::try_from(config).map_err(|e| OciError::Registry {
+                registry: host.clone(),
+                reason: format!("cannot make a client: {e}"),
+                kind: ErrorKind::Internal,
+            })
         };
-        let client = Client::try_from(config).map_err(|e| OciError::Registry {
-            registry: host.clone(),
-            reason: format!("cannot make a client: {e}"),
-            kind: ErrorKind::Internal,
-        })?;
+        let (client, bare) = (made()?, made()?);
         let auth = crate::auth::credentials(opts.docker_config.as_deref(), &host)?;
         let registry = Registry {
             client,
+            bare,
+            open: std::sync::atomic::AtomicBool::new(false),
             reference: parsed,
             opts: opts.clone(),
             auth,
@@ -187,11 +201,23 @@ impl Registry {
             reauthenticated: true,
             ..self.tries()
         };
-        self.retry_from(tries, "authenticate", || {
-            self.client.auth(&self.reference, &self.auth, self.op)
-        })
-        .await
-        .map(drop)
+        let token = self
+            .retry_from(tries, "authenticate", || {
+                self.client.auth(&self.reference, &self.auth, self.op)
+            })
+            .await?;
+        let open = token.is_none() && matches!(self.auth, RegistryAuth::Anonymous);
+        self.open.store(open, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The client for calls that take no credentials: the bare one while
+    /// the registry asks none (see `bare`).
+    fn http(&self) -> &Client {
+        match self.open.load(std::sync::atomic::Ordering::Relaxed) {
+            true => &self.bare,
+            false => &self.client,
+        }
     }
 
     /// `HOST/REPO`.
@@ -493,7 +519,7 @@ impl Registry {
         let bytes = self
             .retry(&what, || async {
                 let response = self
-                    .client
+                    .http()
                     .pull_blob_stream_partial(
                         &self.reference,
                         desc.digest.as_str(),
@@ -552,12 +578,12 @@ impl Registry {
             let offset = w.status().offset;
             let response = match offset {
                 0 => self
-                    .client
+                    .http()
                     .pull_blob_stream(&self.reference, layer)
                     .await
                     .map(BlobResponse::Full),
                 n if n < desc.size => {
-                    self.client
+                    self.http()
                         .pull_blob_stream_partial(&self.reference, layer, n, None)
                         .await
                 }
@@ -720,7 +746,7 @@ impl Registry {
                 let what = format!("blob {}", desc.digest);
                 let got = src
                     .retry(&what, || {
-                        src.client
+                        src.http()
                             .pull_blob_stream(&src.reference, desc.digest.as_str())
                     })
                     .await?;
@@ -753,7 +779,7 @@ impl Registry {
             _ => self.reference.clone(),
         };
         self.retry("push manifest", || {
-            self.client
+            self.http()
                 .push_manifest_raw(&target, bytes.clone(), content_type.clone())
         })
         .await
@@ -793,7 +819,7 @@ impl Registry {
         let what = format!("blob {}", desc.digest);
         let digest = desc.digest.to_string();
         if self
-            .retry(&what, || self.client.blob_exists(&self.reference, &digest))
+            .retry(&what, || self.http().blob_exists(&self.reference, &digest))
             .await?
         {
             report.present += 1;
@@ -807,7 +833,7 @@ impl Registry {
         loop {
             let stream = open().await?;
             match self
-                .client
+                .http()
                 .push_blob_stream(&self.reference, stream, &digest, Some(desc.size))
                 .await
             {
@@ -828,14 +854,14 @@ impl Registry {
         for repo in repos.iter().filter(|r| **r != self.reference.repository()) {
             let from = Reference::with_tag(host.to_owned(), repo.clone(), "latest".to_owned());
             match self
-                .client
+                .http()
                 .mount_blob(&self.reference, &from, &digest)
                 .await
             {
                 Ok(()) => {
                     if self
                         .retry("check a mounted blob", || {
-                            self.client.blob_exists(&self.reference, &digest)
+                            self.http().blob_exists(&self.reference, &digest)
                         })
                         .await?
                     {
