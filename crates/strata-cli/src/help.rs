@@ -297,12 +297,13 @@ again the first time a process uses it), the compressed bytes fetched (CACHE/blo
 --keep-storage SIZE the mount prunes CACHE to SIZE as it goes (a second after its layers are open, \
 then each time it has added an eighth of SIZE), as `strata lazy prune` does. With --upper UPPER \
 the image is mounted writable: writes go to UPPER/fs (an overlay upper directory: a deleted file \
-is a whiteout, a written one a copy) with UPPER/work beside it, both made mode 0700 if missing and \
-kept after unmount; the same upper given again shows the changes again. UPPER and the directories \
-above it must belong to root (or this user) and be writable by no one else unless sticky, with no \
-symlink for UPPER, fs or work; an upper overlapping DIR or CACHE, one another running mount uses \
+is a whiteout, a written one a copy) with UPPER/work beside it, made if missing and kept after \
+unmount (UPPER and work mode 0700, a new fs with the image root's mode); the same upper given again \
+shows the changes again. UPPER and the directories above it must belong to root (or this user) and \
+be writable by no one else unless sticky; UPPER, fs and work must be real directories and no symlink \
+on the way may belong to another user; an upper overlapping DIR or CACHE, one another running mount uses \
 (UPPER/lock), or one an overlay in the mount table still uses (a killed mount's) is refused before \
-anything is fetched. Needs root \
+any layer is fetched. Needs root \
 (FUSE and overlay mounts). No state root is involved. From another shell, the image is usable at \
 once: chroot /mnt/app python3 --version.\n\n\
 With --json it prints {image, dir, layers: [{digest, lazy, toc_digest, inodes, dir}], requests, \

@@ -5,13 +5,15 @@
 //! the image's files, so the upper is held to what `ssh` asks of a key
 //! file: UPPER and every directory above it belong to root or this user
 //! and are writable by no one else (or, like `/tmp`, are sticky), UPPER,
-//! `fs` and `work` are real directories (no symlinks), made mode 0700 when
-//! missing. Then nobody else can swap a path the kernel will follow. One
+//! `fs` and `work` are real directories, UPPER is not a symlink and no
+//! symlink on the way to it belongs to another user; UPPER and `work` are
+//! made (or made again) mode 0700, `fs` gets the image root's mode when
+//! new. Then nobody else can swap a path the kernel will follow. One
 //! mount at a time uses an upper: a lock in `UPPER/lock`, and no mount in
 //! the mount table (a killed mount's overlay) may still use it.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use strata_sys::lock::FileLock;
@@ -23,6 +25,8 @@ pub(crate) struct Upper {
     pub(crate) fs: PathBuf,
     /// `UPPER/work`, absolute.
     pub(crate) work: PathBuf,
+    /// Whether `fs` was made by this mount.
+    fresh: bool,
     /// Says a mount uses it, as long as this lives.
     _lock: FileLock,
 }
@@ -38,6 +42,32 @@ impl Upper {
                 format!("upper directory {}: {why}", upper.display()),
             ))
         };
+        let uid = strata_sys::effective_uid();
+        // The path as given: no symlink for UPPER itself, and none on the
+        // way that another user could have placed.
+        let given = std::path::absolute(upper)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", upper.display())))?;
+        if given
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return refuse(io::ErrorKind::InvalidInput, "has a `..` in it".into());
+        }
+        for a in given.ancestors() {
+            let Ok(md) = std::fs::symlink_metadata(a) else {
+                continue;
+            };
+            if md.file_type().is_symlink() && (a == given || (md.uid() != uid && md.uid() != 0)) {
+                return refuse(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is a symlink{}",
+                        a.display(),
+                        if a == given { "" } else { " of another user" }
+                    ),
+                );
+            }
+        }
         let at = absolute(upper)?;
         for (taken, what) in [
             (cache, "the cache"),
@@ -51,20 +81,19 @@ impl Upper {
             }
         }
         // Above UPPER, from the root down: what exists must be safe from
-        // other users; the rest is made by this process.
-        let uid = strata_sys::effective_uid();
-        for a in at.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {
-            if let Some(why) = unsafe_dir(a, uid, true)? {
-                return refuse(io::ErrorKind::PermissionDenied, why);
+        // other users; the rest is made by this process, and checked again
+        // once made (another user may have made a part meanwhile).
+        let ancestors_safe = || -> io::Result<Option<String>> {
+            for a in at.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {
+                if let Some(why) = unsafe_dir(a, Some(uid), true)? {
+                    return Ok(Some(why));
+                }
             }
-        }
-        let made = |d: &Path| match std::fs::DirBuilder::new().mode(0o700).create(d) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io::Error::new(
-                e.kind(),
-                format!("create {}: {e}", d.display()),
-            )),
-            _ => Ok(()),
+            Ok(None)
         };
+        if let Some(why) = ancestors_safe()? {
+            return refuse(io::ErrorKind::PermissionDenied, why);
+        }
         if let Some(parent) = at.parent() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -74,13 +103,36 @@ impl Upper {
                     io::Error::new(e.kind(), format!("create {}: {e}", parent.display()))
                 })?;
         }
+        if let Some(why) = ancestors_safe()? {
+            return refuse(io::ErrorKind::PermissionDenied, why);
+        }
+        // UPPER and work are this user's alone; fs becomes the image's
+        // root directory, so it gets the image root's mode and owner when
+        // it is new (`take_root_from`).
         let (fs, work) = (at.join("fs"), at.join("work"));
-        for d in [&at, &fs, &work] {
-            made(d)?;
-            if let Some(why) = unsafe_dir(d, uid, false)? {
+        let mut fresh = false;
+        for (d, mode) in [(&at, 0o700), (&fs, 0o755), (&work, 0o700)] {
+            match std::fs::DirBuilder::new().mode(mode).create(d) {
+                Ok(()) => fresh |= *d == fs,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("create {}: {e}", d.display()),
+                    ));
+                }
+            }
+            // fs has the image root's owner and mode; UPPER, checked
+            // first, keeps others out of it.
+            let owner = if *d == fs { None } else { Some(uid) };
+            if let Some(why) = unsafe_dir(d, owner, false)? {
                 return refuse(io::ErrorKind::PermissionDenied, why);
             }
         }
+        // What was there before may be readable by others: the changes
+        // hold set-user-ID copies and whatever was written.
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io::Error::new(e.kind(), format!("make {} private: {e}", at.display())))?;
         let lock = FileLock::try_exclusive(&at.join("lock")).map_err(|e| {
             let kind = match &e {
                 strata_sys::lock::LockError::Held { .. } => io::ErrorKind::ResourceBusy,
@@ -110,13 +162,38 @@ impl Upper {
         Ok(Upper {
             fs,
             work,
+            fresh,
             _lock: lock,
         })
+    }
+
+    /// Gives a new `fs` the mode and owner of `root`, the image's root
+    /// directory (the topmost layer's): overlay shows the upper's root as
+    /// the mount's root, and a 0700 root would shut out every user but
+    /// root. An `fs` used before keeps what it has.
+    pub(crate) fn take_root_from(&self, root: &Path) -> io::Result<()> {
+        if !self.fresh {
+            return Ok(());
+        }
+        let md = std::fs::metadata(root)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", root.display())))?;
+        let what = |e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("give {} the image root's mode: {e}", self.fs.display()),
+            )
+        };
+        std::os::unix::fs::chown(&self.fs, Some(md.uid()), Some(md.gid())).map_err(what)?;
+        std::fs::set_permissions(
+            &self.fs,
+            std::fs::Permissions::from_mode(md.mode() & 0o7777),
+        )
+        .map_err(what)
     }
 }
 
 /// `path` absolute, without symlinks in the part that exists (the rest is
-/// joined on as written, with no `..` allowed in it).
+/// joined on as written; a `..` in it fails to resolve).
 pub(crate) fn absolute(path: &Path) -> io::Result<PathBuf> {
     let mut existing = path;
     let mut rest = Vec::new();
@@ -137,10 +214,10 @@ pub(crate) fn absolute(path: &Path) -> io::Result<PathBuf> {
 }
 
 /// Why directory `d` is not safe to hold (or lead to) an upper, if it
-/// exists and is not: a symlink, not a directory, owned by another user
-/// than `uid` or root, or writable by group or others (unless `sticky_ok`
-/// and it is sticky).
-fn unsafe_dir(d: &Path, uid: u32, sticky_ok: bool) -> io::Result<Option<String>> {
+/// exists and is not: a symlink or not a directory; and, given `uid`,
+/// owned by another user than `uid` or root, or writable by group or
+/// others (unless `sticky_ok` and it is sticky).
+fn unsafe_dir(d: &Path, uid: Option<u32>, sticky_ok: bool) -> io::Result<Option<String>> {
     let md = match std::fs::symlink_metadata(d) {
         Ok(md) => md,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -151,7 +228,9 @@ fn unsafe_dir(d: &Path, uid: u32, sticky_ok: bool) -> io::Result<Option<String>>
         "is a symlink"
     } else if !md.is_dir() {
         "is not a directory"
-    } else if md.uid() != uid && md.uid() != 0 {
+    } else if uid.is_none() {
+        return Ok(None);
+    } else if Some(md.uid()) != uid && md.uid() != 0 {
         "belongs to another user"
     } else if mode & 0o022 != 0 && !(sticky_ok && mode & 0o1000 != 0) {
         "is writable by other users"

@@ -914,7 +914,11 @@ fn a_writable_mount_writes_only_to_its_upper() {
     let mut rng = Rng::new(31);
     let c: Vec<u8> = (0..100_000).map(|_| rng.below(256) as u8).collect();
     fs::write(src.join("c"), &c).unwrap();
-    let (bytes, toc) = estargz(&src, 16 << 10);
+    // A root mode of its own (GNU tar archives the root entry), which a
+    // writable mount must show too.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o751)).unwrap();
+    let (bytes, toc) = pax_estargz(&src, 16 << 10);
     let digest = Digest::of_bytes(strata_core::Algorithm::Sha256, &bytes);
     let blob = blob_of(bytes);
     let image = || {
@@ -950,8 +954,8 @@ fn a_writable_mount_writes_only_to_its_upper() {
         assert!(!overlapping.join("fs").exists(), "a refused upper was made");
     }
     // One that others could change under the mount: writable by others,
-    // or its fs a symlink (here into the cache).
-    use std::os::unix::fs::PermissionsExt;
+    // its fs a symlink (here into the cache), or itself a symlink; and one
+    // with a `..` past what exists.
     let open = t.path().join("open");
     fs::create_dir(&open).unwrap();
     fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
@@ -963,10 +967,24 @@ fn a_writable_mount_writes_only_to_its_upper() {
     std::os::unix::fs::symlink(cache.join("elsewhere"), linked.join("fs")).unwrap();
     refused(&linked, io::ErrorKind::PermissionDenied);
     assert_eq!(fs::read_dir(cache.join("elsewhere")).unwrap().count(), 0);
+    let real = t.path().join("real");
+    fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, t.path().join("alias")).unwrap();
+    refused(&t.path().join("alias"), io::ErrorKind::PermissionDenied);
+    assert_eq!(fs::read_dir(&real).unwrap().count(), 0);
+    refused(&t.path().join("new/../up"), io::ErrorKind::InvalidInput);
+
+    // An upper made readable by others before is made private.
+    fs::create_dir(&upper).unwrap();
+    fs::set_permissions(&upper, fs::Permissions::from_mode(0o755)).unwrap();
 
     let m = ImageMount::mount(&cache, image(), &dir, &writable).unwrap();
-    let mode = fs::metadata(upper.join("fs")).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    let mode = |d: &Path| fs::metadata(d).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&upper), 0o700);
+    assert_eq!(mode(&upper.join("work")), 0o700);
+    // The mount's root is the image's, not the upper's own.
+    assert_eq!(mode(&dir), 0o751);
+    let root_line = render(&dir).lines().next().unwrap().to_owned();
     // One mount at a time: a second on the same upper is refused.
     let other = t.path().join("other");
     fs::create_dir(&other).unwrap();
@@ -995,6 +1013,7 @@ fn a_writable_mount_writes_only_to_its_upper() {
     };
     let m = ImageMount::mount(&cache, image(), &dir, &read_only).unwrap();
     assert_eq!(below_root(&dir), below_root(&src));
+    assert_eq!(render(&dir).lines().next().unwrap(), root_line);
     assert!(
         fs::write(dir.join("other"), "x").is_err(),
         "a read-only mount took a write"
@@ -1011,20 +1030,27 @@ fn a_writable_mount_writes_only_to_its_upper() {
         upper.join("fs").display(),
         upper.join("work").display()
     );
+    /// Detaches `0` when dropped, so a failed assertion leaves no mount.
+    struct Detach<'a>(&'a Path);
+    impl Drop for Detach<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
     let status = std::process::Command::new("mount")
         .args(["-t", "overlay", "overlay", "-o", &options])
         .arg(&other)
         .status()
         .unwrap();
     assert!(status.success());
-    let mounted = ImageMount::mount(&cache, image(), &dir, &writable);
-    let unmounted = std::process::Command::new("umount")
-        .arg(&other)
-        .status()
-        .unwrap();
-    assert!(unmounted.success());
-    let err = mounted.unwrap_err();
+    let left = Detach(&other);
+    let err = ImageMount::mount(&cache, image(), &dir, &writable).unwrap_err();
+    drop(left);
     assert_eq!(err.kind(), io::ErrorKind::ResourceBusy, "{err}");
+    let other = other.canonicalize().unwrap();
     assert!(err.to_string().contains(other.to_str().unwrap()), "{err}");
 
     // The same upper again: the changes are back.

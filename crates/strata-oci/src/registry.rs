@@ -47,7 +47,9 @@ pub struct Registry {
     /// credentials of anyone (`open`): oci-client's own client finds no
     /// token to keep for such a registry and asks it again, one more
     /// round trip, before every request. Only calls that take no
-    /// credentials go through it, so it never learns any.
+    /// credentials go through it, so it never learns any. Made on its own,
+    /// never cloned from `client`: a clone shares its credentials and
+    /// tokens.
     bare: Client,
     /// Whether the registry asked for no credentials when last
     /// authenticated (and these are anonymous).
