@@ -1093,21 +1093,35 @@ fn a_push_outlives_its_registry_token_and_a_failed_upload() {
     }
 }
 
-#[test]
-fn a_pull_outlives_its_registry_token() {
-    if !strata_testkit::require_tools(
-        "a_pull_outlives_its_registry_token",
-        strata_testkit::REGISTRY_TOOLS,
-    ) {
-        return;
+/// For test `test` (skipped by name without the registry): a registry
+/// holding an image of `count` random layers of `size` bytes as
+/// `REPO:1`.
+fn registry_with_random_image(
+    test: &str,
+    count: usize,
+    size: usize,
+    repo: &str,
+) -> Option<Registry> {
+    if !strata_testkit::require_tools(test, strata_testkit::REGISTRY_TOOLS) {
+        return None;
     }
     let reg = Registry::start(None);
     let a = env();
+    import_random_layers(&a, count, size);
+    a.run(&["image", "push", "big", &format!("{}/{repo}:1", reg.addr)])
+        .expect(0);
+    Some(reg)
+}
+
+#[test]
+fn a_pull_outlives_its_registry_token() {
     // Eight layers of bytes gzip cannot shrink, fetched four at a time
     // over a slow link: the later ones start after the token has expired.
-    import_random_layers(&a, 8, 300_000);
-    a.run(&["image", "push", "big", &format!("{}/big:1", reg.addr)])
-        .expect(0);
+    let Some(reg) =
+        registry_with_random_image("a_pull_outlives_its_registry_token", 8, 300_000, "big")
+    else {
+        return;
+    };
 
     let gate = TokenGate::start(&reg.addr, std::time::Duration::from_secs(1));
     let slow = Throttle::start(&gate.addr, 600_000, std::time::Duration::ZERO);
@@ -1164,17 +1178,14 @@ fn a_registry_without_credentials_is_not_asked_for_them_per_request() {
 /// registry and the refusal.
 #[test]
 fn a_registry_under_load_is_asked_again_then_given_up_on() {
-    if !strata_testkit::require_tools(
+    let Some(reg) = registry_with_random_image(
         "a_registry_under_load_is_asked_again_then_given_up_on",
-        strata_testkit::REGISTRY_TOOLS,
-    ) {
+        1,
+        1000,
+        "busy",
+    ) else {
         return;
-    }
-    let reg = Registry::start(None);
-    let a = env();
-    import_random_layers(&a, 1, 1000);
-    a.run(&["image", "push", "big", &format!("{}/busy:1", reg.addr)])
-        .expect(0);
+    };
     let gate = TokenGate::start(&reg.addr, std::time::Duration::from_secs(3600));
     let reference = format!("{}/busy:1", gate.addr);
 
