@@ -320,7 +320,7 @@ impl ImageMount {
         let empty = mnt.join("empty");
         std::fs::create_dir_all(&empty).map_err(context(&format!("create {}", empty.display())))?;
         if let (Some(upper), Some(top)) = (&image.upper, visible(&image.lowers).first()) {
-            upper.take_root_from(top)?;
+            upper.make_fs(top)?;
         }
         stack(
             visible(&image.lowers),

@@ -8,7 +8,7 @@
 //! `fs` and `work` are real directories, UPPER is not a symlink and no
 //! symlink on the way to it belongs to another user; UPPER and `work` are
 //! made (or made again) mode 0700, `fs` gets the image root's mode when
-//! new. Then nobody else can swap a path the kernel will follow. One
+//! it is made, just before the overlay is mounted. Then nobody else can swap a path the kernel will follow. One
 //! mount at a time uses an upper: a lock in `UPPER/lock`, and no mount in
 //! the mount table (a killed mount's overlay) may still use it.
 
@@ -25,8 +25,6 @@ pub(crate) struct Upper {
     pub(crate) fs: PathBuf,
     /// `UPPER/work`, absolute.
     pub(crate) work: PathBuf,
-    /// Whether `fs` was made by this mount.
-    fresh: bool,
     /// Says a mount uses it, as long as this lives.
     _lock: FileLock,
 }
@@ -106,14 +104,16 @@ impl Upper {
         if let Some(why) = ancestors_safe()? {
             return refuse(io::ErrorKind::PermissionDenied, why);
         }
-        // UPPER and work are this user's alone; fs becomes the image's
-        // root directory, so it gets the image root's mode and owner when
-        // it is new (`take_root_from`).
+        // UPPER and work are this user's alone, made private again if
+        // they were not (the changes hold set-user-ID copies and whatever
+        // was written). fs becomes the image's root directory: an existing
+        // one keeps its owner and mode, a new one is made just before the
+        // overlay is mounted (`make_fs`), so a mount that fails before
+        // leaves none behind with the wrong mode.
         let (fs, work) = (at.join("fs"), at.join("work"));
-        let mut fresh = false;
-        for (d, mode) in [(&at, 0o700), (&fs, 0o755), (&work, 0o700)] {
-            match std::fs::DirBuilder::new().mode(mode).create(d) {
-                Ok(()) => fresh |= *d == fs,
+        for d in [&at, &work] {
+            match std::fs::DirBuilder::new().mode(0o700).create(d) {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => {
                     return Err(io::Error::new(
@@ -122,17 +122,16 @@ impl Upper {
                     ));
                 }
             }
-            // fs has the image root's owner and mode; UPPER, checked
-            // first, keeps others out of it.
-            let owner = if *d == fs { None } else { Some(uid) };
-            if let Some(why) = unsafe_dir(d, owner, false)? {
+            if let Some(why) = unsafe_dir(d, Some(uid), false)? {
                 return refuse(io::ErrorKind::PermissionDenied, why);
             }
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+                io::Error::new(e.kind(), format!("make {} private: {e}", d.display()))
+            })?;
         }
-        // What was there before may be readable by others: the changes
-        // hold set-user-ID copies and whatever was written.
-        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| io::Error::new(e.kind(), format!("make {} private: {e}", at.display())))?;
+        if let Some(why) = unsafe_dir(&fs, None, false)? {
+            return refuse(io::ErrorKind::PermissionDenied, why);
+        }
         let lock = FileLock::try_exclusive(&at.join("lock")).map_err(|e| {
             let kind = match &e {
                 strata_sys::lock::LockError::Held { .. } => io::ErrorKind::ResourceBusy,
@@ -162,33 +161,47 @@ impl Upper {
         Ok(Upper {
             fs,
             work,
-            fresh,
             _lock: lock,
         })
     }
 
-    /// Gives a new `fs` the mode and owner of `root`, the image's root
-    /// directory (the topmost layer's): overlay shows the upper's root as
-    /// the mount's root, and a 0700 root would shut out every user but
-    /// root. An `fs` used before keeps what it has.
-    pub(crate) fn take_root_from(&self, root: &Path) -> io::Result<()> {
-        if !self.fresh {
-            return Ok(());
-        }
+    /// Makes `fs` if it is missing, with the mode and owner of `root`,
+    /// the image's root directory (the topmost layer's): overlay shows the
+    /// upper's root as the mount's root, and a 0700 root would shut out
+    /// every user but root. An `fs` used before keeps what it has. One
+    /// that cannot be given the root's mode is removed again.
+    pub(crate) fn make_fs(&self, root: &Path) -> io::Result<()> {
         let md = std::fs::metadata(root)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", root.display())))?;
-        let what = |e: io::Error| {
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.fs) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return match unsafe_dir(&self.fs, None, false)? {
+                    Some(why) => Err(io::Error::new(io::ErrorKind::PermissionDenied, why)),
+                    None => Ok(()),
+                };
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("create {}: {e}", self.fs.display()),
+                ));
+            }
+        }
+        let given =
+            std::os::unix::fs::chown(&self.fs, Some(md.uid()), Some(md.gid())).and_then(|()| {
+                std::fs::set_permissions(
+                    &self.fs,
+                    std::fs::Permissions::from_mode(md.mode() & 0o7777),
+                )
+            });
+        given.map_err(|e| {
+            let _ = std::fs::remove_dir(&self.fs);
             io::Error::new(
                 e.kind(),
                 format!("give {} the image root's mode: {e}", self.fs.display()),
             )
-        };
-        std::os::unix::fs::chown(&self.fs, Some(md.uid()), Some(md.gid())).map_err(what)?;
-        std::fs::set_permissions(
-            &self.fs,
-            std::fs::Permissions::from_mode(md.mode() & 0o7777),
-        )
-        .map_err(what)
+        })
     }
 }
 

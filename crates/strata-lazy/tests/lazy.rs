@@ -974,9 +974,21 @@ fn a_writable_mount_writes_only_to_its_upper() {
     assert_eq!(fs::read_dir(&real).unwrap().count(), 0);
     refused(&t.path().join("new/../up"), io::ErrorKind::InvalidInput);
 
-    // An upper made readable by others before is made private.
-    fs::create_dir(&upper).unwrap();
-    fs::set_permissions(&upper, fs::Permissions::from_mode(0o755)).unwrap();
+    // An upper and work made readable by others before are made private.
+    fs::create_dir_all(upper.join("work")).unwrap();
+    for d in [upper.clone(), upper.join("work")] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // A mount that fails once the upper is checked (here on a wrong TOC
+    // digest) leaves no fs behind, so the next one still gives it the
+    // image root's mode.
+    let wrong_toc = vec![ImageLayer {
+        toc_digest: Some(digest.clone()),
+        ..image().remove(0)
+    }];
+    ImageMount::mount(&cache, wrong_toc, &dir, &writable).unwrap_err();
+    assert!(!is_mounted(&dir));
+    assert!(!upper.join("fs").exists(), "a failed mount left its fs");
 
     let m = ImageMount::mount(&cache, image(), &dir, &writable).unwrap();
     let mode = |d: &Path| fs::metadata(d).unwrap().permissions().mode() & 0o7777;
