@@ -23,25 +23,21 @@ pub struct Page {
     pub json: Option<&'static str>,
 }
 
-/// What `image pull --help` adds about `--lazy-cache`, which only builds
-/// with registries have.
+/// `image pull --help`'s notes: how registries are reached and what
+/// `--lazy-cache` takes, in builds with registries; that there are none,
+/// in the others.
 #[cfg(feature = "registry")]
-macro_rules! pull_lazy_cache_note {
-    () => {
-        " With --lazy-cache, the layer blobs that `strata lazy mount` kept in that cache (whole, or \
-the ranges it fetched) are taken first: only what they lack is fetched, by range, and each is \
-checked whole before the root stores it; kept bytes that do not hash to their blob are removed and \
-said so, and that blob is fetched as usual. lazy_cache is {blobs, kept_bytes, fetched_bytes} then, \
-else null."
-    };
-}
+const PULL_NOTES: &str = "Registries on loopback hosts and those named with --insecure-registry \
+are reached over plain HTTP, the rest over HTTPS. Credentials come from $DOCKER_CONFIG/config.json \
+(else ~/.docker/config.json): the host's credHelpers entry, else credsStore, else its auths entry. \
+A refused login exits 4; a blob that does not match its digest exits 5 and nothing is kept. With \
+--lazy-cache, the layer blobs that `strata lazy mount` kept in that cache (whole, or the ranges it \
+fetched) are taken first: only what they lack is fetched, by range, and each is checked whole \
+before the root stores it; kept bytes that do not hash to their blob are removed and said so, and \
+that blob is fetched as usual. lazy_cache is {blobs, kept_bytes, fetched_bytes} then, else null.";
 #[cfg(not(feature = "registry"))]
-macro_rules! pull_lazy_cache_note {
-    () => {
-        " This build has no registries (it was built without the registry feature): a pull fails \
-and says so."
-    };
-}
+const PULL_NOTES: &str = "This build has no registries (it was built without the registry \
+feature): a pull fails and says so.";
 
 #[cfg(feature = "registry")]
 const PULL_EXAMPLES: &[&str] = &[
@@ -403,13 +399,7 @@ unpacked once, --jobs at a time.",
     },
     Page {
         path: "image pull",
-        notes: concat!(
-            "Registries on loopback hosts and those named with --insecure-registry are reached \
-over plain HTTP, the rest over HTTPS. Credentials come from $DOCKER_CONFIG/config.json (else \
-~/.docker/config.json): the host's credHelpers entry, else credsStore, else its auths entry. A \
-refused login exits 4; a blob that does not match its digest exits 5 and nothing is kept.",
-            pull_lazy_cache_note!()
-        ),
+        notes: PULL_NOTES,
         examples: PULL_EXAMPLES,
         json: Some("{name, ref, manifest, config, source, created, fetched, present, lazy_cache}"),
     },
