@@ -319,15 +319,23 @@ impl ImageMount {
         }
         let empty = mnt.join("empty");
         std::fs::create_dir_all(&empty).map_err(context(&format!("create {}", empty.display())))?;
-        if let (Some(upper), Some(top)) = (&image.upper, visible(&image.lowers).first()) {
-            upper.make_fs(top)?;
-        }
-        stack(
-            visible(&image.lowers),
+        let lowers = visible(&image.lowers);
+        // A writable mount's fs takes the mode of the image's root, the
+        // topmost visible layer's (there is one: an image has layers).
+        let made_fs = match (&image.upper, lowers.first()) {
+            (Some(upper), Some(top)) => upper.make_fs(top)?,
+            _ => false,
+        };
+        let stacked = stack(
+            lowers,
             image.upper.as_ref().map(|u| (u.fs.clone(), u.work.clone())),
             &empty,
             dir,
-        )?;
+        );
+        if let (Err(_), Some(upper), true) = (&stacked, &image.upper, made_fs) {
+            upper.unmake_fs();
+        }
+        stacked?;
         image.stacked = true;
         image.pruner = opts
             .keep_storage

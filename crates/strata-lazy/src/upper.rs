@@ -7,10 +7,11 @@
 //! and are writable by no one else (or, like `/tmp`, are sticky), UPPER,
 //! `fs` and `work` are real directories, UPPER is not a symlink and no
 //! symlink on the way to it belongs to another user; UPPER and `work` are
-//! made (or made again) mode 0700, `fs` gets the image root's mode when
-//! it is made, just before the overlay is mounted. Then nobody else can swap a path the kernel will follow. One
-//! mount at a time uses an upper: a lock in `UPPER/lock`, and no mount in
-//! the mount table (a killed mount's overlay) may still use it.
+//! made (or made again) mode 0700, and `fs`, when missing, is made just
+//! before the overlay is mounted, with the image root's mode. Then nobody
+//! else can swap a path the kernel will follow. One mount at a time uses
+//! an upper: a lock in `UPPER/lock`, and no mount in the mount table (a
+//! killed mount's overlay) may still use it.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -168,9 +169,10 @@ impl Upper {
     /// Makes `fs` if it is missing, with the mode and owner of `root`,
     /// the image's root directory (the topmost layer's): overlay shows the
     /// upper's root as the mount's root, and a 0700 root would shut out
-    /// every user but root. An `fs` used before keeps what it has. One
-    /// that cannot be given the root's mode is removed again.
-    pub(crate) fn make_fs(&self, root: &Path) -> io::Result<()> {
+    /// every user but root. An `fs` used before keeps what it has. Whether
+    /// it was made; one that cannot be given the root's mode is removed
+    /// again.
+    pub(crate) fn make_fs(&self, root: &Path) -> io::Result<bool> {
         let md = std::fs::metadata(root)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", root.display())))?;
         match std::fs::DirBuilder::new().mode(0o700).create(&self.fs) {
@@ -178,7 +180,7 @@ impl Upper {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return match unsafe_dir(&self.fs, None, false)? {
                     Some(why) => Err(io::Error::new(io::ErrorKind::PermissionDenied, why)),
-                    None => Ok(()),
+                    None => Ok(false),
                 };
             }
             Err(e) => {
@@ -195,13 +197,31 @@ impl Upper {
                     std::fs::Permissions::from_mode(md.mode() & 0o7777),
                 )
             });
-        given.map_err(|e| {
-            let _ = std::fs::remove_dir(&self.fs);
-            io::Error::new(
-                e.kind(),
-                format!("give {} the image root's mode: {e}", self.fs.display()),
-            )
-        })
+        match given {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let left = match std::fs::remove_dir(&self.fs) {
+                    Ok(()) => String::new(),
+                    Err(gone) => format!(" (and it could not be removed again: {gone})"),
+                };
+                Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "give {} the image root's mode: {e}{left}",
+                        self.fs.display()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Removes the `fs` that [`Upper::make_fs`] made when the overlay then
+    /// could not be mounted, so the next mount makes it again; a failure
+    /// is logged.
+    pub(crate) fn unmake_fs(&self) {
+        if let Err(e) = std::fs::remove_dir(&self.fs) {
+            tracing::warn!(dir = %self.fs.display(), error = %e, "could not remove an unused upper fs");
+        }
     }
 }
 

@@ -907,6 +907,16 @@ fn prefetch_reads_across_a_short_run_of_members_without_data() {
 /// the same upper is mounted anew.
 #[test]
 fn a_writable_mount_writes_only_to_its_upper() {
+    /// Detaches `0` when dropped, so a failed assertion leaves no mount.
+    struct Detach<'a>(&'a Path);
+    impl Drop for Detach<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
     let (t, src, dir) = dirs();
     fs::create_dir(src.join("d")).unwrap();
     fs::write(src.join("a"), "alpha").unwrap();
@@ -986,9 +996,28 @@ fn a_writable_mount_writes_only_to_its_upper() {
         toc_digest: Some(digest.clone()),
         ..image().remove(0)
     }];
-    ImageMount::mount(&cache, wrong_toc, &dir, &writable).unwrap_err();
+    let err = ImageMount::mount(&cache, wrong_toc, &dir, &writable).unwrap_err();
+    assert!(err.to_string().contains("TOC hashes to"), "{err}");
     assert!(!is_mounted(&dir));
     assert!(!upper.join("fs").exists(), "a failed mount left its fs");
+    // Nor does one whose overlay the kernel refuses, here because work is
+    // on another file system than fs: the fs made for it goes again.
+    let work = upper.join("work");
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=0700", "tmpfs"])
+        .arg(&work)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let on_work = Detach(&work);
+    let err = ImageMount::mount(&cache, image(), &dir, &writable).unwrap_err();
+    drop(on_work);
+    assert!(err.to_string().contains("mount overlay"), "{err}");
+    assert!(!is_mounted(&dir), "{err}");
+    assert!(
+        !upper.join("fs").exists(),
+        "a refused overlay left its fs: {err}"
+    );
 
     let m = ImageMount::mount(&cache, image(), &dir, &writable).unwrap();
     let mode = |d: &Path| fs::metadata(d).unwrap().permissions().mode() & 0o7777;
@@ -1042,16 +1071,6 @@ fn a_writable_mount_writes_only_to_its_upper() {
         upper.join("fs").display(),
         upper.join("work").display()
     );
-    /// Detaches `0` when dropped, so a failed assertion leaves no mount.
-    struct Detach<'a>(&'a Path);
-    impl Drop for Detach<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.0)
-                .status();
-        }
-    }
     let status = std::process::Command::new("mount")
         .args(["-t", "overlay", "overlay", "-o", &options])
         .arg(&other)
