@@ -6,6 +6,14 @@
 //! how tests see a client outlive its token, as a long pull or a lazy
 //! mount does against Docker Hub, whose tokens last minutes.
 //!
+//! A token holds the scopes asked for with it (`scope=repository:NAME:
+//! ACTIONS`, repeated or blank-separated): a request to a repository the
+//! token cannot pull from (GET, HEAD) or push to (the rest) is refused with
+//! 401 `insufficient_scope`, and a cross-repository mount
+//! (`POST .../blobs/uploads/?mount=D&from=NAME`) whose token cannot pull
+//! from NAME starts an ordinary upload instead (202), as distribution's
+//! registries do.
+//!
 //! A gate may also end each token after a number of requests
 //! ([`TokenGate::start_counted`]): the same refusal arrives at a chosen
 //! point of an upload, without an upload slow enough to outlive a clock.
@@ -41,8 +49,7 @@ struct State {
     lifetime: Duration,
     /// How many requests a token is good for, if it is counted.
     uses: Option<u64>,
-    /// Token -> when it was issued and the requests it has passed.
-    tokens: Mutex<HashMap<String, (Instant, u64)>>,
+    tokens: Mutex<HashMap<String, Token>>,
     issued: AtomicU64,
     refused: AtomicU64,
     /// Refusals of upload pieces (`PATCH` requests).
@@ -52,6 +59,25 @@ struct State {
     to_fail: Mutex<(String, u64)>,
     /// Requests answered with 503.
     failed: AtomicU64,
+    /// Mounts turned into uploads for want of the source's scope.
+    unmounted: AtomicU64,
+}
+
+/// A token handed out: when, the requests it has passed, and what
+/// repositories it may act on (name -> actions).
+#[derive(Debug)]
+struct Token {
+    at: Instant,
+    used: u64,
+    scopes: HashMap<String, Vec<String>>,
+}
+
+impl Token {
+    fn allows(&self, repo: &str, action: &str) -> bool {
+        self.scopes
+            .get(repo)
+            .is_some_and(|actions| actions.iter().any(|a| a == action || a == "*"))
+    }
 }
 
 impl TokenGate {
@@ -81,6 +107,7 @@ impl TokenGate {
             refused_pieces: AtomicU64::new(0),
             to_fail: Mutex::new((String::new(), 0)),
             failed: AtomicU64::new(0),
+            unmounted: AtomicU64::new(0),
         });
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -119,6 +146,12 @@ impl TokenGate {
     pub fn failed(&self) -> u64 {
         self.state.failed.load(Ordering::SeqCst)
     }
+
+    /// Cross-repository mounts started as uploads so far, their token not
+    /// allowing pulls from the repository named to mount from.
+    pub fn mounts_refused(&self) -> u64 {
+        self.state.unmounted.load(Ordering::SeqCst)
+    }
 }
 
 /// One request's head: its first line and its header lines, as sent.
@@ -139,6 +172,32 @@ impl Head {
         self.line.split(' ').nth(1).unwrap_or("/")
     }
 
+    /// The values of query parameter `name`, decoded.
+    fn query(&self, name: &str) -> Vec<String> {
+        let Some((_, query)) = self.path().split_once('?') else {
+            return Vec::new();
+        };
+        query
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| decode(v))
+            .collect()
+    }
+
+    /// The repository a registry request is about and the action it
+    /// needs, `None` for the API's root (`/v2/`).
+    fn needs(&self) -> Option<(String, &'static str)> {
+        let path = self.path().split('?').next().unwrap_or_default();
+        let rest = path.strip_prefix("/v2/")?;
+        let end = ["/blobs/", "/manifests/", "/tags/", "/referrers/"]
+            .iter()
+            .filter_map(|k| rest.find(k))
+            .min()?;
+        let read = self.line.starts_with("GET ") || self.line.starts_with("HEAD ");
+        Some((rest[..end].to_owned(), if read { "pull" } else { "push" }))
+    }
+
     /// The body's length, `None` when its framing is not a length.
     fn body_len(&self) -> Option<u64> {
         if self.header("Transfer-Encoding").is_some() {
@@ -149,6 +208,50 @@ impl Head {
             None => Some(0),
         }
     }
+}
+
+/// `v` with `+` as a blank and `%XX` escapes decoded.
+fn decode(v: &str) -> String {
+    let mut out = Vec::new();
+    let mut bytes = v.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+                match std::str::from_utf8(&hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(c) => out.push(c),
+                    None => out.extend_from_slice(&hex),
+                }
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The scopes asked for in a token request: `repository:NAME:ACTIONS`,
+/// in repeated parameters or separated by blanks.
+fn scopes_of(head: &Head) -> HashMap<String, Vec<String>> {
+    let mut scopes: HashMap<String, Vec<String>> = HashMap::new();
+    for scope in head.query("scope") {
+        for one in scope.split_whitespace() {
+            let Some((name, actions)) = one
+                .strip_prefix("repository:")
+                .and_then(|r| r.rsplit_once(':'))
+            else {
+                continue;
+            };
+            scopes
+                .entry(name.to_owned())
+                .or_default()
+                .extend(actions.split(',').map(str::to_owned));
+        }
+    }
+    scopes
 }
 
 /// Reads a body of `len` bytes.
@@ -204,7 +307,14 @@ fn serve(state: &State, client: TcpStream) {
                 .tokens
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(token.clone(), (Instant::now(), 0));
+                .insert(
+                    token.clone(),
+                    Token {
+                        at: Instant::now(),
+                        used: 0,
+                        scopes: scopes_of(&head),
+                    },
+                );
             let body = format!(
                 r#"{{"token":"{token}","access_token":"{token}","expires_in":{}}}"#,
                 state.lifetime.as_secs().max(1)
@@ -223,23 +333,40 @@ fn serve(state: &State, client: TcpStream) {
         let Some(body) = read_body(&mut reader, len) else {
             return;
         };
-        let fresh = head
+        let needs = head.needs();
+        // Whether the token is fresh and may do what is asked, and whether
+        // it may pull from the repository a mount names.
+        let (fresh, may_mount) = head
             .header("Authorization")
             .and_then(|a| a.strip_prefix("Bearer "))
             .and_then(|t| {
                 let mut tokens = state.tokens.lock().unwrap_or_else(|e| e.into_inner());
-                let (at, used) = tokens.get_mut(t)?;
-                *used += 1;
-                Some(at.elapsed() < state.lifetime && state.uses.is_none_or(|n| *used <= n))
+                let token = tokens.get_mut(t)?;
+                token.used += 1;
+                let fresh = token.at.elapsed() < state.lifetime
+                    && state.uses.is_none_or(|n| token.used <= n)
+                    && needs
+                        .as_ref()
+                        .is_none_or(|(repo, action)| token.allows(repo, action));
+                let may_mount = head
+                    .query("from")
+                    .iter()
+                    .all(|from| token.allows(from, "pull"));
+                Some((fresh, may_mount))
             })
-            .unwrap_or(false);
+            .unwrap_or((false, false));
         if !fresh {
             state.refused.fetch_add(1, Ordering::SeqCst);
             if head.line.starts_with("PATCH ") {
                 state.refused_pieces.fetch_add(1, Ordering::SeqCst);
             }
+            let scope = match &needs {
+                Some((repo, "pull")) => format!(r#",scope="repository:{repo}:pull""#),
+                Some((repo, _)) => format!(r#",scope="repository:{repo}:pull,push""#),
+                None => String::new(),
+            };
             let challenge = format!(
-                r#"WWW-Authenticate: Bearer realm="{}",service="strata-gate""#,
+                r#"WWW-Authenticate: Bearer realm="{}",service="strata-gate"{scope}"#,
                 state.realm
             );
             // A HEAD answer has no body (its length is the header's).
@@ -270,6 +397,21 @@ fn serve(state: &State, client: TcpStream) {
             ];
             respond(&mut writer, "503 Service Unavailable", &headers, body);
             return;
+        }
+        let mut head = head;
+        if !may_mount {
+            // Not allowed to read the source: an ordinary upload starts.
+            state.unmounted.fetch_add(1, Ordering::SeqCst);
+            let path = head.path().split('?').next().unwrap_or("/").to_owned();
+            let (method, version) = (
+                head.line.split(' ').next().unwrap_or("POST").to_owned(),
+                head.line
+                    .rsplit(' ')
+                    .next()
+                    .unwrap_or("HTTP/1.1")
+                    .to_owned(),
+            );
+            head.line = format!("{method} {path} {version}");
         }
         pass(state, &head, &body, &mut writer);
         return;
