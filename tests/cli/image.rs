@@ -1206,6 +1206,67 @@ fn a_registry_under_load_is_asked_again_then_given_up_on() {
     assert!(run.stderr.contains("503"), "{}", run.stderr);
 }
 
+/// On a registry that hands out tokens per repository, a blob is mounted
+/// from another repository with a token that covers both (oci-client's
+/// own covers the target only, and the registry then starts an upload
+/// instead): a copy, and a push from a root that pulled the image, mount
+/// every blob and upload none.
+#[test]
+fn a_registry_with_tokens_mounts_blobs_across_repositories() {
+    let Some(reg) = registry_with_random_image(
+        "a_registry_with_tokens_mounts_blobs_across_repositories",
+        3,
+        1000,
+        "base",
+    ) else {
+        return;
+    };
+    let gate = TokenGate::start(&reg.addr, std::time::Duration::from_secs(3600));
+    let sent = |v: &Value| (v["uploaded"].clone(), v["mounted"].clone());
+    let source = format!("{}/base:1", gate.addr);
+    let copied = env()
+        .run(&[
+            "--json",
+            "lazy",
+            "copy",
+            &source,
+            &format!("{}/team/app:1", gate.addr),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(sent(&copied), (0.into(), 4.into()), "{copied}");
+    let b = env();
+    let pulled = b
+        .run(&["--json", "image", "pull", &source, "--name", "base"])
+        .expect(0)
+        .json();
+    let pushed = b
+        .run(&[
+            "--json",
+            "image",
+            "push",
+            "base",
+            &format!("{}/other/app:1", gate.addr),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(sent(&pushed), (0.into(), 4.into()), "{pushed}");
+    assert_eq!(gate.mounts_refused(), 0);
+    // What the mounts made is the image.
+    for repo in ["team/app", "other/app"] {
+        let got = env()
+            .run(&[
+                "--json",
+                "image",
+                "pull",
+                &format!("{}/{repo}:1", gate.addr),
+            ])
+            .expect(0)
+            .json();
+        assert_eq!(got["manifest"], pulled["manifest"], "{repo}: {got}");
+    }
+}
+
 #[test]
 fn an_image_is_copied_registry_to_registry_without_a_root() {
     if !strata_testkit::require_tools(

@@ -24,6 +24,8 @@
 mod archive;
 #[cfg(feature = "registry")]
 mod auth;
+#[cfg(feature = "registry")]
+mod bearer;
 mod build;
 mod error;
 mod image;

@@ -2,7 +2,9 @@
 //! credentials from docker's config, plain HTTP only for loopback hosts
 //! and hosts named insecure, retries with backoff, resumed downloads, and
 //! pushes that upload nothing the registry has (an existence check, then a
-//! cross-repository mount from a repository the blob was pulled from).
+//! cross-repository mount from a repository the blob was pulled from, with
+//! a token covering both repositories where the registry hands out
+//! tokens: `bearer.rs`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,6 +56,12 @@ pub struct Registry {
     /// Whether the registry asked for no credentials when last
     /// authenticated (and these are anonymous).
     open: std::sync::atomic::AtomicBool,
+    /// Clients whose token also covers pulls from another repository of
+    /// this registry, by that repository (`None`: the registry hands out
+    /// no such tokens), for cross-repository mounts.
+    mounters: tokio::sync::Mutex<std::collections::HashMap<String, Option<Arc<Client>>>>,
+    /// Whether it is reached over plain HTTP.
+    plain: bool,
     reference: Reference,
     opts: RegistryOptions,
     /// What `connect` authenticated with, kept to authenticate again when
@@ -142,6 +150,25 @@ struct Tries {
     reauthenticated: bool,
 }
 
+/// A client for the registry `host`, over plain HTTP when `plain`.
+fn new_client(host: &str, plain: bool) -> Result<Client> {
+    let config = ClientConfig {
+        protocol: if plain {
+            ClientProtocol::HttpsExcept(vec![host.to_owned()])
+        } else {
+            ClientProtocol::Https
+        },
+        connect_timeout: Some(Duration::from_secs(30)),
+        read_timeout: Some(Duration::from_secs(300)),
+        ..ClientConfig::default()
+    };
+    Client::try_from(config).map_err(|e| OciError::Registry {
+        registry: host.to_owned(),
+        reason: format!("cannot make a client: {e}"),
+        kind: ErrorKind::Internal,
+    })
+}
+
 impl Registry {
     /// Connects to the repository of `reference` (`HOST/REPO[:TAG|@DIGEST]`)
     /// and authenticates for `op`.
@@ -162,29 +189,14 @@ impl Registry {
         }
         let host = parsed.resolve_registry().to_owned();
         let plain = is_loopback(&host) || opts.insecure.contains(&host);
-        let made = || {
-            let config = ClientConfig {
-                protocol: if plain {
-                    ClientProtocol::HttpsExcept(vec![host.clone()])
-                } else {
-                    ClientProtocol::Https
-                },
-                connect_timeout: Some(Duration::from_secs(30)),
-                read_timeout: Some(Duration::from_secs(300)),
-                ..ClientConfig::default()
-            };
-            Client::try_from(config).map_err(|e| OciError::Registry {
-                registry: host.clone(),
-                reason: format!("cannot make a client: {e}"),
-                kind: ErrorKind::Internal,
-            })
-        };
-        let (client, bare) = (made()?, made()?);
+        let (client, bare) = (new_client(&host, plain)?, new_client(&host, plain)?);
         let auth = crate::auth::credentials(opts.docker_config.as_deref(), &host)?;
         let registry = Registry {
             client,
             bare,
             open: std::sync::atomic::AtomicBool::new(false),
+            mounters: tokio::sync::Mutex::default(),
+            plain,
             reference: parsed,
             opts: opts.clone(),
             auth,
@@ -855,11 +867,13 @@ impl Registry {
         let digest = desc.digest.to_string();
         for repo in repos.iter().filter(|r| **r != self.reference.repository()) {
             let from = Reference::with_tag(host.to_owned(), repo.clone(), "latest".to_owned());
-            match self
-                .http()
+            let mounter = self.mounter(repo).await;
+            let mounted = mounter
+                .as_deref()
+                .unwrap_or(self.http())
                 .mount_blob(&self.reference, &from, &digest)
-                .await
-            {
+                .await;
+            match mounted {
                 Ok(()) => {
                     if self
                         .retry("check a mounted blob", || {
@@ -872,10 +886,55 @@ impl Registry {
                 }
                 Err(e) => {
                     tracing::info!(blob = %desc.digest, from = repo, error = %e, "cross-repository mount refused; uploading");
+                    // Its token may have expired: the next blob asks anew.
+                    if mounter.is_some() {
+                        self.mounters.lock().await.remove(repo);
+                    }
                 }
             }
         }
         Ok(false)
+    }
+
+    /// A client whose token covers pushes here and pulls from `repo`, for
+    /// a mount from there; `None` when the one client serves (the
+    /// registry asks no credentials, takes Basic ones, or hands out no
+    /// such token: the mount is tried anyway and may turn into an upload).
+    async fn mounter(&self, repo: &str) -> Option<Arc<Client>> {
+        if self.open.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let mut mounters = self.mounters.lock().await;
+        if let Some(known) = mounters.get(repo) {
+            return known.clone();
+        }
+        let host = self.reference.resolve_registry();
+        let base = format!("{}://{host}", if self.plain { "http" } else { "https" });
+        let scopes = [
+            format!("repository:{}:pull,push", self.reference.repository()),
+            format!("repository:{repo}:pull"),
+        ];
+        let made = match crate::bearer::token(&base, &self.auth, &scopes).await {
+            Ok(Some(token)) => match new_client(host, self.plain) {
+                Ok(client) => {
+                    client
+                        .store_auth_if_needed(host, &RegistryAuth::Bearer(token))
+                        .await;
+                    Some(Arc::new(client))
+                }
+                Err(e) => {
+                    tracing::info!(from = repo, error = %e, "no client for a cross-repository mount");
+                    return None;
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::info!(from = repo, error = %e, "no token for a cross-repository mount");
+                return None;
+            }
+        };
+        mounters.insert(repo.to_owned(), made.clone());
+        made
     }
 }
 
