@@ -907,7 +907,8 @@ fn prefetch_reads_across_a_short_run_of_members_without_data() {
 /// the same upper is mounted anew.
 #[test]
 fn a_writable_mount_writes_only_to_its_upper() {
-    /// Detaches `0` when dropped, so a failed assertion leaves no mount.
+    /// A mount made by hand, detached when dropped, so a failed assertion
+    /// leaves no mount.
     struct Detach<'a>(&'a Path);
     impl Drop for Detach<'_> {
         fn drop(&mut self) {
@@ -916,6 +917,16 @@ fn a_writable_mount_writes_only_to_its_upper() {
                 .arg(self.0)
                 .status();
         }
+    }
+    /// `mount -t FS_TYPE -o OPTIONS FS_TYPE AT`.
+    fn by_hand<'a>(fs_type: &str, options: &str, at: &'a Path) -> Detach<'a> {
+        let status = std::process::Command::new("mount")
+            .args(["-t", fs_type, "-o", options, fs_type])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t {fs_type} on {}", at.display());
+        Detach(at)
     }
     let (t, src, dir) = dirs();
     fs::create_dir(src.join("d")).unwrap();
@@ -1003,13 +1014,7 @@ fn a_writable_mount_writes_only_to_its_upper() {
     // Nor does one whose overlay the kernel refuses, here because work is
     // on another file system than fs: the fs made for it goes again.
     let work = upper.join("work");
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "mode=0700", "tmpfs"])
-        .arg(&work)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let on_work = Detach(&work);
+    let on_work = by_hand("tmpfs", "mode=0700", &work);
     let err = ImageMount::mount(&cache, image(), &dir, &writable).unwrap_err();
     drop(on_work);
     assert!(err.to_string().contains("mount overlay"), "{err}");
@@ -1071,13 +1076,7 @@ fn a_writable_mount_writes_only_to_its_upper() {
         upper.join("fs").display(),
         upper.join("work").display()
     );
-    let status = std::process::Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &options])
-        .arg(&other)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let left = Detach(&other);
+    let left = by_hand("overlay", &options, &other);
     let err = ImageMount::mount(&cache, image(), &dir, &writable).unwrap_err();
     drop(left);
     assert_eq!(err.kind(), io::ErrorKind::ResourceBusy, "{err}");
