@@ -1210,7 +1210,8 @@ fn a_registry_under_load_is_asked_again_then_given_up_on() {
 /// from another repository with a token that covers both (oci-client's
 /// own covers the target only, and the registry then starts an upload
 /// instead): a copy, and a push from a root that pulled the image, mount
-/// every blob and upload none.
+/// every blob and upload none, also when the tokens run out between the
+/// mounts.
 #[test]
 fn a_registry_with_tokens_mounts_blobs_across_repositories() {
     let Some(reg) = registry_with_random_image(
@@ -1252,8 +1253,22 @@ fn a_registry_with_tokens_mounts_blobs_across_repositories() {
         .json();
     assert_eq!(sent(&pushed), (0.into(), 4.into()), "{pushed}");
     assert_eq!(gate.mounts_refused(), 0);
+    // Tokens good for three requests each: the fourth mount finds its
+    // token spent, asks a new one and mounts.
+    let spent = TokenGate::start_counted(&reg.addr, 3);
+    let copied = env()
+        .run(&[
+            "--json",
+            "lazy",
+            "copy",
+            &format!("{}/base:1", spent.addr),
+            &format!("{}/third/app:1", spent.addr),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(sent(&copied), (0.into(), 4.into()), "{copied}");
     // What the mounts made is the image.
-    for repo in ["team/app", "other/app"] {
+    for repo in ["team/app", "other/app", "third/app"] {
         let got = env()
             .run(&[
                 "--json",

@@ -322,7 +322,8 @@ bytes_fetched, chunks_fetched} when it stops.",
         notes: "Nothing is stored and no root is involved: the image (of an index, the manifest for \
 --platform) goes from one repository to the other. A blob the target has is skipped; on one \
 registry, a blob is mounted from the source repository when the registry allows it (no bytes move; \
-on a registry that hands out tokens, with one covering both repositories; a refusal is logged); \
+on a registry that hands out tokens, with one covering both repositories unless the credentials are \
+a token; a refusal is logged); \
 otherwise it is streamed \
 from the source to the target, counted and hashed on the way, and a blob of other bytes than its \
 digest fails the copy before the target can accept it. The manifest goes last, under the target's \

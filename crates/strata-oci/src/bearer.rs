@@ -2,12 +2,14 @@
 //! for the one repository a client works on; a cross-repository mount
 //! also needs the right to pull from the repository the blob is mounted
 //! from, or a registry that hands out tokens (Docker Hub, GHCR, a
-//! distribution registry with token auth) quietly starts an upload
-//! instead. This asks the registry's token service itself, as its
-//! `WWW-Authenticate: Bearer` challenge says, for every scope at once.
+//! distribution registry with token auth) refuses the mount (401) or
+//! starts an upload instead (202). This asks the registry's token service
+//! itself, as its `WWW-Authenticate: Bearer` challenge says, for every
+//! scope at once.
 
 use std::time::Duration;
 
+use http_auth::parser::ChallengeParser;
 use oci_client::secrets::RegistryAuth;
 
 /// Where a registry's challenge sends a client for a token.
@@ -17,52 +19,43 @@ struct Challenge {
     service: Option<String>,
 }
 
-/// The parameters of a `Bearer` challenge (`realm="...",service="..."`,
-/// values quoted or bare, `\` escaping in quotes); `None` for another
-/// scheme or a challenge without a realm.
-fn parse_challenge(header: &str) -> Option<Challenge> {
-    let (scheme, rest) = header.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let (mut realm, mut service) = (None, None);
-    let mut chars = rest.chars().peekable();
-    loop {
-        while chars.next_if(|c| *c == ',' || c.is_whitespace()).is_some() {}
-        let name: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=')).collect();
-        if name.is_empty() || chars.next() != Some('=') {
-            break;
-        }
-        let mut value = String::new();
-        if chars.next_if_eq(&'"').is_some() {
-            while let Some(c) = chars.next() {
-                match c {
-                    '"' => break,
-                    '\\' => value.extend(chars.next()),
-                    c => value.push(c),
-                }
-            }
-        } else {
-            let bare: String = std::iter::from_fn(|| chars.next_if(|c| *c != ',')).collect();
-            value.push_str(bare.trim_end());
-        }
-        match name.trim().to_ascii_lowercase().as_str() {
-            "realm" => realm = Some(value),
-            "service" => service = Some(value),
-            _ => {}
-        }
-    }
-    Some(Challenge {
-        realm: realm.filter(|r| !r.is_empty())?,
-        service,
-    })
+/// The first `Bearer` challenge of a `WWW-Authenticate` value that names
+/// a realm; `None` when there is none.
+fn bearer_challenge(header: &str) -> Option<Challenge> {
+    ChallengeParser::new(header)
+        .map_while(Result::ok)
+        .filter(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+        .find_map(|c| {
+            let param = |name: &str| {
+                c.params
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.to_unescaped())
+            };
+            Some(Challenge {
+                realm: param("realm").filter(|r| !r.is_empty())?,
+                service: param("service"),
+            })
+        })
+}
+
+/// Whether credentials may go to the token service at `realm` for the
+/// registry at `base` (`SCHEME://HOST`): over HTTPS, or over plain HTTP
+/// only when the registry itself is reached so.
+fn may_send_credentials(base: &str, realm: &str) -> bool {
+    let https = |url: &str| {
+        url.get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    };
+    https(realm) || !https(base)
 }
 
 /// A token covering every one of `scopes` (`repository:NAME:ACTIONS`)
 /// from the registry at `base` (`SCHEME://HOST`), asked with `auth`'s
 /// credentials: `Ok(None)` when the registry hands out no bearer tokens
-/// (it asks none, or Basic credentials, which hold for every repository)
-/// or the credentials are a token already. An error says why none came.
+/// (it asks no credentials, or Basic ones, which hold for every
+/// repository) or the credentials are a token already. An error says why
+/// none came.
 pub(crate) async fn token(
     base: &str,
     auth: &RegistryAuth,
@@ -84,28 +77,31 @@ pub(crate) async fn token(
         .send()
         .await
         .map_err(|e| format!("{probe}: {e}"))?;
-    if answer.status() != reqwest::StatusCode::UNAUTHORIZED {
+    let status = answer.status();
+    if status.is_success() {
         return Ok(None);
+    }
+    if status != reqwest::StatusCode::UNAUTHORIZED {
+        return Err(format!("{probe} answered {status}"));
     }
     let Some(challenge) = answer
         .headers()
-        .get(reqwest::header::WWW_AUTHENTICATE)
-        .and_then(|h| h.to_str().ok())
-        .and_then(parse_challenge)
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .find_map(bearer_challenge)
     else {
         return Ok(None);
     };
-    let mut query: Vec<(&str, &str)> = scopes.iter().map(|s| ("scope", s.as_str())).collect();
-    if let Some(service) = &challenge.service {
-        query.push(("service", service));
-    }
     let realm = &challenge.realm;
-    // Credentials go to a token service over HTTPS only, unless the
-    // registry itself is reached over plain HTTP.
-    if basic.is_some() && !realm.starts_with("https://") && base.starts_with("https://") {
+    if basic.is_some() && !may_send_credentials(base, realm) {
         return Err(format!(
             "the registry sends credentials to {realm}, not over HTTPS: not sent"
         ));
+    }
+    let mut query: Vec<(&str, &str)> = scopes.iter().map(|s| ("scope", s.as_str())).collect();
+    if let Some(service) = &challenge.service {
+        query.push(("service", service));
     }
     let mut ask = http.get(realm).query(&query);
     if let Some((user, password)) = basic {
@@ -141,27 +137,47 @@ mod tests {
 
     #[test]
     fn challenges_are_read_as_registries_send_them() {
-        let c = |h| parse_challenge(h);
+        let c = bearer_challenge;
+        let docker_hub = Challenge {
+            realm: "https://auth.docker.io/token".into(),
+            service: Some("registry.docker.io".into()),
+        };
         assert_eq!(
             c(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#),
-            Some(Challenge {
-                realm: "https://auth.docker.io/token".into(),
-                service: Some("registry.docker.io".into()),
-            })
+            Some(docker_hub)
         );
-        // Other orders, blanks, bare values, escapes and extra parameters.
+        // Other orders, case, blanks around commas, bare values, escapes,
+        // a comma in a quoted value and extra parameters (read as
+        // oci-client reads them, through http-auth).
         assert_eq!(
-            c(r#"bearer  scope="repository:a:pull", service=svc ,realm="http://h/t\"x""#),
+            c(r#"bearer scope="repository:a:pull,push", service=svc ,REALM="http://h/t\"x""#),
             Some(Challenge {
                 realm: r#"http://h/t"x"#.into(),
                 service: Some("svc".into()),
             })
         );
         assert_eq!(c(r#"Bearer realm="http://h/token""#).unwrap().service, None);
+        // The Bearer one of several.
+        assert_eq!(
+            c(r#"Basic realm="registry", Bearer realm="http://h/token",service="s""#)
+                .map(|c| c.realm),
+            Some("http://h/token".into())
+        );
         // Not a bearer challenge, or no realm to go to.
         assert_eq!(c(r#"Basic realm="registry""#), None);
         assert_eq!(c(r#"Bearer service="s""#), None);
         assert_eq!(c(r#"Bearer realm="""#), None);
         assert_eq!(c("Bearer"), None);
+    }
+
+    #[test]
+    fn credentials_go_to_a_token_service_over_https_only() {
+        let (https, http) = ("https://registry.example", "http://127.0.0.1:5000");
+        assert!(may_send_credentials(https, "https://auth.example/token"));
+        assert!(!may_send_credentials(https, "http://auth.example/token"));
+        assert!(!may_send_credentials(https, "HTTP://auth.example/token"));
+        assert!(may_send_credentials(https, "HTTPS://auth.example/token"));
+        // A registry reached over plain HTTP may name one so too.
+        assert!(may_send_credentials(http, "http://127.0.0.1:5001/token"));
     }
 }

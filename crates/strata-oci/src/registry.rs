@@ -397,7 +397,21 @@ impl Registry {
         tracing::info!(registry = %self.repo(), what, error = %refused, "the registry refused the token (expired?); authenticating again");
         // Boxed: authenticating retries through `again`, which may call
         // this.
-        Box::pin(self.authenticate()).await
+        Box::pin(self.authenticate()).await?;
+        if matches!(self.op, RegistryOperation::Push) {
+            // oci-client keeps the token of a push's reads (existence
+            // checks) apart, under the pull operation: it is renewed too.
+            let tries = Tries {
+                reauthenticated: true,
+                ..self.tries()
+            };
+            Box::pin(self.retry_from(tries, "authenticate", || {
+                self.client
+                    .auth(&self.reference, &self.auth, RegistryOperation::Pull)
+            }))
+            .await?;
+        }
+        Ok(())
     }
 
     /// Fetches the manifest or index `reference` names; checks it against
@@ -867,13 +881,7 @@ impl Registry {
         let digest = desc.digest.to_string();
         for repo in repos.iter().filter(|r| **r != self.reference.repository()) {
             let from = Reference::with_tag(host.to_owned(), repo.clone(), "latest".to_owned());
-            let mounter = self.mounter(repo).await;
-            let mounted = mounter
-                .as_deref()
-                .unwrap_or(self.http())
-                .mount_blob(&self.reference, &from, &digest)
-                .await;
-            match mounted {
+            match self.mount_one(repo, &from, &digest).await {
                 Ok(()) => {
                     if self
                         .retry("check a mounted blob", || {
@@ -886,20 +894,44 @@ impl Registry {
                 }
                 Err(e) => {
                     tracing::info!(blob = %desc.digest, from = repo, error = %e, "cross-repository mount refused; uploading");
-                    // Its token may have expired: the next blob asks anew.
-                    if mounter.is_some() {
-                        self.mounters.lock().await.remove(repo);
-                    }
                 }
             }
         }
         Ok(false)
     }
 
+    /// One mount of blob `digest` from repository `repo` (`from`), with a
+    /// token covering both repositories where the registry hands them
+    /// out; a token refused (expired) is replaced once.
+    async fn mount_one(
+        &self,
+        repo: &str,
+        from: &Reference,
+        digest: &str,
+    ) -> std::result::Result<(), OciDistributionError> {
+        let mut again = true;
+        loop {
+            let mounter = self.mounter(repo).await;
+            let mounted = mounter
+                .as_deref()
+                .unwrap_or(self.http())
+                .mount_blob(&self.reference, from, digest)
+                .await;
+            match mounted {
+                Err(e) if again && mounter.is_some() && unauthorized(&e) => {
+                    again = false;
+                    self.mounters.lock().await.remove(repo);
+                }
+                mounted => return mounted,
+            }
+        }
+    }
+
     /// A client whose token covers pushes here and pulls from `repo`, for
     /// a mount from there; `None` when the one client serves (the
-    /// registry asks no credentials, takes Basic ones, or hands out no
-    /// such token: the mount is tried anyway and may turn into an upload).
+    /// registry asks no credentials, takes Basic ones, the credentials are
+    /// a token themselves, or no such token came: the mount is tried anyway
+    /// and may turn into an upload).
     async fn mounter(&self, repo: &str) -> Option<Arc<Client>> {
         if self.open.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
@@ -914,6 +946,8 @@ impl Registry {
             format!("repository:{}:pull,push", self.reference.repository()),
             format!("repository:{repo}:pull"),
         ];
+        // What fails is not asked again for this repository: mounts go
+        // with the one client, as they would without this.
         let made = match crate::bearer::token(&base, &self.auth, &scopes).await {
             Ok(Some(token)) => match new_client(host, self.plain) {
                 Ok(client) => {
@@ -924,13 +958,13 @@ impl Registry {
                 }
                 Err(e) => {
                     tracing::info!(from = repo, error = %e, "no client for a cross-repository mount");
-                    return None;
+                    None
                 }
             },
             Ok(None) => None,
             Err(e) => {
                 tracing::info!(from = repo, error = %e, "no token for a cross-repository mount");
-                return None;
+                None
             }
         };
         mounters.insert(repo.to_owned(), made.clone());

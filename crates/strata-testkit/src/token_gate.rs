@@ -11,8 +11,8 @@
 //! token cannot pull from (GET, HEAD) or push to (the rest) is refused with
 //! 401 `insufficient_scope`, and a cross-repository mount
 //! (`POST .../blobs/uploads/?mount=D&from=NAME`) whose token cannot pull
-//! from NAME starts an ordinary upload instead (202), as distribution's
-//! registries do.
+//! from NAME starts an ordinary upload instead (202), one of the two
+//! answers registries give (distribution's own refuses it with 401).
 //!
 //! A gate may also end each token after a number of requests
 //! ([`TokenGate::start_counted`]): the same refusal arrives at a chosen
