@@ -405,11 +405,17 @@ impl Registry {
                 reauthenticated: true,
                 ..self.tries()
             };
-            Box::pin(self.retry_from(tries, "authenticate", || {
+            // A failure here leaves the old pull token in place, as it was
+            // before this renewal existed: the request tried again may
+            // need only the push token, which was renewed.
+            let renewed = Box::pin(self.retry_from(tries, "authenticate", || {
                 self.client
                     .auth(&self.reference, &self.auth, RegistryOperation::Pull)
             }))
-            .await?;
+            .await;
+            if let Err(e) = renewed {
+                tracing::warn!(registry = %self.repo(), error = %e, "could not renew the token for a push's reads");
+            }
         }
         Ok(())
     }
