@@ -60,8 +60,6 @@ pub struct Registry {
     /// this registry, by that repository (`None`: the registry hands out
     /// no such tokens), for cross-repository mounts.
     mounters: tokio::sync::Mutex<std::collections::HashMap<String, Option<Arc<Client>>>>,
-    /// Whether it is reached over plain HTTP.
-    plain: bool,
     reference: Reference,
     opts: RegistryOptions,
     /// What `connect` authenticated with, kept to authenticate again when
@@ -150,10 +148,17 @@ struct Tries {
     reauthenticated: bool,
 }
 
-/// A client for the registry `host`, over plain HTTP when `plain`.
-fn new_client(host: &str, plain: bool) -> Result<Client> {
+/// Whether the registry `host` is reached over plain HTTP: a loopback
+/// host, or one `opts` names insecure.
+fn plain_http(host: &str, opts: &RegistryOptions) -> bool {
+    is_loopback(host) || opts.insecure.iter().any(|h| h == host)
+}
+
+/// A client for the registry `host`, over plain HTTP as [`plain_http`]
+/// says.
+fn new_client(host: &str, opts: &RegistryOptions) -> Result<Client> {
     let config = ClientConfig {
-        protocol: if plain {
+        protocol: if plain_http(host, opts) {
             ClientProtocol::HttpsExcept(vec![host.to_owned()])
         } else {
             ClientProtocol::Https
@@ -188,15 +193,13 @@ impl Registry {
             ));
         }
         let host = parsed.resolve_registry().to_owned();
-        let plain = is_loopback(&host) || opts.insecure.contains(&host);
-        let (client, bare) = (new_client(&host, plain)?, new_client(&host, plain)?);
+        let (client, bare) = (new_client(&host, opts)?, new_client(&host, opts)?);
         let auth = crate::auth::credentials(opts.docker_config.as_deref(), &host)?;
         let registry = Registry {
             client,
             bare,
             open: std::sync::atomic::AtomicBool::new(false),
             mounters: tokio::sync::Mutex::default(),
-            plain,
             reference: parsed,
             opts: opts.clone(),
             auth,
@@ -947,7 +950,14 @@ impl Registry {
             return known.clone();
         }
         let host = self.reference.resolve_registry();
-        let base = format!("{}://{host}", if self.plain { "http" } else { "https" });
+        let base = format!(
+            "{}://{host}",
+            if plain_http(host, &self.opts) {
+                "http"
+            } else {
+                "https"
+            }
+        );
         let scopes = [
             format!("repository:{}:pull,push", self.reference.repository()),
             format!("repository:{repo}:pull"),
@@ -955,7 +965,7 @@ impl Registry {
         // What fails is not asked again for this repository: mounts go
         // with the one client, as they would without this.
         let made = match crate::bearer::token(&base, &self.auth, &scopes).await {
-            Ok(Some(token)) => match new_client(host, self.plain) {
+            Ok(Some(token)) => match new_client(host, &self.opts) {
                 Ok(client) => {
                     client
                         .store_auth_if_needed(host, &RegistryAuth::Bearer(token))
