@@ -1071,16 +1071,10 @@ fn a_push_outlives_its_registry_token_and_a_failed_upload() {
     // A copy's uploads are started over when the registry fails them.
     let into = TokenGate::start(&other.addr, std::time::Duration::from_secs(3600));
     into.fail_next("PATCH ", 2);
-    let copied = env()
-        .run(&[
-            "--json",
-            "lazy",
-            "copy",
-            &format!("{}/big:1", reg.addr),
-            &format!("{}/big:2", into.addr),
-        ])
-        .expect(0)
-        .json();
+    let copied = lazy_copy(
+        &format!("{}/big:1", reg.addr),
+        &format!("{}/big:2", into.addr),
+    );
     assert_eq!(copied["uploaded"], 6, "{copied}");
     assert_eq!(into.failed(), 2, "the gate failed no upload");
     // What arrived is the image pushed.
@@ -1091,6 +1085,14 @@ fn a_push_outlives_its_registry_token_and_a_failed_upload() {
         let pulled = env().run(&["--json", "image", "pull", &r]).expect(0).json();
         assert_eq!(pulled["manifest"], pushed["manifest"], "{r}: {pulled}");
     }
+}
+
+/// `strata --json lazy copy FROM TO`, which must succeed: its report.
+fn lazy_copy(from: &str, to: &str) -> Value {
+    env()
+        .run(&["--json", "lazy", "copy", from, to])
+        .expect(0)
+        .json()
 }
 
 /// For test `test` (skipped by name without the registry): a registry
@@ -1225,16 +1227,7 @@ fn a_registry_with_tokens_mounts_blobs_across_repositories() {
     let gate = TokenGate::start(&reg.addr, std::time::Duration::from_secs(3600));
     let sent = |v: &Value| (v["uploaded"].clone(), v["mounted"].clone());
     let source = format!("{}/base:1", gate.addr);
-    let copied = env()
-        .run(&[
-            "--json",
-            "lazy",
-            "copy",
-            &source,
-            &format!("{}/team/app:1", gate.addr),
-        ])
-        .expect(0)
-        .json();
+    let copied = lazy_copy(&source, &format!("{}/team/app:1", gate.addr));
     assert_eq!(sent(&copied), (0.into(), 4.into()), "{copied}");
     let b = env();
     let pulled = b
@@ -1256,16 +1249,10 @@ fn a_registry_with_tokens_mounts_blobs_across_repositories() {
     // Tokens good for three requests each: the fourth mount finds its
     // token spent, asks a new one and mounts.
     let spent = TokenGate::start_counted(&reg.addr, 3);
-    let copied = env()
-        .run(&[
-            "--json",
-            "lazy",
-            "copy",
-            &format!("{}/base:1", spent.addr),
-            &format!("{}/third/app:1", spent.addr),
-        ])
-        .expect(0)
-        .json();
+    let copied = lazy_copy(
+        &format!("{}/base:1", spent.addr),
+        &format!("{}/third/app:1", spent.addr),
+    );
     assert_eq!(sent(&copied), (0.into(), 4.into()), "{copied}");
     // What the mounts made is the image.
     for repo in ["team/app", "other/app", "third/app"] {
