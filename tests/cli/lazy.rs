@@ -376,6 +376,8 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
     assert_eq!(listing(&mnt), want);
     let unmounted = Command::new("umount").arg(&mnt).status().unwrap();
     assert!(unmounted.success());
+    // A lock file whose layer is gone, as earlier versions left them.
+    fs::write(cache.join("layers/.gone-long-ago.lock"), "").unwrap();
     let idle = prune();
     assert_eq!(
         (&idle["in_use"], &idle["kept"]),
@@ -386,6 +388,12 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
         idle["removed_bytes"].as_u64().unwrap() > 6_000_000,
         "{idle}"
     );
+    // The layers' lock files went with them.
+    let left: Vec<_> = fs::read_dir(cache.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the cache's layers: {left:?}");
     let (plain, anew) = LazyMount::start(&env, &plain_ref, &mnt, &cache);
     assert!(anew["bytes_fetched"].as_u64().unwrap() > 0, "{anew}");
     assert_eq!(listing(&mnt), want);
@@ -833,14 +841,9 @@ fn plain_layers_are_unpacked_under_and_over_lazy_ones() {
     let err = said;
     assert!(err.contains(&digest), "names the layer: {err}");
     assert!(err.contains("digest mismatch"), "{err}");
-    // Only the unpack's lock file may stay.
+    // Nothing stays, the unpack's lock file neither.
     let left: Vec<_> = fs::read_dir(fresh.join("layers"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| !e.file_name().to_string_lossy().ends_with(".lock"))
-                .map(|e| e.file_name())
-                .collect()
-        })
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "left in the cache: {left:?}");
 }

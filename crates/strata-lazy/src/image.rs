@@ -572,7 +572,7 @@ fn mount_dir(cache: &Path) -> io::Result<(PathBuf, FileLock)> {
                     .and_then(|r| r.remove_all(Path::new(dir.file_name().unwrap_or_default())))
                     .map_err(sys(&format!("remove {}", dir.display())))?;
             }
-            std::fs::remove_file(stale.path())?;
+            stale.remove()?;
         }
     }
     let id = strata_core::id::new_id();

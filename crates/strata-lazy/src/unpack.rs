@@ -113,10 +113,19 @@ impl Unpacked {
             // Not there: unpacked under the exclusive lock, unless another
             // mount is unpacking it or already uses it (then it is there
             // on the next turn).
-            if let Some(_unpacking) = held_or_wait(FileLock::try_exclusive(&lock))?
+            if let Some(unpacking) = held_or_wait(FileLock::try_exclusive(&lock))?
                 && !dir.is_dir()
             {
-                made = unpack_into(src.clone(), parent, name, dir, opts)?;
+                match unpack_into(src.clone(), parent, name, dir, opts) {
+                    Ok(fetched) => made = fetched,
+                    Err(e) => {
+                        // Nothing of the layer stays, its lock file neither.
+                        if let Err(gone) = unpacking.remove() {
+                            tracing::warn!(lock = %lock.display(), error = %gone, "could not remove a lock file");
+                        }
+                        return Err(e);
+                    }
+                }
             }
         }
     }
@@ -142,8 +151,17 @@ impl Unpacked {
                 .find_map(|prefix| name.strip_prefix(prefix))
             {
                 let lock = layers.join(format!(".{layer}.lock"));
-                if FileLock::try_exclusive(&lock).is_ok() {
+                if let Ok(held) = FileLock::try_exclusive(&lock) {
                     root.remove_all(Path::new(name)).map_err(io::Error::other)?;
+                    remove_lock_of_gone(held, &layers.join(layer))?;
+                }
+                continue;
+            }
+            // The lock of a layer no longer there (an earlier version kept
+            // them): removed unless someone is unpacking that layer now.
+            if let Some(layer) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".lock")) {
+                if let Ok(held) = FileLock::try_exclusive(&item.path()) {
+                    remove_lock_of_gone(held, &layers.join(layer))?;
                 }
                 continue;
             }
@@ -248,15 +266,16 @@ fn stacked_on(dir: &Path) -> io::Result<bool> {
 
 /// Removes the unpacked layer `dir` unless a mount uses it (holds its
 /// lock, or is an overlay stacked on it): whether it went. It is renamed
-/// away first and then removed, so a mount never finds part of it. The
-/// mounts are read after the lock is taken, one layer at a time: a mount
+/// away first and then removed, so a mount never finds part of it, and
+/// its lock file goes last (a mount that opened it before finds it gone
+/// and takes a new one). The mounts are read after the lock is taken, one layer at a time: a mount
 /// made before then is listed, and none can be made after.
 pub(crate) fn remove_unused(dir: &Path) -> io::Result<bool> {
     let parent = dir.parent().unwrap_or(Path::new("/"));
     let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
         return Ok(false);
     };
-    let _unused = match FileLock::try_exclusive(&parent.join(format!(".{name}.lock"))) {
+    let unused = match FileLock::try_exclusive(&parent.join(format!(".{name}.lock"))) {
         Ok(lock) => lock,
         Err(LockError::Held { .. }) => return Ok(false),
         Err(e) => return Err(io::Error::other(e)),
@@ -269,13 +288,25 @@ pub(crate) fn remove_unused(dir: &Path) -> io::Result<bool> {
     root.remove_all(Path::new(&gone))
         .map_err(io::Error::other)?;
     match std::fs::rename(dir, parent.join(&gone)) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
-        r => r?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        r => {
+            r?;
+            strata_sys::sync::fsync_dir(parent).map_err(io::Error::other)?;
+            root.remove_all(Path::new(&gone))
+                .map_err(io::Error::other)?;
+        }
     }
-    strata_sys::sync::fsync_dir(parent).map_err(io::Error::other)?;
-    root.remove_all(Path::new(&gone))
-        .map_err(io::Error::other)?;
+    unused.remove()?;
     Ok(true)
+}
+
+/// Removes the lock file `held` (its exclusive lock) when the layer
+/// directory `dir` it guards is not there; lets it go otherwise.
+fn remove_lock_of_gone(held: FileLock, dir: &Path) -> io::Result<()> {
+    match unless_gone(std::fs::symlink_metadata(dir))? {
+        None => held.remove(),
+        Some(_) => Ok(()),
+    }
 }
 
 /// The lock `taken`, or `None` after a pause when another process holds

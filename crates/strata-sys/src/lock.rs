@@ -1,5 +1,6 @@
 //! Advisory whole-file locks (`flock`, through std's `File::try_lock`),
-//! used for a root's `LOCK` file so one process owns a root at a time. The
+//! used for a root's `LOCK` file so one process owns a root at a time,
+//! and for the lazy-mount cache's layers, mounts and uppers. The
 //! lock goes with the process: a crash releases it. The holder writes its
 //! pid into the file, so a process that finds it locked can say who holds
 //! it (a pid left by a crashed holder is never read: the lock is free).
@@ -51,10 +52,17 @@ impl Classify for LockError {
 }
 
 /// A held lock, exclusive or shared; released when dropped.
+///
+/// A lock file may be removed by the holder of its exclusive lock
+/// ([`FileLock::remove`]): whoever opened it before and locks it after
+/// finds the name gone or given to another file, and starts again on the
+/// file the name now has, so two processes never hold "the" lock on two
+/// different files.
 #[derive(Debug)]
 pub struct FileLock {
-    _file: File,
+    file: File,
     path: PathBuf,
+    exclusive: bool,
 }
 
 impl FileLock {
@@ -62,7 +70,7 @@ impl FileLock {
     /// never through a symlink) without waiting, and records this
     /// process's pid in it.
     pub fn try_exclusive(path: &Path) -> Result<FileLock, LockError> {
-        FileLock::take(path, File::try_lock, |file| {
+        FileLock::take(path, true, |file| {
             // Who holds it, for those who wait (advisory: not synced).
             file.set_len(0)?;
             file.write_all(format!("{}\n", std::process::id()).as_bytes())
@@ -75,51 +83,96 @@ impl FileLock {
     /// The file's modification time is set to now, so it tells when the
     /// lock was last taken.
     pub fn try_shared(path: &Path) -> Result<FileLock, LockError> {
-        FileLock::take(path, File::try_lock_shared, |file| {
+        FileLock::take(path, false, |file| {
             file.set_modified(std::time::SystemTime::now())
         })
     }
 
-    /// Opens `path` and takes the lock `lock` takes on it, then lets
-    /// `then` write to the held file.
+    /// Opens `path` and takes the exclusive or shared lock on it, then
+    /// lets `then` write to the held file. A file removed (or replaced)
+    /// between the open and the lock is let go and `path` opened again.
     fn take(
         path: &Path,
-        lock: fn(&File) -> Result<(), TryLockError>,
+        exclusive: bool,
         then: impl FnOnce(&mut File) -> std::io::Result<()>,
     ) -> Result<FileLock, LockError> {
         let io = |source: std::io::Error| LockError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)
-            .map_err(io)?;
-        match lock(&file) {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(LockError::Held {
-                    path: path.to_path_buf(),
-                    holder: holder(&mut file),
-                });
+        let mut file = loop {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(path)
+                .map_err(io)?;
+            let locked = if exclusive {
+                file.try_lock()
+            } else {
+                file.try_lock_shared()
+            };
+            match locked {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    return Err(LockError::Held {
+                        path: path.to_path_buf(),
+                        holder: holder(&mut file),
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(io(e)),
             }
-            Err(TryLockError::Error(e)) => return Err(io(e)),
-        }
+            if still_named(&file, path).map_err(io)? {
+                break file;
+            }
+        };
         then(&mut file).map_err(io)?;
         Ok(FileLock {
-            _file: file,
+            file,
             path: path.to_path_buf(),
+            exclusive,
         })
+    }
+
+    /// Removes the lock file, then lets the lock go. Only the holder of
+    /// the exclusive lock may: a shared holder gets an error and keeps
+    /// its lock.
+    pub fn remove(self) -> std::io::Result<()> {
+        if !self.exclusive {
+            return Err(std::io::Error::other(format!(
+                "{}: only the exclusive lock's holder may remove it",
+                self.path.display()
+            )));
+        }
+        // Always so while the exclusive lock is held, as every taker
+        // checks the name after locking; a file put there by hand stays.
+        if !still_named(&self.file, &self.path)? {
+            return Err(std::io::Error::other(format!(
+                "{}: the name no longer holds the locked file",
+                self.path.display()
+            )));
+        }
+        std::fs::remove_file(&self.path)
     }
 
     /// The locked file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Whether `path` still names `file` (the same inode on the same device,
+/// not a symlink to it).
+fn still_named(file: &File, path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    let held = file.metadata()?;
+    match std::fs::symlink_metadata(path) {
+        Ok(named) => Ok(named.dev() == held.dev() && named.ino() == held.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -177,5 +230,25 @@ mod tests {
             ErrorKind::Locked
         );
         drop(only);
+    }
+
+    #[test]
+    fn a_removed_lock_file_is_taken_again_as_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("LOCK");
+        let shared = FileLock::try_shared(&path).unwrap();
+        let err = shared.remove().unwrap_err();
+        assert!(err.to_string().contains("only the exclusive"), "{err}");
+        assert!(path.exists(), "a shared holder removed the lock file");
+        let first = FileLock::try_exclusive(&path).unwrap();
+        // Opened before the removal, as a racing taker would have.
+        let opened = File::open(&path).unwrap();
+        assert!(still_named(&opened, &path).unwrap());
+        first.remove().unwrap();
+        assert!(!path.exists());
+        assert!(!still_named(&opened, &path).unwrap(), "the name is gone");
+        let again = FileLock::try_exclusive(&path).unwrap();
+        assert!(!still_named(&opened, &path).unwrap(), "another file has it");
+        assert!(still_named(&again.file, &path).unwrap());
     }
 }
