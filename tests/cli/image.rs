@@ -1246,6 +1246,27 @@ fn a_registry_with_tokens_mounts_blobs_across_repositories() {
         .json();
     assert_eq!(sent(&pushed), (0.into(), 4.into()), "{pushed}");
     assert_eq!(gate.mounts_refused(), 0);
+    // A registry that refuses (401, as distribution does) a mount from a
+    // repository the user may not read: the push uploads, and asks to
+    // mount from each of the two repositories that have the blobs for
+    // its first blob only (twice: once more with a new token), not for
+    // every blob.
+    for repo in ["base", "other/app"] {
+        gate.deny(repo);
+    }
+    gate.refuse_mounts();
+    let denied = b
+        .run(&[
+            "--json",
+            "image",
+            "push",
+            "base",
+            &format!("{}/fourth/app:1", gate.addr),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(sent(&denied), (4.into(), 0.into()), "{denied}");
+    assert_eq!(gate.mounts_refused(), 4, "asked again per blob");
     // Tokens good for three requests each: the fourth mount finds its
     // token spent, asks a new one and mounts.
     let spent = TokenGate::start_counted(&reg.addr, 3);
@@ -1254,15 +1275,10 @@ fn a_registry_with_tokens_mounts_blobs_across_repositories() {
         &format!("{}/third/app:1", spent.addr),
     );
     assert_eq!(sent(&copied), (0.into(), 4.into()), "{copied}");
-    // What the mounts made is the image.
-    for repo in ["team/app", "other/app", "third/app"] {
+    // What the mounts and uploads made is the image.
+    for repo in ["team/app", "other/app", "third/app", "fourth/app"] {
         let got = env()
-            .run(&[
-                "--json",
-                "image",
-                "pull",
-                &format!("{}/{repo}:1", gate.addr),
-            ])
+            .run(&["--json", "image", "pull", &format!("{}/{repo}:1", reg.addr)])
             .expect(0)
             .json();
         assert_eq!(got["manifest"], pulled["manifest"], "{repo}: {got}");

@@ -60,6 +60,9 @@ pub struct Registry {
     /// this registry, by that repository (`None`: the registry hands out
     /// no such tokens), for cross-repository mounts.
     mounters: tokio::sync::Mutex<std::collections::HashMap<String, Option<Arc<Client>>>>,
+    /// Repositories mounts from which were refused for want of access
+    /// (401 with a fresh token, or 403): not asked again.
+    unmountable: std::sync::Mutex<std::collections::HashSet<String>>,
     reference: Reference,
     opts: RegistryOptions,
     /// What `connect` authenticated with, kept to authenticate again when
@@ -93,14 +96,28 @@ fn is_loopback(host: &str) -> bool {
 /// Whether the registry refused the request's credentials (401): a
 /// token that has expired, which a new one may cure.
 fn unauthorized(e: &OciDistributionError) -> bool {
+    matches!(e, OciDistributionError::UnauthorizedError { .. })
+        || answered(e, 401, &oci_client::errors::OciErrorCode::Unauthorized)
+}
+
+/// Whether the registry answered 403 Forbidden (access denied).
+fn forbidden(e: &OciDistributionError) -> bool {
+    answered(e, 403, &oci_client::errors::OciErrorCode::Denied)
+}
+
+/// Whether the registry answered with HTTP status `status`, or with
+/// error `code` in its error envelope.
+fn answered(
+    e: &OciDistributionError,
+    status: u16,
+    code: &oci_client::errors::OciErrorCode,
+) -> bool {
     match e {
-        OciDistributionError::UnauthorizedError { .. } => true,
-        OciDistributionError::ServerError { code, .. } => *code == 401,
-        OciDistributionError::RequestError(r) => r.status().is_some_and(|s| s.as_u16() == 401),
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|x| matches!(x.code, oci_client::errors::OciErrorCode::Unauthorized)),
+        OciDistributionError::ServerError { code: got, .. } => *got == status,
+        OciDistributionError::RequestError(r) => r.status().is_some_and(|s| s.as_u16() == status),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|x| x.code == *code)
+        }
         _ => false,
     }
 }
@@ -200,6 +217,7 @@ impl Registry {
             bare,
             open: std::sync::atomic::AtomicBool::new(false),
             mounters: tokio::sync::Mutex::default(),
+            unmountable: std::sync::Mutex::default(),
             reference: parsed,
             opts: opts.clone(),
             auth,
@@ -884,11 +902,20 @@ impl Registry {
     }
 
     /// Mounts `desc` from one of `repos` (other repositories of this
-    /// registry); whether that worked.
+    /// registry); whether that worked. A repository these credentials
+    /// may not read is tried once, not once per blob.
     async fn mount_from(&self, repos: &[String], desc: &Descriptor) -> Result<bool> {
         let host = self.reference.resolve_registry();
         let digest = desc.digest.to_string();
+        let unmountable = || {
+            self.unmountable
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
         for repo in repos.iter().filter(|r| **r != self.reference.repository()) {
+            if unmountable().contains(repo) {
+                continue;
+            }
             let from = Reference::with_tag(host.to_owned(), repo.clone(), "latest".to_owned());
             match self.mount_one(repo, &from, &digest).await {
                 Ok(()) => {
@@ -900,6 +927,10 @@ impl Registry {
                     {
                         return Ok(true);
                     }
+                }
+                Err(e) if unauthorized(&e) || forbidden(&e) => {
+                    tracing::info!(blob = %desc.digest, from = repo, error = %e, "cross-repository mount refused for want of access; not tried again from there");
+                    unmountable().insert(repo.clone());
                 }
                 Err(e) => {
                     tracing::info!(blob = %desc.digest, from = repo, error = %e, "cross-repository mount refused; uploading");

@@ -12,7 +12,10 @@
 //! 401 `insufficient_scope`, and a cross-repository mount
 //! (`POST .../blobs/uploads/?mount=D&from=NAME`) whose token cannot pull
 //! from NAME starts an ordinary upload instead (202), one of the two
-//! answers registries give (distribution's own refuses it with 401).
+//! answers registries give, or, after [`TokenGate::refuse_mounts`], is
+//! refused with 401 as distribution's own does. [`TokenGate::deny`] makes
+//! the token service leave out every scope on a repository, as a
+//! registry does for a user who may not read it.
 //!
 //! A gate may also end each token after a number of requests
 //! ([`TokenGate::start_counted`]): the same refusal arrives at a chosen
@@ -28,9 +31,10 @@
 //! closes the client's connection.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,8 +63,14 @@ struct State {
     to_fail: Mutex<(String, u64)>,
     /// Requests answered with 503.
     failed: AtomicU64,
-    /// Mounts turned into uploads for want of the source's scope.
+    /// Mounts turned into uploads or refused for want of the source's
+    /// scope.
     unmounted: AtomicU64,
+    /// Repositories no token gets a scope on.
+    denied: Mutex<HashSet<String>>,
+    /// Whether a mount without the source's scope is refused (401)
+    /// rather than started as an upload.
+    mounts_refused_401: AtomicBool,
 }
 
 /// A token handed out: when, the requests it has passed, and what
@@ -108,6 +118,8 @@ impl TokenGate {
             to_fail: Mutex::new((String::new(), 0)),
             failed: AtomicU64::new(0),
             unmounted: AtomicU64::new(0),
+            denied: Mutex::default(),
+            mounts_refused_401: AtomicBool::new(false),
         });
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -147,10 +159,24 @@ impl TokenGate {
         self.state.failed.load(Ordering::SeqCst)
     }
 
-    /// Cross-repository mounts started as uploads so far, their token not
-    /// allowing pulls from the repository named to mount from.
+    /// Cross-repository mounts started as uploads (or refused) so far,
+    /// their token not allowing pulls from the repository named to mount
+    /// from.
     pub fn mounts_refused(&self) -> u64 {
         self.state.unmounted.load(Ordering::SeqCst)
+    }
+
+    /// From now on, tokens get no scope on repository `repo`.
+    pub fn deny(&self, repo: &str) {
+        let mut denied = self.state.denied.lock().unwrap_or_else(|e| e.into_inner());
+        denied.insert(repo.to_owned());
+    }
+
+    /// From now on, a mount whose token cannot pull from its source is
+    /// refused with 401, as distribution refuses it, instead of starting
+    /// an upload.
+    pub fn refuse_mounts(&self) {
+        self.state.mounts_refused_401.store(true, Ordering::SeqCst);
     }
 }
 
@@ -303,6 +329,10 @@ fn serve(state: &State, client: TcpStream) {
     while let Some(head) = read_head(&mut reader) {
         if head.path().starts_with("/token") {
             let token = format!("t{}", state.issued.fetch_add(1, Ordering::SeqCst));
+            let mut scopes = scopes_of(&head);
+            let denied = state.denied.lock().unwrap_or_else(|e| e.into_inner());
+            scopes.retain(|repo, _| !denied.contains(repo));
+            drop(denied);
             state
                 .tokens
                 .lock()
@@ -312,7 +342,7 @@ fn serve(state: &State, client: TcpStream) {
                     Token {
                         at: Instant::now(),
                         used: 0,
-                        scopes: scopes_of(&head),
+                        scopes,
                     },
                 );
             let body = format!(
@@ -361,22 +391,24 @@ fn serve(state: &State, client: TcpStream) {
                 state.refused_pieces.fetch_add(1, Ordering::SeqCst);
             }
             let scope = match &needs {
-                Some((repo, "pull")) => format!(r#",scope="repository:{repo}:pull""#),
-                Some((repo, _)) => format!(r#",scope="repository:{repo}:pull,push""#),
+                Some((repo, "pull")) => format!("repository:{repo}:pull"),
+                Some((repo, _)) => format!("repository:{repo}:pull,push"),
                 None => String::new(),
             };
-            let challenge = format!(
-                r#"WWW-Authenticate: Bearer realm="{}",service="strata-gate"{scope}"#,
-                state.realm
-            );
-            // A HEAD answer has no body (its length is the header's).
-            let body: &[u8] = if head.line.starts_with("HEAD ") {
-                b""
-            } else {
-                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#
-            };
-            let headers = [challenge, "Content-Type: application/json".to_owned()];
-            if !respond(&mut writer, "401 Unauthorized", &headers, body) {
+            if !unauthorized(state, &head, &scope, &mut writer) {
+                return;
+            }
+            continue;
+        }
+        if !may_mount && state.mounts_refused_401.load(Ordering::SeqCst) {
+            state.unmounted.fetch_add(1, Ordering::SeqCst);
+            let scope = head
+                .query("from")
+                .iter()
+                .map(|from| format!("repository:{from}:pull"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            if !unauthorized(state, &head, &scope, &mut writer) {
                 return;
             }
             continue;
@@ -416,6 +448,28 @@ fn serve(state: &State, client: TcpStream) {
         pass(state, &head, &body, &mut writer);
         return;
     }
+}
+
+/// Answers `head` with 401 and the challenge for `scope` (none when
+/// empty); whether the answer went out.
+fn unauthorized(state: &State, head: &Head, scope: &str, to: &mut TcpStream) -> bool {
+    let scope = if scope.is_empty() {
+        String::new()
+    } else {
+        format!(r#",scope="{scope}""#)
+    };
+    let challenge = format!(
+        r#"WWW-Authenticate: Bearer realm="{}",service="strata-gate"{scope}"#,
+        state.realm
+    );
+    // A HEAD answer has no body (its length is the header's).
+    let body: &[u8] = if head.line.starts_with("HEAD ") {
+        b""
+    } else {
+        br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#
+    };
+    let headers = [challenge, "Content-Type: application/json".to_owned()];
+    respond(to, "401 Unauthorized", &headers, body)
 }
 
 /// Sends `head` and `body` to the registry on a new connection and its
