@@ -119,6 +119,49 @@ fn assert_empty(env: &Env) {
     );
 }
 
+/// Runs commands in `env` with a docker config that names a credential
+/// helper for `host`, found on PATH, which answers `user` and `secret`.
+fn helped<'a>(env: &'a Env, host: &str, user: &str, secret: &str) -> Helped<'a> {
+    let (bin, config) = (env.path("bin"), env.path("helped"));
+    for dir in [&bin, &config] {
+        fs::create_dir_all(dir).unwrap();
+    }
+    let helper = bin.join("docker-credential-strata-test");
+    let answer = json!({"ServerURL": "HOST", "Username": user, "Secret": secret})
+        .to_string()
+        .replace('"', "\\\"")
+        .replace("HOST", "$host");
+    fs::write(
+        &helper,
+        format!("#!/bin/sh\nread host\necho \"{answer}\"\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(
+        config.join("config.json"),
+        json!({"credHelpers": {host: "strata-test"}}).to_string(),
+    )
+    .unwrap();
+    let path = format!("{}:{}", s(&bin), std::env::var("PATH").unwrap_or_default());
+    Helped { env, config, path }
+}
+
+/// What [`helped`] set up.
+struct Helped<'a> {
+    env: &'a Env,
+    config: std::path::PathBuf,
+    path: String,
+}
+
+impl Helped<'_> {
+    fn run(&self, args: &[&str]) -> Run {
+        let mut c = self.env.cmd(args);
+        c.env("DOCKER_CONFIG", &self.config).env("PATH", &self.path);
+        finish(c.output().unwrap())
+    }
+}
+
 fn registry_cmd(env: &Env, docker_config: &Path, args: &[&str]) -> Run {
     let mut c = env.cmd(args);
     c.env("DOCKER_CONFIG", docker_config);
@@ -940,37 +983,18 @@ fn registry_credentials_from_docker_config_and_helpers() {
     .expect(0);
 
     // A credential helper named for the host, found on PATH.
-    let bin = a.path("bin");
-    fs::create_dir_all(&bin).unwrap();
-    let helper = bin.join("docker-credential-strata-test");
-    fs::write(
-        &helper,
-        "#!/bin/sh\nread host\necho \"{\\\"ServerURL\\\":\\\"$host\\\",\\\"Username\\\":\\\"strata\\\",\\\"Secret\\\":\\\"s3cret\\\"}\"\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
-    let helped = a.path("helped");
-    fs::create_dir_all(&helped).unwrap();
-    fs::write(
-        helped.join("config.json"),
-        json!({"credHelpers": {r.as_str(): "strata-test"}}).to_string(),
-    )
-    .unwrap();
     let b = env();
-    let mut c = b.cmd(&[
-        "--backend",
-        "native",
-        "--json",
-        "image",
-        "pull",
-        &format!("{r}/app:1"),
-    ]);
-    c.env("DOCKER_CONFIG", &helped).env(
-        "PATH",
-        format!("{}:{}", s(&bin), std::env::var("PATH").unwrap_or_default()),
-    );
-    let got = finish(c.output().unwrap()).expect(0).json();
+    let got = helped(&b, r, "strata", "s3cret")
+        .run(&[
+            "--backend",
+            "native",
+            "--json",
+            "image",
+            "pull",
+            &format!("{r}/app:1"),
+        ])
+        .expect(0)
+        .json();
     assert_eq!(got["fetched"], 5, "{got}");
 }
 
@@ -1283,6 +1307,79 @@ fn a_registry_with_tokens_mounts_blobs_across_repositories() {
             .json();
         assert_eq!(got["manifest"], pulled["manifest"], "{repo}: {got}");
     }
+}
+
+#[test]
+fn an_identity_token_is_exchanged_at_the_token_service_and_never_sent_to_the_registry() {
+    let Some(reg) = registry_with_random_image(
+        "an_identity_token_is_exchanged_at_the_token_service_and_never_sent_to_the_registry",
+        2,
+        1000,
+        "base",
+    ) else {
+        return;
+    };
+    let gate = TokenGate::start(&reg.addr, std::time::Duration::from_secs(3600));
+    gate.accept_identity("refresh-1");
+    let b = env();
+    let (none, config) = (b.path("no-credentials"), b.path("docker"));
+    for dir in [&none, &config] {
+        fs::create_dir_all(dir).unwrap();
+    }
+    // As `docker login` writes it for an identity token: a user name
+    // without a password beside the token.
+    let login = |token: &str| {
+        let entry = json!({"auth": base64_free::encode("00000000-0000:"), "identitytoken": token});
+        let config_json = json!({"auths": {gate.addr.as_str(): entry}});
+        fs::write(config.join("config.json"), config_json.to_string()).unwrap();
+    };
+    let source = format!("{}/base:1", gate.addr);
+    let refused = registry_cmd(&b, &none, &["image", "pull", &source]);
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    login("not-the-token");
+    let wrong = registry_cmd(&b, &config, &["image", "pull", &source]);
+    assert_eq!(wrong.code, 4, "{}", wrong.stderr);
+    for said in ["identity token", "invalid_grant"] {
+        assert!(wrong.stderr.contains(said), "{}", wrong.stderr);
+    }
+    login("refresh-1");
+    let pulled = registry_cmd(
+        &b,
+        &config,
+        &["--json", "image", "pull", &source, "--name", "base"],
+    )
+    .expect(0)
+    .json();
+    assert_eq!(pulled["fetched"], 4, "{pulled}");
+    // A push to another repository mounts every blob: the token it
+    // mounts with covers both repositories, exchanged for the identity
+    // token too.
+    let pushed = registry_cmd(
+        &b,
+        &config,
+        &[
+            "--json",
+            "image",
+            "push",
+            "base",
+            &format!("{}/team/app:1", gate.addr),
+        ],
+    )
+    .expect(0)
+    .json();
+    assert_eq!(
+        (&pushed["uploaded"], &pushed["mounted"]),
+        (&json!(0), &json!(3)),
+        "{pushed}"
+    );
+    // A credential helper's answer for the user `<token>` is an identity
+    // token too.
+    let got = helped(&env(), &gate.addr, "<token>", "refresh-1")
+        .run(&["--json", "image", "pull", &source])
+        .expect(0)
+        .json();
+    assert_eq!(got["manifest"], pulled["manifest"], "{got}");
+    assert_eq!(gate.identity_leaks(), 0, "sent to the registry itself");
 }
 
 #[test]

@@ -30,7 +30,8 @@ pub struct Page {
 const PULL_NOTES: &str = "Registries on loopback hosts and those named with --insecure-registry \
 are reached over plain HTTP, the rest over HTTPS. Credentials come from $DOCKER_CONFIG/config.json \
 (else ~/.docker/config.json): the host's credHelpers entry, else credsStore, else its auths entry. \
-A refused login exits 4; a blob that does not match its digest exits 5 and nothing is kept. With \
+An identity token (identitytoken, or a helper's answer for the user <token>) goes only to the \
+registry's token service, which exchanges it for tokens, as docker does. A refused login exits 4; a blob that does not match its digest exits 5 and nothing is kept. With \
 --lazy-cache, the layer blobs that `strata lazy mount` kept in that cache (whole, or the ranges it \
 fetched) are taken first: only what they lack is fetched, by range, and each is checked whole \
 before the root stores it; kept bytes that do not hash to their blob are removed and said so, and \
@@ -323,7 +324,8 @@ bytes_fetched, chunks_fetched} when it stops.",
 --platform) goes from one repository to the other. A blob the target has is skipped; on one \
 registry, a blob is mounted from the source repository when the registry allows it (no bytes move; \
 on a registry that hands out tokens, with one covering both repositories unless the credentials are \
-a token; a refusal is logged); \
+a registry token; a refusal is logged, and a repository refused for want of access is not asked \
+again); \
 otherwise it is streamed \
 from the source to the target, counted and hashed on the way, and a blob of other bytes than its \
 digest fails the copy before the target can accept it. The manifest goes last, under the target's \

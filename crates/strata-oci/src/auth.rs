@@ -1,6 +1,11 @@
 //! Registry credentials from docker's `config.json` (`$DOCKER_CONFIG` or
 //! `~/.docker`): a credential helper named for the host (`credHelpers`),
 //! else the default helper (`credsStore`), else the `auths` entry.
+//!
+//! An identity token (`identitytoken`, or a helper's answer for the user
+//! `<token>`) is an OAuth2 refresh token, as docker reads it: it goes
+//! only to the registry's token service, which exchanges it for a token
+//! per scope (`bearer.rs`), never to the registry itself.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -34,6 +39,33 @@ struct AuthEntry {
     password: Option<String>,
     #[serde(default)]
     registrytoken: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
+}
+
+/// Credentials for one registry, as docker's config gives them.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Credentials {
+    /// What oci-client takes as it is: none, a user and password, or a
+    /// registry token (`registrytoken`), sent to the registry as the
+    /// bearer token itself.
+    Direct(RegistryAuth),
+    /// An identity token: an OAuth2 refresh token that the registry's
+    /// token service exchanges for a token per scope.
+    Identity(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets stay out of logs and panics.
+        f.write_str(match self {
+            Credentials::Direct(RegistryAuth::Anonymous) => "Anonymous",
+            Credentials::Direct(RegistryAuth::Basic(..)) => "Basic(..)",
+            Credentials::Direct(RegistryAuth::Bearer(_)) => "RegistryToken(..)",
+            Credentials::Identity(_) => "IdentityToken(..)",
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,7 +86,7 @@ fn host_of(key: &str) -> &str {
 
 /// Runs `docker-credential-NAME get` for `host`; `None` when the helper
 /// has no credentials for it.
-fn ask_helper(name: &str, host: &str) -> Result<Option<RegistryAuth>> {
+fn ask_helper(name: &str, host: &str) -> Result<Option<Credentials>> {
     let program = format!("docker-credential-{name}");
     let object = format!("credential helper {program}");
     let mut child = Command::new(&program)
@@ -90,22 +122,23 @@ fn ask_helper(name: &str, host: &str) -> Result<Option<RegistryAuth>> {
         )
     })?;
     Ok(Some(if answer.username == "<token>" {
-        RegistryAuth::Bearer(answer.secret)
+        Credentials::Identity(answer.secret)
     } else {
-        RegistryAuth::Basic(answer.username, answer.secret)
+        Credentials::Direct(RegistryAuth::Basic(answer.username, answer.secret))
     }))
 }
 
 /// The credentials for registry `host` found under docker's config
 /// directory `dir`; anonymous when there are none.
-pub fn credentials(dir: Option<&Path>, host: &str) -> Result<RegistryAuth> {
+pub fn credentials(dir: Option<&Path>, host: &str) -> Result<Credentials> {
+    const ANONYMOUS: Credentials = Credentials::Direct(RegistryAuth::Anonymous);
     let Some(dir) = dir else {
-        return Ok(RegistryAuth::Anonymous);
+        return Ok(ANONYMOUS);
     };
     let path = dir.join("config.json");
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RegistryAuth::Anonymous),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ANONYMOUS),
         Err(e) => return Err(OciError::io("read", path.display(), e)),
     };
     let config: ConfigFile = serde_json::from_slice(&bytes)
@@ -127,13 +160,20 @@ pub fn credentials(dir: Option<&Path>, host: &str) -> Result<RegistryAuth> {
         .find(|(k, _)| host_of(k) == host)
         .map(|(_, v)| v)
     else {
-        return Ok(RegistryAuth::Anonymous);
+        return Ok(ANONYMOUS);
     };
+    // Before `auth`, which then holds only a user name.
+    if let Some(token) = &entry.identitytoken {
+        return Ok(Credentials::Identity(token.clone()));
+    }
     if let Some(token) = &entry.registrytoken {
-        return Ok(RegistryAuth::Bearer(token.clone()));
+        return Ok(Credentials::Direct(RegistryAuth::Bearer(token.clone())));
     }
     if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
-        return Ok(RegistryAuth::Basic(u.clone(), p.clone()));
+        return Ok(Credentials::Direct(RegistryAuth::Basic(
+            u.clone(),
+            p.clone(),
+        )));
     }
     if let Some(encoded) = &entry.auth {
         let decoded = base64::engine::general_purpose::STANDARD
@@ -150,54 +190,65 @@ pub fn credentials(dir: Option<&Path>, host: &str) -> Result<RegistryAuth> {
                 format!("auth of {host} is not USER:PASSWORD"),
             )
         })?;
-        return Ok(RegistryAuth::Basic(u.to_owned(), p.to_owned()));
+        return Ok(Credentials::Direct(RegistryAuth::Basic(
+            u.to_owned(),
+            p.to_owned(),
+        )));
     }
-    Ok(RegistryAuth::Anonymous)
+    Ok(ANONYMOUS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn basic(a: &RegistryAuth) -> Option<(&str, &str)> {
-        match a {
-            RegistryAuth::Basic(u, p) => Some((u, p)),
-            _ => None,
-        }
+    fn direct(a: RegistryAuth) -> Credentials {
+        Credentials::Direct(a)
     }
 
     #[test]
     fn reads_auths_and_helpers() {
         let dir = tempfile::tempdir().unwrap();
         let encoded = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+        let user_only = base64::engine::general_purpose::STANDARD.encode("00000000-0000:");
         std::fs::write(
             dir.path().join("config.json"),
             format!(
-                r#"{{"auths":{{"https://127.0.0.1:5000/v1/":{{"auth":"{encoded}"}},"other:1":{{"registrytoken":"tok"}}}},
+                r#"{{"auths":{{"https://127.0.0.1:5000/v1/":{{"auth":"{encoded}"}},"other:1":{{"registrytoken":"tok"}},
+                              "refreshed:1":{{"auth":"{user_only}","identitytoken":"refresh"}}}},
                    "credHelpers":{{"helped:1":"strata-test-missing-helper"}}}}"#
             ),
         )
         .unwrap();
-        let a = credentials(Some(dir.path()), "127.0.0.1:5000").unwrap();
-        assert_eq!(basic(&a), Some(("alice", "s3cret")));
-        assert!(matches!(
-            credentials(Some(dir.path()), "other:1").unwrap(),
-            RegistryAuth::Bearer(t) if t == "tok"
-        ));
-        assert!(matches!(
-            credentials(Some(dir.path()), "nobody:1").unwrap(),
-            RegistryAuth::Anonymous
-        ));
-        let e = credentials(Some(dir.path()), "helped:1").unwrap_err();
+        let creds = |host| credentials(Some(dir.path()), host);
+        assert_eq!(
+            creds("127.0.0.1:5000").unwrap(),
+            direct(RegistryAuth::Basic("alice".into(), "s3cret".into()))
+        );
+        assert_eq!(
+            creds("other:1").unwrap(),
+            direct(RegistryAuth::Bearer("tok".into()))
+        );
+        // An identity token wins over the user name `auth` holds beside it.
+        assert_eq!(
+            creds("refreshed:1").unwrap(),
+            Credentials::Identity("refresh".into())
+        );
+        assert_eq!(
+            format!("{:?}", creds("refreshed:1").unwrap()),
+            "IdentityToken(..)"
+        );
+        assert_eq!(creds("nobody:1").unwrap(), direct(RegistryAuth::Anonymous));
+        let e = creds("helped:1").unwrap_err();
         assert!(
             e.to_string()
                 .contains("docker-credential-strata-test-missing-helper"),
             "{e}"
         );
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(
+        assert_eq!(
             credentials(Some(empty.path()), "x").unwrap(),
-            RegistryAuth::Anonymous
-        ));
+            direct(RegistryAuth::Anonymous)
+        );
     }
 }

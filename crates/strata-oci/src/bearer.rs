@@ -6,11 +6,22 @@
 //! starts an upload instead (202). This asks the registry's token service
 //! itself, as its `WWW-Authenticate: Bearer` challenge says, for every
 //! scope at once.
+//!
+//! It is also how an identity token (an OAuth2 refresh token) becomes a
+//! token oci-client can send: oci-client would send it to the registry
+//! as the bearer token itself, which registries refuse. It is posted to
+//! the token service instead (`grant_type=refresh_token`), as docker does.
 
 use std::time::Duration;
 
 use http_auth::parser::ChallengeParser;
 use oci_client::secrets::RegistryAuth;
+
+use crate::auth::Credentials;
+
+/// The `client_id` an OAuth2 token request names (the token service
+/// requires one; it identifies the program, not the user).
+const CLIENT_ID: &str = "strata";
 
 /// Where a registry's challenge sends a client for a token.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,21 +61,32 @@ fn may_send_credentials(base: &str, realm: &str) -> bool {
     https(realm) || !https(base)
 }
 
+/// How a token is asked for.
+enum Ask<'a> {
+    Anonymous,
+    /// A GET with a user and password.
+    Basic(&'a str, &'a str),
+    /// A POST of an OAuth2 refresh grant.
+    Refresh(&'a str),
+}
+
 /// A token covering every one of `scopes` (`repository:NAME:ACTIONS`)
-/// from the registry at `base` (`SCHEME://HOST`), asked with `auth`'s
-/// credentials: `Ok(None)` when the registry hands out no bearer tokens
-/// (it asks no credentials, or Basic ones, which hold for every
-/// repository) or the credentials are a token already. An error says why
-/// none came.
+/// from the registry at `base` (`SCHEME://HOST`), asked with `creds`:
+/// `Ok(None)` when the registry hands out no bearer tokens (it asks no
+/// credentials, or Basic ones, which hold for every repository) or the
+/// credentials are a registry token already. An error says why none
+/// came; an identity token for a registry that takes no bearer tokens
+/// is one.
 pub(crate) async fn token(
     base: &str,
-    auth: &RegistryAuth,
+    creds: &Credentials,
     scopes: &[String],
 ) -> Result<Option<String>, String> {
-    let basic = match auth {
-        RegistryAuth::Anonymous => None,
-        RegistryAuth::Basic(user, password) => Some((user, password)),
-        RegistryAuth::Bearer(_) => return Ok(None),
+    let ask = match creds {
+        Credentials::Direct(RegistryAuth::Anonymous) => Ask::Anonymous,
+        Credentials::Direct(RegistryAuth::Basic(user, password)) => Ask::Basic(user, password),
+        Credentials::Direct(RegistryAuth::Bearer(_)) => return Ok(None),
+        Credentials::Identity(refresh) => Ask::Refresh(refresh),
     };
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
@@ -91,23 +113,44 @@ pub(crate) async fn token(
         .filter_map(|h| h.to_str().ok())
         .find_map(bearer_challenge)
     else {
-        return Ok(None);
+        return match ask {
+            Ask::Refresh(_) => Err(format!(
+                "{probe} names no token service (no Bearer challenge): an identity token has nowhere to go"
+            )),
+            _ => Ok(None),
+        };
     };
     let realm = &challenge.realm;
-    if basic.is_some() && !may_send_credentials(base, realm) {
+    if !matches!(ask, Ask::Anonymous) && !may_send_credentials(base, realm) {
         return Err(format!(
             "the registry sends credentials to {realm}, not over HTTPS: not sent"
         ));
     }
-    let mut query: Vec<(&str, &str)> = scopes.iter().map(|s| ("scope", s.as_str())).collect();
-    if let Some(service) = &challenge.service {
-        query.push(("service", service));
-    }
-    let mut ask = http.get(realm).query(&query);
-    if let Some((user, password)) = basic {
-        ask = ask.basic_auth(user, Some(password));
-    }
-    let answer = ask.send().await.map_err(|e| format!("{realm}: {e}"))?;
+    let service = challenge.service.as_deref();
+    let request = match ask {
+        Ask::Refresh(refresh) => {
+            let scope = scopes.join(" ");
+            let mut form = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh),
+                ("client_id", CLIENT_ID),
+                ("scope", &scope),
+            ];
+            form.extend(service.map(|s| ("service", s)));
+            http.post(realm).form(&form)
+        }
+        Ask::Anonymous | Ask::Basic(..) => {
+            let mut query: Vec<(&str, &str)> =
+                scopes.iter().map(|s| ("scope", s.as_str())).collect();
+            query.extend(service.map(|s| ("service", s)));
+            let request = http.get(realm).query(&query);
+            match ask {
+                Ask::Basic(user, password) => request.basic_auth(user, Some(password)),
+                _ => request,
+            }
+        }
+    };
+    let answer = request.send().await.map_err(|e| format!("{realm}: {e}"))?;
     let status = answer.status();
     let body = answer.bytes().await.map_err(|e| format!("{realm}: {e}"))?;
     if !status.is_success() {

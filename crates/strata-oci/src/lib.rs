@@ -45,7 +45,7 @@ use std::sync::Arc;
 
 pub use archive::{write_archive, write_oci_archive};
 #[cfg(feature = "registry")]
-pub use auth::credentials;
+pub use auth::{Credentials, credentials};
 pub use build::{History, build_image};
 pub use error::{OciError, Result};
 pub use image::{Image, MAX_DOCUMENT_SIZE, MAX_INDEX_DEPTH};

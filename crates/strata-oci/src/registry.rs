@@ -20,6 +20,7 @@ use strata_content::{ContentError, ContentStore};
 use strata_core::{Algorithm, Descriptor, Digest, ErrorKind, Labels, media};
 use strata_leases::{OpCtx, ProgressTracker};
 
+use crate::auth::Credentials;
 use crate::error::{OciError, Result};
 use crate::image::{
     Image, MAX_DOCUMENT_SIZE, MAX_INDEX_DEPTH, check_document_size, parse_described,
@@ -67,7 +68,7 @@ pub struct Registry {
     opts: RegistryOptions,
     /// What `connect` authenticated with, kept to authenticate again when
     /// the registry refuses a token that has expired.
-    auth: RegistryAuth,
+    auth: Credentials,
     op: RegistryOperation,
 }
 
@@ -236,14 +237,50 @@ impl Registry {
             reauthenticated: true,
             ..self.tries()
         };
+        let auth = self.client_auth(self.op).await?;
         let token = self
             .retry_from(tries, "authenticate", || {
-                self.client.auth(&self.reference, &self.auth, self.op)
+                self.client.auth(&self.reference, &auth, self.op)
             })
             .await?;
-        let open = token.is_none() && matches!(self.auth, RegistryAuth::Anonymous);
+        let open = token.is_none() && self.auth == Credentials::Direct(RegistryAuth::Anonymous);
         self.open.store(open, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// What oci-client is given to authenticate for `op`: the credentials
+    /// as they are, or for an identity token, the token the registry's
+    /// token service exchanges it for (anonymous where the registry asks
+    /// for nothing).
+    async fn client_auth(&self, op: RegistryOperation) -> Result<RegistryAuth> {
+        if let Credentials::Direct(auth) = &self.auth {
+            return Ok(auth.clone());
+        }
+        let actions = match op {
+            RegistryOperation::Pull => "pull",
+            RegistryOperation::Push => "pull,push",
+        };
+        let scope = format!("repository:{}:{actions}", self.reference.repository());
+        match crate::bearer::token(&self.base(), &self.auth, &[scope]).await {
+            Ok(Some(token)) => Ok(RegistryAuth::Bearer(token)),
+            Ok(None) => Ok(RegistryAuth::Anonymous),
+            Err(e) => Err(OciError::Registry {
+                registry: self.repo(),
+                reason: format!("authenticate with the identity token from docker's config: {e}"),
+                kind: ErrorKind::FailedPrecondition,
+            }),
+        }
+    }
+
+    /// `SCHEME://HOST` of the registry.
+    fn base(&self) -> String {
+        let host = self.reference.resolve_registry();
+        let scheme = if plain_http(host, &self.opts) {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{host}")
     }
 
     /// The client for calls that take no credentials: the bare one while
@@ -429,10 +466,14 @@ impl Registry {
             // A failure here leaves the old pull token in place, as it was
             // before this renewal existed: the request tried again may
             // need only the push token, which was renewed.
-            let renewed = Box::pin(self.retry_from(tries, "authenticate", || {
-                self.client
-                    .auth(&self.reference, &self.auth, RegistryOperation::Pull)
-            }))
+            let renewed = async {
+                let auth = self.client_auth(RegistryOperation::Pull).await?;
+                Box::pin(self.retry_from(tries, "authenticate", || {
+                    self.client
+                        .auth(&self.reference, &auth, RegistryOperation::Pull)
+                }))
+                .await
+            }
             .await;
             if let Err(e) = renewed {
                 tracing::warn!(registry = %self.repo(), error = %e, "could not renew the token for a push's reads");
@@ -970,8 +1011,9 @@ impl Registry {
     /// A client whose token covers pushes here and pulls from `repo`, for
     /// a mount from there; `None` when the one client serves (the
     /// registry asks no credentials, takes Basic ones, the credentials are
-    /// a token themselves, or no such token came: the mount is tried anyway
-    /// and may turn into an upload).
+    /// a registry token, or no such token came: the mount is tried anyway
+    /// and may turn into an upload). An identity token is exchanged for
+    /// this token as for the client's own.
     async fn mounter(&self, repo: &str) -> Option<Arc<Client>> {
         if self.open.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
@@ -981,21 +1023,13 @@ impl Registry {
             return known.clone();
         }
         let host = self.reference.resolve_registry();
-        let base = format!(
-            "{}://{host}",
-            if plain_http(host, &self.opts) {
-                "http"
-            } else {
-                "https"
-            }
-        );
         let scopes = [
             format!("repository:{}:pull,push", self.reference.repository()),
             format!("repository:{repo}:pull"),
         ];
         // What fails is not asked again for this repository: mounts go
         // with the one client, as they would without this.
-        let made = match crate::bearer::token(&base, &self.auth, &scopes).await {
+        let made = match crate::bearer::token(&self.base(), &self.auth, &scopes).await {
             Ok(Some(token)) => match new_client(host, &self.opts) {
                 Ok(client) => {
                     client

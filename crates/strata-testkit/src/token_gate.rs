@@ -17,6 +17,11 @@
 //! the token service leave out every scope on a repository, as a
 //! registry does for a user who may not read it.
 //!
+//! After [`TokenGate::accept_identity`], the token service hands out
+//! tokens only for that identity token (an OAuth2 refresh token), posted
+//! as a `grant_type=refresh_token` form as docker posts it; an identity
+//! token sent to the registry itself is counted and refused.
+//!
 //! A gate may also end each token after a number of requests
 //! ([`TokenGate::start_counted`]): the same refusal arrives at a chosen
 //! point of an upload, without an upload slow enough to outlive a clock.
@@ -71,6 +76,10 @@ struct State {
     /// Whether a mount without the source's scope is refused (401)
     /// rather than started as an upload.
     mounts_refused_401: AtomicBool,
+    /// The one identity token tokens are handed out for, once set.
+    identity: Mutex<Option<String>>,
+    /// Requests that sent the identity token to the registry itself.
+    identity_leaks: AtomicU64,
 }
 
 /// A token handed out: when, the requests it has passed, and what
@@ -120,6 +129,8 @@ impl TokenGate {
             unmounted: AtomicU64::new(0),
             denied: Mutex::default(),
             mounts_refused_401: AtomicBool::new(false),
+            identity: Mutex::new(None),
+            identity_leaks: AtomicU64::new(0),
         });
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -170,6 +181,23 @@ impl TokenGate {
     pub fn deny(&self, repo: &str) {
         let mut denied = self.state.denied.lock().unwrap_or_else(|e| e.into_inner());
         denied.insert(repo.to_owned());
+    }
+
+    /// From now on, tokens are handed out only for a refresh grant of
+    /// identity token `token` (a token request without it is refused
+    /// with 401, one with another with 400 `invalid_grant`).
+    pub fn accept_identity(&self, token: &str) {
+        *self
+            .state
+            .identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(token.to_owned());
+    }
+
+    /// Requests so far that sent the identity token to the registry as
+    /// their bearer token.
+    pub fn identity_leaks(&self) -> u64 {
+        self.state.identity_leaks.load(Ordering::SeqCst)
     }
 
     /// From now on, a mount whose token cannot pull from its source is
@@ -259,11 +287,47 @@ fn decode(v: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The scopes asked for in a token request: `repository:NAME:ACTIONS`,
-/// in repeated parameters or separated by blanks.
-fn scopes_of(head: &Head) -> HashMap<String, Vec<String>> {
+/// What a token request (`head`, with body `form`) is granted: the
+/// scopes it asks for, less those on denied repositories; or the status
+/// and body of its refusal.
+fn granted(
+    state: &State,
+    head: &Head,
+    form: &str,
+) -> Result<HashMap<String, Vec<String>>, (&'static str, String)> {
+    let form = |name: &str| -> Vec<String> {
+        form.split('&')
+            .filter_map(|p| p.split_once('='))
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| decode(v))
+            .collect()
+    };
+    let identity = state.identity.lock().unwrap_or_else(|e| e.into_inner());
+    let mut scopes = match identity.as_deref() {
+        None => scopes_in(head.query("scope")),
+        Some(want) => {
+            if !head.line.starts_with("POST ") || form("grant_type") != ["refresh_token"] {
+                let body =
+                    r#"{"errors":[{"code":"UNAUTHORIZED","message":"a refresh grant is needed"}]}"#;
+                return Err(("401 Unauthorized", body.to_owned()));
+            }
+            if form("refresh_token") != [want] || form("client_id").is_empty() {
+                return Err(("400 Bad Request", r#"{"error":"invalid_grant"}"#.to_owned()));
+            }
+            scopes_in(form("scope"))
+        }
+    };
+    drop(identity);
+    let denied = state.denied.lock().unwrap_or_else(|e| e.into_inner());
+    scopes.retain(|repo, _| !denied.contains(repo));
+    Ok(scopes)
+}
+
+/// The scopes a token request asks for: `repository:NAME:ACTIONS`, in
+/// repeated parameters or separated by blanks.
+fn scopes_in(asked: Vec<String>) -> HashMap<String, Vec<String>> {
     let mut scopes: HashMap<String, Vec<String>> = HashMap::new();
-    for scope in head.query("scope") {
+    for scope in asked {
         for one in scope.split_whitespace() {
             let Some((name, actions)) = one
                 .strip_prefix("repository:")
@@ -328,11 +392,21 @@ fn serve(state: &State, client: TcpStream) {
     let mut reader = BufReader::new(client);
     while let Some(head) = read_head(&mut reader) {
         if head.path().starts_with("/token") {
+            let Some(form) = head.body_len().and_then(|n| read_body(&mut reader, n)) else {
+                return;
+            };
+            let form = String::from_utf8_lossy(&form).into_owned();
+            let scopes = match granted(state, &head, &form) {
+                Ok(scopes) => scopes,
+                Err((status, body)) => {
+                    let json = ["Content-Type: application/json".to_owned()];
+                    if !respond(&mut writer, status, &json, body.as_bytes()) {
+                        return;
+                    }
+                    continue;
+                }
+            };
             let token = format!("t{}", state.issued.fetch_add(1, Ordering::SeqCst));
-            let mut scopes = scopes_of(&head);
-            let denied = state.denied.lock().unwrap_or_else(|e| e.into_inner());
-            scopes.retain(|repo, _| !denied.contains(repo));
-            drop(denied);
             state
                 .tokens
                 .lock()
@@ -366,9 +440,15 @@ fn serve(state: &State, client: TcpStream) {
         let needs = head.needs();
         // Whether the token is fresh and may do what is asked, and whether
         // it may pull from the repository a mount names.
-        let (fresh, may_mount) = head
+        let bearer = head
             .header("Authorization")
-            .and_then(|a| a.strip_prefix("Bearer "))
+            .and_then(|a| a.strip_prefix("Bearer "));
+        let identity = state.identity.lock().unwrap_or_else(|e| e.into_inner());
+        if bearer.is_some() && bearer == identity.as_deref() {
+            state.identity_leaks.fetch_add(1, Ordering::SeqCst);
+        }
+        drop(identity);
+        let (fresh, may_mount) = bearer
             .and_then(|t| {
                 let mut tokens = state.tokens.lock().unwrap_or_else(|e| e.into_inner());
                 let token = tokens.get_mut(t)?;
