@@ -1119,6 +1119,19 @@ fn lazy_copy(from: &str, to: &str) -> Value {
         .json()
 }
 
+/// [`registry_with_random_image`] behind a [`TokenGate`] whose tokens
+/// last an hour.
+fn gated_registry_with_random_image(
+    test: &str,
+    count: usize,
+    size: usize,
+    repo: &str,
+) -> Option<(Registry, TokenGate)> {
+    let reg = registry_with_random_image(test, count, size, repo)?;
+    let gate = TokenGate::start(&reg.addr, std::time::Duration::from_secs(3600));
+    Some((reg, gate))
+}
+
 /// For test `test` (skipped by name without the registry): a registry
 /// holding an image of `count` random layers of `size` bytes as
 /// `REPO:1`.
@@ -1204,7 +1217,7 @@ fn a_registry_without_credentials_is_not_asked_for_them_per_request() {
 /// registry and the refusal.
 #[test]
 fn a_registry_under_load_is_asked_again_then_given_up_on() {
-    let Some(reg) = registry_with_random_image(
+    let Some((_reg, gate)) = gated_registry_with_random_image(
         "a_registry_under_load_is_asked_again_then_given_up_on",
         1,
         1000,
@@ -1212,7 +1225,6 @@ fn a_registry_under_load_is_asked_again_then_given_up_on() {
     ) else {
         return;
     };
-    let gate = TokenGate::start(&reg.addr, std::time::Duration::from_secs(3600));
     let reference = format!("{}/busy:1", gate.addr);
 
     gate.fail_next("/manifests/", 2);
@@ -1240,7 +1252,7 @@ fn a_registry_under_load_is_asked_again_then_given_up_on() {
 /// mounts.
 #[test]
 fn a_registry_with_tokens_mounts_blobs_across_repositories() {
-    let Some(reg) = registry_with_random_image(
+    let Some((reg, gate)) = gated_registry_with_random_image(
         "a_registry_with_tokens_mounts_blobs_across_repositories",
         3,
         1000,
@@ -1248,7 +1260,6 @@ fn a_registry_with_tokens_mounts_blobs_across_repositories() {
     ) else {
         return;
     };
-    let gate = TokenGate::start(&reg.addr, std::time::Duration::from_secs(3600));
     let sent = |v: &Value| (v["uploaded"].clone(), v["mounted"].clone());
     let source = format!("{}/base:1", gate.addr);
     let copied = lazy_copy(&source, &format!("{}/team/app:1", gate.addr));
@@ -1258,16 +1269,13 @@ fn a_registry_with_tokens_mounts_blobs_across_repositories() {
         .run(&["--json", "image", "pull", &source, "--name", "base"])
         .expect(0)
         .json();
-    let pushed = b
-        .run(&[
-            "--json",
-            "image",
-            "push",
-            "base",
-            &format!("{}/other/app:1", gate.addr),
-        ])
-        .expect(0)
-        .json();
+    let push = |repo: &str| {
+        let to = format!("{}/{repo}:1", gate.addr);
+        b.run(&["--json", "image", "push", "base", &to])
+            .expect(0)
+            .json()
+    };
+    let pushed = push("other/app");
     assert_eq!(sent(&pushed), (0.into(), 4.into()), "{pushed}");
     assert_eq!(gate.mounts_refused(), 0);
     // A registry that refuses (401, as distribution does) a mount from a
@@ -1279,16 +1287,7 @@ fn a_registry_with_tokens_mounts_blobs_across_repositories() {
         gate.deny(repo);
     }
     gate.refuse_mounts();
-    let denied = b
-        .run(&[
-            "--json",
-            "image",
-            "push",
-            "base",
-            &format!("{}/fourth/app:1", gate.addr),
-        ])
-        .expect(0)
-        .json();
+    let denied = push("fourth/app");
     assert_eq!(sent(&denied), (4.into(), 0.into()), "{denied}");
     assert_eq!(gate.mounts_refused(), 4, "asked again per blob");
     // Tokens good for three requests each: the fourth mount finds its
@@ -1311,7 +1310,7 @@ fn a_registry_with_tokens_mounts_blobs_across_repositories() {
 
 #[test]
 fn an_identity_token_is_exchanged_at_the_token_service_and_never_sent_to_the_registry() {
-    let Some(reg) = registry_with_random_image(
+    let Some((_reg, gate)) = gated_registry_with_random_image(
         "an_identity_token_is_exchanged_at_the_token_service_and_never_sent_to_the_registry",
         2,
         1000,
@@ -1319,7 +1318,6 @@ fn an_identity_token_is_exchanged_at_the_token_service_and_never_sent_to_the_reg
     ) else {
         return;
     };
-    let gate = TokenGate::start(&reg.addr, std::time::Duration::from_secs(3600));
     gate.accept_identity("refresh-1");
     let b = env();
     let (none, config) = (b.path("no-credentials"), b.path("docker"));
