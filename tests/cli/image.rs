@@ -1341,6 +1341,9 @@ fn an_identity_token_is_exchanged_at_the_token_service_and_never_sent_to_the_reg
         assert!(wrong.stderr.contains(said), "{}", wrong.stderr);
     }
     login("refresh-1");
+    // A token service that fails for a while is asked again, as any
+    // registry request is.
+    gate.fail_next("/token", 2);
     let pulled = registry_cmd(
         &b,
         &config,
@@ -1349,6 +1352,7 @@ fn an_identity_token_is_exchanged_at_the_token_service_and_never_sent_to_the_reg
     .expect(0)
     .json();
     assert_eq!(pulled["fetched"], 4, "{pulled}");
+    assert_eq!(gate.failed(), 2);
     // A push to another repository mounts every blob: the token it
     // mounts with covers both repositories, exchanged for the identity
     // token too.

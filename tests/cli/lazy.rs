@@ -362,8 +362,23 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
     // Killed, the mount leaves its overlay on DIR, and no lock: the
     // layers stay as long as that overlay does.
     plain.kill();
+    // When a layer was last used is the time of its lock file, which a
+    // prune leaves as it is.
+    let lock_times = || {
+        let mut times: Vec<_> = fs::read_dir(cache.join("layers"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".lock"))
+            .map(|e| (e.file_name(), e.metadata().unwrap().modified().unwrap()))
+            .collect();
+        times.sort();
+        times
+    };
+    let used = lock_times();
+    assert_eq!(used.len(), 2, "{used:?}");
     let orphaned = prune();
     assert_eq!(orphaned["in_use"], 2, "{orphaned}");
+    assert_eq!(lock_times(), used, "a prune counted as a use of the layers");
     // Named relatively, the cache is found in the mount table all the same.
     let relative = env
         .cmd(&["--json", "lazy", "prune", "--cache", "the cache"])

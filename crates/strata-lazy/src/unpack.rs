@@ -159,9 +159,13 @@ impl Unpacked {
             }
             // The lock of a layer no longer there (an earlier version kept
             // them): removed unless someone is unpacking that layer now.
+            // That of a layer still there is left alone.
             if let Some(layer) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".lock")) {
-                if let Ok(held) = FileLock::try_exclusive(&item.path()) {
-                    remove_lock_of_gone(held, &layers.join(layer))?;
+                let dir = layers.join(layer);
+                if unless_gone(std::fs::symlink_metadata(&dir))?.is_none()
+                    && let Ok(held) = FileLock::try_exclusive(&item.path())
+                {
+                    remove_lock_of_gone(held, &dir)?;
                 }
                 continue;
             }

@@ -61,6 +61,49 @@ fn may_send_credentials(base: &str, realm: &str) -> bool {
     https(realm) || !https(base)
 }
 
+/// Why no token came, and whether asking again may give one (the token
+/// service or registry unreachable, busy or failing).
+#[derive(Debug)]
+pub(crate) struct TokenError {
+    pub(crate) transient: bool,
+    message: String,
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A failure that asking again will not mend.
+fn lasting(message: String) -> TokenError {
+    TokenError {
+        transient: false,
+        message,
+    }
+}
+
+/// A failure to reach `url`: transient unless the request itself was
+/// wrong.
+fn unreached(url: &str, e: &reqwest::Error) -> TokenError {
+    TokenError {
+        transient: e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
+        message: format!("{url}: {e}"),
+    }
+}
+
+/// An answer of `status` from `url` that is not what was asked:
+/// transient when it is a server's failure or a request to slow down.
+fn refused(url: &str, status: reqwest::StatusCode, said: &[u8]) -> TokenError {
+    TokenError {
+        transient: status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS,
+        message: format!(
+            "{url} answered {status}: {}",
+            String::from_utf8_lossy(&said[..said.len().min(200)])
+        ),
+    }
+}
+
 /// How a token is asked for.
 enum Ask<'a> {
     Anonymous,
@@ -81,30 +124,34 @@ pub(crate) async fn token(
     base: &str,
     creds: &Credentials,
     scopes: &[String],
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, TokenError> {
     let ask = match creds {
         Credentials::Direct(RegistryAuth::Anonymous) => Ask::Anonymous,
         Credentials::Direct(RegistryAuth::Basic(user, password)) => Ask::Basic(user, password),
         Credentials::Direct(RegistryAuth::Bearer(_)) => return Ok(None),
         Credentials::Identity(refresh) => Ask::Refresh(refresh),
     };
+    // No redirect is followed: one would take the credentials (a refresh
+    // token in a form is sent again on a 307 or 308) where the checks
+    // below never looked, perhaps over plain HTTP.
     let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(30))
         .timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| format!("cannot make a client: {e}"))?;
+        .map_err(|e| lasting(format!("cannot make a client: {e}")))?;
     let probe = format!("{base}/v2/");
     let answer = http
         .get(&probe)
         .send()
         .await
-        .map_err(|e| format!("{probe}: {e}"))?;
+        .map_err(|e| unreached(&probe, &e))?;
     let status = answer.status();
     if status.is_success() {
         return Ok(None);
     }
     if status != reqwest::StatusCode::UNAUTHORIZED {
-        return Err(format!("{probe} answered {status}"));
+        return Err(refused(&probe, status, b""));
     }
     let Some(challenge) = answer
         .headers()
@@ -114,17 +161,17 @@ pub(crate) async fn token(
         .find_map(bearer_challenge)
     else {
         return match ask {
-            Ask::Refresh(_) => Err(format!(
+            Ask::Refresh(_) => Err(lasting(format!(
                 "{probe} names no token service (no Bearer challenge): an identity token has nowhere to go"
-            )),
+            ))),
             _ => Ok(None),
         };
     };
     let realm = &challenge.realm;
     if !matches!(ask, Ask::Anonymous) && !may_send_credentials(base, realm) {
-        return Err(format!(
+        return Err(lasting(format!(
             "the registry sends credentials to {realm}, not over HTTPS: not sent"
-        ));
+        )));
     }
     let service = challenge.service.as_deref();
     let request = match ask {
@@ -150,14 +197,11 @@ pub(crate) async fn token(
             }
         }
     };
-    let answer = request.send().await.map_err(|e| format!("{realm}: {e}"))?;
+    let answer = request.send().await.map_err(|e| unreached(realm, &e))?;
     let status = answer.status();
-    let body = answer.bytes().await.map_err(|e| format!("{realm}: {e}"))?;
+    let body = answer.bytes().await.map_err(|e| unreached(realm, &e))?;
     if !status.is_success() {
-        return Err(format!(
-            "{realm} answered {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        ));
+        return Err(refused(realm, status, &body));
     }
     #[derive(serde::Deserialize)]
     struct Answer {
@@ -165,13 +209,13 @@ pub(crate) async fn token(
         access_token: Option<String>,
     }
     let answer: Answer =
-        serde_json::from_slice(&body).map_err(|e| format!("{realm}: not a token: {e}"))?;
+        serde_json::from_slice(&body).map_err(|e| lasting(format!("{realm}: not a token: {e}")))?;
     answer
         .token
         .or(answer.access_token)
         .filter(|t| !t.is_empty())
         .map(Some)
-        .ok_or_else(|| format!("{realm}: the answer holds no token"))
+        .ok_or_else(|| lasting(format!("{realm}: the answer holds no token")))
 }
 
 #[cfg(test)]

@@ -243,7 +243,8 @@ impl Registry {
                 self.client.auth(&self.reference, &auth, self.op)
             })
             .await?;
-        let open = token.is_none() && self.auth == Credentials::Direct(RegistryAuth::Anonymous);
+        // Also for an identity token on a registry that asks for nothing.
+        let open = token.is_none() && auth == RegistryAuth::Anonymous;
         self.open.store(open, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
@@ -260,15 +261,29 @@ impl Registry {
             RegistryOperation::Pull => "pull",
             RegistryOperation::Push => "pull,push",
         };
-        let scope = format!("repository:{}:{actions}", self.reference.repository());
-        match crate::bearer::token(&self.base(), &self.auth, &[scope]).await {
-            Ok(Some(token)) => Ok(RegistryAuth::Bearer(token)),
-            Ok(None) => Ok(RegistryAuth::Anonymous),
-            Err(e) => Err(OciError::Registry {
-                registry: self.repo(),
-                reason: format!("authenticate with the identity token from docker's config: {e}"),
-                kind: ErrorKind::FailedPrecondition,
-            }),
+        let scope = [format!(
+            "repository:{}:{actions}",
+            self.reference.repository()
+        )];
+        let what = "exchange the identity token from docker's config";
+        let mut tries = self.tries();
+        loop {
+            match crate::bearer::token(&self.base(), &self.auth, &scope).await {
+                Ok(Some(token)) => return Ok(RegistryAuth::Bearer(token)),
+                Ok(None) => return Ok(RegistryAuth::Anonymous),
+                Err(e) if e.transient && self.wait_turn(&mut tries, what, &e).await => {}
+                Err(e) => {
+                    return Err(OciError::Registry {
+                        registry: self.repo(),
+                        reason: format!("{what}: {e}"),
+                        kind: if e.transient {
+                            ErrorKind::Unavailable
+                        } else {
+                            ErrorKind::FailedPrecondition
+                        },
+                    });
+                }
+            }
         }
     }
 
@@ -435,11 +450,7 @@ impl Registry {
     /// failure that may pass (once the wait is over) while attempts are
     /// left, or the first refused token (once a new one is taken).
     async fn again(&self, tries: &mut Tries, what: &str, e: &OciDistributionError) -> Result<bool> {
-        if transient(e) && tries.attempt < self.opts.attempts.max(1) {
-            tracing::warn!(registry = %self.repo(), what, attempt = tries.attempt, error = %e, wait = ?tries.wait, "interrupted; trying again");
-            tokio::time::sleep(tries.wait).await;
-            tries.wait *= 2;
-            tries.attempt += 1;
+        if transient(e) && self.wait_turn(tries, what, e).await {
             Ok(true)
         } else if unauthorized(e) && !tries.reauthenticated {
             self.reauthenticate(what, e).await?;
@@ -448,6 +459,24 @@ impl Registry {
         } else {
             Ok(false)
         }
+    }
+
+    /// After a failure of `what` that may pass (`error`): whether attempts
+    /// are left, and if so, once the wait before the next is over.
+    async fn wait_turn(
+        &self,
+        tries: &mut Tries,
+        what: &str,
+        error: &(dyn std::fmt::Display + Sync),
+    ) -> bool {
+        if tries.attempt >= self.opts.attempts.max(1) {
+            return false;
+        }
+        tracing::warn!(registry = %self.repo(), what, attempt = tries.attempt, error = %error, wait = ?tries.wait, "interrupted; trying again");
+        tokio::time::sleep(tries.wait).await;
+        tries.wait *= 2;
+        tries.attempt += 1;
+        true
     }
 
     /// Takes a new token after `refused` (a 401 to `what`).
@@ -948,13 +977,8 @@ impl Registry {
     async fn mount_from(&self, repos: &[String], desc: &Descriptor) -> Result<bool> {
         let host = self.reference.resolve_registry();
         let digest = desc.digest.to_string();
-        let unmountable = || {
-            self.unmountable
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
         for repo in repos.iter().filter(|r| **r != self.reference.repository()) {
-            if unmountable().contains(repo) {
+            if self.unmountable().contains(repo) {
                 continue;
             }
             let from = Reference::with_tag(host.to_owned(), repo.clone(), "latest".to_owned());
@@ -968,10 +992,6 @@ impl Registry {
                     {
                         return Ok(true);
                     }
-                }
-                Err(e) if unauthorized(&e) || forbidden(&e) => {
-                    tracing::info!(blob = %desc.digest, from = repo, error = %e, "cross-repository mount refused for want of access; not tried again from there");
-                    unmountable().insert(repo.clone());
                 }
                 Err(e) => {
                     tracing::info!(blob = %desc.digest, from = repo, error = %e, "cross-repository mount refused; uploading");
@@ -1003,9 +1023,23 @@ impl Registry {
                     again = false;
                     self.mounters.lock().await.remove(repo);
                 }
+                // Refused for want of access: with a token just taken, or
+                // denied outright.
+                Err(e) if forbidden(&e) || (!again && unauthorized(&e)) => {
+                    tracing::info!(from = repo, error = %e, "cross-repository mounts from there refused for want of access; not asked again");
+                    self.unmountable().insert(repo.to_owned());
+                    return Err(e);
+                }
                 mounted => return mounted,
             }
         }
+    }
+
+    /// The repositories mounts from which were refused for want of access.
+    fn unmountable(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.unmountable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A client whose token covers pushes here and pulls from `repo`, for

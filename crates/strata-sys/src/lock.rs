@@ -68,12 +68,15 @@ pub struct FileLock {
 impl FileLock {
     /// Takes the exclusive lock on `path` (created if missing, mode 0600,
     /// never through a symlink) without waiting, and records this
-    /// process's pid in it.
+    /// process's pid in it. The file's modification time stays as it was:
+    /// it tells when a shared lock was last taken.
     pub fn try_exclusive(path: &Path) -> Result<FileLock, LockError> {
         FileLock::take(path, true, |file| {
+            let was = file.metadata()?.modified()?;
             // Who holds it, for those who wait (advisory: not synced).
             file.set_len(0)?;
-            file.write_all(format!("{}\n", std::process::id()).as_bytes())
+            file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+            file.set_modified(was)
         })
     }
 
@@ -90,7 +93,10 @@ impl FileLock {
 
     /// Opens `path` and takes the exclusive or shared lock on it, then
     /// lets `then` write to the held file. A file removed (or replaced)
-    /// between the open and the lock is let go and `path` opened again.
+    /// between the open and the lock is let go and `path` opened again,
+    /// a few times at most: a name that never holds the file opened
+    /// through it (a file system whose inode numbers differ between the
+    /// two) is an error, not a spin.
     fn take(
         path: &Path,
         exclusive: bool,
@@ -100,6 +106,7 @@ impl FileLock {
             path: path.to_path_buf(),
             source,
         };
+        let mut tries = 0;
         let mut file = loop {
             let mut file = OpenOptions::new()
                 .read(true)
@@ -127,6 +134,12 @@ impl FileLock {
             }
             if still_named(&file, path).map_err(io)? {
                 break file;
+            }
+            tries += 1;
+            if tries == 16 {
+                return Err(io(std::io::Error::other(
+                    "the name never holds the file opened through it (removed each time, or the file system gives the two different inode numbers)",
+                )));
             }
         };
         then(&mut file).map_err(io)?;
@@ -230,6 +243,25 @@ mod tests {
             ErrorKind::Locked
         );
         drop(only);
+    }
+
+    #[test]
+    fn an_exclusive_lock_leaves_the_time_of_the_last_shared_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("LOCK");
+        drop(FileLock::try_shared(&path).unwrap());
+        let then = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+        let held = FileLock::try_exclusive(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), then);
+        drop(held);
+        drop(FileLock::try_shared(&path).unwrap());
+        assert!(std::fs::metadata(&path).unwrap().modified().unwrap() > then);
     }
 
     #[test]

@@ -158,9 +158,10 @@ impl TokenGate {
         self.state.refused_pieces.load(Ordering::SeqCst)
     }
 
-    /// Answers the next `n` requests (with a valid token) whose request
-    /// line contains `what` with 503 Service Unavailable: `"PATCH "` for
-    /// upload pieces, `"/manifests/"` for manifests.
+    /// Answers the next `n` requests (with a valid token, or to the token
+    /// service) whose request line contains `what` with 503 Service
+    /// Unavailable: `"PATCH "` for upload pieces, `"/manifests/"` for
+    /// manifests, `"/token"` for token requests.
     pub fn fail_next(&self, what: &str, n: u64) {
         *self.state.to_fail.lock().unwrap_or_else(|e| e.into_inner()) = (what.to_owned(), n);
     }
@@ -395,6 +396,9 @@ fn serve(state: &State, client: TcpStream) {
             let Some(form) = head.body_len().and_then(|n| read_body(&mut reader, n)) else {
                 return;
             };
+            if failed_on_purpose(state, &head, &mut writer) {
+                return;
+            }
             let form = String::from_utf8_lossy(&form).into_owned();
             let scopes = match granted(state, &head, &form) {
                 Ok(scopes) => scopes,
@@ -493,21 +497,7 @@ fn serve(state: &State, client: TcpStream) {
             }
             continue;
         }
-        let fail = {
-            let mut to_fail = state.to_fail.lock().unwrap_or_else(|e| e.into_inner());
-            let (what, left) = &mut *to_fail;
-            let fail = *left > 0 && head.line.contains(what.as_str());
-            *left -= u64::from(fail);
-            fail
-        };
-        if fail {
-            state.failed.fetch_add(1, Ordering::SeqCst);
-            let body = br#"{"errors":[{"code":"UNAVAILABLE","message":"try again later"}]}"#;
-            let headers = [
-                "Content-Type: application/json".to_owned(),
-                "Connection: close".to_owned(),
-            ];
-            respond(&mut writer, "503 Service Unavailable", &headers, body);
+        if failed_on_purpose(state, &head, &mut writer) {
             return;
         }
         let mut head = head;
@@ -528,6 +518,28 @@ fn serve(state: &State, client: TcpStream) {
         pass(state, &head, &body, &mut writer);
         return;
     }
+}
+
+/// Whether `head` is one [`TokenGate::fail_next`] asked to fail; then it
+/// has been answered with 503 (and the connection is to be closed).
+fn failed_on_purpose(state: &State, head: &Head, to: &mut TcpStream) -> bool {
+    let fail = {
+        let mut to_fail = state.to_fail.lock().unwrap_or_else(|e| e.into_inner());
+        let (what, left) = &mut *to_fail;
+        let fail = *left > 0 && head.line.contains(what.as_str());
+        *left -= u64::from(fail);
+        fail
+    };
+    if fail {
+        state.failed.fetch_add(1, Ordering::SeqCst);
+        let body = br#"{"errors":[{"code":"UNAVAILABLE","message":"try again later"}]}"#;
+        let headers = [
+            "Content-Type: application/json".to_owned(),
+            "Connection: close".to_owned(),
+        ];
+        respond(to, "503 Service Unavailable", &headers, body);
+    }
+    fail
 }
 
 /// Answers `head` with 401 and the challenge for `scope` (none when
