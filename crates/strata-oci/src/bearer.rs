@@ -92,15 +92,28 @@ fn unreached(url: &str, e: &reqwest::Error) -> TokenError {
     }
 }
 
-/// An answer of `status` from `url` that is not what was asked:
-/// transient when it is a server's failure or a request to slow down.
-fn refused(url: &str, status: reqwest::StatusCode, said: &[u8]) -> TokenError {
+/// An answer of `status` (with `headers` and body `said`) from `url`
+/// that is not what was asked: transient when it is a server's failure
+/// or a request to slow down.
+fn refused(
+    url: &str,
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    said: &[u8],
+) -> TokenError {
+    let mut message = format!("{url} answered {status}");
+    if status.is_redirection() {
+        let to = headers.get(reqwest::header::LOCATION);
+        let to = to.and_then(|l| l.to_str().ok()).unwrap_or("nowhere said");
+        message.push_str(&format!(" to {to}, which is not followed"));
+    }
+    if !said.is_empty() {
+        message.push_str(": ");
+        message.push_str(&String::from_utf8_lossy(&said[..said.len().min(200)]));
+    }
     TokenError {
         transient: status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS,
-        message: format!(
-            "{url} answered {status}: {}",
-            String::from_utf8_lossy(&said[..said.len().min(200)])
-        ),
+        message,
     }
 }
 
@@ -151,7 +164,7 @@ pub(crate) async fn token(
         return Ok(None);
     }
     if status != reqwest::StatusCode::UNAUTHORIZED {
-        return Err(refused(&probe, status, b""));
+        return Err(refused(&probe, status, answer.headers(), b""));
     }
     let Some(challenge) = answer
         .headers()
@@ -198,11 +211,12 @@ pub(crate) async fn token(
         }
     };
     let answer = request.send().await.map_err(|e| unreached(realm, &e))?;
-    let status = answer.status();
-    let body = answer.bytes().await.map_err(|e| unreached(realm, &e))?;
+    let (status, headers) = (answer.status(), answer.headers().clone());
     if !status.is_success() {
-        return Err(refused(realm, status, &body));
+        let said = answer.bytes().await.unwrap_or_default();
+        return Err(refused(realm, status, &headers, &said));
     }
+    let body = answer.bytes().await.map_err(|e| unreached(realm, &e))?;
     #[derive(serde::Deserialize)]
     struct Answer {
         token: Option<String>,
@@ -220,6 +234,9 @@ pub(crate) async fn token(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
 
     #[test]
@@ -266,5 +283,50 @@ mod tests {
         assert!(may_send_credentials(https, "HTTPS://auth.example/token"));
         // A registry reached over plain HTTP may name one so too.
         assert!(may_send_credentials(http, "http://127.0.0.1:5001/token"));
+    }
+
+    /// A server on 127.0.0.1 that answers every request with `answer`
+    /// (its status line and headers), counting the requests it got.
+    fn server(answer: String) -> (String, Arc<AtomicU64>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicU64::new(0));
+        let counted = count.clone();
+        std::thread::spawn(move || {
+            for mut client in listener.incoming().flatten() {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let whole = format!("{answer}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = client.write_all(whole.as_bytes());
+            }
+        });
+        (addr, count)
+    }
+
+    #[tokio::test]
+    async fn an_identity_token_follows_no_redirect() {
+        let (elsewhere, reached) = server("HTTP/1.1 200 OK".into());
+        let (token_service, _) = server(format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {elsewhere}/stolen"
+        ));
+        let (registry, _) = server(format!(
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{token_service}/token\",service=\"s\""
+        ));
+        let creds = Credentials::Identity("refresh".into());
+        let e = token(&registry, &creds, &["repository:a:pull".into()])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("which is not followed"), "{e}");
+        assert!(!e.transient);
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            0,
+            "the redirect was followed"
+        );
     }
 }

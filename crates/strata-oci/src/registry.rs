@@ -55,7 +55,8 @@ pub struct Registry {
     /// tokens.
     bare: Client,
     /// Whether the registry asked for no credentials when last
-    /// authenticated (and these are anonymous).
+    /// authenticated (and none were given, or an identity token the
+    /// registry had no use for).
     open: std::sync::atomic::AtomicBool,
     /// Clients whose token also covers pulls from another repository of
     /// this registry, by that repository (`None`: the registry hands out
@@ -1025,7 +1026,7 @@ impl Registry {
                 }
                 // Refused for want of access: with a token just taken, or
                 // denied outright.
-                Err(e) if forbidden(&e) || (!again && unauthorized(&e)) => {
+                Err(e) if forbidden(&e) || (!again && mounter.is_some() && unauthorized(&e)) => {
                     tracing::info!(from = repo, error = %e, "cross-repository mounts from there refused for want of access; not asked again");
                     self.unmountable().insert(repo.to_owned());
                     return Err(e);
@@ -1077,6 +1078,11 @@ impl Registry {
                 }
             },
             Ok(None) => None,
+            Err(e) if e.transient => {
+                // Asked again for the next blob.
+                tracing::info!(from = repo, error = %e, "no token for a cross-repository mount this time");
+                return None;
+            }
             Err(e) => {
                 tracing::info!(from = repo, error = %e, "no token for a cross-repository mount");
                 None
