@@ -83,11 +83,22 @@ fn lasting(message: String) -> TokenError {
     }
 }
 
-/// A failure to reach `url`: transient unless the request itself was
-/// wrong.
+/// Whether a request that failed with `e` may pass when sent again: the
+/// connection failed, timed out or broke off.
+pub(crate) fn may_pass(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+}
+
+/// Whether an answer of HTTP status `code` may change when asked again:
+/// a server's failure, or a request to slow down.
+pub(crate) fn may_change(code: u16) -> bool {
+    code >= 500 || code == 429
+}
+
+/// A failure to reach `url`.
 fn unreached(url: &str, e: &reqwest::Error) -> TokenError {
     TokenError {
-        transient: e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
+        transient: may_pass(e),
         message: format!("{url}: {e}"),
     }
 }
@@ -112,7 +123,7 @@ fn refused(
         message.push_str(&String::from_utf8_lossy(&said[..said.len().min(200)]));
     }
     TokenError {
-        transient: status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS,
+        transient: may_change(status.as_u16()),
         message,
     }
 }

@@ -150,10 +150,8 @@ fn served_corrupt(e: &OciDistributionError) -> bool {
 /// Whether a failed request may pass when tried again.
 fn transient(e: &OciDistributionError) -> bool {
     match e {
-        OciDistributionError::RequestError(r) => {
-            r.is_connect() || r.is_timeout() || r.is_request() || r.is_body()
-        }
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RequestError(r) => crate::bearer::may_pass(r),
+        OciDistributionError::ServerError { code, .. } => crate::bearer::may_change(*code),
         OciDistributionError::IoError(_) => !served_corrupt(e),
         _ => false,
     }

@@ -232,12 +232,7 @@ impl Head {
         let Some((_, query)) = self.path().split_once('?') else {
             return Vec::new();
         };
-        query
-            .split('&')
-            .filter_map(|p| p.split_once('='))
-            .filter(|(k, _)| *k == name)
-            .map(|(_, v)| decode(v))
-            .collect()
+        params(query, name)
     }
 
     /// The repository a registry request is about and the action it
@@ -263,6 +258,17 @@ impl Head {
             None => Some(0),
         }
     }
+}
+
+/// The values of parameter `name` in `encoded` (`k=v&k=v`, as a query
+/// or a form body), decoded.
+fn params(encoded: &str, name: &str) -> Vec<String> {
+    encoded
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| decode(v))
+        .collect()
 }
 
 /// `v` with `+` as a blank and `%XX` escapes decoded.
@@ -296,13 +302,7 @@ fn granted(
     head: &Head,
     form: &str,
 ) -> Result<HashMap<String, Vec<String>>, (&'static str, String)> {
-    let form = |name: &str| -> Vec<String> {
-        form.split('&')
-            .filter_map(|p| p.split_once('='))
-            .filter(|(k, _)| *k == name)
-            .map(|(_, v)| decode(v))
-            .collect()
-    };
+    let form = |name: &str| params(form, name);
     let identity = state.identity.lock().unwrap_or_else(|e| e.into_inner());
     let mut scopes = match identity.as_deref() {
         None => scopes_in(head.query("scope")),
