@@ -1308,9 +1308,18 @@ fn a_registry_with_tokens_mounts_blobs_across_repositories() {
     }
 }
 
+/// Writes docker's `config.json` into `dir` as `docker login` leaves it
+/// for registry `addr` after handing out identity token `token`: a user
+/// name without a password beside the token.
+fn identity_login(dir: &Path, addr: &str, token: &str) {
+    let entry = json!({"auth": base64_free::encode("00000000-0000:"), "identitytoken": token});
+    let config_json = json!({"auths": {addr: entry}});
+    fs::write(dir.join("config.json"), config_json.to_string()).unwrap();
+}
+
 #[test]
 fn an_identity_token_is_exchanged_at_the_token_service_and_never_sent_to_the_registry() {
-    let Some((_reg, gate)) = gated_registry_with_random_image(
+    let Some((reg, gate)) = gated_registry_with_random_image(
         "an_identity_token_is_exchanged_at_the_token_service_and_never_sent_to_the_registry",
         2,
         1000,
@@ -1324,13 +1333,7 @@ fn an_identity_token_is_exchanged_at_the_token_service_and_never_sent_to_the_reg
     for dir in [&none, &config] {
         fs::create_dir_all(dir).unwrap();
     }
-    // As `docker login` writes it for an identity token: a user name
-    // without a password beside the token.
-    let login = |token: &str| {
-        let entry = json!({"auth": base64_free::encode("00000000-0000:"), "identitytoken": token});
-        let config_json = json!({"auths": {gate.addr.as_str(): entry}});
-        fs::write(config.join("config.json"), config_json.to_string()).unwrap();
-    };
+    let login = |token: &str| identity_login(&config, &gate.addr, token);
     let source = format!("{}/base:1", gate.addr);
     let refused = registry_cmd(&b, &none, &["image", "pull", &source]);
     assert_eq!(refused.code, 4, "{}", refused.stderr);
@@ -1382,6 +1385,31 @@ fn an_identity_token_is_exchanged_at_the_token_service_and_never_sent_to_the_reg
         .json();
     assert_eq!(got["manifest"], pulled["manifest"], "{got}");
     assert_eq!(gate.identity_leaks(), 0, "sent to the registry itself");
+    // Tokens good for three requests run out during a push: each renewal
+    // exchanges the identity token once, for pulls and pushes, and the
+    // push's reads go on with that token (no exchange asks for pulls
+    // alone).
+    let short = TokenGate::start_counted(&reg.addr, 3);
+    short.accept_identity("refresh-1");
+    let short_config = b.path("docker-short");
+    fs::create_dir_all(&short_config).unwrap();
+    identity_login(&short_config, &short.addr, "refresh-1");
+    registry_cmd(
+        &b,
+        &short_config,
+        &["image", "push", "base", &format!("{}/base:2", short.addr)],
+    )
+    .expect(0);
+    let exchanges = short.exchanges();
+    assert!(short.refusals() > 0, "no token ran out: {exchanges:?}");
+    assert!(exchanges.len() > 1, "never renewed: {exchanges:?}");
+    assert!(
+        exchanges
+            .iter()
+            .all(|scopes| scopes.iter().any(|s| s.ends_with(":pull,push"))),
+        "{exchanges:?}"
+    );
+    assert_eq!(short.identity_leaks(), 0, "sent to the registry itself");
 }
 
 #[test]

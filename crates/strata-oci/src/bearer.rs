@@ -18,6 +18,7 @@ use http_auth::parser::ChallengeParser;
 use oci_client::secrets::RegistryAuth;
 
 use crate::auth::Credentials;
+use crate::registry::{may_change, may_pass};
 
 /// The `client_id` an OAuth2 token request names (the token service
 /// requires one; it identifies the program, not the user).
@@ -81,18 +82,6 @@ fn lasting(message: String) -> TokenError {
         transient: false,
         message,
     }
-}
-
-/// Whether a request that failed with `e` may pass when sent again: the
-/// connection failed, timed out or broke off.
-pub(crate) fn may_pass(e: &reqwest::Error) -> bool {
-    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
-}
-
-/// Whether an answer of HTTP status `code` may change when asked again:
-/// a server's failure, or a request to slow down.
-pub(crate) fn may_change(code: u16) -> bool {
-    code >= 500 || code == 429
 }
 
 /// A failure to reach `url`.

@@ -147,11 +147,24 @@ fn served_corrupt(e: &OciDistributionError) -> bool {
     false
 }
 
+/// Whether a request that failed with `e` may pass when sent again (to
+/// the registry or its token service): the connection failed, timed out
+/// or broke off.
+pub(crate) fn may_pass(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+}
+
+/// Whether an answer of HTTP status `code` may change when asked again:
+/// a server's failure, or a request to slow down.
+pub(crate) fn may_change(code: u16) -> bool {
+    code >= 500 || code == 429
+}
+
 /// Whether a failed request may pass when tried again.
 fn transient(e: &OciDistributionError) -> bool {
     match e {
-        OciDistributionError::RequestError(r) => crate::bearer::may_pass(r),
-        OciDistributionError::ServerError { code, .. } => crate::bearer::may_change(*code),
+        OciDistributionError::RequestError(r) => may_pass(r),
+        OciDistributionError::ServerError { code, .. } => may_change(*code),
         OciDistributionError::IoError(_) => !served_corrupt(e),
         _ => false,
     }
@@ -229,14 +242,16 @@ impl Registry {
     }
 
     /// Authenticates (again) for the operation `connect` was given: a
-    /// bearer token is fetched anew and replaces the one kept.
-    async fn authenticate(&self) -> Result<()> {
+    /// bearer token is fetched anew and replaces the one kept. Returns
+    /// what oci-client was given ([`Registry::client_auth`]), which is
+    /// good for pulls too.
+    async fn authenticate(&self) -> Result<RegistryAuth> {
         // A refused login is not answered by logging in again.
         let tries = Tries {
             reauthenticated: true,
             ..self.tries()
         };
-        let auth = self.client_auth(self.op).await?;
+        let auth = self.client_auth().await?;
         let token = self
             .retry_from(tries, "authenticate", || {
                 self.client.auth(&self.reference, &auth, self.op)
@@ -245,18 +260,19 @@ impl Registry {
         // Also for an identity token on a registry that asks for nothing.
         let open = token.is_none() && auth == RegistryAuth::Anonymous;
         self.open.store(open, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        Ok(auth)
     }
 
-    /// What oci-client is given to authenticate for `op`: the credentials
-    /// as they are, or for an identity token, the token the registry's
-    /// token service exchanges it for (anonymous where the registry asks
-    /// for nothing).
-    async fn client_auth(&self, op: RegistryOperation) -> Result<RegistryAuth> {
+    /// What oci-client is given to authenticate for the operation
+    /// `connect` was given: the credentials as they are, or for an
+    /// identity token, the token the registry's token service exchanges
+    /// it for (anonymous where the registry asks for nothing). A push's
+    /// token covers pulls as well.
+    async fn client_auth(&self) -> Result<RegistryAuth> {
         if let Credentials::Direct(auth) = &self.auth {
             return Ok(auth.clone());
         }
-        let actions = match op {
+        let actions = match self.op {
             RegistryOperation::Pull => "pull",
             RegistryOperation::Push => "pull,push",
         };
@@ -483,7 +499,7 @@ impl Registry {
         tracing::info!(registry = %self.repo(), what, error = %refused, "the registry refused the token (expired?); authenticating again");
         // Boxed: authenticating retries through `again`, which may call
         // this.
-        Box::pin(self.authenticate()).await?;
+        let auth = Box::pin(self.authenticate()).await?;
         if matches!(self.op, RegistryOperation::Push) {
             // oci-client keeps the token of a push's reads (existence
             // checks) apart, under the pull operation: it is renewed too.
@@ -493,15 +509,13 @@ impl Registry {
             };
             // A failure here leaves the old pull token in place, as it was
             // before this renewal existed: the request tried again may
-            // need only the push token, which was renewed.
-            let renewed = async {
-                let auth = self.client_auth(RegistryOperation::Pull).await?;
-                Box::pin(self.retry_from(tries, "authenticate", || {
-                    self.client
-                        .auth(&self.reference, &auth, RegistryOperation::Pull)
-                }))
-                .await
-            }
+            // need only the push token, which was renewed. The push's
+            // credentials serve: an identity token exchanged for the push
+            // is not exchanged a second time.
+            let renewed = Box::pin(self.retry_from(tries, "authenticate", || {
+                self.client
+                    .auth(&self.reference, &auth, RegistryOperation::Pull)
+            }))
             .await;
             if let Err(e) = renewed {
                 tracing::warn!(registry = %self.repo(), error = %e, "could not renew the token for a push's reads");

@@ -80,6 +80,8 @@ struct State {
     identity: Mutex<Option<String>>,
     /// Requests that sent the identity token to the registry itself.
     identity_leaks: AtomicU64,
+    /// The scopes each identity token exchange asked for, in order.
+    exchanges: Mutex<Vec<Vec<String>>>,
 }
 
 /// A token handed out: when, the requests it has passed, and what
@@ -131,6 +133,7 @@ impl TokenGate {
             mounts_refused_401: AtomicBool::new(false),
             identity: Mutex::new(None),
             identity_leaks: AtomicU64::new(0),
+            exchanges: Mutex::default(),
         });
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -199,6 +202,16 @@ impl TokenGate {
     /// their bearer token.
     pub fn identity_leaks(&self) -> u64 {
         self.state.identity_leaks.load(Ordering::SeqCst)
+    }
+
+    /// The scopes (`repository:NAME:ACTIONS`) each identity token
+    /// exchange granted so far asked for, in the order they came.
+    pub fn exchanges(&self) -> Vec<Vec<String>> {
+        self.state
+            .exchanges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// From now on, a mount whose token cannot pull from its source is
@@ -315,7 +328,10 @@ fn granted(
             if form("refresh_token") != [want] || form("client_id").is_empty() {
                 return Err(("400 Bad Request", r#"{"error":"invalid_grant"}"#.to_owned()));
             }
-            scopes_in(form("scope"))
+            let asked = form("scope");
+            let mut exchanges = state.exchanges.lock().unwrap_or_else(|e| e.into_inner());
+            exchanges.push(asked.clone());
+            scopes_in(asked)
         }
     };
     drop(identity);
