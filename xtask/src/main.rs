@@ -86,6 +86,7 @@ mod unprivileged;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -252,56 +253,108 @@ fn ci() -> anyhow::Result<()> {
     if std::env::var_os("STRATA_BLESS").is_some() {
         bail!("STRATA_BLESS is set: CI checks docs/cli.md, it never rewrites it (unset it)");
     }
-    run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    layering::check()?;
-    features::check()?;
+    let mut steps = Steps::default();
+    steps.run("fmt", || run(cargo().args(["fmt", "--all", "--check"])))?;
+    steps.run("clippy", || {
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    steps.run("layering", layering::check)?;
+    steps.run("features", features::check)?;
     // The command line without containerd's API (no tonic, no hyper) and
     // without registries builds and starts.
-    run(cargo().args([
-        "run",
-        "-q",
-        "-p",
-        "strata-cli",
-        "--no-default-features",
-        "--",
-        "--help",
-    ]))?;
-    protos::run(&["--check"])?;
+    steps.run("reduced build", || {
+        run(cargo().args([
+            "run",
+            "-q",
+            "-p",
+            "strata-cli",
+            "--no-default-features",
+            "--",
+            "--help",
+        ]))
+    })?;
+    steps.run("protos", || protos::run(&["--check"]))?;
     // A changed public signature, a removed item or a new variant of the
     // crates others build on is a reviewed diff of `api/`, blessed with
     // `cargo xtask public-api`.
-    public_api::run(&["--check"])?;
-    tidy::check()?;
-    api_docs()?;
-    publish::run()?;
+    steps.run("public-api", || public_api::run(&["--check"]))?;
+    steps.run("tidy", tidy::check)?;
+    steps.run("api-docs", api_docs)?;
+    steps.run("package", publish::run)?;
     // The benchmark and reliability tables are what the records draw.
-    report()?;
-    run(Command::new("git").args([
-        "diff",
-        "--exit-code",
-        "--",
-        "docs/benchmarks.md",
-        "docs/benchmarks",
-        "docs/reliability.md",
-        "docs/reliability",
-        "README.md",
-    ]))?;
+    steps.run("report", || {
+        report()?;
+        run(Command::new("git").args([
+            "diff",
+            "--exit-code",
+            "--",
+            "docs/benchmarks.md",
+            "docs/benchmarks",
+            "docs/reliability.md",
+            "docs/reliability",
+            "README.md",
+        ]))
+    })?;
     // Every benchmark once, small: none may rot (figures to a scratch dir).
-    bench::run(&["--quick"])?;
-    test(&[])?;
+    steps.run("bench --quick", || bench::run(&["--quick"]))?;
+    steps.run("test", || test(&[]))?;
     // The overlay backend on Debian 12's 6.1 kernel, booted under qemu.
-    qemu::run(&[])?;
+    steps.run("qemu", || qemu::run(&[]))?;
     // Two power cuts under qemu; `cargo xtask stress` makes many.
-    powerloss::run(&["--cuts", "2"])?;
+    steps.run("powerloss", || powerloss::run(&["--cuts", "2"]))?;
     // A short smoke run of the fuzz target; the long runs are `cargo xtask
     // fuzz`.
-    fuzz::run(&["--seconds", "30"])
+    steps.run("fuzz", || fuzz::run(&["--seconds", "30"]))?;
+    steps.summary();
+    Ok(())
+}
+
+/// CI's steps and how long each took, so a run's log says where its time
+/// went (the whole run must stay well inside its limit).
+#[derive(Default)]
+struct Steps {
+    took: Vec<(&'static str, Duration)>,
+}
+
+impl Steps {
+    /// Runs the step `name`; a failure names it and the times of the
+    /// steps so far, its own included.
+    fn run(
+        &mut self,
+        name: &'static str,
+        step: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let result = step();
+        let took = start.elapsed();
+        self.took.push((name, took));
+        eprintln!("ci: {name} took {:.0} s", took.as_secs_f64());
+        result.with_context(|| format!("ci step {name} (times so far: {})", self.line()))
+    }
+
+    /// `name N s, ...` for every step run so far.
+    fn line(&self) -> String {
+        let parts: Vec<String> = self
+            .took
+            .iter()
+            .map(|(name, took)| format!("{name} {:.0} s", took.as_secs_f64()))
+            .collect();
+        parts.join(", ")
+    }
+
+    fn summary(&self) {
+        let total: Duration = self.took.iter().map(|(_, t)| *t).sum();
+        eprintln!(
+            "ci: every step passed in {:.0} s: {}",
+            total.as_secs_f64(),
+            self.line()
+        );
+    }
 }
