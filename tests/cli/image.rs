@@ -1385,11 +1385,11 @@ fn an_identity_token_is_exchanged_at_the_token_service_and_never_sent_to_the_reg
         .json();
     assert_eq!(got["manifest"], pulled["manifest"], "{got}");
     assert_eq!(gate.identity_leaks(), 0, "sent to the registry itself");
-    // Tokens good for three requests run out during a push: each renewal
-    // exchanges the identity token once, for pulls and pushes, and the
-    // push's reads go on with that token (no exchange asks for pulls
-    // alone).
-    let short = TokenGate::start_counted(&reg.addr, 3);
+    // Tokens good for two requests run out during a push (at its third
+    // blob check): each renewal exchanges the identity token once, for
+    // pulls and pushes, and the push's reads go on with that token (no
+    // exchange asks for pulls alone).
+    let short = TokenGate::start_counted(&reg.addr, 2);
     short.accept_identity("refresh-1");
     let short_config = b.path("docker-short");
     fs::create_dir_all(&short_config).unwrap();

@@ -204,8 +204,8 @@ impl TokenGate {
         self.state.identity_leaks.load(Ordering::SeqCst)
     }
 
-    /// The scopes (`repository:NAME:ACTIONS`) each identity token
-    /// exchange granted so far asked for, in the order they came.
+    /// The scopes (`repository:NAME:ACTIONS`) asked for by each identity
+    /// token exchange granted so far, in the order they came.
     pub fn exchanges(&self) -> Vec<Vec<String>> {
         self.state
             .exchanges
