@@ -60,8 +60,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let dir = crate::workspace().join(DIR);
     let mut stale = Vec::new();
-    for krate in CRATES {
-        let json = rustdoc_json(krate)?;
+    for (krate, json) in CRATES.iter().zip(rustdoc_json()?) {
         let text =
             std::fs::read_to_string(&json).with_context(|| format!("read {}", json.display()))?;
         let doc: Value =
@@ -94,36 +93,57 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds `krate`'s rustdoc JSON (all features, so the whole surface is
-/// listed) with the nightly toolchain, in its own target directory so the
-/// stable builds' artefacts stay untouched; returns the JSON's path.
-fn rustdoc_json(krate: &str) -> anyhow::Result<PathBuf> {
+/// Builds the rustdoc JSON of every crate in [`CRATES`] (all features, so
+/// the whole surface is listed) with the nightly toolchain, in its own
+/// target directory so the stable builds' artefacts stay untouched;
+/// returns the JSON files' paths in [`CRATES`]' order.
+///
+/// One `cargo doc` for the four, not one `cargo rustdoc` each: their
+/// dependencies are checked once, in one feature set, where four
+/// invocations each checked them again in their own (about half of CI's
+/// time for this step). `--all-features` of several packages turns on
+/// every feature of each, so each crate's surface is what it was alone.
+fn rustdoc_json() -> anyhow::Result<Vec<PathBuf>> {
     let target = crate::target_dir().join("public-api");
-    let json = target
-        .join("doc")
-        .join(format!("{}.json", krate.replace('-', "_")));
+    let jsons: Vec<PathBuf> = CRATES
+        .iter()
+        .map(|krate| {
+            target
+                .join("doc")
+                .join(format!("{}.json", krate.replace('-', "_")))
+        })
+        .collect();
+    // A listing read from a JSON file an earlier run left would hide a
+    // crate this run failed to document.
+    for json in &jsons {
+        if json.exists() {
+            std::fs::remove_file(json).with_context(|| format!("remove {}", json.display()))?;
+        }
+    }
     // The nightly is called the way the fuzz target calls it; it is the
-    // only toolchain whose rustdoc writes JSON.
+    // only toolchain whose rustdoc writes JSON. `--no-deps` documents the
+    // listed crates alone, so the JSON flags reach only their rustdoc.
     let mut cmd = Command::new("cargo");
     cmd.args([
         "+nightly",
-        "rustdoc",
+        "doc",
         "-q",
-        "-p",
-        krate,
+        "--no-deps",
         "--lib",
         "--all-features",
-    ])
-    .arg("--target-dir")
-    .arg(&target)
-    .args(["--", "-Z", "unstable-options", "--output-format", "json"])
-    // Flags meant for the stable rustdoc (`api-docs`) are not for this.
-    .env_remove("RUSTDOCFLAGS");
-    crate::run(&mut cmd)?;
-    if !json.exists() {
-        bail!("rustdoc wrote no {}", json.display());
+    ]);
+    for krate in CRATES {
+        cmd.args(["-p", krate]);
     }
-    Ok(json)
+    cmd.arg("--target-dir")
+        .arg(&target)
+        // Flags meant for the stable rustdoc (`api-docs`) are replaced.
+        .env("RUSTDOCFLAGS", "-Z unstable-options --output-format json");
+    crate::run(&mut cmd)?;
+    if let Some(missing) = jsons.iter().find(|j| !j.exists()) {
+        bail!("rustdoc wrote no {}", missing.display());
+    }
+    Ok(jsons)
 }
 
 /// The checked-in file: a header, then the lines.
