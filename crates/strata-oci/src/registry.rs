@@ -155,9 +155,10 @@ pub(crate) fn may_pass(e: &reqwest::Error) -> bool {
 }
 
 /// Whether an answer of HTTP status `code` may change when asked again:
-/// a server's failure, or a request to slow down.
+/// a server's failure, a request to slow down, or a server (or a proxy in
+/// front of it) that gave up waiting for the request (408).
 pub(crate) fn may_change(code: u16) -> bool {
-    code >= 500 || code == 429
+    code >= 500 || code == 429 || code == 408
 }
 
 /// Whether a failed request may pass when tried again.
@@ -1371,6 +1372,21 @@ pub async fn push(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_answer_is_asked_again_only_when_it_may_change() {
+        let answer = |code| OciDistributionError::ServerError {
+            code,
+            url: "http://127.0.0.1:5000/v2/x/blobs/sha256:0".to_owned(),
+            message: String::new(),
+        };
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(transient(&answer(code)), "{code} may change");
+        }
+        for code in [400, 401, 403, 404, 405, 409, 413, 416] {
+            assert!(!transient(&answer(code)), "{code} is lasting");
+        }
+    }
 
     #[test]
     fn loopback_hosts() {
