@@ -196,21 +196,38 @@ pub(crate) fn test(extra: &[&str]) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(workspace().join("target"))?;
     // Libraries, binaries and tests; not benches, which `cargo xtask bench`
-    // runs on the scratch file systems they need.
-    let result = run(cargo()
-        .args(["test", "--workspace", "--lib", "--bins", "--tests"])
-        .args(extra)
-        .env("STRATA_SKIP_LOG", &skips));
-    // The examples in the documentation compile and run.
-    let result = result.and_then(|()| {
-        run(cargo()
-            .args(["test", "--workspace", "--doc"])
-            .env("STRATA_SKIP_LOG", &skips))
-    });
-    let result = result.and_then(|()| examples::run(&skips));
-    // As root, the conformance cases that do not mount once more as
-    // nobody.
-    let result = result.and_then(|()| unprivileged::run());
+    // runs on the scratch file systems they need. Built first, then run,
+    // so the log says which of the two took the time.
+    // `--no-run` goes before `extra`, which may end with `-- ARGS` for the
+    // test binaries.
+    let unit = |build_only: bool| {
+        let mut tests = cargo();
+        tests.args(["test", "--workspace", "--lib", "--bins", "--tests"]);
+        if build_only {
+            tests.arg("--no-run");
+        }
+        tests.args(extra).env("STRATA_SKIP_LOG", &skips);
+        tests
+    };
+    let mut steps = Steps::new("test");
+    let result = steps
+        .run("build", || run(&mut unit(true)))
+        .and_then(|()| steps.run("run", || run(&mut unit(false))))
+        // The examples in the documentation compile and run.
+        .and_then(|()| {
+            steps.run("doc", || {
+                run(cargo()
+                    .args(["test", "--workspace", "--doc"])
+                    .env("STRATA_SKIP_LOG", &skips))
+            })
+        })
+        .and_then(|()| steps.run("examples", || examples::run(&skips)))
+        // As root, the conformance cases that do not mount once more as
+        // nobody.
+        .and_then(|()| steps.run("unprivileged", unprivileged::run));
+    if result.is_ok() {
+        steps.summary();
+    }
     let skipped = std::fs::read_to_string(&skips).unwrap_or_default();
     let names: Vec<&str> = skipped.lines().collect();
     if names.is_empty() {
@@ -253,7 +270,7 @@ fn ci() -> anyhow::Result<()> {
     if std::env::var_os("STRATA_BLESS").is_some() {
         bail!("STRATA_BLESS is set: CI checks docs/cli.md, it never rewrites it (unset it)");
     }
-    let mut steps = Steps::default();
+    let mut steps = Steps::new("ci");
     steps.run("fmt", || run(cargo().args(["fmt", "--all", "--check"])))?;
     steps.run("clippy", || {
         run(cargo().args([
@@ -316,14 +333,23 @@ fn ci() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CI's steps and how long each took, so a run's log says where its time
-/// went (the whole run must stay well inside its limit).
-#[derive(Default)]
+/// The steps of a long command (CI, the tests) and how long each took, so
+/// a run's log says where its time went (CI must stay well inside its
+/// limit).
 struct Steps {
+    /// The command, leading each line it prints: `ci`, `test`.
+    who: &'static str,
     took: Vec<(&'static str, Duration)>,
 }
 
 impl Steps {
+    fn new(who: &'static str) -> Steps {
+        Steps {
+            who,
+            took: Vec::new(),
+        }
+    }
+
     /// Runs the step `name`; a failure names it and the times of the
     /// steps so far, its own included.
     fn run(
@@ -335,8 +361,9 @@ impl Steps {
         let result = step();
         let took = start.elapsed();
         self.took.push((name, took));
-        eprintln!("ci: {name} took {:.0} s", took.as_secs_f64());
-        result.with_context(|| format!("ci step {name} (times so far: {})", self.line()))
+        let who = self.who;
+        eprintln!("{who}: {name} took {:.0} s", took.as_secs_f64());
+        result.with_context(|| format!("{who} step {name} (times so far: {})", self.line()))
     }
 
     /// `name N s, ...` for every step run so far.
@@ -352,7 +379,8 @@ impl Steps {
     fn summary(&self) {
         let total: Duration = self.took.iter().map(|(_, t)| *t).sum();
         eprintln!(
-            "ci: every step passed in {:.0} s: {}",
+            "{}: every step passed in {:.0} s: {}",
+            self.who,
             total.as_secs_f64(),
             self.line()
         );
