@@ -198,11 +198,19 @@ pub(crate) fn test(extra: &[&str]) -> anyhow::Result<()> {
     // Libraries, binaries and tests; not benches, which `cargo xtask bench`
     // runs on the scratch file systems they need. Built first, then run,
     // so the log says which of the two took the time.
-    // `--no-run` goes before `extra`, which may end with `-- ARGS` for the
-    // test binaries.
+    // Each test binary is run through `timed_runner`, which says how long
+    // it took. `--no-run` goes before `extra`, which may end with
+    // `-- ARGS` for the test binaries.
+    let runner = timed_runner()?;
     let unit = |build_only: bool| {
         let mut tests = cargo();
-        tests.args(["test", "--workspace", "--lib", "--bins", "--tests"]);
+        tests
+            .args(["test", "--workspace", "--lib", "--bins", "--tests"])
+            .arg("--config")
+            .arg(format!(
+                "target.'cfg(all())'.runner = ['{}']",
+                runner.display()
+            ));
         if build_only {
             tests.arg("--no-run");
         }
@@ -239,6 +247,26 @@ pub(crate) fn test(extra: &[&str]) -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// Writes the runner cargo runs each test binary through: it runs the
+/// binary and then prints `test: NAME took N s` (NAME without cargo's
+/// hash), so the log says which binaries take the test step's time. The
+/// binary's exit status is the runner's.
+fn timed_runner() -> anyhow::Result<PathBuf> {
+    let path = workspace().join("target/xtask-timed-runner");
+    let script = r#"#!/bin/sh
+start=$(date +%s)
+"$@"
+status=$?
+name=$(basename "$1")
+echo "test: ${name%-*} took $(( $(date +%s) - start )) s" >&2
+exit $status
+"#;
+    std::fs::write(&path, script).with_context(|| format!("write {}", path.display()))?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .with_context(|| format!("make {} executable", path.display()))?;
+    Ok(path)
 }
 
 /// Renders `docs/cli.md` from strata-cli's command tree: the test that
