@@ -93,8 +93,8 @@ fn unreached(url: &str, e: &reqwest::Error) -> TokenError {
 }
 
 /// An answer of `status` (with `headers` and body `said`) from `url`
-/// that is not what was asked: transient when it is a server's failure
-/// or a request to slow down.
+/// that is not what was asked: transient when it may change when asked
+/// again ([`may_change`]).
 fn refused(
     url: &str,
     status: reqwest::StatusCode,

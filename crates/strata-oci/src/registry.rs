@@ -167,6 +167,11 @@ fn transient(e: &OciDistributionError) -> bool {
         OciDistributionError::RequestError(r) => may_pass(r),
         OciDistributionError::ServerError { code, .. } => may_change(*code),
         OciDistributionError::IoError(_) => !served_corrupt(e),
+        // An answer the registry explained in an error body (oci-client
+        // keeps no status for it): only a request to slow down may pass.
+        OciDistributionError::RegistryError { .. } => {
+            answered(e, 429, &oci_client::errors::OciErrorCode::Toomanyrequests)
+        }
         _ => false,
     }
 }
@@ -1385,6 +1390,28 @@ mod tests {
         }
         for code in [400, 401, 403, 404, 405, 409, 413, 416] {
             assert!(!transient(&answer(code)), "{code} is lasting");
+        }
+        // The same with an error body, which oci-client keeps instead of
+        // the status.
+        use oci_client::errors::{OciEnvelope, OciError, OciErrorCode};
+        let explained = |code| OciDistributionError::RegistryError {
+            envelope: OciEnvelope {
+                errors: vec![OciError {
+                    code,
+                    message: String::new(),
+                    detail: serde_json::Value::Null,
+                }],
+            },
+            url: "http://127.0.0.1:5000/v2/x/manifests/latest".to_owned(),
+        };
+        assert!(transient(&explained(OciErrorCode::Toomanyrequests)));
+        for code in [
+            OciErrorCode::ManifestUnknown,
+            OciErrorCode::Denied,
+            OciErrorCode::Unsupported,
+        ] {
+            let name = format!("{code:?}");
+            assert!(!transient(&explained(code)), "{name} is lasting");
         }
     }
 
