@@ -250,9 +250,12 @@ pub(crate) fn test(extra: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Writes the runner cargo runs each test binary through: it runs the
-/// binary and then prints `test: NAME took N s` (NAME without cargo's
-/// hash), so the log says which binaries take the test step's time. The
-/// binary's exit status is the runner's.
+/// binary and then prints `test: PACKAGE/NAME took N s` (NAME without
+/// cargo's hash; cargo gives the runner the package's name), so the log
+/// says which binaries take the test step's time. The binary's exit
+/// status is the runner's, and a failed one's is printed with its time
+/// (128 + N: the binary was killed by signal N, which cargo then reports
+/// as that status).
 fn timed_runner() -> anyhow::Result<PathBuf> {
     let path = workspace().join("target/xtask-timed-runner");
     let script = r#"#!/bin/sh
@@ -260,7 +263,11 @@ start=$(date +%s)
 "$@"
 status=$?
 name=$(basename "$1")
-echo "test: ${name%-*} took $(( $(date +%s) - start )) s" >&2
+took="test: $CARGO_PKG_NAME/${name%-*} took $(( $(date +%s) - start )) s"
+if [ "$status" -ne 0 ]; then
+    took="$took, exit status $status"
+fi
+echo "$took" >&2
 exit $status
 "#;
     std::fs::write(&path, script).with_context(|| format!("write {}", path.display()))?;
