@@ -198,6 +198,7 @@ pub(crate) fn test(extra: &[&str]) -> anyhow::Result<()> {
     // Libraries, binaries and tests; not benches, which `cargo xtask bench`
     // runs on the scratch file systems they need. Built first, then run,
     // so the log says which of the two took the time.
+    //
     // Each test binary is run through `timed_runner`, which says how long
     // it took. `--no-run` goes before `extra`, which may end with
     // `-- ARGS` for the test binaries.

@@ -100,8 +100,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
 ///
 /// One `cargo doc` for the four, not one `cargo rustdoc` each: their
 /// dependencies are checked once, in one feature set, where four
-/// invocations each checked them again in their own (about half of CI's
-/// time for this step). `--all-features` of several packages turns on
+/// invocations each checked them again in their own. `--all-features` of several packages turns on
 /// every feature of each, so each crate's surface is what it was alone.
 fn rustdoc_json() -> anyhow::Result<Vec<PathBuf>> {
     let target = crate::target_dir().join("public-api");
