@@ -125,6 +125,7 @@ fn main() {
             created: now(),
             updated: now(),
             usage: None,
+            lazy: false,
         };
         tx.put(&format!("s{i}"), &r).unwrap();
     }

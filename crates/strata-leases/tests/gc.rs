@@ -103,6 +103,7 @@ impl Env {
             created: now(),
             updated: now(),
             usage: None,
+            lazy: false,
         };
         tx.put(key, &r).unwrap();
         tx.commit().unwrap();

@@ -125,6 +125,22 @@ pub struct SnapshotRecord {
     pub updated: Nanos,
     /// Usage fixed at commit.
     pub usage: Option<UsageRecord>,
+    /// A committed snapshot whose layer has not been fetched yet (an image
+    /// pulled lazily): its directory is an empty placeholder, which the
+    /// snapshot store never hands out as the layer's tree (v2).
+    pub lazy: bool,
+}
+
+/// A [`SnapshotRecord`] as version 1 encoded it: no `lazy`.
+#[derive(Deserialize)]
+struct SnapshotRecordV1 {
+    id: String,
+    kind: SnapshotKind,
+    parent: Option<String>,
+    labels: Labels,
+    created: Nanos,
+    updated: Nanos,
+    usage: Option<UsageRecord>,
 }
 
 /// Index table of snapshots by parent: key (parent, child), no value.
@@ -132,8 +148,25 @@ pub const SNAPSHOT_CHILDREN: &str = "snapshot_children";
 
 impl Record for SnapshotRecord {
     const TABLE: &'static str = "snapshots";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
     const INDEXED: bool = true;
+
+    fn upgrade(version: u8, payload: &[u8]) -> Result<Self, String> {
+        if version != 1 {
+            return Err(format!("no upgrade from record version {version}"));
+        }
+        let v1: SnapshotRecordV1 = postcard::from_bytes(payload).map_err(|e| e.to_string())?;
+        Ok(SnapshotRecord {
+            id: v1.id,
+            kind: v1.kind,
+            parent: v1.parent,
+            labels: v1.labels,
+            created: v1.created,
+            updated: v1.updated,
+            usage: v1.usage,
+            lazy: false,
+        })
+    }
 
     fn index_keys(&self, key: &str) -> Vec<(&'static str, String)> {
         self.parent

@@ -11,8 +11,10 @@ use crate::tx::{META, RawTable, Reader, WriteTx};
 use crate::{MetaDb, MetaError};
 
 /// The schema version this build writes (2: the `snapshot_children`
-/// index; 3: the `settings` table, the snapshot backend by name).
-pub const SCHEMA_VERSION: u32 = 3;
+/// index; 3: the `settings` table, the snapshot backend by name; 4: lazy
+/// snapshots, whose placeholder directories an older build would take for
+/// empty layers).
+pub const SCHEMA_VERSION: u32 = 4;
 
 const VERSION_ROW: &str = "schema_version";
 
@@ -26,11 +28,15 @@ pub(crate) struct Migration {
 pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         from: 1,
-        run: index_snapshot_parents,
+        run: rewrite_snapshots,
     },
     Migration {
         from: 2,
         run: backend_by_name,
+    },
+    Migration {
+        from: 3,
+        run: rewrite_snapshots,
     },
 ];
 
@@ -58,9 +64,11 @@ fn backend_by_name(tx: &WriteTx) -> Result<(), MetaError> {
     tx.remove_meta(BACKEND_ROW)
 }
 
-/// 1 to 2: index every snapshot by its parent (a row written afresh is
-/// indexed).
-fn index_snapshot_parents(tx: &WriteTx) -> Result<(), MetaError> {
+/// Every snapshot row written afresh: 1 to 2 indexes each by its parent
+/// (a row written is indexed); 3 to 4 writes each in the record's current
+/// encoding (version 2, with `lazy`), so no file of schema 4 mixes
+/// encodings.
+fn rewrite_snapshots(tx: &WriteTx) -> Result<(), MetaError> {
     for (key, r) in tx.scan::<SnapshotRecord>("")? {
         tx.delete::<SnapshotRecord>(&key)?;
         tx.put(&key, &r)?;
@@ -301,28 +309,32 @@ mod tests {
     }
 
     #[test]
-    fn schema_1_snapshots_get_their_parent_index() {
+    fn schema_1_snapshots_get_their_parent_index_and_the_current_encoding() {
         use crate::records::{SNAPSHOT_CHILDREN, SnapshotKind};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.redb");
+        let table = RawTable::new(<SnapshotRecord as crate::Record>::TABLE);
         {
             let db = open(&path, 1, &[]).unwrap();
             let tx = db.write().unwrap();
             for (key, parent) in [("base", None), ("child", Some("base"))] {
-                let r = SnapshotRecord {
-                    id: key.into(),
-                    kind: SnapshotKind::Committed,
-                    parent: parent.map(str::to_owned),
-                    labels: Default::default(),
-                    created: 1,
-                    updated: 1,
-                    usage: None,
-                };
-                // Bytes as schema 1 wrote them: no index rows.
+                // Bytes as schema 1 wrote them: record version 1 (no
+                // `lazy`), no index rows.
+                let v1 = (
+                    key,
+                    SnapshotKind::Committed,
+                    parent,
+                    strata_core::Labels::new(),
+                    1i64,
+                    1i64,
+                    None::<crate::records::UsageRecord>,
+                );
+                let mut bytes = vec![1u8];
+                bytes.extend(postcard::to_stdvec(&v1).unwrap());
                 tx.raw()
-                    .open_table(RawTable::new(<SnapshotRecord as crate::Record>::TABLE))
+                    .open_table(table)
                     .unwrap()
-                    .insert(key, crate::encode(&r).as_slice())
+                    .insert(key, bytes.as_slice())
                     .unwrap();
             }
             tx.commit().unwrap();
@@ -333,6 +345,13 @@ mod tests {
             r.index_scan(SNAPSHOT_CHILDREN, "").unwrap(),
             [crate::keys::join(&["base", "child"])]
         );
+        let child = r.get::<SnapshotRecord>("child").unwrap().unwrap();
+        assert_eq!(child.parent.as_deref(), Some("base"));
+        assert!(!child.lazy);
+        let raw = r
+            .raw_rows(<SnapshotRecord as crate::Record>::TABLE)
+            .unwrap();
+        assert!(raw.iter().all(|(_, bytes)| bytes.first() == Some(&2)));
         assert!(db.check().unwrap().is_empty());
     }
 

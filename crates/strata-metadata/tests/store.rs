@@ -24,6 +24,7 @@ fn snapshot(id: u64, kind: SnapshotKind, parent: Option<&str>) -> SnapshotRecord
         created: 1,
         updated: 2,
         usage: None,
+        lazy: false,
     }
 }
 
@@ -226,6 +227,24 @@ fn check_reports_every_violation() {
     .unwrap();
     tx.put("dup-id", &snapshot(3, SnapshotKind::Committed, None))
         .unwrap();
+    let lazy = |id, kind, parent| SnapshotRecord {
+        lazy: true,
+        ..snapshot(id, kind, parent)
+    };
+    tx.put("lazy", &lazy(4, SnapshotKind::Committed, None))
+        .unwrap();
+    tx.put("lazy-active", &lazy(5, SnapshotKind::Active, Some("lazy")))
+        .unwrap();
+    tx.put(
+        "on-lazy",
+        &snapshot(6, SnapshotKind::Committed, Some("lazy")),
+    )
+    .unwrap();
+    tx.put(
+        "lazy-on-lazy",
+        &lazy(7, SnapshotKind::Committed, Some("lazy")),
+    )
+    .unwrap();
     tx.put(
         &keys::join(&["default", "no-lease", "content", "x"]),
         &LeaseResourceRecord {},
@@ -275,6 +294,8 @@ fn check_reports_every_violation() {
         "snapshots \"orphan\": parent \"gone\" does not exist",
         "snapshots \"on-active\": parent \"active\" is not committed",
         "is also used by",
+        "snapshots \"lazy-active\": lazy, but not committed",
+        "snapshots \"on-lazy\": parent \"lazy\" is lazy, and this one is not",
         "lease_resources \"default/no-lease/content/x\": lease \"no-lease\" of namespace \"default\" does not exist",
         "refs \"ref\": snapshot \"nope\" does not exist",
         "ref_index \"idx/ref\": ref \"ref\" has no value indexed \"idx\"",
@@ -318,6 +339,7 @@ proptest! {
         let r = SnapshotRecord {
             id, kind, parent, labels, created: -5, updated: i64::MAX,
             usage: usage.map(|(size, inodes)| UsageRecord { size, inodes }),
+            lazy: false,
         };
         prop_assert_eq!(decode::<SnapshotRecord>(&encode(&r)).unwrap(), r);
     }

@@ -172,3 +172,97 @@ async fn mounted_snapshots_are_in_use() {
     assert_eq!(in_use.unwrap(), [Node::Snapshot("k".into())]);
     assert!(s.in_use().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_lazy_snapshot_is_never_read_until_filled_and_then_keeps_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let s = open(root);
+    let layer = |name: &'static str, file: &'static str| {
+        let s = s.clone();
+        async move {
+            let active = format!("{name}-active");
+            s.prepare(
+                &active,
+                Some("base").filter(|_| name != "base"),
+                Labels::new(),
+            )
+            .await
+            .unwrap();
+            fs::write(s.fs_dir(&active).unwrap().join(file), file).unwrap();
+            s.commit(name, &active, Labels::new()).await.unwrap();
+        }
+    };
+    layer("base", "a").await;
+    s.create_lazy("lazy1", Some("base"), Labels::new())
+        .await
+        .unwrap();
+    s.create_lazy("lazy2", Some("lazy1"), Labels::new())
+        .await
+        .unwrap();
+    let info = s.stat("lazy2").await.unwrap();
+    assert_eq!(
+        (info.kind, info.parent.as_deref()),
+        (strata_snapshot::Kind::Committed, Some("lazy1"))
+    );
+    assert!(s.is_lazy("lazy1").unwrap() && !s.is_lazy("base").unwrap());
+    assert_eq!(s.usage("lazy1").await.unwrap(), Default::default());
+
+    // Nothing reads a placeholder or stacks on it, however it is asked.
+    let lazy = |e: strata_snapshot::SnapshotError, key: &str| {
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+        assert!(e.to_string().contains(&format!("{key:?} is lazy")), "{e}");
+    };
+    lazy(
+        s.view("v", Some("lazy2"), Labels::new()).await.unwrap_err(),
+        "lazy2",
+    );
+    lazy(
+        s.prepare("p", Some("lazy2"), Labels::new())
+            .await
+            .unwrap_err(),
+        "lazy2",
+    );
+    lazy(s.fs_dir("lazy1").unwrap_err(), "lazy1");
+    lazy(s.view_mounts("lazy1").unwrap_err(), "lazy1");
+    assert!(s.check().unwrap().is_empty());
+
+    // Filled bottom first: the lazy snapshot keeps its name and children.
+    layer("fill", "b").await;
+    let refused = s.fill_lazy("lazy2", "fill").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("is not the lazy snapshot's"),
+        "{refused}"
+    );
+    s.fill_lazy("lazy1", "fill").await.unwrap();
+    assert!(!s.is_lazy("lazy1").unwrap());
+    assert_eq!(
+        s.stat("fill").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        fs::read_to_string(s.fs_dir("lazy1").unwrap().join("b")).unwrap(),
+        "b"
+    );
+    assert!(s.usage("lazy1").await.unwrap().inodes > 0);
+    s.view("v", Some("lazy1"), Labels::new()).await.unwrap();
+    lazy(
+        s.view("v2", Some("lazy2"), Labels::new())
+            .await
+            .unwrap_err(),
+        "lazy2",
+    );
+    let again = s.fill_lazy("lazy1", "base").await.unwrap_err();
+    assert!(again.to_string().contains("it is not lazy"), "{again}");
+
+    // The placeholder went with the fill; a reopen after a crash keeps
+    // the lazy snapshot (its placeholder is a directory like any other).
+    let dirs = || fs::read_dir(root.join("snapshots")).unwrap().count();
+    assert_eq!(dirs(), 4, "base, lazy1, lazy2 and the view");
+    drop(s);
+    let s = open(root);
+    assert!(s.is_lazy("lazy2").unwrap());
+    assert!(s.check().unwrap().is_empty());
+    s.remove("lazy2").await.unwrap();
+    assert_eq!(dirs(), 3);
+}

@@ -22,6 +22,10 @@ pub enum SnapshotError {
         /// What about its state forbids the operation.
         reason: String,
     },
+    /// The snapshot, or one below it, is lazy: its layer has not been
+    /// fetched, so there is no tree to read or stack on yet.
+    #[error("snapshot {0:?} is lazy: its layer has not been fetched yet (unlazy it first)")]
+    Lazy(String),
     /// A bad key, label or field path.
     #[error("{0}")]
     Invalid(String),
@@ -78,7 +82,9 @@ impl Classify for SnapshotError {
         match self {
             SnapshotError::NotFound(_) => ErrorKind::NotFound,
             SnapshotError::AlreadyExists(_) => ErrorKind::AlreadyExists,
-            SnapshotError::FailedPrecondition { .. } => ErrorKind::FailedPrecondition,
+            SnapshotError::FailedPrecondition { .. } | SnapshotError::Lazy(_) => {
+                ErrorKind::FailedPrecondition
+            }
             SnapshotError::Invalid(_) => ErrorKind::Invalid,
             SnapshotError::Io { source, .. } => Classify::kind(source),
             SnapshotError::Meta(e) => e.kind(),

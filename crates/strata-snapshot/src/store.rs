@@ -93,6 +93,9 @@ impl Inner {
                     "a parent must be committed",
                 ));
             }
+            if r.lazy {
+                return Err(SnapshotError::Lazy(key));
+            }
             first = false;
             out.push(self.dir(&r.id));
             next = r.parent;
@@ -100,11 +103,33 @@ impl Inner {
         Ok(out)
     }
 
+    /// What a snapshot made on `parent` stacks on: the directories of
+    /// `parent`'s chain; none for a lazy snapshot, whose placeholder holds
+    /// nothing, and whose parent need only be committed (lazy or not).
+    fn lowers(
+        &self,
+        tx: &impl Reader,
+        parent: Option<&str>,
+        lazy: bool,
+    ) -> Result<Vec<PathBuf>, SnapshotError> {
+        if !lazy {
+            return self.chain(tx, parent);
+        }
+        if let Some(p) = parent
+            && self.get(tx, p)?.kind != SnapshotKind::Committed
+        {
+            return Err(SnapshotError::precondition(p, "a parent must be committed"));
+        }
+        Ok(Vec::new())
+    }
+
+    /// Creates `key` of `kind` on `parent`; a `lazy` one (committed) gets
+    /// an empty placeholder directory in place of its layer.
     fn create(
         &self,
         key: &str,
         parent: Option<&str>,
-        kind: Kind,
+        (kind, lazy): (Kind, bool),
         labels: Labels,
         hold: Option<&Hold>,
     ) -> Result<Vec<Mount>, SnapshotError> {
@@ -115,13 +140,19 @@ impl Inner {
             if tx.get::<SnapshotRecord>(key)?.is_some() {
                 return Err(SnapshotError::AlreadyExists(key.to_owned()));
             }
-            self.chain(&tx, parent)?
+            self.lowers(&tx, parent, lazy)?
         };
         let id = id::new_id();
         let staging = self.tmp.join(format!("{NEW_PREFIX}{id}"));
         let built = (|| {
             fs::create_dir(&staging).map_err(|e| SnapshotError::io("create", &staging, e))?;
-            self.backend.create(&staging, kind, &parents)?;
+            if lazy {
+                // An empty layer, committed as the backend commits one.
+                self.backend.create(&staging, Kind::Active, &[])?;
+                self.backend.commit(&staging)?;
+            } else {
+                self.backend.create(&staging, kind, &parents)?;
+            }
             sync_dir(&staging)
         })();
         if let Err(e) = built {
@@ -138,7 +169,7 @@ impl Inner {
                 return Err(SnapshotError::AlreadyExists(key.to_owned()));
             }
             // The parent may have gone since the first look.
-            self.chain(&tx, parent)?;
+            self.lowers(&tx, parent, lazy)?;
             let ts = now();
             let record = SnapshotRecord {
                 id: id.clone(),
@@ -147,7 +178,8 @@ impl Inner {
                 labels,
                 created: ts,
                 updated: ts,
-                usage: None,
+                usage: lazy.then(Default::default),
+                lazy,
             };
             tx.put(key, &record)?;
             if let Some(h) = hold {
@@ -160,7 +192,68 @@ impl Inner {
             self.remove_dir(&id);
             return Err(e);
         }
+        if lazy {
+            return Ok(Vec::new());
+        }
         Ok(self.backend.mounts(&dir, kind, &parents))
+    }
+
+    /// Gives the lazy snapshot `key` the layer of `filled`, a committed
+    /// snapshot on the same parent made from the layer's blob, in one
+    /// transaction: `key` keeps its name, parent, labels, children and
+    /// every row naming it, and takes `filled`'s directory and usage;
+    /// `filled` ceases to exist (leaving `hold`), and the placeholder goes.
+    fn fill_lazy(&self, key: &str, filled: &str, hold: Option<&Hold>) -> Result<(), SnapshotError> {
+        let tx = self.db.write()?;
+        let lazy = self.get(&tx, key)?;
+        if !lazy.lazy {
+            return Err(SnapshotError::precondition(key, "it is not lazy"));
+        }
+        let done = self.get(&tx, filled)?;
+        if done.kind != SnapshotKind::Committed || done.lazy {
+            return Err(SnapshotError::precondition(
+                filled,
+                "only a committed snapshot holding its layer can fill a lazy one",
+            ));
+        }
+        if done.parent != lazy.parent {
+            return Err(SnapshotError::precondition(
+                filled,
+                format!(
+                    "its parent {:?} is not the lazy snapshot's {:?}",
+                    done.parent, lazy.parent
+                ),
+            ));
+        }
+        if !tx
+            .index_scan(SNAPSHOT_CHILDREN, &keys::prefix(&[filled]))?
+            .is_empty()
+        {
+            return Err(SnapshotError::precondition(
+                filled,
+                "it has children, so it cannot become another snapshot",
+            ));
+        }
+        let placeholder = lazy.id.clone();
+        tx.put(
+            key,
+            &SnapshotRecord {
+                id: done.id,
+                usage: done.usage,
+                lazy: false,
+                updated: now(),
+                ..lazy
+            },
+        )?;
+        tx.delete::<SnapshotRecord>(filled)?;
+        if let Some(h) = hold {
+            h.remove_in(&tx, &Resource::snapshot(self.backend.name(), filled))?;
+        }
+        let gone = std::iter::once(filled.to_owned()).collect();
+        strata_metadata::cascade::forget(&tx, &gone, &Default::default())?;
+        tx.commit()?;
+        self.remove_dir(&placeholder);
+        Ok(())
     }
 
     /// Removes a staging directory after a failure (logged, not fatal).
@@ -613,9 +706,61 @@ impl SnapshotStore {
 
     /// The directory holding `key`'s tree (`.../snapshots/<id>/fs`): the
     /// upper directory for overlay, which the diff engine reads directly.
+    /// A lazy snapshot's is refused ([`SnapshotError::Lazy`]): it holds
+    /// no layer yet.
     pub fn fs_dir(&self, key: &str) -> Result<PathBuf, SnapshotError> {
         let r = self.inner.get(&self.inner.db.read()?, key)?;
+        if r.lazy {
+            return Err(SnapshotError::Lazy(key.to_owned()));
+        }
         Ok(self.inner.dir(&r.id).join("fs"))
+    }
+
+    /// True when `key` is lazy: committed, its layer not fetched yet
+    /// ([`SnapshotStore::create_lazy`]).
+    pub fn is_lazy(&self, key: &str) -> Result<bool, SnapshotError> {
+        Ok(self.inner.get(&self.inner.db.read()?, key)?.lazy)
+    }
+
+    /// Records the committed snapshot `key` on `parent` (committed, lazy
+    /// or not) as lazy: a layer known by name whose files are not here
+    /// yet. Its directory is an empty placeholder; every call that would
+    /// read it, or stack on it (a view, a prepare, [`SnapshotStore::fs_dir`],
+    /// [`SnapshotStore::view_mounts`]), is refused with
+    /// [`SnapshotError::Lazy`] until [`SnapshotStore::fill_lazy`] gives
+    /// it its layer. It is held, removed and collected like any other.
+    pub async fn create_lazy(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> Result<(), SnapshotError> {
+        let (key, parent) = (key.to_owned(), parent.map(str::to_owned));
+        let hold = self.hold()?;
+        self.blocking(move |i| {
+            i.create(
+                &key,
+                parent.as_deref(),
+                (Kind::Committed, true),
+                labels,
+                hold.as_ref(),
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Turns the lazy snapshot `key` into an ordinary one, atomically: it
+    /// takes the layer of `filled`, a committed snapshot made on the same
+    /// parent (which must hold its layer) from the layer's blob, which
+    /// ceases to exist. `key` keeps its name, labels, children and
+    /// everything that names it. A crash leaves either the lazy snapshot
+    /// and `filled`, or the filled snapshot alone.
+    pub async fn fill_lazy(&self, key: &str, filled: &str) -> Result<(), SnapshotError> {
+        let (key, filled) = (key.to_owned(), filled.to_owned());
+        let hold = self.hold()?;
+        self.blocking(move |i| i.fill_lazy(&key, &filled, hold.as_ref()))
+            .await
     }
 
     /// Mounts of a read-only view of committed `key` without creating a view
@@ -671,7 +816,13 @@ impl Snapshotter for SnapshotStore {
         let (key, parent) = (key.to_owned(), parent.map(str::to_owned));
         let hold = self.hold()?;
         self.blocking(move |i| {
-            i.create(&key, parent.as_deref(), Kind::Active, labels, hold.as_ref())
+            i.create(
+                &key,
+                parent.as_deref(),
+                (Kind::Active, false),
+                labels,
+                hold.as_ref(),
+            )
         })
         .await
     }
@@ -684,8 +835,16 @@ impl Snapshotter for SnapshotStore {
     ) -> Result<Vec<Mount>, SnapshotError> {
         let (key, parent) = (key.to_owned(), parent.map(str::to_owned));
         let hold = self.hold()?;
-        self.blocking(move |i| i.create(&key, parent.as_deref(), Kind::View, labels, hold.as_ref()))
-            .await
+        self.blocking(move |i| {
+            i.create(
+                &key,
+                parent.as_deref(),
+                (Kind::View, false),
+                labels,
+                hold.as_ref(),
+            )
+        })
+        .await
     }
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
