@@ -1551,3 +1551,122 @@ mod base64_free {
         out
     }
 }
+
+/// Layers of `image inspect NAME`, each lazy or not.
+fn lazy_layers(env: &Env, name: &str) -> Vec<bool> {
+    let got = env
+        .run(&["--json", "image", "inspect", name])
+        .expect(0)
+        .json();
+    got["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lazy"].as_bool().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_lazy_pull_records_refs_nothing_reads_until_they_are_filled_in_place() {
+    let name = "a_lazy_pull_records_refs_nothing_reads_until_they_are_filled_in_place";
+    if !strata_testkit::require_root(name)
+        || !strata_testkit::require_tools(name, strata_testkit::REGISTRY_TOOLS)
+    {
+        return;
+    }
+    let reg = Registry::start(None);
+    let r = &reg.addr;
+    let (a, _, got) = root_with_app(&[]);
+    let tree = mounted(&a, got["ref"].as_str().unwrap());
+    let esgz = format!("{r}/app:esgz");
+    a.run(&[
+        "image",
+        "push",
+        "app",
+        &esgz,
+        "--compression",
+        "estargz",
+        "--force-compression",
+    ])
+    .expect(0);
+
+    // Only the manifest and the config come; the refs are recorded.
+    let b = env();
+    let pulled = b.run(&["--json", "image", "pull", &esgz, "--lazy", "--name", "lazy"]);
+    assert!(
+        pulled.stderr.contains("3 of 3 layers of lazy left lazy"),
+        "{}",
+        pulled.stderr
+    );
+    let pulled = pulled.expect(0).json();
+    assert_eq!(
+        (pulled["fetched"].clone(), pulled["lazy"].clone()),
+        (json!(2), json!(3)),
+        "{pulled}"
+    );
+    let top = pulled["ref"].as_str().unwrap().to_owned();
+    assert_eq!(lazy_layers(&b, "lazy"), [true, true, true]);
+    assert_eq!(
+        b.run(&["--json", "content", "ls"])
+            .expect(0)
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "no layer blob is here"
+    );
+    b.run(&["check"]).expect(0);
+
+    // Nothing reads a lazy ref, or takes its placeholder for an empty tree.
+    let dir = b.path("m");
+    fs::create_dir_all(&dir).unwrap();
+    let refused = b.run(&["mount", &top, &s(&dir)]).expect(4);
+    assert!(refused.stderr.contains("is lazy"), "{}", refused.stderr);
+    let refused = b
+        .run(&[
+            "image",
+            "export",
+            "lazy",
+            &format!("oci:{}:1", s(&b.path("out"))),
+        ])
+        .expect(4);
+    assert!(refused.stderr.contains("unlazied"), "{}", refused.stderr);
+    let refused = b.run(&["ref", "new", &top]).expect(4);
+    assert!(refused.stderr.contains("is lazy"), "{}", refused.stderr);
+
+    // Unlazied: the same refs, filled in place, the original tree.
+    let filled = b
+        .run(&["--json", "image", "unlazy", "lazy"])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (filled["ref"].as_str(), filled["fetched"].clone()),
+        (Some(top.as_str()), json!(3)),
+        "{filled}"
+    );
+    assert_eq!(lazy_layers(&b, "lazy"), [false, false, false]);
+    assert_eq!(mounted(&b, &top), tree);
+    b.run(&["check"]).expect(0);
+    b.run(&["image", "rm", "lazy"]).expect(0);
+    assert_empty(&b);
+
+    // An eager pull of an image pulled lazily fills the same refs, from
+    // the blobs it fetches; and an image without eStargz layers is pulled
+    // whole, which a note says.
+    let c = env();
+    let lazy = import(&c, &["pull", &esgz, "--lazy", "--name", "lazy"]);
+    let eager = import(&c, &["pull", &esgz, "--name", "eager"]);
+    assert_eq!(eager["ref"], lazy["ref"], "{eager}");
+    assert_eq!(eager["fetched"], 3, "the layers only: {eager}");
+    assert_eq!(lazy_layers(&c, "lazy"), [false, false, false]);
+    assert_eq!(mounted(&c, lazy["ref"].as_str().unwrap()), tree);
+    let gz = format!("{r}/app:gzip");
+    a.run(&["image", "push", "app", &gz]).expect(0);
+    let whole = c.run(&["--json", "image", "pull", &gz, "--lazy", "--name", "gz"]);
+    assert!(whole.stderr.contains("pulled whole"), "{}", whole.stderr);
+    assert_eq!(whole.expect(0).json()["lazy"], 0);
+    assert_eq!(lazy_layers(&c, "gz"), [false, false, false]);
+    c.run(&["image", "rm", "lazy", "eager", "gz"]).expect(0);
+    assert_empty(&c);
+}

@@ -146,6 +146,9 @@ fn every_documented_json_shape_is_what_the_command_prints() {
     a.run("image ls", &[]);
     let inspected = a.run("image inspect", &["app"]);
     assert_eq!(inspected["layers"].as_array().unwrap().len(), 2);
+    // Nothing to fill in an image pulled whole: nothing fetched.
+    let unlazied = a.run("image unlazy", &["app"]);
+    assert_eq!(unlazied["fetched"], 0, "{unlazied}");
     a.run(
         "image export",
         &["app", &format!("oci:{}:copy", s(&env.path("out")))],

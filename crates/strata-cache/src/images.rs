@@ -18,6 +18,7 @@ use crate::export::RefConfig;
 use crate::import::ImportOptions;
 use crate::manager::{CacheManager, RefOptions};
 use crate::refs::ImmutableRef;
+use strata_snapshot::Snapshotter as _;
 
 /// The prefix of image names' leases.
 pub const IMAGE_LEASE_PREFIX: &str = "image/";
@@ -64,6 +65,8 @@ pub struct PulledImage {
     pub present: usize,
     /// The name the source gives the image, if any.
     pub name: Option<String>,
+    /// Layers left lazy ([`PullOptions::lazy`]): recorded, not fetched.
+    pub lazy: usize,
     /// Entries of the layers unpacked whose owner was squashed
     /// ([`ImportOptions::ignore_chown_errors`]).
     pub squashed: u64,
@@ -165,6 +168,7 @@ impl CacheManager {
         } else {
             let mut import = opts.import.clone();
             import.image_ref.get_or_insert_with(|| location.to_string());
+            import.lazy = opts.pull.lazy;
             let (top, squashed) = self.import_counting(ctx, &pulled.image, &import).await?;
             (Some(top), squashed)
         };
@@ -175,7 +179,80 @@ impl CacheManager {
             fetched: pulled.fetched,
             present: pulled.present,
             name: pulled.name,
+            lazy: pulled.lazy,
         })
+    }
+
+    /// Fetches the layers of the image named `name` that a lazy pull left
+    /// ([`PullOptions::lazy`]) from the location it was pulled from, and
+    /// fills its lazy snapshots with them, bottom first, each atomically
+    /// and in place: the image's refs stay the same refs, now readable.
+    /// Blobs already in the content store are not fetched again. Returns
+    /// the image as [`CacheManager::pull_image`] would (`lazy` 0).
+    #[tracing::instrument(skip_all, fields(image = name))]
+    pub async fn unlazy_image(
+        &self,
+        ctx: &OpCtx,
+        name: &str,
+        opts: &ImagePullOptions,
+    ) -> Result<PulledImage> {
+        let named = self.image(name)?;
+        let image = self.image_blobs(name)?;
+        let location = Location::parse(&named.source).map_err(|e| {
+            CacheError::invalid(
+                name,
+                format!("its source {:?} cannot be read again: {e}", named.source),
+            )
+        })?;
+        let source = strata_oci::open_source(&location, &opts.registry).await?;
+        let present = image.blobs().count();
+        let fetched = strata_oci::fetch_blobs(
+            ctx,
+            &self.root().content,
+            source,
+            image.layers.clone(),
+            opts.pull.parallel,
+        )
+        .await?;
+        let mut import = opts.import.clone();
+        import.image_ref.get_or_insert_with(|| named.source.clone());
+        import.lazy = false;
+        let (top, squashed) = match image.layers.is_empty() {
+            true => (None, 0),
+            false => {
+                let (top, squashed) = self.import_counting(ctx, &image, &import).await?;
+                (Some(top), squashed)
+            }
+        };
+        // The same chain, filled in place, unless the layers were found
+        // imported some other way: then the name follows them.
+        if top.as_ref().map_or("", |t| t.id()) != named.top_ref {
+            self.name_image(name, &image, top.as_ref(), &named.source)
+                .await?;
+        }
+        Ok(PulledImage {
+            image,
+            top,
+            fetched,
+            present: present - fetched,
+            name: None,
+            lazy: 0,
+            squashed,
+        })
+    }
+
+    /// Which layers of `r`'s chain, bottom first, are lazy: recorded, not
+    /// fetched.
+    pub async fn lazy_layers(&self, r: &ImmutableRef) -> Result<Vec<bool>> {
+        let sn = &self.root().snapshots;
+        let mut lazy = Vec::new();
+        let mut next = Some(r.snapshot_id().to_owned());
+        while let Some(key) = next {
+            lazy.push(sn.is_lazy(&key)?);
+            next = sn.stat(&key).await?.parent;
+        }
+        lazy.reverse();
+        Ok(lazy)
     }
 
     /// Names `image` (its top ref `top`) `name`, replacing what the name
@@ -326,6 +403,21 @@ impl CacheManager {
         registry: &RegistryOptions,
     ) -> Result<Option<PushReport>> {
         let store = self.root().content.under(ctx);
+        for layer in &image.layers {
+            match store.info(&layer.digest) {
+                Ok(_) => {}
+                Err(e) if strata_core::Classify::is_not_found(&e) => {
+                    return Err(CacheError::invalid(
+                        &image.reference,
+                        format!(
+                            "layer {} is not in the content store (a lazily pulled image's layers are fetched when it is unlazied)",
+                            layer.digest
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         match dest {
             Location::Layout { dir, tag } => {
                 let (store, image, dir) = (store.clone(), image.clone(), dir.clone());

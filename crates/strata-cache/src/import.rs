@@ -50,6 +50,12 @@ pub struct ImportOptions {
     /// ([`ApplyOptions::ignore_chown_errors`]): for rootless runs with a
     /// single id mapping.
     pub ignore_chown_errors: bool,
+    /// Record the layers from [`Image::first_lazy_layer`] up as lazy
+    /// snapshots ([`strata_snapshot::SnapshotStore::create_lazy`]) without
+    /// their blobs, which need not be in the content store; the layers
+    /// below are unpacked as usual. A later import of the same layers
+    /// without `lazy` fills them in place from their blobs.
+    pub lazy: bool,
 }
 
 /// One layer of an import being unpacked: its blob, diffID and the
@@ -109,6 +115,11 @@ impl CacheManager {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
         let parallel = workers > 1 && self.root().snapshots.capabilities().overlay_layers;
+        let lazy_from = match opts.lazy {
+            true => img.first_lazy_layer(),
+            false => None,
+        }
+        .unwrap_or(img.layers.len());
         let mut current: Option<ImmutableRef> = None;
         let mut squashed = 0;
         let mut reused = Vec::new();
@@ -116,34 +127,50 @@ impl CacheManager {
         while next < img.layers.len() {
             ctx.check()?;
             let desc = &img.layers[next];
-            let diff_id = Image::diff_id(desc)?;
+            let layer = Layer {
+                desc: desc.clone(),
+                diff_id: Image::diff_id(desc)?,
+                key: id::new_id(),
+            };
             let parent_sid = current.as_ref().map_or("", |p| p.snapshot_id()).to_owned();
             // Imports of the same content on the same parent wait for each
             // other: the second finds what the first made.
             let _one = self
                 .inner
                 .import_locks
-                .lock(&keys::join(&[&parent_sid, diff_id.as_str()]))
+                .lock(&keys::join(&[&parent_sid, layer.diff_id.as_str()]))
                 .await;
-            if let Some(r) = self.imported(desc, &diff_id, &parent_sid).await? {
-                // Found imported before: the descriptor's TOC digest must
-                // still be the blob's.
-                self.check_toc_annotation(desc).await?;
+            if let Some(r) = self.imported(desc, &layer.diff_id, &parent_sid).await? {
+                if !self.root().snapshots.is_lazy(r.snapshot_id())? {
+                    // Found imported before: the descriptor's TOC digest
+                    // must still be the blob's.
+                    self.check_toc_annotation(desc).await?;
+                } else if next < lazy_from {
+                    // Found lazy, and its blob is here now.
+                    let found = Layer {
+                        key: r.snapshot_id().to_owned(),
+                        ..layer
+                    };
+                    squashed += self.fill_layer(ctx, &found, &parent_sid, &opts).await?;
+                }
                 reused.push(r.id().to_owned());
                 current = Some(r);
                 next += 1;
                 continue;
             }
-            let rest = &img.layers[next..];
+            if next >= lazy_from {
+                current = Some(
+                    self.record_lazy_layer(ctx, &layer, &parent_sid, &opts)
+                        .await?,
+                );
+                next += 1;
+                continue;
+            }
+            let rest = &img.layers[next..lazy_from];
             let (top, n) = if parallel && rest.len() > 1 {
                 self.unpack_parallel(ctx, rest, &parent_sid, &opts, workers)
                     .await?
             } else {
-                let layer = Layer {
-                    desc: desc.clone(),
-                    diff_id,
-                    key: id::new_id(),
-                };
                 self.unpack_layer(ctx, &layer, &parent_sid, &opts).await?
             };
             next += if parallel && rest.len() > 1 {
@@ -411,6 +438,72 @@ impl CacheManager {
         parent_sid: &str,
         opts: &ImportOptions,
     ) -> Result<(ImmutableRef, u64)> {
+        let applied = self.unpack_blob(ctx, layer, parent_sid, opts).await?;
+        Ok((
+            self.record_layer(layer, parent_sid, opts, Some(applied.size))?,
+            applied.squashed,
+        ))
+    }
+
+    /// Records `layer` on `parent_sid` as a lazy snapshot: its ref and
+    /// blob dedupe row (not its diffID's, unchecked until its blob is
+    /// unpacked); the blob is held by `ctx`'s lease, for when it comes.
+    async fn record_lazy_layer(
+        &self,
+        ctx: &OpCtx,
+        layer: &Layer,
+        parent_sid: &str,
+        opts: &ImportOptions,
+    ) -> Result<ImmutableRef> {
+        self.hold(ctx, &Resource::content(&layer.desc.digest))?;
+        let parent = (!parent_sid.is_empty()).then_some(parent_sid);
+        self.root()
+            .snapshots
+            .under(ctx)
+            .create_lazy(&layer.key, parent, Labels::new())
+            .await?;
+        self.record_layer(layer, parent_sid, opts, None)
+    }
+
+    /// Gives the lazy snapshot `layer.key` its layer: unpacked from the
+    /// blob, now in the content store, into a snapshot on the same parent
+    /// that then takes its place
+    /// ([`strata_snapshot::SnapshotStore::fill_lazy`]); the rows and labels
+    /// an unpack records follow. The entries whose owner was squashed.
+    async fn fill_layer(
+        &self,
+        ctx: &OpCtx,
+        layer: &Layer,
+        parent_sid: &str,
+        opts: &ImportOptions,
+    ) -> Result<u64> {
+        let filled = Layer {
+            key: format!("unlazy-{}", id::new_id()),
+            ..layer.clone()
+        };
+        let applied = self.unpack_blob(ctx, &filled, parent_sid, opts).await?;
+        let sn = self.root().snapshots.under(ctx);
+        if let Err(e) = sn.fill_lazy(&layer.key, &filled.key).await {
+            self.discard(&filled.key).await;
+            return Err(e.into());
+        }
+        tracing::debug!(layer = %layer.desc.digest, snapshot = layer.key, "lazy layer filled");
+        let tx = self.root().db.write()?;
+        put_diff_row(&tx, layer, parent_sid)?;
+        tx.commit()?;
+        self.label_unpacked(layer, applied.size)?;
+        Ok(applied.squashed)
+    }
+
+    /// Unpacks one layer's blob onto its parent as the committed snapshot
+    /// `layer.key`, unrecorded.
+    async fn unpack_blob(
+        &self,
+        ctx: &OpCtx,
+        layer: &Layer,
+        parent_sid: &str,
+        opts: &ImportOptions,
+    ) -> Result<strata_diff::Applied> {
         let (open, apply, apply_ctx, tracker) = self
             .layer_input(ctx, layer, opts.ignore_chown_errors)
             .await?;
@@ -424,10 +517,7 @@ impl CacheManager {
             t.update(layer.desc.size);
             t.finish();
         }
-        Ok((
-            self.record_layer(layer, parent_sid, opts, applied.size)?,
-            applied.squashed,
-        ))
+        Ok(applied)
     }
 
     /// Writes `layer` without its lowers into a new parentless active
@@ -579,7 +669,7 @@ impl CacheManager {
                     self.discard(&active).await;
                     return Err(e.into());
                 }
-                self.record_layer(layer, parent, opts, size)?;
+                self.record_layer(layer, parent, opts, Some(size))?;
                 Ok(squashed)
             }
             Err(DiffError::Apply(ApplyError::NeedsLowers { entry, reason, .. })) => {
@@ -605,14 +695,14 @@ impl CacheManager {
 
     /// The record and dedupe rows of a layer just committed as
     /// `layer.key` on `parent_sid`, whose uncompressed stream held `size`
-    /// bytes (an eStargz blob is labelled with it, as its exports
-    /// annotate it).
+    /// bytes (none for a lazy layer: no diffID row, no labels, no link to
+    /// a blob not here).
     fn record_layer(
         &self,
         layer: &Layer,
         parent_sid: &str,
         opts: &ImportOptions,
-        size: u64,
+        size: Option<u64>,
     ) -> Result<ImmutableRef> {
         let (desc, key, diff_id) = (&layer.desc, &layer.key, &layer.diff_id);
         let ropts = RefOptions {
@@ -630,21 +720,28 @@ impl CacheManager {
             .set(metadata::BLOB_SIZE, &i64::try_from(desc.size).unwrap_or(-1))
             .append(metadata::URLS, &desc.urls);
         metadata::apply_edit(&tx, key, edit)?;
-        let made = |snapshot: &str| snapshot.to_owned();
         tx.put(
             &keys::join(&[parent_sid, desc.digest.as_str()]),
             &ImportByBlobRecord {
-                snapshot: made(key),
+                snapshot: key.to_owned(),
             },
         )?;
-        tx.put(
-            &keys::join(&[parent_sid, diff_id.as_str()]),
-            &ImportByDiffRecord {
-                snapshot: made(key),
-            },
-        )?;
+        if size.is_some() {
+            put_diff_row(&tx, layer, parent_sid)?;
+        }
         tx.commit()?;
-        let mut labels = Labels::from([(UNCOMPRESSED_LABEL.to_owned(), diff_id.to_string())]);
+        if let Some(size) = size {
+            self.label_unpacked(layer, size)?;
+        }
+        Ok(ImmutableRef::new(self.clone(), key, true))
+    }
+
+    /// Labels the blob of `layer`, just unpacked into `layer.key`, with its
+    /// diffID (and, for eStargz, the uncompressed stream's `size`, as its
+    /// exports annotate it), and links the snapshot to it.
+    fn label_unpacked(&self, layer: &Layer, size: u64) -> Result<()> {
+        let desc = &layer.desc;
+        let mut labels = Labels::from([(UNCOMPRESSED_LABEL.to_owned(), layer.diff_id.to_string())]);
         let estargz = match self.root().content.info(&desc.digest) {
             Ok(info) => info.labels.contains_key(media::ESTARGZ_TOC_DIGEST),
             Err(e) if e.is_not_found() => false,
@@ -657,8 +754,7 @@ impl CacheManager {
             );
         }
         self.label_blob(&desc.digest, &desc.media_type, labels)?;
-        self.record_content(key, &desc.digest)?;
-        Ok(ImmutableRef::new(self.clone(), key, true))
+        self.record_content(&layer.key, &desc.digest)
     }
 
     /// Labels a layer blob with its media type and `labels` (its diffID,
@@ -689,6 +785,18 @@ impl CacheManager {
         }
         Ok(())
     }
+}
+
+/// The diffID dedupe row of `layer`, unpacked as `layer.key` on
+/// `parent_sid`.
+fn put_diff_row(tx: &strata_metadata::WriteTx, layer: &Layer, parent_sid: &str) -> Result<()> {
+    tx.put(
+        &keys::join(&[parent_sid, layer.diff_id.as_str()]),
+        &ImportByDiffRecord {
+            snapshot: layer.key.clone(),
+        },
+    )?;
+    Ok(())
 }
 
 /// Refuses layer `desc` when `known`, a diffID recorded for it, is not

@@ -35,7 +35,7 @@ registry's token service, which exchanges it for tokens, as docker does. A refus
 --lazy-cache, the layer blobs that `strata lazy mount` kept in that cache (whole, or the ranges it \
 fetched) are taken first: only what they lack is fetched, by range, and each is checked whole \
 before the root stores it; kept bytes that do not hash to their blob are removed and said so, and \
-that blob is fetched as usual. lazy_cache is {blobs, kept_bytes, fetched_bytes} then, else null.";
+that blob is fetched as usual. lazy_cache is {blobs, kept_bytes, fetched_bytes} then, else null. With --lazy, only the manifest, the config and the layers below the first eStargz layer are fetched; that layer and every one above it are recorded as lazy refs (lazy counts them), which nothing reads (a mount, view, diff or export of them exits 4) until `strata image unlazy` fetches them. An image without eStargz layers is pulled whole, and a note says so.";
 #[cfg(not(feature = "registry"))]
 const PULL_NOTES: &str = "This build has no registries (it was built without the registry \
 feature): a pull fails and says so.";
@@ -45,6 +45,7 @@ const PULL_EXAMPLES: &[&str] = &[
     "strata image pull registry.example.com/team/app:1.0",
     "strata image pull 127.0.0.1:5000/app@sha256:3b7c... --name app:pinned",
     "strata image pull registry.example/app:estargz --lazy-cache /var/cache/strata-lazy  # after a lazy mount",
+    "strata image pull registry.example/app:estargz --lazy && strata image unlazy registry.example/app:estargz",
 ];
 #[cfg(not(feature = "registry"))]
 const PULL_EXAMPLES: &[&str] = &["strata image pull registry.example.com/team/app:1.0"];
@@ -393,19 +394,31 @@ renamed away before it is removed, so a mount never finds part of one.",
 image layout in a tar, as skopeo, podman and buildah write it), docker-archive:FILE[:NAME] (what \
 `docker save` writes, old or new form) or docker://HOST/REPO[:TAG|@DIGEST], the transport names \
 skopeo uses. Without --name an image is named after its source. Blobs the root already has are not read again; each layer is \
-unpacked once, --jobs at a time.",
+unpacked once, --jobs at a time. --lazy leaves layers lazy as `image pull --lazy` does (see its help); `image unlazy` then reads them from SOURCE again.",
         examples: &[
             "strata image import oci:./layout:1.0 --name app:1.0",
             "strata image import docker-archive:app.tar --platform linux/arm64",
             "strata image import oci-archive:app.oci.tar:example.com/app:1.0",
         ],
-        json: Some("{name, ref, manifest, config, source, created, fetched, present, lazy_cache}"),
+        json: Some(
+            "{name, ref, manifest, config, source, created, fetched, present, lazy, lazy_cache}",
+        ),
     },
     Page {
         path: "image pull",
         notes: PULL_NOTES,
         examples: PULL_EXAMPLES,
-        json: Some("{name, ref, manifest, config, source, created, fetched, present, lazy_cache}"),
+        json: Some(
+            "{name, ref, manifest, config, source, created, fetched, present, lazy, lazy_cache}",
+        ),
+    },
+    Page {
+        path: "image unlazy",
+        notes: "Fetches, from the source the image was pulled from, the layers `image pull --lazy` left, and unpacks each into its lazy ref, bottom first: every ref keeps its id, and each becomes readable in one step (a crash leaves it lazy, or filled, never half). Blobs the root has are not fetched again, and each is checked against its digest and its diffID as a pull checks it. An eager `image pull` or `image import` of the same image fills the refs the same way. Nothing is done for an image with no lazy ref.",
+        examples: &["strata image unlazy registry.example/app:estargz"],
+        json: Some(
+            "{name, ref, manifest, config, source, created, fetched, present, lazy, lazy_cache}",
+        ),
     },
     Page {
         path: "image export",
@@ -438,11 +451,11 @@ registry has are mounted, the rest are uploaded in chunks; the manifest goes las
     },
     Page {
         path: "image inspect",
-        notes: "",
+        notes: "A layer `image pull --lazy` left unfetched is marked lazy.",
         examples: &["strata image inspect app:1.0"],
         json: Some(
             "{name, ref, manifest, config, source, created, manifest_media_type, size, \
-layers: [{digest, media_type, size, diff_id}]}",
+layers: [{digest, media_type, size, diff_id, lazy}]}",
         ),
     },
     Page {

@@ -63,6 +63,18 @@ pub enum ImageCmd {
         #[command(flatten)]
         opts: ExportArgs,
     },
+    /// Fetch the layers a `pull --lazy` left and fill the image's lazy
+    /// refs with them, in place (the same ref ids), from where it was
+    /// pulled.
+    Unlazy {
+        /// An image name.
+        name: String,
+        /// Layers unpacked at once [default: the cores this process may use].
+        #[arg(long, value_name = "N")]
+        jobs: Option<std::num::NonZeroUsize>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// List images by name.
     Ls,
     /// Show an image: its manifest, config and layers.
@@ -93,8 +105,13 @@ pub struct PullArgs {
     /// of this image fetched (whole or in part) are taken from it, checked,
     /// and only what they lack is fetched.
     #[cfg(feature = "registry")]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "lazy")]
     lazy_cache: Option<std::path::PathBuf>,
+    /// Record the image without its layers from the first eStargz one up
+    /// (their refs are lazy until `image unlazy`); the layers below, and
+    /// every layer of an image without eStargz layers, are pulled whole.
+    #[arg(long)]
+    lazy: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -166,6 +183,8 @@ struct ImportedJson {
     fetched: usize,
     /// Blobs the root already had.
     present: usize,
+    /// Layers left lazy (`--lazy`): recorded, not fetched.
+    lazy: usize,
     /// What `--lazy-cache` gave (null without it).
     lazy_cache: Option<KeptJson>,
 }
@@ -187,6 +206,8 @@ struct LayerJson {
     media_type: String,
     size: u64,
     diff_id: String,
+    /// Not fetched yet (`pull --lazy`).
+    lazy: bool,
 }
 
 #[derive(Serialize)]
@@ -296,6 +317,13 @@ async fn run_async(
                 .await
                 .with_context(|| format!("push {image} to {location}"))
         }
+        ImageCmd::Unlazy {
+            name,
+            jobs,
+            registry,
+        } => unlazy(mgr, &name, jobs, &registry, lease, ignore_chown_errors, out)
+            .await
+            .with_context(|| format!("unlazy {name}")),
         ImageCmd::Ls => {
             let images = mgr.images()?;
             let json: Vec<ImageJson> = images.iter().map(ImageJson::from).collect();
@@ -320,14 +348,20 @@ async fn run_async(
         ImageCmd::Inspect { name } => {
             let named = mgr.image(&name)?;
             let image = mgr.image_blobs(&name)?;
+            let lazy = match named.top_ref.is_empty() {
+                true => Vec::new(),
+                false => mgr.lazy_layers(&mgr.resolve_ref(&name).await?).await?,
+            };
             let layers: Vec<LayerJson> = image
                 .layers
                 .iter()
-                .map(|l| LayerJson {
+                .enumerate()
+                .map(|(i, l)| LayerJson {
                     digest: l.digest.to_string(),
                     media_type: l.media_type.clone(),
                     size: l.size,
                     diff_id: Image::diff_id(l).map(|d| d.to_string()).unwrap_or_default(),
+                    lazy: lazy.get(i).copied().unwrap_or(false),
                 })
                 .collect();
             let size = image.blobs().map(|d| d.size).sum();
@@ -353,9 +387,15 @@ async fn run_async(
             .map(|(k, v)| vec![k.to_owned(), v])
             .collect();
             for (i, l) in json.layers.iter().enumerate() {
+                let lazy = if l.lazy { " (lazy)" } else { "" };
                 rows.push(vec![
                     format!("layer {i}"),
-                    format!("{} {} {}", l.digest, output::size(l.size), l.media_type),
+                    format!(
+                        "{} {} {}{lazy}",
+                        l.digest,
+                        output::size(l.size),
+                        l.media_type
+                    ),
                 ]);
             }
             out.emit(&json, &["FIELD", "VALUE"], rows)
@@ -380,6 +420,7 @@ async fn import(
     let opts = ImagePullOptions {
         pull: PullOptions {
             platform: platform(args.platform.as_deref())?,
+            lazy: args.lazy,
             ..PullOptions::default()
         },
         registry: args.registry.options(),
@@ -432,28 +473,88 @@ async fn import(
             &location.to_string(),
         )
         .await?;
-    let (fetched, present) = (pulled.fetched, pulled.present);
+    let (fetched, present, lazy) = (pulled.fetched, pulled.present, pulled.lazy);
     squashed_note(pulled.squashed, out);
+    if args.lazy {
+        out.note(&match lazy {
+            0 => format!(
+                "strata: no layer of {} is eStargz, so none can be left lazy: it was pulled whole",
+                named.name
+            ),
+            n => format!(
+                "strata: {n} of {} layers of {} left lazy; `strata image unlazy {}` fetches them",
+                pulled.image.layers.len(),
+                named.name,
+                named.name
+            ),
+        });
+    }
     drop(pulled);
     drop(ctx);
     if let Some(g) = guard {
         g.release()?;
     }
     tracing::info!(image = named.name, fetched, present, "imported");
-    let text = if named.top_ref.is_empty() {
-        format!("{} (no layers)", named.name)
-    } else {
-        named.top_ref.clone()
-    };
-    out.line(
-        &ImportedJson {
-            image: ImageJson::from(&named),
-            fetched,
-            present,
-            lazy_cache,
+    ImportedJson {
+        image: ImageJson::from(&named),
+        fetched,
+        present,
+        lazy,
+        lazy_cache,
+    }
+    .print(out)
+}
+
+impl ImportedJson {
+    /// Prints the image's top ref id (its name when it has no layers), or
+    /// this as JSON.
+    fn print(&self, out: &Output) -> anyhow::Result<()> {
+        let text = match self.image.top_ref.is_empty() {
+            true => format!("{} (no layers)", self.image.name),
+            false => self.image.top_ref.clone(),
+        };
+        out.line(self, &text)
+    }
+}
+
+async fn unlazy(
+    mgr: &CacheManager,
+    name: &str,
+    jobs: Option<std::num::NonZeroUsize>,
+    registry: &RegistryArgs,
+    lease: Option<&str>,
+    ignore_chown_errors: bool,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let opts = ImagePullOptions {
+        registry: registry.options(),
+        import: ImportOptions {
+            parallel: jobs.map(std::num::NonZeroUsize::get),
+            ignore_chown_errors,
+            ..ImportOptions::default()
         },
-        &text,
-    )
+        ..ImagePullOptions::default()
+    };
+    let (ctx, guard) = context(mgr, lease, out)?;
+    let (ctx, bars) = progress::drawn(&ctx, out);
+    let pulled = mgr.unlazy_image(&ctx, name, &opts).await;
+    drop(bars);
+    let pulled = pulled?;
+    squashed_note(pulled.squashed, out);
+    let (fetched, present) = (pulled.fetched, pulled.present);
+    drop(pulled);
+    drop(ctx);
+    if let Some(g) = guard {
+        g.release()?;
+    }
+    ImportedJson {
+        image: ImageJson::from(&mgr.image(name)?),
+        fetched,
+        present,
+        lazy: 0,
+        lazy_cache: None,
+    }
+    .print(out)
 }
 
 /// Says once, on stderr, that `n` entries had their owner squashed: the

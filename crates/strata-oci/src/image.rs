@@ -41,6 +41,16 @@ impl Image {
             .chain(&self.nonlayers)
     }
 
+    /// Where a lazy pull stops fetching: the first layer that can be read
+    /// before it is downloaded (eStargz: its descriptor names its table of
+    /// contents), if any. That layer and every one above it are left to be
+    /// fetched later; nothing can be unpacked over a layer not here.
+    pub fn first_lazy_layer(&self) -> Option<usize> {
+        self.layers
+            .iter()
+            .position(|l| l.annotations.contains_key(media::ESTARGZ_TOC_DIGEST))
+    }
+
     /// The diffID of layer `desc`.
     pub fn diff_id(desc: &Descriptor) -> Result<Digest> {
         let v = desc

@@ -59,7 +59,7 @@ pub use registry::push;
 pub use registry::{DISTRIBUTION_SOURCE_LABEL, Registry};
 pub use remote::{PushReport, RegistryOptions, docker_config_dir};
 pub use source::{
-    IMAGE_NAME_ANNOTATION, PullOptions, Pulled, Roots, Source, image_of_manifest, pull,
+    IMAGE_NAME_ANNOTATION, PullOptions, Pulled, Roots, Source, fetch_blobs, image_of_manifest, pull,
 };
 
 /// The source of images at `location`.

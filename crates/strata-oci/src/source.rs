@@ -71,6 +71,9 @@ pub struct PullOptions {
     pub platform: Platform,
     /// Blobs fetched at once.
     pub parallel: usize,
+    /// Leave the layers from [`Image::first_lazy_layer`] up unfetched, to
+    /// be read lazily or fetched later ([`fetch_blobs`]).
+    pub lazy: bool,
 }
 
 impl Default for PullOptions {
@@ -78,6 +81,7 @@ impl Default for PullOptions {
         PullOptions {
             platform: Platform::host(),
             parallel: 4,
+            lazy: false,
         }
     }
 }
@@ -212,6 +216,9 @@ pub struct Pulled {
     pub fetched: usize,
     /// Blobs the store already had.
     pub present: usize,
+    /// Layers a lazy pull left unfetched (counted in neither of the
+    /// above): the top ones, from [`Image::first_lazy_layer`].
+    pub lazy: usize,
     /// The name the source gives the image (an archive's `RepoTags`, an
     /// index entry's `io.containerd.image.name`), if any.
     pub name: Option<String>,
@@ -299,9 +306,38 @@ pub async fn pull(
         &opts.platform,
     )?;
     image.nonlayers = nonlayers;
-    let gate = Arc::new(Semaphore::new(opts.parallel.max(1)));
+    let fetch_to = match opts.lazy {
+        true => image.first_lazy_layer().unwrap_or(image.layers.len()),
+        false => image.layers.len(),
+    };
+    let layers = image.layers[..fetch_to].to_vec();
+    fetched += fetch_blobs(ctx, &store, source, layers, opts.parallel).await?;
+    let lazy = image.layers.len() - fetch_to;
+    let total = image.blobs().count() - lazy;
+    Ok(Pulled {
+        image,
+        fetched,
+        present: total.saturating_sub(fetched),
+        lazy,
+        name,
+    })
+}
+
+/// Puts the blobs `descs` in `store` (held by `ctx`'s lease), fetching
+/// from `source` those it lacks, at most `parallel` at once; how many it
+/// fetched. A lazy image's layers are fetched this way when it is
+/// unlazied.
+pub async fn fetch_blobs(
+    ctx: &OpCtx,
+    store: &ContentStore,
+    source: Arc<dyn Source>,
+    descs: Vec<Descriptor>,
+    parallel: usize,
+) -> Result<usize> {
+    let store = store.under(ctx);
+    let gate = Arc::new(Semaphore::new(parallel.max(1)));
     let mut tasks = JoinSet::new();
-    for desc in image.layers.clone() {
+    for desc in descs {
         let (ctx, source, store, gate) = (
             ctx.clone(),
             Arc::clone(&source),
@@ -314,24 +350,19 @@ pub async fn pull(
             ensure(&ctx, &*source, &store, &desc).await
         });
     }
+    let mut fetched = 0;
     while let Some(done) = tasks.join_next().await {
         let result =
             done.map_err(|e| OciError::io("fetch a layer", source.name(), io::Error::other(e)));
         match result.and_then(|r| r) {
-            Ok(got) => count(got),
+            Ok(got) => fetched += usize::from(got),
             Err(e) => {
                 tasks.abort_all();
                 return Err(e);
             }
         }
     }
-    let total = image.blobs().count();
-    Ok(Pulled {
-        image,
-        fetched,
-        present: total.saturating_sub(fetched),
-        name,
-    })
+    Ok(fetched)
 }
 
 /// The image of a manifest and config read, checked to be one for

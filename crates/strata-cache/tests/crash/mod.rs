@@ -1,7 +1,8 @@
 //! The cache manager killed in each of its operations in turn: a child
 //! keeps importing small images, making refs, merging, diffing, exporting
 //! (forced compression variants included), letting go and collecting, on
-//! one root; it is SIGKILLed (the harness aims at each operation's phase
+//! one root, and recording images lazily and then filling their refs;
+//! it is SIGKILLed (the harness aims at each operation's phase
 //! and fails if one is never hit), and every time the metadata checks
 //! clean before any repair, the root opens with clean checks,
 //! every acknowledged ref still has its snapshot and its file, every
@@ -33,45 +34,77 @@ fn owner(id: &str) -> String {
     format!("keep/{id}")
 }
 
+/// Puts `data` in the store (under the operation's lease) as a blob of
+/// media type `media`.
+fn put(content: &strata_content::ContentStore, media: &str, data: &[u8]) -> Descriptor {
+    let mut h = Digester::new(Algorithm::Sha256);
+    h.update(data);
+    let digest = h.finish();
+    content
+        .ingest(
+            digest.as_str(),
+            data,
+            Some(data.len() as u64),
+            Some(&digest),
+            &Labels::new(),
+        )
+        .expect("ingest");
+    Descriptor::new(media, digest, data.len() as u64)
+}
+
 /// A one-layer image with the file `name` holding `name`, its blobs in
-/// the store under the operation's lease.
-fn small_image(mgr: &CacheManager, ctx: &OpCtx, name: &str) -> Image {
+/// the store under the operation's lease; eStargz with `estargz`, its
+/// layer then left out of the store and returned, for a lazy import.
+fn small_image(mgr: &CacheManager, ctx: &OpCtx, name: &str, estargz: bool) -> (Image, Vec<u8>) {
     let tar = archive(&[entry(name, tar::EntryType::Regular, name.as_bytes(), "")]);
     let mut d = Digester::new(Algorithm::Sha256);
     d.update(&tar);
-    let diff_id = d.finish();
+    let mut diff_id = d.finish();
     let content = mgr.root().content.under(ctx);
-    let put = |media: &str, data: &[u8]| {
+    let (mut layer, left) = if estargz {
+        let opts = strata_diff::estargz::EStargzOptions::default();
+        let (written, blob) =
+            strata_diff::estargz::write(tar.as_slice(), Vec::new(), &opts, None, 1)
+                .expect("write eStargz");
         let mut h = Digester::new(Algorithm::Sha256);
-        h.update(data);
-        let digest = h.finish();
-        content
-            .ingest(
-                digest.as_str(),
-                data,
-                Some(data.len() as u64),
-                Some(&digest),
-                &Labels::new(),
-            )
-            .expect("ingest");
-        Descriptor::new(media, digest, data.len() as u64)
+        h.update(&blob);
+        let mut desc = Descriptor::new(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            h.finish(),
+            blob.len() as u64,
+        );
+        desc.annotations.extend(strata_diff::estargz::annotations(
+            &written.toc_digest,
+            written.uncompressed_size,
+        ));
+        // The stream with its TOC entry and landmark.
+        diff_id = written.diff_id;
+        (desc, blob)
+    } else {
+        let desc = put(&content, "application/vnd.oci.image.layer.v1.tar", &tar);
+        (desc, Vec::new())
     };
-    let mut layer = put("application/vnd.oci.image.layer.v1.tar", &tar);
     layer
         .annotations
         .insert("containerd.io/uncompressed".into(), diff_id.to_string());
-    let config = put("application/vnd.oci.image.config.v1+json", name.as_bytes());
+    let config = put(
+        &content,
+        "application/vnd.oci.image.config.v1+json",
+        name.as_bytes(),
+    );
     let manifest = put(
+        &content,
         "application/vnd.oci.image.manifest.v1+json",
         format!("{{\"m\":{name:?}}}").as_bytes(),
     );
-    Image {
+    let image = Image {
         reference: name.into(),
         manifest,
         config,
         layers: vec![layer],
         nonlayers: Vec::new(),
-    }
+    };
+    (image, left)
 }
 
 async fn child(dir: &Path, seed: u64, backend: &BackendChoice) {
@@ -96,10 +129,10 @@ async fn child(dir: &Path, seed: u64, backend: &BackendChoice) {
         let pick = |rng: &mut Rng, kept: &[(String, String)]| {
             (!kept.is_empty()).then(|| kept[rng.below(kept.len() as u64) as usize].clone())
         };
-        let made: Option<(String, String)> = match rng.below(7) {
+        let made: Option<(String, String)> = match rng.below(8) {
             0 => {
                 phase.enter("import");
-                let img = small_image(&mgr, &ctx, &token);
+                let (img, _) = small_image(&mgr, &ctx, &token, false);
                 let top = mgr
                     .import_image(&ctx, &img, &ImportOptions::default())
                     .await
@@ -183,6 +216,30 @@ async fn child(dir: &Path, seed: u64, backend: &BackendChoice) {
                     kept.retain(|k| k.0 != id);
                 }
                 None
+            }
+            6 => {
+                // Recorded without its layer, then filled in place once
+                // the blob is here.
+                phase.enter("lazy");
+                let (img, blob) = small_image(&mgr, &ctx, &token, true);
+                let lazy = ImportOptions {
+                    lazy: true,
+                    ..ImportOptions::default()
+                };
+                let top = mgr
+                    .import_image(&ctx, &img, &lazy)
+                    .await
+                    .expect("lazy import");
+                assert!(mgr.root().snapshots.is_lazy(top.snapshot_id()).unwrap());
+                phase.enter("unlazy");
+                let content = mgr.root().content.under(&ctx);
+                put(&content, &img.layers[0].media_type, &blob);
+                let filled = mgr
+                    .import_image(&ctx, &img, &ImportOptions::default())
+                    .await
+                    .expect("unlazy");
+                assert_eq!(filled.id(), top.id());
+                Some((top.id().to_owned(), token.clone()))
             }
             _ => {
                 phase.enter("collect");
@@ -293,7 +350,9 @@ pub fn main_for(name: &str, backend: BackendChoice) {
         &base,
         name,
         400,
-        &["import", "ref", "merge", "export", "let-go", "collect"],
+        &[
+            "import", "ref", "merge", "export", "let-go", "lazy", "unlazy", "collect",
+        ],
         |dir, seed| rt.block_on(child(dir, seed, &backend)),
         |dir, round| verify(dir, round, &backend, &rt),
     );
