@@ -553,6 +553,42 @@ fn a_pull_takes_the_bytes_lazy_mounts_fetched() {
     assert_eq!(lazy.stop().0, 0);
     let (pulled, down, _) = pull(&Env::strata(), &lazy_ref, &whole);
     took_all(&pulled, down);
+    // So does a lazy pull into a root, then its unlazy from that cache:
+    // the lazy refs are filled from the kept blobs.
+    let lazy_root = Env::strata();
+    let recorded = lazy_root
+        .run(&[
+            "--json",
+            "image",
+            "pull",
+            &through(&lazy_ref),
+            "--lazy",
+            "--name",
+            "lz",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(recorded["lazy"], 2, "{recorded}");
+    let before = proxy.bytes_down();
+    let unlazied = lazy_root
+        .run(&[
+            "--json",
+            "image",
+            "unlazy",
+            "lz",
+            "--lazy-cache",
+            &s(&whole),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(unlazied["ref"], recorded["ref"], "{unlazied}");
+    assert_eq!(unlazied["fetched"], 0, "{unlazied}");
+    took_all(&unlazied, proxy.bytes_down() - before);
+    lazy_root
+        .run(&["mount", unlazied["ref"].as_str().unwrap(), &s(&eager)])
+        .expect(0);
+    assert_eq!(listing(&eager), want);
+    lazy_root.run(&["umount", &s(&eager)]).expect(0);
 
     // Plain layers a mount unpacked were fetched whole: a pull fetches
     // none of their bytes.

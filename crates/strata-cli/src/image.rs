@@ -69,11 +69,8 @@ pub enum ImageCmd {
     Unlazy {
         /// An image name.
         name: String,
-        /// Layers unpacked at once [default: the cores this process may use].
-        #[arg(long, value_name = "N")]
-        jobs: Option<std::num::NonZeroUsize>,
         #[command(flatten)]
-        registry: RegistryArgs,
+        opts: UnlazyArgs,
     },
     /// List images by name.
     Ls,
@@ -112,6 +109,21 @@ pub struct PullArgs {
     /// every layer of an image without eStargz layers, are pulled whole.
     #[arg(long)]
     lazy: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlazyArgs {
+    /// Layers unpacked at once [default: the cores this process may use].
+    #[arg(long, value_name = "N")]
+    jobs: Option<std::num::NonZeroUsize>,
+    /// A `strata lazy mount --cache` directory: what its mounts of the
+    /// image fetched is taken from it, checked, as `image pull
+    /// --lazy-cache` takes it.
+    #[cfg(feature = "registry")]
+    #[arg(long, value_name = "DIR")]
+    lazy_cache: Option<std::path::PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -317,13 +329,11 @@ async fn run_async(
                 .await
                 .with_context(|| format!("push {image} to {location}"))
         }
-        ImageCmd::Unlazy {
-            name,
-            jobs,
-            registry,
-        } => unlazy(mgr, &name, jobs, &registry, lease, ignore_chown_errors, out)
-            .await
-            .with_context(|| format!("unlazy {name}")),
+        ImageCmd::Unlazy { name, opts } => {
+            unlazy(mgr, &name, &opts, lease, ignore_chown_errors, out)
+                .await
+                .with_context(|| format!("unlazy {name}"))
+        }
         ImageCmd::Ls => {
             let images = mgr.images()?;
             let json: Vec<ImageJson> = images.iter().map(ImageJson::from).collect();
@@ -434,22 +444,7 @@ async fn import(
     let from_cache = crate::lazy::cache_for_pull(args.lazy_cache.as_deref(), location)?;
     let (ctx, guard) = context(mgr, lease, out)?;
     #[cfg(feature = "registry")]
-    let lazy_cache = match from_cache {
-        Some((dir, reference)) => Some(
-            crate::lazy::take_kept_blobs(
-                &mgr.root().content.under(&ctx),
-                reference,
-                &opts.pull.platform,
-                &opts.registry,
-                opts.pull.parallel,
-                &dir,
-                out,
-            )
-            .await
-            .with_context(|| format!("take kept blobs from {}", dir.display()))?,
-        ),
-        None => None,
-    };
+    let lazy_cache = take_kept(mgr, &ctx, from_cache, &opts, out).await?;
     #[cfg(not(feature = "registry"))]
     let lazy_cache = None;
     let (ctx, bars) = progress::drawn(&ctx, out);
@@ -517,25 +512,61 @@ impl ImportedJson {
     }
 }
 
+/// What `--lazy-cache` gives before a pull or an unlazy: the blobs lazy
+/// mounts kept of `from` (the cache and reference
+/// [`crate::lazy::cache_for_pull`] found), put in the root under `ctx`;
+/// none without it.
+#[cfg(feature = "registry")]
+async fn take_kept(
+    mgr: &CacheManager,
+    ctx: &strata_cache::OpCtx,
+    from: Option<(std::path::PathBuf, &str)>,
+    opts: &ImagePullOptions,
+    out: &Output,
+) -> anyhow::Result<Option<KeptJson>> {
+    let Some((dir, reference)) = from else {
+        return Ok(None);
+    };
+    crate::lazy::take_kept_blobs(
+        &mgr.root().content.under(ctx),
+        reference,
+        &opts.pull.platform,
+        &opts.registry,
+        opts.pull.parallel,
+        &dir,
+        out,
+    )
+    .await
+    .map(Some)
+    .with_context(|| format!("take kept blobs from {}", dir.display()))
+}
+
 async fn unlazy(
     mgr: &CacheManager,
     name: &str,
-    jobs: Option<std::num::NonZeroUsize>,
-    registry: &RegistryArgs,
+    args: &UnlazyArgs,
     lease: Option<&str>,
     ignore_chown_errors: bool,
     out: &Output,
 ) -> anyhow::Result<()> {
     let opts = ImagePullOptions {
-        registry: registry.options(),
+        registry: args.registry.options(),
         import: ImportOptions {
-            parallel: jobs.map(std::num::NonZeroUsize::get),
+            parallel: args.jobs.map(std::num::NonZeroUsize::get),
             ignore_chown_errors,
             ..ImportOptions::default()
         },
         ..ImagePullOptions::default()
     };
+    #[cfg(feature = "registry")]
+    let source = Location::parse(&mgr.image(name)?.source)?;
+    #[cfg(feature = "registry")]
+    let from_cache = crate::lazy::cache_for_pull(args.lazy_cache.as_deref(), &source)?;
     let (ctx, guard) = context(mgr, lease, out)?;
+    #[cfg(feature = "registry")]
+    let lazy_cache = take_kept(mgr, &ctx, from_cache, &opts, out).await?;
+    #[cfg(not(feature = "registry"))]
+    let lazy_cache = None;
     let (ctx, bars) = progress::drawn(&ctx, out);
     let pulled = mgr.unlazy_image(&ctx, name, &opts).await;
     drop(bars);
@@ -552,7 +583,7 @@ async fn unlazy(
         fetched,
         present,
         lazy: 0,
-        lazy_cache: None,
+        lazy_cache,
     }
     .print(out)
 }
