@@ -1623,17 +1623,53 @@ fn a_lazy_pull_records_refs_nothing_reads_until_they_are_filled_in_place() {
     fs::create_dir_all(&dir).unwrap();
     let refused = b.run(&["mount", &top, &s(&dir)]).expect(4);
     assert!(refused.stderr.contains("is lazy"), "{}", refused.stderr);
+    // A new image of its chain needs its files.
     let refused = b
         .run(&[
             "image",
             "export",
             "lazy",
             &format!("oci:{}:1", s(&b.path("out"))),
+            "--compression",
+            "zstd",
         ])
         .expect(4);
-    assert!(refused.stderr.contains("unlazied"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("is lazy"), "{}", refused.stderr);
     let refused = b.run(&["ref", "new", &top]).expect(4);
     assert!(refused.stderr.contains("is lazy"), "{}", refused.stderr);
+
+    // Pushed without being downloaded: mounted within the registry,
+    // streamed through to another one (checked, not stored), where an
+    // eager pull finds the original tree.
+    let within = b
+        .run(&["--json", "image", "push", "lazy", &format!("{r}/copied:1")])
+        .expect(0)
+        .json();
+    assert_eq!(within["mounted"], 4, "the layers and the config: {within}");
+    let other = Registry::start(None);
+    let across = format!("{}/app:streamed", other.addr);
+    let streamed = b
+        .run(&["--json", "image", "push", "lazy", &across])
+        .expect(0)
+        .json();
+    assert_eq!(
+        streamed["uploaded"], 4,
+        "the layers and the config: {streamed}"
+    );
+    assert_eq!(streamed["manifest"], pulled["manifest"], "{streamed}");
+    assert_eq!(
+        b.run(&["--json", "content", "ls"])
+            .expect(0)
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "no layer blob was stored"
+    );
+    let d = env();
+    let copy = import(&d, &["pull", &across, "--name", "copy"]);
+    assert_eq!(mounted(&d, copy["ref"].as_str().unwrap()), tree);
 
     // Unlazied: the same refs, filled in place, the original tree.
     let filled = b
@@ -1669,4 +1705,32 @@ fn a_lazy_pull_records_refs_nothing_reads_until_they_are_filled_in_place() {
     assert_eq!(lazy_layers(&c, "gz"), [false, false, false]);
     c.run(&["image", "rm", "lazy", "eager", "gz"]).expect(0);
     assert_empty(&c);
+
+    // Exported to a layout, which holds the layers: they are fetched
+    // into the root on the way, so an unlazy then fetches nothing.
+    let e = env();
+    import(&e, &["pull", &esgz, "--lazy", "--name", "lazy"]);
+    let out = e.path("out");
+    let written = e
+        .run(&[
+            "--json",
+            "image",
+            "export",
+            "lazy",
+            &format!("oci:{}:1", s(&out)),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(written["manifest"], pulled["manifest"], "{written}");
+    let filled = e
+        .run(&["--json", "image", "unlazy", "lazy"])
+        .expect(0)
+        .json();
+    assert_eq!(filled["fetched"], 0, "{filled}");
+    let f = env();
+    let copy = import(
+        &f,
+        &["import", &format!("oci:{}:1", s(&out)), "--name", "copy"],
+    );
+    assert_eq!(mounted(&f, copy["ref"].as_str().unwrap()), tree);
 }

@@ -101,6 +101,16 @@ fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where `named` was pulled from, to read its blobs again.
+fn source_of(named: &NamedImage) -> Result<Location> {
+    Location::parse(&named.source).map_err(|e| {
+        CacheError::invalid(
+            &named.name,
+            format!("its source {:?} cannot be read again: {e}", named.source),
+        )
+    })
+}
+
 fn from_lease(l: &strata_leases::Lease) -> Option<NamedImage> {
     let name = l.id.strip_prefix(IMAGE_LEASE_PREFIX)?.to_owned();
     let get = |k: &str| l.labels.get(k).cloned().unwrap_or_default();
@@ -198,13 +208,7 @@ impl CacheManager {
     ) -> Result<PulledImage> {
         let named = self.image(name)?;
         let image = self.image_blobs(name)?;
-        let location = Location::parse(&named.source).map_err(|e| {
-            CacheError::invalid(
-                name,
-                format!("its source {:?} cannot be read again: {e}", named.source),
-            )
-        })?;
-        let source = strata_oci::open_source(&location, &opts.registry).await?;
+        let source = strata_oci::open_source(&source_of(&named)?, &opts.registry).await?;
         let present = image.blobs().count();
         let fetched = strata_oci::fetch_blobs(
             ctx,
@@ -403,20 +407,14 @@ impl CacheManager {
         registry: &RegistryOptions,
     ) -> Result<Option<PushReport>> {
         let store = self.root().content.under(ctx);
-        for layer in &image.layers {
-            match store.info(&layer.digest) {
-                Ok(_) => {}
-                Err(e) if strata_core::Classify::is_not_found(&e) => {
-                    return Err(CacheError::invalid(
-                        &image.reference,
-                        format!(
-                            "layer {} is not in the content store (a lazily pulled image's layers are fetched when it is unlazied)",
-                            layer.digest
-                        ),
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            }
+        if let Some(layer) = self.absent_layers(image)?.first() {
+            return Err(CacheError::invalid(
+                &image.reference,
+                format!(
+                    "layer {} is not in the content store (write a lazily pulled image by its name)",
+                    layer.digest
+                ),
+            ));
         }
         match dest {
             Location::Layout { dir, tag } => {
@@ -445,9 +443,58 @@ impl CacheManager {
                 .await
             }
             Location::Registry { reference } => Ok(Some(
-                strata_oci::push(ctx, &store, image, reference, registry).await?,
+                strata_oci::push(ctx, &store, image, reference, None, registry).await?,
             )),
         }
+    }
+
+    /// Writes the image named `name` as it was stored (the same manifest
+    /// digest) to `dest`, as [`CacheManager::write_image`] does. The layers
+    /// a lazy pull left come from where the image was pulled: to a
+    /// registry, copied registry to registry without being stored
+    /// (mounted within one registry when it allows that, else streamed
+    /// through and checked against their digests); to a layout or an
+    /// archive, which hold them, fetched into the content store first.
+    pub async fn write_named_image(
+        &self,
+        ctx: &OpCtx,
+        name: &str,
+        dest: &Location,
+        registry: &RegistryOptions,
+    ) -> Result<Option<PushReport>> {
+        let named = self.image(name)?;
+        let image = self.image_blobs(name)?;
+        let absent = self.absent_layers(&image)?;
+        if absent.is_empty() {
+            return self.write_image(ctx, &image, dest, registry).await;
+        }
+        let source = source_of(&named)?;
+        if let (Location::Registry { reference }, Location::Registry { reference: from }) =
+            (dest, &source)
+        {
+            let store = self.root().content.under(ctx);
+            let pushed =
+                strata_oci::push(ctx, &store, &image, reference, Some(from), registry).await?;
+            return Ok(Some(pushed));
+        }
+        let src = strata_oci::open_source(&source, registry).await?;
+        let parallel = PullOptions::default().parallel;
+        strata_oci::fetch_blobs(ctx, &self.root().content, src, absent, parallel).await?;
+        self.write_image(ctx, &image, dest, registry).await
+    }
+
+    /// The layers of `image` whose blobs the content store lacks (those a
+    /// lazy pull left).
+    fn absent_layers(&self, image: &Image) -> Result<Vec<strata_core::Descriptor>> {
+        let mut absent = Vec::new();
+        for layer in &image.layers {
+            match self.root().content.info(&layer.digest) {
+                Ok(_) => {}
+                Err(e) if strata_core::Classify::is_not_found(&e) => absent.push(layer.clone()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(absent)
     }
 
     /// The ref `name` names: an image's top ref, else a ref id.

@@ -428,7 +428,10 @@ named image is written as it was stored (the same manifest digest) unless --comp
 a ref id, or a name with --compression, becomes a new image (one history line per layer, this \
 machine's platform or --platform). Layers keep their compression unless --force-compression \
 converts them. In the JSON, uploaded, present and mounted are null except for a registry: blobs \
-sent, blobs the repository had, blobs mounted from another repository.",
+sent, blobs the repository had, blobs mounted from another repository. A named image pulled with \
+--lazy is written as stored: the layers not fetched come from where it was pulled (to a registry \
+copied registry to registry without being stored, as for image push; to a layout or an archive \
+fetched into the root first); with --compression it needs its files, and exits 4 until unlazied.",
         examples: &[
             "strata image export app:1.0 oci:./out:1.0",
             "strata image export app:1.0 docker-archive:app.tar:app:1.0",
@@ -439,7 +442,10 @@ sent, blobs the repository had, blobs mounted from another repository.",
     Page {
         path: "image push",
         notes: "Blobs the repository has are skipped, blobs another repository of the same \
-registry has are mounted, the rest are uploaded in chunks; the manifest goes last.",
+registry has are mounted, the rest are uploaded in chunks; the manifest goes last. The layers a \
+`pull --lazy` left are copied from the repository the image was pulled from, as `lazy copy` \
+copies: mounted within one registry when it allows that, else streamed through and checked, \
+never stored.",
         examples: &["strata image push app:1.0 registry.example.com/team/app:1.0"],
         json: Some("{destination, manifest, layers, size, uploaded, present, mounted}"),
     },

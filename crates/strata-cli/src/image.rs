@@ -643,9 +643,12 @@ async fn export(
             .await?
         }
     };
-    let written = mgr
-        .write_image(&ctx, &image, dest, &args.registry.options())
-        .await;
+    let registry = args.registry.options();
+    let written = match (&named, args.compression) {
+        // Its layers taken from where it was pulled, if it was pulled lazily.
+        (Some(n), None) => mgr.write_named_image(&ctx, &n.name, dest, &registry).await,
+        _ => mgr.write_image(&ctx, &image, dest, &registry).await,
+    };
     drop(bars);
     let report = written?;
     drop(ctx);

@@ -32,6 +32,7 @@ pub async fn push(
     _: &ContentStore,
     _: &Image,
     reference: &str,
+    _: Option<&str>,
     _: &RegistryOptions,
 ) -> Result<PushReport> {
     Err(refused(reference))

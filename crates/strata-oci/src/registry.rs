@@ -827,30 +827,72 @@ impl Registry {
     /// Pushes `image` (its blobs in `store`) to this repository under its
     /// tag (or by digest): each blob the repository lacks is mounted from
     /// another repository of the registry that has it, else uploaded; then
-    /// the manifest.
+    /// the manifest. A layer blob `store` lacks (an image pulled lazily)
+    /// comes from the repository `from` as [`Registry::copy_from`] copies
+    /// one: mounted when both are on one registry and it allows that, else
+    /// streamed through, checked against its digest, and not stored.
     pub async fn push(
         &self,
         ctx: &OpCtx,
         store: &ContentStore,
         image: &Image,
+        from: Option<&Registry>,
     ) -> Result<PushReport> {
         let mut report = PushReport::default();
+        let mut elsewhere = std::collections::HashSet::new();
         for desc in blobs_of(image) {
             ctx.check()?;
-            let siblings = self.siblings(store, desc)?;
-            self.send_blob(desc, &siblings, &mut report, || async {
-                let tracker = ProgressTracker::new(ctx, desc.digest.as_str(), desc.size, "bytes");
-                Ok(blob_stream(store, desc, tracker)?.boxed())
-            })
-            .await?;
+            match from {
+                Some(src) if is_absent(store, desc)? => {
+                    elsewhere.insert(&desc.digest);
+                    let siblings = self.mountable_from(src);
+                    let open = || src.checked_blob(ctx, desc);
+                    self.send_blob(desc, &siblings, &mut report, open).await?;
+                }
+                _ => {
+                    let siblings = self.siblings(store, desc)?;
+                    self.send_blob(desc, &siblings, &mut report, || async {
+                        let tracker =
+                            ProgressTracker::new(ctx, desc.digest.as_str(), desc.size, "bytes");
+                        Ok(blob_stream(store, desc, tracker)?.boxed())
+                    })
+                    .await?;
+                }
+            }
         }
         let bytes = read_blob(store, &image.manifest)?;
         self.push_manifest(image, bytes).await?;
         for desc in image.layers.iter().chain([&image.config, &image.manifest]) {
-            self.label_source(store, &desc.digest)?;
+            if !elsewhere.contains(&desc.digest) {
+                self.label_source(store, &desc.digest)?;
+            }
         }
         report.manifest = Some(image.manifest.digest.clone());
         Ok(report)
+    }
+
+    /// The repositories a blob of `src` can be mounted from into this one:
+    /// `src`'s, when both are on one registry.
+    fn mountable_from(&self, src: &Registry) -> Vec<String> {
+        match src.reference.resolve_registry() == self.reference.resolve_registry() {
+            true => vec![src.reference.repository().to_owned()],
+            false => Vec::new(),
+        }
+    }
+
+    /// Blob `desc` of this repository as a stream checked against its
+    /// digest (a stream that turns out to be other bytes ends in an error),
+    /// reporting its bytes to `ctx`.
+    async fn checked_blob(&self, ctx: &OpCtx, desc: &Descriptor) -> Result<BlobStream> {
+        let what = format!("blob {}", desc.digest);
+        let got = self
+            .retry(&what, || {
+                self.http()
+                    .pull_blob_stream(&self.reference, desc.digest.as_str())
+            })
+            .await?;
+        let tracker = ProgressTracker::new(ctx, desc.digest.as_str(), desc.size, "bytes");
+        Ok(checked_stream(got, desc, tracker).boxed())
     }
 
     /// Copies the image `src`'s reference names for `platform` (its
@@ -872,12 +914,7 @@ impl Registry {
         } = src.resolve_read(platform).await?;
         let config = bytes::Bytes::from(config);
         let mut report = PushReport::default();
-        let same_registry = src.reference.resolve_registry() == self.reference.resolve_registry();
-        let siblings: Vec<String> = if same_registry {
-            vec![src.reference.repository().to_owned()]
-        } else {
-            Vec::new()
-        };
+        let siblings = self.mountable_from(src);
         for desc in blobs_of(&image) {
             ctx.check()?;
             let open = || async {
@@ -887,15 +924,7 @@ impl Registry {
                         futures_util::stream::once(std::future::ready(Ok(config.clone()))).boxed();
                     return Ok(whole);
                 }
-                let what = format!("blob {}", desc.digest);
-                let got = src
-                    .retry(&what, || {
-                        src.http()
-                            .pull_blob_stream(&src.reference, desc.digest.as_str())
-                    })
-                    .await?;
-                let tracker = ProgressTracker::new(ctx, desc.digest.as_str(), desc.size, "bytes");
-                Ok(checked_stream(got, desc, tracker).boxed())
+                src.checked_blob(ctx, desc).await
             };
             self.send_blob(desc, &siblings, &mut report, open).await?;
         }
@@ -1360,18 +1389,33 @@ pub(crate) async fn source(reference: &str, opts: &RegistryOptions) -> Result<Ar
 }
 
 /// Connects to the repository of `reference` for pushes and pushes
-/// `image` there.
+/// `image` there; the layer blobs `store` lacks are copied from the
+/// repository `from` names, when given ([`Registry::push`]).
 pub async fn push(
     ctx: &OpCtx,
     store: &ContentStore,
     image: &Image,
     reference: &str,
+    from: Option<&str>,
     opts: &RegistryOptions,
 ) -> Result<PushReport> {
+    let src = match from {
+        Some(r) => Some(Registry::connect(r, RegistryOperation::Pull, opts).await?),
+        None => None,
+    };
     Registry::connect(reference, RegistryOperation::Push, opts)
         .await?
-        .push(ctx, store, image)
+        .push(ctx, store, image, src.as_ref())
         .await
+}
+
+/// True when `store` has no blob `desc`.
+fn is_absent(store: &ContentStore, desc: &Descriptor) -> Result<bool> {
+    match store.info(&desc.digest) {
+        Ok(_) => Ok(false),
+        Err(e) if strata_core::Classify::is_not_found(&e) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
