@@ -1635,6 +1635,30 @@ fn a_lazy_pull_records_refs_nothing_reads_until_they_are_filled_in_place() {
         ])
         .expect(4);
     assert!(refused.stderr.contains("is lazy"), "{}", refused.stderr);
+    // ... and kept the refs' records (each names its layer's blob).
+    let blobs = |env: &Env| -> Vec<String> {
+        let listed = env.run(&["--json", "ref", "ls"]).expect(0).json();
+        let mut blobs: Vec<String> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["blob"].to_string())
+            .collect();
+        blobs.sort();
+        blobs
+    };
+    let inspected = b
+        .run(&["--json", "image", "inspect", "lazy"])
+        .expect(0)
+        .json();
+    let mut layers: Vec<String> = inspected["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].to_string())
+        .collect();
+    layers.sort();
+    assert_eq!(blobs(&b), layers);
     let refused = b.run(&["ref", "new", &top]).expect(4);
     assert!(refused.stderr.contains("is lazy"), "{}", refused.stderr);
 
@@ -1695,15 +1719,25 @@ fn a_lazy_pull_records_refs_nothing_reads_until_they_are_filled_in_place() {
     let eager = import(&c, &["pull", &esgz, "--name", "eager"]);
     assert_eq!(eager["ref"], lazy["ref"], "{eager}");
     assert_eq!(eager["fetched"], 3, "the layers only: {eager}");
+    let again = c.run(&[
+        "--json", "image", "pull", &esgz, "--lazy", "--name", "again",
+    ]);
+    assert!(
+        again.stderr.contains("no layer of again was left lazy"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(again.expect(0).json()["lazy"], 0, "the root has them");
     assert_eq!(lazy_layers(&c, "lazy"), [false, false, false]);
     assert_eq!(mounted(&c, lazy["ref"].as_str().unwrap()), tree);
     let gz = format!("{r}/app:gzip");
     a.run(&["image", "push", "app", &gz]).expect(0);
     let whole = c.run(&["--json", "image", "pull", &gz, "--lazy", "--name", "gz"]);
-    assert!(whole.stderr.contains("pulled whole"), "{}", whole.stderr);
+    assert!(whole.stderr.contains("was left lazy"), "{}", whole.stderr);
     assert_eq!(whole.expect(0).json()["lazy"], 0);
     assert_eq!(lazy_layers(&c, "gz"), [false, false, false]);
-    c.run(&["image", "rm", "lazy", "eager", "gz"]).expect(0);
+    c.run(&["image", "rm", "lazy", "eager", "again", "gz"])
+        .expect(0);
     assert_empty(&c);
 
     // Exported to a layout, which holds the layers: they are fetched

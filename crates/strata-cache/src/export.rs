@@ -12,7 +12,6 @@ use strata_core::{Classify, Descriptor, Digest, Labels, media};
 use strata_diff::estargz::EStargzOptions;
 use strata_diff::{Compression, UNCOMPRESSED_LABEL, WriteOptions};
 use strata_leases::{OpCtx, Resource, with_lease};
-use strata_snapshot::Snapshotter;
 
 use crate::error::{CacheError, Result};
 use crate::import::BLOB_MEDIA_TYPE_LABEL;
@@ -163,13 +162,13 @@ impl ImmutableRef {
     pub async fn export_chain(&self, ctx: &OpCtx, cfg: &RefConfig) -> Result<ExportChain> {
         let mgr = &self.mgr;
         let (ctx, guard) = with_lease(ctx, &mgr.root().leases)?;
-        let mut chain = Vec::new();
-        let mut next = Some(self.snapshot_id().to_owned());
-        while let Some(key) = next {
-            next = mgr.root().snapshots.stat(&key).await?.parent;
-            chain.push(key);
+        let chain = mgr.chain_keys(self.snapshot_id()).await?;
+        // Refused before any record is touched: a lazy layer's blob is
+        // not in the store, which the blob lookup would take for a blob
+        // gone and forget.
+        if let Some(lazy) = mgr.lazy_of(&chain)?.iter().position(|&l| l) {
+            return Err(strata_snapshot::SnapshotError::Lazy(chain[lazy].clone()).into());
         }
-        chain.reverse();
         let mut out = ExportChain::default();
         let mut parent: Option<String> = None;
         for sid in chain {

@@ -79,7 +79,7 @@ pub struct ImagePullOptions {
     pub pull: PullOptions,
     /// How registries are reached.
     pub registry: RegistryOptions,
-    /// How the layers are unpacked.
+    /// How the layers are unpacked (its `lazy` is the pull's).
     pub import: ImportOptions,
 }
 
@@ -182,6 +182,14 @@ impl CacheManager {
             let (top, squashed) = self.import_counting(ctx, &pulled.image, &import).await?;
             (Some(top), squashed)
         };
+        // What the import left lazy: layers it found imported are not.
+        let lazy = match &top {
+            Some(top) if pulled.lazy > 0 => {
+                let lazy = self.lazy_layers(top).await?;
+                lazy.iter().filter(|&&l| l).count()
+            }
+            _ => 0,
+        };
         Ok(PulledImage {
             image: pulled.image,
             top,
@@ -189,7 +197,7 @@ impl CacheManager {
             fetched: pulled.fetched,
             present: pulled.present,
             name: pulled.name,
-            lazy: pulled.lazy,
+            lazy,
         })
     }
 
@@ -208,8 +216,28 @@ impl CacheManager {
     ) -> Result<PulledImage> {
         let named = self.image(name)?;
         let image = self.image_blobs(name)?;
-        let source = strata_oci::open_source(&source_of(&named)?, &opts.registry).await?;
         let present = image.blobs().count();
+        let top = match named.top_ref.is_empty() {
+            true => None,
+            false => Some(self.resolve_ref(name).await?),
+        };
+        let mut lazy = Vec::new();
+        if let Some(top) = &top {
+            lazy = self.lazy_layers(top).await?;
+        }
+        if !lazy.contains(&true) {
+            // Nothing to fetch: the source is not even opened.
+            return Ok(PulledImage {
+                image,
+                top,
+                fetched: 0,
+                present,
+                name: None,
+                lazy: 0,
+                squashed: 0,
+            });
+        }
+        let source = strata_oci::open_source(&source_of(&named)?, &opts.registry).await?;
         let fetched = strata_oci::fetch_blobs(
             ctx,
             &self.root().content,
@@ -248,15 +276,28 @@ impl CacheManager {
     /// Which layers of `r`'s chain, bottom first, are lazy: recorded, not
     /// fetched.
     pub async fn lazy_layers(&self, r: &ImmutableRef) -> Result<Vec<bool>> {
+        self.lazy_of(&self.chain_keys(r.snapshot_id()).await?)
+    }
+
+    /// Whether each of the snapshots `keys` is lazy.
+    pub(crate) fn lazy_of(&self, keys: &[String]) -> Result<Vec<bool>> {
         let sn = &self.root().snapshots;
-        let mut lazy = Vec::new();
-        let mut next = Some(r.snapshot_id().to_owned());
+        Ok(keys
+            .iter()
+            .map(|k| sn.is_lazy(k))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// The snapshot `sid` and its ancestors, bottom first.
+    pub(crate) async fn chain_keys(&self, sid: &str) -> Result<Vec<String>> {
+        let mut chain = Vec::new();
+        let mut next = Some(sid.to_owned());
         while let Some(key) = next {
-            lazy.push(sn.is_lazy(&key)?);
-            next = sn.stat(&key).await?.parent;
+            next = self.root().snapshots.stat(&key).await?.parent;
+            chain.push(key);
         }
-        lazy.reverse();
-        Ok(lazy)
+        chain.reverse();
+        Ok(chain)
     }
 
     /// Names `image` (its top ref `top`) `name`, replacing what the name

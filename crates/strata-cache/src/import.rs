@@ -233,6 +233,9 @@ impl CacheManager {
                 ..RefOptions::default()
             };
             match self.get_by_snapshot_id(&sid, &reuse).await {
+                // A lazy layer's recorded diffID is only its image's
+                // claim: the fill checks the stream against this one's.
+                Ok(r) if self.root().snapshots.is_lazy(&sid)? => return Ok(Some(r)),
                 Ok(r) => {
                     check_diff_id(desc, diff_id, r.metadata()?.diff_id())?;
                     check_diff_id(desc, diff_id, self.labelled_diff_id(&desc.digest)?)?;
@@ -482,16 +485,32 @@ impl CacheManager {
             ..layer.clone()
         };
         let applied = self.unpack_blob(ctx, &filled, parent_sid, opts).await?;
-        let sn = self.root().snapshots.under(ctx);
-        if let Err(e) = sn.fill_lazy(&layer.key, &filled.key).await {
+        // What the unpack checked is recorded first (the diffID, now the
+        // stream's, and its dedupe row; the blob's labels and link): a
+        // crash before the fill leaves true rows on a snapshot still lazy,
+        // which the next import fills; the fill itself is one transaction.
+        let recorded = (|| {
+            let tx = self.root().db.write()?;
+            metadata::apply_edit(&tx, &layer.key, blob_edit(layer))?;
+            put_diff_row(&tx, layer, parent_sid)?;
+            tx.commit()?;
+            self.label_unpacked(layer, applied.size)
+        })();
+        let filling = match recorded {
+            Ok(()) => self
+                .root()
+                .snapshots
+                .under(ctx)
+                .fill_lazy(&layer.key, &filled.key)
+                .await
+                .map_err(CacheError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = filling {
             self.discard(&filled.key).await;
-            return Err(e.into());
+            return Err(e);
         }
         tracing::debug!(layer = %layer.desc.digest, snapshot = layer.key, "lazy layer filled");
-        let tx = self.root().db.write()?;
-        put_diff_row(&tx, layer, parent_sid)?;
-        tx.commit()?;
-        self.label_unpacked(layer, applied.size)?;
         Ok(applied.squashed)
     }
 
@@ -704,7 +723,7 @@ impl CacheManager {
         opts: &ImportOptions,
         size: Option<u64>,
     ) -> Result<ImmutableRef> {
-        let (desc, key, diff_id) = (&layer.desc, &layer.key, &layer.diff_id);
+        let (desc, key) = (&layer.desc, &layer.key);
         let ropts = RefOptions {
             description: Some(format!("import image layer {}", desc.digest)),
             record_type: opts.record_type.clone(),
@@ -713,13 +732,7 @@ impl CacheManager {
         };
         let tx = self.root().db.write()?;
         metadata::put_record(&tx, key, None, &metadata::new_record(key, true, &ropts))?;
-        let edit = Edit::default()
-            .set(metadata::DIFF_ID, &diff_id.as_str())
-            .set(metadata::BLOB, &desc.digest.as_str())
-            .set(metadata::MEDIA_TYPE, &desc.media_type.as_str())
-            .set(metadata::BLOB_SIZE, &i64::try_from(desc.size).unwrap_or(-1))
-            .append(metadata::URLS, &desc.urls);
-        metadata::apply_edit(&tx, key, edit)?;
+        metadata::apply_edit(&tx, key, blob_edit(layer))?;
         tx.put(
             &keys::join(&[parent_sid, desc.digest.as_str()]),
             &ImportByBlobRecord {
@@ -785,6 +798,17 @@ impl CacheManager {
         }
         Ok(())
     }
+}
+
+/// The record values naming `layer`'s blob and diffID.
+fn blob_edit(layer: &Layer) -> Edit {
+    let desc = &layer.desc;
+    Edit::default()
+        .set(metadata::DIFF_ID, &layer.diff_id.as_str())
+        .set(metadata::BLOB, &desc.digest.as_str())
+        .set(metadata::MEDIA_TYPE, &desc.media_type.as_str())
+        .set(metadata::BLOB_SIZE, &i64::try_from(desc.size).unwrap_or(-1))
+        .append(metadata::URLS, &desc.urls)
 }
 
 /// The diffID dedupe row of `layer`, unpacked as `layer.key` on

@@ -35,7 +35,8 @@ registry's token service, which exchanges it for tokens, as docker does. A refus
 --lazy-cache, the layer blobs that `strata lazy mount` kept in that cache (whole, or the ranges it \
 fetched) are taken first: only what they lack is fetched, by range, and each is checked whole \
 before the root stores it; kept bytes that do not hash to their blob are removed and said so, and \
-that blob is fetched as usual. lazy_cache is {blobs, kept_bytes, fetched_bytes} then, else null. With --lazy, only the manifest, the config and the layers below the first eStargz layer are fetched; that layer and every one above it are recorded as lazy refs (lazy counts them), which nothing reads (a mount, view, diff or export of them exits 4) until `strata image unlazy` fetches them. An image without eStargz layers is pulled whole, and a note says so.";
+that blob is fetched as usual. lazy_cache is {blobs, kept_bytes, fetched_bytes} then, else null. With --lazy, only the manifest, the config and the layers below the first eStargz layer are fetched; that layer and every one above it are recorded as lazy refs (lazy counts them), which nothing reads (a mount, view, diff or export of them exits 4) until `strata image unlazy` fetches them. An image without eStargz layers is pulled whole, and so are layers the root has already \
+(lazy counts neither); a note says when none was left lazy.";
 #[cfg(not(feature = "registry"))]
 const PULL_NOTES: &str = "This build has no registries (it was built without the registry \
 feature): a pull fails and says so.";

@@ -115,9 +115,6 @@ pub struct PullArgs {
 
 #[derive(Debug, Args)]
 pub struct UnlazyArgs {
-    /// Layers unpacked at once [default: the cores this process may use].
-    #[arg(long, value_name = "N")]
-    jobs: Option<std::num::NonZeroUsize>,
     /// A `strata lazy mount --cache` directory: what its mounts of the
     /// image fetched is taken from it, checked, as `image pull
     /// --lazy-cache` takes it.
@@ -473,7 +470,7 @@ async fn import(
     if args.lazy {
         out.note(&match lazy {
             0 => format!(
-                "strata: no layer of {} is eStargz, so none can be left lazy: it was pulled whole",
+                "strata: no layer of {} was left lazy: none is eStargz, or each was in the root already",
                 named.name
             ),
             n => format!(
@@ -552,7 +549,6 @@ async fn unlazy(
     let opts = ImagePullOptions {
         registry: args.registry.options(),
         import: ImportOptions {
-            parallel: args.jobs.map(std::num::NonZeroUsize::get),
             ignore_chown_errors,
             ..ImportOptions::default()
         },
