@@ -1756,15 +1756,73 @@ fn a_lazy_pull_records_refs_nothing_reads_until_they_are_filled_in_place() {
         .expect(0)
         .json();
     assert_eq!(written["manifest"], pulled["manifest"], "{written}");
+    assert_eq!(lazy_layers(&e, "lazy"), [true, true, true], "no ref filled");
     let filled = e
         .run(&["--json", "image", "unlazy", "lazy"])
         .expect(0)
         .json();
     assert_eq!(filled["fetched"], 0, "{filled}");
+    assert_eq!(lazy_layers(&e, "lazy"), [false, false, false]);
+    e.run(&["check"]).expect(0);
+    e.run(&["image", "rm", "lazy"]).expect(0);
+    assert_empty(&e);
+
+    // Imported lazily from that layout, the image is pushed with its
+    // layers fetched from the layout into the root on the way; an eager
+    // pull of what was pushed finds the original tree.
     let f = env();
-    let copy = import(
-        &f,
-        &["import", &format!("oci:{}:1", s(&out)), "--name", "copy"],
+    let layout = format!("oci:{}:1", s(&out));
+    let recorded = import(&f, &["import", &layout, "--lazy", "--name", "copy"]);
+    assert_eq!(recorded["lazy"], 3, "{recorded}");
+    let target = format!("{r}/from-layout:1");
+    f.run(&["image", "push", "copy", &target]).expect(0);
+    let stored = f.run(&["--json", "content", "ls"]).expect(0).json();
+    assert_eq!(
+        stored.as_array().unwrap().len(),
+        5,
+        "the layers too: {stored}"
     );
-    assert_eq!(mounted(&f, copy["ref"].as_str().unwrap()), tree);
+    let g = env();
+    let copy = import(&g, &["pull", &target, "--name", "copy"]);
+    assert_eq!(mounted(&g, copy["ref"].as_str().unwrap()), tree);
+
+    // A lazy image whose config lies about its top layer's diffID blocks
+    // no eager import of the same layers, and is refused once they are
+    // here: its claim is checked then, as an eager pull checks it.
+    let l = Layout::new(&out);
+    let entry = read_json(&out.join("index.json"))["manifests"][0].clone();
+    let manifest = read_json(&l.blob_path(entry["digest"].as_str().unwrap()));
+    let config = edited(
+        &l,
+        &Blob {
+            digest: manifest["config"]["digest"].as_str().unwrap().to_owned(),
+            size: manifest["config"]["size"].as_u64().unwrap(),
+        },
+        |c| c["rootfs"]["diff_ids"][2] = json!(sha256(b"another layer")),
+    );
+    let mut lying = manifest.clone();
+    lying["config"]["digest"] = json!(config.digest);
+    lying["config"]["size"] = json!(config.size);
+    let mut lying = l
+        .json(&lying)
+        .desc("application/vnd.oci.image.manifest.v1+json");
+    lying["annotations"] = json!({"org.opencontainers.image.ref.name": "lying"});
+    l.index(vec![entry, lying]);
+    let h = env();
+    import(
+        &h,
+        &[
+            "import",
+            &format!("oci:{}:lying", s(&out)),
+            "--lazy",
+            "--name",
+            "lying",
+        ],
+    );
+    let honest = import(&h, &["import", &layout, "--name", "honest"]);
+    assert_eq!(honest["fetched"], 5, "its own documents, and the layers: {honest}");
+    assert_eq!(lazy_layers(&h, "lying"), [false, false, false]);
+    let refused = h.run(&["image", "unlazy", "lying"]).expect(5);
+    assert!(refused.stderr.contains("diffID"), "{}", refused.stderr);
+    h.run(&["check"]).expect(0);
 }

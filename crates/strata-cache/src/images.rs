@@ -216,36 +216,32 @@ impl CacheManager {
     ) -> Result<PulledImage> {
         let named = self.image(name)?;
         let image = self.image_blobs(name)?;
-        let present = image.blobs().count();
-        let top = match named.top_ref.is_empty() {
-            true => None,
-            false => Some(self.resolve_ref(name).await?),
+        let lazy = match named.top_ref.is_empty() {
+            true => Vec::new(),
+            false => self.lazy_layers(&self.resolve_ref(name).await?).await?,
         };
-        let mut lazy = Vec::new();
-        if let Some(top) = &top {
-            lazy = self.lazy_layers(top).await?;
-        }
-        if !lazy.contains(&true) {
-            // Nothing to fetch: the source is not even opened.
-            return Ok(PulledImage {
-                image,
-                top,
-                fetched: 0,
-                present,
-                name: None,
-                lazy: 0,
-                squashed: 0,
-            });
-        }
-        let source = strata_oci::open_source(&source_of(&named)?, &opts.registry).await?;
-        let fetched = strata_oci::fetch_blobs(
-            ctx,
-            &self.root().content,
-            source,
-            image.layers.clone(),
-            opts.pull.parallel,
-        )
-        .await?;
+        // Only a lazy layer's blob is fetched: with none, the source is
+        // not even opened (the import below still checks every layer
+        // against the image's config, as an eager pull would).
+        let wanted: Vec<_> = image
+            .layers
+            .iter()
+            .zip(&lazy)
+            .filter(|&(_, &l)| l)
+            .map(|(d, _)| d.clone())
+            .collect();
+        let fetched = match wanted.is_empty() {
+            true => 0,
+            false => {
+                let source = strata_oci::open_source(&source_of(&named)?, &opts.registry).await?;
+                let content = &self.root().content;
+                strata_oci::fetch_blobs(ctx, content, source, wanted, opts.pull.parallel).await?
+            }
+        };
+        let here = image
+            .blobs()
+            .filter(|d| self.root().content.info(&d.digest).is_ok())
+            .count();
         let mut import = opts.import.clone();
         import.image_ref.get_or_insert_with(|| named.source.clone());
         import.lazy = false;
@@ -266,7 +262,7 @@ impl CacheManager {
             image,
             top,
             fetched,
-            present: present - fetched,
+            present: here - fetched,
             name: None,
             lazy: 0,
             squashed,
@@ -490,24 +486,26 @@ impl CacheManager {
     }
 
     /// Writes the image named `name` as it was stored (the same manifest
-    /// digest) to `dest`, as [`CacheManager::write_image`] does. The layers
-    /// a lazy pull left come from where the image was pulled: to a
-    /// registry, copied registry to registry without being stored
-    /// (mounted within one registry when it allows that, else streamed
-    /// through and checked against their digests); to a layout or an
-    /// archive, which hold them, fetched into the content store first.
+    /// digest) to `dest`, as [`CacheManager::write_image`] does, and
+    /// returns it. The layers a lazy pull left come from where the image
+    /// was pulled: from a registry to a registry, copied without being
+    /// stored (mounted within one registry when it allows that, else
+    /// streamed through and checked against their digests); otherwise (a
+    /// layout or an archive on either side) fetched into the content
+    /// store first.
     pub async fn write_named_image(
         &self,
         ctx: &OpCtx,
         name: &str,
         dest: &Location,
         registry: &RegistryOptions,
-    ) -> Result<Option<PushReport>> {
+    ) -> Result<(Image, Option<PushReport>)> {
         let named = self.image(name)?;
         let image = self.image_blobs(name)?;
         let absent = self.absent_layers(&image)?;
         if absent.is_empty() {
-            return self.write_image(ctx, &image, dest, registry).await;
+            let report = self.write_image(ctx, &image, dest, registry).await?;
+            return Ok((image, report));
         }
         let source = source_of(&named)?;
         if let (Location::Registry { reference }, Location::Registry { reference: from }) =
@@ -516,12 +514,13 @@ impl CacheManager {
             let store = self.root().content.under(ctx);
             let pushed =
                 strata_oci::push(ctx, &store, &image, reference, Some(from), registry).await?;
-            return Ok(Some(pushed));
+            return Ok((image, Some(pushed)));
         }
         let src = strata_oci::open_source(&source, registry).await?;
         let parallel = PullOptions::default().parallel;
         strata_oci::fetch_blobs(ctx, &self.root().content, src, absent, parallel).await?;
-        self.write_image(ctx, &image, dest, registry).await
+        let report = self.write_image(ctx, &image, dest, registry).await?;
+        Ok((image, report))
     }
 
     /// The layers of `image` whose blobs the content store lacks (those a

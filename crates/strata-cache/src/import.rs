@@ -235,7 +235,13 @@ impl CacheManager {
             match self.get_by_snapshot_id(&sid, &reuse).await {
                 // A lazy layer's recorded diffID is only its image's
                 // claim: the fill checks the stream against this one's.
-                Ok(r) if self.root().snapshots.is_lazy(&sid)? => return Ok(Some(r)),
+                // It is filled from its own blob only: one found by the
+                // diffID alone names another.
+                Ok(r) if self.root().snapshots.is_lazy(&sid)? => {
+                    if r.metadata()?.blob().as_ref() == Some(&desc.digest) {
+                        return Ok(Some(r));
+                    }
+                }
                 Ok(r) => {
                     check_diff_id(desc, diff_id, r.metadata()?.diff_id())?;
                     check_diff_id(desc, diff_id, self.labelled_diff_id(&desc.digest)?)?;

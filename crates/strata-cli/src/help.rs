@@ -35,8 +35,13 @@ registry's token service, which exchanges it for tokens, as docker does. A refus
 --lazy-cache, the layer blobs that `strata lazy mount` kept in that cache (whole, or the ranges it \
 fetched) are taken first: only what they lack is fetched, by range, and each is checked whole \
 before the root stores it; kept bytes that do not hash to their blob are removed and said so, and \
-that blob is fetched as usual. lazy_cache is {blobs, kept_bytes, fetched_bytes} then, else null. With --lazy, only the manifest, the config and the layers below the first eStargz layer are fetched; that layer and every one above it are recorded as lazy refs (lazy counts them), which nothing reads (a mount, view, diff or export of them exits 4) until `strata image unlazy` fetches them. An image without eStargz layers is pulled whole, and so are layers the root has already \
-(lazy counts neither); a note says when none was left lazy.";
+that blob is fetched as usual. lazy_cache is {blobs, kept_bytes, fetched_bytes} then, else null. \
+With --lazy, only the manifest, the config and the layers below the first eStargz layer are \
+fetched; that layer and every one above it are recorded as lazy refs (lazy counts them), which \
+nothing reads (a mount, view, diff, or export that makes a new image of them exits 4) until \
+`strata image unlazy` fetches them; the image itself can be pushed and exported as stored (see \
+image export). An image without eStargz layers is pulled whole, and so are layers the root has \
+already (lazy counts neither); a note says when none was left lazy.";
 #[cfg(not(feature = "registry"))]
 const PULL_NOTES: &str = "This build has no registries (it was built without the registry \
 feature): a pull fails and says so.";
@@ -431,8 +436,9 @@ machine's platform or --platform). Layers keep their compression unless --force-
 converts them. In the JSON, uploaded, present and mounted are null except for a registry: blobs \
 sent, blobs the repository had, blobs mounted from another repository. A named image pulled with \
 --lazy is written as stored: the layers not fetched come from where it was pulled (to a registry \
-copied registry to registry without being stored, as for image push; to a layout or an archive \
-fetched into the root first); with --compression it needs its files, and exits 4 until unlazied.",
+copied registry to registry without being stored when it was pulled from a registry, as for \
+image push; otherwise, to or from a layout or an archive, fetched into the root first); with \
+--compression it needs its files, and exits 4 until unlazied.",
         examples: &[
             "strata image export app:1.0 oci:./out:1.0",
             "strata image export app:1.0 docker-archive:app.tar:app:1.0",
@@ -446,7 +452,8 @@ fetched into the root first); with --compression it needs its files, and exits 4
 registry has are mounted, the rest are uploaded in chunks; the manifest goes last. The layers a \
 `pull --lazy` left are copied from the repository the image was pulled from, as `lazy copy` \
 copies: mounted within one registry when it allows that, else streamed through and checked, \
-never stored.",
+never stored (an image imported lazily from a layout or an archive has them fetched into the \
+root first).",
         examples: &["strata image push app:1.0 registry.example.com/team/app:1.0"],
         json: Some("{destination, manifest, layers, size, uploaded, present, mounted}"),
     },

@@ -612,9 +612,11 @@ async fn export(
         Err(e) if e.is_not_found() => None,
         Err(e) => return Err(e.into()),
     };
-    let image = match (&named, args.compression) {
-        // A named image as it was stored: the same manifest digest.
-        (Some(n), None) => mgr.image_blobs(&n.name)?,
+    let registry = args.registry.options();
+    let written = match (&named, args.compression) {
+        // A named image as it was stored (the same manifest digest), the
+        // layers a lazy pull left taken from where it was pulled.
+        (Some(n), None) => mgr.write_named_image(&ctx, &n.name, dest, &registry).await,
         _ => {
             let r = mgr.resolve_ref(what).await?;
             let kind = Compression::from(args.compression.unwrap_or(CompressionArg::Gzip));
@@ -629,24 +631,21 @@ async fn export(
             let reference = named
                 .as_ref()
                 .map_or_else(|| what.to_owned(), |n| n.name.clone());
-            mgr.image_of_ref(
-                &ctx,
-                &r,
-                &cfg,
-                &reference,
-                &platform(args.platform.as_deref())?,
-            )
-            .await?
+            let image = mgr
+                .image_of_ref(
+                    &ctx,
+                    &r,
+                    &cfg,
+                    &reference,
+                    &platform(args.platform.as_deref())?,
+                )
+                .await?;
+            let written = mgr.write_image(&ctx, &image, dest, &registry).await;
+            written.map(|report| (image, report))
         }
     };
-    let registry = args.registry.options();
-    let written = match (&named, args.compression) {
-        // Its layers taken from where it was pulled, if it was pulled lazily.
-        (Some(n), None) => mgr.write_named_image(&ctx, &n.name, dest, &registry).await,
-        _ => mgr.write_image(&ctx, &image, dest, &registry).await,
-    };
     drop(bars);
-    let report = written?;
+    let (image, report) = written?;
     drop(ctx);
     if let Some(g) = guard {
         g.release()?;

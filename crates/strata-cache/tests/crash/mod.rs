@@ -52,8 +52,8 @@ fn put(content: &strata_content::ContentStore, media: &str, data: &[u8]) -> Desc
     Descriptor::new(media, digest, data.len() as u64)
 }
 
-/// A one-layer image with the file `name` holding `name`, its blobs in
-/// the store under the operation's lease; with `estargz`, that layer is
+/// An image with the file `name` holding `name`, its blobs in the store
+/// under the operation's lease; with `estargz`, that layer is
 /// eStargz over a plain one (the file `NAME.base`), and left out of the
 /// store and returned, for a lazy import.
 fn small_image(mgr: &CacheManager, ctx: &OpCtx, name: &str, estargz: bool) -> (Image, Vec<u8>) {
@@ -244,6 +244,13 @@ async fn child(dir: &Path, seed: u64, backend: &BackendChoice) {
                     .await
                     .expect("lazy import");
                 assert_eq!(mgr.lazy_layers(&top).await.unwrap(), [false, true]);
+                // Kept before the fill: a kill during it must leave the
+                // ref lazy or filled, never lost or half.
+                let lazy_item = format!("l:{}:{token}", top.id());
+                mgr.attach_lease(&owner(top.id()), top.id())
+                    .await
+                    .expect("attach");
+                log.added(&lazy_item);
                 phase.enter("unlazy");
                 let content = mgr.root().content.under(&ctx);
                 put(&content, &img.layers[1].media_type, &blob);
@@ -252,6 +259,7 @@ async fn child(dir: &Path, seed: u64, backend: &BackendChoice) {
                     .await
                     .expect("unlazy");
                 assert_eq!(filled.id(), top.id());
+                log.removing(&lazy_item);
                 Some((top.id().to_owned(), token.clone()))
             }
             _ => {
@@ -300,12 +308,19 @@ fn verify(
     let live = AckLog::new(dir).live();
     let check_live = |when: &str| {
         for item in &live {
-            if let Some(rest) = item.strip_prefix("r:") {
+            // A ref recorded lazily is lazy or filled: its file is read
+            // once it is filled.
+            let (rest, lazy) = match item.strip_prefix("l:") {
+                Some(rest) => (Some(rest), true),
+                None => (item.strip_prefix("r:"), false),
+            };
+            if let Some(rest) = rest {
                 let (id, file) = rest.split_once(':').unwrap();
                 let r = rt
                     .block_on(mgr.get(id, &RefOptions::default()))
                     .unwrap_or_else(|e| panic!("round {round} {when}: ref {id} lost: {e}"));
-                if !file.is_empty() {
+                let unread = lazy && root.snapshots.is_lazy(r.snapshot_id()).unwrap();
+                if !file.is_empty() && !unread {
                     let reader = rt.block_on(r.reader(&OpCtx::new())).unwrap();
                     let data = reader.read_file(file.as_ref(), None).unwrap_or_else(|e| {
                         panic!("round {round} {when}: ref {id} lost {file}: {e}")
