@@ -417,21 +417,14 @@ fn an_estargz_image_is_used_before_it_is_downloaded() {
 
 /// The layer blobs of image `name` in `env`'s root: digests and sizes.
 fn layer_blobs(env: &Env, name: &str) -> Vec<(String, u64)> {
-    let got = env
-        .run(&["--json", "image", "inspect", name])
-        .expect(0)
-        .json();
-    got["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l["digest"].as_str().unwrap().to_owned(),
-                l["size"].as_u64().unwrap(),
-            )
-        })
-        .collect()
+    let layers = env.image_layers(name);
+    let blob = |l: &Value| {
+        (
+            l["digest"].as_str().unwrap().to_owned(),
+            l["size"].as_u64().unwrap(),
+        )
+    };
+    layers.iter().map(blob).collect()
 }
 
 #[test]

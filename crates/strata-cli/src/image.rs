@@ -98,29 +98,43 @@ pub struct PullArgs {
     /// Layers unpacked at once [default: the cores this process may use].
     #[arg(long, value_name = "N")]
     jobs: Option<std::num::NonZeroUsize>,
-    /// A `strata lazy mount --cache` directory: the layer blobs its mounts
-    /// of this image fetched (whole or in part) are taken from it, checked,
-    /// and only what they lack is fetched.
-    #[cfg(feature = "registry")]
-    #[arg(long, value_name = "DIR", conflicts_with = "lazy")]
-    lazy_cache: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    kept: KeptArg,
     /// Record the image without its layers from the first eStargz one up
     /// (their refs are lazy until `image unlazy`); the layers below, and
     /// every layer of an image without eStargz layers, are pulled whole.
     #[arg(long)]
+    #[cfg_attr(feature = "registry", arg(conflicts_with = "lazy_cache"))]
     lazy: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
 
+/// `--lazy-cache`, in builds with registries.
 #[derive(Debug, Args)]
-pub struct UnlazyArgs {
-    /// A `strata lazy mount --cache` directory: what its mounts of the
-    /// image fetched is taken from it, checked, as `image pull
-    /// --lazy-cache` takes it.
+pub struct KeptArg {
+    /// A `strata lazy mount --cache` directory: the layer blobs its mounts
+    /// of this image fetched (whole or in part) are taken from it, checked,
+    /// and only what they lack is fetched.
     #[cfg(feature = "registry")]
     #[arg(long, value_name = "DIR")]
     lazy_cache: Option<std::path::PathBuf>,
+}
+
+impl KeptArg {
+    /// The directory, if given.
+    fn dir(&self) -> Option<&std::path::Path> {
+        #[cfg(feature = "registry")]
+        return self.lazy_cache.as_deref();
+        #[cfg(not(feature = "registry"))]
+        None
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct UnlazyArgs {
+    #[command(flatten)]
+    kept: KeptArg,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -437,13 +451,8 @@ async fn import(
             ..ImportOptions::default()
         },
     };
-    #[cfg(feature = "registry")]
-    let from_cache = crate::lazy::cache_for_pull(args.lazy_cache.as_deref(), location)?;
-    let (ctx, guard) = context(mgr, lease, out)?;
-    #[cfg(feature = "registry")]
-    let lazy_cache = take_kept(mgr, &ctx, from_cache, &opts, out).await?;
-    #[cfg(not(feature = "registry"))]
-    let lazy_cache = None;
+    let (ctx, guard, lazy_cache) =
+        context_taking_kept(mgr, lease, args.kept.dir(), location, &opts, out).await?;
     let (ctx, bars) = progress::drawn(&ctx, out);
     let pulled = mgr.pull_image(&ctx, location, &opts).await;
     drop(bars);
@@ -509,33 +518,50 @@ impl ImportedJson {
     }
 }
 
-/// What `--lazy-cache` gives before a pull or an unlazy: the blobs lazy
-/// mounts kept of `from` (the cache and reference
-/// [`crate::lazy::cache_for_pull`] found), put in the root under `ctx`;
-/// none without it.
-#[cfg(feature = "registry")]
-async fn take_kept(
+/// The operation's context and its lease's guard, with what `--lazy-cache
+/// CACHE` gives taken first: the blobs lazy mounts kept of the image at
+/// `location` (a registry's), put in the root under the context (none
+/// without a cache).
+async fn context_taking_kept(
     mgr: &CacheManager,
-    ctx: &strata_cache::OpCtx,
-    from: Option<(std::path::PathBuf, &str)>,
+    lease: Option<&str>,
+    cache: Option<&std::path::Path>,
+    location: &Location,
     opts: &ImagePullOptions,
     out: &Output,
-) -> anyhow::Result<Option<KeptJson>> {
-    let Some((dir, reference)) = from else {
-        return Ok(None);
+) -> anyhow::Result<(
+    strata_cache::OpCtx,
+    Option<strata_leases::LeaseGuard>,
+    Option<KeptJson>,
+)> {
+    // Seen to be a cache before anything is done.
+    #[cfg(feature = "registry")]
+    let from_cache = crate::lazy::cache_for_pull(cache, location)?;
+    let (ctx, guard) = context(mgr, lease, out)?;
+    #[cfg(feature = "registry")]
+    let kept = match from_cache {
+        Some((dir, reference)) => Some(
+            crate::lazy::take_kept_blobs(
+                &mgr.root().content.under(&ctx),
+                reference,
+                &opts.pull.platform,
+                &opts.registry,
+                opts.pull.parallel,
+                &dir,
+                out,
+            )
+            .await
+            .with_context(|| format!("take kept blobs from {}", dir.display()))?,
+        ),
+        None => None,
     };
-    crate::lazy::take_kept_blobs(
-        &mgr.root().content.under(ctx),
-        reference,
-        &opts.pull.platform,
-        &opts.registry,
-        opts.pull.parallel,
-        &dir,
-        out,
-    )
-    .await
-    .map(Some)
-    .with_context(|| format!("take kept blobs from {}", dir.display()))
+    #[cfg(not(feature = "registry"))]
+    let kept = {
+        // Builds without registries have no --lazy-cache.
+        let _ = (cache, location, opts);
+        None
+    };
+    Ok((ctx, guard, kept))
 }
 
 async fn unlazy(
@@ -554,15 +580,9 @@ async fn unlazy(
         },
         ..ImagePullOptions::default()
     };
-    #[cfg(feature = "registry")]
     let source = Location::parse(&mgr.image(name)?.source)?;
-    #[cfg(feature = "registry")]
-    let from_cache = crate::lazy::cache_for_pull(args.lazy_cache.as_deref(), &source)?;
-    let (ctx, guard) = context(mgr, lease, out)?;
-    #[cfg(feature = "registry")]
-    let lazy_cache = take_kept(mgr, &ctx, from_cache, &opts, out).await?;
-    #[cfg(not(feature = "registry"))]
-    let lazy_cache = None;
+    let (ctx, guard, lazy_cache) =
+        context_taking_kept(mgr, lease, args.kept.dir(), &source, &opts, out).await?;
     let (ctx, bars) = progress::drawn(&ctx, out);
     let pulled = mgr.unlazy_image(&ctx, name, &opts).await;
     drop(bars);

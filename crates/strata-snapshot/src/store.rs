@@ -735,19 +735,24 @@ impl SnapshotStore {
         parent: Option<&str>,
         labels: Labels,
     ) -> Result<(), SnapshotError> {
+        self.create(key, parent, (Kind::Committed, true), labels)
+            .await
+            .map(drop)
+    }
+
+    /// Creates `key` of `kind` (lazy or not) on `parent`, held by the
+    /// handle's operation.
+    async fn create(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: (Kind, bool),
+        labels: Labels,
+    ) -> Result<Vec<Mount>, SnapshotError> {
         let (key, parent) = (key.to_owned(), parent.map(str::to_owned));
         let hold = self.hold()?;
-        self.blocking(move |i| {
-            i.create(
-                &key,
-                parent.as_deref(),
-                (Kind::Committed, true),
-                labels,
-                hold.as_ref(),
-            )
-            .map(drop)
-        })
-        .await
+        self.blocking(move |i| i.create(&key, parent.as_deref(), kind, labels, hold.as_ref()))
+            .await
     }
 
     /// Turns the lazy snapshot `key` into an ordinary one, atomically: it
@@ -813,18 +818,8 @@ impl Snapshotter for SnapshotStore {
         parent: Option<&str>,
         labels: Labels,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        let (key, parent) = (key.to_owned(), parent.map(str::to_owned));
-        let hold = self.hold()?;
-        self.blocking(move |i| {
-            i.create(
-                &key,
-                parent.as_deref(),
-                (Kind::Active, false),
-                labels,
-                hold.as_ref(),
-            )
-        })
-        .await
+        self.create(key, parent, (Kind::Active, false), labels)
+            .await
     }
 
     async fn view(
@@ -833,18 +828,7 @@ impl Snapshotter for SnapshotStore {
         parent: Option<&str>,
         labels: Labels,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        let (key, parent) = (key.to_owned(), parent.map(str::to_owned));
-        let hold = self.hold()?;
-        self.blocking(move |i| {
-            i.create(
-                &key,
-                parent.as_deref(),
-                (Kind::View, false),
-                labels,
-                hold.as_ref(),
-            )
-        })
-        .await
+        self.create(key, parent, (Kind::View, false), labels).await
     }
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {

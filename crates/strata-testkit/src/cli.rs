@@ -206,6 +206,18 @@ impl Env {
             .to_owned()
     }
 
+    /// The layers `strata image inspect NAME` lists, which must succeed.
+    pub fn image_layers(&self, name: &str) -> Vec<serde_json::Value> {
+        let got = self
+            .run(&["--json", "image", "inspect", name])
+            .expect(0)
+            .json();
+        match got["layers"].as_array() {
+            Some(layers) => layers.clone(),
+            None => panic!("image inspect listed no layers: {got}"),
+        }
+    }
+
     /// Starts `strata content ingest -` with `bytes` on its stdin (left
     /// open) and returns once its ingest exists, so the process holds the
     /// root and a partial ingest is on disk. Closing the returned stdin lets
