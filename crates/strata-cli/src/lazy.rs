@@ -311,6 +311,13 @@ fn toc_digest(i: usize, desc: &Descriptor) -> anyhow::Result<Option<Digest>> {
 }
 
 fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    // Listened for from the start: a signal that comes before the mount
+    // serves (even just after its line is printed) ends it cleanly once
+    // it does, rather than killing the process with its mounts left.
+    let stop = {
+        let _in = rt.enter();
+        Stop::listen()?
+    };
     let platform = platform(args.platform.as_deref())?;
     let keep = args
         .keep_storage
@@ -403,7 +410,7 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
             args.dir.display()
         ),
     )?;
-    rt.block_on(serve_until_stopped(&mounted, !args.no_prefetch, out))?;
+    rt.block_on(serve_until_stopped(&mounted, !args.no_prefetch, stop, out))?;
     let (totals, ended) = mounted.unmount(std::time::Duration::from_secs(5))?;
     if !ended {
         tracing::warn!(dir = %args.dir.display(), "DIR is still in use: the layers end with this process")
@@ -418,22 +425,38 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for SIGINT or SIGTERM. With `prefetching`, says so in a line once
-/// `mounted`'s prefetch has finished (every chunk it could fetch is in the
-/// cache), with how many layer blobs are kept whole.
+/// SIGINT and SIGTERM, listened for from when this is made (inside a
+/// Tokio runtime): one that came before [`serve_until_stopped`] waits
+/// ends it at once.
+struct Stop {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn listen() -> std::io::Result<Stop> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Stop {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
+/// Waits for SIGINT or SIGTERM (`stop`). With `prefetching`, says so in a
+/// line once `mounted`'s prefetch has finished (every chunk it could fetch
+/// is in the cache), with how many layer blobs are kept whole.
 async fn serve_until_stopped(
     mounted: &ImageMount,
     mut prefetching: bool,
+    mut stop: Stop,
     out: &Output,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
         tokio::select! {
-            _ = int.recv() => return Ok(()),
-            _ = term.recv() => return Ok(()),
+            _ = stop.int.recv() => return Ok(()),
+            _ = stop.term.recv() => return Ok(()),
             _ = tick.tick(), if prefetching => {
                 if mounted.prefetched() {
                     prefetching = false;
