@@ -6,7 +6,9 @@
 //! back, the right bytes; a second mount over the same cache fetches no
 //! TOC and no chunk again; plain gzip layers are fetched whole and unpacked once,
 //! alone or under and over eStargz ones, and one that does not match its
-//! digest leaves nothing; a mount outlives its registry token.
+//! digest leaves nothing; a mount outlives its registry token; a root's
+//! image pulled lazily mounts from its snapshots and the registry, alone
+//! or through the root's daemon.
 
 use std::fs;
 use std::io::BufReader;
@@ -75,7 +77,10 @@ fn layers(env: &Env) -> Vec<Vec<u8>> {
 /// on (the tests' mounts fetch only what they read otherwise).
 const PREFETCH: &str = "(prefetch)";
 
-/// A running `strata lazy mount`; stopped with SIGTERM when dropped, so
+/// `strata image mount`, for [`LazyMount::started`].
+const IMAGE_MOUNT: &[&str] = &["image", "mount"];
+
+/// A running `strata lazy mount` (or `image mount`); stopped with SIGTERM when dropped, so
 /// a failed test leaves nothing mounted.
 struct LazyMount {
     child: Child,
@@ -97,9 +102,22 @@ impl LazyMount {
         cache: &Path,
         extra: &[&str],
     ) -> (LazyMount, Value) {
-        match LazyMount::try_start(env, reference, dir, cache, extra) {
+        LazyMount::started(&["lazy", "mount"], env, reference, dir, cache, extra)
+    }
+
+    /// `command` (`lazy mount`, [`IMAGE_MOUNT`]) started, or the test
+    /// failed with what it said.
+    fn started(
+        command: &[&str],
+        env: &Env,
+        what: &str,
+        dir: &Path,
+        cache: &Path,
+        extra: &[&str],
+    ) -> (LazyMount, Value) {
+        match LazyMount::spawn(env, command, what, dir, cache, extra) {
             (Some(m), said) => (m, serde_json::from_str(&said).unwrap()),
-            (None, err) => panic!("lazy mount {reference} failed: {err}"),
+            (None, err) => panic!("{} {what} failed: {err}", command.join(" ")),
         }
     }
 
@@ -108,6 +126,18 @@ impl LazyMount {
     /// Prefetch is off unless `extra` has [`PREFETCH`].
     fn try_start(
         env: &Env,
+        reference: &str,
+        dir: &Path,
+        cache: &Path,
+        extra: &[&str],
+    ) -> (Option<LazyMount>, String) {
+        LazyMount::spawn(env, &["lazy", "mount"], reference, dir, cache, extra)
+    }
+
+    /// [`LazyMount::try_start`] of `command` (`lazy mount`, `image mount`).
+    fn spawn(
+        env: &Env,
+        command: &[&str],
         reference: &str,
         dir: &Path,
         cache: &Path,
@@ -122,15 +152,9 @@ impl LazyMount {
             false => Some("--no-prefetch"),
         };
         let mut child = env
-            .cmd(&[
-                "--json",
-                "lazy",
-                "mount",
-                reference,
-                &s(dir),
-                "--cache",
-                &s(cache),
-            ])
+            .cmd(&["--json"])
+            .args(command)
+            .args([reference, &s(dir), "--cache", &s(cache)])
             .args(prefetch)
             .args(extra.iter().filter(|a| **a != PREFETCH))
             .stdout(Stdio::piped())
@@ -813,16 +837,48 @@ fn mixed(
     reference
 }
 
-#[test]
-fn plain_layers_are_unpacked_under_and_over_lazy_ones() {
-    let name = "plain_layers_are_unpacked_under_and_over_lazy_ones";
-    if !strata_testkit::require_tools(name, &[("skopeo", "skopeo")]) {
-        return;
+/// What the tests that remake images with skopeo start from: [`layers`]
+/// published as NAME:v1.
+struct Published {
+    env: Env,
+    registry: Registry,
+    layers: Vec<Vec<u8>>,
+    /// The eager import's listing.
+    want: String,
+    reference: String,
+}
+
+/// [`layers`] published as `name` for `test`, or `None` (the test
+/// reported skipped) without skopeo.
+fn published(test: &str, name: &str) -> Option<Published> {
+    if !strata_testkit::require_tools(test, &[("skopeo", "skopeo")]) {
+        return None;
     }
     let env = Env::strata();
     let registry = Registry::start(None);
-    let two = layers(&env);
-    let (want, _) = publish(&env, &registry, "both", &two);
+    let layers = layers(&env);
+    let (want, reference) = publish(&env, &registry, name, &layers);
+    Some(Published {
+        env,
+        registry,
+        layers,
+        want,
+        reference,
+    })
+}
+
+#[test]
+fn plain_layers_are_unpacked_under_and_over_lazy_ones() {
+    let Some(Published {
+        env,
+        registry,
+        layers: two,
+        want,
+        ..
+    }) = published("plain_layers_are_unpacked_under_and_over_lazy_ones", "both")
+    else {
+        return;
+    };
     let cache = env.path("cache");
     for (plain, case) in [(0, "under"), (1, "over")] {
         let reference = mixed(&env, &registry, case, "both", plain, &two[plain]);
@@ -890,4 +946,182 @@ fn plain_layers_are_unpacked_under_and_over_lazy_ones() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "left in the cache: {left:?}");
+}
+
+/// The directories under `root`'s snapshots.
+fn snapshot_dirs(env: &Env) -> usize {
+    fs::read_dir(env.root.join("snapshots"))
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_root_image_pulled_lazily_is_mounted_from_its_snapshots_and_the_registry() {
+    let Some(Published {
+        env,
+        registry,
+        layers: two,
+        want,
+        reference: all_lazy,
+    }) = published(
+        "a_root_image_pulled_lazily_is_mounted_from_its_snapshots_and_the_registry",
+        "rooted",
+    )
+    else {
+        return;
+    };
+    // Its bottom layer plain gzip: a lazy pull unpacks it into the root.
+    let under = mixed(&env, &registry, "under", "rooted", 0, &two[0]);
+    let root = Env::strata();
+    let pulled = root
+        .run(&["--json", "image", "pull", &under, "--lazy", "--name", "lz"])
+        .expect(0)
+        .json();
+    assert_eq!(pulled["lazy"], 1, "{pulled}");
+    let (mnt, cache) = (root.path("mnt"), root.path("cache"));
+
+    // The bottom layer from the root's snapshot, the top one served
+    // lazily: the tree is the eager import's, and only the top layer's
+    // bytes are fetched.
+    let (mounted, said) = LazyMount::started(IMAGE_MOUNT, &root, "lz", &mnt, &cache, &[PREFETCH]);
+    let mut mounted = mounted;
+    assert_eq!(said["from_root"], 1, "{said}");
+    let served: Vec<&Value> = said["layers"].as_array().unwrap().iter().collect();
+    assert_eq!(served.len(), 1, "{said}");
+    assert_eq!(served[0]["lazy"], true, "{said}");
+    assert_eq!(listing(&mnt), want);
+    assert_eq!(
+        Command::new(mnt.join("usr/tool")).output().unwrap().stdout,
+        b"lazy hello\n"
+    );
+    let prefetched = mounted.next_value_within(std::time::Duration::from_secs(120));
+    assert_eq!(prefetched["blobs_whole"], 1, "{prefetched}");
+    let (code, fetched) = mounted.stop();
+    assert_eq!(code, 0, "{fetched}");
+    let top = layer_blobs(&root, "lz")[1].clone();
+    // Its 51-byte footer is read first, then the rest from the TOC on.
+    assert!(
+        fetched["bytes_fetched"].as_u64().unwrap() <= top.1 + 51,
+        "only the lazy layer's blob ({} bytes) is read: {fetched}",
+        top.1
+    );
+    // What the mount kept fills the lazy ref: nothing is downloaded.
+    let unlazied = root
+        .run(&[
+            "--json",
+            "image",
+            "unlazy",
+            "lz",
+            "--lazy-cache",
+            &s(&cache),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (
+            &unlazied["ref"],
+            &unlazied["fetched"],
+            &unlazied["lazy_cache"]["blobs"]
+        ),
+        (&pulled["ref"], &json!(0), &json!(1)),
+        "{unlazied}"
+    );
+
+    // Filled, it mounts from the root alone (here writable); the mount
+    // holds the chain while its name is removed and collected (the root
+    // is free meanwhile), and lets go once stopped.
+    let upper = root.path("upper");
+    let (mounted, said) = LazyMount::started(
+        IMAGE_MOUNT,
+        &root,
+        "lz",
+        &mnt,
+        &cache,
+        &["--upper", &s(&upper)],
+    );
+    assert_eq!(
+        (&said["from_root"], &said["layers"]),
+        (&json!(2), &json!([])),
+        "{said}"
+    );
+    root.run(&["image", "rm", "lz"]).expect(0);
+    root.run(&["gc"]).expect(0);
+    assert_eq!(listing(&mnt), want, "collected under the mount");
+    fs::write(mnt.join("usr/written"), "by a step").unwrap();
+    assert_eq!(mounted.stop().0, 0);
+    assert_eq!(
+        fs::read(upper.join("fs/usr/written")).unwrap(),
+        b"by a step"
+    );
+    root.run(&["gc"]).expect(0);
+    assert_eq!(snapshot_dirs(&root), 0, "the chain is collected after");
+
+    // Every layer lazy, mounted through the root's daemon: the mount
+    // ends when its client does.
+    let other = Env::strata();
+    other
+        .run(&["image", "pull", &all_lazy, "--lazy", "--name", "all"])
+        .expect(0);
+    let daemon = other.serve(&[]);
+    let (mounted, said) = LazyMount::started(IMAGE_MOUNT, &other, "all", &mnt, &cache, &[]);
+    assert_eq!(said["from_root"], 0, "{said}");
+    assert_eq!(listing(&mnt), want);
+    mounted.kill();
+    let deadline = std::time::Instant::now() + STOP_LIMIT;
+    let mounted = || {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&s(&mnt))
+    };
+    while mounted() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon kept serving {}",
+            mnt.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(daemon.stop().0, 0);
+
+    // Lazy layers are read from a layout by range, and refused from an
+    // archive (which cannot be), naming the way out.
+    for (kind, location) in [("oci", "estargz-layout"), ("oci-archive", "estargz.tar")] {
+        let location = format!("{kind}:{}", s(&env.path(location)));
+        env.run(&[
+            "image",
+            "export",
+            "rooted",
+            &location,
+            "--compression",
+            "estargz",
+            "--force-compression",
+        ])
+        .expect(0);
+        let imported = other
+            .run(&[
+                "--json", "image", "import", &location, "--lazy", "--name", kind,
+            ])
+            .expect(0)
+            .json();
+        assert_eq!(imported["lazy"], 2, "{imported}");
+    }
+    let (mounted, said) = LazyMount::started(IMAGE_MOUNT, &other, "oci", &mnt, &cache, &[]);
+    assert_eq!(said["from_root"], 0, "{said}");
+    assert_eq!(listing(&mnt), want);
+    assert_eq!(mounted.stop().0, 0);
+    let mount = |name: &str| other.run(&["image", "mount", name, &s(&mnt), "--cache", &s(&cache)]);
+    let run = mount("oci-archive");
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("estargz.tar") && run.stderr.contains("image unlazy oci-archive"),
+        "{}",
+        run.stderr
+    );
+    let run = mount("nothing");
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("image nothing: not found"),
+        "{}",
+        run.stderr
+    );
 }

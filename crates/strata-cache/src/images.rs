@@ -285,7 +285,7 @@ impl CacheManager {
     }
 
     /// The snapshot `sid` and its ancestors, bottom first.
-    pub(crate) async fn chain_keys(&self, sid: &str) -> Result<Vec<String>> {
+    pub async fn chain_keys(&self, sid: &str) -> Result<Vec<String>> {
         let mut chain = Vec::new();
         let mut next = Some(sid.to_owned());
         while let Some(key) = next {

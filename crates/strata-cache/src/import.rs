@@ -477,8 +477,10 @@ impl CacheManager {
     /// Gives the lazy snapshot `layer.key` its layer: unpacked from the
     /// blob, now in the content store, into a snapshot on the same parent
     /// that then takes its place
-    /// ([`strata_snapshot::SnapshotStore::fill_lazy`]); the rows and labels
-    /// an unpack records follow. The entries whose owner was squashed.
+    /// ([`strata_snapshot::SnapshotStore::fill_lazy`]). The rows and labels
+    /// an unpack records are written before that swap, so a crash between
+    /// leaves true rows on a snapshot still lazy. The entries whose owner
+    /// was squashed.
     async fn fill_layer(
         &self,
         ctx: &OpCtx,

@@ -426,6 +426,28 @@ unpacked once, --jobs at a time. --lazy leaves layers lazy as `image pull --lazy
             "{name, ref, manifest, config, source, created, fetched, present, lazy, lazy_cache}",
         ),
     },
+    #[cfg(feature = "registry")]
+    Page {
+        path: "image mount",
+        notes: "Mounts an image of the root as `strata lazy mount` mounts one from a registry (see its help for \
+the cache, prefetch, --keep-storage and --upper), with the layers the root has stacked straight from its \
+snapshots (nothing fetched or unpacked for them) and the lazy layers a `pull --lazy` left read from where \
+the image was pulled: by range from its registry (by digest, so a tag that moved does not matter) or from \
+its layout's blob files. An image imported from an archive cannot be read by range: `image unlazy` it \
+first. The image's layers are held by a lease of the command's own until DIR is mounted, and from then \
+on by the mount itself (the collector leaves every snapshot a mount uses), so `image rm` and `gc` can run \
+meanwhile; run without a daemon, the command lets go of the root once it serves. Run through `strata \
+serve`, the daemon serves the mount and stops it when the client is stopped. What the mount kept of the \
+lazy layers' blobs fills them without a download: `image unlazy NAME --lazy-cache CACHE`.\n\n\
+With --json it prints {image, dir, from_root, layers, requests, bytes_fetched} once DIR is mounted \
+(from_root: how many bottom layers come from the root's snapshots; layers: those above them, as \
+`lazy mount` prints them), then what `lazy mount` prints.",
+        examples: &[
+            "strata image pull registry.example/app:estargz --lazy && strata image mount registry.example/app:estargz /mnt/app --cache /var/cache/strata-lazy",
+            "strata image unlazy registry.example/app:estargz --lazy-cache /var/cache/strata-lazy  # after it stops",
+        ],
+        json: None,
+    },
     Page {
         path: "image export",
         notes: "DEST is oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:NAME] or \

@@ -72,6 +72,11 @@ pub enum ImageCmd {
         #[command(flatten)]
         opts: UnlazyArgs,
     },
+    /// Mount an image on DIR: the layers the root has from its snapshots,
+    /// its lazy layers read as they are used, from where it was pulled
+    /// (read-only unless --upper); serves it until SIGINT or SIGTERM.
+    #[cfg(feature = "registry")]
+    Mount(crate::lazy::ImageMountArgs),
     /// List images by name.
     Ls,
     /// Show an image: its manifest, config and layers.
@@ -291,7 +296,7 @@ fn default_name(location: &Location) -> String {
 }
 
 pub fn run(
-    mgr: &CacheManager,
+    mgr: CacheManager,
     cmd: ImageCmd,
     lease: Option<&str>,
     ignore_chown_errors: bool,
@@ -302,12 +307,13 @@ pub fn run(
 }
 
 async fn run_async(
-    mgr: &CacheManager,
+    owned: CacheManager,
     cmd: ImageCmd,
     lease: Option<&str>,
     ignore_chown_errors: bool,
     out: &Output,
 ) -> anyhow::Result<()> {
+    let mgr = &owned;
     match cmd {
         ImageCmd::Import { source, opts } => {
             let location = Location::parse(&source)?;
@@ -345,6 +351,14 @@ async fn run_async(
                 .await
                 .with_context(|| format!("unlazy {name}"))
         }
+        // It serves until stopped, on a runtime of its own (FUSE's reader
+        // threads block on it), so it leaves this one's threads.
+        #[cfg(feature = "registry")]
+        ImageCmd::Mount(args) => tokio::task::block_in_place(move || {
+            crate::lazy::mount_image(owned, &args, out)
+                .map(drop)
+                .with_context(|| format!("mount {}", args.name()))
+        }),
         ImageCmd::Ls => {
             let images = mgr.images()?;
             let json: Vec<ImageJson> = images.iter().map(ImageJson::from).collect();

@@ -26,8 +26,11 @@ use clap::Subcommand;
 use serde::Serialize;
 use strata_content::ContentError;
 use strata_core::{Descriptor, Digest, media};
-use strata_lazy::{BlobCache, ImageLayer, ImageMount, ImageOptions, RangeSource, prune_cache};
+use strata_lazy::{
+    Below, BlobCache, FileSource, ImageLayer, ImageMount, ImageOptions, RangeSource, prune_cache,
+};
 use strata_oci::{Registry, RegistryOperation};
+use strata_snapshot::Snapshotter;
 
 use crate::output::Output;
 
@@ -90,6 +93,38 @@ pub struct MountArgs {
     /// OS/ARCH[/VARIANT] picked from a multi-platform image [default: this machine's].
     #[arg(long)]
     platform: Option<String>,
+    #[command(flatten)]
+    serving: ServingArgs,
+    #[command(flatten)]
+    registry: crate::image::RegistryArgs,
+}
+
+/// What `strata image mount` takes.
+#[derive(Debug, clap::Args)]
+pub struct ImageMountArgs {
+    /// An image name.
+    name: String,
+    /// An existing directory to mount the image on.
+    dir: PathBuf,
+    /// The lazy-mount cache: the checked chunks, the blobs kept (which
+    /// `image unlazy --lazy-cache` takes) and the layers' own mounts.
+    #[arg(long, value_name = "DIR")]
+    cache: PathBuf,
+    #[command(flatten)]
+    serving: ServingArgs,
+    #[command(flatten)]
+    registry: crate::image::RegistryArgs,
+}
+
+impl ImageMountArgs {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// How a mount of an image serves it (`lazy mount` and `image mount`).
+#[derive(Debug, clap::Args)]
+pub struct ServingArgs {
     /// Fetch only what is read, never the rest in the background.
     #[arg(long)]
     no_prefetch: bool,
@@ -114,8 +149,27 @@ pub struct MountArgs {
     /// [default: read-only].
     #[arg(long, value_name = "UPPER")]
     upper: Option<PathBuf>,
-    #[command(flatten)]
-    registry: crate::image::RegistryArgs,
+}
+
+impl ServingArgs {
+    fn options(&self) -> anyhow::Result<ImageOptions> {
+        Ok(ImageOptions {
+            threads: self.threads,
+            prefetch: !self.no_prefetch,
+            // What the mount fetches of each blob is kept (unless told
+            // not to), so pulling the image later (`image pull
+            // --lazy-cache`, `image unlazy --lazy-cache`) fetches only the
+            // rest.
+            keep_blobs: !self.no_keep_blobs,
+            keep_storage: self
+                .keep_storage
+                .as_deref()
+                .map(crate::refs::parse_size)
+                .transpose()?,
+            upper: self.upper.clone(),
+            below: Below::default(),
+        })
+    }
 }
 
 /// One layer's blob, read from the registry by range.
@@ -155,6 +209,10 @@ struct LayerJson {
 struct MountedJson {
     image: String,
     dir: String,
+    /// For `image mount`: how many bottom layers come from the root's
+    /// snapshots (`layers` are those above them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_root: Option<usize>,
     layers: Vec<LayerJson>,
     requests: u64,
     bytes_fetched: u64,
@@ -202,15 +260,21 @@ struct PrefetchedJson {
 }
 
 pub fn run(cmd: LazyCmd, out: &Output) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     match cmd {
         LazyCmd::Mount(args) => mount(&rt, &args, out),
         LazyCmd::Copy(args) => rt.block_on(copy(&args, out)),
         LazyCmd::Prune(args) => prune(&args, out),
     }
+}
+
+/// The runtime a lazy command's registry reads run on (FUSE's reader
+/// threads block on it).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }
 
 #[derive(Serialize)]
@@ -319,16 +383,11 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
         Stop::listen()?
     };
     let platform = platform(args.platform.as_deref())?;
-    let keep = args
-        .keep_storage
-        .as_deref()
-        .map(crate::refs::parse_size)
-        .transpose()?;
-    let opts = args.registry.options();
+    let opts = args.serving.options()?;
     let registry = Arc::new(rt.block_on(Registry::connect(
         &registry_reference(&args.reference),
         RegistryOperation::Pull,
-        &opts,
+        &args.registry.options(),
     ))?);
     let image = rt.block_on(registry.resolve(&platform))?;
     let layers = image
@@ -336,41 +395,204 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
         .iter()
         .enumerate()
         .map(|(i, desc)| {
-            Ok(ImageLayer {
-                digest: desc.digest.clone(),
-                media_type: Some(desc.media_type.clone()),
-                toc_digest: toc_digest(i, desc)?,
-                diff_id: desc
-                    .annotations
-                    .get(media::UNCOMPRESSED_LABEL)
-                    .map(|d| Digest::parse(d))
-                    .transpose()
-                    .with_context(|| format!("layer {i} ({}): diffID", desc.digest))?,
-                source: Arc::new(RegistryBlob {
-                    registry: registry.clone(),
-                    desc: desc.clone(),
-                    rt: rt.handle().clone(),
-                }),
-            })
+            let source = Arc::new(RegistryBlob {
+                registry: registry.clone(),
+                desc: desc.clone(),
+                rt: rt.handle().clone(),
+            });
+            image_layer(i, desc, source)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mounted = ImageMount::mount(
-        &args.cache,
-        layers,
-        &args.dir,
-        &ImageOptions {
-            threads: args.threads,
-            prefetch: !args.no_prefetch,
-            // What the mount fetches of each blob is kept (unless told
-            // not to), so pulling the image later (`image pull
-            // --lazy-cache`) fetches only the rest.
-            keep_blobs: !args.no_keep_blobs,
-            keep_storage: keep,
-            upper: args.upper.clone(),
-        },
-    )?;
+    let mounted = ImageMount::mount(&args.cache, layers, &args.dir, &opts)?;
+    let served = Served {
+        image: &args.reference,
+        dir: &args.dir,
+        from_root: None,
+        prefetch: opts.prefetch,
+    };
+    serve(rt, mounted, &served, stop, out)
+}
+
+/// Layer `i` of an image, `desc`, read from `source`.
+fn image_layer(
+    i: usize,
+    desc: &Descriptor,
+    source: Arc<dyn RangeSource>,
+) -> anyhow::Result<ImageLayer> {
+    Ok(ImageLayer {
+        digest: desc.digest.clone(),
+        media_type: Some(desc.media_type.clone()),
+        toc_digest: toc_digest(i, desc)?,
+        diff_id: desc
+            .annotations
+            .get(media::UNCOMPRESSED_LABEL)
+            .map(|d| Digest::parse(d))
+            .transpose()
+            .with_context(|| format!("layer {i} ({}): diffID", desc.digest))?,
+        source,
+    })
+}
+
+/// `strata image mount NAME DIR --cache CACHE`: a root's image, its layers
+/// the root has stacked from their snapshots, its lazy ones served through
+/// FUSE from where it was pulled, until SIGINT or SIGTERM (or, run by a
+/// daemon, until its client goes away).
+pub fn mount_image(
+    mgr: strata_cache::CacheManager,
+    args: &ImageMountArgs,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let stop = {
+        let _in = rt.enter();
+        Stop::listen()?
+    };
+    let mut opts = args.serving.options()?;
+    let root = mgr.root();
+    let name = &args.name;
+    // The image's chain is held until it is mounted, whoever removes its
+    // name meanwhile, by a lease of this command's own; from then on the
+    // mount holds it (the collector leaves every snapshot a mount in the
+    // mount table uses).
+    let (ctx, held) = strata_leases::with_lease(out.ctx(), &root.leases)?;
+    let named = mgr.image(name)?;
+    let image = mgr.image_blobs(name)?;
+    if named.top_ref.is_empty() {
+        return Err(crate::refs::bad(format!(
+            "image {name} has no layers to mount"
+        )));
+    }
+    let (keys, lazy) = rt.block_on(async {
+        let top = mgr.resolve_ref(name).await?;
+        if let Some(lease) = ctx.lease() {
+            let held = strata_leases::Resource::snapshot(root.snapshots.name(), top.snapshot_id());
+            root.leases.add_resource(&lease, &held)?;
+        }
+        let keys = mgr.chain_keys(top.snapshot_id()).await?;
+        anyhow::Ok((keys, mgr.lazy_layers(&top).await?))
+    })?;
+    let here = lazy.iter().position(|&l| l).unwrap_or(lazy.len());
+    if here > 0 {
+        opts.below = below(&mgr, &keys[here - 1], &image.layers[..here])?;
+    }
+    let layers = match here < image.layers.len() {
+        true => {
+            let source = range_source(&rt, &named, &args.registry)?;
+            image.layers[here..]
+                .iter()
+                .enumerate()
+                .map(|(i, desc)| image_layer(here + i, desc, source(desc)?))
+                .collect::<anyhow::Result<Vec<_>>>()?
+        }
+        false => Vec::new(),
+    };
+    let mounted = ImageMount::mount(&args.cache, layers, &args.dir, &opts)?;
+    // Run here, the root is free for other commands while it serves.
+    drop(held);
+    drop(mgr);
+    let served = Served {
+        image: name,
+        dir: &args.dir,
+        from_root: Some(here),
+        prefetch: opts.prefetch,
+    };
+    serve(&rt, mounted, &served, stop, out)?;
+    if here < image.layers.len() {
+        out.note(&format!(
+            "`strata image unlazy {name} --lazy-cache {}` takes what was kept",
+            args.cache.display()
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The root's snapshot `key` (the topmost of `layers`, which it holds
+/// with those below it) as the directories a mount stacks.
+fn below(
+    mgr: &strata_cache::CacheManager,
+    key: &str,
+    layers: &[Descriptor],
+) -> anyhow::Result<Below> {
+    let sn = &mgr.root().snapshots;
+    let mounts = sn.view_mounts(key)?;
+    let userxattr = mounts
+        .iter()
+        .any(|m| m.layers.as_ref().is_some_and(|l| l.userxattr));
+    let dirs = strata_core::Mount::stacked_dirs(&mounts)
+        .filter(|_| !userxattr)
+        .ok_or_else(|| {
+            crate::refs::bad(format!(
+                "snapshot {key} of the {} backend cannot be stacked under lazy layers (its mounts are not one bind or one overlay with trusted attributes)",
+                sn.name()
+            ))
+        })?;
+    Ok(Below {
+        digests: layers.iter().map(|d| d.digest.clone()).collect(),
+        dirs,
+    })
+}
+
+/// Opens a layer blob for range reads.
+type OpenBlob = Box<dyn Fn(&Descriptor) -> anyhow::Result<Arc<dyn RangeSource>>>;
+
+/// A range source for each layer blob of `named`, read from where it was
+/// pulled: a registry, or a layout's blob files.
+fn range_source(
+    rt: &tokio::runtime::Runtime,
+    named: &strata_cache::NamedImage,
+    registry: &crate::image::RegistryArgs,
+) -> anyhow::Result<OpenBlob> {
+    let location = strata_oci::Location::parse(&named.source)
+        .with_context(|| format!("image {}: its source {:?}", named.name, named.source))?;
+    match location {
+        strata_oci::Location::Registry { reference } => {
+            let registry = Arc::new(rt.block_on(Registry::connect(
+                &reference,
+                RegistryOperation::Pull,
+                &registry.options(),
+            ))?);
+            let rt = rt.handle().clone();
+            Ok(Box::new(move |desc| {
+                Ok(Arc::new(RegistryBlob {
+                    registry: registry.clone(),
+                    desc: desc.clone(),
+                    rt: rt.clone(),
+                }))
+            }))
+        }
+        strata_oci::Location::Layout { dir, .. } => Ok(Box::new(move |desc| {
+            let path = dir.join(strata_oci::layout_blob_path(&desc.digest));
+            let file =
+                FileSource::open(&path).with_context(|| format!("open {}", path.display()))?;
+            Ok(Arc::new(file))
+        })),
+        other => Err(crate::refs::bad(format!(
+            "image {}: its lazy layers cannot be read by range from {other}, where it was imported from; `strata image unlazy {}` fetches them",
+            named.name, named.name
+        ))),
+    }
+}
+
+/// What is said of a mounted image.
+struct Served<'a> {
+    image: &'a str,
+    dir: &'a Path,
+    from_root: Option<usize>,
+    prefetch: bool,
+}
+
+/// Says what `mounted` serves, serves it until `stop` (or until the
+/// command is cancelled), unmounts it, and says what it fetched.
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    mounted: ImageMount,
+    served: &Served,
+    stop: Stop,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
     let mut json = Vec::new();
     for (i, layer) in mounted.layers().iter().enumerate() {
+        let i = i + served.from_root.unwrap_or(0);
         if let Some(fetched) = layer.unpacked_fetched {
             out.note(&format!(
                 "layer {i} ({}) is not eStargz, so it cannot be read lazily: {}",
@@ -394,26 +616,31 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
         });
     }
     let lazy = json.iter().filter(|l| l.lazy).count();
+    let all = json.len() + served.from_root.unwrap_or(0);
     let totals = mounted.totals();
+    let dir = served.dir.display();
     out.line(
         &MountedJson {
-            image: args.reference.clone(),
-            dir: args.dir.display().to_string(),
+            image: served.image.to_owned(),
+            dir: dir.to_string(),
+            from_root: served.from_root,
             layers: json,
             requests: totals.requests,
             bytes_fetched: totals.bytes,
         },
         &format!(
-            "mounted {} ({} layers, {lazy} lazy) on {}; serving until SIGINT or SIGTERM",
-            args.reference,
-            mounted.layers().len(),
-            args.dir.display()
+            "mounted {} ({all} layers, {lazy} lazy{}) on {dir}; serving until SIGINT or SIGTERM",
+            served.image,
+            match served.from_root {
+                Some(n) => format!(", {n} from the root"),
+                None => String::new(),
+            },
         ),
     )?;
-    rt.block_on(serve_until_stopped(&mounted, !args.no_prefetch, stop, out))?;
+    rt.block_on(serve_until_stopped(&mounted, served.prefetch, stop, out))?;
     let (totals, ended) = mounted.unmount(std::time::Duration::from_secs(5))?;
     if !ended {
-        tracing::warn!(dir = %args.dir.display(), "DIR is still in use: the layers end with this process")
+        tracing::warn!(dir = %served.dir.display(), "DIR is still in use: the layers end with this process")
     }
     out.line(
         &FetchedJson::from(totals),
@@ -443,7 +670,8 @@ impl Stop {
     }
 }
 
-/// Waits for SIGINT or SIGTERM (`stop`). With `prefetching`, says so in a
+/// Waits for SIGINT or SIGTERM (`stop`), or for the command to be
+/// cancelled (run by a daemon whose client went away). With `prefetching`, says so in a
 /// line once `mounted`'s prefetch has finished (every chunk it could fetch
 /// is in the cache), with how many layer blobs are kept whole.
 async fn serve_until_stopped(
@@ -457,8 +685,12 @@ async fn serve_until_stopped(
         tokio::select! {
             _ = stop.int.recv() => return Ok(()),
             _ = stop.term.recv() => return Ok(()),
-            _ = tick.tick(), if prefetching => {
-                if mounted.prefetched() {
+            _ = tick.tick() => {
+                // Run by a daemon: its client went away.
+                if out.ctx().is_cancelled() {
+                    return Ok(());
+                }
+                if prefetching && mounted.prefetched() {
                     prefetching = false;
                     let totals = mounted.totals();
                     // Serving goes on whoever stopped reading the output.

@@ -186,7 +186,7 @@ fn with_root(cli: Cli, out: &output::Output) -> u8 {
         opened.and_then(|mgr| {
             run(
                 cli.command,
-                &mgr,
+                mgr,
                 cli.lease.as_deref(),
                 cli.ignore_chown_errors,
                 out,
@@ -197,10 +197,12 @@ fn with_root(cli: Cli, out: &output::Output) -> u8 {
 }
 
 /// Runs `command` against the open root `mgr` (here, or in the daemon);
-/// `ignore_chown_errors` is the global option of that name.
+/// `ignore_chown_errors` is the global option of that name. A command
+/// that serves until stopped (`image mount`) lets go of `mgr` once it
+/// serves: here, the root is then free for other commands.
 fn run(
     command: Command,
-    mgr: &strata_cache::CacheManager,
+    mgr: strata_cache::CacheManager,
     lease: Option<&str>,
     ignore_chown_errors: bool,
     out: &output::Output,
@@ -217,12 +219,12 @@ fn run(
         #[cfg(feature = "registry")]
         Command::Lazy(cmd) => lazy::run(cmd, out),
         Command::Check(args) => check::run(root, &args, out),
-        Command::Ref(cmd) => refs::run(mgr, cmd, lease, out),
+        Command::Ref(cmd) => refs::run(&mgr, cmd, lease, out),
         Command::Image(cmd) => image::run(mgr, cmd, lease, ignore_chown_errors, out),
-        Command::Du(args) => refs::du(mgr, &args, out),
-        Command::Prune(args) => refs::prune(mgr, &args, out),
+        Command::Du(args) => refs::du(&mgr, &args, out),
+        Command::Prune(args) => refs::prune(&mgr, &args, out),
         #[cfg(feature = "daemon")]
-        Command::Serve(args) => serve::run(mgr, &args),
+        Command::Serve(args) => serve::run(&mgr, &args),
         Command::Completions { shell } => completions(shell),
         // The demo makes a root of its own, and a daemon's root is taken.
         Command::Demo => Err(root::CliError {

@@ -125,7 +125,7 @@ impl Runner for Commands {
             .into()),
             command => crate::run(
                 command,
-                &self.mgr,
+                self.mgr.clone(),
                 cli.lease.as_deref(),
                 cli.ignore_chown_errors,
                 &out,

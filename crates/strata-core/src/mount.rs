@@ -108,6 +108,33 @@ impl Mount {
         }
     }
 
+    /// An overlay's layers, bottom first (its upper directory last), or
+    /// `None` when it is not an overlay or has options that change what
+    /// its layers hold or how a tree over them reads (`userxattr` and
+    /// `volatile` are in [`OverlayLayers`], with the layers).
+    pub fn overlay_dirs(&self) -> Option<Vec<PathBuf>> {
+        if !self.is_overlay() {
+            return None;
+        }
+        let understood = self.options.iter().all(|o| {
+            o == "index=off" || o == "index=on" || o == "ro" || o.starts_with("redirect_dir=")
+        });
+        understood
+            .then(|| self.layers.as_ref().map(OverlayLayers::bottom_up))
+            .flatten()
+    }
+
+    /// The directories a mount list stacks, bottom first: a lone bind's
+    /// source, or a lone overlay's layers ([`Mount::overlay_dirs`]);
+    /// `None` for anything else.
+    pub fn stacked_dirs(mounts: &[Mount]) -> Option<Vec<PathBuf>> {
+        match mounts {
+            [m] if m.is_bind() => Some(vec![m.source.clone()]),
+            [m] => m.overlay_dirs(),
+            _ => None,
+        }
+    }
+
     /// An overlay of `layers` with further `options`.
     pub fn overlay(layers: OverlayLayers, options: Vec<String>) -> Mount {
         Mount {
@@ -244,5 +271,32 @@ mod tests {
             Mount::from_flat("tmpfs", "tmpfs".into(), &[]).kind,
             MountKind::Other("tmpfs".into())
         );
+    }
+
+    #[test]
+    fn stacked_dirs_are_a_lone_bind_or_a_plain_overlay() {
+        let layers = OverlayLayers {
+            lowers: ["/l2", "/l1"].map(PathBuf::from).into(),
+            upper: None,
+            work: None,
+            userxattr: false,
+            volatile: false,
+        };
+        let plain = Mount::overlay(layers.clone(), vec!["ro".into(), "index=off".into()]);
+        assert_eq!(
+            Mount::stacked_dirs(std::slice::from_ref(&plain)),
+            Some(["/l1", "/l2"].map(PathBuf::from).into())
+        );
+        let bind = Mount::bind("/t".into(), true);
+        assert_eq!(
+            Mount::stacked_dirs(std::slice::from_ref(&bind)),
+            Some(vec![PathBuf::from("/t")])
+        );
+        // Options that change what the layers read as, and more than one
+        // mount, have no plain stack.
+        let metacopy = Mount::overlay(layers, vec!["metacopy=on".into()]);
+        assert_eq!(metacopy.overlay_dirs(), None);
+        assert_eq!(Mount::stacked_dirs(&[bind.clone(), bind]), None);
+        assert_eq!(Mount::stacked_dirs(&[]), None);
     }
 }

@@ -85,37 +85,12 @@ pub struct Merger {
     tmp: PathBuf,
 }
 
-/// An overlay mount's layers, bottom first (its upper directory last), or
-/// `None` when it has options the fast path does not understand.
-pub(crate) fn overlay_layers(m: &Mount) -> Option<Vec<PathBuf>> {
-    if !m.is_overlay() {
-        return None;
-    }
-    // Options that do not change what the layers hold or how a tree over
-    // them reads (`userxattr` and `volatile` are typed in the layers).
-    let understood = m.options.iter().all(|o| {
-        o == "index=off" || o == "index=on" || o == "ro" || o.starts_with("redirect_dir=")
-    });
-    understood
-        .then(|| m.layers.as_ref().map(|l| l.bottom_up()))
-        .flatten()
-}
-
-/// The layers of a mount list, bottom first.
-fn layers_of(mounts: &[Mount]) -> Option<Vec<PathBuf>> {
-    match mounts {
-        [m] if m.is_bind() => Some(vec![m.source.clone()]),
-        [m] => overlay_layers(m),
-        _ => None,
-    }
-}
-
 /// The seed's `GetUpperdir`: the one directory by which `upper` extends
 /// `lower`, if it does.
 pub(crate) fn upperdir_of(lower: &[Mount], upper: &[Mount]) -> Option<PathBuf> {
     let [u] = upper else { return None };
-    let up = overlay_layers(u)?;
-    let low = layers_of(lower)?;
+    let up = u.overlay_dirs()?;
+    let low = Mount::stacked_dirs(lower)?;
     (up.len() == low.len() + 1 && up[..low.len()] == low[..]).then(|| up[low.len()].clone())
 }
 
@@ -130,7 +105,7 @@ pub(crate) struct Tree {
 
 impl Tree {
     pub(crate) fn open(mounts: Vec<Mount>, tmp: &Path) -> Result<Tree, DiffError> {
-        let mut layers = layers_of(&mounts).unwrap_or_default();
+        let mut layers = Mount::stacked_dirs(&mounts).unwrap_or_default();
         layers.reverse();
         if let [m] = mounts.as_slice()
             && m.is_bind()

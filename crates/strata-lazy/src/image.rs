@@ -19,6 +19,7 @@ use std::time::Duration;
 use strata_core::{Algorithm, Digest, Mount, OverlayLayers};
 use strata_sys::lock::FileLock;
 
+use crate::unpack::LayerDir;
 use crate::upper::Upper;
 use crate::{
     BlobCache, ChunkCache, Layer, LayerOptions, Link, Mounted, Prefetch, Pruned, RangeSource,
@@ -77,6 +78,22 @@ pub struct ImageOptions {
     /// as its work directory; both are made if missing, must be on one
     /// file system, and stay after unmount. `None`: read-only.
     pub upper: Option<PathBuf>,
+    /// The image's bottom layers, already on disk: stacked as they are,
+    /// below the layers given, nothing fetched for them.
+    pub below: Below,
+}
+
+/// Bottom layers of an image that are already on disk (a state root's
+/// snapshots of them, say).
+#[derive(Debug, Clone, Default)]
+pub struct Below {
+    /// Their blobs' digests, bottom first: the layers unpacked in the
+    /// cache above them are named by every digest below them, these
+    /// included, so a mount of the same image from a registry finds them.
+    pub digests: Vec<Digest>,
+    /// The directories holding them, bottom first, as overlay lower
+    /// directories: one per layer, or fewer (a single whole tree).
+    pub dirs: Vec<PathBuf>,
 }
 
 impl Default for ImageOptions {
@@ -87,6 +104,7 @@ impl Default for ImageOptions {
             keep_blobs: true,
             keep_storage: None,
             upper: None,
+            below: Below::default(),
         }
     }
 }
@@ -125,6 +143,8 @@ enum Lower {
     Lazy(Arc<Layer>, Mounted),
     /// Fetched whole and unpacked in the cache.
     Unpacked(Unpacked),
+    /// On disk already ([`ImageOptions::below`]).
+    Here(LayerDir),
 }
 
 impl Lower {
@@ -132,6 +152,7 @@ impl Lower {
         match self {
             Lower::Lazy(_, m) => m.target(),
             Lower::Unpacked(u) => u.dir(),
+            Lower::Here(d) => d.dir(),
         }
     }
 
@@ -139,6 +160,7 @@ impl Lower {
         match self {
             Lower::Lazy(l, _) => l.tree().has(path),
             Lower::Unpacked(u) => u.has(path),
+            Lower::Here(d) => d.has(path),
         }
     }
 
@@ -146,6 +168,7 @@ impl Lower {
         match self {
             Lower::Lazy(l, _) => l.tree().root_is_opaque(),
             Lower::Unpacked(u) => u.root_is_opaque(OPAQUE),
+            Lower::Here(d) => d.root_is_opaque(OPAQUE),
         }
     }
 }
@@ -189,10 +212,11 @@ impl std::fmt::Debug for ImageMount {
 }
 
 impl ImageMount {
-    /// Mounts the image of `layers` (bottom first) on `dir`, an existing
-    /// directory (read-only, or writable over `opts.upper`), with `cache` (created if missing; shared by
-    /// every image mounted with it) for the chunks, the unpacked layers,
-    /// the kept blobs and the layers' own mounts.
+    /// Mounts the image of `layers` (bottom first, over `opts.below`) on
+    /// `dir`, an existing directory (read-only, or writable over
+    /// `opts.upper`), with `cache` (created if missing; shared by every
+    /// image mounted with it) for the chunks, the unpacked layers, the
+    /// kept blobs and the layers' own mounts.
     ///
     /// Every eStargz layer's footer and TOC are fetched at once, and the
     /// TOC must have the digest the layer names; the other layers are
@@ -203,7 +227,7 @@ impl ImageMount {
         dir: &Path,
         opts: &ImageOptions,
     ) -> io::Result<ImageMount> {
-        if layers.is_empty() {
+        if layers.is_empty() && opts.below.dirs.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the image has no layers",
@@ -265,6 +289,9 @@ impl ImageMount {
             unpacked: (0, 0),
             upper,
         };
+        for below in &opts.below.dirs {
+            image.lowers.push(Lower::Here(LayerDir::open(below)?));
+        }
         // Bottom up: a layer's whiteouts, and an unpacked layer's whole
         // tree, depend on the layers below it.
         for (i, (l, src)) in layers.iter().zip(&sources).enumerate() {
@@ -283,9 +310,15 @@ impl ImageMount {
                     Lower::Lazy(layer, m)
                 }
                 None => {
-                    let at = cache
-                        .join("layers")
-                        .join(stack_key(layers[..=i].iter().map(|l| &l.digest)).hex());
+                    let at = cache.join("layers").join(
+                        stack_key(
+                            opts.below
+                                .digests
+                                .iter()
+                                .chain(layers[..=i].iter().map(|l| &l.digest)),
+                        )
+                        .hex(),
+                    );
                     let unpack = UnpackOptions {
                         name: layer_name(i, &l.digest),
                         digest: l.digest.clone(),
@@ -304,11 +337,11 @@ impl ImageMount {
                 toc_digest: l.toc_digest.clone(),
                 inodes: match &lower {
                     Lower::Lazy(l, _) => Some(l.tree().len()),
-                    Lower::Unpacked(_) => None,
+                    Lower::Unpacked(_) | Lower::Here(_) => None,
                 },
                 dir: lower.dir().to_path_buf(),
                 unpacked_fetched: match &lower {
-                    Lower::Lazy(..) => None,
+                    Lower::Lazy(..) | Lower::Here(_) => None,
                     Lower::Unpacked(u) => Some(u.fetched()),
                 },
             });
@@ -421,7 +454,7 @@ impl ImageMount {
             .into_iter()
             .filter_map(|l| match l {
                 Lower::Lazy(_, m) => Some(m),
-                Lower::Unpacked(_) => None,
+                Lower::Unpacked(_) | Lower::Here(_) => None,
             })
             .collect();
         let (done, ended) = std::sync::mpsc::channel();

@@ -44,7 +44,7 @@ mod upper;
 pub use blobs::{BlobCache, Filled};
 pub use cache::ChunkCache;
 pub use fs::{Mounted, Readers, mount};
-pub use image::{ImageLayer, ImageMount, ImageOptions, LayerReport, Totals, prune_cache};
+pub use image::{Below, ImageLayer, ImageMount, ImageOptions, LayerReport, Totals, prune_cache};
 pub use layer::{Layer, LayerOptions, Prefetch, Stats};
 pub use link::Link;
 pub use prune::{Prunable, Pruned, prune};

@@ -47,9 +47,7 @@ pub struct UnpackOptions {
 /// while this lives.
 #[derive(Debug)]
 pub struct Unpacked {
-    dir: PathBuf,
-    /// The directory, opened once for the questions the layers above ask.
-    root: Root,
+    layer: LayerDir,
     fetched: u64,
     requests: u64,
     /// The shared lock on `.NAME.lock` that says the layer is in use.
@@ -101,8 +99,7 @@ impl Unpacked {
             if let Some(in_use) = held_or_wait(FileLock::try_shared(&lock))? {
                 if dir.is_dir() {
                     return Ok(Unpacked {
-                        dir: dir.to_path_buf(),
-                        root: Root::open(dir).map_err(io::Error::other)?,
+                        layer: LayerDir::open(dir)?,
                         fetched: made.0,
                         requests: made.1,
                         _in_use: in_use,
@@ -189,7 +186,7 @@ impl Unpacked {
 
     /// Its directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.layer.dir()
     }
 
     /// Bytes of the blob fetched to make it (0 when it was there).
@@ -206,6 +203,38 @@ impl Unpacked {
     /// a directory (a parent that is a symlink here does not lead on in
     /// an overlay stack either).
     pub fn has(&self, parts: &[&str]) -> bool {
+        self.layer.has(parts)
+    }
+
+    /// Whether its root carries the opaque attribute `xattr`: it hides
+    /// every layer below it.
+    pub fn root_is_opaque(&self, xattr: &str) -> bool {
+        self.layer.root_is_opaque(xattr)
+    }
+}
+
+/// A layer's directory on disk, opened once for the questions the layers
+/// stacked above it ask (an unpacked layer's, or one given to
+/// [`crate::ImageMount`] already on disk).
+#[derive(Debug)]
+pub(crate) struct LayerDir {
+    dir: PathBuf,
+    root: Root,
+}
+
+impl LayerDir {
+    pub(crate) fn open(dir: &Path) -> io::Result<LayerDir> {
+        Ok(LayerDir {
+            dir: dir.to_path_buf(),
+            root: Root::open(dir).map_err(io::Error::other)?,
+        })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn has(&self, parts: &[&str]) -> bool {
         let root = &self.root;
         let mut path = PathBuf::new();
         for (i, part) in parts.iter().enumerate() {
@@ -218,9 +247,7 @@ impl Unpacked {
         !parts.is_empty()
     }
 
-    /// Whether its root carries the opaque attribute `xattr`: it hides
-    /// every layer below it.
-    pub fn root_is_opaque(&self, xattr: &str) -> bool {
+    pub(crate) fn root_is_opaque(&self, xattr: &str) -> bool {
         self.root
             .get_xattr(Path::new("."), OsStr::new(xattr))
             .is_ok_and(|v| v.is_some())

@@ -62,9 +62,9 @@ impl Files for DirFiles {
     }
 }
 
-/// The path of a blob inside a layout (the digest is already validated, so
-/// it cannot climb out).
-pub(crate) fn blob_path(d: &Digest) -> String {
+/// The path of a blob inside an OCI layout, relative to its directory
+/// (a digest is validated when parsed, so it cannot climb out).
+pub fn blob_path(d: &Digest) -> String {
     format!("blobs/{}/{}", d.algorithm().as_str(), d.hex())
 }
 

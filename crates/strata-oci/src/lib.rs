@@ -49,7 +49,7 @@ pub use auth::{Credentials, credentials};
 pub use build::{History, build_image};
 pub use error::{OciError, Result};
 pub use image::{Image, MAX_DOCUMENT_SIZE, MAX_INDEX_DEPTH};
-pub use layout::{REF_NAME, write_layout};
+pub use layout::{REF_NAME, blob_path as layout_blob_path, write_layout};
 pub use location::Location;
 #[cfg(feature = "registry")]
 pub use oci_client::RegistryOperation;
