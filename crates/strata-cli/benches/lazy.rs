@@ -12,6 +12,9 @@
 //!   default), until `python3 --version` has run in it (chroot; in a quick
 //!   run, the small image's tool read whole), and the same with
 //!   `--no-prefetch` (only what the probe reads);
+//! * `strata image pull --lazy` of the eStargz image into a fresh root
+//!   (manifest and config only), then `strata image mount` of it (prefetch
+//!   on), until the same probe has run;
 //! * `strata image pull` of the gzip image, `strata mount` of its ref, and
 //!   the same probe;
 //! * the stargz snapshotter, containerd's remote snapshotter for eStargz
@@ -84,16 +87,23 @@ fn stop(mut child: Child) {
     assert!(status.success(), "strata lazy mount ended with {status}");
 }
 
-/// `strata lazy mount` of `reference` on `mnt`, once it serves, and its
-/// output (kept open until it stops: it prints its report then).
+/// `strata lazy mount` of `reference`.
+fn lazy_mount(reference: &str) -> Command {
+    let mut cmd = Command::new(strata_testkit::cli::strata());
+    cmd.args(["--json", "lazy", "mount", reference]);
+    cmd
+}
+
+/// `mount` (`strata lazy mount` or `image mount` of an image) on `mnt`,
+/// once it serves, and its output (kept open until it stops: it prints
+/// its report then).
 fn serve(
-    reference: &str,
+    mut mount: Command,
     mnt: &Path,
     cache: &Path,
     prefetch: bool,
 ) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(strata_testkit::cli::strata())
-        .args(["--json", "lazy", "mount", reference])
+    let mut child = mount
         .arg(mnt)
         .arg("--cache")
         .arg(cache)
@@ -121,12 +131,32 @@ fn lazy_round(
     std::fs::create_dir_all(mnt).unwrap();
     let before = proxy.bytes_down();
     let start = Instant::now();
-    let (child, _out) = serve(reference, mnt, cache, prefetch);
+    let (child, _out) = serve(lazy_mount(reference), mnt, cache, prefetch);
     probe(mnt);
     let took = start.elapsed();
     let bytes = proxy.bytes_down() - before;
     stop(child);
     bench::remove(cache);
+    (took, bytes)
+}
+
+/// A round in a root: `strata image pull --lazy` into a fresh one, then
+/// `strata image mount` of the image (prefetch on), until the probe ran,
+/// and the bytes sent by then.
+fn root_round(reference: &str, mnt: &Path, state: &Path, proxy: &Throttle) -> (Duration, u64) {
+    std::fs::create_dir_all(mnt).unwrap();
+    let root = state.join("root");
+    let before = proxy.bytes_down();
+    let start = Instant::now();
+    bench::ok(bench::strata(&root).args(["image", "pull", reference, "--lazy", "--name", "img"]));
+    let mut mount = bench::strata(&root);
+    mount.args(["--json", "image", "mount", "img"]);
+    let (child, _out) = serve(mount, mnt, &state.join("cache"), true);
+    probe(mnt);
+    let took = start.elapsed();
+    let bytes = proxy.bytes_down() - before;
+    stop(child);
+    bench::remove(state);
     (took, bytes)
 }
 
@@ -147,7 +177,7 @@ fn pull_round(
     let cache = state.join("cache");
     let root = state.join("root");
     if after_mount {
-        let (child, mut out) = serve(reference, mnt, &cache, true);
+        let (child, mut out) = serve(lazy_mount(reference), mnt, &cache, true);
         probe(mnt);
         let limit = strata_testkit::cli::KillAfter::new(child.id(), Duration::from_secs(600));
         let prefetched = next_value(&mut out);
@@ -405,10 +435,14 @@ fn main() {
     let mnt = |r: usize| dir.join(format!("mnt-{r}"));
     let scratch = |r: usize| -> PathBuf { dir.join(format!("state-{r}")) };
     let peer = strata_testkit::go::stargz_peer(&dir.join("go"));
-    let contenders: [(&str, Round<'_>); 4] = [
+    let contenders: [(&str, Round<'_>); 5] = [
         (
             "strata lazy mount (eStargz)",
             Box::new(|r| lazy_round(&esgz, &mnt(r), &scratch(r), &proxy, true)),
+        ),
+        (
+            "strata image pull --lazy + image mount (eStargz)",
+            Box::new(|r| root_round(&esgz, &mnt(r), &scratch(r), &proxy)),
         ),
         (
             "strata lazy mount --no-prefetch (eStargz)",
@@ -430,7 +464,7 @@ fn main() {
         bench::version("containerd")
     );
     let usable = rounds(&contenders, "usable after");
-    let tools = [&version, &version, &version, &stargz];
+    let tools = [&version, &version, &version, &version, &stargz];
     bench::record(
         "lazy",
         &format!(
