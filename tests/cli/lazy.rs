@@ -1027,6 +1027,26 @@ fn a_root_image_pulled_lazily_is_mounted_from_its_snapshots_and_the_registry() {
         "{unlazied}"
     );
 
+    // The native backend's snapshots are whole trees: the root's layer is
+    // stacked as one directory.
+    let native = Env::strata();
+    native
+        .run(&[
+            "--backend",
+            "native",
+            "image",
+            "pull",
+            &under,
+            "--lazy",
+            "--name",
+            "lz",
+        ])
+        .expect(0);
+    let (mounted, said) = LazyMount::started(IMAGE_MOUNT, &native, "lz", &mnt, &cache, &[]);
+    assert_eq!(said["from_root"], 1, "{said}");
+    assert_eq!(listing(&mnt), want, "native");
+    assert_eq!(mounted.stop().0, 0);
+
     // Filled, it mounts from the root alone (here writable); the mount
     // holds the chain while its name is removed and collected (the root
     // is free meanwhile), and lets go once stopped.

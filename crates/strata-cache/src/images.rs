@@ -387,7 +387,12 @@ impl CacheManager {
     /// The image named `name` with its blobs' descriptors, read back from
     /// the content store.
     pub fn image_blobs(&self, name: &str) -> Result<Image> {
-        let named = self.image(name)?;
+        self.image_blobs_of(&self.image(name)?)
+    }
+
+    /// [`CacheManager::image_blobs`] of an image already read by name.
+    pub fn image_blobs_of(&self, named: &NamedImage) -> Result<Image> {
+        let name = &named.name;
         let manifest = strata_core::Descriptor::new(
             named.manifest_media_type.clone(),
             named.manifest.clone(),

@@ -455,15 +455,18 @@ pub fn mount_image(
     // mount holds it (the collector leaves every snapshot a mount in the
     // mount table uses).
     let (ctx, held) = strata_leases::with_lease(out.ctx(), &root.leases)?;
+    // Read once: the manifest and the chain are those of one naming.
     let named = mgr.image(name)?;
-    let image = mgr.image_blobs(name)?;
+    let image = mgr.image_blobs_of(&named)?;
     if named.top_ref.is_empty() {
         return Err(crate::refs::bad(format!(
             "image {name} has no layers to mount"
         )));
     }
     let (keys, lazy) = rt.block_on(async {
-        let top = mgr.resolve_ref(name).await?;
+        let top = mgr
+            .get(&named.top_ref, &strata_cache::RefOptions::default())
+            .await?;
         if let Some(lease) = ctx.lease() {
             let held = strata_leases::Resource::snapshot(root.snapshots.name(), top.snapshot_id());
             root.leases.add_resource(&lease, &held)?;
@@ -471,6 +474,15 @@ pub fn mount_image(
         let keys = mgr.chain_keys(top.snapshot_id()).await?;
         anyhow::Ok((keys, mgr.lazy_layers(&top).await?))
     })?;
+    // A pull or an import makes a snapshot per layer; a name given to a
+    // ref of another making (a merge, say) may not.
+    if keys.len() != image.layers.len() {
+        return Err(unmet(format!(
+            "image {name}: its chain has {} snapshots for {} layers, so its layers cannot be told apart; mount its ref with `strata mount`",
+            keys.len(),
+            image.layers.len()
+        )));
+    }
     let here = lazy.iter().position(|&l| l).unwrap_or(lazy.len());
     if here > 0 {
         opts.below = below(&mgr, &keys[here - 1], &image.layers[..here])?;
@@ -494,7 +506,8 @@ pub fn mount_image(
         image: name,
         dir: &args.dir,
         from_root: Some(here),
-        prefetch: opts.prefetch,
+        // Nothing is fetched for layers the root has.
+        prefetch: opts.prefetch && here < image.layers.len(),
     };
     serve(&rt, mounted, &served, stop, out)?;
     if here < image.layers.len() {
@@ -521,8 +534,8 @@ fn below(
     let dirs = strata_core::Mount::stacked_dirs(&mounts)
         .filter(|_| !userxattr)
         .ok_or_else(|| {
-            crate::refs::bad(format!(
-                "snapshot {key} of the {} backend cannot be stacked under lazy layers (its mounts are not one bind or one overlay with trusted attributes)",
+            unmet(format!(
+                "snapshot {key} of the {} backend cannot be stacked under other layers: its mounts are not one bind or one overlay without options that change how its layers read (or with user.* attributes)",
                 sn.name()
             ))
         })?;
@@ -530,6 +543,15 @@ fn below(
         digests: layers.iter().map(|d| d.digest.clone()).collect(),
         dirs,
     })
+}
+
+/// An unmet-precondition error (exit 4) with `message`.
+fn unmet(message: String) -> anyhow::Error {
+    crate::root::CliError {
+        kind: strata_core::ErrorKind::FailedPrecondition,
+        message,
+    }
+    .into()
 }
 
 /// Opens a layer blob for range reads.

@@ -398,10 +398,10 @@ impl Collector {
     pub fn collect_in(&self, ctx: &OpCtx, opts: GcOptions) -> Result<GcReport, LeaseError> {
         let _one = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let start = Instant::now();
-        let in_use = self.in_use()?;
         let at = SystemTime::now();
         let mut report = GcReport::default();
         if opts.dry_run {
+            let in_use = self.in_use()?;
             let g = Graph::load(&self.db.read()?)?;
             let m = mark(&g, &self.backend, &in_use, at);
             report.swept = self.decide(&g, &m, at);
@@ -411,6 +411,11 @@ impl Collector {
         }
         let paused = Instant::now();
         let tx = self.db.write()?;
+        // What is in use (the mount table) is read once no other write can
+        // come between: a mount made before a lease or a name that held its
+        // snapshots went (say, a lease let go once the mount holds them) is
+        // seen, whichever write came last.
+        let in_use = self.in_use()?;
         let g = Graph::load(&tx)?;
         let m = mark(&g, &self.backend, &in_use, at);
         let swept = self.decide(&g, &m, at);
