@@ -1569,8 +1569,9 @@ fn a_lazy_pull_records_refs_nothing_reads_until_they_are_filled_in_place() {
     {
         return;
     }
-    let reg = Registry::start(None);
-    let r = &reg.addr;
+    let mut reg = Registry::start(None);
+    let addr = reg.addr.clone();
+    let r = &addr;
     let (a, _, got) = root_with_app(&[]);
     let tree = mounted(&a, got["ref"].as_str().unwrap());
     let esgz = format!("{r}/app:esgz");
@@ -1673,6 +1674,20 @@ fn a_lazy_pull_records_refs_nothing_reads_until_they_are_filled_in_place() {
     );
     assert_eq!(streamed["manifest"], pulled["manifest"], "{streamed}");
     assert_eq!(stored(&b), 2, "no layer blob was stored");
+    // Where the target has every blob, the source is not even reached.
+    reg.stop();
+    let again = b
+        .run(&[
+            "--json",
+            "image",
+            "push",
+            "lazy",
+            &format!("{}/app:again", other.addr),
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(again["present"], 4, "the layers and the config: {again}");
+    reg.restart();
     let d = env();
     let copy = import(&d, &["pull", &across, "--name", "copy"]);
     assert_eq!(mounted(&d, copy["ref"].as_str().unwrap()), tree);

@@ -218,16 +218,7 @@ impl Registry {
         op: RegistryOperation,
         opts: &RegistryOptions,
     ) -> Result<Registry> {
-        let parsed: Reference = reference.parse().map_err(|e| {
-            OciError::invalid(format!("image reference {reference:?}"), format!("{e}"))
-        })?;
-        let first = reference.split('/').next().unwrap_or_default();
-        if !(first.contains('.') || first.contains(':') || first == "localhost") {
-            return Err(OciError::invalid(
-                format!("image reference {reference:?}"),
-                "needs a registry host (HOST/REPO[:TAG|@DIGEST])",
-            ));
-        }
+        let parsed = parse_reference(reference)?;
         let host = parsed.resolve_registry().to_owned();
         let (client, bare) = (new_client(&host, opts)?, new_client(&host, opts)?);
         let auth = crate::auth::credentials(opts.docker_config.as_deref(), &host)?;
@@ -828,25 +819,44 @@ impl Registry {
     /// tag (or by digest): each blob the repository lacks is mounted from
     /// another repository of the registry that has it, else uploaded; then
     /// the manifest. A layer blob `store` lacks (an image pulled lazily)
-    /// comes from the repository `from` as [`Registry::copy_from`] copies
-    /// one: mounted when both are on one registry and it allows that, else
-    /// streamed through, checked against its digest, and not stored.
+    /// comes from the repository `from` names as [`Registry::copy_from`]
+    /// copies one: mounted when both are on one registry and it allows
+    /// that, else streamed through, checked against its digest, and not
+    /// stored. `from` is connected to (with `opts`) only when a blob is
+    /// read from it: a push whose blobs the target has needs nothing of it.
     pub async fn push(
         &self,
         ctx: &OpCtx,
         store: &ContentStore,
         image: &Image,
-        from: Option<&Registry>,
+        from: Option<(&str, &RegistryOptions)>,
     ) -> Result<PushReport> {
         let mut report = PushReport::default();
         let mut elsewhere = std::collections::HashSet::new();
+        let source = match from {
+            Some((reference, opts)) => Some((
+                parse_reference(reference)?,
+                reference,
+                opts,
+                tokio::sync::OnceCell::new(),
+            )),
+            None => None,
+        };
         for desc in blobs_of(image) {
             ctx.check()?;
-            match from {
-                Some(src) if is_absent(store, desc)? => {
+            match &source {
+                Some((parsed, reference, opts, connected)) if is_absent(store, desc)? => {
                     elsewhere.insert(&desc.digest);
-                    let siblings = self.mountable_from(src);
-                    let open = || src.checked_blob(ctx, desc);
+                    let siblings = self.mountable_from(parsed);
+                    let open = || async {
+                        connected
+                            .get_or_try_init(|| {
+                                Registry::connect(reference, RegistryOperation::Pull, opts)
+                            })
+                            .await?
+                            .checked_blob(ctx, desc)
+                            .await
+                    };
                     self.send_blob(desc, &siblings, &mut report, open).await?;
                 }
                 _ => {
@@ -873,9 +883,9 @@ impl Registry {
 
     /// The repositories a blob of `src` can be mounted from into this one:
     /// `src`'s, when both are on one registry.
-    fn mountable_from(&self, src: &Registry) -> Vec<String> {
-        match src.reference.resolve_registry() == self.reference.resolve_registry() {
-            true => vec![src.reference.repository().to_owned()],
+    fn mountable_from(&self, src: &Reference) -> Vec<String> {
+        match src.resolve_registry() == self.reference.resolve_registry() {
+            true => vec![src.repository().to_owned()],
             false => Vec::new(),
         }
     }
@@ -914,7 +924,7 @@ impl Registry {
         } = src.resolve_read(platform).await?;
         let config = bytes::Bytes::from(config);
         let mut report = PushReport::default();
-        let siblings = self.mountable_from(src);
+        let siblings = self.mountable_from(&src.reference);
         for desc in blobs_of(&image) {
             ctx.check()?;
             let open = || async {
@@ -1399,14 +1409,25 @@ pub async fn push(
     from: Option<&str>,
     opts: &RegistryOptions,
 ) -> Result<PushReport> {
-    let src = match from {
-        Some(r) => Some(Registry::connect(r, RegistryOperation::Pull, opts).await?),
-        None => None,
-    };
     Registry::connect(reference, RegistryOperation::Push, opts)
         .await?
-        .push(ctx, store, image, src.as_ref())
+        .push(ctx, store, image, from.map(|r| (r, opts)))
         .await
+}
+
+/// `reference` parsed, with a registry host (HOST/REPO[:TAG|@DIGEST]).
+fn parse_reference(reference: &str) -> Result<Reference> {
+    let parsed: Reference = reference
+        .parse()
+        .map_err(|e| OciError::invalid(format!("image reference {reference:?}"), format!("{e}")))?;
+    let first = reference.split('/').next().unwrap_or_default();
+    if !(first.contains('.') || first.contains(':') || first == "localhost") {
+        return Err(OciError::invalid(
+            format!("image reference {reference:?}"),
+            "needs a registry host (HOST/REPO[:TAG|@DIGEST])",
+        ));
+    }
+    Ok(parsed)
 }
 
 /// True when `store` has no blob `desc`.
