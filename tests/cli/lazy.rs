@@ -1131,7 +1131,7 @@ fn a_root_image_pulled_lazily_is_mounted_from_its_snapshots_and_the_registry() {
     assert_eq!(mounted.stop().0, 0);
     let mount = |name: &str| other.run(&["image", "mount", name, &s(&mnt), "--cache", &s(&cache)]);
     let run = mount("oci-archive");
-    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(
         run.stderr.contains("estargz.tar") && run.stderr.contains("image unlazy oci-archive"),
         "{}",

@@ -32,15 +32,16 @@ are reached over plain HTTP, the rest over HTTPS. Credentials come from $DOCKER_
 (else ~/.docker/config.json): the host's credHelpers entry, else credsStore, else its auths entry. \
 An identity token (identitytoken, or a helper's answer for the user <token>) goes only to the \
 registry's token service, which exchanges it for tokens, as docker does. A refused login exits 4; a blob that does not match its digest exits 5 and nothing is kept. With \
---lazy-cache, the layer blobs that `strata lazy mount` kept in that cache (whole, or the ranges it \
-fetched) are taken first: only what they lack is fetched, by range, and each is checked whole \
+--lazy-cache, the layer blobs that `strata lazy mount` or `strata image mount` kept in that cache \
+(whole, or the ranges it fetched) are taken first: only what they lack is fetched, by range, and each is checked whole \
 before the root stores it; kept bytes that do not hash to their blob are removed and said so, and \
 that blob is fetched as usual. lazy_cache is {blobs, kept_bytes, fetched_bytes} then, else null. \
 With --lazy, only the manifest, the config and the layers below the first eStargz layer are \
-fetched; that layer and every one above it are recorded as lazy refs (lazy counts them), which \
-nothing reads (a mount, view, diff, or export that makes a new image of them exits 4) until \
-`strata image unlazy` fetches them; the image itself can be pushed and exported as stored (see \
-image export). An image without eStargz layers is pulled whole, and so are layers the root has \
+fetched; that layer and every one above it are recorded as lazy refs (lazy counts them). \
+`strata image mount` mounts the image at once, reading them through FUSE as they are used (see \
+its help); nothing else reads them (a mount, view, diff, or export that makes a new image of them \
+exits 4) until `strata image unlazy` fetches them; the image itself can be pushed and exported as \
+stored (see image export). An image without eStargz layers is pulled whole, and so are layers the root has \
 already (lazy counts neither); a note says when none was left lazy.";
 #[cfg(not(feature = "registry"))]
 const PULL_NOTES: &str = "This build has no registries (it was built without the registry \
@@ -434,8 +435,8 @@ the cache, prefetch, --keep-storage and --upper), with the layers the root has s
 snapshots (nothing fetched or unpacked for them) and the lazy layers a `pull --lazy` left read from where \
 the image was pulled: by range from its registry (by digest, so a tag that moved does not matter) or from \
 its layout's blob files. An image imported from an archive cannot be read by range: `image unlazy` it \
-first. The image's layers are held by a lease of the command's own until DIR is mounted, and from then \
-on by the mount itself (the collector leaves every snapshot a mount uses), so `image rm` and `gc` can run \
+first (exit 4). The image's layers are held by a lease of the command's own (not --lease) until DIR \
+is mounted, and from then on by the mount itself (the collector leaves every snapshot a mount uses), so `image rm` and `gc` can run \
 meanwhile; run without a daemon, the command lets go of the root once it serves. Run through `strata \
 serve`, the daemon serves the mount and stops it when the client is stopped. What the mount kept of the \
 lazy layers' blobs fills them without a download: `image unlazy NAME --lazy-cache CACHE`.\n\n\

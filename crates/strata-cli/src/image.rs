@@ -118,9 +118,9 @@ pub struct PullArgs {
 /// `--lazy-cache`, in builds with registries.
 #[derive(Debug, Args)]
 pub struct KeptArg {
-    /// A `strata lazy mount --cache` directory: the layer blobs its mounts
-    /// of this image fetched (whole or in part) are taken from it, checked,
-    /// and only what they lack is fetched.
+    /// A `strata lazy mount --cache` (or `image mount --cache`) directory:
+    /// the layer blobs its mounts of this image fetched (whole or in part)
+    /// are taken from it, checked, and only what they lack is fetched.
     #[cfg(feature = "registry")]
     #[arg(long, value_name = "DIR")]
     lazy_cache: Option<std::path::PathBuf>,

@@ -588,7 +588,7 @@ fn range_source(
                 FileSource::open(&path).with_context(|| format!("open {}", path.display()))?;
             Ok(Arc::new(file))
         })),
-        other => Err(crate::refs::bad(format!(
+        other => Err(unmet(format!(
             "image {}: its lazy layers cannot be read by range from {other}, where it was imported from; `strata image unlazy {}` fetches them",
             named.name, named.name
         ))),
