@@ -115,7 +115,7 @@ impl LazyMount {
         cache: &Path,
         extra: &[&str],
     ) -> (LazyMount, Value) {
-        match LazyMount::spawn(env, command, what, dir, cache, extra) {
+        match LazyMount::spawn(env, command, what, Some(dir), cache, extra) {
             (Some(m), said) => (m, serde_json::from_str(&said).unwrap()),
             (None, err) => panic!("{} {what} failed: {err}", command.join(" ")),
         }
@@ -131,20 +131,32 @@ impl LazyMount {
         cache: &Path,
         extra: &[&str],
     ) -> (Option<LazyMount>, String) {
-        LazyMount::spawn(env, &["lazy", "mount"], reference, dir, cache, extra)
+        LazyMount::spawn(env, &["lazy", "mount"], reference, Some(dir), cache, extra)
     }
 
-    /// [`LazyMount::try_start`] of `command` (`lazy mount`, `image mount`).
+    /// `strata image attach NAME`, serving, with what it said; or what it
+    /// wrote on stderr when it failed.
+    fn attach(env: &Env, name: &str, cache: &Path) -> Result<(LazyMount, Value), String> {
+        match LazyMount::spawn(env, &["image", "attach"], name, None, cache, &[]) {
+            (Some(m), said) => Ok((m, serde_json::from_str(&said).unwrap())),
+            (None, err) => Err(err),
+        }
+    }
+
+    /// [`LazyMount::try_start`] of `command` (`lazy mount`, `image mount`,
+    /// or, without `dir`, `image attach`).
     fn spawn(
         env: &Env,
         command: &[&str],
         reference: &str,
-        dir: &Path,
+        dir: Option<&Path>,
         cache: &Path,
         extra: &[&str],
     ) -> (Option<LazyMount>, String) {
         static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        fs::create_dir_all(dir).unwrap();
+        if let Some(dir) = dir {
+            fs::create_dir_all(dir).unwrap();
+        }
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = env.path(&format!("lazy-mount-{run}.stderr"));
         let prefetch = match extra.contains(&PREFETCH) {
@@ -154,7 +166,9 @@ impl LazyMount {
         let mut child = env
             .cmd(&["--json"])
             .args(command)
-            .args([reference, &s(dir), "--cache", &s(cache)])
+            .arg(reference)
+            .args(dir)
+            .args(["--cache", &s(cache)])
             .args(prefetch)
             .args(extra.iter().filter(|a| **a != PREFETCH))
             .stdout(Stdio::piped())
@@ -1144,4 +1158,133 @@ fn a_root_image_pulled_lazily_is_mounted_from_its_snapshots_and_the_registry() {
         "{}",
         run.stderr
     );
+}
+
+/// Whether any mount in this process's table is at or below `dir`.
+fn mounted_below(dir: &Path) -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(&s(dir))
+}
+
+#[test]
+fn a_lazy_image_attached_on_its_snapshots_takes_new_refs_and_mounts() {
+    let Some(Published {
+        registry,
+        want,
+        reference,
+        ..
+    }) = published(
+        "a_lazy_image_attached_on_its_snapshots_takes_new_refs_and_mounts",
+        "attached",
+    )
+    else {
+        return;
+    };
+    let root = Env::strata();
+    let pulled = root
+        .run(&["--json", "image", "pull", &reference, "--lazy", "--name", "at"])
+        .expect(0)
+        .json();
+    assert_eq!(pulled["lazy"], 2, "{pulled}");
+    let top = pulled["ref"].as_str().unwrap().to_owned();
+    let (mnt, cache) = (root.path("mnt"), root.path("cache"));
+    fs::create_dir_all(&mnt).unwrap();
+    let id = |args: &[&str]| root.run(args).expect(0).text().trim().to_owned();
+
+    // Attached, the lazy refs read as any: a view of the image, and a
+    // build step on it through a new ref, mounted writable and committed.
+    let (attached, said) = LazyMount::attach(&root, "at", &cache).unwrap();
+    assert_eq!(said["from_root"], 0, "{said}");
+    assert!(said.get("dir").is_none(), "{said}");
+    let served = said["layers"].as_array().unwrap();
+    assert_eq!(served.len(), 2, "{said}");
+    assert!(served.iter().all(|l| l["lazy"] == true), "{said}");
+    root.run(&["mount", &top, &s(&mnt)]).expect(0);
+    assert_eq!(listing(&mnt), want);
+    root.run(&["umount", &s(&mnt)]).expect(0);
+    let step = id(&["ref", "new", &top, "--description", "step"]);
+    root.run(&["mount", &step, &s(&mnt), "--rw"]).expect(0);
+    assert_eq!(
+        Command::new(mnt.join("usr/tool")).output().unwrap().stdout,
+        b"lazy hello\n"
+    );
+    fs::write(mnt.join("usr/built"), "by a step").unwrap();
+    fs::remove_file(mnt.join("usr/tool-link")).unwrap();
+    root.run(&["umount", &s(&mnt)]).expect(0);
+    let built = id(&["ref", "commit", &step]);
+    root.run(&["mount", &built, &s(&mnt)]).expect(0);
+    assert_eq!(fs::read(mnt.join("usr/built")).unwrap(), b"by a step");
+    assert!(!mnt.join("usr/tool-link").exists());
+    assert_eq!(
+        fs::read(mnt.join("usr/tool")).unwrap(),
+        b"#!/bin/sh\necho lazy hello\n"
+    );
+    let step_view = listing(&mnt);
+    root.run(&["umount", &s(&mnt)]).expect(0);
+
+    // Held while attached: the name's removal and a collection leave the
+    // layers (the new ref holds them too); the attached snapshots are
+    // neither removed nor filled meanwhile.
+    root.run(&["gc"]).expect(0);
+    for refused in [
+        root.run(&["image", "unlazy", "at"]),
+        root.run(&["snapshot", "rm", &top]),
+    ] {
+        assert_eq!(refused.code, 4, "{}", refused.stderr);
+        assert!(refused.stderr.contains("attached"), "{}", refused.stderr);
+    }
+    let (code, fetched) = attached.stop();
+    assert_eq!(code, 0, "{fetched}");
+    assert!(fetched["bytes_fetched"].as_u64().unwrap() > 0, "{fetched}");
+
+    // Stopped, they are lazy again: nothing stacks on them.
+    let refused = root.run(&["mount", &built, &s(&mnt)]).expect(4);
+    assert!(refused.stderr.contains("is lazy"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("attach its image"),
+        "{}",
+        refused.stderr
+    );
+
+    // A server killed leaves its layers mounted and dead: `check` says
+    // so, reads are refused as lazy, and the next attach detaches them.
+    let (attached, _) = LazyMount::attach(&root, "at", &cache).unwrap();
+    attached.kill();
+    assert!(mounted_below(&root.root.join("snapshots")));
+    let checked = root.run(&["check"]);
+    let said = format!("{}{}", checked.text(), checked.stderr);
+    assert_ne!(checked.code, 0, "{said}");
+    assert!(said.contains("no longer served"), "{said}");
+    root.run(&["mount", &built, &s(&mnt)]).expect(4);
+    let (attached, _) = LazyMount::attach(&root, "at", &cache).unwrap();
+    root.run(&["mount", &built, &s(&mnt)]).expect(0);
+    assert_eq!(listing(&mnt), step_view, "after the server was killed");
+    root.run(&["umount", &s(&mnt)]).expect(0);
+    // A second server of the same layers is refused.
+    let twice = LazyMount::attach(&root, "at", &cache).map(drop).unwrap_err();
+    assert!(twice.contains("attached there already"), "{twice}");
+    assert_eq!(attached.stop().0, 0);
+    assert!(!mounted_below(&root.root.join("snapshots")));
+    let checked = root.run(&["check"]);
+    assert_eq!(checked.code, 0, "{}", checked.text());
+
+    // Filled, the step's ref reads the same from the root alone.
+    root.run(&["image", "unlazy", "at"]).expect(0);
+    root.run(&["mount", &built, &s(&mnt)]).expect(0);
+    assert_eq!(listing(&mnt), step_view, "filled");
+    root.run(&["umount", &s(&mnt)]).expect(0);
+    let refused = LazyMount::attach(&root, "at", &cache).map(drop).unwrap_err();
+    assert!(refused.contains("no lazy layers"), "{refused}");
+
+    // The native backend's snapshots are whole trees: nothing attaches.
+    let native = Env::strata();
+    native
+        .run(&[
+            "--backend", "native", "image", "pull", &reference, "--lazy", "--name", "at",
+        ])
+        .expect(0);
+    let refused = LazyMount::attach(&native, "at", &cache).map(drop).unwrap_err();
+    assert!(refused.contains("whole trees"), "{refused}");
+    drop(registry);
 }

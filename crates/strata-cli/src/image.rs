@@ -77,6 +77,11 @@ pub enum ImageCmd {
     /// (read-only unless --upper); serves it until SIGINT or SIGTERM.
     #[cfg(feature = "registry")]
     Mount(crate::lazy::ImageMountArgs),
+    /// Serve an image's lazy layers on their own snapshots, read as they
+    /// are used, so that new refs, mounts and views of the root can stack
+    /// on them; serves them until SIGINT or SIGTERM.
+    #[cfg(feature = "registry")]
+    Attach(crate::lazy::ImageAttachArgs),
     /// List images by name.
     Ls,
     /// Show an image: its manifest, config and layers.
@@ -358,6 +363,12 @@ async fn run_async(
             crate::lazy::mount_image(owned, &args, out)
                 .map(drop)
                 .with_context(|| format!("mount {}", args.name()))
+        }),
+        #[cfg(feature = "registry")]
+        ImageCmd::Attach(args) => tokio::task::block_in_place(move || {
+            crate::lazy::attach_image(owned, &args, out)
+                .map(drop)
+                .with_context(|| format!("attach {}", args.name()))
         }),
         ImageCmd::Ls => {
             let images = mgr.images()?;

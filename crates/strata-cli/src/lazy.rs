@@ -96,6 +96,8 @@ pub struct MountArgs {
     #[command(flatten)]
     serving: ServingArgs,
     #[command(flatten)]
+    upper: UpperArgs,
+    #[command(flatten)]
     registry: crate::image::RegistryArgs,
 }
 
@@ -113,10 +115,32 @@ pub struct ImageMountArgs {
     #[command(flatten)]
     serving: ServingArgs,
     #[command(flatten)]
+    upper: UpperArgs,
+    #[command(flatten)]
     registry: crate::image::RegistryArgs,
 }
 
 impl ImageMountArgs {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// What `strata image attach` takes.
+#[derive(Debug, clap::Args)]
+pub struct ImageAttachArgs {
+    /// An image name.
+    name: String,
+    /// The lazy-mount cache, as `image mount` uses it.
+    #[arg(long, value_name = "DIR")]
+    cache: PathBuf,
+    #[command(flatten)]
+    serving: ServingArgs,
+    #[command(flatten)]
+    registry: crate::image::RegistryArgs,
+}
+
+impl ImageAttachArgs {
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -143,6 +167,11 @@ pub struct ServingArgs {
     /// wait for them; each layer's prefetch fetches one more).
     #[arg(long, value_name = "N", default_value_t = 8)]
     threads: usize,
+}
+
+/// Where a mount of an image writes (`lazy mount` and `image mount`).
+#[derive(Debug, clap::Args)]
+pub struct UpperArgs {
     /// Mount writable: writes go to UPPER/fs, an overlay upper directory
     /// (deletions as whiteouts), with UPPER/work beside it; made if
     /// missing, kept after unmount, and used again when given again
@@ -152,7 +181,8 @@ pub struct ServingArgs {
 }
 
 impl ServingArgs {
-    fn options(&self) -> anyhow::Result<ImageOptions> {
+    /// The options to mount with, writable over `upper` when given.
+    fn options(&self, upper: &UpperArgs) -> anyhow::Result<ImageOptions> {
         Ok(ImageOptions {
             threads: self.threads,
             prefetch: !self.no_prefetch,
@@ -166,7 +196,7 @@ impl ServingArgs {
                 .as_deref()
                 .map(crate::refs::parse_size)
                 .transpose()?,
-            upper: self.upper.clone(),
+            upper: upper.upper.clone(),
             below: Below::default(),
         })
     }
@@ -208,9 +238,12 @@ struct LayerJson {
 #[derive(Serialize)]
 struct MountedJson {
     image: String,
-    dir: String,
-    /// For `image mount`: how many bottom layers come from the root's
-    /// snapshots (`layers` are those above them).
+    /// Where the image is mounted; none for `image attach`, whose layers
+    /// are each on its own snapshot (`layers[].dir`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dir: Option<String>,
+    /// For `image mount` and `image attach`: how many bottom layers come
+    /// from the root's snapshots (`layers` are those above them).
     #[serde(skip_serializing_if = "Option::is_none")]
     from_root: Option<usize>,
     layers: Vec<LayerJson>,
@@ -383,7 +416,7 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
         Stop::listen()?
     };
     let platform = platform(args.platform.as_deref())?;
-    let opts = args.serving.options()?;
+    let opts = args.serving.options(&args.upper)?;
     let registry = Arc::new(rt.block_on(Registry::connect(
         &registry_reference(&args.reference),
         RegistryOperation::Pull,
@@ -406,7 +439,7 @@ fn mount(rt: &tokio::runtime::Runtime, args: &MountArgs, out: &Output) -> anyhow
     let mounted = ImageMount::mount(&args.cache, layers, &args.dir, &opts)?;
     let served = Served {
         image: &args.reference,
-        dir: &args.dir,
+        dir: Some(&args.dir),
         from_root: None,
         prefetch: opts.prefetch,
     };
@@ -433,6 +466,85 @@ fn image_layer(
     })
 }
 
+/// A root's image as a mount of it needs it, read once (its manifest and
+/// chain are those of one naming), and held by a lease of the command's
+/// own until the mount holds it (the collector leaves every snapshot a
+/// mount in the mount table uses).
+struct RootImage {
+    named: strata_cache::NamedImage,
+    /// Its layers' descriptors, bottom first.
+    layers: Vec<Descriptor>,
+    /// Its chain's snapshot keys, one per layer, bottom first.
+    keys: Vec<String>,
+    /// How many layers, from the bottom, the root holds: those below the
+    /// first lazy one.
+    here: usize,
+    _held: strata_leases::LeaseGuard,
+}
+
+impl RootImage {
+    fn read(
+        rt: &tokio::runtime::Runtime,
+        mgr: &strata_cache::CacheManager,
+        name: &str,
+        out: &Output,
+    ) -> anyhow::Result<RootImage> {
+        let root = mgr.root();
+        let (ctx, held) = strata_leases::with_lease(out.ctx(), &root.leases)?;
+        let named = mgr.image(name)?;
+        let image = mgr.image_blobs_of(&named)?;
+        if named.top_ref.is_empty() {
+            return Err(crate::refs::bad(format!("image {name} has no layers")));
+        }
+        let (keys, lazy) = rt.block_on(async {
+            let top = mgr
+                .get(&named.top_ref, &strata_cache::RefOptions::default())
+                .await?;
+            if let Some(lease) = ctx.lease() {
+                let held =
+                    strata_leases::Resource::snapshot(root.snapshots.name(), top.snapshot_id());
+                root.leases.add_resource(&lease, &held)?;
+            }
+            let keys = mgr.chain_keys(top.snapshot_id()).await?;
+            anyhow::Ok((keys, mgr.lazy_layers(&top).await?))
+        })?;
+        // A pull or an import makes a snapshot per layer; a name given to
+        // a ref of another making (a merge, say) may not.
+        if keys.len() != image.layers.len() {
+            return Err(unmet(format!(
+                "image {name}: its chain has {} snapshots for {} layers, so its layers cannot be told apart; mount its ref with `strata mount`",
+                keys.len(),
+                image.layers.len()
+            )));
+        }
+        Ok(RootImage {
+            here: lazy.iter().position(|&l| l).unwrap_or(lazy.len()),
+            named,
+            layers: image.layers,
+            keys,
+            _held: held,
+        })
+    }
+
+    /// Its lazy layers (those from `here` up), read by range from where
+    /// the image was pulled.
+    fn lazy_layers(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        registry: &crate::image::RegistryArgs,
+    ) -> anyhow::Result<Vec<ImageLayer>> {
+        if self.here == self.layers.len() {
+            return Ok(Vec::new());
+        }
+        let source = range_source(rt, &self.named, registry)?;
+        self.layers[self.here..]
+            .iter()
+            .enumerate()
+            .map(|(i, desc)| image_layer(self.here + i, desc, source(desc)?))
+            .collect()
+    }
+}
+
 /// `strata image mount NAME DIR --cache CACHE`: a root's image, its layers
 /// the root has stacked from their snapshots, its lazy ones served through
 /// FUSE from where it was pulled, until SIGINT or SIGTERM (or, run by a
@@ -447,76 +559,101 @@ pub fn mount_image(
         let _in = rt.enter();
         Stop::listen()?
     };
-    let mut opts = args.serving.options()?;
-    let root = mgr.root();
-    let name = &args.name;
-    // The image's chain is held until it is mounted, whoever removes its
-    // name meanwhile, by a lease of this command's own; from then on the
-    // mount holds it (the collector leaves every snapshot a mount in the
-    // mount table uses).
-    let (ctx, held) = strata_leases::with_lease(out.ctx(), &root.leases)?;
-    // Read once: the manifest and the chain are those of one naming.
-    let named = mgr.image(name)?;
-    let image = mgr.image_blobs_of(&named)?;
-    if named.top_ref.is_empty() {
-        return Err(crate::refs::bad(format!(
-            "image {name} has no layers to mount"
-        )));
-    }
-    let (keys, lazy) = rt.block_on(async {
-        let top = mgr
-            .get(&named.top_ref, &strata_cache::RefOptions::default())
-            .await?;
-        if let Some(lease) = ctx.lease() {
-            let held = strata_leases::Resource::snapshot(root.snapshots.name(), top.snapshot_id());
-            root.leases.add_resource(&lease, &held)?;
-        }
-        let keys = mgr.chain_keys(top.snapshot_id()).await?;
-        anyhow::Ok((keys, mgr.lazy_layers(&top).await?))
-    })?;
-    // A pull or an import makes a snapshot per layer; a name given to a
-    // ref of another making (a merge, say) may not.
-    if keys.len() != image.layers.len() {
-        return Err(unmet(format!(
-            "image {name}: its chain has {} snapshots for {} layers, so its layers cannot be told apart; mount its ref with `strata mount`",
-            keys.len(),
-            image.layers.len()
-        )));
-    }
-    let here = lazy.iter().position(|&l| l).unwrap_or(lazy.len());
+    let mut opts = args.serving.options(&args.upper)?;
+    let image = RootImage::read(&rt, &mgr, &args.name, out)?;
+    let here = image.here;
     if here > 0 {
-        opts.below = below(&mgr, &keys[here - 1], &image.layers[..here])?;
+        opts.below = below(&mgr, &image.keys[here - 1], &image.layers[..here])?;
     }
-    let layers = match here < image.layers.len() {
-        true => {
-            let source = range_source(&rt, &named, &args.registry)?;
-            image.layers[here..]
-                .iter()
-                .enumerate()
-                .map(|(i, desc)| image_layer(here + i, desc, source(desc)?))
-                .collect::<anyhow::Result<Vec<_>>>()?
-        }
-        false => Vec::new(),
-    };
-    let mounted = ImageMount::mount(&args.cache, layers, &args.dir, &opts)?;
+    let mounted = ImageMount::mount(
+        &args.cache,
+        image.lazy_layers(&rt, &args.registry)?,
+        &args.dir,
+        &opts,
+    )?;
+    let lazy = here < image.layers.len();
     // Run here, the root is free for other commands while it serves.
-    drop(held);
+    drop(image);
+    drop(mgr);
+    let served = Served {
+        image: &args.name,
+        dir: Some(&args.dir),
+        from_root: Some(here),
+        // Nothing is fetched for layers the root has.
+        prefetch: opts.prefetch && lazy,
+    };
+    serve(&rt, mounted, &served, stop, out)?;
+    if lazy {
+        kept_note(&args.name, &args.cache, out);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `strata image attach NAME --cache CACHE`: a root's image's lazy
+/// layers, each served through FUSE on its own lazy snapshot's
+/// placeholder, so that everything the root does with a snapshot works on
+/// them (new refs on them, their mounts, views), until SIGINT or SIGTERM
+/// (or, run by a daemon, until its client goes away).
+pub fn attach_image(
+    mgr: strata_cache::CacheManager,
+    args: &ImageAttachArgs,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let stop = {
+        let _in = rt.enter();
+        Stop::listen()?
+    };
+    let name = &args.name;
+    let opts = args.serving.options(&UpperArgs { upper: None })?;
+    let image = RootImage::read(&rt, &mgr, name, out)?;
+    if image.here == image.layers.len() {
+        return Err(unmet(format!(
+            "image {name} has no lazy layers: the root holds every one, so there is nothing to attach"
+        )));
+    }
+    // Before anything is fetched.
+    let sn = &mgr.root().snapshots;
+    let at = image.keys[image.here..]
+        .iter()
+        .map(|k| sn.attach_dir(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, desc) in image.layers.iter().enumerate().skip(image.here) {
+        if toc_digest(i, desc)?.is_none() {
+            return Err(unmet(format!(
+                "image {name}: layer {i} ({}) is lazy but not eStargz, so it cannot be read lazily; `strata image unlazy {name}` fetches the image's lazy layers",
+                desc.digest
+            )));
+        }
+    }
+    let attached = ImageMount::attach(
+        &args.cache,
+        image.lazy_layers(&rt, &args.registry)?,
+        &at,
+        &opts,
+    )?;
+    let here = image.here;
+    // The root is free for other commands while it serves: that is what
+    // attaching is for.
+    drop(image);
     drop(mgr);
     let served = Served {
         image: name,
-        dir: &args.dir,
+        dir: None,
         from_root: Some(here),
-        // Nothing is fetched for layers the root has.
-        prefetch: opts.prefetch && here < image.layers.len(),
+        prefetch: opts.prefetch,
     };
-    serve(&rt, mounted, &served, stop, out)?;
-    if here < image.layers.len() {
-        out.note(&format!(
-            "`strata image unlazy {name} --lazy-cache {}` takes what was kept",
-            args.cache.display()
-        ));
-    }
+    serve(&rt, attached, &served, stop, out)?;
+    kept_note(name, &args.cache, out);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says how to fill `image`'s lazy refs from what a mount kept in `cache`.
+fn kept_note(image: &str, cache: &Path, out: &Output) {
+    out.note(&format!(
+        "`strata image unlazy {image} --lazy-cache {}` takes what was kept",
+        cache.display()
+    ));
 }
 
 /// The root's snapshot `key` (the topmost of `layers`, which it holds
@@ -598,7 +735,8 @@ fn range_source(
 /// What is said of a mounted image.
 struct Served<'a> {
     image: &'a str,
-    dir: &'a Path,
+    /// Where it is mounted; none when its layers are attached.
+    dir: Option<&'a Path>,
     from_root: Option<usize>,
     prefetch: bool,
 }
@@ -640,29 +778,43 @@ fn serve(
     let lazy = json.iter().filter(|l| l.lazy).count();
     let all = json.len() + served.from_root.unwrap_or(0);
     let totals = mounted.totals();
-    let dir = served.dir.display();
+    let from_root = match served.from_root {
+        Some(n) => format!(", {n} from the root"),
+        None => String::new(),
+    };
+    let human = match served.dir {
+        Some(dir) => format!(
+            "mounted {} ({all} layers, {lazy} lazy{from_root}) on {}; serving until SIGINT or SIGTERM",
+            served.image,
+            dir.display()
+        ),
+        None => format!(
+            "attached {lazy} lazy layers of {} ({all} layers{from_root}) on their snapshots; serving until SIGINT or SIGTERM",
+            served.image
+        ),
+    };
     out.line(
         &MountedJson {
             image: served.image.to_owned(),
-            dir: dir.to_string(),
+            dir: served.dir.map(|d| d.display().to_string()),
             from_root: served.from_root,
             layers: json,
             requests: totals.requests,
             bytes_fetched: totals.bytes,
         },
-        &format!(
-            "mounted {} ({all} layers, {lazy} lazy{}) on {dir}; serving until SIGINT or SIGTERM",
-            served.image,
-            match served.from_root {
-                Some(n) => format!(", {n} from the root"),
-                None => String::new(),
-            },
-        ),
+        &human,
     )?;
     rt.block_on(serve_until_stopped(&mounted, served.prefetch, stop, out))?;
     let (totals, ended) = mounted.unmount(std::time::Duration::from_secs(5))?;
     if !ended {
-        tracing::warn!(dir = %served.dir.display(), "DIR is still in use: the layers end with this process")
+        match served.dir {
+            Some(dir) => {
+                tracing::warn!(dir = %dir.display(), "DIR is still in use: the layers end with this process")
+            }
+            None => {
+                tracing::warn!(image = served.image, "a mount stacked on the attached layers still uses them: they serve it until this process ends")
+            }
+        }
     }
     out.line(
         &FetchedJson::from(totals),

@@ -292,6 +292,22 @@ impl Mounted {
             None => Ok(()),
         }
     }
+
+    /// Unmounts it, or, while a mount stacked on it keeps it busy,
+    /// detaches it: gone from the mount table, it serves what still uses
+    /// it for as long as this process lives (then reads get ENOTCONN).
+    /// True when it was unmounted.
+    pub fn unmount_or_detach(self) -> io::Result<bool> {
+        let target = self.target.clone();
+        match self.unmount() {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {
+                strata_sys::mount::detach(&target).map_err(io::Error::other)?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl Drop for Mounted {

@@ -227,6 +227,59 @@ impl ImageMount {
         dir: &Path,
         opts: &ImageOptions,
     ) -> io::Result<ImageMount> {
+        ImageMount::serve(cache, layers, Place::Stack(dir), opts)
+    }
+
+    /// Serves each of `layers` (every one eStargz) through FUSE on its own
+    /// directory of `at` (one per layer, each an existing empty directory
+    /// on which nothing is mounted; a mount left there by a server that
+    /// has gone is detached first), with `cache` as [`ImageMount::mount`]
+    /// uses it, and stacks nothing: whoever stacks the directories (a
+    /// state root's lazy snapshots, whose placeholders they are) reads the
+    /// layers as it would read unpacked ones. `opts.upper` and
+    /// `opts.below` do not apply. Unmounted as [`ImageMount::unmount`]
+    /// says; a layer that a mount stacked on it still uses is detached,
+    /// and serves it until this process ends.
+    pub fn attach(
+        cache: &Path,
+        layers: Vec<ImageLayer>,
+        at: &[PathBuf],
+        opts: &ImageOptions,
+    ) -> io::Result<ImageMount> {
+        if at.len() != layers.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} directories given to attach {} layers on",
+                    at.len(),
+                    layers.len()
+                ),
+            ));
+        }
+        if opts.upper.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "attached layers are read-only: an upper directory does not apply",
+            ));
+        }
+        if let Some((i, l)) = layers.iter().enumerate().find(|(_, l)| l.toc_digest.is_none()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "layer {} is not eStargz: only eStargz layers are served where they are attached",
+                    layer_name(i, &l.digest)
+                ),
+            ));
+        }
+        ImageMount::serve(cache, layers, Place::Attach(at), opts)
+    }
+
+    fn serve(
+        cache: &Path,
+        layers: Vec<ImageLayer>,
+        place: Place,
+        opts: &ImageOptions,
+    ) -> io::Result<ImageMount> {
         if layers.is_empty() && opts.below.dirs.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -234,21 +287,30 @@ impl ImageMount {
             ));
         }
         // Before anything is fetched.
-        let md = std::fs::metadata(dir).map_err(context(&format!("{}", dir.display())))?;
-        if !md.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                format!("{}: not a directory to mount the image on", dir.display()),
-            ));
-        }
-        // Absolute and without symlinks, as the mount table names them:
-        // mounts found there by path (stale ones; the stack, to detach it)
-        // are found by these.
-        let dir =
-            &std::fs::canonicalize(dir).map_err(context(&format!("resolve {}", dir.display())))?;
-        let upper = match &opts.upper {
-            Some(u) => Some(Upper::prepare(u, &crate::upper::absolute(cache)?, dir)?),
-            None => None,
+        let (dir, upper) = match place {
+            Place::Stack(dir) => {
+                let md = std::fs::metadata(dir).map_err(context(&format!("{}", dir.display())))?;
+                if !md.is_dir() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        format!("{}: not a directory to mount the image on", dir.display()),
+                    ));
+                }
+                // Absolute and without symlinks, as the mount table names
+                // them: mounts found there by path (stale ones; the stack,
+                // to detach it) are found by these.
+                let dir = std::fs::canonicalize(dir)
+                    .map_err(context(&format!("resolve {}", dir.display())))?;
+                let upper = match &opts.upper {
+                    Some(u) => Some(Upper::prepare(u, &crate::upper::absolute(cache)?, &dir)?),
+                    None => None,
+                };
+                (Some(dir), upper)
+            }
+            Place::Attach(at) => {
+                at.iter().try_for_each(|d| free(d))?;
+                (None, None)
+            }
         };
         std::fs::create_dir_all(cache).map_err(context(&format!("create {}", cache.display())))?;
         let cache = &std::fs::canonicalize(cache)
@@ -276,7 +338,7 @@ impl ImageMount {
             .collect();
         let mut opened = open_all(&layers, &sources, &chunks, &link)?;
         let mut image = ImageMount {
-            dir: dir.to_path_buf(),
+            dir: dir.clone().unwrap_or_else(|| mnt.clone()),
             lowers: Vec::new(),
             layers: Vec::new(),
             reports: Vec::new(),
@@ -299,11 +361,20 @@ impl ImageMount {
             let below = |path: &[&str]| lowers.iter().any(|l| l.has(path));
             let lower = match opened[i].take() {
                 Some(mut layer) => {
-                    layer.prune_whiteouts(below);
+                    let at = match place {
+                        // Whiteouts of nothing below are left out of a
+                        // stack; an attached layer's may be stacked on
+                        // anything.
+                        Place::Stack(_) => {
+                            layer.prune_whiteouts(below);
+                            let at = mnt.join(i.to_string());
+                            std::fs::create_dir_all(&at)
+                                .map_err(context(&format!("create {}", at.display())))?;
+                            at
+                        }
+                        Place::Attach(dirs) => dirs[i].clone(),
+                    };
                     let layer = Arc::new(layer);
-                    let at = mnt.join(i.to_string());
-                    std::fs::create_dir_all(&at)
-                        .map_err(context(&format!("create {}", at.display())))?;
                     let m = crate::mount(layer.clone(), &at, readers.clone()).map_err(context(
                         &format!("mount layer {} on {}", layer.name(), at.display()),
                     ))?;
@@ -350,26 +421,29 @@ impl ImageMount {
             }
             image.lowers.push(lower);
         }
-        let empty = mnt.join("empty");
-        std::fs::create_dir_all(&empty).map_err(context(&format!("create {}", empty.display())))?;
-        let lowers = visible(&image.lowers);
-        // A writable mount's fs takes the mode of the image's root, the
-        // topmost visible layer's (there is one: an image has layers).
-        let made_fs = match (&image.upper, lowers.first()) {
-            (Some(upper), Some(top)) => upper.make_fs(top)?,
-            _ => false,
-        };
-        let stacked = stack(
-            lowers,
-            image.upper.as_ref().map(|u| (u.fs.clone(), u.work.clone())),
-            &empty,
-            dir,
-        );
-        if let (Err(_), Some(upper), true) = (&stacked, &image.upper, made_fs) {
-            upper.unmake_fs();
+        if let Some(dir) = &dir {
+            let empty = mnt.join("empty");
+            std::fs::create_dir_all(&empty)
+                .map_err(context(&format!("create {}", empty.display())))?;
+            let lowers = visible(&image.lowers);
+            // A writable mount's fs takes the mode of the image's root, the
+            // topmost visible layer's (there is one: an image has layers).
+            let made_fs = match (&image.upper, lowers.first()) {
+                (Some(upper), Some(top)) => upper.make_fs(top)?,
+                _ => false,
+            };
+            let stacked = stack(
+                lowers,
+                image.upper.as_ref().map(|u| (u.fs.clone(), u.work.clone())),
+                &empty,
+                dir,
+            );
+            if let (Err(_), Some(upper), true) = (&stacked, &image.upper, made_fs) {
+                upper.unmake_fs();
+            }
+            stacked?;
+            image.stacked = true;
         }
-        stacked?;
-        image.stacked = true;
         image.pruner = opts
             .keep_storage
             .map(|keep| Pruner::start(cache.to_path_buf(), keep, image.layers.clone()))
@@ -459,12 +533,16 @@ impl ImageMount {
             .collect();
         let (done, ended) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let result: io::Result<()> = mounted.into_iter().try_for_each(Mounted::unmount);
+            // Each one, whatever the others did.
+            let result = mounted
+                .into_iter()
+                .map(Mounted::unmount_or_detach)
+                .fold(Ok(true), |all: io::Result<bool>, one| Ok(all? & one?));
             drop(background);
             let _ = done.send(result);
         });
         match ended.recv_timeout(wait) {
-            Ok(result) => result.map_err(context("unmount the layers")).map(|()| true),
+            Ok(result) => result.map_err(context("unmount the layers")),
             Err(_) => Ok(false),
         }
     }
@@ -495,6 +573,30 @@ pub fn prune_cache(cache: &Path, keep: u64) -> io::Result<Pruned> {
     items.extend(Unpacked::prunable(&cache.join("layers"))?);
     items.extend(BlobCache::open(&cache.join("blobs"))?.prunable()?);
     prune(items, keep)
+}
+
+/// Where [`ImageMount`] serves an image's layers.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    /// Each under `CACHE/mnt`, stacked by an overlay on this directory.
+    Stack(&'a Path),
+    /// Each on its own directory, stacked by nothing here.
+    Attach(&'a [PathBuf]),
+}
+
+/// Readies `dir` to have a layer attached on it: a directory on which
+/// nothing is mounted (one mounted by a server that has gone is detached).
+fn free(dir: &Path) -> io::Result<()> {
+    use strata_sys::mount::MountPoint;
+    match strata_sys::mount::mount_point(dir).map_err(sys("attach a layer"))? {
+        MountPoint::No => Ok(()),
+        MountPoint::Dead => strata_sys::mount::detach(dir)
+            .map_err(sys(&format!("detach what a gone server left on {}", dir.display()))),
+        MountPoint::Live => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{}: a layer is attached there already", dir.display()),
+        )),
+    }
 }
 
 /// Every eStargz layer opened at once (its footer and TOC fetched): two

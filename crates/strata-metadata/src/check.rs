@@ -116,13 +116,6 @@ pub(crate) fn run(tx: &ReadTx) -> Result<Vec<Violation>, MetaError> {
                     key,
                     format!("parent {parent:?} is not committed"),
                 ),
-                // Nothing is written over a layer not fetched yet, and
-                // layers are fetched bottom first.
-                Some(p) if p.lazy && !s.lazy => c.report(
-                    SnapshotRecord::TABLE,
-                    key,
-                    format!("parent {parent:?} is lazy, and this one is not"),
-                ),
                 Some(_) => {}
             }
         }

@@ -73,8 +73,38 @@ impl Inner {
             .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))
     }
 
+    /// The directory a lazy snapshot's layer is attached on: its
+    /// placeholder.
+    fn placeholder(&self, id: &str) -> PathBuf {
+        self.dir(id).join("fs")
+    }
+
+    /// Whether the lazy snapshot of `id` has its layer attached: a file
+    /// system that answers is mounted on its placeholder (as `image
+    /// attach` mounts one), so it reads as a snapshot holding its layer.
+    fn attached(&self, id: &str) -> bool {
+        matches!(
+            strata_sys::mount::mount_point(&self.placeholder(id)),
+            Ok(strata_sys::mount::MountPoint::Live)
+        )
+    }
+
+    /// Refuses to let `key` (of `r`) go while a layer is attached on it:
+    /// the mount would keep its directory, and what reads through it
+    /// would lose the layer.
+    fn not_attached(&self, key: &str, r: &SnapshotRecord) -> Result<(), SnapshotError> {
+        if r.lazy && self.attached(&r.id) {
+            return Err(SnapshotError::precondition(
+                key,
+                "its layer is attached (its image is served by `strata image attach`); stop that first",
+            ));
+        }
+        Ok(())
+    }
+
     /// Directories of `parent` and its ancestors, nearest first. The parent
-    /// must exist and be committed.
+    /// must exist and be committed; a lazy one must have its layer
+    /// attached.
     fn chain(&self, tx: &impl Reader, parent: Option<&str>) -> Result<Vec<PathBuf>, SnapshotError> {
         let mut out = Vec::new();
         let mut next = parent.map(str::to_owned);
@@ -93,7 +123,7 @@ impl Inner {
                     "a parent must be committed",
                 ));
             }
-            if r.lazy {
+            if r.lazy && !self.attached(&r.id) {
                 return Err(SnapshotError::Lazy(key));
             }
             first = false;
@@ -209,6 +239,7 @@ impl Inner {
         if !lazy.lazy {
             return Err(SnapshotError::precondition(key, "it is not lazy"));
         }
+        self.not_attached(key, &lazy)?;
         let done = self.get(&tx, filled)?;
         if done.kind != SnapshotKind::Committed || done.lazy {
             return Err(SnapshotError::precondition(
@@ -387,6 +418,7 @@ impl Inner {
     fn remove(&self, key: &str, held_by: Option<&str>) -> Result<(), SnapshotError> {
         let tx = self.db.write()?;
         let r = self.get(&tx, key)?;
+        self.not_attached(key, &r)?;
         // The parent index: what it costs is the children, not the store.
         let children: Vec<String> = tx
             .index_scan(SNAPSHOT_CHILDREN, &keys::prefix(&[key]))?
@@ -487,6 +519,15 @@ impl Inner {
             }
         }
         let rows = self.db.read()?.scan::<SnapshotRecord>("")?;
+        // A layer attached by a process that has gone answers nothing, and
+        // its placeholder would read as missing.
+        for (key, r) in rows.iter().filter(|(_, r)| r.lazy) {
+            let at = self.placeholder(&r.id);
+            if strata_sys::mount::mount_point(&at)? == strata_sys::mount::MountPoint::Dead {
+                tracing::info!(key, dir = %at.display(), "detaching a lazy layer whose server has gone");
+                strata_sys::mount::detach(&at)?;
+            }
+        }
         let ids: BTreeSet<&str> = rows.iter().map(|(_, r)| r.id.as_str()).collect();
         let snaps = strata_sys::Root::open(&self.snapshots)?;
         for (name, _) in snaps.read_dir(Path::new(""))? {
@@ -550,7 +591,19 @@ impl Inner {
         let mut out = Vec::new();
         let ids: BTreeSet<&str> = rows.iter().map(|(_, r)| r.id.as_str()).collect();
         for (key, r) in &rows {
-            if !self.dir(&r.id).join("fs").is_dir() {
+            if r.lazy
+                && strata_sys::mount::mount_point(&self.placeholder(&r.id))
+                    .is_ok_and(|m| m == strata_sys::mount::MountPoint::Dead)
+            {
+                out.push(Violation {
+                    table: "snapshots",
+                    key: key.clone(),
+                    problem: format!(
+                        "snapshots/{}/fs: the layer attached there is no longer served (its server has gone); attach the image again, or detach it",
+                        r.id
+                    ),
+                });
+            } else if !self.dir(&r.id).join("fs").is_dir() {
                 out.push(Violation {
                     table: "snapshots",
                     key: key.clone(),
@@ -714,6 +767,33 @@ impl SnapshotStore {
             return Err(SnapshotError::Lazy(key.to_owned()));
         }
         Ok(self.inner.dir(&r.id).join("fs"))
+    }
+
+    /// The directory a layer of the lazy snapshot `key` is attached on:
+    /// while a file system that answers is mounted there (the layer served
+    /// through FUSE, say), `key` reads as any committed snapshot (views,
+    /// prepares on it and mounts stack it), and it cannot be removed or
+    /// filled. Only for backends whose snapshots hold one layer each
+    /// ([`crate::Capabilities::overlay_layers`]); for a snapshot not lazy,
+    /// a precondition error.
+    pub fn attach_dir(&self, key: &str) -> Result<PathBuf, SnapshotError> {
+        if !self.capabilities().overlay_layers {
+            return Err(SnapshotError::precondition(
+                key,
+                format!(
+                    "the {} backend's snapshots hold whole trees, so a single layer cannot be attached",
+                    self.name()
+                ),
+            ));
+        }
+        let r = self.inner.get(&self.inner.db.read()?, key)?;
+        if !r.lazy {
+            return Err(SnapshotError::precondition(
+                key,
+                "it is not lazy: it holds its layer",
+            ));
+        }
+        Ok(self.inner.placeholder(&r.id))
     }
 
     /// True when `key` is lazy: committed, its layer not fetched yet

@@ -351,6 +351,40 @@ pub fn is_mount_point(path: &Path) -> SysResult<bool> {
     Ok(st.stx_attributes_mask.contains(attr) && st.stx_attributes.contains(attr))
 }
 
+/// What is mounted on a directory, for one that a server's file system
+/// (FUSE) may be mounted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountPoint {
+    /// Nothing: it is an ordinary directory.
+    No,
+    /// A file system that answers.
+    Live,
+    /// A FUSE file system whose server has gone: every call on it fails
+    /// with ENOTCONN, until it is detached.
+    Dead,
+}
+
+/// Whether `path` is the root of a mount, and whether that mount answers.
+pub fn mount_point(path: &Path) -> SysResult<MountPoint> {
+    match is_mount_point(path) {
+        Ok(true) => Ok(MountPoint::Live),
+        Ok(false) => Ok(MountPoint::No),
+        Err(SysError::Io { source, .. }) if source.raw_os_error() == Some(Errno::NOTCONN.raw_os_error()) => {
+            Ok(MountPoint::Dead)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Detaches the mount on `target` (lazily: what still uses it keeps it
+/// until done); nothing mounted there is not an error.
+pub fn detach(target: &Path) -> SysResult<()> {
+    match rm::unmount(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
+        Ok(()) | Err(Errno::INVAL) => Ok(()),
+        Err(e) => Err(SysError::io("detach", target, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
