@@ -216,10 +216,18 @@ impl CacheManager {
     ) -> Result<PulledImage> {
         let named = self.image(name)?;
         let image = self.image_blobs(name)?;
-        let lazy = match named.top_ref.is_empty() {
+        let keys = match named.top_ref.is_empty() {
             true => Vec::new(),
-            false => self.lazy_layers(&self.resolve_ref(name).await?).await?,
+            false => {
+                self.chain_keys(self.resolve_ref(name).await?.snapshot_id())
+                    .await?
+            }
         };
+        let lazy = self.lazy_of(&keys)?;
+        // Refused before anything is fetched.
+        for (key, _) in keys.iter().zip(&lazy).filter(|&(_, &l)| l) {
+            self.root().snapshots.not_attached(key)?;
+        }
         // Only a lazy layer's blob is fetched: with none, the source is
         // not even opened (the import below still checks every layer
         // against the image's config, as an eager pull would).

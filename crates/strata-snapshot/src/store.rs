@@ -796,6 +796,14 @@ impl SnapshotStore {
         Ok(self.inner.placeholder(&r.id))
     }
 
+    /// A precondition error when `key` is lazy and has its layer attached
+    /// ([`SnapshotStore::attach_dir`]): what cannot remove or fill it asks
+    /// first, before any work.
+    pub fn not_attached(&self, key: &str) -> Result<(), SnapshotError> {
+        let r = self.inner.get(&self.inner.db.read()?, key)?;
+        self.inner.not_attached(key, &r)
+    }
+
     /// True when `key` is lazy: committed, its layer not fetched yet
     /// ([`SnapshotStore::create_lazy`]).
     pub fn is_lazy(&self, key: &str) -> Result<bool, SnapshotError> {
