@@ -1183,7 +1183,9 @@ fn a_lazy_image_attached_on_its_snapshots_takes_new_refs_and_mounts() {
     };
     let root = Env::strata();
     let pulled = root
-        .run(&["--json", "image", "pull", &reference, "--lazy", "--name", "at"])
+        .run(&[
+            "--json", "image", "pull", &reference, "--lazy", "--name", "at",
+        ])
         .expect(0)
         .json();
     assert_eq!(pulled["lazy"], 2, "{pulled}");
@@ -1271,7 +1273,9 @@ fn a_lazy_image_attached_on_its_snapshots_takes_new_refs_and_mounts() {
     assert_eq!(listing(&mnt), step_view, "after the server was killed");
     root.run(&["umount", &s(&mnt)]).expect(0);
     // A second server of the same layers is refused.
-    let twice = LazyMount::attach(&root, "at", &cache).map(drop).unwrap_err();
+    let twice = LazyMount::attach(&root, "at", &cache)
+        .map(drop)
+        .unwrap_err();
     assert!(twice.contains("attached there already"), "{twice}");
     assert_eq!(attached.stop().0, 0);
     assert!(!mounted_below(&root.root.join("snapshots")));
@@ -1283,17 +1287,60 @@ fn a_lazy_image_attached_on_its_snapshots_takes_new_refs_and_mounts() {
     root.run(&["mount", &built, &s(&mnt)]).expect(0);
     assert_eq!(listing(&mnt), step_view, "filled");
     root.run(&["umount", &s(&mnt)]).expect(0);
-    let refused = LazyMount::attach(&root, "at", &cache).map(drop).unwrap_err();
+    let refused = LazyMount::attach(&root, "at", &cache)
+        .map(drop)
+        .unwrap_err();
     assert!(refused.contains("no lazy layers"), "{refused}");
+
+    // Through the root's daemon, a step builds on the attached image as
+    // well, and the attach ends when its client does.
+    let other = Env::strata();
+    let pulled = other
+        .run(&[
+            "--json", "image", "pull", &reference, "--lazy", "--name", "at",
+        ])
+        .expect(0)
+        .json();
+    let daemon = other.serve(&[]);
+    let (attached, _) = LazyMount::attach(&other, "at", &cache).unwrap();
+    let step = other
+        .run(&["ref", "new", pulled["ref"].as_str().unwrap()])
+        .expect(0)
+        .text()
+        .trim()
+        .to_owned();
+    other.run(&["mount", &step, &s(&mnt), "--rw"]).expect(0);
+    assert_eq!(listing(&mnt), want, "through the daemon");
+    other.run(&["umount", &s(&mnt)]).expect(0);
+    attached.kill();
+    let deadline = std::time::Instant::now() + STOP_LIMIT;
+    while mounted_below(&other.root.join("snapshots")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon kept the layers attached"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    other.run(&["mount", &step, &s(&mnt), "--rw"]).expect(4);
+    assert_eq!(daemon.stop().0, 0);
 
     // The native backend's snapshots are whole trees: nothing attaches.
     let native = Env::strata();
     native
         .run(&[
-            "--backend", "native", "image", "pull", &reference, "--lazy", "--name", "at",
+            "--backend",
+            "native",
+            "image",
+            "pull",
+            &reference,
+            "--lazy",
+            "--name",
+            "at",
         ])
         .expect(0);
-    let refused = LazyMount::attach(&native, "at", &cache).map(drop).unwrap_err();
+    let refused = LazyMount::attach(&native, "at", &cache)
+        .map(drop)
+        .unwrap_err();
     assert!(refused.contains("whole trees"), "{refused}");
     drop(registry);
 }

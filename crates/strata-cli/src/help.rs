@@ -38,9 +38,10 @@ before the root stores it; kept bytes that do not hash to their blob are removed
 that blob is fetched as usual. lazy_cache is {blobs, kept_bytes, fetched_bytes} then, else null. \
 With --lazy, only the manifest, the config and the layers below the first eStargz layer are \
 fetched; that layer and every one above it are recorded as lazy refs (lazy counts them). \
-`strata image mount` mounts the image at once, reading them through FUSE as they are used (see \
-its help); nothing else reads them (a mount, view, diff, or export that makes a new image of them \
-exits 4) until `strata image unlazy` fetches them; the image itself can be pushed and exported as \
+`strata image mount` mounts the image at once, reading them through FUSE as they are used, and \
+`strata image attach` serves them on their own snapshots, so that refs, mounts and views stack on \
+them while it runs (see their help); nothing else reads them (a mount, view, diff, or export that \
+makes a new image of them exits 4) until `strata image unlazy` fetches them; the image itself can be pushed and exported as \
 stored (see image export). An image without eStargz layers is pulled whole, and so are layers the root has \
 already (lazy counts neither); a note says when none was left lazy.";
 #[cfg(not(feature = "registry"))]
@@ -446,6 +447,30 @@ With --json it prints {image, dir, from_root, layers, requests, bytes_fetched} o
         examples: &[
             "strata image pull registry.example/app:estargz --lazy && strata image mount registry.example/app:estargz /mnt/app --cache /var/cache/strata-lazy",
             "strata image unlazy registry.example/app:estargz --lazy-cache /var/cache/strata-lazy  # after it stops",
+        ],
+        json: None,
+    },
+    #[cfg(feature = "registry")]
+    Page {
+        path: "image attach",
+        notes: "Serves the lazy layers of an image of the root (those a `pull --lazy` left) through FUSE, \
+each on its own snapshot's placeholder directory, with the cache, prefetch and --keep-storage of \
+`image mount`, until SIGINT or SIGTERM (through `strata serve`: until the client is stopped). While \
+it serves, the lazy refs read as refs holding their layers: `ref new` on them, `mount` (writable for a \
+new ref), views, commits and the containerd proxy's prepares stack on them, and files are fetched as \
+they are read. Only an overlay root's snapshots hold one layer each: a native or btrfs root is refused \
+(exit 4), and so is an image whose lazy layers are not all eStargz (exit 4, before anything is \
+fetched; `image unlazy` fetches them), or one without lazy layers. An attached snapshot is not removed \
+or filled meanwhile (`snapshot rm`, `image unlazy` and an eager pull of the image exit 4). Unmount what \
+was mounted over the layers before stopping: a layer such a mount still uses serves it only until this \
+process ends, then its unread files fail with ENOTCONN. A killed attach leaves dead mounts that read \
+as lazy; `strata check` reports them, and the next attach, or `check --repair`, detaches them.\n\n\
+With --json it prints {image, from_root, layers, requests, bytes_fetched} once the layers are attached \
+(from_root: how many bottom layers the root holds; layers: the attached ones, each with its snapshot's \
+directory as dir), then what `lazy mount` prints.",
+        examples: &[
+            "strata image pull registry.example/app:estargz --lazy --name app && strata image attach app --cache /var/cache/strata-lazy",
+            "strata ref new $(strata --json image inspect app | jq -r .top_ref)  # while it serves",
         ],
         json: None,
     },

@@ -812,7 +812,10 @@ fn serve(
                 tracing::warn!(dir = %dir.display(), "DIR is still in use: the layers end with this process")
             }
             None => {
-                tracing::warn!(image = served.image, "a mount stacked on the attached layers still uses them: they serve it until this process ends")
+                tracing::warn!(
+                    image = served.image,
+                    "a mount stacked on the attached layers still uses them: they serve it until this process ends"
+                )
             }
         }
     }

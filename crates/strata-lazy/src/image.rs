@@ -262,7 +262,11 @@ impl ImageMount {
                 "attached layers are read-only: an upper directory does not apply",
             ));
         }
-        if let Some((i, l)) = layers.iter().enumerate().find(|(_, l)| l.toc_digest.is_none()) {
+        if let Some((i, l)) = layers
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.toc_digest.is_none())
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -590,8 +594,10 @@ fn free(dir: &Path) -> io::Result<()> {
     use strata_sys::mount::MountPoint;
     match strata_sys::mount::mount_point(dir).map_err(sys("attach a layer"))? {
         MountPoint::No => Ok(()),
-        MountPoint::Dead => strata_sys::mount::detach(dir)
-            .map_err(sys(&format!("detach what a gone server left on {}", dir.display()))),
+        MountPoint::Dead => strata_sys::mount::detach(dir).map_err(sys(&format!(
+            "detach what a gone server left on {}",
+            dir.display()
+        ))),
         MountPoint::Live => Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             format!("{}: a layer is attached there already", dir.display()),

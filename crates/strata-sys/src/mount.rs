@@ -369,7 +369,9 @@ pub fn mount_point(path: &Path) -> SysResult<MountPoint> {
     match is_mount_point(path) {
         Ok(true) => Ok(MountPoint::Live),
         Ok(false) => Ok(MountPoint::No),
-        Err(SysError::Io { source, .. }) if source.raw_os_error() == Some(Errno::NOTCONN.raw_os_error()) => {
+        Err(SysError::Io { source, .. })
+            if source.raw_os_error() == Some(Errno::NOTCONN.raw_os_error()) =>
+        {
             Ok(MountPoint::Dead)
         }
         Err(e) => Err(e),
