@@ -538,10 +538,11 @@ impl ImageMount {
         let (done, ended) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             // Each one, whatever the others did.
-            let result = mounted
+            let each: Vec<io::Result<bool>> = mounted
                 .into_iter()
                 .map(Mounted::unmount_or_detach)
-                .fold(Ok(true), |all: io::Result<bool>, one| Ok(all? & one?));
+                .collect();
+            let result = each.into_iter().try_fold(true, |all, one| Ok(all & one?));
             drop(background);
             let _ = done.send(result);
         });
