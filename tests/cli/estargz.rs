@@ -415,6 +415,32 @@ fn strata_reads_the_layers_go_writes() {
         },
     ]);
     let loc = |tag: &str| format!("oci:{}:{tag}", s(&env.path("layout")));
+    // A lazy import reads the TOC by range and refuses the same, before
+    // it records anything; the right one leaves the layer lazy.
+    let fresh = Env::strata();
+    let run = fresh
+        .run(&["image", "import", &loc("bad"), "--lazy", "--name", "bad"])
+        .expect(5);
+    assert!(run.stderr.contains("eStargz TOC digest"), "{}", run.stderr);
+    assert_eq!(
+        fresh.run(&["--json", "image", "ls"]).expect(0).json(),
+        json!([]),
+        "nothing is named"
+    );
+    let lazy = fresh
+        .run(&[
+            "--json",
+            "image",
+            "import",
+            &loc("good"),
+            "--lazy",
+            "--name",
+            "good",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(lazy["lazy"], 1, "{lazy}");
+    fresh.run(&["check"]).expect(0);
     let run = env
         .run(&["image", "import", &loc("bad"), "--name", "bad"])
         .expect(5);

@@ -7,6 +7,7 @@
 //! blob of the image. Removing the name removes the lease; the collector
 //! then reclaims what nothing else holds.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use strata_core::{Digest, Labels};
@@ -172,7 +173,13 @@ impl CacheManager {
         opts: &ImagePullOptions,
     ) -> Result<PulledImage> {
         let source = strata_oci::open_source(location, &opts.registry).await?;
-        let pulled = strata_oci::pull(ctx, &self.root().content, source, &opts.pull).await?;
+        let pulled =
+            strata_oci::pull(ctx, &self.root().content, Arc::clone(&source), &opts.pull).await?;
+        // A lazy pull fetches the TOCs of the layers it leaves, and
+        // checks them, before it records anything.
+        if pulled.lazy > 0 {
+            self.check_lazy_tocs(&source, &pulled.image).await?;
+        }
         let (top, squashed) = if pulled.image.layers.is_empty() {
             (None, 0)
         } else {

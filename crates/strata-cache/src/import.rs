@@ -33,6 +33,99 @@ fn invalid_layer(desc: &Descriptor, reason: String) -> CacheError {
     }))
 }
 
+/// The TOC digest `desc` is annotated with, if any; an annotation that
+/// is no digest, or on a blob that is not gzip, is refused.
+fn toc_annotation(desc: &Descriptor) -> Result<Option<Digest>> {
+    let Some(value) = desc.annotations.get(media::ESTARGZ_TOC_DIGEST) else {
+        return Ok(None);
+    };
+    let annotated = Digest::parse(value)
+        .map_err(|e| invalid_layer(desc, format!("bad {}: {e}", media::ESTARGZ_TOC_DIGEST)))?;
+    if Compression::of_media_type(&desc.media_type) != Some(Compression::Gzip) {
+        return Err(invalid_layer(
+            desc,
+            format!(
+                "annotated as eStargz, but its media type {} is not gzip",
+                desc.media_type
+            ),
+        ));
+    }
+    Ok(Some(annotated))
+}
+
+/// A failure reading layer `desc`'s TOC: the layer's fault
+/// (`InvalidData`) refuses it; any other is the reading's (the disk, the
+/// network).
+fn index_error(desc: &Descriptor, e: std::io::Error) -> CacheError {
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => invalid_layer(desc, e.to_string()),
+        _ => CacheError::from(DiffError::Apply(ApplyError::Io {
+            layer: desc.digest.to_string(),
+            source: e,
+        })),
+    }
+}
+
+/// Layer `desc`'s TOC as its footer gives it (`index`) against the digest
+/// its annotation gives (`annotated`): a layer annotated as eStargz must
+/// have that TOC.
+fn matched_toc(
+    desc: &Descriptor,
+    index: Option<strata_diff::estargz::Index>,
+    annotated: Option<Digest>,
+) -> Result<Option<strata_diff::estargz::Index>> {
+    match (index, annotated) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(invalid_layer(
+            desc,
+            "annotated as eStargz, but it has no eStargz footer".into(),
+        )),
+        (Some(index), Some(expected)) if index.digest != expected => {
+            Err(CacheError::from(DiffError::Apply(ApplyError::Mismatch {
+                layer: desc.digest.to_string(),
+                what: "eStargz TOC digest",
+                expected,
+                actual: index.digest,
+            })))
+        }
+        (Some(index), _) => Ok(Some(index)),
+    }
+}
+
+/// The TOC of layer `desc` read from `source` by range: its footer, then
+/// from the TOC's member to the end. `None` when `source` cannot read by
+/// range.
+async fn remote_index(
+    source: &dyn strata_oci::Source,
+    desc: &Descriptor,
+) -> Result<Option<strata_diff::estargz::Index>> {
+    use strata_diff::estargz::{FOOTER_SIZE, index_of_tail, toc_offset_in};
+    let size = desc.size;
+    let footer_len = size.min(FOOTER_SIZE);
+    let Some(footer) = source
+        .read_range(desc, size - footer_len, footer_len)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(offset) = toc_offset_in(&footer, size).map_err(|e| index_error(desc, e))? else {
+        return Err(invalid_layer(
+            desc,
+            "annotated as eStargz, but it has no eStargz footer".into(),
+        ));
+    };
+    let Some(tail) = source.read_range(desc, offset, size - offset).await? else {
+        return Ok(None);
+    };
+    // Decompressing a TOC is CPU work: off the executor.
+    let desc = desc.clone();
+    tokio::task::spawn_blocking(move || {
+        index_of_tail(offset, &tail).map_err(|e| index_error(&desc, e))
+    })
+    .await
+    .map_err(|e| CacheError::Task(e.to_string()))?
+}
+
 /// The content-store label naming a blob's media type.
 pub const BLOB_MEDIA_TYPE_LABEL: &str = "buildkit.io/blob/mediatype";
 
@@ -320,26 +413,9 @@ impl CacheManager {
         &self,
         desc: &Descriptor,
     ) -> Result<Option<Arc<strata_diff::estargz::Index>>> {
-        let annotated = desc
-            .annotations
-            .get(media::ESTARGZ_TOC_DIGEST)
-            .map(|v| {
-                Digest::parse(v).map_err(|e| {
-                    invalid_layer(desc, format!("bad {}: {e}", media::ESTARGZ_TOC_DIGEST))
-                })
-            })
-            .transpose()?;
+        let annotated = toc_annotation(desc)?;
         if Compression::of_media_type(&desc.media_type) != Some(Compression::Gzip) {
-            return match annotated {
-                Some(_) => Err(invalid_layer(
-                    desc,
-                    format!(
-                        "annotated as eStargz, but its media type {} is not gzip",
-                        desc.media_type
-                    ),
-                )),
-                None => Ok(None),
-            };
+            return Ok(None);
         }
         let mut reader = self.root().content.reader_at(&desc.digest)?;
         // Reading and parsing a TOC is file work: off the executor.
@@ -347,40 +423,59 @@ impl CacheManager {
             tokio::task::spawn_blocking(move || strata_diff::estargz::Index::read(&mut reader))
                 .await
                 .map_err(|e| CacheError::Task(e.to_string()))?
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::InvalidData => invalid_layer(desc, e.to_string()),
-                    // The disk failed, not the layer.
-                    _ => CacheError::from(DiffError::Apply(ApplyError::Io {
-                        layer: desc.digest.to_string(),
-                        source: e,
-                    })),
-                })?;
-        match (index, annotated) {
-            (None, None) => Ok(None),
-            (None, Some(_)) => Err(invalid_layer(
-                desc,
-                "annotated as eStargz, but it has no eStargz footer".into(),
-            )),
-            (Some(index), Some(expected)) if index.digest != expected => {
-                Err(CacheError::from(DiffError::Apply(ApplyError::Mismatch {
-                    layer: desc.digest.to_string(),
-                    what: "eStargz TOC digest",
-                    expected,
-                    actual: index.digest,
-                })))
+                .map_err(|e| index_error(desc, e))?;
+        let Some(index) = matched_toc(desc, index, annotated)? else {
+            return Ok(None);
+        };
+        self.label_blob(
+            &desc.digest,
+            &desc.media_type,
+            Labels::from([(
+                media::ESTARGZ_TOC_DIGEST.to_owned(),
+                index.digest.to_string(),
+            )]),
+        )?;
+        Ok(Some(Arc::new(index)))
+    }
+
+    /// Reads, by range from `source`, the TOC of each layer of `image` a
+    /// lazy pull leaves unfetched and that is annotated as eStargz (its
+    /// footer, then the TOC's member to the end: two requests), all at
+    /// once, and checks each against its annotation as an import checks a
+    /// stored blob's ([`CacheManager::estargz_index`]): a lazy pull
+    /// refuses an image whose TOCs do not match before it records
+    /// anything. Layers the store has are left to the import. Returns how
+    /// many were checked; none when `source` cannot read by range (an
+    /// archive), whose TOCs are checked when the layers are fetched.
+    pub(crate) async fn check_lazy_tocs(
+        &self,
+        source: &Arc<dyn strata_oci::Source>,
+        image: &Image,
+    ) -> Result<usize> {
+        let Some(first) = image.first_lazy_layer() else {
+            return Ok(0);
+        };
+        let mut checks = tokio::task::JoinSet::new();
+        for desc in &image.layers[first..] {
+            let Some(annotated) = toc_annotation(desc)? else {
+                continue;
+            };
+            if self.root().content.info(&desc.digest).is_ok() {
+                continue;
             }
-            (Some(index), _) => {
-                self.label_blob(
-                    &desc.digest,
-                    &desc.media_type,
-                    Labels::from([(
-                        media::ESTARGZ_TOC_DIGEST.to_owned(),
-                        index.digest.to_string(),
-                    )]),
-                )?;
-                Ok(Some(Arc::new(index)))
-            }
+            let (source, desc) = (Arc::clone(source), desc.clone());
+            checks.spawn(async move {
+                let Some(index) = remote_index(source.as_ref(), &desc).await? else {
+                    return Ok(false);
+                };
+                matched_toc(&desc, Some(index), Some(annotated)).map(|_| true)
+            });
         }
+        let mut checked = 0;
+        while let Some(done) = checks.join_next().await {
+            checked += usize::from(done.map_err(|e| CacheError::Task(e.to_string()))??);
+        }
+        Ok(checked)
     }
 
     /// How to open and check one layer's blob, and the context that

@@ -37,7 +37,9 @@ registry's token service, which exchanges it for tokens, as docker does. A refus
 before the root stores it; kept bytes that do not hash to their blob are removed and said so, and \
 that blob is fetched as usual. lazy_cache is {blobs, kept_bytes, fetched_bytes} then, else null. \
 With --lazy, only the manifest, the config and the layers below the first eStargz layer are \
-fetched; that layer and every one above it are recorded as lazy refs (lazy counts them). \
+fetched, and the TOC of each eStargz layer above, by range, checked against its annotation before \
+anything is recorded (another TOC exits 5); that layer and every one above it are recorded as lazy \
+refs (lazy counts them). \
 `strata image mount` mounts the image at once, reading them through FUSE as they are used, and \
 `strata image attach` serves them on their own snapshots, so that refs, mounts and views stack on \
 them while it runs (see their help); nothing else reads them (a mount, view, diff, or export that \

@@ -2,9 +2,10 @@
 //! blob (a registry, in the command line; a file, in tests), and the two
 //! reads that find its TOC.
 
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 
-use strata_diff::estargz::{FOOTER_SIZE, Index, MAX_TOC};
+pub(crate) use strata_diff::estargz::index_of_tail;
+use strata_diff::estargz::{FOOTER_SIZE, Index, toc_offset_in};
 
 /// Byte ranges of one blob. Called from FUSE and prefetch threads, so it
 /// blocks; an error is returned to the reader as EIO, so it should say
@@ -54,46 +55,6 @@ impl RangeSource for FileSource {
     }
 }
 
-/// The end of a blob, from some offset on, read as if it were the whole
-/// blob: what [`Index::read`] needs of it (the footer, then the TOC).
-struct Tail<'a> {
-    start: u64,
-    bytes: &'a [u8],
-    pos: u64,
-}
-
-impl Read for Tail<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(at) = self.pos.checked_sub(self.start) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a read before the fetched tail of the blob",
-            ));
-        };
-        let rest = self
-            .bytes
-            .get(usize::try_from(at).unwrap_or(usize::MAX)..)
-            .unwrap_or_default();
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Seek for Tail<'_> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let end = self.start + self.bytes.len() as u64;
-        self.pos = match to {
-            SeekFrom::Start(n) => Some(n),
-            SeekFrom::End(d) => end.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        }
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
-        Ok(self.pos)
-    }
-}
-
 /// The TOC of the eStargz blob `src` serves, in two range reads (the
 /// footer, then everything from the TOC's member to the end); `None` when
 /// the blob has no eStargz footer.
@@ -104,16 +65,6 @@ pub fn read_index(src: &dyn RangeSource) -> io::Result<Option<Index>> {
     }
 }
 
-/// The TOC in `bytes`, the end of a blob from `offset` on (its TOC's
-/// member, then the footer).
-pub(crate) fn index_of_tail(offset: u64, bytes: &[u8]) -> io::Result<Option<Index>> {
-    Index::read(&mut Tail {
-        start: offset,
-        bytes,
-        pos: 0,
-    })
-}
-
 /// The end of the eStargz blob `src` serves, from its TOC's member on,
 /// and where that starts, in two range reads (the footer, then the rest);
 /// `None` when the blob has no eStargz footer.
@@ -121,20 +72,9 @@ pub(crate) fn read_tail(src: &dyn RangeSource) -> io::Result<Option<(u64, Vec<u8
     let size = src.size();
     let footer_len = size.min(FOOTER_SIZE);
     let footer = src.read_range(size - footer_len, footer_len)?;
-    let Some(toc_offset) = strata_diff::estargz::footer_toc_offset(&footer) else {
+    let Some(toc_offset) = toc_offset_in(&footer, size)? else {
         return Ok(None);
     };
-    // The TOC's member holds at most MAX_TOC bytes of JSON; deflate at
-    // its worst adds 5 bytes per 32 KiB block, plus the tar header.
-    let bound = MAX_TOC + MAX_TOC / 4096 + (1 << 20);
-    if toc_offset >= size || size - toc_offset > bound {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "the eStargz footer puts the TOC at {toc_offset} of {size} bytes, which cannot hold a TOC"
-            ),
-        ));
-    }
     let bytes = src.read_range(toc_offset, size - toc_offset)?;
     Ok(Some((toc_offset, bytes)))
 }

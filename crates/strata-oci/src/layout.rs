@@ -26,6 +26,12 @@ pub(crate) trait Files: Send + Sync + 'static {
     /// Opens the regular file at relative `path` and says its size;
     /// [`OciError::NotFound`] when there is none.
     fn open(&self, path: &str) -> Result<(Box<dyn Read + Send>, u64)>;
+    /// Exactly `len` bytes of the file at `path` from `offset`, when these
+    /// files can be read by range; `None` when they cannot (an archive's
+    /// members are read as one stream).
+    fn read_range(&self, _path: &str, _offset: u64, _len: u64) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
 }
 
 /// A directory's files. Only regular files are read: a symbolic link
@@ -40,6 +46,23 @@ impl Files for DirFiles {
     }
 
     fn open(&self, path: &str) -> Result<(Box<dyn Read + Send>, u64)> {
+        let (f, size) = self.open_file(path)?;
+        Ok((Box::new(f), size))
+    }
+
+    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        use std::os::unix::fs::FileExt;
+        let (f, _) = self.open_file(path)?;
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        f.read_exact_at(&mut buf, offset)
+            .map_err(|e| OciError::io("read", self.dir.join(path).display(), e))?;
+        Ok(Some(buf))
+    }
+}
+
+impl DirFiles {
+    /// The regular file at `path` and its size.
+    fn open_file(&self, path: &str) -> Result<(fs::File, u64)> {
         let full = self.dir.join(path);
         let meta = match fs::symlink_metadata(&full) {
             Ok(m) => m,
@@ -58,7 +81,7 @@ impl Files for DirFiles {
             ));
         }
         let f = fs::File::open(&full).map_err(|e| OciError::io("open", full.display(), e))?;
-        Ok((Box::new(f), meta.len()))
+        Ok((f, meta.len()))
     }
 }
 
@@ -163,6 +186,15 @@ impl<F: Files> Source for LayoutSource<F> {
             entries: tagged(&object, &index, self.tag.as_deref())?,
             stored: 0,
         })
+    }
+
+    async fn read_range(
+        &self,
+        desc: &Descriptor,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        self.files.read_range(&blob_path(&desc.digest), offset, len)
     }
 
     async fn fetch(

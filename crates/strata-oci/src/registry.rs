@@ -1389,6 +1389,17 @@ impl Source for Registry {
     fn present(&self, store: &ContentStore, desc: &Descriptor) -> Result<()> {
         self.label_source(store, &desc.digest)
     }
+
+    async fn read_range(
+        &self,
+        desc: &Descriptor,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        Registry::read_range(self, desc, offset, len)
+            .await
+            .map(Some)
+    }
 }
 
 /// The source of the image `reference` names, connected for pulls.

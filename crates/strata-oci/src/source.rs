@@ -49,6 +49,18 @@ pub trait Source: Send + Sync {
     fn present(&self, _store: &ContentStore, _desc: &Descriptor) -> Result<()> {
         Ok(())
     }
+
+    /// Exactly `len` bytes of blob `desc` from `offset`, when the source
+    /// can read by range (a registry, a layout's files); `None` when it
+    /// cannot (an archive, read as one stream).
+    async fn read_range(
+        &self,
+        _desc: &Descriptor,
+        _offset: u64,
+        _len: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
 }
 
 /// What a source's name points at.

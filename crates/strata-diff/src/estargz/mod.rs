@@ -412,6 +412,78 @@ impl Index {
     }
 }
 
+/// Where the TOC's member of a blob of `size` bytes starts, as the footer
+/// at the end of `footer` (the blob's last [`FOOTER_SIZE`] bytes, or all
+/// of a smaller one) says: what a reader fetching by range asks for next,
+/// from there to the end. `None` without an eStargz footer; an offset
+/// that leaves no room for a TOC, or more than a TOC of [`MAX_TOC`] bytes
+/// can take, is an `InvalidData` error.
+pub fn toc_offset_in(footer: &[u8], size: u64) -> io::Result<Option<u64>> {
+    let Some(toc_offset) = footer_toc_offset(footer) else {
+        return Ok(None);
+    };
+    // The TOC's member holds at most MAX_TOC bytes of JSON; deflate at
+    // its worst adds 5 bytes per 32 KiB block, plus the tar header.
+    let bound = MAX_TOC + MAX_TOC / 4096 + (1 << 20);
+    if toc_offset >= size || size - toc_offset > bound {
+        return Err(invalid(format!(
+            "the eStargz footer puts the TOC at {toc_offset} of {size} bytes, which cannot hold a TOC"
+        )));
+    }
+    Ok(Some(toc_offset))
+}
+
+/// The TOC of a blob whose end, from `offset` on, is `bytes` (its TOC's
+/// member, then the footer: what [`toc_offset_in`] says to fetch), read as
+/// [`Index::read`] reads a whole blob.
+pub fn index_of_tail(offset: u64, bytes: &[u8]) -> io::Result<Option<Index>> {
+    Index::read(&mut Tail {
+        start: offset,
+        bytes,
+        pos: 0,
+    })
+}
+
+/// The end of a blob, from some offset on, read as if it were the whole
+/// blob: what [`Index::read`] needs of it (the footer, then the TOC).
+struct Tail<'a> {
+    start: u64,
+    bytes: &'a [u8],
+    pos: u64,
+}
+
+impl Read for Tail<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(at) = self.pos.checked_sub(self.start) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a read before the fetched tail of the blob",
+            ));
+        };
+        let rest = self
+            .bytes
+            .get(usize::try_from(at).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Tail<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let end = self.start + self.bytes.len() as u64;
+        self.pos = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => end.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        Ok(self.pos)
+    }
+}
+
 /// The annotations an eStargz layer's descriptor carries.
 pub fn annotations(toc_digest: &Digest, uncompressed_size: u64) -> [(String, String); 2] {
     [
