@@ -396,6 +396,7 @@ fn strata_reads_the_layers_go_writes() {
     // named.
     let layout = Layout::new(&env.path("layout"));
     let layer = layout.blob(&fs::read(&blob).unwrap());
+    let layer_digest = sha256(&fs::read(&blob).unwrap());
     let config = layout.config(&[built["diff_id"].as_str().unwrap().to_owned()]);
     let mut desc = layer.desc("application/vnd.oci.image.layer.v1.tar+gzip");
     desc["annotations"] = json!({ TOC_ANNOTATION: toc });
@@ -440,6 +441,11 @@ fn strata_reads_the_layers_go_writes() {
         .expect(0)
         .json();
     assert_eq!(lazy["lazy"], 1, "{lazy}");
+    // The TOC was read by range: the layer's blob is not stored (the
+    // documents are, the refused image's among them until a collection).
+    let stored = fresh.run(&["content", "ls", "-q"]).expect(0).text();
+    assert!(stored.lines().count() >= 2, "{stored}");
+    assert!(!stored.contains(&layer_digest), "{stored}");
     fresh.run(&["check"]).expect(0);
     let run = env
         .run(&["image", "import", &loc("bad"), "--name", "bad"])

@@ -178,7 +178,8 @@ impl CacheManager {
         // A lazy pull fetches the TOCs of the layers it leaves, and
         // checks them, before it records anything.
         if pulled.lazy > 0 {
-            self.check_lazy_tocs(&source, &pulled.image).await?;
+            self.check_lazy_tocs(&source, &pulled.image, opts.pull.parallel)
+                .await?;
         }
         let (top, squashed) = if pulled.image.layers.is_empty() {
             (None, 0)

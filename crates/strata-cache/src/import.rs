@@ -93,12 +93,14 @@ fn matched_toc(
 }
 
 /// The TOC of layer `desc` read from `source` by range: its footer, then
-/// from the TOC's member to the end. `None` when `source` cannot read by
-/// range.
+/// from the TOC's member to the end (at most what a TOC of
+/// [`strata_diff::estargz::MAX_TOC`] bytes can take, checked before it is
+/// asked for). `None` when `source` cannot read by range; `Some(None)`
+/// when the blob has no eStargz footer.
 async fn remote_index(
     source: &dyn strata_oci::Source,
     desc: &Descriptor,
-) -> Result<Option<strata_diff::estargz::Index>> {
+) -> Result<Option<Option<strata_diff::estargz::Index>>> {
     use strata_diff::estargz::{FOOTER_SIZE, index_of_tail, toc_offset_in};
     let size = desc.size;
     let footer_len = size.min(FOOTER_SIZE);
@@ -109,10 +111,7 @@ async fn remote_index(
         return Ok(None);
     };
     let Some(offset) = toc_offset_in(&footer, size).map_err(|e| index_error(desc, e))? else {
-        return Err(invalid_layer(
-            desc,
-            "annotated as eStargz, but it has no eStargz footer".into(),
-        ));
+        return Ok(Some(None));
     };
     let Some(tail) = source.read_range(desc, offset, size - offset).await? else {
         return Ok(None);
@@ -124,6 +123,7 @@ async fn remote_index(
     })
     .await
     .map_err(|e| CacheError::Task(e.to_string()))?
+    .map(Some)
 }
 
 /// The content-store label naming a blob's media type.
@@ -440,21 +440,23 @@ impl CacheManager {
 
     /// Reads, by range from `source`, the TOC of each layer of `image` a
     /// lazy pull leaves unfetched and that is annotated as eStargz (its
-    /// footer, then the TOC's member to the end: two requests), all at
-    /// once, and checks each against its annotation as an import checks a
-    /// stored blob's ([`CacheManager::estargz_index`]): a lazy pull
-    /// refuses an image whose TOCs do not match before it records
-    /// anything. Layers the store has are left to the import. Returns how
-    /// many were checked; none when `source` cannot read by range (an
-    /// archive), whose TOCs are checked when the layers are fetched.
+    /// footer, then the TOC's member to the end: two requests), `parallel`
+    /// layers at a time, and checks each against its annotation as an
+    /// import checks a stored blob's ([`CacheManager::estargz_index`]): a
+    /// lazy pull refuses an image whose TOCs do not match before it
+    /// records anything. Layers the store has are left to the import.
+    /// A source that cannot read by range (an archive) is not asked: its
+    /// TOCs are checked when the layers are fetched.
     pub(crate) async fn check_lazy_tocs(
         &self,
         source: &Arc<dyn strata_oci::Source>,
         image: &Image,
-    ) -> Result<usize> {
+        parallel: usize,
+    ) -> Result<()> {
         let Some(first) = image.first_lazy_layer() else {
-            return Ok(0);
+            return Ok(());
         };
+        let gate = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
         let mut checks = tokio::task::JoinSet::new();
         for desc in &image.layers[first..] {
             let Some(annotated) = toc_annotation(desc)? else {
@@ -463,19 +465,22 @@ impl CacheManager {
             if self.root().content.info(&desc.digest).is_ok() {
                 continue;
             }
-            let (source, desc) = (Arc::clone(source), desc.clone());
+            let (source, desc, gate) = (Arc::clone(source), desc.clone(), Arc::clone(&gate));
             checks.spawn(async move {
-                let Some(index) = remote_index(source.as_ref(), &desc).await? else {
-                    return Ok(false);
-                };
-                matched_toc(&desc, Some(index), Some(annotated)).map(|_| true)
+                let _turn = gate
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| CacheError::Task(e.to_string()))?;
+                match remote_index(source.as_ref(), &desc).await? {
+                    Some(index) => matched_toc(&desc, index, Some(annotated)).map(drop),
+                    None => Ok(()),
+                }
             });
         }
-        let mut checked = 0;
         while let Some(done) = checks.join_next().await {
-            checked += usize::from(done.map_err(|e| CacheError::Task(e.to_string()))??);
+            done.map_err(|e| CacheError::Task(e.to_string()))??;
         }
-        Ok(checked)
+        Ok(())
     }
 
     /// How to open and check one layer's blob, and the context that

@@ -231,6 +231,11 @@ impl CacheManager {
                 total: snapshots.len() as u64,
                 unit: "snapshots".into(),
             });
+            // A lazy one stores nothing yet (an attached one's directory
+            // shows its layer as served).
+            if s.lazy {
+                continue;
+            }
             let dir = root.path.join("snapshots").join(&s.id).join("fs");
             let inodes = match inodes_of(&dir) {
                 Ok(i) => i,

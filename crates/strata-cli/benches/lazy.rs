@@ -13,8 +13,12 @@
 //!   run, the small image's tool read whole), and the same with
 //!   `--no-prefetch` (only what the probe reads);
 //! * `strata image pull --lazy` of the eStargz image into a fresh root
-//!   (manifest and config only), then `strata image mount` of it (prefetch
+//!   (manifest, config and the layers' TOCs), then `strata image mount` of it (prefetch
 //!   on), until the same probe has run;
+//! * a build step's start in a root: `strata image pull --lazy`, then
+//!   `strata image attach` of the image (prefetch on), `strata ref new` on
+//!   its top ref and `strata mount --rw` of that, until the same probe has
+//!   run in the writable mount;
 //! * `strata image pull` of the gzip image, `strata mount` of its ref, and
 //!   the same probe;
 //! * the stargz snapshotter, containerd's remote snapshotter for eStargz
@@ -155,6 +159,54 @@ fn root_round(reference: &str, mnt: &Path, state: &Path, proxy: &Throttle) -> (D
     probe(mnt);
     let took = start.elapsed();
     let bytes = proxy.bytes_down() - before;
+    stop(child);
+    bench::remove(state);
+    (took, bytes)
+}
+
+/// A build step's round in a root: `strata image pull --lazy` into a
+/// fresh one, `strata image attach` of the image (prefetch on), a new ref
+/// on its top ref mounted writable, until the probe ran in that mount, and
+/// the bytes sent by then.
+fn step_round(reference: &str, mnt: &Path, state: &Path, proxy: &Throttle) -> (Duration, u64) {
+    std::fs::create_dir_all(mnt).unwrap();
+    let root = state.join("root");
+    let text = |cmd: &mut Command| {
+        let out = cmd.output().expect("run strata");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    };
+    let before = proxy.bytes_down();
+    let start = Instant::now();
+    let pulled: Value = serde_json::from_str(&text(bench::strata(&root).args([
+        "--json", "image", "pull", reference, "--lazy", "--name", "img",
+    ])))
+    .unwrap();
+    let top = pulled["ref"].as_str().expect("a ref id").to_owned();
+    let mut child = bench::strata(&root)
+        .args(["--json", "image", "attach", "img", "--cache"])
+        .arg(state.join("cache"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start strata image attach");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    next_value(&mut out);
+    let step = text(bench::strata(&root).args(["ref", "new", &top]));
+    bench::ok(
+        bench::strata(&root)
+            .arg("mount")
+            .arg(step.trim())
+            .arg(mnt)
+            .arg("--rw"),
+    );
+    probe(mnt);
+    let took = start.elapsed();
+    let bytes = proxy.bytes_down() - before;
+    bench::ok(bench::strata(&root).arg("umount").arg(mnt));
     stop(child);
     bench::remove(state);
     (took, bytes)
@@ -435,7 +487,7 @@ fn main() {
     let mnt = |r: usize| dir.join(format!("mnt-{r}"));
     let scratch = |r: usize| -> PathBuf { dir.join(format!("state-{r}")) };
     let peer = strata_testkit::go::stargz_peer(&dir.join("go"));
-    let contenders: [(&str, Round<'_>); 5] = [
+    let contenders: [(&str, Round<'_>); 6] = [
         (
             "strata lazy mount (eStargz)",
             Box::new(|r| lazy_round(&esgz, &mnt(r), &scratch(r), &proxy, true)),
@@ -443,6 +495,10 @@ fn main() {
         (
             "strata image pull --lazy + image mount (eStargz)",
             Box::new(|r| root_round(&esgz, &mnt(r), &scratch(r), &proxy)),
+        ),
+        (
+            "strata image pull --lazy + image attach + ref new + mount --rw (eStargz)",
+            Box::new(|r| step_round(&esgz, &mnt(r), &scratch(r), &proxy)),
         ),
         (
             "strata lazy mount --no-prefetch (eStargz)",
@@ -464,7 +520,7 @@ fn main() {
         bench::version("containerd")
     );
     let usable = rounds(&contenders, "usable after");
-    let tools = [&version, &version, &version, &version, &stargz];
+    let tools = [&version, &version, &version, &version, &version, &stargz];
     bench::record(
         "lazy",
         &format!(

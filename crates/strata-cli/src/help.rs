@@ -461,12 +461,15 @@ each on its own snapshot's placeholder directory, with the cache, prefetch and -
 it serves, the lazy refs read as refs holding their layers: `ref new` on them, `mount` (writable for a \
 new ref), views, commits and the containerd proxy's prepares stack on them, and files are fetched as \
 they are read. Only an overlay root's snapshots hold one layer each: a native or btrfs root is refused \
-(exit 4), and so is an image whose lazy layers are not all eStargz (exit 4, before anything is \
-fetched; `image unlazy` fetches them), or one without lazy layers. An attached snapshot is not removed \
-or filled meanwhile (`snapshot rm`, `image unlazy` and an eager pull of the image exit 4). Unmount what \
-was mounted over the layers before stopping: a layer such a mount still uses serves it only until this \
-process ends, then its unread files fail with ENOTCONN. A killed attach leaves dead mounts that read \
-as lazy; `strata check` reports them, and the next attach, or `check --repair`, detaches them.\n\n\
+(exit 4), and so are a userxattr root, an image whose lazy layers are not all eStargz (before anything \
+is fetched; `image unlazy` fetches them) or one without lazy layers, a layer whose root is opaque, and a \
+second attach of a layer while the first serves. An attached snapshot is not removed or filled meanwhile \
+(`snapshot rm`, `image unlazy` and an eager pull of the image exit 4). When it stops, the directories \
+the layers were served on go, so a mount named meanwhile fails rather than stacking an empty layer. \
+Unmount what was mounted over the layers before stopping: a layer such a mount still uses serves it only \
+until this process ends, then its unread files fail with ENOTCONN. A killed attach leaves dead mounts \
+that read as lazy; `strata check` reports them, and the next attach, a removal or fill, or `check \
+--repair` detaches them.\n\n\
 With --json it prints {image, from_root, layers, requests, bytes_fetched} once the layers are attached \
 (from_root: how many bottom layers the root holds; layers: the attached ones, each with its snapshot's \
 directory as dir), then what `lazy mount` prints.",

@@ -605,20 +605,19 @@ pub fn attach_image(
         Stop::listen()?
     };
     let name = &args.name;
-    let opts = args.serving.options(&UpperArgs { upper: None })?;
+    let mut opts = args.serving.options(&UpperArgs { upper: None })?;
     let image = RootImage::read(&rt, &mgr, name, out)?;
-    if image.here == image.layers.len() {
+    let here = image.here;
+    if here == image.layers.len() {
         return Err(unmet(format!(
             "image {name} has no lazy layers: the root holds every one, so there is nothing to attach"
         )));
     }
+    if here > 0 {
+        opts.below = below(&mgr, &image.keys[here - 1], &image.layers[..here])?;
+    }
     // Before anything is fetched.
-    let sn = &mgr.root().snapshots;
-    let at = image.keys[image.here..]
-        .iter()
-        .map(|k| sn.attach_dir(k))
-        .collect::<Result<Vec<_>, _>>()?;
-    for (i, desc) in image.layers.iter().enumerate().skip(image.here) {
+    for (i, desc) in image.layers.iter().enumerate().skip(here) {
         if toc_digest(i, desc)?.is_none() {
             return Err(unmet(format!(
                 "image {name}: layer {i} ({}) is lazy but not eStargz, so it cannot be read lazily; `strata image unlazy {name}` fetches the image's lazy layers",
@@ -626,13 +625,18 @@ pub fn attach_image(
             )));
         }
     }
+    let sn = &mgr.root().snapshots;
+    let attachments = image.keys[here..]
+        .iter()
+        .map(|k| sn.attach(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let at: Vec<PathBuf> = attachments.iter().map(|a| a.dir().to_path_buf()).collect();
     let attached = ImageMount::attach(
         &args.cache,
         image.lazy_layers(&rt, &args.registry)?,
         &at,
         &opts,
     )?;
-    let here = image.here;
     // The root is free for other commands while it serves: that is what
     // attaching is for.
     drop(image);
@@ -644,6 +648,8 @@ pub fn attach_image(
         prefetch: opts.prefetch,
     };
     serve(&rt, attached, &served, stop, out)?;
+    // Once the layers are unmounted: their directories go.
+    drop(attachments);
     kept_note(name, &args.cache, out);
     Ok(ExitCode::SUCCESS)
 }
@@ -723,6 +729,19 @@ fn range_source(
             let path = dir.join(strata_oci::layout_blob_path(&desc.digest));
             let file =
                 FileSource::open(&path).with_context(|| format!("open {}", path.display()))?;
+            // As the pull that recorded the image read it.
+            if file.size() != desc.size {
+                return Err(crate::root::CliError {
+                    kind: strata_core::ErrorKind::Invalid,
+                    message: format!(
+                        "{}: {} bytes where its descriptor says {}",
+                        path.display(),
+                        file.size(),
+                        desc.size
+                    ),
+                }
+                .into());
+            }
             Ok(Arc::new(file))
         })),
         other => Err(unmet(format!(

@@ -293,10 +293,10 @@ impl Mounted {
         }
     }
 
-    /// Unmounts it, or, while a mount stacked on it keeps it busy,
-    /// detaches it: gone from the mount table, it serves what still uses
-    /// it for as long as this process lives (then reads get ENOTCONN).
-    /// True when it was unmounted.
+    /// Unmounts it, or, when the unmount is refused as busy, detaches it:
+    /// gone from the mount table, it serves what still uses it (a mount
+    /// stacked on it) for as long as this process lives, then reads get
+    /// ENOTCONN. True when it was unmounted.
     pub fn unmount_or_detach(self) -> io::Result<bool> {
         let target = self.target.clone();
         match self.unmount() {

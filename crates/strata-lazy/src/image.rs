@@ -234,10 +234,12 @@ impl ImageMount {
     /// directory of `at` (one per layer, each an existing empty directory
     /// on which nothing is mounted; a mount left there by a server that
     /// has gone is detached first), with `cache` as [`ImageMount::mount`]
-    /// uses it, and stacks nothing: whoever stacks the directories (a
-    /// state root's lazy snapshots, whose placeholders they are) reads the
-    /// layers as it would read unpacked ones. `opts.upper` and
-    /// `opts.below` do not apply. Unmounted as [`ImageMount::unmount`]
+    /// uses it, and stacks nothing: whoever stacks the directories over
+    /// `opts.below` (a state root's lazy snapshots, whose placeholders
+    /// they are) reads the layers as it would read unpacked ones: the
+    /// whiteouts that hide nothing below are left out. A layer whose root
+    /// is opaque is refused (a lower directory cannot say that).
+    /// `opts.upper` does not apply. Unmounted as [`ImageMount::unmount`]
     /// says; a layer that a mount stacked on it still uses is detached,
     /// and serves it until this process ends.
     pub fn attach(
@@ -365,16 +367,27 @@ impl ImageMount {
             let below = |path: &[&str]| lowers.iter().any(|l| l.has(path));
             let lower = match opened[i].take() {
                 Some(mut layer) => {
+                    // Whiteouts of nothing below are left out, as an
+                    // eager import leaves them out (an attached layer is
+                    // stacked on the same layers below).
+                    layer.prune_whiteouts(below);
                     let at = match place {
-                        // Whiteouts of nothing below are left out of a
-                        // stack; an attached layer's may be stacked on
-                        // anything.
                         Place::Stack(_) => {
-                            layer.prune_whiteouts(below);
                             let at = mnt.join(i.to_string());
                             std::fs::create_dir_all(&at)
                                 .map_err(context(&format!("create {}", at.display())))?;
                             at
+                        }
+                        // Overlay ignores an opaque marker on a lower's
+                        // root, which a stack leaves out instead.
+                        Place::Attach(_) if layer.tree().root_is_opaque() => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidInput,
+                                format!(
+                                    "layer {}: its root is opaque, which a lower directory cannot say; it cannot be attached",
+                                    layer.name()
+                                ),
+                            ));
                         }
                         Place::Attach(dirs) => dirs[i].clone(),
                     };

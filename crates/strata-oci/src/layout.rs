@@ -26,10 +26,10 @@ pub(crate) trait Files: Send + Sync + 'static {
     /// Opens the regular file at relative `path` and says its size;
     /// [`OciError::NotFound`] when there is none.
     fn open(&self, path: &str) -> Result<(Box<dyn Read + Send>, u64)>;
-    /// Exactly `len` bytes of the file at `path` from `offset`, when these
-    /// files can be read by range; `None` when they cannot (an archive's
-    /// members are read as one stream).
-    fn read_range(&self, _path: &str, _offset: u64, _len: u64) -> Result<Option<Vec<u8>>> {
+    /// The regular file at `path`, to be read at offsets, and its size,
+    /// when these files can be read by range; `None` when they cannot (an
+    /// archive's members are read as one stream).
+    fn open_at(&self, _path: &str) -> Result<Option<(fs::File, u64)>> {
         Ok(None)
     }
 }
@@ -50,13 +50,8 @@ impl Files for DirFiles {
         Ok((Box::new(f), size))
     }
 
-    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
-        use std::os::unix::fs::FileExt;
-        let (f, _) = self.open_file(path)?;
-        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-        f.read_exact_at(&mut buf, offset)
-            .map_err(|e| OciError::io("read", self.dir.join(path).display(), e))?;
-        Ok(Some(buf))
+    fn open_at(&self, path: &str) -> Result<Option<(fs::File, u64)>> {
+        self.open_file(path).map(Some)
     }
 }
 
@@ -194,7 +189,21 @@ impl<F: Files> Source for LayoutSource<F> {
         offset: u64,
         len: u64,
     ) -> Result<Option<Vec<u8>>> {
-        self.files.read_range(&blob_path(&desc.digest), offset, len)
+        let path = blob_path(&desc.digest);
+        let Some(opened) = self.files.open_at(&path).transpose() else {
+            return Ok(None);
+        };
+        let file = self.described(desc, opened)?;
+        let full = format!("{} {path}", self.files.describe());
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+            file.read_exact_at(&mut buf, offset)
+                .map_err(|e| OciError::io("read", &full, e))?;
+            Ok(Some(buf))
+        })
+        .await
+        .map_err(|e| OciError::io("read blob", &path, std::io::Error::other(e)))?
     }
 
     async fn fetch(
@@ -205,11 +214,26 @@ impl<F: Files> Source for LayoutSource<F> {
     ) -> Result<()> {
         let object = self.files.describe();
         let path = blob_path(&desc.digest);
-        let (reader, size) = match self.files.open(&path) {
+        let reader = self.described(desc, self.files.open(&path))?;
+        let (store, desc, progress) = (store.clone(), desc.clone(), Arc::clone(progress));
+        tokio::task::spawn_blocking(move || {
+            ingest_reader(&store, &object, &desc, reader, &progress)
+        })
+        .await
+        .map_err(|e| OciError::io("read blob", &path, std::io::Error::other(e)))?
+    }
+}
+
+impl<F: Files> LayoutSource<F> {
+    /// What opening blob `desc` gave, once its size is the descriptor's:
+    /// a blob missing is named, one of another size refused.
+    fn described<T>(&self, desc: &Descriptor, opened: Result<(T, u64)>) -> Result<T> {
+        let object = self.files.describe();
+        let (blob, size) = match opened {
             Err(OciError::NotFound { .. }) => {
                 return Err(OciError::not_found(
                     &object,
-                    format!("has no blob {} ({path})", desc.digest),
+                    format!("has no blob {} ({})", desc.digest, blob_path(&desc.digest)),
                 ));
             }
             other => other?,
@@ -223,12 +247,7 @@ impl<F: Files> Source for LayoutSource<F> {
                 ),
             ));
         }
-        let (store, desc, progress) = (store.clone(), desc.clone(), Arc::clone(progress));
-        tokio::task::spawn_blocking(move || {
-            ingest_reader(&store, &object, &desc, reader, &progress)
-        })
-        .await
-        .map_err(|e| OciError::io("read blob", &path, std::io::Error::other(e)))?
+        Ok(blob)
     }
 }
 

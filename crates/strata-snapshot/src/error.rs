@@ -24,10 +24,8 @@ pub enum SnapshotError {
     },
     /// The snapshot, or one below it, is lazy: its layer has not been
     /// fetched, so there is no tree to read or stack on yet (and none is
-    /// attached: [`crate::SnapshotStore::attach_dir`]).
-    #[error(
-        "snapshot {0:?} is lazy: its layer has not been fetched yet (unlazy it, or attach its image, first)"
-    )]
+    /// attached: [`crate::SnapshotStore::attach`]).
+    #[error("snapshot {0:?} is lazy: its layer has not been fetched yet (unlazy it first)")]
     Lazy(String),
     /// A bad key, label or field path.
     #[error("{0}")]

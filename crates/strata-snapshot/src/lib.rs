@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod attach;
 mod backend;
 mod collect;
 mod error;
@@ -24,6 +25,7 @@ mod usage;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use attach::Attachment;
 pub use backend::{
     Backend, Capabilities, OverlayConfig, create_dir, remove_tree, whole_tree_mounts,
 };

@@ -74,9 +74,18 @@ impl Inner {
     }
 
     /// The directory a lazy snapshot's layer is attached on: its
-    /// placeholder.
+    /// placeholder's `fs`, which exists only while it is attached (an
+    /// overlay backend's placeholder has none otherwise, so a mount that
+    /// names it once the layer has gone fails rather than stacking
+    /// nothing).
     fn placeholder(&self, id: &str) -> PathBuf {
         self.dir(id).join("fs")
+    }
+
+    /// The lock an attach of the lazy snapshot of `id` holds while it
+    /// serves; removing or filling the snapshot takes it too.
+    fn attach_lock(&self, id: &str) -> PathBuf {
+        self.dir(id).join("attach.lock")
     }
 
     /// Whether the lazy snapshot of `id` has its layer attached: a file
@@ -89,17 +98,105 @@ impl Inner {
         )
     }
 
-    /// Refuses to let `key` (of `r`) go while a layer is attached on it:
-    /// the mount would keep its directory, and what reads through it
-    /// would lose the layer.
-    fn not_attached(&self, key: &str, r: &SnapshotRecord) -> Result<(), SnapshotError> {
-        if r.lazy && self.attached(&r.id) {
-            return Err(SnapshotError::precondition(
-                key,
-                "its layer is attached (its image is served by `strata image attach`); stop that first",
-            ));
+    /// Detaches what a server that has gone left mounted on the lazy
+    /// snapshot of `id` (a FUSE mount answering ENOTCONN), if anything.
+    fn detach_dead(&self, id: &str) -> Result<(), SnapshotError> {
+        let at = self.placeholder(id);
+        if let Ok(strata_sys::mount::MountPoint::Dead) = strata_sys::mount::mount_point(&at) {
+            tracing::info!(dir = %at.display(), "detaching a lazy layer whose server has gone");
+            strata_sys::mount::detach(&at)?;
         }
         Ok(())
+    }
+
+    /// Before `key` (of `r`) goes or is filled: for a lazy one, its attach
+    /// lock, held until its directory has gone, so no attach starts
+    /// meanwhile; refused while an attach holds it or a layer is mounted
+    /// on it (the mount would keep its directory, and what reads through
+    /// it would lose the layer), and a dead mount is detached first.
+    fn not_attached(
+        &self,
+        key: &str,
+        r: &SnapshotRecord,
+    ) -> Result<Option<strata_sys::lock::FileLock>, SnapshotError> {
+        if !r.lazy {
+            return Ok(None);
+        }
+        let attached = || {
+            SnapshotError::precondition(
+                key,
+                "its layer is attached (its image is served by `strata image attach`); stop that first",
+            )
+        };
+        let lock = match strata_sys::lock::FileLock::try_exclusive(&self.attach_lock(&r.id)) {
+            Ok(lock) => Some(lock),
+            Err(strata_sys::lock::LockError::Held { .. }) => return Err(attached()),
+            // A placeholder without its directory: nothing can attach.
+            Err(_) => None,
+        };
+        if self.attached(&r.id) {
+            return Err(attached());
+        }
+        self.detach_dead(&r.id)?;
+        Ok(lock)
+    }
+
+    /// Attaches the lazy snapshot `key`: takes its attach lock, detaches
+    /// a dead mount, and makes the placeholder's directory.
+    fn attach(&self, key: &str) -> Result<crate::Attachment, SnapshotError> {
+        let caps = self.backend.capabilities();
+        if !caps.overlay_layers {
+            return Err(SnapshotError::precondition(
+                key,
+                format!(
+                    "the {} backend's snapshots hold whole trees, so a single layer cannot be attached",
+                    self.backend.name()
+                ),
+            ));
+        }
+        if caps.userxattr {
+            return Err(SnapshotError::precondition(
+                key,
+                "this root's overlay reads user.overlay.* attributes (userxattr), and attached layers mark opaque directories with trusted.overlay.opaque",
+            ));
+        }
+        let r = self.get(&self.db.read()?, key)?;
+        if !r.lazy {
+            return Err(SnapshotError::precondition(
+                key,
+                "it is not lazy: it holds its layer",
+            ));
+        }
+        let lock = match strata_sys::lock::FileLock::try_exclusive(&self.attach_lock(&r.id)) {
+            Ok(lock) => lock,
+            Err(strata_sys::lock::LockError::Held { .. }) => {
+                return Err(SnapshotError::precondition(
+                    key,
+                    "its layer is attached already (by another `strata image attach`)",
+                ));
+            }
+            Err(e) => {
+                return Err(SnapshotError::io(
+                    "lock",
+                    self.attach_lock(&r.id),
+                    std::io::Error::other(e),
+                ));
+            }
+        };
+        self.detach_dead(&r.id)?;
+        let dir = self.placeholder(&r.id);
+        if self.attached(&r.id) {
+            return Err(SnapshotError::precondition(
+                key,
+                format!("a file system is mounted on {} already", dir.display()),
+            ));
+        }
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(SnapshotError::io("create", &dir, e)),
+        }
+        Ok(crate::Attachment::new(dir, lock))
     }
 
     /// Directories of `parent` and its ancestors, nearest first. The parent
@@ -177,9 +274,15 @@ impl Inner {
         let built = (|| {
             fs::create_dir(&staging).map_err(|e| SnapshotError::io("create", &staging, e))?;
             if lazy {
-                // An empty layer, committed as the backend commits one.
+                // An empty layer, committed as the backend commits one;
+                // where snapshots stack as layers, without its `fs` until
+                // a layer is attached there.
                 self.backend.create(&staging, Kind::Active, &[])?;
                 self.backend.commit(&staging)?;
+                if self.backend.capabilities().overlay_layers {
+                    let fs = staging.join("fs");
+                    fs::remove_dir(&fs).map_err(|e| SnapshotError::io("remove", &fs, e))?;
+                }
             } else {
                 self.backend.create(&staging, kind, &parents)?;
             }
@@ -198,8 +301,15 @@ impl Inner {
             if tx.get::<SnapshotRecord>(key)?.is_some() {
                 return Err(SnapshotError::AlreadyExists(key.to_owned()));
             }
-            // The parent may have gone since the first look.
-            self.lowers(&tx, parent, lazy)?;
+            // The parent may have gone since the first look (its
+            // ancestors cannot: they have children). Attached layers are
+            // not asked again here: a server that does not answer would
+            // hold the write transaction.
+            if let Some(p) = parent
+                && self.get(&tx, p)?.kind != SnapshotKind::Committed
+            {
+                return Err(SnapshotError::precondition(p, "a parent must be committed"));
+            }
             let ts = now();
             let record = SnapshotRecord {
                 id: id.clone(),
@@ -239,7 +349,7 @@ impl Inner {
         if !lazy.lazy {
             return Err(SnapshotError::precondition(key, "it is not lazy"));
         }
-        self.not_attached(key, &lazy)?;
+        let _unattachable = self.not_attached(key, &lazy)?;
         let done = self.get(&tx, filled)?;
         if done.kind != SnapshotKind::Committed || done.lazy {
             return Err(SnapshotError::precondition(
@@ -285,6 +395,14 @@ impl Inner {
         tx.commit()?;
         self.remove_dir(&placeholder);
         Ok(())
+    }
+
+    /// Removes `path`, a directory nothing uses any more, once what is
+    /// still mounted in it is detached (a lazy layer's mount whose server
+    /// has gone, moved out with its snapshot's directory).
+    fn remove_unmounted(&self, path: &Path) -> Result<(), SnapshotError> {
+        strata_sys::mount::detach_below(path)?;
+        self.backend.remove(path)
     }
 
     /// Removes a staging directory after a failure (logged, not fatal).
@@ -418,7 +536,7 @@ impl Inner {
     fn remove(&self, key: &str, held_by: Option<&str>) -> Result<(), SnapshotError> {
         let tx = self.db.write()?;
         let r = self.get(&tx, key)?;
-        self.not_attached(key, &r)?;
+        let _unattachable = self.not_attached(key, &r)?;
         // The parent index: what it costs is the children, not the store.
         let children: Vec<String> = tx
             .index_scan(SNAPSHOT_CHILDREN, &keys::prefix(&[key]))?
@@ -515,30 +633,26 @@ impl Inner {
         let tmp = strata_sys::Root::open(&self.tmp)?;
         for (name, _) in tmp.read_dir(Path::new(""))? {
             if is_store_scratch(&name.to_string_lossy()) {
-                self.backend.remove(&self.tmp.join(&name))?;
+                self.remove_unmounted(&self.tmp.join(&name))?;
             }
         }
         let rows = self.db.read()?.scan::<SnapshotRecord>("")?;
         // A layer attached by a process that has gone answers nothing, and
-        // its placeholder would read as missing.
-        for (key, r) in rows.iter().filter(|(_, r)| r.lazy) {
-            let at = self.placeholder(&r.id);
-            if strata_sys::mount::mount_point(&at)? == strata_sys::mount::MountPoint::Dead {
-                tracing::info!(key, dir = %at.display(), "detaching a lazy layer whose server has gone");
-                strata_sys::mount::detach(&at)?;
-            }
+        // keeps its directory busy.
+        for (_, r) in rows.iter().filter(|(_, r)| r.lazy) {
+            self.detach_dead(&r.id)?;
         }
         let ids: BTreeSet<&str> = rows.iter().map(|(_, r)| r.id.as_str()).collect();
         let snaps = strata_sys::Root::open(&self.snapshots)?;
         for (name, _) in snaps.read_dir(Path::new(""))? {
             if !ids.contains(name.to_string_lossy().as_ref()) {
                 tracing::info!(dir = %self.snapshots.join(&name).display(), "removing a snapshot directory without a row");
-                self.backend.remove(&self.snapshots.join(&name))?;
+                self.remove_unmounted(&self.snapshots.join(&name))?;
             }
         }
         let mut gone: BTreeSet<String> = rows
             .iter()
-            .filter(|(_, r)| !self.dir(&r.id).join("fs").is_dir())
+            .filter(|(_, r)| !self.has_dir(r))
             .map(|(k, _)| k.clone())
             .collect();
         // A crash between a backend's commit and the row that records it
@@ -586,6 +700,15 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether `r`'s directory is there: its `fs`, or for a lazy one (whose
+    /// placeholder may have none) the snapshot's own directory.
+    fn has_dir(&self, r: &SnapshotRecord) -> bool {
+        match r.lazy {
+            true => self.dir(&r.id).is_dir(),
+            false => self.dir(&r.id).join("fs").is_dir(),
+        }
+    }
+
     fn check(&self) -> Result<Vec<Violation>, SnapshotError> {
         let rows = self.db.read()?.scan::<SnapshotRecord>("")?;
         let mut out = Vec::new();
@@ -603,7 +726,7 @@ impl Inner {
                         r.id
                     ),
                 });
-            } else if !self.dir(&r.id).join("fs").is_dir() {
+            } else if !self.has_dir(r) {
                 out.push(Violation {
                     table: "snapshots",
                     key: key.clone(),
@@ -728,7 +851,7 @@ impl SnapshotStore {
             }
             // A removal may be deleting this one right now: what it takes
             // first is not an error.
-            match self.inner.backend.remove(&self.inner.tmp.join(&name)) {
+            match self.inner.remove_unmounted(&self.inner.tmp.join(&name)) {
                 Ok(()) => removed += 1,
                 Err(e) if strata_core::Classify::is_not_found(&e) => {}
                 Err(e) => return Err(e),
@@ -769,39 +892,26 @@ impl SnapshotStore {
         Ok(self.inner.dir(&r.id).join("fs"))
     }
 
-    /// The directory a layer of the lazy snapshot `key` is attached on:
-    /// while a file system that answers is mounted there (the layer served
-    /// through FUSE, say), `key` reads as any committed snapshot (views,
-    /// prepares on it and mounts stack it), and it cannot be removed or
-    /// filled. Only for backends whose snapshots hold one layer each
-    /// ([`crate::Capabilities::overlay_layers`]); for a snapshot not lazy,
-    /// a precondition error.
-    pub fn attach_dir(&self, key: &str) -> Result<PathBuf, SnapshotError> {
-        if !self.capabilities().overlay_layers {
-            return Err(SnapshotError::precondition(
-                key,
-                format!(
-                    "the {} backend's snapshots hold whole trees, so a single layer cannot be attached",
-                    self.name()
-                ),
-            ));
-        }
-        let r = self.inner.get(&self.inner.db.read()?, key)?;
-        if !r.lazy {
-            return Err(SnapshotError::precondition(
-                key,
-                "it is not lazy: it holds its layer",
-            ));
-        }
-        Ok(self.inner.placeholder(&r.id))
+    /// Attaches the lazy snapshot `key`: what [`Attachment::dir`] names
+    /// (its placeholder's directory, made now) is where the caller mounts
+    /// its layer, served through FUSE, say. While a file system that
+    /// answers is mounted there, `key` reads as any committed snapshot
+    /// (views, prepares on it and mounts stack it), and it is neither
+    /// removed nor filled; while the [`Attachment`] lives, no other
+    /// attach of it starts. A mount left there by a server that has gone
+    /// is detached first. Only for backends whose snapshots hold one
+    /// layer each ([`crate::Capabilities::overlay_layers`]), without
+    /// `userxattr`; for a snapshot not lazy, a precondition error.
+    pub fn attach(&self, key: &str) -> Result<crate::Attachment, SnapshotError> {
+        self.inner.attach(key)
     }
 
-    /// A precondition error when `key` is lazy and has its layer attached
-    /// ([`SnapshotStore::attach_dir`]): what cannot remove or fill it asks
+    /// A precondition error when `key` is lazy and attached
+    /// ([`SnapshotStore::attach`]): what would remove or fill it asks
     /// first, before any work.
     pub fn not_attached(&self, key: &str) -> Result<(), SnapshotError> {
         let r = self.inner.get(&self.inner.db.read()?, key)?;
-        self.inner.not_attached(key, &r)
+        self.inner.not_attached(key, &r).map(drop)
     }
 
     /// True when `key` is lazy: committed, its layer not fetched yet
