@@ -545,6 +545,31 @@ impl RootImage {
     }
 }
 
+/// What `image mount` and `image attach` start from: a runtime of their
+/// own, the signals that stop them (listened for at once), the options
+/// to serve with, and the image `name` read once, the layers the root
+/// holds given as `below`.
+fn root_serving(
+    mgr: &strata_cache::CacheManager,
+    name: &str,
+    serving: &ServingArgs,
+    upper: &UpperArgs,
+    out: &Output,
+) -> anyhow::Result<(tokio::runtime::Runtime, Stop, ImageOptions, RootImage)> {
+    let rt = runtime()?;
+    let stop = {
+        let _in = rt.enter();
+        Stop::listen()?
+    };
+    let mut opts = serving.options(upper)?;
+    let image = RootImage::read(&rt, mgr, name, out)?;
+    if image.here > 0 {
+        let here = image.here;
+        opts.below = below(mgr, &image.keys[here - 1], &image.layers[..here])?;
+    }
+    Ok((rt, stop, opts, image))
+}
+
 /// `strata image mount NAME DIR --cache CACHE`: a root's image, its layers
 /// the root has stacked from their snapshots, its lazy ones served through
 /// FUSE from where it was pulled, until SIGINT or SIGTERM (or, run by a
@@ -554,17 +579,8 @@ pub fn mount_image(
     args: &ImageMountArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    let rt = runtime()?;
-    let stop = {
-        let _in = rt.enter();
-        Stop::listen()?
-    };
-    let mut opts = args.serving.options(&args.upper)?;
-    let image = RootImage::read(&rt, &mgr, &args.name, out)?;
+    let (rt, stop, opts, image) = root_serving(&mgr, &args.name, &args.serving, &args.upper, out)?;
     let here = image.here;
-    if here > 0 {
-        opts.below = below(&mgr, &image.keys[here - 1], &image.layers[..here])?;
-    }
     let mounted = ImageMount::mount(
         &args.cache,
         image.lazy_layers(&rt, &args.registry)?,
@@ -599,22 +615,14 @@ pub fn attach_image(
     args: &ImageAttachArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    let rt = runtime()?;
-    let stop = {
-        let _in = rt.enter();
-        Stop::listen()?
-    };
     let name = &args.name;
-    let mut opts = args.serving.options(&UpperArgs { upper: None })?;
-    let image = RootImage::read(&rt, &mgr, name, out)?;
+    let read_only = UpperArgs { upper: None };
+    let (rt, stop, opts, image) = root_serving(&mgr, name, &args.serving, &read_only, out)?;
     let here = image.here;
     if here == image.layers.len() {
         return Err(unmet(format!(
             "image {name} has no lazy layers: the root holds every one, so there is nothing to attach"
         )));
-    }
-    if here > 0 {
-        opts.below = below(&mgr, &image.keys[here - 1], &image.layers[..here])?;
     }
     // Before anything is fetched.
     for (i, desc) in image.layers.iter().enumerate().skip(here) {
