@@ -1248,10 +1248,22 @@ fn a_lazy_image_attached_on_its_snapshots_takes_new_refs_and_mounts() {
     // Their directories go with them: a mount named while they served
     // (as containerd mounts what a prepare said, later) fails now rather
     // than stacking an empty layer.
-    for layer in said["layers"].as_array().unwrap() {
-        let dir = Path::new(layer["dir"].as_str().unwrap());
-        assert!(dir.ends_with("fs") && !dir.exists(), "{}", dir.display());
-    }
+    let served_on: Vec<std::path::PathBuf> = said["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["dir"].as_str().unwrap().into())
+        .collect();
+    let gone = |when: &str| {
+        for dir in &served_on {
+            assert!(
+                dir.ends_with("fs") && !dir.exists(),
+                "{when}: {}",
+                dir.display()
+            );
+        }
+    };
+    gone("stopped");
 
     // Stopped, they are lazy again: nothing stacks on them.
     let refused = root.run(&["mount", &built, &s(&mnt)]).expect(4);
@@ -1264,7 +1276,17 @@ fn a_lazy_image_attached_on_its_snapshots_takes_new_refs_and_mounts() {
     let kill_attached = || {
         let (attached, _) = LazyMount::attach(&root, "at", &cache).unwrap();
         attached.kill();
-        assert!(mounted_below(&root.root.join("snapshots")));
+        // What the store looks for to clear them (and nothing else).
+        let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let left: Vec<&str> = table
+            .lines()
+            .filter(|l| l.contains(&s(&root.root.join("snapshots"))))
+            .collect();
+        assert_eq!(left.len(), served_on.len(), "{left:?}");
+        assert!(
+            left.iter().all(|l| l.contains(" - fuse strata-lazy:")),
+            "{left:?}"
+        );
     };
     kill_attached();
     let checked = root.run(&["check"]);
@@ -1274,6 +1296,7 @@ fn a_lazy_image_attached_on_its_snapshots_takes_new_refs_and_mounts() {
     root.run(&["mount", &built, &s(&mnt)]).expect(4);
     root.run(&["check", "--repair"]).expect(0);
     assert!(!mounted_below(&root.root.join("snapshots")));
+    gone("repaired after a kill");
     root.run(&["mount", &built, &s(&mnt)]).expect(4);
     kill_attached();
     let (attached, _) = LazyMount::attach(&root, "at", &cache).unwrap();

@@ -547,8 +547,7 @@ impl RootImage {
 
 /// What `image mount` and `image attach` start from: a runtime of their
 /// own, the signals that stop them (listened for at once), the options
-/// to serve with, and the image `name` read once, the layers the root
-/// holds given as `below`.
+/// to serve with, and the image `name` read once.
 fn root_serving(
     mgr: &strata_cache::CacheManager,
     name: &str,
@@ -561,12 +560,8 @@ fn root_serving(
         let _in = rt.enter();
         Stop::listen()?
     };
-    let mut opts = serving.options(upper)?;
+    let opts = serving.options(upper)?;
     let image = RootImage::read(&rt, mgr, name, out)?;
-    if image.here > 0 {
-        let here = image.here;
-        opts.below = below(mgr, &image.keys[here - 1], &image.layers[..here])?;
-    }
     Ok((rt, stop, opts, image))
 }
 
@@ -579,8 +574,12 @@ pub fn mount_image(
     args: &ImageMountArgs,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    let (rt, stop, opts, image) = root_serving(&mgr, &args.name, &args.serving, &args.upper, out)?;
+    let (rt, stop, mut opts, image) =
+        root_serving(&mgr, &args.name, &args.serving, &args.upper, out)?;
     let here = image.here;
+    if here > 0 {
+        opts.below = below(&mgr, &image.keys[here - 1], &image.layers[..here])?;
+    }
     let mounted = ImageMount::mount(
         &args.cache,
         image.lazy_layers(&rt, &args.registry)?,
@@ -617,12 +616,22 @@ pub fn attach_image(
 ) -> anyhow::Result<ExitCode> {
     let name = &args.name;
     let read_only = UpperArgs { upper: None };
-    let (rt, stop, opts, image) = root_serving(&mgr, name, &args.serving, &read_only, out)?;
+    let (rt, stop, mut opts, image) = root_serving(&mgr, name, &args.serving, &read_only, out)?;
     let here = image.here;
     if here == image.layers.len() {
         return Err(unmet(format!(
             "image {name} has no lazy layers: the root holds every one, so there is nothing to attach"
         )));
+    }
+    // Only to leave out whiteouts that hide nothing in the root's layers:
+    // where those cannot be told apart as directories, the whiteouts stay,
+    // harmless in a layer that is never the bottom of a chain.
+    if here > 0 {
+        opts.below =
+            below(&mgr, &image.keys[here - 1], &image.layers[..here]).unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "whiteouts over the root's layers are kept");
+                Below::default()
+            });
     }
     // Before anything is fetched.
     for (i, desc) in image.layers.iter().enumerate().skip(here) {

@@ -59,6 +59,13 @@ fn validate_key(key: &str) -> Result<(), SnapshotError> {
     Ok(())
 }
 
+/// How the mount table names an attached lazy layer: a FUSE file system
+/// whose source is strata-lazy's (`strata-lazy:` and the layer).
+fn is_lazy_layer(m: &strata_sys::mount::info::MountEntry) -> bool {
+    m.fs_type.split('.').next() == Some("fuse")
+        && m.source.as_encoded_bytes().starts_with(b"strata-lazy:")
+}
+
 fn sync_dir(path: &Path) -> Result<(), SnapshotError> {
     Ok(strata_sys::sync::fsync_dir(path)?)
 }
@@ -98,28 +105,41 @@ impl Inner {
         )
     }
 
-    /// Detaches what a server that has gone left mounted on the lazy
-    /// snapshot of `id` (a FUSE mount answering ENOTCONN), if anything.
-    fn detach_dead(&self, id: &str) -> Result<(), SnapshotError> {
+    /// Clears what an attach that has gone (killed) left on the lazy
+    /// snapshot of `id`: a dead mount (a FUSE mount answering ENOTCONN)
+    /// is detached, and the placeholder's `fs` removed where placeholders
+    /// have none, so that a mount named while the layer served fails
+    /// rather than stacking an empty layer. For a caller that holds the
+    /// attach lock, with no live mount there.
+    fn clear_attach(&self, id: &str) -> Result<(), SnapshotError> {
         let at = self.placeholder(id);
         if let Ok(strata_sys::mount::MountPoint::Dead) = strata_sys::mount::mount_point(&at) {
             tracing::info!(dir = %at.display(), "detaching a lazy layer whose server has gone");
             strata_sys::mount::detach(&at)?;
         }
+        if self.backend.capabilities().overlay_layers {
+            match fs::remove_dir(&at) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(SnapshotError::io("remove", &at, e)),
+            }
+        }
         Ok(())
     }
 
-    /// Before `key` (of `r`) goes or is filled: for a lazy one, its attach
-    /// lock, held until its directory has gone, so no attach starts
-    /// meanwhile; refused while an attach holds it or a layer is mounted
-    /// on it (the mount would keep its directory, and what reads through
-    /// it would lose the layer), and a dead mount is detached first.
+    /// Before `key` (of `r`) goes or is filled: for a lazy one on a
+    /// backend that can attach, its attach lock, shared (removals and
+    /// fills do not exclude each other), held until its directory has
+    /// gone so no attach starts meanwhile; refused while an attach holds
+    /// it or a layer is mounted on it (the mount would keep its directory,
+    /// and what reads through it would lose the layer). What a killed
+    /// attach left is cleared first.
     fn not_attached(
         &self,
         key: &str,
         r: &SnapshotRecord,
     ) -> Result<Option<strata_sys::lock::FileLock>, SnapshotError> {
-        if !r.lazy {
+        if !r.lazy || !self.backend.capabilities().overlay_layers {
             return Ok(None);
         }
         let attached = || {
@@ -128,7 +148,7 @@ impl Inner {
                 "its layer is attached (its image is served by `strata image attach`); stop that first",
             )
         };
-        let lock = match strata_sys::lock::FileLock::try_exclusive(&self.attach_lock(&r.id)) {
+        let lock = match strata_sys::lock::FileLock::try_shared(&self.attach_lock(&r.id)) {
             Ok(lock) => Some(lock),
             Err(strata_sys::lock::LockError::Held { .. }) => return Err(attached()),
             // A placeholder without its directory: nothing can attach.
@@ -137,7 +157,9 @@ impl Inner {
         if self.attached(&r.id) {
             return Err(attached());
         }
-        self.detach_dead(&r.id)?;
+        if lock.is_some() {
+            self.clear_attach(&r.id)?;
+        }
         Ok(lock)
     }
 
@@ -172,7 +194,7 @@ impl Inner {
             Err(strata_sys::lock::LockError::Held { .. }) => {
                 return Err(SnapshotError::precondition(
                     key,
-                    "its layer is attached already (by another `strata image attach`)",
+                    "its layer is attached already (by another `strata image attach`), or it is being removed or filled",
                 ));
             }
             Err(e) => {
@@ -183,7 +205,6 @@ impl Inner {
                 ));
             }
         };
-        self.detach_dead(&r.id)?;
         let dir = self.placeholder(&r.id);
         if self.attached(&r.id) {
             return Err(SnapshotError::precondition(
@@ -191,11 +212,8 @@ impl Inner {
                 format!("a file system is mounted on {} already", dir.display()),
             ));
         }
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(SnapshotError::io("create", &dir, e)),
-        }
+        self.clear_attach(&r.id)?;
+        fs::create_dir(&dir).map_err(|e| SnapshotError::io("create", &dir, e))?;
         Ok(crate::Attachment::new(dir, lock))
     }
 
@@ -397,11 +415,16 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes `path`, a directory nothing uses any more, once what is
-    /// still mounted in it is detached (a lazy layer's mount whose server
-    /// has gone, moved out with its snapshot's directory).
+    /// Removes `path`, a directory nothing uses any more, once the lazy
+    /// layers still mounted in it (by a server that has gone, moved out
+    /// with its snapshot's directory) are detached. Other mounts are left
+    /// alone: one that arrived by propagation may be a live peer's.
     fn remove_unmounted(&self, path: &Path) -> Result<(), SnapshotError> {
-        strata_sys::mount::detach_below(path)?;
+        for m in strata_sys::mount::info::mounts()? {
+            if is_lazy_layer(&m) && m.mount_point.starts_with(path) {
+                strata_sys::mount::detach(&m.mount_point)?;
+            }
+        }
         self.backend.remove(path)
     }
 
@@ -638,9 +661,17 @@ impl Inner {
         }
         let rows = self.db.read()?.scan::<SnapshotRecord>("")?;
         // A layer attached by a process that has gone answers nothing, and
-        // keeps its directory busy.
+        // keeps its directory busy; what it left is cleared (unless an
+        // attach serves it now).
         for (_, r) in rows.iter().filter(|(_, r)| r.lazy) {
-            self.detach_dead(&r.id)?;
+            if !self.backend.capabilities().overlay_layers || !self.dir(&r.id).is_dir() {
+                continue;
+            }
+            if let Ok(_held) = strata_sys::lock::FileLock::try_exclusive(&self.attach_lock(&r.id))
+                && !self.attached(&r.id)
+            {
+                self.clear_attach(&r.id)?;
+            }
         }
         let ids: BTreeSet<&str> = rows.iter().map(|(_, r)| r.id.as_str()).collect();
         let snaps = strata_sys::Root::open(&self.snapshots)?;
