@@ -923,12 +923,12 @@ impl SnapshotStore {
         Ok(self.inner.dir(&r.id).join("fs"))
     }
 
-    /// Attaches the lazy snapshot `key`: what [`Attachment::dir`] names
+    /// Attaches the lazy snapshot `key`: what [`Attachment::dir`](crate::Attachment::dir) names
     /// (its placeholder's directory, made now) is where the caller mounts
     /// its layer, served through FUSE, say. While a file system that
     /// answers is mounted there, `key` reads as any committed snapshot
     /// (views, prepares on it and mounts stack it), and it is neither
-    /// removed nor filled; while the [`Attachment`] lives, no other
+    /// removed nor filled; while the [`Attachment`](crate::Attachment) lives, no other
     /// attach of it starts. A mount left there by a server that has gone
     /// is detached first. Only for backends whose snapshots hold one
     /// layer each ([`crate::Capabilities::overlay_layers`]), without
